@@ -1,0 +1,432 @@
+//! Number lists: exact numbers and prefix ranges, built from text.
+//!
+//! A list file has one entry a line: `NUMBER[,reason]` for one number or
+//! `PREFIX*[,reason]` for a range; `#` starts a comment. Entries are
+//! normalized with the [`NumberingPlan`] as they are added, so lookups
+//! compare packed integers. This module reads no files: the engine feeds it
+//! lines, and the first bad line fails the whole build, so a caller that
+//! gets an error keeps the list it had.
+//!
+//! Layout, chosen for 10M numbers in well under 400 MB: exact numbers are a
+//! sorted `Vec<u64>` with a parallel `Vec<u32>` of reason ids (12 bytes an
+//! entry), fronted by a Bloom filter so that a number on no list, which is
+//! most calls, costs one filter probe. Prefixes live in one small hash map
+//! per prefix length, probed longest first.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use bloomfilter::Bloom;
+
+use crate::number::{Number, NumberingPlan, Prefix, MAX_E164_DIGITS};
+
+/// Longest reason text kept with an entry.
+pub const MAX_REASON_LEN: usize = 200;
+
+/// False-positive rate of the Bloom filter in front of the exact set.
+const BLOOM_FP_RATE: f64 = 0.01;
+/// Fixed seed: the same list gives the same filter on every node and run.
+const BLOOM_SEED: [u8; 32] = *b"kuzet-list-bloom-seed-v1........";
+
+/// A line that could not be added to a list, with where it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {kind}")]
+pub struct ListError {
+    /// The file (or other source name) the line came from.
+    pub file: String,
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub kind: ListErrorKind,
+}
+
+/// What is wrong with a list line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListErrorKind {
+    #[error("{0:?} is not a phone number in the numbering plan")]
+    NotANumber(String),
+    #[error("{0:?} is not a number prefix (digits, then `*`)")]
+    NotAPrefix(String),
+    #[error("`*` may only end a prefix, as in `+7701*`: {0:?}")]
+    MisplacedWildcard(String),
+    #[error("the reason may not hold quotes, backslashes or control characters")]
+    BadReason,
+    #[error("the reason is longer than {MAX_REASON_LEN} bytes")]
+    ReasonTooLong,
+}
+
+/// Multiplicative hashing for keys that are already well-spread integers.
+#[derive(Default, Clone, Copy)]
+struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let x = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 29);
+    }
+}
+
+type IntMap<V> = HashMap<u64, V, BuildHasherDefault<IntHasher>>;
+
+/// How an entry matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchKind {
+    /// The number itself is listed.
+    Exact,
+    /// A prefix of this many digits is listed.
+    Prefix(u8),
+}
+
+/// A list hit: how it matched and the reason written in the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListMatch<'l> {
+    /// Exact number or prefix.
+    pub kind: MatchKind,
+    /// The reason from the list line; empty when the line gave none.
+    pub reason: &'l str,
+}
+
+/// An immutable, normalized number list. Build one with [`ListBuilder`].
+pub struct NumberList {
+    exact: Vec<u64>,
+    exact_reason: Vec<u32>,
+    bloom: Option<Bloom<u64>>,
+    /// One map per prefix length present, longest first.
+    prefixes: Vec<(u8, IntMap<u32>)>,
+    reasons: Vec<Box<str>>,
+}
+
+impl fmt::Debug for NumberList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NumberList")
+            .field("exact", &self.exact.len())
+            .field("prefixes", &self.prefix_count())
+            .finish()
+    }
+}
+
+impl Default for NumberList {
+    fn default() -> Self {
+        NumberList {
+            exact: Vec::new(),
+            exact_reason: Vec::new(),
+            bloom: None,
+            prefixes: Vec::new(),
+            reasons: vec!["".into()],
+        }
+    }
+}
+
+impl NumberList {
+    /// How many exact numbers the list holds.
+    pub fn exact_count(&self) -> usize {
+        self.exact.len()
+    }
+
+    /// How many prefixes the list holds.
+    pub fn prefix_count(&self) -> usize {
+        self.prefixes.iter().map(|(_, m)| m.len()).sum()
+    }
+
+    /// True when the list holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Approximate heap bytes held, for reporting.
+    pub fn heap_bytes(&self) -> usize {
+        let bloom = self.bloom.as_ref().map_or(0, |b| (b.len() / 8) as usize);
+        let prefixes: usize = self
+            .prefixes
+            .iter()
+            .map(|(_, m)| m.capacity() * (8 + 4 + 1))
+            .sum();
+        self.exact.capacity() * 8 + self.exact_reason.capacity() * 4 + bloom + prefixes
+    }
+
+    /// Looks a number up: exact entries first, then the longest prefix.
+    #[inline]
+    pub fn lookup(&self, n: Number) -> Option<ListMatch<'_>> {
+        if let Some(bloom) = &self.bloom {
+            let key = n.raw();
+            if bloom.check(&key) {
+                if let Ok(i) = self.exact.binary_search(&key) {
+                    return Some(ListMatch {
+                        kind: MatchKind::Exact,
+                        reason: &self.reasons[self.exact_reason[i] as usize],
+                    });
+                }
+            }
+        }
+        if !n.is_e164() {
+            return None;
+        }
+        let len = n.len();
+        for (plen, map) in &self.prefixes {
+            let plen_us = usize::from(*plen);
+            if plen_us > len {
+                continue;
+            }
+            if let Some(r) = map.get(&n.leading(plen_us)) {
+                return Some(ListMatch {
+                    kind: MatchKind::Prefix(*plen),
+                    reason: &self.reasons[*r as usize],
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Builds a [`NumberList`] from lines of text.
+pub struct ListBuilder<'p> {
+    plan: &'p NumberingPlan,
+    exact: Vec<(u64, u32)>,
+    prefixes: Vec<(Prefix, u32)>,
+    reasons: Vec<Box<str>>,
+    reason_ids: HashMap<Box<str>, u32>,
+}
+
+impl<'p> ListBuilder<'p> {
+    /// A builder that normalizes entries with `plan`.
+    pub fn new(plan: &'p NumberingPlan) -> Self {
+        let mut b = ListBuilder {
+            plan,
+            exact: Vec::new(),
+            prefixes: Vec::new(),
+            reasons: Vec::new(),
+            reason_ids: HashMap::new(),
+        };
+        b.intern("");
+        b
+    }
+
+    /// Reserves room for about `n` more exact entries.
+    pub fn reserve(&mut self, n: usize) {
+        self.exact.reserve(n);
+    }
+
+    fn intern(&mut self, reason: &str) -> u32 {
+        if let Some(id) = self.reason_ids.get(reason) {
+            return *id;
+        }
+        let id = self.reasons.len() as u32;
+        self.reasons.push(reason.into());
+        self.reason_ids.insert(reason.into(), id);
+        id
+    }
+
+    /// Adds one line of a list file. `file` and `line` (1-based) only serve
+    /// the error message.
+    pub fn add_line(&mut self, file: &str, line: usize, text: &str) -> Result<(), ListError> {
+        let err = |kind| ListError {
+            file: file.to_string(),
+            line,
+            kind,
+        };
+        let text = match text.find('#') {
+            Some(i) => &text[..i],
+            None => text,
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let (entry, reason) = match text.split_once(',') {
+            Some((e, r)) => (e.trim(), r.trim()),
+            None => (text, ""),
+        };
+        if reason.len() > MAX_REASON_LEN {
+            return Err(err(ListErrorKind::ReasonTooLong));
+        }
+        if reason
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(err(ListErrorKind::BadReason));
+        }
+        let reason_id = self.intern(reason);
+        if let Some(stem) = entry.strip_suffix('*') {
+            if stem.contains('*') {
+                return Err(err(ListErrorKind::MisplacedWildcard(entry.into())));
+            }
+            let p = self
+                .plan
+                .normalize_prefix(stem.as_bytes())
+                .ok_or_else(|| err(ListErrorKind::NotAPrefix(entry.into())))?;
+            self.prefixes.push((p, reason_id));
+            return Ok(());
+        }
+        if entry.contains('*') {
+            return Err(err(ListErrorKind::MisplacedWildcard(entry.into())));
+        }
+        let n = self
+            .plan
+            .normalize(entry.as_bytes())
+            .ok_or_else(|| err(ListErrorKind::NotANumber(entry.into())))?;
+        self.exact.push((n.raw(), reason_id));
+        Ok(())
+    }
+
+    /// Adds every line of `text`; stops at the first bad one.
+    pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), ListError> {
+        for (i, line) in text.lines().enumerate() {
+            self.add_line(file, i + 1, line)?;
+        }
+        Ok(())
+    }
+
+    /// Freezes the list. Duplicate entries keep the first reason given.
+    pub fn finish(self) -> NumberList {
+        let mut exact = self.exact;
+        // Stable sort keeps the first occurrence of a duplicate first.
+        exact.sort_by_key(|e| e.0);
+        exact.dedup_by_key(|e| e.0);
+        let bloom = if exact.is_empty() {
+            None
+        } else {
+            Bloom::new_for_fp_rate_with_seed(exact.len(), BLOOM_FP_RATE, &BLOOM_SEED)
+                .ok()
+                .map(|mut b| {
+                    for (k, _) in &exact {
+                        b.set(k);
+                    }
+                    b
+                })
+        };
+        let (keys, reasons): (Vec<u64>, Vec<u32>) = exact.into_iter().unzip();
+        let mut by_len: Vec<(u8, IntMap<u32>)> = Vec::new();
+        for (p, r) in self.prefixes {
+            let slot = match by_len.iter().position(|(l, _)| *l == p.len) {
+                Some(i) => i,
+                None => {
+                    by_len.push((p.len, IntMap::default()));
+                    by_len.len() - 1
+                }
+            };
+            by_len[slot].1.entry(p.value).or_insert(r);
+        }
+        by_len.sort_by_key(|(l, _)| std::cmp::Reverse(*l));
+        debug_assert!(by_len.iter().all(|(l, _)| usize::from(*l) <= MAX_E164_DIGITS));
+        NumberList {
+            exact: keys,
+            exact_reason: reasons,
+            bloom,
+            prefixes: by_len,
+            reasons: self.reasons,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> NumberingPlan {
+        NumberingPlan::kazakhstan().validated().unwrap()
+    }
+
+    fn num(p: &NumberingPlan, s: &str) -> Number {
+        p.normalize(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn exact_and_prefix_entries_match_after_normalizing() {
+        let p = plan();
+        let mut b = ListBuilder::new(&p);
+        b.add_text(
+            "t.txt",
+            "# fraud numbers\n8 701 111 22 33, wangiri campaign\n+7 (702) 555-00-00\n\n+88216*,satellite IRSF # premium\n8747*\n112\n",
+        )
+        .unwrap();
+        let l = b.finish();
+        assert_eq!(l.exact_count(), 3);
+        assert_eq!(l.prefix_count(), 2);
+        let m = l.lookup(num(&p, "+77011112233")).unwrap();
+        assert_eq!(m.kind, MatchKind::Exact);
+        assert_eq!(m.reason, "wangiri campaign");
+        assert_eq!(l.lookup(num(&p, "87025550000")).unwrap().reason, "");
+        let m = l.lookup(num(&p, "+882161234567")).unwrap();
+        assert_eq!(m.kind, MatchKind::Prefix(5));
+        assert_eq!(m.reason, "satellite IRSF");
+        assert_eq!(
+            l.lookup(num(&p, "87471234567")).unwrap().kind,
+            MatchKind::Prefix(4)
+        );
+        assert!(l.lookup(num(&p, "112")).is_some());
+        assert!(l.lookup(num(&p, "+77011112234")).is_none());
+        assert!(l.lookup(num(&p, "+77481234567")).is_none());
+        assert!(l.lookup(num(&p, "102")).is_none());
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_duplicates_keep_first_reason() {
+        let p = plan();
+        let mut b = ListBuilder::new(&p);
+        b.add_text("t", "+77*,country\n+7701*,operator\n+77011112233,first\n+77011112233,second\n")
+            .unwrap();
+        let l = b.finish();
+        assert_eq!(l.lookup(num(&p, "+77019998877")).unwrap().reason, "operator");
+        assert_eq!(l.lookup(num(&p, "+77779998877")).unwrap().reason, "country");
+        assert_eq!(l.lookup(num(&p, "+77011112233")).unwrap().reason, "first");
+        assert_eq!(l.exact_count(), 1);
+    }
+
+    #[test]
+    fn bad_lines_name_file_line_and_reason() {
+        let p = plan();
+        let cases = [
+            ("+7701111223x\n", 1, "is not a phone number"),
+            ("\n\nalice,why\n", 3, "is not a phone number"),
+            ("+77*01*\n", 1, "`*` may only end a prefix"),
+            ("*\n", 1, "is not a number prefix"),
+            ("+77011112233,say \"hi\"\n", 1, "quotes"),
+            ("12345678\n", 1, "is not a phone number"),
+        ];
+        for (text, line, want) in cases {
+            let mut b = ListBuilder::new(&p);
+            let e = b.add_text("lists/block.txt", text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}");
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("lists/block.txt:{line}: ")), "{msg}");
+            assert!(msg.contains(want), "{msg}");
+        }
+        let long = format!("+77011112233,{}\n", "x".repeat(MAX_REASON_LEN + 1));
+        let e = ListBuilder::new(&p).add_text("f", &long).unwrap_err();
+        assert_eq!(e.kind, ListErrorKind::ReasonTooLong);
+    }
+
+    #[test]
+    fn empty_list_matches_nothing() {
+        let p = plan();
+        let l = ListBuilder::new(&p).finish();
+        assert!(l.is_empty());
+        assert!(l.lookup(num(&p, "+77011112233")).is_none());
+        assert!(NumberList::default().lookup(num(&p, "112")).is_none());
+    }
+
+    #[test]
+    fn many_numbers_all_found_and_neighbours_not() {
+        let p = plan();
+        let mut b = ListBuilder::new(&p);
+        for i in 0..50_000u64 {
+            b.add_line("gen", 1, &format!("+7701{:07}", i * 2)).unwrap();
+        }
+        let l = b.finish();
+        for i in 0..50_000u64 {
+            let hit = Number::e164(format!("7701{:07}", i * 2).as_bytes()).unwrap();
+            let miss = Number::e164(format!("7701{:07}", i * 2 + 1).as_bytes()).unwrap();
+            assert!(l.lookup(hit).is_some());
+            assert!(l.lookup(miss).is_none());
+        }
+    }
+}
