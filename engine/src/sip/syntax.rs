@@ -350,7 +350,7 @@ pub struct NameAddr<'a> {
 /// Decodes one name-addr / addr-spec value (no commas: split first).
 pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, SyntaxError> {
     let v = trim_lws(v);
-    let mut i = 0;
+    let mut i;
     let display_end;
     let uri;
     if v.first() == Some(&b'"') {

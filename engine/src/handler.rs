@@ -1,0 +1,742 @@
+//! One SIP message in, one action out: the call path.
+//!
+//! [`Handler::handle`] is what every transport calls for every message. It
+//! validates the request (RFC 3261 and the RFC 4475 torture cases), pulls
+//! out the A- and B-numbers, scores the call against the list snapshot in
+//! force and writes the reply or the forwarded message into a buffer the
+//! caller owns and reuses. It does no I/O, never awaits, takes no lock, and
+//! allocates nothing per call: the list snapshot is an `ArcSwap` load and
+//! every header is a borrow from the datagram.
+
+use std::hash::Hasher;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use kuzet_rules::{evaluate, Action, CallFacts, ListSet, Number, NumberingPlan, Verdict};
+
+use crate::config::{Config, Mode, NumberSource, TrunkMap};
+use crate::metrics::{Counter, Metrics};
+use crate::sip::syntax::{
+    param, parse_cseq, parse_name_addr, parse_uri, parse_via, split_values, NameAddr, Scheme,
+    SyntaxError,
+};
+use crate::sip::{parse, Hdr, Message, ParseError, Transport};
+
+/// The branch prefix kuzet puts on its own Via (RFC 3261 magic cookie + tag).
+const BRANCH_PREFIX: &[u8] = b"z9hG4bK-kz";
+
+/// What the transport should do with the bytes left in the output buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send the buffer back to the source.
+    Reply,
+    /// Send the buffer to this address over UDP.
+    Forward(SocketAddr),
+    /// Send the buffer down the TCP connection with this id.
+    ToConnection(u64),
+    /// Send nothing.
+    Drop,
+}
+
+/// The list snapshot: swapped whole on reload, loaded once per call.
+pub type SharedLists = Arc<ArcSwap<ListSet>>;
+
+/// Everything the call path needs, immutable after start-up.
+pub struct Handler {
+    mode: Mode,
+    plan: NumberingPlan,
+    lists: SharedLists,
+    trunks: TrunkMap,
+    a_order: Vec<NumberSource>,
+    block_code: u16,
+    budget: Duration,
+    next_hop: Option<SocketAddr>,
+    /// `host:port` of kuzet's own Via.
+    via_sent_by: Vec<u8>,
+    reject_unknown: bool,
+    unknown_code: u16,
+    metrics: Arc<Metrics>,
+}
+
+/// A request refused before scoring: the code and reason phrase to answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+const fn reject(code: u16, reason: &'static str) -> Reject {
+    Reject { code, reason }
+}
+
+/// The pieces of a request that validation decoded and replies reuse.
+struct Checked<'a> {
+    to: NameAddr<'a>,
+    max_forwards: Option<u32>,
+}
+
+impl Handler {
+    /// Builds a handler from a checked config, the shared list snapshot and
+    /// the shared counters.
+    pub fn new(cfg: &Config, lists: SharedLists, metrics: Arc<Metrics>) -> anyhow::Result<Handler> {
+        let advertised = cfg.proxy.advertised_address.unwrap_or(cfg.server.listen);
+        let mut via_sent_by = Vec::new();
+        match advertised.ip() {
+            IpAddr::V4(ip) => write!(via_sent_by, "{ip}:{}", advertised.port())?,
+            IpAddr::V6(ip) => write!(via_sent_by, "[{ip}]:{}", advertised.port())?,
+        }
+        Ok(Handler {
+            mode: cfg.server.mode,
+            plan: cfg.plan()?,
+            lists,
+            trunks: cfg.trunk_map(),
+            a_order: cfg.numbers.a_number_order.clone(),
+            block_code: cfg.verdict.block_code,
+            budget: Duration::from_micros(cfg.verdict.failopen_budget_us),
+            next_hop: cfg.proxy.next_hop,
+            via_sent_by,
+            reject_unknown: cfg.proxy.reject_unknown_source,
+            unknown_code: cfg.proxy.unknown_source_code,
+            metrics,
+        })
+    }
+
+    /// The shared counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Handles one message that arrived at `received` from `src`. `conn` is
+    /// the TCP connection id, if it came over TCP. The reply or forwarded
+    /// message is left in `out`.
+    pub fn handle(
+        &self,
+        bytes: &[u8],
+        src: SocketAddr,
+        conn: Option<u64>,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        out.clear();
+        let transport = if conn.is_some() {
+            Transport::Stream
+        } else {
+            Transport::Datagram
+        };
+        let m = match parse(bytes, transport) {
+            Ok(m) => m,
+            Err(ParseError::Incomplete | ParseError::Empty) => return Outcome::Drop,
+            Err(_) => {
+                self.metrics.inc(Counter::Unparseable);
+                return Outcome::Drop;
+            }
+        };
+        self.handle_message(&m, src, conn, received, out)
+    }
+
+    /// Handles an already indexed message (the TCP framer parses first).
+    pub fn handle_message(
+        &self,
+        m: &Message<'_>,
+        src: SocketAddr,
+        conn: Option<u64>,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        out.clear();
+        if !m.is_request() {
+            self.metrics.inc(Counter::Responses);
+            return match self.mode {
+                Mode::Proxy if m.defect().is_none() => self.route_response(m, out),
+                _ => {
+                    self.metrics.inc(Counter::ResponsesDropped);
+                    Outcome::Drop
+                }
+            };
+        }
+        self.metrics.inc(Counter::Requests);
+        let is_ack = m.method() == b"ACK"
+            || (m.method().is_empty()
+                && m.header(Hdr::CSeq)
+                    .and_then(|c| parse_cseq(c).ok())
+                    .is_some_and(|(_, meth)| meth == b"ACK"));
+        let checked = match check_request(m, self.mode) {
+            Ok(c) => c,
+            Err(rej) => {
+                self.metrics.inc(Counter::BadRequests);
+                if is_ack || !can_answer(m) {
+                    return Outcome::Drop;
+                }
+                self.reply(m, None, rej.code, rej.reason, out, |o| {
+                    if rej.code == 420 {
+                        unsupported_header(m, o);
+                    }
+                });
+                return Outcome::Reply;
+            }
+        };
+        if checked.max_forwards == Some(0) && !(self.mode == Mode::Redirect && is_ack) {
+            if is_ack {
+                return Outcome::Drop;
+            }
+            self.reply(m, Some(&checked), 483, "Too Many Hops", out, |_| {});
+            return Outcome::Reply;
+        }
+        match self.mode {
+            Mode::Redirect => self.redirect(m, &checked, src, received, out),
+            Mode::Proxy => self.proxy(m, &checked, src, conn, received, out),
+        }
+    }
+
+    fn redirect(
+        &self,
+        m: &Message<'_>,
+        c: &Checked<'_>,
+        src: SocketAddr,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        match m.method() {
+            b"INVITE" => {
+                let lists = self.lists.load();
+                let v = self.score(m, src, received, &lists);
+                if v.action == Action::Block {
+                    self.reply_blocked(m, c, &v, out);
+                } else {
+                    self.reply(m, Some(c), 302, "Moved Temporarily", out, |o| {
+                        o.extend_from_slice(b"Contact: <");
+                        o.extend_from_slice(m.request_uri());
+                        o.extend_from_slice(b">\r\n");
+                        verdict_header(o, &v);
+                    });
+                }
+                Outcome::Reply
+            }
+            b"ACK" => {
+                self.metrics.inc(Counter::AcksAbsorbed);
+                Outcome::Drop
+            }
+            b"OPTIONS" => {
+                self.reply(m, Some(c), 200, "OK", out, |o| {
+                    o.extend_from_slice(b"Allow: INVITE, ACK, OPTIONS\r\n");
+                });
+                Outcome::Reply
+            }
+            _ => {
+                self.reply(m, Some(c), 405, "Method Not Allowed", out, |o| {
+                    o.extend_from_slice(b"Allow: INVITE, ACK, OPTIONS\r\n");
+                });
+                Outcome::Reply
+            }
+        }
+    }
+
+    fn proxy(
+        &self,
+        m: &Message<'_>,
+        c: &Checked<'_>,
+        src: SocketAddr,
+        conn: Option<u64>,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let Some(next_hop) = self.next_hop else {
+            return Outcome::Drop;
+        };
+        let method = m.method();
+        if self.reject_unknown && !self.trunks.is_empty() && self.trunks.lookup(src.ip()).is_none() {
+            self.metrics.inc(Counter::UnknownSource);
+            if method == b"ACK" {
+                return Outcome::Drop;
+            }
+            self.reply(m, Some(c), self.unknown_code, "Unknown Source", out, |_| {});
+            return Outcome::Reply;
+        }
+        let lists;
+        let mut verdict = None;
+        if method == b"INVITE" {
+            lists = self.lists.load();
+            let v = self.score(m, src, received, &lists);
+            if v.action == Action::Block {
+                self.reply_blocked(m, c, &v, out);
+                return Outcome::Reply;
+            }
+            verdict = Some(v);
+        }
+        if self.forward(m, c, src, conn, verdict.as_ref(), out).is_err() {
+            out.clear();
+            self.metrics.inc(Counter::BadRequests);
+            if method == b"ACK" {
+                return Outcome::Drop;
+            }
+            self.reply(m, Some(c), 400, "Bad Via", out, |_| {});
+            return Outcome::Reply;
+        }
+        self.metrics.inc(Counter::Forwarded);
+        Outcome::Forward(next_hop)
+    }
+
+    /// Extracts the call facts and scores them; fails open.
+    fn score<'l>(
+        &self,
+        m: &Message<'_>,
+        src: SocketAddr,
+        received: Instant,
+        lists: &'l ListSet,
+    ) -> Verdict<'l> {
+        self.metrics.inc(Counter::Invites);
+        if received.elapsed() > self.budget {
+            self.metrics.inc(Counter::FailOpenOverload);
+            self.metrics.inc(Counter::Allowed);
+            return Verdict::ALLOW;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let facts = CallFacts {
+                a_number: self.a_number(m),
+                b_number: self.b_number(m),
+                trunk_kind: self.trunks.lookup(src.ip()).map(|t| t.kind),
+            };
+            evaluate(&facts, lists)
+        }));
+        let v = match result {
+            Ok(v) => v,
+            Err(_) => {
+                self.metrics.inc(Counter::FailOpenInternal);
+                Verdict::ALLOW
+            }
+        };
+        self.metrics.inc(match v.action {
+            Action::Allow => Counter::Allowed,
+            Action::Flag => Counter::Flagged,
+            Action::Block => Counter::Blocked,
+        });
+        v
+    }
+
+    /// The A-number, from the sources in configured order.
+    pub fn a_number(&self, m: &Message<'_>) -> Option<Number> {
+        for src in &self.a_order {
+            let hdr = match src {
+                NumberSource::Pai => Hdr::PAssertedIdentity,
+                NumberSource::From => Hdr::From,
+            };
+            for line in m.all(hdr) {
+                for value in split_values(line) {
+                    if let Some(n) = number_of_name_addr(value, &self.plan) {
+                        return Some(n);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The B-number, from the Request-URI.
+    pub fn b_number(&self, m: &Message<'_>) -> Option<Number> {
+        let uri = parse_uri(m.request_uri()).ok()?;
+        self.plan.normalize(uri.user_number()?)
+    }
+
+    fn reply_blocked(&self, m: &Message<'_>, c: &Checked<'_>, v: &Verdict<'_>, out: &mut Vec<u8>) {
+        let reason = match self.block_code {
+            403 => "Forbidden",
+            607 => "Unwanted",
+            _ => "Decline",
+        };
+        self.reply(m, Some(c), self.block_code, reason, out, |o| {
+            o.extend_from_slice(b"Reason: Q.850;cause=21;text=\"");
+            o.extend_from_slice(v.rule.as_str().as_bytes());
+            o.extend_from_slice(b"\"\r\n");
+            verdict_header(o, v);
+        });
+    }
+
+    /// Writes a response to `m`: status line, the request's Via, From, To
+    /// (with a stateless To-tag), Call-ID and CSeq, the extra headers, and
+    /// an empty body.
+    fn reply(
+        &self,
+        m: &Message<'_>,
+        c: Option<&Checked<'_>>,
+        code: u16,
+        reason: &str,
+        out: &mut Vec<u8>,
+        extra: impl FnOnce(&mut Vec<u8>),
+    ) {
+        out.clear();
+        out.extend_from_slice(b"SIP/2.0 ");
+        push_u64(out, u64::from(code));
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for via in m.all(Hdr::Via) {
+            header(out, b"Via", via);
+        }
+        if let Some(v) = m.header(Hdr::From) {
+            header(out, b"From", v);
+        }
+        if let Some(to) = m.header(Hdr::To) {
+            out.extend_from_slice(b"To: ");
+            out.extend_from_slice(to);
+            let has_tag = match c {
+                Some(c) => param(c.to.params, b"tag").is_some(),
+                None => parse_name_addr(to).is_ok_and(|n| param(n.params, b"tag").is_some()),
+            };
+            if !has_tag && code > 100 {
+                out.extend_from_slice(b";tag=kz");
+                let mut h = Fnv::default();
+                h.write(m.header(Hdr::CallId).unwrap_or_default());
+                h.write(m.header(Hdr::From).unwrap_or_default());
+                push_hex(out, h.finish());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(v) = m.header(Hdr::CallId) {
+            header(out, b"Call-ID", v);
+        }
+        if let Some(v) = m.header(Hdr::CSeq) {
+            header(out, b"CSeq", v);
+        }
+        extra(out);
+        out.extend_from_slice(b"Server: kuzet\r\nContent-Length: 0\r\n\r\n");
+    }
+
+    /// Writes the request as forwarded to the next hop: kuzet's Via on top,
+    /// the previous top Via marked with received/rport, Max-Forwards one
+    /// lower, the verdict header when flagged, everything else as it came.
+    fn forward(
+        &self,
+        m: &Message<'_>,
+        c: &Checked<'_>,
+        src: SocketAddr,
+        conn: Option<u64>,
+        verdict: Option<&Verdict<'_>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SyntaxError> {
+        let bytes = m.bytes();
+        let line_end = memchr::memchr(b'\n', bytes).unwrap_or(0);
+        let start_line = &bytes[..line_end];
+        let start_line = start_line.strip_suffix(b"\r").unwrap_or(start_line);
+        out.extend_from_slice(start_line);
+        out.extend_from_slice(b"\r\nVia: SIP/2.0/UDP ");
+        out.extend_from_slice(&self.via_sent_by);
+        out.extend_from_slice(b";branch=");
+        out.extend_from_slice(BRANCH_PREFIX);
+        let top = m.header(Hdr::Via).unwrap_or_default();
+        let mut h = Fnv::default();
+        h.write(split_values(top).next().unwrap_or_default());
+        push_hex(out, h.finish());
+        if let Some(id) = conn {
+            out.extend_from_slice(b";kzc=");
+            push_u64(out, id);
+        }
+        out.extend_from_slice(b"\r\n");
+        let mut first_via = true;
+        for hl in m.headers() {
+            match hl.kind {
+                Hdr::Via if first_via => {
+                    first_via = false;
+                    out.extend_from_slice(b"Via: ");
+                    let top_value = split_values(hl.value).next().unwrap_or_default();
+                    let via = parse_via(top_value)?;
+                    // Copy the value up to the parameters, then each
+                    // parameter, filling in rport; then add received.
+                    let params_at = offset_in(hl.value, via.params).unwrap_or(top_value.len());
+                    out.extend_from_slice(&hl.value[..params_at]);
+                    for p in via.params.split(|&b| b == b';').filter(|p| !p.is_empty()) {
+                        out.push(b';');
+                        let p = crate::sip::syntax::trim_lws(p);
+                        if p.eq_ignore_ascii_case(b"rport") {
+                            out.extend_from_slice(b"rport=");
+                            push_u64(out, u64::from(src.port()));
+                        } else {
+                            out.extend_from_slice(p);
+                        }
+                    }
+                    out.extend_from_slice(b";received=");
+                    let _ = write!(out, "{}", src.ip());
+                    let rest_at = offset_in(hl.value, top_value).map_or(hl.value.len(), |o| o + top_value.len());
+                    out.extend_from_slice(&hl.value[rest_at..]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Hdr::MaxForwards => {
+                    out.extend_from_slice(b"Max-Forwards: ");
+                    push_u64(out, u64::from(c.max_forwards.unwrap_or(70).saturating_sub(1)));
+                    out.extend_from_slice(b"\r\n");
+                }
+                _ => {
+                    out.extend_from_slice(&bytes[hl.line.clone()]);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        if c.max_forwards.is_none() {
+            out.extend_from_slice(b"Max-Forwards: 69\r\n");
+        }
+        if let Some(v) = verdict {
+            if v.action == Action::Flag {
+                verdict_header(out, v);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(m.body());
+        Ok(())
+    }
+
+    /// Proxy mode: pops kuzet's Via off a response and sends it on to the
+    /// next Via (its received/rport when present).
+    fn route_response(&self, m: &Message<'_>, out: &mut Vec<u8>) -> Outcome {
+        let drop = |metrics: &Metrics| {
+            metrics.inc(Counter::ResponsesDropped);
+            Outcome::Drop
+        };
+        let Some(top_line) = m.header(Hdr::Via) else {
+            return drop(&self.metrics);
+        };
+        let mut values = split_values(top_line);
+        let top = values.next().unwrap_or_default();
+        let Ok(ours) = parse_via(top) else {
+            return drop(&self.metrics);
+        };
+        let is_ours = ours.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+            && sent_by_matches(&ours, &self.via_sent_by);
+        if !is_ours {
+            return drop(&self.metrics);
+        }
+        let conn = param(ours.params, b"kzc").and_then(crate::sip::parse_u32).map(u64::from);
+        let rest_of_line = values.next();
+        let bytes = m.bytes();
+        let line_end = memchr::memchr(b'\n', bytes).unwrap_or(0);
+        out.extend_from_slice(&bytes[..=line_end]);
+        let mut next_via: Option<&[u8]> = rest_of_line;
+        let mut first = true;
+        for hl in m.headers() {
+            if hl.kind == Hdr::Via && first {
+                first = false;
+                if let Some(at) = rest_of_line.and_then(|r| offset_in(hl.value, r)) {
+                    out.extend_from_slice(b"Via: ");
+                    out.extend_from_slice(&hl.value[at..]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                continue;
+            }
+            if hl.kind == Hdr::Via && next_via.is_none() {
+                next_via = split_values(hl.value).next();
+            }
+            out.extend_from_slice(&bytes[hl.line.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(m.body());
+        self.metrics.inc(Counter::ResponsesRouted);
+        if let Some(id) = conn {
+            return Outcome::ToConnection(id);
+        }
+        let Some(dest) = next_via.and_then(|v| parse_via(v).ok()).and_then(|v| via_destination(&v)) else {
+            out.clear();
+            return drop(&self.metrics);
+        };
+        Outcome::Forward(dest)
+    }
+}
+
+/// Whether enough of the request survived to build a response to it.
+fn can_answer(m: &Message<'_>) -> bool {
+    [Hdr::Via, Hdr::From, Hdr::To, Hdr::CallId, Hdr::CSeq]
+        .iter()
+        .all(|h| m.header(*h).is_some())
+}
+
+/// RFC 3261 section 8.2 and 16.3 checks, in the order RFC 4475 expects.
+fn check_request<'a>(m: &Message<'a>, mode: Mode) -> Result<Checked<'a>, Reject> {
+    if let Some(d) = m.defect() {
+        return Err(reject(400, d.reason()));
+    }
+    if m.version() != b"SIP/2.0" {
+        return Err(reject(505, "Version Not Supported"));
+    }
+    for (h, name) in [
+        (Hdr::Via, "Missing Via"),
+        (Hdr::From, "Missing From"),
+        (Hdr::To, "Missing To"),
+        (Hdr::CallId, "Missing Call-ID"),
+        (Hdr::CSeq, "Missing CSeq"),
+    ] {
+        if m.header(h).is_none() {
+            return Err(reject(400, name));
+        }
+    }
+    for (h, name) in [
+        (Hdr::From, "Multiple From"),
+        (Hdr::To, "Multiple To"),
+        (Hdr::CallId, "Multiple Call-ID"),
+        (Hdr::CSeq, "Multiple CSeq"),
+        (Hdr::MaxForwards, "Multiple Max-Forwards"),
+    ] {
+        if m.count(h) > 1 {
+            return Err(reject(400, name));
+        }
+    }
+    let (_, cseq_method) =
+        parse_cseq(m.header(Hdr::CSeq).unwrap_or_default()).map_err(|_| reject(400, "Bad CSeq"))?;
+    if cseq_method != m.method() {
+        return Err(reject(400, "CSeq Method Mismatch"));
+    }
+    let max_forwards = match m.header(Hdr::MaxForwards) {
+        None => None,
+        Some(v) => match crate::sip::parse_u32(v) {
+            Some(n) if n <= 255 => Some(n),
+            _ => return Err(reject(400, "Bad Max-Forwards")),
+        },
+    };
+    parse_via(split_values(m.header(Hdr::Via).unwrap_or_default()).next().unwrap_or_default())
+        .map_err(|_| reject(400, "Bad Via"))?;
+    parse_name_addr(m.header(Hdr::From).unwrap_or_default()).map_err(|_| reject(400, "Bad From"))?;
+    let to = parse_name_addr(m.header(Hdr::To).unwrap_or_default()).map_err(|_| reject(400, "Bad To"))?;
+    for line in m.all(Hdr::Contact) {
+        for v in split_values(line) {
+            if v != b"*" {
+                parse_name_addr(v).map_err(|_| reject(400, "Bad Contact"))?;
+            }
+        }
+    }
+    let ruri = parse_uri(m.request_uri()).map_err(|_| reject(400, "Bad Request-URI"))?;
+    match ruri.scheme {
+        Scheme::Sip | Scheme::Sips | Scheme::Tel => {}
+        Scheme::Other => return Err(reject(416, "Unsupported URI Scheme")),
+    }
+    if !ruri.headers.is_empty() {
+        return Err(reject(400, "Headers Not Allowed In Request-URI"));
+    }
+    let require = match mode {
+        Mode::Redirect => Hdr::Require,
+        Mode::Proxy => Hdr::ProxyRequire,
+    };
+    if m.method() != b"ACK" && m.method() != b"CANCEL" && m.header(require).is_some() {
+        return Err(reject(420, "Bad Extension"));
+    }
+    Ok(Checked { to, max_forwards })
+}
+
+fn unsupported_header(m: &Message<'_>, out: &mut Vec<u8>) {
+    for h in [Hdr::Require, Hdr::ProxyRequire] {
+        for line in m.all(h) {
+            header(out, b"Unsupported", line);
+        }
+    }
+}
+
+fn number_of_name_addr(value: &[u8], plan: &NumberingPlan) -> Option<Number> {
+    let na = parse_name_addr(value).ok()?;
+    let uri = parse_uri(na.uri).ok()?;
+    plan.normalize(uri.user_number()?)
+}
+
+fn verdict_header(out: &mut Vec<u8>, v: &Verdict<'_>) {
+    out.extend_from_slice(b"X-Kuzet-Verdict: ");
+    out.extend_from_slice(v.action.as_str().as_bytes());
+    if v.action != Action::Allow || v.hit.is_some() {
+        out.extend_from_slice(b";score=");
+        push_u64(out, u64::from(v.score));
+        out.extend_from_slice(b";rule=");
+        out.extend_from_slice(v.rule.as_str().as_bytes());
+        if let Some(side) = v.side {
+            out.extend_from_slice(b";side=");
+            out.extend_from_slice(side.as_str().as_bytes());
+        }
+        if let Some(hit) = v.hit {
+            if !hit.reason.is_empty() {
+                out.extend_from_slice(b";reason=\"");
+                out.extend_from_slice(hit.reason.as_bytes());
+                out.push(b'"');
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_hex(out: &mut Vec<u8>, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..16).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+/// Where `inner` starts within `outer`, when it is a sub-slice of it.
+fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
+    let o = outer.as_ptr() as usize;
+    let i = inner.as_ptr() as usize;
+    (i >= o && i + inner.len() <= o + outer.len()).then(|| i - o)
+}
+
+fn sent_by_matches(via: &crate::sip::syntax::Via<'_>, sent_by: &[u8]) -> bool {
+    let port = via.port.unwrap_or(5060);
+    let Some(colon) = sent_by.iter().rposition(|&b| b == b':') else {
+        return false;
+    };
+    via.host.eq_ignore_ascii_case(&sent_by[..colon])
+        && crate::sip::parse_u32(&sent_by[colon + 1..]) == Some(u32::from(port))
+}
+
+/// Where a response goes for this Via: received/rport first (RFC 3581),
+/// else the sent-by address. Host names are not resolved on the call path.
+fn via_destination(v: &crate::sip::syntax::Via<'_>) -> Option<SocketAddr> {
+    let host = param(v.params, b"received").unwrap_or(v.host);
+    let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
+    let ip: IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
+    let port = param(v.params, b"rport")
+        .and_then(crate::sip::parse_u32)
+        .and_then(|p| u16::try_from(p).ok())
+        .or(v.port)
+        .unwrap_or(5060);
+    Some(SocketAddr::new(ip, port))
+}
+
+/// FNV-1a: stable across runs and nodes, for branches and To-tags.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
