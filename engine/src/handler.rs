@@ -544,11 +544,11 @@ impl Handler {
     }
 }
 
-/// Whether enough of the request survived to build a response to it.
+/// Whether a response makes sense: it needs a Via to echo. Responses go
+/// back to the source address, so even a malformed Via (RFC 4475
+/// badinv01) can be answered; whatever else is missing is left out.
 fn can_answer(m: &Message<'_>) -> bool {
-    [Hdr::Via, Hdr::From, Hdr::To, Hdr::CallId, Hdr::CSeq]
-        .iter()
-        .all(|h| m.header(*h).is_some())
+    m.header(Hdr::Via).is_some()
 }
 
 /// RFC 3261 section 8.2 and 16.3 checks, in the order RFC 4475 expects.

@@ -69,8 +69,6 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         "lists loaded"
     );
     let lists: SharedLists = Arc::new(ArcSwap::from_pointee(set));
-    let metrics = Arc::new(Metrics::default());
-    let handler = Arc::new(Handler::new(&cfg, lists.clone(), metrics.clone())?);
 
     let workers = match cfg.server.udp_workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -96,6 +94,11 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         None
     };
     let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // kuzet's Via must carry the real port when the config said 0.
+    let mut cfg = cfg;
+    cfg.server.listen = udp_addr;
+    let metrics = Arc::new(Metrics::default());
+    let handler = Arc::new(Handler::new(&cfg, lists.clone(), metrics.clone())?);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let conns: Connections = Arc::default();

@@ -218,13 +218,18 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, SyntaxError> {
             })
         }
         Scheme::Sip | Scheme::Sips => {
-            let (main, headers) = match memchr::memchr(b'?', rest) {
-                Some(i) => (&rest[..i], &rest[i + 1..]),
-                None => (rest, &b""[..]),
+            // The userinfo may hold '?' and ';' but never a bare '@'
+            // (header values must escape it), so the first '@' ends it.
+            let (user, after_user) = match memchr::memchr(b'@', rest) {
+                Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+                None => (None, rest),
             };
-            let (user, hostpart) = match memchr::memchr(b'@', main) {
-                Some(i) => {
-                    let ui = &main[..i];
+            let (main, headers) = match memchr::memchr(b'?', after_user) {
+                Some(i) => (&after_user[..i], &after_user[i + 1..]),
+                None => (after_user, &b""[..]),
+            };
+            let (user, hostpart) = match user {
+                Some(ui) => {
                     // Drop a password (`user:pass`), keep user parameters.
                     let user = match memchr::memchr(b':', ui) {
                         Some(c) => &ui[..c],
@@ -233,7 +238,7 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, SyntaxError> {
                     if user.is_empty() {
                         return Err(SyntaxError::Uri);
                     }
-                    (Some(user), &main[i + 1..])
+                    (Some(user), main)
                 }
                 None => (None, main),
             };

@@ -1,0 +1,1 @@
+//! SIPp end to end (filled in below).
