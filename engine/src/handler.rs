@@ -256,6 +256,12 @@ impl Handler {
             self.reply(m, Some(c), self.unknown_code, "Unknown Source", out, |_| {});
             return Outcome::Reply;
         }
+        // An OPTIONS to kuzet itself (no user part) is a keep-alive ping from
+        // a dispatcher in front: answer it rather than forward it.
+        if method == b"OPTIONS" && parse_uri(m.request_uri()).is_ok_and(|u| u.user.is_none()) {
+            self.reply(m, Some(c), 200, "OK", out, |_| {});
+            return Outcome::Reply;
+        }
         let lists;
         let mut verdict = None;
         if method == b"INVITE" {
