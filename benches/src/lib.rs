@@ -1,1 +1,76 @@
-//! placeholder
+//! Shared fixtures for kuzet's criterion benchmarks: a typical INVITE and
+//! big generated lists, built the same way for kuzet and its baselines.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// A typical 700-byte INVITE from an SBC, with SDP.
+pub const INVITE: &[u8] = b"INVITE sip:+77015550123@10.20.0.5:5060;user=phone SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.10.0.9:5060;branch=z9hG4bK-524287-1---5fd3a3c2b0c1;rport\r\n\
+Max-Forwards: 69\r\n\
+Contact: <sip:+77019876543@10.10.0.9:5060;transport=udp>\r\n\
+To: <sip:+77015550123@10.20.0.5;user=phone>\r\n\
+From: \"Subscriber\" <sip:87019876543@10.10.0.9;user=phone>;tag=8b0c2e31\r\n\
+Call-ID: 3c26701bd8a1-4d5e@10.10.0.9\r\n\
+CSeq: 1 INVITE\r\n\
+P-Asserted-Identity: <sip:+77019876543@10.10.0.9;user=phone>\r\n\
+Supported: replaces, timer\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 202\r\n\
+\r\n\
+v=0\r\n\
+o=- 1705334 1705334 IN IP4 10.10.0.9\r\n\
+s=-\r\n\
+c=IN IP4 10.10.0.9\r\n\
+t=0 0\r\n\
+m=audio 40000 RTP/AVP 8 0 101\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-15\r\n\
+a=sendrecv\r\n";
+
+/// The `i`th of a spread of Kazakh mobile numbers (E.164 digits, no '+').
+pub fn number(i: u64) -> u64 {
+    // Spread over 700..779 ranges so the sets are not one dense block.
+    let x = i.wrapping_mul(2_654_435_761) % 800_000_000;
+    77_000_000_000 + (x / 8) * 8 + (i % 8)
+}
+
+/// Writes a list file of `n` numbers and returns its path (cached by size).
+pub fn list_file(n: u64) -> PathBuf {
+    let dir = std::env::temp_dir().join("kuzet-bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("numbers-{n}.txt"));
+    if path.exists() {
+        return path;
+    }
+    let mut text = String::with_capacity(n as usize * 14);
+    text.push_str("# generated for benchmarks\n");
+    for i in 0..n {
+        let _ = writeln!(text, "+{}", number(i));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write bench list");
+    std::fs::rename(&tmp, &path).expect("rename bench list");
+    path
+}
+
+/// Resident memory of this process, from /proc (Linux), in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fixture_is_a_typical_size_and_parses() {
+        assert!((650..=800).contains(&super::INVITE.len()), "{}", super::INVITE.len());
+        let m = kuzet_engine::sip::parse(super::INVITE, kuzet_engine::sip::Transport::Datagram).unwrap();
+        assert_eq!(m.defect(), None);
+        assert_eq!(m.body().len(), 202);
+    }
+}
