@@ -5,7 +5,14 @@
 //! hot path. Line folding inside values is linear white space here (RFC 3261
 //! section 7.3.1), so folded values decode like unfolded ones.
 
-use super::is_token;
+use super::{is_token, URI_BAD};
+
+/// Position of `c` in a short slice. Header values are tens of bytes, where
+/// a plain loop beats setting up a SIMD search.
+#[inline(always)]
+fn find(c: u8, b: &[u8]) -> Option<usize> {
+    b.iter().position(|&x| x == c)
+}
 
 /// Why a value did not decode. Kept as a small enum: no strings, no boxes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -142,7 +149,7 @@ impl<'a> Uri<'a> {
     /// The user part without user parameters (`+7701...;npdi` -> `+7701...`).
     pub fn user_number(&self) -> Option<&'a [u8]> {
         let u = self.user?;
-        Some(match memchr::memchr(b';', u) {
+        Some(match find(b';', u) {
             Some(i) => &u[..i],
             None => u,
         })
@@ -166,7 +173,7 @@ fn host_ok(h: &[u8]) -> bool {
 
 /// Decodes a URI. Accepts any well-formed scheme; decodes sip, sips and tel.
 pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, SyntaxError> {
-    let colon = memchr::memchr(b':', u).ok_or(SyntaxError::Scheme)?;
+    let colon = find(b':', u).ok_or(SyntaxError::Scheme)?;
     let scheme = &u[..colon];
     if scheme.is_empty()
         || !scheme[0].is_ascii_alphabetic()
@@ -177,11 +184,7 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, SyntaxError> {
         return Err(SyntaxError::Scheme);
     }
     let rest = &u[colon + 1..];
-    if rest.is_empty()
-        || rest
-            .iter()
-            .any(|&b| b <= b' ' || b >= 0x7f || matches!(b, b'<' | b'>' | b'"'))
-    {
+    if rest.is_empty() || rest.iter().any(|&b| URI_BAD[b as usize]) {
         return Err(SyntaxError::Uri);
     }
     let kind = if scheme.eq_ignore_ascii_case(b"sip") {
@@ -204,7 +207,7 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, SyntaxError> {
     match kind {
         Scheme::Other => Ok(none),
         Scheme::Tel => {
-            let (num, params) = match memchr::memchr(b';', rest) {
+            let (num, params) = match find(b';', rest) {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, &b""[..]),
             };
@@ -220,18 +223,18 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, SyntaxError> {
         Scheme::Sip | Scheme::Sips => {
             // The userinfo may hold '?' and ';' but never a bare '@'
             // (header values must escape it), so the first '@' ends it.
-            let (user, after_user) = match memchr::memchr(b'@', rest) {
+            let (user, after_user) = match find(b'@', rest) {
                 Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
                 None => (None, rest),
             };
-            let (main, headers) = match memchr::memchr(b'?', after_user) {
+            let (main, headers) = match find(b'?', after_user) {
                 Some(i) => (&after_user[..i], &after_user[i + 1..]),
                 None => (after_user, &b""[..]),
             };
             let (user, hostpart) = match user {
                 Some(ui) => {
                     // Drop a password (`user:pass`), keep user parameters.
-                    let user = match memchr::memchr(b':', ui) {
+                    let user = match find(b':', ui) {
                         Some(c) => &ui[..c],
                         None => ui,
                     };
@@ -242,12 +245,12 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, SyntaxError> {
                 }
                 None => (None, main),
             };
-            let (hostport, params) = match memchr::memchr(b';', hostpart) {
+            let (hostport, params) = match find(b';', hostpart) {
                 Some(i) => (&hostpart[..i], &hostpart[i..]),
                 None => (hostpart, &b""[..]),
             };
             let (host, port) = if hostport.first() == Some(&b'[') {
-                let close = memchr::memchr(b']', hostport).ok_or(SyntaxError::Uri)?;
+                let close = find(b']', hostport).ok_or(SyntaxError::Uri)?;
                 let tail = &hostport[close + 1..];
                 let port = match tail {
                     [] => None,
@@ -256,7 +259,7 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, SyntaxError> {
                 };
                 (&hostport[..=close], port)
             } else {
-                match memchr::memchr(b':', hostport) {
+                match find(b':', hostport) {
                     Some(c) => (&hostport[..c], Some(parse_port(&hostport[c + 1..])?)),
                     None => (hostport, None),
                 }
@@ -312,7 +315,7 @@ fn scan_params(b: &[u8], mut i: usize) -> Result<usize, SyntaxError> {
             if b[i] == b'"' {
                 i = quoted_end(b, i)?;
             } else if b[i] == b'[' {
-                i = memchr::memchr(b']', &b[i..]).ok_or(SyntaxError::Param)? + i + 1;
+                i = find(b']', &b[i..]).ok_or(SyntaxError::Param)? + i + 1;
             } else {
                 let vs = i;
                 while i < b.len() && (is_token(b[i]) || b[i] == b':') {
@@ -330,7 +333,7 @@ fn scan_params(b: &[u8], mut i: usize) -> Result<usize, SyntaxError> {
 pub fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     for p in params.split(|&b| b == b';') {
         let p = trim_lws(p);
-        let (n, v) = match memchr::memchr(b'=', p) {
+        let (n, v) = match find(b'=', p) {
             Some(i) => (trim_lws(&p[..i]), trim_lws(&p[i + 1..])),
             None => (p, &b""[..]),
         };
@@ -367,7 +370,7 @@ pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, SyntaxError> {
         }
     } else {
         // A display name of tokens and LWS before '<', or an addr-spec.
-        if let Some(j) = memchr::memchr(b'<', v) {
+        if let Some(j) = find(b'<', v) {
             display_end = j;
             i = j;
         } else {
@@ -381,7 +384,7 @@ pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, SyntaxError> {
                 e += 1;
             }
             uri = &v[..e];
-            if uri.is_empty() || memchr::memchr(b':', uri).is_none() {
+            if uri.is_empty() || find(b':', uri).is_none() {
                 return Err(SyntaxError::Uri);
             }
             let end = scan_params(v, e)?;
@@ -396,7 +399,7 @@ pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, SyntaxError> {
         }
     }
     // v[i] == '<'
-    let close = memchr::memchr(b'>', &v[i..]).ok_or(SyntaxError::Angle)? + i;
+    let close = find(b'>', &v[i..]).ok_or(SyntaxError::Angle)? + i;
     uri = &v[i + 1..close];
     if uri.is_empty() || is_lws(uri[0]) || is_lws(uri[uri.len() - 1]) {
         return Err(SyntaxError::Angle);
@@ -462,7 +465,7 @@ pub fn parse_via(v: &[u8]) -> Result<Via<'_>, SyntaxError> {
             }
             let hs = i;
             let he = if v.get(i) == Some(&b'[') {
-                memchr::memchr(b']', &v[i..]).ok_or(SyntaxError::Via)? + i + 1
+                find(b']', &v[i..]).ok_or(SyntaxError::Via)? + i + 1
             } else {
                 let mut j = i;
                 while j < v.len()

@@ -136,7 +136,7 @@ fn run_sipp(dir: &Path, args: &[String]) -> (bool, HashMap<String, u64>) {
 fn parse_counts(text: &str) -> HashMap<String, u64> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let head: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
-    let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = lines.next_back().unwrap_or("").split(';').collect();
     head.iter()
         .zip(last.iter())
         .filter_map(|(h, v)| Some((h.to_string(), v.trim().parse().ok()?)))
