@@ -133,6 +133,22 @@ fn run_sipp(dir: &Path, args: &[String]) -> (bool, HashMap<String, u64>) {
     (out.success(), counts)
 }
 
+/// Replays `calls.csv` in `dir` with the redirect scenario at `rate` calls/s.
+fn run_redirect_uac(dir: &Path, to: SocketAddr, n: usize, rate: u32) -> (bool, HashMap<String, u64>) {
+    let args: Vec<String> = vec![
+        to.to_string(),
+        "-sf".into(),
+        UAC.into(),
+        "-inf".into(),
+        "calls.csv".into(),
+        "-m".into(),
+        n.to_string(),
+        "-r".into(),
+        rate.to_string(),
+    ];
+    run_sipp(dir, &args)
+}
+
 fn parse_counts(text: &str) -> HashMap<String, u64> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let head: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
@@ -169,20 +185,7 @@ fn sipp_redirect_counts_equal_what_the_lists_imply() {
     let want_block = calls.iter().filter(|c| c.expect == Expect::Block).count() as u64;
     let want_pass = n as u64 - want_block;
     let k = Kuzet::start(&LIST_ARGS, dir.path());
-    let (ok, counts) = run_sipp(
-        dir.path(),
-        &[
-            k.addr.to_string(),
-            "-sf".into(),
-            UAC.into(),
-            "-inf".into(),
-            "calls.csv".into(),
-            "-m".into(),
-            n.to_string(),
-            "-r".into(),
-            "1000".into(),
-        ],
-    );
+    let (ok, counts) = run_redirect_uac(dir.path(), k.addr, n, 1000);
     let summary = k.stop();
     assert!(ok, "every SIPp call succeeded: {counts:?}");
     assert_eq!(counts.get("0_INVITE_Sent"), Some(&(n as u64)));
@@ -214,20 +217,7 @@ fn sipp_list_reload_under_load_loses_no_call() {
         std::fs::write(d.join("block.new"), "+77011112233\n8 705 123 45 67,new campaign\n").unwrap();
         std::fs::rename(d.join("block.new"), d.join("block.txt")).unwrap();
     });
-    let (ok, counts) = run_sipp(
-        dir.path(),
-        &[
-            k.addr.to_string(),
-            "-sf".into(),
-            UAC.into(),
-            "-inf".into(),
-            "calls.csv".into(),
-            "-m".into(),
-            n.to_string(),
-            "-r".into(),
-            "1000".into(),
-        ],
-    );
+    let (ok, counts) = run_redirect_uac(dir.path(), k.addr, n, 1000);
     swapper.join().unwrap();
     let summary = k.stop();
     let pass = counts.get("1_302_Recv").copied().unwrap_or(0);
