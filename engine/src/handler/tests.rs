@@ -43,3 +43,23 @@ fn sub_slice_offsets() {
     assert_eq!(offset_in(outer, &outer[2..4]), Some(2));
     assert_eq!(offset_in(outer, b"cd"), None);
 }
+
+#[test]
+fn a_number_order_is_configurable() {
+    let msg = b"INVITE sip:87015550000@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:87011111111@h>;tag=1\r\nTo: <sip:87015550000@h>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\
+P-Asserted-Identity: \"Bank\" <sip:+77272500000@h>, <tel:+77272500000>\r\nContent-Length: 0\r\n\r\n";
+    let m = crate::sip::parse(msg, Transport::Datagram).unwrap();
+    let lists: SharedLists = Arc::new(ArcSwap::from_pointee(ListSet::default()));
+    let metrics = Arc::new(Metrics::default());
+    let mut cfg = Config::default();
+    let h = Handler::new(&cfg, lists.clone(), metrics.clone()).unwrap();
+    assert_eq!(h.a_number(&m).unwrap().to_string(), "+77272500000", "PAI first by default");
+    assert_eq!(h.b_number(&m).unwrap().to_string(), "+77015550000");
+    cfg.numbers.a_number_order = vec![NumberSource::From, NumberSource::Pai];
+    let h = Handler::new(&cfg, lists, metrics).unwrap();
+    assert_eq!(h.a_number(&m).unwrap().to_string(), "+77011111111");
+    let no_user = b"INVITE sip:h SIP/2.0\r\nFrom: <sip:h>\r\n\r\n";
+    let m = crate::sip::parse(no_user, Transport::Datagram).unwrap();
+    assert_eq!((h.a_number(&m), h.b_number(&m)), (None, None));
+}

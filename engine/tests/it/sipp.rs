@@ -275,3 +275,32 @@ fn sipp_proxy_mode_reaches_a_sipp_uas_behind_kuzet() {
     // INVITE, ACK and BYE of every call went through kuzet.
     assert!(summary.contains(&format!("proxy_forwarded_total={}", 3 * n)), "{summary}");
 }
+
+#[test]
+fn cli_rejects_bad_lists_and_configs_with_exit_code_2() {
+    let dir = TempDir::new("cli");
+    dir.write("bad.txt", "+77011112233\nnot-a-number,oops\n");
+    dir.write("bad.toml", "[server]\nlisten = \"127.0.0.1:0\"\nmood = \"redirect\"\n");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+            .arg("run")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--blocklist", "bad.txt"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("bad.txt:2: \"not-a-number\" is not a phone number"), "{err}");
+    let (code, err) = run(&["--config", "bad.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("bad.toml:3:1") && err.contains("unknown field `mood`"), "{err}");
+    let (code, err) = run(&["--mode", "proxy"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("next hop"), "{err}");
+    let (code, err) = run(&["--blocklist", "missing.txt"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("missing.txt"), "{err}");
+}
