@@ -140,12 +140,8 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kuzet: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(rt) = server::small_runtime("signal") else {
+        return ExitCode::from(1);
     };
     rt.block_on(async {
         #[cfg(unix)]
