@@ -22,7 +22,7 @@ use crate::config::{Config, Mode, NumberSource, TrunkMap};
 use crate::metrics::{Counter, Metrics};
 use crate::sip::syntax::{
     param, parse_cseq, parse_name_addr, parse_uri, parse_via, split_values, NameAddr, Scheme,
-    SyntaxError,
+    SyntaxError, Uri,
 };
 use crate::sip::{parse, Hdr, Message, ParseError, Transport};
 
@@ -73,9 +73,11 @@ const fn reject(code: u16, reason: &'static str) -> Reject {
     Reject { code, reason }
 }
 
-/// The pieces of a request that validation decoded and replies reuse.
+/// The pieces of a request that validation decoded and later steps reuse,
+/// so nothing on the call path is decoded twice.
 struct Checked<'a> {
     to: NameAddr<'a>,
+    ruri: Uri<'a>,
     max_forwards: Option<u32>,
 }
 
@@ -121,7 +123,6 @@ impl Handler {
         received: Instant,
         out: &mut Vec<u8>,
     ) -> Outcome {
-        out.clear();
         let transport = if conn.is_some() {
             Transport::Stream
         } else {
@@ -203,7 +204,7 @@ impl Handler {
         match m.method() {
             b"INVITE" => {
                 let lists = self.lists.load();
-                let v = self.score(m, src, received, &lists);
+                let v = self.score(m, c, src, received, &lists);
                 if v.action == Action::Block {
                     self.reply_blocked(m, c, &v, out);
                 } else {
@@ -258,7 +259,7 @@ impl Handler {
         }
         // An OPTIONS to kuzet itself (no user part) is a keep-alive ping from
         // a dispatcher in front: answer it rather than forward it.
-        if method == b"OPTIONS" && parse_uri(m.request_uri()).is_ok_and(|u| u.user.is_none()) {
+        if method == b"OPTIONS" && c.ruri.user.is_none() {
             self.reply(m, Some(c), 200, "OK", out, |_| {});
             return Outcome::Reply;
         }
@@ -266,7 +267,7 @@ impl Handler {
         let mut verdict = None;
         if method == b"INVITE" {
             lists = self.lists.load();
-            let v = self.score(m, src, received, &lists);
+            let v = self.score(m, c, src, received, &lists);
             if v.action == Action::Block {
                 self.reply_blocked(m, c, &v, out);
                 return Outcome::Reply;
@@ -290,6 +291,7 @@ impl Handler {
     fn score<'l>(
         &self,
         m: &Message<'_>,
+        c: &Checked<'_>,
         src: SocketAddr,
         received: Instant,
         lists: &'l ListSet,
@@ -303,7 +305,7 @@ impl Handler {
         let result = catch_unwind(AssertUnwindSafe(|| {
             let facts = CallFacts {
                 a_number: self.a_number(m),
-                b_number: self.b_number(m),
+                b_number: self.number_of_uri(&c.ruri),
                 trunk_kind: self.trunks.lookup(src.ip()).map(|t| t.kind),
             };
             evaluate(&facts, lists)
@@ -343,7 +345,10 @@ impl Handler {
 
     /// The B-number, from the Request-URI.
     pub fn b_number(&self, m: &Message<'_>) -> Option<Number> {
-        let uri = parse_uri(m.request_uri()).ok()?;
+        self.number_of_uri(&parse_uri(m.request_uri()).ok()?)
+    }
+
+    fn number_of_uri(&self, uri: &Uri<'_>) -> Option<Number> {
         self.plan.normalize(uri.user_number()?)
     }
 
@@ -625,7 +630,11 @@ fn check_request<'a>(m: &Message<'a>, mode: Mode) -> Result<Checked<'a>, Reject>
     if m.method() != b"ACK" && m.method() != b"CANCEL" && m.header(require).is_some() {
         return Err(reject(420, "Bad Extension"));
     }
-    Ok(Checked { to, max_forwards })
+    Ok(Checked {
+        to,
+        ruri,
+        max_forwards,
+    })
 }
 
 fn unsupported_header(m: &Message<'_>, out: &mut Vec<u8>) {

@@ -148,14 +148,7 @@ fn run(args: RunArgs) -> ExitCode {
         {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).ok();
-            let term_fut = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
+            let term_fut = server::signal_or_never(term.as_mut());
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term_fut => {}

@@ -150,9 +150,10 @@ impl Metrics {
     }
 }
 
-/// Records `d` in microseconds, clamped into the histogram's range.
+/// Records `count` requests that each took `d`, in microseconds, clamped
+/// into the histogram's range.
 #[inline]
-pub fn record(h: &mut Histogram<u64>, d: Duration) {
+pub fn record(h: &mut Histogram<u64>, d: Duration, count: u64) {
     let us = (d.as_micros() as u64).clamp(1, 60_000_000);
-    let _ = h.record(us);
+    let _ = h.record_n(us, count);
 }

@@ -183,14 +183,7 @@ fn control_plane(
         };
         loop {
             #[cfg(unix)]
-            let hup_fut = async {
-                match hup.as_mut() {
-                    Some(h) => {
-                        h.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
+            let hup_fut = signal_or_never(hup.as_mut());
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = poll.tick() => {
@@ -212,6 +205,18 @@ fn control_plane(
             }
         }
     });
+}
+
+/// Waits for the next delivery of a signal, or forever when none was
+/// installed, so `select!` arms stay uniform.
+#[cfg(unix)]
+pub async fn signal_or_never(sig: Option<&mut tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// A single-threaded runtime for one of kuzet's own threads; logs and

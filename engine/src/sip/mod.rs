@@ -80,26 +80,6 @@ impl Hdr {
             _ => Hdr::Other,
         }
     }
-
-    /// The full name, as kuzet writes it.
-    pub fn canonical(self) -> &'static str {
-        match self {
-            Hdr::Via => "Via",
-            Hdr::From => "From",
-            Hdr::To => "To",
-            Hdr::CallId => "Call-ID",
-            Hdr::CSeq => "CSeq",
-            Hdr::MaxForwards => "Max-Forwards",
-            Hdr::ContentLength => "Content-Length",
-            Hdr::ContentType => "Content-Type",
-            Hdr::Contact => "Contact",
-            Hdr::PAssertedIdentity => "P-Asserted-Identity",
-            Hdr::Require => "Require",
-            Hdr::ProxyRequire => "Proxy-Require",
-            Hdr::Route => "Route",
-            Hdr::Other => "",
-        }
-    }
 }
 
 /// How the message arrived: framing differs (RFC 3261 section 18.3).

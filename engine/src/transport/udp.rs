@@ -85,10 +85,7 @@ pub fn run_worker(
                     }
                 }
             }
-            let took = t0.elapsed();
-            for _ in 0..n {
-                record(&mut hist, took);
-            }
+            record(&mut hist, t0.elapsed(), n as u64);
             if last_merge.elapsed() >= MERGE_EVERY {
                 metrics.merge_latency(&mut hist);
                 last_merge = Instant::now();
