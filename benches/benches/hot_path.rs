@@ -128,7 +128,9 @@ fn bench_lookup(c: &mut Criterion) {
             let m = parse(black_box(INVITE), Transport::Datagram).unwrap();
             let a = handler.a_number(&m).map(|n| n.to_string());
             let bn = handler.b_number(&m).map(|n| n.to_string());
-            black_box(a.is_some_and(|a| naive.contains(&a)) || bn.is_some_and(|b| naive.contains(&b)));
+            black_box(
+                a.is_some_and(|a| naive.contains(&a)) || bn.is_some_and(|b| naive.contains(&b)),
+            );
         })
     });
     g.finish();

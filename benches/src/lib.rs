@@ -68,8 +68,13 @@ pub fn rss_bytes() -> Option<u64> {
 mod tests {
     #[test]
     fn fixture_is_a_typical_size_and_parses() {
-        assert!((650..=800).contains(&super::INVITE.len()), "{}", super::INVITE.len());
-        let m = kuzet_engine::sip::parse(super::INVITE, kuzet_engine::sip::Transport::Datagram).unwrap();
+        assert!(
+            (650..=800).contains(&super::INVITE.len()),
+            "{}",
+            super::INVITE.len()
+        );
+        let m = kuzet_engine::sip::parse(super::INVITE, kuzet_engine::sip::Transport::Datagram)
+            .unwrap();
         assert_eq!(m.defect(), None);
         assert_eq!(m.body().len(), 202);
     }

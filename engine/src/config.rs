@@ -320,10 +320,7 @@ impl Config {
     /// Parses and checks TOML text; `name` labels errors.
     pub fn from_toml_str(text: &str, name: &str) -> Result<Config, ConfigError> {
         let c: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError::Toml {
                 path: format!("{name}:{line}:{col}"),
                 message: e.message().to_string(),
@@ -346,7 +343,9 @@ impl Config {
             )));
         }
         if !(400..=699).contains(&self.proxy.unknown_source_code) {
-            return Err(bad("proxy.unknown_source_code must be a 4xx-6xx code".into()));
+            return Err(bad(
+                "proxy.unknown_source_code must be a 4xx-6xx code".into()
+            ));
         }
         if self.server.mode == Mode::Proxy && self.proxy.next_hop.is_none() {
             return Err(bad(
@@ -499,7 +498,10 @@ mod tests {
         .unwrap();
         let m = c.trunk_map();
         assert_eq!(m.lookup("10.1.2.3".parse().unwrap()).unwrap().name, "mob");
-        assert_eq!(m.lookup("10.2.2.3".parse().unwrap()).unwrap().kind, TrunkKind::International);
+        assert_eq!(
+            m.lookup("10.2.2.3".parse().unwrap()).unwrap().kind,
+            TrunkKind::International
+        );
         assert_eq!(m.lookup("::1".parse().unwrap()).unwrap().name, "mob");
         assert!(m.lookup("192.0.2.1".parse().unwrap()).is_none());
         let e = Config::from_toml_str("[[trunks]]\nname='x'\nkind='satellite'\ncidrs=[]\n", "t");

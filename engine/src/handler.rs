@@ -249,7 +249,8 @@ impl Handler {
             return Outcome::Drop;
         };
         let method = m.method();
-        if self.reject_unknown && !self.trunks.is_empty() && self.trunks.lookup(src.ip()).is_none() {
+        if self.reject_unknown && !self.trunks.is_empty() && self.trunks.lookup(src.ip()).is_none()
+        {
             self.metrics.inc(Counter::UnknownSource);
             if method == b"ACK" {
                 return Outcome::Drop;
@@ -274,7 +275,10 @@ impl Handler {
             }
             verdict = Some(v);
         }
-        if self.forward(m, c, src, conn, verdict.as_ref(), out).is_err() {
+        if self
+            .forward(m, c, src, conn, verdict.as_ref(), out)
+            .is_err()
+        {
             out.clear();
             self.metrics.inc(Counter::BadRequests);
             if method == b"ACK" {
@@ -470,13 +474,17 @@ impl Handler {
                     }
                     out.extend_from_slice(b";received=");
                     let _ = write!(out, "{}", src.ip());
-                    let rest_at = offset_in(hl.value, top_value).map_or(hl.value.len(), |o| o + top_value.len());
+                    let rest_at = offset_in(hl.value, top_value)
+                        .map_or(hl.value.len(), |o| o + top_value.len());
                     out.extend_from_slice(&hl.value[rest_at..]);
                     out.extend_from_slice(b"\r\n");
                 }
                 Hdr::MaxForwards => {
                     out.extend_from_slice(b"Max-Forwards: ");
-                    push_u64(out, u64::from(c.max_forwards.unwrap_or(70).saturating_sub(1)));
+                    push_u64(
+                        out,
+                        u64::from(c.max_forwards.unwrap_or(70).saturating_sub(1)),
+                    );
                     out.extend_from_slice(b"\r\n");
                 }
                 _ => {
@@ -518,7 +526,9 @@ impl Handler {
         if !is_ours {
             return drop(&self.metrics);
         }
-        let conn = param(ours.params, b"kzc").and_then(crate::sip::parse_u32).map(u64::from);
+        let conn = param(ours.params, b"kzc")
+            .and_then(crate::sip::parse_u32)
+            .map(u64::from);
         let rest_of_line = values.next();
         let bytes = m.bytes();
         let line_end = memchr::memchr(b'\n', bytes).unwrap_or(0);
@@ -547,7 +557,10 @@ impl Handler {
         if let Some(id) = conn {
             return Outcome::ToConnection(id);
         }
-        let Some(dest) = next_via.and_then(|v| parse_via(v).ok()).and_then(|v| via_destination(&v)) else {
+        let Some(dest) = next_via
+            .and_then(|v| parse_via(v).ok())
+            .and_then(|v| via_destination(&v))
+        else {
             out.clear();
             return drop(&self.metrics);
         };
@@ -604,10 +617,16 @@ fn check_request<'a>(m: &Message<'a>, mode: Mode) -> Result<Checked<'a>, Reject>
             _ => return Err(reject(400, "Bad Max-Forwards")),
         },
     };
-    parse_via(split_values(m.header(Hdr::Via).unwrap_or_default()).next().unwrap_or_default())
-        .map_err(|_| reject(400, "Bad Via"))?;
-    parse_name_addr(m.header(Hdr::From).unwrap_or_default()).map_err(|_| reject(400, "Bad From"))?;
-    let to = parse_name_addr(m.header(Hdr::To).unwrap_or_default()).map_err(|_| reject(400, "Bad To"))?;
+    parse_via(
+        split_values(m.header(Hdr::Via).unwrap_or_default())
+            .next()
+            .unwrap_or_default(),
+    )
+    .map_err(|_| reject(400, "Bad Via"))?;
+    parse_name_addr(m.header(Hdr::From).unwrap_or_default())
+        .map_err(|_| reject(400, "Bad From"))?;
+    let to = parse_name_addr(m.header(Hdr::To).unwrap_or_default())
+        .map_err(|_| reject(400, "Bad To"))?;
     for line in m.all(Hdr::Contact) {
         for v in split_values(line) {
             if v != b"*" {
@@ -722,7 +741,10 @@ fn sent_by_matches(via: &crate::sip::syntax::Via<'_>, sent_by: &[u8]) -> bool {
 /// else the sent-by address. Host names are not resolved on the call path.
 fn via_destination(v: &crate::sip::syntax::Via<'_>) -> Option<SocketAddr> {
     let host = param(v.params, b"received").unwrap_or(v.host);
-    let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
+    let host = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
     let ip: IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
     let port = param(v.params, b"rport")
         .and_then(crate::sip::parse_u32)

@@ -10,8 +10,8 @@
 
 pub mod config;
 pub mod handler;
-pub mod metrics;
-pub mod sip;
 pub mod lists;
+pub mod metrics;
 pub mod server;
+pub mod sip;
 pub mod transport;

@@ -161,11 +161,20 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for the files in `cfg`; `seen` starts at their current state.
-    pub fn new(cfg: Arc<Config>, plan: NumberingPlan, lists: SharedLists, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        plan: NumberingPlan,
+        lists: SharedLists,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let paths: Vec<PathBuf> = if cfg.embedded_lists {
             Vec::new()
         } else {
-            cfg.lists.files().iter().map(|(p, _)| cfg.resolve(p)).collect()
+            cfg.lists
+                .files()
+                .iter()
+                .map(|(p, _)| cfg.resolve(p))
+                .collect()
         };
         let seen = fingerprint(&paths);
         Reloader {

@@ -94,7 +94,8 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
     if let Some(w) = args.workers {
         cfg.server.udp_workers = w;
     }
-    let any_cli_list = !(args.blocklist.is_empty() && args.allowlist.is_empty() && args.flaglist.is_empty());
+    let any_cli_list =
+        !(args.blocklist.is_empty() && args.allowlist.is_empty() && args.flaglist.is_empty());
     if any_cli_list {
         // Command-line lists are relative to the working directory.
         let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
@@ -121,7 +122,10 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
 fn run(args: RunArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
     let cfg = match build_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -129,7 +133,12 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let running = match server::start(cfg, StartOptions { handle_sighup: true }) {
+    let running = match server::start(
+        cfg,
+        StartOptions {
+            handle_sighup: true,
+        },
+    ) {
         Ok(r) => r,
         Err(StartError::Lists(e)) => {
             eprintln!("kuzet: list error: {e}");

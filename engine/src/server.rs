@@ -131,7 +131,9 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             std::thread::Builder::new()
                 .name("kuzet-tcp".into())
                 .spawn(move || {
-                    let Some(rt) = small_runtime("TCP") else { return };
+                    let Some(rt) = small_runtime("TCP") else {
+                        return;
+                    };
                     rt.block_on(async move {
                         match tokio::net::TcpListener::from_std(listener) {
                             Ok(l) => tcp::serve(l, h, udp_out, c, settings, sd).await,
@@ -170,7 +172,9 @@ fn control_plane(
     mut shutdown: watch::Receiver<bool>,
     opts: StartOptions,
 ) {
-    let Some(rt) = small_runtime("control") else { return };
+    let Some(rt) = small_runtime("control") else {
+        return;
+    };
     rt.block_on(async move {
         let mut poll = tokio::time::interval(Duration::from_millis(cfg.lists.reload_interval_ms.max(50)));
         let mut stats = tokio::time::interval(Duration::from_secs(cfg.server.stats_interval_secs.max(1)));
@@ -222,7 +226,10 @@ pub async fn signal_or_never(sig: Option<&mut tokio::signal::unix::Signal>) {
 /// A single-threaded runtime for one of kuzet's own threads; logs and
 /// returns `None` if the OS refuses one.
 pub fn small_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => Some(rt),
         Err(e) => {
             tracing::error!(error = %e, "{what} runtime failed to start");

@@ -316,7 +316,9 @@ impl<'p> ListBuilder<'p> {
             by_len[slot].1.entry(p.value).or_insert(r);
         }
         by_len.sort_by_key(|(l, _)| std::cmp::Reverse(*l));
-        debug_assert!(by_len.iter().all(|(l, _)| usize::from(*l) <= MAX_E164_DIGITS));
+        debug_assert!(by_len
+            .iter()
+            .all(|(l, _)| usize::from(*l) <= MAX_E164_DIGITS));
         NumberList {
             exact: keys,
             exact_reason: reasons,
@@ -372,10 +374,16 @@ mod tests {
     fn longest_prefix_wins_and_duplicates_keep_first_reason() {
         let p = plan();
         let mut b = ListBuilder::new(&p);
-        b.add_text("t", "+77*,country\n+7701*,operator\n+77011112233,first\n+77011112233,second\n")
-            .unwrap();
+        b.add_text(
+            "t",
+            "+77*,country\n+7701*,operator\n+77011112233,first\n+77011112233,second\n",
+        )
+        .unwrap();
         let l = b.finish();
-        assert_eq!(l.lookup(num(&p, "+77019998877")).unwrap().reason, "operator");
+        assert_eq!(
+            l.lookup(num(&p, "+77019998877")).unwrap().reason,
+            "operator"
+        );
         assert_eq!(l.lookup(num(&p, "+77779998877")).unwrap().reason, "country");
         assert_eq!(l.lookup(num(&p, "+77011112233")).unwrap().reason, "first");
         assert_eq!(l.exact_count(), 1);
@@ -397,7 +405,10 @@ mod tests {
             let e = b.add_text("lists/block.txt", text).unwrap_err();
             assert_eq!(e.line, line, "{text:?}");
             let msg = e.to_string();
-            assert!(msg.starts_with(&format!("lists/block.txt:{line}: ")), "{msg}");
+            assert!(
+                msg.starts_with(&format!("lists/block.txt:{line}: ")),
+                "{msg}"
+            );
             assert!(msg.contains(want), "{msg}");
         }
         let long = format!("+77011112233,{}\n", "x".repeat(MAX_REASON_LEN + 1));

@@ -414,7 +414,10 @@ mod tests {
     #[test]
     fn prefixes_normalize() {
         let p = NumberingPlan::kazakhstan().validated().unwrap();
-        let want = Some(Prefix { value: 7701, len: 4 });
+        let want = Some(Prefix {
+            value: 7701,
+            len: 4,
+        });
         assert_eq!(p.normalize_prefix(b"+7701"), want);
         assert_eq!(p.normalize_prefix(b"8701"), want);
         assert_eq!(p.normalize_prefix(b"007701"), want);

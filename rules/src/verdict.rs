@@ -175,7 +175,11 @@ impl Verdict<'static> {
     };
 }
 
-fn find<'l>(list: &'l NumberList, facts: &CallFacts, sides: Sides) -> Option<(Side, ListMatch<'l>)> {
+fn find<'l>(
+    list: &'l NumberList,
+    facts: &CallFacts,
+    sides: Sides,
+) -> Option<(Side, ListMatch<'l>)> {
     if list.is_empty() {
         return None;
     }
@@ -263,7 +267,10 @@ mod tests {
         assert_eq!(v.side, Some(Side::Callee));
         assert_eq!(v.rule.as_str(), "blocklist");
         let v = evaluate(&facts(&p, "+77011112233", "+77070000000"), &s);
-        assert_eq!((v.action, v.score, v.rule), (Action::Flag, 50, RuleId::Flaglist));
+        assert_eq!(
+            (v.action, v.score, v.rule),
+            (Action::Flag, 50, RuleId::Flaglist)
+        );
     }
 
     #[test]

@@ -1,8 +1,26 @@
-//! kuzet-sim: traffic for kuzet, and the instruments that measure it.
+//! kuzet-sim: labelled traffic for kuzet, and the instruments that measure
+//! it.
 //!
-//! Today this crate holds [`population`], which makes deterministic,
-//! labelled call sets and the list files they assume, so end-to-end tests
-//! (SIPp against the real `kuzet` binary) can check verdict counts exactly.
-//! The load driver, scenario files and mock peers grow here next.
+//! - [`scenario`]: TOML scenario files (population, legitimate sources,
+//!   fraud campaigns), checked with `file:line` errors;
+//! - [`traffic`]: deterministic labelled calls from a scenario, and the
+//!   list files and engine config that traffic assumes;
+//! - [`driver`]: the load driver (real SIP over UDP or TCP, open loop or
+//!   saturating, RFC 3261 retransmissions, HDR latency);
+//! - [`report`]: load figures and detection quality (precision, recall,
+//!   false-positive rate, calls before detection);
+//! - [`export`]: the same traffic as SIPp injection files;
+//! - [`kamailio`]: the lists as Kamailio `db_text` tables;
+//! - [`null`]: the canned-302 responder, the physical reference;
+//! - [`population`]: small fixed call mixes for the engine's SIPp tests.
+//!
+//! Labels never leave this crate: the SIP it sends carries numbers only.
 
+pub mod driver;
+pub mod export;
+pub mod kamailio;
+pub mod null;
 pub mod population;
+pub mod report;
+pub mod scenario;
+pub mod traffic;

@@ -18,12 +18,16 @@ fn numbers_print_without_allocating_helpers() {
 
 #[test]
 fn response_destination_prefers_received_and_rport() {
-    let v = parse_via(b"SIP/2.0/UDP host.example;branch=z9hG4bK1;received=192.0.2.7;rport=4000").unwrap();
+    let v = parse_via(b"SIP/2.0/UDP host.example;branch=z9hG4bK1;received=192.0.2.7;rport=4000")
+        .unwrap();
     assert_eq!(via_destination(&v), Some("192.0.2.7:4000".parse().unwrap()));
     let v = parse_via(b"SIP/2.0/UDP 192.0.2.8:5070;branch=z9hG4bK1").unwrap();
     assert_eq!(via_destination(&v), Some("192.0.2.8:5070".parse().unwrap()));
     let v = parse_via(b"SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1").unwrap();
-    assert_eq!(via_destination(&v), Some("[2001:db8::1]:5060".parse().unwrap()));
+    assert_eq!(
+        via_destination(&v),
+        Some("[2001:db8::1]:5060".parse().unwrap())
+    );
     let v = parse_via(b"SIP/2.0/UDP needs-dns.example;branch=z9hG4bK1").unwrap();
     assert_eq!(via_destination(&v), None, "no DNS on the call path");
 }
@@ -54,7 +58,11 @@ P-Asserted-Identity: \"Bank\" <sip:+77272500000@h>, <tel:+77272500000>\r\nConten
     let metrics = Arc::new(Metrics::default());
     let mut cfg = Config::default();
     let h = Handler::new(&cfg, lists.clone(), metrics.clone()).unwrap();
-    assert_eq!(h.a_number(&m).unwrap().to_string(), "+77272500000", "PAI first by default");
+    assert_eq!(
+        h.a_number(&m).unwrap().to_string(),
+        "+77272500000",
+        "PAI first by default"
+    );
     assert_eq!(h.b_number(&m).unwrap().to_string(), "+77015550000");
     cfg.numbers.a_number_order = vec![NumberSource::From, NumberSource::Pai];
     let h = Handler::new(&cfg, lists, metrics).unwrap();

@@ -273,12 +273,14 @@ impl<'a> Message<'a> {
 
     /// Every header line, in order: `(kind, name, value)`.
     pub fn headers(&self) -> impl Iterator<Item = HeaderLine<'a>> + '_ {
-        self.slots[..self.count as usize].iter().map(|s| HeaderLine {
-            kind: kind_of(s.kind),
-            name: &self.buf[r(s.name)],
-            value: &self.buf[r(s.value)],
-            line: s.name.0 as usize..s.value.1 as usize,
-        })
+        self.slots[..self.count as usize]
+            .iter()
+            .map(|s| HeaderLine {
+                kind: kind_of(s.kind),
+                name: &self.buf[r(s.name)],
+                value: &self.buf[r(s.value)],
+                line: s.name.0 as usize..s.value.1 as usize,
+            })
     }
 
     /// Every value line of a known header kind, in order.
@@ -373,7 +375,11 @@ pub fn is_token(b: u8) -> bool {
 #[inline(always)]
 fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let i = memchr::memchr(b'\n', &buf[from..])? + from;
-    let end = if i > from && buf[i - 1] == b'\r' { i - 1 } else { i };
+    let end = if i > from && buf[i - 1] == b'\r' {
+        i - 1
+    } else {
+        i
+    };
     Some((end, i + 1))
 }
 

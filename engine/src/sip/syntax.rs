@@ -516,7 +516,9 @@ pub fn parse_cseq(v: &[u8]) -> Result<(u32, &[u8]), SyntaxError> {
     if i == 0 || i > 10 {
         return Err(SyntaxError::CSeq);
     }
-    let n = v[..i].iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let n = v[..i]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     if n >= 1 << 31 {
         return Err(SyntaxError::CSeq);
     }
@@ -543,7 +545,10 @@ mod tests {
         assert_eq!(u.host, b"gw");
         assert_eq!(u.params, b";user=phone");
         let u = parse_uri(b"tel:+77011234567;npdi").unwrap();
-        assert_eq!((u.scheme, u.user), (Scheme::Tel, Some(&b"+77011234567"[..])));
+        assert_eq!(
+            (u.scheme, u.user),
+            (Scheme::Tel, Some(&b"+77011234567"[..]))
+        );
         let u = parse_uri(b"sip:t.watson@example.org").unwrap();
         assert_eq!(u.user, Some(&b"t.watson"[..]));
         let u = parse_uri(b"sips:alice:secret@[2001:db8::1]:5061;transport=tcp").unwrap();
@@ -566,19 +571,32 @@ mod tests {
 
     #[test]
     fn name_addrs() {
-        let n = parse_name_addr(b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8").unwrap();
+        let n = parse_name_addr(
+            b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8",
+        )
+        .unwrap();
         assert_eq!(n.uri, b"sip:jdrosen@example.com");
         assert_eq!(param(n.params, b"tag"), Some(&b"98asjd8"[..]));
-        let n = parse_name_addr(b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
+        let n =
+            parse_name_addr(b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
         assert_eq!(n.uri, b"sip:vivekg@chair-dnrc.example.com");
         assert_eq!(param(n.params, b"tag"), Some(&b"1918181833n"[..]));
         let n = parse_name_addr(b"caller<sip:caller@example.com>;tag=323").unwrap();
         assert_eq!(n.display, b"caller");
         let n = parse_name_addr(b"Anonymous <sip:+77011234567@10.0.0.1;user=phone>").unwrap();
         assert_eq!(n.uri, b"sip:+77011234567@10.0.0.1;user=phone");
-        assert_eq!(parse_name_addr(b"\"Mr. J. User <sip:j.user@example.com>"), Err(SyntaxError::Quote));
-        assert_eq!(parse_name_addr(b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43"), Err(SyntaxError::DisplayName));
-        assert_eq!(parse_name_addr(b"\"Watson, Thomas\" < sip:t.watson@example.org >"), Err(SyntaxError::Angle));
+        assert_eq!(
+            parse_name_addr(b"\"Mr. J. User <sip:j.user@example.com>"),
+            Err(SyntaxError::Quote)
+        );
+        assert_eq!(
+            parse_name_addr(b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43"),
+            Err(SyntaxError::DisplayName)
+        );
+        assert_eq!(
+            parse_name_addr(b"\"Watson, Thomas\" < sip:t.watson@example.org >"),
+            Err(SyntaxError::Angle)
+        );
         assert!(parse_name_addr(b"sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err());
         assert!(parse_name_addr(b"\"Joe\" <sip:joe@example.org>;;;;").is_err());
     }
@@ -589,7 +607,8 @@ mod tests {
         assert_eq!(v.transport, b"UDP");
         assert_eq!(v.host, b"192.0.2.2");
         assert_eq!(v.branch(), Some(&b"390skdjuw"[..]));
-        let v = parse_via(b"SIP/2.0/TCP [2001:db8::9]:5070;branch=z9hG4bK1;rport, SIP/2.0/UDP x").unwrap();
+        let v = parse_via(b"SIP/2.0/TCP [2001:db8::9]:5070;branch=z9hG4bK1;rport, SIP/2.0/UDP x")
+            .unwrap();
         assert_eq!((v.host, v.port), (&b"[2001:db8::9]"[..], Some(5070)));
         assert_eq!(param(v.params, b"rport"), Some(&b""[..]));
         assert!(parse_via(b"SIP/2.0/UDP 192.0.2.15;;,;,,").is_err());
@@ -599,7 +618,10 @@ mod tests {
 
     #[test]
     fn cseq_and_splitting() {
-        assert_eq!(parse_cseq(b"0009\r\n  INVITE").unwrap(), (9, &b"INVITE"[..]));
+        assert_eq!(
+            parse_cseq(b"0009\r\n  INVITE").unwrap(),
+            (9, &b"INVITE"[..])
+        );
         assert!(parse_cseq(b"36893488147419103232 REGISTER").is_err());
         assert!(parse_cseq(b"2147483648 INVITE").is_err());
         assert!(parse_cseq(b"8INVITE").is_err());

@@ -22,9 +22,18 @@ fn indexes_compact_names_and_frames_body() {
     assert_eq!(m.method(), b"INVITE");
     assert_eq!(m.request_uri(), b"sip:+77011234567@10.0.0.1;user=phone");
     assert_eq!(m.version(), b"SIP/2.0");
-    assert_eq!(m.header(Hdr::CallId), Some(&b"a84b4c76e66710@pc33.example.com"[..]));
-    assert_eq!(m.header(Hdr::Via).unwrap(), b"SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK776asdhds");
-    assert_eq!(m.header(Hdr::PAssertedIdentity), Some(&b"<tel:+77021112233>"[..]));
+    assert_eq!(
+        m.header(Hdr::CallId),
+        Some(&b"a84b4c76e66710@pc33.example.com"[..])
+    );
+    assert_eq!(
+        m.header(Hdr::Via).unwrap(),
+        b"SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK776asdhds"
+    );
+    assert_eq!(
+        m.header(Hdr::PAssertedIdentity),
+        Some(&b"<tel:+77021112233>"[..])
+    );
     assert_eq!(m.body(), b"v=0\r");
     assert_eq!(m.header_named(b"max-FORWARDS"), Some(&b"70"[..]));
     assert_eq!(m.count(Hdr::Via), 1);
@@ -36,7 +45,10 @@ fn folded_and_spaced_headers() {
     let msg = b"OPTIONS sip:a@b SIP/2.0\r\nVia  : SIP/2.0/UDP h\r\n ;branch=z9hG4bK1\r\nSubject:\r\nX: 1,\r\n\t2\r\n\r\n";
     let m = parse(msg, Transport::Datagram).unwrap();
     assert_eq!(m.defect(), None);
-    assert_eq!(m.header(Hdr::Via).unwrap(), b"SIP/2.0/UDP h\r\n ;branch=z9hG4bK1");
+    assert_eq!(
+        m.header(Hdr::Via).unwrap(),
+        b"SIP/2.0/UDP h\r\n ;branch=z9hG4bK1"
+    );
     assert_eq!(m.header_named(b"subject"), Some(&b""[..]));
     assert_eq!(m.header_named(b"x"), Some(&b"1,\r\n\t2"[..]));
     assert_eq!(m.body(), b"");
@@ -53,26 +65,52 @@ fn start_line_defects() {
         b"SIP/2.0 20 OK\r\n\r\n",
     ] {
         let m = parse(bad, Transport::Datagram).unwrap();
-        assert_eq!(m.defect(), Some(Defect::StartLine), "{}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            m.defect(),
+            Some(Defect::StartLine),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
     }
     let m = parse(b"SIP/2.0 100 \r\n\r\n", Transport::Datagram).unwrap();
     assert_eq!((m.status(), m.reason_phrase()), (100, &b""[..]));
-    assert_eq!(parse(b"\x00\x01garbage", Transport::Datagram).err(), Some(ParseError::NotSip));
-    assert_eq!(parse(b"", Transport::Datagram).err(), Some(ParseError::Empty));
-    assert_eq!(parse(b"no newline at all", Transport::Datagram).err(), Some(ParseError::NotSip));
+    assert_eq!(
+        parse(b"\x00\x01garbage", Transport::Datagram).err(),
+        Some(ParseError::NotSip)
+    );
+    assert_eq!(
+        parse(b"", Transport::Datagram).err(),
+        Some(ParseError::Empty)
+    );
+    assert_eq!(
+        parse(b"no newline at all", Transport::Datagram).err(),
+        Some(ParseError::NotSip)
+    );
 }
 
 #[test]
 fn content_length_defects() {
     let bad = |s: &str| parse(s.as_bytes(), Transport::Datagram).unwrap().defect();
-    assert_eq!(bad("OPTIONS sip:a@b SIP/2.0\r\nl: -9\r\n\r\n"), Some(Defect::BadContentLength));
-    assert_eq!(bad("OPTIONS sip:a@b SIP/2.0\r\nl: 9\r\n\r\nabc"), Some(Defect::BodyTruncated));
+    assert_eq!(
+        bad("OPTIONS sip:a@b SIP/2.0\r\nl: -9\r\n\r\n"),
+        Some(Defect::BadContentLength)
+    );
+    assert_eq!(
+        bad("OPTIONS sip:a@b SIP/2.0\r\nl: 9\r\n\r\nabc"),
+        Some(Defect::BodyTruncated)
+    );
     assert_eq!(
         bad("OPTIONS sip:a@b SIP/2.0\r\nl: 1\r\nContent-Length: 1\r\n\r\nabc"),
         Some(Defect::DuplicateContentLength)
     );
-    assert_eq!(bad("OPTIONS sip:a@b SIP/2.0\r\nnocolon\r\n\r\n"), Some(Defect::HeaderLine));
-    assert_eq!(bad("OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n"), Some(Defect::NoEndOfHeaders));
+    assert_eq!(
+        bad("OPTIONS sip:a@b SIP/2.0\r\nnocolon\r\n\r\n"),
+        Some(Defect::HeaderLine)
+    );
+    assert_eq!(
+        bad("OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n"),
+        Some(Defect::NoEndOfHeaders)
+    );
 }
 
 #[test]
@@ -94,7 +132,11 @@ fn stream_framing_handles_partial_and_pipelined_input() {
     for cut in 0..one.len() {
         assert_eq!(
             parse(&one.as_bytes()[..cut], Transport::Stream).err(),
-            if cut == 0 { Some(ParseError::Empty) } else { Some(ParseError::Incomplete) },
+            if cut == 0 {
+                Some(ParseError::Empty)
+            } else {
+                Some(ParseError::Incomplete)
+            },
             "cut at {cut}"
         );
     }
@@ -110,14 +152,26 @@ fn stream_framing_handles_partial_and_pipelined_input() {
 
 #[test]
 fn stream_rejects_oversized_messages() {
-    let big = format!("OPTIONS sip:a@b SIP/2.0\r\nContent-Length: {}\r\n\r\n", MAX_MESSAGE);
-    assert_eq!(parse(big.as_bytes(), Transport::Stream).err(), Some(ParseError::TooLarge));
+    let big = format!(
+        "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: {}\r\n\r\n",
+        MAX_MESSAGE
+    );
+    assert_eq!(
+        parse(big.as_bytes(), Transport::Stream).err(),
+        Some(ParseError::TooLarge)
+    );
     let mut endless = String::from("OPTIONS sip:a@b SIP/2.0\r\n");
     while endless.len() < MAX_MESSAGE + 10 {
         endless.push_str("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
     }
-    assert_eq!(parse(endless.as_bytes(), Transport::Stream).err(), Some(ParseError::TooLarge));
-    assert_eq!(parse(endless.as_bytes(), Transport::Datagram).err(), Some(ParseError::TooLarge));
+    assert_eq!(
+        parse(endless.as_bytes(), Transport::Stream).err(),
+        Some(ParseError::TooLarge)
+    );
+    assert_eq!(
+        parse(endless.as_bytes(), Transport::Datagram).err(),
+        Some(ParseError::TooLarge)
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Batched datagram I/O: `recvmmsg(2)` and `sendmmsg(2)`.
+//! Batched datagram I/O: `recvmmsg(2)` and `sendmmsg(2)`, plus `ppoll(2)`
+//! for loops that wait on sockets without an async runtime.
 //!
 //! One system call moves up to a batch of datagrams each way, which is how
 //! a UDP server gets below one syscall per call. The standard library and
@@ -36,7 +37,9 @@ unsafe impl Send for RecvBatch {}
 impl RecvBatch {
     /// A batch of `n` receive buffers.
     pub fn new(n: usize) -> Self {
-        let mut bufs: Vec<Box<[u8]>> = (0..n).map(|_| vec![0u8; RECV_BUF].into_boxed_slice()).collect();
+        let mut bufs: Vec<Box<[u8]>> = (0..n)
+            .map(|_| vec![0u8; RECV_BUF].into_boxed_slice())
+            .collect();
         // SAFETY: sockaddr_storage and mmsghdr are plain C structs for
         // which all-zero bytes are a valid value.
         let mut addrs: Vec<libc::sockaddr_storage> = (0..n).map(|_| unsafe { zeroed() }).collect();
@@ -206,13 +209,62 @@ impl SendBatch {
     }
 }
 
+/// Waits until one of `fds` is readable (or writable, where its flag
+/// asks) or `timeout` passes, with microsecond resolution (`ppoll(2)`).
+/// Returns how many descriptors are ready. Used by loops that run without
+/// an async runtime: the load driver and the null responder in `sim/`.
+pub fn wait(fds: &[(RawFd, bool)], timeout: std::time::Duration) -> io::Result<usize> {
+    const MAX: usize = 16;
+    if fds.len() > MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "at most 16 descriptors",
+        ));
+    }
+    let mut p = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; MAX];
+    for (slot, &(fd, write)) in p.iter_mut().zip(fds) {
+        slot.fd = fd;
+        slot.events = libc::POLLIN | if write { libc::POLLOUT } else { 0 };
+    }
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: p holds fds.len() initialized pollfd structs and ts is a
+    // valid timespec; both live across the call; no signal mask is given.
+    let n = unsafe {
+        libc::ppoll(
+            p.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n as usize)
+}
+
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
             let a: &libc::sockaddr_in = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
             let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
@@ -234,7 +286,8 @@ fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large and aligned enough for any
             // sockaddr type; we write a complete sockaddr_in into it.
-            let sin: &mut libc::sockaddr_in = unsafe { &mut *(s as *mut _ as *mut libc::sockaddr_in) };
+            let sin: &mut libc::sockaddr_in =
+                unsafe { &mut *(s as *mut _ as *mut libc::sockaddr_in) };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
             sin.sin_addr = libc::in_addr {
@@ -244,7 +297,8 @@ fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen
         }
         SocketAddr::V6(a) => {
             // SAFETY: as above, for sockaddr_in6.
-            let sin6: &mut libc::sockaddr_in6 = unsafe { &mut *(s as *mut _ as *mut libc::sockaddr_in6) };
+            let sin6: &mut libc::sockaddr_in6 =
+                unsafe { &mut *(s as *mut _ as *mut libc::sockaddr_in6) };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
             sin6.sin6_flowinfo = a.flowinfo();
@@ -276,7 +330,8 @@ mod tests {
         }
         assert_eq!(send.send(a.as_raw_fd()).unwrap(), 5);
         b.set_nonblocking(false).unwrap();
-        b.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
         let mut got = 0;
         let mut recv = RecvBatch::new(8);
         while got < 5 {
@@ -291,6 +346,8 @@ mod tests {
             }
             got += n;
         }
-        assert!(matches!(recv.recv(b.as_raw_fd()), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+        assert!(
+            matches!(recv.recv(b.as_raw_fd()), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        );
     }
 }

@@ -139,8 +139,12 @@ async fn connection(
                     used += m.len();
                     match handler.handle_message(&m, peer, Some(id), received, &mut out) {
                         Outcome::Reply | Outcome::ToConnection(_) => {
-                            if tx.try_send(out.clone()).is_err() {
+                            // Wait for room rather than drop the answer: a
+                            // client that reads slowly slows only its own
+                            // connection (we stop reading it meanwhile).
+                            if tx.send(out.clone()).await.is_err() {
                                 metrics.inc(Counter::SendErrors);
+                                break 'conn;
                             }
                         }
                         Outcome::Forward(to) => {

@@ -6,5 +6,5 @@
 
 mod common;
 mod rfc4475;
-mod sockets;
 mod sipp;
+mod sockets;

@@ -19,13 +19,21 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rfc4475")
 /// OPTIONS, 405 for other methods.
 const KUZET: &[(&str, u16, &str)] = &[
     ("wsinv", 302, "INVITE, folded and spaced headers"),
-    ("intmeth", 405, "extension method parses; not served by a redirect server"),
+    (
+        "intmeth",
+        405,
+        "extension method parses; not served by a redirect server",
+    ),
     ("esc01", 302, "escaped URIs"),
     ("escnull", 405, "REGISTER"),
     ("esc02", 405, "escaped method is not REGISTER"),
     ("lwsdisp", 200, "OPTIONS"),
     ("longreq", 302, "long values, many Vias"),
-    ("dblreq", 405, "first message of the datagram only: REGISTER"),
+    (
+        "dblreq",
+        405,
+        "first message of the datagram only: REGISTER",
+    ),
     ("semiuri", 200, "OPTIONS"),
     ("transports", 200, "OPTIONS"),
     ("mpart01", 405, "MESSAGE"),
@@ -42,7 +50,11 @@ const KUZET: &[(&str, u16, &str)] = &[
     ("lwsstart", 400, "double spaces in the request line"),
     ("trws", 400, "trailing spaces in the request line"),
     ("escruri", 400, "headers in the Request-URI"),
-    ("baddate", 302, "kuzet does not read Date: accepted, as the RFC allows"),
+    (
+        "baddate",
+        302,
+        "kuzet does not read Date: accepted, as the RFC allows",
+    ),
     ("regbadct", 400, "bare Contact URI with '?'"),
     ("badaspec", 400, "spaces inside <>"),
     ("baddn", 400, "unquoted comma in a display name"),
@@ -50,13 +62,29 @@ const KUZET: &[(&str, u16, &str)] = &[
     ("mismatch01", 400, "CSeq method differs"),
     ("mismatch02", 400, "CSeq method differs"),
     ("bigcode", 0, "bad response: dropped"),
-    ("badbranch", 200, "OPTIONS; the branch is the transaction layer's business"),
+    (
+        "badbranch",
+        200,
+        "OPTIONS; the branch is the transaction layer's business",
+    ),
     ("insuf", 400, "missing From, To, Call-ID"),
     ("unkscm", 416, "unknown Request-URI scheme"),
     ("novelsc", 416, "unknown Request-URI scheme"),
-    ("unksm2", 405, "REGISTER with odd schemes in To/From/Contact"),
-    ("bext01", 420, "Require: a redirect server is a UAS and supports no extension"),
-    ("invut", 302, "kuzet never reads bodies, so the body type is no reason to refuse (a UA would 415)"),
+    (
+        "unksm2",
+        405,
+        "REGISTER with odd schemes in To/From/Contact",
+    ),
+    (
+        "bext01",
+        420,
+        "Require: a redirect server is a UAS and supports no extension",
+    ),
+    (
+        "invut",
+        302,
+        "kuzet never reads bodies, so the body type is no reason to refuse (a UA would 415)",
+    ),
     ("regaut01", 405, "REGISTER"),
     ("multi01", 400, "two To, From, Call-ID, CSeq"),
     ("mcl01", 400, "two Content-Length"),
@@ -65,7 +93,11 @@ const KUZET: &[(&str, u16, &str)] = &[
     ("cparam01", 405, "REGISTER"),
     ("cparam02", 405, "REGISTER"),
     ("regescrt", 405, "REGISTER"),
-    ("sdp01", 302, "a 302 has no body, so Accept cannot be violated (a UA would 406)"),
+    (
+        "sdp01",
+        302,
+        "a 302 has no body, so Accept cannot be violated (a UA would 406)",
+    ),
     ("inv2543", 302, "RFC 2543 syntax accepted"),
 ];
 
@@ -110,11 +142,15 @@ fn every_torture_message_gets_the_expected_outcome() {
         let invalid = rfc.starts_with("invalid") || rfc.starts_with("semantic");
         let may = rfc.contains("may");
         if invalid && !may {
-            let ok = got == 0 || rfc.contains(&got.to_string()) || (rfc.contains("error") && got >= 400);
+            let ok =
+                got == 0 || rfc.contains(&got.to_string()) || (rfc.contains("error") && got >= 400);
             assert!(ok, "{name}: RFC says {rfc:?}, kuzet gave {got}");
         }
         if rfc.starts_with("valid (") {
-            assert!(got != 400, "{name}: valid per RFC ({rfc}) but kuzet answered 400");
+            assert!(
+                got != 400,
+                "{name}: valid per RFC ({rfc}) but kuzet answered 400"
+            );
         }
         if let Some(code) = rfc
             .strip_prefix("valid syntax (")
@@ -149,7 +185,9 @@ fn valid_messages_parse_with_the_right_values() {
     let b = msg("intmeth");
     let m = parse(&b, Transport::Datagram).unwrap();
     assert_eq!(m.method(), b"!interesting-Method0123456789_*+`.%indeed'~");
-    assert!(m.request_uri().starts_with(b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"));
+    assert!(m
+        .request_uri()
+        .starts_with(b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"));
 
     let b = msg("esc02");
     let m = parse(&b, Transport::Datagram).unwrap();
@@ -177,7 +215,10 @@ fn valid_messages_parse_with_the_right_values() {
     let b = msg("inv2543");
     let m = parse(&b, Transport::Datagram).unwrap();
     assert_eq!(m.header(Hdr::ContentLength), None);
-    assert!(!m.body().is_empty(), "no Content-Length on UDP: body to the end");
+    assert!(
+        !m.body().is_empty(),
+        "no Content-Length on UDP: body to the end"
+    );
 
     // dblreq on a stream is two messages, framed by Content-Length.
     let b = msg("dblreq");

@@ -14,7 +14,10 @@ use kuzet_sim::population::{redirect_mix, sipp_csv, Expect};
 
 use crate::common::{client, status, TempDir};
 
-const UAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sipp/redirect_uac.xml");
+const UAC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/sipp/redirect_uac.xml"
+);
 
 fn sipp() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
@@ -57,7 +60,8 @@ impl Kuzet {
             .expect("kuzet starts");
         let k = Kuzet { child, addr };
         let c = client();
-        c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let ping = "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKping\r\n\
                     From: <sip:t@x>;tag=1\r\nTo: <sip:t@x>\r\nCall-ID: ping\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
@@ -75,7 +79,10 @@ impl Kuzet {
 
     /// SIGTERM, then the shutdown summary kuzet prints.
     fn stop(mut self) -> String {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let out = self.child.wait_with_output_timeout();
         assert!(out.0, "kuzet exits cleanly on SIGTERM");
         out.1
@@ -117,7 +124,14 @@ impl Drop for Kuzet {
 fn run_sipp(dir: &Path, args: &[String]) -> (bool, HashMap<String, u64>) {
     let out = Command::new(sipp())
         .args(args)
-        .args(["-nostdin", "-trace_counts", "-timeout", "120s", "-buff_size", "4194304"])
+        .args([
+            "-nostdin",
+            "-trace_counts",
+            "-timeout",
+            "120s",
+            "-buff_size",
+            "4194304",
+        ])
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -134,7 +148,12 @@ fn run_sipp(dir: &Path, args: &[String]) -> (bool, HashMap<String, u64>) {
 }
 
 /// Replays `calls.csv` in `dir` with the redirect scenario at `rate` calls/s.
-fn run_redirect_uac(dir: &Path, to: SocketAddr, n: usize, rate: u32) -> (bool, HashMap<String, u64>) {
+fn run_redirect_uac(
+    dir: &Path,
+    to: SocketAddr,
+    n: usize,
+    rate: u32,
+) -> (bool, HashMap<String, u64>) {
     let args: Vec<String> = vec![
         to.to_string(),
         "-sf".into(),
@@ -214,7 +233,11 @@ fn sipp_list_reload_under_load_loses_no_call() {
     let d = dir.path().to_path_buf();
     let swapper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1200));
-        std::fs::write(d.join("block.new"), "+77011112233\n8 705 123 45 67,new campaign\n").unwrap();
+        std::fs::write(
+            d.join("block.new"),
+            "+77011112233\n8 705 123 45 67,new campaign\n",
+        )
+        .unwrap();
         std::fs::rename(d.join("block.new"), d.join("block.txt")).unwrap();
     });
     let (ok, counts) = run_redirect_uac(dir.path(), k.addr, n, 1000);
@@ -223,8 +246,15 @@ fn sipp_list_reload_under_load_loses_no_call() {
     let pass = counts.get("1_302_Recv").copied().unwrap_or(0);
     let block = counts.get("2_603_Recv").copied().unwrap_or(0);
     assert!(ok, "no SIPp call failed: {counts:?}");
-    assert_eq!(pass + block, n as u64, "every INVITE was answered: {counts:?}");
-    assert!(pass > 0 && block > 0, "the swap happened mid-run: {counts:?}");
+    assert_eq!(
+        pass + block,
+        n as u64,
+        "every INVITE was answered: {counts:?}"
+    );
+    assert!(
+        pass > 0 && block > 0,
+        "the swap happened mid-run: {counts:?}"
+    );
     assert!(summary.contains("list_reloads_total=1"), "{summary}");
 }
 
@@ -237,7 +267,14 @@ fn sipp_proxy_mode_reaches_a_sipp_uas_behind_kuzet() {
     let uas_dir = TempDir::new("sipp-uas");
     let mut uas = Command::new(sipp())
         .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port.to_string()])
-        .args(["-m", &n.to_string(), "-nostdin", "-trace_counts", "-timeout", "60s"])
+        .args([
+            "-m",
+            &n.to_string(),
+            "-nostdin",
+            "-trace_counts",
+            "-timeout",
+            "60s",
+        ])
         .current_dir(uas_dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -245,7 +282,14 @@ fn sipp_proxy_mode_reaches_a_sipp_uas_behind_kuzet() {
         .unwrap();
     let next_hop = format!("127.0.0.1:{uas_port}");
     let k = Kuzet::start(
-        &["--mode", "proxy", "--next-hop", &next_hop, "--blocklist", "block.txt"],
+        &[
+            "--mode",
+            "proxy",
+            "--next-hop",
+            &next_hop,
+            "--blocklist",
+            "block.txt",
+        ],
         dir.path(),
     );
     let (ok, counts) = run_sipp(
@@ -273,14 +317,20 @@ fn sipp_proxy_mode_reaches_a_sipp_uas_behind_kuzet() {
     assert!(ok, "all calls through kuzet completed: {counts:?}");
     assert!(uas_ok, "the UAS completed {n} calls");
     // INVITE, ACK and BYE of every call went through kuzet.
-    assert!(summary.contains(&format!("proxy_forwarded_total={}", 3 * n)), "{summary}");
+    assert!(
+        summary.contains(&format!("proxy_forwarded_total={}", 3 * n)),
+        "{summary}"
+    );
 }
 
 #[test]
 fn cli_rejects_bad_lists_and_configs_with_exit_code_2() {
     let dir = TempDir::new("cli");
     dir.write("bad.txt", "+77011112233\nnot-a-number,oops\n");
-    dir.write("bad.toml", "[server]\nlisten = \"127.0.0.1:0\"\nmood = \"redirect\"\n");
+    dir.write(
+        "bad.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmood = \"redirect\"\n",
+    );
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
             .arg("run")
@@ -289,14 +339,23 @@ fn cli_rejects_bad_lists_and_configs_with_exit_code_2() {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, err) = run(&["--blocklist", "bad.txt"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("bad.txt:2: \"not-a-number\" is not a phone number"), "{err}");
+    assert!(
+        err.contains("bad.txt:2: \"not-a-number\" is not a phone number"),
+        "{err}"
+    );
     let (code, err) = run(&["--config", "bad.toml"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("bad.toml:3:1") && err.contains("unknown field `mood`"), "{err}");
+    assert!(
+        err.contains("bad.toml:3:1") && err.contains("unknown field `mood`"),
+        "{err}"
+    );
     let (code, err) = run(&["--mode", "proxy"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("next hop"), "{err}");

@@ -50,9 +50,15 @@ fn redirect_over_udp_answers_per_list() {
         assert!(v.starts_with(verdict), "{a} -> {b}: {v}");
         assert_eq!(header(&r, "Call-ID"), Some(format!("call{i}").as_str()));
         if *code == 603 {
-            assert_eq!(header(&r, "Reason"), Some("Q.850;cause=21;text=\"blocklist\""));
+            assert_eq!(
+                header(&r, "Reason"),
+                Some("Q.850;cause=21;text=\"blocklist\"")
+            );
         } else {
-            assert_eq!(header(&r, "Contact").unwrap(), format!("<sip:{b}@127.0.0.1>"));
+            assert_eq!(
+                header(&r, "Contact").unwrap(),
+                format!("<sip:{b}@127.0.0.1>")
+            );
         }
         assert!(header(&r, "To").unwrap().contains(";tag="), "{r}");
     }
@@ -63,7 +69,8 @@ fn redirect_over_udp_answers_per_list() {
     assert_eq!(status(&ask(&c, eng.udp_addr, &bye)), 405);
     let ack = invite("1", "2", "a1", port).replace("INVITE", "ACK");
     c.send_to(ack.as_bytes(), eng.udp_addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut buf = [0u8; 2048];
     assert!(c.recv_from(&mut buf).is_err(), "ACK gets no answer");
     let m = eng.metrics.clone();
@@ -79,7 +86,11 @@ fn block_code_is_configurable() {
     cfg.verdict.block_code = 607;
     let eng = start(cfg);
     let c = client();
-    let r = ask(&c, eng.udp_addr, &invite("87011112233", "87015550000", "x", 1));
+    let r = ask(
+        &c,
+        eng.udp_addr,
+        &invite("87011112233", "87015550000", "x", 1),
+    );
     assert!(r.starts_with("SIP/2.0 607 Unwanted\r\n"), "{r}");
     eng.stop();
 }
@@ -89,16 +100,28 @@ fn garbage_and_bad_requests_do_not_stop_other_calls() {
     let d = lists_dir();
     let eng = start(with_lists(&d));
     let c = client();
-    for junk in [&b"\x00\x01\x02garbage"[..], b"", b"\r\n\r\n", &[0xffu8; 1400], b"INVITE sip:x SIP/2.0\r\n"] {
+    for junk in [
+        &b"\x00\x01\x02garbage"[..],
+        b"",
+        b"\r\n\r\n",
+        &[0xffu8; 1400],
+        b"INVITE sip:x SIP/2.0\r\n",
+    ] {
         c.send_to(junk, eng.udp_addr).unwrap();
     }
     // A big datagram with too many headers: 400, not a crash.
     let mut big = invite("87011112233", "1", "big", 1);
-    let filler: String = (0..300).map(|i| format!("X-F{i}: {}\r\n", "a".repeat(100))).collect();
+    let filler: String = (0..300)
+        .map(|i| format!("X-F{i}: {}\r\n", "a".repeat(100)))
+        .collect();
     big = big.replacen("Content-Length", &format!("{filler}Content-Length"), 1);
     let r = ask(&c, eng.udp_addr, &big);
     assert_eq!(status(&r), 400, "{r}");
-    let r = ask(&c, eng.udp_addr, &invite("87011112233", "87015550000", "after", 1));
+    let r = ask(
+        &c,
+        eng.udp_addr,
+        &invite("87011112233", "87015550000", "after", 1),
+    );
     assert_eq!(status(&r), 603);
     let m = eng.metrics.clone();
     eng.stop();
@@ -126,7 +149,8 @@ fn read_responses(s: &mut TcpStream, n: usize) -> Vec<String> {
 
 fn tcp(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     s
 }
 
@@ -149,9 +173,10 @@ fn tcp_frames_pipelined_and_partial_messages() {
     assert_eq!(status(&r[1]), 302);
     // One INVITE a byte at a time, with a body.
     let body = "v=0\r\n";
-    let one = invite("87015550000", "+882160000000", "slow", 1)
-        .replace("Content-Length: 0", &format!("Content-Length: {}", body.len()))
-        + body;
+    let one = invite("87015550000", "+882160000000", "slow", 1).replace(
+        "Content-Length: 0",
+        &format!("Content-Length: {}", body.len()),
+    ) + body;
     for b in one.as_bytes() {
         s.write_all(&[*b]).unwrap();
     }
@@ -183,21 +208,31 @@ fn tcp_bad_peers_are_cut_off_and_others_go_on() {
         }
     }
     let mut buf = [0u8; 16];
-    endless.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    endless
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     if !closed {
         closed = matches!(endless.read(&mut buf), Ok(0) | Err(_));
     }
     assert!(closed, "endless headers must close the connection");
     // A huge Content-Length is refused too.
     let mut huge = tcp(addr);
-    huge.write_all(invite("1", "2", "h", 1).replace("Content-Length: 0", "Content-Length: 999999").as_bytes()).unwrap();
+    huge.write_all(
+        invite("1", "2", "h", 1)
+            .replace("Content-Length: 0", "Content-Length: 999999")
+            .as_bytes(),
+    )
+    .unwrap();
     huge.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     assert!(matches!(huge.read(&mut buf), Ok(0) | Err(_)));
     // A peer that stops mid-message does not block anyone else.
     let mut stalled = tcp(addr);
-    stalled.write_all(b"INVITE sip:1@x SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n").unwrap();
+    stalled
+        .write_all(b"INVITE sip:1@x SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n")
+        .unwrap();
     let mut ok = tcp(addr);
-    ok.write_all(invite("87011112233", "87015550000", "ok", 1).as_bytes()).unwrap();
+    ok.write_all(invite("87011112233", "87015550000", "ok", 1).as_bytes())
+        .unwrap();
     assert_eq!(status(&read_responses(&mut ok, 1)[0]), 603);
     let m = eng.metrics.clone();
     eng.stop();
@@ -224,7 +259,13 @@ fn list_reload_swaps_atomically_and_bad_files_keep_the_old_list() {
     let d = lists_dir();
     let eng = start(with_lists(&d));
     let c = client();
-    let call = |id: &str| status(&ask(&c, eng.udp_addr, &invite("+77051234567", "87015550000", id, 1)));
+    let call = |id: &str| {
+        status(&ask(
+            &c,
+            eng.udp_addr,
+            &invite("+77051234567", "87015550000", id, 1),
+        ))
+    };
     assert_eq!(call("r0"), 302);
     // Replace the file atomically (write then rename), as an operator would.
     let tmp = d.write("block.tmp", "+77051234567,new campaign\n");
@@ -258,7 +299,11 @@ fn fail_open_allows_when_over_budget_and_counts_it() {
     cfg.verdict.failopen_budget_us = 0;
     let eng = start(cfg);
     let c = client();
-    let r = ask(&c, eng.udp_addr, &invite("87011112233", "87015550000", "fo", 1));
+    let r = ask(
+        &c,
+        eng.udp_addr,
+        &invite("87011112233", "87015550000", "fo", 1),
+    );
     assert_eq!(status(&r), 302, "blocklisted, but scoring was over budget");
     let m = eng.metrics.clone();
     eng.stop();
@@ -283,7 +328,10 @@ fn answer(req: &str, code: &str) -> String {
     let mut out = format!("SIP/2.0 {code}\r\n");
     for l in req.lines() {
         let lower = l.to_ascii_lowercase();
-        if ["via:", "from:", "to:", "call-id:", "cseq:"].iter().any(|p| lower.starts_with(p)) {
+        if ["via:", "from:", "to:", "call-id:", "cseq:"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+        {
             out.push_str(l);
             out.push_str("\r\n");
         }
@@ -302,18 +350,38 @@ fn proxy_forwards_rewrites_and_routes_responses_back() {
     let c = client();
     let port = c.local_addr().unwrap().port();
     // A flagged INVITE goes on with the verdict header.
-    c.send_to(invite("+77009990001", "87015550000", "px1", port).as_bytes(), eng.udp_addr).unwrap();
+    c.send_to(
+        invite("+77009990001", "87015550000", "px1", port).as_bytes(),
+        eng.udp_addr,
+    )
+    .unwrap();
     let (fwd, from) = recv(&next);
-    assert_eq!(from.port(), eng.udp_addr.port(), "forwarded from the listen port");
+    assert_eq!(
+        from.port(),
+        eng.udp_addr.port(),
+        "forwarded from the listen port"
+    );
     let vias: Vec<&str> = fwd.lines().filter(|l| l.starts_with("Via:")).collect();
     assert_eq!(vias.len(), 2, "{fwd}");
-    assert!(vias[0].starts_with(&format!("Via: SIP/2.0/UDP {};branch=z9hG4bK-kz", eng.udp_addr)), "{fwd}");
-    assert!(vias[1].contains(&format!("rport={port}")) && vias[1].contains("received=127.0.0.1"), "{fwd}");
+    assert!(
+        vias[0].starts_with(&format!(
+            "Via: SIP/2.0/UDP {};branch=z9hG4bK-kz",
+            eng.udp_addr
+        )),
+        "{fwd}"
+    );
+    assert!(
+        vias[1].contains(&format!("rport={port}")) && vias[1].contains("received=127.0.0.1"),
+        "{fwd}"
+    );
     assert_eq!(header(&fwd, "Max-Forwards"), Some("69"));
-    assert!(header(&fwd, "X-Kuzet-Verdict").unwrap().starts_with("flag;score=50;rule=flaglist"));
+    assert!(header(&fwd, "X-Kuzet-Verdict")
+        .unwrap()
+        .starts_with("flag;score=50;rule=flaglist"));
     // The 180 and 200 come back through kuzet to the caller, minus kuzet's Via.
     for code in ["180 Ringing", "200 OK"] {
-        next.send_to(answer(&fwd, code).as_bytes(), eng.udp_addr).unwrap();
+        next.send_to(answer(&fwd, code).as_bytes(), eng.udp_addr)
+            .unwrap();
         let (resp, _) = recv(&c);
         assert!(resp.starts_with(&format!("SIP/2.0 {code}")), "{resp}");
         assert_eq!(resp.matches("Via:").count(), 1, "{resp}");
@@ -323,18 +391,36 @@ fn proxy_forwards_rewrites_and_routes_responses_back() {
     let cancel = invite("+77009990001", "87015550000", "px1", port).replace("INVITE", "CANCEL");
     c.send_to(cancel.as_bytes(), eng.udp_addr).unwrap();
     let (fwd_cancel, _) = recv(&next);
-    let branch = |m: &str| m.lines().find(|l| l.starts_with("Via:")).unwrap().to_string();
+    let branch = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("Via:"))
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(branch(&fwd_cancel), branch(&fwd));
     // A blocked INVITE is answered 603 locally and never reaches the next hop.
-    let r = ask(&c, eng.udp_addr, &invite("87011112233", "87015550000", "px2", port));
+    let r = ask(
+        &c,
+        eng.udp_addr,
+        &invite("87011112233", "87015550000", "px2", port),
+    );
     assert_eq!(status(&r), 603);
-    next.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    next.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     assert!(next.recv_from(&mut [0u8; 100]).is_err());
     // Max-Forwards 0 is answered 483.
-    let r = ask(&c, eng.udp_addr, &invite("1", "2", "px3", port).replace("Max-Forwards: 70", "Max-Forwards: 0"));
+    let r = ask(
+        &c,
+        eng.udp_addr,
+        &invite("1", "2", "px3", port).replace("Max-Forwards: 70", "Max-Forwards: 0"),
+    );
     assert_eq!(status(&r), 483);
     // A response that does not carry kuzet's Via is dropped.
-    c.send_to(answer(&invite("1", "2", "px4", port), "200 OK").as_bytes(), eng.udp_addr).unwrap();
+    c.send_to(
+        answer(&invite("1", "2", "px4", port), "200 OK").as_bytes(),
+        eng.udp_addr,
+    )
+    .unwrap();
     let m = eng.metrics.clone();
     eng.stop();
     assert_eq!(m.get(Counter::Forwarded), 2);
@@ -349,10 +435,16 @@ fn proxy_over_tcp_gets_its_responses_on_the_connection() {
     cfg.proxy.next_hop = Some(next.local_addr().unwrap());
     let eng = start(cfg);
     let mut s = tcp(eng.tcp_addr.unwrap());
-    s.write_all(invite("87015550000", "87015550001", "t1", 1).replace("UDP", "TCP").as_bytes()).unwrap();
+    s.write_all(
+        invite("87015550000", "87015550001", "t1", 1)
+            .replace("UDP", "TCP")
+            .as_bytes(),
+    )
+    .unwrap();
     let (fwd, _) = recv(&next);
     assert!(fwd.contains(";kzc="), "{fwd}");
-    next.send_to(answer(&fwd, "200 OK").as_bytes(), eng.udp_addr).unwrap();
+    next.send_to(answer(&fwd, "200 OK").as_bytes(), eng.udp_addr)
+        .unwrap();
     let r = read_responses(&mut s, 1);
     assert_eq!(r.len(), 1);
     assert!(r[0].starts_with("SIP/2.0 200 OK"), "{r:?}");
@@ -373,7 +465,11 @@ fn proxy_refuses_unknown_sources_when_trunks_are_set() {
     cfg.proxy.next_hop = Some(next.local_addr().unwrap());
     let eng = start(cfg);
     let c = client();
-    let r = ask(&c, eng.udp_addr, &invite("87015550000", "87015550001", "u1", 1));
+    let r = ask(
+        &c,
+        eng.udp_addr,
+        &invite("87015550000", "87015550001", "u1", 1),
+    );
     assert_eq!(status(&r), 403, "{r}");
     let m = eng.metrics.clone();
     eng.stop();

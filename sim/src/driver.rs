@@ -1,0 +1,891 @@
+//! The load driver: real SIP over UDP or TCP, one INVITE client
+//! transaction per call.
+//!
+//! One thread runs an event loop over one socket per trunk (each bound to
+//! the trunk's source address), batching sends and receives with
+//! `sendmmsg`/`recvmmsg`, so on a 2-core machine it leaves most of a core
+//! to the system under test.
+//!
+//! - **Open loop** (`Pace::Rate`, `Pace::Scenario`): call `i` has a fixed
+//!   scheduled send time. If the driver or the target falls behind, calls
+//!   go out late, and latency is still measured from the *scheduled* time,
+//!   so queueing is not hidden (no coordinated omission).
+//! - **Saturation** (`Pace::Max`): a window of calls in flight; a new call
+//!   goes out as soon as one completes. Latency is from the actual send.
+//!
+//! Per RFC 3261 §17.1.1, over UDP an INVITE is retransmitted after T1,
+//! 2·T1, 4·T1, … until a response arrives; a provisional response stops
+//! retransmission. A call with no final response within the timeout
+//! (Timer B, 64·T1 by default) is a timeout. A non-2xx final response is
+//! acknowledged with an ACK in the same transaction, and a retransmitted
+//! final response is acknowledged again. A 2xx is acknowledged and the
+//! call ended at once with BYE; a ringing call whose caller abandons
+//! (Wangiri) is cancelled at its time. Talk time is not held: what is
+//! measured is the verdict transaction.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use kuzet_engine::sip::{self, Hdr};
+use kuzet_engine::transport::mmsg::{wait, RecvBatch, SendBatch};
+
+use crate::traffic::{Behaviour, Call, Traffic};
+
+/// How calls are paced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// At the scenario's own (Poisson) times.
+    Scenario,
+    /// Evenly, this many calls per second.
+    Rate(f64),
+    /// As fast as responses come back, with this many calls in flight.
+    Max { window: usize },
+}
+
+/// Which transport the calls use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Udp,
+    Tcp,
+}
+
+impl Proto {
+    fn via(self) -> &'static [u8] {
+        match self {
+            Proto::Udp => b"UDP",
+            Proto::Tcp => b"TCP",
+        }
+    }
+}
+
+/// Everything a run needs besides the traffic.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub target: SocketAddr,
+    pub proto: Proto,
+    pub pace: Pace,
+    /// Calls to make; the traffic is cycled when this exceeds it.
+    pub calls: usize,
+    /// RFC 3261 T1 (retransmission base).
+    pub t1: Duration,
+    /// No final response after this long = timeout (Timer B).
+    pub timeout: Duration,
+    /// Show a progress bar on stderr (hidden when stderr is no terminal).
+    pub progress: bool,
+}
+
+impl Options {
+    /// Defaults: UDP, scenario pacing, T1 = 500 ms, timeout = 64·T1.
+    pub fn new(target: SocketAddr, calls: usize) -> Options {
+        Options {
+            target,
+            proto: Proto::Udp,
+            pace: Pace::Scenario,
+            calls,
+            t1: Duration::from_millis(500),
+            timeout: Duration::from_millis(32_000),
+            progress: false,
+        }
+    }
+}
+
+/// What happened to one call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallResult {
+    /// Final status code; 0 = timed out (or never sent).
+    pub status: u16,
+    /// The response carried `X-Kuzet-Verdict: flag...`.
+    pub flagged: bool,
+    /// From scheduled send to final response, microseconds.
+    pub latency_us: u32,
+    /// INVITE retransmissions.
+    pub retransmissions: u8,
+}
+
+/// Whole-run counters.
+#[derive(Clone, Debug)]
+pub struct RunStats {
+    pub sent: u64,
+    pub answered: u64,
+    pub timeouts: u64,
+    pub retransmissions: u64,
+    /// Responses that could not be parsed or matched to a call.
+    pub stray: u64,
+    pub cancels: u64,
+    pub elapsed: Duration,
+    /// Latency to the final response, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    sched_ns: u64,
+    sent_ns: u64,
+    rt_ms: u32,
+    state: State,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum State {
+    #[default]
+    Idle,
+    Calling,
+    Proceeding,
+    Done,
+}
+
+const TIMER_RETRANSMIT: u8 = 0;
+const TIMER_CANCEL: u8 = 1;
+
+enum Conn {
+    Udp {
+        sock: UdpSocket,
+        out: SendBatch,
+    },
+    Tcp {
+        stream: TcpStream,
+        out: Vec<u8>,
+        inb: Vec<u8>,
+    },
+}
+
+impl Conn {
+    /// Queues one message built by `f`.
+    fn queue(&mut self, target: SocketAddr, f: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        match self {
+            Conn::Udp { sock, out } => {
+                if out.next_buf().is_none() {
+                    flush_udp(sock, out)?;
+                }
+                if let Some(buf) = out.next_buf() {
+                    buf.clear();
+                    f(buf);
+                    out.commit(target);
+                }
+                Ok(())
+            }
+            Conn::Tcp { out, .. } => {
+                f(out);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Udp { sock, out } => flush_udp(sock, out),
+            Conn::Tcp { stream, out, .. } => {
+                while !out.is_empty() {
+                    match stream.write(out) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => {
+                            out.drain(..n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        match self {
+            Conn::Udp { out, .. } => out.pending(),
+            Conn::Tcp { out, .. } => out.len(),
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Conn::Udp { sock, .. } => sock.as_raw_fd(),
+            Conn::Tcp { stream, .. } => stream.as_raw_fd(),
+        }
+    }
+}
+
+fn flush_udp(sock: &UdpSocket, out: &mut SendBatch) -> io::Result<()> {
+    while out.pending() > 0 {
+        match out.send(sock.as_raw_fd()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait(&[(sock.as_raw_fd(), true)], Duration::from_millis(1))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // ECONNREFUSED and the like concern one datagram: skip it; the
+            // call will be retransmitted or time out.
+            Err(_) => out.skip_one(),
+        }
+    }
+    out.clear();
+    Ok(())
+}
+
+/// Keeps TCP output bounded: past this, no new calls are queued until the
+/// target reads.
+const TCP_BACKLOG: usize = 4 << 20;
+const BATCH: usize = 64;
+
+struct Driver<'t> {
+    traffic: &'t Traffic,
+    opts: Options,
+    conns: Vec<Conn>,
+    locals: Vec<SocketAddr>,
+    slots: Vec<Slot>,
+    results: Vec<CallResult>,
+    timers: BinaryHeap<Reverse<(u64, u32, u8)>>,
+    run: u32,
+    start: Instant,
+    done: usize,
+    in_flight: usize,
+    stats: RunStats,
+}
+
+/// Drives `opts.calls` calls of `traffic` at `opts.target`; returns one
+/// result per call, in call order, and the run's counters.
+pub fn drive(traffic: &Traffic, opts: Options) -> io::Result<(Vec<CallResult>, RunStats)> {
+    if traffic.calls.is_empty() || opts.calls == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no calls to make",
+        ));
+    }
+    let mut conns = Vec::new();
+    let mut locals = Vec::new();
+    for (name, ip) in &traffic.trunks {
+        let conn = match opts.proto {
+            Proto::Udp => {
+                let sock =
+                    kuzet_engine::transport::bind_udp(SocketAddr::new((*ip).into(), 0), 4 << 20)
+                        .map_err(|e| {
+                            io::Error::new(e.kind(), format!("trunk {name}: bind {ip}: {e}"))
+                        })?;
+                Conn::Udp {
+                    sock,
+                    out: SendBatch::new(BATCH),
+                }
+            }
+            Proto::Tcp => {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                s.bind(&SocketAddr::new((*ip).into(), 0).into())?;
+                s.connect(&opts.target.into()).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("trunk {name}: connect {}: {e}", opts.target),
+                    )
+                })?;
+                let stream: TcpStream = s.into();
+                stream.set_nodelay(true)?;
+                stream.set_nonblocking(true)?;
+                Conn::Tcp {
+                    stream,
+                    out: Vec::new(),
+                    inb: Vec::new(),
+                }
+            }
+        };
+        locals.push(match &conn {
+            Conn::Udp { sock, .. } => sock.local_addr()?,
+            Conn::Tcp { stream, .. } => stream.local_addr()?,
+        });
+        conns.push(conn);
+    }
+    let n = opts.calls;
+    let mut d = Driver {
+        traffic,
+        conns,
+        locals,
+        slots: vec![Slot::default(); n],
+        results: vec![CallResult::default(); n],
+        timers: BinaryHeap::new(),
+        run: std::process::id() ^ (Instant::now().elapsed().subsec_nanos()),
+        start: Instant::now(),
+        done: 0,
+        in_flight: 0,
+        stats: RunStats {
+            sent: 0,
+            answered: 0,
+            timeouts: 0,
+            retransmissions: 0,
+            stray: 0,
+            cancels: 0,
+            elapsed: Duration::ZERO,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).map_err(io::Error::other)?,
+        },
+        opts,
+    };
+    d.schedule();
+    d.run_loop()?;
+    d.stats.elapsed = d.start.elapsed();
+    Ok((d.results, d.stats))
+}
+
+impl Driver<'_> {
+    fn call(&self, i: usize) -> &Call {
+        &self.traffic.calls[i % self.traffic.calls.len()]
+    }
+
+    /// Fixes every call's scheduled time (open loop) up front.
+    fn schedule(&mut self) {
+        let len = self.traffic.calls.len();
+        let cycle_ns = self.traffic.duration_us.max(1) * 1000;
+        for i in 0..self.slots.len() {
+            self.slots[i].sched_ns = match self.opts.pace {
+                Pace::Scenario => {
+                    (i / len) as u64 * cycle_ns + self.traffic.calls[i % len].at_us * 1000
+                }
+                Pace::Rate(r) => (i as f64 * 1e9 / r.max(1e-3)) as u64,
+                Pace::Max { .. } => 0,
+            };
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
+        let n = self.slots.len();
+        let mut next = 0usize;
+        let mut recv = RecvBatch::new(BATCH);
+        let bar = progress_bar(self.opts.progress, n as u64);
+        let mut last_bar = Instant::now();
+        while self.done < n {
+            let mut now = self.now_ns();
+            // 1. New calls that are due.
+            let mut sent_now = 0;
+            while next < n && sent_now < 4 * BATCH {
+                let due = match self.opts.pace {
+                    Pace::Max { window } => self.in_flight < window.max(1),
+                    _ => self.slots[next].sched_ns <= now,
+                };
+                if !due || self.conns.iter().any(|c| c.backlog() > TCP_BACKLOG) {
+                    break;
+                }
+                if matches!(self.opts.pace, Pace::Max { .. }) {
+                    self.slots[next].sched_ns = now;
+                }
+                self.send_invite(next, now)?;
+                next += 1;
+                sent_now += 1;
+            }
+            // 2. Timers.
+            while let Some(&Reverse((at, i, kind))) = self.timers.peek() {
+                if at > now {
+                    break;
+                }
+                self.timers.pop();
+                self.on_timer(i as usize, kind, now)?;
+            }
+            // 3. Out, then in.
+            for c in &mut self.conns {
+                c.flush()?;
+            }
+            let mut got = 0;
+            for t in 0..self.conns.len() {
+                got += self.receive(t, &mut recv)?;
+            }
+            for c in &mut self.conns {
+                c.flush()?;
+            }
+            if bar.is_some() && last_bar.elapsed() >= Duration::from_millis(100) {
+                if let Some(b) = &bar {
+                    b.set_position(self.done as u64);
+                    b.set_message(format!("timeouts {}", self.stats.timeouts));
+                }
+                last_bar = Instant::now();
+            }
+            // 4. Nothing happened: wait for the next event.
+            if got == 0 && sent_now == 0 && self.done < n {
+                now = self.now_ns();
+                let mut until = u64::MAX;
+                if next < n && !matches!(self.opts.pace, Pace::Max { .. }) {
+                    until = self.slots[next].sched_ns;
+                }
+                if let Some(&Reverse((at, _, _))) = self.timers.peek() {
+                    until = until.min(at);
+                }
+                let gap = until.saturating_sub(now).min(50_000_000);
+                if gap > 30_000 {
+                    let fds: Vec<(i32, bool)> = self
+                        .conns
+                        .iter()
+                        .map(|c| (c.fd(), c.backlog() > 0))
+                        .collect();
+                    wait(&fds, Duration::from_nanos(gap - 20_000))?;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        Ok(())
+    }
+
+    fn send_invite(&mut self, i: usize, now: u64) -> io::Result<()> {
+        let trunk = self.call(i).trunk as usize;
+        let (target, local, run, proto) = (
+            self.opts.target,
+            self.locals[trunk],
+            self.run,
+            self.opts.proto,
+        );
+        let call = &self.traffic.calls[i % self.traffic.calls.len()];
+        self.conns[trunk].queue(target, |b| {
+            write_invite(b, call, i, run, local, target, proto)
+        })?;
+        let s = &mut self.slots[i];
+        s.sent_ns = now;
+        s.state = State::Calling;
+        s.rt_ms = self.opts.t1.as_millis() as u32;
+        self.in_flight += 1;
+        self.stats.sent += 1;
+        let first = match self.opts.proto {
+            Proto::Udp => now + self.opts.t1.as_nanos() as u64,
+            Proto::Tcp => now + self.opts.timeout.as_nanos() as u64,
+        };
+        self.timers
+            .push(Reverse((first, i as u32, TIMER_RETRANSMIT)));
+        Ok(())
+    }
+
+    fn on_timer(&mut self, i: usize, kind: u8, now: u64) -> io::Result<()> {
+        let s = self.slots[i];
+        if s.state == State::Done {
+            return Ok(());
+        }
+        let deadline = s.sent_ns + self.opts.timeout.as_nanos() as u64;
+        if now >= deadline {
+            self.finish(i, 0, false, now);
+            self.stats.timeouts += 1;
+            return Ok(());
+        }
+        let trunk = self.call(i).trunk as usize;
+        let (target, local, run, proto) = (
+            self.opts.target,
+            self.locals[trunk],
+            self.run,
+            self.opts.proto,
+        );
+        let call = &self.traffic.calls[i % self.traffic.calls.len()];
+        if kind == TIMER_CANCEL {
+            if s.state == State::Proceeding {
+                self.conns[trunk].queue(target, |b| {
+                    write_cancel(b, call, i, run, local, target, proto)
+                })?;
+                self.stats.cancels += 1;
+            }
+            return Ok(());
+        }
+        if s.state == State::Calling && proto == Proto::Udp {
+            self.conns[trunk].queue(target, |b| {
+                write_invite(b, call, i, run, local, target, proto)
+            })?;
+            self.results[i].retransmissions = self.results[i].retransmissions.saturating_add(1);
+            self.stats.retransmissions += 1;
+            let rt = s.rt_ms.saturating_mul(2);
+            self.slots[i].rt_ms = rt;
+            let at = (now + u64::from(s.rt_ms) * 1_000_000).min(deadline);
+            self.timers.push(Reverse((at, i as u32, TIMER_RETRANSMIT)));
+        } else {
+            self.timers
+                .push(Reverse((deadline, i as u32, TIMER_RETRANSMIT)));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, i: usize, status: u16, flagged: bool, now: u64) {
+        let s = &mut self.slots[i];
+        s.state = State::Done;
+        let lat = (now.saturating_sub(s.sched_ns) / 1000).max(1);
+        let r = &mut self.results[i];
+        r.status = status;
+        r.flagged = flagged;
+        r.latency_us = lat.min(u64::from(u32::MAX)) as u32;
+        if status != 0 {
+            let _ = self.stats.latency.record(lat);
+            self.stats.answered += 1;
+        }
+        self.done += 1;
+        self.in_flight -= 1;
+    }
+
+    /// Reads what waits on connection `t`; returns how many messages.
+    fn receive(&mut self, t: usize, recv: &mut RecvBatch) -> io::Result<usize> {
+        let mut total = 0;
+        match &mut self.conns[t] {
+            Conn::Udp { sock, .. } => {
+                let fd = sock.as_raw_fd();
+                loop {
+                    let n = match recv.recv(fd) {
+                        Ok(n) => n,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                            ) =>
+                        {
+                            0
+                        }
+                        // An ICMP error from an earlier send: nothing to read.
+                        Err(_) => 0,
+                    };
+                    for k in 0..n {
+                        if let Some((bytes, _)) = recv.get(k) {
+                            self.on_message(t, bytes, sip::Transport::Datagram)?;
+                        }
+                    }
+                    total += n;
+                    if n < BATCH {
+                        break;
+                    }
+                }
+            }
+            Conn::Tcp { stream, inb, .. } => {
+                let mut buf = [0u8; 65536];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "target closed the TCP connection",
+                            ))
+                        }
+                        Ok(k) => inb.extend_from_slice(&buf[..k]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let mut data = std::mem::take(inb);
+                let mut at = 0;
+                loop {
+                    // CRLF keep-alives between messages.
+                    while at < data.len() && matches!(data[at], b'\r' | b'\n') {
+                        at += 1;
+                    }
+                    match sip::parse(&data[at..], sip::Transport::Stream) {
+                        Ok(m) => {
+                            let len = m.len();
+                            let bytes = data[at..at + len].to_vec();
+                            self.on_message(t, &bytes, sip::Transport::Stream)?;
+                            at += len;
+                            total += 1;
+                        }
+                        Err(sip::ParseError::Incomplete | sip::ParseError::Empty) => break,
+                        Err(_) => {
+                            // Unframeable: drop what we hold.
+                            self.stats.stray += 1;
+                            at = data.len();
+                            break;
+                        }
+                    }
+                }
+                data.drain(..at);
+                if let Conn::Tcp { inb, .. } = &mut self.conns[t] {
+                    *inb = data;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn on_message(&mut self, t: usize, bytes: &[u8], tr: sip::Transport) -> io::Result<()> {
+        let Ok(m) = sip::parse(bytes, tr) else {
+            self.stats.stray += 1;
+            return Ok(());
+        };
+        if m.is_request() {
+            // A UAS behind a proxy may send BYE; this driver ends calls itself.
+            return Ok(());
+        }
+        let cseq = m
+            .header(Hdr::CSeq)
+            .and_then(|v| sip::syntax::parse_cseq(v).ok());
+        let Some(cseq) = cseq else {
+            self.stats.stray += 1;
+            return Ok(());
+        };
+        if cseq.1 != b"INVITE" {
+            return Ok(()); // responses to our ACK-less BYE/CANCEL
+        }
+        let Some(i) = m.header(Hdr::CallId).and_then(|c| call_index(c, self.run)) else {
+            self.stats.stray += 1;
+            return Ok(());
+        };
+        if i >= self.slots.len() || self.call(i).trunk as usize != t {
+            self.stats.stray += 1;
+            return Ok(());
+        }
+        let status = m.status();
+        let now = self.now_ns();
+        let state = self.slots[i].state;
+        if status < 200 {
+            if state == State::Calling {
+                self.slots[i].state = State::Proceeding;
+                if let Behaviour::Cancel { after_ms } = self.call(i).behaviour {
+                    let at = self.slots[i].sent_ns + u64::from(after_ms) * 1_000_000;
+                    self.timers.push(Reverse((at, i as u32, TIMER_CANCEL)));
+                }
+            }
+            return Ok(());
+        }
+        let to = m.header(Hdr::To).unwrap_or_default();
+        let (target, local, run, proto) =
+            (self.opts.target, self.locals[t], self.run, self.opts.proto);
+        let call = &self.traffic.calls[i % self.traffic.calls.len()];
+        if status >= 300 {
+            self.conns[t].queue(target, |b| {
+                write_ack(b, call, i, run, local, target, proto, to, false)
+            })?;
+        } else if state != State::Done {
+            self.conns[t].queue(target, |b| {
+                write_ack(b, call, i, run, local, target, proto, to, true)
+            })?;
+            self.conns[t].queue(target, |b| {
+                write_bye(b, call, i, run, local, target, proto, to)
+            })?;
+        }
+        if state != State::Done {
+            let flagged = m
+                .header_named(b"X-Kuzet-Verdict")
+                .is_some_and(|v| v.starts_with(b"flag"));
+            self.finish(i, status, flagged, now);
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(on: bool, total: u64) -> Option<indicatif::ProgressBar> {
+    if !on {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} calls, {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    Some(b)
+}
+
+/// The call index in a Call-ID `<index>-<run>@kuzet-sim`.
+fn call_index(call_id: &[u8], run: u32) -> Option<usize> {
+    let dash = call_id.iter().position(|&b| b == b'-')?;
+    let idx = sip::parse_u32(&call_id[..dash])?;
+    let rest = &call_id[dash + 1..];
+    let at = rest.iter().position(|&b| b == b'@')?;
+    (sip::parse_u32(&rest[..at])? == run).then_some(idx as usize)
+}
+
+fn push_u64(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    let _ = write!(out, "{a}");
+}
+
+/// Request line and the headers every request of a call shares.
+#[allow(clippy::too_many_arguments)]
+fn common(
+    out: &mut Vec<u8>,
+    method: &[u8],
+    call: &Call,
+    i: usize,
+    run: u32,
+    local: SocketAddr,
+    target: SocketAddr,
+    proto: Proto,
+    branch_suffix: &[u8],
+) {
+    out.extend_from_slice(method);
+    out.extend_from_slice(b" sip:");
+    out.extend_from_slice(call.b.as_bytes());
+    out.push(b'@');
+    push_addr(out, target);
+    out.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/");
+    out.extend_from_slice(proto.via());
+    out.push(b' ');
+    push_addr(out, local);
+    out.extend_from_slice(b";branch=z9hG4bK-s");
+    push_u64(out, i as u64);
+    out.push(b'-');
+    push_u64(out, u64::from(run));
+    out.extend_from_slice(branch_suffix);
+    out.extend_from_slice(b"\r\nMax-Forwards: 70\r\nFrom: <sip:");
+    out.extend_from_slice(call.a.as_bytes());
+    out.push(b'@');
+    push_addr(out, local);
+    out.extend_from_slice(b">;tag=f");
+    push_u64(out, i as u64);
+    out.extend_from_slice(b"\r\nCall-ID: ");
+    push_u64(out, i as u64);
+    out.push(b'-');
+    push_u64(out, u64::from(run));
+    out.extend_from_slice(b"@kuzet-sim\r\n");
+}
+
+const SDP: &[u8] = b"v=0\r\no=sim 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn write_invite(
+    out: &mut Vec<u8>,
+    call: &Call,
+    i: usize,
+    run: u32,
+    local: SocketAddr,
+    target: SocketAddr,
+    proto: Proto,
+) {
+    common(out, b"INVITE", call, i, run, local, target, proto, b"");
+    out.extend_from_slice(b"To: <sip:");
+    out.extend_from_slice(call.b.as_bytes());
+    out.push(b'@');
+    push_addr(out, target);
+    out.extend_from_slice(b">\r\nCSeq: 1 INVITE\r\nP-Asserted-Identity: <sip:");
+    out.extend_from_slice(call.a.as_bytes());
+    out.push(b'@');
+    push_addr(out, local);
+    out.extend_from_slice(b">\r\nContact: <sip:sim@");
+    push_addr(out, local);
+    out.extend_from_slice(b">\r\nContent-Type: application/sdp\r\nContent-Length: ");
+    push_u64(out, SDP.len() as u64);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(SDP);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_ack(
+    out: &mut Vec<u8>,
+    call: &Call,
+    i: usize,
+    run: u32,
+    local: SocketAddr,
+    target: SocketAddr,
+    proto: Proto,
+    to: &[u8],
+    for_2xx: bool,
+) {
+    // A 2xx ACK is its own transaction: a new branch.
+    common(
+        out,
+        b"ACK",
+        call,
+        i,
+        run,
+        local,
+        target,
+        proto,
+        if for_2xx { b"-a" } else { b"" },
+    );
+    out.extend_from_slice(b"To: ");
+    out.extend_from_slice(to);
+    out.extend_from_slice(b"\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_bye(
+    out: &mut Vec<u8>,
+    call: &Call,
+    i: usize,
+    run: u32,
+    local: SocketAddr,
+    target: SocketAddr,
+    proto: Proto,
+    to: &[u8],
+) {
+    common(out, b"BYE", call, i, run, local, target, proto, b"-b");
+    out.extend_from_slice(b"To: ");
+    out.extend_from_slice(to);
+    out.extend_from_slice(b"\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
+}
+
+fn write_cancel(
+    out: &mut Vec<u8>,
+    call: &Call,
+    i: usize,
+    run: u32,
+    local: SocketAddr,
+    target: SocketAddr,
+    proto: Proto,
+) {
+    common(out, b"CANCEL", call, i, run, local, target, proto, b"");
+    out.extend_from_slice(b"To: <sip:");
+    out.extend_from_slice(call.b.as_bytes());
+    out.push(b'@');
+    push_addr(out, target);
+    out.extend_from_slice(b">\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> Call {
+        Call {
+            at_us: 0,
+            source: 0,
+            trunk: 0,
+            a: "+77011234567".into(),
+            b: "87021234567".into(),
+            behaviour: Behaviour::NoAnswer,
+        }
+    }
+
+    #[test]
+    fn messages_parse_as_sip() {
+        let (l, t): (SocketAddr, SocketAddr) = (
+            "127.0.0.2:4000".parse().unwrap(),
+            "127.0.0.1:5060".parse().unwrap(),
+        );
+        let mut out = Vec::new();
+        write_invite(&mut out, &call(), 17, 99, l, t, Proto::Udp);
+        let m = sip::parse(&out, sip::Transport::Stream).unwrap();
+        assert_eq!(m.len(), out.len());
+        assert_eq!(m.method(), b"INVITE");
+        assert_eq!(m.request_uri(), b"sip:87021234567@127.0.0.1:5060");
+        assert_eq!(call_index(m.header(Hdr::CallId).unwrap(), 99), Some(17));
+        assert_eq!(call_index(m.header(Hdr::CallId).unwrap(), 98), None);
+        assert_eq!(m.body(), SDP);
+        out.clear();
+        write_ack(
+            &mut out,
+            &call(),
+            17,
+            99,
+            l,
+            t,
+            Proto::Udp,
+            b"<sip:x@y>;tag=9",
+            false,
+        );
+        let m = sip::parse(&out, sip::Transport::Stream).unwrap();
+        assert_eq!(m.header(Hdr::To), Some(&b"<sip:x@y>;tag=9"[..]));
+        assert!(m
+            .header(Hdr::Via)
+            .unwrap()
+            .ends_with(b"branch=z9hG4bK-s17-99"));
+    }
+}

@@ -1,0 +1,215 @@
+//! `kuzet-sim`: generate labelled fraud traffic, drive it at a SIP server,
+//! report what was caught; or stand in as the null responder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kuzet_sim::driver::{self, Options, Pace, Proto};
+use kuzet_sim::scenario::Scenario;
+use kuzet_sim::traffic::Traffic;
+use kuzet_sim::{export, null, report};
+
+#[derive(Parser)]
+#[command(
+    name = "kuzet-sim",
+    version,
+    about = "Labelled fraud traffic, a SIP load driver and a null responder for kuzet.",
+    long_about = "Labelled fraud traffic, a SIP load driver and a null responder for kuzet.\n\n\
+        A scenario file (see sim/scenarios/README.md) describes subscribers, legitimate \
+        callers and fraud campaigns. `gen` writes the list files and engine config the \
+        traffic assumes; `run` sends the traffic to a SIP server and reports load figures \
+        and detection quality; `null` answers every INVITE with a canned 302, the \
+        reference any server is measured against.\n\n\
+        Typical use:\n  \
+        kuzet-sim gen sim/scenarios/small.toml --out /tmp/sc\n  \
+        kuzet run --config /tmp/sc/kuzet.toml --listen 127.0.0.1:5060 &\n  \
+        kuzet-sim run sim/scenarios/small.toml --target 127.0.0.1:5060 --rate 2000"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write the list files, kuzet.toml and Kamailio tables a scenario assumes.
+    Gen {
+        /// Scenario file (TOML).
+        scenario: PathBuf,
+        /// Folder to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the traffic as SIPp CSV + scenario XML into this folder.
+        #[arg(long, value_name = "DIR")]
+        export_sipp: Option<PathBuf>,
+    },
+    /// Send a scenario's traffic to a SIP server and report.
+    Run {
+        /// Scenario file (TOML).
+        scenario: PathBuf,
+        /// SIP server to call, e.g. 127.0.0.1:5060.
+        #[arg(long)]
+        target: SocketAddr,
+        /// udp or tcp.
+        #[arg(long, default_value = "udp", value_parser = ["udp", "tcp"])]
+        transport: String,
+        /// Open loop: this many calls per second on a fixed schedule
+        /// (latency counts from the scheduled time). Default: the
+        /// scenario's own Poisson times.
+        #[arg(long, conflicts_with = "max")]
+        rate: Option<f64>,
+        /// Saturate: keep --window calls in flight, as fast as answers return.
+        #[arg(long)]
+        max: bool,
+        /// Calls in flight with --max.
+        #[arg(long, default_value_t = 1000)]
+        window: usize,
+        /// Calls to make (the traffic repeats if shorter). Default: all of it once.
+        #[arg(long)]
+        calls: Option<usize>,
+        /// RFC 3261 T1, the first retransmission interval, in ms.
+        #[arg(long, default_value_t = 500)]
+        t1_ms: u64,
+        /// A call with no final answer after this long is a timeout (default 64*T1).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Also write the report as JSON here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write the engine files (lists, kuzet.toml) here before running.
+        #[arg(long, value_name = "DIR")]
+        files: Option<PathBuf>,
+        /// Also write the traffic as SIPp CSV + scenario XML into this folder.
+        #[arg(long, value_name = "DIR")]
+        export_sipp: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Answer every INVITE with a canned 302 (and OPTIONS with 200), as fast
+    /// as possible, until interrupted.
+    Null {
+        /// UDP address to answer on.
+        #[arg(long, default_value = "127.0.0.1:5090")]
+        listen: SocketAddr,
+        /// Responder threads, each with its own SO_REUSEPORT socket.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kuzet-sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Traffic> {
+    let sc = Scenario::from_file(path)?;
+    Traffic::generate(&sc).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn real_main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Gen {
+            scenario,
+            out,
+            export_sipp,
+        } => {
+            let t = load(&scenario)?;
+            let written = t.write_engine_files(&out)?;
+            if let Some(dir) = export_sipp {
+                export::write_sipp(&t, &dir)?;
+                eprintln!("SIPp export in {}", dir.display());
+            }
+            eprintln!(
+                "{} calls; wrote {} files into {}",
+                t.calls.len(),
+                written.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Run {
+            scenario,
+            target,
+            transport,
+            rate,
+            max,
+            window,
+            calls,
+            t1_ms,
+            timeout_ms,
+            json,
+            files,
+            export_sipp,
+            quiet,
+        } => {
+            let t = load(&scenario)?;
+            if let Some(dir) = files {
+                t.write_engine_files(&dir)?;
+            }
+            if let Some(dir) = export_sipp {
+                export::write_sipp(&t, &dir)?;
+            }
+            let mut o = Options::new(target, calls.unwrap_or(t.calls.len()));
+            o.proto = if transport == "tcp" {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            o.pace = match (rate, max) {
+                (_, true) => Pace::Max { window },
+                (Some(r), _) if r > 0.0 => Pace::Rate(r),
+                (Some(r), _) => anyhow::bail!("--rate must be above 0 (got {r})"),
+                (None, false) => Pace::Scenario,
+            };
+            o.t1 = Duration::from_millis(t1_ms.max(1));
+            o.timeout = Duration::from_millis(timeout_ms.unwrap_or(64 * t1_ms.max(1)));
+            o.progress = !quiet;
+            let (results, stats) = driver::drive(&t, o)?;
+            let rep = report::build(&t, &results, &stats);
+            print!("{}", rep.table());
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&rep)? + "\n")
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            }
+            Ok(())
+        }
+        Cmd::Null { listen, threads } => {
+            let n = null::start(listen, threads)?;
+            eprintln!(
+                "null responder on {} ({} threads); Ctrl-C stops it",
+                n.addr,
+                threads.max(1)
+            );
+            wait_for_signal();
+            eprintln!("answered {} INVITEs", n.answered());
+            n.stop();
+            Ok(())
+        }
+    }
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Ok(rt) = rt {
+        rt.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,380 @@
+//! The run report: load figures and detection quality, from the driver's
+//! per-call results joined with the labels only sim knows.
+//!
+//! Definitions (also in `sim/scenarios/README.md`):
+//! - a call is **detected** when it was blocked (403, 603 or 607) or
+//!   flagged (`X-Kuzet-Verdict: flag...`); **allowed** is any other final
+//!   answer below 400 that is not flagged; **other** is any other final
+//!   answer; timeouts are counted apart and are never detected;
+//! - per fraud category: `recall = detected / calls`, and
+//!   `precision = detected / (detected + detected legitimate calls)`: the
+//!   precision a detector would have on traffic made of that category and
+//!   the legitimate calls alone. It is null when nothing was detected;
+//! - `false_positive_rate = detected legitimate calls / legitimate calls`;
+//! - per campaign, `calls_before_detection` counts the campaign's calls
+//!   sent before its first detected one (null if none was detected).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::driver::{CallResult, RunStats};
+use crate::traffic::Traffic;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub sent: u64,
+    pub answered: u64,
+    pub timeouts: u64,
+    pub retransmissions: u64,
+    pub stray_responses: u64,
+    pub elapsed_s: f64,
+    /// Final answers per second over the run.
+    pub cps: f64,
+    pub latency_us: Latency,
+    /// Final answers by status code.
+    pub status: BTreeMap<u16, u64>,
+    pub categories: BTreeMap<String, Category>,
+    pub false_positive_rate: Option<f64>,
+    pub campaigns: BTreeMap<String, Campaign>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Category {
+    pub fraud: bool,
+    pub calls: u64,
+    pub blocked: u64,
+    pub flagged: u64,
+    pub allowed: u64,
+    pub other: u64,
+    pub timeouts: u64,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Campaign {
+    pub kind: String,
+    pub calls: u64,
+    pub detected: u64,
+    pub calls_before_detection: Option<u64>,
+}
+
+/// How one final answer counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Blocked,
+    Flagged,
+    Allowed,
+    Other,
+    Timeout,
+}
+
+impl Outcome {
+    pub fn of(r: &CallResult) -> Outcome {
+        match r.status {
+            0 => Outcome::Timeout,
+            403 | 603 | 607 => Outcome::Blocked,
+            _ if r.flagged => Outcome::Flagged,
+            100..=399 => Outcome::Allowed,
+            _ => Outcome::Other,
+        }
+    }
+    pub fn detected(self) -> bool {
+        matches!(self, Outcome::Blocked | Outcome::Flagged)
+    }
+}
+
+/// Builds the report of a run: `results[i]` is call `i` of the run, whose
+/// label is `traffic.calls[i % len]`.
+pub fn build(traffic: &Traffic, results: &[CallResult], stats: &RunStats) -> Report {
+    let len = traffic.calls.len().max(1);
+    let mut cats: BTreeMap<String, Category> = BTreeMap::new();
+    let mut camps: BTreeMap<String, Campaign> = BTreeMap::new();
+    let mut status: BTreeMap<u16, u64> = BTreeMap::new();
+    for s in &traffic.sources {
+        let c = cats.entry(s.kind.as_str().to_string()).or_default();
+        c.fraud = s.kind.is_fraud();
+        if s.kind.is_fraud() {
+            camps.insert(
+                s.name.clone(),
+                Campaign {
+                    kind: s.kind.as_str().to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    for (i, r) in results.iter().enumerate() {
+        let src = &traffic.sources[traffic.calls[i % len].source as usize];
+        let o = Outcome::of(r);
+        if r.status != 0 {
+            *status.entry(r.status).or_default() += 1;
+        }
+        let c = cats.entry(src.kind.as_str().to_string()).or_default();
+        c.calls += 1;
+        match o {
+            Outcome::Blocked => c.blocked += 1,
+            Outcome::Flagged => c.flagged += 1,
+            Outcome::Allowed => c.allowed += 1,
+            Outcome::Other => c.other += 1,
+            Outcome::Timeout => c.timeouts += 1,
+        }
+        if let Some(k) = camps.get_mut(&src.name) {
+            if o.detected() && k.calls_before_detection.is_none() {
+                k.calls_before_detection = Some(k.calls);
+            }
+            k.calls += 1;
+            k.detected += u64::from(o.detected());
+        }
+    }
+    let (legit_calls, legit_detected) = cats
+        .values()
+        .filter(|c| !c.fraud)
+        .fold((0, 0), |(n, d), c| (n + c.calls, d + c.blocked + c.flagged));
+    for c in cats.values_mut().filter(|c| c.fraud) {
+        let det = c.blocked + c.flagged;
+        c.recall = ratio(det, c.calls);
+        c.precision = ratio(det, det + legit_detected).filter(|_| det > 0);
+    }
+    let h = &stats.latency;
+    let q = |p: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(p)
+        }
+    };
+    let secs = stats.elapsed.as_secs_f64();
+    Report {
+        sent: stats.sent,
+        answered: stats.answered,
+        timeouts: stats.timeouts,
+        retransmissions: stats.retransmissions,
+        stray_responses: stats.stray,
+        elapsed_s: secs,
+        cps: if secs > 0.0 {
+            stats.answered as f64 / secs
+        } else {
+            0.0
+        },
+        latency_us: Latency {
+            p50: q(0.5),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: if h.is_empty() { 0 } else { h.max() },
+        },
+        status,
+        categories: cats,
+        false_positive_rate: ratio(legit_detected, legit_calls),
+        campaigns: camps,
+    }
+}
+
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{:.2}%", v * 100.0))
+}
+
+impl Report {
+    /// The report as a text table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "sent {}  answered {}  timeouts {}  retransmissions {}  stray {}",
+            self.sent, self.answered, self.timeouts, self.retransmissions, self.stray_responses
+        );
+        let _ = writeln!(
+            s,
+            "elapsed {:.2} s  rate {:.0} calls/s",
+            self.elapsed_s, self.cps
+        );
+        let l = &self.latency_us;
+        let _ = writeln!(
+            s,
+            "latency us: p50 {}  p99 {}  p99.9 {}  max {}",
+            l.p50, l.p99, l.p999, l.max
+        );
+        let codes: Vec<String> = self
+            .status
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(s, "answers: {}", codes.join("  "));
+        let _ = writeln!(
+            s,
+            "\n{:<22} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9} {:>9}",
+            "category",
+            "fraud",
+            "calls",
+            "blocked",
+            "flagged",
+            "allowed",
+            "other",
+            "t/o",
+            "precision",
+            "recall"
+        );
+        for (name, c) in &self.categories {
+            let _ = writeln!(
+                s,
+                "{:<22} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9} {:>9}",
+                name,
+                if c.fraud { "yes" } else { "no" },
+                c.calls,
+                c.blocked,
+                c.flagged,
+                c.allowed,
+                c.other,
+                c.timeouts,
+                pct(c.precision),
+                pct(c.recall)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nfalse positive rate on legitimate calls: {}",
+            pct(self.false_positive_rate)
+        );
+        let _ = writeln!(
+            s,
+            "\n{:<24} {:<16} {:>8} {:>9} {:>22}",
+            "campaign", "kind", "calls", "detected", "calls before detection"
+        );
+        for (name, c) in &self.campaigns {
+            let _ = writeln!(
+                s,
+                "{:<24} {:<16} {:>8} {:>9} {:>22}",
+                name,
+                c.kind,
+                c.calls,
+                c.detected,
+                c.calls_before_detection
+                    .map_or_else(|| "never".to_string(), |v| v.to_string())
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Kind;
+    use crate::traffic::{Behaviour, Call, EngineFiles, SourceInfo};
+    use std::time::Duration;
+
+    /// Six calls worked out by hand: see the comments on each line.
+    #[test]
+    fn arithmetic_matches_a_hand_computed_run() {
+        let src = |name: &str, kind| SourceInfo {
+            name: name.into(),
+            kind,
+            trunk: 0,
+        };
+        let call = |source| Call {
+            at_us: 0,
+            source,
+            trunk: 0,
+            a: String::new(),
+            b: String::new(),
+            behaviour: Behaviour::NoAnswer,
+        };
+        let traffic = Traffic {
+            calls: vec![
+                call(0),
+                call(1),
+                call(1),
+                call(1),
+                call(0),
+                call(2),
+                call(0),
+                call(0),
+            ],
+            sources: vec![
+                src("people", Kind::Subscribers),
+                src("bl", Kind::Blocklist),
+                src("wg", Kind::Wangiri),
+            ],
+            trunks: vec![],
+            files: EngineFiles::default(),
+            duration_us: 1,
+        };
+        let r = |status, flagged, latency_us| CallResult {
+            status,
+            flagged,
+            latency_us,
+            retransmissions: 0,
+        };
+        let results = [
+            r(302, false, 100), // people: allowed
+            r(302, false, 200), // bl: missed (allowed)
+            r(603, false, 300), // bl: blocked -> 1 call before detection
+            r(302, true, 400),  // bl: flagged
+            r(603, false, 500), // people: false positive (blocked)
+            r(0, false, 0),     // wg: timeout, never detected
+            r(302, false, 600), // people: allowed
+            r(302, false, 700), // people: allowed
+        ];
+        let mut latency = Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for x in &results {
+            if x.status != 0 {
+                latency.record(u64::from(x.latency_us)).unwrap();
+            }
+        }
+        let stats = RunStats {
+            sent: 8,
+            answered: 7,
+            timeouts: 1,
+            retransmissions: 6,
+            stray: 0,
+            cancels: 0,
+            elapsed: Duration::from_secs(2),
+            latency,
+        };
+        let rep = build(&traffic, &results, &stats);
+        assert_eq!(rep.cps, 3.5);
+        assert_eq!(rep.status, BTreeMap::from([(302, 5), (603, 2)]));
+        let people = &rep.categories["subscribers"];
+        assert_eq!((people.calls, people.blocked, people.allowed), (4, 1, 3));
+        assert_eq!((people.precision, people.recall), (None, None));
+        assert_eq!(rep.false_positive_rate, Some(0.25));
+        let bl = &rep.categories["blocklist"];
+        assert_eq!((bl.calls, bl.blocked, bl.flagged, bl.allowed), (3, 1, 1, 1));
+        assert_eq!(bl.recall, Some(2.0 / 3.0));
+        // 2 detected, 1 legitimate call detected: 2 / 3.
+        assert_eq!(bl.precision, Some(2.0 / 3.0));
+        let wg = &rep.categories["wangiri"];
+        assert_eq!(
+            (wg.calls, wg.timeouts, wg.recall, wg.precision),
+            (1, 1, Some(0.0), None)
+        );
+        assert_eq!(rep.campaigns["bl"].calls_before_detection, Some(1));
+        assert_eq!(rep.campaigns["bl"].detected, 2);
+        assert_eq!(rep.campaigns["wg"].calls_before_detection, None);
+        assert!(!rep.campaigns.contains_key("people"));
+        // 7 samples 100..700: the median is the 4th, 400.
+        assert_eq!(rep.latency_us.p50, 400);
+        assert_eq!(rep.latency_us.max, 700);
+        let table = rep.table();
+        assert!(
+            table.contains("false positive rate on legitimate calls: 25.00%"),
+            "{table}"
+        );
+    }
+
+    use hdrhistogram::Histogram;
+}
