@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs what kuzet's tests need that cargo cannot fetch: SIPp (Debian
-# package sip-tester). Safe to run again: it installs only what is missing.
+# Installs what kuzet's tests and benchmarks need that cargo cannot fetch:
+# SIPp (Debian package sip-tester) and Kamailio (package kamailio, for the
+# side-by-side benchmark and the test that its config matches kuzet's
+# policy). Safe to run again: it installs only what is missing.
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -12,4 +15,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "install-deps: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The Debian package starts a system Kamailio on 5060 where systemd runs;
+# kuzet's tests and benchmarks start their own, so stop that one.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kamailio 2>/dev/null; then
+  $SUDO systemctl stop kamailio || true
+fi

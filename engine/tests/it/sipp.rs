@@ -19,7 +19,7 @@ const UAC: &str = concat!(
     "/../deploy/sipp/redirect_uac.xml"
 );
 
-fn sipp() -> PathBuf {
+pub(crate) fn sipp() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join("sipp"))
@@ -39,13 +39,13 @@ fn free_port() -> u16 {
     }
 }
 
-struct Kuzet {
+pub(crate) struct Kuzet {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Kuzet {
-    fn start(args: &[&str], dir: &Path) -> Kuzet {
+    pub(crate) fn start(args: &[&str], dir: &Path) -> Kuzet {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
@@ -78,7 +78,7 @@ impl Kuzet {
     }
 
     /// SIGTERM, then the shutdown summary kuzet prints.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -168,7 +168,7 @@ fn run_redirect_uac(
     run_sipp(dir, &args)
 }
 
-fn parse_counts(text: &str) -> HashMap<String, u64> {
+pub(crate) fn parse_counts(text: &str) -> HashMap<String, u64> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let head: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
     let last: Vec<&str> = lines.next_back().unwrap_or("").split(';').collect();
