@@ -89,6 +89,16 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Send OPTIONS to a SIP server until it answers 200 (exit 0) or the
+    /// time runs out (exit 2). Scripts use it to wait for a server to start.
+    Ping {
+        /// SIP server to ask, e.g. 127.0.0.1:5060.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 20)]
+        timeout_s: u64,
+    },
     /// Answer every INVITE with a canned 302 (and OPTIONS with 200), as fast
     /// as possible, until interrupted.
     Null {
@@ -183,6 +193,13 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Ping { target, timeout_s } => {
+            if ping(target, Duration::from_secs(timeout_s))? {
+                Ok(())
+            } else {
+                anyhow::bail!("{target}: no 200 to OPTIONS within {timeout_s} s")
+            }
+        }
         Cmd::Null { listen, threads } => {
             let n = null::start(listen, threads)?;
             eprintln!(
@@ -196,6 +213,40 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// OPTIONS every 100 ms until a 200 comes back or `limit` passes.
+fn ping(target: SocketAddr, limit: Duration) -> anyhow::Result<bool> {
+    let sock = std::net::UdpSocket::bind(if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let local = sock.local_addr()?;
+    let req = format!(
+        "OPTIONS sip:{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK-ping\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:ping@kuzet-sim>;tag=p\r\nTo: <sip:{target}>\r\n\
+         Call-ID: ping-{}@kuzet-sim\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        std::process::id()
+    );
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        sock.send_to(req.as_bytes(), target)?;
+        match sock.recv(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"SIP/2.0 200") => return Ok(true),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // Nothing listens yet (ICMP port unreachable): wait a little.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    Ok(false)
 }
 
 /// Blocks until SIGINT or SIGTERM.

@@ -2,7 +2,7 @@
 //! a canned 302 as fast as the machine allows and does nothing else.
 //!
 //! Each thread owns one `SO_REUSEPORT` UDP socket and moves datagrams in
-//! `recvmmsg`/`sendmmsg` batches, the same I/O kuzet uses, so the gap
+//! blocking `recvmmsg`/`sendmmsg` batches, the same I/O kuzet uses, so the gap
 //! between kuzet and null is the cost of kuzet's own work (parsing,
 //! checking, scoring), not of a different I/O model. The 302 echoes the
 //! Via, From, To (with a tag), Call-ID and CSeq a client needs to match
@@ -72,18 +72,20 @@ pub fn start(listen: SocketAddr, threads: usize) -> io::Result<Null> {
 }
 
 fn serve(sock: &std::net::UdpSocket, stop: &AtomicBool, answered: &AtomicU64) {
+    // Blocking reads with MSG_WAITFORONE: one system call per wake-up, as
+    // kuzet's workers do; the timeout lets the thread see `stop`.
+    if sock.set_nonblocking(false).is_err()
+        || sock
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .is_err()
+    {
+        return;
+    }
     let fd = sock.as_raw_fd();
     let mut rx = RecvBatch::new(64);
     let mut tx = SendBatch::new(64);
     while !stop.load(Ordering::Relaxed) {
-        let n = match rx.recv(fd) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let _ = wait(&[(fd, false)], Duration::from_millis(100));
-                continue;
-            }
-            Err(_) => continue,
-        };
+        let Ok(n) = rx.recv_wait(fd) else { continue };
         let mut k = 0;
         for i in 0..n {
             let Some((bytes, from)) = rx.get(i) else {

@@ -70,6 +70,18 @@ impl RecvBatch {
 
     /// Reads up to a batch without blocking; `WouldBlock` when nothing waits.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_DONTWAIT)
+    }
+
+    /// On a blocking socket: waits for the first datagram (at most the
+    /// socket's `SO_RCVTIMEO`, then `WouldBlock`), then takes whatever else
+    /// is already queued, up to a batch (`MSG_WAITFORONE`). One system call
+    /// per wake-up, where poll-then-read needs three.
+    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_WAITFORONE)
+    }
+
+    fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for (i, h) in self.hdrs.iter_mut().enumerate() {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
@@ -85,7 +97,7 @@ impl RecvBatch {
                 fd,
                 self.hdrs.as_mut_ptr(),
                 self.hdrs.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                flags,
                 std::ptr::null_mut(),
             )
         };

@@ -148,7 +148,14 @@ async fn connection(
                             }
                         }
                         Outcome::Forward(to) => {
-                            if udp_out.send_to(&out, to).is_err() {
+                            // The UDP workers keep this socket in blocking
+                            // mode; never block here.
+                            let sent = socket2::SockRef::from(&*udp_out).send_to_with_flags(
+                                &out,
+                                &to.into(),
+                                libc::MSG_DONTWAIT,
+                            );
+                            if sent.is_err() {
                                 metrics.inc(Counter::SendErrors);
                             }
                         }

@@ -1,19 +1,28 @@
 //! A UDP worker: read a batch, handle each datagram, send the replies in one go.
+//!
+//! The worker is a plain thread on a blocking socket, not an async task:
+//! `recvmmsg` with `MSG_WAITFORONE` sleeps until a datagram arrives and
+//! then takes everything already queued, so a wake-up costs one system
+//! call to read and one (`sendmmsg`) to answer the whole batch. A readiness
+//! loop (epoll, read, read again until `EAGAIN`) costs three to read. The
+//! socket's receive timeout bounds each sleep so the worker sees shutdown.
 
+use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
 use tokio::sync::watch;
 
-use super::mmsg::{RecvBatch, SendBatch};
+use super::mmsg::{wait, RecvBatch, SendBatch};
 use super::Connections;
 use crate::handler::{Handler, Outcome};
 use crate::metrics::{new_histogram, record, Counter};
 
 /// How often a worker folds its latency histogram into the shared one.
 const MERGE_EVERY: Duration = Duration::from_millis(500);
+/// Longest sleep in `recvmmsg` before the worker looks at `shutdown`.
+const WAKE_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs one worker on the current thread until `shutdown` turns true.
 pub fn run_worker(
@@ -21,77 +30,78 @@ pub fn run_worker(
     handler: Arc<Handler>,
     batch: usize,
     conns: Connections,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let sock = tokio::net::UdpSocket::from_std(socket)?;
-        let fd = sock.as_raw_fd();
-        let mut recv = RecvBatch::new(batch);
-        let mut send = SendBatch::new(batch);
-        let mut hist = new_histogram();
-        let mut last_merge = Instant::now();
-        let metrics = handler.metrics().clone();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                r = sock.readable() => r?,
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(WAKE_EVERY))?;
+    let fd = socket.as_raw_fd();
+    let mut recv = RecvBatch::new(batch);
+    let mut send = SendBatch::new(batch);
+    let mut hist = new_histogram();
+    let mut last_merge = Instant::now();
+    let metrics = handler.metrics().clone();
+    while !*shutdown.borrow() {
+        if last_merge.elapsed() >= MERGE_EVERY {
+            metrics.merge_latency(&mut hist);
+            last_merge = Instant::now();
+        }
+        let n = match recv.recv_wait(fd) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                continue
             }
-            let n = match sock.try_io(Interest::READABLE, || recv.recv(fd)) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "recvmmsg failed");
-                    continue;
-                }
+            Err(e) => {
+                // ECONNREFUSED from an earlier send, and the like: nothing
+                // was read; go on.
+                tracing::debug!(error = %e, "recvmmsg");
+                continue;
+            }
+        };
+        let t0 = Instant::now();
+        send.clear();
+        for i in 0..n {
+            let Some((bytes, src)) = recv.get(i) else {
+                metrics.inc(Counter::Unparseable);
+                continue;
             };
-            let t0 = Instant::now();
-            send.clear();
-            for i in 0..n {
-                let Some((bytes, src)) = recv.get(i) else {
-                    metrics.inc(Counter::Unparseable);
-                    continue;
-                };
-                let Some(out) = send.next_buf() else { break };
-                match handler.handle(bytes, src, None, t0, out) {
-                    Outcome::Reply => send.commit(src),
-                    Outcome::Forward(to) => send.commit(to),
-                    Outcome::ToConnection(id) => {
-                        let delivered = conns
-                            .get(&id)
-                            .map(|tx| tx.try_send(out.clone()).is_ok())
-                            .unwrap_or(false);
-                        if !delivered {
-                            metrics.inc(Counter::SendErrors);
-                        }
-                    }
-                    Outcome::Drop => {}
-                }
-            }
-            while send.pending() > 0 {
-                match sock.try_io(Interest::WRITABLE, || send.send(fd)) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        sock.writable().await?;
-                    }
-                    Err(_) => {
-                        // A hard error for one destination (ICMP unreachable
-                        // reported late, say): skip it, keep the rest.
+            let Some(out) = send.next_buf() else { break };
+            match handler.handle(bytes, src, None, t0, out) {
+                Outcome::Reply => send.commit(src),
+                Outcome::Forward(to) => send.commit(to),
+                Outcome::ToConnection(id) => {
+                    let delivered = conns
+                        .get(&id)
+                        .map(|tx| tx.try_send(out.clone()).is_ok())
+                        .unwrap_or(false);
+                    if !delivered {
                         metrics.inc(Counter::SendErrors);
-                        send.skip_one();
                     }
                 }
-            }
-            record(&mut hist, t0.elapsed(), n as u64);
-            if last_merge.elapsed() >= MERGE_EVERY {
-                metrics.merge_latency(&mut hist);
-                last_merge = Instant::now();
+                Outcome::Drop => {}
             }
         }
-        metrics.merge_latency(&mut hist);
-        Ok::<(), std::io::Error>(())
-    })
+        while send.pending() > 0 {
+            match send.send(fd) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let _ = wait(&[(fd, true)], Duration::from_millis(10));
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // A hard error for one destination (ICMP unreachable
+                    // reported late, say): skip it, keep the rest.
+                    metrics.inc(Counter::SendErrors);
+                    send.skip_one();
+                }
+            }
+        }
+        record(&mut hist, t0.elapsed(), n as u64);
+    }
+    metrics.merge_latency(&mut hist);
+    Ok(())
 }
