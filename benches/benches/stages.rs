@@ -24,7 +24,12 @@ use kuzet_engine::metrics::Metrics;
 use kuzet_engine::sip::{parse, syntax, Transport};
 use kuzet_rules::{evaluate, CallFacts, ListBuilder, ListPolicy, ListSet, NumberingPlan};
 
-const FORMS: [&str; 4] = ["+77019876543", "87019876543", "8 (701) 987-65-43", "7019876543"];
+const FORMS: [&str; 4] = [
+    "+77019876543",
+    "87019876543",
+    "8 (701) 987-65-43",
+    "7019876543",
+];
 const LIST: u64 = 100_000;
 
 /// The obvious normalizer: keep digits, then fix up the prefix.
@@ -86,7 +91,8 @@ fn bench_evaluate(c: &mut Criterion) {
     let mut b = ListBuilder::new(&plan);
     let mut naive_block: HashMap<String, String> = HashMap::new();
     for i in 0..LIST {
-        b.add_line("bench", 1, &format!("+{},reported", number(i))).unwrap();
+        b.add_line("bench", 1, &format!("+{},reported", number(i)))
+            .unwrap();
         naive_block.insert(format!("+{}", number(i)), "reported".into());
     }
     let lists = ListSet {
@@ -103,10 +109,16 @@ fn bench_evaluate(c: &mut Criterion) {
     };
     let (a, bn) = ("+77019876543".to_string(), "+77015550123".to_string());
     let mut g = c.benchmark_group("verdict_100k_list_miss");
-    g.bench_function("kuzet_evaluate", |bch| bch.iter(|| black_box(evaluate(black_box(&facts), &lists))));
+    g.bench_function("kuzet_evaluate", |bch| {
+        bch.iter(|| black_box(evaluate(black_box(&facts), &lists)))
+    });
     g.bench_function("hashmap_string_baseline", |bch| {
         bch.iter(|| {
-            let hit = |m: &HashMap<String, String>| m.get(black_box(&a)).or_else(|| m.get(black_box(&bn))).cloned();
+            let hit = |m: &HashMap<String, String>| {
+                m.get(black_box(&a))
+                    .or_else(|| m.get(black_box(&bn)))
+                    .cloned()
+            };
             let v = if hit(&naive_allow).is_some() {
                 0
             } else if hit(&naive_block).is_some() {
@@ -127,14 +139,38 @@ fn naive_redirect(msg: &[u8], block: &HashMap<String, String>) -> String {
     let Ok(rsip::SipMessage::Request(req)) = rsip::SipMessage::try_from(msg) else {
         return String::new();
     };
-    let from = req.from_header().map(|h| h.value().to_string()).unwrap_or_default();
-    let to = req.to_header().map(|h| h.value().to_string()).unwrap_or_default();
-    let via = req.via_header().map(|h| h.value().to_string()).unwrap_or_default();
-    let call_id = req.call_id_header().map(|h| h.value().to_string()).unwrap_or_default();
-    let cseq = req.cseq_header().map(|h| h.value().to_string()).unwrap_or_default();
-    let user = req.uri.auth.as_ref().map(|a| a.user.clone()).unwrap_or_default();
+    let from = req
+        .from_header()
+        .map(|h| h.value().to_string())
+        .unwrap_or_default();
+    let to = req
+        .to_header()
+        .map(|h| h.value().to_string())
+        .unwrap_or_default();
+    let via = req
+        .via_header()
+        .map(|h| h.value().to_string())
+        .unwrap_or_default();
+    let call_id = req
+        .call_id_header()
+        .map(|h| h.value().to_string())
+        .unwrap_or_default();
+    let cseq = req
+        .cseq_header()
+        .map(|h| h.value().to_string())
+        .unwrap_or_default();
+    let user = req
+        .uri
+        .auth
+        .as_ref()
+        .map(|a| a.user.clone())
+        .unwrap_or_default();
     let blocked = naive_normalize(&user).is_some_and(|n| block.contains_key(&n));
-    let status = if blocked { "603 Decline" } else { "302 Moved Temporarily" };
+    let status = if blocked {
+        "603 Decline"
+    } else {
+        "302 Moved Temporarily"
+    };
     format!(
         "SIP/2.0 {status}\r\nVia: {via}\r\nFrom: {from}\r\nTo: {to};tag=n\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nContact: <{}>\r\nContent-Length: 0\r\n\r\n",
         req.uri
@@ -166,7 +202,9 @@ fn bench_redirect(c: &mut Criterion) {
             black_box((o, out.len()));
         })
     });
-    g.bench_function("rsip_format_baseline", |bch| bch.iter(|| black_box(naive_redirect(black_box(INVITE), &naive))));
+    g.bench_function("rsip_format_baseline", |bch| {
+        bch.iter(|| black_box(naive_redirect(black_box(INVITE), &naive)))
+    });
     g.finish();
 }
 

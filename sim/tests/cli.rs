@@ -24,9 +24,30 @@ fn small() -> PathBuf {
 #[test]
 fn gen_writes_engine_files_and_export() {
     let d = scratch("gen");
-    let out = sim().arg("gen").arg(small()).arg("--out").arg(d.join("f")).arg("--export-sipp").arg(d.join("x")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for f in ["f/blocklist.txt", "f/nbfeed.txt", "f/allowlist.txt", "f/kuzet.toml", "f/kamailio/kzblock", "x/uac.xml", "x/replay.sh", "x/mobile.csv"] {
+    let out = sim()
+        .arg("gen")
+        .arg(small())
+        .arg("--out")
+        .arg(d.join("f"))
+        .arg("--export-sipp")
+        .arg(d.join("x"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "f/blocklist.txt",
+        "f/nbfeed.txt",
+        "f/allowlist.txt",
+        "f/kuzet.toml",
+        "f/kamailio/kzblock",
+        "x/uac.xml",
+        "x/replay.sh",
+        "x/mobile.csv",
+    ] {
         assert!(d.join(f).is_file(), "{f} missing");
     }
     // The engine accepts the config it was given.
@@ -40,15 +61,37 @@ fn bad_scenario_exits_2_with_file_line_and_reason() {
     let d = scratch("bad");
     let p = d.join("bad.toml");
     std::fs::write(&p, "duration_s = 5\n\n[[campaign]]\nname = \"x\"\nkind = \"wangiri\"\ncps = 1\nanswer_ratio = 2.0\n").unwrap();
-    let out = sim().arg("gen").arg(&p).arg("--out").arg(d.join("o")).output().unwrap();
+    let out = sim()
+        .arg("gen")
+        .arg(&p)
+        .arg("--out")
+        .arg(d.join("o"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:4: answer_ratio and cancel_ratio", p.display())), "{err}");
-    std::fs::write(&p, "duration_s = 5\n[[campaign]]\nname = \"x\"\nkind = \"vishing\"\ncps = 1\n").unwrap();
-    let out = sim().arg("gen").arg(&p).arg("--out").arg(d.join("o")).output().unwrap();
+    assert!(
+        err.contains(&format!("{}:4: answer_ratio and cancel_ratio", p.display())),
+        "{err}"
+    );
+    std::fs::write(
+        &p,
+        "duration_s = 5\n[[campaign]]\nname = \"x\"\nkind = \"vishing\"\ncps = 1\n",
+    )
+    .unwrap();
+    let out = sim()
+        .arg("gen")
+        .arg(&p)
+        .arg("--out")
+        .arg(d.join("o"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:4:8: unknown variant `vishing`", p.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:4:8: unknown variant `vishing`", p.display())),
+        "{err}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -60,14 +103,31 @@ fn run_against_null_answers_every_call() {
     let out = sim()
         .arg("run")
         .arg(small())
-        .args(["--target", &null.addr.to_string(), "--rate", "3000", "--calls", "900", "-q", "--json"])
+        .args([
+            "--target",
+            &null.addr.to_string(),
+            "--rate",
+            "3000",
+            "--calls",
+            "900",
+            "-q",
+            "--json",
+        ])
         .arg(&json)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.starts_with("sent 900  answered 900  timeouts 0"), "{table}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        table.starts_with("sent 900  answered 900  timeouts 0"),
+        "{table}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["sent"], 900);
     assert_eq!(v["status"]["302"], 900);
     assert_eq!(v["false_positive_rate"], 0.0);

@@ -1,5 +1,6 @@
 //! Batched datagram I/O: `recvmmsg(2)` and `sendmmsg(2)`, plus `ppoll(2)`
-//! for loops that wait on sockets without an async runtime.
+//! and the timer slack, for loops that wait on sockets without an async
+//! runtime.
 //!
 //! One system call moves up to a batch of datagrams each way, which is how
 //! a UDP server gets below one syscall per call. The standard library and
@@ -265,6 +266,21 @@ pub fn wait(fds: &[(RawFd, bool)], timeout: std::time::Duration) -> io::Result<u
         };
     }
     Ok(n as usize)
+}
+
+/// Asks the kernel to wake this thread within about `ns` nanoseconds of a
+/// timeout it asked for (`PR_SET_TIMERSLACK`; the default slack is 50 µs).
+/// A pacing loop (the load driver) uses it to sleep between sends instead
+/// of spinning, which on a 2-core machine would steal a core from the
+/// server it measures.
+pub fn set_timer_slack(ns: u64) -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches no
+    // memory of ours.
+    let r = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
