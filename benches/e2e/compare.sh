@@ -79,30 +79,18 @@ tree() {
   for k in $kids; do all="$all $(tree "$k")"; done
   echo "$all"
 }
-cpu_ticks() {
+# Sums an awk expression over /proc/<pid>/<file> for every process of a server.
+proc_sum() {
   local t=0 p
   for p in $(tree "$1"); do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    [ -r "/proc/$p/$2" ] || continue
+    t=$((t + $(awk "$3" "/proc/$p/$2")))
   done
   echo $t
 }
-pss_kib() {
-  local t=0 p
-  for p in $(tree "$1"); do
-    [ -r "/proc/$p/smaps_rollup" ] || continue
-    t=$((t + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup")))
-  done
-  echo $t
-}
-rss_kib() {
-  local t=0 p
-  for p in $(tree "$1"); do
-    [ -r "/proc/$p/status" ] || continue
-    t=$((t + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
-  done
-  echo $t
-}
+cpu_ticks() { proc_sum "$1" stat '{print $14 + $15}'; }
+pss_kib() { proc_sum "$1" smaps_rollup '/^Pss:/ {print $2}'; }
+rss_kib() { proc_sum "$1" status '/^VmRSS:/ {print $2}'; }
 HZ=$(getconf CLK_TCK)
 
 start_system() {

@@ -24,7 +24,7 @@ use crate::sip::syntax::{
     param, parse_cseq, parse_name_addr, parse_uri, parse_via, split_values, NameAddr, Scheme,
     SyntaxError, Uri,
 };
-use crate::sip::{parse, Hdr, Message, ParseError, Transport};
+use crate::sip::{parse, push_u64, Hdr, Message, ParseError, Transport};
 
 /// The branch prefix kuzet puts on its own Via (RFC 3261 magic cookie + tag).
 const BRANCH_PREFIX: &[u8] = b"z9hG4bK-kz";
@@ -698,20 +698,6 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
 }
 
 fn push_hex(out: &mut Vec<u8>, v: u64) {

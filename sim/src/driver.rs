@@ -433,18 +433,23 @@ impl Driver<'_> {
         Ok(())
     }
 
-    fn send_invite(&mut self, i: usize, now: u64) -> io::Result<()> {
-        let trunk = self.call(i).trunk as usize;
-        let (target, local, run, proto) = (
-            self.opts.target,
-            self.locals[trunk],
-            self.run,
-            self.opts.proto,
-        );
+    /// Queues `msg` of call `i` on the call's trunk connection.
+    fn send(&mut self, i: usize, msg: Msg<'_>) -> io::Result<()> {
         let call = &self.traffic.calls[i % self.traffic.calls.len()];
-        self.conns[trunk].queue(target, |b| {
-            write_invite(b, call, i, run, local, target, proto)
-        })?;
+        let trunk = call.trunk as usize;
+        let leg = Leg {
+            call,
+            i,
+            run: self.run,
+            local: self.locals[trunk],
+            target: self.opts.target,
+            proto: self.opts.proto,
+        };
+        self.conns[trunk].queue(leg.target, |b| leg.write(b, msg))
+    }
+
+    fn send_invite(&mut self, i: usize, now: u64) -> io::Result<()> {
+        self.send(i, Msg::Invite)?;
         let s = &mut self.slots[i];
         s.sent_ns = now;
         s.state = State::Calling;
@@ -471,27 +476,15 @@ impl Driver<'_> {
             self.stats.timeouts += 1;
             return Ok(());
         }
-        let trunk = self.call(i).trunk as usize;
-        let (target, local, run, proto) = (
-            self.opts.target,
-            self.locals[trunk],
-            self.run,
-            self.opts.proto,
-        );
-        let call = &self.traffic.calls[i % self.traffic.calls.len()];
         if kind == TIMER_CANCEL {
             if s.state == State::Proceeding {
-                self.conns[trunk].queue(target, |b| {
-                    write_cancel(b, call, i, run, local, target, proto)
-                })?;
+                self.send(i, Msg::Cancel)?;
                 self.stats.cancels += 1;
             }
             return Ok(());
         }
-        if s.state == State::Calling && proto == Proto::Udp {
-            self.conns[trunk].queue(target, |b| {
-                write_invite(b, call, i, run, local, target, proto)
-            })?;
+        if s.state == State::Calling && self.opts.proto == Proto::Udp {
+            self.send(i, Msg::Invite)?;
             self.results[i].retransmissions = self.results[i].retransmissions.saturating_add(1);
             self.stats.retransmissions += 1;
             let rt = s.rt_ms.saturating_mul(2);
@@ -642,20 +635,11 @@ impl Driver<'_> {
             return Ok(());
         }
         let to = m.header(Hdr::To).unwrap_or_default();
-        let (target, local, run, proto) =
-            (self.opts.target, self.locals[t], self.run, self.opts.proto);
-        let call = &self.traffic.calls[i % self.traffic.calls.len()];
         if status >= 300 {
-            self.conns[t].queue(target, |b| {
-                write_ack(b, call, i, run, local, target, proto, to, false)
-            })?;
+            self.send(i, Msg::Ack { to, for_2xx: false })?;
         } else if state != State::Done {
-            self.conns[t].queue(target, |b| {
-                write_ack(b, call, i, run, local, target, proto, to, true)
-            })?;
-            self.conns[t].queue(target, |b| {
-                write_bye(b, call, i, run, local, target, proto, to)
-            })?;
+            self.send(i, Msg::Ack { to, for_2xx: true })?;
+            self.send(i, Msg::Bye { to })?;
         }
         if state != State::Done {
             let flagged = m
@@ -691,154 +675,104 @@ fn call_index(call_id: &[u8], run: u32) -> Option<usize> {
     (sip::parse_u32(&rest[..at])? == run).then_some(idx as usize)
 }
 
-fn push_u64(out: &mut Vec<u8>, v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
-
 fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
     let _ = write!(out, "{a}");
 }
 
-/// Request line and the headers every request of a call shares.
-#[allow(clippy::too_many_arguments)]
-fn common(
-    out: &mut Vec<u8>,
-    method: &[u8],
-    call: &Call,
-    i: usize,
-    run: u32,
-    local: SocketAddr,
-    target: SocketAddr,
-    proto: Proto,
-    branch_suffix: &[u8],
-) {
-    out.extend_from_slice(method);
-    out.extend_from_slice(b" sip:");
-    out.extend_from_slice(call.b.as_bytes());
-    out.push(b'@');
-    push_addr(out, target);
-    out.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/");
-    out.extend_from_slice(proto.via());
-    out.push(b' ');
-    push_addr(out, local);
-    out.extend_from_slice(b";branch=z9hG4bK-s");
-    push_u64(out, i as u64);
-    out.push(b'-');
-    push_u64(out, u64::from(run));
-    out.extend_from_slice(branch_suffix);
-    out.extend_from_slice(b"\r\nMax-Forwards: 70\r\nFrom: <sip:");
-    out.extend_from_slice(call.a.as_bytes());
-    out.push(b'@');
-    push_addr(out, local);
-    out.extend_from_slice(b">;tag=f");
-    push_u64(out, i as u64);
-    out.extend_from_slice(b"\r\nCall-ID: ");
-    push_u64(out, i as u64);
-    out.push(b'-');
-    push_u64(out, u64::from(run));
-    out.extend_from_slice(b"@kuzet-sim\r\n");
-}
-
 const SDP: &[u8] = b"v=0\r\no=sim 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
 
-fn write_invite(
-    out: &mut Vec<u8>,
-    call: &Call,
-    i: usize,
-    run: u32,
-    local: SocketAddr,
-    target: SocketAddr,
-    proto: Proto,
-) {
-    common(out, b"INVITE", call, i, run, local, target, proto, b"");
-    out.extend_from_slice(b"To: <sip:");
-    out.extend_from_slice(call.b.as_bytes());
-    out.push(b'@');
-    push_addr(out, target);
-    out.extend_from_slice(b">\r\nCSeq: 1 INVITE\r\nP-Asserted-Identity: <sip:");
-    out.extend_from_slice(call.a.as_bytes());
-    out.push(b'@');
-    push_addr(out, local);
-    out.extend_from_slice(b">\r\nContact: <sip:sim@");
-    push_addr(out, local);
-    out.extend_from_slice(b">\r\nContent-Type: application/sdp\r\nContent-Length: ");
-    push_u64(out, SDP.len() as u64);
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(SDP);
+/// The requests the driver sends.
+#[derive(Clone, Copy)]
+enum Msg<'a> {
+    Invite,
+    /// ACK to a final answer whose To (with tag) is given; a 2xx ACK is a
+    /// transaction of its own (new branch).
+    Ack {
+        to: &'a [u8],
+        for_2xx: bool,
+    },
+    Bye {
+        to: &'a [u8],
+    },
+    Cancel,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_ack(
-    out: &mut Vec<u8>,
-    call: &Call,
+/// Everything the requests of call `i` are built from.
+#[derive(Clone, Copy)]
+struct Leg<'a> {
+    call: &'a Call,
     i: usize,
     run: u32,
     local: SocketAddr,
     target: SocketAddr,
     proto: Proto,
-    to: &[u8],
-    for_2xx: bool,
-) {
-    // A 2xx ACK is its own transaction: a new branch.
-    common(
-        out,
-        b"ACK",
-        call,
-        i,
-        run,
-        local,
-        target,
-        proto,
-        if for_2xx { b"-a" } else { b"" },
-    );
-    out.extend_from_slice(b"To: ");
-    out.extend_from_slice(to);
-    out.extend_from_slice(b"\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_bye(
-    out: &mut Vec<u8>,
-    call: &Call,
-    i: usize,
-    run: u32,
-    local: SocketAddr,
-    target: SocketAddr,
-    proto: Proto,
-    to: &[u8],
-) {
-    common(out, b"BYE", call, i, run, local, target, proto, b"-b");
-    out.extend_from_slice(b"To: ");
-    out.extend_from_slice(to);
-    out.extend_from_slice(b"\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
-}
-
-fn write_cancel(
-    out: &mut Vec<u8>,
-    call: &Call,
-    i: usize,
-    run: u32,
-    local: SocketAddr,
-    target: SocketAddr,
-    proto: Proto,
-) {
-    common(out, b"CANCEL", call, i, run, local, target, proto, b"");
-    out.extend_from_slice(b"To: <sip:");
-    out.extend_from_slice(call.b.as_bytes());
-    out.push(b'@');
-    push_addr(out, target);
-    out.extend_from_slice(b">\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
+impl Leg<'_> {
+    /// Writes `msg` into `out`. Branch, tags and Call-ID derive from the
+    /// call index and run, so a retransmission is byte-identical.
+    fn write(&self, out: &mut Vec<u8>, msg: Msg<'_>) {
+        let (method, branch, cseq): (&[u8], &[u8], &[u8]) = match msg {
+            Msg::Invite => (b"INVITE", b"", b"1 INVITE"),
+            Msg::Ack { for_2xx: false, .. } => (b"ACK", b"", b"1 ACK"),
+            Msg::Ack { for_2xx: true, .. } => (b"ACK", b"-a", b"1 ACK"),
+            Msg::Bye { .. } => (b"BYE", b"-b", b"2 BYE"),
+            Msg::Cancel => (b"CANCEL", b"", b"1 CANCEL"),
+        };
+        let (a, b) = (self.call.a.as_bytes(), self.call.b.as_bytes());
+        out.extend_from_slice(method);
+        out.extend_from_slice(b" sip:");
+        out.extend_from_slice(b);
+        out.push(b'@');
+        push_addr(out, self.target);
+        out.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/");
+        out.extend_from_slice(self.proto.via());
+        out.push(b' ');
+        push_addr(out, self.local);
+        out.extend_from_slice(b";branch=z9hG4bK-s");
+        kuzet_engine::sip::push_u64(out, self.i as u64);
+        out.push(b'-');
+        kuzet_engine::sip::push_u64(out, u64::from(self.run));
+        out.extend_from_slice(branch);
+        out.extend_from_slice(b"\r\nMax-Forwards: 70\r\nFrom: <sip:");
+        out.extend_from_slice(a);
+        out.push(b'@');
+        push_addr(out, self.local);
+        out.extend_from_slice(b">;tag=f");
+        kuzet_engine::sip::push_u64(out, self.i as u64);
+        out.extend_from_slice(b"\r\nCall-ID: ");
+        kuzet_engine::sip::push_u64(out, self.i as u64);
+        out.push(b'-');
+        kuzet_engine::sip::push_u64(out, u64::from(self.run));
+        out.extend_from_slice(b"@kuzet-sim\r\nTo: ");
+        match msg {
+            Msg::Ack { to, .. } | Msg::Bye { to } => out.extend_from_slice(to),
+            Msg::Invite | Msg::Cancel => {
+                out.extend_from_slice(b"<sip:");
+                out.extend_from_slice(b);
+                out.push(b'@');
+                push_addr(out, self.target);
+                out.push(b'>');
+            }
+        }
+        out.extend_from_slice(b"\r\nCSeq: ");
+        out.extend_from_slice(cseq);
+        out.extend_from_slice(b"\r\n");
+        if let Msg::Invite = msg {
+            out.extend_from_slice(b"P-Asserted-Identity: <sip:");
+            out.extend_from_slice(a);
+            out.push(b'@');
+            push_addr(out, self.local);
+            out.extend_from_slice(b">\r\nContact: <sip:sim@");
+            push_addr(out, self.local);
+            out.extend_from_slice(b">\r\nContent-Type: application/sdp\r\nContent-Length: ");
+            kuzet_engine::sip::push_u64(out, SDP.len() as u64);
+            out.extend_from_slice(b"\r\n\r\n");
+            out.extend_from_slice(SDP);
+        } else {
+            out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -862,8 +796,17 @@ mod tests {
             "127.0.0.2:4000".parse().unwrap(),
             "127.0.0.1:5060".parse().unwrap(),
         );
+        let c = call();
+        let leg = Leg {
+            call: &c,
+            i: 17,
+            run: 99,
+            local: l,
+            target: t,
+            proto: Proto::Udp,
+        };
         let mut out = Vec::new();
-        write_invite(&mut out, &call(), 17, 99, l, t, Proto::Udp);
+        leg.write(&mut out, Msg::Invite);
         let m = sip::parse(&out, sip::Transport::Stream).unwrap();
         assert_eq!(m.len(), out.len());
         assert_eq!(m.method(), b"INVITE");
@@ -872,22 +815,37 @@ mod tests {
         assert_eq!(call_index(m.header(Hdr::CallId).unwrap(), 98), None);
         assert_eq!(m.body(), SDP);
         out.clear();
-        write_ack(
+        leg.write(
             &mut out,
-            &call(),
-            17,
-            99,
-            l,
-            t,
-            Proto::Udp,
-            b"<sip:x@y>;tag=9",
-            false,
+            Msg::Ack {
+                to: b"<sip:x@y>;tag=9",
+                for_2xx: false,
+            },
         );
         let m = sip::parse(&out, sip::Transport::Stream).unwrap();
+        assert_eq!(m.method(), b"ACK");
         assert_eq!(m.header(Hdr::To), Some(&b"<sip:x@y>;tag=9"[..]));
+        assert_eq!(m.header(Hdr::CSeq), Some(&b"1 ACK"[..]));
         assert!(m
             .header(Hdr::Via)
             .unwrap()
             .ends_with(b"branch=z9hG4bK-s17-99"));
+        // CANCEL shares the INVITE's branch; BYE is a new transaction.
+        for (msg, method, branch) in [
+            (Msg::Cancel, &b"CANCEL"[..], &b"branch=z9hG4bK-s17-99"[..]),
+            (
+                Msg::Bye {
+                    to: b"<sip:x@y>;tag=9",
+                },
+                b"BYE",
+                b"branch=z9hG4bK-s17-99-b",
+            ),
+        ] {
+            out.clear();
+            leg.write(&mut out, msg);
+            let m = sip::parse(&out, sip::Transport::Stream).unwrap();
+            assert_eq!(m.method(), method);
+            assert!(m.header(Hdr::Via).unwrap().ends_with(branch));
+        }
     }
 }

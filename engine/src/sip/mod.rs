@@ -640,6 +640,21 @@ pub fn parse(buf: &[u8], transport: Transport) -> Result<Message<'_>, ParseError
     Ok(m)
 }
 
+/// Appends `v` in decimal, without allocating.
+pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
 /// A decimal number of at most 10 digits that fits `u32`, trimmed.
 pub fn parse_u32(v: &[u8]) -> Option<u32> {
     let (s, e) = trim(v, 0, v.len());
