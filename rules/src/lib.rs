@@ -5,9 +5,16 @@
 //! call, and [`evaluate`] turns them into a [`Verdict`] against the
 //! [`ListSet`] in force. Numbers are normalized by a [`NumberingPlan`] into
 //! packed [`Number`]s, so scoring compares integers and allocates nothing.
+//!
+//! Behaviour rules ([`ruleset`]) add scores for spoofing, velocity,
+//! fan-out, sequential dialling, Wangiri, short calls, concurrency and
+//! premium destinations, over bounded per-number state ([`state`]) whose
+//! clock the caller supplies.
 
 pub mod list;
 pub mod number;
+pub mod ruleset;
+pub mod state;
 pub mod verdict;
 
 pub use list::{ListBuilder, ListError, ListErrorKind, ListMatch, MatchKind, NumberList};

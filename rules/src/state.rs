@@ -1,0 +1,422 @@
+//! Per-number behaviour state: sliding windows, distinct callees, dialling
+//! runs, call outcomes, concurrent calls.
+//!
+//! One [`CallerState`] (80 bytes) per tracked A-number, in a [`Tracker`]
+//! (a `DashMap` sized up front for its cap). Time comes from the caller as
+//! whole seconds ([`CallTime`]); nothing here reads a clock, so tests are
+//! deterministic and never sleep.
+//!
+//! Windows are *sliding window counters*: a current and a previous bucket,
+//! each one window long; the count is `current + previous × (the share of
+//! the previous bucket still inside the window)`. Exact while all calls
+//! fall in one bucket, within one call of exact across a boundary for the
+//! thresholds rules use, and 8 bytes per window.
+//!
+//! Memory is bounded: the tracker never holds more than its cap. A number
+//! first seen while the tracker is full is scored without behaviour state
+//! (and counted). [`Tracker::sweep`], run off the call path, drops numbers
+//! idle longer than the TTL, then, if still above 90% of the cap, the
+//! least recently seen down to 80% (LRU by a histogram of idle times).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+/// When a call happens, as the engine's clock says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallTime {
+    /// Monotonic seconds (any origin, never going back).
+    pub secs: u32,
+    /// Local hour of day, 0-23, for rule scopes.
+    pub hour: u8,
+    /// Local weekday, 0 = Monday .. 6 = Sunday.
+    pub weekday: u8,
+}
+
+/// A sliding-window counter: 8 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    start: u32,
+    prev: u16,
+    cur: u16,
+}
+
+impl Window {
+    fn roll(&mut self, now: u32, len: u32) {
+        let len = len.max(1);
+        if self.start == 0 && self.cur == 0 && self.prev == 0 {
+            self.start = now;
+            return;
+        }
+        let elapsed = now.saturating_sub(self.start);
+        if elapsed >= 2 * len {
+            *self = Window {
+                start: now - (elapsed % len),
+                prev: 0,
+                cur: 0,
+            };
+        } else if elapsed >= len {
+            self.prev = self.cur;
+            self.cur = 0;
+            self.start += len;
+        }
+    }
+
+    /// Adds `n` at `now` and returns the count over the last `len` seconds.
+    pub fn add(&mut self, now: u32, len: u32, n: u16) -> u32 {
+        self.roll(now, len);
+        self.cur = self.cur.saturating_add(n);
+        self.count(now, len)
+    }
+
+    /// The count over the last `len` seconds, as of `now`.
+    pub fn count(&self, now: u32, len: u32) -> u32 {
+        let len = len.max(1);
+        let elapsed = now.saturating_sub(self.start);
+        // Read as if rolled to `now`, without changing anything.
+        let (prev, cur, into) = if elapsed >= 2 * len {
+            return 0;
+        } else if elapsed >= len {
+            (self.cur, 0, elapsed - len)
+        } else {
+            (self.prev, self.cur, elapsed)
+        };
+        let prev_share = u64::from(prev) * u64::from(len - into);
+        u32::from(cur) + (prev_share / u64::from(len)) as u32
+    }
+}
+
+/// How many velocity windows one tracker keeps per number.
+pub const VELOCITY_SLOTS: usize = 3;
+/// Distinct callees a fan-out window remembers exactly (16-bit hashes).
+pub const FANOUT_EXACT: usize = 12;
+
+/// Everything kept about one A-number: 80 bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallerState {
+    /// Last time the number was seen (for TTL and LRU eviction).
+    pub last_seen: u32,
+    pub velocity: [Window; VELOCITY_SLOTS],
+    fanout_start: u32,
+    fanout_hashes: [u16; FANOUT_EXACT],
+    /// Distinct callees in the current fan-out window (saturating; counts
+    /// every new callee once the exact set is full).
+    fanout_distinct: u16,
+    /// Low 32 bits of the last B-number and the length of the run of
+    /// consecutive B-numbers ending there.
+    last_b: u32,
+    run: u16,
+    /// Call outcomes in the current outcome window.
+    outcome_start: u32,
+    rings: u16,
+    short_rings: u16,
+    answered: u16,
+    short_answered: u16,
+    /// Calls in progress (proxy mode sees them start and end).
+    pub concurrent: u16,
+}
+
+impl CallerState {
+    /// Records callee `b` and returns the distinct callees in the window.
+    pub fn fan_out(&mut self, now: u32, window: u32, b: u64) -> u32 {
+        if now.saturating_sub(self.fanout_start) >= window.max(1) || self.fanout_start == 0 {
+            self.fanout_start = now;
+            self.fanout_hashes = [0; FANOUT_EXACT];
+            self.fanout_distinct = 0;
+        }
+        // 0 marks an empty slot, so hashes are never 0.
+        let h = ((b.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16).max(1);
+        let known = self
+            .fanout_hashes
+            .iter()
+            .take(self.fanout_distinct as usize)
+            .any(|&x| x == h);
+        if !known {
+            if let Some(slot) = self.fanout_hashes.get_mut(self.fanout_distinct as usize) {
+                *slot = h;
+            }
+            self.fanout_distinct = self.fanout_distinct.saturating_add(1);
+        }
+        u32::from(self.fanout_distinct)
+    }
+
+    /// Records callee `b`; returns the length of the run of consecutive
+    /// B-numbers (each one more than the last) that ends with it.
+    pub fn sequential(&mut self, b: u64) -> u32 {
+        let low = b as u32;
+        self.run = if self.run > 0 && low == self.last_b.wrapping_add(1) {
+            self.run.saturating_add(1)
+        } else if self.run > 0 && low == self.last_b {
+            self.run // a retry of the same number neither breaks nor extends
+        } else {
+            1
+        };
+        self.last_b = low;
+        u32::from(self.run)
+    }
+
+    fn outcomes(&mut self, now: u32, window: u32) {
+        if now.saturating_sub(self.outcome_start) >= window.max(1) || self.outcome_start == 0 {
+            self.outcome_start = now;
+            self.rings = 0;
+            self.short_rings = 0;
+            self.answered = 0;
+            self.short_answered = 0;
+        }
+    }
+
+    /// (calls that rang out or were cancelled, of which cancelled within
+    /// the short ring time) in the outcome window.
+    pub fn rings(&self) -> (u32, u32) {
+        (u32::from(self.rings), u32::from(self.short_rings))
+    }
+
+    /// (answered calls, of which shorter than the short talk time).
+    pub fn answers(&self) -> (u32, u32) {
+        (u32::from(self.answered), u32::from(self.short_answered))
+    }
+}
+
+/// How a call ended, reported after the fact (proxy mode sees it on the
+/// wire; in redirect mode the switch reports it through the outcome API).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The caller hung up (CANCEL) after ringing this long.
+    Cancelled { ring_ms: u32 },
+    /// Answered, then lasted this long.
+    Answered { talk_ms: u32 },
+}
+
+/// Outcome thresholds the tracker classifies by (from the rule set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutcomePolicy {
+    pub window_s: u32,
+    pub short_ring_ms: u32,
+    pub short_talk_ms: u32,
+}
+
+impl Default for OutcomePolicy {
+    fn default() -> Self {
+        OutcomePolicy {
+            window_s: 3600,
+            short_ring_ms: 3000,
+            short_talk_ms: 10_000,
+        }
+    }
+}
+
+/// Bounded per-number state shared by all workers.
+pub struct Tracker {
+    map: DashMap<u64, CallerState>,
+    cap: usize,
+    ttl_s: u32,
+    /// Numbers not tracked because the tracker was full.
+    pub full_misses: AtomicU64,
+    /// Numbers dropped by sweeps.
+    pub evicted: AtomicU64,
+}
+
+impl Tracker {
+    /// A tracker for at most `cap` numbers, forgetting a number idle for
+    /// `ttl_s` seconds.
+    pub fn new(cap: usize, ttl_s: u32) -> Tracker {
+        Tracker {
+            map: DashMap::with_capacity(cap.min(1 << 26)),
+            cap: cap.max(1),
+            ttl_s: ttl_s.max(1),
+            full_misses: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// Numbers tracked now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Runs `f` on the state of `number`, creating it if there is room;
+    /// `None` when the tracker is full and the number is new.
+    pub fn with<R>(
+        &self,
+        number: u64,
+        now: u32,
+        f: impl FnOnce(&mut CallerState) -> R,
+    ) -> Option<R> {
+        if let Some(mut s) = self.map.get_mut(&number) {
+            s.last_seen = now;
+            return Some(f(&mut s));
+        }
+        if self.map.len() >= self.cap {
+            self.full_misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut e = self.map.entry(number).or_default();
+        e.last_seen = now;
+        Some(f(&mut e))
+    }
+
+    /// A copy of the state of `number`, if tracked.
+    pub fn get(&self, number: u64) -> Option<CallerState> {
+        self.map.get(&number).map(|s| *s)
+    }
+
+    /// Records how a call from `number` ended.
+    pub fn outcome(&self, number: u64, now: u32, o: Outcome, p: &OutcomePolicy) {
+        self.with(number, now, |s| {
+            s.outcomes(now, p.window_s);
+            match o {
+                Outcome::Cancelled { ring_ms } => {
+                    s.rings = s.rings.saturating_add(1);
+                    if ring_ms < p.short_ring_ms {
+                        s.short_rings = s.short_rings.saturating_add(1);
+                    }
+                }
+                Outcome::Answered { talk_ms } => {
+                    s.answered = s.answered.saturating_add(1);
+                    if talk_ms < p.short_talk_ms {
+                        s.short_answered = s.short_answered.saturating_add(1);
+                    }
+                }
+            }
+        });
+    }
+
+    /// A call from `number` started (`+1`) or ended (`-1`).
+    pub fn concurrent(&self, number: u64, now: u32, delta: i8) {
+        self.with(number, now, |s| {
+            s.concurrent = if delta >= 0 {
+                s.concurrent.saturating_add(1)
+            } else {
+                s.concurrent.saturating_sub(1)
+            };
+        });
+    }
+
+    /// Drops numbers idle longer than the TTL; then, above 90% of the cap,
+    /// the least recently seen down to 80%. Run it off the call path.
+    pub fn sweep(&self, now: u32) -> usize {
+        let before = self.map.len();
+        let ttl = self.ttl_s;
+        self.map
+            .retain(|_, s| now.saturating_sub(s.last_seen) < ttl || s.concurrent > 0);
+        if self.map.len() * 10 > self.cap * 9 {
+            // Histogram of idle seconds (log2 buckets), then the cut-off
+            // that keeps the most recent 80% of the cap.
+            let mut hist = [0usize; 33];
+            for e in self.map.iter() {
+                let idle = now.saturating_sub(e.last_seen);
+                hist[(32 - idle.leading_zeros()) as usize] += 1;
+            }
+            let keep = self.cap * 8 / 10;
+            let (mut kept, mut cut) = (0usize, 33usize);
+            for (i, n) in hist.iter().enumerate() {
+                if kept + n > keep {
+                    cut = i;
+                    break;
+                }
+                kept += n;
+            }
+            self.map.retain(|_, s| {
+                let idle = now.saturating_sub(s.last_seen);
+                ((32 - idle.leading_zeros()) as usize) < cut || s.concurrent > 0
+            });
+        }
+        let dropped = before.saturating_sub(self.map.len());
+        self.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_80_bytes() {
+        assert_eq!(std::mem::size_of::<CallerState>(), 80);
+    }
+
+    #[test]
+    fn window_counts_exactly_within_a_bucket_and_slides() {
+        let mut w = Window::default();
+        for i in 1..=20 {
+            assert_eq!(w.add(1000 + i, 60, 1), i);
+        }
+        // 30 s into the next bucket, half of the previous 20 still counts.
+        assert_eq!(w.count(1000 + 60 + 30, 60), 10);
+        assert_eq!(w.add(1000 + 60 + 30, 60, 1), 11);
+        // Two windows later, nothing is left.
+        assert_eq!(w.count(1000 + 200, 60), 0);
+        assert_eq!(w.add(1000 + 200, 60, 1), 1);
+    }
+
+    #[test]
+    fn fan_out_counts_distinct_callees_per_window() {
+        let mut s = CallerState::default();
+        assert_eq!(s.fan_out(10, 60, 77011110001), 1);
+        assert_eq!(s.fan_out(11, 60, 77011110001), 1);
+        assert_eq!(s.fan_out(12, 60, 77011110002), 2);
+        for k in 3..=30u64 {
+            assert_eq!(s.fan_out(13, 60, 77011110000 + k), k as u32);
+        }
+        assert_eq!(
+            s.fan_out(80, 60, 77011110001),
+            1,
+            "a new window starts empty"
+        );
+    }
+
+    #[test]
+    fn sequential_runs() {
+        let mut s = CallerState::default();
+        assert_eq!(s.sequential(77010000005), 1);
+        assert_eq!(s.sequential(77010000006), 2);
+        assert_eq!(s.sequential(77010000006), 2);
+        assert_eq!(s.sequential(77010000007), 3);
+        assert_eq!(s.sequential(77010000100), 1);
+    }
+
+    #[test]
+    fn tracker_is_bounded_and_sweeps_idle_then_least_recent() {
+        let t = Tracker::new(100, 600);
+        for n in 0..100u64 {
+            assert!(t.with(n, n as u32 + 1, |_| ()).is_some());
+        }
+        assert!(
+            t.with(1000, 200, |_| ()).is_none(),
+            "full: a new number is not tracked"
+        );
+        assert_eq!(t.full_misses.load(Ordering::Relaxed), 1);
+        assert!(t.with(5, 300, |_| ()).is_some(), "a known number still is");
+        // Nothing idle past the TTL yet, but above 90% of the cap: the
+        // least recently seen go, the recently seen stay.
+        let dropped = t.sweep(301);
+        assert!(t.len() <= 80 && dropped >= 20, "{} left", t.len());
+        assert!(t.get(5).is_some());
+        assert!(t.get(99).is_some());
+        assert!(t.get(0).is_none());
+        // Past the TTL everything idle goes, except calls in progress.
+        t.concurrent(7, 400, 1);
+        t.sweep(5000);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(7).unwrap().concurrent, 1);
+    }
+
+    #[test]
+    fn outcomes_are_classified_short_or_not() {
+        let t = Tracker::new(10, 600);
+        let p = OutcomePolicy::default();
+        t.outcome(1, 10, Outcome::Cancelled { ring_ms: 2999 }, &p);
+        t.outcome(1, 11, Outcome::Cancelled { ring_ms: 3000 }, &p);
+        t.outcome(1, 12, Outcome::Answered { talk_ms: 9999 }, &p);
+        t.outcome(1, 13, Outcome::Answered { talk_ms: 60_000 }, &p);
+        let s = t.get(1).unwrap();
+        assert_eq!(s.rings(), (2, 1));
+        assert_eq!(s.answers(), (2, 1));
+    }
+}
