@@ -27,6 +27,24 @@ enum Command {
     /// Run the engine. With no options: redirect mode on 127.0.0.1:5060
     /// with the sample lists from deploy/lists compiled in.
     Run(RunArgs),
+    /// Work with behaviour rule files (see deploy/rules/default.toml).
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Validate a rule file offline: exit 0 and a summary when it is good,
+    /// exit 2 with file:line:col and the reason when it is not. Nothing
+    /// running is touched.
+    Check {
+        /// The rule file (TOML).
+        file: PathBuf,
+        /// Config whose numbering plan normalizes the file's prefixes
+        /// [default: the embedded config].
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +89,44 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Rules(RulesCommand::Check { file, config }) => {
+            rules_check(&file, config.as_deref())
+        }
+    }
+}
+
+fn rules_check(file: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode {
+    let checked = (|| -> Result<String, String> {
+        let cfg = match config {
+            Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+            None => Config::embedded(),
+        };
+        let plan = cfg.plan().map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let set =
+            kuzet_rules::ruleset::RuleSet::from_toml_str(&text, &file.display().to_string(), &plan)
+                .map_err(|e| e.to_string())?;
+        let shadow = set
+            .rules
+            .iter()
+            .filter(|r| r.mode == kuzet_rules::ruleset::Mode::Shadow)
+            .count();
+        Ok(format!(
+            "{}: ok, {} rules ({} enforced, {shadow} shadow)",
+            file.display(),
+            set.rules.len(),
+            set.rules.len() - shadow
+        ))
+    })();
+    match checked {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kuzet: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -76,7 +76,7 @@ pub enum Kind {
     /// in `ranges` when given (for Kazakhstan `+76`, `+77`: the plan's
     /// country code 7 is shared with Russia), else the plan's country code.
     DomesticOnInternational {
-        ranges: Vec<Prefix>,
+        ranges: PrefixSet,
     },
     /// An A-number on the protected (do-not-originate) list.
     ProtectedCaller,
@@ -85,7 +85,7 @@ pub enum Kind {
     /// The A-number does not normalize, or is domestic outside the
     /// allocated national prefixes (when any are given).
     InvalidCaller {
-        allocated: Vec<Prefix>,
+        allocated: PrefixSet,
     },
     /// Calls per A-number in the last `window_s` above `max`.
     Velocity {
@@ -130,8 +130,8 @@ pub enum Kind {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scope {
     trunks: Vec<TrunkKind>,
-    caller_prefixes: Vec<Prefix>,
-    callee_prefixes: Vec<Prefix>,
+    caller_prefixes: PrefixSet,
+    callee_prefixes: PrefixSet,
     /// Bit h set = applies during hour h.
     hours: u32,
     /// Bit d set = applies on weekday d (0 = Monday).
@@ -412,12 +412,12 @@ impl RuleSet {
                     })?,
                 },
                 "domestic_on_international" => Kind::DomesticOnInternational {
-                    ranges: prefixes(&r.ranges, plan).map_err(err)?,
+                    ranges: PrefixSet::new(prefixes(&r.ranges, plan).map_err(err)?),
                 },
                 "protected_caller" => Kind::ProtectedCaller,
                 "cli_mismatch" => Kind::CliMismatch,
                 "invalid_caller" => Kind::InvalidCaller {
-                    allocated: prefixes(&r.allocated, plan).map_err(err)?,
+                    allocated: PrefixSet::new(prefixes(&r.allocated, plan).map_err(err)?),
                 },
                 "velocity" => {
                     if usize::from(slots) >= VELOCITY_SLOTS {
@@ -432,10 +432,18 @@ impl RuleSet {
                         slot: slots - 1,
                     }
                 }
-                "fan_out" => Kind::FanOut {
-                    window_s: window(r.window_s)?,
-                    max: need(r.max, "max")?,
-                },
+                "fan_out" => {
+                    if rules
+                        .iter()
+                        .any(|x: &Rule| matches!(x.kind, Kind::FanOut { .. }))
+                    {
+                        return Err(err("at most one fan_out rule per file (one distinct-callee window per number)".into()));
+                    }
+                    Kind::FanOut {
+                        window_s: window(r.window_s)?,
+                        max: need(r.max, "max")?,
+                    }
+                }
                 "sequential" => {
                     let run = need(r.run, "run")?;
                     if run < 2 {
@@ -549,6 +557,9 @@ impl RuleSet {
             (Some(l), Some(bn)) => l.lookup(bn).map(|m| (m, bn)),
             _ => None,
         };
+        // List answers are looked up at most once per call, however many
+        // rules ask.
+        let (mut blocked, mut flagged, mut protected) = (None, None, None);
         let (mut score, mut shadow_score) = (0u32, 0u32);
         for (i, r) in self.rules.iter().enumerate() {
             if !r.scope.applies(call) {
@@ -556,15 +567,16 @@ impl RuleSet {
             }
             let hit: Option<(u32, u32)> = match &r.kind {
                 Kind::List { list } => {
-                    let l = match list {
-                        ListName::Blocklist => lists.block,
-                        ListName::Flaglist => lists.flag,
-                        ListName::Premium => None,
+                    let hit = match list {
+                        ListName::Blocklist => *blocked.get_or_insert_with(|| {
+                            on(lists.block, call.a) || on(lists.block, call.b)
+                        }),
+                        ListName::Flaglist => *flagged.get_or_insert_with(|| {
+                            on(lists.flag, call.a) || on(lists.flag, call.b)
+                        }),
+                        ListName::Premium => premium.is_some(),
                     };
-                    match list {
-                        ListName::Premium => premium.map(|_| (1, 1)),
-                        _ => (on(l, call.a) || on(l, call.b)).then_some((1, 1)),
-                    }
+                    hit.then_some((1, 1))
                 }
                 Kind::DomesticOnInternational { ranges } => (call.trunk
                     == Some(TrunkKind::International)
@@ -573,11 +585,13 @@ impl RuleSet {
                             && if ranges.is_empty() {
                                 self.plan.is_domestic(n)
                             } else {
-                                ranges.iter().any(|p| matches(*p, n))
+                                ranges.contains(n)
                             }
                     }))
                 .then_some((1, 1)),
-                Kind::ProtectedCaller => on(lists.protected, call.a).then_some((1, 1)),
+                Kind::ProtectedCaller => protected
+                    .get_or_insert_with(|| on(lists.protected, call.a))
+                    .then_some((1, 1)),
                 Kind::CliMismatch => match (call.from, call.pai) {
                     (Some(f), Some(p)) if f != p => Some((1, 1)),
                     _ => None,
@@ -588,7 +602,7 @@ impl RuleSet {
                         if !allocated.is_empty()
                             && n.is_e164()
                             && self.plan.is_domestic(n)
-                            && !allocated.iter().any(|p| matches(*p, n)) =>
+                            && !allocated.contains(n) =>
                     {
                         Some((1, 1))
                     }
@@ -734,8 +748,8 @@ fn scope(s: ScopeSpec, plan: &NumberingPlan) -> Result<Scope, String> {
             }
         });
     }
-    out.caller_prefixes = prefixes(&s.caller_prefixes, plan)?;
-    out.callee_prefixes = prefixes(&s.callee_prefixes, plan)?;
+    out.caller_prefixes = PrefixSet::new(prefixes(&s.caller_prefixes, plan)?);
+    out.callee_prefixes = PrefixSet::new(prefixes(&s.callee_prefixes, plan)?);
     for h in &s.hours {
         let (from, to) = h
             .split_once('-')
@@ -763,20 +777,14 @@ impl Scope {
         if !self.trunks.is_empty() && !c.trunk.is_some_and(|t| self.trunks.contains(&t)) {
             return false;
         }
-        let any = |ps: &[Prefix], n: Option<Number>| {
-            ps.is_empty() || n.is_some_and(|n| ps.iter().any(|p| matches(*p, n)))
-        };
+        let any =
+            |ps: &PrefixSet, n: Option<Number>| ps.is_empty() || n.is_some_and(|n| ps.contains(n));
         if !any(&self.caller_prefixes, c.a) || !any(&self.callee_prefixes, c.b) {
             return false;
         }
         (self.hours == 0 || self.hours & (1 << c.time.hour.min(23)) != 0)
             && (self.weekdays == 0 || self.weekdays & (1 << c.time.weekday.min(6)) != 0)
     }
-}
-
-/// Whether `n` lies in the range `p`.
-fn matches(p: Prefix, n: Number) -> bool {
-    n.is_e164() && n.len() >= usize::from(p.len) && n.leading(usize::from(p.len)) == p.value
 }
 
 fn prefixes(list: &[String], plan: &NumberingPlan) -> Result<Vec<Prefix>, String> {
@@ -1223,5 +1231,44 @@ mod tests {
             }
             assert!(w.score(&r, &d).fired().is_empty(), "change {change}");
         }
+    }
+}
+
+/// A set of number prefixes, grouped by length: a membership test costs one
+/// `leading` and one binary search per distinct length, however many
+/// prefixes there are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrefixSet {
+    by_len: Vec<(u8, Vec<u64>)>,
+}
+
+impl PrefixSet {
+    fn new(prefixes: Vec<Prefix>) -> PrefixSet {
+        let mut by_len: Vec<(u8, Vec<u64>)> = Vec::new();
+        for p in prefixes {
+            match by_len.iter_mut().find(|(l, _)| *l == p.len) {
+                Some((_, v)) => v.push(p.value),
+                None => by_len.push((p.len, vec![p.value])),
+            }
+        }
+        for (_, v) in &mut by_len {
+            v.sort_unstable();
+            v.dedup();
+        }
+        PrefixSet { by_len }
+    }
+
+    /// True when no prefix was given.
+    pub fn is_empty(&self) -> bool {
+        self.by_len.is_empty()
+    }
+
+    /// Whether `n` lies in one of the ranges.
+    pub fn contains(&self, n: Number) -> bool {
+        n.is_e164()
+            && self.by_len.iter().any(|(len, v)| {
+                n.len() >= usize::from(*len)
+                    && v.binary_search(&n.leading(usize::from(*len))).is_ok()
+            })
     }
 }

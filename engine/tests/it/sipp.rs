@@ -363,3 +363,37 @@ fn cli_rejects_bad_lists_and_configs_with_exit_code_2() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("missing.txt"), "{err}");
 }
+
+#[test]
+fn rules_check_accepts_the_example_and_names_the_bad_line() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rules/default.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["rules", "check", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 17 rules (15 enforced, 2 shadow)"));
+    let dir = TempDir::new("rules-check");
+    let bad = dir.write(
+        "bad.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n\n[[rule]]\nid = \"fan\"\nkind = \"fan_out\"\nscore = 10\nwindow_s = 0\nmax = 3\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["rules", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:5:1: rule \"fan\": window_s must be above 0",
+            bad.display()
+        )),
+        "{err}"
+    );
+}
