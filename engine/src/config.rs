@@ -40,15 +40,21 @@ pub enum ListKind {
     Block,
     Allow,
     Flag,
+    /// Protected (do-not-originate) numbers, used by the rules.
+    Protected,
+    /// Premium-rate / IRSF destinations, used by the rules.
+    Premium,
 }
 
 impl ListKind {
-    /// `blocklist`, `allowlist` or `flaglist`.
+    /// `blocklist`, `allowlist`, `flaglist`, `protected` or `premium`.
     pub fn as_str(self) -> &'static str {
         match self {
             ListKind::Block => "blocklist",
             ListKind::Allow => "allowlist",
             ListKind::Flag => "flaglist",
+            ListKind::Protected => "protected",
+            ListKind::Premium => "premium",
         }
     }
 }
@@ -73,6 +79,7 @@ pub struct Config {
     pub numbers: NumbersConfig,
     pub numbering: NumberingConfig,
     pub lists: ListsConfig,
+    pub rules: RulesConfig,
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
     /// folder, or the working directory for the embedded config.
@@ -92,9 +99,35 @@ impl Default for Config {
             numbers: NumbersConfig::default(),
             numbering: NumberingConfig::default(),
             lists: ListsConfig::default(),
+            rules: RulesConfig::default(),
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
+        }
+    }
+}
+
+/// Behaviour rules: the rule file and the per-number state behind it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Rule file (see deploy/rules/default.toml). None: lists alone decide.
+    pub file: Option<PathBuf>,
+    /// At most this many A-numbers (and as many destinations) are tracked.
+    pub max_tracked_numbers: usize,
+    /// A number not seen for this long is forgotten.
+    pub idle_ttl_secs: u32,
+    /// Local time for rule scopes (hours, weekdays): minutes east of UTC.
+    pub utc_offset_minutes: i32,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            file: None,
+            max_tracked_numbers: 1_000_000,
+            idle_ttl_secs: 86_400,
+            utc_offset_minutes: 300,
         }
     }
 }
@@ -229,6 +262,8 @@ pub struct ListsConfig {
     pub blocklist: Vec<PathBuf>,
     pub allowlist: Vec<PathBuf>,
     pub flaglist: Vec<PathBuf>,
+    pub protected: Vec<PathBuf>,
+    pub premium: Vec<PathBuf>,
     #[serde(rename = "match")]
     pub match_sides: MatchSides,
     pub reload_interval_ms: u64,
@@ -240,6 +275,8 @@ impl Default for ListsConfig {
             blocklist: Vec::new(),
             allowlist: Vec::new(),
             flaglist: Vec::new(),
+            protected: Vec::new(),
+            premium: Vec::new(),
             match_sides: MatchSides::Both,
             reload_interval_ms: 1000,
         }
@@ -253,6 +290,12 @@ impl ListsConfig {
         v.extend(self.blocklist.iter().map(|p| (p.clone(), ListKind::Block)));
         v.extend(self.allowlist.iter().map(|p| (p.clone(), ListKind::Allow)));
         v.extend(self.flaglist.iter().map(|p| (p.clone(), ListKind::Flag)));
+        v.extend(
+            self.protected
+                .iter()
+                .map(|p| (p.clone(), ListKind::Protected)),
+        );
+        v.extend(self.premium.iter().map(|p| (p.clone(), ListKind::Premium)));
         v
     }
 

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use kuzet_rules::ruleset::{CallInput, Decision, RuleLists, RuleSet, Scored};
+use kuzet_rules::state::{CallTime, Outcome as CallOutcome, Tracker};
 use kuzet_rules::{evaluate, Action, CallFacts, ListSet, Number, NumberingPlan, Verdict};
 
 use crate::config::{Config, Mode, NumberSource, TrunkMap};
@@ -45,6 +47,34 @@ pub enum Outcome {
 /// The list snapshot: swapped whole on reload, loaded once per call.
 pub type SharedLists = Arc<ArcSwap<ListSet>>;
 
+/// A rule verdict worth a log line, sent to the control thread (the call
+/// path never writes logs itself).
+pub struct RuleEvent {
+    pub set: Arc<ListSet>,
+    pub scored: Scored,
+    pub a: Option<Number>,
+    pub b: Option<Number>,
+}
+
+/// A call's verdict: from the lists alone, or from the rule set.
+enum Judged<'l> {
+    Lists(Verdict<'l>),
+    Rules(Scored, &'l RuleSet),
+}
+
+impl Judged<'_> {
+    fn decision(&self) -> Decision {
+        match self {
+            Judged::Lists(v) => match v.action {
+                Action::Allow => Decision::Allow,
+                Action::Flag => Decision::Flag,
+                Action::Block => Decision::Block,
+            },
+            Judged::Rules(s, _) => s.decision,
+        }
+    }
+}
+
 /// Everything the call path needs, immutable after start-up.
 pub struct Handler {
     mode: Mode,
@@ -60,6 +90,12 @@ pub struct Handler {
     reject_unknown: bool,
     unknown_code: u16,
     metrics: Arc<Metrics>,
+    /// Behaviour state: per A-number, and per premium destination.
+    callers: Tracker,
+    destinations: Tracker,
+    started: Instant,
+    utc_offset_s: i64,
+    events: Option<std::sync::mpsc::SyncSender<RuleEvent>>,
 }
 
 /// A request refused before scoring: the code and reason phrase to answer.
@@ -104,7 +140,49 @@ impl Handler {
             reject_unknown: cfg.proxy.reject_unknown_source,
             unknown_code: cfg.proxy.unknown_source_code,
             metrics,
+            callers: Tracker::new(cfg.rules.max_tracked_numbers, cfg.rules.idle_ttl_secs),
+            destinations: Tracker::new(
+                cfg.rules.max_tracked_numbers / 16 + 1024,
+                cfg.rules.idle_ttl_secs,
+            ),
+            started: Instant::now(),
+            utc_offset_s: i64::from(cfg.rules.utc_offset_minutes) * 60,
+            events: None,
         })
+    }
+
+    /// Rule verdicts worth logging go to `tx` (bounded; full = dropped and
+    /// counted).
+    pub fn with_events(mut self, tx: std::sync::mpsc::SyncSender<RuleEvent>) -> Handler {
+        self.events = Some(tx);
+        self
+    }
+
+    /// Forgets idle numbers and keeps the trackers under their caps; the
+    /// control thread calls it. Returns how many numbers were dropped.
+    pub fn sweep(&self) -> usize {
+        let now = self.call_time(Instant::now()).secs;
+        self.callers.sweep(now) + self.destinations.sweep(now)
+    }
+
+    /// Numbers tracked now (callers, destinations).
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.callers.len(), self.destinations.len())
+    }
+
+    fn call_time(&self, at: Instant) -> CallTime {
+        let secs = at.saturating_duration_since(self.started).as_secs() as u32 + 1;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+            + self.utc_offset_s;
+        let days = wall.div_euclid(86_400);
+        CallTime {
+            secs,
+            hour: (wall.rem_euclid(86_400) / 3600) as u8,
+            // 1970-01-01 was a Thursday; 0 = Monday.
+            weekday: (days + 3).rem_euclid(7) as u8,
+        }
     }
 
     /// The shared counters.
@@ -205,15 +283,24 @@ impl Handler {
             b"INVITE" => {
                 let lists = self.lists.load();
                 let v = self.score(m, c, src, received, &lists);
-                if v.action == Action::Block {
-                    self.reply_blocked(m, c, &v, out);
-                } else {
-                    self.reply(m, Some(c), 302, "Moved Temporarily", out, |o| {
-                        o.extend_from_slice(b"Contact: <");
-                        o.extend_from_slice(m.request_uri());
-                        o.extend_from_slice(b">\r\n");
-                        verdict_header(o, &v);
-                    });
+                match v.decision() {
+                    Decision::Block => self.reply_blocked(m, c, &v, out),
+                    d => {
+                        let contact = match (&v, d) {
+                            (Judged::Rules(_, r), Decision::Redirect) => r
+                                .thresholds
+                                .redirect_uri
+                                .as_deref()
+                                .map_or(m.request_uri(), str::as_bytes),
+                            _ => m.request_uri(),
+                        };
+                        self.reply(m, Some(c), 302, "Moved Temporarily", out, |o| {
+                            o.extend_from_slice(b"Contact: <");
+                            o.extend_from_slice(contact);
+                            o.extend_from_slice(b">\r\n");
+                            verdict_header(o, &v);
+                        });
+                    }
                 }
                 Outcome::Reply
             }
@@ -221,9 +308,10 @@ impl Handler {
                 self.metrics.inc(Counter::AcksAbsorbed);
                 Outcome::Drop
             }
+            b"PUBLISH" if is_outcome(m) => self.outcome(m, c, out),
             b"OPTIONS" => {
                 self.reply(m, Some(c), 200, "OK", out, |o| {
-                    o.extend_from_slice(b"Allow: INVITE, ACK, OPTIONS\r\n");
+                    o.extend_from_slice(b"Allow: INVITE, ACK, OPTIONS, PUBLISH\r\n");
                 });
                 Outcome::Reply
             }
@@ -258,6 +346,9 @@ impl Handler {
             self.reply(m, Some(c), self.unknown_code, "Unknown Source", out, |_| {});
             return Outcome::Reply;
         }
+        if method == b"PUBLISH" && is_outcome(m) {
+            return self.outcome(m, c, out);
+        }
         // An OPTIONS to kuzet itself (no user part) is a keep-alive ping from
         // a dispatcher in front: answer it rather than forward it.
         if method == b"OPTIONS" && c.ruri.user.is_none() {
@@ -269,7 +360,7 @@ impl Handler {
         if method == b"INVITE" {
             lists = self.lists.load();
             let v = self.score(m, c, src, received, &lists);
-            if v.action == Action::Block {
+            if v.decision() == Decision::Block {
                 self.reply_blocked(m, c, &v, out);
                 return Outcome::Reply;
             }
@@ -299,34 +390,187 @@ impl Handler {
         src: SocketAddr,
         received: Instant,
         lists: &'l ListSet,
-    ) -> Verdict<'l> {
+    ) -> Judged<'l> {
         self.metrics.inc(Counter::Invites);
         if received.elapsed() > self.budget {
             self.metrics.inc(Counter::FailOpenOverload);
             self.metrics.inc(Counter::Allowed);
-            return Verdict::ALLOW;
+            return Judged::Lists(Verdict::ALLOW);
         }
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let facts = CallFacts {
-                a_number: self.a_number(m),
-                b_number: self.number_of_uri(&c.ruri),
-                trunk_kind: self.trunks.lookup(src.ip()).map(|t| t.kind),
-            };
-            evaluate(&facts, lists)
+            let trunk = self.trunks.lookup(src.ip()).map(|t| t.kind);
+            let b = self.number_of_uri(&c.ruri);
+            match &lists.rules {
+                None => Judged::Lists(evaluate(
+                    &CallFacts {
+                        a_number: self.a_number(m),
+                        b_number: b,
+                        trunk_kind: trunk,
+                    },
+                    lists,
+                )),
+                Some(rules) => {
+                    let (from, from_claimed) = self.header_number(m, Hdr::From);
+                    let (pai, pai_claimed) = self.header_number(m, Hdr::PAssertedIdentity);
+                    let a = self.a_order.iter().find_map(|s| match s {
+                        NumberSource::Pai => pai,
+                        NumberSource::From => from,
+                    });
+                    let input = CallInput {
+                        a,
+                        from,
+                        pai,
+                        a_present: from_claimed || pai_claimed,
+                        b,
+                        trunk,
+                        time: self.call_time(received),
+                    };
+                    let rl = RuleLists {
+                        block: Some(&lists.block),
+                        flag: Some(&lists.flag),
+                        allow: Some(&lists.allow),
+                        protected: Some(&lists.protected),
+                        premium: Some(&lists.premium),
+                    };
+                    let s = rules.score(&input, &rl, &self.callers, &self.destinations);
+                    if s.decision != Decision::Allow || s.shadow_decision != s.decision {
+                        self.log_event(s, a, b);
+                    }
+                    Judged::Rules(s, rules)
+                }
+            }
         }));
         let v = match result {
             Ok(v) => v,
             Err(_) => {
                 self.metrics.inc(Counter::FailOpenInternal);
-                Verdict::ALLOW
+                Judged::Lists(Verdict::ALLOW)
             }
         };
-        self.metrics.inc(match v.action {
-            Action::Allow => Counter::Allowed,
-            Action::Flag => Counter::Flagged,
-            Action::Block => Counter::Blocked,
+        self.metrics.inc(match v.decision() {
+            Decision::Allow => Counter::Allowed,
+            Decision::Flag => Counter::Flagged,
+            Decision::Redirect => Counter::Redirected,
+            Decision::Block => Counter::Blocked,
         });
         v
+    }
+
+    fn log_event(&self, scored: Scored, a: Option<Number>, b: Option<Number>) {
+        if scored.shadow_decision != scored.decision {
+            self.metrics.inc(Counter::ShadowDiffers);
+        }
+        let Some(tx) = &self.events else { return };
+        let ev = RuleEvent {
+            set: self.lists.load_full(),
+            scored,
+            a,
+            b,
+        };
+        if tx.try_send(ev).is_err() {
+            self.metrics.inc(Counter::RuleLogDropped);
+        }
+    }
+
+    /// The outcome API: a `PUBLISH` with `Event: kuzet-outcome` whose body
+    /// says how a call ended, so the Wangiri, short-call and concurrency
+    /// rules see outcomes in redirect mode (the switch reports them):
+    ///
+    /// ```text
+    /// caller=+77011234567
+    /// outcome=cancelled     (or answered, started, ended)
+    /// ring_ms=1500          (cancelled: how long it rang)
+    /// talk_ms=42000         (answered: how long it lasted)
+    /// ```
+    ///
+    /// Lines may also be separated by `;`. Answered 200, or 400 with the
+    /// reason.
+    fn outcome(&self, m: &Message<'_>, c: &Checked<'_>, out: &mut Vec<u8>) -> Outcome {
+        let (mut caller, mut what, mut ring, mut talk) = (None, None, None, None);
+        for kv in m.body().split(|&b| b == b'\n' || b == b';') {
+            let kv = crate::sip::syntax::trim_lws(kv);
+            let Some(eq) = kv.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let (k, v) = (&kv[..eq], crate::sip::syntax::trim_lws(&kv[eq + 1..]));
+            match k {
+                b"caller" => caller = self.plan.normalize(v),
+                b"outcome" => what = Some(v),
+                b"ring_ms" => ring = crate::sip::parse_u32(v),
+                b"talk_ms" => talk = crate::sip::parse_u32(v),
+                _ => {}
+            }
+        }
+        let now = self.call_time(Instant::now()).secs;
+        let policy = self
+            .lists
+            .load()
+            .rules
+            .as_ref()
+            .map(|r| r.outcomes)
+            .unwrap_or_default();
+        let result = match (caller, what) {
+            (None, _) => Err("caller missing or not a number"),
+            (Some(n), Some(b"cancelled")) => match ring {
+                Some(ring_ms) => {
+                    self.callers
+                        .outcome(n.raw(), now, CallOutcome::Cancelled { ring_ms }, &policy);
+                    Ok(())
+                }
+                None => Err("cancelled needs ring_ms"),
+            },
+            (Some(n), Some(b"answered")) => match talk {
+                Some(talk_ms) => {
+                    self.callers
+                        .outcome(n.raw(), now, CallOutcome::Answered { talk_ms }, &policy);
+                    Ok(())
+                }
+                None => Err("answered needs talk_ms"),
+            },
+            (Some(n), Some(b"started")) => {
+                self.callers.concurrent(n.raw(), now, 1);
+                Ok(())
+            }
+            (Some(n), Some(b"ended")) => {
+                self.callers.concurrent(n.raw(), now, -1);
+                Ok(())
+            }
+            _ => Err("outcome must be cancelled, answered, started or ended"),
+        };
+        match result {
+            Ok(()) => {
+                self.metrics.inc(Counter::Outcomes);
+                self.reply(m, Some(c), 200, "OK", out, |_| {});
+            }
+            Err(why) => {
+                self.metrics.inc(Counter::BadRequests);
+                self.reply(m, Some(c), 400, why, out, |_| {});
+            }
+        }
+        Outcome::Reply
+    }
+
+    /// The number in the first `hdr` header that has one, and whether any
+    /// such header claimed a number (a user part starting with '+' or a
+    /// digit) at all: a claimed number that does not normalize is invalid.
+    fn header_number(&self, m: &Message<'_>, hdr: Hdr) -> (Option<Number>, bool) {
+        let mut claimed = false;
+        for line in m.all(hdr) {
+            for value in split_values(line) {
+                let Ok(na) = parse_name_addr(value) else {
+                    continue;
+                };
+                let Ok(uri) = parse_uri(na.uri) else { continue };
+                let Some(user) = uri.user else { continue };
+                claimed |= user
+                    .first()
+                    .is_some_and(|b| *b == b'+' || b.is_ascii_digit());
+                if let Some(n) = uri.user_number().and_then(|d| self.plan.normalize(d)) {
+                    return (Some(n), true);
+                }
+            }
+        }
+        (None, claimed)
     }
 
     /// The A-number, from the sources in configured order.
@@ -356,7 +600,7 @@ impl Handler {
         self.plan.normalize(uri.user_number()?)
     }
 
-    fn reply_blocked(&self, m: &Message<'_>, c: &Checked<'_>, v: &Verdict<'_>, out: &mut Vec<u8>) {
+    fn reply_blocked(&self, m: &Message<'_>, c: &Checked<'_>, v: &Judged<'_>, out: &mut Vec<u8>) {
         let reason = match self.block_code {
             403 => "Forbidden",
             607 => "Unwanted",
@@ -364,7 +608,16 @@ impl Handler {
         };
         self.reply(m, Some(c), self.block_code, reason, out, |o| {
             o.extend_from_slice(b"Reason: Q.850;cause=21;text=\"");
-            o.extend_from_slice(v.rule.as_str().as_bytes());
+            let rule = match v {
+                Judged::Lists(v) => v.rule.as_str(),
+                Judged::Rules(s, r) => s
+                    .fired()
+                    .iter()
+                    .find(|f| !f.shadow)
+                    .and_then(|f| r.rules.get(usize::from(f.rule)))
+                    .map_or("rules", |r| &*r.id),
+            };
+            o.extend_from_slice(rule.as_bytes());
             o.extend_from_slice(b"\"\r\n");
             verdict_header(o, v);
         });
@@ -429,14 +682,30 @@ impl Handler {
         c: &Checked<'_>,
         src: SocketAddr,
         conn: Option<u64>,
-        verdict: Option<&Verdict<'_>>,
+        verdict: Option<&Judged<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<(), SyntaxError> {
         let bytes = m.bytes();
         let line_end = memchr::memchr(b'\n', bytes).unwrap_or(0);
         let start_line = &bytes[..line_end];
         let start_line = start_line.strip_suffix(b"\r").unwrap_or(start_line);
-        out.extend_from_slice(start_line);
+        // A redirect decision in proxy mode rewrites the Request-URI to the
+        // configured announcement / anti-fraud desk.
+        let redirect_to = match verdict {
+            Some(j @ Judged::Rules(_, r)) if j.decision() == Decision::Redirect => {
+                r.thresholds.redirect_uri.as_deref()
+            }
+            _ => None,
+        };
+        match redirect_to {
+            Some(uri) => {
+                out.extend_from_slice(m.method());
+                out.push(b' ');
+                out.extend_from_slice(uri.as_bytes());
+                out.extend_from_slice(b" SIP/2.0");
+            }
+            None => out.extend_from_slice(start_line),
+        }
         out.extend_from_slice(b"\r\nVia: SIP/2.0/UDP ");
         out.extend_from_slice(&self.via_sent_by);
         out.extend_from_slice(b";branch=");
@@ -497,7 +766,7 @@ impl Handler {
             out.extend_from_slice(b"Max-Forwards: 69\r\n");
         }
         if let Some(v) = verdict {
-            if v.action == Action::Flag {
+            if matches!(v.decision(), Decision::Flag | Decision::Redirect) {
                 verdict_header(out, v);
             }
         }
@@ -664,13 +933,47 @@ fn unsupported_header(m: &Message<'_>, out: &mut Vec<u8>) {
     }
 }
 
+/// A `PUBLISH` for kuzet's outcome API (`Event: kuzet-outcome`).
+fn is_outcome(m: &Message<'_>) -> bool {
+    m.header_named(b"Event")
+        .is_some_and(|e| crate::sip::syntax::trim_lws(e).eq_ignore_ascii_case(b"kuzet-outcome"))
+}
+
 fn number_of_name_addr(value: &[u8], plan: &NumberingPlan) -> Option<Number> {
     let na = parse_name_addr(value).ok()?;
     let uri = parse_uri(na.uri).ok()?;
     plan.normalize(uri.user_number()?)
 }
 
-fn verdict_header(out: &mut Vec<u8>, v: &Verdict<'_>) {
+/// `fmt::Write` into a byte buffer, so explanations are written in place.
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        // A quote would end the header's quoted string early.
+        self.0
+            .extend(s.bytes().map(|b| if b == b'"' { b'\'' } else { b }));
+        Ok(())
+    }
+}
+
+fn verdict_header(out: &mut Vec<u8>, j: &Judged<'_>) {
+    let v = match j {
+        Judged::Lists(v) => v,
+        Judged::Rules(s, r) => {
+            out.extend_from_slice(b"X-Kuzet-Verdict: ");
+            out.extend_from_slice(s.decision.as_str().as_bytes());
+            if !s.fired().is_empty() {
+                out.extend_from_slice(b";score=");
+                push_u64(out, u64::from(s.score));
+                out.extend_from_slice(b";rules=\"");
+                let _ = r.explain(s, &mut ByteWriter(out));
+                out.push(b'"');
+            }
+            out.extend_from_slice(b"\r\n");
+            return;
+        }
+    };
     out.extend_from_slice(b"X-Kuzet-Verdict: ");
     out.extend_from_slice(v.action.as_str().as_bytes());
     if v.action != Action::Allow || v.hit.is_some() {

@@ -1,4 +1,5 @@
-//! Loading list files and swapping them in: one path for start-up and reload.
+//! Loading list files (and the rule file) and swapping them in: one path
+//! for start-up and reload.
 //!
 //! [`load`] reads every configured file line by line (bounded memory, even
 //! for 10M-line files), feeds the lines to the scoring core's builders and
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use kuzet_rules::ruleset::RuleSet;
 use kuzet_rules::{ListBuilder, ListPolicy, ListSet, NumberingPlan};
 
 use crate::config::{Config, ListKind, EMBEDDED_LISTS};
@@ -32,6 +34,8 @@ pub enum LoadError {
     Utf8 { path: String, line: usize },
     #[error(transparent)]
     List(#[from] kuzet_rules::ListError),
+    #[error("{0}")]
+    Rules(String),
 }
 
 /// What was loaded, for the log.
@@ -52,16 +56,26 @@ pub fn load(cfg: &Config, plan: &NumberingPlan) -> Result<(ListSet, LoadStats), 
     let mut block = ListBuilder::new(plan);
     let mut allow = ListBuilder::new(plan);
     let mut flag = ListBuilder::new(plan);
+    let mut protected = ListBuilder::new(plan);
+    let mut premium = ListBuilder::new(plan);
     let mut stats = LoadStats::default();
     let pick = |k: ListKind| -> usize {
         match k {
             ListKind::Block => 0,
             ListKind::Allow => 1,
             ListKind::Flag => 2,
+            ListKind::Protected => 3,
+            ListKind::Premium => 4,
         }
     };
     {
-        let builders = [&mut block, &mut allow, &mut flag];
+        let builders = [
+            &mut block,
+            &mut allow,
+            &mut flag,
+            &mut protected,
+            &mut premium,
+        ];
         if cfg.embedded_lists {
             for (name, text, kind) in EMBEDDED_LISTS {
                 builders[pick(kind)].add_text(name, text)?;
@@ -74,17 +88,39 @@ pub fn load(cfg: &Config, plan: &NumberingPlan) -> Result<(ListSet, LoadStats), 
             }
         }
     }
+    let rules = match &cfg.rules.file {
+        None => None,
+        Some(p) => {
+            let path = cfg.resolve(p);
+            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let set = RuleSet::from_toml_str(&text, &path.display().to_string(), plan)
+                .map_err(|e| LoadError::Rules(e.to_string()))?;
+            Some(Box::new(set))
+        }
+    };
     let set = ListSet {
         block: block.finish(),
         allow: allow.finish(),
         flag: flag.finish(),
+        protected: protected.finish(),
+        premium: premium.finish(),
         policy: ListPolicy {
             block_score: cfg.verdict.block_score,
             flag_score: cfg.verdict.flag_score,
             sides: cfg.lists.sides(),
         },
+        rules,
     };
-    for l in [&set.block, &set.allow, &set.flag] {
+    for l in [
+        &set.block,
+        &set.allow,
+        &set.flag,
+        &set.protected,
+        &set.premium,
+    ] {
         stats.exact += l.exact_count();
         stats.prefixes += l.prefix_count();
         stats.bytes += l.heap_bytes();
@@ -167,7 +203,7 @@ impl Reloader {
         lists: SharedLists,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let paths: Vec<PathBuf> = if cfg.embedded_lists {
+        let mut paths: Vec<PathBuf> = if cfg.embedded_lists {
             Vec::new()
         } else {
             cfg.lists
@@ -176,6 +212,8 @@ impl Reloader {
                 .map(|(p, _)| cfg.resolve(p))
                 .collect()
         };
+        // The rule file reloads with the lists, into the same snapshot.
+        paths.extend(cfg.rules.file.iter().map(|p| cfg.resolve(p)));
         let seen = fingerprint(&paths);
         Reloader {
             cfg,

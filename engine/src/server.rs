@@ -98,7 +98,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let mut cfg = cfg;
     cfg.server.listen = udp_addr;
     let metrics = Arc::new(Metrics::default());
-    let handler = Arc::new(Handler::new(&cfg, lists.clone(), metrics.clone())?);
+    // Rule verdicts are logged by the control thread, never on the call path.
+    let (events_tx, events) = std::sync::mpsc::sync_channel(4096);
+    let handler =
+        Arc::new(Handler::new(&cfg, lists.clone(), metrics.clone())?.with_events(events_tx));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let conns: Connections = Arc::default();
@@ -148,10 +151,11 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let reloader = Reloader::new(cfg.clone(), plan, lists.clone(), metrics.clone());
     let m = metrics.clone();
     let sd = shutdown_rx.clone();
+    let h = handler.clone();
     threads.push(
         std::thread::Builder::new()
             .name("kuzet-control".into())
-            .spawn(move || control_plane(cfg, reloader, m, sd, opts))
+            .spawn(move || control_plane(cfg, reloader, m, sd, opts, h, events))
             .context("spawning control thread")?,
     );
     tracing::info!(%udp_addr, ?tcp_addr, workers, ?mode, "kuzet serving");
@@ -171,6 +175,8 @@ fn control_plane(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
     opts: StartOptions,
+    handler: Arc<Handler>,
+    events: std::sync::mpsc::Receiver<crate::handler::RuleEvent>,
 ) {
     let Some(rt) = small_runtime("control") else {
         return;
@@ -191,6 +197,7 @@ fn control_plane(
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = poll.tick() => {
+                    log_rule_events(&events);
                     // Loading a big list takes seconds: keep it off this
                     // runtime's timer by running it on a blocking thread.
                     reloader = tokio::task::spawn_blocking(move || { reloader.poll(); reloader })
@@ -203,12 +210,38 @@ fn control_plane(
                         .expect("reload task does not panic");
                 }
                 _ = stats.tick() => {
+                    let dropped = handler.sweep();
+                    let (callers, destinations) = handler.tracked();
+                    tracing::info!(callers, destinations, dropped, "behaviour state");
                     tracing::info!("{}", metrics.counters_line());
                     tracing::info!("{}", metrics.latency_line());
                 }
             }
         }
     });
+}
+
+/// Logs every rule verdict the workers queued: decision, score, the
+/// rules that fired with their values, and shadow results.
+fn log_rule_events(events: &std::sync::mpsc::Receiver<crate::handler::RuleEvent>) {
+    while let Ok(ev) = events.try_recv() {
+        let Some(rules) = ev.set.rules.as_deref() else {
+            continue;
+        };
+        let mut why = String::new();
+        let _ = rules.explain(&ev.scored, &mut why);
+        let show =
+            |n: Option<kuzet_rules::Number>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+        tracing::info!(
+            decision = ev.scored.decision.as_str(),
+            shadow_decision = ev.scored.shadow_decision.as_str(),
+            score = ev.scored.score,
+            caller = %show(ev.a),
+            callee = %show(ev.b),
+            rules = %why,
+            "rule verdict"
+        );
+    }
 }
 
 /// Waits for the next delivery of a signal, or forever when none was

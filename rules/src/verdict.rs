@@ -90,7 +90,9 @@ pub struct CallFacts {
     pub trunk_kind: Option<TrunkKind>,
 }
 
-/// The three lists in force, with their policy. Swapped whole on reload.
+/// The lists in force, with their policy, and the behaviour rule set when
+/// one is configured. Swapped whole on reload, so a call never sees lists
+/// and rules from two different loads.
 #[derive(Debug, Default)]
 pub struct ListSet {
     /// Numbers whose calls are blocked.
@@ -99,8 +101,14 @@ pub struct ListSet {
     pub allow: NumberList,
     /// Numbers whose calls are let through but flagged.
     pub flag: NumberList,
+    /// Protected (do-not-originate) numbers, for the rules.
+    pub protected: NumberList,
+    /// Premium-rate and IRSF destinations, for the rules.
+    pub premium: NumberList,
     /// Scores and sides.
     pub policy: ListPolicy,
+    /// Behaviour rules; when present they decide instead of [`evaluate`].
+    pub rules: Option<Box<crate::ruleset::RuleSet>>,
 }
 
 /// How list hits turn into scores.

@@ -77,6 +77,10 @@ pub struct Options {
     pub timeout: Duration,
     /// Show a progress bar on stderr (hidden when stderr is no terminal).
     pub progress: bool,
+    /// Play the switch in front of a redirect server: after each call let
+    /// through, report how it ended (from the call's scripted behaviour)
+    /// to kuzet's outcome API (`PUBLISH`, `Event: kuzet-outcome`).
+    pub report_outcomes: bool,
 }
 
 impl Options {
@@ -90,6 +94,7 @@ impl Options {
             t1: Duration::from_millis(500),
             timeout: Duration::from_millis(32_000),
             progress: false,
+            report_outcomes: false,
         }
     }
 }
@@ -635,6 +640,9 @@ impl Driver<'_> {
             return Ok(());
         }
         let to = m.header(Hdr::To).unwrap_or_default();
+        if self.opts.report_outcomes && state != State::Done && (200..400).contains(&status) {
+            self.send(i, Msg::Outcome)?;
+        }
         if status >= 300 {
             self.send(i, Msg::Ack { to, for_2xx: false })?;
         } else if state != State::Done {
@@ -695,6 +703,8 @@ enum Msg<'a> {
         to: &'a [u8],
     },
     Cancel,
+    /// The call's outcome, for kuzet's outcome API.
+    Outcome,
 }
 
 /// Everything the requests of call `i` are built from.
@@ -718,6 +728,7 @@ impl Leg<'_> {
             Msg::Ack { for_2xx: true, .. } => (b"ACK", b"-a", b"1 ACK"),
             Msg::Bye { .. } => (b"BYE", b"-b", b"2 BYE"),
             Msg::Cancel => (b"CANCEL", b"", b"1 CANCEL"),
+            Msg::Outcome => (b"PUBLISH", b"-o", b"1 PUBLISH"),
         };
         let (a, b) = (self.call.a.as_bytes(), self.call.b.as_bytes());
         out.extend_from_slice(method);
@@ -747,7 +758,7 @@ impl Leg<'_> {
         out.extend_from_slice(b"@kuzet-sim\r\nTo: ");
         match msg {
             Msg::Ack { to, .. } | Msg::Bye { to } => out.extend_from_slice(to),
-            Msg::Invite | Msg::Cancel => {
+            Msg::Invite | Msg::Cancel | Msg::Outcome => {
                 out.extend_from_slice(b"<sip:");
                 out.extend_from_slice(b);
                 out.push(b'@');
@@ -769,6 +780,31 @@ impl Leg<'_> {
             kuzet_engine::sip::push_u64(out, SDP.len() as u64);
             out.extend_from_slice(b"\r\n\r\n");
             out.extend_from_slice(SDP);
+        } else if let Msg::Outcome = msg {
+            let mut body = Vec::with_capacity(64);
+            body.extend_from_slice(b"caller=");
+            body.extend_from_slice(a);
+            match self.call.behaviour {
+                Behaviour::Cancel { after_ms } => {
+                    body.extend_from_slice(b"\noutcome=cancelled\nring_ms=");
+                    kuzet_engine::sip::push_u64(&mut body, u64::from(after_ms));
+                }
+                Behaviour::Answer { talk_ms, .. } => {
+                    body.extend_from_slice(b"\noutcome=answered\ntalk_ms=");
+                    kuzet_engine::sip::push_u64(&mut body, u64::from(talk_ms));
+                }
+                // Rang out unanswered: a ring, not a short one.
+                Behaviour::NoAnswer => {
+                    body.extend_from_slice(b"\noutcome=cancelled\nring_ms=30000")
+                }
+            }
+            body.push(b'\n');
+            out.extend_from_slice(
+                b"Event: kuzet-outcome\r\nContent-Type: text/plain\r\nContent-Length: ",
+            );
+            kuzet_engine::sip::push_u64(out, body.len() as u64);
+            out.extend_from_slice(b"\r\n\r\n");
+            out.extend_from_slice(&body);
         } else {
             out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         }

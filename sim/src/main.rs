@@ -85,6 +85,11 @@ enum Cmd {
         /// Also write the traffic as SIPp CSV + scenario XML into this folder.
         #[arg(long, value_name = "DIR")]
         export_sipp: Option<PathBuf>,
+        /// Play the switch in front of a redirect server: report each let-
+        /// through call's outcome (cancelled after N ms, answered for N ms)
+        /// to kuzet's outcome API, so outcome rules (Wangiri, short calls) see them.
+        #[arg(long)]
+        report_outcomes: bool,
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
@@ -160,6 +165,7 @@ fn real_main() -> anyhow::Result<()> {
             json,
             files,
             export_sipp,
+            report_outcomes,
             quiet,
         } => {
             let t = load(&scenario)?;
@@ -184,6 +190,7 @@ fn real_main() -> anyhow::Result<()> {
             o.t1 = Duration::from_millis(t1_ms.max(1));
             o.timeout = Duration::from_millis(timeout_ms.unwrap_or(64 * t1_ms.max(1)));
             o.progress = !quiet;
+            o.report_outcomes = report_outcomes;
             let (results, stats) = driver::drive(&t, o)?;
             let rep = report::build(&t, &results, &stats);
             print!("{}", rep.table());

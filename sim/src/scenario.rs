@@ -86,7 +86,7 @@ impl Kind {
     fn default_trunk(self) -> &'static str {
         match self {
             Kind::Subscribers | Kind::Simbox | Kind::Irsf => "mobile",
-            Kind::HighVolume | Kind::NbFeed => "domestic",
+            Kind::HighVolume | Kind::NbFeed | Kind::Sequential => "domestic",
             _ => "international",
         }
     }
@@ -168,7 +168,7 @@ pub struct Source {
     pub start_s: f64,
     #[serde(default)]
     pub end_s: Option<f64>,
-    /// Distinct A-numbers the source calls from.
+    /// Distinct A-numbers the source calls from (at most 100,000).
     #[serde(default = "default_callers")]
     pub callers: u64,
     /// Share of calls the callee answers, and share the caller abandons

@@ -6,8 +6,8 @@
 //! when another is added, and the same seed always gives the same calls
 //! in the same order. Number ranges are disjoint by construction:
 //! subscribers live in `[subscribers]`, each source's callers in
-//! `+7 7SS NNNNNN` where `SS` is the source's position, list padding in
-//! `+7 780...`. So a call's label is known without asking any engine.
+//! `+7 777 SS NNNNN` (an allocated Kazakh mobile range) where `SS` is the
+//! source's position, list padding in `+7 780...`. So a call's label is known without asking any engine.
 //!
 //! Labels ([`Call::source`], hence the kind and campaign) stay here: the
 //! SIP the driver sends carries only numbers, as a real network's would.
@@ -19,11 +19,11 @@ use std::path::Path;
 use crate::population::{format_kz, Rng};
 use crate::scenario::{Kind, Scenario, Source};
 
-/// Callers of source `s` are `+7 7SS NNNNNN`: at most this many per source.
-pub const MAX_CALLERS: u64 = 1_000_000;
+/// Callers of source `s` are `+7 777 SS NNNNN`: at most this many per source.
+pub const MAX_CALLERS: u64 = 100_000;
 /// At most this many sources, so the caller ranges stay apart.
 pub const MAX_SOURCES: usize = 80;
-const CALLER_BASE: u64 = 7_700_000_000;
+const CALLER_BASE: u64 = 7_770_000_000;
 const PADDING_BASE: u64 = 7_800_000_000;
 const DEFAULT_FOREIGN: [&str; 4] = ["+4420794", "+4930901", "+3361234", "+9719876"];
 const DEFAULT_WANGIRI: [&str; 3] = ["+88216", "+2392", "+6760"];
@@ -189,7 +189,9 @@ impl Traffic {
              # The NB feed export is loaded as a blocklist, as operators do\n\
              # with the feed today.\n\n[lists]\n\
              blocklist = [\"blocklist.txt\", \"nbfeed.txt\"]\n\
-             allowlist = [\"allowlist.txt\"]\n\n",
+             allowlist = [\"allowlist.txt\"]\n\
+             protected = [\"protected.txt\"]\n\
+             premium = [\"premium.txt\"]\n\n",
         );
         for (name, ip) in &self.trunks {
             let kind = match name.as_str() {

@@ -8,6 +8,7 @@
 mod common;
 mod kamailio;
 mod rfc4475;
+mod rules;
 mod sim;
 mod sipp;
 mod sockets;

@@ -23,7 +23,12 @@ pub(crate) fn small() -> Traffic {
 }
 
 pub(crate) fn run(t: &Traffic, to: SocketAddr, proto: Proto) -> Report {
+    run_with(t, to, proto, false)
+}
+
+fn run_with(t: &Traffic, to: SocketAddr, proto: Proto, report_outcomes: bool) -> Report {
     let mut o = Options::new(to, t.calls.len());
+    o.report_outcomes = report_outcomes;
     o.proto = proto;
     o.pace = Pace::Rate(1500.0);
     o.t1 = std::time::Duration::from_millis(200);
@@ -121,5 +126,68 @@ fn sipp_replay_of_the_export_gets_the_same_verdicts() {
     assert_eq!(ok302, ours.status[&302]);
     assert_eq!(ok603, ours.status[&603]);
     assert_eq!(ok302 + ok603, t.calls.len() as u64);
+    k.stop();
+}
+
+/// The example rule file against the small scenario: spoofing and list
+/// categories caught in full, premium pumping caught, the sequential
+/// dialler, the Wangiri callers (through the outcome API) and the SIM box
+/// caught soon after crossing their thresholds, nothing legitimate touched.
+#[test]
+fn small_scenario_with_the_example_rules() {
+    let t = small();
+    let dir = TempDir::new("sim-rules");
+    t.write_engine_files(dir.path()).unwrap();
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/default.toml");
+    let mut toml = std::fs::read_to_string(dir.path().join("kuzet.toml")).unwrap();
+    toml += &format!("\n[rules]\nfile = {:?}\n", rules.display().to_string());
+    dir.write("kuzet.toml", &toml);
+    let k = Kuzet::start(&["--config", "kuzet.toml"], dir.path());
+    // The driver plays the switch and reports outcomes (redirect mode).
+    let r = run_with(&t, k.addr, Proto::Udp, true);
+    assert_eq!(r.answered, t.calls.len() as u64, "{}", r.table());
+    for cat in ["blocklist", "nb_feed", "cli_spoof", "protected_spoof"] {
+        let c = &r.categories[cat];
+        assert_eq!(
+            c.blocked,
+            c.calls,
+            "{cat} must be blocked in full:\n{}",
+            r.table()
+        );
+    }
+    let irsf = &r.categories["irsf"];
+    assert_eq!(
+        irsf.recall,
+        Some(1.0),
+        "premium destinations:\n{}",
+        r.table()
+    );
+    // Two sequential callers, interleaved: each is caught on its 6th call
+    // in a row, so the campaign is caught within 2 x 6 of its first call.
+    let walker = &r.campaigns["walker"];
+    assert!(
+        walker.calls_before_detection.is_some_and(|n| n < 12),
+        "{}",
+        r.table()
+    );
+    // Wangiri: 3 callers; each is caught on the call after its 5th short
+    // ring (min_calls 5, 80% short), so the campaign within 3 x 5 + 5.
+    let wangiri = &r.campaigns["one_ring"];
+    assert!(
+        wangiri.calls_before_detection.is_some_and(|n| n <= 20),
+        "{}",
+        r.table()
+    );
+    // One SIM box line: velocity_1m (20) is crossed on its 21st call.
+    let simbox = &r.campaigns["simbox_almaty"];
+    assert!(
+        simbox
+            .calls_before_detection
+            .is_some_and(|n| (20..=25).contains(&n)),
+        "{}",
+        r.table()
+    );
+    assert_eq!(r.false_positive_rate, Some(0.0), "{}", r.table());
+    assert_eq!(r.categories["high_volume"].blocked, 0);
     k.stop();
 }

@@ -1,0 +1,188 @@
+//! Behaviour rules through the real engine, on real sockets: the verdict
+//! header explains every rule that fired with its value and threshold;
+//! a redirect decision sends the call to the configured desk; the rule
+//! file reloads atomically while calls flow, a bad file keeps the rules in
+//! force, and no call goes unanswered across the swap.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{ask, client, header, invite, start, status, test_config, TempDir};
+
+const RULES: &str = "[thresholds]\nflag = 40\nredirect = 70\nredirect_uri = \"sip:desk@antifraud.example\"\nblock = 100\n\
+    [[rule]]\nid = \"velocity_1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 50\n\
+    [[rule]]\nid = \"sequential\"\nkind = \"sequential\"\nrun = 5\nscore = 30\n";
+
+#[test]
+fn rules_explain_flag_redirect_and_block() {
+    let dir = TempDir::new("rules");
+    let mut cfg = test_config();
+    cfg.rules.file = Some(dir.write("rules.toml", RULES));
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let a = "+77011234567";
+    let mut seen = Vec::new();
+    for i in 0..5 {
+        let resp = ask(
+            &c,
+            k.udp_addr,
+            &invite(a, &format!("+7702000000{i}"), &format!("r{i}"), port),
+        );
+        seen.push((
+            status(&resp),
+            header(&resp, "X-Kuzet-Verdict").unwrap_or("").to_string(),
+            header(&resp, "Contact").unwrap_or("").to_string(),
+        ));
+    }
+    // Calls 1-3: at most 3 a minute, allowed.
+    for (s, v, contact) in &seen[..3] {
+        assert_eq!((*s, v.as_str()), (302, "allow"));
+        assert!(contact.contains("+7702000000"), "{contact}");
+    }
+    // Call 4: velocity 4 > 3 scores 50: flagged, explained, sent on.
+    assert_eq!(seen[3].0, 302);
+    assert_eq!(
+        seen[3].1,
+        "flag;score=50;rules=\"velocity_1m: 4 calls > 3\""
+    );
+    // Call 5: velocity 5 > 3 and 5 numbers in a row: 80, redirected to the desk.
+    assert_eq!(seen[4].0, 302);
+    assert_eq!(seen[4].2, "<sip:desk@antifraud.example>");
+    assert_eq!(
+        seen[4].1,
+        "redirect;score=80;rules=\"velocity_1m: 5 calls > 3; sequential: 5 in a row >= 5\""
+    );
+    k.stop();
+}
+
+#[test]
+fn rule_file_reloads_atomically_and_a_bad_file_keeps_the_old_rules() {
+    let dir = TempDir::new("rules-reload");
+    let path = dir.write("rules.toml", RULES);
+    let mut cfg = test_config();
+    cfg.rules.file = Some(path.clone());
+    let k = start(cfg);
+    let c = client();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let port = c.local_addr().unwrap().port();
+    let blocked_now = |i: u32| {
+        let resp = ask(
+            &c,
+            k.udp_addr,
+            &invite("+77771112233", "+77020000001", &format!("q{i}"), port),
+        );
+        status(&resp)
+    };
+    assert_eq!(blocked_now(0), 302);
+    // Swap in a file whose invalid-caller rule blocks callers outside +7701.
+    let stricter = format!(
+        "{RULES}[[rule]]\nid = \"night_owl\"\nkind = \"invalid_caller\"\nallocated = [\"+7701\"]\nscore = 100\n"
+    );
+    let tmp = dir.write("rules.toml.new", &stricter);
+    std::fs::rename(&tmp, &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 1;
+    loop {
+        // Every call is answered across the swap, before and after.
+        let s = blocked_now(i);
+        assert!(s == 302 || s == 603, "{s}");
+        if s == 603 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new rules never applied");
+        std::thread::sleep(Duration::from_millis(20));
+        i += 1;
+    }
+    // A broken file is refused; the rules in force stay.
+    let tmp = dir.write("rules.toml.bad", "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"x\"\nkind = \"nonsense\"\nscore = 1\n");
+    std::fs::rename(&tmp, &path).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(blocked_now(1000), 603);
+    assert!(
+        k.metrics
+            .get(kuzet_engine::metrics::Counter::ListReloadFailures)
+            >= 1
+    );
+    k.stop();
+}
+
+fn publish(body: &str, id: &str, port: u16) -> String {
+    format!(
+        "PUBLISH sip:kuzet@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{id};rport\r\n\
+         From: <sip:switch@127.0.0.1>;tag=s{id}\r\nTo: <sip:kuzet@127.0.0.1>\r\nCall-ID: {id}\r\nCSeq: 1 PUBLISH\r\n\
+         Max-Forwards: 70\r\nEvent: kuzet-outcome\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn outcome_api_feeds_the_wangiri_rule() {
+    let dir = TempDir::new("rules-outcomes");
+    let mut cfg = test_config();
+    cfg.rules.file = Some(dir.write(
+        "rules.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"wangiri\"\nkind = \"wangiri\"\nmin_calls = 3\nratio = 0.6\nscore = 100\n",
+    ));
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let a = "+88216123456";
+    // Bad events are refused with the reason.
+    let resp = ask(
+        &c,
+        k.udp_addr,
+        &publish("caller=+88216123456\noutcome=cancelled\n", "p0", port),
+    );
+    assert_eq!(status(&resp), 400);
+    assert!(
+        resp.starts_with("SIP/2.0 400 cancelled needs ring_ms"),
+        "{resp}"
+    );
+    let resp = ask(
+        &c,
+        k.udp_addr,
+        &publish("caller=nobody;outcome=answered;talk_ms=5", "p1", port),
+    );
+    assert!(
+        resp.starts_with("SIP/2.0 400 caller missing or not a number"),
+        "{resp}"
+    );
+    // Two short rings: below min_calls 3, the next call goes through.
+    for i in 0..2 {
+        let ok = ask(
+            &c,
+            k.udp_addr,
+            &publish(
+                &format!("caller={a}\noutcome=cancelled\nring_ms=1200\n"),
+                &format!("q{i}"),
+                port,
+            ),
+        );
+        assert_eq!(status(&ok), 200);
+    }
+    assert_eq!(
+        status(&ask(&c, k.udp_addr, &invite(a, "+77020000001", "w1", port))),
+        302
+    );
+    // A third short ring: 3 of 3 >= 60%, the next call is blocked and says why.
+    ask(
+        &c,
+        k.udp_addr,
+        &publish(
+            &format!("caller={a};outcome=cancelled;ring_ms=900"),
+            "q9",
+            port,
+        ),
+    );
+    let resp = ask(&c, k.udp_addr, &invite(a, "+77020000002", "w2", port));
+    assert_eq!(status(&resp), 603);
+    assert_eq!(
+        header(&resp, "X-Kuzet-Verdict"),
+        Some("block;score=100;rules=\"wangiri: 100.0% >= 60.0%\"")
+    );
+    assert_eq!(
+        header(&resp, "Reason"),
+        Some("Q.850;cause=21;text=\"wangiri\"")
+    );
+    k.stop();
+}
