@@ -245,6 +245,7 @@ mod tests {
             allow: mk(allow),
             flag: mk(flag),
             policy: ListPolicy::default(),
+            ..ListSet::default()
         };
         (p, s)
     }
