@@ -178,9 +178,11 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
 fn run(args: RunArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries only the shutdown summary.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
     let cfg = match build_config(&args) {
         Ok(c) => c,

@@ -191,3 +191,44 @@ fn small_scenario_with_the_example_rules() {
     assert_eq!(r.categories["high_volume"].blocked, 0);
     k.stop();
 }
+
+/// A rule file swapped mid-run under load: every call is answered, and the
+/// new rule applies from the swap on (never before, never lost after).
+#[test]
+fn rule_reload_mid_run_loses_no_call() {
+    let t = small();
+    let dir = TempDir::new("sim-rule-reload");
+    t.write_engine_files(dir.path()).unwrap();
+    let v1 = "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"blocklist\"\nkind = \"list\"\nlist = \"blocklist\"\nscore = 100\n";
+    let v2 = format!("{v1}[[rule]]\nid = \"doi\"\nkind = \"domestic_on_international\"\nranges = [\"+77\"]\nscore = 100\n");
+    let rules = dir.write("rules.toml", v1);
+    let mut toml = std::fs::read_to_string(dir.path().join("kuzet.toml")).unwrap();
+    toml.insert_str(0, "[lists]\nreload_interval_ms = 100\n");
+    let toml = toml.replacen("\n[lists]\n", "\n", 1);
+    dir.write("kuzet.toml", &format!("{toml}\n[rules]\nfile = \"rules.toml\"\n"));
+    // Rule verdicts are logged at info; this test reads no log.
+    let k = Kuzet::start(&["--config", "kuzet.toml", "--log", "warn"], dir.path());
+    let calls = 4000;
+    let mut o = Options::new(k.addr, calls);
+    o.pace = Pace::Rate(1000.0);
+    o.t1 = std::time::Duration::from_millis(200);
+    o.timeout = std::time::Duration::from_secs(10);
+    let tr = t.clone();
+    let driver = std::thread::spawn(move || driver::drive(&tr, o).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let tmp = dir.write("rules.toml.new", &v2);
+    std::fs::rename(&tmp, &rules).unwrap();
+    let (results, stats) = driver.join().unwrap();
+    assert_eq!((stats.answered, stats.timeouts), (calls as u64, 0));
+    let spoof: Vec<u16> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| t.sources[t.calls[i % t.calls.len()].source as usize].kind == kuzet_sim::scenario::Kind::CliSpoof)
+        .map(|(_, r)| r.status)
+        .collect();
+    let first_block = spoof.iter().position(|&s| s == 603).expect("the new rule applied");
+    assert!(first_block > 10, "applied only after the swap: {first_block}");
+    assert!(spoof[..first_block].iter().all(|&s| s == 302));
+    assert!(spoof[first_block..].iter().all(|&s| s == 603), "and to every call after it");
+    k.stop();
+}
