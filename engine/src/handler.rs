@@ -96,6 +96,20 @@ pub struct Handler {
     started: Instant,
     utc_offset_s: i64,
     events: Option<std::sync::mpsc::SyncSender<RuleEvent>>,
+    /// Proxy mode: calls in progress, by Call-ID hash, to learn outcomes
+    /// (ring time, talk time, concurrency) from the messages forwarded.
+    calls: dashmap::DashMap<u64, CallRec>,
+    calls_cap: usize,
+    calls_ttl_ms: u64,
+}
+
+/// A call proxy mode has seen start: who called, when it was sent on, and
+/// when it was answered (0 = not yet), in ms since start-up.
+#[derive(Clone, Copy, Debug)]
+struct CallRec {
+    a: u64,
+    invited_ms: u64,
+    answered_ms: u64,
 }
 
 /// A request refused before scoring: the code and reason phrase to answer.
@@ -148,6 +162,9 @@ impl Handler {
             started: Instant::now(),
             utc_offset_s: i64::from(cfg.rules.utc_offset_minutes) * 60,
             events: None,
+            calls: dashmap::DashMap::new(),
+            calls_cap: cfg.rules.max_tracked_numbers,
+            calls_ttl_ms: u64::from(cfg.rules.idle_ttl_secs) * 1000,
         })
     }
 
@@ -162,7 +179,106 @@ impl Handler {
     /// control thread calls it. Returns how many numbers were dropped.
     pub fn sweep(&self) -> usize {
         let now = self.call_time(Instant::now()).secs;
+        // A call record left by a lost BYE or CANCEL goes after the TTL.
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let ttl_ms = self.calls_ttl_ms;
+        self.calls
+            .retain(|_, r| now_ms.saturating_sub(r.invited_ms.max(r.answered_ms)) < ttl_ms);
         self.callers.sweep(now) + self.destinations.sweep(now)
+    }
+
+    /// Proxy mode: learns call outcomes from what it forwards. An INVITE
+    /// opens a record; a 2xx to it marks the call answered (one more
+    /// concurrent call); a CANCEL is a ring of that length; another final
+    /// answer is a ring that ran out; a BYE after an answer is a call of
+    /// that length (one concurrent call fewer).
+    fn learn(&self, m: &Message<'_>, a: Option<Number>) {
+        let Some(id) = m.header(Hdr::CallId) else {
+            return;
+        };
+        let mut h = Fnv::default();
+        h.write(id);
+        let key = h.finish();
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let now = self.call_time(Instant::now()).secs;
+        let policy = || {
+            self.lists
+                .load()
+                .rules
+                .as_ref()
+                .map(|r| r.outcomes)
+                .unwrap_or_default()
+        };
+        if m.is_request() {
+            match m.method() {
+                b"INVITE" => {
+                    if let Some(a) = a {
+                        if self.calls.len() < self.calls_cap {
+                            self.calls.entry(key).or_insert(CallRec {
+                                a: a.raw(),
+                                invited_ms: now_ms,
+                                answered_ms: 0,
+                            });
+                        }
+                    }
+                }
+                b"CANCEL" => {
+                    if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms == 0) {
+                        let ring_ms =
+                            now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
+                        self.callers.outcome(
+                            r.a,
+                            now,
+                            CallOutcome::Cancelled { ring_ms },
+                            &policy(),
+                        );
+                    }
+                }
+                b"BYE" => {
+                    if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms > 0) {
+                        let talk_ms = now_ms
+                            .saturating_sub(r.answered_ms)
+                            .min(u64::from(u32::MAX)) as u32;
+                        self.callers.outcome(
+                            r.a,
+                            now,
+                            CallOutcome::Answered { talk_ms },
+                            &policy(),
+                        );
+                        self.callers.concurrent(r.a, now, -1);
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        let invite = m
+            .header(Hdr::CSeq)
+            .and_then(|c| parse_cseq(c).ok())
+            .is_some_and(|(_, meth)| meth == b"INVITE");
+        let status = m.status();
+        if !invite || status < 200 {
+            return;
+        }
+        if status < 300 {
+            if let Some(mut r) = self.calls.get_mut(&key) {
+                if r.answered_ms == 0 {
+                    r.answered_ms = now_ms.max(1);
+                    self.callers.concurrent(r.a, now, 1);
+                }
+            }
+        } else if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms == 0) {
+            // Refused or rang out (a CANCELled call was removed already).
+            let ring_ms = now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
+            self.callers.outcome(
+                r.a,
+                now,
+                CallOutcome::Cancelled {
+                    ring_ms: ring_ms.max(policy().short_ring_ms),
+                },
+                &policy(),
+            );
+        }
     }
 
     /// Numbers tracked now (callers, destinations).
@@ -379,6 +495,15 @@ impl Handler {
             return Outcome::Reply;
         }
         self.metrics.inc(Counter::Forwarded);
+        // Outcomes matter only to rules; without a rule file, learn nothing.
+        if matches!(method, b"INVITE" | b"CANCEL" | b"BYE") && self.lists.load().rules.is_some() {
+            let a = if method == b"INVITE" {
+                self.a_number(m)
+            } else {
+                None
+            };
+            self.learn(m, a);
+        }
         Outcome::Forward(next_hop)
     }
 
@@ -823,6 +948,9 @@ impl Handler {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(m.body());
         self.metrics.inc(Counter::ResponsesRouted);
+        if self.lists.load().rules.is_some() {
+            self.learn(m, None);
+        }
         if let Some(id) = conn {
             return Outcome::ToConnection(id);
         }

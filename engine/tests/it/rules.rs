@@ -186,3 +186,81 @@ fn outcome_api_feeds_the_wangiri_rule() {
     );
     k.stop();
 }
+
+/// Proxy mode learns outcomes from the messages it forwards: CANCELled
+/// rings feed the Wangiri rule, 2xx and BYE feed the concurrency rule.
+#[test]
+fn proxy_learns_outcomes_on_the_wire() {
+    use crate::sockets::{answer, recv, uas};
+    let dir = TempDir::new("rules-proxy");
+    let next = uas();
+    let mut cfg = test_config();
+    cfg.server.mode = kuzet_engine::config::Mode::Proxy;
+    cfg.proxy.next_hop = Some(next.local_addr().unwrap());
+    cfg.rules.file = Some(dir.write(
+        "rules.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n\
+         [[rule]]\nid = \"wangiri\"\nkind = \"wangiri\"\nmin_calls = 2\nratio = 1.0\nscore = 100\n\
+         [[rule]]\nid = \"concurrent\"\nkind = \"concurrent\"\nmax = 1\nscore = 40\n",
+    ));
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    // Two calls that ring and are cancelled at once: two short rings.
+    let w = "+88216000777";
+    for id in ["w1", "w2"] {
+        c.send_to(invite(w, "+77020000001", id, port).as_bytes(), k.udp_addr)
+            .unwrap();
+        let (fwd, _) = recv(&next);
+        next.send_to(answer(&fwd, "180 Ringing").as_bytes(), k.udp_addr)
+            .unwrap();
+        let (ringing, _) = recv(&c);
+        assert!(ringing.starts_with("SIP/2.0 180"), "{ringing}");
+        c.send_to(
+            invite(w, "+77020000001", id, port)
+                .replace("INVITE", "CANCEL")
+                .as_bytes(),
+            k.udp_addr,
+        )
+        .unwrap();
+        let (cancel, _) = recv(&next);
+        assert!(cancel.starts_with("CANCEL"), "{cancel}");
+    }
+    let resp = ask(&c, k.udp_addr, &invite(w, "+77020000001", "w3", port));
+    assert_eq!(status(&resp), 603, "{resp}");
+    assert_eq!(
+        header(&resp, "X-Kuzet-Verdict"),
+        Some("block;score=100;rules=\"wangiri: 100.0% >= 100.0%\"")
+    );
+    // Concurrency: two answered calls in progress, the third is flagged.
+    let b = "+77011110000";
+    let mut answered = Vec::new();
+    for id in ["c1", "c2"] {
+        c.send_to(invite(b, "+77020000002", id, port).as_bytes(), k.udp_addr)
+            .unwrap();
+        let (fwd, _) = recv(&next);
+        assert_eq!(header(&fwd, "X-Kuzet-Verdict"), None, "{fwd}");
+        next.send_to(answer(&fwd, "200 OK").as_bytes(), k.udp_addr)
+            .unwrap();
+        let (ok, _) = recv(&c);
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+        answered.push(fwd);
+    }
+    c.send_to(invite(b, "+77020000002", "c3", port).as_bytes(), k.udp_addr)
+        .unwrap();
+    let (fwd, _) = recv(&next);
+    assert_eq!(
+        header(&fwd, "X-Kuzet-Verdict"),
+        Some("flag;score=40;rules=\"concurrent: 2 calls > 1\"")
+    );
+    // One of them ends: the next call is not flagged.
+    let bye = invite(b, "+77020000002", "c1", port).replace("INVITE", "BYE");
+    c.send_to(bye.as_bytes(), k.udp_addr).unwrap();
+    let (fwd_bye, _) = recv(&next);
+    assert!(fwd_bye.starts_with("BYE"), "{fwd_bye}");
+    c.send_to(invite(b, "+77020000002", "c4", port).as_bytes(), k.udp_addr)
+        .unwrap();
+    let (fwd, _) = recv(&next);
+    assert_eq!(header(&fwd, "X-Kuzet-Verdict"), None, "{fwd}");
+    k.stop();
+}

@@ -205,7 +205,10 @@ fn rule_reload_mid_run_loses_no_call() {
     let mut toml = std::fs::read_to_string(dir.path().join("kuzet.toml")).unwrap();
     toml.insert_str(0, "[lists]\nreload_interval_ms = 100\n");
     let toml = toml.replacen("\n[lists]\n", "\n", 1);
-    dir.write("kuzet.toml", &format!("{toml}\n[rules]\nfile = \"rules.toml\"\n"));
+    dir.write(
+        "kuzet.toml",
+        &format!("{toml}\n[rules]\nfile = \"rules.toml\"\n"),
+    );
     // Rule verdicts are logged at info; this test reads no log.
     let k = Kuzet::start(&["--config", "kuzet.toml", "--log", "warn"], dir.path());
     let calls = 4000;
@@ -223,12 +226,24 @@ fn rule_reload_mid_run_loses_no_call() {
     let spoof: Vec<u16> = results
         .iter()
         .enumerate()
-        .filter(|(i, _)| t.sources[t.calls[i % t.calls.len()].source as usize].kind == kuzet_sim::scenario::Kind::CliSpoof)
+        .filter(|(i, _)| {
+            t.sources[t.calls[i % t.calls.len()].source as usize].kind
+                == kuzet_sim::scenario::Kind::CliSpoof
+        })
         .map(|(_, r)| r.status)
         .collect();
-    let first_block = spoof.iter().position(|&s| s == 603).expect("the new rule applied");
-    assert!(first_block > 10, "applied only after the swap: {first_block}");
+    let first_block = spoof
+        .iter()
+        .position(|&s| s == 603)
+        .expect("the new rule applied");
+    assert!(
+        first_block > 10,
+        "applied only after the swap: {first_block}"
+    );
     assert!(spoof[..first_block].iter().all(|&s| s == 302));
-    assert!(spoof[first_block..].iter().all(|&s| s == 603), "and to every call after it");
+    assert!(
+        spoof[first_block..].iter().all(|&s| s == 603),
+        "and to every call after it"
+    );
     k.stop();
 }

@@ -312,19 +312,19 @@ fn fail_open_allows_when_over_budget_and_counts_it() {
 }
 
 /// A next hop that records what it receives and can answer.
-fn uas() -> UdpSocket {
+pub(crate) fn uas() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     s
 }
 
-fn recv(s: &UdpSocket) -> (String, SocketAddr) {
+pub(crate) fn recv(s: &UdpSocket) -> (String, SocketAddr) {
     let mut buf = vec![0u8; 65536];
     let (n, from) = s.recv_from(&mut buf).expect("a datagram");
     (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
 }
 
-fn answer(req: &str, code: &str) -> String {
+pub(crate) fn answer(req: &str, code: &str) -> String {
     let mut out = format!("SIP/2.0 {code}\r\n");
     for l in req.lines() {
         let lower = l.to_ascii_lowercase();
