@@ -264,3 +264,38 @@ fn proxy_learns_outcomes_on_the_wire() {
     assert_eq!(header(&fwd, "X-Kuzet-Verdict"), None, "{fwd}");
     k.stop();
 }
+
+/// In proxy mode a redirect decision rewrites the Request-URI to the desk
+/// and the call goes on there, explained.
+#[test]
+fn proxy_redirect_rewrites_the_request_uri() {
+    use crate::sockets::{recv, uas};
+    let dir = TempDir::new("rules-proxy-redirect");
+    let next = uas();
+    let mut cfg = test_config();
+    cfg.server.mode = kuzet_engine::config::Mode::Proxy;
+    cfg.proxy.next_hop = Some(next.local_addr().unwrap());
+    cfg.rules.file = Some(dir.write("rules.toml", RULES));
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let a = "+77011234567";
+    let mut last = String::new();
+    for i in 0..5 {
+        c.send_to(
+            invite(a, &format!("+7702000000{i}"), &format!("pr{i}"), port).as_bytes(),
+            k.udp_addr,
+        )
+        .unwrap();
+        last = recv(&next).0;
+    }
+    assert!(
+        last.starts_with("INVITE sip:desk@antifraud.example SIP/2.0\r\n"),
+        "{last}"
+    );
+    assert_eq!(
+        header(&last, "X-Kuzet-Verdict"),
+        Some("redirect;score=80;rules=\"velocity_1m: 5 calls > 3; sequential: 5 in a row >= 5\"")
+    );
+    k.stop();
+}

@@ -247,3 +247,35 @@ fn rule_reload_mid_run_loses_no_call() {
     );
     k.stop();
 }
+
+/// Fan-out on its own: one SIM box line calling a new subscriber each time
+/// is caught on the call that crosses the distinct-callee threshold. The
+/// rule is scoped to the mobile trunk, where SIM boxes terminate, so the
+/// taxi dispatch (domestic trunk, few callers, many callees) is untouched.
+#[test]
+fn fan_out_is_caught_when_it_crosses_its_threshold() {
+    let t = small();
+    let dir = TempDir::new("sim-fanout");
+    t.write_engine_files(dir.path()).unwrap();
+    dir.write(
+        "rules.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"fan_out_1h\"\nkind = \"fan_out\"\nwindow_s = 3600\nmax = 10\nscore = 60\n\
+         [rule.scope]\ntrunks = [\"mobile\"]\n",
+    );
+    let toml = std::fs::read_to_string(dir.path().join("kuzet.toml")).unwrap();
+    dir.write(
+        "kuzet.toml",
+        &format!("{toml}\n[rules]\nfile = \"rules.toml\"\n"),
+    );
+    let k = Kuzet::start(&["--config", "kuzet.toml", "--log", "warn"], dir.path());
+    let r = run(&t, k.addr, Proto::Udp);
+    // 10 distinct callees is the most allowed: the 11th call is flagged.
+    assert_eq!(
+        r.campaigns["simbox_almaty"].calls_before_detection,
+        Some(10),
+        "{}",
+        r.table()
+    );
+    assert_eq!(r.false_positive_rate, Some(0.0), "{}", r.table());
+    k.stop();
+}
