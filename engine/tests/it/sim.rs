@@ -17,6 +17,23 @@ use kuzet_sim::traffic::Traffic;
 use crate::common::TempDir;
 use crate::sipp::{parse_counts, Kuzet};
 
+/// Writes `t`'s engine files into a new folder, adds `[rules] file =
+/// "rules.toml"` holding `rules` when given (and `lists_extra` lines under
+/// `[lists]`), and starts the kuzet binary on them, logging warnings only.
+fn start_on(t: &Traffic, tag: &str, rules: Option<&str>, lists_extra: &str) -> (TempDir, Kuzet) {
+    let dir = TempDir::new(tag);
+    t.write_engine_files(dir.path()).unwrap();
+    let mut toml = std::fs::read_to_string(dir.path().join("kuzet.toml")).unwrap();
+    toml = toml.replacen("[lists]\n", &format!("[lists]\n{lists_extra}"), 1);
+    if let Some(text) = rules {
+        dir.write("rules.toml", text);
+        toml += "\n[rules]\nfile = \"rules.toml\"\n";
+    }
+    dir.write("kuzet.toml", &toml);
+    let k = Kuzet::start(&["--config", "kuzet.toml", "--log", "warn"], dir.path());
+    (dir, k)
+}
+
 pub(crate) fn small() -> Traffic {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/scenarios/small.toml");
     Traffic::generate(&Scenario::from_file(&p).unwrap()).unwrap()
@@ -136,13 +153,12 @@ fn sipp_replay_of_the_export_gets_the_same_verdicts() {
 #[test]
 fn small_scenario_with_the_example_rules() {
     let t = small();
-    let dir = TempDir::new("sim-rules");
-    t.write_engine_files(dir.path()).unwrap();
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/default.toml");
-    let mut toml = std::fs::read_to_string(dir.path().join("kuzet.toml")).unwrap();
-    toml += &format!("\n[rules]\nfile = {:?}\n", rules.display().to_string());
-    dir.write("kuzet.toml", &toml);
-    let k = Kuzet::start(&["--config", "kuzet.toml"], dir.path());
+    let (_dir, k) = start_on(
+        &t,
+        "sim-rules",
+        Some(include_str!("../../../deploy/rules/default.toml")),
+        "",
+    );
     // The driver plays the switch and reports outcomes (redirect mode).
     let r = run_with(&t, k.addr, Proto::Udp, true);
     assert_eq!(r.answered, t.calls.len() as u64, "{}", r.table());
@@ -197,20 +213,15 @@ fn small_scenario_with_the_example_rules() {
 #[test]
 fn rule_reload_mid_run_loses_no_call() {
     let t = small();
-    let dir = TempDir::new("sim-rule-reload");
-    t.write_engine_files(dir.path()).unwrap();
     let v1 = "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"blocklist\"\nkind = \"list\"\nlist = \"blocklist\"\nscore = 100\n";
     let v2 = format!("{v1}[[rule]]\nid = \"doi\"\nkind = \"domestic_on_international\"\nranges = [\"+77\"]\nscore = 100\n");
-    let rules = dir.write("rules.toml", v1);
-    let mut toml = std::fs::read_to_string(dir.path().join("kuzet.toml")).unwrap();
-    toml.insert_str(0, "[lists]\nreload_interval_ms = 100\n");
-    let toml = toml.replacen("\n[lists]\n", "\n", 1);
-    dir.write(
-        "kuzet.toml",
-        &format!("{toml}\n[rules]\nfile = \"rules.toml\"\n"),
+    let (dir, k) = start_on(
+        &t,
+        "sim-rule-reload",
+        Some(v1),
+        "reload_interval_ms = 100\n",
     );
-    // Rule verdicts are logged at info; this test reads no log.
-    let k = Kuzet::start(&["--config", "kuzet.toml", "--log", "warn"], dir.path());
+    let rules = dir.path().join("rules.toml");
     let calls = 4000;
     let mut o = Options::new(k.addr, calls);
     o.pace = Pace::Rate(1000.0);
@@ -255,19 +266,10 @@ fn rule_reload_mid_run_loses_no_call() {
 #[test]
 fn fan_out_is_caught_when_it_crosses_its_threshold() {
     let t = small();
-    let dir = TempDir::new("sim-fanout");
-    t.write_engine_files(dir.path()).unwrap();
-    dir.write(
-        "rules.toml",
-        "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"fan_out_1h\"\nkind = \"fan_out\"\nwindow_s = 3600\nmax = 10\nscore = 60\n\
-         [rule.scope]\ntrunks = [\"mobile\"]\n",
-    );
-    let toml = std::fs::read_to_string(dir.path().join("kuzet.toml")).unwrap();
-    dir.write(
-        "kuzet.toml",
-        &format!("{toml}\n[rules]\nfile = \"rules.toml\"\n"),
-    );
-    let k = Kuzet::start(&["--config", "kuzet.toml", "--log", "warn"], dir.path());
+    let rules =
+        "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"fan_out_1h\"\nkind = \"fan_out\"\n\
+                 window_s = 3600\nmax = 10\nscore = 60\n[rule.scope]\ntrunks = [\"mobile\"]\n";
+    let (_dir, k) = start_on(&t, "sim-fanout", Some(rules), "");
     let r = run(&t, k.addr, Proto::Udp);
     // 10 distinct callees is the most allowed: the 11th call is flagged.
     assert_eq!(
