@@ -299,3 +299,23 @@ fn proxy_redirect_rewrites_the_request_uri() {
     );
     k.stop();
 }
+
+#[test]
+fn outcomes_from_an_unknown_source_are_refused_when_trunks_are_set() {
+    let mut cfg = test_config();
+    cfg.trunks = vec![kuzet_engine::config::TrunkConfig {
+        name: "far-away".into(),
+        kind: "international".into(),
+        cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+    }];
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let resp = ask(
+        &c,
+        k.udp_addr,
+        &publish("caller=+77011234567;outcome=started", "u1", port),
+    );
+    assert!(resp.starts_with("SIP/2.0 403 Unknown Source"), "{resp}");
+    k.stop();
+}
