@@ -183,6 +183,8 @@ fn run(args: RunArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr)
+        // Colour only for a terminal; files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = match build_config(&args) {
         Ok(c) => c,

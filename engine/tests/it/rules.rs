@@ -319,3 +319,102 @@ fn outcomes_from_an_unknown_source_are_refused_when_trunks_are_set() {
     assert!(resp.starts_with("SIP/2.0 403 Unknown Source"), "{resp}");
     k.stop();
 }
+
+/// Shadow rules are logged with what they would have done, and enforced
+/// verdicts with their explanation, by the kuzet binary on stderr.
+#[test]
+fn verdicts_and_shadow_results_reach_the_log() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("rules-log");
+    let rules = dir.write(
+        "rules.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n\
+         [[rule]]\nid = \"velocity_trial\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 1\nscore = 100\nmode = \"shadow\"\n\
+         [[rule]]\nid = \"mismatch\"\nkind = \"cli_mismatch\"\nscore = 40\n",
+    );
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.write(
+        "kuzet.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ntcp = false\n[rules]\nfile = {:?}\n",
+            rules.display().to_string()
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let c = client();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let lport = c.local_addr().unwrap().port();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first call: nothing fires. Retry until kuzet is up.
+    loop {
+        assert!(Instant::now() < deadline, "kuzet did not come up");
+        c.send_to(
+            invite("+77011234567", "+77020000001", "l1", lport).as_bytes(),
+            addr,
+        )
+        .unwrap();
+        let mut buf = [0u8; 4096];
+        if c.recv_from(&mut buf).is_ok() {
+            break;
+        }
+    }
+    // The second: the shadow velocity rule would block; not enforced.
+    let resp = ask(
+        &c,
+        addr,
+        &invite("+77011234567", "+77020000002", "l2", lport),
+    );
+    assert_eq!(
+        header(&resp, "X-Kuzet-Verdict"),
+        Some("allow;score=0;rules=\"velocity_trial: 2 calls > 1 (shadow)\"")
+    );
+    // A From/PAI mismatch is enforced: flagged.
+    let with_pai = invite("+77019999999", "+77020000003", "l3", lport).replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nP-Asserted-Identity: <sip:+77018888888@127.0.0.1>\r\n",
+    );
+    let resp = ask(&c, addr, &with_pai);
+    assert!(header(&resp, "X-Kuzet-Verdict")
+        .unwrap()
+        .starts_with("flag;score=40;rules=\"mismatch: matched"));
+    // The control thread logs within a reload interval (1 s); then stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("rule verdict")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("decision=\"allow\"")
+            && l.contains("shadow_decision=\"block\"")
+            && l.contains("velocity_trial: 2 calls > 1 (shadow)")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("decision=\"flag\"") && l.contains("mismatch: matched")),
+        "{log}"
+    );
+}
