@@ -220,6 +220,14 @@ pub struct RuleSet {
     plan: NumberingPlan,
     pub thresholds: Thresholds,
     pub outcomes: OutcomePolicy,
+    /// What the state update needs, worked out once at load: the velocity
+    /// windows by slot, the fan-out window, whether any rule needs the
+    /// dialling run, the caller's state at all, or the premium lookup.
+    windows: [u32; VELOCITY_SLOTS],
+    fan_out_window: Option<u32>,
+    needs_run: bool,
+    needs_state: bool,
+    needs_premium: bool,
 }
 
 /// A rule file that cannot be used.
@@ -483,11 +491,46 @@ impl RuleSet {
         if rules.len() > usize::from(u16::MAX) {
             return Err(RuleError(format!("{name}: too many rules")));
         }
+        let mut windows = [0u32; VELOCITY_SLOTS];
+        let mut fan_out_window = None;
+        for r in &rules {
+            match r.kind {
+                Kind::Velocity { window_s, slot, .. } => windows[usize::from(slot)] = window_s,
+                Kind::FanOut { window_s, .. } => fan_out_window = Some(window_s),
+                _ => {}
+            }
+        }
+        let has = |f: fn(&Kind) -> bool| rules.iter().any(|r| f(&r.kind));
+        let needs_run = has(|k| matches!(k, Kind::Sequential { .. }));
+        let needs_state = has(|k| {
+            matches!(
+                k,
+                Kind::Velocity { .. }
+                    | Kind::FanOut { .. }
+                    | Kind::Sequential { .. }
+                    | Kind::Wangiri { .. }
+                    | Kind::ShortCalls { .. }
+                    | Kind::Concurrent { .. }
+            )
+        });
+        let needs_premium = has(|k| {
+            matches!(
+                k,
+                Kind::List {
+                    list: ListName::Premium
+                } | Kind::DestinationVelocity { .. }
+            )
+        });
         Ok(RuleSet {
             rules,
             plan: plan.clone(),
             thresholds,
             outcomes,
+            windows,
+            fan_out_window,
+            needs_run,
+            needs_state,
+            needs_premium,
         })
     }
 
@@ -521,26 +564,21 @@ impl RuleSet {
         let a = call.a.map(Number::raw);
         let b = call.b;
         // The caller's state is read and updated once, under one lock.
-        let state = a.and_then(|a| {
+        let state = a.filter(|_| self.needs_state).and_then(|a| {
             callers.with(a, now, |s| {
                 let mut vel = [0u32; VELOCITY_SLOTS];
-                for r in &self.rules {
-                    if let Kind::Velocity { window_s, slot, .. } = r.kind {
-                        vel[usize::from(slot)] =
-                            s.velocity[usize::from(slot)].add(now, window_s, 1);
+                for (slot, &w) in self.windows.iter().enumerate() {
+                    if w > 0 {
+                        vel[slot] = s.velocity[slot].add(now, w, 1);
                     }
                 }
-                let mut fan = 0;
-                let mut run = 0;
+                let (mut fan, mut run) = (0, 0);
                 if let Some(b) = b {
-                    for r in &self.rules {
-                        match r.kind {
-                            Kind::FanOut { window_s, .. } if fan == 0 => {
-                                fan = s.fan_out(now, window_s, b.raw())
-                            }
-                            Kind::Sequential { .. } if run == 0 => run = s.sequential(b.value()),
-                            _ => {}
-                        }
+                    if let Some(w) = self.fan_out_window {
+                        fan = s.fan_out(now, w, b.raw());
+                    }
+                    if self.needs_run {
+                        run = s.sequential(b.value());
                     }
                 }
                 (
@@ -554,15 +592,16 @@ impl RuleSet {
             })
         });
         let premium = match (lists.premium, b) {
-            (Some(l), Some(bn)) => l.lookup(bn).map(|m| (m, bn)),
+            (Some(l), Some(bn)) if self.needs_premium => l.lookup(bn).map(|m| (m, bn)),
             _ => None,
         };
         // List answers are looked up at most once per call, however many
         // rules ask.
         let (mut blocked, mut flagged, mut protected) = (None, None, None);
+        let (mut a_leads, mut b_leads) = (call.a.map(Leads::new), call.b.map(Leads::new));
         let (mut score, mut shadow_score) = (0u32, 0u32);
         for (i, r) in self.rules.iter().enumerate() {
-            if !r.scope.applies(call) {
+            if !r.scope.applies(call, &mut a_leads, &mut b_leads) {
                 continue;
             }
             let hit: Option<(u32, u32)> = match &r.kind {
@@ -585,7 +624,7 @@ impl RuleSet {
                             && if ranges.is_empty() {
                                 self.plan.is_domestic(n)
                             } else {
-                                ranges.contains(n)
+                                a_leads.as_mut().is_some_and(|l| ranges.contains_leads(l))
                             }
                     }))
                 .then_some((1, 1)),
@@ -602,7 +641,9 @@ impl RuleSet {
                         if !allocated.is_empty()
                             && n.is_e164()
                             && self.plan.is_domestic(n)
-                            && !allocated.contains(n) =>
+                            && !a_leads
+                                .as_mut()
+                                .is_some_and(|l| allocated.contains_leads(l)) =>
                     {
                         Some((1, 1))
                     }
@@ -773,13 +814,14 @@ fn scope(s: ScopeSpec, plan: &NumberingPlan) -> Result<Scope, String> {
 }
 
 impl Scope {
-    fn applies(&self, c: &CallInput) -> bool {
+    fn applies(&self, c: &CallInput, a: &mut Option<Leads>, b: &mut Option<Leads>) -> bool {
         if !self.trunks.is_empty() && !c.trunk.is_some_and(|t| self.trunks.contains(&t)) {
             return false;
         }
-        let any =
-            |ps: &PrefixSet, n: Option<Number>| ps.is_empty() || n.is_some_and(|n| ps.contains(n));
-        if !any(&self.caller_prefixes, c.a) || !any(&self.callee_prefixes, c.b) {
+        let any = |ps: &PrefixSet, l: &mut Option<Leads>| {
+            ps.is_empty() || l.as_mut().is_some_and(|l| ps.contains_leads(l))
+        };
+        if !any(&self.caller_prefixes, a) || !any(&self.callee_prefixes, b) {
             return false;
         }
         (self.hours == 0 || self.hours & (1 << c.time.hour.min(23)) != 0)
@@ -1265,10 +1307,45 @@ impl PrefixSet {
 
     /// Whether `n` lies in one of the ranges.
     pub fn contains(&self, n: Number) -> bool {
-        n.is_e164()
+        self.contains_leads(&mut Leads::new(n))
+    }
+
+    /// [`contains`](Self::contains), reusing the leading digits already
+    /// worked out for this number (a 64-bit division each).
+    fn contains_leads(&self, l: &mut Leads) -> bool {
+        l.n.is_e164()
             && self.by_len.iter().any(|(len, v)| {
-                n.len() >= usize::from(*len)
-                    && v.binary_search(&n.leading(usize::from(*len))).is_ok()
+                l.n.len() >= usize::from(*len) && v.binary_search(&l.get(usize::from(*len))).is_ok()
             })
+    }
+}
+
+/// A number's leading digits by length, each worked out at most once per
+/// call: thirty rules with prefix scopes cost one division per distinct
+/// prefix length, not one per rule.
+struct Leads {
+    n: Number,
+    vals: [u64; 16],
+    known: u16,
+}
+
+impl Leads {
+    fn new(n: Number) -> Leads {
+        Leads {
+            n,
+            vals: [0; 16],
+            known: 0,
+        }
+    }
+
+    fn get(&mut self, len: usize) -> u64 {
+        if len >= 16 {
+            return self.n.leading(len);
+        }
+        if self.known & (1 << len) == 0 {
+            self.vals[len] = self.n.leading(len);
+            self.known |= 1 << len;
+        }
+        self.vals[len]
     }
 }
