@@ -281,9 +281,16 @@ impl Handler {
         }
     }
 
-    /// Numbers tracked now (callers, destinations).
-    pub fn tracked(&self) -> (usize, usize) {
-        (self.callers.len(), self.destinations.len())
+    /// Numbers tracked now (callers, destinations), and callers scored
+    /// without behaviour state because the tracker was full.
+    pub fn tracked(&self) -> (usize, usize, u64) {
+        (
+            self.callers.len(),
+            self.destinations.len(),
+            self.callers
+                .full_misses
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     fn call_time(&self, at: Instant) -> CallTime {

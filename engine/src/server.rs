@@ -211,8 +211,8 @@ fn control_plane(
                 }
                 _ = stats.tick() => {
                     let dropped = handler.sweep();
-                    let (callers, destinations) = handler.tracked();
-                    tracing::info!(callers, destinations, dropped, "behaviour state");
+                    let (callers, destinations, untracked) = handler.tracked();
+                    tracing::info!(callers, destinations, dropped, untracked, "behaviour state");
                     tracing::info!("{}", metrics.counters_line());
                     tracing::info!("{}", metrics.latency_line());
                 }
