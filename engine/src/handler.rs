@@ -59,7 +59,8 @@ pub struct RuleEvent {
 /// A call's verdict: from the lists alone, or from the rule set.
 enum Judged<'l> {
     Lists(Verdict<'l>),
-    Rules(Scored, &'l RuleSet),
+    /// The rule set's verdict, and the A-number it scored.
+    Rules(Scored, &'l RuleSet, Option<Number>),
 }
 
 impl Judged<'_> {
@@ -70,7 +71,7 @@ impl Judged<'_> {
                 Action::Flag => Decision::Flag,
                 Action::Block => Decision::Block,
             },
-            Judged::Rules(s, _) => s.decision,
+            Judged::Rules(s, ..) => s.decision,
         }
     }
 }
@@ -201,14 +202,13 @@ impl Handler {
         let key = h.finish();
         let now_ms = self.started.elapsed().as_millis() as u64;
         let now = self.call_time(Instant::now()).secs;
-        let policy = || {
-            self.lists
-                .load()
-                .rules
-                .as_ref()
-                .map(|r| r.outcomes)
-                .unwrap_or_default()
-        };
+        let policy = self
+            .lists
+            .load()
+            .rules
+            .as_ref()
+            .map(|r| r.outcomes)
+            .unwrap_or_default();
         if m.is_request() {
             match m.method() {
                 b"INVITE" => {
@@ -226,12 +226,8 @@ impl Handler {
                     if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms == 0) {
                         let ring_ms =
                             now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
-                        self.callers.outcome(
-                            r.a,
-                            now,
-                            CallOutcome::Cancelled { ring_ms },
-                            &policy(),
-                        );
+                        self.callers
+                            .outcome(r.a, now, CallOutcome::Cancelled { ring_ms }, &policy);
                     }
                 }
                 b"BYE" => {
@@ -239,12 +235,8 @@ impl Handler {
                         let talk_ms = now_ms
                             .saturating_sub(r.answered_ms)
                             .min(u64::from(u32::MAX)) as u32;
-                        self.callers.outcome(
-                            r.a,
-                            now,
-                            CallOutcome::Answered { talk_ms },
-                            &policy(),
-                        );
+                        self.callers
+                            .outcome(r.a, now, CallOutcome::Answered { talk_ms }, &policy);
                         self.callers.concurrent(r.a, now, -1);
                     }
                 }
@@ -274,9 +266,9 @@ impl Handler {
                 r.a,
                 now,
                 CallOutcome::Cancelled {
-                    ring_ms: ring_ms.max(policy().short_ring_ms),
+                    ring_ms: ring_ms.max(policy.short_ring_ms),
                 },
-                &policy(),
+                &policy,
             );
         }
     }
@@ -410,7 +402,7 @@ impl Handler {
                     Decision::Block => self.reply_blocked(m, c, &v, out),
                     d => {
                         let contact = match (&v, d) {
-                            (Judged::Rules(_, r), Decision::Redirect) => r
+                            (Judged::Rules(_, r, _), Decision::Redirect) => r
                                 .thresholds
                                 .redirect_uri
                                 .as_deref()
@@ -514,12 +506,13 @@ impl Handler {
         }
         self.metrics.inc(Counter::Forwarded);
         // Outcomes matter only to rules; without a rule file, learn nothing.
-        if matches!(method, b"INVITE" | b"CANCEL" | b"BYE") && self.lists.load().rules.is_some() {
-            let a = if method == b"INVITE" {
-                self.a_number(m)
-            } else {
-                None
-            };
+        // An INVITE reuses the A-number its scoring decoded.
+        let learning = match (&verdict, method) {
+            (Some(Judged::Rules(_, _, a)), _) => Some(*a),
+            (_, b"CANCEL" | b"BYE") if self.lists.load().rules.is_some() => Some(None),
+            _ => None,
+        };
+        if let Some(a) = learning {
             self.learn(m, a);
         }
         Outcome::Forward(next_hop)
@@ -579,7 +572,7 @@ impl Handler {
                     if s.decision != Decision::Allow || s.shadow_decision != s.decision {
                         self.log_event(s, a, b);
                     }
-                    Judged::Rules(s, rules)
+                    Judged::Rules(s, rules, a)
                 }
             }
         }));
@@ -718,20 +711,13 @@ impl Handler {
 
     /// The A-number, from the sources in configured order.
     pub fn a_number(&self, m: &Message<'_>) -> Option<Number> {
-        for src in &self.a_order {
+        self.a_order.iter().find_map(|src| {
             let hdr = match src {
                 NumberSource::Pai => Hdr::PAssertedIdentity,
                 NumberSource::From => Hdr::From,
             };
-            for line in m.all(hdr) {
-                for value in split_values(line) {
-                    if let Some(n) = number_of_name_addr(value, &self.plan) {
-                        return Some(n);
-                    }
-                }
-            }
-        }
-        None
+            self.header_number(m, hdr).0
+        })
     }
 
     /// The B-number, from the Request-URI.
@@ -753,7 +739,7 @@ impl Handler {
             o.extend_from_slice(b"Reason: Q.850;cause=21;text=\"");
             let rule = match v {
                 Judged::Lists(v) => v.rule.as_str(),
-                Judged::Rules(s, r) => s
+                Judged::Rules(s, r, _) => s
                     .fired()
                     .iter()
                     .find(|f| !f.shadow)
@@ -835,7 +821,7 @@ impl Handler {
         // A redirect decision in proxy mode rewrites the Request-URI to the
         // configured announcement / anti-fraud desk.
         let redirect_to = match verdict {
-            Some(j @ Judged::Rules(_, r)) if j.decision() == Decision::Redirect => {
+            Some(j @ Judged::Rules(_, r, _)) if j.decision() == Decision::Redirect => {
                 r.thresholds.redirect_uri.as_deref()
             }
             _ => None,
@@ -1085,12 +1071,6 @@ fn is_outcome(m: &Message<'_>) -> bool {
         .is_some_and(|e| crate::sip::syntax::trim_lws(e).eq_ignore_ascii_case(b"kuzet-outcome"))
 }
 
-fn number_of_name_addr(value: &[u8], plan: &NumberingPlan) -> Option<Number> {
-    let na = parse_name_addr(value).ok()?;
-    let uri = parse_uri(na.uri).ok()?;
-    plan.normalize(uri.user_number()?)
-}
-
 /// `fmt::Write` into a byte buffer, so explanations are written in place.
 struct ByteWriter<'a>(&'a mut Vec<u8>);
 
@@ -1106,7 +1086,7 @@ impl std::fmt::Write for ByteWriter<'_> {
 fn verdict_header(out: &mut Vec<u8>, j: &Judged<'_>) {
     let v = match j {
         Judged::Lists(v) => v,
-        Judged::Rules(s, r) => {
+        Judged::Rules(s, r, _) => {
             out.extend_from_slice(b"X-Kuzet-Verdict: ");
             out.extend_from_slice(s.decision.as_str().as_bytes());
             if !s.fired().is_empty() {

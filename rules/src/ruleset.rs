@@ -1084,11 +1084,17 @@ mod tests {
         r.explain(&s, &mut text).unwrap();
         assert_eq!(text, "sc: 50.0% >= 50.0%");
         // One more long call: 1 short of 3 = 33.3%, below the ratio.
-        w.callers.outcome(bn, 33, Outcome::Answered { talk_ms: 90_000 }, &p);
+        w.callers
+            .outcome(bn, 33, Outcome::Answered { talk_ms: 90_000 }, &p);
         assert!(w.score(&r, &call(b, "+77020000001", 34)).fired().is_empty());
         // One answered call only: below min_calls, whatever the ratio.
         let c = "+77011113333";
-        w.callers.outcome(n(c).unwrap().raw(), 35, Outcome::Answered { talk_ms: 1_000 }, &p);
+        w.callers.outcome(
+            n(c).unwrap().raw(),
+            35,
+            Outcome::Answered { talk_ms: 1_000 },
+            &p,
+        );
         assert!(w.score(&r, &call(c, "+77020000001", 36)).fired().is_empty());
     }
 
