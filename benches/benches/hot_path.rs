@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
+use kuzet::config::Config;
 use kuzet_benches::{number, INVITE};
-use kuzet_engine::config::Config;
-use kuzet_engine::handler::Handler;
-use kuzet_engine::metrics::Metrics;
-use kuzet_engine::sip::{parse, syntax, Hdr, Transport};
+use kuzet_dataplane::metrics::Metrics;
+use kuzet_dataplane::Handler;
 use kuzet_rules::{evaluate, CallFacts, ListBuilder, ListPolicy, ListSet, NumberingPlan};
+use kuzet_sip::{parse, syntax, Hdr, Transport};
 
 const EXACT: u64 = 10_000_000;
 const PREFIXES: u64 = 100_000;
@@ -80,11 +80,10 @@ fn bench_lookup(c: &mut Criterion) {
     let lists = big_lists(&plan);
     let cfg = Config::default();
     let handler = Handler::new(
-        &cfg,
+        cfg.dataplane().unwrap(),
         Arc::new(ArcSwap::from_pointee(ListSet::default())),
         Arc::new(Metrics::default()),
-    )
-    .unwrap();
+    );
     let mut g = c.benchmark_group("parse_normalize_lookup_10M_100k");
     g.bench_function("kuzet_miss", |b| {
         b.iter(|| {
@@ -140,7 +139,11 @@ fn bench_handler(c: &mut Criterion) {
     let plan = NumberingPlan::kazakhstan().validated().unwrap();
     let lists = Arc::new(ArcSwap::from_pointee(big_lists(&plan)));
     let cfg = Config::default();
-    let handler = Handler::new(&cfg, lists, Arc::new(Metrics::default())).unwrap();
+    let handler = Handler::new(
+        cfg.dataplane().unwrap(),
+        lists,
+        Arc::new(Metrics::default()),
+    );
     let src = "10.10.0.9:5060".parse().unwrap();
     let mut out = Vec::with_capacity(2048);
     c.bench_function("handler_redirect_invite_10M_lists", |b| {

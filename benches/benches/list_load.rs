@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kuzet_benches::{list_file, rss_bytes};
-use kuzet_engine::lists::load_file;
+use kuzet_control::lists::load_file;
 use kuzet_rules::{ListBuilder, NumberingPlan};
 
 const N: u64 = 10_000_000;

@@ -17,12 +17,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
+use kuzet::config::Config;
 use kuzet_benches::{number, INVITE};
-use kuzet_engine::config::Config;
-use kuzet_engine::handler::Handler;
-use kuzet_engine::metrics::Metrics;
-use kuzet_engine::sip::{parse, syntax, Transport};
+use kuzet_dataplane::metrics::Metrics;
+use kuzet_dataplane::Handler;
 use kuzet_rules::{evaluate, CallFacts, ListBuilder, ListPolicy, ListSet, NumberingPlan};
+use kuzet_sip::{parse, syntax, Transport};
 
 const FORMS: [&str; 4] = [
     "+77019876543",
@@ -190,7 +190,11 @@ fn bench_redirect(c: &mut Criterion) {
         policy: ListPolicy::default(),
         ..ListSet::default()
     }));
-    let handler = Handler::new(&Config::default(), lists, Arc::new(Metrics::default())).unwrap();
+    let handler = Handler::new(
+        Config::default().dataplane().unwrap(),
+        lists,
+        Arc::new(Metrics::default()),
+    );
     let src = "10.10.0.9:5060".parse().unwrap();
     let mut out = Vec::with_capacity(2048);
     assert!(parse(INVITE, Transport::Datagram).is_ok());

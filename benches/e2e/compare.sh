@@ -53,7 +53,7 @@ command -v python3 >/dev/null || { sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_=sudo;
 KAMAILIO=$(command -v kamailio || echo /usr/sbin/kamailio)
 
 echo "== building release binaries" >&2
-cargo build --release -q -p kuzet-engine -p kuzet-sim
+cargo build --release -q -p kuzet -p kuzet-sim
 KUZET=$ROOT/target/release/kuzet
 SIM=$ROOT/target/release/kuzet-sim
 SCENARIO=$ROOT/sim/scenarios/bench.toml

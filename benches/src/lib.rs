@@ -73,8 +73,7 @@ mod tests {
             "{}",
             super::INVITE.len()
         );
-        let m = kuzet_engine::sip::parse(super::INVITE, kuzet_engine::sip::Transport::Datagram)
-            .unwrap();
+        let m = kuzet_sip::parse(super::INVITE, kuzet_sip::Transport::Datagram).unwrap();
         assert_eq!(m.defect(), None);
         assert_eq!(m.body().len(), 202);
     }

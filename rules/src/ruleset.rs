@@ -777,17 +777,9 @@ fn destination_key(b: Number, premium: Option<&NumberList>) -> u64 {
 fn scope(s: ScopeSpec, plan: &NumberingPlan) -> Result<Scope, String> {
     let mut out = Scope::default();
     for t in &s.trunks {
-        out.trunks.push(match t.as_str() {
-            "international" => TrunkKind::International,
-            "domestic" => TrunkKind::Domestic,
-            "mobile" => TrunkKind::Mobile,
-            "other" => TrunkKind::Other,
-            _ => {
-                return Err(format!(
-                    "scope trunk {t:?} is not international, domestic, mobile or other"
-                ))
-            }
-        });
+        out.trunks.push(TrunkKind::from_name(t).ok_or_else(|| {
+            format!("scope trunk {t:?} is not international, domestic, mobile or other")
+        })?);
     }
     out.caller_prefixes = PrefixSet::new(prefixes(&s.caller_prefixes, plan)?);
     out.callee_prefixes = PrefixSet::new(prefixes(&s.callee_prefixes, plan)?);

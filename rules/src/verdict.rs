@@ -43,6 +43,32 @@ pub enum TrunkKind {
     Other,
 }
 
+impl TrunkKind {
+    /// Every kind, in the order configs list them.
+    pub const ALL: [TrunkKind; 4] = [
+        TrunkKind::International,
+        TrunkKind::Domestic,
+        TrunkKind::Mobile,
+        TrunkKind::Other,
+    ];
+
+    /// The name configs, rule scopes and scenarios use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrunkKind::International => "international",
+            TrunkKind::Domestic => "domestic",
+            TrunkKind::Mobile => "mobile",
+            TrunkKind::Other => "other",
+        }
+    }
+
+    /// The kind with this name (`international`, `domestic`, `mobile`,
+    /// `other`): the one parser every config, rule file and scenario uses.
+    pub fn from_name(name: &str) -> Option<TrunkKind> {
+        TrunkKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
 /// Which side of the call a list entry matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {

@@ -31,8 +31,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use kuzet_engine::sip::{self, Hdr};
-use kuzet_engine::transport::mmsg::{wait, RecvBatch, SendBatch};
+use kuzet_net::{wait, RecvBatch, SendBatch};
+use kuzet_sip::{self as sip, Hdr};
 
 use crate::traffic::{Behaviour, Call, Traffic};
 
@@ -267,11 +267,9 @@ pub fn drive(traffic: &Traffic, opts: Options) -> io::Result<(Vec<CallResult>, R
     for (name, ip) in &traffic.trunks {
         let conn = match opts.proto {
             Proto::Udp => {
-                let sock =
-                    kuzet_engine::transport::bind_udp(SocketAddr::new((*ip).into(), 0), 4 << 20)
-                        .map_err(|e| {
-                            io::Error::new(e.kind(), format!("trunk {name}: bind {ip}: {e}"))
-                        })?;
+                let sock = kuzet_net::bind_udp(SocketAddr::new((*ip).into(), 0), 4 << 20).map_err(
+                    |e| io::Error::new(e.kind(), format!("trunk {name}: bind {ip}: {e}")),
+                )?;
                 Conn::Udp {
                     sock,
                     out: SendBatch::new(BATCH),
@@ -328,7 +326,7 @@ pub fn drive(traffic: &Traffic, opts: Options) -> io::Result<(Vec<CallResult>, R
     };
     d.schedule();
     // Wake-ups within a few µs of the schedule (the default slack is 50 µs).
-    let _ = kuzet_engine::transport::mmsg::set_timer_slack(1_000);
+    let _ = kuzet_net::set_timer_slack(1_000);
     d.run_loop()?;
     d.stats.elapsed = d.start.elapsed();
     Ok((d.results, d.stats))
@@ -741,20 +739,20 @@ impl Leg<'_> {
         out.push(b' ');
         push_addr(out, self.local);
         out.extend_from_slice(b";branch=z9hG4bK-s");
-        kuzet_engine::sip::push_u64(out, self.i as u64);
+        kuzet_sip::push_u64(out, self.i as u64);
         out.push(b'-');
-        kuzet_engine::sip::push_u64(out, u64::from(self.run));
+        kuzet_sip::push_u64(out, u64::from(self.run));
         out.extend_from_slice(branch);
         out.extend_from_slice(b"\r\nMax-Forwards: 70\r\nFrom: <sip:");
         out.extend_from_slice(a);
         out.push(b'@');
         push_addr(out, self.local);
         out.extend_from_slice(b">;tag=f");
-        kuzet_engine::sip::push_u64(out, self.i as u64);
+        kuzet_sip::push_u64(out, self.i as u64);
         out.extend_from_slice(b"\r\nCall-ID: ");
-        kuzet_engine::sip::push_u64(out, self.i as u64);
+        kuzet_sip::push_u64(out, self.i as u64);
         out.push(b'-');
-        kuzet_engine::sip::push_u64(out, u64::from(self.run));
+        kuzet_sip::push_u64(out, u64::from(self.run));
         out.extend_from_slice(b"@kuzet-sim\r\nTo: ");
         match msg {
             Msg::Ack { to, .. } | Msg::Bye { to } => out.extend_from_slice(to),
@@ -777,7 +775,7 @@ impl Leg<'_> {
             out.extend_from_slice(b">\r\nContact: <sip:sim@");
             push_addr(out, self.local);
             out.extend_from_slice(b">\r\nContent-Type: application/sdp\r\nContent-Length: ");
-            kuzet_engine::sip::push_u64(out, SDP.len() as u64);
+            kuzet_sip::push_u64(out, SDP.len() as u64);
             out.extend_from_slice(b"\r\n\r\n");
             out.extend_from_slice(SDP);
         } else if let Msg::Outcome = msg {
@@ -787,11 +785,11 @@ impl Leg<'_> {
             match self.call.behaviour {
                 Behaviour::Cancel { after_ms } => {
                     body.extend_from_slice(b"\noutcome=cancelled\nring_ms=");
-                    kuzet_engine::sip::push_u64(&mut body, u64::from(after_ms));
+                    kuzet_sip::push_u64(&mut body, u64::from(after_ms));
                 }
                 Behaviour::Answer { talk_ms, .. } => {
                     body.extend_from_slice(b"\noutcome=answered\ntalk_ms=");
-                    kuzet_engine::sip::push_u64(&mut body, u64::from(talk_ms));
+                    kuzet_sip::push_u64(&mut body, u64::from(talk_ms));
                 }
                 // Rang out unanswered: a ring, not a short one.
                 Behaviour::NoAnswer => {
@@ -802,7 +800,7 @@ impl Leg<'_> {
             out.extend_from_slice(
                 b"Event: kuzet-outcome\r\nContent-Type: text/plain\r\nContent-Length: ",
             );
-            kuzet_engine::sip::push_u64(out, body.len() as u64);
+            kuzet_sip::push_u64(out, body.len() as u64);
             out.extend_from_slice(b"\r\n\r\n");
             out.extend_from_slice(&body);
         } else {

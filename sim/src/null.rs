@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kuzet_engine::sip::{self, Hdr};
-use kuzet_engine::transport::mmsg::{wait, RecvBatch, SendBatch};
+use kuzet_net::{wait, RecvBatch, SendBatch};
+use kuzet_sip::{self as sip, Hdr};
 
 /// A running null responder.
 pub struct Null {
@@ -45,13 +45,13 @@ impl Null {
 
 /// Starts `threads` responder threads on `listen` (port 0 picks one).
 pub fn start(listen: SocketAddr, threads: usize) -> io::Result<Null> {
-    let first = kuzet_engine::transport::bind_udp(listen, 4 << 20)?;
+    let first = kuzet_net::bind_udp(listen, 4 << 20)?;
     let addr = first.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let mut socks = vec![first];
     for _ in 1..threads.max(1) {
-        socks.push(kuzet_engine::transport::bind_udp(addr, 4 << 20)?);
+        socks.push(kuzet_net::bind_udp(addr, 4 << 20)?);
     }
     let threads = socks
         .into_iter()

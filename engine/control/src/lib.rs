@@ -1,0 +1,14 @@
+//! kuzet's control plane: everything that is not the call path.
+//!
+//! - [`lists`]: loading list files and the rule file into one snapshot, and
+//!   reloading them on change or SIGHUP (the same function at start-up and
+//!   at reload).
+//! - [`plane`]: the control thread and its own runtime: reloads, stats,
+//!   behaviour-state sweeps, verdict logs.
+//!
+//! Nothing here runs on a SIP worker. The data plane reads what this crate
+//! publishes (an `ArcSwap` snapshot) and hands it events through bounded
+//! queues; it never waits on anything here.
+
+pub mod lists;
+pub mod plane;

@@ -1,0 +1,19 @@
+//! kuzet's data plane: the call path and the workers that run it.
+//!
+//! - [`handler`]: one SIP message in, one action out (validate, extract the
+//!   numbers, judge, then redirect, proxy or answer the outcome API).
+//! - [`transport`]: the UDP workers (batched syscalls from `kuzet-net`) and
+//!   SIP over TCP.
+//! - [`trunks`]: source address to trunk name and kind.
+//! - [`metrics`]: `*_total` counters and the service-time histogram.
+//!
+//! This crate links nothing slow: no gRPC, no database, no HTTP client. The
+//! control plane swaps the list snapshot the handler reads, and receives
+//! verdict events through a bounded queue; nothing here ever waits on it.
+
+pub mod handler;
+pub mod metrics;
+pub mod transport;
+pub mod trunks;
+
+pub use handler::{Handler, Outcome, Settings, SharedLists};

@@ -1,0 +1,66 @@
+//! Trunks: which interconnect a call arrived on, from its source address.
+//!
+//! The operator names each trunk and gives its kind (international,
+//! domestic, mobile, other) and source CIDRs. The most specific CIDR that
+//! covers a source wins. The trunk kind is a scoring fact; in proxy mode a
+//! source no trunk covers can be refused.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kuzet_rules::TrunkKind;
+
+/// Source address to trunk, most specific CIDR first.
+#[derive(Clone, Debug, Default)]
+pub struct TrunkMap {
+    names: Vec<String>,
+    entries: Vec<(IpNet, u16, TrunkKind)>,
+}
+
+impl TrunkMap {
+    /// Builds the map from `(name, kind, cidrs)` per trunk.
+    pub fn new<'a>(
+        trunks: impl IntoIterator<Item = (&'a str, TrunkKind, &'a [IpNet])>,
+    ) -> TrunkMap {
+        let mut names = Vec::new();
+        let mut entries = Vec::new();
+        for (i, (name, kind, cidrs)) in trunks.into_iter().enumerate() {
+            names.push(name.to_string());
+            for c in cidrs {
+                entries.push((*c, i as u16, kind));
+            }
+        }
+        // Longest prefix first, so the first hit is the most specific.
+        entries.sort_by_key(|(c, _, _)| std::cmp::Reverse(c.prefix_len()));
+        TrunkMap { names, entries }
+    }
+}
+
+/// The trunk a call came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trunk<'t> {
+    pub name: &'t str,
+    pub kind: TrunkKind,
+}
+
+impl TrunkMap {
+    /// The trunk for a source address, if any CIDR covers it.
+    pub fn lookup(&self, ip: IpAddr) -> Option<Trunk<'_>> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.entries
+            .iter()
+            .find(|(c, _, _)| c.contains(&ip))
+            .map(|(_, i, k)| Trunk {
+                name: &self.names[*i as usize],
+                kind: *k,
+            })
+    }
+
+    /// True when no trunk is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

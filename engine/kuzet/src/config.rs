@@ -1,0 +1,508 @@
+//! Configuration: the TOML file, its embedded defaults, and the trunk map.
+//!
+//! Every key is optional; `deploy/kuzet.toml` documents each one with its
+//! default and is compiled into the binary, so `kuzet run` with no
+//! arguments works anywhere. Unknown keys are errors, so a typo never
+//! silently leaves a default in force.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use kuzet_control::lists::{ListKind, Sources};
+use kuzet_dataplane::trunks::TrunkMap;
+use kuzet_dataplane::Settings;
+use kuzet_rules::{ListPolicy, NumberingPlan, Sides, TrunkKind};
+use serde::Deserialize;
+
+pub use kuzet_dataplane::handler::{Mode, NumberSource};
+
+/// The documented example config, compiled in as the defaults.
+pub const EMBEDDED_CONFIG: &str = include_str!("../../../deploy/kuzet.toml");
+
+/// Sample lists shipped in `deploy/lists/`, compiled in for `kuzet run`.
+pub const EMBEDDED_LISTS: [(&str, &str, ListKind); 3] = [
+    (
+        "embedded:deploy/lists/blocklist.txt",
+        include_str!("../../../deploy/lists/blocklist.txt"),
+        ListKind::Block,
+    ),
+    (
+        "embedded:deploy/lists/allowlist.txt",
+        include_str!("../../../deploy/lists/allowlist.txt"),
+        ListKind::Allow,
+    ),
+    (
+        "embedded:deploy/lists/flaglist.txt",
+        include_str!("../../../deploy/lists/flaglist.txt"),
+        ListKind::Flag,
+    ),
+];
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub proxy: ProxyConfig,
+    pub verdict: VerdictConfig,
+    pub numbers: NumbersConfig,
+    pub numbering: NumberingConfig,
+    pub lists: ListsConfig,
+    pub rules: RulesConfig,
+    pub trunks: Vec<TrunkConfig>,
+    /// Where relative list paths are resolved from: the config file's
+    /// folder, or the working directory for the embedded config.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// True when no list source was named anywhere: use the embedded samples.
+    #[serde(skip)]
+    pub embedded_lists: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            proxy: ProxyConfig::default(),
+            verdict: VerdictConfig::default(),
+            numbers: NumbersConfig::default(),
+            numbering: NumberingConfig::default(),
+            lists: ListsConfig::default(),
+            rules: RulesConfig::default(),
+            trunks: Vec::new(),
+            base_dir: PathBuf::from("."),
+            embedded_lists: false,
+        }
+    }
+}
+
+/// Behaviour rules: the rule file and the per-number state behind it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Rule file (see deploy/rules/default.toml). None: lists alone decide.
+    pub file: Option<PathBuf>,
+    /// At most this many A-numbers (and as many destinations) are tracked.
+    pub max_tracked_numbers: usize,
+    /// A number not seen for this long is forgotten.
+    pub idle_ttl_secs: u32,
+    /// Local time for rule scopes (hours, weekdays): minutes east of UTC.
+    pub utc_offset_minutes: i32,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            file: None,
+            max_tracked_numbers: 1_000_000,
+            idle_ttl_secs: 86_400,
+            utc_offset_minutes: 300,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub mode: Mode,
+    pub udp_workers: usize,
+    pub udp_batch: usize,
+    pub socket_buffer_bytes: usize,
+    pub tcp: bool,
+    pub max_tcp_connections: usize,
+    pub tcp_idle_timeout_secs: u64,
+    pub stats_interval_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            mode: Mode::Redirect,
+            udp_workers: 0,
+            udp_batch: 32,
+            socket_buffer_bytes: 4 << 20,
+            tcp: true,
+            max_tcp_connections: 4096,
+            tcp_idle_timeout_secs: 60,
+            stats_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub next_hop: Option<SocketAddr>,
+    pub advertised_address: Option<SocketAddr>,
+    pub reject_unknown_source: bool,
+    pub unknown_source_code: u16,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            next_hop: None,
+            advertised_address: None,
+            reject_unknown_source: true,
+            unknown_source_code: 403,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerdictConfig {
+    pub block_code: u16,
+    pub block_score: u32,
+    pub flag_score: u32,
+    pub failopen_budget_us: u64,
+}
+
+impl Default for VerdictConfig {
+    fn default() -> Self {
+        VerdictConfig {
+            block_code: 603,
+            block_score: 100,
+            flag_score: 50,
+            failopen_budget_us: 50_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumbersConfig {
+    pub a_number_order: Vec<NumberSource>,
+}
+
+impl Default for NumbersConfig {
+    fn default() -> Self {
+        NumbersConfig {
+            a_number_order: vec![NumberSource::Pai, NumberSource::From],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumberingConfig {
+    pub country_code: String,
+    pub trunk_prefix: String,
+    pub international_prefixes: Vec<String>,
+    pub national_number_length: usize,
+    pub max_short_number_length: usize,
+}
+
+impl Default for NumberingConfig {
+    fn default() -> Self {
+        let p = NumberingPlan::kazakhstan();
+        NumberingConfig {
+            country_code: p.country_code,
+            trunk_prefix: p.trunk_prefix,
+            international_prefixes: p.international_prefixes,
+            national_number_length: p.national_number_length,
+            max_short_number_length: p.max_short_number_length,
+        }
+    }
+}
+
+/// Which numbers the lists are checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchSides {
+    Caller,
+    Callee,
+    Both,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListsConfig {
+    pub blocklist: Vec<PathBuf>,
+    pub allowlist: Vec<PathBuf>,
+    pub flaglist: Vec<PathBuf>,
+    pub protected: Vec<PathBuf>,
+    pub premium: Vec<PathBuf>,
+    #[serde(rename = "match")]
+    pub match_sides: MatchSides,
+    pub reload_interval_ms: u64,
+}
+
+impl Default for ListsConfig {
+    fn default() -> Self {
+        ListsConfig {
+            blocklist: Vec::new(),
+            allowlist: Vec::new(),
+            flaglist: Vec::new(),
+            protected: Vec::new(),
+            premium: Vec::new(),
+            match_sides: MatchSides::Both,
+            reload_interval_ms: 1000,
+        }
+    }
+}
+
+impl ListsConfig {
+    /// Every configured list file with its kind, in order.
+    pub fn files(&self) -> Vec<(PathBuf, ListKind)> {
+        let mut v = Vec::new();
+        v.extend(self.blocklist.iter().map(|p| (p.clone(), ListKind::Block)));
+        v.extend(self.allowlist.iter().map(|p| (p.clone(), ListKind::Allow)));
+        v.extend(self.flaglist.iter().map(|p| (p.clone(), ListKind::Flag)));
+        v.extend(
+            self.protected
+                .iter()
+                .map(|p| (p.clone(), ListKind::Protected)),
+        );
+        v.extend(self.premium.iter().map(|p| (p.clone(), ListKind::Premium)));
+        v
+    }
+
+    /// The sides as the scoring core wants them.
+    pub fn sides(&self) -> Sides {
+        match self.match_sides {
+            MatchSides::Caller => Sides {
+                caller: true,
+                callee: false,
+            },
+            MatchSides::Callee => Sides {
+                caller: false,
+                callee: true,
+            },
+            MatchSides::Both => Sides::BOTH,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    pub kind: String,
+    pub cidrs: Vec<IpNet>,
+}
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Toml { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// The embedded defaults, with the embedded sample lists.
+    pub fn embedded() -> Config {
+        let mut c = Self::from_toml_str(EMBEDDED_CONFIG, "embedded:deploy/kuzet.toml")
+            .expect("the embedded config is checked by a unit test");
+        c.embedded_lists = c.lists.files().is_empty();
+        c
+    }
+
+    /// Reads and checks a config file; list paths are resolved from its folder.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let mut c = Self::from_toml_str(&text, &path.display().to_string())?;
+        c.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Ok(c)
+    }
+
+    /// Parses and checks TOML text; `name` labels errors.
+    pub fn from_toml_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError::Toml {
+                path: format!("{name}:{line}:{col}"),
+                message: e.message().to_string(),
+            }
+        })?;
+        c.check(name)?;
+        Ok(c)
+    }
+
+    /// Checks what serde cannot: value ranges and cross-field rules.
+    pub fn check(&self, name: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: name.to_string(),
+            message,
+        };
+        if ![603, 403, 607].contains(&self.verdict.block_code) {
+            return Err(bad(format!(
+                "verdict.block_code must be 603, 403 or 607, not {}",
+                self.verdict.block_code
+            )));
+        }
+        if !(400..=699).contains(&self.proxy.unknown_source_code) {
+            return Err(bad(
+                "proxy.unknown_source_code must be a 4xx-6xx code".into()
+            ));
+        }
+        if self.server.mode == Mode::Proxy && self.proxy.next_hop.is_none() {
+            return Err(bad(
+                "proxy mode needs a next hop: set proxy.next_hop or pass --next-hop".into(),
+            ));
+        }
+        if self.server.udp_batch == 0 || self.server.udp_batch > 1024 {
+            return Err(bad("server.udp_batch must be 1 to 1024".into()));
+        }
+        if self.numbers.a_number_order.is_empty() {
+            return Err(bad("numbers.a_number_order may not be empty".into()));
+        }
+        self.plan().map_err(|e| bad(format!("numbering: {e}")))?;
+        for t in &self.trunks {
+            TrunkKind::from_name(&t.kind).ok_or_else(|| {
+                bad(format!(
+                    "trunk {:?}: kind must be international, domestic, mobile or other, not {:?}",
+                    t.name, t.kind
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The numbering plan, validated.
+    pub fn plan(&self) -> Result<NumberingPlan, kuzet_rules::PlanError> {
+        NumberingPlan {
+            country_code: self.numbering.country_code.clone(),
+            trunk_prefix: self.numbering.trunk_prefix.clone(),
+            international_prefixes: self.numbering.international_prefixes.clone(),
+            national_number_length: self.numbering.national_number_length,
+            max_short_number_length: self.numbering.max_short_number_length,
+        }
+        .validated()
+    }
+
+    /// A list path as written, resolved against the config's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The trunk table.
+    pub fn trunk_map(&self) -> TrunkMap {
+        TrunkMap::new(self.trunks.iter().map(|t| {
+            let kind = TrunkKind::from_name(&t.kind).unwrap_or(TrunkKind::Other);
+            (t.name.as_str(), kind, t.cidrs.as_slice())
+        }))
+    }
+
+    /// What the call path needs, from this config.
+    pub fn dataplane(&self) -> Result<Settings, kuzet_rules::PlanError> {
+        Ok(Settings {
+            mode: self.server.mode,
+            via_address: self.proxy.advertised_address.unwrap_or(self.server.listen),
+            plan: self.plan()?,
+            trunks: self.trunk_map(),
+            a_order: self.numbers.a_number_order.clone(),
+            block_code: self.verdict.block_code,
+            failopen_budget: Duration::from_micros(self.verdict.failopen_budget_us),
+            next_hop: self.proxy.next_hop,
+            reject_unknown_source: self.proxy.reject_unknown_source,
+            unknown_source_code: self.proxy.unknown_source_code,
+            max_tracked_numbers: self.rules.max_tracked_numbers,
+            idle_ttl_secs: self.rules.idle_ttl_secs,
+            utc_offset_minutes: self.rules.utc_offset_minutes,
+        })
+    }
+
+    /// Where the control plane loads lists and rules from: the config's
+    /// files resolved against its folder, or the embedded samples.
+    pub fn sources(&self) -> Sources {
+        let files = if self.embedded_lists {
+            Vec::new()
+        } else {
+            self.lists
+                .files()
+                .into_iter()
+                .map(|(p, k)| (self.resolve(&p), k))
+                .collect()
+        };
+        Sources {
+            files,
+            embedded: if self.embedded_lists {
+                EMBEDDED_LISTS.to_vec()
+            } else {
+                Vec::new()
+            },
+            rule_file: self.rules.file.as_deref().map(|p| self.resolve(p)),
+            policy: ListPolicy {
+                block_score: self.verdict.block_score,
+                flag_score: self.verdict.flag_score,
+                sides: self.lists.sides(),
+            },
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_config_parses_and_uses_embedded_lists() {
+        let c = Config::embedded();
+        assert_eq!(c.server.listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(c.server.mode, Mode::Redirect);
+        assert!(c.embedded_lists);
+        assert_eq!(c.verdict.block_code, 603);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = Config::from_toml_str("[server]\nlisten = \"nope\"\n", "k.toml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("k.toml:2:"), "{s}");
+        let e = Config::from_toml_str("[server]\nlistne = \"1.2.3.4:5\"\n", "k.toml").unwrap_err();
+        assert!(e.to_string().contains("unknown field `listne`"), "{e}");
+        let e = Config::from_toml_str("[verdict]\nblock_code = 486\n", "k.toml").unwrap_err();
+        assert!(e.to_string().contains("603, 403 or 607"), "{e}");
+        let e = Config::from_toml_str("[server]\nmode = \"proxy\"\n", "k.toml").unwrap_err();
+        assert!(e.to_string().contains("next hop"), "{e}");
+    }
+
+    #[test]
+    fn trunks_match_most_specific_cidr() {
+        let c = Config::from_toml_str(
+            "[[trunks]]\nname='intl'\nkind='international'\ncidrs=['10.0.0.0/8']\n\
+             [[trunks]]\nname='mob'\nkind='mobile'\ncidrs=['10.1.0.0/16','::1/128']\n",
+            "t",
+        )
+        .unwrap();
+        let m = c.trunk_map();
+        assert_eq!(m.lookup("10.1.2.3".parse().unwrap()).unwrap().name, "mob");
+        assert_eq!(
+            m.lookup("10.2.2.3".parse().unwrap()).unwrap().kind,
+            TrunkKind::International
+        );
+        assert_eq!(m.lookup("::1".parse().unwrap()).unwrap().name, "mob");
+        assert!(m.lookup("192.0.2.1".parse().unwrap()).is_none());
+        let e = Config::from_toml_str("[[trunks]]\nname='x'\nkind='satellite'\ncidrs=[]\n", "t");
+        assert!(e.is_err());
+    }
+}

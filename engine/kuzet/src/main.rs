@@ -1,0 +1,235 @@
+//! The `kuzet` binary: command line, logging, and the exit codes operators
+//! script against (0 clean stop, 2 bad config or list, 1 anything else).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kuzet::config::{Config, Mode};
+use kuzet::server::{self, StartError, StartOptions};
+
+/// kuzet: anti-fraud call interception on the SIP signalling path.
+///
+/// kuzet scores every INVITE against fraud number lists and answers in
+/// microseconds: in redirect mode with 302 (continue) or 603 (block), in
+/// proxy mode by forwarding or refusing the call. It fails open: if it
+/// cannot score a call, the call goes through and a counter rises.
+#[derive(Parser, Debug)]
+#[command(name = "kuzet", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the engine. With no options: redirect mode on 127.0.0.1:5060
+    /// with the sample lists from deploy/lists compiled in.
+    Run(RunArgs),
+    /// Work with behaviour rule files (see deploy/rules/default.toml).
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Validate a rule file offline: exit 0 and a summary when it is good,
+    /// exit 2 with file:line:col and the reason when it is not. Nothing
+    /// running is touched.
+    Check {
+        /// The rule file (TOML).
+        file: PathBuf,
+        /// Config whose numbering plan normalizes the file's prefixes
+        /// [default: the embedded config].
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// TOML config file; every key is documented in deploy/kuzet.toml.
+    /// Relative list paths in it are resolved from its folder.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address for SIP over UDP and TCP [default: 127.0.0.1:5060].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// redirect: answer 302/603 per INVITE; proxy: forward statelessly.
+    #[arg(long, value_enum)]
+    mode: Option<CliMode>,
+    /// Where proxy mode forwards requests (required with --mode proxy).
+    #[arg(long, value_name = "ADDR")]
+    next_hop: Option<SocketAddr>,
+    /// Blocklist file (repeatable); replaces the config's blocklists.
+    #[arg(long, value_name = "FILE")]
+    blocklist: Vec<PathBuf>,
+    /// Allowlist file (repeatable); its numbers are never blocked.
+    #[arg(long, value_name = "FILE")]
+    allowlist: Vec<PathBuf>,
+    /// Flaglist file (repeatable); calls pass with a verdict header.
+    #[arg(long, value_name = "FILE")]
+    flaglist: Vec<PathBuf>,
+    /// UDP worker threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Log filter, as in RUST_LOG (e.g. "info", "kuzet_dataplane=debug").
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CliMode {
+    Redirect,
+    Proxy,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Rules(RulesCommand::Check { file, config }) => {
+            rules_check(&file, config.as_deref())
+        }
+    }
+}
+
+fn rules_check(file: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode {
+    let checked = (|| -> Result<String, String> {
+        let cfg = match config {
+            Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+            None => Config::embedded(),
+        };
+        let plan = cfg.plan().map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let set =
+            kuzet_rules::ruleset::RuleSet::from_toml_str(&text, &file.display().to_string(), &plan)
+                .map_err(|e| e.to_string())?;
+        let shadow = set
+            .rules
+            .iter()
+            .filter(|r| r.mode == kuzet_rules::ruleset::Mode::Shadow)
+            .count();
+        Ok(format!(
+            "{}: ok, {} rules ({} enforced, {shadow} shadow)",
+            file.display(),
+            set.rules.len(),
+            set.rules.len() - shadow
+        ))
+    })();
+    match checked {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kuzet: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn build_config(args: &RunArgs) -> Result<Config, String> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None => Config::embedded(),
+    };
+    if let Some(l) = args.listen {
+        cfg.server.listen = l;
+    }
+    if let Some(m) = args.mode {
+        cfg.server.mode = match m {
+            CliMode::Redirect => Mode::Redirect,
+            CliMode::Proxy => Mode::Proxy,
+        };
+    }
+    if let Some(n) = args.next_hop {
+        cfg.proxy.next_hop = Some(n);
+    }
+    if let Some(w) = args.workers {
+        cfg.server.udp_workers = w;
+    }
+    let any_cli_list =
+        !(args.blocklist.is_empty() && args.allowlist.is_empty() && args.flaglist.is_empty());
+    if any_cli_list {
+        // Command-line lists are relative to the working directory.
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        let abs = |v: &Vec<PathBuf>| v.iter().map(|p| cwd.join(p)).collect::<Vec<_>>();
+        if !args.blocklist.is_empty() {
+            cfg.lists.blocklist = abs(&args.blocklist);
+        }
+        if !args.allowlist.is_empty() {
+            cfg.lists.allowlist = abs(&args.allowlist);
+        }
+        if !args.flaglist.is_empty() {
+            cfg.lists.flaglist = abs(&args.flaglist);
+        }
+    }
+    cfg.embedded_lists = args.config.is_none() && cfg.lists.files().is_empty();
+    let name = args
+        .config
+        .as_ref()
+        .map_or_else(|| "command line".to_string(), |p| p.display().to_string());
+    cfg.check(&name).map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries only the shutdown summary.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        // Colour only for a terminal; files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kuzet: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let running = match server::start(
+        cfg,
+        StartOptions {
+            handle_sighup: true,
+        },
+    ) {
+        Ok(r) => r,
+        Err(StartError::Lists(e)) => {
+            eprintln!("kuzet: list error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(StartError::Other(e)) => {
+            eprintln!("kuzet: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(rt) = kuzet_control::plane::small_runtime("signal") else {
+        return ExitCode::from(1);
+    };
+    rt.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).ok();
+            let term_fut = kuzet_control::plane::signal_or_never(term.as_mut());
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term_fut => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    let metrics = running.metrics.clone();
+    running.stop();
+    // Printed, not logged: the shutdown summary is for the operator's terminal.
+    println!("kuzet stopped. {}", metrics.counters_line());
+    println!("{}", metrics.latency_line());
+    ExitCode::SUCCESS
+}

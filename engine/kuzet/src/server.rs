@@ -1,0 +1,188 @@
+//! Start-up, wiring and shutdown.
+//!
+//! [`start`] loads the lists (the same [`lists::load`] a reload uses),
+//! binds UDP and TCP on the listen address, and starts the threads: one
+//! per UDP worker, one for TCP, and one control-plane thread that reloads
+//! lists on change or SIGHUP and logs counters and service time. The
+//! control plane never shares a runtime with the SIP workers, so a slow
+//! reload of a 10M-number list never delays a call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use kuzet_control::lists::{self, LoadError, Reloader};
+use kuzet_control::plane::{self, small_runtime, Timing};
+use kuzet_dataplane::metrics::Metrics;
+use kuzet_dataplane::transport::{tcp, Connections};
+use kuzet_dataplane::{transport, Handler, SharedLists};
+
+use crate::config::Config;
+
+/// A running engine.
+pub struct Running {
+    /// The bound UDP address (the real port when the config said 0).
+    pub udp_addr: SocketAddr,
+    /// The bound TCP address, when TCP is on.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Shared counters and histogram.
+    pub metrics: Arc<Metrics>,
+    /// The list snapshot in force.
+    pub lists: SharedLists,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Why the engine could not start: a list problem is the operator's to fix
+/// (exit code 2), anything else is an environment problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("lists: {0}")]
+    Lists(#[from] LoadError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Options that are not part of the config file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartOptions {
+    /// Install the SIGHUP handler (off in tests, where many engines share a process).
+    pub handle_sighup: bool,
+}
+
+/// Starts the engine and returns once it is serving.
+pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
+    let plan = cfg.plan().context("numbering plan")?;
+    let mode = cfg.server.mode;
+    let started = std::time::Instant::now();
+    let sources = cfg.sources();
+    let (set, stats) = lists::load(&sources, &plan)?;
+    tracing::info!(
+        lines = stats.lines,
+        exact = stats.exact,
+        prefixes = stats.prefixes,
+        heap_mb = stats.bytes / (1 << 20),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        embedded = cfg.embedded_lists,
+        "lists loaded"
+    );
+    let lists: SharedLists = Arc::new(ArcSwap::from_pointee(set));
+
+    let workers = match cfg.server.udp_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let first = kuzet_net::bind_udp(cfg.server.listen, cfg.server.socket_buffer_bytes)
+        .with_context(|| format!("binding UDP {}", cfg.server.listen))?;
+    let udp_addr = first.local_addr().context("UDP local address")?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(
+            kuzet_net::bind_udp(udp_addr, cfg.server.socket_buffer_bytes)
+                .with_context(|| format!("binding UDP {udp_addr} (SO_REUSEPORT)"))?,
+        );
+    }
+    let udp_out = Arc::new(sockets[0].try_clone().context("cloning UDP socket")?);
+    let tcp_listener = if cfg.server.tcp {
+        let l = std::net::TcpListener::bind(udp_addr)
+            .with_context(|| format!("binding TCP {udp_addr}"))?;
+        l.set_nonblocking(true).context("TCP nonblocking")?;
+        Some(l)
+    } else {
+        None
+    };
+    let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // kuzet's Via must carry the real port when the config said 0.
+    let mut cfg = cfg;
+    cfg.server.listen = udp_addr;
+    let metrics = Arc::new(Metrics::default());
+    // Rule verdicts are logged by the control thread, never on the call path.
+    let (events_tx, events) = std::sync::mpsc::sync_channel(4096);
+    let settings = cfg.dataplane().context("numbering plan")?;
+    let handler =
+        Arc::new(Handler::new(settings, lists.clone(), metrics.clone()).with_events(events_tx));
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let conns: Connections = Arc::default();
+    let mut threads = Vec::new();
+    for (i, sock) in sockets.into_iter().enumerate() {
+        let h = handler.clone();
+        let c = conns.clone();
+        let sd = shutdown_rx.clone();
+        let batch = cfg.server.udp_batch;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("kuzet-udp-{i}"))
+                .spawn(move || {
+                    if let Err(e) = transport::udp::run_worker(sock, h, batch, c, sd) {
+                        tracing::error!(worker = i, error = %e, "UDP worker stopped");
+                    }
+                })
+                .context("spawning UDP worker")?,
+        );
+    }
+    if let Some(listener) = tcp_listener {
+        let h = handler.clone();
+        let c = conns.clone();
+        let sd = shutdown_rx.clone();
+        let settings = tcp::TcpSettings {
+            max_connections: cfg.server.max_tcp_connections,
+            idle_timeout: Duration::from_secs(cfg.server.tcp_idle_timeout_secs.max(1)),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("kuzet-tcp".into())
+                .spawn(move || {
+                    let Some(rt) = small_runtime("TCP") else {
+                        return;
+                    };
+                    rt.block_on(async move {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(l) => tcp::serve(l, h, udp_out, c, settings, sd).await,
+                            Err(e) => tracing::error!(error = %e, "TCP listener failed"),
+                        }
+                    });
+                })
+                .context("spawning TCP thread")?,
+        );
+    }
+    let reloader = Reloader::new(Arc::new(sources), plan, lists.clone(), metrics.clone());
+    let m = metrics.clone();
+    let sd = shutdown_rx.clone();
+    let h = handler.clone();
+    let timing = Timing {
+        reload_interval: Duration::from_millis(cfg.lists.reload_interval_ms),
+        stats_interval: Duration::from_secs(cfg.server.stats_interval_secs),
+        handle_sighup: opts.handle_sighup,
+    };
+    threads.push(
+        std::thread::Builder::new()
+            .name("kuzet-control".into())
+            .spawn(move || plane::run(timing, reloader, m, sd, h, events))
+            .context("spawning control thread")?,
+    );
+    tracing::info!(%udp_addr, ?tcp_addr, workers, ?mode, "kuzet serving");
+    Ok(Running {
+        udp_addr,
+        tcp_addr,
+        metrics,
+        lists,
+        shutdown,
+        threads,
+    })
+}
+
+impl Running {
+    /// Stops every thread and waits for them.
+    pub fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use kuzet::config::{Config, Mode};
+use kuzet::server::{self, Running, StartOptions};
+use kuzet_dataplane::handler::Handler;
+use kuzet_dataplane::metrics::Metrics;
+use kuzet_rules::ListSet;
+
+/// A config for tests: loopback, port 0, one worker, no embedded lists.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.udp_workers = 1;
+    c.lists.reload_interval_ms = 50;
+    c
+}
+
+/// Starts an engine from `cfg`.
+pub fn start(cfg: Config) -> Running {
+    server::start(cfg, StartOptions::default()).expect("engine starts")
+}
+
+/// A handler with empty lists, for feeding messages without sockets.
+pub fn bare_handler(mode: Mode) -> Handler {
+    let mut c = test_config();
+    c.server.mode = mode;
+    if mode == Mode::Proxy {
+        c.proxy.next_hop = Some("127.0.0.1:5999".parse().unwrap());
+    }
+    let lists = Arc::new(ArcSwap::from_pointee(ListSet::default()));
+    Handler::new(c.dataplane().unwrap(), lists, Arc::new(Metrics::default()))
+}
+
+/// A temporary folder removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "kuzet-test-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A UDP client socket with a read timeout.
+pub fn client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+/// A minimal INVITE from `a` to `b`.
+pub fn invite(a: &str, b: &str, call_id: &str, via_port: u16) -> String {
+    format!(
+        "INVITE sip:{b}@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{via_port};branch=z9hG4bK{call_id};rport\r\n\
+         From: <sip:{a}@127.0.0.1>;tag=a{call_id}\r\n\
+         To: <sip:{b}@127.0.0.1>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Max-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Sends `msg` and returns the reply text.
+pub fn ask(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
+    sock.send_to(msg.as_bytes(), to).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = sock.recv_from(&mut buf).expect("a reply");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The status code of a response text.
+pub fn status(resp: &str) -> u16 {
+    resp.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The value of the first header `name` in a response text.
+pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}

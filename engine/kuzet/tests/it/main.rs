@@ -1,0 +1,14 @@
+//! kuzet integration tests: one binary, a module per area.
+//!
+//! Everything here runs against real sockets on 127.0.0.1 with the engine
+//! started in-process on port 0, except `sipp`, `sim` and `kamailio`, which
+//! drive the `kuzet` binary (and Kamailio) with SIPp and kuzet-sim's load
+//! driver as real SIP clients.
+
+mod common;
+mod kamailio;
+mod rfc4475;
+mod rules;
+mod sim;
+mod sipp;
+mod sockets;

@@ -1,0 +1,420 @@
+//! Behaviour rules through the real engine, on real sockets: the verdict
+//! header explains every rule that fired with its value and threshold;
+//! a redirect decision sends the call to the configured desk; the rule
+//! file reloads atomically while calls flow, a bad file keeps the rules in
+//! force, and no call goes unanswered across the swap.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{ask, client, header, invite, start, status, test_config, TempDir};
+
+const RULES: &str = "[thresholds]\nflag = 40\nredirect = 70\nredirect_uri = \"sip:desk@antifraud.example\"\nblock = 100\n\
+    [[rule]]\nid = \"velocity_1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 50\n\
+    [[rule]]\nid = \"sequential\"\nkind = \"sequential\"\nrun = 5\nscore = 30\n";
+
+#[test]
+fn rules_explain_flag_redirect_and_block() {
+    let dir = TempDir::new("rules");
+    let mut cfg = test_config();
+    cfg.rules.file = Some(dir.write("rules.toml", RULES));
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let a = "+77011234567";
+    let mut seen = Vec::new();
+    for i in 0..5 {
+        let resp = ask(
+            &c,
+            k.udp_addr,
+            &invite(a, &format!("+7702000000{i}"), &format!("r{i}"), port),
+        );
+        seen.push((
+            status(&resp),
+            header(&resp, "X-Kuzet-Verdict").unwrap_or("").to_string(),
+            header(&resp, "Contact").unwrap_or("").to_string(),
+        ));
+    }
+    // Calls 1-3: at most 3 a minute, allowed.
+    for (s, v, contact) in &seen[..3] {
+        assert_eq!((*s, v.as_str()), (302, "allow"));
+        assert!(contact.contains("+7702000000"), "{contact}");
+    }
+    // Call 4: velocity 4 > 3 scores 50: flagged, explained, sent on.
+    assert_eq!(seen[3].0, 302);
+    assert_eq!(
+        seen[3].1,
+        "flag;score=50;rules=\"velocity_1m: 4 calls > 3\""
+    );
+    // Call 5: velocity 5 > 3 and 5 numbers in a row: 80, redirected to the desk.
+    assert_eq!(seen[4].0, 302);
+    assert_eq!(seen[4].2, "<sip:desk@antifraud.example>");
+    assert_eq!(
+        seen[4].1,
+        "redirect;score=80;rules=\"velocity_1m: 5 calls > 3; sequential: 5 in a row >= 5\""
+    );
+    k.stop();
+}
+
+#[test]
+fn rule_file_reloads_atomically_and_a_bad_file_keeps_the_old_rules() {
+    let dir = TempDir::new("rules-reload");
+    let path = dir.write("rules.toml", RULES);
+    let mut cfg = test_config();
+    cfg.rules.file = Some(path.clone());
+    let k = start(cfg);
+    let c = client();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let port = c.local_addr().unwrap().port();
+    let blocked_now = |i: u32| {
+        let resp = ask(
+            &c,
+            k.udp_addr,
+            &invite("+77771112233", "+77020000001", &format!("q{i}"), port),
+        );
+        status(&resp)
+    };
+    assert_eq!(blocked_now(0), 302);
+    // Swap in a file whose invalid-caller rule blocks callers outside +7701.
+    let stricter = format!(
+        "{RULES}[[rule]]\nid = \"night_owl\"\nkind = \"invalid_caller\"\nallocated = [\"+7701\"]\nscore = 100\n"
+    );
+    let tmp = dir.write("rules.toml.new", &stricter);
+    std::fs::rename(&tmp, &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 1;
+    loop {
+        // Every call is answered across the swap, before and after.
+        let s = blocked_now(i);
+        assert!(s == 302 || s == 603, "{s}");
+        if s == 603 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new rules never applied");
+        std::thread::sleep(Duration::from_millis(20));
+        i += 1;
+    }
+    // A broken file is refused; the rules in force stay.
+    let tmp = dir.write("rules.toml.bad", "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"x\"\nkind = \"nonsense\"\nscore = 1\n");
+    std::fs::rename(&tmp, &path).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(blocked_now(1000), 603);
+    assert!(
+        k.metrics
+            .get(kuzet_dataplane::metrics::Counter::ListReloadFailures)
+            >= 1
+    );
+    k.stop();
+}
+
+fn publish(body: &str, id: &str, port: u16) -> String {
+    format!(
+        "PUBLISH sip:kuzet@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{id};rport\r\n\
+         From: <sip:switch@127.0.0.1>;tag=s{id}\r\nTo: <sip:kuzet@127.0.0.1>\r\nCall-ID: {id}\r\nCSeq: 1 PUBLISH\r\n\
+         Max-Forwards: 70\r\nEvent: kuzet-outcome\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn outcome_api_feeds_the_wangiri_rule() {
+    let dir = TempDir::new("rules-outcomes");
+    let mut cfg = test_config();
+    cfg.rules.file = Some(dir.write(
+        "rules.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"wangiri\"\nkind = \"wangiri\"\nmin_calls = 3\nratio = 0.6\nscore = 100\n",
+    ));
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let a = "+88216123456";
+    // Bad events are refused with the reason.
+    let resp = ask(
+        &c,
+        k.udp_addr,
+        &publish("caller=+88216123456\noutcome=cancelled\n", "p0", port),
+    );
+    assert_eq!(status(&resp), 400);
+    assert!(
+        resp.starts_with("SIP/2.0 400 cancelled needs ring_ms"),
+        "{resp}"
+    );
+    let resp = ask(
+        &c,
+        k.udp_addr,
+        &publish("caller=nobody;outcome=answered;talk_ms=5", "p1", port),
+    );
+    assert!(
+        resp.starts_with("SIP/2.0 400 caller missing or not a number"),
+        "{resp}"
+    );
+    // Two short rings: below min_calls 3, the next call goes through.
+    for i in 0..2 {
+        let ok = ask(
+            &c,
+            k.udp_addr,
+            &publish(
+                &format!("caller={a}\noutcome=cancelled\nring_ms=1200\n"),
+                &format!("q{i}"),
+                port,
+            ),
+        );
+        assert_eq!(status(&ok), 200);
+    }
+    assert_eq!(
+        status(&ask(&c, k.udp_addr, &invite(a, "+77020000001", "w1", port))),
+        302
+    );
+    // A third short ring: 3 of 3 >= 60%, the next call is blocked and says why.
+    ask(
+        &c,
+        k.udp_addr,
+        &publish(
+            &format!("caller={a};outcome=cancelled;ring_ms=900"),
+            "q9",
+            port,
+        ),
+    );
+    let resp = ask(&c, k.udp_addr, &invite(a, "+77020000002", "w2", port));
+    assert_eq!(status(&resp), 603);
+    assert_eq!(
+        header(&resp, "X-Kuzet-Verdict"),
+        Some("block;score=100;rules=\"wangiri: 100.0% >= 60.0%\"")
+    );
+    assert_eq!(
+        header(&resp, "Reason"),
+        Some("Q.850;cause=21;text=\"wangiri\"")
+    );
+    k.stop();
+}
+
+/// Proxy mode learns outcomes from the messages it forwards: CANCELled
+/// rings feed the Wangiri rule, 2xx and BYE feed the concurrency rule.
+#[test]
+fn proxy_learns_outcomes_on_the_wire() {
+    use crate::sockets::{answer, recv, uas};
+    let dir = TempDir::new("rules-proxy");
+    let next = uas();
+    let mut cfg = test_config();
+    cfg.server.mode = kuzet::config::Mode::Proxy;
+    cfg.proxy.next_hop = Some(next.local_addr().unwrap());
+    cfg.rules.file = Some(dir.write(
+        "rules.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n\
+         [[rule]]\nid = \"wangiri\"\nkind = \"wangiri\"\nmin_calls = 2\nratio = 1.0\nscore = 100\n\
+         [[rule]]\nid = \"concurrent\"\nkind = \"concurrent\"\nmax = 1\nscore = 40\n",
+    ));
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    // Two calls that ring and are cancelled at once: two short rings.
+    let w = "+88216000777";
+    for id in ["w1", "w2"] {
+        c.send_to(invite(w, "+77020000001", id, port).as_bytes(), k.udp_addr)
+            .unwrap();
+        let (fwd, _) = recv(&next);
+        next.send_to(answer(&fwd, "180 Ringing").as_bytes(), k.udp_addr)
+            .unwrap();
+        let (ringing, _) = recv(&c);
+        assert!(ringing.starts_with("SIP/2.0 180"), "{ringing}");
+        c.send_to(
+            invite(w, "+77020000001", id, port)
+                .replace("INVITE", "CANCEL")
+                .as_bytes(),
+            k.udp_addr,
+        )
+        .unwrap();
+        let (cancel, _) = recv(&next);
+        assert!(cancel.starts_with("CANCEL"), "{cancel}");
+    }
+    let resp = ask(&c, k.udp_addr, &invite(w, "+77020000001", "w3", port));
+    assert_eq!(status(&resp), 603, "{resp}");
+    assert_eq!(
+        header(&resp, "X-Kuzet-Verdict"),
+        Some("block;score=100;rules=\"wangiri: 100.0% >= 100.0%\"")
+    );
+    // Concurrency: two answered calls in progress, the third is flagged.
+    let b = "+77011110000";
+    let mut answered = Vec::new();
+    for id in ["c1", "c2"] {
+        c.send_to(invite(b, "+77020000002", id, port).as_bytes(), k.udp_addr)
+            .unwrap();
+        let (fwd, _) = recv(&next);
+        assert_eq!(header(&fwd, "X-Kuzet-Verdict"), None, "{fwd}");
+        next.send_to(answer(&fwd, "200 OK").as_bytes(), k.udp_addr)
+            .unwrap();
+        let (ok, _) = recv(&c);
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+        answered.push(fwd);
+    }
+    c.send_to(invite(b, "+77020000002", "c3", port).as_bytes(), k.udp_addr)
+        .unwrap();
+    let (fwd, _) = recv(&next);
+    assert_eq!(
+        header(&fwd, "X-Kuzet-Verdict"),
+        Some("flag;score=40;rules=\"concurrent: 2 calls > 1\"")
+    );
+    // One of them ends: the next call is not flagged.
+    let bye = invite(b, "+77020000002", "c1", port).replace("INVITE", "BYE");
+    c.send_to(bye.as_bytes(), k.udp_addr).unwrap();
+    let (fwd_bye, _) = recv(&next);
+    assert!(fwd_bye.starts_with("BYE"), "{fwd_bye}");
+    c.send_to(invite(b, "+77020000002", "c4", port).as_bytes(), k.udp_addr)
+        .unwrap();
+    let (fwd, _) = recv(&next);
+    assert_eq!(header(&fwd, "X-Kuzet-Verdict"), None, "{fwd}");
+    k.stop();
+}
+
+/// In proxy mode a redirect decision rewrites the Request-URI to the desk
+/// and the call goes on there, explained.
+#[test]
+fn proxy_redirect_rewrites_the_request_uri() {
+    use crate::sockets::{recv, uas};
+    let dir = TempDir::new("rules-proxy-redirect");
+    let next = uas();
+    let mut cfg = test_config();
+    cfg.server.mode = kuzet::config::Mode::Proxy;
+    cfg.proxy.next_hop = Some(next.local_addr().unwrap());
+    cfg.rules.file = Some(dir.write("rules.toml", RULES));
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let a = "+77011234567";
+    let mut last = String::new();
+    for i in 0..5 {
+        c.send_to(
+            invite(a, &format!("+7702000000{i}"), &format!("pr{i}"), port).as_bytes(),
+            k.udp_addr,
+        )
+        .unwrap();
+        last = recv(&next).0;
+    }
+    assert!(
+        last.starts_with("INVITE sip:desk@antifraud.example SIP/2.0\r\n"),
+        "{last}"
+    );
+    assert_eq!(
+        header(&last, "X-Kuzet-Verdict"),
+        Some("redirect;score=80;rules=\"velocity_1m: 5 calls > 3; sequential: 5 in a row >= 5\"")
+    );
+    k.stop();
+}
+
+#[test]
+fn outcomes_from_an_unknown_source_are_refused_when_trunks_are_set() {
+    let mut cfg = test_config();
+    cfg.trunks = vec![kuzet::config::TrunkConfig {
+        name: "far-away".into(),
+        kind: "international".into(),
+        cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+    }];
+    let k = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let resp = ask(
+        &c,
+        k.udp_addr,
+        &publish("caller=+77011234567;outcome=started", "u1", port),
+    );
+    assert!(resp.starts_with("SIP/2.0 403 Unknown Source"), "{resp}");
+    k.stop();
+}
+
+/// Shadow rules are logged with what they would have done, and enforced
+/// verdicts with their explanation, by the kuzet binary on stderr.
+#[test]
+fn verdicts_and_shadow_results_reach_the_log() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("rules-log");
+    let rules = dir.write(
+        "rules.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n\
+         [[rule]]\nid = \"velocity_trial\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 1\nscore = 100\nmode = \"shadow\"\n\
+         [[rule]]\nid = \"mismatch\"\nkind = \"cli_mismatch\"\nscore = 40\n",
+    );
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.write(
+        "kuzet.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ntcp = false\n[rules]\nfile = {:?}\n",
+            rules.display().to_string()
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let c = client();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let lport = c.local_addr().unwrap().port();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first call: nothing fires. Retry until kuzet is up.
+    loop {
+        assert!(Instant::now() < deadline, "kuzet did not come up");
+        c.send_to(
+            invite("+77011234567", "+77020000001", "l1", lport).as_bytes(),
+            addr,
+        )
+        .unwrap();
+        let mut buf = [0u8; 4096];
+        if c.recv_from(&mut buf).is_ok() {
+            break;
+        }
+    }
+    // The second: the shadow velocity rule would block; not enforced.
+    let resp = ask(
+        &c,
+        addr,
+        &invite("+77011234567", "+77020000002", "l2", lport),
+    );
+    assert_eq!(
+        header(&resp, "X-Kuzet-Verdict"),
+        Some("allow;score=0;rules=\"velocity_trial: 2 calls > 1 (shadow)\"")
+    );
+    // A From/PAI mismatch is enforced: flagged.
+    let with_pai = invite("+77019999999", "+77020000003", "l3", lport).replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nP-Asserted-Identity: <sip:+77018888888@127.0.0.1>\r\n",
+    );
+    let resp = ask(&c, addr, &with_pai);
+    assert!(header(&resp, "X-Kuzet-Verdict")
+        .unwrap()
+        .starts_with("flag;score=40;rules=\"mismatch: matched"));
+    // The control thread logs within a reload interval (1 s); then stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("rule verdict")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("decision=\"allow\"")
+            && l.contains("shadow_decision=\"block\"")
+            && l.contains("velocity_trial: 2 calls > 1 (shadow)")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("decision=\"flag\"") && l.contains("mismatch: matched")),
+        "{log}"
+    );
+}

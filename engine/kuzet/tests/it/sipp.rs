@@ -1,0 +1,402 @@
+//! End to end with SIPp as a real SIP client, against the `kuzet` binary.
+//!
+//! SIPp comes from Debian's `sip-tester`; `scripts/install-deps.sh` (run by
+//! the README's test command) installs it. A missing SIPp fails these
+//! tests rather than skipping them.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kuzet_sim::population::{redirect_mix, sipp_csv, Expect};
+
+use crate::common::{client, status, TempDir};
+
+const UAC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/sipp/redirect_uac.xml"
+);
+
+pub(crate) fn sipp() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("sipp"))
+            .find(|p| p.is_file())
+    });
+    found.expect("sipp not found: run scripts/install-deps.sh (Debian package sip-tester)")
+}
+
+fn free_port() -> u16 {
+    // Free on both UDP and TCP, since kuzet binds both.
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub(crate) struct Kuzet {
+    child: Child,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Kuzet {
+    pub(crate) fn start(args: &[&str], dir: &Path) -> Kuzet {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+            .arg("run")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kuzet starts");
+        let k = Kuzet { child, addr };
+        let c = client();
+        c.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ping = "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKping\r\n\
+                    From: <sip:t@x>;tag=1\r\nTo: <sip:t@x>\r\nCall-ID: ping\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        loop {
+            assert!(Instant::now() < deadline, "kuzet did not come up");
+            c.send_to(ping.as_bytes(), addr).unwrap();
+            let mut buf = [0u8; 2048];
+            if let Ok((n, _)) = c.recv_from(&mut buf) {
+                if status(&String::from_utf8_lossy(&buf[..n])) == 200 {
+                    return k;
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then the shutdown summary kuzet prints.
+    pub(crate) fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let out = self.child.wait_with_output_timeout();
+        assert!(out.0, "kuzet exits cleanly on SIGTERM");
+        out.1
+    }
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(&mut self) -> (bool, String);
+}
+
+impl WaitTimeout for Child {
+    fn wait_with_output_timeout(&mut self) -> (bool, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.try_wait() {
+                let mut s = String::new();
+                if let Some(mut o) = self.stdout.take() {
+                    let _ = std::io::Read::read_to_string(&mut o, &mut s);
+                }
+                return (st.success(), s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.kill();
+                return (false, String::new());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Kuzet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs SIPp in `dir` and returns (exit success, final message counts).
+fn run_sipp(dir: &Path, args: &[String]) -> (bool, HashMap<String, u64>) {
+    let out = Command::new(sipp())
+        .args(args)
+        .args([
+            "-nostdin",
+            "-trace_counts",
+            "-timeout",
+            "120s",
+            "-buff_size",
+            "4194304",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("sipp runs");
+    let counts = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("_counts.csv"))
+        .map(|p| parse_counts(&std::fs::read_to_string(p).unwrap()))
+        .unwrap_or_default();
+    (out.success(), counts)
+}
+
+/// Replays `calls.csv` in `dir` with the redirect scenario at `rate` calls/s.
+fn run_redirect_uac(
+    dir: &Path,
+    to: SocketAddr,
+    n: usize,
+    rate: u32,
+) -> (bool, HashMap<String, u64>) {
+    let args: Vec<String> = vec![
+        to.to_string(),
+        "-sf".into(),
+        UAC.into(),
+        "-inf".into(),
+        "calls.csv".into(),
+        "-m".into(),
+        n.to_string(),
+        "-r".into(),
+        rate.to_string(),
+    ];
+    run_sipp(dir, &args)
+}
+
+pub(crate) fn parse_counts(text: &str) -> HashMap<String, u64> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let head: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = lines.next_back().unwrap_or("").split(';').collect();
+    head.iter()
+        .zip(last.iter())
+        .filter_map(|(h, v)| Some((h.to_string(), v.trim().parse().ok()?)))
+        .collect()
+}
+
+fn write_lists(dir: &TempDir, seed: u64, n: usize) -> Vec<kuzet_sim::population::TestCall> {
+    let (calls, lists) = redirect_mix(seed, n);
+    dir.write("block.txt", &lists.block);
+    dir.write("allow.txt", &lists.allow);
+    dir.write("flag.txt", &lists.flag);
+    dir.write("calls.csv", &sipp_csv(&calls));
+    calls
+}
+
+const LIST_ARGS: [&str; 6] = [
+    "--blocklist",
+    "block.txt",
+    "--allowlist",
+    "allow.txt",
+    "--flaglist",
+    "flag.txt",
+];
+
+#[test]
+fn sipp_redirect_counts_equal_what_the_lists_imply() {
+    let dir = TempDir::new("sipp-redirect");
+    let n = 3000;
+    let calls = write_lists(&dir, 42, n);
+    let want_block = calls.iter().filter(|c| c.expect == Expect::Block).count() as u64;
+    let want_pass = n as u64 - want_block;
+    let k = Kuzet::start(&LIST_ARGS, dir.path());
+    let (ok, counts) = run_redirect_uac(dir.path(), k.addr, n, 1000);
+    let summary = k.stop();
+    assert!(ok, "every SIPp call succeeded: {counts:?}");
+    assert_eq!(counts.get("0_INVITE_Sent"), Some(&(n as u64)));
+    assert_eq!(counts.get("1_302_Recv"), Some(&want_pass), "{counts:?}");
+    assert_eq!(counts.get("2_603_Recv"), Some(&want_block), "{counts:?}");
+    assert_eq!(counts.get("0_INVITE_Timeout"), Some(&0));
+    let flagged = calls.iter().filter(|c| c.expect == Expect::Flag).count();
+    assert!(
+        summary.contains(&format!("verdict_flag_total={flagged}")),
+        "kuzet flagged {flagged}: {summary}"
+    );
+}
+
+#[test]
+fn sipp_list_reload_under_load_loses_no_call() {
+    let dir = TempDir::new("sipp-reload");
+    dir.write("block.txt", "+77011112233\n");
+    // Every call comes from one number that the new list will block.
+    let n = 3000;
+    let mut csv = String::from("SEQUENTIAL\n");
+    for _ in 0..n {
+        csv.push_str("87051234567;87015550000\n");
+    }
+    dir.write("calls.csv", &csv);
+    let k = Kuzet::start(&["--blocklist", "block.txt"], dir.path());
+    let d = dir.path().to_path_buf();
+    let swapper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1200));
+        std::fs::write(
+            d.join("block.new"),
+            "+77011112233\n8 705 123 45 67,new campaign\n",
+        )
+        .unwrap();
+        std::fs::rename(d.join("block.new"), d.join("block.txt")).unwrap();
+    });
+    let (ok, counts) = run_redirect_uac(dir.path(), k.addr, n, 1000);
+    swapper.join().unwrap();
+    let summary = k.stop();
+    let pass = counts.get("1_302_Recv").copied().unwrap_or(0);
+    let block = counts.get("2_603_Recv").copied().unwrap_or(0);
+    assert!(ok, "no SIPp call failed: {counts:?}");
+    assert_eq!(
+        pass + block,
+        n as u64,
+        "every INVITE was answered: {counts:?}"
+    );
+    assert!(
+        pass > 0 && block > 0,
+        "the swap happened mid-run: {counts:?}"
+    );
+    assert!(summary.contains("list_reloads_total=1"), "{summary}");
+}
+
+#[test]
+fn sipp_proxy_mode_reaches_a_sipp_uas_behind_kuzet() {
+    let dir = TempDir::new("sipp-proxy");
+    dir.write("block.txt", "+77011112233\n");
+    let uas_port = free_port();
+    let n = 200;
+    let uas_dir = TempDir::new("sipp-uas");
+    let mut uas = Command::new(sipp())
+        .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port.to_string()])
+        .args([
+            "-m",
+            &n.to_string(),
+            "-nostdin",
+            "-trace_counts",
+            "-timeout",
+            "60s",
+        ])
+        .current_dir(uas_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let next_hop = format!("127.0.0.1:{uas_port}");
+    let k = Kuzet::start(
+        &[
+            "--mode",
+            "proxy",
+            "--next-hop",
+            &next_hop,
+            "--blocklist",
+            "block.txt",
+        ],
+        dir.path(),
+    );
+    let (ok, counts) = run_sipp(
+        dir.path(),
+        &[
+            k.addr.to_string(),
+            "-sn".into(),
+            "uac".into(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-s".into(),
+            "87015550000".into(),
+            "-m".into(),
+            n.to_string(),
+            "-r".into(),
+            "100".into(),
+        ],
+    );
+    let (uas_ok, _) = uas.wait_with_output_timeout();
+    // A blocked caller is refused by kuzet itself; the UAS has finished.
+    let c = client();
+    let inv = crate::common::invite("87011112233", "87015550000", "blocked", 1);
+    assert_eq!(status(&crate::common::ask(&c, k.addr, &inv)), 603);
+    let summary = k.stop();
+    assert!(ok, "all calls through kuzet completed: {counts:?}");
+    assert!(uas_ok, "the UAS completed {n} calls");
+    // INVITE, ACK and BYE of every call went through kuzet.
+    assert!(
+        summary.contains(&format!("proxy_forwarded_total={}", 3 * n)),
+        "{summary}"
+    );
+}
+
+#[test]
+fn cli_rejects_bad_lists_and_configs_with_exit_code_2() {
+    let dir = TempDir::new("cli");
+    dir.write("bad.txt", "+77011112233\nnot-a-number,oops\n");
+    dir.write(
+        "bad.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmood = \"redirect\"\n",
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+            .arg("run")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--blocklist", "bad.txt"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bad.txt:2: \"not-a-number\" is not a phone number"),
+        "{err}"
+    );
+    let (code, err) = run(&["--config", "bad.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bad.toml:3:1") && err.contains("unknown field `mood`"),
+        "{err}"
+    );
+    let (code, err) = run(&["--mode", "proxy"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("next hop"), "{err}");
+    let (code, err) = run(&["--blocklist", "missing.txt"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("missing.txt"), "{err}");
+}
+
+#[test]
+fn rules_check_accepts_the_example_and_names_the_bad_line() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/rules/default.toml"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["rules", "check", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 17 rules (15 enforced, 2 shadow)"));
+    let dir = TempDir::new("rules-check");
+    let bad = dir.write(
+        "bad.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n\n[[rule]]\nid = \"fan\"\nkind = \"fan_out\"\nscore = 10\nwindow_s = 0\nmax = 3\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["rules", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:5:1: rule \"fan\": window_s must be above 0",
+            bad.display()
+        )),
+        "{err}"
+    );
+}

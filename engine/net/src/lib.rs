@@ -1,0 +1,402 @@
+//! kuzet's syscall layer: batched datagram I/O with `recvmmsg(2)` and
+//! `sendmmsg(2)`, `ppoll(2)` and the timer slack for loops that wait on
+//! sockets without an async runtime, and the UDP socket set-up every
+//! kuzet process shares (`SO_REUSEPORT`, buffer sizes).
+//!
+//! One system call moves up to a batch of datagrams each way, which is how
+//! a UDP server gets below one syscall per call. The standard library and
+//! tokio expose only one datagram per call, and `nix`'s wrappers allocate
+//! per call, so this module talks to libc directly.
+//!
+//! `unsafe` is allowed here, and only here, because the kernel interface
+//! takes raw pointers. The invariants are local and simple: every pointer
+//! handed to the kernel points into a buffer owned by the batch struct,
+//! the buffers do not move while the call runs (boxed slices for receive;
+//! send pointers are set right before the call), and every length given is
+//! the length of the buffer it describes.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// The largest datagram kuzet reads: the most a UDP payload can carry.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// Size of each receive buffer: one byte over [`MAX_DATAGRAM`], so an
+/// oversized datagram shows as truncated.
+pub const RECV_BUF: usize = MAX_DATAGRAM + 1;
+
+/// Receive side: a batch of buffers the kernel fills in one call.
+pub struct RecvBatch {
+    bufs: Vec<Box<[u8]>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// The raw pointers inside point only into the struct's own boxed buffers.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    /// A batch of `n` receive buffers.
+    pub fn new(n: usize) -> Self {
+        let mut bufs: Vec<Box<[u8]>> = (0..n)
+            .map(|_| vec![0u8; RECV_BUF].into_boxed_slice())
+            .collect();
+        // SAFETY: sockaddr_storage and mmsghdr are plain C structs for
+        // which all-zero bytes are a valid value.
+        let mut addrs: Vec<libc::sockaddr_storage> = (0..n).map(|_| unsafe { zeroed() }).collect();
+        let mut iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let hdrs = (0..n)
+            .map(|i| {
+                let mut h: libc::mmsghdr = unsafe { zeroed() };
+                h.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = &mut iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        RecvBatch {
+            bufs,
+            addrs,
+            iovs,
+            hdrs,
+        }
+    }
+
+    /// Reads up to a batch without blocking; `WouldBlock` when nothing waits.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_DONTWAIT)
+    }
+
+    /// On a blocking socket: waits for the first datagram (at most the
+    /// socket's `SO_RCVTIMEO`, then `WouldBlock`), then takes whatever else
+    /// is already queued, up to a batch (`MSG_WAITFORONE`). One system call
+    /// per wake-up, where poll-then-read needs three.
+    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_WAITFORONE)
+    }
+
+    fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
+        for (i, h) in self.hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: hdrs holds hdrs.len() initialized headers whose name and
+        // iovec pointers point into self.addrs / self.iovs / self.bufs,
+        // which live as long as self and are not touched during the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                flags,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Datagram `i` of the last receive and its source; `None` when it was
+    /// truncated (over [`RECV_BUF`]) or came from an unknown address family.
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        let h = self.hdrs.get(i)?;
+        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        let len = (h.msg_len as usize).min(RECV_BUF);
+        if len >= RECV_BUF {
+            return None;
+        }
+        Some((&self.bufs[i][..len], from_storage(&self.addrs[i])?))
+    }
+}
+
+/// Send side: replies queued during a batch, sent in one call.
+pub struct SendBatch {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    lens: Vec<libc::socklen_t>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    queued: usize,
+    sent: usize,
+}
+
+unsafe impl Send for SendBatch {}
+
+impl SendBatch {
+    /// Room for `n` queued datagrams.
+    pub fn new(n: usize) -> Self {
+        SendBatch {
+            bufs: (0..n).map(|_| Vec::with_capacity(1024)).collect(),
+            addrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            lens: vec![0; n],
+            iovs: (0..n)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            queued: 0,
+            sent: 0,
+        }
+    }
+
+    /// The buffer the next datagram is written into, or `None` when full.
+    pub fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+        self.bufs.get_mut(self.queued)
+    }
+
+    /// Queues the buffer last returned by [`next_buf`](Self::next_buf) for `to`.
+    pub fn commit(&mut self, to: SocketAddr) {
+        if self.queued < self.bufs.len() {
+            self.lens[self.queued] = to_storage(to, &mut self.addrs[self.queued]);
+            self.queued += 1;
+        }
+    }
+
+    /// How many datagrams wait to be sent.
+    pub fn pending(&self) -> usize {
+        self.queued - self.sent
+    }
+
+    /// Sends what is pending without blocking; returns how many went out.
+    pub fn send(&mut self, fd: RawFd) -> io::Result<usize> {
+        let (from, to) = (self.sent, self.queued);
+        if from == to {
+            return Ok(0);
+        }
+        for i in from..to {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.bufs[i].len(),
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = self.lens[i];
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_len = 0;
+        }
+        // SAFETY: headers from..to were just pointed at this batch's own
+        // buffers and addresses, which are not resized during the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs[from..].as_mut_ptr(),
+                (to - from) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.sent += n as usize;
+        Ok(n as usize)
+    }
+
+    /// Skips the datagram at the head of the queue (after a hard error).
+    pub fn skip_one(&mut self) {
+        if self.sent < self.queued {
+            self.sent += 1;
+        }
+    }
+
+    /// Empties the queue for the next batch.
+    pub fn clear(&mut self) {
+        self.queued = 0;
+        self.sent = 0;
+    }
+}
+
+/// Waits until one of `fds` is readable (or writable, where its flag
+/// asks) or `timeout` passes, with microsecond resolution (`ppoll(2)`).
+/// Returns how many descriptors are ready. Used by loops that run without
+/// an async runtime: the load driver and the null responder in `sim/`.
+pub fn wait(fds: &[(RawFd, bool)], timeout: std::time::Duration) -> io::Result<usize> {
+    const MAX: usize = 16;
+    if fds.len() > MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "at most 16 descriptors",
+        ));
+    }
+    let mut p = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; MAX];
+    for (slot, &(fd, write)) in p.iter_mut().zip(fds) {
+        slot.fd = fd;
+        slot.events = libc::POLLIN | if write { libc::POLLOUT } else { 0 };
+    }
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: p holds fds.len() initialized pollfd structs and ts is a
+    // valid timespec; both live across the call; no signal mask is given.
+    let n = unsafe {
+        libc::ppoll(
+            p.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n as usize)
+}
+
+/// Asks the kernel to wake this thread within about `ns` nanoseconds of a
+/// timeout it asked for (`PR_SET_TIMERSLACK`; the default slack is 50 µs).
+/// A pacing loop (the load driver) uses it to sleep between sends instead
+/// of spinning, which on a 2-core machine would steal a core from the
+/// server it measures.
+pub fn set_timer_slack(ns: u64) -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches no
+    // memory of ours.
+    let r = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Binds one UDP socket on `addr` with `SO_REUSEPORT` and `buffer`-byte
+/// send and receive buffers, non-blocking. Several sockets bound this way
+/// on one address share its traffic, spread by the kernel.
+pub fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    // The kernel caps these at net.core.{r,w}mem_max; a smaller buffer is
+    // not an error.
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any
+            // sockaddr type; we write a complete sockaddr_in into it.
+            let sin: &mut libc::sockaddr_in =
+                unsafe { &mut *(s as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6: &mut libc::sockaddr_in6 =
+                unsafe { &mut *(s as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn batch_round_trip_over_real_sockets() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut send = SendBatch::new(8);
+        for i in 0..5u8 {
+            let buf = send.next_buf().unwrap();
+            buf.clear();
+            buf.extend_from_slice(&[b'x', i]);
+            send.commit(b.local_addr().unwrap());
+        }
+        assert_eq!(send.send(a.as_raw_fd()).unwrap(), 5);
+        b.set_nonblocking(false).unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut got = 0;
+        let mut recv = RecvBatch::new(8);
+        while got < 5 {
+            let mut one = [0u8; 4];
+            // Wait for the first datagram, then take the rest in a batch.
+            let _ = b.peek_from(&mut one).unwrap();
+            let n = recv.recv(b.as_raw_fd()).unwrap();
+            for i in 0..n {
+                let (d, src) = recv.get(i).unwrap();
+                assert_eq!(d, &[b'x', (got + i) as u8]);
+                assert_eq!(src, a.local_addr().unwrap());
+            }
+            got += n;
+        }
+        assert!(
+            matches!(recv.recv(b.as_raw_fd()), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        );
+    }
+}
