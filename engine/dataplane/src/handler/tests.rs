@@ -1,6 +1,7 @@
 //! Unit tests for the handler's small helpers; the behaviour over sockets
 //! is covered by `tests/it`.
 
+use super::proxy::{sent_by_matches, via_destination};
 use super::*;
 use kuzet_sip::syntax::parse_via;
 

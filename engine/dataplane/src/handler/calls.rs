@@ -1,0 +1,102 @@
+//! Calls in progress, as proxy mode sees them: an INVITE opens a record, a
+//! 2xx marks it answered, a CANCEL, BYE or other final answer closes it.
+//! What is learnt (ring time, talk time, concurrency) feeds the Wangiri,
+//! short-call and concurrency rules.
+
+use super::*;
+
+impl Handler {
+    /// Proxy mode: learns call outcomes from what it forwards. An INVITE
+    /// opens a record; a 2xx to it marks the call answered (one more
+    /// concurrent call); a CANCEL is a ring of that length; another final
+    /// answer is a ring that ran out; a BYE after an answer is a call of
+    /// that length (one concurrent call fewer).
+    pub(super) fn learn(&self, m: &Message<'_>, a: Option<Number>) {
+        let Some(id) = m.header(Hdr::CallId) else {
+            return;
+        };
+        let mut h = Fnv::default();
+        h.write(id);
+        let key = h.finish();
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let now = self.call_time(Instant::now()).secs;
+        let policy = self
+            .lists
+            .load()
+            .rules
+            .as_ref()
+            .map(|r| r.outcomes)
+            .unwrap_or_default();
+        if m.is_request() {
+            match m.method() {
+                b"INVITE" => {
+                    if let Some(a) = a {
+                        if self.calls.len() < self.calls_cap {
+                            self.calls.entry(key).or_insert(CallRec {
+                                a: a.raw(),
+                                invited_ms: now_ms,
+                                answered_ms: 0,
+                            });
+                        }
+                    }
+                }
+                b"CANCEL" => {
+                    if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms == 0) {
+                        let ring_ms =
+                            now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
+                        self.callers
+                            .outcome(r.a, now, CallOutcome::Cancelled { ring_ms }, &policy);
+                    }
+                }
+                b"BYE" => {
+                    if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms > 0) {
+                        let talk_ms = now_ms
+                            .saturating_sub(r.answered_ms)
+                            .min(u64::from(u32::MAX)) as u32;
+                        self.callers
+                            .outcome(r.a, now, CallOutcome::Answered { talk_ms }, &policy);
+                        self.callers.concurrent(r.a, now, -1);
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        let invite = m
+            .header(Hdr::CSeq)
+            .and_then(|c| parse_cseq(c).ok())
+            .is_some_and(|(_, meth)| meth == b"INVITE");
+        let status = m.status();
+        if !invite || status < 200 {
+            return;
+        }
+        if status < 300 {
+            if let Some(mut r) = self.calls.get_mut(&key) {
+                if r.answered_ms == 0 {
+                    r.answered_ms = now_ms.max(1);
+                    self.callers.concurrent(r.a, now, 1);
+                }
+            }
+        } else if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms == 0) {
+            // Refused or rang out (a CANCELled call was removed already).
+            let ring_ms = now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
+            self.callers.outcome(
+                r.a,
+                now,
+                CallOutcome::Cancelled {
+                    ring_ms: ring_ms.max(policy.short_ring_ms),
+                },
+                &policy,
+            );
+        }
+    }
+}
+
+/// A call proxy mode has seen start: who called, when it was sent on, and
+/// when it was answered (0 = not yet), in ms since start-up.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct CallRec {
+    pub(super) a: u64,
+    pub(super) invited_ms: u64,
+    pub(super) answered_ms: u64,
+}

@@ -1,0 +1,271 @@
+//! Proxy mode: stateless forwarding. kuzet pushes its own Via (a branch
+//! hashed from the incoming one, so a CANCEL matches its INVITE), marks the
+//! previous Via with received/rport, lowers Max-Forwards, and routes
+//! responses back by popping its Via.
+
+use super::*;
+
+impl Handler {
+    pub(super) fn proxy(
+        &self,
+        m: &Message<'_>,
+        c: &Checked<'_>,
+        src: SocketAddr,
+        conn: Option<u64>,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let Some(next_hop) = self.next_hop else {
+            return Outcome::Drop;
+        };
+        let method = m.method();
+        if self.reject_unknown && !self.trunks.is_empty() && self.trunks.lookup(src.ip()).is_none()
+        {
+            self.metrics.inc(Counter::UnknownSource);
+            if method == b"ACK" {
+                return Outcome::Drop;
+            }
+            self.reply(m, Some(c), self.unknown_code, "Unknown Source", out, |_| {});
+            return Outcome::Reply;
+        }
+        if method == b"PUBLISH" && is_outcome(m) {
+            return self.outcome(m, c, out);
+        }
+        // An OPTIONS to kuzet itself (no user part) is a keep-alive ping from
+        // a dispatcher in front: answer it rather than forward it.
+        if method == b"OPTIONS" && c.ruri.user.is_none() {
+            self.reply(m, Some(c), 200, "OK", out, |_| {});
+            return Outcome::Reply;
+        }
+        let lists;
+        let mut verdict = None;
+        if method == b"INVITE" {
+            lists = self.lists.load();
+            let v = self.score(m, c, src, received, &lists);
+            if v.decision() == Decision::Block {
+                self.reply_blocked(m, c, &v, out);
+                return Outcome::Reply;
+            }
+            verdict = Some(v);
+        }
+        if self
+            .forward(m, c, src, conn, verdict.as_ref(), out)
+            .is_err()
+        {
+            out.clear();
+            self.metrics.inc(Counter::BadRequests);
+            if method == b"ACK" {
+                return Outcome::Drop;
+            }
+            self.reply(m, Some(c), 400, "Bad Via", out, |_| {});
+            return Outcome::Reply;
+        }
+        self.metrics.inc(Counter::Forwarded);
+        // Outcomes matter only to rules; without a rule file, learn nothing.
+        // An INVITE reuses the A-number its scoring decoded.
+        let learning = match (&verdict, method) {
+            (Some(Judged::Rules(_, _, a)), _) => Some(*a),
+            (_, b"CANCEL" | b"BYE") if self.lists.load().rules.is_some() => Some(None),
+            _ => None,
+        };
+        if let Some(a) = learning {
+            self.learn(m, a);
+        }
+        Outcome::Forward(next_hop)
+    }
+
+    /// Writes the request as forwarded to the next hop: kuzet's Via on top,
+    /// the previous top Via marked with received/rport, Max-Forwards one
+    /// lower, the verdict header when flagged, everything else as it came.
+    pub(super) fn forward(
+        &self,
+        m: &Message<'_>,
+        c: &Checked<'_>,
+        src: SocketAddr,
+        conn: Option<u64>,
+        verdict: Option<&Judged<'_>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SyntaxError> {
+        let bytes = m.bytes();
+        let line_end = memchr::memchr(b'\n', bytes).unwrap_or(0);
+        let start_line = &bytes[..line_end];
+        let start_line = start_line.strip_suffix(b"\r").unwrap_or(start_line);
+        // A redirect decision in proxy mode rewrites the Request-URI to the
+        // configured announcement / anti-fraud desk.
+        let redirect_to = match verdict {
+            Some(j @ Judged::Rules(_, r, _)) if j.decision() == Decision::Redirect => {
+                r.thresholds.redirect_uri.as_deref()
+            }
+            _ => None,
+        };
+        match redirect_to {
+            Some(uri) => {
+                out.extend_from_slice(m.method());
+                out.push(b' ');
+                out.extend_from_slice(uri.as_bytes());
+                out.extend_from_slice(b" SIP/2.0");
+            }
+            None => out.extend_from_slice(start_line),
+        }
+        out.extend_from_slice(b"\r\nVia: SIP/2.0/UDP ");
+        out.extend_from_slice(&self.via_sent_by);
+        out.extend_from_slice(b";branch=");
+        out.extend_from_slice(BRANCH_PREFIX);
+        let top = m.header(Hdr::Via).unwrap_or_default();
+        let mut h = Fnv::default();
+        h.write(split_values(top).next().unwrap_or_default());
+        push_hex(out, h.finish());
+        if let Some(id) = conn {
+            out.extend_from_slice(b";kzc=");
+            push_u64(out, id);
+        }
+        out.extend_from_slice(b"\r\n");
+        let mut first_via = true;
+        for hl in m.headers() {
+            match hl.kind {
+                Hdr::Via if first_via => {
+                    first_via = false;
+                    out.extend_from_slice(b"Via: ");
+                    let top_value = split_values(hl.value).next().unwrap_or_default();
+                    let via = parse_via(top_value)?;
+                    // Copy the value up to the parameters, then each
+                    // parameter, filling in rport; then add received.
+                    let params_at = offset_in(hl.value, via.params).unwrap_or(top_value.len());
+                    out.extend_from_slice(&hl.value[..params_at]);
+                    for p in via.params.split(|&b| b == b';').filter(|p| !p.is_empty()) {
+                        out.push(b';');
+                        let p = kuzet_sip::syntax::trim_lws(p);
+                        if p.eq_ignore_ascii_case(b"rport") {
+                            out.extend_from_slice(b"rport=");
+                            push_u64(out, u64::from(src.port()));
+                        } else {
+                            out.extend_from_slice(p);
+                        }
+                    }
+                    out.extend_from_slice(b";received=");
+                    let _ = write!(out, "{}", src.ip());
+                    let rest_at = offset_in(hl.value, top_value)
+                        .map_or(hl.value.len(), |o| o + top_value.len());
+                    out.extend_from_slice(&hl.value[rest_at..]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Hdr::MaxForwards => {
+                    out.extend_from_slice(b"Max-Forwards: ");
+                    push_u64(
+                        out,
+                        u64::from(c.max_forwards.unwrap_or(70).saturating_sub(1)),
+                    );
+                    out.extend_from_slice(b"\r\n");
+                }
+                _ => {
+                    out.extend_from_slice(&bytes[hl.line.clone()]);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        if c.max_forwards.is_none() {
+            out.extend_from_slice(b"Max-Forwards: 69\r\n");
+        }
+        if let Some(v) = verdict {
+            if matches!(v.decision(), Decision::Flag | Decision::Redirect) {
+                verdict_header(out, v);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(m.body());
+        Ok(())
+    }
+
+    /// Proxy mode: pops kuzet's Via off a response and sends it on to the
+    /// next Via (its received/rport when present).
+    pub(super) fn route_response(&self, m: &Message<'_>, out: &mut Vec<u8>) -> Outcome {
+        let drop = |metrics: &Metrics| {
+            metrics.inc(Counter::ResponsesDropped);
+            Outcome::Drop
+        };
+        let Some(top_line) = m.header(Hdr::Via) else {
+            return drop(&self.metrics);
+        };
+        let mut values = split_values(top_line);
+        let top = values.next().unwrap_or_default();
+        let Ok(ours) = parse_via(top) else {
+            return drop(&self.metrics);
+        };
+        let is_ours = ours.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+            && sent_by_matches(&ours, &self.via_sent_by);
+        if !is_ours {
+            return drop(&self.metrics);
+        }
+        let conn = param(ours.params, b"kzc")
+            .and_then(kuzet_sip::parse_u32)
+            .map(u64::from);
+        let rest_of_line = values.next();
+        let bytes = m.bytes();
+        let line_end = memchr::memchr(b'\n', bytes).unwrap_or(0);
+        out.extend_from_slice(&bytes[..=line_end]);
+        let mut next_via: Option<&[u8]> = rest_of_line;
+        let mut first = true;
+        for hl in m.headers() {
+            if hl.kind == Hdr::Via && first {
+                first = false;
+                if let Some(at) = rest_of_line.and_then(|r| offset_in(hl.value, r)) {
+                    out.extend_from_slice(b"Via: ");
+                    out.extend_from_slice(&hl.value[at..]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                continue;
+            }
+            if hl.kind == Hdr::Via && next_via.is_none() {
+                next_via = split_values(hl.value).next();
+            }
+            out.extend_from_slice(&bytes[hl.line.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(m.body());
+        self.metrics.inc(Counter::ResponsesRouted);
+        if self.lists.load().rules.is_some() {
+            self.learn(m, None);
+        }
+        if let Some(id) = conn {
+            return Outcome::ToConnection(id);
+        }
+        let Some(dest) = next_via
+            .and_then(|v| parse_via(v).ok())
+            .and_then(|v| via_destination(&v))
+        else {
+            out.clear();
+            return drop(&self.metrics);
+        };
+        Outcome::Forward(dest)
+    }
+}
+
+/// The branch prefix kuzet puts on its own Via (RFC 3261 magic cookie + tag).
+pub(super) const BRANCH_PREFIX: &[u8] = b"z9hG4bK-kz";
+
+pub(super) fn sent_by_matches(via: &kuzet_sip::syntax::Via<'_>, sent_by: &[u8]) -> bool {
+    let port = via.port.unwrap_or(5060);
+    let Some(colon) = sent_by.iter().rposition(|&b| b == b':') else {
+        return false;
+    };
+    via.host.eq_ignore_ascii_case(&sent_by[..colon])
+        && kuzet_sip::parse_u32(&sent_by[colon + 1..]) == Some(u32::from(port))
+}
+
+/// Where a response goes for this Via: received/rport first (RFC 3581),
+/// else the sent-by address. Host names are not resolved on the call path.
+pub(super) fn via_destination(v: &kuzet_sip::syntax::Via<'_>) -> Option<SocketAddr> {
+    let host = param(v.params, b"received").unwrap_or(v.host);
+    let host = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
+    let ip: IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
+    let port = param(v.params, b"rport")
+        .and_then(kuzet_sip::parse_u32)
+        .and_then(|p| u16::try_from(p).ok())
+        .or(v.port)
+        .unwrap_or(5060);
+    Some(SocketAddr::new(ip, port))
+}

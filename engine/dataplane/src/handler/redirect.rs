@@ -1,0 +1,71 @@
+//! Redirect mode: the 302 that lets a call continue (to its own Request-URI,
+//! or to the anti-fraud desk), the 603 that blocks it, and the answers to
+//! everything that is not an INVITE.
+
+use super::*;
+
+impl Handler {
+    pub(super) fn redirect(
+        &self,
+        m: &Message<'_>,
+        c: &Checked<'_>,
+        src: SocketAddr,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        match m.method() {
+            b"INVITE" => {
+                let lists = self.lists.load();
+                let v = self.score(m, c, src, received, &lists);
+                match v.decision() {
+                    Decision::Block => self.reply_blocked(m, c, &v, out),
+                    d => {
+                        let contact = match (&v, d) {
+                            (Judged::Rules(_, r, _), Decision::Redirect) => r
+                                .thresholds
+                                .redirect_uri
+                                .as_deref()
+                                .map_or(m.request_uri(), str::as_bytes),
+                            _ => m.request_uri(),
+                        };
+                        self.reply(m, Some(c), 302, "Moved Temporarily", out, |o| {
+                            o.extend_from_slice(b"Contact: <");
+                            o.extend_from_slice(contact);
+                            o.extend_from_slice(b">\r\n");
+                            verdict_header(o, &v);
+                        });
+                    }
+                }
+                Outcome::Reply
+            }
+            b"ACK" => {
+                self.metrics.inc(Counter::AcksAbsorbed);
+                Outcome::Drop
+            }
+            // Outcomes change how later calls score: with trunks configured,
+            // only a known source may report them.
+            b"PUBLISH"
+                if is_outcome(m)
+                    && !self.trunks.is_empty()
+                    && self.trunks.lookup(src.ip()).is_none() =>
+            {
+                self.metrics.inc(Counter::UnknownSource);
+                self.reply(m, Some(c), 403, "Unknown Source", out, |_| {});
+                Outcome::Reply
+            }
+            b"PUBLISH" if is_outcome(m) => self.outcome(m, c, out),
+            b"OPTIONS" => {
+                self.reply(m, Some(c), 200, "OK", out, |o| {
+                    o.extend_from_slice(b"Allow: INVITE, ACK, OPTIONS, PUBLISH\r\n");
+                });
+                Outcome::Reply
+            }
+            _ => {
+                self.reply(m, Some(c), 405, "Method Not Allowed", out, |o| {
+                    o.extend_from_slice(b"Allow: INVITE, ACK, OPTIONS\r\n");
+                });
+                Outcome::Reply
+            }
+        }
+    }
+}
