@@ -1,0 +1,211 @@
+//! Scoring one call: every rule in scope that fires adds its score, the
+//! capped sum meets the thresholds. Reads and updates per-number state
+//! once per call; allocates nothing.
+
+use super::*;
+
+impl RuleSet {
+    /// Scores one call, updating the caller's (and destination's) state.
+    pub fn score(
+        &self,
+        call: &CallInput,
+        lists: &RuleLists<'_>,
+        callers: &Tracker,
+        destinations: &Tracker,
+    ) -> Scored {
+        let mut out = Scored {
+            decision: Decision::Allow,
+            score: 0,
+            shadow_decision: Decision::Allow,
+            allowlisted: false,
+            fired: [Fired {
+                rule: 0,
+                value: 0,
+                threshold: 0,
+                shadow: false,
+            }; MAX_FIRED],
+            n: 0,
+        };
+        let on = |l: Option<&NumberList>, n: Option<Number>| matches!((l, n), (Some(l), Some(n)) if l.lookup(n).is_some());
+        if on(lists.allow, call.a) || on(lists.allow, call.b) {
+            out.allowlisted = true;
+            return out;
+        }
+        let now = call.time.secs;
+        let a = call.a.map(Number::raw);
+        let b = call.b;
+        // The caller's state is read and updated once, under one lock.
+        let state = a.filter(|_| self.needs_state).and_then(|a| {
+            callers.with(a, now, |s| {
+                let mut vel = [0u32; VELOCITY_SLOTS];
+                for (slot, &w) in self.windows.iter().enumerate() {
+                    if w > 0 {
+                        vel[slot] = s.velocity[slot].add(now, w, 1);
+                    }
+                }
+                let (mut fan, mut run) = (0, 0);
+                if let Some(b) = b {
+                    if let Some(w) = self.fan_out_window {
+                        fan = s.fan_out(now, w, b.raw());
+                    }
+                    if self.needs_run {
+                        run = s.sequential(b.value());
+                    }
+                }
+                (
+                    vel,
+                    fan,
+                    run,
+                    s.rings(),
+                    s.answers(),
+                    u32::from(s.concurrent),
+                )
+            })
+        });
+        let premium = match (lists.premium, b) {
+            (Some(l), Some(bn)) if self.needs_premium => l.lookup(bn).map(|m| (m, bn)),
+            _ => None,
+        };
+        // List answers are looked up at most once per call, however many
+        // rules ask.
+        let (mut blocked, mut flagged, mut protected) = (None, None, None);
+        let (mut a_leads, mut b_leads) = (call.a.map(Leads::new), call.b.map(Leads::new));
+        let (mut score, mut shadow_score) = (0u32, 0u32);
+        for (i, r) in self.rules.iter().enumerate() {
+            if !r.scope.applies(call, &mut a_leads, &mut b_leads) {
+                continue;
+            }
+            let hit: Option<(u32, u32)> = match &r.kind {
+                Kind::List { list } => {
+                    let hit = match list {
+                        ListName::Blocklist => *blocked.get_or_insert_with(|| {
+                            on(lists.block, call.a) || on(lists.block, call.b)
+                        }),
+                        ListName::Flaglist => *flagged.get_or_insert_with(|| {
+                            on(lists.flag, call.a) || on(lists.flag, call.b)
+                        }),
+                        ListName::Premium => premium.is_some(),
+                    };
+                    hit.then_some((1, 1))
+                }
+                Kind::DomesticOnInternational { ranges } => (call.trunk
+                    == Some(TrunkKind::International)
+                    && call.a.is_some_and(|n| {
+                        n.is_e164()
+                            && if ranges.is_empty() {
+                                self.plan.is_domestic(n)
+                            } else {
+                                a_leads.as_mut().is_some_and(|l| ranges.contains_leads(l))
+                            }
+                    }))
+                .then_some((1, 1)),
+                Kind::ProtectedCaller => protected
+                    .get_or_insert_with(|| on(lists.protected, call.a))
+                    .then_some((1, 1)),
+                Kind::CliMismatch => match (call.from, call.pai) {
+                    (Some(f), Some(p)) if f != p => Some((1, 1)),
+                    _ => None,
+                },
+                Kind::InvalidCaller { allocated } => match call.a {
+                    None if call.a_present => Some((1, 1)),
+                    Some(n)
+                        if !allocated.is_empty()
+                            && n.is_e164()
+                            && self.plan.is_domestic(n)
+                            && !a_leads
+                                .as_mut()
+                                .is_some_and(|l| allocated.contains_leads(l)) =>
+                    {
+                        Some((1, 1))
+                    }
+                    _ => None,
+                },
+                Kind::Velocity { max, slot, .. } => state.and_then(|s| {
+                    let v = s.0[usize::from(*slot)];
+                    (v > *max).then_some((v, *max))
+                }),
+                Kind::FanOut { max, .. } => state.and_then(|s| (s.1 > *max).then_some((s.1, *max))),
+                Kind::Sequential { run } => {
+                    state.and_then(|s| (s.2 >= *run).then_some((s.2, *run)))
+                }
+                Kind::Wangiri { min_calls, ratio } => {
+                    state.and_then(|s| over_ratio(s.3, *min_calls, *ratio))
+                }
+                Kind::ShortCalls { min_calls, ratio } => {
+                    state.and_then(|s| over_ratio(s.4, *min_calls, *ratio))
+                }
+                Kind::Concurrent { max } => state.and_then(|s| (s.5 > *max).then_some((s.5, *max))),
+                Kind::DestinationVelocity { window_s, max } => premium.and_then(|(_, bn)| {
+                    // Calls to this destination: keyed by the B-number's
+                    // leading digits down to the premium prefix matched.
+                    let key = destination_key(bn, lists.premium);
+                    let v =
+                        destinations.with(key, now, |s| s.velocity[0].add(now, *window_s, 1))?;
+                    (v > *max).then_some((v, *max))
+                }),
+            };
+            let Some((value, threshold)) = hit else {
+                continue;
+            };
+            let shadow = r.mode == Mode::Shadow;
+            if shadow {
+                shadow_score = shadow_score.saturating_add(r.score);
+            } else {
+                score = score.saturating_add(r.score);
+            }
+            if usize::from(out.n) < MAX_FIRED {
+                out.fired[usize::from(out.n)] = Fired {
+                    rule: i as u16,
+                    value,
+                    threshold,
+                    shadow,
+                };
+                out.n += 1;
+            }
+        }
+        let t = &self.thresholds;
+        out.score = score.min(t.cap);
+        out.decision = t.decide(out.score);
+        out.shadow_decision = t.decide(score.saturating_add(shadow_score).min(t.cap));
+        out
+    }
+}
+
+impl Thresholds {
+    pub(super) fn decide(&self, score: u32) -> Decision {
+        if score >= self.block {
+            Decision::Block
+        } else if self.redirect.is_some_and(|r| score >= r) {
+            Decision::Redirect
+        } else if score >= self.flag && score > 0 {
+            Decision::Flag
+        } else {
+            Decision::Allow
+        }
+    }
+}
+
+/// Fires when at least `min` events were seen and the short share (per
+/// mille) is at least `ratio`.
+pub(super) fn over_ratio((total, short): (u32, u32), min: u32, ratio: f32) -> Option<(u32, u32)> {
+    if total == 0 || total < min {
+        return None;
+    }
+    let v = short * 1000 / total;
+    let t = (ratio * 1000.0).round() as u32;
+    (v >= t).then_some((v, t))
+}
+
+pub(super) fn destination_key(b: Number, premium: Option<&NumberList>) -> u64 {
+    // The premium list's longest matching prefix identifies the
+    // destination; fall back to the number itself.
+    match premium.and_then(|l| l.lookup(b)) {
+        Some(m) => match m.kind {
+            crate::list::MatchKind::Prefix(len) => {
+                b.leading(usize::from(len)) | (u64::from(len) << 56)
+            }
+            crate::list::MatchKind::Exact => b.raw(),
+        },
+        None => b.raw(),
+    }
+}
