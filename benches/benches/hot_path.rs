@@ -15,7 +15,9 @@ use kuzet::config::Config;
 use kuzet_benches::{number, INVITE};
 use kuzet_dataplane::metrics::Metrics;
 use kuzet_dataplane::Handler;
-use kuzet_rules::{evaluate, CallFacts, ListBuilder, ListPolicy, ListSet, NumberingPlan};
+use kuzet_rules::ruleset::{CallInput, Decision};
+use kuzet_rules::state::Tracker;
+use kuzet_rules::{ListBuilder, ListSet, NumberingPlan};
 use kuzet_sip::{parse, syntax, Hdr, Transport};
 
 const EXACT: u64 = 10_000_000;
@@ -43,7 +45,6 @@ fn big_lists(plan: &NumberingPlan) -> ListSet {
     eprintln!("built 10M+100k list in {:?}", t.elapsed());
     ListSet {
         block,
-        policy: ListPolicy::default(),
         ..ListSet::default()
     }
 }
@@ -84,16 +85,24 @@ fn bench_lookup(c: &mut Criterion) {
         Arc::new(ArcSwap::from_pointee(ListSet::default())),
         Arc::new(Metrics::default()),
     );
+    // The built-in list rules read no behaviour state; empty trackers.
+    let (callers, dest) = (Tracker::new(16, 60), Tracker::new(16, 60));
+    let facts = |m: &kuzet_sip::Message<'_>| {
+        let a = handler.a_number(m);
+        CallInput {
+            a,
+            from: a,
+            pai: a,
+            a_present: a.is_some(),
+            b: handler.b_number(m),
+            ..CallInput::default()
+        }
+    };
     let mut g = c.benchmark_group("parse_normalize_lookup_10M_100k");
     g.bench_function("kuzet_miss", |b| {
         b.iter(|| {
             let m = parse(black_box(INVITE), Transport::Datagram).unwrap();
-            let facts = CallFacts {
-                a_number: handler.a_number(&m),
-                b_number: handler.b_number(&m),
-                trunk_kind: None,
-            };
-            black_box(evaluate(&facts, &lists));
+            black_box(lists.score(&facts(&m), &callers, &dest));
         })
     });
     // A hit: the caller is on the list.
@@ -103,13 +112,8 @@ fn bench_lookup(c: &mut Criterion) {
     g.bench_function("kuzet_hit", |b| {
         b.iter(|| {
             let m = parse(black_box(&hit_msg), Transport::Datagram).unwrap();
-            let facts = CallFacts {
-                a_number: handler.a_number(&m),
-                b_number: handler.b_number(&m),
-                trunk_kind: None,
-            };
-            let v = evaluate(&facts, &lists);
-            assert_eq!(v.action, kuzet_rules::Action::Block);
+            let v = lists.score(&facts(&m), &callers, &dest);
+            assert_eq!(v.decision, Decision::Block);
             black_box(v);
         })
     });

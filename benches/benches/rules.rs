@@ -1,23 +1,35 @@
-//! Behaviour rules: scoring one call with 30 rules active while 1M numbers
-//! are tracked, beside the list-only verdict; and the memory per tracked
-//! number (resident-set growth while 1M numbers are added).
+//! Behaviour rules:
+//! - scoring one call with 30 rules active while 1M numbers are tracked,
+//!   beside the built-in list rules alone (no rule file);
+//! - the memory per tracked number (resident-set growth while 1M numbers
+//!   are added);
+//! - contention: two threads updating per-number state while a third
+//!   sweeps the tracker over and over, for the lock-free table and for the
+//!   `DashMap` tracker it replaced.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use kuzet_benches::dashmap_tracker::DashTracker;
 use kuzet_benches::{number, rss_bytes};
 use kuzet_rules::ruleset::{CallInput, RuleLists, RuleSet};
 use kuzet_rules::state::{CallTime, Tracker};
-use kuzet_rules::{
-    evaluate, CallFacts, ListBuilder, ListPolicy, ListSet, Number, NumberingPlan, TrunkKind,
-};
+use kuzet_rules::{ListBuilder, ListPolicy, ListSet, Number, NumberingPlan, TrunkKind};
 
 const TRACKED: u64 = 1_000_000;
 
-/// The example file's 17 rules plus 13 scoped variants: 30 in all.
+/// The example file's rules, the built-in list rules and scoped variants:
+/// 30 in all.
 fn thirty_rules(plan: &NumberingPlan) -> RuleSet {
     let mut text = include_str!("../../deploy/rules/default.toml").to_string();
-    for i in 0..13 {
+    let base = RuleSet::from_toml_str(&text, "bench", plan, &ListPolicy::default())
+        .unwrap()
+        .rules
+        .len();
+    for i in 0..30 - base {
         text += &format!(
             "\n[[rule]]\nid = \"extra_{i}\"\nkind = \"{}\"\nscore = 5\n[rule.scope]\ncaller_prefixes = [\"+770{}\"]\nhours = [\"{}-{}\"]\n",
             if i % 2 == 0 { "cli_mismatch" } else { "protected_caller" },
@@ -26,14 +38,32 @@ fn thirty_rules(plan: &NumberingPlan) -> RuleSet {
             (i + 8) % 24
         );
     }
-    let r = RuleSet::from_toml_str(&text, "bench", plan).unwrap();
+    let r = RuleSet::from_toml_str(&text, "bench", plan, &ListPolicy::default()).unwrap();
     assert_eq!(r.rules.len(), 30);
     r
+}
+
+fn input(i: u64, secs: u32) -> CallInput {
+    let a = Number::e164(number(i).to_string().as_bytes());
+    CallInput {
+        a,
+        from: a,
+        pai: a,
+        a_present: true,
+        b: Number::e164(number(i + 7).to_string().as_bytes()),
+        trunk: Some(TrunkKind::Mobile),
+        time: CallTime {
+            secs,
+            hour: 12,
+            weekday: 2,
+        },
+    }
 }
 
 fn bench_rules(c: &mut Criterion) {
     let plan = NumberingPlan::kazakhstan().validated().unwrap();
     let rules = thirty_rules(&plan);
+    let builtin = RuleSet::builtin(&ListPolicy::default(), &plan);
     let build = |text: &str| {
         let mut b = ListBuilder::new(&plan);
         b.add_text("bench", text).unwrap();
@@ -45,44 +75,24 @@ fn bench_rules(c: &mut Criterion) {
     }
     let lists = ListSet {
         block: build(&block_text),
-        policy: ListPolicy::default(),
+        protected: build("+77272595555\n102\n112\n"),
+        premium: build("+88216*\n+2392*\n+6760*\n"),
         ..ListSet::default()
     };
-    let protected = build("+77272595555\n102\n112\n");
-    let premium = build("+88216*\n+2392*\n+6760*\n");
-    let rl = RuleLists {
-        block: Some(&lists.block),
-        flag: None,
-        allow: Some(&lists.allow),
-        protected: Some(&protected),
-        premium: Some(&premium),
-    };
+    let rl: RuleLists<'_> = lists.lists();
     let callers = Tracker::new(TRACKED as usize + 1000, 86_400);
     let dest = Tracker::new(10_000, 86_400);
-    let input = |i: u64, secs: u32| {
-        let a = Number::e164(number(i).to_string().as_bytes());
-        CallInput {
-            a,
-            from: a,
-            pai: a,
-            a_present: true,
-            b: Number::e164(number(i + 7).to_string().as_bytes()),
-            trunk: Some(TrunkKind::Mobile),
-            time: CallTime {
-                secs,
-                hour: 12,
-                weekday: 2,
-            },
-        }
-    };
     let before = rss_bytes().unwrap_or(0);
     for i in 0..TRACKED {
         black_box(rules.score(&input(i, 10), &rl, &callers, &dest));
     }
     let after = rss_bytes().unwrap_or(0);
     eprintln!(
-        "tracked {} numbers: resident set grew {:.1} MiB, {:.0} bytes per tracked number",
+        "tracked {} numbers: table {:.1} MiB allocated at start ({:.0} bytes per number of the cap); \
+         resident set grew {:.1} MiB while filling it, {:.0} bytes per tracked number",
         callers.len(),
+        callers.heap_bytes() as f64 / (1 << 20) as f64,
+        callers.heap_bytes() as f64 / (TRACKED + 1000) as f64,
         (after.saturating_sub(before)) as f64 / (1 << 20) as f64,
         after.saturating_sub(before) as f64 / callers.len().max(1) as f64
     );
@@ -96,15 +106,84 @@ fn bench_rules(c: &mut Criterion) {
             black_box(rules.score(black_box(&inputs[k]), &rl, &callers, &dest))
         })
     });
-    g.bench_function("lists_only_baseline", |b| {
+    g.bench_function("builtin_list_rules_only", |b| {
         b.iter(|| {
             k = (k + 1) & 4095;
-            let f = CallFacts {
-                a_number: inputs[k].a,
-                b_number: inputs[k].b,
-                trunk_kind: inputs[k].trunk,
-            };
-            black_box(evaluate(black_box(&f), &lists))
+            black_box(builtin.score(black_box(&inputs[k]), &rl, &callers, &dest))
+        })
+    });
+    g.finish();
+}
+
+/// Runs `per_call` on two threads, `iters` calls in all, while a third
+/// thread runs `sweep` back to back; returns the wall time of the calls.
+fn contended(iters: u64, per_call: impl Fn(u64) + Sync, sweep: impl Fn() + Sync) -> Duration {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                sweep();
+            }
+        });
+        let t0 = Instant::now();
+        let workers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let per_call = &per_call;
+                s.spawn(move || {
+                    for i in 0..iters / 2 {
+                        per_call(w * 1_000_003 + i * 7919);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        let d = t0.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        d
+    })
+}
+
+fn bench_contention(c: &mut Criterion) {
+    const N: u64 = 1_000_000;
+    let table = Arc::new(Tracker::new(N as usize, 3600));
+    let dash = Arc::new(DashTracker::new(N as usize));
+    // The state update scoring does: one velocity window and the fan-out.
+    let update = |s: &mut kuzet_rules::state::CallerState, i: u64| {
+        s.velocity[0].add(100, 60, 1);
+        s.fan_out(100, 3600, i);
+    };
+    for i in 0..N {
+        table.with(number(i), 100, |s| update(s, i));
+        dash.with(number(i), 100, |s| update(s, i));
+    }
+    let mut g = c.benchmark_group("state_update_2_threads_while_sweeping_1M");
+    g.bench_function("lockfree_table", |b| {
+        b.iter_custom(|iters| {
+            contended(
+                iters,
+                |i| {
+                    let n = number(i % N);
+                    black_box(table.with(n, 100, |s| update(s, i)));
+                },
+                // Nothing is idle: the sweep walks everything and keeps it.
+                || {
+                    black_box(table.sweep(101));
+                },
+            )
+        })
+    });
+    g.bench_function("dashmap_baseline", |b| {
+        b.iter_custom(|iters| {
+            contended(
+                iters,
+                |i| {
+                    let n = number(i % N);
+                    black_box(dash.with(n, 100, |s| update(s, i)));
+                },
+                || dash.sweep(101, 3600),
+            )
         })
     });
     g.finish();
@@ -113,6 +192,6 @@ fn bench_rules(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = bench_rules
+    targets = bench_rules, bench_contention
 }
 criterion_main!(benches);

@@ -3,7 +3,7 @@
 //!   `String` filtering and `format!`;
 //! - B-number from the Request-URI: kuzet's URI decoder + normalize vs
 //!   string splitting;
-//! - verdict: `evaluate` over a 100k blocklist (bloom + sorted `u64`s) vs
+//! - verdict: the built-in list rules over a 100k blocklist (bloom + sorted `u64`s) vs
 //!   three `HashMap<String, String>` lookups per side;
 //! - whole redirect answer: kuzet's handler vs a naive redirect server
 //!   built from rsip parsing and a `format!`ed 302.
@@ -21,7 +21,9 @@ use kuzet::config::Config;
 use kuzet_benches::{number, INVITE};
 use kuzet_dataplane::metrics::Metrics;
 use kuzet_dataplane::Handler;
-use kuzet_rules::{evaluate, CallFacts, ListBuilder, ListPolicy, ListSet, NumberingPlan};
+use kuzet_rules::ruleset::CallInput;
+use kuzet_rules::state::Tracker;
+use kuzet_rules::{ListBuilder, ListSet, NumberingPlan};
 use kuzet_sip::{parse, syntax, Transport};
 
 const FORMS: [&str; 4] = [
@@ -97,20 +99,24 @@ fn bench_evaluate(c: &mut Criterion) {
     }
     let lists = ListSet {
         block: b.finish(),
-        policy: ListPolicy::default(),
         ..ListSet::default()
     };
+    let (callers, dest) = (Tracker::new(16, 60), Tracker::new(16, 60));
     let naive_allow: HashMap<String, String> = HashMap::new();
     let naive_flag: HashMap<String, String> = HashMap::new();
-    let facts = CallFacts {
-        a_number: plan.normalize(b"+77019876543"),
-        b_number: plan.normalize(b"+77015550123"),
-        trunk_kind: None,
+    let a = plan.normalize(b"+77019876543");
+    let facts = CallInput {
+        a,
+        from: a,
+        pai: a,
+        a_present: true,
+        b: plan.normalize(b"+77015550123"),
+        ..CallInput::default()
     };
     let (a, bn) = ("+77019876543".to_string(), "+77015550123".to_string());
     let mut g = c.benchmark_group("verdict_100k_list_miss");
-    g.bench_function("kuzet_evaluate", |bch| {
-        bch.iter(|| black_box(evaluate(black_box(&facts), &lists)))
+    g.bench_function("kuzet_builtin_list_rules", |bch| {
+        bch.iter(|| black_box(lists.score(black_box(&facts), &callers, &dest)))
     });
     g.bench_function("hashmap_string_baseline", |bch| {
         bch.iter(|| {
@@ -187,7 +193,6 @@ fn bench_redirect(c: &mut Criterion) {
     }
     let lists = Arc::new(ArcSwap::from_pointee(ListSet {
         block: b.finish(),
-        policy: ListPolicy::default(),
         ..ListSet::default()
     }));
     let handler = Handler::new(

@@ -78,3 +78,63 @@ mod tests {
         assert_eq!(m.body().len(), 202);
     }
 }
+
+/// The behaviour-state tracker as it was before the lock-free table: a
+/// `DashMap` whose `len()` read-locks every shard and whose sweep holds
+/// each shard's write lock while it walks it. Kept as the baseline the
+/// contention benchmark measures the table against.
+pub mod dashmap_tracker {
+    use dashmap::DashMap;
+    use kuzet_rules::state::CallerState;
+
+    /// Per-number state in a `DashMap`, bounded by a cap.
+    pub struct DashTracker {
+        map: DashMap<u64, CallerState>,
+        cap: usize,
+    }
+
+    impl DashTracker {
+        /// At most `cap` numbers.
+        pub fn new(cap: usize) -> DashTracker {
+            DashTracker {
+                map: DashMap::with_capacity(cap),
+                cap,
+            }
+        }
+
+        /// Runs `f` on the state of `number`, creating it if there is room.
+        pub fn with<R>(
+            &self,
+            number: u64,
+            now: u32,
+            f: impl FnOnce(&mut CallerState) -> R,
+        ) -> Option<R> {
+            if let Some(mut s) = self.map.get_mut(&number) {
+                s.last_seen = now;
+                return Some(f(&mut s));
+            }
+            if self.map.len() >= self.cap {
+                return None;
+            }
+            let mut e = self.map.entry(number).or_default();
+            e.last_seen = now;
+            Some(f(&mut e))
+        }
+
+        /// Drops numbers idle for `ttl` seconds.
+        pub fn sweep(&self, now: u32, ttl: u32) {
+            self.map
+                .retain(|_, s| now.saturating_sub(s.last_seen) < ttl);
+        }
+
+        /// Numbers tracked.
+        pub fn len(&self) -> usize {
+            self.map.len()
+        }
+
+        /// True when empty.
+        pub fn is_empty(&self) -> bool {
+            self.map.is_empty()
+        }
+    }
+}

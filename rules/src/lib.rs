@@ -1,24 +1,24 @@
 //! kuzet's scoring core.
 //!
 //! Everything here is deterministic and free of I/O: no files, no sockets,
-//! no clocks, no tokio and no SIP. The engine extracts [`CallFacts`] from a
-//! call, and [`evaluate`] turns them into a [`Verdict`] against the
-//! [`ListSet`] in force. Numbers are normalized by a [`NumberingPlan`] into
+//! no clocks, no tokio and no SIP. The engine extracts a
+//! [`CallInput`](ruleset::CallInput) from a call, and the [`ListSet`] in
+//! force scores it with its [`RuleSet`](ruleset::RuleSet): the built-in
+//! list rules (allowlist, blocklist, flaglist) and the behaviour rules of a
+//! rule file, over bounded per-number state ([`state`]) whose clock the
+//! caller supplies. Numbers are normalized by a [`NumberingPlan`] into
 //! packed [`Number`]s, so scoring compares integers and allocates nothing.
-//!
-//! Behaviour rules ([`ruleset`]) add scores for spoofing, velocity,
-//! fan-out, sequential dialling, Wangiri, short calls, concurrency and
-//! premium destinations, over bounded per-number state ([`state`]) whose
-//! clock the caller supplies.
 
+pub mod facts;
 pub mod list;
 pub mod number;
 pub mod ruleset;
+pub mod snapshot;
 pub mod state;
-pub mod verdict;
+pub mod toml_pos;
 
+pub use facts::{Side, Sides, TrunkKind};
 pub use list::{ListBuilder, ListError, ListErrorKind, ListMatch, MatchKind, NumberList};
 pub use number::{Number, NumberingPlan, PlanError, Prefix};
-pub use verdict::{
-    evaluate, Action, CallFacts, ListPolicy, ListSet, RuleId, Side, Sides, TrunkKind, Verdict,
-};
+pub use ruleset::{Decision, ListPolicy};
+pub use snapshot::ListSet;

@@ -93,6 +93,9 @@ pub struct ListMatch<'l> {
     pub kind: MatchKind,
     /// The reason from the list line; empty when the line gave none.
     pub reason: &'l str,
+    /// The reason's id in this list ([`NumberList::reason`] gives it back),
+    /// so a verdict can carry it without a borrow.
+    pub reason_id: u32,
 }
 
 /// An immutable, normalized number list. Build one with [`ListBuilder`].
@@ -153,6 +156,11 @@ impl NumberList {
         self.exact.capacity() * 8 + self.exact_reason.capacity() * 4 + bloom + prefixes
     }
 
+    /// The reason text with this id (empty for an unknown id).
+    pub fn reason(&self, id: u32) -> &str {
+        self.reasons.get(id as usize).map_or("", |r| r)
+    }
+
     /// Looks a number up: exact entries first, then the longest prefix.
     #[inline]
     pub fn lookup(&self, n: Number) -> Option<ListMatch<'_>> {
@@ -160,9 +168,11 @@ impl NumberList {
             let key = n.raw();
             if bloom.check(&key) {
                 if let Ok(i) = self.exact.binary_search(&key) {
+                    let id = self.exact_reason[i];
                     return Some(ListMatch {
                         kind: MatchKind::Exact,
-                        reason: &self.reasons[self.exact_reason[i] as usize],
+                        reason: &self.reasons[id as usize],
+                        reason_id: id,
                     });
                 }
             }
@@ -180,6 +190,7 @@ impl NumberList {
                 return Some(ListMatch {
                     kind: MatchKind::Prefix(*plen),
                     reason: &self.reasons[*r as usize],
+                    reason_id: *r,
                 });
             }
         }

@@ -31,7 +31,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use kuzet_net::{wait, RecvBatch, SendBatch};
+use kuzet_net::{send_all, wait, Interest, RecvBatch, SendBatch};
 use kuzet_sip::{self as sip, Hdr};
 
 use crate::traffic::{Behaviour, Call, Traffic};
@@ -217,19 +217,10 @@ impl Conn {
 }
 
 fn flush_udp(sock: &UdpSocket, out: &mut SendBatch) -> io::Result<()> {
-    while out.pending() > 0 {
-        match out.send(sock.as_raw_fd()) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait(&[(sock.as_raw_fd(), true)], Duration::from_millis(1))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // ECONNREFUSED and the like concern one datagram: skip it; the
-            // call will be retransmitted or time out.
-            Err(_) => out.skip_one(),
-        }
-    }
-    out.clear();
+    // A datagram the kernel refuses (ECONNREFUSED and the like) or that
+    // finds the socket full for a second is dropped here; the call will be
+    // retransmitted or time out, as on a real network.
+    send_all(out, sock.as_raw_fd(), Duration::from_secs(1));
     Ok(())
 }
 
@@ -421,10 +412,17 @@ impl Driver<'_> {
                 // the server's CPU) until the next send, timer or answer.
                 let gap = until.saturating_sub(now).min(50_000_000);
                 if gap > 2_000 {
-                    let fds: Vec<(i32, bool)> = self
+                    let fds: Vec<(i32, Interest)> = self
                         .conns
                         .iter()
-                        .map(|c| (c.fd(), c.backlog() > 0))
+                        .map(|c| {
+                            let want = if c.backlog() > 0 {
+                                Interest::Both
+                            } else {
+                                Interest::Read
+                            };
+                            (c.fd(), want)
+                        })
                         .collect();
                     wait(&fds, Duration::from_nanos(gap))?;
                 }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kuzet_net::{wait, RecvBatch, SendBatch};
-use kuzet_sip::{self as sip, Hdr};
+use kuzet_net::{send_all, RecvBatch, SendBatch};
+use kuzet_sip::{self as sip, write};
 
 /// A running null responder.
 pub struct Null {
@@ -99,16 +99,7 @@ fn serve(sock: &std::net::UdpSocket, stop: &AtomicBool, answered: &AtomicU64) {
             }
         }
         answered.fetch_add(k, Ordering::Relaxed);
-        while tx.pending() > 0 {
-            match tx.send(fd) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = wait(&[(fd, true)], Duration::from_millis(1));
-                }
-                Err(_) => tx.skip_one(),
-            }
-        }
-        tx.clear();
+        send_all(&mut tx, fd, Duration::from_millis(100));
     }
 }
 
@@ -117,53 +108,27 @@ pub fn answer(req: &[u8], out: &mut Vec<u8>) -> bool {
     let Ok(m) = sip::parse(req, sip::Transport::Datagram) else {
         return false;
     };
-    let status: &[u8] = match m.method() {
-        b"INVITE" => b"302 Moved Temporarily",
-        b"OPTIONS" => b"200 OK",
+    let (code, reason) = match m.method() {
+        b"INVITE" => (302, "Moved Temporarily"),
+        b"OPTIONS" => (200, "OK"),
         _ => return false,
     };
-    out.extend_from_slice(b"SIP/2.0 ");
-    out.extend_from_slice(status);
-    out.extend_from_slice(b"\r\n");
-    for v in m.all(Hdr::Via) {
-        line(out, b"Via", v);
-    }
-    if let Some(v) = m.header(Hdr::From) {
-        line(out, b"From", v);
-    }
-    if let Some(v) = m.header(Hdr::To) {
-        out.extend_from_slice(b"To: ");
-        out.extend_from_slice(v);
-        if memchr::memmem::find(v, b"tag=").is_none() {
-            out.extend_from_slice(b";tag=null");
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(v) = m.header(Hdr::CallId) {
-        line(out, b"Call-ID", v);
-    }
-    if let Some(v) = m.header(Hdr::CSeq) {
-        line(out, b"CSeq", v);
-    }
-    if m.method() == b"INVITE" {
+    write::response(out, &m, code, reason, None, |o| {
+        o.extend_from_slice(b"null")
+    });
+    if code == 302 {
         out.extend_from_slice(b"Contact: <");
         out.extend_from_slice(m.request_uri());
         out.extend_from_slice(b">\r\n");
     }
-    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    write::end_empty(out);
     true
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], v: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(v);
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kuzet_sip::Hdr;
 
     #[test]
     fn answers_invite_with_302_over_a_real_socket() {

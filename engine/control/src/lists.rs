@@ -75,8 +75,8 @@ pub enum LoadError {
     Utf8 { path: String, line: usize },
     #[error(transparent)]
     List(#[from] kuzet_rules::ListError),
-    #[error("{0}")]
-    Rules(String),
+    #[error(transparent)]
+    Rules(#[from] kuzet_rules::ruleset::RuleError),
 }
 
 /// What was loaded, for the log.
@@ -126,15 +126,13 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
         }
     }
     let rules = match &src.rule_file {
-        None => None,
+        None => RuleSet::builtin(&src.policy, plan),
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
                 path: path.display().to_string(),
                 source,
             })?;
-            let set = RuleSet::from_toml_str(&text, &path.display().to_string(), plan)
-                .map_err(|e| LoadError::Rules(e.to_string()))?;
-            Some(Box::new(set))
+            RuleSet::from_toml_str(&text, &path.display().to_string(), plan, &src.policy)?
         }
     };
     let set = ListSet {
@@ -143,7 +141,6 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
         flag: flag.finish(),
         protected: protected.finish(),
         premium: premium.finish(),
-        policy: src.policy,
         rules,
     };
     for l in [

@@ -3,13 +3,14 @@
 //!
 //! [`run`] owns a current-thread tokio runtime on the `kuzet-control`
 //! thread. It never shares a scheduler with a SIP worker, so a slow reload
-//! of a 10M-number list never delays a call.
+//! of a 10M-number list never delays a call. [`log_verdicts`] runs on a
+//! thread of its own and drains the verdict queue until the workers stop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kuzet_dataplane::handler::RuleEvent;
-use kuzet_dataplane::metrics::Metrics;
+use kuzet_dataplane::handler::VerdictEvent;
+use kuzet_dataplane::metrics::{Counter, Metrics};
 use kuzet_dataplane::Handler;
 use tokio::sync::watch;
 
@@ -26,78 +27,105 @@ pub struct Timing {
     pub handle_sighup: bool,
 }
 
-/// Runs the control plane on the current thread until `shutdown` turns true.
+/// Runs the control plane on the current thread until `shutdown` turns
+/// true. Reloading and the periodic work (stats, sweeps) are separate
+/// tasks, so a reload that takes seconds never holds up a sweep; and
+/// shutdown does not wait for a reload in progress.
 pub fn run(
     timing: Timing,
-    mut reloader: Reloader,
+    reloader: Reloader,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
     handler: Arc<Handler>,
-    events: std::sync::mpsc::Receiver<RuleEvent>,
 ) {
     let Some(rt) = small_runtime("control") else {
         return;
     };
     rt.block_on(async move {
-        let mut poll = tokio::time::interval(timing.reload_interval.max(Duration::from_millis(50)));
-        let mut stats = tokio::time::interval(timing.stats_interval.max(Duration::from_secs(1)));
-        stats.tick().await;
-        #[cfg(unix)]
-        let mut hup = if timing.handle_sighup {
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-        } else {
-            None
-        };
-        loop {
-            #[cfg(unix)]
-            let hup_fut = signal_or_never(hup.as_mut());
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = poll.tick() => {
-                    log_rule_events(&events);
-                    // Loading a big list takes seconds: keep it off this
-                    // runtime's timer by running it on a blocking thread.
-                    reloader = tokio::task::spawn_blocking(move || { reloader.poll(); reloader })
-                        .await
-                        .expect("reload task does not panic");
-                }
-                _ = hup_fut => {
-                    reloader = tokio::task::spawn_blocking(move || { reloader.reload("SIGHUP"); reloader })
-                        .await
-                        .expect("reload task does not panic");
-                }
-                _ = stats.tick() => {
-                    let dropped = handler.sweep();
-                    let (callers, destinations, untracked) = handler.tracked();
-                    tracing::info!(callers, destinations, dropped, untracked, "behaviour state");
-                    tracing::info!("{}", metrics.counters_line());
-                    tracing::info!("{}", metrics.latency_line());
-                }
-            }
-        }
+        tokio::spawn(reload_loop(timing, reloader, shutdown.clone()));
+        tokio::spawn(stats_loop(timing, metrics, handler));
+        let _ = shutdown.changed().await;
     });
+    // A reload still running on the blocking pool is abandoned, not waited
+    // for: it swaps nothing once nobody holds the snapshot.
+    rt.shutdown_background();
 }
 
-/// Logs every rule verdict the workers queued: decision, score, the
-/// rules that fired with their values, and shadow results.
-fn log_rule_events(events: &std::sync::mpsc::Receiver<RuleEvent>) {
-    while let Ok(ev) = events.try_recv() {
-        let Some(rules) = ev.set.rules.as_deref() else {
-            continue;
+async fn reload_loop(timing: Timing, mut reloader: Reloader, mut shutdown: watch::Receiver<bool>) {
+    let mut poll = tokio::time::interval(timing.reload_interval.max(Duration::from_millis(50)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hup = if timing.handle_sighup {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    } else {
+        None
+    };
+    loop {
+        #[cfg(unix)]
+        let hup_fut = signal_or_never(hup.as_mut());
+        let forced = tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = poll.tick() => false,
+            _ = hup_fut => true,
         };
+        // Loading a big list takes seconds: run it on a blocking thread so
+        // this runtime's timers keep running.
+        let job = tokio::task::spawn_blocking(move || {
+            if forced {
+                reloader.reload("SIGHUP");
+            } else {
+                reloader.poll();
+            }
+            reloader
+        });
+        match job.await {
+            Ok(r) => reloader = r,
+            Err(e) => {
+                tracing::error!(error = %e, "list reload task failed; reloads stop");
+                return;
+            }
+        }
+    }
+}
+
+async fn stats_loop(timing: Timing, metrics: Arc<Metrics>, handler: Arc<Handler>) {
+    let mut stats = tokio::time::interval(timing.stats_interval.max(Duration::from_secs(1)));
+    stats.tick().await;
+    loop {
+        stats.tick().await;
+        let dropped = handler.sweep();
+        let (callers, destinations, untracked) = handler.tracked();
+        tracing::info!(callers, destinations, dropped, untracked, "behaviour state");
+        tracing::info!("{}", metrics.counters_line());
+        tracing::info!("{}", metrics.latency_line());
+    }
+}
+
+/// Logs every verdict the workers queue, on its own thread, until every
+/// sender is gone (the workers have stopped): nothing queued is lost at
+/// shutdown. Each line carries what matches it to the switch's records:
+/// Call-ID, source, transport and trunk, with the decision, score, numbers
+/// and the explanation of every rule that fired.
+pub fn log_verdicts(events: std::sync::mpsc::Receiver<VerdictEvent>, metrics: Arc<Metrics>) {
+    let show =
+        |n: Option<kuzet_rules::Number>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    for ev in events {
         let mut why = String::new();
-        let _ = rules.explain(&ev.scored, &mut why);
-        let show =
-            |n: Option<kuzet_rules::Number>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+        let _ = ev.set.explain(&ev.scored, &mut why);
         tracing::info!(
             decision = ev.scored.decision.as_str(),
             shadow_decision = ev.scored.shadow_decision.as_str(),
             score = ev.scored.score,
             caller = %show(ev.a),
             callee = %show(ev.b),
+            call_id = %ev.call_id,
+            source = %ev.source,
+            transport = if ev.tcp { "tcp" } else { "udp" },
+            trunk = ev.trunk.as_deref().unwrap_or("-"),
             rules = %why,
-            "rule verdict"
+            "verdict"
         );
+        metrics.inc(Counter::VerdictsLogged);
     }
 }
 

@@ -31,7 +31,8 @@ counters! {
     Blocked => "verdict_block_total",
     Redirected => "verdict_redirect_total",
     ShadowDiffers => "rules_shadow_differs_total",
-    RuleLogDropped => "rule_log_dropped_total",
+    VerdictLogDropped => "verdict_log_dropped_total",
+    VerdictsLogged => "verdicts_logged_total",
     Outcomes => "outcome_events_total",
     FailOpenOverload => "failopen_overload_total",
     FailOpenInternal => "failopen_internal_total",
@@ -46,6 +47,8 @@ counters! {
     TcpConnections => "tcp_connections_total",
     TcpRefused => "tcp_refused_total",
     TcpClosedBadInput => "tcp_closed_bad_input_total",
+    WorkerPanics => "worker_panics_total",
+    CallsExpired => "proxy_calls_expired_total",
     ListReloads => "list_reloads_total",
     ListReloadFailures => "list_reload_failures_total",
 }

@@ -6,6 +6,7 @@
 //! source no trunk covers can be refused.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use kuzet_rules::TrunkKind;
@@ -13,7 +14,7 @@ use kuzet_rules::TrunkKind;
 /// Source address to trunk, most specific CIDR first.
 #[derive(Clone, Debug, Default)]
 pub struct TrunkMap {
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
     entries: Vec<(IpNet, u16, TrunkKind)>,
 }
 
@@ -25,7 +26,7 @@ impl TrunkMap {
         let mut names = Vec::new();
         let mut entries = Vec::new();
         for (i, (name, kind, cidrs)) in trunks.into_iter().enumerate() {
-            names.push(name.to_string());
+            names.push(Arc::from(name));
             for c in cidrs {
                 entries.push((*c, i as u16, kind));
             }
@@ -39,7 +40,9 @@ impl TrunkMap {
 /// The trunk a call came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Trunk<'t> {
-    pub name: &'t str,
+    /// The operator's name for it (shared, so events can keep it cheaply).
+    pub name: &'t Arc<str>,
+    /// What kind of interconnect it is.
     pub kind: TrunkKind,
 }
 

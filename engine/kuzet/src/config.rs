@@ -495,12 +495,15 @@ mod tests {
         )
         .unwrap();
         let m = c.trunk_map();
-        assert_eq!(m.lookup("10.1.2.3".parse().unwrap()).unwrap().name, "mob");
+        assert_eq!(
+            &**m.lookup("10.1.2.3".parse().unwrap()).unwrap().name,
+            "mob"
+        );
         assert_eq!(
             m.lookup("10.2.2.3".parse().unwrap()).unwrap().kind,
             TrunkKind::International
         );
-        assert_eq!(m.lookup("::1".parse().unwrap()).unwrap().name, "mob");
+        assert_eq!(&**m.lookup("::1".parse().unwrap()).unwrap().name, "mob");
         assert!(m.lookup("192.0.2.1".parse().unwrap()).is_none());
         let e = Config::from_toml_str("[[trunks]]\nname='x'\nkind='satellite'\ncidrs=[]\n", "t");
         assert!(e.is_err());

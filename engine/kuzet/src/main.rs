@@ -74,9 +74,11 @@ struct RunArgs {
     /// UDP worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Log filter, as in RUST_LOG (e.g. "info", "kuzet_dataplane=debug").
-    #[arg(long, default_value = "info", value_name = "FILTER")]
-    log: String,
+    /// Log filter, in RUST_LOG syntax (e.g. "info", "warn,kuzet_control=debug")
+    /// [default: $RUST_LOG, else "info"]. A filter that does not parse is
+    /// an error (exit 2).
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -96,27 +98,60 @@ fn main() -> ExitCode {
 }
 
 fn rules_check(file: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode {
+    use kuzet_rules::ruleset::{Kind, ListName, Mode, RuleSet};
     let checked = (|| -> Result<String, String> {
         let cfg = match config {
             Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
             None => Config::embedded(),
         };
         let plan = cfg.plan().map_err(|e| e.to_string())?;
+        let policy = cfg.sources().policy;
         let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let set =
-            kuzet_rules::ruleset::RuleSet::from_toml_str(&text, &file.display().to_string(), &plan)
-                .map_err(|e| e.to_string())?;
-        let shadow = set
+        let set = RuleSet::from_toml_str(&text, &file.display().to_string(), &plan, &policy)
+            .map_err(|e| e.to_string())?;
+        let from_file: Vec<_> = set.rules.iter().filter(|r| !r.builtin).collect();
+        let shadow = from_file.iter().filter(|r| r.mode == Mode::Shadow).count();
+        let mut out = format!(
+            "{}: ok, {} rules from the file ({} enforced, {shadow} shadow)",
+            file.display(),
+            from_file.len(),
+            from_file.len() - shadow,
+        );
+        let builtin: Vec<String> = set
             .rules
             .iter()
-            .filter(|r| r.mode == kuzet_rules::ruleset::Mode::Shadow)
-            .count();
-        Ok(format!(
-            "{}: ok, {} rules ({} enforced, {shadow} shadow)",
-            file.display(),
-            set.rules.len(),
-            set.rules.len() - shadow
-        ))
+            .filter(|r| r.builtin)
+            .map(|r| match r.kind {
+                Kind::List {
+                    list: ListName::Allowlist,
+                    ..
+                } => "allowlist (exempts)".to_string(),
+                _ => format!("{} (score {})", r.id, r.score),
+            })
+            .collect();
+        out += &format!(
+            "\n  built-in list rules: {} [config [verdict] and [lists] match]",
+            builtin.join(", ")
+        );
+        for o in &set.overrides {
+            out += &format!(
+                "\n  override: rule {:?} replaces the built-in {} rule: score {} instead of {} (config [verdict])",
+                o.by,
+                o.list.as_str(),
+                o.score,
+                o.builtin_score
+            );
+        }
+        let t = &set.thresholds;
+        out += &format!(
+            "\n  thresholds: flag {}{}, block {}, cap {}",
+            t.flag,
+            t.redirect
+                .map_or(String::new(), |r| format!(", redirect {r}")),
+            t.block,
+            t.cap
+        );
+        Ok(out)
     })();
     match checked {
         Ok(summary) => {
@@ -145,6 +180,12 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
         };
     }
     if let Some(n) = args.next_hop {
+        if cfg.server.mode != Mode::Proxy {
+            return Err(
+                "--next-hop only applies in proxy mode: add --mode proxy (or set server.mode = \"proxy\")"
+                    .into(),
+            );
+        }
         cfg.proxy.next_hop = Some(n);
     }
     if let Some(w) = args.workers {
@@ -176,8 +217,20 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter_text, from) = match &args.log {
+        Some(f) => (f.clone(), "--log"),
+        None => match std::env::var("RUST_LOG") {
+            Ok(f) if !f.trim().is_empty() => (f, "RUST_LOG"),
+            _ => ("info".to_string(), "the default"),
+        },
+    };
+    let filter = match tracing_subscriber::EnvFilter::builder().parse(&filter_text) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("kuzet: bad log filter {filter_text:?} from {from}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Logs go to stderr; stdout carries only the shutdown summary.
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -36,6 +36,8 @@ pub struct Running {
     pub lists: SharedLists,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// The verdict log: joined last, once every sender is gone.
+    events: Option<JoinHandle<()>>,
 }
 
 /// Why the engine could not start: a list problem is the operator's to fix
@@ -101,8 +103,13 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let mut cfg = cfg;
     cfg.server.listen = udp_addr;
     let metrics = Arc::new(Metrics::default());
-    // Rule verdicts are logged by the control thread, never on the call path.
-    let (events_tx, events) = std::sync::mpsc::sync_channel(4096);
+    // Verdicts are logged by a thread of their own, never on the call path.
+    let (events_tx, events) = std::sync::mpsc::sync_channel(EVENT_QUEUE);
+    let m = metrics.clone();
+    let events = std::thread::Builder::new()
+        .name("kuzet-verdicts".into())
+        .spawn(move || plane::log_verdicts(events, m))
+        .context("spawning the verdict log thread")?;
     let settings = cfg.dataplane().context("numbering plan")?;
     let handler =
         Arc::new(Handler::new(settings, lists.clone(), metrics.clone()).with_events(events_tx));
@@ -119,9 +126,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             std::thread::Builder::new()
                 .name(format!("kuzet-udp-{i}"))
                 .spawn(move || {
-                    if let Err(e) = transport::udp::run_worker(sock, h, batch, c, sd) {
-                        tracing::error!(worker = i, error = %e, "UDP worker stopped");
-                    }
+                    transport::udp::supervise(sock, h, batch, c, sd, &format!("udp-{i}"))
                 })
                 .context("spawning UDP worker")?,
         );
@@ -163,7 +168,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     threads.push(
         std::thread::Builder::new()
             .name("kuzet-control".into())
-            .spawn(move || plane::run(timing, reloader, m, sd, h, events))
+            .spawn(move || plane::run(timing, reloader, m, sd, h))
             .context("spawning control thread")?,
     );
     tracing::info!(%udp_addr, ?tcp_addr, workers, ?mode, "kuzet serving");
@@ -174,14 +179,24 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         lists,
         shutdown,
         threads,
+        events: Some(events),
     })
 }
 
+/// Verdict events the queue holds before the call path drops (and counts)
+/// further ones.
+const EVENT_QUEUE: usize = 4096;
+
 impl Running {
-    /// Stops every thread and waits for them.
-    pub fn stop(self) {
+    /// Stops every thread and waits for them. The verdict log goes last:
+    /// it drains every event still queued, then ends when the workers (the
+    /// senders) are gone.
+    pub fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        for t in self.threads {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(t) = self.events.take() {
             let _ = t.join();
         }
     }

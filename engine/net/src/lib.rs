@@ -226,11 +226,23 @@ impl SendBatch {
     }
 }
 
-/// Waits until one of `fds` is readable (or writable, where its flag
-/// asks) or `timeout` passes, with microsecond resolution (`ppoll(2)`).
-/// Returns how many descriptors are ready. Used by loops that run without
-/// an async runtime: the load driver and the null responder in `sim/`.
-pub fn wait(fds: &[(RawFd, bool)], timeout: std::time::Duration) -> io::Result<usize> {
+/// What a [`wait`] waits for on one descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Something to read.
+    Read,
+    /// Room to write.
+    Write,
+    /// Either.
+    Both,
+}
+
+/// Waits until one of `fds` is ready as its [`Interest`] asks, or
+/// `timeout` passes, with microsecond resolution (`ppoll(2)`). Returns how
+/// many descriptors are ready. Used by loops that run without an async
+/// runtime: the UDP workers' send path, the load driver and the null
+/// responder in `sim/`.
+pub fn wait(fds: &[(RawFd, Interest)], timeout: std::time::Duration) -> io::Result<usize> {
     const MAX: usize = 16;
     if fds.len() > MAX {
         return Err(io::Error::new(
@@ -243,9 +255,13 @@ pub fn wait(fds: &[(RawFd, bool)], timeout: std::time::Duration) -> io::Result<u
         events: 0,
         revents: 0,
     }; MAX];
-    for (slot, &(fd, write)) in p.iter_mut().zip(fds) {
+    for (slot, &(fd, interest)) in p.iter_mut().zip(fds) {
         slot.fd = fd;
-        slot.events = libc::POLLIN | if write { libc::POLLOUT } else { 0 };
+        slot.events = match interest {
+            Interest::Read => libc::POLLIN,
+            Interest::Write => libc::POLLOUT,
+            Interest::Both => libc::POLLIN | libc::POLLOUT,
+        };
     }
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
@@ -270,6 +286,50 @@ pub fn wait(fds: &[(RawFd, bool)], timeout: std::time::Duration) -> io::Result<u
         };
     }
     Ok(n as usize)
+}
+
+/// What [`send_all`] did with a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams the kernel took.
+    pub sent: usize,
+    /// Datagrams skipped after a hard error for their destination.
+    pub failed: usize,
+    /// Datagrams given up on because the socket stayed full past the
+    /// deadline.
+    pub timed_out: usize,
+}
+
+/// Sends everything `batch` holds on `fd` and empties it. When the send
+/// buffer is full it sleeps until the socket is *writable* (a socket with
+/// something to read does not wake it, so it never spins), for at most
+/// `max_wait` in all; what is still queued then is dropped and counted. A
+/// hard error for one destination (an ICMP unreachable reported late, say)
+/// skips that datagram and keeps the rest. The one send loop the workers,
+/// the null responder and the load driver share.
+pub fn send_all(batch: &mut SendBatch, fd: RawFd, max_wait: std::time::Duration) -> Sent {
+    let mut r = Sent::default();
+    let deadline = std::time::Instant::now() + max_wait;
+    while batch.pending() > 0 {
+        match batch.send(fd) {
+            Ok(n) => r.sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    r.timed_out += batch.pending();
+                    break;
+                }
+                let _ = wait(&[(fd, Interest::Write)], left);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                r.failed += 1;
+                batch.skip_one();
+            }
+        }
+    }
+    batch.clear();
+    r
 }
 
 /// Asks the kernel to wake this thread within about `ns` nanoseconds of a
@@ -398,5 +458,70 @@ mod tests {
         assert!(
             matches!(recv.recv(b.as_raw_fd()), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         );
+    }
+
+    /// Regression: the send path waited for "readable or writable", so a
+    /// worker whose send buffer was full and whose socket had datagrams to
+    /// read woke at once, again and again: a busy spin. A socket that is
+    /// readable but full must put a `Write` wait to sleep.
+    #[test]
+    fn a_full_socket_with_input_waiting_sleeps_instead_of_spinning() {
+        use std::os::unix::net::UnixDatagram;
+        use std::time::{Duration, Instant};
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        // `a` is readable: b sent it something.
+        b.send(b"ping").unwrap();
+        // `a` is full: b never reads, so its queue fills and a's sends fail.
+        let mut n = 0;
+        while a.send(&[0u8; 1024]).is_ok() {
+            n += 1;
+            assert!(n < 1_000_000, "the peer's queue never filled");
+        }
+        let fd = a.as_raw_fd();
+        assert_eq!(
+            wait(&[(fd, Interest::Read)], Duration::from_secs(1)).unwrap(),
+            1
+        );
+        assert_eq!(
+            wait(&[(fd, Interest::Both)], Duration::from_secs(1)).unwrap(),
+            1
+        );
+        let t0 = Instant::now();
+        let ready = wait(&[(fd, Interest::Write)], Duration::from_millis(200)).unwrap();
+        assert_eq!(ready, 0, "not writable: the wait must time out");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[test]
+    fn send_all_sends_skips_failures_and_empties_the_batch() {
+        use std::time::Duration;
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut batch = SendBatch::new(8);
+        for i in 0..3u8 {
+            let buf = batch.next_buf().unwrap();
+            buf.clear();
+            buf.push(i);
+            batch.commit(b.local_addr().unwrap());
+        }
+        // An IPv6 destination on an IPv4 socket: a hard error for that one.
+        let buf = batch.next_buf().unwrap();
+        buf.clear();
+        buf.push(9);
+        batch.commit("[::1]:9".parse().unwrap());
+        let r = send_all(&mut batch, a.as_raw_fd(), Duration::from_millis(100));
+        assert_eq!((r.sent, r.failed, r.timed_out), (3, 1, 0));
+        assert_eq!(batch.pending(), 0);
+        let mut got = [0u8; 4];
+        for i in 0..3u8 {
+            assert_eq!(b.recv(&mut got).unwrap(), 1);
+            assert_eq!(got[0], i);
+        }
     }
 }

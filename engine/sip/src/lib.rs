@@ -15,6 +15,9 @@
 //! input that cannot be a SIP message at all is an `Err`.
 
 pub mod syntax;
+pub mod write;
+
+pub use write::push_u64;
 
 use std::ops::Range;
 
@@ -638,21 +641,6 @@ pub fn parse(buf: &[u8], transport: Transport) -> Result<Message<'_>, ParseError
     m.len = body_start + body_len;
     m.defect = defect;
     Ok(m)
-}
-
-/// Appends `v` in decimal, without allocating.
-pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
 }
 
 /// A decimal number of at most 10 digits that fits `u32`, trimmed.

@@ -5,8 +5,15 @@ use super::*;
 
 impl RuleSet {
     /// Writes the explanation of `s`, e.g.
-    /// `velocity_1m: 37 calls > 20; fan_out_1h: 31 numbers > 30`.
-    pub fn explain(&self, s: &Scored, out: &mut impl fmt::Write) -> fmt::Result {
+    /// `blocklist: caller listed (bank fraud desk); velocity_1m: 37 calls > 20`.
+    /// `lists` resolves list reasons; they must be the lists `s` was
+    /// scored against.
+    pub fn explain(
+        &self,
+        s: &Scored,
+        lists: &RuleLists<'_>,
+        out: &mut impl fmt::Write,
+    ) -> fmt::Result {
         for (k, f) in s.fired().iter().enumerate() {
             let Some(r) = self.rules.get(usize::from(f.rule)) else {
                 continue;
@@ -30,6 +37,21 @@ impl RuleSet {
                     f64::from(f.value) / 10.0,
                     f64::from(f.threshold) / 10.0
                 )?,
+                Kind::List { list, .. } => {
+                    if let Some(side) = f.side {
+                        out.write_str(side.as_str())?;
+                        out.write_str(" ")?;
+                    }
+                    if f.value == 0 {
+                        out.write_str("listed")?;
+                    } else {
+                        write!(out, "in a listed {}-digit range", f.value)?;
+                    }
+                    let reason = lists.get(list).map_or("", |l| l.reason(f.reason));
+                    if !reason.is_empty() {
+                        write!(out, " ({reason})")?;
+                    }
+                }
                 _ => out.write_str("matched")?,
             }
             if f.shadow {

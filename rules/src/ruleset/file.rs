@@ -1,133 +1,158 @@
 //! The rule file format: TOML parsed with serde, then checked rule by rule
 //! so that a file that parses can be swapped in whole. Errors name the
 //! file, line and column.
+//!
+//! The file's rules join the built-in list rules ([`RuleSet::builtin`]). A
+//! file rule `kind = "list"` on the blocklist or flaglist replaces that
+//! list's built-in rule, and [`RuleSet::overrides`] records it. A file whose
+//! thresholds would make a built-in list rule miss its decision (a
+//! blocklisted number only flagged, say) is refused: a rule file never
+//! silently switches the lists off.
 
+use serde::Deserialize;
+
+use super::error::FileProblem;
 use super::*;
+use crate::toml_pos::{error_at, line_col};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileSpec {
-    pub(super) thresholds: ThresholdSpec,
+struct FileSpec {
+    thresholds: ThresholdSpec,
     #[serde(default)]
-    pub(super) outcomes: Option<OutcomeSpec>,
+    outcomes: Option<OutcomeSpec>,
     #[serde(default)]
-    pub(super) rule: Vec<toml::Spanned<RuleSpec>>,
+    rule: Vec<toml::Spanned<RuleSpec>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ThresholdSpec {
-    pub(super) flag: u32,
+struct ThresholdSpec {
+    flag: u32,
     #[serde(default)]
-    pub(super) redirect: Option<u32>,
-    pub(super) block: u32,
+    redirect: Option<u32>,
+    block: u32,
     #[serde(default)]
-    pub(super) cap: Option<u32>,
+    cap: Option<u32>,
     #[serde(default)]
-    pub(super) redirect_uri: Option<String>,
+    redirect_uri: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct OutcomeSpec {
+struct OutcomeSpec {
     #[serde(default = "hour")]
-    pub(super) window_s: u32,
+    window_s: u32,
     #[serde(default = "three_s")]
-    pub(super) short_ring_ms: u32,
+    short_ring_ms: u32,
     #[serde(default = "ten_s")]
-    pub(super) short_talk_ms: u32,
+    short_talk_ms: u32,
 }
 
-pub(super) fn hour() -> u32 {
+fn hour() -> u32 {
     3600
 }
 
-pub(super) fn three_s() -> u32 {
+fn three_s() -> u32 {
     3000
 }
 
-pub(super) fn ten_s() -> u32 {
+fn ten_s() -> u32 {
     10_000
+}
+
+/// The lists a rule file may name in a `list` rule.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ListSpec {
+    Blocklist,
+    Flaglist,
+    Premium,
+    Allowlist,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RuleSpec {
-    pub(super) id: String,
-    pub(super) kind: String,
-    pub(super) score: u32,
+struct RuleSpec {
+    id: String,
+    kind: String,
+    score: u32,
     #[serde(default = "enforce")]
-    pub(super) mode: Mode,
+    mode: Mode,
     #[serde(default)]
-    pub(super) list: Option<ListName>,
+    list: Option<ListSpec>,
     #[serde(default)]
-    pub(super) window_s: Option<u32>,
+    side: Option<String>,
     #[serde(default)]
-    pub(super) max: Option<u32>,
+    window_s: Option<u32>,
     #[serde(default)]
-    pub(super) run: Option<u32>,
+    max: Option<u32>,
     #[serde(default)]
-    pub(super) min_calls: Option<u32>,
+    run: Option<u32>,
     #[serde(default)]
-    pub(super) ratio: Option<f32>,
+    min_calls: Option<u32>,
     #[serde(default)]
-    pub(super) allocated: Vec<String>,
+    ratio: Option<f32>,
     #[serde(default)]
-    pub(super) ranges: Vec<String>,
+    allocated: Vec<String>,
     #[serde(default)]
-    pub(super) scope: Option<ScopeSpec>,
+    ranges: Vec<String>,
+    #[serde(default)]
+    scope: Option<ScopeSpec>,
 }
 
-pub(super) fn enforce() -> Mode {
+fn enforce() -> Mode {
     Mode::Enforce
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ScopeSpec {
+struct ScopeSpec {
     #[serde(default)]
-    pub(super) trunks: Vec<String>,
+    trunks: Vec<String>,
     #[serde(default)]
-    pub(super) caller_prefixes: Vec<String>,
+    caller_prefixes: Vec<String>,
     #[serde(default)]
-    pub(super) callee_prefixes: Vec<String>,
+    callee_prefixes: Vec<String>,
     /// "HH-HH" ranges, end exclusive, may wrap midnight: ["22-06"].
     #[serde(default)]
-    pub(super) hours: Vec<String>,
+    hours: Vec<String>,
     /// "mon".."sun".
     #[serde(default)]
-    pub(super) weekdays: Vec<String>,
+    weekdays: Vec<String>,
 }
 
-pub(super) fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
-}
+const RESERVED: [ListName; 3] = [ListName::Allowlist, ListName::Blocklist, ListName::Flaglist];
 
 impl RuleSet {
-    /// Parses and checks rule file text; `name` prefixes errors.
+    /// Parses and checks rule file text, and joins its rules to the
+    /// built-in list rules `policy` describes. `name` labels errors.
     pub fn from_toml_str(
         text: &str,
         name: &str,
         plan: &NumberingPlan,
+        policy: &ListPolicy,
     ) -> Result<RuleSet, RuleError> {
+        let file_err = |problem| RuleError::File {
+            file: name.to_string(),
+            problem,
+        };
         let spec: FileSpec = toml::from_str(text).map_err(|e| {
-            let (l, c) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            RuleError(format!("{name}:{l}:{c}: {}", e.message()))
+            let (line, col) = error_at(text, &e);
+            RuleError::Syntax {
+                file: name.to_string(),
+                line,
+                col,
+                message: e.message().to_string(),
+            }
         })?;
         let t = &spec.thresholds;
         let cap = t.cap.unwrap_or(t.block.saturating_mul(2).max(100));
         if !(t.flag <= t.block && t.redirect.is_none_or(|r| t.flag <= r && r <= t.block)) {
-            return Err(RuleError(format!(
-                "{name}: [thresholds] must satisfy flag <= redirect <= block"
-            )));
+            return Err(file_err(FileProblem::ThresholdOrder));
         }
         if t.redirect.is_some() && t.redirect_uri.is_none() {
-            return Err(RuleError(format!(
-                "{name}: [thresholds] redirect needs redirect_uri"
-            )));
+            return Err(file_err(FileProblem::RedirectNeedsUri));
         }
         let thresholds = Thresholds {
             flag: t.flag,
@@ -143,51 +168,81 @@ impl RuleSet {
                 short_ring_ms: o.short_ring_ms,
                 short_talk_ms: o.short_talk_ms,
             });
-        let mut rules = Vec::new();
+        let mut rules: Vec<Rule> = Vec::new();
         let mut slots = 0u8;
         let mut ids = std::collections::HashSet::new();
         for spanned in spec.rule {
-            let (l, c) = line_col(text, spanned.span().start);
-            let at = format!("{name}:{l}:{c}");
+            let (line, col) = line_col(text, spanned.span().start);
             let r = spanned.into_inner();
-            let err = |why: String| RuleError(format!("{at}: rule {:?}: {why}", r.id));
+            let err = |problem| RuleError::Rule {
+                file: name.to_string(),
+                line,
+                col,
+                id: r.id.clone(),
+                problem,
+            };
             if r.id.is_empty()
                 || !r
                     .id
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             {
-                return Err(err("id must be letters, digits, '_' or '-'".into()));
+                return Err(err(RuleProblem::BadId));
             }
             if !ids.insert(r.id.clone()) {
-                return Err(err("id is used twice".into()));
+                return Err(err(RuleProblem::DuplicateId));
             }
-            let need = |v: Option<u32>, what: &str| {
-                v.ok_or_else(|| err(format!("kind {} needs {what}", r.kind)))
+            let need = |v: Option<u32>, key: &'static str| {
+                v.ok_or_else(|| {
+                    err(RuleProblem::Needs {
+                        kind: r.kind.clone(),
+                        key,
+                    })
+                })
             };
             let window = |v: Option<u32>| -> Result<u32, RuleError> {
                 match v {
-                    Some(w) if w > 0 => Ok(w),
-                    Some(_) => Err(err("window_s must be above 0".into())),
-                    None => Err(err(format!("kind {} needs window_s", r.kind))),
+                    Some(0) => Err(err(RuleProblem::ZeroWindow)),
+                    v => need(v, "window_s"),
                 }
             };
             let ratio = |v: Option<f32>| -> Result<f32, RuleError> {
                 match v {
                     Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
-                    Some(_) => Err(err("ratio must be between 0 and 1".into())),
-                    None => Err(err(format!("kind {} needs ratio", r.kind))),
+                    Some(_) => Err(err(RuleProblem::RatioRange)),
+                    None => Err(err(RuleProblem::Needs {
+                        kind: r.kind.clone(),
+                        key: "ratio",
+                    })),
                 }
             };
             let kind = match r.kind.as_str() {
-                "list" => Kind::List {
-                    list: r.list.ok_or_else(|| {
-                        err(
-                            "kind list needs list = \"blocklist\" | \"flaglist\" | \"premium\""
-                                .into(),
-                        )
-                    })?,
-                },
+                "list" => {
+                    let list = match r.list {
+                        None => {
+                            return Err(err(RuleProblem::Needs {
+                                kind: r.kind.clone(),
+                                key: "list = \"blocklist\" | \"flaglist\" | \"premium\"",
+                            }))
+                        }
+                        Some(ListSpec::Allowlist) => {
+                            return Err(err(RuleProblem::AllowlistNotScored))
+                        }
+                        Some(ListSpec::Blocklist) => ListName::Blocklist,
+                        Some(ListSpec::Flaglist) => ListName::Flaglist,
+                        Some(ListSpec::Premium) => ListName::Premium,
+                    };
+                    let sides = match (r.side.as_deref(), list) {
+                        (_, ListName::Premium) => Sides {
+                            caller: false,
+                            callee: true,
+                        },
+                        (None, _) => policy.sides,
+                        (Some(s), _) => Sides::from_name(s)
+                            .ok_or_else(|| err(RuleProblem::BadSide(s.into())))?,
+                    };
+                    Kind::List { list, sides }
+                }
                 "domestic_on_international" => Kind::DomesticOnInternational {
                     ranges: PrefixSet::new(prefixes(&r.ranges, plan).map_err(err)?),
                 },
@@ -198,9 +253,7 @@ impl RuleSet {
                 },
                 "velocity" => {
                     if usize::from(slots) >= VELOCITY_SLOTS {
-                        return Err(err(format!(
-                            "at most {VELOCITY_SLOTS} velocity rules per file"
-                        )));
+                        return Err(err(RuleProblem::TooManyVelocity(VELOCITY_SLOTS)));
                     }
                     slots += 1;
                     Kind::Velocity {
@@ -214,7 +267,7 @@ impl RuleSet {
                         .iter()
                         .any(|x: &Rule| matches!(x.kind, Kind::FanOut { .. }))
                     {
-                        return Err(err("at most one fan_out rule per file (one distinct-callee window per number)".into()));
+                        return Err(err(RuleProblem::TooManyFanOut));
                     }
                     Kind::FanOut {
                         window_s: window(r.window_s)?,
@@ -224,7 +277,7 @@ impl RuleSet {
                 "sequential" => {
                     let run = need(r.run, "run")?;
                     if run < 2 {
-                        return Err(err("run must be at least 2".into()));
+                        return Err(err(RuleProblem::RunTooShort));
                     }
                     Kind::Sequential { run }
                 }
@@ -243,8 +296,16 @@ impl RuleSet {
                     window_s: window(r.window_s)?,
                     max: need(r.max, "max")?,
                 },
-                other => return Err(err(format!("unknown kind {other:?}"))),
+                other => return Err(err(RuleProblem::UnknownKind(other.into()))),
             };
+            // The built-in list rules' ids are theirs, unless the rule
+            // replaces that very list.
+            if let Some(reserved) = RESERVED.iter().find(|l| l.as_str() == r.id) {
+                let replaces_it = matches!(&kind, Kind::List { list, .. } if list == reserved);
+                if !replaces_it {
+                    return Err(err(RuleProblem::ReservedId(reserved.as_str())));
+                }
+            }
             let scope = match r.scope {
                 None => Scope::default(),
                 Some(s) => scope(s, plan).map_err(err)?,
@@ -255,61 +316,75 @@ impl RuleSet {
                 score: r.score,
                 mode: r.mode,
                 scope,
+                builtin: false,
             });
         }
-        if rules.len() > usize::from(u16::MAX) {
-            return Err(RuleError(format!("{name}: too many rules")));
-        }
-        let mut windows = [0u32; VELOCITY_SLOTS];
-        let mut fan_out_window = None;
-        for r in &rules {
-            match r.kind {
-                Kind::Velocity { window_s, slot, .. } => windows[usize::from(slot)] = window_s,
-                Kind::FanOut { window_s, .. } => fan_out_window = Some(window_s),
-                _ => {}
+        // Which built-in list rules the file replaces.
+        let replacing = |name: ListName| {
+            rules
+                .iter()
+                .filter(move |r| matches!(r.kind, Kind::List { list, .. } if list == name))
+        };
+        let mut overrides = Vec::new();
+        for (list, builtin_score) in [
+            (ListName::Blocklist, policy.block_score),
+            (ListName::Flaglist, policy.flag_score),
+        ] {
+            for r in replacing(list) {
+                overrides.push(Override {
+                    list,
+                    builtin_score,
+                    by: r.id.clone(),
+                    score: r.score,
+                });
             }
         }
-        let has = |f: fn(&Kind) -> bool| rules.iter().any(|r| f(&r.kind));
-        let needs_run = has(|k| matches!(k, Kind::Sequential { .. }));
-        let needs_state = has(|k| {
-            matches!(
-                k,
-                Kind::Velocity { .. }
-                    | Kind::FanOut { .. }
-                    | Kind::Sequential { .. }
-                    | Kind::Wangiri { .. }
-                    | Kind::ShortCalls { .. }
-                    | Kind::Concurrent { .. }
-            )
-        });
-        let needs_premium = has(|k| {
-            matches!(
-                k,
-                Kind::List {
-                    list: ListName::Premium
-                } | Kind::DestinationVelocity { .. }
-            )
-        });
-        Ok(RuleSet {
-            rules,
-            plan: plan.clone(),
+        let keep_block = replacing(ListName::Blocklist).next().is_none();
+        let keep_flag = replacing(ListName::Flaglist).next().is_none();
+        // A built-in list rule must still do what the config says.
+        let decide = |score: u32| thresholds.decide(score.min(thresholds.cap));
+        if keep_block && decide(policy.block_score) != Decision::Block {
+            return Err(file_err(FileProblem::ListUndercut {
+                list: "blocklist",
+                score: policy.block_score,
+                consequence: "a blocklisted number would not be blocked",
+            }));
+        }
+        if keep_flag {
+            let consequence = match decide(policy.flag_score) {
+                Decision::Allow => Some("a flaglisted number would be allowed unmarked"),
+                Decision::Block => Some("a flaglisted number would be blocked"),
+                Decision::Flag | Decision::Redirect => None,
+            };
+            if let Some(consequence) = consequence {
+                return Err(file_err(FileProblem::ListUndercut {
+                    list: "flaglist",
+                    score: policy.flag_score,
+                    consequence,
+                }));
+            }
+        }
+        let mut all = builtin_rules(policy, keep_block, keep_flag);
+        all.extend(rules);
+        if all.len() > usize::from(u16::MAX) {
+            return Err(file_err(FileProblem::TooManyRules));
+        }
+        Ok(RuleSet::assemble(
+            all,
+            plan,
             thresholds,
             outcomes,
-            windows,
-            fan_out_window,
-            needs_run,
-            needs_state,
-            needs_premium,
-        })
+            overrides,
+            name.into(),
+        ))
     }
 }
 
-pub(super) fn scope(s: ScopeSpec, plan: &NumberingPlan) -> Result<Scope, String> {
+fn scope(s: ScopeSpec, plan: &NumberingPlan) -> Result<Scope, RuleProblem> {
     let mut out = Scope::default();
     for t in &s.trunks {
-        out.trunks.push(TrunkKind::from_name(t).ok_or_else(|| {
-            format!("scope trunk {t:?} is not international, domestic, mobile or other")
-        })?);
+        out.trunks
+            .push(TrunkKind::from_name(t).ok_or_else(|| RuleProblem::BadTrunk(t.clone()))?);
     }
     out.caller_prefixes = PrefixSet::new(prefixes(&s.caller_prefixes, plan)?);
     out.callee_prefixes = PrefixSet::new(prefixes(&s.callee_prefixes, plan)?);
@@ -318,7 +393,7 @@ pub(super) fn scope(s: ScopeSpec, plan: &NumberingPlan) -> Result<Scope, String>
             .split_once('-')
             .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
             .filter(|(a, b)| *a < 24 && *b <= 24 && a != b)
-            .ok_or_else(|| format!("scope hours {h:?} must be \"HH-HH\" (0-24, end exclusive)"))?;
+            .ok_or_else(|| RuleProblem::BadHours(h.clone()))?;
         // "22-06" wraps midnight: 22..24 and 0..6.
         let hours = if from < to { from..to } else { from..24 };
         for x in hours.chain(if from < to { 0..0 } else { 0..to }) {
@@ -329,17 +404,17 @@ pub(super) fn scope(s: ScopeSpec, plan: &NumberingPlan) -> Result<Scope, String>
         let i = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
             .iter()
             .position(|x| x.eq_ignore_ascii_case(d))
-            .ok_or_else(|| format!("scope weekday {d:?} must be mon..sun"))?;
+            .ok_or_else(|| RuleProblem::BadWeekday(d.clone()))?;
         out.weekdays |= 1 << i;
     }
     Ok(out)
 }
 
-pub(super) fn prefixes(list: &[String], plan: &NumberingPlan) -> Result<Vec<Prefix>, String> {
+fn prefixes(list: &[String], plan: &NumberingPlan) -> Result<Vec<Prefix>, RuleProblem> {
     list.iter()
         .map(|p| {
             plan.normalize_prefix(p.trim_end_matches('*').as_bytes())
-                .ok_or_else(|| format!("{p:?} is not a number prefix"))
+                .ok_or_else(|| RuleProblem::BadPrefix(p.clone()))
         })
         .collect()
 }

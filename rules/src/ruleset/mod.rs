@@ -1,18 +1,24 @@
-//! Rule files and the scorer: every rule that fires adds its score, the
+//! Rule sets and the scorer: every rule that fires adds its score, the
 //! capped sum meets thresholds, and the verdict says why.
 //!
-//! A rule file is TOML (documented with examples in `deploy/rules/`):
-//! `[thresholds]` maps the summed score to flag, redirect and block, and
-//! each `[[rule]]` has an `id`, a `kind` with its parameters, a `score`, a
-//! `mode` (`enforce` or `shadow`) and an optional `[rule.scope]` (trunk
-//! kinds, caller and callee prefixes, hours, weekdays). Parsing reports
-//! `file:line:col: reason` and checks everything a rule needs, so a file
-//! that parses can be swapped in whole.
+//! There is one way to judge a call. The lists are rules too: the
+//! allowlist exempts, the blocklist and the flaglist score what the
+//! engine's `[verdict]` section says, on the sides `[lists] match` says
+//! ([`RuleSet::builtin`]). A rule file (TOML, documented in
+//! `deploy/rules/`) adds behaviour rules to those built-in list rules, and
+//! may deliberately override a list's score with a `kind = "list"` rule of
+//! its own ([`RuleSet::overrides`] says which). Each `[[rule]]` has an `id`,
+//! a `kind` with its parameters, a `score`, a `mode` (`enforce` or
+//! `shadow`) and an optional `[rule.scope]` (trunk kinds, caller and callee
+//! prefixes, hours, weekdays). Parsing reports `file:line:col: reason` and
+//! checks everything a rule needs, so a file that parses can be swapped in
+//! whole.
 //!
 //! [`RuleSet::score`] reads and updates per-number state in a [`Tracker`]
 //! and returns a [`Scored`] with at most [`MAX_FIRED`] fired rules, each
 //! with its measured value and threshold. It allocates nothing.
 
+mod error;
 mod explain;
 mod file;
 mod scope;
@@ -20,13 +26,12 @@ mod score;
 
 use std::fmt;
 
-use serde::Deserialize;
-
+use crate::facts::{Side, Sides, TrunkKind};
 use crate::list::NumberList;
 use crate::number::{Number, NumberingPlan, Prefix};
 use crate::state::{CallTime, OutcomePolicy, Tracker, VELOCITY_SLOTS};
-use crate::verdict::TrunkKind;
 
+pub use error::{FileProblem, RuleError, RuleProblem};
 use scope::Leads;
 pub use scope::{PrefixSet, Scope};
 
@@ -34,16 +39,20 @@ pub use scope::{PrefixSet, Scope};
 pub const MAX_FIRED: usize = 16;
 
 /// What the scorer decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Decision {
+    /// Let the call through untouched.
     Allow,
+    /// Let it through, marked with the verdict header.
     Flag,
     /// Send the call to the configured announcement / anti-fraud desk.
     Redirect,
+    /// Refuse it.
     Block,
 }
 
 impl Decision {
+    /// The lowercase name used in headers and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
@@ -55,35 +64,55 @@ impl Decision {
 }
 
 /// Enforce, or only log what would have happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// The rule's score counts.
     Enforce,
+    /// The rule is evaluated and reported, never counted.
     Shadow,
 }
 
 /// Which list a `list` rule looks in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListName {
-    /// The blocklist, either side (as `lists.match` says).
+    /// The allowlist: a hit exempts the call from every other rule.
+    Allowlist,
+    /// The blocklist.
     Blocklist,
-    /// The flaglist, either side.
+    /// The flaglist.
     Flaglist,
     /// Premium-rate / IRSF destinations, callee side.
     Premium,
 }
 
+impl ListName {
+    /// `allowlist`, `blocklist`, `flaglist` or `premium`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListName::Allowlist => "allowlist",
+            ListName::Blocklist => "blocklist",
+            ListName::Flaglist => "flaglist",
+            ListName::Premium => "premium",
+        }
+    }
+}
+
 /// The kind of a rule with its parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kind {
+    /// A number on a list, on the given sides.
     List {
+        /// The list looked in.
         list: ListName,
+        /// Which numbers are looked up.
+        sides: Sides,
     },
     /// A domestic A-number arriving on an international trunk. Domestic =
     /// in `ranges` when given (for Kazakhstan `+76`, `+77`: the plan's
     /// country code 7 is shared with Russia), else the plan's country code.
     DomesticOnInternational {
+        /// National ranges that count as domestic.
         ranges: PrefixSet,
     },
     /// An A-number on the protected (do-not-originate) list.
@@ -93,43 +122,57 @@ pub enum Kind {
     /// The A-number does not normalize, or is domestic outside the
     /// allocated national prefixes (when any are given).
     InvalidCaller {
+        /// Allocated national ranges.
         allocated: PrefixSet,
     },
     /// Calls per A-number in the last `window_s` above `max`.
     Velocity {
+        /// Window length, seconds.
         window_s: u32,
+        /// Calls allowed in the window.
         max: u32,
+        /// Which of the caller's velocity windows counts them.
         slot: u8,
     },
     /// Distinct B-numbers per A-number in `window_s` above `max`.
     FanOut {
+        /// Window length, seconds.
         window_s: u32,
+        /// Distinct callees allowed in the window.
         max: u32,
     },
     /// A run of at least `run` consecutive B-numbers from one A-number.
     Sequential {
+        /// Run length that fires.
         run: u32,
     },
     /// Of at least `min_calls` rings, the share cancelled within the short
     /// ring time is at least `ratio`.
     Wangiri {
+        /// Rings needed before the ratio counts.
         min_calls: u32,
+        /// Share of short rings that fires.
         ratio: f32,
     },
     /// Of at least `min_calls` answered calls, the share shorter than the
     /// short talk time is at least `ratio`.
     ShortCalls {
+        /// Answered calls needed before the ratio counts.
         min_calls: u32,
+        /// Share of short calls that fires.
         ratio: f32,
     },
     /// Calls in progress from the A-number above `max` (proxy mode).
     Concurrent {
+        /// Calls in progress allowed.
         max: u32,
     },
     /// Calls to one premium destination (the matched premium prefix) in
     /// `window_s` above `max`.
     DestinationVelocity {
+        /// Window length, seconds.
         window_s: u32,
+        /// Calls allowed in the window.
         max: u32,
     },
 }
@@ -137,31 +180,95 @@ pub enum Kind {
 /// One checked rule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
+    /// Written in explanations and logs.
     pub id: Box<str>,
+    /// What it tests.
     pub kind: Kind,
+    /// Added to the call's score when it fires (and is enforced).
     pub score: u32,
+    /// Enforce or shadow.
     pub mode: Mode,
-    scope: Scope,
+    /// When and to what it applies.
+    pub scope: Scope,
+    /// True for the list rules built from the engine's config.
+    pub builtin: bool,
 }
 
 /// Score thresholds and where redirected calls go.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
+    /// A score at least this flags.
     pub flag: u32,
+    /// A score at least this redirects (when set).
     pub redirect: Option<u32>,
+    /// A score at least this blocks.
     pub block: u32,
+    /// The sum of scores never exceeds this.
     pub cap: u32,
+    /// Where redirected calls go.
     pub redirect_uri: Option<Box<str>>,
 }
 
-/// The lists rules look in, beyond the engine's allow/block/flag.
-#[derive(Default)]
+/// How list hits score when no rule file says otherwise: the engine's
+/// `[verdict]` scores and `[lists] match` sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListPolicy {
+    /// Score of a blocklist hit; also the block threshold without a rule file.
+    pub block_score: u32,
+    /// Score of a flaglist hit; also the flag threshold without a rule file.
+    pub flag_score: u32,
+    /// Which numbers the lists are checked against.
+    pub sides: Sides,
+}
+
+impl Default for ListPolicy {
+    fn default() -> Self {
+        ListPolicy {
+            block_score: 100,
+            flag_score: 50,
+            sides: Sides::BOTH,
+        }
+    }
+}
+
+/// A built-in list rule that a rule file replaced with one of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Override {
+    /// The list whose built-in rule was replaced.
+    pub list: ListName,
+    /// The score the config gives that list.
+    pub builtin_score: u32,
+    /// The id of the file's rule that replaced it.
+    pub by: Box<str>,
+    /// That rule's score.
+    pub score: u32,
+}
+
+/// The lists rules look in.
+#[derive(Default, Clone, Copy)]
 pub struct RuleLists<'a> {
+    /// Blocklist.
     pub block: Option<&'a NumberList>,
+    /// Flaglist.
     pub flag: Option<&'a NumberList>,
+    /// Allowlist.
     pub allow: Option<&'a NumberList>,
+    /// Protected (do-not-originate) numbers.
     pub protected: Option<&'a NumberList>,
+    /// Premium-rate destinations.
     pub premium: Option<&'a NumberList>,
+}
+
+impl<'a> RuleLists<'a> {
+    /// The list a list rule reads.
+    pub fn get(&self, list: ListName) -> Option<&'a NumberList> {
+        match list {
+            ListName::Allowlist => self.allow,
+            ListName::Blocklist => self.block,
+            ListName::Flaglist => self.flag,
+            ListName::Premium => self.premium,
+        }
+    }
 }
 
 /// What the scorer knows of one call.
@@ -169,53 +276,102 @@ pub struct RuleLists<'a> {
 pub struct CallInput {
     /// The A-number scoring uses (PAI or From, as configured).
     pub a: Option<Number>,
-    /// The numbers in From and in P-Asserted-Identity, when present.
+    /// The number in From, when present and a number.
     pub from: Option<Number>,
+    /// The number in P-Asserted-Identity, when present and a number.
     pub pai: Option<Number>,
     /// An A-number was present in the headers (normalized or not).
     pub a_present: bool,
+    /// The B-number, from the Request-URI.
     pub b: Option<Number>,
+    /// The trunk kind the call arrived on, when the source is known.
     pub trunk: Option<TrunkKind>,
+    /// When the call happens.
     pub time: CallTime,
 }
 
 /// One rule that fired: its measured value against its threshold.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fired {
+    /// Index of the rule in [`RuleSet::rules`].
     pub rule: u16,
-    /// Calls, distinct numbers or run length; or a ratio in per mille.
+    /// Calls, distinct numbers or run length; a ratio in per mille; for a
+    /// list hit, 0 for an exact number or the matched prefix's length.
     pub value: u32,
+    /// The rule's threshold, in the same unit.
     pub threshold: u32,
+    /// A shadow rule: reported, not counted.
     pub shadow: bool,
+    /// For a list hit, which number matched.
+    pub side: Option<Side>,
+    /// For a list hit, the id of the list line's reason (0: none).
+    pub reason: u32,
+}
+
+impl Fired {
+    const NONE: Fired = Fired {
+        rule: 0,
+        value: 0,
+        threshold: 0,
+        shadow: false,
+        side: None,
+        reason: 0,
+    };
 }
 
 /// The verdict of the rule set on one call.
 #[derive(Clone, Copy, Debug)]
 pub struct Scored {
+    /// What to do.
     pub decision: Decision,
     /// The capped sum of enforced rules that fired.
     pub score: u32,
     /// The decision shadow rules would have added to (for logs).
     pub shadow_decision: Decision,
+    /// The allowlist matched: every other rule was skipped.
     pub allowlisted: bool,
     fired: [Fired; MAX_FIRED],
     n: u8,
 }
 
 impl Scored {
+    /// Allow with nothing fired: also the fail-open verdict.
+    pub const ALLOW: Scored = Scored {
+        decision: Decision::Allow,
+        score: 0,
+        shadow_decision: Decision::Allow,
+        allowlisted: false,
+        fired: [Fired::NONE; MAX_FIRED],
+        n: 0,
+    };
+
     /// Every rule that fired, enforced and shadow.
     pub fn fired(&self) -> &[Fired] {
         &self.fired[..usize::from(self.n)]
     }
+
+    fn push(&mut self, f: Fired) {
+        if usize::from(self.n) < MAX_FIRED {
+            self.fired[usize::from(self.n)] = f;
+            self.n += 1;
+        }
+    }
 }
 
-/// A parsed, checked rule file.
+/// A checked rule set: the built-in list rules and a rule file's rules.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleSet {
+    /// Every rule, built-in list rules first.
     pub rules: Vec<Rule>,
     plan: NumberingPlan,
+    /// Score to decision.
     pub thresholds: Thresholds,
+    /// How outcomes are classified (short ring, short talk).
     pub outcomes: OutcomePolicy,
+    /// Built-in list rules the rule file replaced.
+    pub overrides: Vec<Override>,
+    /// The rule file's name, or `built-in`.
+    pub source: Box<str>,
     /// What the state update needs, worked out once at load: the velocity
     /// windows by slot, the fan-out window, whether any rule needs the
     /// dialling run, the caller's state at all, or the premium lookup.
@@ -226,10 +382,123 @@ pub struct RuleSet {
     needs_premium: bool,
 }
 
-/// A rule file that cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct RuleError(pub String);
+impl RuleSet {
+    /// The rule set without a rule file: the allowlist exempts, the
+    /// blocklist blocks and the flaglist flags, with the policy's scores
+    /// (which are also the thresholds) and sides.
+    pub fn builtin(policy: &ListPolicy, plan: &NumberingPlan) -> RuleSet {
+        let thresholds = Thresholds {
+            flag: policy.flag_score.min(policy.block_score),
+            redirect: None,
+            block: policy.block_score,
+            cap: policy.block_score.saturating_add(policy.flag_score),
+            redirect_uri: None,
+        };
+        RuleSet::assemble(
+            builtin_rules(policy, true, true),
+            plan,
+            thresholds,
+            OutcomePolicy::default(),
+            Vec::new(),
+            "built-in".into(),
+        )
+    }
+
+    /// Works out what the state update needs and builds the set.
+    fn assemble(
+        rules: Vec<Rule>,
+        plan: &NumberingPlan,
+        thresholds: Thresholds,
+        outcomes: OutcomePolicy,
+        overrides: Vec<Override>,
+        source: Box<str>,
+    ) -> RuleSet {
+        let mut windows = [0u32; VELOCITY_SLOTS];
+        let mut fan_out_window = None;
+        for r in &rules {
+            match r.kind {
+                Kind::Velocity { window_s, slot, .. } => windows[usize::from(slot)] = window_s,
+                Kind::FanOut { window_s, .. } => fan_out_window = Some(window_s),
+                _ => {}
+            }
+        }
+        let has = |f: fn(&Kind) -> bool| rules.iter().any(|r| f(&r.kind));
+        let needs_run = has(|k| matches!(k, Kind::Sequential { .. }));
+        let needs_state = has(|k| {
+            matches!(
+                k,
+                Kind::Velocity { .. }
+                    | Kind::FanOut { .. }
+                    | Kind::Sequential { .. }
+                    | Kind::Wangiri { .. }
+                    | Kind::ShortCalls { .. }
+                    | Kind::Concurrent { .. }
+            )
+        });
+        let needs_premium = has(|k| {
+            matches!(
+                k,
+                Kind::List {
+                    list: ListName::Premium,
+                    ..
+                } | Kind::DestinationVelocity { .. }
+            )
+        });
+        RuleSet {
+            rules,
+            plan: plan.clone(),
+            thresholds,
+            outcomes,
+            overrides,
+            source,
+            windows,
+            fan_out_window,
+            needs_run,
+            needs_state,
+            needs_premium,
+        }
+    }
+
+    /// True when the set is the built-in list rules alone (no rule file).
+    pub fn is_builtin(&self) -> bool {
+        self.rules.iter().all(|r| r.builtin)
+    }
+
+    /// True when some rule reads call outcomes (Wangiri, short calls,
+    /// concurrency), so they are worth learning.
+    pub fn uses_outcomes(&self) -> bool {
+        self.rules.iter().any(|r| {
+            matches!(
+                r.kind,
+                Kind::Wangiri { .. } | Kind::ShortCalls { .. } | Kind::Concurrent { .. }
+            )
+        })
+    }
+}
+
+/// The built-in list rules, in scoring order: the allowlist, then the
+/// blocklist and flaglist unless a rule file replaces them.
+fn builtin_rules(policy: &ListPolicy, block: bool, flag: bool) -> Vec<Rule> {
+    let rule = |list: ListName, score| Rule {
+        id: list.as_str().into(),
+        kind: Kind::List {
+            list,
+            sides: policy.sides,
+        },
+        score,
+        mode: Mode::Enforce,
+        scope: Scope::default(),
+        builtin: true,
+    };
+    let mut v = vec![rule(ListName::Allowlist, 0)];
+    if block {
+        v.push(rule(ListName::Blocklist, policy.block_score));
+    }
+    if flag {
+        v.push(rule(ListName::Flaglist, policy.flag_score));
+    }
+    v
+}
 
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,65 @@
 //! once per call; allocates nothing.
 
 use super::*;
+use crate::list::MatchKind;
+
+/// A list hit as a verdict keeps it: 0 for an exact number or the
+/// matched prefix's length, and the reason's id.
+#[derive(Clone, Copy)]
+struct Hit {
+    value: u32,
+    reason: u32,
+}
+
+/// List answers for this call, each looked up at most once however many
+/// rules ask: by list, then caller/callee.
+#[derive(Default)]
+struct Looked {
+    memo: [[Option<Option<Hit>>; 2]; 4],
+}
+
+impl Looked {
+    fn get(
+        &mut self,
+        lists: &RuleLists<'_>,
+        list: ListName,
+        side: Side,
+        n: Option<Number>,
+    ) -> Option<Hit> {
+        let slot = &mut self.memo[list as usize][side as usize];
+        *slot.get_or_insert_with(|| {
+            let m = lists.get(list)?.lookup(n?)?;
+            Some(Hit {
+                value: match m.kind {
+                    MatchKind::Exact => 0,
+                    MatchKind::Prefix(len) => u32::from(len),
+                },
+                reason: m.reason_id,
+            })
+        })
+    }
+
+    /// The first side in `sides` whose number is on `list`.
+    fn find(
+        &mut self,
+        lists: &RuleLists<'_>,
+        list: ListName,
+        sides: Sides,
+        call: &CallInput,
+    ) -> Option<(Side, Hit)> {
+        if sides.caller {
+            if let Some(h) = self.get(lists, list, Side::Caller, call.a) {
+                return Some((Side::Caller, h));
+            }
+        }
+        if sides.callee {
+            if let Some(h) = self.get(lists, list, Side::Callee, call.b) {
+                return Some((Side::Callee, h));
+            }
+        }
+        None
+    }
+}
 
 impl RuleSet {
     /// Scores one call, updating the caller's (and destination's) state.
@@ -13,28 +72,33 @@ impl RuleSet {
         callers: &Tracker,
         destinations: &Tracker,
     ) -> Scored {
-        let mut out = Scored {
-            decision: Decision::Allow,
-            score: 0,
-            shadow_decision: Decision::Allow,
-            allowlisted: false,
-            fired: [Fired {
-                rule: 0,
-                value: 0,
-                threshold: 0,
-                shadow: false,
-            }; MAX_FIRED],
-            n: 0,
-        };
-        let on = |l: Option<&NumberList>, n: Option<Number>| matches!((l, n), (Some(l), Some(n)) if l.lookup(n).is_some());
-        if on(lists.allow, call.a) || on(lists.allow, call.b) {
-            out.allowlisted = true;
-            return out;
+        let mut out = Scored::ALLOW;
+        let mut looked = Looked::default();
+        // The allowlist exempts the call from every other rule.
+        for (i, r) in self.rules.iter().enumerate() {
+            if let Kind::List {
+                list: ListName::Allowlist,
+                sides,
+            } = r.kind
+            {
+                if let Some((side, hit)) = looked.find(lists, ListName::Allowlist, sides, call) {
+                    out.allowlisted = true;
+                    out.push(Fired {
+                        rule: i as u16,
+                        value: hit.value,
+                        threshold: 0,
+                        shadow: false,
+                        side: Some(side),
+                        reason: hit.reason,
+                    });
+                    return out;
+                }
+            }
         }
         let now = call.time.secs;
         let a = call.a.map(Number::raw);
         let b = call.b;
-        // The caller's state is read and updated once, under one lock.
+        // The caller's state is read and updated once.
         let state = a.filter(|_| self.needs_state).and_then(|a| {
             callers.with(a, now, |s| {
                 let mut vel = [0u32; VELOCITY_SLOTS];
@@ -66,27 +130,26 @@ impl RuleSet {
             (Some(l), Some(bn)) if self.needs_premium => l.lookup(bn).map(|m| (m, bn)),
             _ => None,
         };
-        // List answers are looked up at most once per call, however many
-        // rules ask.
-        let (mut blocked, mut flagged, mut protected) = (None, None, None);
+        let mut protected = None;
         let (mut a_leads, mut b_leads) = (call.a.map(Leads::new), call.b.map(Leads::new));
         let (mut score, mut shadow_score) = (0u32, 0u32);
         for (i, r) in self.rules.iter().enumerate() {
             if !r.scope.applies(call, &mut a_leads, &mut b_leads) {
                 continue;
             }
+            let mut side = None;
+            let mut reason = 0;
             let hit: Option<(u32, u32)> = match &r.kind {
-                Kind::List { list } => {
-                    let hit = match list {
-                        ListName::Blocklist => *blocked.get_or_insert_with(|| {
-                            on(lists.block, call.a) || on(lists.block, call.b)
-                        }),
-                        ListName::Flaglist => *flagged.get_or_insert_with(|| {
-                            on(lists.flag, call.a) || on(lists.flag, call.b)
-                        }),
-                        ListName::Premium => premium.is_some(),
-                    };
-                    hit.then_some((1, 1))
+                Kind::List {
+                    list: ListName::Allowlist,
+                    ..
+                } => None,
+                Kind::List { list, sides } => {
+                    looked.find(lists, *list, *sides, call).map(|(s, h)| {
+                        side = Some(s);
+                        reason = h.reason;
+                        (h.value, 0)
+                    })
                 }
                 Kind::DomesticOnInternational { ranges } => (call.trunk
                     == Some(TrunkKind::International)
@@ -100,7 +163,9 @@ impl RuleSet {
                     }))
                 .then_some((1, 1)),
                 Kind::ProtectedCaller => protected
-                    .get_or_insert_with(|| on(lists.protected, call.a))
+                    .get_or_insert_with(|| {
+                        matches!((lists.protected, call.a), (Some(l), Some(n)) if l.lookup(n).is_some())
+                    })
                     .then_some((1, 1)),
                 Kind::CliMismatch => match (call.from, call.pai) {
                     (Some(f), Some(p)) if f != p => Some((1, 1)),
@@ -153,15 +218,14 @@ impl RuleSet {
             } else {
                 score = score.saturating_add(r.score);
             }
-            if usize::from(out.n) < MAX_FIRED {
-                out.fired[usize::from(out.n)] = Fired {
-                    rule: i as u16,
-                    value,
-                    threshold,
-                    shadow,
-                };
-                out.n += 1;
-            }
+            out.push(Fired {
+                rule: i as u16,
+                value,
+                threshold,
+                shadow,
+                side,
+                reason,
+            });
         }
         let t = &self.thresholds;
         out.score = score.min(t.cap);

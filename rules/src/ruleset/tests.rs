@@ -22,7 +22,8 @@ fn list(text: &str) -> NumberList {
 
 fn rules(body: &str) -> RuleSet {
     let text = format!("[thresholds]\nflag = 40\nredirect = 70\nredirect_uri = \"sip:desk@x\"\nblock = 100\ncap = 150\n{body}");
-    RuleSet::from_toml_str(&text, "t.toml", &plan()).unwrap_or_else(|e| panic!("{e}"))
+    RuleSet::from_toml_str(&text, "t.toml", &plan(), &ListPolicy::default())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn call(a: &str, b: &str, secs: u32) -> CallInput {
@@ -56,7 +57,7 @@ impl World {
             callers: Tracker::new(1000, 86_400),
             dest: Tracker::new(1000, 86_400),
             block: list("+77770000001\n"),
-            allow: list("+77270000001\n"),
+            allow: list("+77270000001,bank\n"),
             protected: list("+77272595555\n102\n"),
             premium: list("+88216*\n+2392*\n"),
         }
@@ -85,7 +86,8 @@ fn ids(r: &RuleSet, s: &Scored) -> Vec<String> {
 #[test]
 fn the_shipped_example_file_is_valid() {
     let text = include_str!("../../../deploy/rules/default.toml");
-    let r = RuleSet::from_toml_str(text, "default.toml", &plan()).unwrap_or_else(|e| panic!("{e}"));
+    let r = RuleSet::from_toml_str(text, "default.toml", &plan(), &ListPolicy::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(r.rules.len() >= 15);
     let kinds: std::collections::HashSet<_> = r
         .rules
@@ -98,7 +100,11 @@ fn the_shipped_example_file_is_valid() {
 #[test]
 fn errors_name_file_line_col_and_reason() {
     let p = plan();
-    let e = |t: &str| RuleSet::from_toml_str(t, "r.toml", &p).unwrap_err().0;
+    let e = |t: &str| {
+        RuleSet::from_toml_str(t, "r.toml", &p, &ListPolicy::default())
+            .unwrap_err()
+            .to_string()
+    };
     let head = "[thresholds]\nflag = 40\nblock = 100\n";
     assert_eq!(
         e(&format!(
@@ -160,7 +166,7 @@ fn velocity_fires_one_above_max_not_at_it() {
     assert_eq!(s.fired()[0].threshold, 3);
     assert_eq!((s.score, s.decision), (50, Decision::Flag));
     let mut text = String::new();
-    r.explain(&s, &mut text).unwrap();
+    r.explain(&s, &w.lists(), &mut text).unwrap();
     assert_eq!(text, "velocity_1m: 4 calls > 3");
     // Another caller is counted apart; after two windows it is forgotten.
     assert!(w
@@ -244,7 +250,7 @@ fn wangiri_and_short_calls_use_outcome_ratios() {
     let s = w.score(&r, &call(b, "+77020000001", 32));
     assert_eq!(ids(&r, &s), ["sc"]);
     let mut text = String::new();
-    r.explain(&s, &mut text).unwrap();
+    r.explain(&s, &w.lists(), &mut text).unwrap();
     assert_eq!(text, "sc: 50.0% >= 50.0%");
     // One more long call: 1 short of 3 = 33.3%, below the ratio.
     w.callers
@@ -389,7 +395,7 @@ fn thresholds_cap_allowlist_and_shadow() {
         "the shadow rule would have blocked"
     );
     let mut text = String::new();
-    r.explain(&s, &mut text).unwrap();
+    r.explain(&s, &w.lists(), &mut text).unwrap();
     assert_eq!(text, "mm: matched; mm2: matched; sh: matched (shadow)");
     // Cap: 150.
     let many = rules(
@@ -401,11 +407,15 @@ fn thresholds_cap_allowlist_and_shadow() {
             .score,
         150
     );
-    // The allowlist overrides everything.
+    // The allowlist overrides everything, and says so.
     let mut c = call("+77270000001", "+77770000001", 1);
     c.pai = n("+77011234568");
     let s = w.score(&r, &c);
-    assert!(s.allowlisted && s.fired().is_empty() && s.decision == Decision::Allow);
+    assert!(s.allowlisted && s.decision == Decision::Allow);
+    assert_eq!(ids(&r, &s), ["allowlist"]);
+    let mut text = String::new();
+    r.explain(&s, &w.lists(), &mut text).unwrap();
+    assert_eq!(text, "allowlist: caller listed (bank)");
 }
 
 #[test]
@@ -449,4 +459,188 @@ fn scopes_limit_trunks_prefixes_hours_and_days() {
         }
         assert!(w.score(&r, &d).fired().is_empty(), "change {change}");
     }
+}
+
+fn with_flag(w: &World) -> (NumberList, RuleLists<'_>) {
+    let flag = list("+77009990001,watch\n+7700998*\n");
+    let mut l = w.lists();
+    l.flag = None;
+    (flag, l)
+}
+
+fn builtin() -> RuleSet {
+    RuleSet::builtin(&ListPolicy::default(), &plan())
+}
+
+#[test]
+fn without_a_rule_file_the_lists_decide_as_the_config_says() {
+    let w = World::new();
+    let (flag, mut l) = with_flag(&w);
+    l.flag = Some(&flag);
+    let r = builtin();
+    assert!(r.is_builtin());
+    let score = |c: &CallInput| r.score(c, &l, &w.callers, &w.dest);
+    let explain = |s: &Scored| {
+        let mut t = String::new();
+        r.explain(s, &l, &mut t).unwrap();
+        t
+    };
+    // A blocklisted caller: blocked with the policy's score, side named.
+    let s = score(&call("+77770000001", "+77020000001", 1));
+    assert_eq!((s.decision, s.score), (Decision::Block, 100));
+    assert_eq!(s.fired()[0].side, Some(Side::Caller));
+    assert_eq!(explain(&s), "blocklist: caller listed");
+    // A blocklisted callee.
+    let s = score(&call("+77020000001", "+77770000001", 1));
+    assert_eq!(
+        (s.decision, s.fired()[0].side),
+        (Decision::Block, Some(Side::Callee))
+    );
+    // Flaglisted, exactly and by range: flagged with the policy's score.
+    let s = score(&call("+77009990001", "+77020000001", 1));
+    assert_eq!((s.decision, s.score), (Decision::Flag, 50));
+    assert_eq!(explain(&s), "flaglist: caller listed (watch)");
+    let s = score(&call("+77009981234", "+77020000001", 1));
+    assert_eq!(explain(&s), "flaglist: caller in a listed 7-digit range");
+    // Both lists: the block wins.
+    let s = score(&call("+77009990001", "+77770000001", 1));
+    assert_eq!(s.decision, Decision::Block);
+    // The allowlist overrides both.
+    let s = score(&call("+77270000001", "+77770000001", 1));
+    assert_eq!((s.decision, s.allowlisted), (Decision::Allow, true));
+    // A number on no list, or no number at all, is allowed.
+    assert_eq!(
+        score(&call("+77020000002", "+77020000001", 1)).decision,
+        Decision::Allow
+    );
+    let mut c = call("alice", "bob", 1);
+    c.a_present = false;
+    assert!(score(&c).fired().is_empty());
+}
+
+#[test]
+fn list_sides_follow_the_policy() {
+    let w = World::new();
+    let caller_only = ListPolicy {
+        sides: Sides::from_name("caller").unwrap(),
+        ..ListPolicy::default()
+    };
+    let r = RuleSet::builtin(&caller_only, &plan());
+    let s = r.score(
+        &call("+77020000001", "+77770000001", 1),
+        &w.lists(),
+        &w.callers,
+        &w.dest,
+    );
+    assert_eq!(s.decision, Decision::Allow, "the callee is not checked");
+    // A rule file's list rule may say otherwise, on purpose.
+    let text = "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"bl_callee\"\nkind = \"list\"\nlist = \"blocklist\"\nside = \"callee\"\nscore = 100\n";
+    let r = RuleSet::from_toml_str(text, "t.toml", &plan(), &caller_only).unwrap();
+    let s = r.score(
+        &call("+77020000001", "+77770000001", 1),
+        &w.lists(),
+        &w.callers,
+        &w.dest,
+    );
+    assert_eq!(s.decision, Decision::Block);
+}
+
+#[test]
+fn a_rule_file_without_list_rules_keeps_the_lists_blocking() {
+    // Regression: enabling a rule file with no `kind = "list"` rule used to
+    // stop list blocking silently.
+    let w = World::new();
+    let (flag, mut l) = with_flag(&w);
+    l.flag = Some(&flag);
+    let r = rules(
+        "[[rule]]\nid = \"velocity_1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 50\n",
+    );
+    assert!(!r.is_builtin() && r.overrides.is_empty());
+    let s = r.score(
+        &call("+77770000001", "+77020000001", 1),
+        &l,
+        &w.callers,
+        &w.dest,
+    );
+    assert_eq!((s.decision, s.score), (Decision::Block, 100));
+    let s = r.score(
+        &call("+77009990001", "+77020000001", 2),
+        &l,
+        &w.callers,
+        &w.dest,
+    );
+    assert_eq!((s.decision, s.score), (Decision::Flag, 50));
+}
+
+#[test]
+fn a_rule_file_whose_thresholds_would_undercut_a_list_is_refused() {
+    let p = plan();
+    let e = |t: &str| {
+        RuleSet::from_toml_str(t, "r.toml", &p, &ListPolicy::default())
+            .unwrap_err()
+            .to_string()
+    };
+    let msg = e("[thresholds]\nflag = 40\nblock = 150\n");
+    assert!(
+        msg.starts_with("r.toml: the blocklist scores 100 (config [verdict]), so under these [thresholds] a blocklisted number would not be blocked"),
+        "{msg}"
+    );
+    let msg = e("[thresholds]\nflag = 60\nblock = 100\n");
+    assert!(
+        msg.contains("a flaglisted number would be allowed unmarked"),
+        "{msg}"
+    );
+    let msg = e("[thresholds]\nflag = 10\nblock = 50\n");
+    assert!(
+        msg.contains("a flaglisted number would be blocked"),
+        "{msg}"
+    );
+    // Overriding the list on purpose is accepted, and recorded.
+    let r = RuleSet::from_toml_str(
+        "[thresholds]\nflag = 40\nblock = 150\n[[rule]]\nid = \"blocklist\"\nkind = \"list\"\nlist = \"blocklist\"\nscore = 150\n",
+        "r.toml",
+        &p,
+        &ListPolicy::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        r.overrides,
+        [Override {
+            list: ListName::Blocklist,
+            builtin_score: 100,
+            by: "blocklist".into(),
+            score: 150
+        }]
+    );
+    assert_eq!(
+        r.rules
+            .iter()
+            .filter(|r| r.id.as_ref() == "blocklist")
+            .count(),
+        1,
+        "the built-in blocklist rule is replaced, not doubled"
+    );
+}
+
+#[test]
+fn built_in_rule_ids_are_reserved_and_the_allowlist_has_no_score() {
+    let p = plan();
+    let e = |t: &str| {
+        RuleSet::from_toml_str(t, "r.toml", &p, &ListPolicy::default())
+            .unwrap_err()
+            .to_string()
+    };
+    let head = "[thresholds]\nflag = 40\nblock = 100\n";
+    assert!(e(&format!(
+        "{head}[[rule]]\nid = \"blocklist\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 1\n"
+    ))
+    .starts_with("r.toml:4:1: rule \"blocklist\": id \"blocklist\" belongs to the built-in blocklist rule"));
+    assert!(e(&format!(
+        "{head}[[rule]]\nid = \"al\"\nkind = \"list\"\nlist = \"allowlist\"\nscore = 1\n"
+    ))
+    .contains("the allowlist exempts numbers"));
+    assert!(e(&format!(
+        "{head}[[rule]]\nid = \"bl\"\nkind = \"list\"\nlist = \"blocklist\"\nside = \"up\"\nscore = 1\n"
+    ))
+    .contains("side \"up\" must be caller, callee or both"));
 }

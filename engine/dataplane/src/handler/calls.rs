@@ -17,31 +17,29 @@ impl Handler {
         };
         let mut h = Fnv::default();
         h.write(id);
-        let key = h.finish();
+        let key = table::key_of(h.finish());
         let now_ms = self.started.elapsed().as_millis() as u64;
         let now = self.call_time(Instant::now()).secs;
-        let policy = self
-            .lists
-            .load()
-            .rules
-            .as_ref()
-            .map(|r| r.outcomes)
-            .unwrap_or_default();
+        let policy = self.lists.load().rules.outcomes;
         if m.is_request() {
             match m.method() {
                 b"INVITE" => {
                     if let Some(a) = a {
-                        if self.calls.len() < self.calls_cap {
-                            self.calls.entry(key).or_insert(CallRec {
-                                a: a.raw(),
-                                invited_ms: now_ms,
-                                answered_ms: 0,
-                            });
-                        }
+                        // A full table only means this call's outcome is
+                        // not learnt.
+                        let _ = self.calls.upsert(key, |r| {
+                            if r.a == 0 {
+                                *r = CallRec {
+                                    a: a.raw(),
+                                    invited_ms: now_ms,
+                                    answered_ms: 0,
+                                };
+                            }
+                        });
                     }
                 }
                 b"CANCEL" => {
-                    if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms == 0) {
+                    if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms == 0) {
                         let ring_ms =
                             now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
                         self.callers
@@ -49,7 +47,7 @@ impl Handler {
                     }
                 }
                 b"BYE" => {
-                    if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms > 0) {
+                    if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms > 0) {
                         let talk_ms = now_ms
                             .saturating_sub(r.answered_ms)
                             .min(u64::from(u32::MAX)) as u32;
@@ -71,13 +69,17 @@ impl Handler {
             return;
         }
         if status < 300 {
-            if let Some(mut r) = self.calls.get_mut(&key) {
-                if r.answered_ms == 0 {
+            let answered = self.calls.update(key, |r| {
+                let first = r.answered_ms == 0;
+                if first {
                     r.answered_ms = now_ms.max(1);
-                    self.callers.concurrent(r.a, now, 1);
                 }
+                first.then_some(r.a)
+            });
+            if let Some(Some(a)) = answered {
+                self.callers.concurrent(a, now, 1);
             }
-        } else if let Some((_, r)) = self.calls.remove_if(&key, |_, r| r.answered_ms == 0) {
+        } else if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms == 0) {
             // Refused or rang out (a CANCELled call was removed already).
             let ring_ms = now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
             self.callers.outcome(
@@ -94,9 +96,25 @@ impl Handler {
 
 /// A call proxy mode has seen start: who called, when it was sent on, and
 /// when it was answered (0 = not yet), in ms since start-up.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(super) struct CallRec {
     pub(super) a: u64,
     pub(super) invited_ms: u64,
     pub(super) answered_ms: u64,
+}
+
+impl Packed for CallRec {
+    const WORDS: usize = 3;
+    fn unpack(w: &[u64]) -> Self {
+        CallRec {
+            a: w[0],
+            invited_ms: w[1],
+            answered_ms: w[2],
+        }
+    }
+    fn pack(&self, w: &mut [u64]) {
+        w[0] = self.a;
+        w[1] = self.invited_ms;
+        w[2] = self.answered_ms;
+    }
 }

@@ -1,7 +1,9 @@
 //! Judging a call: the facts go to the scoring core, the verdict comes
 //! back, and every failure to score ends in *allow* plus a counter
-//! (fail-open). Verdicts worth a log line go to the control plane over a
-//! bounded queue; a full queue drops and counts, it never waits.
+//! (fail-open). There is one path: the list snapshot's rule set (the
+//! built-in list rules, plus a rule file's when there is one) judges every
+//! INVITE. Verdicts worth a log line go to the control plane over a bounded
+//! queue; a full queue drops and counts, it never waits.
 
 use super::*;
 
@@ -12,66 +14,53 @@ impl Handler {
         m: &Message<'_>,
         c: &Checked<'_>,
         src: SocketAddr,
+        conn: Option<u64>,
         received: Instant,
-        lists: &'l ListSet,
+        set: &'l ListSet,
     ) -> Judged<'l> {
         self.metrics.inc(Counter::Invites);
+        let allow = Judged {
+            scored: Scored::ALLOW,
+            set,
+            a: None,
+        };
         if received.elapsed() > self.budget {
             self.metrics.inc(Counter::FailOpenOverload);
             self.metrics.inc(Counter::Allowed);
-            return Judged::Lists(Verdict::ALLOW);
+            return allow;
         }
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let trunk = self.trunks.lookup(src.ip()).map(|t| t.kind);
+            let trunk = self.trunks.lookup(src.ip());
             let b = self.number_of_uri(&c.ruri);
-            match &lists.rules {
-                None => Judged::Lists(evaluate(
-                    &CallFacts {
-                        a_number: self.a_number(m),
-                        b_number: b,
-                        trunk_kind: trunk,
-                    },
-                    lists,
-                )),
-                Some(rules) => {
-                    let (from, from_claimed) = self.header_number(m, Hdr::From);
-                    let (pai, pai_claimed) = self.header_number(m, Hdr::PAssertedIdentity);
-                    let a = self.a_order.iter().find_map(|s| match s {
-                        NumberSource::Pai => pai,
-                        NumberSource::From => from,
-                    });
-                    let input = CallInput {
-                        a,
-                        from,
-                        pai,
-                        a_present: from_claimed || pai_claimed,
-                        b,
-                        trunk,
-                        time: self.call_time(received),
-                    };
-                    let rl = RuleLists {
-                        block: Some(&lists.block),
-                        flag: Some(&lists.flag),
-                        allow: Some(&lists.allow),
-                        protected: Some(&lists.protected),
-                        premium: Some(&lists.premium),
-                    };
-                    let s = rules.score(&input, &rl, &self.callers, &self.destinations);
-                    if s.decision != Decision::Allow || s.shadow_decision != s.decision {
-                        self.log_event(s, a, b);
-                    }
-                    Judged::Rules(s, rules, a)
-                }
+            let (from, from_claimed) = self.header_number(m, Hdr::From);
+            let (pai, pai_claimed) = self.header_number(m, Hdr::PAssertedIdentity);
+            let a = self.a_order.iter().find_map(|s| match s {
+                NumberSource::Pai => pai,
+                NumberSource::From => from,
+            });
+            let input = CallInput {
+                a,
+                from,
+                pai,
+                a_present: from_claimed || pai_claimed,
+                b,
+                trunk: trunk.map(|t| t.kind),
+                time: self.call_time(received),
+            };
+            let scored = set.score(&input, &self.callers, &self.destinations);
+            if scored.decision != Decision::Allow || scored.shadow_decision != scored.decision {
+                self.queue_event(m, &scored, a, b, src, conn, trunk);
             }
+            Judged { scored, set, a }
         }));
         let v = match result {
             Ok(v) => v,
             Err(_) => {
                 self.metrics.inc(Counter::FailOpenInternal);
-                Judged::Lists(Verdict::ALLOW)
+                allow
             }
         };
-        self.metrics.inc(match v.decision() {
+        self.metrics.inc(match v.scored.decision {
             Decision::Allow => Counter::Allowed,
             Decision::Flag => Counter::Flagged,
             Decision::Redirect => Counter::Redirected,
@@ -80,39 +69,67 @@ impl Handler {
         v
     }
 
-    pub(super) fn log_event(&self, scored: Scored, a: Option<Number>, b: Option<Number>) {
+    /// Hands a verdict to the control plane's log: a copy into the bounded
+    /// queue's preallocated slot, never a wait; a full queue drops it and
+    /// counts.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_event(
+        &self,
+        m: &Message<'_>,
+        scored: &Scored,
+        a: Option<Number>,
+        b: Option<Number>,
+        src: SocketAddr,
+        conn: Option<u64>,
+        trunk: Option<Trunk<'_>>,
+    ) {
         if scored.shadow_decision != scored.decision {
             self.metrics.inc(Counter::ShadowDiffers);
         }
         let Some(tx) = &self.events else { return };
-        let ev = RuleEvent {
+        let ev = VerdictEvent {
             set: self.lists.load_full(),
-            scored,
+            scored: *scored,
             a,
             b,
+            call_id: CallId::new(m.header(Hdr::CallId).unwrap_or_default()),
+            source: src,
+            tcp: conn.is_some(),
+            trunk: trunk.map(|t| t.name.clone()),
         };
         if tx.try_send(ev).is_err() {
-            self.metrics.inc(Counter::RuleLogDropped);
+            self.metrics.inc(Counter::VerdictLogDropped);
         }
     }
 }
 
-/// A call's verdict: from the lists alone, or from the rule set.
-pub(super) enum Judged<'l> {
-    Lists(Verdict<'l>),
-    /// The rule set's verdict, and the A-number it scored.
-    Rules(Scored, &'l RuleSet, Option<Number>),
+/// A call's verdict, the snapshot that gave it, and the A-number it scored.
+pub(super) struct Judged<'l> {
+    pub(super) scored: Scored,
+    pub(super) set: &'l ListSet,
+    pub(super) a: Option<Number>,
 }
 
 impl Judged<'_> {
     pub(super) fn decision(&self) -> Decision {
-        match self {
-            Judged::Lists(v) => match v.action {
-                Action::Allow => Decision::Allow,
-                Action::Flag => Decision::Flag,
-                Action::Block => Decision::Block,
-            },
-            Judged::Rules(s, ..) => s.decision,
+        self.scored.decision
+    }
+
+    /// Where a redirect decision sends the call.
+    pub(super) fn redirect_uri(&self) -> Option<&str> {
+        match self.scored.decision {
+            Decision::Redirect => self.set.rules.thresholds.redirect_uri.as_deref(),
+            _ => None,
         }
+    }
+
+    /// The first enforced rule that fired, for the `Reason` text.
+    pub(super) fn first_rule(&self) -> &str {
+        self.scored
+            .fired()
+            .iter()
+            .find(|f| !f.shadow)
+            .and_then(|f| self.set.rules.rules.get(usize::from(f.rule)))
+            .map_or("rules", |r| &*r.id)
     }
 }

@@ -25,25 +25,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use kuzet_rules::ruleset::{CallInput, Decision, RuleLists, RuleSet, Scored};
+use kuzet_rules::ruleset::{CallInput, Decision, Scored};
+use kuzet_rules::state::table::{self, Packed, Table};
 use kuzet_rules::state::{CallTime, Outcome as CallOutcome, Tracker};
-use kuzet_rules::{evaluate, Action, CallFacts, ListSet, Number, NumberingPlan, Verdict};
+use kuzet_rules::{ListSet, Number, NumberingPlan};
 
 use kuzet_sip::syntax::{
     param, parse_cseq, parse_name_addr, parse_uri, parse_via, split_values, NameAddr, Scheme,
     SyntaxError, Uri,
 };
-use kuzet_sip::{parse, push_u64, Hdr, Message, ParseError, Transport};
+use kuzet_sip::{parse, push_u64, write, Hdr, Message, ParseError, Transport};
 use serde::Deserialize;
 
 use crate::metrics::{Counter, Metrics};
-use crate::trunks::TrunkMap;
+use crate::trunks::{Trunk, TrunkMap};
 
 use calls::CallRec;
 use judge::Judged;
 use outcome::is_outcome;
 use reply::*;
 pub use validate::Reject;
+
 use validate::*;
 
 /// How kuzet sits on the SIP path.
@@ -136,13 +138,60 @@ pub enum Outcome {
 /// The list snapshot: swapped whole on reload, loaded once per call.
 pub type SharedLists = Arc<ArcSwap<ListSet>>;
 
-/// A rule verdict worth a log line, sent to the control thread (the call
-/// path never writes logs itself).
-pub struct RuleEvent {
+/// Longest Call-ID kept with a verdict event; longer ones are cut.
+pub const CALL_ID_MAX: usize = 128;
+
+/// A Call-ID copied inline (no allocation), cut at [`CALL_ID_MAX`] bytes.
+#[derive(Clone, Copy)]
+pub struct CallId {
+    len: u8,
+    bytes: [u8; CALL_ID_MAX],
+}
+
+impl CallId {
+    /// Copies up to [`CALL_ID_MAX`] bytes of `id`.
+    pub fn new(id: &[u8]) -> CallId {
+        let n = id.len().min(CALL_ID_MAX);
+        let mut bytes = [0u8; CALL_ID_MAX];
+        bytes[..n].copy_from_slice(&id[..n]);
+        CallId {
+            len: n as u8,
+            bytes,
+        }
+    }
+
+    /// The bytes kept.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// A verdict worth a log line (anything but a plain allow, or a shadow
+/// result that differs), sent to the control plane: the call path never
+/// writes logs itself.
+pub struct VerdictEvent {
+    /// The snapshot that judged the call (its rules explain `scored`).
     pub set: Arc<ListSet>,
+    /// The verdict.
     pub scored: Scored,
+    /// The A-number scored.
     pub a: Option<Number>,
+    /// The B-number scored.
     pub b: Option<Number>,
+    /// The call's Call-ID, to match the switch's records.
+    pub call_id: CallId,
+    /// Where the INVITE came from.
+    pub source: SocketAddr,
+    /// It came over TCP.
+    pub tcp: bool,
+    /// The trunk the source belongs to, when one does.
+    pub trunk: Option<Arc<str>>,
 }
 
 /// Everything the call path needs, immutable after start-up.
@@ -165,11 +214,10 @@ pub struct Handler {
     destinations: Tracker,
     started: Instant,
     utc_offset_s: i64,
-    events: Option<std::sync::mpsc::SyncSender<RuleEvent>>,
+    events: Option<std::sync::mpsc::SyncSender<VerdictEvent>>,
     /// Proxy mode: calls in progress, by Call-ID hash, to learn outcomes
     /// (ring time, talk time, concurrency) from the messages forwarded.
-    calls: dashmap::DashMap<u64, CallRec>,
-    calls_cap: usize,
+    calls: Table<CallRec>,
     calls_ttl_ms: u64,
 }
 
@@ -205,29 +253,59 @@ impl Handler {
             started: Instant::now(),
             utc_offset_s: i64::from(s.utc_offset_minutes) * 60,
             events: None,
-            calls: dashmap::DashMap::new(),
-            calls_cap: s.max_tracked_numbers,
+            // Only proxy mode sees calls end; redirect mode keeps no table.
+            calls: Table::new(match s.mode {
+                Mode::Proxy => s.max_tracked_numbers,
+                Mode::Redirect => 1,
+            }),
             calls_ttl_ms: u64::from(s.idle_ttl_secs) * 1000,
         }
     }
 
-    /// Rule verdicts worth logging go to `tx` (bounded; full = dropped and
+    /// Verdicts worth logging go to `tx` (bounded; full = dropped and
     /// counted).
-    pub fn with_events(mut self, tx: std::sync::mpsc::SyncSender<RuleEvent>) -> Handler {
+    pub fn with_events(mut self, tx: std::sync::mpsc::SyncSender<VerdictEvent>) -> Handler {
         self.events = Some(tx);
         self
     }
 
     /// Forgets idle numbers and keeps the trackers under their caps; the
-    /// control thread calls it. Returns how many numbers were dropped.
+    /// control thread calls it, and it never makes a worker wait. Returns
+    /// how many numbers were dropped.
     pub fn sweep(&self) -> usize {
-        let now = self.call_time(Instant::now()).secs;
-        // A call record left by a lost BYE or CANCEL goes after the TTL.
-        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.sweep_at(Instant::now())
+    }
+
+    /// [`sweep`](Self::sweep) as if the time were `at` (tests move the
+    /// clock instead of sleeping).
+    pub fn sweep_at(&self, at: Instant) -> usize {
+        let now = self.call_time(at).secs;
+        // A call record left by a lost BYE or CANCEL goes after the TTL. An
+        // answered one was counted as a call in progress: count it ended,
+        // or the caller would look busy for ever.
+        let now_ms = at.saturating_duration_since(self.started).as_millis() as u64;
         let ttl_ms = self.calls_ttl_ms;
-        self.calls
-            .retain(|_, r| now_ms.saturating_sub(r.invited_ms.max(r.answered_ms)) < ttl_ms);
+        self.calls.retain(
+            |r| now_ms.saturating_sub(r.invited_ms.max(r.answered_ms)) < ttl_ms,
+            |r| {
+                if r.answered_ms > 0 {
+                    self.callers.concurrent(r.a, now, -1);
+                    self.metrics.inc(Counter::CallsExpired);
+                }
+            },
+        );
         self.callers.sweep(now) + self.destinations.sweep(now)
+    }
+
+    /// Calls in progress proxy mode is following.
+    pub fn calls_in_progress(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The behaviour state kept for an A-number, if any (for tests and
+    /// diagnostics).
+    pub fn caller_state(&self, a: Number) -> Option<kuzet_rules::state::CallerState> {
+        self.callers.get(a.raw())
     }
 
     /// Numbers tracked now (callers, destinations), and callers scored
@@ -338,7 +416,7 @@ impl Handler {
             return Outcome::Reply;
         }
         match self.mode {
-            Mode::Redirect => self.redirect(m, &checked, src, received, out),
+            Mode::Redirect => self.redirect(m, &checked, src, conn, received, out),
             Mode::Proxy => self.proxy(m, &checked, src, conn, received, out),
         }
     }

@@ -35,13 +35,7 @@ impl Handler {
             }
         }
         let now = self.call_time(Instant::now()).secs;
-        let policy = self
-            .lists
-            .load()
-            .rules
-            .as_ref()
-            .map(|r| r.outcomes)
-            .unwrap_or_default();
+        let policy = self.lists.load().rules.outcomes;
         let result = match (caller, what) {
             (None, _) => Err("caller missing or not a number"),
             (Some(n), Some(b"cancelled")) => match ring {

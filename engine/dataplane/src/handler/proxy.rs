@@ -41,7 +41,7 @@ impl Handler {
         let mut verdict = None;
         if method == b"INVITE" {
             lists = self.lists.load();
-            let v = self.score(m, c, src, received, &lists);
+            let v = self.score(m, c, src, conn, received, &lists);
             if v.decision() == Decision::Block {
                 self.reply_blocked(m, c, &v, out);
                 return Outcome::Reply;
@@ -61,11 +61,11 @@ impl Handler {
             return Outcome::Reply;
         }
         self.metrics.inc(Counter::Forwarded);
-        // Outcomes matter only to rules; without a rule file, learn nothing.
-        // An INVITE reuses the A-number its scoring decoded.
+        // Outcomes matter only to rules that read them. An INVITE reuses
+        // the A-number its scoring decoded.
         let learning = match (&verdict, method) {
-            (Some(Judged::Rules(_, _, a)), _) => Some(*a),
-            (_, b"CANCEL" | b"BYE") if self.lists.load().rules.is_some() => Some(None),
+            (Some(v), _) if v.set.rules.uses_outcomes() => Some(v.a),
+            (_, b"CANCEL" | b"BYE") if self.lists.load().rules.uses_outcomes() => Some(None),
             _ => None,
         };
         if let Some(a) = learning {
@@ -92,12 +92,7 @@ impl Handler {
         let start_line = start_line.strip_suffix(b"\r").unwrap_or(start_line);
         // A redirect decision in proxy mode rewrites the Request-URI to the
         // configured announcement / anti-fraud desk.
-        let redirect_to = match verdict {
-            Some(j @ Judged::Rules(_, r, _)) if j.decision() == Decision::Redirect => {
-                r.thresholds.redirect_uri.as_deref()
-            }
-            _ => None,
-        };
+        let redirect_to = verdict.and_then(Judged::redirect_uri);
         match redirect_to {
             Some(uri) => {
                 out.extend_from_slice(m.method());
@@ -114,7 +109,7 @@ impl Handler {
         let top = m.header(Hdr::Via).unwrap_or_default();
         let mut h = Fnv::default();
         h.write(split_values(top).next().unwrap_or_default());
-        push_hex(out, h.finish());
+        write::push_hex(out, h.finish());
         if let Some(id) = conn {
             out.extend_from_slice(b";kzc=");
             push_u64(out, id);
@@ -224,7 +219,7 @@ impl Handler {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(m.body());
         self.metrics.inc(Counter::ResponsesRouted);
-        if self.lists.load().rules.is_some() {
+        if self.lists.load().rules.uses_outcomes() {
             self.learn(m, None);
         }
         if let Some(id) = conn {

@@ -10,24 +10,18 @@ impl Handler {
         m: &Message<'_>,
         c: &Checked<'_>,
         src: SocketAddr,
+        conn: Option<u64>,
         received: Instant,
         out: &mut Vec<u8>,
     ) -> Outcome {
         match m.method() {
             b"INVITE" => {
                 let lists = self.lists.load();
-                let v = self.score(m, c, src, received, &lists);
+                let v = self.score(m, c, src, conn, received, &lists);
                 match v.decision() {
                     Decision::Block => self.reply_blocked(m, c, &v, out),
-                    d => {
-                        let contact = match (&v, d) {
-                            (Judged::Rules(_, r, _), Decision::Redirect) => r
-                                .thresholds
-                                .redirect_uri
-                                .as_deref()
-                                .map_or(m.request_uri(), str::as_bytes),
-                            _ => m.request_uri(),
-                        };
+                    _ => {
+                        let contact = v.redirect_uri().map_or(m.request_uri(), str::as_bytes);
                         self.reply(m, Some(c), 302, "Moved Temporarily", out, |o| {
                             o.extend_from_slice(b"Contact: <");
                             o.extend_from_slice(contact);
@@ -55,14 +49,12 @@ impl Handler {
             }
             b"PUBLISH" if is_outcome(m) => self.outcome(m, c, out),
             b"OPTIONS" => {
-                self.reply(m, Some(c), 200, "OK", out, |o| {
-                    o.extend_from_slice(b"Allow: INVITE, ACK, OPTIONS, PUBLISH\r\n");
-                });
+                self.reply(m, Some(c), 200, "OK", out, |o| o.extend_from_slice(ALLOW));
                 Outcome::Reply
             }
             _ => {
                 self.reply(m, Some(c), 405, "Method Not Allowed", out, |o| {
-                    o.extend_from_slice(b"Allow: INVITE, ACK, OPTIONS\r\n");
+                    o.extend_from_slice(ALLOW)
                 });
                 Outcome::Reply
             }

@@ -1,8 +1,12 @@
-//! Writing responses: the status line, the request's Via, From, To (with a
-//! stateless To-tag), Call-ID and CSeq, extra headers, an empty body; the
-//! blocked-call answer with its Reason; the verdict header.
+//! Writing responses through the SIP crate's one response writer: the
+//! status line and the request's Via, From, To (with a stateless To-tag),
+//! Call-ID and CSeq, then extra headers and an empty body; the blocked-call
+//! answer with its Reason; the verdict header.
 
 use super::*;
+
+/// What kuzet serves, in every `Allow` header it writes.
+pub(super) const ALLOW: &[u8] = b"Allow: INVITE, ACK, OPTIONS, PUBLISH\r\n";
 
 impl Handler {
     pub(super) fn reply_blocked(
@@ -19,24 +23,15 @@ impl Handler {
         };
         self.reply(m, Some(c), self.block_code, reason, out, |o| {
             o.extend_from_slice(b"Reason: Q.850;cause=21;text=\"");
-            let rule = match v {
-                Judged::Lists(v) => v.rule.as_str(),
-                Judged::Rules(s, r, _) => s
-                    .fired()
-                    .iter()
-                    .find(|f| !f.shadow)
-                    .and_then(|f| r.rules.get(usize::from(f.rule)))
-                    .map_or("rules", |r| &*r.id),
-            };
-            o.extend_from_slice(rule.as_bytes());
+            o.extend_from_slice(v.first_rule().as_bytes());
             o.extend_from_slice(b"\"\r\n");
             verdict_header(o, v);
         });
     }
 
-    /// Writes a response to `m`: status line, the request's Via, From, To
-    /// (with a stateless To-tag), Call-ID and CSeq, the extra headers, and
-    /// an empty body.
+    /// Writes a response to `m`: the head from the request, the extra
+    /// headers, `Server`, and an empty body. The To-tag is a hash of the
+    /// Call-ID and From, so a retransmitted request gets the same tag.
     pub(super) fn reply(
         &self,
         m: &Message<'_>,
@@ -46,47 +41,22 @@ impl Handler {
         out: &mut Vec<u8>,
         extra: impl FnOnce(&mut Vec<u8>),
     ) {
-        out.clear();
-        out.extend_from_slice(b"SIP/2.0 ");
-        push_u64(out, u64::from(code));
-        out.push(b' ');
-        out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for via in m.all(Hdr::Via) {
-            header(out, b"Via", via);
-        }
-        if let Some(v) = m.header(Hdr::From) {
-            header(out, b"From", v);
-        }
-        if let Some(to) = m.header(Hdr::To) {
-            out.extend_from_slice(b"To: ");
-            out.extend_from_slice(to);
-            let has_tag = match c {
-                Some(c) => param(c.to.params, b"tag").is_some(),
-                None => parse_name_addr(to).is_ok_and(|n| param(n.params, b"tag").is_some()),
-            };
-            if !has_tag && code > 100 {
-                out.extend_from_slice(b";tag=kz");
-                let mut h = Fnv::default();
-                h.write(m.header(Hdr::CallId).unwrap_or_default());
-                h.write(m.header(Hdr::From).unwrap_or_default());
-                push_hex(out, h.finish());
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-        if let Some(v) = m.header(Hdr::CallId) {
-            header(out, b"Call-ID", v);
-        }
-        if let Some(v) = m.header(Hdr::CSeq) {
-            header(out, b"CSeq", v);
-        }
+        let tagged = c.map(|c| param(c.to.params, b"tag").is_some());
+        write::response(out, m, code, reason, tagged, |o| {
+            o.extend_from_slice(b"kz");
+            let mut h = Fnv::default();
+            h.write(m.header(Hdr::CallId).unwrap_or_default());
+            h.write(m.header(Hdr::From).unwrap_or_default());
+            write::push_hex(o, h.finish());
+        });
         extra(out);
-        out.extend_from_slice(b"Server: kuzet\r\nContent-Length: 0\r\n\r\n");
+        out.extend_from_slice(b"Server: kuzet\r\n");
+        write::end_empty(out);
     }
 }
 
 /// `fmt::Write` into a byte buffer, so explanations are written in place.
-pub(super) struct ByteWriter<'a>(&'a mut Vec<u8>);
+pub(super) struct ByteWriter<'a>(pub(super) &'a mut Vec<u8>);
 
 impl std::fmt::Write for ByteWriter<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
@@ -97,57 +67,20 @@ impl std::fmt::Write for ByteWriter<'_> {
     }
 }
 
-pub(super) fn verdict_header(out: &mut Vec<u8>, j: &Judged<'_>) {
-    let v = match j {
-        Judged::Lists(v) => v,
-        Judged::Rules(s, r, _) => {
-            out.extend_from_slice(b"X-Kuzet-Verdict: ");
-            out.extend_from_slice(s.decision.as_str().as_bytes());
-            if !s.fired().is_empty() {
-                out.extend_from_slice(b";score=");
-                push_u64(out, u64::from(s.score));
-                out.extend_from_slice(b";rules=\"");
-                let _ = r.explain(s, &mut ByteWriter(out));
-                out.push(b'"');
-            }
-            out.extend_from_slice(b"\r\n");
-            return;
-        }
-    };
+/// `X-Kuzet-Verdict: DECISION[;score=N;rules="EXPLANATION"]`: one format for
+/// every verdict, lists and behaviour rules alike.
+pub(super) fn verdict_header(out: &mut Vec<u8>, v: &Judged<'_>) {
+    let s = &v.scored;
     out.extend_from_slice(b"X-Kuzet-Verdict: ");
-    out.extend_from_slice(v.action.as_str().as_bytes());
-    if v.action != Action::Allow || v.hit.is_some() {
+    out.extend_from_slice(s.decision.as_str().as_bytes());
+    if !s.fired().is_empty() {
         out.extend_from_slice(b";score=");
-        push_u64(out, u64::from(v.score));
-        out.extend_from_slice(b";rule=");
-        out.extend_from_slice(v.rule.as_str().as_bytes());
-        if let Some(side) = v.side {
-            out.extend_from_slice(b";side=");
-            out.extend_from_slice(side.as_str().as_bytes());
-        }
-        if let Some(hit) = v.hit {
-            if !hit.reason.is_empty() {
-                out.extend_from_slice(b";reason=\"");
-                out.extend_from_slice(hit.reason.as_bytes());
-                out.push(b'"');
-            }
-        }
+        push_u64(out, u64::from(s.score));
+        out.extend_from_slice(b";rules=\"");
+        let _ = v.set.explain(s, &mut ByteWriter(out));
+        out.push(b'"');
     }
     out.extend_from_slice(b"\r\n");
-}
-
-pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-pub(super) fn push_hex(out: &mut Vec<u8>, v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..16).rev() {
-        out.push(HEX[((v >> (i * 4)) & 0xf) as usize]);
-    }
 }
 
 /// Where `inner` starts within `outer`, when it is a sub-slice of it.

@@ -6,18 +6,6 @@ use super::*;
 use kuzet_sip::syntax::parse_via;
 
 #[test]
-fn numbers_print_without_allocating_helpers() {
-    let mut v = Vec::new();
-    push_u64(&mut v, 0);
-    v.push(b' ');
-    push_u64(&mut v, 18_446_744_073_709_551_615);
-    assert_eq!(v, b"0 18446744073709551615");
-    v.clear();
-    push_hex(&mut v, 0xab);
-    assert_eq!(v, b"00000000000000ab");
-}
-
-#[test]
 fn response_destination_prefers_received_and_rport() {
     let v = parse_via(b"SIP/2.0/UDP host.example;branch=z9hG4bK1;received=192.0.2.7;rport=4000")
         .unwrap();

@@ -114,7 +114,7 @@ pub(super) fn check_request<'a>(m: &Message<'a>, mode: Mode) -> Result<Checked<'
 pub(super) fn unsupported_header(m: &Message<'_>, out: &mut Vec<u8>) {
     for h in [Hdr::Require, Hdr::ProxyRequire] {
         for line in m.all(h) {
-            header(out, b"Unsupported", line);
+            write::header(out, b"Unsupported", line);
         }
     }
 }

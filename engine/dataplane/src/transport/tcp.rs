@@ -71,7 +71,14 @@ pub async fn serve(
         let idle = settings.idle_timeout;
         let sd = shutdown.clone();
         tokio::spawn(async move {
-            connection(stream, peer, id, h, u, c.clone(), idle, sd).await;
+            let metrics = h.metrics().clone();
+            // The connection runs as its own task so that a panic in it is
+            // caught by the runtime, counted here, and cleaned up after.
+            let run = tokio::spawn(connection(stream, peer, id, h, u, c.clone(), idle, sd)).await;
+            if run.is_err_and(|e| e.is_panic()) {
+                metrics.inc(Counter::WorkerPanics);
+                tracing::error!(%peer, "TCP connection task panicked; connection closed");
+            }
             c.remove(&id);
             drop(permit);
         });

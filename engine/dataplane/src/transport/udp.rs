@@ -6,31 +6,114 @@
 //! call to read and one (`sendmmsg`) to answer the whole batch. A readiness
 //! loop (epoll, read, read again until `EAGAIN`) costs three to read. The
 //! socket's receive timeout bounds each sleep so the worker sees shutdown.
+//!
+//! [`supervise`] runs the loop under `catch_unwind`: a panic anywhere in a
+//! batch (outside scoring, which fails open on its own) costs that batch,
+//! is counted in `worker_panics_total` and logged, and the worker starts
+//! again on the same socket. It never dies silently.
 
 use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kuzet_net::{send_all, RecvBatch, SendBatch};
 use tokio::sync::watch;
 
 use super::Connections;
 use crate::handler::{Handler, Outcome};
-use crate::metrics::{new_histogram, record, Counter};
-use kuzet_net::{wait, RecvBatch, SendBatch};
+use crate::metrics::{new_histogram, record, Counter, Metrics};
 
 /// How often a worker folds its latency histogram into the shared one.
 const MERGE_EVERY: Duration = Duration::from_millis(500);
 /// Longest sleep in `recvmmsg` before the worker looks at `shutdown`.
 const WAKE_EVERY: Duration = Duration::from_millis(100);
+/// Longest a worker waits, per batch, for room in a full send buffer before
+/// it drops the rest of the batch's replies (counted in `send_errors_total`).
+const SEND_WAIT: Duration = Duration::from_millis(50);
+/// Pause before restarting a worker that panicked, so a panic on every
+/// datagram cannot turn into a busy loop.
+const RESTART_PAUSE: Duration = Duration::from_millis(10);
 
-/// Runs one worker on the current thread until `shutdown` turns true.
-pub fn run_worker(
+/// What a worker runs for each datagram: the [`Handler`], or a test double.
+pub trait Service: Send + Sync + 'static {
+    /// Handles one datagram from `src` that arrived at `received`; the reply
+    /// or forwarded message is left in `out`.
+    fn handle(
+        &self,
+        bytes: &[u8],
+        src: SocketAddr,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome;
+    /// The counters the worker adds to.
+    fn metrics(&self) -> &Arc<Metrics>;
+}
+
+impl Service for Handler {
+    #[inline]
+    fn handle(
+        &self,
+        bytes: &[u8],
+        src: SocketAddr,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        Handler::handle(self, bytes, src, None, received, out)
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        Handler::metrics(self)
+    }
+}
+
+/// Runs a worker on the current thread until `shutdown` turns true,
+/// restarting it after a panic (counted and logged).
+pub fn supervise<S: Service>(
     socket: std::net::UdpSocket,
-    handler: Arc<Handler>,
+    service: Arc<S>,
     batch: usize,
     conns: Connections,
     shutdown: watch::Receiver<bool>,
+    name: &str,
+) {
+    let metrics = service.metrics().clone();
+    loop {
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            run_worker(&socket, &*service, batch, &conns, &shutdown)
+        }));
+        match run {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => {
+                tracing::error!(worker = name, error = %e, "UDP worker stopped");
+                return;
+            }
+            Err(panic) => {
+                metrics.inc(Counter::WorkerPanics);
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(worker = name, panic = %what, "UDP worker panicked; restarting it");
+                if *shutdown.borrow() {
+                    return;
+                }
+                std::thread::sleep(RESTART_PAUSE);
+            }
+        }
+    }
+}
+
+/// The worker loop itself; returns when `shutdown` turns true.
+pub fn run_worker<S: Service + ?Sized>(
+    socket: &std::net::UdpSocket,
+    service: &S,
+    batch: usize,
+    conns: &Connections,
+    shutdown: &watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(WAKE_EVERY))?;
@@ -39,7 +122,7 @@ pub fn run_worker(
     let mut send = SendBatch::new(batch);
     let mut hist = new_histogram();
     let mut last_merge = Instant::now();
-    let metrics = handler.metrics().clone();
+    let metrics = service.metrics().clone();
     while !*shutdown.borrow() {
         if last_merge.elapsed() >= MERGE_EVERY {
             metrics.merge_latency(&mut hist);
@@ -70,7 +153,7 @@ pub fn run_worker(
                 continue;
             };
             let Some(out) = send.next_buf() else { break };
-            match handler.handle(bytes, src, None, t0, out) {
+            match service.handle(bytes, src, t0, out) {
                 Outcome::Reply => send.commit(src),
                 Outcome::Forward(to) => send.commit(to),
                 Outcome::ToConnection(id) => {
@@ -85,23 +168,66 @@ pub fn run_worker(
                 Outcome::Drop => {}
             }
         }
-        while send.pending() > 0 {
-            match send.send(fd) {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    let _ = wait(&[(fd, true)], Duration::from_millis(10));
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    // A hard error for one destination (ICMP unreachable
-                    // reported late, say): skip it, keep the rest.
-                    metrics.inc(Counter::SendErrors);
-                    send.skip_one();
-                }
-            }
+        let sent = send_all(&mut send, fd, SEND_WAIT);
+        let lost = sent.failed + sent.timed_out;
+        if lost > 0 {
+            metrics.add(Counter::SendErrors, lost as u64);
         }
         record(&mut hist, t0.elapsed(), n as u64);
     }
     metrics.merge_latency(&mut hist);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every datagram with its own bytes, and panics on `boom`.
+    struct Echo(Arc<Metrics>);
+
+    impl Service for Echo {
+        fn handle(&self, bytes: &[u8], _: SocketAddr, _: Instant, out: &mut Vec<u8>) -> Outcome {
+            assert!(bytes != b"boom", "told to panic");
+            out.clear();
+            out.extend_from_slice(bytes);
+            Outcome::Reply
+        }
+        fn metrics(&self) -> &Arc<Metrics> {
+            &self.0
+        }
+    }
+
+    /// Regression: a panic outside scoring killed the UDP worker with no
+    /// counter and no restart, and the port went deaf on that socket.
+    #[test]
+    fn a_panicking_worker_is_counted_and_restarted() {
+        let sock = kuzet_net::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let service = Arc::new(Echo(metrics.clone()));
+        let (stop, shutdown) = watch::channel(false);
+        let worker = std::thread::spawn(move || {
+            supervise(sock, service, 8, Connections::default(), shutdown, "test")
+        });
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        c.send_to(b"hello", addr).unwrap();
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        c.send_to(b"boom", addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metrics.get(Counter::WorkerPanics) == 0 {
+            assert!(Instant::now() < deadline, "the panic was never counted");
+            std::thread::yield_now();
+        }
+        // The restarted worker answers on the same socket.
+        c.send_to(b"again", addr).unwrap();
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"again");
+        assert_eq!(metrics.get(Counter::WorkerPanics), 1);
+        stop.send(true).unwrap();
+        worker.join().unwrap();
+    }
 }

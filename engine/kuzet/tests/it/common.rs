@@ -18,6 +18,8 @@ pub fn test_config() -> Config {
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.udp_workers = 1;
     c.lists.reload_interval_ms = 50;
+    // Behaviour state is reserved up front; tests need little of it.
+    c.rules.max_tracked_numbers = 50_000;
     c
 }
 
@@ -90,12 +92,19 @@ pub fn invite(a: &str, b: &str, call_id: &str, via_port: u16) -> String {
     )
 }
 
-/// Sends `msg` and returns the reply text.
+/// Sends `msg` and returns the reply text: the first reply with the
+/// request's Call-ID (a late answer to an earlier request is skipped).
 pub fn ask(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
     sock.send_to(msg.as_bytes(), to).unwrap();
+    let want = header(msg, "Call-ID").map(str::to_string);
     let mut buf = vec![0u8; 65536];
-    let (n, _) = sock.recv_from(&mut buf).expect("a reply");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("a reply");
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if want.is_none() || header(&reply, "Call-ID").map(str::to_string) == want {
+            return reply;
+        }
+    }
 }
 
 /// The status code of a response text.

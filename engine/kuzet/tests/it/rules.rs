@@ -358,19 +358,24 @@ fn verdicts_and_shadow_results_reach_the_log() {
         .unwrap();
     let lport = c.local_addr().unwrap().port();
     let deadline = Instant::now() + Duration::from_secs(20);
-    // The first call: nothing fires. Retry until kuzet is up.
+    // Wait until kuzet answers an OPTIONS ping; then the first call, where
+    // nothing fires.
+    let ping = invite("0", "0", "ping", lport).replace("INVITE", "OPTIONS");
     loop {
         assert!(Instant::now() < deadline, "kuzet did not come up");
-        c.send_to(
-            invite("+77011234567", "+77020000001", "l1", lport).as_bytes(),
-            addr,
-        )
-        .unwrap();
+        c.send_to(ping.as_bytes(), addr).unwrap();
         let mut buf = [0u8; 4096];
         if c.recv_from(&mut buf).is_ok() {
             break;
         }
     }
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let resp = ask(
+        &c,
+        addr,
+        &invite("+77011234567", "+77020000001", "l1", lport),
+    );
+    assert_eq!(header(&resp, "X-Kuzet-Verdict"), Some("allow"));
     // The second: the shadow velocity rule would block; not enforced.
     let resp = ask(
         &c,
@@ -390,8 +395,7 @@ fn verdicts_and_shadow_results_reach_the_log() {
     assert!(header(&resp, "X-Kuzet-Verdict")
         .unwrap()
         .starts_with("flag;score=40;rules=\"mismatch: matched"));
-    // The control thread logs within a reload interval (1 s); then stop.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Stop at once: verdicts still queued are logged before the process ends.
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -404,11 +408,15 @@ fn verdicts_and_shadow_results_reach_the_log() {
         .unwrap()
         .read_to_string(&mut log)
         .unwrap();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("rule verdict")).collect();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" verdict ")).collect();
     assert!(
         lines.iter().any(|l| l.contains("decision=\"allow\"")
             && l.contains("shadow_decision=\"block\"")
-            && l.contains("velocity_trial: 2 calls > 1 (shadow)")),
+            && l.contains("velocity_trial: 2 calls > 1 (shadow)")
+            // Correlation with the switch's records.
+            && l.contains("call_id=l2")
+            && l.contains(&format!("source=127.0.0.1:{lport}"))
+            && l.contains("transport=\"udp\"")),
         "{log}"
     );
     assert!(

@@ -379,7 +379,18 @@ fn rules_check_accepts_the_example_and_names_the_bad_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 17 rules (15 enforced, 2 shadow)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok, 15 rules from the file (13 enforced, 2 shadow)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "built-in list rules: allowlist (exempts), blocklist (score 100), flaglist (score 50)"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("override"), "{stdout}");
     let dir = TempDir::new("rules-check");
     let bad = dir.write(
         "bad.toml",

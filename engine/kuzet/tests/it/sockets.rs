@@ -377,7 +377,7 @@ fn proxy_forwards_rewrites_and_routes_responses_back() {
     assert_eq!(header(&fwd, "Max-Forwards"), Some("69"));
     assert!(header(&fwd, "X-Kuzet-Verdict")
         .unwrap()
-        .starts_with("flag;score=50;rule=flaglist"));
+        .starts_with("flag;score=50;rules=\"flaglist: caller in a listed"));
     // The 180 and 200 come back through kuzet to the caller, minus kuzet's Via.
     for code in ["180 Ringing", "200 OK"] {
         next.send_to(answer(&fwd, code).as_bytes(), eng.udp_addr)

@@ -1,10 +1,12 @@
 //! Per-number behaviour state: sliding windows, distinct callees, dialling
 //! runs, call outcomes, concurrent calls.
 //!
-//! One [`CallerState`] (80 bytes) per tracked A-number, in a [`Tracker`]
-//! (a `DashMap` sized up front for its cap). Time comes from the caller as
-//! whole seconds ([`CallTime`]); nothing here reads a clock, so tests are
-//! deterministic and never sleep.
+//! One [`CallerState`] (80 bytes, ten words) per tracked A-number, in a
+//! [`Tracker`]: a fixed-capacity [`table::Table`] sized up front for its cap,
+//! which workers update without locks and sweeps evict without ever making
+//! a worker wait. Time comes from the caller as whole seconds
+//! ([`CallTime`]); nothing here reads a clock, so tests are deterministic
+//! and never sleep.
 //!
 //! Windows are *sliding window counters*: a current and a previous bucket,
 //! each one window long; the count is `current + previous × (the share of
@@ -18,9 +20,11 @@
 //! idle longer than the TTL, then, if still above 90% of the cap, the
 //! least recently seen down to 80% (LRU by a histogram of idle times).
 
+pub mod table;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dashmap::DashMap;
+use table::{Miss, Packed, Table};
 
 /// When a call happens, as the engine's clock says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,13 +209,78 @@ impl Default for OutcomePolicy {
     }
 }
 
+impl Packed for CallerState {
+    const WORDS: usize = 10;
+
+    fn unpack(w: &[u64]) -> Self {
+        let lo = |x: u64| x as u32;
+        let hi = |x: u64| (x >> 32) as u32;
+        let h16 = |x: u64, i: u32| (x >> (16 * i)) as u16;
+        let win = |x: u64| Window {
+            start: lo(x),
+            prev: h16(x, 2),
+            cur: h16(x, 3),
+        };
+        let mut fanout_hashes = [0u16; FANOUT_EXACT];
+        for (i, h) in fanout_hashes.iter_mut().enumerate() {
+            *h = h16(w[4 + i / 4], (i % 4) as u32);
+        }
+        CallerState {
+            last_seen: lo(w[0]),
+            fanout_start: hi(w[0]),
+            velocity: [win(w[1]), win(w[2]), win(w[3])],
+            fanout_hashes,
+            fanout_distinct: h16(w[7], 0),
+            run: h16(w[7], 1),
+            last_b: hi(w[7]),
+            outcome_start: lo(w[8]),
+            rings: h16(w[8], 2),
+            short_rings: h16(w[8], 3),
+            answered: h16(w[9], 0),
+            short_answered: h16(w[9], 1),
+            concurrent: h16(w[9], 2),
+        }
+    }
+
+    fn pack(&self, w: &mut [u64]) {
+        let win =
+            |v: &Window| u64::from(v.start) | u64::from(v.prev) << 32 | u64::from(v.cur) << 48;
+        w[0] = u64::from(self.last_seen) | u64::from(self.fanout_start) << 32;
+        for (i, v) in self.velocity.iter().enumerate() {
+            w[1 + i] = win(v);
+        }
+        for k in 0..3 {
+            w[4 + k] = (0..4).fold(0u64, |acc, j| {
+                acc | u64::from(self.fanout_hashes[k * 4 + j]) << (16 * j)
+            });
+        }
+        w[7] = u64::from(self.fanout_distinct)
+            | u64::from(self.run) << 16
+            | u64::from(self.last_b) << 32;
+        w[8] = u64::from(self.outcome_start)
+            | u64::from(self.rings) << 32
+            | u64::from(self.short_rings) << 48;
+        w[9] = u64::from(self.answered)
+            | u64::from(self.short_answered) << 16
+            | u64::from(self.concurrent) << 32;
+    }
+}
+
+/// The table key for a tracked number (a packed [`Number`](crate::Number)
+/// or a destination key): its digits, length and kind folded into 56 bits.
+pub fn state_key(x: u64) -> u64 {
+    table::key_of((x & ((1 << 50) - 1)) | ((x >> 56) & 0x1f) << 50 | (x >> 63) << 55)
+}
+
 /// Bounded per-number state shared by all workers.
 pub struct Tracker {
-    map: DashMap<u64, CallerState>,
-    cap: usize,
+    table: Table<CallerState>,
     ttl_s: u32,
     /// Numbers not tracked because the tracker was full.
     pub full_misses: AtomicU64,
+    /// Calls scored without state because another worker held the number's
+    /// state through every retry.
+    pub contended: AtomicU64,
     /// Numbers dropped by sweeps.
     pub evicted: AtomicU64,
 }
@@ -221,48 +290,58 @@ impl Tracker {
     /// `ttl_s` seconds.
     pub fn new(cap: usize, ttl_s: u32) -> Tracker {
         Tracker {
-            map: DashMap::with_capacity(cap.min(1 << 26)),
-            cap: cap.max(1),
+            table: Table::new(cap),
             ttl_s: ttl_s.max(1),
             full_misses: AtomicU64::new(0),
+            contended: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
         }
     }
 
     /// Numbers tracked now.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     /// True when nothing is tracked.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
+    }
+
+    /// Bytes held, all allocated at start-up.
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
     }
 
     /// Runs `f` on the state of `number`, creating it if there is room;
-    /// `None` when the tracker is full and the number is new.
+    /// `None` when the tracker is full and the number is new, or when
+    /// another worker held the state through every retry (both counted).
     pub fn with<R>(
         &self,
         number: u64,
         now: u32,
         f: impl FnOnce(&mut CallerState) -> R,
     ) -> Option<R> {
-        if let Some(mut s) = self.map.get_mut(&number) {
+        let r = self.table.upsert(state_key(number), |s| {
             s.last_seen = now;
-            return Some(f(&mut s));
+            f(s)
+        });
+        match r {
+            Ok(r) => Some(r),
+            Err(Miss::Full) => {
+                self.full_misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(Miss::Contended) => {
+                self.contended.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
-        if self.map.len() >= self.cap {
-            self.full_misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let mut e = self.map.entry(number).or_default();
-        e.last_seen = now;
-        Some(f(&mut e))
     }
 
     /// A copy of the state of `number`, if tracked.
     pub fn get(&self, number: u64) -> Option<CallerState> {
-        self.map.get(&number).map(|s| *s)
+        self.table.get(state_key(number))
     }
 
     /// Records how a call from `number` ended.
@@ -298,21 +377,24 @@ impl Tracker {
     }
 
     /// Drops numbers idle longer than the TTL; then, above 90% of the cap,
-    /// the least recently seen down to 80%. Run it off the call path.
+    /// the least recently seen down to 80%. Run it off the call path; it
+    /// never makes a worker wait.
     pub fn sweep(&self, now: u32) -> usize {
-        let before = self.map.len();
         let ttl = self.ttl_s;
-        self.map
-            .retain(|_, s| now.saturating_sub(s.last_seen) < ttl || s.concurrent > 0);
-        if self.map.len() * 10 > self.cap * 9 {
+        let mut dropped = self.table.retain(
+            |s| now.saturating_sub(s.last_seen) < ttl || s.concurrent > 0,
+            |_| (),
+        );
+        let cap = self.table.cap();
+        if self.table.len() * 10 > cap * 9 {
             // Histogram of idle seconds (log2 buckets), then the cut-off
             // that keeps the most recent 80% of the cap.
             let mut hist = [0usize; 33];
-            for e in self.map.iter() {
-                let idle = now.saturating_sub(e.last_seen);
+            self.table.for_each(|s| {
+                let idle = now.saturating_sub(s.last_seen);
                 hist[(32 - idle.leading_zeros()) as usize] += 1;
-            }
-            let keep = self.cap * 8 / 10;
+            });
+            let keep = cap * 8 / 10;
             let (mut kept, mut cut) = (0usize, 33usize);
             for (i, n) in hist.iter().enumerate() {
                 if kept + n > keep {
@@ -321,12 +403,14 @@ impl Tracker {
                 }
                 kept += n;
             }
-            self.map.retain(|_, s| {
-                let idle = now.saturating_sub(s.last_seen);
-                ((32 - idle.leading_zeros()) as usize) < cut || s.concurrent > 0
-            });
+            dropped += self.table.retain(
+                |s| {
+                    let idle = now.saturating_sub(s.last_seen);
+                    ((32 - idle.leading_zeros()) as usize) < cut || s.concurrent > 0
+                },
+                |_| (),
+            );
         }
-        let dropped = before.saturating_sub(self.map.len());
         self.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
         dropped
     }
@@ -337,8 +421,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_is_80_bytes() {
+    fn state_is_80_bytes_and_packs_into_ten_words_losslessly() {
         assert_eq!(std::mem::size_of::<CallerState>(), 80);
+        let mut s = CallerState {
+            last_seen: 0xdead_beef,
+            fanout_start: 7,
+            last_b: 0x1234_5678,
+            run: 3,
+            fanout_distinct: 11,
+            outcome_start: 99,
+            rings: 5,
+            short_rings: 4,
+            answered: 3,
+            short_answered: 2,
+            concurrent: 1,
+            ..CallerState::default()
+        };
+        for (i, h) in s.fanout_hashes.iter_mut().enumerate() {
+            *h = 1000 + i as u16;
+        }
+        for (i, w) in s.velocity.iter_mut().enumerate() {
+            w.start = 10 + i as u32;
+            w.prev = 20 + i as u16;
+            w.cur = u16::MAX - i as u16;
+        }
+        let mut words = [0u64; 10];
+        s.pack(&mut words);
+        let back = CallerState::unpack(&words);
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
     }
 
     #[test]
@@ -384,8 +494,8 @@ mod tests {
     #[test]
     fn tracker_is_bounded_and_sweeps_idle_then_least_recent() {
         let t = Tracker::new(100, 600);
-        for n in 0..100u64 {
-            assert!(t.with(n, n as u32 + 1, |_| ()).is_some());
+        for n in 1..=100u64 {
+            assert!(t.with(n, n as u32, |_| ()).is_some());
         }
         assert!(
             t.with(1000, 200, |_| ()).is_none(),
@@ -399,7 +509,7 @@ mod tests {
         assert!(t.len() <= 80 && dropped >= 20, "{} left", t.len());
         assert!(t.get(5).is_some());
         assert!(t.get(99).is_some());
-        assert!(t.get(0).is_none());
+        assert!(t.get(1).is_none());
         // Past the TTL everything idle goes, except calls in progress.
         t.concurrent(7, 400, 1);
         t.sweep(5000);
