@@ -1,6 +1,9 @@
 //! Loading a 10M-number list file through the engine's own loader (the
 //! same code as start-up and reload), with the resident memory it keeps.
 
+// criterion_main! writes an undocumented `main`.
+#![allow(missing_docs)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -7,6 +7,9 @@
 //!   sweeps the tracker over and over, for the lock-free table and for the
 //!   `DashMap` tracker it replaced.
 
+// criterion_main! writes an undocumented `main`.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

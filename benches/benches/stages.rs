@@ -10,6 +10,9 @@
 //!
 //! Parsing against rsip and the 10M-number lookup are in `hot_path`.
 
+// criterion_main! writes an undocumented `main`.
+#![allow(missing_docs)]
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;

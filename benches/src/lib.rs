@@ -1,6 +1,8 @@
 //! Shared fixtures for kuzet's criterion benchmarks: a typical INVITE and
 //! big generated lists, built the same way for kuzet and its baselines.
 
+#![forbid(unsafe_code)]
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 

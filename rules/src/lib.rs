@@ -9,6 +9,8 @@
 //! caller supplies. Numbers are normalized by a [`NumberingPlan`] into
 //! packed [`Number`]s, so scoring compares integers and allocates nothing.
 
+#![forbid(unsafe_code)]
+
 pub mod facts;
 pub mod list;
 pub mod number;

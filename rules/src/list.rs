@@ -44,14 +44,19 @@ pub struct ListError {
 /// What is wrong with a list line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListErrorKind {
+    /// An exact entry that does not normalize to a number in the plan.
     #[error("{0:?} is not a phone number in the numbering plan")]
     NotANumber(String),
+    /// A `PREFIX*` entry whose digits are not a valid prefix in the plan.
     #[error("{0:?} is not a number prefix (digits, then `*`)")]
     NotAPrefix(String),
+    /// A `*` anywhere but at the end of the entry.
     #[error("`*` may only end a prefix, as in `+7701*`: {0:?}")]
     MisplacedWildcard(String),
+    /// The reason holds a quote, a backslash or a control character.
     #[error("the reason may not hold quotes, backslashes or control characters")]
     BadReason,
+    /// The reason is longer than [`MAX_REASON_LEN`] bytes.
     #[error("the reason is longer than {MAX_REASON_LEN} bytes")]
     ReasonTooLong,
 }

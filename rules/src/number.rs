@@ -171,12 +171,18 @@ impl Default for NumberingPlan {
 /// Why a numbering plan is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
+    /// The country code is empty, over 3 digits, not all digits, or starts
+    /// with 0.
     #[error("country_code must be 1 to 3 digits, got {0:?}")]
     CountryCode(String),
+    /// The trunk prefix is not all digits, or is over 4 digits.
     #[error("trunk_prefix must be digits, got {0:?}")]
     TrunkPrefix(String),
+    /// An international prefix is empty, over 4 digits, or not all digits.
     #[error("international prefix must be 1 to 4 digits, got {0:?}")]
     InternationalPrefix(String),
+    /// The national number length is 0, or too long for E.164 with the
+    /// country code.
     #[error("national_number_length {0} does not fit E.164 with the country code")]
     NationalLength(usize),
 }

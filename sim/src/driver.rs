@@ -44,13 +44,18 @@ pub enum Pace {
     /// Evenly, this many calls per second.
     Rate(f64),
     /// As fast as responses come back, with this many calls in flight.
-    Max { window: usize },
+    Max {
+        /// Calls kept in flight at once (at least one).
+        window: usize,
+    },
 }
 
 /// Which transport the calls use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
+    /// SIP over UDP; INVITEs are retransmitted until a response arrives.
     Udp,
+    /// SIP over one TCP connection per trunk; no retransmission.
     Tcp,
 }
 
@@ -66,8 +71,11 @@ impl Proto {
 /// Everything a run needs besides the traffic.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Address of the SIP server under test.
     pub target: SocketAddr,
+    /// Transport every call uses.
     pub proto: Proto,
+    /// How calls are paced.
     pub pace: Pace,
     /// Calls to make; the traffic is cycled when this exceeds it.
     pub calls: usize,
@@ -115,13 +123,19 @@ pub struct CallResult {
 /// Whole-run counters.
 #[derive(Clone, Debug)]
 pub struct RunStats {
+    /// Calls started: first INVITEs sent (retransmissions are counted apart).
     pub sent: u64,
+    /// Calls that got a final response before the timeout.
     pub answered: u64,
+    /// Calls with no final response before the timeout (Timer B).
     pub timeouts: u64,
+    /// INVITE retransmissions over UDP, all calls together.
     pub retransmissions: u64,
     /// Responses that could not be parsed or matched to a call.
     pub stray: u64,
+    /// CANCELs sent for ringing calls whose caller abandons (Wangiri).
     pub cancels: u64,
+    /// Wall-clock length of the whole run.
     pub elapsed: Duration,
     /// Latency to the final response, microseconds.
     pub latency: Histogram<u64>,

@@ -16,6 +16,8 @@
 //!
 //! Labels never leave this crate: the SIP it sends carries numbers only.
 
+#![forbid(unsafe_code)]
+
 pub mod driver;
 pub mod export;
 pub mod kamailio;

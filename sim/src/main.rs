@@ -1,6 +1,8 @@
 //! `kuzet-sim`: generate labelled fraud traffic, drive it at a SIP server,
 //! report what was caught; or stand in as the null responder.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

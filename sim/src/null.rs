@@ -22,6 +22,7 @@ use kuzet_sip::{self as sip, write};
 
 /// A running null responder.
 pub struct Null {
+    /// The address it listens on (the real port when port 0 was asked for).
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,

@@ -13,24 +13,33 @@ use std::fmt::Write as _;
 /// The verdict a call must get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Expect {
+    /// The call goes through unflagged.
     Allow,
+    /// The call goes through but is flagged.
     Flag,
+    /// The call is rejected.
     Block,
 }
 
 /// One call: A-number and B-number as they go on the wire, and its label.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestCall {
+    /// A-number (caller) as sent, in one of the Kazakh number formats.
     pub a: String,
+    /// B-number (callee) as sent.
     pub b: String,
+    /// The verdict the list files imply for this call.
     pub expect: Expect,
 }
 
 /// The text of the three list files a call set assumes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListFiles {
+    /// Blocklist: exact callers and blocked prefix ranges.
     pub block: String,
+    /// Allowlist: callers let through even to a blocked range.
     pub allow: String,
+    /// Flag list: the caller range under watch.
     pub flag: String,
 }
 

@@ -22,64 +22,104 @@ use serde::Serialize;
 use crate::driver::{CallResult, RunStats};
 use crate::traffic::Traffic;
 
+/// Load figures and detection quality of one run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
+    /// Calls started: first INVITEs sent (retransmissions are counted apart).
     pub sent: u64,
+    /// Calls that got a final response before the timeout.
     pub answered: u64,
+    /// Calls with no final response before the timeout (Timer B).
     pub timeouts: u64,
+    /// INVITE retransmissions over UDP, all calls together.
     pub retransmissions: u64,
+    /// Responses that could not be parsed or matched to a call.
     pub stray_responses: u64,
+    /// Wall-clock length of the run, seconds.
     pub elapsed_s: f64,
     /// Final answers per second over the run.
     pub cps: f64,
+    /// Time to the final response, microseconds; timed-out calls are left out.
     pub latency_us: Latency,
     /// Final answers by status code.
     pub status: BTreeMap<u16, u64>,
+    /// Per traffic kind (by its scenario name): how its calls were answered.
     pub categories: BTreeMap<String, Category>,
+    /// Share of legitimate calls that were detected; null without legitimate calls.
     pub false_positive_rate: Option<f64>,
+    /// Per fraud campaign (by source name): how often and how soon it was detected.
     pub campaigns: BTreeMap<String, Campaign>,
 }
 
+/// Percentiles of the time to a final response, microseconds (0 when no call
+/// was answered).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Latency {
+    /// Median.
     pub p50: u64,
+    /// 99th percentile.
     pub p99: u64,
+    /// 99.9th percentile.
     pub p999: u64,
+    /// The slowest answered call.
     pub max: u64,
 }
 
+/// How the calls of one traffic kind were answered.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Category {
+    /// The kind is a fraud pattern; only these get precision and recall.
     pub fraud: bool,
+    /// Calls of this kind made in the run.
     pub calls: u64,
+    /// Calls rejected with 403, 603 or 607.
     pub blocked: u64,
+    /// Calls not blocked whose answer carried `X-Kuzet-Verdict: flag...`.
     pub flagged: u64,
+    /// Calls let through: a final answer below 400, not flagged.
     pub allowed: u64,
+    /// Calls given any other final answer (an error other than a block).
     pub other: u64,
+    /// Calls with no final answer before the timeout; never detected.
     pub timeouts: u64,
+    /// Fraud kinds: detected / (detected + detected legitimate calls); null
+    /// when nothing was detected and for legitimate kinds.
     pub precision: Option<f64>,
+    /// Fraud kinds: share of this kind's calls that were detected; null for
+    /// legitimate kinds.
     pub recall: Option<f64>,
 }
 
+/// How one fraud campaign fared.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Campaign {
+    /// The campaign's fraud kind, as named in scenarios and reports.
     pub kind: String,
+    /// Calls the campaign made in the run.
     pub calls: u64,
+    /// Of those, the ones blocked or flagged.
     pub detected: u64,
+    /// Calls sent before its first detected one; null if none was detected.
     pub calls_before_detection: Option<u64>,
 }
 
 /// How one final answer counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// Rejected with 403, 603 or 607.
     Blocked,
+    /// Not blocked, but the answer carried `X-Kuzet-Verdict: flag...`.
     Flagged,
+    /// Let through: a final answer below 400, not flagged.
     Allowed,
+    /// Any other final answer.
     Other,
+    /// No final answer before the timeout.
     Timeout,
 }
 
 impl Outcome {
+    /// How the final answer of call result `r` counts.
     pub fn of(r: &CallResult) -> Outcome {
         match r.status {
             0 => Outcome::Timeout,
@@ -89,6 +129,7 @@ impl Outcome {
             _ => Outcome::Other,
         }
     }
+    /// True when the call counts as detected: blocked or flagged.
     pub fn detected(self) -> bool {
         matches!(self, Outcome::Blocked | Outcome::Flagged)
     }

@@ -44,6 +44,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, legitimate ones first, in declaration order.
     pub const ALL: [Kind; 11] = [
         Kind::Subscribers,
         Kind::InboundInternational,
@@ -106,8 +107,10 @@ pub struct Scenario {
     /// international 127.0.0.2.
     #[serde(default = "default_trunks")]
     pub trunks: BTreeMap<String, Ipv4Addr>,
+    /// The own-subscriber range most calls go to.
     #[serde(default)]
     pub subscribers: Subscribers,
+    /// Extra list entries that pad the engine's list files.
     #[serde(default)]
     pub lists: ListsSpec,
     /// Legitimate traffic sources.
@@ -156,6 +159,7 @@ pub struct ListsSpec {
 pub struct Source {
     /// Unique name; reports group campaigns by it.
     pub name: String,
+    /// What the source does, and so whether its calls are fraud.
     pub kind: Kind,
     /// Trunk the calls arrive on (a key of `[trunks]`); the default fits
     /// the kind.
@@ -166,6 +170,8 @@ pub struct Source {
     /// When the source starts and stops, in seconds from the start.
     #[serde(default)]
     pub start_s: f64,
+    /// When the source stops, seconds from the start; unset means at the
+    /// end of the traffic.
     #[serde(default)]
     pub end_s: Option<f64>,
     /// Distinct A-numbers the source calls from (at most 100,000).
@@ -175,6 +181,7 @@ pub struct Source {
     /// while it rings; the rest ring out unanswered.
     #[serde(default = "default_answer")]
     pub answer_ratio: f64,
+    /// Share of calls the caller abandons (CANCEL) while they ring.
     #[serde(default = "default_cancel")]
     pub cancel_ratio: f64,
     /// Mean talk time of answered calls, seconds (exponential).
@@ -222,24 +229,61 @@ fn default_trunks() -> BTreeMap<String, Ipv4Addr> {
     .collect()
 }
 
-/// A scenario that does not parse or does not make sense.
+/// A scenario that cannot be read, does not parse or does not make sense.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ScenarioError(pub String);
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The scenario file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, or not a scenario's shape.
+    #[error("{file}:{line}:{col}: {message}")]
+    Syntax {
+        /// The scenario file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// Parses, but a value is out of range or sources contradict each other.
+    #[error("{file}{}: {message}", .line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The scenario file.
+        file: String,
+        /// The line of the source at fault, when there is one.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
 
 impl Scenario {
     /// Reads and checks a scenario file.
     pub fn from_file(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ScenarioError(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Scenario::from_toml_str(&text, &path.display().to_string())
     }
 
     /// Parses and checks scenario text; `name` prefixes error messages.
     pub fn from_toml_str(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
         let sc: Scenario = toml::from_str(text).map_err(|e| {
-            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            ScenarioError(format!("{name}:{line}:{col}: {}", e.message()))
+            let (line, col) = kuzet_rules::toml_pos::error_at(text, &e);
+            ScenarioError::Syntax {
+                file: name.to_string(),
+                line,
+                col,
+                message: e.message().to_string(),
+            }
         })?;
         sc.check(text, name)?;
         Ok(sc)
@@ -249,64 +293,69 @@ impl Scenario {
         // Point at the source's `name = "..."` line where possible.
         let at = |src: &str| {
             let needle = format!("\"{src}\"");
-            let line = text
-                .lines()
-                .position(|l| l.contains(&needle))
-                .map_or(1, |i| i + 1);
-            format!("{name}:{line}")
+            Some(
+                text.lines()
+                    .position(|l| l.contains(&needle))
+                    .map_or(1, |i| i + 1),
+            )
+        };
+        let bad = |line: Option<usize>, message: String| ScenarioError::Invalid {
+            file: name.to_string(),
+            line,
+            message,
         };
         if !(self.duration_s > 0.0 && self.duration_s.is_finite()) {
-            return Err(ScenarioError(format!(
-                "{name}: duration_s must be a positive number"
-            )));
+            return Err(bad(None, "duration_s must be a positive number".to_string()));
         }
         let mut seen = std::collections::HashSet::new();
         for s in self.sources() {
             let here = at(&s.name);
             if !seen.insert(s.name.as_str()) {
-                return Err(ScenarioError(format!(
-                    "{here}: source name {:?} is used twice",
-                    s.name
-                )));
+                return Err(bad(here, format!("source name {:?} is used twice", s.name)));
             }
             if !(s.cps >= 0.0 && s.cps.is_finite()) {
-                return Err(ScenarioError(format!("{here}: cps must be zero or more")));
+                return Err(bad(here, "cps must be zero or more".to_string()));
             }
             if s.callers == 0 {
-                return Err(ScenarioError(format!("{here}: callers must be at least 1")));
+                return Err(bad(here, "callers must be at least 1".to_string()));
             }
             if s.answer_ratio < 0.0 || s.cancel_ratio < 0.0 || s.answer_ratio + s.cancel_ratio > 1.0
             {
-                return Err(ScenarioError(format!(
-                    "{here}: answer_ratio and cancel_ratio must be >= 0 and sum to at most 1"
-                )));
+                return Err(bad(
+                    here,
+                    "answer_ratio and cancel_ratio must be >= 0 and sum to at most 1".to_string(),
+                ));
             }
             if !self.trunks.contains_key(s.trunk()) {
-                return Err(ScenarioError(format!(
-                    "{here}: trunk {:?} is not in [trunks]",
-                    s.trunk()
-                )));
+                return Err(bad(
+                    here,
+                    format!("trunk {:?} is not in [trunks]", s.trunk()),
+                ));
             }
             let legit_kind = !s.kind.is_fraud();
             let in_legit = self.legit.iter().any(|l| std::ptr::eq(l, s));
             if legit_kind != in_legit {
-                return Err(ScenarioError(format!(
-                    "{here}: kind {} belongs in [[{}]]",
-                    s.kind.as_str(),
-                    if legit_kind { "legit" } else { "campaign" }
-                )));
+                return Err(bad(
+                    here,
+                    format!(
+                        "kind {} belongs in [[{}]]",
+                        s.kind.as_str(),
+                        if legit_kind { "legit" } else { "campaign" }
+                    ),
+                ));
             }
             if s.allowlisted && s.kind != Kind::HighVolume {
-                return Err(ScenarioError(format!(
-                    "{here}: allowlisted applies to high_volume only"
-                )));
+                return Err(bad(
+                    here,
+                    "allowlisted applies to high_volume only".to_string(),
+                ));
             }
             let needs_numbers = matches!(s.kind, Kind::ProtectedSpoof | Kind::Irsf);
             if needs_numbers && s.numbers.is_empty() {
-                return Err(ScenarioError(format!(
-                    "{here}: kind {} needs numbers = [...]",
-                    s.kind.as_str()
-                )));
+                return Err(bad(
+                    here,
+                    format!("kind {} needs numbers = [...]", s.kind.as_str()),
+                ));
             }
             for n in &s.numbers {
                 let digits = n.strip_prefix('+').unwrap_or(n);
@@ -314,25 +363,22 @@ impl Scenario {
                     || !digits.bytes().all(|b| b.is_ascii_digit())
                     || digits.len() > 15
                 {
-                    return Err(ScenarioError(format!(
-                        "{here}: {n:?} is not a number or prefix"
-                    )));
+                    return Err(bad(here, format!("{n:?} is not a number or prefix")));
                 }
                 if matches!(
                     s.kind,
                     Kind::Irsf | Kind::Wangiri | Kind::InboundInternational
                 ) && !n.starts_with('+')
                 {
-                    return Err(ScenarioError(format!(
-                        "{here}: prefix {n:?} must be E.164 with '+'"
-                    )));
+                    return Err(bad(here, format!("prefix {n:?} must be E.164 with '+'")));
                 }
             }
         }
         if self.subscribers.count == 0 || self.subscribers.first.to_string().len() != 10 {
-            return Err(ScenarioError(format!(
-                "{name}: [subscribers] needs a 10-digit first number and count >= 1"
-            )));
+            return Err(bad(
+                None,
+                "[subscribers] needs a 10-digit first number and count >= 1".to_string(),
+            ));
         }
         Ok(())
     }
@@ -351,13 +397,6 @@ impl Source {
             .as_deref()
             .unwrap_or_else(|| self.kind.default_trunk())
     }
-}
-
-fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
 }
 
 #[cfg(test)]
@@ -381,15 +420,21 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_reason() {
         let e = Scenario::from_toml_str("duration_s = 10\ncps = 3\n", "x.toml").unwrap_err();
-        assert!(e.0.starts_with("x.toml:2:1: unknown field `cps`"), "{e}");
+        assert!(
+            e.to_string().starts_with("x.toml:2:1: unknown field `cps`"),
+            "{e}"
+        );
         let text = "duration_s = 10\n[[campaign]]\nname = \"a\"\nkind = \"wangiri\"\ncps = 1\ntrunk = \"moon\"\n";
         let e = Scenario::from_toml_str(text, "y.toml").unwrap_err();
-        assert_eq!(e.0, "y.toml:3: trunk \"moon\" is not in [trunks]");
+        assert_eq!(e.to_string(), "y.toml:3: trunk \"moon\" is not in [trunks]");
         let text = "duration_s = 10\n[[legit]]\nname = \"a\"\nkind = \"wangiri\"\ncps = 1\n";
         let e = Scenario::from_toml_str(text, "z.toml").unwrap_err();
-        assert_eq!(e.0, "z.toml:3: kind wangiri belongs in [[campaign]]");
+        assert_eq!(
+            e.to_string(),
+            "z.toml:3: kind wangiri belongs in [[campaign]]"
+        );
         let text = "duration_s = 10\n[[campaign]]\nname = \"a\"\nkind = \"irsf\"\ncps = 1\n";
         let e = Scenario::from_toml_str(text, "w.toml").unwrap_err();
-        assert_eq!(e.0, "w.toml:3: kind irsf needs numbers = [...]");
+        assert_eq!(e.to_string(), "w.toml:3: kind irsf needs numbers = [...]");
     }
 }

@@ -32,9 +32,17 @@ const DEFAULT_WANGIRI: [&str; 3] = ["+88216", "+2392", "+6760"];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Behaviour {
     /// The callee answers after `after_ms` of ringing; talk lasts `talk_ms`.
-    Answer { after_ms: u32, talk_ms: u32 },
+    Answer {
+        /// Ringing time before the callee answers, milliseconds.
+        after_ms: u32,
+        /// Talk time once answered, milliseconds.
+        talk_ms: u32,
+    },
     /// The caller hangs up (CANCEL) after `after_ms` of ringing.
-    Cancel { after_ms: u32 },
+    Cancel {
+        /// Ringing time before the caller hangs up, milliseconds.
+        after_ms: u32,
+    },
     /// Nobody answers; it rings out.
     NoAnswer,
 }
@@ -52,21 +60,27 @@ pub struct Call {
     pub a: String,
     /// B-number as written in the Request-URI and To.
     pub b: String,
+    /// What the caller does once the call is let through.
     pub behaviour: Behaviour,
 }
 
 /// A source as the report needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceInfo {
+    /// The source's unique name in the scenario; campaigns are reported by it.
     pub name: String,
+    /// What the source does, and so whether its calls are fraud.
     pub kind: Kind,
+    /// Index into [`Traffic::trunks`] of the trunk its calls arrive on.
     pub trunk: u8,
 }
 
 /// The whole traffic of a scenario.
 #[derive(Clone, Debug)]
 pub struct Traffic {
+    /// Every call with its label, in send order.
     pub calls: Vec<Call>,
+    /// Every source of the scenario, indexed by [`Call::source`].
     pub sources: Vec<SourceInfo>,
     /// Trunk name and the source address its calls come from.
     pub trunks: Vec<(String, Ipv4Addr)>,
@@ -194,10 +208,10 @@ impl Traffic {
              premium = [\"premium.txt\"]\n\n",
         );
         for (name, ip) in &self.trunks {
-            let kind = match name.as_str() {
-                "international" | "domestic" | "mobile" => name.as_str(),
-                _ => "other",
-            };
+            // A trunk named after a kind is that kind; any other is "other".
+            let kind = kuzet_rules::TrunkKind::from_name(name)
+                .unwrap_or(kuzet_rules::TrunkKind::Other)
+                .as_str();
             let _ = write!(
                 s,
                 "[[trunks]]\nname = \"{name}\"\nkind = \"{kind}\"\ncidrs = [\"{ip}/32\"]\n\n"

@@ -10,5 +10,7 @@
 //! publishes (an `ArcSwap` snapshot) and hands it events through bounded
 //! queues; it never waits on anything here.
 
+#![forbid(unsafe_code)]
+
 pub mod lists;
 pub mod plane;

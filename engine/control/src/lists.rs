@@ -66,15 +66,26 @@ pub struct Sources {
 /// Why a list set could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// A file could not be opened or read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// A line is not UTF-8.
     #[error("{path}:{line}: the line is not valid UTF-8")]
-    Utf8 { path: String, line: usize },
+    Utf8 {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+    },
+    /// A list line is not an entry.
     #[error(transparent)]
     List(#[from] kuzet_rules::ListError),
+    /// The rule file cannot be used.
     #[error(transparent)]
     Rules(#[from] kuzet_rules::ruleset::RuleError),
 }
@@ -82,9 +93,13 @@ pub enum LoadError {
 /// What was loaded, for the log.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadStats {
+    /// Lines read, comments included.
     pub lines: usize,
+    /// Exact numbers across the lists.
     pub exact: usize,
+    /// Prefixes across the lists.
     pub prefixes: usize,
+    /// Heap the lists take.
     pub bytes: usize,
 }
 

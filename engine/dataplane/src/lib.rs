@@ -11,6 +11,8 @@
 //! control plane swaps the list snapshot the handler reads, and receives
 //! verdict events through a bounded queue; nothing here ever waits on it.
 
+#![forbid(unsafe_code)]
+
 pub mod handler;
 pub mod metrics;
 pub mod transport;

@@ -13,9 +13,10 @@ use hdrhistogram::Histogram;
 
 macro_rules! counters {
     ($($name:ident => $text:literal,)*) => {
-        /// Every counter kuzet keeps.
+        /// Every counter kuzet keeps; each variant's name in metrics and
+        /// logs is the string beside it below.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        #[allow(non_camel_case_types)]
+        #[allow(non_camel_case_types, missing_docs)]
         pub enum Counter { $($name,)* }
 
         const NAMES: &[&str] = &[$($text,)*];

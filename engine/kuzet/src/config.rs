@@ -44,13 +44,21 @@ pub const EMBEDDED_LISTS: [(&str, &str, ListKind); 3] = [
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[server]`: where and how kuzet listens.
     pub server: ServerConfig,
+    /// `[proxy]`: proxy mode's next hop and source policy.
     pub proxy: ProxyConfig,
+    /// `[verdict]`: block code, list scores, fail-open budget.
     pub verdict: VerdictConfig,
+    /// `[numbers]`: where the A-number is read from.
     pub numbers: NumbersConfig,
+    /// `[numbering]`: the numbering plan that normalizes numbers.
     pub numbering: NumberingConfig,
+    /// `[lists]`: list files and how they are matched.
     pub lists: ListsConfig,
+    /// `[rules]`: the rule file and the behaviour state behind it.
     pub rules: RulesConfig,
+    /// `[[trunks]]`: source CIDRs to trunk name and kind.
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
     /// folder, or the working directory for the embedded config.
@@ -103,17 +111,27 @@ impl Default for RulesConfig {
     }
 }
 
+/// `[server]`: where and how kuzet listens.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
+    /// Address for SIP over UDP and TCP.
     pub listen: SocketAddr,
+    /// Redirect (answer 302/603) or proxy (forward).
     pub mode: Mode,
+    /// UDP worker threads; 0 = one per core.
     pub udp_workers: usize,
+    /// Datagrams moved per recvmmsg/sendmmsg call.
     pub udp_batch: usize,
+    /// SO_RCVBUF/SO_SNDBUF asked of the kernel, so bursts queue rather than drop.
     pub socket_buffer_bytes: usize,
+    /// Also accept SIP over TCP on the listen address.
     pub tcp: bool,
+    /// TCP connections beyond this are refused, bounding memory.
     pub max_tcp_connections: usize,
+    /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout_secs: u64,
+    /// How often counters are logged and behaviour state is swept.
     pub stats_interval_secs: u64,
 }
 
@@ -133,12 +151,17 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[proxy]`: proxy mode's next hop and who may use it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
+    /// Where proxy mode forwards requests.
     pub next_hop: Option<SocketAddr>,
+    /// `host:port` written in kuzet's own Via, when the listen address is not reachable as is.
     pub advertised_address: Option<SocketAddr>,
+    /// Proxy mode: refuse sources no trunk covers (when trunks exist).
     pub reject_unknown_source: bool,
+    /// The code unknown sources are refused with.
     pub unknown_source_code: u16,
 }
 
@@ -153,12 +176,17 @@ impl Default for ProxyConfig {
     }
 }
 
+/// `[verdict]`: how a blocked call is answered and what list hits score.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerdictConfig {
+    /// 603, 403 or 607 for a blocked call.
     pub block_code: u16,
+    /// What a blocklist hit scores (the built-in blocklist rule).
     pub block_score: u32,
+    /// What a flaglist hit scores (the built-in flaglist rule).
     pub flag_score: u32,
+    /// A request older than this when scoring starts is allowed unscored.
     pub failopen_budget_us: u64,
 }
 
@@ -173,9 +201,11 @@ impl Default for VerdictConfig {
     }
 }
 
+/// `[numbers]`: where the numbers of a call are read from.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NumbersConfig {
+    /// Headers the A-number is read from, first match wins.
     pub a_number_order: Vec<NumberSource>,
 }
 
@@ -187,13 +217,19 @@ impl Default for NumbersConfig {
     }
 }
 
+/// `[numbering]`: the numbering plan, as written in the file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NumberingConfig {
+    /// Country calling code (7 for Kazakhstan).
     pub country_code: String,
+    /// Dialled before a national number (8).
     pub trunk_prefix: String,
+    /// International access prefixes (810, 00).
     pub international_prefixes: Vec<String>,
+    /// Digits in a national significant number.
     pub national_number_length: usize,
+    /// Numbers this short that are nothing else are service numbers.
     pub max_short_number_length: usize,
 }
 
@@ -214,21 +250,32 @@ impl Default for NumberingConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatchSides {
+    /// The A-number only.
     Caller,
+    /// The B-number only.
     Callee,
+    /// Both numbers.
     Both,
 }
 
+/// `[lists]`: list files and how they are matched.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListsConfig {
+    /// Blocklist files.
     pub blocklist: Vec<PathBuf>,
+    /// Allowlist files.
     pub allowlist: Vec<PathBuf>,
+    /// Flaglist files.
     pub flaglist: Vec<PathBuf>,
+    /// Protected (do-not-originate) number files.
     pub protected: Vec<PathBuf>,
+    /// Premium-rate destination files.
     pub premium: Vec<PathBuf>,
     #[serde(rename = "match")]
+    /// Which numbers the lists are checked against.
     pub match_sides: MatchSides,
+    /// How often list files are checked for changes.
     pub reload_interval_ms: u64,
 }
 
@@ -278,26 +325,49 @@ impl ListsConfig {
     }
 }
 
+/// One `[[trunks]]` entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkConfig {
+    /// The operator's name for the trunk, in logs and records.
     pub name: String,
+    /// international, domestic, mobile or other.
     pub kind: String,
+    /// Source networks that belong to it.
     pub cidrs: Vec<IpNet>,
 }
 
 /// A configuration problem, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("{path}: {source}")]
     Read {
+        /// The config file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// Not TOML, or an unknown key or a value of the wrong type.
+    #[error("{path}:{line}:{col}: {message}")]
+    Toml {
+        /// The config file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// Parses, but a value is out of range or values contradict each other.
     #[error("{path}: {message}")]
-    Toml { path: String, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The config file (or "command line").
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Config {
@@ -326,9 +396,11 @@ impl Config {
     /// Parses and checks TOML text; `name` labels errors.
     pub fn from_toml_str(text: &str, name: &str) -> Result<Config, ConfigError> {
         let c: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            let (line, col) = kuzet_rules::toml_pos::error_at(text, &e);
             ConfigError::Toml {
-                path: format!("{name}:{line}:{col}"),
+                path: name.to_string(),
+                line,
+                col,
                 message: e.message().to_string(),
             }
         })?;
@@ -451,13 +523,6 @@ impl Config {
             },
         }
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
 }
 
 #[cfg(test)]

@@ -10,5 +10,7 @@
 //! `kuzet-control`, SIP in `kuzet-sip`, syscalls in `kuzet-net`, scoring in
 //! `kuzet-rules`.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod server;

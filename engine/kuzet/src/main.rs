@@ -1,6 +1,8 @@
 //! The `kuzet` binary: command line, logging, and the exit codes operators
 //! script against (0 clean stop, 2 bad config or list, 1 anything else).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -239,6 +241,14 @@ fn run(args: RunArgs) -> ExitCode {
         // Colour only for a terminal; files and journald get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %args
+            .config
+            .as_deref()
+            .map_or_else(|| "embedded defaults".into(), |p| p.display().to_string()),
+        "kuzet starting"
+    );
     let cfg = match build_config(&args) {
         Ok(c) => c,
         Err(e) => {

@@ -44,8 +44,10 @@ pub struct Running {
 /// (exit code 2), anything else is an environment problem.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A list or rule file is wrong: the operator's to fix.
     #[error("lists: {0}")]
     Lists(#[from] LoadError),
+    /// The environment refused: a port in use, no threads, and the like.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

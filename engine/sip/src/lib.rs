@@ -31,19 +31,33 @@ pub const MAX_HEADERS: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Hdr {
+    /// `Via` (compact form `v`).
     Via = 0,
+    /// `From` (compact form `f`).
     From,
+    /// `To` (compact form `t`).
     To,
+    /// `Call-ID` (compact form `i`).
     CallId,
+    /// `CSeq`.
     CSeq,
+    /// `Max-Forwards`.
     MaxForwards,
+    /// `Content-Length` (compact form `l`).
     ContentLength,
+    /// `Content-Type` (compact form `c`).
     ContentType,
+    /// `Contact` (compact form `m`).
     Contact,
+    /// `P-Asserted-Identity`, the caller identity a trusted network asserts.
     PAssertedIdentity,
+    /// `Require`.
     Require,
+    /// `Proxy-Require`.
     ProxyRequire,
+    /// `Route`.
     Route,
+    /// Any other header name.
     Other,
 }
 
@@ -99,10 +113,13 @@ pub enum Transport {
 /// Input that is not a SIP message at all, or not a whole one yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// No bytes at all.
     #[error("empty message")]
     Empty,
+    /// Larger than [`MAX_MESSAGE`] bytes (or would be, once complete).
     #[error("message larger than {MAX_MESSAGE} bytes")]
     TooLarge,
+    /// The first line cannot begin a SIP message.
     #[error("start line is not SIP")]
     NotSip,
     /// Stream only: more bytes are needed.
@@ -158,12 +175,20 @@ struct Slot {
 pub enum StartLine {
     /// `METHOD SP Request-URI SP SIP-Version`.
     Request {
+        /// Byte range of the method.
         method: (u16, u16),
+        /// Byte range of the Request-URI.
         uri: (u16, u16),
+        /// Byte range of the SIP version.
         version: (u16, u16),
     },
     /// `SIP-Version SP Status-Code SP Reason-Phrase`.
-    Response { code: u16, reason: (u16, u16) },
+    Response {
+        /// The status code.
+        code: u16,
+        /// Byte range of the reason phrase.
+        reason: (u16, u16),
+    },
 }
 
 /// An indexed SIP message borrowing the bytes it came in.

@@ -17,22 +17,32 @@ fn find(c: u8, b: &[u8]) -> Option<usize> {
 /// Why a value did not decode. Kept as a small enum: no strings, no boxes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SyntaxError {
+    /// A URI is malformed: bad characters, empty user, bad host or port.
     #[error("bad URI")]
     Uri,
+    /// The URI has no scheme, or an invalid one.
     #[error("bad URI scheme")]
     Scheme,
+    /// A quoted string is never closed.
     #[error("unbalanced quotes")]
     Quote,
+    /// The display name before `<` is neither quoted nor plain tokens.
     #[error("bad display name")]
     DisplayName,
+    /// A `<...>` address is missing, unclosed or empty, or an address
+    /// without brackets holds characters that need them.
     #[error("bad angle-bracketed address")]
     Angle,
+    /// A `;name[=value]` parameter is empty or malformed.
     #[error("bad parameter")]
     Param,
+    /// A Via value is malformed (protocol, transport, sent-by or port).
     #[error("bad Via")]
     Via,
+    /// A CSeq value is not a number below 2^31 followed by a method.
     #[error("bad CSeq")]
     CSeq,
+    /// Unexpected bytes after an otherwise complete value.
     #[error("trailing garbage")]
     Trailing,
 }
@@ -122,8 +132,11 @@ impl<'a> Iterator for SplitValues<'a> {
 /// URI schemes kuzet tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
+    /// `sip:`.
     Sip,
+    /// `sips:` (SIP over TLS).
     Sips,
+    /// `tel:`, a telephone number (RFC 3966).
     Tel,
     /// Any other well-formed scheme (`http:`, `isbn:`...): opaque.
     Other,
@@ -132,12 +145,14 @@ pub enum Scheme {
 /// A decoded URI, borrowing its pieces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Uri<'a> {
+    /// The URI scheme; only sip, sips and tel are decoded further.
     pub scheme: Scheme,
     /// sip/sips: the userinfo before `@` (user parameters included, password
     /// excluded); tel: the number.
     pub user: Option<&'a [u8]>,
     /// sip/sips: host name, IPv4 address or bracketed IPv6 reference.
     pub host: &'a [u8],
+    /// sip/sips: the port after the host, if given.
     pub port: Option<u16>,
     /// URI parameters, starting with `;` (empty if none).
     pub params: &'a [u8],

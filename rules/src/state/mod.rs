@@ -100,6 +100,7 @@ pub const FANOUT_EXACT: usize = 12;
 pub struct CallerState {
     /// Last time the number was seen (for TTL and LRU eviction).
     pub last_seen: u32,
+    /// Call counts over the rule set's velocity windows, one per slot.
     pub velocity: [Window; VELOCITY_SLOTS],
     fanout_start: u32,
     fanout_hashes: [u16; FANOUT_EXACT],
@@ -186,16 +187,25 @@ impl CallerState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The caller hung up (CANCEL) after ringing this long.
-    Cancelled { ring_ms: u32 },
+    Cancelled {
+        /// How long it rang before the caller hung up, milliseconds.
+        ring_ms: u32,
+    },
     /// Answered, then lasted this long.
-    Answered { talk_ms: u32 },
+    Answered {
+        /// How long the answered call lasted, milliseconds.
+        talk_ms: u32,
+    },
 }
 
 /// Outcome thresholds the tracker classifies by (from the rule set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutcomePolicy {
+    /// Length of the window outcomes are counted over, seconds.
     pub window_s: u32,
+    /// A cancelled call that rang less than this counts as a short ring.
     pub short_ring_ms: u32,
+    /// An answered call shorter than this counts as a short call.
     pub short_talk_ms: u32,
 }
 

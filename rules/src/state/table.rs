@@ -400,6 +400,41 @@ mod tests {
         );
     }
 
+    /// Regression for the locks a sweep used to hold: a worker updating
+    /// its own numbers while sweeps run back to back never has to retry,
+    /// because a sweep never owns an entry.
+    #[test]
+    fn a_sweep_never_makes_a_worker_retry() {
+        let t: Arc<Table<Pair>> = Arc::new(Table::new(100_000));
+        for k in 1..=50_000u64 {
+            t.upsert(k, |v| v.0 = 1).unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sweeper = {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    // Keeps everything: walks every entry, evicts nothing.
+                    t.retain(|_| true, |_| ());
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut updates = 0u64;
+        for round in 0..20 {
+            for k in 1..=50_000u64 {
+                assert_eq!(t.upsert(k, |v| v.1 += 1), Ok(()), "round {round} key {k}");
+                updates += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(sweeper.join().unwrap() > 0, "the sweeps ran meanwhile");
+        assert_eq!(updates, 1_000_000);
+        assert_eq!(t.get(777).unwrap().1, 20);
+    }
+
     /// Workers hammer a few hot keys and many cold ones while a sweep
     /// evicts the cold ones over and over: every update to a hot key is
     /// counted exactly once, and no worker ever waited on the sweep.

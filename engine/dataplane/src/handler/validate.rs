@@ -7,7 +7,9 @@ use super::*;
 /// A request refused before scoring: the code and reason phrase to answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reject {
+    /// The status code.
     pub code: u16,
+    /// The reason phrase, naming what is wrong.
     pub reason: &'static str,
 }
 

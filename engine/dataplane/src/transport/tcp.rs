@@ -30,7 +30,9 @@ const OUTBOX: usize = 256;
 /// Settings for the TCP side.
 #[derive(Clone)]
 pub struct TcpSettings {
+    /// Connections beyond this are refused at accept.
     pub max_connections: usize,
+    /// A connection idle this long is closed.
     pub idle_timeout: Duration,
 }
 

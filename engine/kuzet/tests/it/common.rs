@@ -39,6 +39,33 @@ pub fn bare_handler(mode: Mode) -> Handler {
     Handler::new(c.dataplane().unwrap(), lists, Arc::new(Metrics::default()))
 }
 
+/// A handler whose snapshot has empty lists and the rules of `rules_toml`
+/// (TOML text), for feeding messages without sockets or clocks.
+pub fn handler_with_rules(mode: Mode, rules_toml: &str) -> Handler {
+    let mut c = test_config();
+    c.server.mode = mode;
+    if mode == Mode::Proxy {
+        c.proxy.next_hop = Some("127.0.0.1:5999".parse().unwrap());
+    }
+    let plan = c.plan().unwrap();
+    let rules = kuzet_rules::ruleset::RuleSet::from_toml_str(
+        rules_toml,
+        "test.toml",
+        &plan,
+        &c.sources().policy,
+    )
+    .unwrap();
+    let set = ListSet {
+        rules,
+        ..ListSet::default()
+    };
+    Handler::new(
+        c.dataplane().unwrap(),
+        Arc::new(ArcSwap::from_pointee(set)),
+        Arc::new(Metrics::default()),
+    )
+}
+
 /// A temporary folder removed on drop.
 pub struct TempDir(pub PathBuf);
 

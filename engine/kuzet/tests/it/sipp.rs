@@ -364,6 +364,72 @@ fn cli_rejects_bad_lists_and_configs_with_exit_code_2() {
     assert!(err.contains("missing.txt"), "{err}");
 }
 
+/// Regression: `--next-hop` without `--mode proxy` was silently ignored.
+#[test]
+fn next_hop_without_proxy_mode_is_an_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--next-hop",
+            "127.0.0.1:5070",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--next-hop only applies in proxy mode"),
+        "{err}"
+    );
+}
+
+/// Regression: `--log` ignored RUST_LOG, and a filter that did not parse
+/// silently became "info".
+#[test]
+fn log_filter_comes_from_rust_log_and_a_bad_one_is_an_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["run", "--listen", "127.0.0.1:0", "--log", "kuzet=loud"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("bad log filter \"kuzet=loud\" from --log"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "=nonsense=")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("from RUST_LOG"), "{err}");
+    // A good RUST_LOG is used: at "error", start-up logs nothing, while a
+    // bad list still reports (to stderr, not through the log).
+    let dir = TempDir::new("rust-log");
+    dir.write("bad.txt", "x\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["run", "--listen", "127.0.0.1:0", "--blocklist", "bad.txt"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("INFO"), "RUST_LOG=error was ignored: {err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["run", "--listen", "127.0.0.1:0", "--blocklist", "bad.txt"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INFO"), "{err}");
+}
+
 #[test]
 fn rules_check_accepts_the_example_and_names_the_bad_line() {
     let example = concat!(

@@ -79,6 +79,25 @@ fn redirect_over_udp_answers_per_list() {
     assert_eq!(m.get(Counter::AcksAbsorbed), 1);
 }
 
+/// Regression: the 200 to OPTIONS and the 405 advertised different methods.
+#[test]
+fn options_and_405_advertise_the_same_methods() {
+    let eng = start(test_config());
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let opt = invite("1", "2", "o1", port).replace("INVITE", "OPTIONS");
+    let r200 = ask(&c, eng.udp_addr, &opt);
+    let bye = invite("1", "2", "b1", port).replace("INVITE", "BYE");
+    let r405 = ask(&c, eng.udp_addr, &bye);
+    assert_eq!((status(&r200), status(&r405)), (200, 405));
+    assert_eq!(
+        header(&r200, "Allow"),
+        Some("INVITE, ACK, OPTIONS, PUBLISH")
+    );
+    assert_eq!(header(&r200, "Allow"), header(&r405, "Allow"));
+    eng.stop();
+}
+
 #[test]
 fn block_code_is_configurable() {
     let d = lists_dir();
