@@ -14,6 +14,8 @@
 //! caller can still build the 400 from the message's own headers. Only
 //! input that cannot be a SIP message at all is an `Err`.
 
+#![forbid(unsafe_code)]
+
 pub mod syntax;
 pub mod write;
 

@@ -5,6 +5,7 @@
 //! drive the `kuzet` binary (and Kamailio) with SIPp and kuzet-sim's load
 //! driver as real SIP clients.
 
+mod architecture;
 mod common;
 mod kamailio;
 mod rfc4475;
