@@ -305,7 +305,10 @@ impl Scenario {
             message,
         };
         if !(self.duration_s > 0.0 && self.duration_s.is_finite()) {
-            return Err(bad(None, "duration_s must be a positive number".to_string()));
+            return Err(bad(
+                None,
+                "duration_s must be a positive number".to_string(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for s in self.sources() {

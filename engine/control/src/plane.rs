@@ -110,6 +110,10 @@ pub fn log_verdicts(events: std::sync::mpsc::Receiver<VerdictEvent>, metrics: Ar
     let show =
         |n: Option<kuzet_rules::Number>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
     for ev in events {
+        metrics.inc(Counter::VerdictsLogged);
+        if !tracing::enabled!(tracing::Level::INFO) {
+            continue;
+        }
         let mut why = String::new();
         let _ = ev.set.explain(&ev.scored, &mut why);
         tracing::info!(
@@ -125,7 +129,6 @@ pub fn log_verdicts(events: std::sync::mpsc::Receiver<VerdictEvent>, metrics: Ar
             rules = %why,
             "verdict"
         );
-        metrics.inc(Counter::VerdictsLogged);
     }
 }
 

@@ -380,6 +380,8 @@ pub struct RuleSet {
     needs_run: bool,
     needs_state: bool,
     needs_premium: bool,
+    needs_identities: bool,
+    needs_clock: bool,
 }
 
 impl RuleSet {
@@ -444,6 +446,12 @@ impl RuleSet {
                 } | Kind::DestinationVelocity { .. }
             )
         });
+        let needs_identities = has(|k| matches!(k, Kind::CliMismatch | Kind::InvalidCaller { .. }));
+        let needs_clock = needs_state
+            || has(|k| matches!(k, Kind::DestinationVelocity { .. }))
+            || rules
+                .iter()
+                .any(|r| r.scope.hours != 0 || r.scope.weekdays != 0);
         RuleSet {
             rules,
             plan: plan.clone(),
@@ -456,7 +464,22 @@ impl RuleSet {
             needs_run,
             needs_state,
             needs_premium,
+            needs_identities,
+            needs_clock,
         }
+    }
+
+    /// True when some rule reads more than the A-number: From and PAI
+    /// apart, or whether a caller identity was claimed at all. When false,
+    /// the engine decodes only the header the A-number comes from.
+    pub fn needs_identities(&self) -> bool {
+        self.needs_identities
+    }
+
+    /// True when some rule reads the time (behaviour state, time-of-day
+    /// scopes). When false, the engine does not read a clock per call.
+    pub fn needs_clock(&self) -> bool {
+        self.needs_clock
     }
 
     /// True when the set is the built-in list rules alone (no rule file).

@@ -32,20 +32,33 @@ impl Handler {
         let result = catch_unwind(AssertUnwindSafe(|| {
             let trunk = self.trunks.lookup(src.ip());
             let b = self.number_of_uri(&c.ruri);
-            let (from, from_claimed) = self.header_number(m, Hdr::From);
-            let (pai, pai_claimed) = self.header_number(m, Hdr::PAssertedIdentity);
-            let a = self.a_order.iter().find_map(|s| match s {
-                NumberSource::Pai => pai,
-                NumberSource::From => from,
-            });
+            let rules = &set.rules;
+            let (from, pai, a, a_present) = if rules.needs_identities() {
+                let (from, from_claimed) = self.header_number(m, Hdr::From);
+                let (pai, pai_claimed) = self.header_number(m, Hdr::PAssertedIdentity);
+                let a = self.a_order.iter().find_map(|s| match s {
+                    NumberSource::Pai => pai,
+                    NumberSource::From => from,
+                });
+                (from, pai, a, from_claimed || pai_claimed)
+            } else {
+                // Only the A-number matters: decode its headers in order
+                // and stop at the first number.
+                let a = self.a_number(m);
+                (a, a, a, a.is_some())
+            };
             let input = CallInput {
                 a,
                 from,
                 pai,
-                a_present: from_claimed || pai_claimed,
+                a_present,
                 b,
                 trunk: trunk.map(|t| t.kind),
-                time: self.call_time(received),
+                time: if rules.needs_clock() {
+                    self.call_time(received)
+                } else {
+                    CallTime::default()
+                },
             };
             let scored = set.score(&input, &self.callers, &self.destinations);
             if scored.decision != Decision::Allow || scored.shadow_decision != scored.decision {

@@ -14,7 +14,16 @@ fn workspace() -> PathBuf {
 /// dependencies only: what ships, not what tests or builds use).
 fn tree(package: &str) -> Vec<String> {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "-e", "normal", "--prefix", "none", "--offline", "-p", package])
+        .args([
+            "tree",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+            "-p",
+            package,
+        ])
         .current_dir(workspace())
         .output()
         .expect("cargo runs");
@@ -46,7 +55,9 @@ fn assert_none_of(package: &str, forbidden: &[&str]) {
 fn the_data_plane_links_no_rpc_database_or_http_crate() {
     assert_none_of(
         "kuzet-dataplane",
-        &["tonic", "prost", "rusqlite", "redis", "hyper", "axum", "reqwest"],
+        &[
+            "tonic", "prost", "rusqlite", "redis", "hyper", "axum", "reqwest",
+        ],
     );
 }
 
@@ -54,7 +65,15 @@ fn the_data_plane_links_no_rpc_database_or_http_crate() {
 fn the_scoring_core_links_no_runtime_network_or_sip() {
     assert_none_of(
         "kuzet-rules",
-        &["tokio", "kuzet-sip", "kuzet-net", "socket2", "dashmap", "tonic", "rusqlite"],
+        &[
+            "tokio",
+            "kuzet-sip",
+            "kuzet-net",
+            "socket2",
+            "dashmap",
+            "tonic",
+            "rusqlite",
+        ],
     );
 }
 
@@ -78,7 +97,10 @@ fn every_crate_but_net_forbids_unsafe() {
     ];
     for r in roots {
         let text = std::fs::read_to_string(workspace().join(r)).unwrap();
-        assert!(text.contains("#![forbid(unsafe_code)]"), "{r} does not forbid unsafe");
+        assert!(
+            text.contains("#![forbid(unsafe_code)]"),
+            "{r} does not forbid unsafe"
+        );
     }
     let net = std::fs::read_to_string(workspace().join("engine/net/src/lib.rs")).unwrap();
     assert!(net.contains("#![allow(unsafe_code)]"));
