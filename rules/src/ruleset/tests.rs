@@ -76,6 +76,13 @@ impl World {
     }
 }
 
+/// The error a rule file text gets, as printed.
+fn file_error(text: &str) -> String {
+    RuleSet::from_toml_str(text, "r.toml", &plan(), &ListPolicy::default())
+        .unwrap_err()
+        .to_string()
+}
+
 fn ids(r: &RuleSet, s: &Scored) -> Vec<String> {
     s.fired()
         .iter()
@@ -99,12 +106,7 @@ fn the_shipped_example_file_is_valid() {
 
 #[test]
 fn errors_name_file_line_col_and_reason() {
-    let p = plan();
-    let e = |t: &str| {
-        RuleSet::from_toml_str(t, "r.toml", &p, &ListPolicy::default())
-            .unwrap_err()
-            .to_string()
-    };
+    let e = file_error;
     let head = "[thresholds]\nflag = 40\nblock = 100\n";
     assert_eq!(
         e(&format!(
@@ -574,12 +576,7 @@ fn a_rule_file_without_list_rules_keeps_the_lists_blocking() {
 
 #[test]
 fn a_rule_file_whose_thresholds_would_undercut_a_list_is_refused() {
-    let p = plan();
-    let e = |t: &str| {
-        RuleSet::from_toml_str(t, "r.toml", &p, &ListPolicy::default())
-            .unwrap_err()
-            .to_string()
-    };
+    let e = file_error;
     let msg = e("[thresholds]\nflag = 40\nblock = 150\n");
     assert!(
         msg.starts_with("r.toml: the blocklist scores 100 (config [verdict]), so under these [thresholds] a blocklisted number would not be blocked"),
@@ -599,7 +596,7 @@ fn a_rule_file_whose_thresholds_would_undercut_a_list_is_refused() {
     let r = RuleSet::from_toml_str(
         "[thresholds]\nflag = 40\nblock = 150\n[[rule]]\nid = \"blocklist\"\nkind = \"list\"\nlist = \"blocklist\"\nscore = 150\n",
         "r.toml",
-        &p,
+        &plan(),
         &ListPolicy::default(),
     )
     .unwrap();
@@ -624,12 +621,7 @@ fn a_rule_file_whose_thresholds_would_undercut_a_list_is_refused() {
 
 #[test]
 fn built_in_rule_ids_are_reserved_and_the_allowlist_has_no_score() {
-    let p = plan();
-    let e = |t: &str| {
-        RuleSet::from_toml_str(t, "r.toml", &p, &ListPolicy::default())
-            .unwrap_err()
-            .to_string()
-    };
+    let e = file_error;
     let head = "[thresholds]\nflag = 40\nblock = 100\n";
     assert!(e(&format!(
         "{head}[[rule]]\nid = \"blocklist\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 1\n"

@@ -146,3 +146,40 @@ pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
+
+/// A free loopback UDP port (bound, read, released), for the kuzet binary.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until a kuzet at `addr` answers an OPTIONS ping 200 (it is a
+/// separate process still starting), for at most 20 s. Leaves `c` with a
+/// 5 s read timeout.
+pub fn wait_until_answering(c: &UdpSocket, addr: SocketAddr) {
+    let port = c.local_addr().unwrap().port();
+    // No user part: even a proxy-mode kuzet answers this itself.
+    let ping = invite("0", "0", "ping", port)
+        .replace("INVITE sip:0@127.0.0.1", "OPTIONS sip:127.0.0.1")
+        .replace("1 INVITE", "1 OPTIONS");
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kuzet did not come up"
+        );
+        c.send_to(ping.as_bytes(), addr).unwrap();
+        if let Ok((n, _)) = c.recv_from(&mut buf) {
+            if status(&String::from_utf8_lossy(&buf[..n])) == 200 {
+                break;
+            }
+        }
+    }
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+}

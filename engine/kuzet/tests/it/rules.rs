@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{ask, client, header, invite, start, status, test_config, TempDir};
+use crate::common::{
+    ask, client, free_port, header, invite, start, status, test_config, wait_until_answering,
+    TempDir,
+};
 
 const RULES: &str = "[thresholds]\nflag = 40\nredirect = 70\nredirect_uri = \"sip:desk@antifraud.example\"\nblock = 100\n\
     [[rule]]\nid = \"velocity_1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 50\n\
@@ -327,11 +330,7 @@ fn shutdown_drains_every_queued_verdict() {
     use std::process::{Command, Stdio};
     let dir = TempDir::new("drain");
     dir.write("flag.txt", "+7700*,watch range\n");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
         .args([
             "run",
@@ -348,19 +347,7 @@ fn shutdown_drains_every_queued_verdict() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let c = client();
     let lport = c.local_addr().unwrap().port();
-    c.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let ping = invite("0", "0", "ping", lport).replace("INVITE", "OPTIONS");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "kuzet did not come up");
-        c.send_to(ping.as_bytes(), addr).unwrap();
-        let mut buf = [0u8; 4096];
-        if c.recv_from(&mut buf).is_ok() {
-            break;
-        }
-    }
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    wait_until_answering(&c, addr);
     const N: usize = 300;
     for i in 0..N {
         let r = ask(
@@ -518,11 +505,7 @@ fn verdicts_and_shadow_results_reach_the_log() {
          [[rule]]\nid = \"velocity_trial\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 1\nscore = 100\nmode = \"shadow\"\n\
          [[rule]]\nid = \"mismatch\"\nkind = \"cli_mismatch\"\nscore = 40\n",
     );
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = dir.write(
         "kuzet.toml",
         &format!(
@@ -539,22 +522,9 @@ fn verdicts_and_shadow_results_reach_the_log() {
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let c = client();
-    c.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
     let lport = c.local_addr().unwrap().port();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // Wait until kuzet answers an OPTIONS ping; then the first call, where
-    // nothing fires.
-    let ping = invite("0", "0", "ping", lport).replace("INVITE", "OPTIONS");
-    loop {
-        assert!(Instant::now() < deadline, "kuzet did not come up");
-        c.send_to(ping.as_bytes(), addr).unwrap();
-        let mut buf = [0u8; 4096];
-        if c.recv_from(&mut buf).is_ok() {
-            break;
-        }
-    }
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Once kuzet answers, the first call: nothing fires.
+    wait_until_answering(&c, addr);
     let resp = ask(
         &c,
         addr,

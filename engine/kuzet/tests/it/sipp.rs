@@ -59,22 +59,8 @@ impl Kuzet {
             .spawn()
             .expect("kuzet starts");
         let k = Kuzet { child, addr };
-        let c = client();
-        c.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let ping = "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKping\r\n\
-                    From: <sip:t@x>;tag=1\r\nTo: <sip:t@x>\r\nCall-ID: ping\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
-        loop {
-            assert!(Instant::now() < deadline, "kuzet did not come up");
-            c.send_to(ping.as_bytes(), addr).unwrap();
-            let mut buf = [0u8; 2048];
-            if let Ok((n, _)) = c.recv_from(&mut buf) {
-                if status(&String::from_utf8_lossy(&buf[..n])) == 200 {
-                    return k;
-                }
-            }
-        }
+        crate::common::wait_until_answering(&client(), addr);
+        k
     }
 
     /// SIGTERM, then the shutdown summary kuzet prints.
