@@ -92,3 +92,41 @@ impl Sides {
         })
     }
 }
+
+/// Which number of a call a rule looked at: a side for list rules, a
+/// claimed identity for the caller-ID rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who {
+    /// The A-number scoring uses.
+    Caller,
+    /// The B-number.
+    Callee,
+    /// The number in From.
+    From,
+    /// The number in P-Asserted-Identity.
+    Pai,
+    /// The digits of a display name.
+    Display,
+}
+
+impl Who {
+    /// How explanations name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Who::Caller => "caller",
+            Who::Callee => "callee",
+            Who::From => "From",
+            Who::Pai => "PAI",
+            Who::Display => "display name",
+        }
+    }
+}
+
+impl From<Side> for Who {
+    fn from(s: Side) -> Who {
+        match s {
+            Side::Caller => Who::Caller,
+            Side::Callee => Who::Callee,
+        }
+    }
+}

@@ -14,13 +14,15 @@
 pub mod facts;
 pub mod list;
 pub mod number;
+pub mod plan;
 pub mod ruleset;
 pub mod snapshot;
 pub mod state;
 pub mod toml_pos;
 
-pub use facts::{Side, Sides, TrunkKind};
+pub use facts::{Side, Sides, TrunkKind, Who};
 pub use list::{ListBuilder, ListError, ListErrorKind, ListMatch, MatchKind, NumberList};
 pub use number::{Number, NumberingPlan, PlanError, Prefix};
+pub use plan::{Class, Countries, NumberKind, Origin};
 pub use ruleset::{Decision, ListPolicy};
 pub use snapshot::ListSet;

@@ -249,10 +249,13 @@ impl<'p> ListBuilder<'p> {
             line,
             kind,
         };
+        // A byte-order mark (spreadsheet exports start with one).
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let text = match text.find('#') {
             Some(i) => &text[..i],
             None => text,
         };
+        // trim() also takes the \r of CRLF line ends.
         let text = text.trim();
         if text.is_empty() {
             return Ok(());
@@ -261,6 +264,7 @@ impl<'p> ListBuilder<'p> {
             Some((e, r)) => (e.trim(), r.trim()),
             None => (text, ""),
         };
+        let entry = bare_number(entry);
         if reason.len() > MAX_REASON_LEN {
             return Err(err(ListErrorKind::ReasonTooLong));
         }
@@ -345,9 +349,64 @@ impl<'p> ListBuilder<'p> {
     }
 }
 
+/// The number inside the written forms a list line may use:
+/// `"Name" <sip:+77011234567@gw;user=phone>`, `<tel:+77011234567>`,
+/// `tel:+77011234567;npdi`, `sip:+77011234567@gw`; anything else as it is.
+fn bare_number(entry: &str) -> &str {
+    let mut e = entry;
+    if let (Some(l), Some(r)) = (e.find('<'), e.rfind('>')) {
+        if l < r {
+            e = &e[l + 1..r];
+        }
+    }
+    let e = e.trim();
+    let lower = |p: &str| e.len() >= p.len() && e[..p.len()].eq_ignore_ascii_case(p);
+    let user = if lower("tel:") {
+        &e[4..]
+    } else if lower("sips:") {
+        e[5..].split('@').next().unwrap_or("")
+    } else if lower("sip:") {
+        e[4..].split('@').next().unwrap_or("")
+    } else {
+        return e;
+    };
+    // Parameters (`;npdi`, `;user=phone`) are not part of the number.
+    user.split(';').next().unwrap_or("").trim()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a byte-order mark stopped kuzet from starting, and the
+    /// `tel:`/`sip:` forms the README calls equivalent were refused.
+    #[test]
+    fn every_documented_written_form_is_accepted() {
+        let p = plan();
+        let mut b = ListBuilder::new(&p);
+        b.add_text(
+            "export.csv",
+            "\u{feff}8 701 123 45 67,spreadsheet\r\n\
+             +7(701)123-45-68\r\n\
+             87011234569\r\n\
+             tel:+77011234570;npdi\r\n\
+             sip:+77011234571@gw.example;user=phone,from a trace\r\n\
+             \"Bank\" <sip:+77011234572@gw>\r\n\
+             <tel:+77011234573>\r\n\
+             tel:+7702*,range\r\n",
+        )
+        .unwrap();
+        let l = b.finish();
+        for k in 67..=73u64 {
+            let n = Number::e164(format!("770112345{k}").as_bytes()).unwrap();
+            assert!(l.lookup(n).is_some(), "{n}");
+        }
+        assert_eq!(
+            l.lookup(num(&p, "+77011234567")).unwrap().reason,
+            "spreadsheet"
+        );
+        assert_eq!(l.lookup(num(&p, "+77021234567")).unwrap().reason, "range");
+    }
 
     fn plan() -> NumberingPlan {
         NumberingPlan::kazakhstan().validated().unwrap()

@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::plan::{Class, Countries, Origin};
+
 /// Most digits an E.164 number may have (ITU-T E.164, section 6).
 pub const MAX_E164_DIGITS: usize = 15;
 /// Fewest digits accepted as a full international number.
@@ -160,6 +162,9 @@ pub struct NumberingPlan {
     /// Numbers with at most this many digits that are nothing else are
     /// short service numbers (`102`, `112`).
     pub max_short_number_length: usize,
+    /// The countries within the shared country codes, with their ranges
+    /// and allocations: what makes a number domestic, foreign or invalid.
+    pub countries: Countries,
 }
 
 impl Default for NumberingPlan {
@@ -185,6 +190,13 @@ pub enum PlanError {
     /// country code.
     #[error("national_number_length {0} does not fit E.164 with the country code")]
     NationalLength(usize),
+    /// The plan's home country disagrees with the dialling plan.
+    #[error("the numbering plan's home country {0} has another country code or national length than [numbering]")]
+    HomeMismatch(String),
+}
+
+fn digits_value(s: &str) -> u64 {
+    s.bytes().fold(0u64, |v, d| v * 10 + u64::from(d - b'0'))
 }
 
 fn all_digits(s: &str) -> bool {
@@ -201,6 +213,7 @@ impl NumberingPlan {
             international_prefixes: vec!["810".into(), "00".into()],
             national_number_length: 10,
             max_short_number_length: 6,
+            countries: Countries::kazakhstan(),
         }
     }
 
@@ -221,6 +234,14 @@ impl NumberingPlan {
         let total = cc.len() + self.national_number_length;
         if self.national_number_length == 0 || total > MAX_E164_DIGITS {
             return Err(PlanError::NationalLength(self.national_number_length));
+        }
+        if let Some(h) = self.countries.home() {
+            let code = digits_value(cc);
+            if h.code != (code, cc.len() as u8)
+                || usize::from(h.national_length) != self.national_number_length
+            {
+                return Err(PlanError::HomeMismatch(h.name.clone()));
+            }
         }
         self.international_prefixes
             .sort_by_key(|p| std::cmp::Reverse(p.len()));
@@ -255,6 +276,11 @@ impl NumberingPlan {
         }
         if digits.len() <= self.max_short_number_length {
             return Number::short(digits);
+        }
+        // Too long to be national: an international number sent without
+        // its '+', as many carriers do.
+        if digits.len() > cc.len() + nsn && digits.len() <= MAX_E164_DIGITS {
+            return Number::e164(digits);
         }
         None
     }
@@ -292,17 +318,16 @@ impl NumberingPlan {
         })
     }
 
-    /// Whether a normalized number belongs to this plan's own country.
+    /// What the plan says about a number: domestic, foreign or invalid,
+    /// and its kind.
+    pub fn classify(&self, n: Number) -> Class {
+        self.countries.classify(n)
+    }
+
+    /// Whether a number belongs to this plan's own country (a valid
+    /// domestic number or a short code).
     pub fn is_domestic(&self, n: Number) -> bool {
-        if !n.is_e164() {
-            return true;
-        }
-        let cc = self.country_code.len();
-        let want = self
-            .country_code
-            .bytes()
-            .fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
-        n.len() > cc && n.leading(cc) == want
+        self.classify(n).origin == Origin::Home
     }
 
     fn strip_international<'d>(&self, digits: &'d [u8]) -> Option<&'d [u8]> {
@@ -400,6 +425,11 @@ mod tests {
         assert_eq!(kz(""), None);
         assert_eq!(kz("+"), None);
         assert_eq!(kz("12345678"), None, "8 digits: neither national nor short");
+        assert_eq!(
+            kz("442079460000").as_deref(),
+            Some("+442079460000"),
+            "too long to be national: international without its '+'"
+        );
         assert_eq!(kz("+1234567890123456"), None, "16 digits is over E.164");
         assert_eq!(kz("++77011234567"), None);
         assert_eq!(kz("7701+1234567"), None);

@@ -6,7 +6,7 @@ use std::fmt;
 use crate::list::NumberList;
 use crate::number::NumberingPlan;
 use crate::ruleset::{CallInput, ListPolicy, RuleLists, RuleSet, Scored};
-use crate::state::Tracker;
+use crate::state::State;
 
 /// The lists in force and the rule set that reads them.
 #[derive(Debug)]
@@ -21,8 +21,14 @@ pub struct ListSet {
     pub protected: NumberList,
     /// Premium-rate and IRSF destinations, for the rules.
     pub premium: NumberList,
+    /// The operator's own subscribers roaming abroad now: their domestic
+    /// caller ID on an international trunk is genuine.
+    pub roamers: NumberList,
     /// The rules: the built-in list rules, and a rule file's when there is one.
     pub rules: RuleSet,
+    /// Which load this is (each load gets a new one): a verdict kept from
+    /// an older snapshot is not reused.
+    pub generation: u64,
 }
 
 impl Default for ListSet {
@@ -37,7 +43,9 @@ impl Default for ListSet {
             flag: NumberList::default(),
             protected: NumberList::default(),
             premium: NumberList::default(),
+            roamers: NumberList::default(),
             rules: RuleSet::builtin(&ListPolicy::default(), &plan),
+            generation: 0,
         }
     }
 }
@@ -51,12 +59,13 @@ impl ListSet {
             allow: Some(&self.allow),
             protected: Some(&self.protected),
             premium: Some(&self.premium),
+            roamers: Some(&self.roamers),
         }
     }
 
     /// Scores one call under this snapshot's rules.
-    pub fn score(&self, call: &CallInput, callers: &Tracker, destinations: &Tracker) -> Scored {
-        self.rules.score(call, &self.lists(), callers, destinations)
+    pub fn score(&self, call: &CallInput, state: &State) -> Scored {
+        self.rules.score(call, &self.lists(), state)
     }
 
     /// Writes the explanation of `s` (what fired, with values and list

@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -34,6 +35,8 @@ pub enum ListKind {
     Protected,
     /// Premium-rate / IRSF destinations, used by the rules.
     Premium,
+    /// The operator's own subscribers roaming abroad now.
+    Roamers,
 }
 
 impl ListKind {
@@ -45,6 +48,7 @@ impl ListKind {
             ListKind::Flag => "flaglist",
             ListKind::Protected => "protected",
             ListKind::Premium => "premium",
+            ListKind::Roamers => "roamers",
         }
     }
 }
@@ -103,6 +107,10 @@ pub struct LoadStats {
     pub bytes: usize,
 }
 
+/// Each load's generation: verdicts kept for retransmissions are reused
+/// only under the snapshot that gave them.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// Lines between progress messages on a long load.
 const PROGRESS_EVERY: usize = 1_000_000;
 
@@ -114,6 +122,7 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
     let mut flag = ListBuilder::new(plan);
     let mut protected = ListBuilder::new(plan);
     let mut premium = ListBuilder::new(plan);
+    let mut roamers = ListBuilder::new(plan);
     let mut stats = LoadStats::default();
     let pick = |k: ListKind| -> usize {
         match k {
@@ -122,6 +131,7 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
             ListKind::Flag => 2,
             ListKind::Protected => 3,
             ListKind::Premium => 4,
+            ListKind::Roamers => 5,
         }
     };
     {
@@ -131,6 +141,7 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
             &mut flag,
             &mut protected,
             &mut premium,
+            &mut roamers,
         ];
         for (name, text, kind) in &src.embedded {
             builders[pick(*kind)].add_text(name, text)?;
@@ -156,7 +167,9 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
         flag: flag.finish(),
         protected: protected.finish(),
         premium: premium.finish(),
+        roamers: roamers.finish(),
         rules,
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
     };
     for l in [
         &set.block,
@@ -164,6 +177,7 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
         &set.flag,
         &set.protected,
         &set.premium,
+        &set.roamers,
     ] {
         stats.exact += l.exact_count();
         stats.prefixes += l.prefix_count();

@@ -27,6 +27,8 @@ counters! {
     Requests => "sip_requests_total",
     Responses => "sip_responses_total",
     Invites => "invites_total",
+    InviteRetransmissions => "invite_retransmissions_total",
+    TransactionsUntracked => "transactions_untracked_total",
     Allowed => "verdict_allow_total",
     Flagged => "verdict_flag_total",
     Blocked => "verdict_block_total",

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use kuzet_control::lists::{ListKind, Sources};
 use kuzet_dataplane::trunks::TrunkMap;
 use kuzet_dataplane::Settings;
-use kuzet_rules::{ListPolicy, NumberingPlan, Sides, TrunkKind};
+use kuzet_rules::{Countries, ListPolicy, NumberingPlan, Sides, TrunkKind};
 use serde::Deserialize;
 
 pub use kuzet_dataplane::handler::{Mode, NumberSource};
@@ -188,6 +188,12 @@ pub struct VerdictConfig {
     pub flag_score: u32,
     /// A request older than this when scoring starts is allowed unscored.
     pub failopen_budget_us: u64,
+    /// INVITE transactions whose verdict is kept, so a retransmission gets
+    /// the same answer without being scored or counted again.
+    pub max_transactions: usize,
+    /// How long a transaction's verdict is kept, seconds (RFC 3261 Timer
+    /// B: 32).
+    pub transaction_window_secs: u64,
 }
 
 impl Default for VerdictConfig {
@@ -197,6 +203,8 @@ impl Default for VerdictConfig {
             block_score: 100,
             flag_score: 50,
             failopen_budget_us: 50_000,
+            max_transactions: 262_144,
+            transaction_window_secs: 32,
         }
     }
 }
@@ -231,6 +239,13 @@ pub struct NumberingConfig {
     pub national_number_length: usize,
     /// Numbers this short that are nothing else are service numbers.
     pub max_short_number_length: usize,
+    /// The countries within the shared country codes and the home
+    /// country's allocations (what is domestic, foreign or invalid); unset:
+    /// `deploy/numbering/kz.toml`, compiled in. Read at start-up.
+    pub plan: Option<PathBuf>,
+    /// The table `plan` names (or the compiled-in one), once loaded.
+    #[serde(skip)]
+    pub countries: Countries,
 }
 
 impl Default for NumberingConfig {
@@ -242,6 +257,8 @@ impl Default for NumberingConfig {
             international_prefixes: p.international_prefixes,
             national_number_length: p.national_number_length,
             max_short_number_length: p.max_short_number_length,
+            plan: None,
+            countries: p.countries,
         }
     }
 }
@@ -272,6 +289,10 @@ pub struct ListsConfig {
     pub protected: Vec<PathBuf>,
     /// Premium-rate destination files.
     pub premium: Vec<PathBuf>,
+    /// The operator's own subscribers roaming abroad now (from its
+    /// HLR/HSS): their domestic caller ID on an international trunk is
+    /// genuine.
+    pub roamers: Vec<PathBuf>,
     #[serde(rename = "match")]
     /// Which numbers the lists are checked against.
     pub match_sides: MatchSides,
@@ -287,6 +308,7 @@ impl Default for ListsConfig {
             flaglist: Vec::new(),
             protected: Vec::new(),
             premium: Vec::new(),
+            roamers: Vec::new(),
             match_sides: MatchSides::Both,
             reload_interval_ms: 1000,
         }
@@ -306,6 +328,7 @@ impl ListsConfig {
                 .map(|p| (p.clone(), ListKind::Protected)),
         );
         v.extend(self.premium.iter().map(|p| (p.clone(), ListKind::Premium)));
+        v.extend(self.roamers.iter().map(|p| (p.clone(), ListKind::Roamers)));
         v
     }
 
@@ -390,7 +413,32 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        c.load_plan(&path.display().to_string())?;
         Ok(c)
+    }
+
+    /// Reads the numbering plan file `[numbering] plan` names (relative to
+    /// the config's folder) and checks it against `[numbering]`.
+    pub fn load_plan(&mut self, name: &str) -> Result<(), ConfigError> {
+        if let Some(p) = &self.numbering.plan {
+            let path = self.resolve(p);
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+            self.numbering.countries = Countries::from_toml_str(&text, &path.display().to_string())
+                .map_err(|e| ConfigError::Toml {
+                    path: e.file,
+                    line: e.line,
+                    col: e.col,
+                    message: e.message,
+                })?;
+        }
+        self.plan().map_err(|e| ConfigError::Invalid {
+            path: name.to_string(),
+            message: format!("numbering: {e}"),
+        })?;
+        Ok(())
     }
 
     /// Parses and checks TOML text; `name` labels errors.
@@ -456,6 +504,7 @@ impl Config {
             international_prefixes: self.numbering.international_prefixes.clone(),
             national_number_length: self.numbering.national_number_length,
             max_short_number_length: self.numbering.max_short_number_length,
+            countries: self.numbering.countries.clone(),
         }
         .validated()
     }
@@ -493,6 +542,8 @@ impl Config {
             max_tracked_numbers: self.rules.max_tracked_numbers,
             idle_ttl_secs: self.rules.idle_ttl_secs,
             utc_offset_minutes: self.rules.utc_offset_minutes,
+            max_transactions: self.verdict.max_transactions.max(1),
+            transaction_window: Duration::from_secs(self.verdict.transaction_window_secs),
         })
     }
 

@@ -82,6 +82,17 @@ pub enum RuleProblem {
     BadWeekday(String),
     /// `side` is not caller, callee or both.
     BadSide(String),
+    /// A key that moved to the numbering plan.
+    MovedToPlan(&'static str),
+    /// A key that this kind does not take.
+    NotForKind {
+        /// The key.
+        key: &'static str,
+        /// The rule's kind.
+        kind: String,
+    },
+    /// `escalate` needs `after` of at least 1 and `within_s` above 0.
+    BadEscalate,
 }
 
 impl fmt::Display for RuleProblem {
@@ -115,6 +126,14 @@ impl fmt::Display for RuleProblem {
             }
             RuleProblem::BadWeekday(d) => write!(f, "scope weekday {d:?} must be mon..sun"),
             RuleProblem::BadSide(s) => write!(f, "side {s:?} must be caller, callee or both"),
+            RuleProblem::MovedToPlan(key) => write!(
+                f,
+                "{key} is no longer a rule key: the numbering plan ([numbering] plan, deploy/numbering/kz.toml) says which numbers are domestic, allocated or invalid"
+            ),
+            RuleProblem::NotForKind { key, kind } => write!(f, "kind {kind} does not take {key}"),
+            RuleProblem::BadEscalate => f.write_str(
+                "escalate needs after (at least 1) and within_s (above 0): escalate = { after = 5, within_s = 3600 }",
+            ),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! written into the verdict header and the logs.
 
 use super::*;
+use crate::plan::Invalidity;
 
 impl RuleSet {
     /// Writes the explanation of `s`, e.g.
@@ -29,7 +30,12 @@ impl RuleSet {
                 | Kind::DestinationVelocity { .. } => {
                     write!(out, "{} calls > {}", f.value, f.threshold)?
                 }
-                Kind::FanOut { .. } => write!(out, "{} numbers > {}", f.value, f.threshold)?,
+                Kind::FanOut { .. } => {
+                    write!(out, "{} numbers > {}", f.value, f.threshold)?;
+                    if f.reason > 0 {
+                        write!(out, ", {:.1}% called back", f64::from(f.reason - 1) / 10.0)?;
+                    }
+                }
                 Kind::Sequential { .. } => write!(out, "{} in a row >= {}", f.value, f.threshold)?,
                 Kind::Wangiri { .. } | Kind::ShortCalls { .. } => write!(
                     out,
@@ -37,9 +43,37 @@ impl RuleSet {
                     f64::from(f.value) / 10.0,
                     f64::from(f.threshold) / 10.0
                 )?,
+                Kind::DomesticOnInternational => {
+                    let who = f.who.map_or("caller", Who::as_str);
+                    if f.note == Note::Roamer {
+                        write!(out, "{who} is a known outbound roamer, not counted")?;
+                    } else {
+                        write!(out, "{who} is domestic on an international trunk")?;
+                    }
+                }
+                Kind::ProtectedCaller => write!(
+                    out,
+                    "{} is a protected number",
+                    f.who.map_or("caller", Who::as_str)
+                )?,
+                Kind::CliMismatch => out.write_str("From and PAI differ")?,
+                Kind::InvalidCaller => match f.value {
+                    0 => out.write_str("caller number claimed but not a number")?,
+                    v => write!(
+                        out,
+                        "caller number invalid ({})",
+                        [
+                            Invalidity::Length,
+                            Invalidity::Unallocated,
+                            Invalidity::Unassigned
+                        ]
+                        .get(v as usize - 1)
+                        .map_or("?", |i| i.as_str())
+                    )?,
+                },
                 Kind::List { list, .. } => {
-                    if let Some(side) = f.side {
-                        out.write_str(side.as_str())?;
+                    if let Some(who) = f.who {
+                        out.write_str(who.as_str())?;
                         out.write_str(" ")?;
                     }
                     if f.value == 0 {
@@ -52,7 +86,13 @@ impl RuleSet {
                         write!(out, " ({reason})")?;
                     }
                 }
-                _ => out.write_str("matched")?,
+            }
+            if let (Note::Escalated, Some(e)) = (f.note, r.escalate) {
+                write!(
+                    out,
+                    ", escalated: fired {}+ times in {} s",
+                    e.after, e.within_s
+                )?;
             }
             if f.shadow {
                 out.write_str(" (shadow)")?;

@@ -94,11 +94,24 @@ struct RuleSpec {
     #[serde(default)]
     ratio: Option<f32>,
     #[serde(default)]
-    allocated: Vec<String>,
+    max_called_back: Option<f32>,
     #[serde(default)]
-    ranges: Vec<String>,
+    escalate: Option<EscalateSpec>,
+    /// No longer rule keys: the numbering plan decides what is domestic
+    /// and allocated. Read only to say so.
+    #[serde(default)]
+    allocated: Option<toml::Value>,
+    #[serde(default)]
+    ranges: Option<toml::Value>,
     #[serde(default)]
     scope: Option<ScopeSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalateSpec {
+    after: u32,
+    within_s: u32,
 }
 
 fn enforce() -> Mode {
@@ -216,6 +229,14 @@ impl RuleSet {
                     })),
                 }
             };
+            for (key, set) in [
+                ("ranges", r.ranges.is_some()),
+                ("allocated", r.allocated.is_some()),
+            ] {
+                if set {
+                    return Err(err(RuleProblem::MovedToPlan(key)));
+                }
+            }
             let kind = match r.kind.as_str() {
                 "list" => {
                     let list = match r.list {
@@ -243,14 +264,10 @@ impl RuleSet {
                     };
                     Kind::List { list, sides }
                 }
-                "domestic_on_international" => Kind::DomesticOnInternational {
-                    ranges: PrefixSet::new(prefixes(&r.ranges, plan).map_err(err)?),
-                },
+                "domestic_on_international" => Kind::DomesticOnInternational,
                 "protected_caller" => Kind::ProtectedCaller,
                 "cli_mismatch" => Kind::CliMismatch,
-                "invalid_caller" => Kind::InvalidCaller {
-                    allocated: PrefixSet::new(prefixes(&r.allocated, plan).map_err(err)?),
-                },
+                "invalid_caller" => Kind::InvalidCaller,
                 "velocity" => {
                     if usize::from(slots) >= VELOCITY_SLOTS {
                         return Err(err(RuleProblem::TooManyVelocity(VELOCITY_SLOTS)));
@@ -269,9 +286,15 @@ impl RuleSet {
                     {
                         return Err(err(RuleProblem::TooManyFanOut));
                     }
+                    let max_called_back = match r.max_called_back {
+                        None => None,
+                        Some(x) if (0.0..=1.0).contains(&x) => Some((x * 1000.0).round() as u32),
+                        Some(_) => return Err(err(RuleProblem::RatioRange)),
+                    };
                     Kind::FanOut {
                         window_s: window(r.window_s)?,
                         max: need(r.max, "max")?,
+                        max_called_back,
                     }
                 }
                 "sequential" => {
@@ -306,6 +329,20 @@ impl RuleSet {
                     return Err(err(RuleProblem::ReservedId(reserved.as_str())));
                 }
             }
+            if r.max_called_back.is_some() && !matches!(kind, Kind::FanOut { .. }) {
+                return Err(err(RuleProblem::NotForKind {
+                    key: "max_called_back",
+                    kind: r.kind.clone(),
+                }));
+            }
+            let escalate = match r.escalate {
+                None => None,
+                Some(e) if e.after >= 1 && e.within_s > 0 => Some(Escalate {
+                    after: e.after,
+                    within_s: e.within_s,
+                }),
+                Some(_) => return Err(err(RuleProblem::BadEscalate)),
+            };
             let scope = match r.scope {
                 None => Scope::default(),
                 Some(s) => scope(s, plan).map_err(err)?,
@@ -316,6 +353,7 @@ impl RuleSet {
                 score: r.score,
                 mode: r.mode,
                 scope,
+                escalate,
                 builtin: false,
             });
         }

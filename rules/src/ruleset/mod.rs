@@ -14,7 +14,7 @@
 //! checks everything a rule needs, so a file that parses can be swapped in
 //! whole.
 //!
-//! [`RuleSet::score`] reads and updates per-number state in a [`Tracker`]
+//! [`RuleSet::score`] reads and updates per-number state in a [`State`]
 //! and returns a [`Scored`] with at most [`MAX_FIRED`] fired rules, each
 //! with its measured value and threshold. It allocates nothing.
 
@@ -26,10 +26,10 @@ mod score;
 
 use std::fmt;
 
-use crate::facts::{Side, Sides, TrunkKind};
+use crate::facts::{Side, Sides, TrunkKind, Who};
 use crate::list::NumberList;
 use crate::number::{Number, NumberingPlan, Prefix};
-use crate::state::{CallTime, OutcomePolicy, Tracker, VELOCITY_SLOTS};
+use crate::state::{CallTime, OutcomePolicy, State, VELOCITY_SLOTS};
 
 pub use error::{FileProblem, RuleError, RuleProblem};
 use scope::Leads;
@@ -108,23 +108,20 @@ pub enum Kind {
         /// Which numbers are looked up.
         sides: Sides,
     },
-    /// A domestic A-number arriving on an international trunk. Domestic =
-    /// in `ranges` when given (for Kazakhstan `+76`, `+77`: the plan's
-    /// country code 7 is shared with Russia), else the plan's country code.
-    DomesticOnInternational {
-        /// National ranges that count as domestic.
-        ranges: PrefixSet,
-    },
-    /// An A-number on the protected (do-not-originate) list.
+    /// A caller identity (From, PAI or a display name's digits) that the
+    /// numbering plan places in the home country, arriving on an
+    /// international trunk, unless it is a known outbound roamer.
+    DomesticOnInternational,
+    /// A caller identity (From, PAI or a display name's digits) on the
+    /// protected (do-not-originate) list.
     ProtectedCaller,
-    /// From and P-Asserted-Identity carry different numbers.
+    /// From and P-Asserted-Identity carry different numbers: evidence that
+    /// adds to other evidence (many PBXs do it honestly).
     CliMismatch,
-    /// The A-number does not normalize, or is domestic outside the
-    /// allocated national prefixes (when any are given).
-    InvalidCaller {
-        /// Allocated national ranges.
-        allocated: PrefixSet,
-    },
+    /// A caller identity was claimed but is not a number, or the numbering
+    /// plan says the A-number is invalid (wrong length, unallocated,
+    /// unassigned).
+    InvalidCaller,
     /// Calls per A-number in the last `window_s` above `max`.
     Velocity {
         /// Window length, seconds.
@@ -134,12 +131,17 @@ pub enum Kind {
         /// Which of the caller's velocity windows counts them.
         slot: u8,
     },
-    /// Distinct B-numbers per A-number in `window_s` above `max`.
+    /// Distinct B-numbers per A-number in `window_s` above `max`, unless
+    /// more than `max_called_back` of them called back (a business is
+    /// called back, a SIM box is not).
     FanOut {
         /// Window length, seconds.
         window_s: u32,
         /// Distinct callees allowed in the window.
         max: u32,
+        /// Per mille of callees calling back above which the rule holds
+        /// its fire; `None`: callbacks do not matter.
+        max_called_back: Option<u32>,
     },
     /// A run of at least `run` consecutive B-numbers from one A-number.
     Sequential {
@@ -190,8 +192,36 @@ pub struct Rule {
     pub mode: Mode,
     /// When and to what it applies.
     pub scope: Scope,
+    /// Firing this often for one caller turns the rule into a block.
+    pub escalate: Option<Escalate>,
     /// True for the list rules built from the engine's config.
     pub builtin: bool,
+}
+
+impl Kind {
+    /// True for the rules that judge whether the caller ID is authentic:
+    /// the allowlist does not exempt a number from them, because spoofing
+    /// a trusted number is the most valuable spoof there is.
+    pub fn is_authenticity(&self) -> bool {
+        matches!(
+            self,
+            Kind::DomesticOnInternational
+                | Kind::ProtectedCaller
+                | Kind::CliMismatch
+                | Kind::InvalidCaller
+        )
+    }
+}
+
+/// A rule that keeps firing for one caller escalates: the `after`th time
+/// within `within_s` seconds, and every time after, it scores at least the
+/// block threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Escalate {
+    /// Firings that escalate.
+    pub after: u32,
+    /// Over how many seconds they are counted.
+    pub within_s: u32,
 }
 
 /// Score thresholds and where redirected calls go.
@@ -257,6 +287,8 @@ pub struct RuleLists<'a> {
     pub protected: Option<&'a NumberList>,
     /// Premium-rate destinations.
     pub premium: Option<&'a NumberList>,
+    /// The operator's own subscribers roaming abroad now.
+    pub roamers: Option<&'a NumberList>,
 }
 
 impl<'a> RuleLists<'a> {
@@ -280,6 +312,8 @@ pub struct CallInput {
     pub from: Option<Number>,
     /// The number in P-Asserted-Identity, when present and a number.
     pub pai: Option<Number>,
+    /// The digits of the From or PAI display name, when they are a number.
+    pub display: Option<Number>,
     /// An A-number was present in the headers (normalized or not).
     pub a_present: bool,
     /// The B-number, from the Request-URI.
@@ -302,10 +336,26 @@ pub struct Fired {
     pub threshold: u32,
     /// A shadow rule: reported, not counted.
     pub shadow: bool,
-    /// For a list hit, which number matched.
-    pub side: Option<Side>,
-    /// For a list hit, the id of the list line's reason (0: none).
+    /// Which number it looked at: the side of a list hit, the identity of
+    /// a caller-ID rule.
+    pub who: Option<Who>,
+    /// For a list hit, the id of the list line's reason (0: none); for a
+    /// fan-out rule, 1 + the per mille of callees that called back.
     pub reason: u32,
+    /// Anything more the explanation must say.
+    pub note: Note,
+}
+
+/// What else an explanation says about a rule that fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// Nothing.
+    None,
+    /// It would have fired, but the number is a known outbound roamer:
+    /// reported, not counted.
+    Roamer,
+    /// It fired often enough for this caller to escalate to a block.
+    Escalated,
 }
 
 impl Fired {
@@ -314,9 +364,15 @@ impl Fired {
         value: 0,
         threshold: 0,
         shadow: false,
-        side: None,
+        who: None,
         reason: 0,
+        note: Note::None,
     };
+
+    /// True when the rule adds to the score (neither shadow nor a note).
+    pub fn counts(&self) -> bool {
+        !self.shadow && self.note != Note::Roamer
+    }
 }
 
 /// The verdict of the rule set on one call.
@@ -356,6 +412,77 @@ impl Scored {
             self.n += 1;
         }
     }
+
+    /// Fired rules a packed verdict keeps ([`Scored::pack`]).
+    pub const PACKED_FIRED: usize = 7;
+    /// Words a packed verdict takes.
+    pub const PACKED_WORDS: usize = 2 + 2 * Self::PACKED_FIRED;
+
+    /// Packs the verdict into [`Scored::PACKED_WORDS`] words, keeping the
+    /// first [`Scored::PACKED_FIRED`] fired rules: how a verdict is kept to
+    /// answer a retransmission the same way without scoring it again.
+    pub fn pack(&self, w: &mut [u64]) {
+        let d = |d: Decision| d as u64;
+        let n = self.fired().len().min(Self::PACKED_FIRED);
+        w[0] = d(self.decision)
+            | d(self.shadow_decision) << 2
+            | u64::from(self.allowlisted) << 4
+            | (n as u64) << 5;
+        w[1] = u64::from(self.score);
+        for (k, f) in self.fired().iter().take(n).enumerate() {
+            let who = f.who.map_or(0, |w| w as u64 + 1);
+            let note = match f.note {
+                Note::None => 0,
+                Note::Roamer => 1,
+                Note::Escalated => 2,
+            };
+            w[2 + 2 * k] = u64::from(f.rule)
+                | u64::from(f.value) << 16
+                | who << 48
+                | u64::from(f.shadow) << 52
+                | note << 53;
+            w[3 + 2 * k] = u64::from(f.threshold) | u64::from(f.reason) << 32;
+        }
+    }
+
+    /// The verdict [`Scored::pack`] packed.
+    pub fn unpack(w: &[u64]) -> Scored {
+        const DECISIONS: [Decision; 4] = [
+            Decision::Allow,
+            Decision::Flag,
+            Decision::Redirect,
+            Decision::Block,
+        ];
+        const WHO: [Who; 5] = [Who::Caller, Who::Callee, Who::From, Who::Pai, Who::Display];
+        let mut s = Scored {
+            decision: DECISIONS[(w[0] & 3) as usize],
+            shadow_decision: DECISIONS[(w[0] >> 2 & 3) as usize],
+            allowlisted: w[0] >> 4 & 1 == 1,
+            score: w[1] as u32,
+            ..Scored::ALLOW
+        };
+        let n = ((w[0] >> 5) as usize).min(Self::PACKED_FIRED);
+        for k in 0..n {
+            let (a, b) = (w[2 + 2 * k], w[3 + 2 * k]);
+            s.push(Fired {
+                rule: a as u16,
+                value: (a >> 16) as u32,
+                threshold: b as u32,
+                shadow: a >> 52 & 1 == 1,
+                who: match (a >> 48 & 0xf) as usize {
+                    0 => None,
+                    i => WHO.get(i - 1).copied(),
+                },
+                reason: (b >> 32) as u32,
+                note: match a >> 53 & 3 {
+                    1 => Note::Roamer,
+                    2 => Note::Escalated,
+                    _ => Note::None,
+                },
+            });
+        }
+        s
+    }
 }
 
 /// A checked rule set: the built-in list rules and a rule file's rules.
@@ -382,6 +509,7 @@ pub struct RuleSet {
     needs_premium: bool,
     needs_identities: bool,
     needs_clock: bool,
+    needs_reciprocity: bool,
 }
 
 impl RuleSet {
@@ -446,12 +574,29 @@ impl RuleSet {
                 } | Kind::DestinationVelocity { .. }
             )
         });
-        let needs_identities = has(|k| matches!(k, Kind::CliMismatch | Kind::InvalidCaller { .. }));
+        let needs_identities = has(|k| {
+            matches!(
+                k,
+                Kind::CliMismatch
+                    | Kind::InvalidCaller
+                    | Kind::DomesticOnInternational
+                    | Kind::ProtectedCaller
+            )
+        });
+        let needs_reciprocity = has(|k| {
+            matches!(
+                k,
+                Kind::FanOut {
+                    max_called_back: Some(_),
+                    ..
+                }
+            )
+        });
         let needs_clock = needs_state
             || has(|k| matches!(k, Kind::DestinationVelocity { .. }))
             || rules
                 .iter()
-                .any(|r| r.scope.hours != 0 || r.scope.weekdays != 0);
+                .any(|r| r.scope.hours != 0 || r.scope.weekdays != 0 || r.escalate.is_some());
         RuleSet {
             rules,
             plan: plan.clone(),
@@ -466,6 +611,7 @@ impl RuleSet {
             needs_premium,
             needs_identities,
             needs_clock,
+            needs_reciprocity,
         }
     }
 
@@ -511,6 +657,7 @@ fn builtin_rules(policy: &ListPolicy, block: bool, flag: bool) -> Vec<Rule> {
         score,
         mode: Mode::Enforce,
         scope: Scope::default(),
+        escalate: None,
         builtin: true,
     };
     let mut v = vec![rule(ListName::Allowlist, 0)];

@@ -63,18 +63,27 @@ impl Looked {
     }
 }
 
+impl CallInput {
+    /// The caller identities the request claims that are numbers: From,
+    /// PAI and a display name's digits.
+    fn identities(&self) -> impl Iterator<Item = (Who, Number)> + '_ {
+        [
+            (Who::Pai, self.pai),
+            (Who::From, self.from),
+            (Who::Display, self.display),
+        ]
+        .into_iter()
+        .filter_map(|(w, n)| Some((w, n?)))
+    }
+}
+
 impl RuleSet {
-    /// Scores one call, updating the caller's (and destination's) state.
-    pub fn score(
-        &self,
-        call: &CallInput,
-        lists: &RuleLists<'_>,
-        callers: &Tracker,
-        destinations: &Tracker,
-    ) -> Scored {
+    /// Scores one call, updating the behaviour state in `st`.
+    pub fn score(&self, call: &CallInput, lists: &RuleLists<'_>, st: &State) -> Scored {
         let mut out = Scored::ALLOW;
         let mut looked = Looked::default();
-        // The allowlist exempts the call from every other rule.
+        // The allowlist exempts the call from the list and behaviour rules;
+        // the caller-ID authenticity rules still judge it.
         for (i, r) in self.rules.iter().enumerate() {
             if let Kind::List {
                 list: ListName::Allowlist,
@@ -88,57 +97,79 @@ impl RuleSet {
                         value: hit.value,
                         threshold: 0,
                         shadow: false,
-                        side: Some(side),
+                        who: Some(side.into()),
                         reason: hit.reason,
+                        note: Note::None,
                     });
-                    return out;
+                    break;
                 }
             }
         }
         let now = call.time.secs;
         let a = call.a.map(Number::raw);
         let b = call.b;
-        // The caller's state is read and updated once.
-        let state = a.filter(|_| self.needs_state).and_then(|a| {
-            callers.with(a, now, |s| {
-                let mut vel = [0u32; VELOCITY_SLOTS];
-                for (slot, &w) in self.windows.iter().enumerate() {
-                    if w > 0 {
-                        vel[slot] = s.velocity[slot].add(now, w, 1);
+        // The caller's state is read and updated once; an allowlisted
+        // caller leaves none.
+        let state = a
+            .filter(|_| self.needs_state && !out.allowlisted)
+            .and_then(|a| {
+                st.callers.with(a, now, |s| {
+                    let mut vel = [0u32; VELOCITY_SLOTS];
+                    for (slot, &w) in self.windows.iter().enumerate() {
+                        if w > 0 {
+                            vel[slot] = s.velocity[slot].add(now, w, 1);
+                        }
                     }
+                    let (mut fan, mut run) = (0, 0);
+                    if let Some(b) = b {
+                        if let Some(w) = self.fan_out_window {
+                            fan = s.fan_out(now, w, b.raw());
+                        }
+                        if self.needs_run {
+                            run = s.sequential(b.value());
+                        }
+                    }
+                    (
+                        vel,
+                        fan,
+                        run,
+                        s.rings(),
+                        s.answers(),
+                        u32::from(s.concurrent),
+                        s.called_back_per_mille(),
+                    )
+                })
+            });
+        // Reciprocity: this call may be a callee of the B-number calling it
+        // back. Only the B-number's state changes; it is not marked seen.
+        if let (true, Some(a), Some(b), Some(w)) =
+            (self.needs_reciprocity, a, b, self.fan_out_window)
+        {
+            st.callers.update_existing(b.raw(), |s| {
+                if s.has_called(a, now, w) {
+                    s.called_back();
                 }
-                let (mut fan, mut run) = (0, 0);
-                if let Some(b) = b {
-                    if let Some(w) = self.fan_out_window {
-                        fan = s.fan_out(now, w, b.raw());
-                    }
-                    if self.needs_run {
-                        run = s.sequential(b.value());
-                    }
-                }
-                (
-                    vel,
-                    fan,
-                    run,
-                    s.rings(),
-                    s.answers(),
-                    u32::from(s.concurrent),
-                )
-            })
-        });
+            });
+        }
         let premium = match (lists.premium, b) {
-            (Some(l), Some(bn)) if self.needs_premium => l.lookup(bn).map(|m| (m, bn)),
+            (Some(l), Some(bn)) if self.needs_premium && !out.allowlisted => {
+                l.lookup(bn).map(|m| (m, bn))
+            }
             _ => None,
         };
-        let mut protected = None;
         let (mut a_leads, mut b_leads) = (call.a.map(Leads::new), call.b.map(Leads::new));
         let (mut score, mut shadow_score) = (0u32, 0u32);
+        let on = |l: Option<&NumberList>, n: Number| l.is_some_and(|l| l.lookup(n).is_some());
         for (i, r) in self.rules.iter().enumerate() {
+            if out.allowlisted && !r.kind.is_authenticity() {
+                continue;
+            }
             if !r.scope.applies(call, &mut a_leads, &mut b_leads) {
                 continue;
             }
-            let mut side = None;
+            let mut who = None;
             let mut reason = 0;
+            let mut note = Note::None;
             let hit: Option<(u32, u32)> = match &r.kind {
                 Kind::List {
                     list: ListName::Allowlist,
@@ -146,50 +177,83 @@ impl RuleSet {
                 } => None,
                 Kind::List { list, sides } => {
                     looked.find(lists, *list, *sides, call).map(|(s, h)| {
-                        side = Some(s);
+                        who = Some(s.into());
                         reason = h.reason;
                         (h.value, 0)
                     })
                 }
-                Kind::DomesticOnInternational { ranges } => (call.trunk
-                    == Some(TrunkKind::International)
-                    && call.a.is_some_and(|n| {
-                        n.is_e164()
-                            && if ranges.is_empty() {
-                                self.plan.is_domestic(n)
-                            } else {
-                                a_leads.as_mut().is_some_and(|l| ranges.contains_leads(l))
+                Kind::DomesticOnInternational => {
+                    if call.trunk == Some(TrunkKind::International) {
+                        // Every identity that claims to be domestic counts,
+                        // unless it is a subscriber roaming abroad now.
+                        let mut roamer = None;
+                        let mut spoofed = None;
+                        for (w, n) in call.identities() {
+                            if !n.is_e164()
+                                || !self.plan.classify(n).looks_home(&self.plan.countries)
+                            {
+                                continue;
                             }
-                    }))
-                .then_some((1, 1)),
-                Kind::ProtectedCaller => protected
-                    .get_or_insert_with(|| {
-                        matches!((lists.protected, call.a), (Some(l), Some(n)) if l.lookup(n).is_some())
-                    })
-                    .then_some((1, 1)),
+                            if on(lists.roamers, n) {
+                                roamer.get_or_insert(w);
+                            } else {
+                                spoofed.get_or_insert(w);
+                            }
+                        }
+                        match (spoofed, roamer) {
+                            (Some(w), _) => {
+                                who = Some(w);
+                                Some((1, 1))
+                            }
+                            (None, Some(w)) => {
+                                who = Some(w);
+                                note = Note::Roamer;
+                                Some((1, 1))
+                            }
+                            (None, None) => None,
+                        }
+                    } else {
+                        None
+                    }
+                }
+                Kind::ProtectedCaller => call
+                    .identities()
+                    .find(|&(_, n)| on(lists.protected, n))
+                    .map(|(w, _)| {
+                        who = Some(w);
+                        (1, 1)
+                    }),
                 Kind::CliMismatch => match (call.from, call.pai) {
                     (Some(f), Some(p)) if f != p => Some((1, 1)),
                     _ => None,
                 },
-                Kind::InvalidCaller { allocated } => match call.a {
-                    None if call.a_present => Some((1, 1)),
-                    Some(n)
-                        if !allocated.is_empty()
-                            && n.is_e164()
-                            && self.plan.is_domestic(n)
-                            && !a_leads
-                                .as_mut()
-                                .is_some_and(|l| allocated.contains_leads(l)) =>
-                    {
-                        Some((1, 1))
+                Kind::InvalidCaller => match call.a {
+                    None if call.a_present => {
+                        who = Some(Who::Caller);
+                        Some((0, 0))
                     }
-                    _ => None,
+                    Some(n) => {
+                        let c = self.plan.classify(n);
+                        c.invalid.map(|why| {
+                            who = Some(Who::Caller);
+                            (why as u32 + 1, 0)
+                        })
+                    }
+                    None => None,
                 },
                 Kind::Velocity { max, slot, .. } => state.and_then(|s| {
                     let v = s.0[usize::from(*slot)];
                     (v > *max).then_some((v, *max))
                 }),
-                Kind::FanOut { max, .. } => state.and_then(|s| (s.1 > *max).then_some((s.1, *max))),
+                Kind::FanOut {
+                    max,
+                    max_called_back,
+                    ..
+                } => state.and_then(|s| {
+                    let back = s.6;
+                    reason = back + 1;
+                    (s.1 > *max && max_called_back.is_none_or(|m| back <= m)).then_some((s.1, *max))
+                }),
                 Kind::Sequential { run } => {
                     state.and_then(|s| (s.2 >= *run).then_some((s.2, *run)))
                 }
@@ -204,8 +268,9 @@ impl RuleSet {
                     // Calls to this destination: keyed by the B-number's
                     // leading digits down to the premium prefix matched.
                     let key = destination_key(bn, lists.premium);
-                    let v =
-                        destinations.with(key, now, |s| s.velocity[0].add(now, *window_s, 1))?;
+                    let v = st
+                        .destinations
+                        .with(key, now, |s| s.window.add(now, *window_s, 1))?;
                     (v > *max).then_some((v, *max))
                 }),
             };
@@ -213,19 +278,34 @@ impl RuleSet {
                 continue;
             };
             let shadow = r.mode == Mode::Shadow;
-            if shadow {
-                shadow_score = shadow_score.saturating_add(r.score);
-            } else {
-                score = score.saturating_add(r.score);
+            let mut points = r.score;
+            // A rule that keeps firing for one caller escalates to a block.
+            if let (Some(e), Some(a), false, Note::None) = (r.escalate, a, shadow, note) {
+                let key = escalation_key(a, i);
+                let fired = st
+                    .escalations
+                    .with(key, now, |c| c.window.add(now, e.within_s, 1))
+                    .unwrap_or(0);
+                if fired >= e.after {
+                    note = Note::Escalated;
+                    points = points.max(self.thresholds.block);
+                }
             }
-            out.push(Fired {
+            let f = Fired {
                 rule: i as u16,
                 value,
                 threshold,
                 shadow,
-                side,
+                who,
                 reason,
-            });
+                note,
+            };
+            if shadow {
+                shadow_score = shadow_score.saturating_add(points);
+            } else if f.counts() {
+                score = score.saturating_add(points);
+            }
+            out.push(f);
         }
         let t = &self.thresholds;
         out.score = score.min(t.cap);
@@ -233,6 +313,11 @@ impl RuleSet {
         out.shadow_decision = t.decide(score.saturating_add(shadow_score).min(t.cap));
         out
     }
+}
+
+/// The escalation counter of rule `rule` for caller `a`.
+fn escalation_key(a: u64, rule: usize) -> u64 {
+    (a ^ ((rule as u64 + 1) << 50).wrapping_mul(0x9E37_79B9_7F4A_7C15)) & ((1 << 56) - 1)
 }
 
 impl Thresholds {

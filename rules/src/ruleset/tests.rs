@@ -4,6 +4,7 @@
 use super::*;
 use crate::list::ListBuilder;
 use crate::state::Outcome;
+use crate::state::State;
 
 fn plan() -> NumberingPlan {
     NumberingPlan::kazakhstan().validated().unwrap()
@@ -31,6 +32,7 @@ fn call(a: &str, b: &str, secs: u32) -> CallInput {
         a: n(a),
         from: n(a),
         pai: n(a),
+        display: None,
         a_present: true,
         b: n(b),
         trunk: Some(TrunkKind::Mobile),
@@ -43,23 +45,23 @@ fn call(a: &str, b: &str, secs: u32) -> CallInput {
 }
 
 struct World {
-    callers: Tracker,
-    dest: Tracker,
+    st: State,
     block: NumberList,
     allow: NumberList,
     protected: NumberList,
     premium: NumberList,
+    roamers: NumberList,
 }
 
 impl World {
     fn new() -> World {
         World {
-            callers: Tracker::new(1000, 86_400),
-            dest: Tracker::new(1000, 86_400),
+            st: State::new(1000, 86_400),
             block: list("+77770000001\n"),
             allow: list("+77270000001,bank\n"),
             protected: list("+77272595555\n102\n"),
             premium: list("+88216*\n+2392*\n"),
+            roamers: list("+77051112233\n"),
         }
     }
     fn lists(&self) -> RuleLists<'_> {
@@ -69,10 +71,11 @@ impl World {
             allow: Some(&self.allow),
             protected: Some(&self.protected),
             premium: Some(&self.premium),
+            roamers: Some(&self.roamers),
         }
     }
     fn score(&self, r: &RuleSet, c: &CallInput) -> Scored {
-        r.score(c, &self.lists(), &self.callers, &self.dest)
+        r.score(c, &self.lists(), &self.st)
     }
 }
 
@@ -226,28 +229,28 @@ fn wangiri_and_short_calls_use_outcome_ratios() {
     let an = n(a).unwrap().raw();
     let p = r.outcomes;
     for t in 0..3 {
-        w.callers
+        w.st.callers
             .outcome(an, 10 + t, Outcome::Cancelled { ring_ms: 1500 }, &p);
     }
     assert!(
         w.score(&r, &call(a, "+77020000001", 20)).fired().is_empty(),
         "3 rings < min_calls 4"
     );
-    w.callers
+    w.st.callers
         .outcome(an, 21, Outcome::Cancelled { ring_ms: 20_000 }, &p);
     // 3 short of 4 = 75.0%: at the ratio, fires.
     let s = w.score(&r, &call(a, "+77020000002", 22));
     assert_eq!(ids(&r, &s), ["w"]);
     assert_eq!((s.fired()[0].value, s.fired()[0].threshold), (750, 750));
-    w.callers
+    w.st.callers
         .outcome(an, 23, Outcome::Cancelled { ring_ms: 20_000 }, &p);
     // 3 of 5 = 60%: below.
     assert!(w.score(&r, &call(a, "+77020000003", 24)).fired().is_empty());
     let b = "+77011112222";
     let bn = n(b).unwrap().raw();
-    w.callers
+    w.st.callers
         .outcome(bn, 30, Outcome::Answered { talk_ms: 5_000 }, &p);
-    w.callers
+    w.st.callers
         .outcome(bn, 31, Outcome::Answered { talk_ms: 50_000 }, &p);
     let s = w.score(&r, &call(b, "+77020000001", 32));
     assert_eq!(ids(&r, &s), ["sc"]);
@@ -255,12 +258,12 @@ fn wangiri_and_short_calls_use_outcome_ratios() {
     r.explain(&s, &w.lists(), &mut text).unwrap();
     assert_eq!(text, "sc: 50.0% >= 50.0%");
     // One more long call: 1 short of 3 = 33.3%, below the ratio.
-    w.callers
+    w.st.callers
         .outcome(bn, 33, Outcome::Answered { talk_ms: 90_000 }, &p);
     assert!(w.score(&r, &call(b, "+77020000001", 34)).fired().is_empty());
     // One answered call only: below min_calls, whatever the ratio.
     let c = "+77011113333";
-    w.callers.outcome(
+    w.st.callers.outcome(
         n(c).unwrap().raw(),
         35,
         Outcome::Answered { talk_ms: 1_000 },
@@ -275,12 +278,12 @@ fn concurrent_calls_above_max() {
     let w = World::new();
     let a = "+77011234567";
     let an = n(a).unwrap().raw();
-    w.callers.concurrent(an, 1, 1);
-    w.callers.concurrent(an, 1, 1);
+    w.st.callers.concurrent(an, 1, 1);
+    w.st.callers.concurrent(an, 1, 1);
     assert!(w.score(&r, &call(a, "+77020000001", 2)).fired().is_empty());
-    w.callers.concurrent(an, 3, 1);
+    w.st.callers.concurrent(an, 3, 1);
     assert_eq!(w.score(&r, &call(a, "+77020000001", 4)).fired()[0].value, 3);
-    w.callers.concurrent(an, 5, -1);
+    w.st.callers.concurrent(an, 5, -1);
     assert!(w.score(&r, &call(a, "+77020000001", 6)).fired().is_empty());
 }
 
@@ -314,14 +317,21 @@ fn premium_destinations_and_their_velocity() {
     );
 }
 
+const SPOOFING: &str =
+    "[[rule]]\nid = \"doi\"\nkind = \"domestic_on_international\"\nscore = 100\n\
+     [[rule]]\nid = \"prot\"\nkind = \"protected_caller\"\nscore = 100\n\
+     [[rule]]\nid = \"mm\"\nkind = \"cli_mismatch\"\nscore = 30\n\
+     [[rule]]\nid = \"inv\"\nkind = \"invalid_caller\"\nscore = 50\n";
+
+fn explain(r: &RuleSet, w: &World, s: &Scored) -> String {
+    let mut t = String::new();
+    r.explain(s, &w.lists(), &mut t).unwrap();
+    t
+}
+
 #[test]
-fn spoofing_rules() {
-    let r = rules(
-        "[[rule]]\nid = \"doi\"\nkind = \"domestic_on_international\"\nranges = [\"+76\", \"+77\"]\nscore = 100\n\
-         [[rule]]\nid = \"prot\"\nkind = \"protected_caller\"\nscore = 100\n\
-         [[rule]]\nid = \"mm\"\nkind = \"cli_mismatch\"\nscore = 30\n\
-         [[rule]]\nid = \"inv\"\nkind = \"invalid_caller\"\nallocated = [\"+7701\", \"+7727\"]\nscore = 50\n",
-    );
+fn domestic_caller_ids_on_the_international_trunk_are_spoofs_but_russia_is_not() {
+    let r = rules(SPOOFING);
     let w = World::new();
     let mut c = call("+77011234567", "+77020000001", 1);
     assert!(
@@ -329,23 +339,109 @@ fn spoofing_rules() {
         "domestic caller on the mobile trunk"
     );
     c.trunk = Some(TrunkKind::International);
-    assert_eq!(ids(&r, &w.score(&r, &c)), ["doi"]);
-    let mut ru = call("+79161234567", "+77020000001", 1);
-    ru.trunk = Some(TrunkKind::International);
-    let fired = ids(&r, &w.score(&r, &ru));
-    assert!(
-        !fired.contains(&"doi".to_string()),
-        "+7 9xx is Russia, not a Kazakh range"
+    let s = w.score(&r, &c);
+    assert_eq!(ids(&r, &s), ["doi"]);
+    assert_eq!(
+        explain(&r, &w, &s),
+        "doi: PAI is domestic on an international trunk"
     );
-    let c = call("+77272595555", "+77020000001", 1);
-    assert_eq!(ids(&r, &w.score(&r, &c)), ["prot"]);
+    // Russia shares +7: +7 9xx, 4xx are foreign, valid, on either trunk.
+    for ru in ["+79161234567", "+74951234567"] {
+        for trunk in [TrunkKind::International, TrunkKind::Mobile] {
+            let mut c = call(ru, "+77020000001", 1);
+            c.trunk = Some(trunk);
+            assert!(w.score(&r, &c).fired().is_empty(), "{ru} on {trunk:?}");
+        }
+    }
+    // A Kazakhstani number in From with a foreign PAI: still a spoof.
+    let mut c = call("+442079460000", "+77020000001", 1);
+    c.from = n("+77011234567");
+    c.trunk = Some(TrunkKind::International);
+    let s = w.score(&r, &c);
+    assert!(ids(&r, &s).contains(&"doi".to_string()));
+    assert!(
+        explain(&r, &w, &s).starts_with("doi: From is domestic"),
+        "{}",
+        explain(&r, &w, &s)
+    );
+}
+
+#[test]
+fn known_outbound_roamers_calling_home_are_allowed_and_explained() {
+    let r = rules(SPOOFING);
+    let w = World::new();
+    let mut c = call("+77051112233", "+77020000001", 1);
+    c.trunk = Some(TrunkKind::International);
+    let s = w.score(&r, &c);
+    assert_eq!((s.decision, s.score), (Decision::Allow, 0));
+    assert_eq!(
+        explain(&r, &w, &s),
+        "doi: PAI is a known outbound roamer, not counted"
+    );
+    // A roamer's number with a second, non-roaming domestic identity is not
+    // let off.
+    c.display = n("+77011234567");
+    assert_eq!(w.score(&r, &c).decision, Decision::Block);
+}
+
+#[test]
+fn protected_numbers_are_caught_in_every_identity() {
+    let r = rules(SPOOFING);
+    let w = World::new();
+    // In PAI (the A-number).
+    let s = w.score(&r, &call("+77272595555", "+77020000001", 1));
+    assert_eq!(ids(&r, &s), ["prot"]);
     assert_eq!(
         ids(&r, &w.score(&r, &call("102", "+77020000001", 1))),
         ["prot"]
     );
+    // Only in From, with a clean PAI.
+    let mut c = call("+77011234567", "+77020000001", 1);
+    c.from = n("+77272595555");
+    let s = w.score(&r, &c);
+    assert!(ids(&r, &s).contains(&"prot".to_string()));
+    assert!(explain(&r, &w, &s).contains("prot: From is a protected number"));
+    // Only in a display name.
+    let mut c = call("+77011234567", "+77020000001", 1);
+    c.display = n("+7 727 259 5555");
+    let s = w.score(&r, &c);
+    assert_eq!(ids(&r, &s), ["prot"]);
+    assert!(explain(&r, &w, &s).contains("display name is a protected number"));
+}
+
+#[test]
+fn the_allowlist_does_not_hide_a_spoofed_trusted_number() {
+    let r = rules(&format!(
+        "{SPOOFING}[[rule]]\nid = \"v\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 0\nscore = 100\n"
+    ));
+    let w = World::new();
+    // The bank's allowlisted number at home: exempt from behaviour rules.
+    let c = call("+77270000001", "+77020000001", 1);
+    let s = w.score(&r, &c);
+    assert_eq!((s.decision, s.allowlisted), (Decision::Allow, true));
+    assert_eq!(ids(&r, &s), ["allowlist"]);
+    // The same number from abroad: allowlisted, and still a spoof.
+    let mut c = c;
+    c.trunk = Some(TrunkKind::International);
+    let s = w.score(&r, &c);
+    assert!(s.allowlisted);
+    assert_eq!(ids(&r, &s), ["allowlist", "doi"]);
+    assert_eq!(s.decision, Decision::Block);
+}
+
+#[test]
+fn cli_mismatch_adds_to_other_evidence_and_invalid_numbers_are_facts_of_the_plan() {
+    let r = rules(SPOOFING);
+    let w = World::new();
     let mut c = call("+77011234567", "+77020000001", 1);
     c.pai = n("+77011234568");
-    assert_eq!(ids(&r, &w.score(&r, &c)), ["mm"]);
+    let s = w.score(&r, &c);
+    assert_eq!(ids(&r, &s), ["mm"]);
+    assert_eq!(
+        (s.score, s.decision),
+        (30, Decision::Allow),
+        "alone, below flag"
+    );
     c.pai = None;
     assert!(
         w.score(&r, &c).fired().is_empty(),
@@ -353,19 +449,96 @@ fn spoofing_rules() {
     );
     let mut c = call("+77011234567", "+77020000001", 1);
     c.a = None;
+    let s = w.score(&r, &c);
+    assert_eq!(ids(&r, &s), ["inv"], "present but not a number");
     assert_eq!(
-        ids(&r, &w.score(&r, &c)),
-        ["inv"],
-        "present but not a number"
+        explain(&r, &w, &s),
+        "inv: caller number claimed but not a number"
     );
+    // Unallocated, one digit short, two digits long.
+    for (bad, why) in [
+        ("+77991234567", "unallocated"),
+        ("+7701123456", "wrong length"),
+        ("+770112345678", "wrong length"),
+    ] {
+        let s = w.score(&r, &call(bad, "+77020000001", 1));
+        assert_eq!(ids(&r, &s), ["inv"], "{bad}");
+        assert_eq!(
+            explain(&r, &w, &s),
+            format!("inv: caller number invalid ({why})")
+        );
+    }
+    for good in ["+442079460000", "+79161234567", "+77272500000"] {
+        assert!(
+            w.score(&r, &call(good, "+77020000001", 1))
+                .fired()
+                .is_empty(),
+            "{good}"
+        );
+    }
+}
+
+#[test]
+fn old_range_keys_point_at_the_numbering_plan() {
+    let e = file_error("[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"d\"\nkind = \"domestic_on_international\"\nranges = [\"+77\"]\nscore = 1\n");
+    assert!(
+        e.contains("ranges is no longer a rule key: the numbering plan"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_rule_that_keeps_firing_escalates_to_a_block() {
+    let r = rules(
+        "[[rule]]\nid = \"velocity_1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 2\nscore = 50\nescalate = { after = 3, within_s = 600 }\n",
+    );
+    let w = World::new();
+    let a = "+77011234567";
+    let mut decisions = Vec::new();
+    for t in 0..7u32 {
+        let s = w.score(&r, &call(a, &format!("+7702000001{t}"), 10 + t));
+        decisions.push(s.decision);
+        if t == 5 {
+            assert_eq!(
+                explain(&r, &w, &s),
+                "velocity_1m: 6 calls > 2, escalated: fired 3+ times in 600 s"
+            );
+        }
+    }
+    use Decision::*;
+    // Two allowed, then flagged twice, then the third firing blocks.
+    assert_eq!(decisions, [Allow, Allow, Flag, Flag, Block, Block, Block]);
+    // Another caller starts from nothing.
+    let s = w.score(&r, &call("+77011234568", "+77020000001", 20));
+    assert_eq!(s.decision, Allow);
+    assert!(file_error("[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"v\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 2\nscore = 5\nescalate = { after = 0, within_s = 60 }\n").contains("escalate needs after"));
+}
+
+#[test]
+fn fan_out_spares_a_number_its_callees_call_back() {
+    let r = rules(
+        "[[rule]]\nid = \"fan\"\nkind = \"fan_out\"\nwindow_s = 3600\nmax = 10\nmax_called_back = 0.1\nscore = 60\n",
+    );
+    let w = World::new();
+    let (business, simbox) = ("+77272500001", "+77011110000");
+    let mut t = 100;
+    let mut last = (Scored::ALLOW, Scored::ALLOW);
+    for k in 0..15u64 {
+        let callee = format!("+770200{:05}", k);
+        last.0 = w.score(&r, &call(business, &callee, t));
+        last.1 = w.score(&r, &call(simbox, &format!("+770300{:05}", k), t));
+        // Every third of the business's customers calls it back.
+        if k % 3 == 0 {
+            w.score(&r, &call(&callee, business, t + 1));
+        }
+        t += 2;
+    }
+    assert!(last.0.fired().is_empty(), "the business is called back");
+    assert_eq!(ids(&r, &last.1), ["fan"]);
     assert_eq!(
-        ids(&r, &w.score(&r, &call("+77991234567", "+77020000001", 1))),
-        ["inv"]
+        explain(&r, &w, &last.1),
+        "fan: 15 numbers > 10, 0.0% called back"
     );
-    assert!(w
-        .score(&r, &call("+442079460000", "+77020000001", 1))
-        .fired()
-        .is_empty());
 }
 
 #[test]
@@ -398,7 +571,10 @@ fn thresholds_cap_allowlist_and_shadow() {
     );
     let mut text = String::new();
     r.explain(&s, &w.lists(), &mut text).unwrap();
-    assert_eq!(text, "mm: matched; mm2: matched; sh: matched (shadow)");
+    assert_eq!(
+        text,
+        "mm: From and PAI differ; mm2: From and PAI differ; sh: From and PAI differ (shadow)"
+    );
     // Cap: 150.
     let many = rules(
         "[[rule]]\nid = \"a\"\nkind = \"list\"\nlist = \"blocklist\"\nscore = 100\n\
@@ -409,15 +585,20 @@ fn thresholds_cap_allowlist_and_shadow() {
             .score,
         150
     );
-    // The allowlist overrides everything, and says so.
+    // The allowlist exempts from the lists (the callee is blocklisted),
+    // and says so.
     let mut c = call("+77270000001", "+77770000001", 1);
-    c.pai = n("+77011234568");
     let s = w.score(&r, &c);
     assert!(s.allowlisted && s.decision == Decision::Allow);
     assert_eq!(ids(&r, &s), ["allowlist"]);
     let mut text = String::new();
     r.explain(&s, &w.lists(), &mut text).unwrap();
     assert_eq!(text, "allowlist: caller listed (bank)");
+    // But not from the caller-ID rules: a mismatch still counts.
+    c.from = n("+77011234568");
+    let s = w.score(&r, &c);
+    assert_eq!(ids(&r, &s), ["allowlist", "mm", "mm2", "sh"]);
+    assert_eq!(s.decision, Decision::Flag);
 }
 
 #[test]
@@ -481,7 +662,7 @@ fn without_a_rule_file_the_lists_decide_as_the_config_says() {
     l.flag = Some(&flag);
     let r = builtin();
     assert!(r.is_builtin());
-    let score = |c: &CallInput| r.score(c, &l, &w.callers, &w.dest);
+    let score = |c: &CallInput| r.score(c, &l, &w.st);
     let explain = |s: &Scored| {
         let mut t = String::new();
         r.explain(s, &l, &mut t).unwrap();
@@ -490,13 +671,13 @@ fn without_a_rule_file_the_lists_decide_as_the_config_says() {
     // A blocklisted caller: blocked with the policy's score, side named.
     let s = score(&call("+77770000001", "+77020000001", 1));
     assert_eq!((s.decision, s.score), (Decision::Block, 100));
-    assert_eq!(s.fired()[0].side, Some(Side::Caller));
+    assert_eq!(s.fired()[0].who, Some(Who::Caller));
     assert_eq!(explain(&s), "blocklist: caller listed");
     // A blocklisted callee.
     let s = score(&call("+77020000001", "+77770000001", 1));
     assert_eq!(
-        (s.decision, s.fired()[0].side),
-        (Decision::Block, Some(Side::Callee))
+        (s.decision, s.fired()[0].who),
+        (Decision::Block, Some(Who::Callee))
     );
     // Flaglisted, exactly and by range: flagged with the policy's score.
     let s = score(&call("+77009990001", "+77020000001", 1));
@@ -528,22 +709,12 @@ fn list_sides_follow_the_policy() {
         ..ListPolicy::default()
     };
     let r = RuleSet::builtin(&caller_only, &plan());
-    let s = r.score(
-        &call("+77020000001", "+77770000001", 1),
-        &w.lists(),
-        &w.callers,
-        &w.dest,
-    );
+    let s = r.score(&call("+77020000001", "+77770000001", 1), &w.lists(), &w.st);
     assert_eq!(s.decision, Decision::Allow, "the callee is not checked");
     // A rule file's list rule may say otherwise, on purpose.
     let text = "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"bl_callee\"\nkind = \"list\"\nlist = \"blocklist\"\nside = \"callee\"\nscore = 100\n";
     let r = RuleSet::from_toml_str(text, "t.toml", &plan(), &caller_only).unwrap();
-    let s = r.score(
-        &call("+77020000001", "+77770000001", 1),
-        &w.lists(),
-        &w.callers,
-        &w.dest,
-    );
+    let s = r.score(&call("+77020000001", "+77770000001", 1), &w.lists(), &w.st);
     assert_eq!(s.decision, Decision::Block);
 }
 
@@ -558,19 +729,9 @@ fn a_rule_file_without_list_rules_keeps_the_lists_blocking() {
         "[[rule]]\nid = \"velocity_1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 50\n",
     );
     assert!(!r.is_builtin() && r.overrides.is_empty());
-    let s = r.score(
-        &call("+77770000001", "+77020000001", 1),
-        &l,
-        &w.callers,
-        &w.dest,
-    );
+    let s = r.score(&call("+77770000001", "+77020000001", 1), &l, &w.st);
     assert_eq!((s.decision, s.score), (Decision::Block, 100));
-    let s = r.score(
-        &call("+77009990001", "+77020000001", 2),
-        &l,
-        &w.callers,
-        &w.dest,
-    );
+    let s = r.score(&call("+77009990001", "+77020000001", 2), &l, &w.st);
     assert_eq!((s.decision, s.score), (Decision::Flag, 50));
 }
 
@@ -635,4 +796,29 @@ fn built_in_rule_ids_are_reserved_and_the_allowlist_has_no_score() {
         "{head}[[rule]]\nid = \"bl\"\nkind = \"list\"\nlist = \"blocklist\"\nside = \"up\"\nscore = 1\n"
     ))
     .contains("side \"up\" must be caller, callee or both"));
+}
+
+#[test]
+fn a_packed_verdict_explains_itself_the_same_way() {
+    let r = rules(SPOOFING);
+    let w = World::new();
+    let mut c = call("+77011234567", "+77020000001", 1);
+    c.display = n("+77272595555");
+    c.trunk = Some(TrunkKind::International);
+    let s = w.score(&r, &c);
+    assert!(s.fired().len() >= 2);
+    let mut words = [0u64; Scored::PACKED_WORDS];
+    s.pack(&mut words);
+    let back = Scored::unpack(&words);
+    assert_eq!(
+        (
+            back.decision,
+            back.score,
+            back.shadow_decision,
+            back.allowlisted
+        ),
+        (s.decision, s.score, s.shadow_decision, s.allowlisted)
+    );
+    assert_eq!(back.fired(), s.fired());
+    assert_eq!(explain(&r, &w, &back), explain(&r, &w, &s));
 }

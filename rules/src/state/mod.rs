@@ -92,10 +92,10 @@ impl Window {
 
 /// How many velocity windows one tracker keeps per number.
 pub const VELOCITY_SLOTS: usize = 3;
-/// Distinct callees a fan-out window remembers exactly (16-bit hashes).
-pub const FANOUT_EXACT: usize = 12;
+/// Bits in a caller's callee bitmap (eight words).
+pub const FANOUT_BITS: usize = 512;
 
-/// Everything kept about one A-number: 80 bytes.
+/// Everything kept about one A-number: 120 bytes, fifteen words.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CallerState {
     /// Last time the number was seen (for TTL and LRU eviction).
@@ -103,10 +103,14 @@ pub struct CallerState {
     /// Call counts over the rule set's velocity windows, one per slot.
     pub velocity: [Window; VELOCITY_SLOTS],
     fanout_start: u32,
-    fanout_hashes: [u16; FANOUT_EXACT],
-    /// Distinct callees in the current fan-out window (saturating; counts
-    /// every new callee once the exact set is full).
-    fanout_distinct: u16,
+    /// The callees of the current fan-out window, one hashed bit each: the
+    /// distinct count is estimated from the bits still clear (linear
+    /// counting, exact while callees are few, within a few percent up to
+    /// about a thousand), and "has this number called X" is a bit test.
+    fanout_bits: [u64; FANOUT_BITS / 64],
+    /// Calls from this number's callees back to it, in the fan-out window:
+    /// a business is called back, a SIM box is not.
+    callbacks: u16,
     /// Low 32 bits of the last B-number and the length of the run of
     /// consecutive B-numbers ending there.
     last_b: u32,
@@ -122,27 +126,59 @@ pub struct CallerState {
 }
 
 impl CallerState {
-    /// Records callee `b` and returns the distinct callees in the window.
-    pub fn fan_out(&mut self, now: u32, window: u32, b: u64) -> u32 {
+    fn fanout_window(&mut self, now: u32, window: u32) {
         if now.saturating_sub(self.fanout_start) >= window.max(1) || self.fanout_start == 0 {
             self.fanout_start = now;
-            self.fanout_hashes = [0; FANOUT_EXACT];
-            self.fanout_distinct = 0;
+            self.fanout_bits = [0; FANOUT_BITS / 64];
+            self.callbacks = 0;
         }
-        // 0 marks an empty slot, so hashes are never 0.
-        let h = ((b.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16).max(1);
-        let known = self
-            .fanout_hashes
-            .iter()
-            .take(self.fanout_distinct as usize)
-            .any(|&x| x == h);
-        if !known {
-            if let Some(slot) = self.fanout_hashes.get_mut(self.fanout_distinct as usize) {
-                *slot = h;
-            }
-            self.fanout_distinct = self.fanout_distinct.saturating_add(1);
+    }
+
+    fn callee_bit(b: u64) -> (usize, u64) {
+        let h = (b.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) as usize;
+        (h / 64, 1 << (h % 64))
+    }
+
+    /// Records callee `b` and returns the distinct callees in the window.
+    pub fn fan_out(&mut self, now: u32, window: u32, b: u64) -> u32 {
+        self.fanout_window(now, window);
+        let (w, bit) = Self::callee_bit(b);
+        self.fanout_bits[w] |= bit;
+        self.distinct_callees()
+    }
+
+    /// Distinct callees in the window, estimated from the clear bits.
+    pub fn distinct_callees(&self) -> u32 {
+        let set: u32 = self.fanout_bits.iter().map(|w| w.count_ones()).sum();
+        let clear = FANOUT_BITS as u32 - set;
+        if clear == 0 {
+            // Saturated: at least this many.
+            return FANOUT_BITS as u32 * 6;
         }
-        u32::from(self.fanout_distinct)
+        let m = FANOUT_BITS as f64;
+        (-m * (f64::from(clear) / m).ln()).round() as u32
+    }
+
+    /// Whether this number called `b` in its current fan-out window (as of
+    /// `now`); a hashed bit, so a small share of false yeses.
+    pub fn has_called(&self, b: u64, now: u32, window: u32) -> bool {
+        if self.fanout_start == 0 || now.saturating_sub(self.fanout_start) >= window.max(1) {
+            return false;
+        }
+        let (w, bit) = Self::callee_bit(b);
+        self.fanout_bits[w] & bit != 0
+    }
+
+    /// Counts a call from one of this number's callees back to it.
+    pub fn called_back(&mut self) {
+        self.callbacks = self.callbacks.saturating_add(1);
+    }
+
+    /// The share of distinct callees that called back, per mille (at most
+    /// 1000).
+    pub fn called_back_per_mille(&self) -> u32 {
+        let d = self.distinct_callees().max(1);
+        (u32::from(self.callbacks) * 1000 / d).min(1000)
     }
 
     /// Records callee `b`; returns the length of the run of consecutive
@@ -220,7 +256,7 @@ impl Default for OutcomePolicy {
 }
 
 impl Packed for CallerState {
-    const WORDS: usize = 10;
+    const WORDS: usize = 15;
 
     fn unpack(w: &[u64]) -> Self {
         let lo = |x: u64| x as u32;
@@ -231,24 +267,22 @@ impl Packed for CallerState {
             prev: h16(x, 2),
             cur: h16(x, 3),
         };
-        let mut fanout_hashes = [0u16; FANOUT_EXACT];
-        for (i, h) in fanout_hashes.iter_mut().enumerate() {
-            *h = h16(w[4 + i / 4], (i % 4) as u32);
-        }
+        let mut fanout_bits = [0u64; FANOUT_BITS / 64];
+        fanout_bits.copy_from_slice(&w[4..12]);
         CallerState {
             last_seen: lo(w[0]),
             fanout_start: hi(w[0]),
             velocity: [win(w[1]), win(w[2]), win(w[3])],
-            fanout_hashes,
-            fanout_distinct: h16(w[7], 0),
-            run: h16(w[7], 1),
-            last_b: hi(w[7]),
-            outcome_start: lo(w[8]),
-            rings: h16(w[8], 2),
-            short_rings: h16(w[8], 3),
-            answered: h16(w[9], 0),
-            short_answered: h16(w[9], 1),
-            concurrent: h16(w[9], 2),
+            fanout_bits,
+            last_b: lo(w[12]),
+            run: h16(w[12], 2),
+            callbacks: h16(w[12], 3),
+            outcome_start: lo(w[13]),
+            rings: h16(w[13], 2),
+            short_rings: h16(w[13], 3),
+            answered: h16(w[14], 0),
+            short_answered: h16(w[14], 1),
+            concurrent: h16(w[14], 2),
         }
     }
 
@@ -259,101 +293,19 @@ impl Packed for CallerState {
         for (i, v) in self.velocity.iter().enumerate() {
             w[1 + i] = win(v);
         }
-        for k in 0..3 {
-            w[4 + k] = (0..4).fold(0u64, |acc, j| {
-                acc | u64::from(self.fanout_hashes[k * 4 + j]) << (16 * j)
-            });
-        }
-        w[7] = u64::from(self.fanout_distinct)
-            | u64::from(self.run) << 16
-            | u64::from(self.last_b) << 32;
-        w[8] = u64::from(self.outcome_start)
+        w[4..12].copy_from_slice(&self.fanout_bits);
+        w[12] =
+            u64::from(self.last_b) | u64::from(self.run) << 32 | u64::from(self.callbacks) << 48;
+        w[13] = u64::from(self.outcome_start)
             | u64::from(self.rings) << 32
             | u64::from(self.short_rings) << 48;
-        w[9] = u64::from(self.answered)
+        w[14] = u64::from(self.answered)
             | u64::from(self.short_answered) << 16
             | u64::from(self.concurrent) << 32;
     }
 }
 
-/// The table key for a tracked number (a packed [`Number`](crate::Number)
-/// or a destination key): its digits, length and kind folded into 56 bits.
-pub fn state_key(x: u64) -> u64 {
-    table::key_of((x & ((1 << 50) - 1)) | ((x >> 56) & 0x1f) << 50 | (x >> 63) << 55)
-}
-
-/// Bounded per-number state shared by all workers.
-pub struct Tracker {
-    table: Table<CallerState>,
-    ttl_s: u32,
-    /// Numbers not tracked because the tracker was full.
-    pub full_misses: AtomicU64,
-    /// Calls scored without state because another worker held the number's
-    /// state through every retry.
-    pub contended: AtomicU64,
-    /// Numbers dropped by sweeps.
-    pub evicted: AtomicU64,
-}
-
-impl Tracker {
-    /// A tracker for at most `cap` numbers, forgetting a number idle for
-    /// `ttl_s` seconds.
-    pub fn new(cap: usize, ttl_s: u32) -> Tracker {
-        Tracker {
-            table: Table::new(cap),
-            ttl_s: ttl_s.max(1),
-            full_misses: AtomicU64::new(0),
-            contended: AtomicU64::new(0),
-            evicted: AtomicU64::new(0),
-        }
-    }
-
-    /// Numbers tracked now.
-    pub fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    /// True when nothing is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
-
-    /// Bytes held, all allocated at start-up.
-    pub fn heap_bytes(&self) -> usize {
-        self.table.heap_bytes()
-    }
-
-    /// Runs `f` on the state of `number`, creating it if there is room;
-    /// `None` when the tracker is full and the number is new, or when
-    /// another worker held the state through every retry (both counted).
-    pub fn with<R>(
-        &self,
-        number: u64,
-        now: u32,
-        f: impl FnOnce(&mut CallerState) -> R,
-    ) -> Option<R> {
-        let r = self.table.upsert(state_key(number), |s| {
-            s.last_seen = now;
-            f(s)
-        });
-        match r {
-            Ok(r) => Some(r),
-            Err(Miss::Full) => {
-                self.full_misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(Miss::Contended) => {
-                self.contended.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    /// A copy of the state of `number`, if tracked.
-    pub fn get(&self, number: u64) -> Option<CallerState> {
-        self.table.get(state_key(number))
-    }
-
+impl Tracker<CallerState> {
     /// Records how a call from `number` ended.
     pub fn outcome(&self, number: u64, now: u32, o: Outcome, p: &OutcomePolicy) {
         self.with(number, now, |s| {
@@ -385,6 +337,183 @@ impl Tracker {
             };
         });
     }
+}
+
+/// The table key for a tracked number (a packed [`Number`](crate::Number)
+/// or a destination key): its digits, length and kind folded into 56 bits.
+pub fn state_key(x: u64) -> u64 {
+    table::key_of((x & ((1 << 50) - 1)) | ((x >> 56) & 0x1f) << 50 | (x >> 63) << 55)
+}
+
+/// A value a [`Tracker`] keeps per key: it knows when it was last seen,
+/// and whether it must outlive its idle time (a call in progress).
+pub trait Aged: Packed {
+    /// When the key was last seen.
+    fn last_seen(&self) -> u32;
+    /// Marks it seen at `now`.
+    fn touch(&mut self, now: u32);
+    /// True when a sweep must keep it however idle.
+    fn pinned(&self) -> bool {
+        false
+    }
+}
+
+impl Aged for CallerState {
+    fn last_seen(&self) -> u32 {
+        self.last_seen
+    }
+    fn touch(&mut self, now: u32) {
+        self.last_seen = now;
+    }
+    fn pinned(&self) -> bool {
+        self.concurrent > 0
+    }
+}
+
+/// One sliding-window count per key: calls to a premium destination, or
+/// how often a rule fired for a caller (escalation). Two words.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Count {
+    /// When the key was last counted.
+    pub last_seen: u32,
+    /// The count's window.
+    pub window: Window,
+}
+
+impl Packed for Count {
+    const WORDS: usize = 2;
+    fn unpack(w: &[u64]) -> Self {
+        Count {
+            last_seen: w[0] as u32,
+            window: Window {
+                start: w[1] as u32,
+                prev: (w[1] >> 32) as u16,
+                cur: (w[1] >> 48) as u16,
+            },
+        }
+    }
+    fn pack(&self, w: &mut [u64]) {
+        w[0] = u64::from(self.last_seen);
+        w[1] = u64::from(self.window.start)
+            | u64::from(self.window.prev) << 32
+            | u64::from(self.window.cur) << 48;
+    }
+}
+
+impl Aged for Count {
+    fn last_seen(&self) -> u32 {
+        self.last_seen
+    }
+    fn touch(&mut self, now: u32) {
+        self.last_seen = now;
+    }
+}
+
+/// All the behaviour state scoring reads and writes, bounded.
+pub struct State {
+    /// Per A-number.
+    pub callers: Tracker<CallerState>,
+    /// Per premium destination (the matched premium prefix).
+    pub destinations: Tracker<Count>,
+    /// Per caller and escalating rule: how often the rule fired.
+    pub escalations: Tracker<Count>,
+}
+
+impl State {
+    /// State for at most `max_numbers` callers (and a sixteenth as many
+    /// destinations, an eighth as many escalation counts), each forgotten
+    /// after `ttl_s` idle seconds.
+    pub fn new(max_numbers: usize, ttl_s: u32) -> State {
+        State {
+            callers: Tracker::new(max_numbers, ttl_s),
+            destinations: Tracker::new(max_numbers / 16 + 1024, ttl_s),
+            escalations: Tracker::new(max_numbers / 8 + 1024, ttl_s),
+        }
+    }
+
+    /// Sweeps every tracker; returns how many keys went.
+    pub fn sweep(&self, now: u32) -> usize {
+        self.callers.sweep(now) + self.destinations.sweep(now) + self.escalations.sweep(now)
+    }
+
+    /// Bytes reserved, all at start-up.
+    pub fn heap_bytes(&self) -> usize {
+        self.callers.heap_bytes() + self.destinations.heap_bytes() + self.escalations.heap_bytes()
+    }
+}
+
+/// Bounded per-number state shared by all workers.
+pub struct Tracker<V: Aged = CallerState> {
+    table: Table<V>,
+    ttl_s: u32,
+    /// Numbers not tracked because the tracker was full.
+    pub full_misses: AtomicU64,
+    /// Calls scored without state because another worker held the number's
+    /// state through every retry.
+    pub contended: AtomicU64,
+    /// Numbers dropped by sweeps.
+    pub evicted: AtomicU64,
+}
+
+impl<V: Aged> Tracker<V> {
+    /// A tracker for at most `cap` numbers, forgetting a number idle for
+    /// `ttl_s` seconds.
+    pub fn new(cap: usize, ttl_s: u32) -> Tracker<V> {
+        Tracker {
+            table: Table::new(cap),
+            ttl_s: ttl_s.max(1),
+            full_misses: AtomicU64::new(0),
+            contended: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// Numbers tracked now.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Bytes held, all allocated at start-up.
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
+    }
+
+    /// Runs `f` on the state of `number`, creating it if there is room;
+    /// `None` when the tracker is full and the number is new, or when
+    /// another worker held the state through every retry (both counted).
+    pub fn with<R>(&self, number: u64, now: u32, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        let r = self.table.upsert(state_key(number), |s| {
+            s.touch(now);
+            f(s)
+        });
+        match r {
+            Ok(r) => Some(r),
+            Err(Miss::Full) => {
+                self.full_misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(Miss::Contended) => {
+                self.contended.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// A copy of the state of `number`, if tracked.
+    pub fn get(&self, number: u64) -> Option<V> {
+        self.table.get(state_key(number))
+    }
+
+    /// Runs `f` on the state of `number` if it is tracked, without marking
+    /// it seen (something happened *to* it, it did not call).
+    pub fn update_existing<R>(&self, number: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        self.table.update(state_key(number), f)
+    }
 
     /// Drops numbers idle longer than the TTL; then, above 90% of the cap,
     /// the least recently seen down to 80%. Run it off the call path; it
@@ -392,7 +521,7 @@ impl Tracker {
     pub fn sweep(&self, now: u32) -> usize {
         let ttl = self.ttl_s;
         let mut dropped = self.table.retain(
-            |s| now.saturating_sub(s.last_seen) < ttl || s.concurrent > 0,
+            |s| now.saturating_sub(s.last_seen()) < ttl || s.pinned(),
             |_| (),
         );
         let cap = self.table.cap();
@@ -401,7 +530,7 @@ impl Tracker {
             // that keeps the most recent 80% of the cap.
             let mut hist = [0usize; 33];
             self.table.for_each(|s| {
-                let idle = now.saturating_sub(s.last_seen);
+                let idle = now.saturating_sub(s.last_seen());
                 hist[(32 - idle.leading_zeros()) as usize] += 1;
             });
             let keep = cap * 8 / 10;
@@ -415,8 +544,8 @@ impl Tracker {
             }
             dropped += self.table.retain(
                 |s| {
-                    let idle = now.saturating_sub(s.last_seen);
-                    ((32 - idle.leading_zeros()) as usize) < cut || s.concurrent > 0
+                    let idle = now.saturating_sub(s.last_seen());
+                    ((32 - idle.leading_zeros()) as usize) < cut || s.pinned()
                 },
                 |_| (),
             );
@@ -431,14 +560,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_is_80_bytes_and_packs_into_ten_words_losslessly() {
-        assert_eq!(std::mem::size_of::<CallerState>(), 80);
+    fn state_is_120_bytes_and_packs_into_fifteen_words_losslessly() {
+        assert!(std::mem::size_of::<CallerState>() <= 120);
         let mut s = CallerState {
             last_seen: 0xdead_beef,
             fanout_start: 7,
             last_b: 0x1234_5678,
             run: 3,
-            fanout_distinct: 11,
+            callbacks: 11,
             outcome_start: 99,
             rings: 5,
             short_rings: 4,
@@ -447,15 +576,15 @@ mod tests {
             concurrent: 1,
             ..CallerState::default()
         };
-        for (i, h) in s.fanout_hashes.iter_mut().enumerate() {
-            *h = 1000 + i as u16;
+        for (i, h) in s.fanout_bits.iter_mut().enumerate() {
+            *h = 0x0123_4567_89ab_cdef ^ i as u64;
         }
         for (i, w) in s.velocity.iter_mut().enumerate() {
             w.start = 10 + i as u32;
             w.prev = 20 + i as u16;
             w.cur = u16::MAX - i as u16;
         }
-        let mut words = [0u64; 10];
+        let mut words = [0u64; 15];
         s.pack(&mut words);
         let back = CallerState::unpack(&words);
         assert_eq!(format!("{back:?}"), format!("{s:?}"));
@@ -481,14 +610,45 @@ mod tests {
         assert_eq!(s.fan_out(10, 60, 77011110001), 1);
         assert_eq!(s.fan_out(11, 60, 77011110001), 1);
         assert_eq!(s.fan_out(12, 60, 77011110002), 2);
+        // Exact while few; within 3% at a few hundred.
         for k in 3..=30u64 {
-            assert_eq!(s.fan_out(13, 60, 77011110000 + k), k as u32);
+            let got = s.fan_out(13, 60, 77011110000 + k);
+            assert!(got.abs_diff(k as u32) <= 1, "{k}: {got}");
         }
+        let mut big = CallerState::default();
+        let mut got = 0;
+        for k in 0..400u64 {
+            got = big.fan_out(1, 3600, 77020000000 + k * 7919);
+        }
+        assert!(got.abs_diff(400) <= 12, "{got}");
         assert_eq!(
             s.fan_out(80, 60, 77011110001),
             1,
             "a new window starts empty"
         );
+    }
+
+    #[test]
+    fn callbacks_from_callees_are_recognised_within_the_window() {
+        let mut s = CallerState::default();
+        for k in 0..20u64 {
+            s.fan_out(100, 3600, 77020000000 + k);
+        }
+        assert!(s.has_called(77020000005, 200, 3600));
+        // Numbers it never called: false yeses only as often as bits are set
+        // (20 of 512, about 4%).
+        let false_yes = (0..1000u64)
+            .filter(|k| s.has_called(78000000000 + k * 31, 200, 3600))
+            .count();
+        assert!(false_yes < 80, "{false_yes} of 1000");
+        assert!(
+            !s.has_called(77020000005, 100 + 3600, 3600),
+            "the window is over"
+        );
+        for _ in 0..5 {
+            s.called_back();
+        }
+        assert_eq!(s.called_back_per_mille(), 250);
     }
 
     #[test]

@@ -48,7 +48,7 @@ const MAX_PROBE: usize = 128;
 /// Compare-and-swap attempts on an entry another worker holds.
 const SPINS: u32 = 256;
 /// Most value words a type may use.
-pub const MAX_WORDS: usize = 16;
+pub const MAX_WORDS: usize = 20;
 
 /// A value stored as `WORDS` 64-bit words.
 pub trait Packed: Copy + Default {

@@ -42,8 +42,12 @@ impl Handler {
                     if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms == 0) {
                         let ring_ms =
                             now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
-                        self.callers
-                            .outcome(r.a, now, CallOutcome::Cancelled { ring_ms }, &policy);
+                        self.state.callers.outcome(
+                            r.a,
+                            now,
+                            CallOutcome::Cancelled { ring_ms },
+                            &policy,
+                        );
                     }
                 }
                 b"BYE" => {
@@ -51,9 +55,13 @@ impl Handler {
                         let talk_ms = now_ms
                             .saturating_sub(r.answered_ms)
                             .min(u64::from(u32::MAX)) as u32;
-                        self.callers
-                            .outcome(r.a, now, CallOutcome::Answered { talk_ms }, &policy);
-                        self.callers.concurrent(r.a, now, -1);
+                        self.state.callers.outcome(
+                            r.a,
+                            now,
+                            CallOutcome::Answered { talk_ms },
+                            &policy,
+                        );
+                        self.state.callers.concurrent(r.a, now, -1);
                     }
                 }
                 _ => {}
@@ -77,12 +85,12 @@ impl Handler {
                 first.then_some(r.a)
             });
             if let Some(Some(a)) = answered {
-                self.callers.concurrent(a, now, 1);
+                self.state.callers.concurrent(a, now, 1);
             }
         } else if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms == 0) {
             // Refused or rang out (a CANCELled call was removed already).
             let ring_ms = now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
-            self.callers.outcome(
+            self.state.callers.outcome(
                 r.a,
                 now,
                 CallOutcome::Cancelled {

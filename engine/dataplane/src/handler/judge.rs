@@ -8,7 +8,10 @@
 use super::*;
 
 impl Handler {
-    /// Extracts the call facts and scores them; fails open.
+    /// Extracts the call facts and scores them; fails open. A
+    /// retransmission of an INVITE already judged (same Call-ID, CSeq and
+    /// top Via branch, within the transaction window) gets the verdict it
+    /// got, without being scored or counted again.
     pub(super) fn score<'l>(
         &self,
         m: &Message<'_>,
@@ -18,6 +21,15 @@ impl Handler {
         received: Instant,
         set: &'l ListSet,
     ) -> Judged<'l> {
+        let tx = transaction_key(m);
+        if let Some(scored) = self.retransmission(tx, set) {
+            self.metrics.inc(Counter::InviteRetransmissions);
+            return Judged {
+                scored,
+                set,
+                a: None,
+            };
+        }
         self.metrics.inc(Counter::Invites);
         let allow = Judged {
             scored: Scored::ALLOW,
@@ -33,24 +45,31 @@ impl Handler {
             let trunk = self.trunks.lookup(src.ip());
             let b = self.number_of_uri(&c.ruri);
             let rules = &set.rules;
-            let (from, pai, a, a_present) = if rules.needs_identities() {
-                let (from, from_claimed) = self.header_number(m, Hdr::From);
-                let (pai, pai_claimed) = self.header_number(m, Hdr::PAssertedIdentity);
+            let (from, pai, display, a, a_present) = if rules.needs_identities() {
+                let from = self.claim(m, Hdr::From, true);
+                let pai = self.claim(m, Hdr::PAssertedIdentity, true);
                 let a = self.a_order.iter().find_map(|s| match s {
-                    NumberSource::Pai => pai,
-                    NumberSource::From => from,
+                    NumberSource::Pai => pai.number,
+                    NumberSource::From => from.number,
                 });
-                (from, pai, a, from_claimed || pai_claimed)
+                (
+                    from.number,
+                    pai.number,
+                    pai.display.or(from.display),
+                    a,
+                    from.claimed || pai.claimed,
+                )
             } else {
                 // Only the A-number matters: decode its headers in order
                 // and stop at the first number.
                 let a = self.a_number(m);
-                (a, a, a, a.is_some())
+                (a, a, None, a, a.is_some())
             };
             let input = CallInput {
                 a,
                 from,
                 pai,
+                display,
                 a_present,
                 b,
                 trunk: trunk.map(|t| t.kind),
@@ -60,7 +79,7 @@ impl Handler {
                     CallTime::default()
                 },
             };
-            let scored = set.score(&input, &self.callers, &self.destinations);
+            let scored = set.score(&input, &self.state);
             if scored.decision != Decision::Allow || scored.shadow_decision != scored.decision {
                 self.queue_event(m, &scored, a, b, src, conn, trunk);
             }
@@ -73,6 +92,7 @@ impl Handler {
                 allow
             }
         };
+        self.remember(tx, &v.scored, set);
         self.metrics.inc(match v.scored.decision {
             Decision::Allow => Counter::Allowed,
             Decision::Flag => Counter::Flagged,
@@ -113,6 +133,79 @@ impl Handler {
         if tx.try_send(ev).is_err() {
             self.metrics.inc(Counter::VerdictLogDropped);
         }
+    }
+}
+
+/// The key of an INVITE's transaction: Call-ID, CSeq and the top Via's
+/// branch (RFC 3261 section 17.2.3), hashed.
+fn transaction_key(m: &Message<'_>) -> u64 {
+    let mut h = Fnv::default();
+    h.write(m.header(Hdr::CallId).unwrap_or_default());
+    h.write(b"\0");
+    h.write(m.header(Hdr::CSeq).unwrap_or_default());
+    h.write(b"\0");
+    let top = split_values(m.header(Hdr::Via).unwrap_or_default())
+        .next()
+        .unwrap_or_default();
+    h.write(parse_via(top).ok().and_then(|v| v.branch()).unwrap_or(top));
+    table::key_of(h.finish())
+}
+
+impl Handler {
+    /// The verdict an earlier copy of this INVITE got, if it is in the
+    /// window and the snapshot that judged it is still in force.
+    fn retransmission(&self, tx: u64, set: &ListSet) -> Option<Scored> {
+        let t = self.txs.get(tx)?;
+        let age = self.now_ms().saturating_sub(t.created_ms);
+        (age < self.tx_window_ms && t.generation == set.generation).then_some(t.scored)
+    }
+
+    /// Keeps a verdict for the transaction's window (a full table only
+    /// means a retransmission would be scored again: counted).
+    fn remember(&self, tx: u64, scored: &Scored, set: &ListSet) {
+        let rec = TxRec {
+            created_ms: self.now_ms(),
+            generation: set.generation,
+            scored: *scored,
+        };
+        if self.txs.upsert(tx, |t| *t = rec).is_err() {
+            self.metrics.inc(Counter::TransactionsUntracked);
+        }
+    }
+}
+
+/// A judged INVITE transaction: when, under which snapshot, and its
+/// verdict (the first [`Scored::PACKED_FIRED`] rules that fired).
+#[derive(Clone, Copy)]
+pub(super) struct TxRec {
+    pub(super) created_ms: u64,
+    generation: u64,
+    scored: Scored,
+}
+
+impl Default for TxRec {
+    fn default() -> Self {
+        TxRec {
+            created_ms: 0,
+            generation: 0,
+            scored: Scored::ALLOW,
+        }
+    }
+}
+
+impl Packed for TxRec {
+    const WORDS: usize = 2 + Scored::PACKED_WORDS;
+    fn unpack(w: &[u64]) -> Self {
+        TxRec {
+            created_ms: w[0],
+            generation: w[1],
+            scored: Scored::unpack(&w[2..]),
+        }
+    }
+    fn pack(&self, w: &mut [u64]) {
+        w[0] = self.created_ms;
+        w[1] = self.generation;
+        self.scored.pack(&mut w[2..]);
     }
 }
 

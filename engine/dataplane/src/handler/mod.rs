@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use kuzet_rules::ruleset::{CallInput, Decision, Scored};
 use kuzet_rules::state::table::{self, Packed, Table};
-use kuzet_rules::state::{CallTime, Outcome as CallOutcome, Tracker};
+use kuzet_rules::state::{CallTime, Outcome as CallOutcome, State};
 use kuzet_rules::{ListSet, Number, NumberingPlan};
 
 use kuzet_sip::syntax::{
@@ -41,7 +41,7 @@ use crate::metrics::{Counter, Metrics};
 use crate::trunks::{Trunk, TrunkMap};
 
 use calls::CallRec;
-use judge::Judged;
+use judge::{Judged, TxRec};
 use outcome::is_outcome;
 use reply::*;
 pub use validate::Reject;
@@ -98,6 +98,12 @@ pub struct Settings {
     pub idle_ttl_secs: u32,
     /// Local time for rule scopes, minutes east of UTC.
     pub utc_offset_minutes: i32,
+    /// INVITE transactions whose verdict is kept to answer retransmissions
+    /// the same way, at most.
+    pub max_transactions: usize,
+    /// How long a verdict is kept for retransmissions (RFC 3261 Timer B:
+    /// 64 × T1 = 32 s).
+    pub transaction_window: Duration,
 }
 
 impl Default for Settings {
@@ -118,6 +124,8 @@ impl Default for Settings {
             max_tracked_numbers: 1_000_000,
             idle_ttl_secs: 86_400,
             utc_offset_minutes: 300,
+            max_transactions: 262_144,
+            transaction_window: Duration::from_secs(32),
         }
     }
 }
@@ -209,9 +217,12 @@ pub struct Handler {
     reject_unknown: bool,
     unknown_code: u16,
     metrics: Arc<Metrics>,
-    /// Behaviour state: per A-number, and per premium destination.
-    callers: Tracker,
-    destinations: Tracker,
+    /// Behaviour state: per A-number, per premium destination, per
+    /// escalating rule and caller.
+    state: State,
+    /// Verdicts of recent INVITE transactions, for retransmissions.
+    txs: Table<TxRec>,
+    tx_window_ms: u64,
     started: Instant,
     utc_offset_s: i64,
     events: Option<std::sync::mpsc::SyncSender<VerdictEvent>>,
@@ -248,8 +259,9 @@ impl Handler {
             reject_unknown: s.reject_unknown_source,
             unknown_code: s.unknown_source_code,
             metrics,
-            callers: Tracker::new(s.max_tracked_numbers, s.idle_ttl_secs),
-            destinations: Tracker::new(s.max_tracked_numbers / 16 + 1024, s.idle_ttl_secs),
+            state: State::new(s.max_tracked_numbers, s.idle_ttl_secs),
+            txs: Table::new(s.max_transactions),
+            tx_window_ms: s.transaction_window.as_millis() as u64,
             started: Instant::now(),
             utc_offset_s: i64::from(s.utc_offset_minutes) * 60,
             events: None,
@@ -289,12 +301,21 @@ impl Handler {
             |r| now_ms.saturating_sub(r.invited_ms.max(r.answered_ms)) < ttl_ms,
             |r| {
                 if r.answered_ms > 0 {
-                    self.callers.concurrent(r.a, now, -1);
+                    self.state.callers.concurrent(r.a, now, -1);
                     self.metrics.inc(Counter::CallsExpired);
                 }
             },
         );
-        self.callers.sweep(now) + self.destinations.sweep(now)
+        // A transaction's verdict is kept for its window only.
+        let window = self.tx_window_ms;
+        self.txs
+            .retain(|t| now_ms.saturating_sub(t.created_ms) < window, |_| ());
+        self.state.sweep(now)
+    }
+
+    /// Milliseconds since start-up, the clock of calls and transactions.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Calls in progress proxy mode is following.
@@ -305,16 +326,17 @@ impl Handler {
     /// The behaviour state kept for an A-number, if any (for tests and
     /// diagnostics).
     pub fn caller_state(&self, a: Number) -> Option<kuzet_rules::state::CallerState> {
-        self.callers.get(a.raw())
+        self.state.callers.get(a.raw())
     }
 
     /// Numbers tracked now (callers, destinations), and callers scored
     /// without behaviour state because the tracker was full.
     pub fn tracked(&self) -> (usize, usize, u64) {
         (
-            self.callers.len(),
-            self.destinations.len(),
-            self.callers
+            self.state.callers.len(),
+            self.state.destinations.len(),
+            self.state
+                .callers
                 .full_misses
                 .load(std::sync::atomic::Ordering::Relaxed),
         )

@@ -5,28 +5,59 @@
 
 use super::*;
 
+/// What one identity header claims.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Claim {
+    /// The first number in its URIs.
+    pub(super) number: Option<Number>,
+    /// Some URI user part looked like a number (`+` or a digit first),
+    /// whether or not it normalized.
+    pub(super) claimed: bool,
+    /// The digits of its display name, when they are a number.
+    pub(super) display: Option<Number>,
+}
+
 impl Handler {
     /// The number in the first `hdr` header that has one, and whether any
     /// such header claimed a number (a user part starting with '+' or a
     /// digit) at all: a claimed number that does not normalize is invalid.
     pub(super) fn header_number(&self, m: &Message<'_>, hdr: Hdr) -> (Option<Number>, bool) {
-        let mut claimed = false;
+        let c = self.claim(m, hdr, false);
+        (c.number, c.claimed)
+    }
+
+    /// What `hdr` claims; with `display`, the display name's digits too.
+    pub(super) fn claim(&self, m: &Message<'_>, hdr: Hdr, display: bool) -> Claim {
+        let mut c = Claim::default();
         for line in m.all(hdr) {
             for value in split_values(line) {
                 let Ok(na) = parse_name_addr(value) else {
                     continue;
                 };
+                if display && c.display.is_none() {
+                    let d = kuzet_sip::syntax::trim_lws(na.display);
+                    let d = d
+                        .strip_prefix(b"\"")
+                        .and_then(|d| d.strip_suffix(b"\""))
+                        .unwrap_or(d);
+                    if d.first().is_some_and(|b| *b == b'+' || b.is_ascii_digit()) {
+                        c.display = self.plan.normalize(d);
+                    }
+                }
                 let Ok(uri) = parse_uri(na.uri) else { continue };
                 let Some(user) = uri.user else { continue };
-                claimed |= user
+                c.claimed |= user
                     .first()
                     .is_some_and(|b| *b == b'+' || b.is_ascii_digit());
-                if let Some(n) = uri.user_number().and_then(|d| self.plan.normalize(d)) {
-                    return (Some(n), true);
+                if c.number.is_none() {
+                    c.number = uri.user_number().and_then(|d| self.plan.normalize(d));
+                }
+                if c.number.is_some() && (!display || c.display.is_some()) {
+                    return c;
                 }
             }
         }
-        (None, claimed)
+        c
     }
 
     /// The A-number, from the sources in configured order.

@@ -40,26 +40,34 @@ impl Handler {
             (None, _) => Err("caller missing or not a number"),
             (Some(n), Some(b"cancelled")) => match ring {
                 Some(ring_ms) => {
-                    self.callers
-                        .outcome(n.raw(), now, CallOutcome::Cancelled { ring_ms }, &policy);
+                    self.state.callers.outcome(
+                        n.raw(),
+                        now,
+                        CallOutcome::Cancelled { ring_ms },
+                        &policy,
+                    );
                     Ok(())
                 }
                 None => Err("cancelled needs ring_ms"),
             },
             (Some(n), Some(b"answered")) => match talk {
                 Some(talk_ms) => {
-                    self.callers
-                        .outcome(n.raw(), now, CallOutcome::Answered { talk_ms }, &policy);
+                    self.state.callers.outcome(
+                        n.raw(),
+                        now,
+                        CallOutcome::Answered { talk_ms },
+                        &policy,
+                    );
                     Ok(())
                 }
                 None => Err("answered needs talk_ms"),
             },
             (Some(n), Some(b"started")) => {
-                self.callers.concurrent(n.raw(), now, 1);
+                self.state.callers.concurrent(n.raw(), now, 1);
                 Ok(())
             }
             (Some(n), Some(b"ended")) => {
-                self.callers.concurrent(n.raw(), now, -1);
+                self.state.callers.concurrent(n.raw(), now, -1);
                 Ok(())
             }
             _ => Err("outcome must be cancelled, answered, started or ended"),

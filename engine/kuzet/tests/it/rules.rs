@@ -77,9 +77,9 @@ fn rule_file_reloads_atomically_and_a_bad_file_keeps_the_old_rules() {
         status(&resp)
     };
     assert_eq!(blocked_now(0), 302);
-    // Swap in a file whose invalid-caller rule blocks callers outside +7701.
+    // Swap in a file whose velocity rule blocks any second call a minute.
     let stricter = format!(
-        "{RULES}[[rule]]\nid = \"night_owl\"\nkind = \"invalid_caller\"\nallocated = [\"+7701\"]\nscore = 100\n"
+        "{RULES}[[rule]]\nid = \"night_owl\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 0\nscore = 100\n"
     );
     let tmp = dir.write("rules.toml.new", &stricter);
     std::fs::rename(&tmp, &path).unwrap();
@@ -549,7 +549,7 @@ fn verdicts_and_shadow_results_reach_the_log() {
     let resp = ask(&c, addr, &with_pai);
     assert!(header(&resp, "X-Kuzet-Verdict")
         .unwrap()
-        .starts_with("flag;score=40;rules=\"mismatch: matched"));
+        .starts_with("flag;score=40;rules=\"mismatch: From and PAI differ"));
     // Stop at once: verdicts still queued are logged before the process ends.
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -577,7 +577,7 @@ fn verdicts_and_shadow_results_reach_the_log() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("decision=\"flag\"") && l.contains("mismatch: matched")),
+            .any(|l| l.contains("decision=\"flag\"") && l.contains("mismatch: From and PAI differ")),
         "{log}"
     );
 }

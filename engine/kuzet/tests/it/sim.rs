@@ -214,7 +214,8 @@ fn small_scenario_with_the_example_rules() {
 fn rule_reload_mid_run_loses_no_call() {
     let t = small();
     let v1 = "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"blocklist\"\nkind = \"list\"\nlist = \"blocklist\"\nscore = 100\n";
-    let v2 = format!("{v1}[[rule]]\nid = \"doi\"\nkind = \"domestic_on_international\"\nranges = [\"+77\"]\nscore = 100\n");
+    let v2 =
+        format!("{v1}[[rule]]\nid = \"doi\"\nkind = \"domestic_on_international\"\nscore = 100\n");
     let (dir, k) = start_on(
         &t,
         "sim-rule-reload",
