@@ -19,7 +19,7 @@ use kuzet_benches::{number, INVITE};
 use kuzet_dataplane::metrics::Metrics;
 use kuzet_dataplane::Handler;
 use kuzet_rules::ruleset::{CallInput, Decision};
-use kuzet_rules::state::Tracker;
+use kuzet_rules::state::State;
 use kuzet_rules::{ListBuilder, ListSet, NumberingPlan};
 use kuzet_sip::{parse, syntax, Hdr, Transport};
 
@@ -89,7 +89,7 @@ fn bench_lookup(c: &mut Criterion) {
         Arc::new(Metrics::default()),
     );
     // The built-in list rules read no behaviour state; empty trackers.
-    let (callers, dest) = (Tracker::new(16, 60), Tracker::new(16, 60));
+    let st = State::new(16, 60);
     let facts = |m: &kuzet_sip::Message<'_>| {
         let a = handler.a_number(m);
         CallInput {
@@ -105,7 +105,7 @@ fn bench_lookup(c: &mut Criterion) {
     g.bench_function("kuzet_miss", |b| {
         b.iter(|| {
             let m = parse(black_box(INVITE), Transport::Datagram).unwrap();
-            black_box(lists.score(&facts(&m), &callers, &dest));
+            black_box(lists.score(&facts(&m), &st));
         })
     });
     // A hit: the caller is on the list.
@@ -115,7 +115,7 @@ fn bench_lookup(c: &mut Criterion) {
     g.bench_function("kuzet_hit", |b| {
         b.iter(|| {
             let m = parse(black_box(&hit_msg), Transport::Datagram).unwrap();
-            let v = lists.score(&facts(&m), &callers, &dest);
+            let v = lists.score(&facts(&m), &st);
             assert_eq!(v.decision, Decision::Block);
             black_box(v);
         })

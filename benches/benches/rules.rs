@@ -19,7 +19,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use kuzet_benches::dashmap_tracker::DashTracker;
 use kuzet_benches::{number, rss_bytes};
 use kuzet_rules::ruleset::{CallInput, RuleLists, RuleSet};
-use kuzet_rules::state::{CallTime, Tracker};
+use kuzet_rules::state::{CallTime, State, Tracker};
 use kuzet_rules::{ListBuilder, ListPolicy, ListSet, Number, NumberingPlan, TrunkKind};
 
 const TRACKED: u64 = 1_000_000;
@@ -52,6 +52,7 @@ fn input(i: u64, secs: u32) -> CallInput {
         a,
         from: a,
         pai: a,
+        display: None,
         a_present: true,
         b: Number::e164(number(i + 7).to_string().as_bytes()),
         trunk: Some(TrunkKind::Mobile),
@@ -83,11 +84,11 @@ fn bench_rules(c: &mut Criterion) {
         ..ListSet::default()
     };
     let rl: RuleLists<'_> = lists.lists();
-    let callers = Tracker::new(TRACKED as usize + 1000, 86_400);
-    let dest = Tracker::new(10_000, 86_400);
+    let st = State::new(TRACKED as usize + 1000, 86_400);
+    let callers = &st.callers;
     let before = rss_bytes().unwrap_or(0);
     for i in 0..TRACKED {
-        black_box(rules.score(&input(i, 10), &rl, &callers, &dest));
+        black_box(rules.score(&input(i, 10), &rl, &st));
     }
     let after = rss_bytes().unwrap_or(0);
     eprintln!(
@@ -106,13 +107,13 @@ fn bench_rules(c: &mut Criterion) {
     g.bench_function("rules_30", |b| {
         b.iter(|| {
             k = (k + 1) & 4095;
-            black_box(rules.score(black_box(&inputs[k]), &rl, &callers, &dest))
+            black_box(rules.score(black_box(&inputs[k]), &rl, &st))
         })
     });
     g.bench_function("builtin_list_rules_only", |b| {
         b.iter(|| {
             k = (k + 1) & 4095;
-            black_box(builtin.score(black_box(&inputs[k]), &rl, &callers, &dest))
+            black_box(builtin.score(black_box(&inputs[k]), &rl, &st))
         })
     });
     g.finish();
@@ -150,7 +151,7 @@ fn contended(iters: u64, per_call: impl Fn(u64) + Sync, sweep: impl Fn() + Sync)
 
 fn bench_contention(c: &mut Criterion) {
     const N: u64 = 1_000_000;
-    let table = Arc::new(Tracker::new(N as usize, 3600));
+    let table: Arc<Tracker> = Arc::new(Tracker::new(N as usize, 3600));
     let dash = Arc::new(DashTracker::new(N as usize));
     // The state update scoring does: one velocity window and the fan-out.
     let update = |s: &mut kuzet_rules::state::CallerState, i: u64| {

@@ -25,7 +25,7 @@ use kuzet_benches::{number, INVITE};
 use kuzet_dataplane::metrics::Metrics;
 use kuzet_dataplane::Handler;
 use kuzet_rules::ruleset::CallInput;
-use kuzet_rules::state::Tracker;
+use kuzet_rules::state::State;
 use kuzet_rules::{ListBuilder, ListSet, NumberingPlan};
 use kuzet_sip::{parse, syntax, Transport};
 
@@ -104,7 +104,7 @@ fn bench_evaluate(c: &mut Criterion) {
         block: b.finish(),
         ..ListSet::default()
     };
-    let (callers, dest) = (Tracker::new(16, 60), Tracker::new(16, 60));
+    let st = State::new(16, 60);
     let naive_allow: HashMap<String, String> = HashMap::new();
     let naive_flag: HashMap<String, String> = HashMap::new();
     let a = plan.normalize(b"+77019876543");
@@ -112,6 +112,7 @@ fn bench_evaluate(c: &mut Criterion) {
         a,
         from: a,
         pai: a,
+        display: None,
         a_present: true,
         b: plan.normalize(b"+77015550123"),
         ..CallInput::default()
@@ -119,7 +120,7 @@ fn bench_evaluate(c: &mut Criterion) {
     let (a, bn) = ("+77019876543".to_string(), "+77015550123".to_string());
     let mut g = c.benchmark_group("verdict_100k_list_miss");
     g.bench_function("kuzet_builtin_list_rules", |bch| {
-        bch.iter(|| black_box(lists.score(black_box(&facts), &callers, &dest)))
+        bch.iter(|| black_box(lists.score(black_box(&facts), &st)))
     });
     g.bench_function("hashmap_string_baseline", |bch| {
         bch.iter(|| {
