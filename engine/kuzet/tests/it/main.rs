@@ -7,6 +7,7 @@
 
 mod architecture;
 mod common;
+mod identity;
 mod kamailio;
 mod rfc4475;
 mod rules;
