@@ -660,9 +660,11 @@ impl Driver<'_> {
             self.send(i, Msg::Bye { to })?;
         }
         if state != State::Done {
+            // A flag, or a redirect to the anti-fraud desk: detected, not
+            // blocked.
             let flagged = m
                 .header_named(b"X-Kuzet-Verdict")
-                .is_some_and(|v| v.starts_with(b"flag"));
+                .is_some_and(|v| v.starts_with(b"flag") || v.starts_with(b"redirect"));
             self.finish(i, status, flagged, now);
         }
         Ok(())
@@ -755,8 +757,14 @@ impl Leg<'_> {
         out.push(b'-');
         kuzet_sip::push_u64(out, u64::from(self.run));
         out.extend_from_slice(branch);
-        out.extend_from_slice(b"\r\nMax-Forwards: 70\r\nFrom: <sip:");
-        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\nMax-Forwards: 70\r\nFrom: ");
+        if let Some(d) = &self.call.display {
+            out.push(b'"');
+            out.extend_from_slice(d.as_bytes());
+            out.extend_from_slice(b"\" ");
+        }
+        out.extend_from_slice(b"<sip:");
+        out.extend_from_slice(self.call.from.as_deref().map_or(a, str::as_bytes));
         out.push(b'@');
         push_addr(out, self.local);
         out.extend_from_slice(b">;tag=f");
@@ -831,9 +839,37 @@ mod tests {
             source: 0,
             trunk: 0,
             a: "+77011234567".into(),
+            from: None,
+            display: None,
             b: "87021234567".into(),
             behaviour: Behaviour::NoAnswer,
         }
+    }
+
+    #[test]
+    fn from_and_display_name_are_written_as_the_call_says() {
+        let mut c = call();
+        c.from = Some("+77272595555".into());
+        c.display = Some("+7 727 259 5555".into());
+        let leg = Leg {
+            call: &c,
+            i: 1,
+            run: 0,
+            local: "127.0.0.1:5000".parse().unwrap(),
+            target: "127.0.0.1:5060".parse().unwrap(),
+            proto: Proto::Udp,
+        };
+        let mut out = Vec::new();
+        leg.write(&mut out, Msg::Invite);
+        let m = sip::parse(&out, sip::Transport::Datagram).unwrap();
+        assert_eq!(
+            m.header(Hdr::From),
+            Some(&b"\"+7 727 259 5555\" <sip:+77272595555@127.0.0.1:5000>;tag=f1"[..])
+        );
+        assert_eq!(
+            m.header(Hdr::PAssertedIdentity),
+            Some(&b"<sip:+77011234567@127.0.0.1:5000>"[..])
+        );
     }
 
     #[test]

@@ -11,8 +11,14 @@
 //!   precision a detector would have on traffic made of that category and
 //!   the legitimate calls alone. It is null when nothing was detected;
 //! - `false_positive_rate = detected legitimate calls / legitimate calls`;
+//! - per legitimate kind, `false_positive_rate = detected / calls`;
 //! - per campaign, `calls_before_detection` counts the campaign's calls
-//!   sent before its first detected one (null if none was detected).
+//!   sent before its first detected one (null if none was detected);
+//!   per caller (A-number) of the campaign that was detected,
+//!   `worst_calls_to_block` is the most calls any caller made from its
+//!   first detected call to its first blocked one (0 when the first
+//!   detection was a block), and `callers_never_blocked` counts the
+//!   detected callers never blocked.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -88,6 +94,9 @@ pub struct Category {
     /// Fraud kinds: share of this kind's calls that were detected; null for
     /// legitimate kinds.
     pub recall: Option<f64>,
+    /// Legitimate kinds: share of this kind's calls that were detected;
+    /// null for fraud kinds.
+    pub false_positive_rate: Option<f64>,
 }
 
 /// How one fraud campaign fared.
@@ -101,6 +110,12 @@ pub struct Campaign {
     pub detected: u64,
     /// Calls sent before its first detected one; null if none was detected.
     pub calls_before_detection: Option<u64>,
+    /// Of the campaign's callers that were detected, the most calls one
+    /// made from its first detection to its first block (0: blocked at
+    /// once); null when no caller was detected.
+    pub worst_calls_to_block: Option<u64>,
+    /// Detected callers never blocked in the run.
+    pub callers_never_blocked: u64,
 }
 
 /// How one final answer counts.
@@ -155,8 +170,15 @@ pub fn build(traffic: &Traffic, results: &[CallResult], stats: &RunStats) -> Rep
             );
         }
     }
+    // Per campaign caller: calls since its first detection, and whether it
+    // has been blocked since.
+    // Callers are told apart by their normalized number: one caller's
+    // number is written in several formats.
+    let plan = kuzet_rules::NumberingPlan::kazakhstan();
+    let mut callers: BTreeMap<(&str, String), (u64, bool)> = BTreeMap::new();
     for (i, r) in results.iter().enumerate() {
-        let src = &traffic.sources[traffic.calls[i % len].source as usize];
+        let call = &traffic.calls[i % len];
+        let src = &traffic.sources[call.source as usize];
         let o = Outcome::of(r);
         if r.status != 0 {
             *status.entry(r.status).or_default() += 1;
@@ -176,16 +198,44 @@ pub fn build(traffic: &Traffic, results: &[CallResult], stats: &RunStats) -> Rep
             }
             k.calls += 1;
             k.detected += u64::from(o.detected());
+            let who = plan
+                .normalize(call.a.as_bytes())
+                .map_or_else(|| call.a.clone(), |n| n.to_string());
+            let key = (src.name.as_str(), who);
+            match callers.get_mut(&key) {
+                Some((n, blocked)) if !*blocked => {
+                    *n += 1;
+                    *blocked = o == Outcome::Blocked;
+                }
+                Some(_) => {}
+                None if o.detected() => {
+                    callers.insert(key, (0, o == Outcome::Blocked));
+                }
+                None => {}
+            }
+        }
+    }
+    for ((name, _), (n, blocked)) in &callers {
+        if let Some(k) = camps.get_mut(*name) {
+            if *blocked {
+                k.worst_calls_to_block = Some(k.worst_calls_to_block.unwrap_or(0).max(*n));
+            } else {
+                k.callers_never_blocked += 1;
+            }
         }
     }
     let (legit_calls, legit_detected) = cats
         .values()
         .filter(|c| !c.fraud)
         .fold((0, 0), |(n, d), c| (n + c.calls, d + c.blocked + c.flagged));
-    for c in cats.values_mut().filter(|c| c.fraud) {
+    for c in cats.values_mut() {
         let det = c.blocked + c.flagged;
-        c.recall = ratio(det, c.calls);
-        c.precision = ratio(det, det + legit_detected).filter(|_| det > 0);
+        if c.fraud {
+            c.recall = ratio(det, c.calls);
+            c.precision = ratio(det, det + legit_detected).filter(|_| det > 0);
+        } else {
+            c.false_positive_rate = ratio(det, c.calls);
+        }
     }
     let h = &stats.latency;
     let q = |p: f64| {
@@ -257,7 +307,7 @@ impl Report {
         let _ = writeln!(s, "answers: {}", codes.join("  "));
         let _ = writeln!(
             s,
-            "\n{:<22} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9} {:>9}",
+            "\n{:<22} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9}",
             "category",
             "fraud",
             "calls",
@@ -267,12 +317,13 @@ impl Report {
             "other",
             "t/o",
             "precision",
-            "recall"
+            "recall",
+            "FP rate"
         );
         for (name, c) in &self.categories {
             let _ = writeln!(
                 s,
-                "{:<22} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9} {:>9}",
+                "{:<22} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9}",
                 name,
                 if c.fraud { "yes" } else { "no" },
                 c.calls,
@@ -282,7 +333,8 @@ impl Report {
                 c.other,
                 c.timeouts,
                 pct(c.precision),
-                pct(c.recall)
+                pct(c.recall),
+                pct(c.false_positive_rate)
             );
         }
         let _ = writeln!(
@@ -292,19 +344,28 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "\n{:<24} {:<16} {:>8} {:>9} {:>22}",
-            "campaign", "kind", "calls", "detected", "calls before detection"
+            "\n{:<24} {:<16} {:>8} {:>9} {:>22} {:>14} {:>13}",
+            "campaign",
+            "kind",
+            "calls",
+            "detected",
+            "calls before detection",
+            "worst to block",
+            "never blocked"
         );
+        let never = || "never".to_string();
         for (name, c) in &self.campaigns {
             let _ = writeln!(
                 s,
-                "{:<24} {:<16} {:>8} {:>9} {:>22}",
+                "{:<24} {:<16} {:>8} {:>9} {:>22} {:>14} {:>13}",
                 name,
                 c.kind,
                 c.calls,
                 c.detected,
                 c.calls_before_detection
-                    .map_or_else(|| "never".to_string(), |v| v.to_string())
+                    .map_or_else(never, |v| v.to_string()),
+                c.worst_calls_to_block.map_or_else(never, |v| v.to_string()),
+                c.callers_never_blocked
             );
         }
         s
@@ -331,6 +392,8 @@ mod tests {
             source,
             trunk: 0,
             a: String::new(),
+            from: None,
+            display: None,
             b: String::new(),
             behaviour: Behaviour::NoAnswer,
         };
@@ -407,6 +470,9 @@ mod tests {
         assert_eq!(rep.campaigns["bl"].detected, 2);
         assert_eq!(rep.campaigns["wg"].calls_before_detection, None);
         assert!(!rep.campaigns.contains_key("people"));
+        assert_eq!(people.false_positive_rate, Some(0.25));
+        assert_eq!(bl.false_positive_rate, None);
+        assert_eq!(rep.campaigns["bl"].worst_calls_to_block, Some(0));
         // 7 samples 100..700: the median is the 4th, 400.
         assert_eq!(rep.latency_us.p50, 400);
         assert_eq!(rep.latency_us.max, 700);
@@ -418,4 +484,67 @@ mod tests {
     }
 
     use hdrhistogram::Histogram;
+
+    /// Per caller, in any written format of its number: calls from the
+    /// first detection to the first block, and callers never blocked.
+    #[test]
+    fn calls_from_detection_to_block_are_counted_per_caller() {
+        let call = |a: &str| Call {
+            at_us: 0,
+            source: 0,
+            trunk: 0,
+            a: a.into(),
+            from: None,
+            display: None,
+            b: String::new(),
+            behaviour: Behaviour::NoAnswer,
+        };
+        let traffic = Traffic {
+            calls: vec![
+                call("+77011234567"),
+                call("87011234567"),
+                call("+7 701 123 45 67"),
+                call("8 701 123 45 67"),
+                call("+77011234568"),
+                call("+77011234568"),
+            ],
+            sources: vec![SourceInfo {
+                name: "sims".into(),
+                kind: Kind::Simbox,
+                trunk: 0,
+            }],
+            trunks: vec![],
+            files: EngineFiles::default(),
+            duration_us: 1,
+        };
+        let r = |status, flagged| CallResult {
+            status,
+            flagged,
+            latency_us: 1,
+            retransmissions: 0,
+        };
+        let results = [
+            r(302, false), // first caller: not detected
+            r(302, true),  // detected (flag)
+            r(302, true),  // flagged again: 1 call since detection
+            r(603, false), // blocked: 2 calls from detection to block
+            r(302, true),  // second caller: flagged
+            r(302, true),  // never blocked
+        ];
+        let stats = RunStats {
+            sent: 6,
+            answered: 6,
+            timeouts: 0,
+            retransmissions: 0,
+            stray: 0,
+            cancels: 0,
+            elapsed: Duration::from_secs(1),
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
+        };
+        let rep = build(&traffic, &results, &stats);
+        let c = &rep.campaigns["sims"];
+        assert_eq!(c.calls_before_detection, Some(1));
+        assert_eq!(c.worst_calls_to_block, Some(2));
+        assert_eq!(c.callers_never_blocked, 1);
+    }
 }

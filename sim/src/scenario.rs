@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-/// What a traffic source does. The first four are legitimate; the rest are
-/// fraud campaigns, one per pattern kuzet must catch.
+/// What a traffic source does. The first seven are legitimate; the rest
+/// are fraud campaigns, one per pattern kuzet must catch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -25,6 +25,20 @@ pub enum Kind {
     /// A few numbers calling many people: bank call centre, taxi dispatch,
     /// delivery service.
     HighVolume,
+    /// Callers from Russia (+7 9xx, sharing code 7): on the international
+    /// trunk, or roaming on the mobile network.
+    RussianCallers,
+    /// The operator's own subscribers roaming abroad, calling home through
+    /// an international carrier with their domestic number (listed in the
+    /// roamers file the scenario writes).
+    OutboundRoamers,
+    /// Enterprise PBXs: P-Asserted-Identity carries the main number, From
+    /// an extension's direct number.
+    Pbx,
+    /// Busy business lines that are not allowlisted (a clinic's reminders,
+    /// a courier's dispatch): many distinct callees, a share of whom call
+    /// back.
+    Business,
     /// Fraud: callers on the blocklist the scenario writes.
     Blocklist,
     /// Fraud: callers reported in the National Bank feed.
@@ -41,14 +55,21 @@ pub enum Kind {
     Sequential,
     /// Fraud: calls pumped to international premium-rate destinations.
     Irsf,
+    /// Fraud: a trusted (allowlisted) number, a bank's own, spoofed from
+    /// abroad.
+    AllowlistSpoof,
 }
 
 impl Kind {
     /// Every kind, legitimate ones first, in declaration order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Subscribers,
         Kind::InboundInternational,
         Kind::HighVolume,
+        Kind::RussianCallers,
+        Kind::OutboundRoamers,
+        Kind::Pbx,
+        Kind::Business,
         Kind::Blocklist,
         Kind::NbFeed,
         Kind::CliSpoof,
@@ -57,6 +78,7 @@ impl Kind {
         Kind::Simbox,
         Kind::Sequential,
         Kind::Irsf,
+        Kind::AllowlistSpoof,
     ];
 
     /// The name used in scenario files and reports.
@@ -65,6 +87,10 @@ impl Kind {
             Kind::Subscribers => "subscribers",
             Kind::InboundInternational => "inbound_international",
             Kind::HighVolume => "high_volume",
+            Kind::RussianCallers => "russian_callers",
+            Kind::OutboundRoamers => "outbound_roamers",
+            Kind::Pbx => "pbx",
+            Kind::Business => "business",
             Kind::Blocklist => "blocklist",
             Kind::NbFeed => "nb_feed",
             Kind::CliSpoof => "cli_spoof",
@@ -73,6 +99,7 @@ impl Kind {
             Kind::Simbox => "simbox",
             Kind::Sequential => "sequential",
             Kind::Irsf => "irsf",
+            Kind::AllowlistSpoof => "allowlist_spoof",
         }
     }
 
@@ -80,14 +107,22 @@ impl Kind {
     pub fn is_fraud(self) -> bool {
         !matches!(
             self,
-            Kind::Subscribers | Kind::InboundInternational | Kind::HighVolume
+            Kind::Subscribers
+                | Kind::InboundInternational
+                | Kind::HighVolume
+                | Kind::RussianCallers
+                | Kind::OutboundRoamers
+                | Kind::Pbx
+                | Kind::Business
         )
     }
 
     fn default_trunk(self) -> &'static str {
         match self {
             Kind::Subscribers | Kind::Simbox | Kind::Irsf => "mobile",
-            Kind::HighVolume | Kind::NbFeed | Kind::Sequential => "domestic",
+            Kind::HighVolume | Kind::NbFeed | Kind::Sequential | Kind::Pbx | Kind::Business => {
+                "domestic"
+            }
             _ => "international",
         }
     }
@@ -195,6 +230,45 @@ pub struct Source {
     /// irsf: premium destination prefixes (E.164 with +).
     #[serde(default)]
     pub numbers: Vec<String>,
+    /// protected_spoof and cli_spoof: which identity carries the spoofed
+    /// number.
+    #[serde(default)]
+    pub identity: Identity,
+    /// inbound_international and russian_callers: numbers written without
+    /// their '+', as some carriers send them.
+    #[serde(default)]
+    pub no_plus: bool,
+    /// Share of calls nobody answered that the caller dials again (1 to 3
+    /// times, 30 to 120 s apart).
+    #[serde(default)]
+    pub redial_ratio: f64,
+    /// business: share of callees who call the line back.
+    #[serde(default = "default_callback_ratio")]
+    pub callback_ratio: f64,
+    /// business: mean delay before a callee calls back, seconds.
+    #[serde(default = "default_callback_delay")]
+    pub callback_mean_s: f64,
+}
+
+/// Where a spoofing campaign puts its spoofed number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Identity {
+    /// In P-Asserted-Identity and From alike.
+    #[default]
+    Pai,
+    /// In From only; P-Asserted-Identity carries a clean (protected_spoof)
+    /// or foreign (cli_spoof) number.
+    From,
+    /// In the From display name only; the URIs carry a clean number.
+    Display,
+}
+
+fn default_callback_ratio() -> f64 {
+    0.3
+}
+fn default_callback_delay() -> f64 {
+    120.0
 }
 
 fn default_seed() -> u64 {
@@ -353,7 +427,39 @@ impl Scenario {
                     "allowlisted applies to high_volume only".to_string(),
                 ));
             }
-            let needs_numbers = matches!(s.kind, Kind::ProtectedSpoof | Kind::Irsf);
+            for (what, ok) in [
+                ("redial_ratio", (0.0..=1.0).contains(&s.redial_ratio)),
+                ("callback_ratio", (0.0..=1.0).contains(&s.callback_ratio)),
+                (
+                    "callback_mean_s",
+                    s.callback_mean_s > 0.0 && s.callback_mean_s.is_finite(),
+                ),
+            ] {
+                if !ok {
+                    return Err(bad(here, format!("{what} is out of range")));
+                }
+            }
+            if s.identity != Identity::Pai
+                && !matches!(s.kind, Kind::ProtectedSpoof | Kind::CliSpoof)
+            {
+                return Err(bad(
+                    here,
+                    "identity applies to protected_spoof and cli_spoof only".to_string(),
+                ));
+            }
+            if s.identity == Identity::Display && s.kind == Kind::CliSpoof {
+                return Err(bad(
+                    here,
+                    "cli_spoof takes identity = \"pai\" or \"from\"".to_string(),
+                ));
+            }
+            if s.kind == Kind::Pbx && s.callers * 10 > crate::traffic::MAX_CALLERS {
+                return Err(bad(here, "pbx: at most 10,000 PBXs (callers)".to_string()));
+            }
+            let needs_numbers = matches!(
+                s.kind,
+                Kind::ProtectedSpoof | Kind::Irsf | Kind::AllowlistSpoof
+            );
             if needs_numbers && s.numbers.is_empty() {
                 return Err(bad(
                     here,

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::population::{format_kz, Rng};
-use crate::scenario::{Kind, Scenario, Source};
+use crate::scenario::{Identity, Kind, Scenario, Source};
 
 /// Callers of source `s` are `+7 777 SS NNNNN`: at most this many per source.
 pub const MAX_CALLERS: u64 = 100_000;
@@ -56,8 +56,14 @@ pub struct Call {
     pub source: u16,
     /// Index into [`Traffic::trunks`].
     pub trunk: u8,
-    /// A-number as written in From and P-Asserted-Identity.
+    /// A-number as written in P-Asserted-Identity (and in From, unless
+    /// `from` says otherwise): the number kuzet scores.
     pub a: String,
+    /// The From user when it differs from the A-number (a PBX's direct
+    /// number, a spoofed identity).
+    pub from: Option<String>,
+    /// A display name for From (a spoofed number's digits, say).
+    pub display: Option<String>,
     /// B-number as written in the Request-URI and To.
     pub b: String,
     /// What the caller does once the call is let through.
@@ -103,6 +109,8 @@ pub struct EngineFiles {
     pub protected: String,
     /// Premium-rate and IRSF destination prefixes.
     pub premium: String,
+    /// The operator's subscribers roaming abroad.
+    pub roamers: String,
 }
 
 impl Traffic {
@@ -133,6 +141,9 @@ impl Traffic {
         files
             .premium
             .push_str("# premium-rate destination prefixes written by kuzet-sim\n");
+        files
+            .roamers
+            .push_str("# subscribers roaming abroad (an HLR export) written by kuzet-sim\n");
         for (si, s) in sources.iter().enumerate() {
             if s.callers > MAX_CALLERS {
                 return Err(format!(
@@ -147,7 +158,11 @@ impl Traffic {
                 trunk,
             });
             write_lists(sc, si, s, &mut files);
-            generate_source(sc, si, s, trunk, duration_us, &mut calls);
+            let mobile = trunks
+                .iter()
+                .position(|(n, _)| n == "mobile")
+                .unwrap_or(trunk as usize) as u8;
+            generate_source(sc, si, s, (trunk, mobile), duration_us, &mut calls);
         }
         let mut rng = Rng::new(sc.seed ^ 0xB10C);
         for i in 0..sc.lists.extra_blocklist {
@@ -184,6 +199,7 @@ impl Traffic {
         put("allowlist.txt", &f.allowlist)?;
         put("protected.txt", &f.protected)?;
         put("premium.txt", &f.premium)?;
+        put("roamers.txt", &f.roamers)?;
         put("kuzet.toml", &self.kuzet_toml())?;
         let kam = dir.join("kamailio");
         std::fs::create_dir_all(&kam)?;
@@ -205,7 +221,8 @@ impl Traffic {
              blocklist = [\"blocklist.txt\", \"nbfeed.txt\"]\n\
              allowlist = [\"allowlist.txt\"]\n\
              protected = [\"protected.txt\"]\n\
-             premium = [\"premium.txt\"]\n\n",
+             premium = [\"premium.txt\"]\n\
+             roamers = [\"roamers.txt\"]\n\n",
         );
         for (name, ip) in &self.trunks {
             // A trunk named after a kind is that kind; any other is "other".
@@ -287,6 +304,17 @@ fn write_lists(sc: &Scenario, si: usize, s: &Source, f: &mut EngineFiles) {
                 let _ = writeln!(f.protected, "{n},{}", s.name);
             }
         }
+        // The trusted numbers are the bank's own: on the allowlist.
+        Kind::AllowlistSpoof => {
+            for n in &s.numbers {
+                let _ = writeln!(f.allowlist, "{n},bank (spoofed by {})", s.name);
+            }
+        }
+        Kind::OutboundRoamers => {
+            for j in 0..s.callers {
+                let _ = writeln!(f.roamers, "{}", format_kz(caller_nsn(si, j), j, false));
+            }
+        }
         Kind::Irsf | Kind::Wangiri => {
             for n in list_numbers(s, &DEFAULT_WANGIRI) {
                 let _ = writeln!(f.premium, "{n}*,{}", s.name);
@@ -300,7 +328,7 @@ fn generate_source(
     sc: &Scenario,
     si: usize,
     s: &Source,
-    trunk: u8,
+    (trunk, mobile): (u8, u8),
     duration_us: u64,
     out: &mut Vec<Call>,
 ) {
@@ -327,20 +355,76 @@ fn generate_source(
         let style = rng.below(4);
         let subscriber =
             |rng: &mut Rng| format_kz(subs.first + rng.below(subs.count), rng.below(4), true);
+        let (mut from, mut display) = (None, None);
         let (a, b) = match s.kind {
             Kind::Subscribers => (subscriber(&mut rng), subscriber(&mut rng)),
             Kind::InboundInternational => {
                 let p = &foreign_prefixes[(j % foreign_prefixes.len() as u64) as usize];
-                (foreign(p, j), subscriber(&mut rng))
+                (plus(foreign(p, j), s.no_plus), subscriber(&mut rng))
             }
+            Kind::RussianCallers => (plus(russian(j), s.no_plus), subscriber(&mut rng)),
             Kind::Wangiri => {
                 let p = &premium[(j % premium.len() as u64) as usize];
                 (foreign(p, j), subscriber(&mut rng))
             }
-            Kind::ProtectedSpoof => (
-                s.numbers[(j % s.numbers.len() as u64) as usize].clone(),
-                subscriber(&mut rng),
-            ),
+            Kind::ProtectedSpoof | Kind::AllowlistSpoof => {
+                let spoofed = s.numbers[(j % s.numbers.len() as u64) as usize].clone();
+                match s.identity {
+                    Identity::Pai => (spoofed, subscriber(&mut rng)),
+                    Identity::From => {
+                        from = Some(spoofed);
+                        (format_kz(caller_nsn(si, j), 0, true), subscriber(&mut rng))
+                    }
+                    Identity::Display => {
+                        display = Some(spoofed);
+                        (format_kz(caller_nsn(si, j), 0, true), subscriber(&mut rng))
+                    }
+                }
+            }
+            Kind::CliSpoof if s.identity == Identity::From => {
+                // A domestic number in From, a foreign one in PAI.
+                from = Some(format_kz(caller_nsn(si, j), style, true));
+                (
+                    foreign(DEFAULT_FOREIGN[(j % 4) as usize], j),
+                    subscriber(&mut rng),
+                )
+            }
+            Kind::Pbx => {
+                // PAI: the PBX's main number; From: an extension's DID.
+                from = Some(format_kz(
+                    caller_nsn(si, j * 10 + 1 + rng.below(9)),
+                    0,
+                    true,
+                ));
+                (
+                    format_kz(caller_nsn(si, j * 10), 0, true),
+                    subscriber(&mut rng),
+                )
+            }
+            Kind::Business => {
+                let line = format_kz(caller_nsn(si, j), 0, true);
+                let callee = subscriber(&mut rng);
+                // Some customers call the line back a while later.
+                if unit(&mut rng) < s.callback_ratio {
+                    let at = t + -(1.0 - unit(&mut rng)).ln() * s.callback_mean_s * 1e6;
+                    if at < end as f64 {
+                        out.push(Call {
+                            at_us: at as u64,
+                            source: si as u16,
+                            trunk: mobile,
+                            a: callee.clone(),
+                            from: None,
+                            display: None,
+                            b: line.clone(),
+                            behaviour: Behaviour::Answer {
+                                after_ms: 2_000 + rng.below(6_000) as u32,
+                                talk_ms: 60_000,
+                            },
+                        });
+                    }
+                }
+                (line, callee)
+            }
             Kind::Sequential => {
                 if next_b.is_empty() {
                     next_b = (0..s.callers.min(10_000))
@@ -367,15 +451,51 @@ fn generate_source(
                 subscriber(&mut rng),
             ),
         };
-        let behaviour = behaviour(s, &mut rng);
+        let first = behaviour(s, &mut rng);
+        // Nobody answered: some callers try again, 30-120 s apart.
+        if first == Behaviour::NoAnswer && unit(&mut rng) < s.redial_ratio {
+            let mut at = t;
+            for _ in 0..1 + rng.below(3) {
+                at += (30.0 + 90.0 * unit(&mut rng)) * 1e6;
+                if at >= end as f64 {
+                    break;
+                }
+                out.push(Call {
+                    at_us: at as u64,
+                    source: si as u16,
+                    trunk,
+                    a: a.clone(),
+                    from: from.clone(),
+                    display: display.clone(),
+                    b: b.clone(),
+                    behaviour: behaviour(s, &mut rng),
+                });
+            }
+        }
         out.push(Call {
             at_us: t as u64,
             source: si as u16,
             trunk,
             a,
+            from,
+            display,
             b,
-            behaviour,
+            behaviour: first,
         });
+    }
+}
+
+/// A Russian mobile number, +7 9xx xxx xx xx.
+fn russian(j: u64) -> String {
+    let x = j.wrapping_mul(2_654_435_761);
+    format!("+79{:02}{:07}", x % 100, (x / 100) % 10_000_000)
+}
+
+/// `n` with or without its leading '+'.
+fn plus(n: String, no_plus: bool) -> String {
+    match (no_plus, n.strip_prefix('+')) {
+        (true, Some(rest)) => rest.to_string(),
+        _ => n,
     }
 }
 
@@ -468,5 +588,66 @@ mod tests {
             }
         }
         assert!(steps > 5);
+    }
+
+    #[test]
+    fn realistic_legitimate_kinds_and_identity_variants_look_as_described() {
+        let t = Traffic::generate(&small()).unwrap();
+        let of = |name: &str| -> Vec<&Call> {
+            let si = t.sources.iter().position(|s| s.name == name).unwrap();
+            t.calls.iter().filter(|c| c.source as usize == si).collect()
+        };
+        // PBXs: From carries another number than PAI.
+        let pbx = of("offices");
+        assert!(
+            !pbx.is_empty()
+                && pbx
+                    .iter()
+                    .all(|c| c.from.as_ref().is_some_and(|f| f != &c.a))
+        );
+        // Russian callers: +7 9xx, eleven digits; without '+' when asked.
+        for c in of("russia") {
+            assert!(c.a.starts_with("+79") && c.a.len() == 12, "{}", c.a);
+        }
+        for c in of("russian_roamers") {
+            assert!(c.a.starts_with("79") && c.a.len() == 11, "{}", c.a);
+        }
+        assert!(of("abroad_no_plus").iter().all(|c| !c.a.starts_with('+')));
+        // Roamers: every caller is in the roamers file.
+        let plan = kuzet_rules::NumberingPlan::kazakhstan();
+        let listed: std::collections::HashSet<_> = t
+            .files
+            .roamers
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| plan.normalize(l.as_bytes()))
+            .collect();
+        for c in of("roamers_home") {
+            assert!(
+                listed.contains(&plan.normalize(c.a.as_bytes()).unwrap()),
+                "{}",
+                c.a
+            );
+        }
+        // Business lines: some callees call back, after the call out.
+        let biz = of("courier_dispatch");
+        let back: Vec<&&Call> = biz.iter().filter(|c| c.trunk != biz[0].trunk).collect();
+        assert!(!back.is_empty());
+        for cb in back {
+            assert!(biz
+                .iter()
+                .any(|o| o.b == cb.a && o.a == cb.b && o.at_us < cb.at_us));
+        }
+        // Spoofs in From and in a display name; a trusted number from abroad.
+        assert!(of("fake_bank_in_from")
+            .iter()
+            .all(|c| c.from.as_deref() == Some("+77272595555")));
+        assert!(of("fake_bank_in_display")
+            .iter()
+            .all(|c| c.display.as_deref() == Some("+77272595555")));
+        assert!(t.files.allowlist.contains("+77272500000"));
+        assert!(of("fake_domestic_in_from")
+            .iter()
+            .all(|c| !c.a.starts_with("+7") && c.from.is_some()));
     }
 }

@@ -183,3 +183,14 @@ pub fn wait_until_answering(c: &UdpSocket, addr: SocketAddr) {
     }
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
 }
+
+/// A child process killed and reaped when dropped, so a failing test never
+/// leaves a kuzet running.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

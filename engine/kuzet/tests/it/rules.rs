@@ -343,6 +343,7 @@ fn shutdown_drains_every_queued_verdict() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(crate::common::Reaped)
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let c = client();
@@ -367,22 +368,24 @@ fn shutdown_drains_every_queued_verdict() {
     }
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status();
     let (mut log, mut summary) = (String::new(), String::new());
     child
+        .0
         .stderr
         .take()
         .unwrap()
         .read_to_string(&mut log)
         .unwrap();
     child
+        .0
         .stdout
         .take()
         .unwrap()
         .read_to_string(&mut summary)
         .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     let logged = log
         .lines()
         .filter(|l| {
@@ -519,6 +522,7 @@ fn verdicts_and_shadow_results_reach_the_log() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(crate::common::Reaped)
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let c = client();
@@ -553,11 +557,12 @@ fn verdicts_and_shadow_results_reach_the_log() {
     // Stop at once: verdicts still queued are logged before the process ends.
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
     let mut log = String::new();
     child
+        .0
         .stderr
         .take()
         .unwrap()

@@ -162,7 +162,15 @@ fn small_scenario_with_the_example_rules() {
     // The driver plays the switch and reports outcomes (redirect mode).
     let r = run_with(&t, k.addr, Proto::Udp, true);
     assert_eq!(r.answered, t.calls.len() as u64, "{}", r.table());
-    for cat in ["blocklist", "nb_feed", "cli_spoof", "protected_spoof"] {
+    // Every identity variant of the spoofing campaigns, and trusted
+    // (allowlisted) numbers spoofed from abroad.
+    for cat in [
+        "blocklist",
+        "nb_feed",
+        "cli_spoof",
+        "protected_spoof",
+        "allowlist_spoof",
+    ] {
         let c = &r.categories[cat];
         assert_eq!(
             c.blocked,
@@ -203,8 +211,21 @@ fn small_scenario_with_the_example_rules() {
         "{}",
         r.table()
     );
-    assert_eq!(r.false_positive_rate, Some(0.0), "{}", r.table());
-    assert_eq!(r.categories["high_volume"].blocked, 0);
+    // ...and once detected, blocked within 5 more calls (escalation).
+    assert!(
+        simbox.worst_calls_to_block.is_some_and(|n| n <= 5) && simbox.callers_never_blocked == 0,
+        "{}",
+        r.table()
+    );
+    // No legitimate kind is touched: Russian callers on either trunk,
+    // roamers calling home, PBXs with From != PAI, busy business lines,
+    // redialled calls, foreign numbers without '+'.
+    for (name, c) in r.categories.iter().filter(|(_, c)| !c.fraud) {
+        assert_eq!(c.false_positive_rate, Some(0.0), "{name}:\n{}", r.table());
+    }
+    for kind in ["russian_callers", "outbound_roamers", "pbx", "business"] {
+        assert!(r.categories[kind].calls > 0, "{kind} made no call");
+    }
     k.stop();
 }
 
@@ -281,4 +302,44 @@ fn fan_out_is_caught_when_it_crosses_its_threshold() {
     );
     assert_eq!(r.false_positive_rate, Some(0.0), "{}", r.table());
     k.stop();
+}
+
+/// Reciprocity, end to end: the busy courier lines (on the domestic trunk,
+/// over ten distinct callees each, half of whom call back) are flagged by
+/// a bare fan-out rule, and spared once the rule asks how many called
+/// back; the SIM box, never called back, is caught either way.
+#[test]
+fn fan_out_spares_business_lines_their_customers_call_back() {
+    let t = small();
+    let rule = |extra: &str| {
+        format!(
+            "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"fan\"\nkind = \"fan_out\"\n\
+             window_s = 3600\nmax = 10\nscore = 60\n{extra}[rule.scope]\ntrunks = [\"mobile\", \"domestic\"]\n"
+        )
+    };
+    let flagged = |r: &Report, cat: &str| {
+        let c = &r.categories[cat];
+        c.flagged + c.blocked
+    };
+    let (_d1, k) = start_on(&t, "sim-fan-bare", Some(&rule("")), "");
+    let bare = run(&t, k.addr, Proto::Udp);
+    k.stop();
+    let (_d2, k) = start_on(
+        &t,
+        "sim-fan-recip",
+        Some(&rule("max_called_back = 0.05\n")),
+        "",
+    );
+    let recip = run(&t, k.addr, Proto::Udp);
+    k.stop();
+    assert!(flagged(&bare, "business") > 0, "{}", bare.table());
+    assert_eq!(flagged(&recip, "business"), 0, "{}", recip.table());
+    for r in [&bare, &recip] {
+        assert_eq!(
+            r.campaigns["simbox_almaty"].calls_before_detection,
+            Some(10),
+            "{}",
+            r.table()
+        );
+    }
 }
