@@ -10,15 +10,18 @@
 #
 # Usage: benches/e2e/ab.sh A_KUZET B_KUZET [--rounds 3] [--calls 300000]
 #                          [--cpu-rate 20000] [--scenario FILE] [--args "..."]
-# --args adds arguments to both `kuzet run` command lines. The driver is
+#                          [--sed-a EXPR]
+# --args adds arguments to both `kuzet run` command lines; --sed-a edits
+# A's copy of the generated config with sed (an older build may not know
+# a newer key: --sed-a '/^roamers/d'). The driver is
 # this checkout's release kuzet-sim (built if missing). Stops everything it
 # started. About 2 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-[ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,19p' "$0"; exit 2; }
 A=$(realpath "$1"); B=$(realpath "$2"); shift 2
-ROUNDS=3; CALLS=300000; CPU_RATE=20000; SCENARIO=$ROOT/sim/scenarios/bench.toml; EXTRA=""
+ROUNDS=3; CALLS=300000; CPU_RATE=20000; SCENARIO=$ROOT/sim/scenarios/bench.toml; EXTRA=""; SED_A=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -26,6 +29,7 @@ while [ $# -gt 0 ]; do
     --cpu-rate) CPU_RATE=$2; shift 2 ;;
     --scenario) SCENARIO=$(realpath "$2"); shift 2 ;;
     --args) EXTRA=$2; shift 2 ;;
+    --sed-a) SED_A=$2; shift 2 ;;
     *) echo "ab.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -41,6 +45,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 "$SIM" gen "$SCENARIO" --out "$W/files" 2>/dev/null
+cp "$W/files/kuzet.toml" "$W/files/kuzet-a.toml"
+[ -n "$SED_A" ] && sed -i "$SED_A" "$W/files/kuzet-a.toml"
 jget() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$1" "$2"; }
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -49,9 +55,10 @@ declare -A PORT PID RUNS
 port=26060
 for side in A B; do
   port=$((port + 10)); PORT[$side]=$port
-  bin=$A; [ "$side" = B ] && bin=$B
+  bin=$A; conf=$W/files/kuzet-a.toml
+  [ "$side" = B ] && { bin=$B; conf=$W/files/kuzet.toml; }
   # shellcheck disable=SC2086
-  "$bin" run --config "$W/files/kuzet.toml" --listen "127.0.0.1:$port" $EXTRA >"$W/$side.log" 2>&1 &
+  "$bin" run --config "$conf" --listen "127.0.0.1:$port" $EXTRA >"$W/$side.log" 2>&1 &
   PID[$side]=$!; PIDS+=("${PID[$side]}")
   "$SIM" ping --target "127.0.0.1:$port" --timeout-s 60 || { cat "$W/$side.log" >&2; exit 1; }
   RUNS[$side]=""

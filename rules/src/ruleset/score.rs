@@ -67,10 +67,15 @@ impl CallInput {
     /// The caller identities the request claims that are numbers: From,
     /// PAI and a display name's digits.
     fn identities(&self) -> impl Iterator<Item = (Who, Number)> + '_ {
+        // The same number in two identities is looked at once.
+        let from = self.from.filter(|f| Some(*f) != self.pai);
+        let display = self
+            .display
+            .filter(|d| Some(*d) != self.pai && Some(*d) != from);
         [
             (Who::Pai, self.pai),
-            (Who::From, self.from),
-            (Who::Display, self.display),
+            (Who::From, from),
+            (Who::Display, display),
         ]
         .into_iter()
         .filter_map(|(w, n)| Some((w, n?)))
