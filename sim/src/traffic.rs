@@ -224,6 +224,9 @@ impl Traffic {
              premium = [\"premium.txt\"]\n\
              roamers = [\"roamers.txt\"]\n\n",
         );
+        // The driver plays the switch: it reports outcomes from the trunks.
+        let names: Vec<String> = self.trunks.iter().map(|(n, _)| format!("{n:?}")).collect();
+        let _ = write!(s, "[outcomes]\nreporters = [{}]\n\n", names.join(", "));
         for (name, ip) in &self.trunks {
             // A trunk named after a kind is that kind; any other is "other".
             let kind = kuzet_rules::TrunkKind::from_name(name)

@@ -37,6 +37,8 @@ counters! {
     VerdictLogDropped => "verdict_log_dropped_total",
     VerdictsLogged => "verdicts_logged_total",
     Outcomes => "outcome_events_total",
+    OutcomesRefused => "outcome_events_refused_total",
+    OutcomesIgnored => "outcome_events_unknown_caller_total",
     FailOpenOverload => "failopen_overload_total",
     FailOpenInternal => "failopen_internal_total",
     Unparseable => "sip_unparseable_total",

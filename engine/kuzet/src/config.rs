@@ -58,6 +58,8 @@ pub struct Config {
     pub lists: ListsConfig,
     /// `[rules]`: the rule file and the behaviour state behind it.
     pub rules: RulesConfig,
+    /// `[outcomes]`: who may report call outcomes.
+    pub outcomes: OutcomesConfig,
     /// `[[trunks]]`: source CIDRs to trunk name and kind.
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
@@ -79,6 +81,7 @@ impl Default for Config {
             numbering: NumberingConfig::default(),
             lists: ListsConfig::default(),
             rules: RulesConfig::default(),
+            outcomes: OutcomesConfig::default(),
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
@@ -98,6 +101,9 @@ pub struct RulesConfig {
     pub idle_ttl_secs: u32,
     /// Local time for rule scopes (hours, weekdays): minutes east of UTC.
     pub utc_offset_minutes: i32,
+    /// The longest call: a call counted in progress for longer (a lost BYE,
+    /// a `started` never `ended`) is stale and stops counting.
+    pub max_call_secs: u32,
 }
 
 impl Default for RulesConfig {
@@ -107,8 +113,23 @@ impl Default for RulesConfig {
             max_tracked_numbers: 1_000_000,
             idle_ttl_secs: 86_400,
             utc_offset_minutes: 300,
+            max_call_secs: 14_400,
         }
     }
+}
+
+/// `[outcomes]`: who may report call outcomes (the outcome API).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutcomesConfig {
+    /// Trunk names (from `[[trunks]]`) whose sources may report.
+    pub reporters: Vec<String>,
+    /// A file holding a shared secret; a source that sends it in
+    /// `X-Kuzet-Outcome-Key` may report.
+    pub secret_file: Option<PathBuf>,
+    /// The secret, once read.
+    #[serde(skip)]
+    pub secret: Option<Vec<u8>>,
 }
 
 /// `[server]`: where and how kuzet listens.
@@ -413,8 +434,29 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        c.load_plan(&path.display().to_string())?;
+        c.load_side_files(&path.display().to_string())?;
         Ok(c)
+    }
+
+    /// Reads the files the config names beside the lists: the numbering
+    /// plan and the outcome secret (relative to the config's folder).
+    pub fn load_side_files(&mut self, name: &str) -> Result<(), ConfigError> {
+        if let Some(p) = &self.outcomes.secret_file {
+            let path = self.resolve(p);
+            let text = std::fs::read(&path).map_err(|e| ConfigError::Read {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+            let secret = text.trim_ascii().to_vec();
+            if secret.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    path: path.display().to_string(),
+                    message: "the outcome secret must be at least 16 bytes".into(),
+                });
+            }
+            self.outcomes.secret = Some(secret);
+        }
+        self.load_plan(name)
     }
 
     /// Reads the numbering plan file `[numbering] plan` names (relative to
@@ -485,6 +527,13 @@ impl Config {
             return Err(bad("numbers.a_number_order may not be empty".into()));
         }
         self.plan().map_err(|e| bad(format!("numbering: {e}")))?;
+        for r in &self.outcomes.reporters {
+            if !self.trunks.iter().any(|t| &t.name == r) {
+                return Err(bad(format!(
+                    "outcomes.reporters names trunk {r:?}, which no [[trunks]] entry defines"
+                )));
+            }
+        }
         for t in &self.trunks {
             TrunkKind::from_name(&t.kind).ok_or_else(|| {
                 bad(format!(
@@ -544,6 +593,9 @@ impl Config {
             utc_offset_minutes: self.rules.utc_offset_minutes,
             max_transactions: self.verdict.max_transactions.max(1),
             transaction_window: Duration::from_secs(self.verdict.transaction_window_secs),
+            outcome_reporters: self.outcomes.reporters.clone(),
+            outcome_secret: self.outcomes.secret.clone(),
+            max_call: Duration::from_secs(u64::from(self.rules.max_call_secs.max(1))),
         })
     }
 

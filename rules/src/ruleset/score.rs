@@ -140,7 +140,7 @@ impl RuleSet {
                         run,
                         s.rings(),
                         s.answers(),
-                        u32::from(s.concurrent),
+                        s.concurrent_now(now, st.max_call_s),
                         s.called_back_per_mille(),
                     )
                 })

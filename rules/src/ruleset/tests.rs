@@ -228,6 +228,10 @@ fn wangiri_and_short_calls_use_outcome_ratios() {
     let a = "+88216000001";
     let an = n(a).unwrap().raw();
     let p = r.outcomes;
+    // Outcomes are recorded only for numbers seen calling.
+    for x in ["+88216000001", "+77011112222", "+77011113333"] {
+        w.st.callers.with(n(x).unwrap().raw(), 1, |_| ());
+    }
     for t in 0..3 {
         w.st.callers
             .outcome(an, 10 + t, Outcome::Cancelled { ring_ms: 1500 }, &p);
@@ -278,13 +282,22 @@ fn concurrent_calls_above_max() {
     let w = World::new();
     let a = "+77011234567";
     let an = n(a).unwrap().raw();
-    w.st.callers.concurrent(an, 1, 1);
-    w.st.callers.concurrent(an, 1, 1);
+    let m = crate::state::MAX_CALL_S;
+    w.st.callers.with(an, 1, |_| ());
+    w.st.callers.concurrent(an, 1, 1, m);
+    w.st.callers.concurrent(an, 1, 1, m);
     assert!(w.score(&r, &call(a, "+77020000001", 2)).fired().is_empty());
-    w.st.callers.concurrent(an, 3, 1);
+    w.st.callers.concurrent(an, 3, 1, m);
     assert_eq!(w.score(&r, &call(a, "+77020000001", 4)).fired()[0].value, 3);
-    w.st.callers.concurrent(an, 5, -1);
+    w.st.callers.concurrent(an, 5, -1, m);
     assert!(w.score(&r, &call(a, "+77020000001", 6)).fired().is_empty());
+    // Three stale starts (no end) after the longest call: no longer busy.
+    w.st.callers.concurrent(an, 7, 1, m);
+    let later = 7 + m;
+    assert!(w
+        .score(&r, &call(a, "+77020000001", later))
+        .fired()
+        .is_empty());
 }
 
 #[test]

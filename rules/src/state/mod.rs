@@ -95,7 +95,7 @@ pub const VELOCITY_SLOTS: usize = 3;
 /// Bits in a caller's callee bitmap (eight words).
 pub const FANOUT_BITS: usize = 512;
 
-/// Everything kept about one A-number: 120 bytes, fifteen words.
+/// Everything kept about one A-number: 128 bytes, sixteen words.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CallerState {
     /// Last time the number was seen (for TTL and LRU eviction).
@@ -123,6 +123,9 @@ pub struct CallerState {
     short_answered: u16,
     /// Calls in progress (proxy mode sees them start and end).
     pub concurrent: u16,
+    /// When a call last started: an in-progress count older than the
+    /// longest call is stale (a lost BYE, a forged start) and decays.
+    pub concurrent_at: u32,
 }
 
 impl CallerState {
@@ -216,6 +219,16 @@ impl CallerState {
     pub fn answers(&self) -> (u32, u32) {
         (u32::from(self.answered), u32::from(self.short_answered))
     }
+
+    /// Calls in progress as of `now`: none once the last start is older
+    /// than `max_call_s` (a call cannot last longer, so the count is stale).
+    pub fn concurrent_now(&self, now: u32, max_call_s: u32) -> u32 {
+        if now.saturating_sub(self.concurrent_at) >= max_call_s {
+            0
+        } else {
+            u32::from(self.concurrent)
+        }
+    }
 }
 
 /// How a call ended, reported after the fact (proxy mode sees it on the
@@ -256,7 +269,7 @@ impl Default for OutcomePolicy {
 }
 
 impl Packed for CallerState {
-    const WORDS: usize = 15;
+    const WORDS: usize = 16;
 
     fn unpack(w: &[u64]) -> Self {
         let lo = |x: u64| x as u32;
@@ -283,6 +296,7 @@ impl Packed for CallerState {
             answered: h16(w[14], 0),
             short_answered: h16(w[14], 1),
             concurrent: h16(w[14], 2),
+            concurrent_at: lo(w[15]),
         }
     }
 
@@ -302,13 +316,16 @@ impl Packed for CallerState {
         w[14] = u64::from(self.answered)
             | u64::from(self.short_answered) << 16
             | u64::from(self.concurrent) << 32;
+        w[15] = u64::from(self.concurrent_at);
     }
 }
 
 impl Tracker<CallerState> {
-    /// Records how a call from `number` ended.
-    pub fn outcome(&self, number: u64, now: u32, o: Outcome, p: &OutcomePolicy) {
-        self.with(number, now, |s| {
+    /// Records how a call from `number` ended. Only a number seen calling
+    /// has state to record it in: an outcome never creates state, so
+    /// reports about numbers kuzet never saw cannot fill the tracker.
+    pub fn outcome(&self, number: u64, now: u32, o: Outcome, p: &OutcomePolicy) -> bool {
+        self.update_existing(number, |s| {
             s.outcomes(now, p.window_s);
             match o {
                 Outcome::Cancelled { ring_ms } => {
@@ -324,18 +341,25 @@ impl Tracker<CallerState> {
                     }
                 }
             }
-        });
+        })
+        .is_some()
     }
 
-    /// A call from `number` started (`+1`) or ended (`-1`).
-    pub fn concurrent(&self, number: u64, now: u32, delta: i8) {
-        self.with(number, now, |s| {
+    /// A call from `number` started (`+1`) or ended (`-1`), as of `now`,
+    /// calls lasting at most `max_call_s`: a stale count restarts from
+    /// zero. Like outcomes, it never creates state; returns whether the
+    /// number was known.
+    pub fn concurrent(&self, number: u64, now: u32, delta: i8, max_call_s: u32) -> bool {
+        self.update_existing(number, |s| {
+            let live = s.concurrent_now(now, max_call_s) as u16;
             s.concurrent = if delta >= 0 {
-                s.concurrent.saturating_add(1)
+                s.concurrent_at = now;
+                live.saturating_add(1)
             } else {
-                s.concurrent.saturating_sub(1)
+                live.saturating_sub(1)
             };
-        });
+        })
+        .is_some()
     }
 }
 
@@ -352,8 +376,10 @@ pub trait Aged: Packed {
     fn last_seen(&self) -> u32;
     /// Marks it seen at `now`.
     fn touch(&mut self, now: u32);
-    /// True when a sweep must keep it however idle.
-    fn pinned(&self) -> bool {
+    /// True when a sweep must keep it however idle, as of `now`, calls
+    /// lasting at most `max_call_s`.
+    fn pinned(&self, now: u32, max_call_s: u32) -> bool {
+        let _ = (now, max_call_s);
         false
     }
 }
@@ -365,8 +391,8 @@ impl Aged for CallerState {
     fn touch(&mut self, now: u32) {
         self.last_seen = now;
     }
-    fn pinned(&self) -> bool {
-        self.concurrent > 0
+    fn pinned(&self, now: u32, max_call_s: u32) -> bool {
+        self.concurrent_now(now, max_call_s) > 0
     }
 }
 
@@ -409,6 +435,9 @@ impl Aged for Count {
     }
 }
 
+/// The longest call kuzet believes in by default, seconds (4 hours).
+pub const MAX_CALL_S: u32 = 4 * 3600;
+
 /// All the behaviour state scoring reads and writes, bounded.
 pub struct State {
     /// Per A-number.
@@ -417,6 +446,8 @@ pub struct State {
     pub destinations: Tracker<Count>,
     /// Per caller and escalating rule: how often the rule fired.
     pub escalations: Tracker<Count>,
+    /// Calls last at most this long: an in-progress count older decays.
+    pub max_call_s: u32,
 }
 
 impl State {
@@ -428,12 +459,22 @@ impl State {
             callers: Tracker::new(max_numbers, ttl_s),
             destinations: Tracker::new(max_numbers / 16 + 1024, ttl_s),
             escalations: Tracker::new(max_numbers / 8 + 1024, ttl_s),
+            max_call_s: MAX_CALL_S,
         }
+    }
+
+    /// Calls last at most `max_call_s` seconds (default [`MAX_CALL_S`]).
+    pub fn with_max_call(mut self, max_call_s: u32) -> State {
+        self.max_call_s = max_call_s.max(1);
+        self
     }
 
     /// Sweeps every tracker; returns how many keys went.
     pub fn sweep(&self, now: u32) -> usize {
-        self.callers.sweep(now) + self.destinations.sweep(now) + self.escalations.sweep(now)
+        let m = self.max_call_s;
+        self.callers.sweep(now, m)
+            + self.destinations.sweep(now, m)
+            + self.escalations.sweep(now, m)
     }
 
     /// Bytes reserved, all at start-up.
@@ -518,10 +559,10 @@ impl<V: Aged> Tracker<V> {
     /// Drops numbers idle longer than the TTL; then, above 90% of the cap,
     /// the least recently seen down to 80%. Run it off the call path; it
     /// never makes a worker wait.
-    pub fn sweep(&self, now: u32) -> usize {
+    pub fn sweep(&self, now: u32, max_call_s: u32) -> usize {
         let ttl = self.ttl_s;
         let mut dropped = self.table.retain(
-            |s| now.saturating_sub(s.last_seen()) < ttl || s.pinned(),
+            |s| now.saturating_sub(s.last_seen()) < ttl || s.pinned(now, max_call_s),
             |_| (),
         );
         let cap = self.table.cap();
@@ -545,7 +586,7 @@ impl<V: Aged> Tracker<V> {
             dropped += self.table.retain(
                 |s| {
                     let idle = now.saturating_sub(s.last_seen());
-                    ((32 - idle.leading_zeros()) as usize) < cut || s.pinned()
+                    ((32 - idle.leading_zeros()) as usize) < cut || s.pinned(now, max_call_s)
                 },
                 |_| (),
             );
@@ -560,8 +601,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_is_120_bytes_and_packs_into_fifteen_words_losslessly() {
-        assert!(std::mem::size_of::<CallerState>() <= 120);
+    fn state_is_128_bytes_and_packs_into_sixteen_words_losslessly() {
+        assert!(std::mem::size_of::<CallerState>() <= 128);
         let mut s = CallerState {
             last_seen: 0xdead_beef,
             fanout_start: 7,
@@ -574,6 +615,7 @@ mod tests {
             answered: 3,
             short_answered: 2,
             concurrent: 1,
+            concurrent_at: 0xfeed,
             ..CallerState::default()
         };
         for (i, h) in s.fanout_bits.iter_mut().enumerate() {
@@ -584,7 +626,7 @@ mod tests {
             w.prev = 20 + i as u16;
             w.cur = u16::MAX - i as u16;
         }
-        let mut words = [0u64; 15];
+        let mut words = [0u64; 16];
         s.pack(&mut words);
         let back = CallerState::unpack(&words);
         assert_eq!(format!("{back:?}"), format!("{s:?}"));
@@ -675,22 +717,55 @@ mod tests {
         assert!(t.with(5, 300, |_| ()).is_some(), "a known number still is");
         // Nothing idle past the TTL yet, but above 90% of the cap: the
         // least recently seen go, the recently seen stay.
-        let dropped = t.sweep(301);
+        let dropped = t.sweep(301, MAX_CALL_S);
         assert!(t.len() <= 80 && dropped >= 20, "{} left", t.len());
         assert!(t.get(5).is_some());
         assert!(t.get(99).is_some());
         assert!(t.get(1).is_none());
         // Past the TTL everything idle goes, except calls in progress.
-        t.concurrent(7, 400, 1);
-        t.sweep(5000);
+        assert!(t.concurrent(99, 400, 1, 3600));
+        t.sweep(1000, 3600);
         assert_eq!(t.len(), 1);
-        assert_eq!(t.get(7).unwrap().concurrent, 1);
+        assert_eq!(t.get(99).unwrap().concurrent, 1);
+        // ...and a call "in progress" longer than any call can last is
+        // stale: it no longer holds the number.
+        t.sweep(400 + 3600, 3600);
+        assert_eq!(t.len(), 0);
+    }
+
+    /// Regression: outcome events created state for numbers kuzet never
+    /// saw calling, and a `started` with no `ended` pinned that state for
+    /// ever; a few thousand filled the tracker.
+    #[test]
+    fn outcomes_never_create_state_and_stale_calls_in_progress_decay() {
+        let t = Tracker::new(10, 600);
+        let p = OutcomePolicy::default();
+        for n in 1..=1000u64 {
+            assert!(!t.outcome(n, 10, Outcome::Cancelled { ring_ms: 100 }, &p));
+            assert!(!t.concurrent(n, 10, 1, 3600));
+        }
+        assert_eq!(t.len(), 0, "nothing created from outside");
+        assert!(t.with(5, 10, |_| ()).is_some());
+        assert!(t.concurrent(5, 10, 1, 3600));
+        assert!(t.concurrent(5, 20, 1, 3600));
+        let s = t.get(5).unwrap();
+        assert_eq!(
+            (
+                s.concurrent_now(30, 3600),
+                s.concurrent_now(20 + 3600, 3600)
+            ),
+            (2, 0)
+        );
+        // A new start after the stale ones counts from zero.
+        assert!(t.concurrent(5, 20 + 3600, 1, 3600));
+        assert_eq!(t.get(5).unwrap().concurrent_now(20 + 3601, 3600), 1);
     }
 
     #[test]
     fn outcomes_are_classified_short_or_not() {
         let t = Tracker::new(10, 600);
         let p = OutcomePolicy::default();
+        t.with(1, 9, |_| ());
         t.outcome(1, 10, Outcome::Cancelled { ring_ms: 2999 }, &p);
         t.outcome(1, 11, Outcome::Cancelled { ring_ms: 3000 }, &p);
         t.outcome(1, 12, Outcome::Answered { talk_ms: 9999 }, &p);

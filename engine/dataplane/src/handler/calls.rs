@@ -61,7 +61,9 @@ impl Handler {
                             CallOutcome::Answered { talk_ms },
                             &policy,
                         );
-                        self.state.callers.concurrent(r.a, now, -1);
+                        self.state
+                            .callers
+                            .concurrent(r.a, now, -1, self.state.max_call_s);
                     }
                 }
                 _ => {}
@@ -85,7 +87,9 @@ impl Handler {
                 first.then_some(r.a)
             });
             if let Some(Some(a)) = answered {
-                self.state.callers.concurrent(a, now, 1);
+                self.state
+                    .callers
+                    .concurrent(a, now, 1, self.state.max_call_s);
             }
         } else if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms == 0) {
             // Refused or rang out (a CANCELled call was removed already).

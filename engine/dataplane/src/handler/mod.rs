@@ -104,6 +104,15 @@ pub struct Settings {
     /// How long a verdict is kept for retransmissions (RFC 3261 Timer B:
     /// 64 × T1 = 32 s).
     pub transaction_window: Duration,
+    /// Trunks (by name) whose sources may report call outcomes.
+    pub outcome_reporters: Vec<String>,
+    /// A shared secret that lets any source report outcomes, sent in
+    /// `X-Kuzet-Outcome-Key`. With neither this nor reporters, the
+    /// outcome API is off.
+    pub outcome_secret: Option<Vec<u8>>,
+    /// The longest call: a call in progress for longer is stale (a lost
+    /// BYE, a forged start) and stops counting.
+    pub max_call: Duration,
 }
 
 impl Default for Settings {
@@ -126,6 +135,9 @@ impl Default for Settings {
             utc_offset_minutes: 300,
             max_transactions: 262_144,
             transaction_window: Duration::from_secs(32),
+            outcome_reporters: Vec::new(),
+            outcome_secret: None,
+            max_call: Duration::from_secs(u64::from(kuzet_rules::state::MAX_CALL_S)),
         }
     }
 }
@@ -226,6 +238,9 @@ pub struct Handler {
     started: Instant,
     utc_offset_s: i64,
     events: Option<std::sync::mpsc::SyncSender<VerdictEvent>>,
+    /// Who may use the outcome API.
+    outcome_reporters: Vec<String>,
+    outcome_secret: Option<Vec<u8>>,
     /// Proxy mode: calls in progress, by Call-ID hash, to learn outcomes
     /// (ring time, talk time, concurrency) from the messages forwarded.
     calls: Table<CallRec>,
@@ -259,7 +274,10 @@ impl Handler {
             reject_unknown: s.reject_unknown_source,
             unknown_code: s.unknown_source_code,
             metrics,
-            state: State::new(s.max_tracked_numbers, s.idle_ttl_secs),
+            state: State::new(s.max_tracked_numbers, s.idle_ttl_secs)
+                .with_max_call(s.max_call.as_secs().min(u64::from(u32::MAX)) as u32),
+            outcome_reporters: s.outcome_reporters,
+            outcome_secret: s.outcome_secret,
             txs: Table::new(s.max_transactions),
             tx_window_ms: s.transaction_window.as_millis() as u64,
             started: Instant::now(),
@@ -270,7 +288,7 @@ impl Handler {
                 Mode::Proxy => s.max_tracked_numbers,
                 Mode::Redirect => 1,
             }),
-            calls_ttl_ms: u64::from(s.idle_ttl_secs) * 1000,
+            calls_ttl_ms: s.max_call.as_millis() as u64,
         }
     }
 
@@ -301,7 +319,9 @@ impl Handler {
             |r| now_ms.saturating_sub(r.invited_ms.max(r.answered_ms)) < ttl_ms,
             |r| {
                 if r.answered_ms > 0 {
-                    self.state.callers.concurrent(r.a, now, -1);
+                    self.state
+                        .callers
+                        .concurrent(r.a, now, -1, self.state.max_call_s);
                     self.metrics.inc(Counter::CallsExpired);
                 }
             },

@@ -29,7 +29,7 @@ impl Handler {
             return Outcome::Reply;
         }
         if method == b"PUBLISH" && is_outcome(m) {
-            return self.outcome(m, c, out);
+            return self.outcome(m, c, src, out);
         }
         // An OPTIONS to kuzet itself (no user part) is a keep-alive ping from
         // a dispatcher in front: answer it rather than forward it.

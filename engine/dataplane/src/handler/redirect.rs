@@ -36,18 +36,7 @@ impl Handler {
                 self.metrics.inc(Counter::AcksAbsorbed);
                 Outcome::Drop
             }
-            // Outcomes change how later calls score: with trunks configured,
-            // only a known source may report them.
-            b"PUBLISH"
-                if is_outcome(m)
-                    && !self.trunks.is_empty()
-                    && self.trunks.lookup(src.ip()).is_none() =>
-            {
-                self.metrics.inc(Counter::UnknownSource);
-                self.reply(m, Some(c), 403, "Unknown Source", out, |_| {});
-                Outcome::Reply
-            }
-            b"PUBLISH" if is_outcome(m) => self.outcome(m, c, out),
+            b"PUBLISH" if is_outcome(m) => self.outcome(m, c, src, out),
             b"OPTIONS" => {
                 self.reply(m, Some(c), 200, "OK", out, |o| o.extend_from_slice(ALLOW));
                 Outcome::Reply

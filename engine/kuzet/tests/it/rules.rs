@@ -130,10 +130,35 @@ fn outcome_api_feeds_the_wangiri_rule() {
         "rules.toml",
         "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"wangiri\"\nkind = \"wangiri\"\nmin_calls = 3\nratio = 0.6\nscore = 100\n",
     ));
+    // The switch in front reports outcomes from its trunk.
+    cfg.trunks = vec![kuzet::config::TrunkConfig {
+        name: "switch".into(),
+        kind: "international".into(),
+        cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+    }];
+    cfg.outcomes.reporters = vec!["switch".into()];
     let k = start(cfg);
     let c = client();
     let port = c.local_addr().unwrap().port();
     let a = "+88216123456";
+    // Outcomes count only for a number seen calling.
+    let unseen = ask(
+        &c,
+        k.udp_addr,
+        &publish(
+            &format!("caller={a}\noutcome=cancelled\nring_ms=100\n"),
+            "p00",
+            port,
+        ),
+    );
+    assert!(
+        unseen.starts_with("SIP/2.0 404 Caller Not Seen Calling"),
+        "{unseen}"
+    );
+    assert_eq!(
+        status(&ask(&c, k.udp_addr, &invite(a, "+77020000000", "w0", port))),
+        302
+    );
     // Bad events are refused with the reason.
     let resp = ask(
         &c,
@@ -475,24 +500,146 @@ fn proxy_redirect_rewrites_the_request_uri() {
     k.stop();
 }
 
-#[test]
-fn outcomes_from_an_unknown_source_are_refused_when_trunks_are_set() {
+/// A forged short ring five times over would block a number as Wangiri.
+fn wangiri_engine(
+    dir: &TempDir,
+    reporters: &[&str],
+    secret: Option<&str>,
+) -> kuzet::server::Running {
     let mut cfg = test_config();
+    cfg.rules.max_tracked_numbers = 100;
+    cfg.rules.file = Some(dir.write(
+        "rules.toml",
+        "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"wangiri\"\nkind = \"wangiri\"\nmin_calls = 3\nratio = 0.6\nscore = 100\n\
+         [[rule]]\nid = \"v\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 1\nscore = 50\n",
+    ));
     cfg.trunks = vec![kuzet::config::TrunkConfig {
-        name: "far-away".into(),
-        kind: "international".into(),
+        name: "switch".into(),
+        kind: "domestic".into(),
         cidrs: vec!["10.0.0.0/8".parse().unwrap()],
     }];
-    let k = start(cfg);
+    cfg.outcomes.reporters = reporters.iter().map(|r| r.to_string()).collect();
+    cfg.outcomes.secret = secret.map(|s| s.as_bytes().to_vec());
+    start(cfg)
+}
+
+/// Regression: with no trunks configured, anyone who could reach the SIP
+/// port could report five short rings and get a number blocked.
+#[test]
+fn forged_outcomes_cannot_block_a_number() {
+    let dir = TempDir::new("forged-outcomes");
     let c = client();
     let port = c.local_addr().unwrap().port();
-    let resp = ask(
+    let victim = "+77011234567";
+    let forge = |k: &kuzet::server::Running, key: Option<&str>, tag: &str| {
+        (0..5)
+            .map(|i| {
+                let mut p = publish(
+                    &format!("caller={victim};outcome=cancelled;ring_ms=300"),
+                    &format!("{tag}{i}"),
+                    port,
+                );
+                if let Some(key) = key {
+                    p = p.replace("Event:", &format!("X-Kuzet-Outcome-Key: {key}\r\nEvent:"));
+                }
+                status_line(&ask(&c, k.udp_addr, &p))
+            })
+            .collect::<Vec<_>>()
+    };
+    // No reporter configured: the API is off.
+    let k = wangiri_engine(&dir, &[], None);
+    ask(
         &c,
         k.udp_addr,
-        &publish("caller=+77011234567;outcome=started", "u1", port),
+        &invite(victim, "+77020000001", "seen", port),
     );
-    assert!(resp.starts_with("SIP/2.0 403 Unknown Source"), "{resp}");
+    assert!(forge(&k, None, "a")
+        .iter()
+        .all(|s| s == "403 Outcome API Disabled"));
+    let r = ask(
+        &c,
+        k.udp_addr,
+        &invite(victim, "+77020000002", "after", port),
+    );
+    assert_ne!(status(&r), 603, "{r}");
     k.stop();
+    // Reporters configured elsewhere, and a secret this source lacks.
+    let k = wangiri_engine(&dir, &["switch"], Some("0123456789abcdef-secret"));
+    ask(
+        &c,
+        k.udp_addr,
+        &invite(victim, "+77020000001", "seen2", port),
+    );
+    assert!(forge(&k, None, "b")
+        .iter()
+        .all(|s| s == "403 Not An Outcome Reporter"));
+    assert!(forge(&k, Some("0123456789abcdef-wrong!"), "c")
+        .iter()
+        .all(|s| s == "403 Not An Outcome Reporter"));
+    assert_eq!(
+        k.metrics
+            .get(kuzet_dataplane::metrics::Counter::OutcomesRefused),
+        10
+    );
+    let r = ask(
+        &c,
+        k.udp_addr,
+        &invite(victim, "+77020000002", "after2", port),
+    );
+    assert_ne!(status(&r), 603, "{r}");
+    // The right key is accepted.
+    assert!(forge(&k, Some("0123456789abcdef-secret"), "d")
+        .iter()
+        .all(|s| s == "200 OK"));
+    k.stop();
+}
+
+/// Regression: `started` outcomes for numbers never seen calling created
+/// state that was never evicted; a few thousand filled the tracker and
+/// velocity rules stopped working for everyone after.
+#[test]
+fn forged_outcomes_cannot_fill_or_pin_the_tracker() {
+    let dir = TempDir::new("pinned-state");
+    let k = wangiri_engine(&dir, &[], Some("0123456789abcdef-secret"));
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    for i in 0..500 {
+        let p = publish(
+            &format!("caller=+7701{i:07};outcome=started"),
+            &format!("s{i}"),
+            port,
+        )
+        .replace(
+            "Event:",
+            "X-Kuzet-Outcome-Key: 0123456789abcdef-secret\r\nEvent:",
+        );
+        assert_eq!(
+            status_line(&ask(&c, k.udp_addr, &p)),
+            "404 Caller Not Seen Calling"
+        );
+    }
+    // The tracker (cap 100) has room: a new caller's second call in a
+    // minute is still seen by the velocity rule.
+    let a = "+77029999999";
+    assert_eq!(
+        status(&ask(&c, k.udp_addr, &invite(a, "+77020000001", "v1", port))),
+        302
+    );
+    let r = ask(&c, k.udp_addr, &invite(a, "+77020000002", "v2", port));
+    assert_eq!(
+        header(&r, "X-Kuzet-Verdict"),
+        Some("flag;score=50;rules=\"v: 2 calls > 1\"")
+    );
+    k.stop();
+}
+
+/// "403 Reason" of a response.
+fn status_line(resp: &str) -> String {
+    resp.lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("SIP/2.0 ")
+        .to_string()
 }
 
 /// Shadow rules are logged with what they would have done, and enforced
