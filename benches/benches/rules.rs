@@ -173,7 +173,7 @@ fn bench_contention(c: &mut Criterion) {
                 },
                 // Nothing is idle: the sweep walks everything and keeps it.
                 || {
-                    black_box(table.sweep(101));
+                    black_box(table.sweep(101, 14_400));
                 },
             )
         })
