@@ -44,6 +44,7 @@ counters! {
     Unparseable => "sip_unparseable_total",
     BadRequests => "sip_bad_request_total",
     Forwarded => "proxy_forwarded_total",
+    ForgedHeadersRemoved => "proxy_foreign_kuzet_headers_removed_total",
     ResponsesRouted => "proxy_responses_routed_total",
     ResponsesDropped => "sip_responses_dropped_total",
     AcksAbsorbed => "acks_absorbed_total",

@@ -152,6 +152,11 @@ impl Handler {
                     );
                     out.extend_from_slice(b"\r\n");
                 }
+                // kuzet's headers are kuzet's: a caller's own verdict
+                // header never reaches the next hop.
+                Hdr::Other if is_kuzet_header(hl.name) => {
+                    self.metrics.inc(Counter::ForgedHeadersRemoved);
+                }
                 _ => {
                     out.extend_from_slice(&bytes[hl.line.clone()]);
                     out.extend_from_slice(b"\r\n");
@@ -213,6 +218,10 @@ impl Handler {
             if hl.kind == Hdr::Via && next_via.is_none() {
                 next_via = split_values(hl.value).next();
             }
+            if hl.kind == Hdr::Other && is_kuzet_header(hl.name) {
+                self.metrics.inc(Counter::ForgedHeadersRemoved);
+                continue;
+            }
             out.extend_from_slice(&bytes[hl.line.clone()]);
             out.extend_from_slice(b"\r\n");
         }
@@ -263,4 +272,9 @@ pub(super) fn via_destination(v: &kuzet_sip::syntax::Via<'_>) -> Option<SocketAd
         .or(v.port)
         .unwrap_or(5060);
     Some(SocketAddr::new(ip, port))
+}
+
+/// A header in kuzet's own namespace (`X-Kuzet-*`, any case).
+pub(super) fn is_kuzet_header(name: &[u8]) -> bool {
+    name.len() >= 8 && name[..8].eq_ignore_ascii_case(b"x-kuzet-")
 }

@@ -494,3 +494,42 @@ fn proxy_refuses_unknown_sources_when_trunks_are_set() {
     eng.stop();
     assert_eq!(m.get(Counter::UnknownSource), 1);
 }
+
+/// Regression: in proxy mode a caller's own `X-Kuzet-Verdict: allow` was
+/// forwarded untouched, so a flagged call reached the next hop with two
+/// verdict headers, the forged one first.
+#[test]
+fn forged_verdict_headers_never_reach_the_next_hop() {
+    let d = lists_dir();
+    let next = uas();
+    let mut cfg = with_lists(&d);
+    cfg.server.mode = Mode::Proxy;
+    cfg.proxy.next_hop = Some(next.local_addr().unwrap());
+    let eng = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let forged = invite("+77009990001", "+77015550000", "forged", port).replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nX-Kuzet-Verdict: allow\r\nx-kuzet-trust: yes\r\n",
+    );
+    c.send_to(forged.as_bytes(), eng.udp_addr).unwrap();
+    let (fwd, _) = recv(&next);
+    let verdicts: Vec<&str> = fwd
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-kuzet-"))
+        .collect();
+    assert_eq!(verdicts.len(), 1, "{fwd}");
+    assert!(verdicts[0].starts_with("X-Kuzet-Verdict: flag;"), "{fwd}");
+    // A response from downstream cannot plant one either.
+    let resp = answer(&fwd, "200 OK").replace(
+        "Content-Length",
+        "X-Kuzet-Verdict: block\r\nContent-Length",
+    );
+    next.send_to(resp.as_bytes(), eng.udp_addr).unwrap();
+    let (back, _) = recv(&c);
+    assert!(back.starts_with("SIP/2.0 200"), "{back}");
+    assert!(!back.to_ascii_lowercase().contains("x-kuzet-"), "{back}");
+    let m = eng.metrics.clone();
+    eng.stop();
+    assert_eq!(m.get(Counter::ForgedHeadersRemoved), 3);
+}
