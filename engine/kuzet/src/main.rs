@@ -219,6 +219,23 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    // Signals first: a SIGTERM that arrives while lists load (seconds for
+    // a big list) must still stop kuzet cleanly, with its counters, and a
+    // SIGHUP then must not kill it. Tokio keeps a handler installed once
+    // registered, so these streams cover the whole life of the process.
+    let Some(rt) = kuzet_control::plane::small_runtime("signal") else {
+        return ExitCode::from(1);
+    };
+    #[cfg(unix)]
+    let (mut term, mut int, _hup) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::hangup()).ok(),
+        )
+    };
     let (filter_text, from) = match &args.log {
         Some(f) => (f.clone(), "--log"),
         None => match std::env::var("RUST_LOG") {
@@ -272,18 +289,13 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let Some(rt) = kuzet_control::plane::small_runtime("signal") else {
-        return ExitCode::from(1);
-    };
     rt.block_on(async {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).ok();
-            let term_fut = kuzet_control::plane::signal_or_never(term.as_mut());
+            use kuzet_control::plane::signal_or_never;
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term_fut => {}
+                _ = signal_or_never(int.as_mut()) => {}
+                _ = signal_or_never(term.as_mut()) => {}
             }
         }
         #[cfg(not(unix))]

@@ -7,6 +7,7 @@
 
 mod architecture;
 mod common;
+mod hardening;
 mod identity;
 mod kamailio;
 mod rfc4475;
