@@ -50,6 +50,7 @@ counters! {
     AcksAbsorbed => "acks_absorbed_total",
     UnknownSource => "unknown_source_total",
     SendErrors => "send_errors_total",
+    RepliesTooBig => "replies_too_big_total",
     TcpConnections => "tcp_connections_total",
     TcpRefused => "tcp_refused_total",
     TcpClosedBadInput => "tcp_closed_bad_input_total",

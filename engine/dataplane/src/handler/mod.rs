@@ -457,12 +457,69 @@ impl Handler {
             self.reply(m, Some(&checked), 483, "Too Many Hops", out, |_| {});
             return Outcome::Reply;
         }
-        match self.mode {
+        let o = match self.mode {
             Mode::Redirect => self.redirect(m, &checked, src, conn, received, out),
             Mode::Proxy => self.proxy(m, &checked, src, conn, received, out),
+        };
+        self.fit(m, &checked, conn, o, out)
+    }
+
+    /// Makes sure what goes out over UDP fits one datagram: a reply too
+    /// big is cut down to what RFC 3261 requires (Via, From, To, Call-ID,
+    /// CSeq, and a redirect's Contact); failing that, or for a request too
+    /// big to forward, the sender gets `513 Message Too Large`; failing
+    /// even that, nothing is sent (counted).
+    fn fit(
+        &self,
+        m: &Message<'_>,
+        c: &Checked<'_>,
+        conn: Option<u64>,
+        o: Outcome,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let over_udp = match o {
+            Outcome::Reply => conn.is_none(),
+            Outcome::Forward(_) => true,
+            Outcome::ToConnection(_) | Outcome::Drop => false,
+        };
+        if !over_udp || out.len() <= MAX_UDP_PAYLOAD {
+            return o;
         }
+        self.metrics.inc(Counter::RepliesTooBig);
+        if o == Outcome::Reply {
+            // Status line and Contact of the reply, then only what is required.
+            let line_end = memchr::memchr(b'\r', out).unwrap_or(0);
+            let code = kuzet_sip::parse_u32(out.get(8..11).unwrap_or_default()).unwrap_or(0);
+            let contact = memchr::memmem::find(out, b"\r\nContact: ").map(|at| {
+                let start = at + 2;
+                let end =
+                    memchr::memmem::find(&out[start..], b"\r\n").map_or(out.len(), |e| start + e);
+                out[start..end].to_vec()
+            });
+            let reason =
+                String::from_utf8_lossy(out.get(12..line_end).unwrap_or_default()).into_owned();
+            self.reply_bare(m, Some(c), code as u16, &reason, out, |o| {
+                if let Some(contact) = &contact {
+                    o.extend_from_slice(contact);
+                    o.extend_from_slice(b"\r\n");
+                }
+            });
+            if out.len() <= MAX_UDP_PAYLOAD {
+                return Outcome::Reply;
+            }
+        }
+        self.reply_bare(m, Some(c), 513, "Message Too Large", out, |_| {});
+        // A reply to a TCP request goes back over TCP, any size.
+        if conn.is_some() || out.len() <= MAX_UDP_PAYLOAD {
+            return Outcome::Reply;
+        }
+        out.clear();
+        Outcome::Drop
     }
 }
+
+/// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// FNV-1a: stable across runs and nodes, for branches and To-tags.
 struct Fnv(u64);

@@ -41,6 +41,23 @@ impl Handler {
         out: &mut Vec<u8>,
         extra: impl FnOnce(&mut Vec<u8>),
     ) {
+        self.reply_bare(m, c, code, reason, out, |o| {
+            extra(o);
+            o.extend_from_slice(b"Server: kuzet\r\n");
+        });
+    }
+
+    /// [`reply`](Self::reply) without the `Server` header: only what RFC
+    /// 3261 requires and `extra`.
+    pub(super) fn reply_bare(
+        &self,
+        m: &Message<'_>,
+        c: Option<&Checked<'_>>,
+        code: u16,
+        reason: &str,
+        out: &mut Vec<u8>,
+        extra: impl FnOnce(&mut Vec<u8>),
+    ) {
         let tagged = c.map(|c| param(c.to.params, b"tag").is_some());
         write::response(out, m, code, reason, tagged, |o| {
             o.extend_from_slice(b"kz");
@@ -50,7 +67,6 @@ impl Handler {
             write::push_hex(o, h.finish());
         });
         extra(out);
-        out.extend_from_slice(b"Server: kuzet\r\n");
         write::end_empty(out);
     }
 }

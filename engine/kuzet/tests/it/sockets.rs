@@ -521,10 +521,8 @@ fn forged_verdict_headers_never_reach_the_next_hop() {
     assert_eq!(verdicts.len(), 1, "{fwd}");
     assert!(verdicts[0].starts_with("X-Kuzet-Verdict: flag;"), "{fwd}");
     // A response from downstream cannot plant one either.
-    let resp = answer(&fwd, "200 OK").replace(
-        "Content-Length",
-        "X-Kuzet-Verdict: block\r\nContent-Length",
-    );
+    let resp = answer(&fwd, "200 OK")
+        .replace("Content-Length", "X-Kuzet-Verdict: block\r\nContent-Length");
     next.send_to(resp.as_bytes(), eng.udp_addr).unwrap();
     let (back, _) = recv(&c);
     assert!(back.starts_with("SIP/2.0 200"), "{back}");
