@@ -41,17 +41,38 @@ pub struct ListError {
     pub kind: ListErrorKind,
 }
 
+/// Characters of a bad entry quoted in an error.
+pub const EXCERPT_CHARS: usize = 60;
+
+/// The start of `text`, at most `max` characters, quoted with control
+/// characters escaped, and `…` after it when cut: an error quotes what it
+/// refuses without repeating a huge or hostile line.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let cut = text
+        .char_indices()
+        .nth(max)
+        .map_or(text, |(i, _)| &text[..i]);
+    let more = cut.len() < text.len();
+    let cut = cut.trim_end_matches(['\r', '\n']);
+    if more {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
 /// What is wrong with a list line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListErrorKind {
-    /// An exact entry that does not normalize to a number in the plan.
-    #[error("{0:?} is not a phone number in the numbering plan")]
+    /// An exact entry that does not normalize to a number in the plan
+    /// (the entry quoted, cut short by [`excerpt`]).
+    #[error("{0} is not a phone number in the numbering plan")]
     NotANumber(String),
     /// A `PREFIX*` entry whose digits are not a valid prefix in the plan.
-    #[error("{0:?} is not a number prefix (digits, then `*`)")]
+    #[error("{0} is not a number prefix (digits, then `*`)")]
     NotAPrefix(String),
     /// A `*` anywhere but at the end of the entry.
-    #[error("`*` may only end a prefix, as in `+7701*`: {0:?}")]
+    #[error("`*` may only end a prefix, as in `+7701*`: {0}")]
     MisplacedWildcard(String),
     /// The reason holds a quote, a backslash or a control character.
     #[error("the reason may not hold quotes, backslashes or control characters")]
@@ -226,6 +247,11 @@ impl<'p> ListBuilder<'p> {
         b
     }
 
+    /// Entries added so far (exact and prefix, duplicates included).
+    pub fn entries(&self) -> usize {
+        self.exact.len() + self.prefixes.len()
+    }
+
     /// Reserves room for about `n` more exact entries.
     pub fn reserve(&mut self, n: usize) {
         self.exact.reserve(n);
@@ -277,22 +303,28 @@ impl<'p> ListBuilder<'p> {
         let reason_id = self.intern(reason);
         if let Some(stem) = entry.strip_suffix('*') {
             if stem.contains('*') {
-                return Err(err(ListErrorKind::MisplacedWildcard(entry.into())));
+                return Err(err(ListErrorKind::MisplacedWildcard(excerpt(
+                    entry,
+                    EXCERPT_CHARS,
+                ))));
             }
             let p = self
                 .plan
                 .normalize_prefix(stem.as_bytes())
-                .ok_or_else(|| err(ListErrorKind::NotAPrefix(entry.into())))?;
+                .ok_or_else(|| err(ListErrorKind::NotAPrefix(excerpt(entry, EXCERPT_CHARS))))?;
             self.prefixes.push((p, reason_id));
             return Ok(());
         }
         if entry.contains('*') {
-            return Err(err(ListErrorKind::MisplacedWildcard(entry.into())));
+            return Err(err(ListErrorKind::MisplacedWildcard(excerpt(
+                entry,
+                EXCERPT_CHARS,
+            ))));
         }
         let n = self
             .plan
             .normalize(entry.as_bytes())
-            .ok_or_else(|| err(ListErrorKind::NotANumber(entry.into())))?;
+            .ok_or_else(|| err(ListErrorKind::NotANumber(excerpt(entry, EXCERPT_CHARS))))?;
         self.exact.push((n.raw(), reason_id));
         Ok(())
     }
@@ -514,5 +546,26 @@ mod tests {
             assert!(l.lookup(hit).is_some());
             assert!(l.lookup(miss).is_none());
         }
+    }
+
+    #[test]
+    fn errors_quote_a_short_excerpt_of_a_long_entry() {
+        let plan = NumberingPlan::kazakhstan();
+        let mut b = ListBuilder::new(&plan);
+        let long = "x".repeat(3000);
+        let e = b.add_line("l.txt", 7, &long).unwrap_err().to_string();
+        assert!(e.starts_with("l.txt:7: \"xxx"), "{e}");
+        assert!(e.contains("x\"… is not a phone number"), "{e}");
+        assert!(e.len() < 150, "{e}");
+        assert_eq!(b.entries(), 0);
+        b.add_line("l.txt", 8, "+77011234567").unwrap();
+        b.add_line("l.txt", 9, "+7701*").unwrap();
+        assert_eq!(b.entries(), 2);
+    }
+
+    #[test]
+    fn excerpts_escape_and_cut_on_characters() {
+        assert_eq!(excerpt("ab\u{1b}c", 10), "\"ab\\u{1b}c\"");
+        assert_eq!(excerpt("жжжж", 2), "\"жж\"…");
     }
 }

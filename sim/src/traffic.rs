@@ -217,12 +217,30 @@ impl Traffic {
         let mut s = String::from(
             "# kuzet configuration written by kuzet-sim for this scenario.\n\
              # The NB feed export is loaded as a blocklist, as operators do\n\
-             # with the feed today.\n\n[lists]\n\
-             blocklist = [\"blocklist.txt\", \"nbfeed.txt\"]\n\
-             allowlist = [\"allowlist.txt\"]\n\
-             protected = [\"protected.txt\"]\n\
-             premium = [\"premium.txt\"]\n\
-             roamers = [\"roamers.txt\"]\n\n",
+             # with the feed today. A list this scenario leaves empty is\n\
+             # marked allow_empty (kuzet refuses an empty list otherwise).\n\n[lists]\n",
+        );
+        let f = &self.files;
+        let entry = |name: &str, text: &str| {
+            let empty = text.lines().all(|l| {
+                let l = l.split('#').next().unwrap_or("").trim();
+                l.is_empty()
+            });
+            if empty {
+                format!("{{ path = \"{name}\", allow_empty = true }}")
+            } else {
+                format!("\"{name}\"")
+            }
+        };
+        let _ = write!(
+            s,
+            "blocklist = [{}, {}]\nallowlist = [{}]\nprotected = [{}]\npremium = [{}]\nroamers = [{}]\n\n",
+            entry("blocklist.txt", &f.blocklist),
+            entry("nbfeed.txt", &f.nbfeed),
+            entry("allowlist.txt", &f.allowlist),
+            entry("protected.txt", &f.protected),
+            entry("premium.txt", &f.premium),
+            entry("roamers.txt", &f.roamers),
         );
         // The driver plays the switch: it reports outcomes from the trunks.
         let names: Vec<String> = self.trunks.iter().map(|(n, _)| format!("{n:?}")).collect();

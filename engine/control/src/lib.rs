@@ -1,5 +1,7 @@
 //! kuzet's control plane: everything that is not the call path.
 //!
+//! - [`files`]: reading operator files safely: regular files only, sizes
+//!   and lines capped, non-UTF-8 named by line.
 //! - [`lists`]: loading list files and the rule file into one snapshot, and
 //!   reloading them on change or SIGHUP (the same function at start-up and
 //!   at reload).
@@ -12,5 +14,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod files;
 pub mod lists;
 pub mod plane;

@@ -2,19 +2,25 @@
 //! for start-up and reload.
 //!
 //! [`load`] reads every configured file line by line (bounded memory, even
-//! for 10M-line files), feeds the lines to the scoring core's builders and
-//! returns a complete [`ListSet`], or the first error with its file and
-//! line. [`Reloader`] runs on the control plane: it polls the files'
-//! fingerprints and reacts to SIGHUP, and on success stores the new set in
-//! the shared `ArcSwap`, so a call sees either the old lists or the new
-//! ones, never half of either. On failure the lists in force stay.
+//! for 10M-line files; each line capped in length), feeds the lines to the
+//! scoring core's builders and returns a complete [`ListSet`], or the first
+//! error with its file and line. Only regular files are read (see
+//! [`crate::files`]), a list with no entries is refused unless its config
+//! entry allows it (a truncated upload must not silently unblock
+//! everything), and a load checks a cancel flag as it goes, so a reload
+//! that takes too long is abandoned. [`Reloader`] holds what the control
+//! plane needs between loads: the files' fingerprints, and the shared
+//! `ArcSwap` a good set is stored in, so a call sees either the old lists
+//! or the new ones, never half of either. On failure the lists in force
+//! stay.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::files::{self, FileError, Lines, MAX_LIST_LINE, MAX_RULE_FILE};
 
 use kuzet_rules::ruleset::RuleSet;
 use kuzet_rules::{ListBuilder, ListPolicy, ListSet, NumberingPlan};
@@ -53,12 +59,24 @@ impl ListKind {
     }
 }
 
+/// One list file to load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Which list it feeds.
+    pub kind: ListKind,
+    /// Whether a file with no entries is accepted (otherwise it is refused,
+    /// and on reload the lists in force stay).
+    pub allow_empty: bool,
+}
+
 /// Where the lists and rules come from: what the config names, resolved
 /// to paths, or texts compiled into the binary.
 #[derive(Clone, Debug, Default)]
 pub struct Sources {
     /// List files with their kinds, in order.
-    pub files: Vec<(PathBuf, ListKind)>,
+    pub files: Vec<ListFile>,
     /// Lists given as text (the binary's compiled-in samples): name, text, kind.
     pub embedded: Vec<(&'static str, &'static str, ListKind)>,
     /// The behaviour rule file, if any.
@@ -70,22 +88,26 @@ pub struct Sources {
 /// Why a list set could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// A file could not be opened or read.
-    #[error("{path}: {source}")]
-    Io {
+    /// A file could not be read: missing, not a regular file, a line too
+    /// long or not UTF-8.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A list file with no entries, which its config entry does not allow.
+    #[error(
+        "{path}: the {kind} file has no entries; refusing it, since a truncated upload \
+         would silently drop every entry (if it may be empty, list it as \
+         {{ path = \"...\", allow_empty = true }})"
+    )]
+    Empty {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Which list.
+        kind: &'static str,
     },
-    /// A line is not UTF-8.
-    #[error("{path}:{line}: the line is not valid UTF-8")]
-    Utf8 {
-        /// The file.
-        path: String,
-        /// 1-based line.
-        line: usize,
-    },
+    /// The load was abandoned (it took longer than the reload timeout, or
+    /// kuzet is stopping).
+    #[error("the load was abandoned after {0:?}")]
+    Abandoned(Duration),
     /// A list line is not an entry.
     #[error(transparent)]
     List(#[from] kuzet_rules::ListError),
@@ -95,8 +117,10 @@ pub enum LoadError {
 }
 
 /// What was loaded, for the log.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadStats {
+    /// Entries (exact and prefix, before de-duplication) per list file.
+    pub per_file: Vec<(String, usize)>,
     /// Lines read, comments included.
     pub lines: usize,
     /// Exact numbers across the lists.
@@ -114,9 +138,18 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Lines between progress messages on a long load.
 const PROGRESS_EVERY: usize = 1_000_000;
 
+/// Lines between looks at the cancel flag.
+const CANCEL_EVERY: usize = 16_384;
+
 /// Builds the whole list set from its sources: the embedded texts, then
-/// every file, then the rule file.
-pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats), LoadError> {
+/// every file, then the rule file. Returns [`LoadError::Abandoned`] soon
+/// after `cancel` turns true.
+pub fn load(
+    src: &Sources,
+    plan: &NumberingPlan,
+    cancel: &AtomicBool,
+) -> Result<(ListSet, LoadStats), LoadError> {
+    let started = Instant::now();
     let mut block = ListBuilder::new(plan);
     let mut allow = ListBuilder::new(plan);
     let mut flag = ListBuilder::new(plan);
@@ -147,20 +180,30 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
             builders[pick(*kind)].add_text(name, text)?;
             stats.lines += text.lines().count();
         }
-        for (path, kind) in &src.files {
-            stats.lines += load_file(path, builders[pick(*kind)])?;
+        for f in &src.files {
+            let b = &mut *builders[pick(f.kind)];
+            let before = b.entries();
+            stats.lines += load_file_cancellable(&f.path, b, cancel, started)?;
+            let entries = b.entries() - before;
+            if entries == 0 && !f.allow_empty {
+                return Err(LoadError::Empty {
+                    path: f.path.display().to_string(),
+                    kind: f.kind.as_str(),
+                });
+            }
+            stats.per_file.push((f.path.display().to_string(), entries));
         }
     }
     let rules = match &src.rule_file {
         None => RuleSet::builtin(&src.policy, plan),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let text = files::read_text(path, MAX_RULE_FILE)?;
             RuleSet::from_toml_str(&text, &path.display().to_string(), plan, &src.policy)?
         }
     };
+    if cancel.load(Ordering::Relaxed) {
+        return Err(LoadError::Abandoned(started.elapsed()));
+    }
     let set = ListSet {
         block: block.finish(),
         allow: allow.finish(),
@@ -188,31 +231,34 @@ pub fn load(src: &Sources, plan: &NumberingPlan) -> Result<(ListSet, LoadStats),
 
 /// Feeds one file to a builder; returns the number of lines read.
 pub fn load_file(path: &Path, builder: &mut ListBuilder<'_>) -> Result<usize, LoadError> {
+    load_file_cancellable(path, builder, &AtomicBool::new(false), Instant::now())
+}
+
+fn load_file_cancellable(
+    path: &Path,
+    builder: &mut ListBuilder<'_>,
+    cancel: &AtomicBool,
+    load_started: Instant,
+) -> Result<usize, LoadError> {
     let shown = path.display().to_string();
-    let io = |e| LoadError::Io {
-        path: shown.clone(),
-        source: e,
-    };
-    let file = File::open(path).map_err(io)?;
+    let file = files::open_regular(path)?;
     if let Ok(meta) = file.metadata() {
         // About 14 bytes a line for E.164 numbers: reserve once.
         builder.reserve((meta.len() / 14) as usize);
     }
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut line = Vec::with_capacity(256);
+    let mut lines = Lines::new(
+        BufReader::with_capacity(1 << 20, file),
+        shown.clone(),
+        MAX_LIST_LINE,
+    );
     let mut n = 0;
     let started = Instant::now();
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
-            break;
-        }
-        n += 1;
-        let text = std::str::from_utf8(&line).map_err(|_| LoadError::Utf8 {
-            path: shown.clone(),
-            line: n,
-        })?;
+    while let Some((at, text)) = lines.next_line()? {
+        n = at;
         builder.add_line(&shown, n, text)?;
+        if n % CANCEL_EVERY == 0 && cancel.load(Ordering::Relaxed) {
+            return Err(LoadError::Abandoned(load_started.elapsed()));
+        }
         if n % PROGRESS_EVERY == 0 {
             tracing::info!(
                 file = %shown,
@@ -243,14 +289,30 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
         .collect()
 }
 
-/// Watches list files and reloads them into the shared snapshot.
+/// What the control plane keeps between loads: the sources, the files'
+/// fingerprints, and where a good set goes.
 pub struct Reloader {
     src: Arc<Sources>,
-    plan: NumberingPlan,
+    plan: Arc<NumberingPlan>,
     lists: SharedLists,
     metrics: Arc<Metrics>,
     paths: Vec<PathBuf>,
     seen: Fingerprint,
+}
+
+/// One load, ready to run on a blocking thread.
+pub struct LoadJob {
+    src: Arc<Sources>,
+    plan: Arc<NumberingPlan>,
+    /// Set to abandon the load; it returns soon after.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl LoadJob {
+    /// Runs the load (seconds for a big list: not on a runtime thread).
+    pub fn run(&self) -> Result<(ListSet, LoadStats), LoadError> {
+        load(&self.src, &self.plan, &self.cancel)
+    }
 }
 
 impl Reloader {
@@ -261,13 +323,13 @@ impl Reloader {
         lists: SharedLists,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut paths: Vec<PathBuf> = src.files.iter().map(|(p, _)| p.clone()).collect();
+        let mut paths: Vec<PathBuf> = src.files.iter().map(|f| f.path.clone()).collect();
         // The rule file reloads with the lists, into the same snapshot.
         paths.extend(src.rule_file.iter().cloned());
         let seen = fingerprint(&paths);
         Reloader {
             src,
-            plan,
+            plan: Arc::new(plan),
             lists,
             metrics,
             paths,
@@ -275,25 +337,39 @@ impl Reloader {
         }
     }
 
-    /// Reloads if any file changed since the last look. Returns whether a
-    /// reload was attempted.
-    pub fn poll(&mut self) -> bool {
+    /// Whether any file changed since the last look (a stat per file, which
+    /// never blocks on a FIFO).
+    pub fn changed(&mut self) -> bool {
         let now = fingerprint(&self.paths);
         if now == self.seen {
             return false;
         }
         self.seen = now;
-        self.reload("file change");
         true
     }
 
-    /// Loads everything again and swaps it in; keeps the old set on error.
-    pub fn reload(&mut self, why: &str) -> bool {
-        let started = Instant::now();
-        match load(&self.src, &self.plan) {
+    /// A load of every source, to run off the runtime.
+    pub fn job(&self) -> LoadJob {
+        LoadJob {
+            src: self.src.clone(),
+            plan: self.plan.clone(),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Swaps a loaded set in, or keeps the lists in force on error; logs
+    /// and counts either way. Returns whether the set was swapped in.
+    pub fn apply(
+        &self,
+        why: &str,
+        loaded: Result<(ListSet, LoadStats), LoadError>,
+        started: Instant,
+    ) -> bool {
+        match loaded {
             Ok((set, stats)) => {
                 self.lists.store(Arc::new(set));
                 self.metrics.inc(Counter::ListReloads);
+                log_files(&stats);
                 tracing::info!(
                     trigger = why,
                     lines = stats.lines,
@@ -306,10 +382,39 @@ impl Reloader {
                 true
             }
             Err(e) => {
-                self.metrics.inc(Counter::ListReloadFailures);
+                if matches!(e, LoadError::Abandoned(_)) {
+                    self.metrics.inc(Counter::ListReloadsAbandoned);
+                } else {
+                    self.metrics.inc(Counter::ListReloadFailures);
+                }
                 tracing::error!(trigger = why, error = %e, "list reload rejected; the lists in force stay");
                 false
             }
         }
+    }
+
+    /// Reloads if any file changed since the last look, on this thread.
+    /// Returns whether a reload was attempted.
+    pub fn poll(&mut self) -> bool {
+        if !self.changed() {
+            return false;
+        }
+        self.reload("file change");
+        true
+    }
+
+    /// Loads everything again on this thread and swaps it in; keeps the
+    /// old set on error.
+    pub fn reload(&mut self, why: &str) -> bool {
+        let started = Instant::now();
+        let loaded = self.job().run();
+        self.apply(why, loaded, started)
+    }
+}
+
+/// Logs each list file's entry count: a file that shrank by half shows here.
+pub fn log_files(stats: &LoadStats) {
+    for (file, entries) in &stats.per_file {
+        tracing::info!(%file, entries, "list file");
     }
 }

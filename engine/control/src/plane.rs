@@ -6,6 +6,7 @@
 //! of a 10M-number list never delays a call. [`log_verdicts`] runs on a
 //! thread of its own and drains the verdict queue until the workers stop.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +15,16 @@ use kuzet_dataplane::metrics::{Counter, Metrics};
 use kuzet_dataplane::Handler;
 use tokio::sync::watch;
 
-use crate::lists::Reloader;
+use crate::lists::{LoadError, Reloader};
 
 /// How often the control plane does its periodic work.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     /// How often list and rule files are checked for changes.
     pub reload_interval: Duration,
+    /// A reload still running after this long is abandoned; the lists in
+    /// force stay.
+    pub reload_timeout: Duration,
     /// How often counters are logged and behaviour state is swept.
     pub stats_interval: Duration,
     /// Reload on SIGHUP (off in tests, where many engines share a process).
@@ -63,26 +67,48 @@ async fn reload_loop(timing: Timing, mut reloader: Reloader, mut shutdown: watch
     loop {
         #[cfg(unix)]
         let hup_fut = signal_or_never(hup.as_mut());
-        let forced = tokio::select! {
+        let why = tokio::select! {
             _ = shutdown.changed() => return,
-            _ = poll.tick() => false,
-            _ = hup_fut => true,
+            _ = poll.tick() => "file change",
+            _ = hup_fut => "SIGHUP",
         };
+        // A stat per file: cheap, and it never blocks on a FIFO.
+        if why == "file change" && !reloader.changed() {
+            continue;
+        }
         // Loading a big list takes seconds: run it on a blocking thread so
         // this runtime's timers keep running.
-        let job = tokio::task::spawn_blocking(move || {
-            if forced {
-                reloader.reload("SIGHUP");
-            } else {
-                reloader.poll();
-            }
-            reloader
-        });
-        match job.await {
-            Ok(r) => reloader = r,
-            Err(e) => {
-                tracing::error!(error = %e, "list reload task failed; reloads stop");
+        let job = reloader.job();
+        let cancel = job.cancel.clone();
+        let started = std::time::Instant::now();
+        let mut task = tokio::task::spawn_blocking(move || job.run());
+        let outcome = tokio::select! {
+            _ = shutdown.changed() => {
+                cancel.store(true, Ordering::Relaxed);
                 return;
+            }
+            r = tokio::time::timeout(timing.reload_timeout, &mut task) => r,
+        };
+        match outcome {
+            Ok(Ok(loaded)) => {
+                reloader.apply(why, loaded, started);
+            }
+            Ok(Err(e)) => {
+                // A panic in a loader is a bug; the lists in force stay.
+                tracing::error!(error = %e, "list reload task failed; the lists in force stay");
+            }
+            Err(_) => {
+                cancel.store(true, Ordering::Relaxed);
+                reloader.apply(why, Err(LoadError::Abandoned(started.elapsed())), started);
+                // The abandoned load sees the flag within a few thousand
+                // lines; until it has stopped no other load starts, so two
+                // copies of a big list never sit in memory at once. A read
+                // that never returns (a hung network mount) stops reloads,
+                // but never calls, stats or shutdown.
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = &mut task => {}
+                }
             }
         }
     }

@@ -58,6 +58,7 @@ counters! {
     CallsExpired => "proxy_calls_expired_total",
     ListReloads => "list_reloads_total",
     ListReloadFailures => "list_reload_failures_total",
+    ListReloadsAbandoned => "list_reloads_abandoned_total",
 }
 
 /// Shared counters and the merged latency histogram.

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use kuzet_control::lists::{ListKind, Sources};
+use kuzet_control::files::{self, FileError, MAX_CONFIG_FILE, MAX_RULE_FILE, MAX_SECRET_FILE};
+use kuzet_control::lists::{ListFile, ListKind, Sources};
 use kuzet_dataplane::trunks::TrunkMap;
 use kuzet_dataplane::Settings;
 use kuzet_rules::{Countries, ListPolicy, NumberingPlan, Sides, TrunkKind};
@@ -301,24 +302,85 @@ pub enum MatchSides {
 #[serde(deny_unknown_fields, default)]
 pub struct ListsConfig {
     /// Blocklist files.
-    pub blocklist: Vec<PathBuf>,
+    pub blocklist: Vec<ListEntry>,
     /// Allowlist files.
-    pub allowlist: Vec<PathBuf>,
+    pub allowlist: Vec<ListEntry>,
     /// Flaglist files.
-    pub flaglist: Vec<PathBuf>,
+    pub flaglist: Vec<ListEntry>,
     /// Protected (do-not-originate) number files.
-    pub protected: Vec<PathBuf>,
+    pub protected: Vec<ListEntry>,
     /// Premium-rate destination files.
-    pub premium: Vec<PathBuf>,
+    pub premium: Vec<ListEntry>,
     /// The operator's own subscribers roaming abroad now (from its
     /// HLR/HSS): their domestic caller ID on an international trunk is
     /// genuine.
-    pub roamers: Vec<PathBuf>,
+    pub roamers: Vec<ListEntry>,
     #[serde(rename = "match")]
     /// Which numbers the lists are checked against.
     pub match_sides: MatchSides,
     /// How often list files are checked for changes.
     pub reload_interval_ms: u64,
+    /// A reload still running after this long is abandoned and the lists
+    /// in force stay.
+    pub reload_timeout_ms: u64,
+}
+
+/// One list file in `[lists]`: a path, or `{ path = "...", allow_empty =
+/// true }` for a list that may legitimately be empty (a list with no
+/// entries is otherwise refused, because a truncated upload would silently
+/// drop every entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListEntry {
+    /// The file, relative to the config's folder.
+    pub path: PathBuf,
+    /// Whether the file may hold no entries.
+    pub allow_empty: bool,
+}
+
+impl ListEntry {
+    /// A plain path, which may not be empty.
+    pub fn path(p: impl Into<PathBuf>) -> Self {
+        ListEntry {
+            path: p.into(),
+            allow_empty: false,
+        }
+    }
+}
+
+impl From<PathBuf> for ListEntry {
+    fn from(p: PathBuf) -> Self {
+        ListEntry::path(p)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            path: PathBuf,
+            #[serde(default)]
+            allow_empty: bool,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ListEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a file path, or { path = \"...\", allow_empty = true }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListEntry, E> {
+                Ok(ListEntry::path(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<ListEntry, A::Error> {
+                let f = Full::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(ListEntry {
+                    path: f.path,
+                    allow_empty: f.allow_empty,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Default for ListsConfig {
@@ -332,25 +394,31 @@ impl Default for ListsConfig {
             roamers: Vec::new(),
             match_sides: MatchSides::Both,
             reload_interval_ms: 1000,
+            reload_timeout_ms: 120_000,
         }
     }
 }
 
 impl ListsConfig {
     /// Every configured list file with its kind, in order.
-    pub fn files(&self) -> Vec<(PathBuf, ListKind)> {
-        let mut v = Vec::new();
-        v.extend(self.blocklist.iter().map(|p| (p.clone(), ListKind::Block)));
-        v.extend(self.allowlist.iter().map(|p| (p.clone(), ListKind::Allow)));
-        v.extend(self.flaglist.iter().map(|p| (p.clone(), ListKind::Flag)));
-        v.extend(
-            self.protected
-                .iter()
-                .map(|p| (p.clone(), ListKind::Protected)),
-        );
-        v.extend(self.premium.iter().map(|p| (p.clone(), ListKind::Premium)));
-        v.extend(self.roamers.iter().map(|p| (p.clone(), ListKind::Roamers)));
-        v
+    pub fn files(&self) -> Vec<ListFile> {
+        [
+            (&self.blocklist, ListKind::Block),
+            (&self.allowlist, ListKind::Allow),
+            (&self.flaglist, ListKind::Flag),
+            (&self.protected, ListKind::Protected),
+            (&self.premium, ListKind::Premium),
+            (&self.roamers, ListKind::Roamers),
+        ]
+        .into_iter()
+        .flat_map(|(entries, kind)| {
+            entries.iter().map(move |e| ListFile {
+                path: e.path.clone(),
+                kind,
+                allow_empty: e.allow_empty,
+            })
+        })
+        .collect()
     }
 
     /// The sides as the scoring core wants them.
@@ -384,14 +452,10 @@ pub struct TrunkConfig {
 /// A configuration problem, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The config file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The file (or one it names) could not be read: missing, not a
+    /// regular file, too big, or not UTF-8 (with the line).
+    #[error(transparent)]
+    Read(#[from] FileError),
     /// Not TOML, or an unknown key or a value of the wrong type.
     #[error("{path}:{line}:{col}: {message}")]
     Toml {
@@ -425,10 +489,7 @@ impl Config {
 
     /// Reads and checks a config file; list paths are resolved from its folder.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let text = files::read_text(path, MAX_CONFIG_FILE)?;
         let mut c = Self::from_toml_str(&text, &path.display().to_string())?;
         c.base_dir = path
             .parent()
@@ -443,10 +504,7 @@ impl Config {
     pub fn load_side_files(&mut self, name: &str) -> Result<(), ConfigError> {
         if let Some(p) = &self.outcomes.secret_file {
             let path = self.resolve(p);
-            let text = std::fs::read(&path).map_err(|e| ConfigError::Read {
-                path: path.display().to_string(),
-                source: e,
-            })?;
+            let text = files::read_bytes(&path, MAX_SECRET_FILE)?;
             let secret = text.trim_ascii().to_vec();
             if secret.len() < 16 {
                 return Err(ConfigError::Invalid {
@@ -464,10 +522,7 @@ impl Config {
     pub fn load_plan(&mut self, name: &str) -> Result<(), ConfigError> {
         if let Some(p) = &self.numbering.plan {
             let path = self.resolve(p);
-            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
-                path: path.display().to_string(),
-                source: e,
-            })?;
+            let text = files::read_text(&path, MAX_RULE_FILE)?;
             self.numbering.countries = Countries::from_toml_str(&text, &path.display().to_string())
                 .map_err(|e| ConfigError::Toml {
                     path: e.file,
@@ -608,7 +663,10 @@ impl Config {
             self.lists
                 .files()
                 .into_iter()
-                .map(|(p, k)| (self.resolve(&p), k))
+                .map(|f| ListFile {
+                    path: self.resolve(&f.path),
+                    ..f
+                })
                 .collect()
         };
         Sources {

@@ -108,7 +108,8 @@ fn rules_check(file: &std::path::Path, config: Option<&std::path::Path>) -> Exit
         };
         let plan = cfg.plan().map_err(|e| e.to_string())?;
         let policy = cfg.sources().policy;
-        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text = kuzet_control::files::read_text(file, kuzet_control::files::MAX_RULE_FILE)
+            .map_err(|e| e.to_string())?;
         let set = RuleSet::from_toml_str(&text, &file.display().to_string(), &plan, &policy)
             .map_err(|e| e.to_string())?;
         let from_file: Vec<_> = set.rules.iter().filter(|r| !r.builtin).collect();
@@ -198,7 +199,11 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
     if any_cli_list {
         // Command-line lists are relative to the working directory.
         let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
-        let abs = |v: &Vec<PathBuf>| v.iter().map(|p| cwd.join(p)).collect::<Vec<_>>();
+        let abs = |v: &Vec<PathBuf>| {
+            v.iter()
+                .map(|p| kuzet::config::ListEntry::path(cwd.join(p)))
+                .collect::<Vec<_>>()
+        };
         if !args.blocklist.is_empty() {
             cfg.lists.blocklist = abs(&args.blocklist);
         }

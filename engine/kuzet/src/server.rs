@@ -8,6 +8,7 @@
 //! reload of a 10M-number list never delays a call.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -65,7 +66,11 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let mode = cfg.server.mode;
     let started = std::time::Instant::now();
     let sources = cfg.sources();
-    let (set, stats) = lists::load(&sources, &plan)?;
+    // Start-up has no lists to fall back on: it loads to the end (with
+    // progress lines for a big list), and a SIGTERM meanwhile is handled
+    // as soon as it is serving.
+    let (set, stats) = lists::load(&sources, &plan, &AtomicBool::new(false))?;
+    lists::log_files(&stats);
     tracing::info!(
         lines = stats.lines,
         exact = stats.exact,
@@ -164,6 +169,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let h = handler.clone();
     let timing = Timing {
         reload_interval: Duration::from_millis(cfg.lists.reload_interval_ms),
+        reload_timeout: Duration::from_millis(cfg.lists.reload_timeout_ms.max(1)),
         stats_interval: Duration::from_secs(cfg.server.stats_interval_secs),
         handle_sighup: opts.handle_sighup,
     };

@@ -194,3 +194,148 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// The kuzet binary running in a folder, its log lines streamed to the
+/// test as they come, so a test waits for what kuzet says rather than
+/// sleeping. Killed and reaped if the test fails.
+pub struct Watched {
+    child: Reaped,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every log line seen so far.
+    pub log: Vec<String>,
+    /// The SIP address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl Watched {
+    /// Starts `kuzet run --listen <free port> ARGS` in `dir`; returns once
+    /// it logs "kuzet serving", or panics with its log if it exits first.
+    pub fn start(args: &[&str], dir: &Path) -> Watched {
+        let w = Self::spawn(args, dir);
+        let mut w = w;
+        w.wait_for("kuzet serving", Duration::from_secs(30));
+        w
+    }
+
+    /// Starts it without waiting for anything.
+    pub fn spawn(args: &[&str], dir: &Path) -> Watched {
+        use std::io::BufRead;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+            .arg("run")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map(Reaped)
+            .expect("kuzet starts");
+        let err = child.0.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Watched {
+            child,
+            lines,
+            log: Vec::new(),
+            addr,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Waits for a log line containing `text` and returns it; panics with
+    /// the log so far if none comes within `limit` or kuzet exits.
+    pub fn wait_for(&mut self, text: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(text) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!(
+                    "no log line with {text:?} ({e:?}); the log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends a signal by name ("TERM", "HUP").
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits (at most 20 s) for kuzet to exit; returns its exit code, its
+    /// stdout, and its whole log.
+    pub fn wait_exit(mut self) -> (Option<i32>, String, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = self.child.0.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kuzet did not exit; the log:\n{}",
+                self.log.join("\n")
+            );
+            // Keep the log flowing while waiting.
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(20)) {
+                self.log.push(l);
+            }
+        };
+        // The pipe closes at exit: the reader thread ends the channel.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(l);
+        }
+        let mut out = String::new();
+        if let Some(mut o) = self.child.0.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        (status.code(), out, self.log.join("\n"))
+    }
+
+    /// SIGTERM, then [`Self::wait_exit`].
+    pub fn stop(self) -> (Option<i32>, String, String) {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("the field is in /proc/PID/status")
+}

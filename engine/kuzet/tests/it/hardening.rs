@@ -123,3 +123,219 @@ fn a_reply_too_big_for_a_datagram_is_cut_down_or_answered_513() {
     );
     eng.stop();
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let ok = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(ok.success(), "mkfifo {}", path.display());
+}
+
+/// Regression: a list file replaced by a FIFO hung every later reload and
+/// the stats log, and SIGTERM could no longer stop kuzet.
+#[test]
+fn a_list_replaced_by_a_fifo_is_refused_and_stats_and_sigterm_go_on() {
+    use crate::common::{ask, client, invite, status, Watched};
+    let dir = TempDir::new("fifo");
+    dir.write("block.txt", "+77011112233\n");
+    dir.write(
+        "kuzet.toml",
+        "[server]\nstats_interval_secs = 1\n\n[lists]\nblocklist = [\"block.txt\"]\nreload_interval_ms = 50\n",
+    );
+    let mut k = Watched::start(&["-c", "kuzet.toml"], dir.path());
+    // Swapped in atomically, as a careless deploy script would.
+    mkfifo(&dir.path().join("fifo"));
+    std::fs::rename(dir.path().join("fifo"), dir.path().join("block.txt")).unwrap();
+    let refused = k.wait_for("list reload rejected", Duration::from_secs(10));
+    assert!(
+        refused.contains("block.txt: is a FIFO, not a regular file"),
+        "{refused}"
+    );
+    // The stats log goes on after it, and calls still meet the old list.
+    k.wait_for("behaviour state", Duration::from_secs(5));
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let r = ask(
+        &c,
+        k.addr,
+        &invite("+77011112233", "+77020000001", "f1", port),
+    );
+    assert_eq!(status(&r), 603);
+    let (code, out, log) = k.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(out.contains("list_reload_failures_total=1"), "{out}");
+    // At start-up the same file is refused with the same reason (exit 2),
+    // instead of hanging before serving.
+    let (code, _, log) =
+        crate::common::Watched::spawn(&["--blocklist", "block.txt"], dir.path()).wait_exit();
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("block.txt: is a FIFO, not a regular file"),
+        "{log}"
+    );
+}
+
+use std::time::Duration;
+
+/// Regression: a list file holding a single 1 GB line was read whole
+/// (2.1 GB resident), and the whole line was repeated in the error.
+#[test]
+fn a_one_gigabyte_line_is_refused_with_its_number_and_a_short_excerpt() {
+    use crate::common::Watched;
+    let dir = TempDir::new("huge-line");
+    dir.write("block.txt", "+77011112233\n");
+    let mut k = Watched::start(&["--blocklist", "block.txt"], dir.path());
+    let before = k.peak_rss_kib();
+    // 8 KiB of digits, then a sparse run of NULs to 1 GiB: one line, no
+    // newline anywhere, and no gigabyte of disk spent on it.
+    let huge = dir.path().join("huge.tmp");
+    let mut f = std::fs::File::create(&huge).unwrap();
+    std::io::Write::write_all(&mut f, &[b'9'; 8192]).unwrap();
+    f.set_len(1 << 30).unwrap();
+    drop(f);
+    std::fs::rename(&huge, dir.path().join("block.txt")).unwrap();
+    let refused = k.wait_for("list reload rejected", Duration::from_secs(20));
+    assert!(
+        refused.contains("block.txt:1: the line is longer than 4096 bytes; it starts \"9999"),
+        "{refused}"
+    );
+    assert!(refused.contains("…"), "the excerpt is cut: {refused}");
+    assert!(refused.len() < 400, "{} bytes: {refused}", refused.len());
+    let grew = k.peak_rss_kib().saturating_sub(before);
+    assert!(grew < 32 * 1024, "peak RSS grew by {grew} KiB");
+    let (code, _, log) = k.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// Non-UTF-8 config and rule files are refused with the line that is
+/// not UTF-8, and a config that is not a regular file says what it is.
+#[test]
+fn non_utf8_config_and_rule_files_name_the_line() {
+    use crate::common::Watched;
+    let dir = TempDir::new("utf8");
+    std::fs::write(
+        dir.path().join("kuzet.toml"),
+        b"[server]\nstats_interval_secs = 5\n# Almaty caf\xe9 lines\n",
+    )
+    .unwrap();
+    let (code, _, log) = Watched::spawn(&["-c", "kuzet.toml"], dir.path()).wait_exit();
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("kuzet.toml:3: the line is not valid UTF-8"),
+        "{log}"
+    );
+    let (code, _, log) = Watched::spawn(&["-c", "."], dir.path()).wait_exit();
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains(".: is a directory, not a regular file"),
+        "{log}"
+    );
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        b"[thresholds]\nflag = 50\nblock = 100\n\n\n# \xff\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["rules", "check", "rules.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("rules.toml:6: the line is not valid UTF-8"),
+        "{err}"
+    );
+}
+
+/// An emptied list file (a truncated upload) is refused, and the lists in
+/// force stay, unless its config entry says `allow_empty = true`.
+#[test]
+fn an_emptied_list_is_refused_unless_the_config_allows_it() {
+    use crate::common::{ask, client, header, invite, start, status, test_config};
+    use kuzet::config::ListEntry;
+    use kuzet_dataplane::metrics::Counter;
+    let dir = TempDir::new("emptied");
+    let mut cfg = test_config();
+    cfg.lists.blocklist = vec![dir.write("block.txt", "+77011112233\n").into()];
+    cfg.lists.flaglist = vec![ListEntry {
+        path: dir.write("flag.txt", "+77011112244\n"),
+        allow_empty: true,
+    }];
+    // At start-up an empty list is refused too, with what to do about it.
+    let mut empty = cfg.clone();
+    empty.lists.blocklist = vec![dir.write("empty.txt", "# nothing yet\n\n").into()];
+    let Err(e) = kuzet::server::start(empty, Default::default()) else {
+        panic!("an empty blocklist was accepted at start-up");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("empty.txt: the blocklist file has no entries"),
+        "{e}"
+    );
+    assert!(e.contains("allow_empty = true"), "{e}");
+
+    let eng = start(cfg);
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let call = |a: &str, id: &str| ask(&c, eng.udp_addr, &invite(a, "+77020000001", id, port));
+    let wait = |counter: Counter, n: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while eng.metrics.get(counter) < n {
+            assert!(std::time::Instant::now() < deadline, "{counter:?} < {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    std::fs::write(dir.path().join("block.txt"), "").unwrap();
+    wait(Counter::ListReloadFailures, 1);
+    assert_eq!(status(&call("+77011112233", "e1")), 603, "old list stays");
+    // Put it back, then empty the list that may be empty.
+    // (write and rename, so no reload ever sees it half written)
+    let tmp = dir.write("block.tmp", "+77011112233\n");
+    std::fs::rename(tmp, dir.path().join("block.txt")).unwrap();
+    wait(Counter::ListReloads, 1);
+    let r = call("+77011112244", "e2");
+    assert!(
+        header(&r, "X-Kuzet-Verdict").is_some_and(|v| v.starts_with("flag;")),
+        "{r}"
+    );
+    std::fs::write(dir.path().join("flag.txt"), "").unwrap();
+    wait(Counter::ListReloads, 2);
+    let r = call("+77011112244", "e3");
+    assert!(
+        header(&r, "X-Kuzet-Verdict").is_none_or(|v| v.starts_with("allow")),
+        "{r}"
+    );
+    assert_eq!(status(&call("+77011112233", "e4")), 603);
+    assert_eq!(eng.metrics.get(Counter::ListReloadFailures), 1);
+    eng.stop();
+}
+
+/// A reload that takes longer than `lists.reload_timeout_ms` is abandoned
+/// (the load stops, not only the wait), the lists in force stay, and
+/// shutdown is not held up.
+#[test]
+fn a_reload_that_takes_too_long_is_abandoned_and_the_lists_in_force_stay() {
+    use crate::common::{start, test_config};
+    use kuzet_dataplane::metrics::Counter;
+    let dir = TempDir::new("slow-reload");
+    let mut list = String::with_capacity(300_000 * 14);
+    for i in 0..300_000u64 {
+        list.push_str(&format!("+7701{i:07}\n"));
+    }
+    let mut cfg = test_config();
+    cfg.lists.blocklist = vec![dir.write("block.txt", &list).into()];
+    cfg.lists.reload_timeout_ms = 1;
+    let eng = start(cfg);
+    let generation = eng.lists.load().generation;
+    list.push_str("+77029999999\n");
+    dir.write("block.txt", &list);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while eng.metrics.get(Counter::ListReloadsAbandoned) == 0 {
+        assert!(std::time::Instant::now() < deadline, "never abandoned");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(eng.lists.load().generation, generation);
+    assert_eq!(eng.metrics.get(Counter::ListReloads), 0);
+    let stopping = std::time::Instant::now();
+    eng.stop();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+}

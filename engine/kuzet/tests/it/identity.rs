@@ -24,9 +24,13 @@ fn client_on(ip: &str) -> UdpSocket {
 fn spoof_engine(dir: &TempDir) -> kuzet::server::Running {
     let mut cfg = test_config();
     cfg.rules.file = Some(dir.write("rules.toml", SPOOF_RULES));
-    cfg.lists.roamers = vec![dir.write("roamers.txt", "+77051112233\n")];
-    cfg.lists.protected = vec![dir.write("protected.txt", "+77272595555,bank hotline\n")];
-    cfg.lists.allowlist = vec![dir.write("allow.txt", "+77272500000,bank call centre\n")];
+    cfg.lists.roamers = vec![dir.write("roamers.txt", "+77051112233\n").into()];
+    cfg.lists.protected = vec![dir
+        .write("protected.txt", "+77272595555,bank hotline\n")
+        .into()];
+    cfg.lists.allowlist = vec![dir
+        .write("allow.txt", "+77272500000,bank call centre\n")
+        .into()];
     cfg.trunks = vec![
         kuzet::config::TrunkConfig {
             name: "intl".into(),
@@ -167,7 +171,7 @@ fn list_files_as_spreadsheets_and_switches_write_them_are_loaded() {
     cfg.lists.blocklist = vec![dir.write(
         "block.csv",
         "\u{feff}tel:+77011112233;npdi,from a bank\r\nsip:+77011112234@gw;user=phone\r\n8 (701) 111-22-35\r\n",
-    )];
+    ).into()];
     let k = start(cfg);
     let c = client();
     let port = c.local_addr().unwrap().port();

@@ -432,8 +432,10 @@ fn shutdown_drains_every_queued_verdict() {
 fn a_rule_file_keeps_the_lists_in_force() {
     let dir = TempDir::new("rules-lists");
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![dir.write("block.txt", "+77011112233,bank fraud desk\n")];
-    cfg.lists.flaglist = vec![dir.write("flag.txt", "+77009990001\n")];
+    cfg.lists.blocklist = vec![dir
+        .write("block.txt", "+77011112233,bank fraud desk\n")
+        .into()];
+    cfg.lists.flaglist = vec![dir.write("flag.txt", "+77009990001\n").into()];
     cfg.rules.file = Some(dir.write("rules.toml", RULES));
     let k = start(cfg);
     let c = client();
