@@ -2,11 +2,13 @@
 # Installs what kuzet's tests and benchmarks need that cargo cannot fetch:
 # SIPp (Debian package sip-tester) and Kamailio (package kamailio, for the
 # side-by-side benchmark and the test that its config matches kuzet's
-# policy). Safe to run again: it installs only what is missing.
+# policy), and ss (iproute2, to read a listening socket's backlog). Safe to
+# run again: it installs only what is missing.
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
+command -v ss >/dev/null 2>&1 || [ -x /usr/sbin/ss ] || [ -x /bin/ss ] || need+=(iproute2)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

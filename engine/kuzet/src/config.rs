@@ -151,8 +151,17 @@ pub struct ServerConfig {
     pub tcp: bool,
     /// TCP connections beyond this are refused, bounding memory.
     pub max_tcp_connections: usize,
-    /// A TCP connection idle this long is closed.
+    /// TCP connections from one source address beyond this are refused.
+    pub max_tcp_connections_per_source: usize,
+    /// The TCP listen backlog (the kernel caps it at net.core.somaxconn).
+    pub tcp_backlog: u32,
+    /// A TCP connection with no message in progress this long is closed.
     pub tcp_idle_timeout_secs: u64,
+    /// A TCP message not complete this long after its first byte closes
+    /// the connection.
+    pub tcp_message_timeout_ms: u64,
+    /// An answer a TCP peer has not taken this long closes the connection.
+    pub tcp_write_timeout_ms: u64,
     /// How often counters are logged and behaviour state is swept.
     pub stats_interval_secs: u64,
 }
@@ -167,7 +176,11 @@ impl Default for ServerConfig {
             socket_buffer_bytes: 4 << 20,
             tcp: true,
             max_tcp_connections: 4096,
+            max_tcp_connections_per_source: 256,
+            tcp_backlog: 4096,
             tcp_idle_timeout_secs: 60,
+            tcp_message_timeout_ms: 10_000,
+            tcp_write_timeout_ms: 10_000,
             stats_interval_secs: 10,
         }
     }
@@ -577,6 +590,12 @@ impl Config {
         }
         if self.server.udp_batch == 0 || self.server.udp_batch > 1024 {
             return Err(bad("server.udp_batch must be 1 to 1024".into()));
+        }
+        if self.server.max_tcp_connections_per_source == 0 || self.server.tcp_backlog == 0 {
+            return Err(bad(
+                "server.max_tcp_connections_per_source and server.tcp_backlog must be at least 1"
+                    .into(),
+            ));
         }
         if self.numbers.a_number_order.is_empty() {
             return Err(bad("numbers.a_number_order may not be empty".into()));

@@ -98,9 +98,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     }
     let udp_out = Arc::new(sockets[0].try_clone().context("cloning UDP socket")?);
     let tcp_listener = if cfg.server.tcp {
-        let l = std::net::TcpListener::bind(udp_addr)
+        let l = tcp::listen(udp_addr, cfg.server.tcp_backlog)
             .with_context(|| format!("binding TCP {udp_addr}"))?;
-        l.set_nonblocking(true).context("TCP nonblocking")?;
         Some(l)
     } else {
         None
@@ -144,7 +143,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         let sd = shutdown_rx.clone();
         let settings = tcp::TcpSettings {
             max_connections: cfg.server.max_tcp_connections,
+            max_per_source: cfg.server.max_tcp_connections_per_source,
             idle_timeout: Duration::from_secs(cfg.server.tcp_idle_timeout_secs.max(1)),
+            message_timeout: Duration::from_millis(cfg.server.tcp_message_timeout_ms.max(1)),
+            write_timeout: Duration::from_millis(cfg.server.tcp_write_timeout_ms.max(1)),
         };
         threads.push(
             std::thread::Builder::new()

@@ -1,39 +1,107 @@
-//! SIP over TCP: framing by Content-Length, bounded buffers, idle timeouts.
+//! SIP over TCP: framing by Content-Length, and every resource a peer can
+//! hold bounded in size and in time.
 //!
-//! Each connection reads into one buffer capped at the largest message
-//! plus one read, so a peer that sends endless headers or a huge body is
-//! answered 400 (when the headers allow it) and closed without growing
-//! memory. A peer that stops mid-message is closed by the idle timeout.
+//! - Memory: each connection reads into one buffer capped at the largest
+//!   message plus one read, so a peer that sends endless headers or a
+//!   huge body is closed without growing memory; an [`Outbox`] bounds the
+//!   answers waiting for it, and while it is full kuzet reads no more of
+//!   that peer's requests.
+//! - Time: a message must be complete within the message deadline,
+//!   counted from its first byte, not from the last read, so a peer that
+//!   sends a byte a second is closed all the same. An answer must be
+//!   taken by the peer within the write deadline, or the connection is
+//!   closed: a peer that pipelines requests and never reads holds nothing
+//!   for long. A connection with no message in progress is closed after
+//!   the idle timeout.
+//! - Slots: connections are capped in total and per source address, so a
+//!   few hosts holding slow connections cannot shut out real routers.
+//!
 //! Requests kuzet forwards in proxy mode go out over UDP from the listen
 //! port; their responses come back to a UDP worker, which hands them to
 //! the connection through [`Connections`].
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
-use super::Connections;
+use super::{Connections, Outbox};
 use crate::handler::{Handler, Outcome};
 use crate::metrics::Counter;
 use kuzet_sip::{parse, ParseError, Transport, MAX_MESSAGE};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
-/// Replies queued for one connection before it counts as stuck.
-const OUTBOX: usize = 256;
-
 /// Settings for the TCP side.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TcpSettings {
     /// Connections beyond this are refused at accept.
     pub max_connections: usize,
-    /// A connection idle this long is closed.
+    /// Connections from one source address beyond this are refused.
+    pub max_per_source: usize,
+    /// A connection with no message in progress this long is closed.
     pub idle_timeout: Duration,
+    /// A message not complete this long after its first byte arrived
+    /// closes the connection.
+    pub message_timeout: Duration,
+    /// An answer the peer has not taken this long closes the connection.
+    pub write_timeout: Duration,
+}
+
+/// Open connections per source address, shared by the accept loop and
+/// the connections; an entry goes when its last connection does.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's hold on its source's count, given back on drop.
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A listening TCP socket with an explicit backlog (std's is 128, which
+/// turns away a burst of routers reconnecting at once). The kernel caps
+/// it at `net.core.somaxconn`.
+pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 /// Accepts connections until `shutdown` turns true.
@@ -46,6 +114,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let per_source = Arc::new(PerSource::default());
     let next_id = AtomicU64::new(1);
     loop {
         let (stream, peer) = tokio::select! {
@@ -65,23 +134,29 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        let Some(slot) = per_source.take(peer.ip(), settings.max_per_source) else {
+            handler.metrics().inc(Counter::TcpRefusedPerSource);
+            drop(stream);
+            continue;
+        };
         handler.metrics().inc(Counter::TcpConnections);
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let h = handler.clone();
         let u = udp_out.clone();
         let c = conns.clone();
-        let idle = settings.idle_timeout;
+        let st = settings.clone();
         let sd = shutdown.clone();
         tokio::spawn(async move {
             let metrics = h.metrics().clone();
             // The connection runs as its own task so that a panic in it is
             // caught by the runtime, counted here, and cleaned up after.
-            let run = tokio::spawn(connection(stream, peer, id, h, u, c.clone(), idle, sd)).await;
+            let run = tokio::spawn(connection(stream, peer, id, h, u, c.clone(), st, sd)).await;
             if run.is_err_and(|e| e.is_panic()) {
                 metrics.inc(Counter::WorkerPanics);
                 tracing::error!(%peer, "TCP connection task panicked; connection closed");
             }
             c.remove(&id);
+            drop(slot);
             drop(permit);
         });
     }
@@ -95,35 +170,61 @@ async fn connection(
     handler: Arc<Handler>,
     udp_out: Arc<std::net::UdpSocket>,
     conns: Connections,
-    idle: Duration,
+    settings: TcpSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOX);
+    let (tx, mut rx) = Outbox::new();
     conns.insert(id, tx.clone());
-    let writer = tokio::spawn(async move {
+    let metrics = handler.metrics().clone();
+    let write_timeout = settings.write_timeout;
+    let m = metrics.clone();
+    let mut writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
+            match tokio::time::timeout(write_timeout, wr.write_all(&b)).await {
+                Ok(Ok(())) => rx.sent(b.len()),
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    // The peer has not taken an answer in time: it is not
+                    // reading. Closing frees its slot and its queue.
+                    m.inc(Counter::TcpClosedNotReading);
+                    break;
+                }
             }
         }
         let _ = wr.shutdown().await;
     });
-    let metrics = handler.metrics().clone();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
+    // When the first byte of the message in progress arrived (None: no
+    // message in progress, only the idle timeout applies).
+    let mut message_since: Option<Instant> = None;
     'conn: loop {
         if buf.len() + READ_CHUNK > buf.capacity() {
-            buf.reserve(READ_CHUNK);
+            // Exact: the buffer never passes MAX_MESSAGE + 2 reads.
+            buf.reserve_exact(READ_CHUNK);
         }
+        let deadline = match message_since {
+            Some(t) => t + settings.message_timeout,
+            None => Instant::now() + settings.idle_timeout,
+        };
         let read = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => r,
+            // The writer ends only when the peer stopped reading (or the
+            // socket failed): nothing more can be answered.
+            _ = &mut writer => break,
+            r = tokio::time::timeout_at(deadline.into(), rd.read_buf(&mut buf)) => r,
         };
         match read {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) => {
+                if message_since.is_some() {
+                    metrics.inc(Counter::TcpClosedSlowMessage);
+                }
+                break;
+            }
             Ok(Ok(_)) => {}
         }
         let received = Instant::now();
@@ -133,7 +234,7 @@ async fn connection(
             let rest = &buf[used..];
             if rest.starts_with(b"\r\n\r\n") {
                 used += 4;
-                let _ = tx.try_send(b"\r\n".to_vec());
+                let _ = tx.try_push(b"\r\n".to_vec());
                 continue;
             }
             if rest.starts_with(b"\r\n") {
@@ -150,10 +251,15 @@ async fn connection(
                         Outcome::Reply | Outcome::ToConnection(_) => {
                             // Wait for room rather than drop the answer: a
                             // client that reads slowly slows only its own
-                            // connection (we stop reading it meanwhile).
-                            if tx.send(out.clone()).await.is_err() {
-                                metrics.inc(Counter::SendErrors);
-                                break 'conn;
+                            // connection (we stop reading it meanwhile),
+                            // and one that does not read at all is closed.
+                            match tokio::time::timeout(write_timeout, tx.push(out.clone())).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(_)) => break 'conn,
+                                Err(_) => {
+                                    metrics.inc(Counter::TcpClosedNotReading);
+                                    break 'conn;
+                                }
                             }
                         }
                         Outcome::Forward(to) => {
@@ -181,12 +287,26 @@ async fn connection(
             }
         }
         buf.drain(..used);
+        // What is left is the start of the next message: its clock runs
+        // from now if a message just completed, or keeps running if not.
+        message_since = match (buf.is_empty(), used > 0) {
+            (true, _) => None,
+            (false, true) => Some(received),
+            (false, false) => message_since.or(Some(received)),
+        };
         if buf.len() > MAX_MESSAGE {
             metrics.inc(Counter::TcpClosedBadInput);
             break;
         }
+        // A big message grew the buffer; an idle connection gives it back.
+        if buf.is_empty() && buf.capacity() > 2 * READ_CHUNK {
+            buf.shrink_to(READ_CHUNK);
+        }
     }
     conns.remove(&id);
     drop(tx);
-    let _ = writer.await;
+    // The writer finishes what is queued within its deadline, or gives up.
+    if !writer.is_finished() {
+        let _ = writer.await;
+    }
 }

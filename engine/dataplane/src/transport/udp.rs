@@ -159,7 +159,7 @@ pub fn run_worker<S: Service + ?Sized>(
                 Outcome::ToConnection(id) => {
                     let delivered = conns
                         .get(&id)
-                        .map(|tx| tx.try_send(out.clone()).is_ok())
+                        .map(|o| o.try_push(out.clone()))
                         .unwrap_or(false);
                     if !delivered {
                         metrics.inc(Counter::SendErrors);

@@ -339,3 +339,226 @@ fn a_reload_that_takes_too_long_is_abandoned_and_the_lists_in_force_stay() {
     eng.stop();
     assert!(stopping.elapsed() < Duration::from_secs(5));
 }
+
+/// An INVITE over TCP with a From display name of `pad` bytes.
+fn tcp_invite(a: &str, id: &str, pad: usize) -> String {
+    let base = crate::common::invite(a, "+77020000001", id, 5060).replace("UDP", "TCP");
+    if pad == 0 {
+        return base;
+    }
+    base.replacen("From: <", &format!("From: \"{}\" <", "p".repeat(pad)), 1)
+}
+
+/// Reads until one whole SIP response (headers, no body) has arrived;
+/// `None` if the connection ends or the read timeout passes first.
+fn try_response(s: &mut std::net::TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Like [`try_response`], for a response that must come.
+fn read_response(s: &mut std::net::TcpStream) -> String {
+    try_response(s).expect("a response before the connection ended or timed out")
+}
+
+/// Whether the peer has closed the connection: a read sees the end (or a
+/// reset) before `limit`.
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Regression: a TCP peer that sent one byte a second was never closed,
+/// because the idle timeout restarted on every read; a few hundred of
+/// them held every TCP slot. A message now has a deadline from its first
+/// byte; a message that merely arrives in pieces is still served.
+#[test]
+fn a_tcp_peer_sending_a_byte_at_a_time_is_closed_at_the_message_deadline() {
+    use crate::common::{start, status, test_config};
+    use kuzet_dataplane::metrics::Counter;
+    use std::io::Write;
+    let mut cfg = test_config();
+    cfg.server.tcp_message_timeout_ms = 1000;
+    cfg.server.tcp_idle_timeout_secs = 60;
+    let eng = start(cfg);
+    let addr = eng.tcp_addr.unwrap();
+    // In two pieces 100 ms apart: answered.
+    let mut ok = std::net::TcpStream::connect(addr).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let msg = tcp_invite("+77011112233", "pieces", 0);
+    let (head, tail) = msg.split_at(msg.len() / 2);
+    ok.write_all(head.as_bytes()).unwrap();
+    assert!(!closed_within(&mut ok, Duration::from_millis(100)));
+    ok.write_all(tail.as_bytes()).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(status(&read_response(&mut ok)), 302);
+    // Five bytes a second, forever: closed at the deadline, long before
+    // the 60 s idle timeout.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for b in tcp_invite("+77011112233", "loris", 0).bytes() {
+        if slow.write_all(&[b]).is_err() || closed_within(&mut slow, Duration::from_millis(200)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow peer was never closed");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The connection that was served stays open.
+    assert!(!closed_within(&mut ok, Duration::from_millis(50)));
+    let m = eng.metrics.clone();
+    eng.stop();
+    assert_eq!(m.get(Counter::TcpClosedSlowMessage), 1);
+}
+
+/// Regression: a TCP peer that pipelined requests and never read its
+/// answers was never closed, because the send waited with no timeout.
+#[test]
+fn a_tcp_peer_that_never_reads_its_answers_is_closed() {
+    use crate::common::{start, test_config};
+    use kuzet_dataplane::metrics::Counter;
+    use std::io::Write;
+    let mut cfg = test_config();
+    cfg.server.tcp_write_timeout_ms = 500;
+    let eng = start(cfg);
+    let addr = eng.tcp_addr.unwrap();
+    // A small receive window, so kuzet's answers back up quickly.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // 4 KiB requests whose answers echo the 4 KiB From: pipelined, never read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    while eng.metrics.get(Counter::TcpClosedNotReading) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never closed after {i} requests"
+        );
+        i += 1;
+        match s.write_all(tcp_invite("+77011112233", &format!("nr{i}"), 4000).as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            // Closed (reset) under us: the counter says why.
+            Err(_) => {}
+        }
+    }
+    // Its slot is free again: the connection count goes back to what a
+    // new, well-behaved connection adds.
+    let mut fresh = std::net::TcpStream::connect(addr).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    fresh
+        .write_all(tcp_invite("+77011112233", "fresh", 0).as_bytes())
+        .unwrap();
+    assert_eq!(crate::common::status(&read_response(&mut fresh)), 302);
+    eng.stop();
+}
+
+/// One source address cannot hold more than its share of TCP slots;
+/// others still get in, and a freed slot can be used again.
+#[test]
+fn tcp_connections_are_capped_per_source_address() {
+    use crate::common::{start, status, test_config};
+    use kuzet_dataplane::metrics::Counter;
+    use std::io::Write;
+    let mut cfg = test_config();
+    cfg.server.max_tcp_connections_per_source = 2;
+    let eng = start(cfg);
+    let addr = eng.tcp_addr.unwrap();
+    let from = |ip: &str| {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: std::net::SocketAddr = format!("{ip}:0").parse().unwrap();
+        sock.bind(&local.into()).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let s: std::net::TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let served = |s: &mut std::net::TcpStream, id: &str| {
+        s.write_all(tcp_invite("+77011112233", id, 0).as_bytes())
+            .is_ok()
+            && try_response(s).is_some_and(|r| status(&r) == 302)
+    };
+    let mut a = from("127.0.0.1");
+    let mut b = from("127.0.0.1");
+    assert!(served(&mut a, "a"));
+    assert!(served(&mut b, "b"));
+    let mut c = from("127.0.0.1");
+    assert!(!served(&mut c, "c"), "a third was let in");
+    assert_eq!(eng.metrics.get(Counter::TcpRefusedPerSource), 1);
+    let mut d = from("127.0.0.2");
+    assert!(served(&mut d, "d"), "another source is not held back");
+    // Once one closes, its slot is given back (as soon as kuzet has seen
+    // the close: until then a newcomer is refused, and tries again).
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !served(&mut from("127.0.0.1"), "e") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+    }
+    assert!(served(&mut b, "b2"), "the other connection is untouched");
+    eng.stop();
+}
+
+/// Regression: the TCP listen backlog was 128, so a burst of routers
+/// reconnecting at once was refused. It is 4096 by default (the kernel
+/// caps it at net.core.somaxconn) and configurable; `ss` reads it back
+/// from the kernel.
+#[test]
+fn the_tcp_listen_backlog_is_4096_by_default_and_configurable() {
+    use crate::common::{start, test_config};
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let backlog_of = |port: u16| -> u32 {
+        let out = Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2; scripts/install-deps.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // State Recv-Q Send-Q Local Peer: for a listener, Send-Q is the backlog.
+        let cols: Vec<&str> = text.split_whitespace().collect();
+        assert!(cols.len() >= 3 && cols[0] == "LISTEN", "{text}");
+        cols[2].parse().unwrap()
+    };
+    let eng = start(test_config());
+    assert_eq!(
+        backlog_of(eng.tcp_addr.unwrap().port()),
+        somaxconn.min(4096)
+    );
+    eng.stop();
+    let mut cfg = test_config();
+    cfg.server.tcp_backlog = 1000;
+    let eng = start(cfg);
+    assert_eq!(
+        backlog_of(eng.tcp_addr.unwrap().port()),
+        somaxconn.min(1000)
+    );
+    eng.stop();
+}
