@@ -96,6 +96,14 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 .with_context(|| format!("binding UDP {udp_addr} (SO_REUSEPORT)"))?,
         );
     }
+    // The fail-open budget counts from when the kernel received a request,
+    // so time spent queued in the socket under overload counts too.
+    for s in &sockets {
+        if let Err(e) = kuzet_net::enable_rx_timestamps(s) {
+            tracing::warn!(error = %e, "no kernel receive timestamps: the fail-open budget counts from when a worker reads a request");
+            break;
+        }
+    }
     let udp_out = Arc::new(sockets[0].try_clone().context("cloning UDP socket")?);
     let tcp_listener = if cfg.server.tcp {
         let l = tcp::listen(udp_addr, cfg.server.tcp_backlog)

@@ -1,6 +1,7 @@
 //! kuzet's syscall layer: batched datagram I/O with `recvmmsg(2)` and
-//! `sendmmsg(2)`, `ppoll(2)` and the timer slack for loops that wait on
-//! sockets without an async runtime, and the UDP socket set-up every
+//! `sendmmsg(2)`, with the kernel's receive timestamp of each datagram
+//! (`SO_TIMESTAMPNS`), `ppoll(2)` and the timer slack for loops that wait
+//! on sockets without an async runtime, and the UDP socket set-up every
 //! kuzet process shares (`SO_REUSEPORT`, buffer sizes).
 //!
 //! One system call moves up to a batch of datagrams each way, which is how
@@ -28,12 +29,18 @@ pub const MAX_DATAGRAM: usize = 65_535;
 /// oversized datagram shows as truncated.
 pub const RECV_BUF: usize = MAX_DATAGRAM + 1;
 
+/// Control-message room per datagram: one `SCM_TIMESTAMPNS` (a 16-byte
+/// header and a 16-byte timespec) with room to spare, 8-byte aligned as
+/// `cmsghdr` needs.
+const CONTROL_WORDS: usize = 8;
+
 /// Receive side: a batch of buffers the kernel fills in one call.
 pub struct RecvBatch {
     bufs: Vec<Box<[u8]>>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    control: Vec<[u64; CONTROL_WORDS]>,
 }
 
 // The raw pointers inside point only into the struct's own boxed buffers.
@@ -70,6 +77,7 @@ impl RecvBatch {
             addrs,
             iovs,
             hdrs,
+            control: vec![[0u64; CONTROL_WORDS]; n],
         }
     }
 
@@ -91,12 +99,15 @@ impl RecvBatch {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_control = self.control[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
-        // SAFETY: hdrs holds hdrs.len() initialized headers whose name and
-        // iovec pointers point into self.addrs / self.iovs / self.bufs,
-        // which live as long as self and are not touched during the call.
+        // SAFETY: hdrs holds hdrs.len() initialized headers whose name,
+        // iovec and control pointers point into self.addrs / self.iovs /
+        // self.bufs / self.control, which live as long as self and are not
+        // touched during the call; each length is its buffer's.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -125,6 +136,87 @@ impl RecvBatch {
         }
         Some((&self.bufs[i][..len], from_storage(&self.addrs[i])?))
     }
+
+    /// When the kernel received datagram `i` of the last receive, on the
+    /// real-time clock; `None` unless [`enable_rx_timestamps`] was called
+    /// on the socket (or the kernel gave no stamp).
+    pub fn arrival(&self, i: usize) -> Option<std::time::SystemTime> {
+        let h = &self.hdrs.get(i)?.msg_hdr;
+        if h.msg_controllen == 0 || h.msg_flags & libc::MSG_CTRUNC != 0 {
+            return None;
+        }
+        // SAFETY: the kernel wrote msg_controllen bytes of well-formed
+        // control messages into self.control[i], which msg_control points
+        // to; CMSG_FIRSTHDR/NXTHDR stay within msg_controllen, and the
+        // timespec is read unaligned from inside the message found.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET
+                    && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                    && (*c).cmsg_len as usize
+                        >= libc::CMSG_LEN(size_of::<libc::timespec>() as u32) as usize
+                {
+                    let ts: libc::timespec =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                    let d = std::time::Duration::new(
+                        u64::try_from(ts.tv_sec).ok()?,
+                        u32::try_from(ts.tv_nsec).ok()?,
+                    );
+                    return std::time::UNIX_EPOCH.checked_add(d);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
+    }
+}
+
+/// Turns on UDP segmentation offload for sends on `sock` (`UDP_SEGMENT`):
+/// one `send` of a buffer holding several datagrams of exactly `segment`
+/// bytes each (the last may be shorter) goes out as that many datagrams,
+/// for one trip through the stack. Load generators use it to offer more
+/// datagrams per core than the server under test can take.
+pub fn set_udp_segment(sock: &std::net::UdpSocket, segment: u16) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = segment.into();
+    // SAFETY: UDP_SEGMENT takes an int, passed by pointer with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Asks the kernel to stamp each datagram received on `sock` with the
+/// time it arrived (`SO_TIMESTAMPNS`, real-time clock), read back with
+/// [`RecvBatch::arrival`]: the time a request waited in the socket queue
+/// then counts against its budget.
+pub fn enable_rx_timestamps(sock: &std::net::UdpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: SO_TIMESTAMPNS takes an int, passed by pointer with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Send side: replies queued during a batch, sent in one call.
@@ -457,6 +549,35 @@ mod tests {
         }
         assert!(
             matches!(recv.recv(b.as_raw_fd()), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        );
+    }
+
+    #[test]
+    fn kernel_receive_timestamps_come_with_each_datagram() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut recv = RecvBatch::new(4);
+        // Without the option: no stamp.
+        a.send_to(b"one", b.local_addr().unwrap()).unwrap();
+        let _ = b.peek_from(&mut [0u8; 4]).unwrap();
+        assert_eq!(recv.recv(b.as_raw_fd()).unwrap(), 1);
+        assert!(recv.arrival(0).is_none());
+        enable_rx_timestamps(&b).unwrap();
+        let before = std::time::SystemTime::now();
+        a.send_to(b"two", b.local_addr().unwrap()).unwrap();
+        // The datagram waits in the queue; the stamp says when it came.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let after = std::time::SystemTime::now();
+        assert_eq!(recv.recv(b.as_raw_fd()).unwrap(), 1);
+        assert_eq!(recv.get(0).unwrap().0, b"two");
+        let at = recv.arrival(0).expect("a kernel timestamp");
+        assert!(
+            at >= before - std::time::Duration::from_millis(5),
+            "{at:?} {before:?}"
+        );
+        assert!(
+            at + std::time::Duration::from_millis(25) <= after,
+            "stamped on arrival, not on reading: {at:?} {after:?}"
         );
     }
 

@@ -7,6 +7,12 @@
 //! loop (epoll, read, read again until `EAGAIN`) costs three to read. The
 //! socket's receive timeout bounds each sleep so the worker sees shutdown.
 //!
+//! Each request's clock starts when the kernel received it (its
+//! `SO_TIMESTAMPNS` stamp, see [`arrived`]), not when the worker read it:
+//! under overload a request that waited in the socket queue past the
+//! fail-open budget is allowed at once, unscored, so the queue drains
+//! instead of every caller waiting behind it.
+//!
 //! [`supervise`] runs the loop under `catch_unwind`: a panic anywhere in a
 //! batch (outside scoring, which fails open on its own) costs that batch,
 //! is counted in `worker_panics_total` and logged, and the worker starts
@@ -17,7 +23,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use kuzet_net::{send_all, RecvBatch, SendBatch};
 use tokio::sync::watch;
@@ -107,6 +113,23 @@ pub fn supervise<S: Service>(
     }
 }
 
+/// The longest a kernel timestamp may lie in the past and still be
+/// believed: beyond it the real-time clock has been stepped (NTP, an
+/// operator) between the stamp and now, and the read time is used.
+const MAX_QUEUED: Duration = Duration::from_secs(10);
+
+/// When a datagram really arrived, on the monotonic clock: the kernel's
+/// real-time stamp carried over to `read_at` (the monotonic time the batch
+/// was read, taken with `wall`). No stamp, or one that a clock step makes
+/// nonsense, falls back to the read time; the error is then at most the
+/// time the datagram queued, which is what the stamp is there to count.
+pub fn arrived(stamp: Option<SystemTime>, read_at: Instant, wall: SystemTime) -> Instant {
+    match stamp.and_then(|t| wall.duration_since(t).ok()) {
+        Some(queued) if queued <= MAX_QUEUED => read_at.checked_sub(queued).unwrap_or(read_at),
+        _ => read_at,
+    }
+}
+
 /// The worker loop itself; returns when `shutdown` turns true.
 pub fn run_worker<S: Service + ?Sized>(
     socket: &std::net::UdpSocket,
@@ -146,6 +169,7 @@ pub fn run_worker<S: Service + ?Sized>(
             }
         };
         let t0 = Instant::now();
+        let wall = SystemTime::now();
         send.clear();
         for i in 0..n {
             let Some((bytes, src)) = recv.get(i) else {
@@ -153,7 +177,8 @@ pub fn run_worker<S: Service + ?Sized>(
                 continue;
             };
             let Some(out) = send.next_buf() else { break };
-            match service.handle(bytes, src, t0, out) {
+            let received = arrived(recv.arrival(i), t0, wall);
+            match service.handle(bytes, src, received, out) {
                 Outcome::Reply => send.commit(src),
                 Outcome::Forward(to) => send.commit(to),
                 Outcome::ToConnection(id) => {
@@ -229,5 +254,86 @@ mod tests {
         assert_eq!(metrics.get(Counter::WorkerPanics), 1);
         stop.send(true).unwrap();
         worker.join().unwrap();
+    }
+
+    /// Answers every datagram with how long ago it arrived (µs), as the
+    /// worker told it; stalls 100 ms on `stall`, as a worker under a burst.
+    struct Age(Arc<Metrics>, std::sync::Mutex<std::sync::mpsc::Sender<()>>);
+
+    impl Service for Age {
+        fn handle(&self, bytes: &[u8], _: SocketAddr, at: Instant, out: &mut Vec<u8>) -> Outcome {
+            if bytes == b"stall" {
+                let _ = self.1.lock().unwrap().send(());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            out.clear();
+            out.extend_from_slice(at.elapsed().as_micros().to_string().as_bytes());
+            Outcome::Reply
+        }
+        fn metrics(&self) -> &Arc<Metrics> {
+            &self.0
+        }
+    }
+
+    /// Regression: the fail-open budget counted from when a worker read a
+    /// request, so time queued in the socket under overload never counted.
+    /// A request that arrives while the worker is busy is now as old as
+    /// the time it waited.
+    #[test]
+    fn a_request_queued_behind_a_busy_worker_is_as_old_as_its_wait() {
+        let sock = kuzet_net::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        kuzet_net::enable_rx_timestamps(&sock).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (stop, shutdown) = watch::channel(false);
+        let (stalling, stalled) = std::sync::mpsc::channel();
+        let service = Arc::new(Age(metrics, std::sync::Mutex::new(stalling)));
+        let worker = std::thread::spawn(move || {
+            supervise(sock, service, 8, Connections::default(), shutdown, "test")
+        });
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let age = |buf: &[u8]| -> u64 { std::str::from_utf8(buf).unwrap().parse().unwrap() };
+        let mut buf = [0u8; 64];
+        // Idle: answered as soon as it arrives.
+        c.send_to(b"fresh", addr).unwrap();
+        let n = c.recv(&mut buf).unwrap();
+        assert!(age(&buf[..n]) < 50_000, "{}", age(&buf[..n]));
+        // Once the worker is busy with the stall, the next request queues
+        // in the kernel for most of the 100 ms (and is read in a batch of
+        // its own, after it).
+        c.send_to(b"stall", addr).unwrap();
+        stalled.recv_timeout(Duration::from_secs(5)).unwrap();
+        let sent = Instant::now();
+        c.send_to(b"queued", addr).unwrap();
+        let mut ages = Vec::new();
+        for _ in 0..2 {
+            let n = c.recv(&mut buf).unwrap();
+            ages.push(age(&buf[..n]));
+        }
+        let waited = sent.elapsed().as_micros() as u64;
+        // The stalled request's own age is counted when it is handled,
+        // after the stall: about 100 ms. The queued one is about as old.
+        assert!(
+            ages[1] >= 50_000,
+            "queued {}µs, answered after {waited}µs",
+            ages[1]
+        );
+        assert!(ages[1] <= waited, "{} > {waited}", ages[1]);
+        stop.send(true).unwrap();
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn a_stamp_from_before_a_clock_step_falls_back_to_the_read_time() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let ms = Duration::from_millis;
+        assert_eq!(arrived(None, now, wall), now);
+        assert_eq!(arrived(Some(wall - ms(30)), now, wall), now - ms(30));
+        // A stamp in the future (the clock stepped back) or an hour old
+        // (stepped forward) says nothing about queueing.
+        assert_eq!(arrived(Some(wall + ms(30)), now, wall), now);
+        assert_eq!(arrived(Some(wall - ms(3_600_000)), now, wall), now);
     }
 }
