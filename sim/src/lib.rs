@@ -7,6 +7,8 @@
 //!   list files and engine config that traffic assumes;
 //! - [`driver`]: the load driver (real SIP over UDP or TCP, open loop or
 //!   saturating, RFC 3261 retransmissions, HDR latency);
+//! - [`flood`]: open-loop phases of fixed rate without transaction state,
+//!   latency filed by send time: overload and recovery;
 //! - [`report`]: load figures and detection quality (precision, recall,
 //!   false-positive rate, calls before detection);
 //! - [`export`]: the same traffic as SIPp injection files;
@@ -20,6 +22,7 @@
 
 pub mod driver;
 pub mod export;
+pub mod flood;
 pub mod kamailio;
 pub mod null;
 pub mod population;

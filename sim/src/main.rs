@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use kuzet_sim::driver::{self, Options, Pace, Proto};
 use kuzet_sim::scenario::Scenario;
 use kuzet_sim::traffic::Traffic;
-use kuzet_sim::{export, null, report};
+use kuzet_sim::{export, flood, null, report};
 
 #[derive(Parser)]
 #[command(
@@ -95,6 +95,25 @@ enum Cmd {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Offer INVITEs open loop at fixed rates, phase after phase, and print
+    /// per-second offered and answered rates and latency (by send time):
+    /// how an overload and the recovery from it look to the callers.
+    Flood {
+        /// SIP server to flood, e.g. 127.0.0.1:5060.
+        #[arg(long)]
+        target: SocketAddr,
+        /// A phase, RATE:SECONDS (repeatable, in order), e.g.
+        /// --phase 20000:5 --phase 300000:20 --phase 20000:5.
+        #[arg(long = "phase", value_name = "RATE:SECS", required = true)]
+        phases: Vec<String>,
+        /// A-numbers, one a line (a list file works; `#` comments and
+        /// `,reason` are skipped) [default: 100,000 subscribers +77010000000...].
+        #[arg(long, value_name = "FILE")]
+        callers: Option<PathBuf>,
+        /// Report buckets this long, in ms.
+        #[arg(long, default_value_t = 1000)]
+        bucket_ms: u64,
     },
     /// Send OPTIONS to a SIP server until it answers 200 (exit 0) or the
     /// time runs out (exit 2). Scripts use it to wait for a server to start.
@@ -202,6 +221,68 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Flood {
+            target,
+            phases,
+            callers,
+            bucket_ms,
+        } => {
+            let phases = phases
+                .iter()
+                .map(|p| parse_phase(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let callers = match callers {
+                Some(f) => {
+                    let text = std::fs::read_to_string(&f)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                    let v: Vec<String> = text
+                        .lines()
+                        .map(|l| l.split(['#', ',']).next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    anyhow::ensure!(!v.is_empty(), "{}: no numbers", f.display());
+                    v
+                }
+                None => (0..100_000).map(|i| format!("+7701{i:07}")).collect(),
+            };
+            let opts = flood::FloodOptions {
+                target,
+                phases,
+                bucket: Duration::from_millis(bucket_ms.max(1)),
+                callers,
+                callees: (0..1000).map(|i| format!("+7702{i:07}")).collect(),
+                grace: Duration::from_secs(2),
+            };
+            let r = flood::flood(&opts)?;
+            println!(
+                "{:>8} {:>10} {:>10} {:>10} {:>10}",
+                "t_s", "offered/s", "answered/s", "p50_us", "p99_us"
+            );
+            let secs = opts.bucket.as_secs_f64();
+            for b in &r.buckets {
+                if b.offered == 0 {
+                    continue;
+                }
+                let q = |x: f64| {
+                    b.quantile_us(x)
+                        .map_or("lost".to_string(), |v| v.to_string())
+                };
+                println!(
+                    "{:>8.1} {:>10.0} {:>10.0} {:>10} {:>10}",
+                    b.start.as_secs_f64(),
+                    b.offered as f64 / secs,
+                    b.answered as f64 / secs,
+                    q(0.5),
+                    q(0.99)
+                );
+            }
+            println!(
+                "sent {}  answered {}  codes {:?}  flood lag at most {:?}",
+                r.sent, r.answered, r.codes, r.max_lag
+            );
+            Ok(())
+        }
         Cmd::Ping { target, timeout_s } => {
             if ping(target, Duration::from_secs(timeout_s))? {
                 Ok(())
@@ -222,6 +303,27 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `RATE:SECONDS` as a flood phase.
+fn parse_phase(p: &str) -> anyhow::Result<flood::Phase> {
+    let (r, d) = p
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--phase {p:?}: expected RATE:SECONDS"))?;
+    let rate: f64 = r
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--phase {p:?}: bad rate"))?;
+    let secs: f64 = d
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--phase {p:?}: bad seconds"))?;
+    anyhow::ensure!(
+        rate > 0.0 && secs > 0.0,
+        "--phase {p:?}: rate and seconds must be above 0"
+    );
+    Ok(flood::Phase {
+        rate,
+        duration: Duration::from_secs_f64(secs),
+    })
 }
 
 /// OPTIONS every 100 ms until a 200 comes back or `limit` passes.

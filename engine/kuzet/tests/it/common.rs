@@ -325,11 +325,6 @@ impl Watched {
     pub fn peak_rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmHWM:")
     }
-
-    /// Resident memory now (VmRSS), in KiB.
-    pub fn rss_kib(&self) -> u64 {
-        proc_status_kib(self.pid(), "VmRSS:")
-    }
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
