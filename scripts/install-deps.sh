@@ -2,13 +2,16 @@
 # Installs what kuzet's tests and benchmarks need that cargo cannot fetch:
 # SIPp (Debian package sip-tester) and Kamailio (package kamailio, for the
 # side-by-side benchmark and the test that its config matches kuzet's
-# policy), and ss (iproute2, to read a listening socket's backlog). Safe to
-# run again: it installs only what is missing.
+# policy), ss (iproute2, to read a listening socket's backlog), and with
+# FUZZ=1 afl++ for scripts/fuzz.sh. Safe to run again: it installs only
+# what is missing.
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
 command -v ss >/dev/null 2>&1 || [ -x /usr/sbin/ss ] || [ -x /bin/ss ] || need+=(iproute2)
+# AFL++ for scripts/fuzz.sh (FUZZ=1); the suite's fuzz pass needs nothing.
+if [ "${FUZZ:-0}" = 1 ]; then command -v afl-fuzz >/dev/null 2>&1 || need+=(afl++); fi
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

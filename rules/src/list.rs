@@ -392,7 +392,13 @@ fn bare_number(entry: &str) -> &str {
         }
     }
     let e = e.trim();
-    let lower = |p: &str| e.len() >= p.len() && e[..p.len()].eq_ignore_ascii_case(p);
+    // Compared as bytes: a multi-byte character may straddle the length
+    // of the scheme, where slicing the str would panic.
+    let lower = |p: &str| {
+        e.as_bytes()
+            .get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+    };
     let user = if lower("tel:") {
         &e[4..]
     } else if lower("sips:") {
@@ -561,6 +567,20 @@ mod tests {
         b.add_line("l.txt", 8, "+77011234567").unwrap();
         b.add_line("l.txt", 9, "+7701*").unwrap();
         assert_eq!(b.entries(), 2);
+    }
+
+    /// Regression (found by fuzzing, fuzz/regressions/list/): a line
+    /// whose fourth or fifth byte fell inside a multi-byte character
+    /// panicked while checking for a `tel:` or `sips:` scheme, which took
+    /// down a reload (and start-up) instead of refusing the line.
+    #[test]
+    fn a_multibyte_character_where_a_scheme_would_end_is_refused_not_a_panic() {
+        let plan = NumberingPlan::kazakhstan();
+        let mut b = ListBuilder::new(&plan);
+        for line in ["UUF\u{feff}+77011112233", "sip\u{0436}+7701", "te\u{0436}"] {
+            let e = b.add_line("l.txt", 1, line).unwrap_err();
+            assert!(e.to_string().contains("is not a phone number"), "{e}");
+        }
     }
 
     #[test]

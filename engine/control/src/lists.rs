@@ -246,22 +246,38 @@ fn load_file_cancellable(
         // About 14 bytes a line for E.164 numbers: reserve once.
         builder.reserve((meta.len() / 14) as usize);
     }
-    let mut lines = Lines::new(
+    load_lines(
         BufReader::with_capacity(1 << 20, file),
-        shown.clone(),
-        MAX_LIST_LINE,
-    );
+        &shown,
+        builder,
+        cancel,
+        load_started,
+    )
+}
+
+/// Feeds the lines of a reader to a builder (lines capped in length, each
+/// line UTF-8), checking `cancel` as it goes; returns the number of lines
+/// read. `name` labels errors. The loader's whole text path, with no file
+/// under it, so it is fuzzed as it runs (fuzz/, target `list`).
+pub fn load_lines<R: std::io::BufRead>(
+    reader: R,
+    name: &str,
+    builder: &mut ListBuilder<'_>,
+    cancel: &AtomicBool,
+    load_started: Instant,
+) -> Result<usize, LoadError> {
+    let mut lines = Lines::new(reader, name.to_string(), MAX_LIST_LINE);
     let mut n = 0;
     let started = Instant::now();
     while let Some((at, text)) = lines.next_line()? {
         n = at;
-        builder.add_line(&shown, n, text)?;
+        builder.add_line(name, n, text)?;
         if n % CANCEL_EVERY == 0 && cancel.load(Ordering::Relaxed) {
             return Err(LoadError::Abandoned(load_started.elapsed()));
         }
         if n % PROGRESS_EVERY == 0 {
             tracing::info!(
-                file = %shown,
+                file = %name,
                 lines = n,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "loading list"

@@ -122,7 +122,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let m = metrics.clone();
     let events = std::thread::Builder::new()
         .name("kuzet-verdicts".into())
-        .spawn(move || plane::log_verdicts(events, m))
+        .spawn(move || {
+            background_priority("verdict log");
+            plane::log_verdicts(events, m)
+        })
         .context("spawning the verdict log thread")?;
     let settings = cfg.dataplane().context("numbering plan")?;
     let handler =
@@ -186,7 +189,12 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     threads.push(
         std::thread::Builder::new()
             .name("kuzet-control".into())
-            .spawn(move || plane::run(timing, reloader, m, sd, h))
+            .spawn(move || {
+                // Reload loads run on this runtime's blocking threads,
+                // which inherit the priority.
+                background_priority("control plane");
+                plane::run(timing, reloader, m, sd, h)
+            })
             .context("spawning control thread")?,
     );
     tracing::info!(%udp_addr, ?tcp_addr, workers, ?mode, "kuzet serving");
@@ -200,6 +208,19 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         events: Some(events),
     })
 }
+
+/// Lowers the calling thread to nice 10: on a core it shares with a SIP
+/// worker, the control plane and the verdict log take the worker's
+/// leftovers rather than stalling calls (a sweep of a million numbers, a
+/// reload of ten million).
+fn background_priority(what: &str) {
+    if let Err(e) = kuzet_net::lower_thread_priority(BACKGROUND_NICE) {
+        tracing::warn!(thread = what, error = %e, "could not lower the thread's priority");
+    }
+}
+
+/// The nice value of kuzet's background threads.
+const BACKGROUND_NICE: i32 = 10;
 
 /// Verdict events the queue holds before the call path drops (and counts)
 /// further ones.

@@ -196,6 +196,24 @@ pub fn set_udp_segment(sock: &std::net::UdpSocket, segment: u16) -> io::Result<(
     Ok(())
 }
 
+/// Lowers the calling thread's scheduling priority to `nice` (0 to 19).
+/// The control plane and the verdict log run so: on a core they share with
+/// a SIP worker, a sweep or a reload takes the worker's leftovers instead
+/// of stalling calls. Threads the caller starts later inherit it.
+pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes nothing; setpriority takes plain integers and
+    // touches no memory of ours. On Linux, PRIO_PROCESS with a thread id
+    // sets that one thread's nice value.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice.clamp(0, 19))
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Asks the kernel to stamp each datagram received on `sock` with the
 /// time it arrived (`SO_TIMESTAMPNS`, real-time clock), read back with
 /// [`RecvBatch::arrival`]: the time a request waited in the socket queue

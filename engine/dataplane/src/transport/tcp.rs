@@ -37,6 +37,46 @@ use kuzet_sip::{parse, ParseError, Transport, MAX_MESSAGE};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// What the bytes at the head of a TCP stream hold.
+// The message's header index is large, but a frame lives on the stack for
+// one step of the read loop; boxing it would allocate per message.
+#[allow(clippy::large_enum_variant)]
+pub enum Frame<'a> {
+    /// An RFC 5626 keep-alive ping (double CRLF, 4 bytes): answered with a pong.
+    Ping,
+    /// A lone CRLF (2 bytes): a pong, or padding between messages; skipped.
+    Pong,
+    /// A whole message (its length is `m.len()`).
+    Message(kuzet_sip::Message<'a>),
+    /// Not enough bytes yet to tell.
+    Incomplete,
+    /// Not SIP, or larger than any message may be: the stream cannot be
+    /// resynchronized and the connection closes.
+    Bad,
+}
+
+/// Frames the head of a TCP stream: the message boundaries come from
+/// Content-Length (RFC 3261 §18.3), between messages only CRLF keep-alives
+/// may stand. Pure, so it is fuzzed on its own (fuzz/, target `tcp`).
+pub fn next_frame(rest: &[u8]) -> Frame<'_> {
+    if rest.starts_with(b"\r\n\r\n") {
+        return Frame::Ping;
+    }
+    // What may still become a ping waits for its next bytes: a ping split
+    // across reads must not be taken for two pongs (and go unanswered).
+    if matches!(rest, b"" | b"\r" | b"\r\n" | b"\r\n\r") {
+        return Frame::Incomplete;
+    }
+    if rest.starts_with(b"\r\n") {
+        return Frame::Pong;
+    }
+    match parse(rest, Transport::Stream) {
+        Ok(m) => Frame::Message(m),
+        Err(ParseError::Incomplete) => Frame::Incomplete,
+        Err(_) => Frame::Bad,
+    }
+}
+
 /// Settings for the TCP side.
 #[derive(Clone, Debug)]
 pub struct TcpSettings {
@@ -230,69 +270,65 @@ async fn connection(
         let received = Instant::now();
         let mut used = 0;
         loop {
-            // RFC 5626 keep-alive: a double CRLF ping gets a single CRLF pong.
-            let rest = &buf[used..];
-            if rest.starts_with(b"\r\n\r\n") {
-                used += 4;
-                let _ = tx.try_push(b"\r\n".to_vec());
-                continue;
-            }
-            if rest.starts_with(b"\r\n") {
-                used += 2;
-                continue;
-            }
-            if rest.is_empty() || rest == b"\r" {
-                break;
-            }
-            match parse(rest, Transport::Stream) {
-                Ok(m) => {
-                    used += m.len();
-                    match handler.handle_message(&m, peer, Some(id), received, &mut out) {
-                        Outcome::Reply | Outcome::ToConnection(_) => {
-                            // Wait for room rather than drop the answer: a
-                            // client that reads slowly slows only its own
-                            // connection (we stop reading it meanwhile),
-                            // and one that does not read at all is closed.
-                            match tokio::time::timeout(write_timeout, tx.push(out.clone())).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(_)) => break 'conn,
-                                Err(_) => {
-                                    metrics.inc(Counter::TcpClosedNotReading);
-                                    break 'conn;
-                                }
-                            }
-                        }
-                        Outcome::Forward(to) => {
-                            // The UDP workers keep this socket in blocking
-                            // mode; never block here.
-                            let sent = socket2::SockRef::from(&*udp_out).send_to_with_flags(
-                                &out,
-                                &to.into(),
-                                libc::MSG_DONTWAIT,
-                            );
-                            if sent.is_err() {
-                                metrics.inc(Counter::SendErrors);
-                            }
-                        }
-                        Outcome::Drop => {}
-                    }
+            let m = match next_frame(&buf[used..]) {
+                Frame::Ping => {
+                    used += 4;
+                    let _ = tx.try_push(b"\r\n".to_vec());
+                    continue;
                 }
-                Err(ParseError::Incomplete) => break,
-                Err(_) => {
+                Frame::Pong => {
+                    used += 2;
+                    continue;
+                }
+                Frame::Incomplete => break,
+                Frame::Bad => {
                     // Oversized or not SIP: the stream cannot be resynchronized.
                     // Nothing valid can be answered to it; close.
                     metrics.inc(Counter::TcpClosedBadInput);
                     break 'conn;
                 }
+                Frame::Message(m) => m,
+            };
+            used += m.len();
+            match handler.handle_message(&m, peer, Some(id), received, &mut out) {
+                Outcome::Reply | Outcome::ToConnection(_) => {
+                    // Wait for room rather than drop the answer: a client
+                    // that reads slowly slows only its own connection (we
+                    // stop reading it meanwhile), and one that does not
+                    // read at all is closed.
+                    match tokio::time::timeout(write_timeout, tx.push(out.clone())).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break 'conn,
+                        Err(_) => {
+                            metrics.inc(Counter::TcpClosedNotReading);
+                            break 'conn;
+                        }
+                    }
+                }
+                Outcome::Forward(to) => {
+                    // The UDP workers keep this socket in blocking mode;
+                    // never block here.
+                    let sent = socket2::SockRef::from(&*udp_out).send_to_with_flags(
+                        &out,
+                        &to.into(),
+                        libc::MSG_DONTWAIT,
+                    );
+                    if sent.is_err() {
+                        metrics.inc(Counter::SendErrors);
+                    }
+                }
+                Outcome::Drop => {}
             }
         }
         buf.drain(..used);
         // What is left is the start of the next message: its clock runs
         // from now if a message just completed, or keeps running if not.
-        message_since = match (buf.is_empty(), used > 0) {
-            (true, _) => None,
-            (false, true) => Some(received),
-            (false, false) => message_since.or(Some(received)),
+        // Line ends alone (a keep-alive arriving in pieces) are no message.
+        let in_progress = buf.iter().any(|&b| b != b'\r' && b != b'\n');
+        message_since = match (in_progress, used > 0) {
+            (false, _) => None,
+            (true, true) => Some(received),
+            (true, false) => message_since.or(Some(received)),
         };
         if buf.len() > MAX_MESSAGE {
             metrics.inc(Counter::TcpClosedBadInput);
@@ -308,5 +344,49 @@ async fn connection(
     // The writer finishes what is queued within its deadline, or gives up.
     if !writer.is_finished() {
         let _ = writer.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(stream: &[&[u8]]) -> Vec<&'static str> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for piece in stream {
+            buf.extend_from_slice(piece);
+            loop {
+                let (k, n) = match next_frame(&buf) {
+                    Frame::Ping => ("ping", 4),
+                    Frame::Pong => ("pong", 2),
+                    Frame::Message(m) => ("message", m.len()),
+                    Frame::Incomplete => break,
+                    Frame::Bad => {
+                        out.push("bad");
+                        return out;
+                    }
+                };
+                out.push(k);
+                buf.drain(..n);
+            }
+        }
+        out
+    }
+
+    /// Regression (found by fuzzing, fuzz/regressions/tcp/): a keep-alive
+    /// ping split across two reads was taken for two pongs and never
+    /// answered, so the client (RFC 5626) took the flow for dead.
+    #[test]
+    fn a_keep_alive_split_across_reads_is_still_a_ping() {
+        assert_eq!(kinds(&[b"\r\n\r\n"]), ["ping"]);
+        assert_eq!(kinds(&[b"\r\n", b"\r\n"]), ["ping"]);
+        assert_eq!(kinds(&[b"\r\n\r", b"\n"]), ["ping"]);
+        assert_eq!(kinds(&[b"\r", b"\n\r\n"]), ["ping"]);
+        // A lone CRLF before a message is skipped, as RFC 3261 allows.
+        let invite = b"OPTIONS sip:k SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n\
+                       From: <sip:a@h>;tag=1\r\nTo: <sip:k>\r\nCall-ID: 1\r\n\
+                       CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(kinds(&[b"\r\n", invite]), ["pong", "message"]);
     }
 }
