@@ -408,24 +408,6 @@ impl Reloader {
             }
         }
     }
-
-    /// Reloads if any file changed since the last look, on this thread.
-    /// Returns whether a reload was attempted.
-    pub fn poll(&mut self) -> bool {
-        if !self.changed() {
-            return false;
-        }
-        self.reload("file change");
-        true
-    }
-
-    /// Loads everything again on this thread and swaps it in; keeps the
-    /// old set on error.
-    pub fn reload(&mut self, why: &str) -> bool {
-        let started = Instant::now();
-        let loaded = self.job().run();
-        self.apply(why, loaded, started)
-    }
 }
 
 /// Logs each list file's entry count: a file that shrank by half shows here.

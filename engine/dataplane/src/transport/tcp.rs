@@ -55,6 +55,12 @@ pub enum Frame<'a> {
     Bad,
 }
 
+/// Nothing yet, or the start of a keep-alive ping (at most 3 bytes): all a
+/// stream may hold between messages that `next_frame` does not consume.
+fn may_become_ping(rest: &[u8]) -> bool {
+    matches!(rest, b"" | b"\r" | b"\r\n" | b"\r\n\r")
+}
+
 /// Frames the head of a TCP stream: the message boundaries come from
 /// Content-Length (RFC 3261 §18.3), between messages only CRLF keep-alives
 /// may stand. Pure, so it is fuzzed on its own (fuzz/, target `tcp`).
@@ -64,7 +70,7 @@ pub fn next_frame(rest: &[u8]) -> Frame<'_> {
     }
     // What may still become a ping waits for its next bytes: a ping split
     // across reads must not be taken for two pongs (and go unanswered).
-    if matches!(rest, b"" | b"\r" | b"\r\n" | b"\r\n\r") {
+    if may_become_ping(rest) {
         return Frame::Incomplete;
     }
     if rest.starts_with(b"\r\n") {
@@ -323,8 +329,8 @@ async fn connection(
         buf.drain(..used);
         // What is left is the start of the next message: its clock runs
         // from now if a message just completed, or keeps running if not.
-        // Line ends alone (a keep-alive arriving in pieces) are no message.
-        let in_progress = buf.iter().any(|&b| b != b'\r' && b != b'\n');
+        // A keep-alive arriving in pieces is no message.
+        let in_progress = !may_become_ping(&buf);
         message_since = match (in_progress, used > 0) {
             (false, _) => None,
             (true, true) => Some(received),
