@@ -280,14 +280,20 @@ fn three_times_capacity_on_one_core_sheds_and_recovers_within_a_second() {
     let (offered, answered) = report.rates(t_over, t_end);
     let normal_buckets: Vec<&Bucket> = report.window(Duration::from_millis(500), t_over).collect();
     let normal_p99 = p99(&normal_buckets).expect("no calls lost under normal load");
-    let threshold = (2 * normal_p99).max(10_000);
+    // Normal, as opposed to overloaded: within a few times the normal p99
+    // and under half the fail-open budget (a queue left by the overload
+    // holds requests up to the budget, 50 ms). A debug build on a shared
+    // machine has 10-15 ms hiccups under normal load too.
+    let threshold = (3 * normal_p99).max(25_000);
     let after: Vec<&Bucket> = report.window(t_end, t_done).collect();
-    // Recovery: the first bucket from which the calls offered until the
-    // end have a normal p99 again (taken together, so one hiccup of the
-    // kind normal load has too does not count as overload).
+    // Recovery: the first bucket from which every later one has a normal
+    // p99 again.
     let mut recovered = None;
     for i in 0..after.len() {
-        if p99(&after[i..]).is_some_and(|q| q <= threshold) {
+        if after[i..]
+            .iter()
+            .all(|b| b.quantile_us(0.99).is_some_and(|q| q <= threshold))
+        {
             recovered = Some(BUCKET * i as u32);
             break;
         }
