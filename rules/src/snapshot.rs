@@ -68,9 +68,39 @@ impl ListSet {
         self.rules.score(call, &self.lists(), state)
     }
 
+    /// For a list rule that fired: the list's name, the side it matched,
+    /// whether the match was exact, and the list line's reason (`""` when
+    /// the line gave none). `None` for a behaviour rule.
+    pub fn list_hit(&self, f: &crate::ruleset::Fired) -> Option<ListHit<'_>> {
+        let r = self.rules.rules.get(usize::from(f.rule))?;
+        let crate::ruleset::Kind::List { list, .. } = r.kind else {
+            return None;
+        };
+        Some(ListHit {
+            list: list.as_str(),
+            side: f.who.map_or("", |w| w.as_str()),
+            exact: f.value == 0,
+            reason: self.lists().get(list).map_or("", |l| l.reason(f.reason)),
+        })
+    }
+
     /// Writes the explanation of `s` (what fired, with values and list
     /// reasons).
     pub fn explain(&self, s: &Scored, out: &mut impl fmt::Write) -> fmt::Result {
         self.rules.explain(s, &self.lists(), out)
     }
+}
+
+/// A list rule's hit, as evidence: which list, which side, and why the
+/// number is on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListHit<'l> {
+    /// The list: `blocklist`, `flaglist`, `allowlist` or `premium`.
+    pub list: &'static str,
+    /// The side that matched (`caller`, `callee`, ...), `""` if unknown.
+    pub side: &'static str,
+    /// The number itself is listed (not a range holding it).
+    pub exact: bool,
+    /// The list line's reason, `""` when none was given.
+    pub reason: &'l str,
 }

@@ -3,16 +3,19 @@
 //!
 //! [`run`] owns a current-thread tokio runtime on the `kuzet-control`
 //! thread. It never shares a scheduler with a SIP worker, so a slow reload
-//! of a 10M-number list never delays a call. [`log_verdicts`] runs on a
-//! thread of its own and drains the verdict queue until the workers stop.
+//! of a 10M-number list never delays a call. [`record_verdicts`] runs on a
+//! thread of its own, drains the verdict queue into the log and the store
+//! until the workers stop, and retires old records between batches.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kuzet_dataplane::handler::evidence::unix_us;
 use kuzet_dataplane::handler::VerdictEvent;
 use kuzet_dataplane::metrics::{Counter, Metrics};
 use kuzet_dataplane::Handler;
+use kuzet_store::{ListHitRec, Record, RuleHit, Store};
 use tokio::sync::watch;
 
 use crate::lists::{LoadError, Reloader};
@@ -127,29 +130,180 @@ async fn stats_loop(timing: Timing, metrics: Arc<Metrics>, handler: Arc<Handler>
     }
 }
 
-/// Logs every verdict the workers queue, on its own thread, until every
-/// sender is gone (the workers have stopped): nothing queued is lost at
-/// shutdown. Each line carries what matches it to the switch's records:
-/// Call-ID, source, transport and trunk, with the decision, score, numbers
-/// and the explanation of every rule that fired.
-pub fn log_verdicts(events: std::sync::mpsc::Receiver<VerdictEvent>, metrics: Arc<Metrics>) {
-    // Woken by the first event, the thread lets more gather before it
-    // drains them: at most one wake-up per pause instead of one per event,
-    // so a burst of blocked calls costs the call path's core no context
-    // switches (the queue holds far more than a pause's worth).
-    while let Ok(first) = events.recv() {
-        log_one(first, &metrics);
-        std::thread::sleep(LOG_PAUSE);
-        while let Ok(ev) = events.try_recv() {
-            log_one(ev, &metrics);
+/// Logs and records every verdict the workers queue, on its own thread,
+/// until every sender is gone (the workers have stopped): nothing queued is
+/// lost at shutdown. Each log line carries what matches it to the switch's
+/// records: Call-ID, source, transport and trunk, with the decision, score,
+/// numbers and the explanation of every rule that fired. With a store, each
+/// verdict is also committed to the intercepted-call log, in batches, and
+/// old records are retired a chunk at a time between batches.
+pub fn record_verdicts(
+    events: std::sync::mpsc::Receiver<VerdictEvent>,
+    metrics: Arc<Metrics>,
+    mut store: Option<Store>,
+) {
+    let version_base = unix_us() / 1_000_000;
+    let mut batch: Vec<Record> = Vec::with_capacity(if store.is_some() { BATCH } else { 0 });
+    let mut last_error: Option<std::time::Instant> = None;
+    let mut next_retire = std::time::Instant::now();
+    loop {
+        // Woken by the first event (or once a second, for retention), the
+        // thread lets more gather before it drains them: at most one
+        // wake-up per pause instead of one per event, so a burst of blocked
+        // calls costs the call path's core no context switches.
+        let first = match events.recv_timeout(Duration::from_secs(1)) {
+            Ok(ev) => Some(ev),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(ev) = first {
+            take(ev, &metrics, store.is_some(), version_base, &mut batch);
+            std::thread::sleep(LOG_PAUSE);
+            while batch.len() < BATCH {
+                let Ok(ev) = events.try_recv() else { break };
+                take(ev, &metrics, store.is_some(), version_base, &mut batch);
+            }
+        }
+        if let Some(st) = store.as_mut() {
+            commit(st, &mut batch, &metrics, &mut last_error);
+            if std::time::Instant::now() >= next_retire {
+                // One chunk per turn, so a batch never waits on more.
+                match st.retire_chunk(unix_us()) {
+                    Ok(0) => next_retire = std::time::Instant::now() + Duration::from_secs(1),
+                    Ok(n) => metrics.add(Counter::StoreRetired, n as u64),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retiring old records failed; retrying in a second");
+                        next_retire = std::time::Instant::now() + Duration::from_secs(1);
+                    }
+                }
+            }
         }
     }
+    if let Some(st) = store.as_mut() {
+        commit(st, &mut batch, &metrics, &mut last_error);
+    }
 }
+
+/// Records committed in one transaction, at most.
+const BATCH: usize = 4096;
 
 /// How long the verdict log lets events gather after a wake-up.
 const LOG_PAUSE: Duration = Duration::from_millis(5);
 
-fn log_one(ev: VerdictEvent, metrics: &Metrics) {
+fn take(
+    ev: VerdictEvent,
+    metrics: &Metrics,
+    store: bool,
+    version_base: i64,
+    batch: &mut Vec<Record>,
+) {
+    if !ev.evidence.sampled {
+        log_one(&ev, metrics);
+    }
+    if store {
+        batch.push(to_record(&ev, version_base));
+    }
+}
+
+/// Commits the batch; on failure (a full disk) the records are counted
+/// lost, and the next batch tries again, so the store recovers by itself
+/// when space returns.
+fn commit(
+    st: &mut Store,
+    batch: &mut Vec<Record>,
+    metrics: &Metrics,
+    last_error: &mut Option<std::time::Instant>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    match st.insert(batch) {
+        Ok(()) => {
+            metrics.add(Counter::StoreRecorded, batch.len() as u64);
+            if last_error.take().is_some() {
+                tracing::warn!(path = %st.path().display(), "the store is writable again");
+            }
+        }
+        Err(e) => {
+            metrics.add(Counter::StoreDropped, batch.len() as u64);
+            metrics.inc(Counter::StoreErrors);
+            // One line per ten seconds while it lasts, not one per batch.
+            if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::error!(path = %st.path().display(), error = %e, lost = batch.len(), "store write failed; calls go on, records are lost and counted in store_dropped_total");
+                *last_error = Some(std::time::Instant::now());
+            }
+        }
+    }
+    batch.clear();
+}
+
+/// The store's record of a verdict: the event's evidence, with every rule
+/// that fired explained.
+pub fn to_record(ev: &VerdictEvent, version_base: i64) -> Record {
+    let set = &ev.set;
+    let s = &ev.scored;
+    let num = |n: Option<kuzet_rules::Number>| n.map(|n| n.to_string());
+    let mut explanation = String::new();
+    let _ = set.explain(s, &mut explanation);
+    let lists = set.lists();
+    let mut list_hit = None;
+    let rules = s
+        .fired()
+        .iter()
+        .filter_map(|f| {
+            let r = set.rules.rules.get(usize::from(f.rule))?;
+            let mut why = String::new();
+            let _ = set.rules.explain_fired(f, &lists, &mut why);
+            if list_hit.is_none() {
+                list_hit = set.list_hit(f).map(|h| ListHitRec {
+                    list: h.list.into(),
+                    side: h.side.into(),
+                    exact: h.exact,
+                    reason: h.reason.into(),
+                });
+            }
+            Some(RuleHit {
+                id: r.id.to_string(),
+                value: f.value,
+                threshold: f.threshold,
+                shadow: f.shadow,
+                why,
+            })
+        })
+        .collect();
+    let e = &ev.evidence;
+    Record {
+        id: 0,
+        verdict_id: e.verdict_id.to_string(),
+        ts_us: e.unix_us,
+        node: String::new(),
+        call_id: ev.call_id.to_text(),
+        ruri: e.ruri.to_text(),
+        from_hdr: e.from_raw.to_text(),
+        pai_hdr: e.pai_raw.to_text(),
+        a: num(ev.a),
+        b: num(ev.b),
+        from_num: num(e.from),
+        pai_num: num(e.pai),
+        trunk: ev.trunk.as_deref().map(str::to_string),
+        trunk_kind: ev.trunk_kind.map(str::to_string),
+        source: ev.source.to_string(),
+        transport: if ev.tcp { "tcp" } else { "udp" }.into(),
+        decision: s.decision.as_str().into(),
+        shadow_decision: s.shadow_decision.as_str().into(),
+        code: e.code,
+        score: s.score,
+        sampled: e.sampled,
+        explanation,
+        rules,
+        list_hit,
+        lists_version: format!("{version_base}.{}", set.generation),
+        headers: e.head.as_bytes().to_vec(),
+        incident: None,
+    }
+}
+
+fn log_one(ev: &VerdictEvent, metrics: &Metrics) {
     metrics.inc(Counter::VerdictsLogged);
     if !tracing::enabled!(tracing::Level::INFO) {
         return;
@@ -165,6 +319,7 @@ fn log_one(ev: VerdictEvent, metrics: &Metrics) {
         caller = %show(ev.a),
         callee = %show(ev.b),
         call_id = %ev.call_id,
+        verdict_id = %ev.evidence.verdict_id,
         source = %ev.source,
         transport = if ev.tcp { "tcp" } else { "udp" },
         trunk = ev.trunk.as_deref().unwrap_or("-"),

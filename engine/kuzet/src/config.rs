@@ -61,6 +61,8 @@ pub struct Config {
     pub rules: RulesConfig,
     /// `[outcomes]`: who may report call outcomes.
     pub outcomes: OutcomesConfig,
+    /// `[store]`: the intercepted-call log.
+    pub store: StoreConfig,
     /// `[[trunks]]`: source CIDRs to trunk name and kind.
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
@@ -83,6 +85,7 @@ impl Default for Config {
             lists: ListsConfig::default(),
             rules: RulesConfig::default(),
             outcomes: OutcomesConfig::default(),
+            store: StoreConfig::default(),
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
@@ -116,6 +119,68 @@ impl Default for RulesConfig {
             utc_offset_minutes: 300,
             max_call_secs: 14_400,
         }
+    }
+}
+
+/// `[store]`: the intercepted-call log in the data directory.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Record verdicts at all (off: they are only logged).
+    pub enabled: bool,
+    /// The data directory. Unset: `./kuzet-data` in the working directory;
+    /// a relative path is resolved against the config file's folder.
+    /// `--data` overrides both.
+    pub dir: Option<PathBuf>,
+    /// This node's name in records and verdict ids. Unset: the host name.
+    pub node_name: Option<String>,
+    /// Record one allowed call in this many, so false positives can be
+    /// reviewed (0: none).
+    pub record_allowed_every: u32,
+    /// Records the queue between the call path and the writer holds
+    /// (about 5 KiB each, reserved as used); when full, a call still goes
+    /// through and `store_dropped_total` rises.
+    pub queue: usize,
+    /// Records older than this are retired (0: kept for ever).
+    pub max_age_days: u32,
+    /// The calls log is trimmed, oldest first, to stay under this size
+    /// (0: no limit).
+    pub max_size_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            enabled: true,
+            dir: None,
+            node_name: None,
+            record_allowed_every: 1000,
+            queue: 8192,
+            max_age_days: 90,
+            max_size_mb: 0,
+        }
+    }
+}
+
+impl Config {
+    /// The data directory the store uses.
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.store.dir {
+            Some(d) => self.resolve(d),
+            None => PathBuf::from("kuzet-data"),
+        }
+    }
+
+    /// This node's name: configured, or the host name.
+    pub fn node_name(&self) -> String {
+        if let Some(n) = &self.store.node_name {
+            return n.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "kuzet".into())
     }
 }
 
@@ -229,6 +294,9 @@ pub struct VerdictConfig {
     /// How long a transaction's verdict is kept, seconds (RFC 3261 Timer
     /// B: 32).
     pub transaction_window_secs: u64,
+    /// Where a wrongly blocked caller can appeal (a phone number or a web
+    /// address), written in a block's Reason text beside its verdict id.
+    pub appeal_contact: Option<String>,
 }
 
 impl Default for VerdictConfig {
@@ -240,6 +308,7 @@ impl Default for VerdictConfig {
             failopen_budget_us: 50_000,
             max_transactions: 262_144,
             transaction_window_secs: 32,
+            appeal_contact: None,
         }
     }
 }
@@ -597,6 +666,26 @@ impl Config {
                     .into(),
             ));
         }
+        if let Some(c) = &self.verdict.appeal_contact {
+            if c.len() > 128
+                || c.bytes()
+                    .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
+            {
+                return Err(bad(
+                    "verdict.appeal_contact must be at most 128 characters, without quotes, backslashes or control characters (it is written inside the Reason header's quoted text)".into(),
+                ));
+            }
+        }
+        if self.store.enabled && self.store.queue == 0 {
+            return Err(bad("store.queue must be at least 1".into()));
+        }
+        if let Some(n) = &self.store.node_name {
+            if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(
+                    "store.node_name must be 1 to 64 visible ASCII characters".into(),
+                ));
+            }
+        }
         if self.numbers.a_number_order.is_empty() {
             return Err(bad("numbers.a_number_order may not be empty".into()));
         }
@@ -670,6 +759,13 @@ impl Config {
             outcome_reporters: self.outcomes.reporters.clone(),
             outcome_secret: self.outcomes.secret.clone(),
             max_call: Duration::from_secs(u64::from(self.rules.max_call_secs.max(1))),
+            node_name: self.node_name(),
+            record_allowed_every: if self.store.enabled {
+                self.store.record_allowed_every
+            } else {
+                0
+            },
+            appeal_contact: self.verdict.appeal_contact.clone(),
         })
     }
 

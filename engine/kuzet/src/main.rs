@@ -76,6 +76,14 @@ struct RunArgs {
     /// UDP worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Data directory for the intercepted-call log [default: [store] dir
+    /// in the config, else ./kuzet-data]. Created if missing; an unwritable
+    /// one is an error (exit 2).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Do not record verdicts (they are still logged).
+    #[arg(long)]
+    no_store: bool,
     /// Log filter, in RUST_LOG syntax (e.g. "info", "warn,kuzet_control=debug")
     /// [default: $RUST_LOG, else "info"]. A filter that does not parse is
     /// an error (exit 2).
@@ -194,6 +202,14 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
     if let Some(w) = args.workers {
         cfg.server.udp_workers = w;
     }
+    if let Some(d) = &args.data {
+        // Relative to the working directory, like any command-line path.
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        cfg.store.dir = Some(cwd.join(d));
+    }
+    if args.no_store {
+        cfg.store.enabled = false;
+    }
     let any_cli_list =
         !(args.blocklist.is_empty() && args.allowlist.is_empty() && args.flaglist.is_empty());
     if any_cli_list {
@@ -287,6 +303,10 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(StartError::Lists(e)) => {
             eprintln!("kuzet: list error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(StartError::Store(e)) => {
+            eprintln!("kuzet: store error: {e}");
             return ExitCode::from(2);
         }
         Err(StartError::Other(e)) => {

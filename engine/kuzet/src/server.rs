@@ -48,6 +48,9 @@ pub enum StartError {
     /// A list or rule file is wrong: the operator's to fix.
     #[error("lists: {0}")]
     Lists(#[from] LoadError),
+    /// The data directory cannot hold the store: the operator's to fix.
+    #[error("store: {0}")]
+    Store(#[from] kuzet_store::StoreError),
     /// The environment refused: a port in use, no threads, and the like.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -81,6 +84,27 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         "lists loaded"
     );
     let lists: SharedLists = Arc::new(ArcSwap::from_pointee(set));
+    // The store is opened before serving: a data directory that cannot be
+    // written is an error now, not a silent loss later.
+    let store = if cfg.store.enabled {
+        let dir = cfg.data_dir();
+        let st = kuzet_store::open(
+            &dir,
+            kuzet_store::Options {
+                node: cfg.node_name(),
+                max_age: Duration::from_secs(u64::from(cfg.store.max_age_days) * 86_400),
+                max_bytes: cfg.store.max_size_mb.saturating_mul(1 << 20),
+                retire_chunk: 2000,
+            },
+        )?;
+        tracing::info!(path = %st.path().display(), "store open");
+        Some(st)
+    } else {
+        None
+    };
+    // A full disk under a size limit (RLIMIT_FSIZE) must fail a write, not
+    // kill the process.
+    kuzet_net::ignore_sigxfsz();
 
     let workers = match cfg.server.udp_workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -117,14 +141,15 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let mut cfg = cfg;
     cfg.server.listen = udp_addr;
     let metrics = Arc::new(Metrics::default());
-    // Verdicts are logged by a thread of their own, never on the call path.
-    let (events_tx, events) = std::sync::mpsc::sync_channel(EVENT_QUEUE);
+    // Verdicts are logged and recorded by a thread of their own, never on
+    // the call path.
+    let (events_tx, events) = std::sync::mpsc::sync_channel(cfg.store.queue.max(1));
     let m = metrics.clone();
     let events = std::thread::Builder::new()
         .name("kuzet-verdicts".into())
         .spawn(move || {
             background_priority("verdict log");
-            plane::log_verdicts(events, m)
+            plane::record_verdicts(events, m, store)
         })
         .context("spawning the verdict log thread")?;
     let settings = cfg.dataplane().context("numbering plan")?;
@@ -221,10 +246,6 @@ fn background_priority(what: &str) {
 
 /// The nice value of kuzet's background threads.
 const BACKGROUND_NICE: i32 = 10;
-
-/// Verdict events the queue holds before the call path drops (and counts)
-/// further ones.
-const EVENT_QUEUE: usize = 4096;
 
 impl Running {
     /// Stops every thread and waits for them. The verdict log goes last:

@@ -15,15 +15,34 @@ impl RuleSet {
         lists: &RuleLists<'_>,
         out: &mut impl fmt::Write,
     ) -> fmt::Result {
-        for (k, f) in s.fired().iter().enumerate() {
+        let mut first = true;
+        for f in s.fired() {
             let Some(r) = self.rules.get(usize::from(f.rule)) else {
                 continue;
             };
-            if k > 0 {
+            if !first {
                 out.write_str("; ")?;
             }
+            first = false;
             out.write_str(&r.id)?;
             out.write_str(": ")?;
+            self.explain_fired(f, lists, out)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what one fired rule measured, without its id: e.g.
+    /// `37 calls > 20`, or `caller listed (bank fraud desk) (shadow)`.
+    pub fn explain_fired(
+        &self,
+        f: &Fired,
+        lists: &RuleLists<'_>,
+        out: &mut impl fmt::Write,
+    ) -> fmt::Result {
+        {
+            let Some(r) = self.rules.get(usize::from(f.rule)) else {
+                return Ok(());
+            };
             match r.kind {
                 Kind::Velocity { .. }
                 | Kind::Concurrent { .. }

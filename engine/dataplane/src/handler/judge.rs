@@ -22,12 +22,13 @@ impl Handler {
         set: &'l ListSet,
     ) -> Judged<'l> {
         let tx = transaction_key(m);
-        if let Some(scored) = self.retransmission(tx, set) {
+        if let Some((scored, id)) = self.retransmission(tx, set) {
             self.metrics.inc(Counter::InviteRetransmissions);
             return Judged {
                 scored,
                 set,
                 a: None,
+                id,
             };
         }
         self.metrics.inc(Counter::Invites);
@@ -35,6 +36,7 @@ impl Handler {
             scored: Scored::ALLOW,
             set,
             a: None,
+            id: None,
         };
         if received.elapsed() > self.budget {
             self.metrics.inc(Counter::FailOpenOverload);
@@ -80,10 +82,21 @@ impl Handler {
                 },
             };
             let scored = set.score(&input, &self.state);
-            if scored.decision != Decision::Allow || scored.shadow_decision != scored.decision {
-                self.queue_event(m, &scored, a, b, src, conn, trunk);
+            let notable =
+                scored.decision != Decision::Allow || scored.shadow_decision != scored.decision;
+            // A sample of allowed calls, picked by the transaction's hash:
+            // no shared counter, and a retransmission is picked the same.
+            let sampled = !notable && self.sample_every > 0 && tx % self.sample_every == 0;
+            let mut id = None;
+            if notable || sampled {
+                let vid = self.new_verdict_id();
+                id = Some(vid);
+                let identities = rules.needs_identities().then_some((from, pai));
+                self.queue_event(
+                    m, &scored, &input, identities, src, conn, trunk, vid, sampled,
+                );
             }
-            Judged { scored, set, a }
+            Judged { scored, set, a, id }
         }));
         let v = match result {
             Ok(v) => v,
@@ -92,7 +105,7 @@ impl Handler {
                 allow
             }
         };
-        self.remember(tx, &v.scored, set);
+        self.remember(tx, &v.scored, v.id, set);
         self.metrics.inc(match v.scored.decision {
             Decision::Allow => Counter::Allowed,
             Decision::Flag => Counter::Flagged,
@@ -102,36 +115,79 @@ impl Handler {
         v
     }
 
-    /// Hands a verdict to the control plane's log: a copy into the bounded
-    /// queue's preallocated slot, never a wait; a full queue drops it and
-    /// counts.
+    /// The next verdict id: a relaxed counter, unique on this node.
+    fn new_verdict_id(&self) -> VerdictId {
+        VerdictId {
+            node: self.node,
+            seq: self
+                .next_verdict
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Hands a verdict to the control plane's log and store: a copy into
+    /// the bounded queue's preallocated slot, never a wait; a full queue
+    /// drops it and counts. `identities` are the From and PAI numbers when
+    /// scoring already read them.
     #[allow(clippy::too_many_arguments)]
     fn queue_event(
         &self,
         m: &Message<'_>,
         scored: &Scored,
-        a: Option<Number>,
-        b: Option<Number>,
+        input: &CallInput,
+        identities: Option<(Option<Number>, Option<Number>)>,
         src: SocketAddr,
         conn: Option<u64>,
         trunk: Option<Trunk<'_>>,
+        verdict_id: VerdictId,
+        sampled: bool,
     ) {
         if scored.shadow_decision != scored.decision {
             self.metrics.inc(Counter::ShadowDiffers);
         }
         let Some(tx) = &self.events else { return };
+        let (from, pai) = identities.unwrap_or_else(|| {
+            (
+                self.claim(m, Hdr::From, false).number,
+                self.claim(m, Hdr::PAssertedIdentity, false).number,
+            )
+        });
+        let bytes = m.bytes();
+        let head_end = match offset_in(bytes, m.body()) {
+            Some(at) if !m.body().is_empty() => at,
+            _ => bytes.len(),
+        };
+        let code = match (scored.decision, self.mode) {
+            (Decision::Block, _) => self.block_code,
+            (_, Mode::Redirect) => 302,
+            (_, Mode::Proxy) => 0,
+        };
         let ev = VerdictEvent {
             set: self.lists.load_full(),
             scored: *scored,
-            a,
-            b,
+            a: input.a,
+            b: input.b,
             call_id: CallId::new(m.header(Hdr::CallId).unwrap_or_default()),
             source: src,
             tcp: conn.is_some(),
-            trunk: trunk.map(|t| t.name.clone()),
+            trunk: trunk.as_ref().map(|t| t.name.clone()),
+            trunk_kind: trunk.map(|t| t.kind.as_str()),
+            evidence: Evidence {
+                verdict_id,
+                unix_us: evidence::unix_us(),
+                code,
+                sampled,
+                from,
+                pai,
+                ruri: Inline::new(m.request_uri()),
+                from_raw: Inline::new(m.header(Hdr::From).unwrap_or_default()),
+                pai_raw: Inline::new(m.header(Hdr::PAssertedIdentity).unwrap_or_default()),
+                head: Inline::new(&bytes[..head_end]),
+            },
         };
         if tx.try_send(ev).is_err() {
             self.metrics.inc(Counter::VerdictLogDropped);
+            self.metrics.inc(Counter::StoreDropped);
         }
     }
 }
@@ -154,18 +210,23 @@ fn transaction_key(m: &Message<'_>) -> u64 {
 impl Handler {
     /// The verdict an earlier copy of this INVITE got, if it is in the
     /// window and the snapshot that judged it is still in force.
-    fn retransmission(&self, tx: u64, set: &ListSet) -> Option<Scored> {
+    fn retransmission(&self, tx: u64, set: &ListSet) -> Option<(Scored, Option<VerdictId>)> {
         let t = self.txs.get(tx)?;
         let age = self.now_ms().saturating_sub(t.created_ms);
-        (age < self.tx_window_ms && t.generation == set.generation).then_some(t.scored)
+        let id = (t.verdict_seq != 0).then_some(VerdictId {
+            node: self.node,
+            seq: t.verdict_seq,
+        });
+        (age < self.tx_window_ms && t.generation == set.generation).then_some((t.scored, id))
     }
 
     /// Keeps a verdict for the transaction's window (a full table only
     /// means a retransmission would be scored again: counted).
-    fn remember(&self, tx: u64, scored: &Scored, set: &ListSet) {
+    fn remember(&self, tx: u64, scored: &Scored, id: Option<VerdictId>, set: &ListSet) {
         let rec = TxRec {
             created_ms: self.now_ms(),
             generation: set.generation,
+            verdict_seq: id.map_or(0, |i| i.seq),
             scored: *scored,
         };
         if self.txs.upsert(tx, |t| *t = rec).is_err() {
@@ -174,12 +235,14 @@ impl Handler {
     }
 }
 
-/// A judged INVITE transaction: when, under which snapshot, and its
-/// verdict (the first [`Scored::PACKED_FIRED`] rules that fired).
+/// A judged INVITE transaction: when, under which snapshot, its verdict
+/// (the first [`Scored::PACKED_FIRED`] rules that fired) and its verdict
+/// id's sequence number (0: not recorded).
 #[derive(Clone, Copy)]
 pub(super) struct TxRec {
     pub(super) created_ms: u64,
     generation: u64,
+    verdict_seq: u64,
     scored: Scored,
 }
 
@@ -188,32 +251,37 @@ impl Default for TxRec {
         TxRec {
             created_ms: 0,
             generation: 0,
+            verdict_seq: 0,
             scored: Scored::ALLOW,
         }
     }
 }
 
 impl Packed for TxRec {
-    const WORDS: usize = 2 + Scored::PACKED_WORDS;
+    const WORDS: usize = 3 + Scored::PACKED_WORDS;
     fn unpack(w: &[u64]) -> Self {
         TxRec {
             created_ms: w[0],
             generation: w[1],
-            scored: Scored::unpack(&w[2..]),
+            verdict_seq: w[2],
+            scored: Scored::unpack(&w[3..]),
         }
     }
     fn pack(&self, w: &mut [u64]) {
         w[0] = self.created_ms;
         w[1] = self.generation;
-        self.scored.pack(&mut w[2..]);
+        w[2] = self.verdict_seq;
+        self.scored.pack(&mut w[3..]);
     }
 }
 
-/// A call's verdict, the snapshot that gave it, and the A-number it scored.
+/// A call's verdict, the snapshot that gave it, the A-number it scored,
+/// and its verdict id when it was recorded.
 pub(super) struct Judged<'l> {
     pub(super) scored: Scored,
     pub(super) set: &'l ListSet,
     pub(super) a: Option<Number>,
+    pub(super) id: Option<VerdictId>,
 }
 
 impl Judged<'_> {

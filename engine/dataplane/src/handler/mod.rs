@@ -9,6 +9,7 @@
 //! every header is a borrow from the datagram.
 
 mod calls;
+pub mod evidence;
 mod judge;
 mod numbers;
 mod outcome;
@@ -41,6 +42,7 @@ use crate::metrics::{Counter, Metrics};
 use crate::trunks::{Trunk, TrunkMap};
 
 use calls::CallRec;
+pub use evidence::{Evidence, Inline, VerdictId};
 use judge::{Judged, TxRec};
 use outcome::is_outcome;
 use reply::*;
@@ -113,6 +115,13 @@ pub struct Settings {
     /// The longest call: a call in progress for longer is stale (a lost
     /// BYE, a forged start) and stops counting.
     pub max_call: Duration,
+    /// This node's name (in verdict ids and records).
+    pub node_name: String,
+    /// Keep one allowed call in this many as a sample (0: none).
+    pub record_allowed_every: u32,
+    /// Where a wrongly blocked caller can appeal, added to the Reason text
+    /// of a block beside the verdict id.
+    pub appeal_contact: Option<String>,
 }
 
 impl Default for Settings {
@@ -138,6 +147,9 @@ impl Default for Settings {
             outcome_reporters: Vec::new(),
             outcome_secret: None,
             max_call: Duration::from_secs(u64::from(kuzet_rules::state::MAX_CALL_S)),
+            node_name: "kuzet".into(),
+            record_allowed_every: 1000,
+            appeal_contact: None,
         }
     }
 }
@@ -162,39 +174,12 @@ pub type SharedLists = Arc<ArcSwap<ListSet>>;
 pub const CALL_ID_MAX: usize = 128;
 
 /// A Call-ID copied inline (no allocation), cut at [`CALL_ID_MAX`] bytes.
-#[derive(Clone, Copy)]
-pub struct CallId {
-    len: u8,
-    bytes: [u8; CALL_ID_MAX],
-}
+pub type CallId = Inline<CALL_ID_MAX>;
 
-impl CallId {
-    /// Copies up to [`CALL_ID_MAX`] bytes of `id`.
-    pub fn new(id: &[u8]) -> CallId {
-        let n = id.len().min(CALL_ID_MAX);
-        let mut bytes = [0u8; CALL_ID_MAX];
-        bytes[..n].copy_from_slice(&id[..n]);
-        CallId {
-            len: n as u8,
-            bytes,
-        }
-    }
-
-    /// The bytes kept.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl std::fmt::Display for CallId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
-    }
-}
-
-/// A verdict worth a log line (anything but a plain allow, or a shadow
-/// result that differs), sent to the control plane: the call path never
-/// writes logs itself.
+/// A verdict worth recording (anything but a plain allow, a shadow result
+/// that differs, or a sampled allow), sent to the control plane's log and
+/// store: the call path never writes logs or records itself. It is copied
+/// whole into the bounded queue's preallocated slot.
 pub struct VerdictEvent {
     /// The snapshot that judged the call (its rules explain `scored`).
     pub set: Arc<ListSet>,
@@ -212,6 +197,10 @@ pub struct VerdictEvent {
     pub tcp: bool,
     /// The trunk the source belongs to, when one does.
     pub trunk: Option<Arc<str>>,
+    /// Its kind (`international`, `domestic`, ...).
+    pub trunk_kind: Option<&'static str>,
+    /// The id, time, answer and copied headers.
+    pub evidence: Evidence,
 }
 
 /// Everything the call path needs, immutable after start-up.
@@ -245,6 +234,14 @@ pub struct Handler {
     /// (ring time, talk time, concurrency) from the messages forwarded.
     calls: Table<CallRec>,
     calls_ttl_ms: u64,
+    /// The node part of verdict ids.
+    node: u32,
+    /// The next verdict id's sequence number.
+    next_verdict: std::sync::atomic::AtomicU64,
+    /// One allowed call in this many is recorded (0: none).
+    sample_every: u64,
+    /// ` appeal: CONTACT` for the Reason text, or nothing.
+    appeal: Vec<u8>,
 }
 
 impl Handler {
@@ -289,10 +286,17 @@ impl Handler {
                 Mode::Redirect => 1,
             }),
             calls_ttl_ms: s.max_call.as_millis() as u64,
+            node: VerdictId::node_of(&s.node_name),
+            next_verdict: std::sync::atomic::AtomicU64::new(evidence::unix_us().max(1) as u64),
+            sample_every: u64::from(s.record_allowed_every),
+            appeal: s
+                .appeal_contact
+                .map(|c| format!("; appeal: {c}").into_bytes())
+                .unwrap_or_default(),
         }
     }
 
-    /// Verdicts worth logging go to `tx` (bounded; full = dropped and
+    /// Verdicts worth recording go to `tx` (bounded; full = dropped and
     /// counted).
     pub fn with_events(mut self, tx: std::sync::mpsc::SyncSender<VerdictEvent>) -> Handler {
         self.events = Some(tx);

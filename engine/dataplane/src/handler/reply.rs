@@ -22,8 +22,15 @@ impl Handler {
             _ => "Decline",
         };
         self.reply(m, Some(c), self.block_code, reason, out, |o| {
+            // 603+ (ATIS-1000099): the text carries what a wrongly blocked
+            // caller needs to seek redress, the verdict id and where.
             o.extend_from_slice(b"Reason: Q.850;cause=21;text=\"");
             o.extend_from_slice(v.first_rule().as_bytes());
+            if let Some(id) = v.id {
+                o.extend_from_slice(b"; verdict ");
+                id.write_to(o);
+            }
+            o.extend_from_slice(&self.appeal);
             o.extend_from_slice(b"\"\r\n");
             verdict_header(o, v);
         });

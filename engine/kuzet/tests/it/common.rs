@@ -20,6 +20,9 @@ pub fn test_config() -> Config {
     c.lists.reload_interval_ms = 50;
     // Behaviour state is reserved up front; tests need little of it.
     c.rules.max_tracked_numbers = 50_000;
+    // Engines started in one test process must not share ./kuzet-data;
+    // the store's own tests give each engine a temporary directory.
+    c.store.enabled = false;
     c
 }
 
@@ -134,6 +137,16 @@ pub fn ask(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
     }
 }
 
+/// The text of a block's Reason without its verdict id: `Q.850;cause=21;
+/// text="RULE"` (the id is checked where it matters).
+pub fn reason_without_id(resp: &str) -> Option<String> {
+    let r = header(resp, "Reason")?;
+    Some(match r.find("; verdict ") {
+        Some(at) => format!("{}\"", &r[..at]),
+        None => r.to_string(),
+    })
+}
+
 /// The status code of a response text.
 pub fn status(resp: &str) -> u16 {
     resp.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0)
@@ -219,9 +232,23 @@ impl Watched {
 
     /// Starts it without waiting for anything.
     pub fn spawn(args: &[&str], dir: &Path) -> Watched {
+        Self::spawn_with(env!("CARGO_BIN_EXE_kuzet"), &[], args, dir)
+    }
+
+    /// [`Self::start`] through a wrapper: `PROGRAM PRE... run --listen
+    /// ADDR ARGS` (the wrapper ends by exec'ing kuzet, so the pid is
+    /// kuzet's).
+    pub fn start_with(program: &str, pre: &[&str], args: &[&str], dir: &Path) -> Watched {
+        let mut w = Self::spawn_with(program, pre, args, dir);
+        w.wait_for("kuzet serving", Duration::from_secs(30));
+        w
+    }
+
+    fn spawn_with(program: &str, pre: &[&str], args: &[&str], dir: &Path) -> Watched {
         use std::io::BufRead;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        let mut child = std::process::Command::new(program)
+            .args(pre)
             .arg("run")
             .arg("--listen")
             .arg(addr.to_string())

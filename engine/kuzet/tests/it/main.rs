@@ -15,3 +15,4 @@ mod rules;
 mod sim;
 mod sipp;
 mod sockets;
+mod store;

@@ -1,0 +1,290 @@
+//! kuzet's store: the intercepted-call log (and, on it, the audit log of
+//! investigators' queries) in one embedded SQLite file, `kuzet.db`, in the
+//! data directory.
+//!
+//! One writer, the control plane's recorder thread, owns a [`Store`]: it
+//! commits records in batches and retires old ones in small chunks between
+//! batches. Readers (the investigators' API) open their own read-only
+//! connections; WAL mode lets them read while the writer writes. The call
+//! path never touches this crate: it hands records to a bounded queue.
+//!
+//! The schema is versioned ([`schema`]): a store from an older kuzet is
+//! migrated in one transaction, and one from a newer kuzet, or a file that
+//! is not a kuzet store at all, is refused with the reason, never
+//! rewritten.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod query;
+pub mod record;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+
+pub use record::{ListHitRec, Record, RuleHit};
+
+/// The database's file name inside the data directory.
+pub const DB_FILE: &str = "kuzet.db";
+/// The lock file that keeps two kuzets off one data directory.
+pub const LOCK_FILE: &str = "kuzet.lock";
+
+/// Why the store could not be opened or written: always names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory cannot be created or written.
+    #[error("data directory {path}: {reason}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS or SQLite said.
+        reason: String,
+    },
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another kuzet (it holds {LOCK_FILE})")]
+    Locked(PathBuf),
+    /// The database was written by a newer kuzet.
+    #[error("{path} holds schema version {found}; this kuzet reads versions up to {known}: run the kuzet that wrote it, or point --data at a fresh directory")]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+    /// The file is an SQLite database, but not kuzet's.
+    #[error("{0} is not a kuzet store (its application id is not kuzet's); point --data at another directory")]
+    Foreign(PathBuf),
+    /// SQLite refused.
+    #[error("{path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+}
+
+/// How the store is kept.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This node's name, written into every record.
+    pub node: String,
+    /// Records older than this are retired (0: kept for ever).
+    pub max_age: Duration,
+    /// The calls log is trimmed, oldest first, to stay under this many
+    /// bytes (0: no limit).
+    pub max_bytes: u64,
+    /// Records retired per chunk: each chunk is one short transaction.
+    pub retire_chunk: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            node: "kuzet".into(),
+            max_age: Duration::from_secs(90 * 86_400),
+            max_bytes: 0,
+            retire_chunk: 2000,
+        }
+    }
+}
+
+/// The writer's handle on the store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    opts: Options,
+    /// Held for the process's life: the directory's lock.
+    _lock: std::fs::File,
+}
+
+/// Opens (creating if needed) the data directory and its database, checks
+/// that it can be written, takes the directory's lock and brings the
+/// schema up to date.
+pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
+    let dir_err = |reason: String| StoreError::Directory {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(dir_err("exists and is not a directory".into()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| dir_err(format!("cannot create it: {e}")))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(|e| dir_err(format!("cannot write in it: {e}")))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.into())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(dir_err(format!("cannot lock {LOCK_FILE}: {e}")))
+        }
+    }
+    let path = dir.join(DB_FILE);
+    let sq = |source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    };
+    let mut conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sq)?;
+    tune(&conn).map_err(sq)?;
+    schema::migrate(&mut conn, &path)?;
+    Ok(Store {
+        conn,
+        path,
+        opts,
+        _lock: lock,
+    })
+}
+
+/// WAL (readers never block the writer), `synchronous = NORMAL` (a commit
+/// survives a crash of kuzet; a power cut may lose the last commits, never
+/// corrupt), and a busy timeout for the rare reader checkpoint.
+fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Opens a read-only connection for queries.
+pub fn open_reader(dir: &Path) -> Result<Connection, StoreError> {
+    let path = dir.join(DB_FILE);
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    })?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+    schema::check_readable(&conn, &path)?;
+    Ok(conn)
+}
+
+/// Opens a read-write connection that is not the writer's, for the audit
+/// log (its writes are small and rare; SQLite serializes them).
+pub fn open_side_writer(dir: &Path) -> Result<Connection, StoreError> {
+    let path = dir.join(DB_FILE);
+    let sq = |source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sq)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
+    schema::check_readable(&conn, &path)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The writer's connection (tests and the incident engine read through
+    /// it).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Commits `recs` in one transaction. On error (a full disk) nothing of
+    /// the batch is kept and the store stays usable: the next batch tries
+    /// again.
+    pub fn insert(&mut self, recs: &[Record]) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut call = tx.prepare_cached(record::INSERT_CALL)?;
+            let mut rule = tx.prepare_cached(
+                "INSERT OR IGNORE INTO call_rules (call, rule, shadow) VALUES (?1, ?2, ?3)",
+            )?;
+            for r in recs {
+                let id = r.insert(&mut call, &self.opts.node)?;
+                for h in &r.rules {
+                    rule.execute(params![id, h.id, h.shadow])?;
+                }
+            }
+        }
+        tx.commit()
+    }
+
+    /// Retires one chunk of records that are too old or over the size
+    /// limit, oldest first, in one short transaction. Returns how many
+    /// went; 0 means nothing is due. The recorder calls it between
+    /// batches until it returns 0, so retention never holds a batch up for
+    /// longer than one chunk.
+    pub fn retire_chunk(&mut self, now_us: i64) -> rusqlite::Result<usize> {
+        let chunk = self.opts.retire_chunk.max(1) as i64;
+        let mut upto: Option<i64> = None;
+        if !self.opts.max_age.is_zero() {
+            let cutoff = now_us - self.opts.max_age.as_micros() as i64;
+            upto = self
+                .conn
+                .query_row(
+                    "SELECT max(id) FROM (SELECT id FROM calls WHERE ts_us < ?1 ORDER BY ts_us LIMIT ?2)",
+                    params![cutoff, chunk],
+                    |r| r.get::<_, Option<i64>>(0),
+                )?;
+        }
+        if upto.is_none() && self.opts.max_bytes > 0 && self.used_bytes()? > self.opts.max_bytes {
+            upto = self.conn.query_row(
+                "SELECT max(id) FROM (SELECT id FROM calls ORDER BY id LIMIT ?1)",
+                params![chunk],
+                |r| r.get::<_, Option<i64>>(0),
+            )?;
+        }
+        let Some(upto) = upto else { return Ok(0) };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM call_rules WHERE call <= ?1", params![upto])?;
+        let n = tx.execute("DELETE FROM calls WHERE id <= ?1", params![upto])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Bytes the database's live pages take (free pages excluded: SQLite
+    /// reuses them, so the file stops growing once retention runs).
+    pub fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let page: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let count: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        Ok(((count - free).max(0) * page) as u64)
+    }
+
+    /// Records in the calls log.
+    pub fn count(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM calls", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests;

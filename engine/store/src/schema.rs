@@ -1,0 +1,138 @@
+//! The store's schema and its migrations, embedded in the binary.
+//!
+//! `PRAGMA application_id` marks the file as kuzet's and `PRAGMA
+//! user_version` holds its schema version. Opening a store applies every
+//! migration it lacks, all in one transaction (a crash midway leaves the
+//! old version intact). A file of another application, or of a newer
+//! schema, is refused and left untouched.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// `KZET`: marks the SQLite file as a kuzet store.
+pub const APPLICATION_ID: i64 = 0x4b5a_4554;
+
+/// Each migration takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the intercepted-call log, the rules that fired per call (for
+    // queries by rule), and the audit log of investigators' queries.
+    "
+    CREATE TABLE calls (
+        id              INTEGER PRIMARY KEY,
+        verdict_id      TEXT NOT NULL,
+        ts_us           INTEGER NOT NULL,
+        node            TEXT NOT NULL,
+        call_id         TEXT NOT NULL,
+        ruri            TEXT NOT NULL,
+        from_hdr        TEXT NOT NULL,
+        pai_hdr         TEXT NOT NULL,
+        a               TEXT,
+        b               TEXT,
+        from_num        TEXT,
+        pai_num         TEXT,
+        trunk           TEXT,
+        trunk_kind      TEXT,
+        source          TEXT NOT NULL,
+        transport       TEXT NOT NULL,
+        decision        TEXT NOT NULL,
+        shadow_decision TEXT NOT NULL,
+        code            INTEGER NOT NULL,
+        score           INTEGER NOT NULL,
+        sampled         INTEGER NOT NULL,
+        explanation     TEXT NOT NULL,
+        rules           TEXT NOT NULL,
+        list_hit        TEXT,
+        lists_version   TEXT NOT NULL,
+        headers         BLOB NOT NULL,
+        incident        INTEGER
+    );
+    CREATE UNIQUE INDEX calls_verdict ON calls (verdict_id);
+    CREATE INDEX calls_a ON calls (a, id);
+    CREATE INDEX calls_b ON calls (b, id);
+    CREATE INDEX calls_ts ON calls (ts_us);
+    CREATE INDEX calls_incident ON calls (incident) WHERE incident IS NOT NULL;
+    CREATE TABLE call_rules (
+        call   INTEGER NOT NULL,
+        rule   TEXT NOT NULL,
+        shadow INTEGER NOT NULL,
+        PRIMARY KEY (call, rule)
+    ) WITHOUT ROWID;
+    CREATE INDEX call_rules_rule ON call_rules (rule, call);
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY,
+        ts_us   INTEGER NOT NULL,
+        who     TEXT NOT NULL,
+        role    TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        filter  TEXT NOT NULL,
+        rows    INTEGER NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    ",
+];
+
+/// The schema version this build writes.
+pub fn current() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+fn versions(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    Ok((app, version, tables))
+}
+
+/// Brings the schema up to [`current`], or refuses the file.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let sq = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (app, version, tables) = versions(conn).map_err(sq)?;
+    if app != APPLICATION_ID && !(app == 0 && tables == 0) {
+        return Err(StoreError::Foreign(path.into()));
+    }
+    if version > current() {
+        return Err(StoreError::NewerSchema {
+            path: path.into(),
+            found: version,
+            known: current(),
+        });
+    }
+    if version == current() {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(sq)?;
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(m).map_err(sq)?;
+        tracing::info!(path = %path.display(), version = i + 1, "store schema migrated");
+    }
+    tx.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(sq)?;
+    tx.pragma_update(None, "user_version", current())
+        .map_err(sq)?;
+    tx.commit().map_err(sq)
+}
+
+/// A reader's check: the file is kuzet's and of a version it can read.
+pub fn check_readable(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let (app, version, _) = versions(conn).map_err(|source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if app != APPLICATION_ID {
+        return Err(StoreError::Foreign(path.into()));
+    }
+    if version > current() {
+        return Err(StoreError::NewerSchema {
+            path: path.into(),
+            found: version,
+            known: current(),
+        });
+    }
+    Ok(())
+}
