@@ -27,29 +27,20 @@ pub struct Entry {
     pub outcome: String,
 }
 
-/// Appends one entry; returns its id.
-pub fn append(
-    conn: &Connection,
-    ts_us: i64,
-    who: &str,
-    role: &str,
-    action: &str,
-    filter: &str,
-    rows: u64,
-    outcome: &str,
-) -> rusqlite::Result<i64> {
+/// Appends `e` (its `id` is ignored); returns the new entry's id.
+pub fn append(conn: &Connection, e: &Entry) -> rusqlite::Result<i64> {
     conn.prepare_cached(
         "INSERT INTO audit (ts_us, who, role, action, filter, rows, outcome)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .insert(params![
-        ts_us,
-        who,
-        role,
-        action,
-        filter,
-        rows as i64,
-        outcome
+        e.ts_us,
+        e.who,
+        e.role,
+        e.action,
+        e.filter,
+        e.rows as i64,
+        e.outcome
     ])
 }
 

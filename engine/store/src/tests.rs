@@ -285,7 +285,17 @@ fn the_audit_log_only_grows() {
     let _s = open(dir.path(), opts()).unwrap();
     let c = open_side_writer(dir.path()).unwrap();
     for i in 0..3 {
-        audit::append(&c, i, "ana", "investigator", "QueryCalls", "{}", 5, "ok").unwrap();
+        let e = audit::Entry {
+            id: 0,
+            ts_us: i,
+            who: "ana".into(),
+            role: "investigator".into(),
+            action: "QueryCalls".into(),
+            filter: "{}".into(),
+            rows: 5,
+            outcome: "ok".into(),
+        };
+        audit::append(&c, &e).unwrap();
     }
     let got = audit::read(&c, None, 10).unwrap();
     assert_eq!(got.len(), 3);

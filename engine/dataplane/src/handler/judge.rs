@@ -86,7 +86,7 @@ impl Handler {
                 scored.decision != Decision::Allow || scored.shadow_decision != scored.decision;
             // A sample of allowed calls, picked by the transaction's hash:
             // no shared counter, and a retransmission is picked the same.
-            let sampled = !notable && self.sample_every > 0 && tx % self.sample_every == 0;
+            let sampled = !notable && self.sample_every > 0 && tx.is_multiple_of(self.sample_every);
             let mut id = None;
             if notable || sampled {
                 let vid = self.new_verdict_id();
