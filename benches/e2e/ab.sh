@@ -57,8 +57,12 @@ for side in A B; do
   port=$((port + 10)); PORT[$side]=$port
   bin=$A; conf=$W/files/kuzet-a.toml
   [ "$side" = B ] && { bin=$B; conf=$W/files/kuzet.toml; }
+  # Builds with a store and a control API get their own of each, so the
+  # two sides never share a data directory or port 50051.
+  own=""
+  if "$bin" run --help | grep -q -- '--control'; then own="--control 127.0.0.1:0 --data $W/data-$side"; fi
   # shellcheck disable=SC2086
-  "$bin" run --config "$conf" --listen "127.0.0.1:$port" $EXTRA >"$W/$side.log" 2>&1 &
+  "$bin" run --config "$conf" --listen "127.0.0.1:$port" $own $EXTRA >"$W/$side.log" 2>&1 &
   PID[$side]=$!; PIDS+=("${PID[$side]}")
   "$SIM" ping --target "127.0.0.1:$port" --timeout-s 60 || { cat "$W/$side.log" >&2; exit 1; }
   RUNS[$side]=""

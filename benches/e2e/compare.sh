@@ -97,7 +97,8 @@ start_system() {
   local name=$1 port=$2
   case "$name" in
     kuzet)
-      "$KUZET" run --config "$W/files/kuzet.toml" --listen "127.0.0.1:$port" --log warn >"$W/$name.log" 2>&1 & ;;
+      "$KUZET" run --config "$W/files/kuzet.toml" --listen "127.0.0.1:$port" --control 127.0.0.1:0 \
+        --data "$W/data" --log warn >"$W/$name.log" 2>&1 & ;;
     kamailio)
       "$KAMAILIO" -f "$ROOT/deploy/kamailio/kamailio.cfg" -DD -E -n 2 -m 256 -M 16 \
         -l "udp:127.0.0.1:$port" -A "KZ_DBURL=\"text://$W/files/kamailio\"" >"$W/$name.log" 2>&1 & ;;

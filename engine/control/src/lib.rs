@@ -1,12 +1,17 @@
 //! kuzet's control plane: everything that is not the call path.
 //!
+//! - [`access`]: bearer tokens with roles, kept as hashes and compared in
+//!   constant time.
+//! - [`investigate`]: the investigators' gRPC API on the control address,
+//!   every request checked and audited.
 //! - [`files`]: reading operator files safely: regular files only, sizes
 //!   and lines capped, non-UTF-8 named by line.
 //! - [`lists`]: loading list files and the rule file into one snapshot, and
 //!   reloading them on change or SIGHUP (the same function at start-up and
 //!   at reload).
 //! - [`plane`]: the control thread and its own runtime: reloads, stats,
-//!   behaviour-state sweeps, verdict logs.
+//!   behaviour-state sweeps, and the recorder that logs verdicts and
+//!   commits them to the store.
 //!
 //! Nothing here runs on a SIP worker. The data plane reads what this crate
 //! publishes (an `ArcSwap` snapshot) and hands it events through bounded
@@ -14,6 +19,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod files;
+pub mod investigate;
 pub mod lists;
 pub mod plane;

@@ -44,6 +44,7 @@ pub fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
     handler: Arc<Handler>,
+    api: Option<(std::net::TcpListener, crate::investigate::Investigation)>,
 ) {
     let Some(rt) = small_runtime("control") else {
         return;
@@ -51,6 +52,9 @@ pub fn run(
     rt.block_on(async move {
         tokio::spawn(reload_loop(timing, reloader, shutdown.clone()));
         tokio::spawn(stats_loop(timing, metrics, handler));
+        if let Some((listener, svc)) = api {
+            tokio::spawn(crate::investigate::serve(listener, svc, shutdown.clone()));
+        }
         let _ = shutdown.changed().await;
     });
     // A reload still running on the blocking pool is abandoned, not waited

@@ -63,6 +63,8 @@ pub struct Config {
     pub outcomes: OutcomesConfig,
     /// `[store]`: the intercepted-call log.
     pub store: StoreConfig,
+    /// `[control]`: the investigators' API and its tokens.
+    pub control: ControlConfig,
     /// `[[trunks]]`: source CIDRs to trunk name and kind.
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
@@ -86,6 +88,7 @@ impl Default for Config {
             rules: RulesConfig::default(),
             outcomes: OutcomesConfig::default(),
             store: StoreConfig::default(),
+            control: ControlConfig::default(),
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
@@ -119,6 +122,70 @@ impl Default for RulesConfig {
             utc_offset_minutes: 300,
             max_call_secs: 14_400,
         }
+    }
+}
+
+/// `[control]`: the gRPC control address (the investigators' API, health,
+/// reflection) and the tokens that may use it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve the control API at all.
+    pub enabled: bool,
+    /// Where: loopback by default, since it gives access to evidence.
+    pub listen: SocketAddr,
+    /// Who may use it.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// One `[[control.tokens]]` entry: make one with `kuzet token new`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it, as the audit log names them.
+    pub name: String,
+    /// `investigator`, `rule-author` or `admin`.
+    pub role: String,
+    /// The token's SHA-256, 64 hex digits (the token itself is never
+    /// stored).
+    pub sha256: String,
+}
+
+impl Config {
+    /// The control API's tokens, checked.
+    pub fn access(&self) -> Result<kuzet_control::access::Access, String> {
+        use kuzet_control::access::{parse_sha256, Role, Token};
+        let mut tokens = Vec::new();
+        for t in &self.control.tokens {
+            let role = Role::from_name(&t.role).ok_or_else(|| {
+                format!(
+                    "control.tokens {:?}: role must be investigator, rule-author or admin, not {:?}",
+                    t.name, t.role
+                )
+            })?;
+            let sha256 = parse_sha256(&t.sha256).ok_or_else(|| {
+                format!(
+                    "control.tokens {:?}: sha256 must be 64 hex digits (make one with `kuzet token new`)",
+                    t.name
+                )
+            })?;
+            tokens.push(Token {
+                name: t.name.clone(),
+                role,
+                sha256,
+            });
+        }
+        Ok(kuzet_control::access::Access::new(tokens))
     }
 }
 
@@ -676,6 +743,7 @@ impl Config {
                 ));
             }
         }
+        self.access().map_err(bad)?;
         if self.store.enabled && self.store.queue == 0 {
             return Err(bad("store.queue must be at least 1".into()));
         }

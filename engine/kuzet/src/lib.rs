@@ -3,8 +3,10 @@
 //! - [`config`]: the TOML config with embedded defaults; it turns into the
 //!   data plane's [`Settings`](kuzet_dataplane::Settings) and the control
 //!   plane's [`Sources`](kuzet_control::lists::Sources).
-//! - [`server`]: binds the sockets, starts the workers and the control
-//!   thread, and stops them.
+//! - [`server`]: opens the store, binds the sockets, starts the workers,
+//!   the recorder and the control thread, and stops them.
+//! - [`client`]: the investigators' commands (`kuzet calls`, `incidents`,
+//!   `counts`, `audit`) over the control API, and `kuzet token`.
 //!
 //! The call path lives in `kuzet-dataplane`, loading and reloading in
 //! `kuzet-control`, SIP in `kuzet-sip`, syscalls in `kuzet-net`, scoring in
@@ -12,5 +14,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod server;

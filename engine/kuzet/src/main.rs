@@ -32,6 +32,21 @@ enum Command {
     /// Work with behaviour rule files (see deploy/rules/default.toml).
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Query intercepted calls on a running kuzet (needs an investigator
+    /// or admin token). E.g. `kuzet calls --number "8 701 123 45 67"
+    /// --since 24h`, or `kuzet calls --verdict-id ID` for one call in full.
+    Calls(kuzet::client::CallsArgs),
+    /// Incidents on a running kuzet: `list`, or `show ID` with its calls.
+    #[command(subcommand)]
+    Incidents(kuzet::client::IncidentsCommand),
+    /// Calls per decision and per rule over time (rule-author, investigator
+    /// or admin).
+    Counts(kuzet::client::CountsArgs),
+    /// The audit log of investigators' queries (admin).
+    Audit(kuzet::client::AuditArgs),
+    /// Make control API tokens: `new` prints a token and its config entry.
+    #[command(subcommand)]
+    Token(kuzet::client::TokenCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,6 +96,13 @@ struct RunArgs {
     /// one is an error (exit 2).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Address of the control API (investigators' gRPC, health,
+    /// reflection) [default: [control] listen, else 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    control: Option<SocketAddr>,
+    /// Do not serve the control API.
+    #[arg(long)]
+    no_control: bool,
     /// Do not record verdicts (they are still logged).
     #[arg(long)]
     no_store: bool,
@@ -104,6 +126,11 @@ fn main() -> ExitCode {
         Command::Rules(RulesCommand::Check { file, config }) => {
             rules_check(&file, config.as_deref())
         }
+        Command::Calls(a) => kuzet::client::calls(a),
+        Command::Incidents(c) => kuzet::client::incidents(c),
+        Command::Counts(a) => kuzet::client::counts(a),
+        Command::Audit(a) => kuzet::client::audit(a),
+        Command::Token(c) => kuzet::client::token(c),
     }
 }
 
@@ -209,6 +236,12 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
     }
     if args.no_store {
         cfg.store.enabled = false;
+    }
+    if let Some(a) = args.control {
+        cfg.control.listen = a;
+    }
+    if args.no_control {
+        cfg.control.enabled = false;
     }
     let any_cli_list =
         !(args.blocklist.is_empty() && args.allowlist.is_empty() && args.flaglist.is_empty());

@@ -31,6 +31,8 @@ pub struct Running {
     pub udp_addr: SocketAddr,
     /// The bound TCP address, when TCP is on.
     pub tcp_addr: Option<SocketAddr>,
+    /// The control API's bound address, when it is on.
+    pub control_addr: Option<SocketAddr>,
     /// Shared counters and histogram.
     pub metrics: Arc<Metrics>,
     /// The list snapshot in force.
@@ -201,6 +203,23 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 .context("spawning TCP thread")?,
         );
     }
+    let control = if cfg.control.enabled {
+        let l = kuzet_control::investigate::bind(cfg.control.listen)
+            .with_context(|| format!("binding the control address {}", cfg.control.listen))?;
+        let access = cfg.access().map_err(|e| anyhow::anyhow!(e))?;
+        if access.is_empty() {
+            tracing::warn!("no [[control.tokens]]: the control API refuses every query (make a token with `kuzet token new`)");
+        }
+        let svc = kuzet_control::investigate::Investigation::new(
+            cfg.store.enabled.then(|| cfg.data_dir()),
+            plan.clone(),
+            Arc::new(access),
+        );
+        Some((l, svc))
+    } else {
+        None
+    };
+    let control_addr = control.as_ref().and_then(|(l, _)| l.local_addr().ok());
     let reloader = Reloader::new(Arc::new(sources), plan, lists.clone(), metrics.clone());
     let m = metrics.clone();
     let sd = shutdown_rx.clone();
@@ -218,14 +237,15 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 // Reload loads run on this runtime's blocking threads,
                 // which inherit the priority.
                 background_priority("control plane");
-                plane::run(timing, reloader, m, sd, h)
+                plane::run(timing, reloader, m, sd, h, control)
             })
             .context("spawning control thread")?,
     );
-    tracing::info!(%udp_addr, ?tcp_addr, workers, ?mode, "kuzet serving");
+    tracing::info!(%udp_addr, ?tcp_addr, ?control_addr, workers, ?mode, "kuzet serving");
     Ok(Running {
         udp_addr,
         tcp_addr,
+        control_addr,
         metrics,
         lists,
         shutdown,

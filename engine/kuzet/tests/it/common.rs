@@ -23,6 +23,7 @@ pub fn test_config() -> Config {
     // Engines started in one test process must not share ./kuzet-data;
     // the store's own tests give each engine a temporary directory.
     c.store.enabled = false;
+    c.control.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
@@ -249,7 +250,7 @@ impl Watched {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut child = std::process::Command::new(program)
             .args(pre)
-            .arg("run")
+            .args(["run", "--control", "127.0.0.1:0"])
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)

@@ -23,6 +23,8 @@ fn a_sigterm_during_start_up_still_stops_cleanly_with_counters() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
         .args([
             "run",
+            "--control",
+            "127.0.0.1:0",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--blocklist",

@@ -9,6 +9,7 @@ mod architecture;
 mod common;
 mod hardening;
 mod identity;
+mod investigate;
 mod kamailio;
 mod rfc4475;
 mod rules;

@@ -1,0 +1,24 @@
+//! kuzet's gRPC interfaces, generated at build time from `proto/`:
+//! [`investigation`], the investigators' API that kuzet serves on its
+//! control address, and [`register`], the pre-trial register's API that
+//! kuzet calls to report incidents (and that `kuzet-sim register` serves as
+//! a stand-in). Both are versioned packages; a breaking change is a new
+//! `v2` package beside the old one.
+
+#![forbid(unsafe_code)]
+#![allow(missing_docs, clippy::all)]
+
+/// `kuzet.investigation.v1`: query the intercepted-call log, incidents,
+/// counts and the audit log.
+pub mod investigation {
+    tonic::include_proto!("kuzet.investigation.v1");
+}
+
+/// `kuzet.register.v1`: incidents reported to the pre-trial register.
+pub mod register {
+    tonic::include_proto!("kuzet.register.v1");
+}
+
+/// Both packages' encoded descriptors, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kuzet_descriptor.bin"));

@@ -1,0 +1,561 @@
+//! The investigators' gRPC API (`kuzet.investigation.v1`), served on the
+//! control address from the control plane's own runtime, beside the
+//! standard gRPC health service and server reflection.
+//!
+//! Every request is authenticated and authorized here, on the server
+//! ([`crate::access`]), and every request, allowed or refused, is written
+//! to the audit log with who asked, in which role, with which filter and
+//! how many rows came back. SQLite work runs on the runtime's blocking
+//! threads (at the control plane's lowered priority), each query on a
+//! read-only connection of its own, so a long export never blocks the
+//! writer or another query.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use kuzet_api::investigation as pb;
+use kuzet_api::investigation::investigation_service_server::{
+    InvestigationService, InvestigationServiceServer,
+};
+use kuzet_dataplane::handler::evidence::unix_us;
+use kuzet_dataplane::handler::VerdictId;
+use kuzet_rules::NumberingPlan;
+use kuzet_store::query::{self, Filter};
+use kuzet_store::{audit, Record};
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::access::{Access, Refusal, Role};
+
+/// What the service needs.
+pub struct Investigation {
+    /// The data directory; `None` when kuzet runs without a store.
+    pub data_dir: Option<PathBuf>,
+    /// Normalizes the numbers investigators type.
+    pub plan: NumberingPlan,
+    /// The configured tokens.
+    pub access: Arc<Access>,
+    /// The audit log's connection, opened on first use.
+    audit: Arc<Mutex<Option<rusqlite::Connection>>>,
+}
+
+impl Investigation {
+    /// A service over the store in `data_dir`.
+    pub fn new(data_dir: Option<PathBuf>, plan: NumberingPlan, access: Arc<Access>) -> Self {
+        Investigation {
+            data_dir,
+            plan,
+            access,
+            audit: Arc::default(),
+        }
+    }
+}
+
+/// Serves the API, health and reflection on `listener` until `shutdown`.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    svc: Investigation,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let addr = listener.local_addr().ok();
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "control listener failed");
+            return;
+        }
+    };
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<InvestigationServiceServer<Investigation>>()
+        .await;
+    let reflection = match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kuzet_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC reflection failed to build");
+            return;
+        }
+    };
+    tracing::info!(?addr, "control API serving");
+    let r = tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(InvestigationServiceServer::new(svc))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = shutdown.changed().await;
+            },
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "control API stopped");
+    }
+}
+
+/// Who asked, once allowed.
+#[derive(Clone)]
+struct Caller {
+    who: String,
+    role: &'static str,
+}
+
+type CallStream = Pin<Box<dyn Stream<Item = Result<pb::Call, Status>> + Send + 'static>>;
+
+const QUERY: &[Role] = &[Role::Investigator, Role::Admin];
+const COUNT: &[Role] = &[Role::Investigator, Role::RuleAuthor, Role::Admin];
+const AUDIT: &[Role] = &[Role::Admin];
+
+impl Investigation {
+    /// Authenticates and authorizes; a refusal is audited and returned as
+    /// UNAUTHENTICATED or PERMISSION_DENIED.
+    async fn admit<T>(
+        &self,
+        req: &Request<T>,
+        action: &str,
+        allowed: &[Role],
+        filter: &str,
+    ) -> Result<Caller, Status> {
+        let bearer = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match self.access.check(bearer, allowed) {
+            Ok(t) => Ok(Caller {
+                who: t.name.clone(),
+                role: t.role.as_str(),
+            }),
+            Err(refusal) => {
+                let (who, role, outcome, status) = match refusal {
+                    Refusal::Unauthenticated => (
+                        "-".to_string(),
+                        "-",
+                        "unauthenticated",
+                        Status::unauthenticated("a valid bearer token is required"),
+                    ),
+                    Refusal::Denied => {
+                        let t = self.access.authenticate(bearer);
+                        (
+                            t.map_or("-".into(), |t| t.name.clone()),
+                            t.map_or("-", |t| t.role.as_str()),
+                            "denied",
+                            Status::permission_denied(format!(
+                                "{action} needs the role {}",
+                                allowed
+                                    .iter()
+                                    .map(|r| r.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" or ")
+                            )),
+                        )
+                    }
+                };
+                self.record(&who, role, action, filter, 0, outcome).await;
+                Err(status)
+            }
+        }
+    }
+
+    /// Appends to the audit log. A failure to audit is logged loudly; the
+    /// answer has already been decided.
+    async fn record(
+        &self,
+        who: &str,
+        role: &str,
+        action: &str,
+        filter: &str,
+        rows: u64,
+        outcome: &str,
+    ) {
+        let Some(dir) = self.data_dir.clone() else {
+            return;
+        };
+        let e = audit::Entry {
+            id: 0,
+            ts_us: unix_us(),
+            who: who.into(),
+            role: role.into(),
+            action: action.into(),
+            filter: filter.into(),
+            rows,
+            outcome: outcome.into(),
+        };
+        let conn = self.audit.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut guard = conn.lock().map_err(|_| "audit lock poisoned".to_string())?;
+            if guard.is_none() {
+                *guard = Some(kuzet_store::open_side_writer(&dir).map_err(|e| e.to_string())?);
+            }
+            let c = guard.as_ref().ok_or("no audit connection")?;
+            audit::append(c, &e).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "writing the audit log failed"),
+            Err(e) => tracing::error!(error = %e, "the audit task failed"),
+        }
+    }
+
+    fn store_dir(&self) -> Result<PathBuf, Status> {
+        self.data_dir.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this kuzet runs without a store (--no-store): nothing is recorded",
+            )
+        })
+    }
+
+    /// The store's filter from the request's, checked.
+    fn filter(&self, f: Option<pb::CallFilter>) -> Result<Filter, Status> {
+        let f = f.unwrap_or_default();
+        let text = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        let number = match text(f.number) {
+            Some(n) => Some(
+                self.plan
+                    .normalize(n.as_bytes())
+                    .or_else(|| {
+                        // Typed with spaces, dashes or brackets.
+                        let digits: String = n
+                            .chars()
+                            .filter(|c| c.is_ascii_digit() || *c == '+')
+                            .collect();
+                        self.plan.normalize(digits.as_bytes())
+                    })
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "{n:?} is not a number the numbering plan knows"
+                        ))
+                    })?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let decision = text(f.decision);
+        if let Some(d) = &decision {
+            if !["allow", "flag", "redirect", "block"].contains(&d.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "decision must be allow, flag, redirect or block, not {d:?}"
+                )));
+            }
+        }
+        let verdict_id = match text(f.verdict_id) {
+            Some(v) => Some(
+                v.parse::<VerdictId>()
+                    .map_err(|e| Status::invalid_argument(format!("{v:?}: {e}")))?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(Filter {
+            number,
+            since_us: (f.since_us != 0).then_some(f.since_us),
+            until_us: (f.until_us != 0).then_some(f.until_us),
+            decision,
+            rule: text(f.rule),
+            trunk: text(f.trunk),
+            incident: (f.incident != 0).then_some(f.incident),
+            verdict_id,
+        })
+    }
+}
+
+fn cursor(s: &str) -> Result<Option<i64>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| Status::invalid_argument("a cursor is the next_cursor of a previous page"))
+}
+
+fn store_err(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("store: {e}"))
+}
+
+/// The wire form of a recorded call.
+pub fn to_pb(r: Record) -> pb::Call {
+    pb::Call {
+        verdict_id: r.verdict_id,
+        time_us: r.ts_us,
+        node: r.node,
+        call_id: r.call_id,
+        request_uri: r.ruri,
+        from_header: r.from_hdr,
+        pai_header: r.pai_hdr,
+        a_number: r.a.unwrap_or_default(),
+        b_number: r.b.unwrap_or_default(),
+        from_number: r.from_num.unwrap_or_default(),
+        pai_number: r.pai_num.unwrap_or_default(),
+        trunk: r.trunk.unwrap_or_default(),
+        trunk_kind: r.trunk_kind.unwrap_or_default(),
+        source: r.source,
+        transport: r.transport,
+        decision: r.decision,
+        shadow_decision: r.shadow_decision,
+        sip_code: u32::from(r.code),
+        score: r.score,
+        sampled: r.sampled,
+        explanation: r.explanation,
+        rules: r
+            .rules
+            .into_iter()
+            .map(|h| pb::RuleHit {
+                id: h.id,
+                value: h.value,
+                threshold: h.threshold,
+                shadow: h.shadow,
+                why: h.why,
+            })
+            .collect(),
+        list_hit: r.list_hit.map(|l| pb::ListHit {
+            list: l.list,
+            side: l.side,
+            exact: l.exact,
+            reason: l.reason,
+        }),
+        lists_version: r.lists_version,
+        headers: r.headers,
+        incident: r.incident.unwrap_or(0),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl InvestigationService for Investigation {
+    async fn query_calls(
+        &self,
+        req: Request<pb::QueryCallsRequest>,
+    ) -> Result<Response<pb::QueryCallsResponse>, Status> {
+        let r = req.get_ref().clone();
+        let desc = format!(
+            "{{\"filter\":{},\"cursor\":{:?},\"page_size\":{}}}",
+            json(&self.filter(r.filter.clone()).unwrap_or_default()),
+            r.cursor,
+            r.page_size
+        );
+        let who = self.admit(&req, "QueryCalls", QUERY, &desc).await?;
+        let filter = self.filter(r.filter)?;
+        let before = cursor(&r.cursor)?;
+        let dir = self.store_dir()?;
+        let limit = match r.page_size {
+            0 => 100,
+            n => n as usize,
+        };
+        let page = tokio::task::spawn_blocking(move || {
+            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
+            query::calls(&c, &filter, before, limit).map_err(store_err)
+        })
+        .await
+        .map_err(store_err)??;
+        self.record(
+            &who.who,
+            who.role,
+            "QueryCalls",
+            &desc,
+            page.calls.len() as u64,
+            "ok",
+        )
+        .await;
+        Ok(Response::new(pb::QueryCallsResponse {
+            calls: page.calls.into_iter().map(to_pb).collect(),
+            next_cursor: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    type ExportCallsStream = CallStream;
+
+    async fn export_calls(
+        &self,
+        req: Request<pb::ExportCallsRequest>,
+    ) -> Result<Response<CallStream>, Status> {
+        let r = req.get_ref().clone();
+        let desc = format!(
+            "{{\"filter\":{}}}",
+            json(&self.filter(r.filter.clone()).unwrap_or_default())
+        );
+        let who = self.admit(&req, "ExportCalls", QUERY, &desc).await?;
+        let filter = self.filter(r.filter)?;
+        let dir = self.store_dir()?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Call, Status>>(256);
+        let audit = Investigation {
+            data_dir: self.data_dir.clone(),
+            plan: self.plan.clone(),
+            access: self.access.clone(),
+            audit: self.audit.clone(),
+        };
+        let task = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+            let c = kuzet_store::open_reader(&dir).map_err(|e| e.to_string())?;
+            let mut sent = 0u64;
+            query::export(&c, &filter, |rec| {
+                // A client that went away ends the export.
+                let ok = tx.blocking_send(Ok(to_pb(rec))).is_ok();
+                sent += u64::from(ok);
+                ok
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(sent)
+        });
+        // The audit entry is written when the export ends, with the rows
+        // actually sent.
+        tokio::spawn(async move {
+            let (rows, outcome) = match task.await {
+                Ok(Ok(n)) => (n, "ok".to_string()),
+                Ok(Err(e)) => (0, format!("error: {e}")),
+                Err(e) => (0, format!("error: {e}")),
+            };
+            audit
+                .record(&who.who, who.role, "ExportCalls", &desc, rows, &outcome)
+                .await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn count_calls(
+        &self,
+        req: Request<pb::CountCallsRequest>,
+    ) -> Result<Response<pb::CountCallsResponse>, Status> {
+        let r = req.get_ref().clone();
+        let desc = format!(
+            "{{\"filter\":{},\"bucket_secs\":{}}}",
+            json(&self.filter(r.filter.clone()).unwrap_or_default()),
+            r.bucket_secs
+        );
+        let who = self.admit(&req, "CountCalls", COUNT, &desc).await?;
+        let filter = self.filter(r.filter)?;
+        let dir = self.store_dir()?;
+        let bucket = i64::from(if r.bucket_secs == 0 {
+            3600
+        } else {
+            r.bucket_secs
+        }) * 1_000_000;
+        let (per_decision, per_rule) = tokio::task::spawn_blocking(move || {
+            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
+            query::counts(&c, &filter, bucket).map_err(store_err)
+        })
+        .await
+        .map_err(store_err)??;
+        let conv = |v: Vec<query::Count>| {
+            v.into_iter()
+                .map(|c| pb::Count {
+                    bucket_us: c.bucket_us,
+                    key: c.key,
+                    calls: c.calls,
+                })
+                .collect::<Vec<_>>()
+        };
+        let rows = (per_decision.len() + per_rule.len()) as u64;
+        self.record(&who.who, who.role, "CountCalls", &desc, rows, "ok")
+            .await;
+        Ok(Response::new(pb::CountCallsResponse {
+            per_decision: conv(per_decision),
+            per_rule: conv(per_rule),
+        }))
+    }
+
+    async fn list_incidents(
+        &self,
+        req: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        let r = req.get_ref().clone();
+        let desc = format!("{{\"state\":{:?},\"cursor\":{:?}}}", r.state, r.cursor);
+        let who = self.admit(&req, "ListIncidents", QUERY, &desc).await?;
+        let _ = self.store_dir()?;
+        self.record(
+            &who.who,
+            who.role,
+            "ListIncidents",
+            &desc,
+            0,
+            "unimplemented",
+        )
+        .await;
+        Err(Status::unimplemented("incidents are not built yet"))
+    }
+
+    async fn get_incident(
+        &self,
+        req: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::GetIncidentResponse>, Status> {
+        let r = *req.get_ref();
+        let desc = format!("{{\"id\":{}}}", r.id);
+        let who = self.admit(&req, "GetIncident", QUERY, &desc).await?;
+        let _ = self.store_dir()?;
+        self.record(&who.who, who.role, "GetIncident", &desc, 0, "unimplemented")
+            .await;
+        Err(Status::unimplemented("incidents are not built yet"))
+    }
+
+    async fn read_audit(
+        &self,
+        req: Request<pb::ReadAuditRequest>,
+    ) -> Result<Response<pb::ReadAuditResponse>, Status> {
+        let r = req.get_ref().clone();
+        let desc = format!(
+            "{{\"cursor\":{:?},\"page_size\":{}}}",
+            r.cursor, r.page_size
+        );
+        let who = self.admit(&req, "ReadAudit", AUDIT, &desc).await?;
+        let before = cursor(&r.cursor)?;
+        let dir = self.store_dir()?;
+        let limit = match r.page_size {
+            0 => 100,
+            n => n as usize,
+        };
+        let entries = tokio::task::spawn_blocking(move || {
+            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
+            audit::read(&c, before, limit).map_err(store_err)
+        })
+        .await
+        .map_err(store_err)??;
+        self.record(
+            &who.who,
+            who.role,
+            "ReadAudit",
+            &desc,
+            entries.len() as u64,
+            "ok",
+        )
+        .await;
+        let next = (entries.len() == limit.clamp(1, 1000))
+            .then(|| entries.last().map(|e| e.id.to_string()))
+            .flatten()
+            .unwrap_or_default();
+        Ok(Response::new(pb::ReadAuditResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::AuditEntry {
+                    time_us: e.ts_us,
+                    who: e.who,
+                    role: e.role,
+                    action: e.action,
+                    filter: e.filter,
+                    rows: e.rows,
+                    outcome: e.outcome,
+                })
+                .collect(),
+            next_cursor: next,
+        }))
+    }
+}
+
+/// Binds the control address (before serving starts, so a port in use is
+/// a start-up error).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr)
+}
