@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod incident;
 pub mod query;
 pub mod record;
 pub mod schema;
@@ -81,6 +82,8 @@ pub struct Options {
     pub max_bytes: u64,
     /// Records retired per chunk: each chunk is one short transaction.
     pub retire_chunk: usize,
+    /// How calls group into incidents, and which are reported.
+    pub incidents: incident::Policy,
 }
 
 impl Default for Options {
@@ -90,6 +93,7 @@ impl Default for Options {
             max_age: Duration::from_secs(90 * 86_400),
             max_bytes: 0,
             retire_chunk: 2000,
+            incidents: incident::Policy::default(),
         }
     }
 }
@@ -214,9 +218,15 @@ impl Store {
     /// the batch is kept and the store stays usable: the next batch tries
     /// again.
     pub fn insert(&mut self, recs: &[Record]) -> rusqlite::Result<()> {
+        self.insert_at(recs, now_us())
+    }
+
+    /// [`insert`](Self::insert) with the clock given (tests move it).
+    pub fn insert_at(&mut self, recs: &[Record], now_us: i64) -> rusqlite::Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(recs.len());
         {
             let mut call = tx.prepare_cached(record::INSERT_CALL)?;
             let mut rule = tx.prepare_cached(
@@ -227,9 +237,28 @@ impl Store {
                 for h in &r.rules {
                     rule.execute(params![id, h.id, h.shadow])?;
                 }
+                ids.push(id);
             }
         }
+        // The calls, their incidents and the reports they call for commit
+        // together.
+        incident::group_batch(&tx, recs, &ids, &self.opts.incidents, now_us)?;
         tx.commit()
+    }
+
+    /// The incidents' periodic work: delayed updates and closing quiet
+    /// incidents, in one short transaction.
+    pub fn tick(&mut self, now_us: i64) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        incident::tick(&tx, &self.opts.incidents, now_us)?;
+        tx.commit()
+    }
+
+    /// This store's node name.
+    pub fn node(&self) -> &str {
+        &self.opts.node
     }
 
     /// Retires one chunk of records that are too old or over the size
@@ -284,6 +313,13 @@ impl Store {
             .query_row("SELECT count(*) FROM calls", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
     }
+}
+
+/// µs since the Unix epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 #[cfg(test)]

@@ -72,6 +72,43 @@ pub const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL
     );
     ",
+    // 2: incidents (calls grouped per source and per campaign) and the
+    // outbox of reports to the pre-trial register.
+    "
+    CREATE TABLE incidents (
+        id             INTEGER PRIMARY KEY,
+        kind           TEXT NOT NULL,
+        key            TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        first_seen_us  INTEGER NOT NULL,
+        last_seen_us   INTEGER NOT NULL,
+        blocked        INTEGER NOT NULL,
+        flagged        INTEGER NOT NULL,
+        other          INTEGER NOT NULL,
+        evidence       TEXT NOT NULL,
+        reportable     INTEGER NOT NULL,
+        dirty          INTEGER NOT NULL,
+        register_state TEXT NOT NULL,
+        register_case  TEXT NOT NULL,
+        register_error TEXT NOT NULL
+    );
+    CREATE INDEX incidents_key ON incidents (kind, key, id);
+    CREATE INDEX incidents_dirty ON incidents (dirty) WHERE dirty = 1;
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY,
+        incident    INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        created_us  INTEGER NOT NULL,
+        attempts    INTEGER NOT NULL,
+        next_at_us  INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        last_error  TEXT NOT NULL,
+        UNIQUE (incident, seq)
+    );
+    CREATE INDEX outbox_due ON outbox (state, next_at_us) WHERE state = 'pending';
+    ",
 ];
 
 /// The schema version this build writes.

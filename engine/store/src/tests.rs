@@ -41,6 +41,7 @@ fn opts() -> Options {
         max_age: Duration::ZERO,
         max_bytes: 0,
         retire_chunk: 10,
+        incidents: incident::Policy::default(),
     }
 }
 
@@ -74,6 +75,9 @@ fn records_come_back_whole_and_queries_filter_and_page() {
     let mut want = batch[0].clone();
     want.id = got.id;
     want.node = "test-node".into();
+    // Grouped into its source's incident as it was written.
+    assert!(got.incident.is_some());
+    want.incident = got.incident;
     assert_eq!(got, &want);
 
     // The callee side matches too.
@@ -301,4 +305,209 @@ fn the_audit_log_only_grows() {
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].ts_us, 2);
     assert_eq!(audit::read(&c, Some(got[0].id), 10).unwrap().len(), 2);
+}
+
+fn report_policy() -> incident::Policy {
+    incident::Policy {
+        report: true,
+        min_blocked: 3,
+        window_us: 600_000_000,
+        update_interval_us: 60_000_000,
+        ..incident::Policy::default()
+    }
+}
+
+#[test]
+fn calls_group_per_source_within_the_window_and_per_campaign_across_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.incidents = report_policy();
+    let mut s = open(dir.path(), o).unwrap();
+    // One source, five calls a second apart, to five victims.
+    let calls: Vec<_> = (0..5)
+        .map(|n| {
+            rec(
+                n,
+                "+77011234567",
+                &format!("+7702000000{n}"),
+                "block",
+                &["blocklist"],
+            )
+        })
+        .collect();
+    s.insert_at(&calls, calls[4].ts_us).unwrap();
+    // The same source after the 10-minute window: a new incident.
+    let late = rec(
+        1000,
+        "+77011234567",
+        "+77020000009",
+        "block",
+        &["blocklist"],
+    );
+    s.insert_at(std::slice::from_ref(&late), late.ts_us)
+        .unwrap();
+    let all = incident::list(s.conn(), None, None, 10).unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let first = &all[1];
+    assert_eq!(
+        (first.kind.as_str(), first.key.as_str()),
+        ("source", "+77011234567")
+    );
+    assert_eq!((first.blocked, first.flagged), (5, 0));
+    assert_eq!(first.evidence.victims.len(), 5);
+    assert_eq!(
+        first.evidence.rules.iter().collect::<Vec<_>>(),
+        ["blocklist"]
+    );
+    assert_eq!(
+        first.evidence.sources.iter().collect::<Vec<_>>(),
+        ["192.0.2.1"]
+    );
+    assert_eq!(first.evidence.samples.len(), 5);
+    assert!(first.reportable);
+    assert_eq!(first.register_state, "pending");
+    assert_eq!(all[0].blocked, 1);
+    assert!(!all[0].reportable);
+    // Every call links to its source incident.
+    let r = open_reader(dir.path()).unwrap();
+    let linked = calls_of(&r, first.id);
+    assert_eq!(linked, 5);
+
+    // A velocity rule through one trunk ties three callers into a campaign,
+    // which is an incident to report only from the third caller on.
+    let camp: Vec<_> = (0..3)
+        .map(|n| {
+            let mut c = rec(
+                2000 + n,
+                &format!("+7701555000{n}"),
+                "+77020000001",
+                "block",
+                &["velocity_1m"],
+            );
+            c.trunk = Some("intl-1".into());
+            c
+        })
+        .collect();
+    s.insert_at(&camp[..2], camp[1].ts_us).unwrap();
+    let c = incident::list(s.conn(), None, None, 10).unwrap();
+    let campaign = c.iter().find(|i| i.kind == "campaign").unwrap();
+    assert_eq!(campaign.key, "velocity_1m@intl-1");
+    assert!(!campaign.reportable);
+    s.insert_at(&camp[2..], camp[2].ts_us).unwrap();
+    let c = incident::list(s.conn(), None, None, 10).unwrap();
+    let campaign = c.iter().find(|i| i.kind == "campaign").unwrap();
+    assert_eq!(campaign.evidence.callers_seen, 3);
+    assert!(campaign.reportable);
+}
+
+fn calls_of(c: &Connection, incident: i64) -> usize {
+    calls(
+        c,
+        &Filter {
+            incident: Some(incident),
+            ..Filter::default()
+        },
+        None,
+        100,
+    )
+    .unwrap()
+    .calls
+    .len()
+}
+
+#[test]
+fn the_outbox_freezes_what_was_tried_and_updates_follow_in_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.incidents = report_policy();
+    let mut s = open(dir.path(), o).unwrap();
+    let mk = |n: i64| rec(n, "+77011234567", "+77020000001", "block", &["blocklist"]);
+    let t0 = mk(0).ts_us;
+    s.insert_at(&[mk(0), mk(1)], t0).unwrap();
+    assert!(incident::due(s.conn(), t0 + 10_000_000, 10)
+        .unwrap()
+        .is_empty());
+    s.insert_at(&[mk(2)], t0).unwrap();
+    s.insert_at(&[mk(3)], t0).unwrap();
+    let due = incident::due(s.conn(), t0 + 10_000_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    // Never tried: the pending submission carries the latest count.
+    assert_eq!(
+        (due[0].seq, due[0].kind.as_str(), due[0].report.blocked),
+        (1, "submit", 4)
+    );
+    incident::mark_tried(s.conn(), due[0].id).unwrap();
+    // Tried: it never changes again; growth waits for the interval.
+    s.insert_at(&[mk(4)], t0 + 1_000_000).unwrap();
+    let again = incident::due(s.conn(), t0 + 10_000_000, 10).unwrap();
+    assert_eq!((again[0].seq, again[0].report.blocked), (1, 4));
+    s.tick(t0 + 61_000_000).unwrap();
+    // The update is queued, but never overtakes the submission.
+    let pending: i64 = s
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pending, 2);
+    let d = incident::due(s.conn(), t0 + 62_000_000, 10).unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].seq, 1);
+    incident::delivered(s.conn(), &d[0], "CASE-1").unwrap();
+    let d = incident::due(s.conn(), t0 + 62_000_000, 10).unwrap();
+    assert_eq!(
+        (d[0].seq, d[0].kind.as_str(), d[0].report.blocked),
+        (2, "update", 5)
+    );
+    let inc = incident::get(s.conn(), d[0].incident).unwrap().unwrap();
+    assert_eq!(
+        (inc.state.as_str(), inc.register_case.as_str()),
+        ("reported", "CASE-1")
+    );
+    incident::dead_letter(s.conn(), &d[0], "invalid: victims missing").unwrap();
+    let inc = incident::get(s.conn(), d[0].incident).unwrap().unwrap();
+    assert_eq!(inc.register_state, "dead_letter");
+    assert!(incident::due(s.conn(), t0 + 63_000_000, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        incident::list(s.conn(), Some("dead_letter"), None, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    // Quiet for a day: closed.
+    s.tick(t0 + 2 * 86_400_000_000).unwrap();
+    let inc = incident::get(s.conn(), d[0].incident).unwrap().unwrap();
+    assert_eq!(inc.state, "closed");
+}
+
+#[test]
+fn a_version_1_store_with_calls_is_migrated_to_the_current_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute(
+            "INSERT INTO calls (verdict_id, ts_us, node, call_id, ruri, from_hdr, pai_hdr, source,
+             transport, decision, shadow_decision, code, score, sampled, explanation, rules,
+             lists_version, headers) VALUES ('v', 1, 'n', 'old-call', '', '', '', 's', 'udp',
+             'block', 'block', 603, 100, 0, '', '[]', '1', x'')",
+            [],
+        )
+        .unwrap();
+    }
+    let s = open(dir.path(), opts()).unwrap();
+    assert_eq!(s.count().unwrap(), 1);
+    assert_eq!(incident::backlog(s.conn()).unwrap(), 0);
+    let v: i64 = s
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, schema::current());
 }

@@ -1,0 +1,546 @@
+//! Incidents: intercepted calls grouped per fraud source (one A-number)
+//! and per campaign (one behaviour rule through one trunk or source
+//! address, tying many callers together), within a window; and the outbox
+//! of reports to the pre-trial register.
+//!
+//! Grouping runs in the writer's transaction, with the calls it groups: a
+//! call, its incident and the incident's outbox entry are committed
+//! together or not at all, so a SIGKILL never leaves one without the
+//! others. An outbox entry holds the report as it will be sent, with a
+//! sequence number per incident: once an entry has been tried it never
+//! changes, so a retry carries exactly what the first try did, and the
+//! register's idempotency key plus the sequence make the effect exactly
+//! once. Growth after that goes into the next sequence, at most once per
+//! update interval.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+use crate::Record;
+
+/// Which incidents exist and which are reported.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Group incidents at all.
+    pub enabled: bool,
+    /// Calls of one source (or campaign) further apart than this start a
+    /// new incident.
+    pub window_us: i64,
+    /// An incident with an activity gap this long is closed.
+    pub close_after_us: i64,
+    /// Report an incident once it has this many blocked calls...
+    pub min_blocked: u64,
+    /// ...or as soon as one of these rules fires in it (e.g. the National
+    /// Bank list's rule).
+    pub report_rules: Vec<String>,
+    /// A campaign is an incident only once it ties this many sources.
+    pub campaign_min_sources: u64,
+    /// Send reports at all (a register is configured).
+    pub report: bool,
+    /// At most one update per incident per this long.
+    pub update_interval_us: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            enabled: true,
+            window_us: 3_600_000_000,
+            close_after_us: 86_400_000_000,
+            min_blocked: 3,
+            report_rules: Vec::new(),
+            campaign_min_sources: 3,
+            report: false,
+            update_interval_us: 60_000_000,
+        }
+    }
+}
+
+/// The built-in list rules' ids.
+const LIST_RULES: [&str; 4] = ["blocklist", "flaglist", "allowlist", "premium"];
+
+/// Most victims, sources and samples an incident keeps (its counts go on).
+pub const MAX_LISTED: usize = 100;
+/// Sample verdict ids kept per incident.
+pub const MAX_SAMPLES: usize = 10;
+
+/// What an incident has gathered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// B-numbers reached or attempted (at most [`MAX_LISTED`]).
+    pub victims: BTreeSet<String>,
+    /// Rules that fired (enforced).
+    pub rules: BTreeSet<String>,
+    /// Trunks the calls came through.
+    pub trunks: BTreeSet<String>,
+    /// Source addresses (ip) the calls came from.
+    pub sources: BTreeSet<String>,
+    /// A-numbers (for a campaign), at most [`MAX_LISTED`].
+    pub callers: BTreeSet<String>,
+    /// Distinct A-numbers seen (a campaign's count goes on past the cap).
+    pub callers_seen: u64,
+    /// Some of its calls' verdict ids, the first ones.
+    pub samples: Vec<String>,
+}
+
+/// One incident.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Its id.
+    pub id: i64,
+    /// `source` or `campaign`.
+    pub kind: String,
+    /// The A-number, or the campaign's `rule@trunk`.
+    pub key: String,
+    /// `open`, `reported`, `updated` or `closed`.
+    pub state: String,
+    /// First call, µs since the epoch.
+    pub first_seen_us: i64,
+    /// Last call.
+    pub last_seen_us: i64,
+    /// Blocked calls.
+    pub blocked: u64,
+    /// Flagged calls.
+    pub flagged: u64,
+    /// Other intercepted calls (redirected).
+    pub other: u64,
+    /// What it gathered.
+    pub evidence: Evidence,
+    /// The policy says report it.
+    pub reportable: bool,
+    /// `""` (not reportable), `pending`, `delivered` or `dead_letter`.
+    pub register_state: String,
+    /// The register's case number, once delivered.
+    pub register_case: String,
+    /// Why the register refused it, or the last delivery error.
+    pub register_error: String,
+}
+
+impl Incident {
+    fn add(&mut self, r: &Record, policy_kind_campaign: bool) {
+        self.first_seen_us = self.first_seen_us.min(r.ts_us);
+        self.last_seen_us = self.last_seen_us.max(r.ts_us);
+        match r.decision.as_str() {
+            "block" => self.blocked += 1,
+            "flag" => self.flagged += 1,
+            _ => self.other += 1,
+        }
+        let e = &mut self.evidence;
+        let put = |set: &mut BTreeSet<String>, v: &str| {
+            if set.len() < MAX_LISTED && !v.is_empty() {
+                set.insert(v.to_string());
+            }
+        };
+        if let Some(b) = &r.b {
+            put(&mut e.victims, b);
+        }
+        for h in r.rules.iter().filter(|h| !h.shadow) {
+            put(&mut e.rules, &h.id);
+        }
+        if let Some(t) = &r.trunk {
+            put(&mut e.trunks, t);
+        }
+        put(&mut e.sources, source_ip(&r.source));
+        if policy_kind_campaign {
+            if let Some(a) = &r.a {
+                if !e.callers.contains(a) {
+                    e.callers_seen += 1;
+                    put(&mut e.callers, a);
+                }
+            }
+        }
+        if e.samples.len() < MAX_SAMPLES {
+            e.samples.push(r.verdict_id.clone());
+        }
+    }
+
+    fn judge(&mut self, p: &Policy) {
+        let distinct_ok =
+            self.kind != "campaign" || self.evidence.callers_seen >= p.campaign_min_sources;
+        let by_rule = self
+            .evidence
+            .rules
+            .iter()
+            .any(|r| p.report_rules.iter().any(|x| x == r));
+        self.reportable = distinct_ok && (self.blocked >= p.min_blocked || by_rule);
+    }
+}
+
+/// `1.2.3.4` of `1.2.3.4:5060`, `::1` of `[::1]:5060`.
+fn source_ip(s: &str) -> &str {
+    match s.rsplit_once(':') {
+        Some((ip, _)) => ip.trim_start_matches('[').trim_end_matches(']'),
+        None => s,
+    }
+}
+
+const COLUMNS: &str = "id, kind, key, state, first_seen_us, last_seen_us, blocked, flagged, other,
+    evidence, reportable, register_state, register_case, register_error";
+
+/// Reads a row selected with the incident columns.
+pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
+    let ev: String = r.get(9)?;
+    Ok(Incident {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        key: r.get(2)?,
+        state: r.get(3)?,
+        first_seen_us: r.get(4)?,
+        last_seen_us: r.get(5)?,
+        blocked: r.get::<_, i64>(6)? as u64,
+        flagged: r.get::<_, i64>(7)? as u64,
+        other: r.get::<_, i64>(8)? as u64,
+        evidence: serde_json::from_str(&ev).unwrap_or_default(),
+        reportable: r.get(10)?,
+        register_state: r.get(11)?,
+        register_case: r.get(12)?,
+        register_error: r.get(13)?,
+    })
+}
+
+/// The groups a recorded call belongs to: its source, and a campaign per
+/// enforced behaviour rule (list hits name a number, not a campaign).
+fn groups(r: &Record) -> Vec<(&'static str, String)> {
+    let mut g = Vec::new();
+    if !matches!(r.decision.as_str(), "block" | "flag" | "redirect") || r.sampled {
+        return g;
+    }
+    if let Some(a) = &r.a {
+        g.push(("source", a.clone()));
+    }
+    let via = r
+        .trunk
+        .clone()
+        .unwrap_or_else(|| source_ip(&r.source).to_string());
+    for h in &r.rules {
+        // A list hit names a number, not a campaign.
+        if h.shadow || LIST_RULES.contains(&h.id.as_str()) {
+            continue;
+        }
+        g.push(("campaign", format!("{}@{via}", h.id)));
+    }
+    g
+}
+
+/// Groups a committed batch's calls (`ids[i]` is `recs[i]`'s row id) into
+/// incidents, in the writer's transaction, and queues reports the policy
+/// calls for. Returns the incidents touched.
+pub fn group_batch(
+    tx: &Transaction<'_>,
+    recs: &[Record],
+    ids: &[i64],
+    p: &Policy,
+    now_us: i64,
+) -> rusqlite::Result<usize> {
+    if !p.enabled {
+        return Ok(0);
+    }
+    // One read and one write per group per batch, however many calls.
+    let mut by_group: HashMap<(&'static str, String), Vec<usize>> = HashMap::new();
+    for (i, r) in recs.iter().enumerate() {
+        for k in groups(r) {
+            by_group.entry(k).or_default().push(i);
+        }
+    }
+    let mut find = tx.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM incidents WHERE kind = ?1 AND key = ?2 AND state != 'closed'
+         ORDER BY id DESC LIMIT 1"
+    ))?;
+    let mut link = tx.prepare_cached("UPDATE calls SET incident = ?1 WHERE id = ?2")?;
+    let touched = by_group.len();
+    for ((kind, key), members) in by_group {
+        let first = &recs[members[0]];
+        let mut inc = find
+            .query_row(params![kind, key], from_row)
+            .optional()?
+            .filter(|i| first.ts_us - i.last_seen_us <= p.window_us)
+            .unwrap_or_else(|| Incident {
+                kind: kind.into(),
+                key: key.clone(),
+                state: "open".into(),
+                first_seen_us: first.ts_us,
+                last_seen_us: first.ts_us,
+                ..Incident::default()
+            });
+        for &m in &members {
+            inc.add(&recs[m], kind == "campaign");
+        }
+        let was_reportable = inc.reportable;
+        inc.judge(p);
+        if inc.reportable && p.report && inc.register_state.is_empty() {
+            inc.register_state = "pending".into();
+        }
+        let ev = serde_json::to_string(&inc.evidence).unwrap_or_default();
+        if inc.id == 0 {
+            tx.execute(
+                "INSERT INTO incidents (kind, key, state, first_seen_us, last_seen_us, blocked,
+                 flagged, other, evidence, reportable, dirty, register_state, register_case,
+                 register_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, '', '')",
+                params![
+                    inc.kind,
+                    inc.key,
+                    inc.state,
+                    inc.first_seen_us,
+                    inc.last_seen_us,
+                    inc.blocked as i64,
+                    inc.flagged as i64,
+                    inc.other as i64,
+                    ev,
+                    inc.reportable,
+                    inc.register_state
+                ],
+            )?;
+            inc.id = tx.last_insert_rowid();
+        } else {
+            tx.execute(
+                "UPDATE incidents SET first_seen_us = ?2, last_seen_us = ?3, blocked = ?4,
+                 flagged = ?5, other = ?6, evidence = ?7, reportable = ?8, register_state = ?9
+                 WHERE id = ?1",
+                params![
+                    inc.id,
+                    inc.first_seen_us,
+                    inc.last_seen_us,
+                    inc.blocked as i64,
+                    inc.flagged as i64,
+                    inc.other as i64,
+                    ev,
+                    inc.reportable,
+                    inc.register_state
+                ],
+            )?;
+        }
+        // A call links to its source incident (the one investigators
+        // start from); campaigns list sample verdict ids.
+        if kind == "source" {
+            for &m in &members {
+                link.execute(params![inc.id, ids[m]])?;
+            }
+        }
+        if inc.reportable && p.report && inc.register_state != "dead_letter" {
+            let _ = was_reportable;
+            enqueue(tx, &inc, p, now_us)?;
+        }
+    }
+    Ok(touched)
+}
+
+/// Puts the incident's current report in the outbox: into the pending
+/// entry if it was never tried, else as the next sequence once the update
+/// interval has passed (until then the incident is marked dirty and the
+/// reporter enqueues it later).
+pub fn enqueue(
+    tx: &Transaction<'_>,
+    inc: &Incident,
+    p: &Policy,
+    now_us: i64,
+) -> rusqlite::Result<()> {
+    let payload = serde_json::to_string(inc).unwrap_or_default();
+    let latest: Option<(i64, i64, i64, String, i64)> = tx
+        .query_row(
+            "SELECT id, seq, attempts, state, created_us FROM outbox WHERE incident = ?1
+             ORDER BY seq DESC LIMIT 1",
+            params![inc.id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    match latest {
+        None => {
+            tx.execute(
+                "INSERT INTO outbox (incident, seq, kind, payload, created_us, attempts,
+                 next_at_us, state, last_error) VALUES (?1, 1, 'submit', ?2, ?3, 0, ?3, 'pending', '')",
+                params![inc.id, payload, now_us],
+            )?;
+        }
+        Some((id, _, 0, state, _)) if state == "pending" => {
+            tx.execute(
+                "UPDATE outbox SET payload = ?2 WHERE id = ?1",
+                params![id, payload],
+            )?;
+        }
+        Some((_, _, _, state, _)) if state == "dead" => {}
+        Some((_, seq, _, _, created)) if now_us - created >= p.update_interval_us => {
+            tx.execute(
+                "INSERT INTO outbox (incident, seq, kind, payload, created_us, attempts,
+                 next_at_us, state, last_error) VALUES (?1, ?2, 'update', ?3, ?4, 0, ?4, 'pending', '')",
+                params![inc.id, seq + 1, payload, now_us],
+            )?;
+        }
+        Some(_) => {
+            tx.execute(
+                "UPDATE incidents SET dirty = 1 WHERE id = ?1",
+                params![inc.id],
+            )?;
+            return Ok(());
+        }
+    }
+    tx.execute(
+        "UPDATE incidents SET dirty = 0 WHERE id = ?1",
+        params![inc.id],
+    )?;
+    Ok(())
+}
+
+/// Enqueues the dirty incidents whose update interval has passed, and
+/// closes incidents quiet for the policy's close gap. The writer calls it
+/// about once a second.
+pub fn tick(tx: &Transaction<'_>, p: &Policy, now_us: i64) -> rusqlite::Result<()> {
+    if p.report {
+        let dirty: Vec<Incident> = {
+            let mut st = tx.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM incidents WHERE dirty = 1 LIMIT 1000"
+            ))?;
+            let rows = st.query_map([], from_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for inc in dirty {
+            enqueue(tx, &inc, p, now_us)?;
+        }
+    }
+    tx.execute(
+        "UPDATE incidents SET state = 'closed' WHERE state != 'closed' AND last_seen_us < ?1",
+        params![now_us - p.close_after_us],
+    )?;
+    Ok(())
+}
+
+/// One outbox entry due for delivery.
+#[derive(Clone, Debug)]
+pub struct Due {
+    /// Its row id.
+    pub id: i64,
+    /// The incident.
+    pub incident: i64,
+    /// Its sequence (1 = the submission).
+    pub seq: i64,
+    /// `submit` or `update`.
+    pub kind: String,
+    /// The incident as it is reported.
+    pub report: Incident,
+    /// Tries so far.
+    pub attempts: i64,
+}
+
+/// Entries due now, oldest first, at most one per incident (the lowest
+/// sequence still pending: an update never overtakes its submission).
+pub fn due(conn: &rusqlite::Connection, now_us: i64, limit: usize) -> rusqlite::Result<Vec<Due>> {
+    let mut st = conn.prepare_cached(
+        "SELECT o.id, o.incident, o.seq, o.kind, o.payload, o.attempts FROM outbox o
+         WHERE o.state = 'pending' AND o.next_at_us <= ?1
+           AND o.seq = (SELECT min(seq) FROM outbox p WHERE p.incident = o.incident AND p.state = 'pending')
+         ORDER BY o.id LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![now_us, limit as i64], |r| {
+        let payload: String = r.get(4)?;
+        Ok(Due {
+            id: r.get(0)?,
+            incident: r.get(1)?,
+            seq: r.get(2)?,
+            kind: r.get(3)?,
+            report: serde_json::from_str(&payload).unwrap_or_default(),
+            attempts: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Marks an entry tried, before it is sent: from now on it never changes.
+pub fn mark_tried(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1",
+        params![id],
+    )?;
+    Ok(())
+}
+
+/// The register took it.
+pub fn delivered(conn: &rusqlite::Connection, d: &Due, case: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE outbox SET state = 'done', last_error = '' WHERE id = ?1",
+        params![d.id],
+    )?;
+    conn.execute(
+        "UPDATE incidents SET register_state = 'delivered', register_case = ?2, register_error = '',
+         state = CASE WHEN state = 'closed' THEN state WHEN ?3 = 'submit' THEN 'reported' ELSE 'updated' END
+         WHERE id = ?1",
+        params![d.incident, case, d.kind],
+    )?;
+    Ok(())
+}
+
+/// Try again at `next_at_us`.
+pub fn retry(
+    conn: &rusqlite::Connection,
+    d: &Due,
+    next_at_us: i64,
+    error: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE outbox SET next_at_us = ?2, last_error = ?3 WHERE id = ?1",
+        params![d.id, next_at_us, error],
+    )?;
+    conn.execute(
+        "UPDATE incidents SET register_error = ?2 WHERE id = ?1",
+        params![d.incident, error],
+    )?;
+    Ok(())
+}
+
+/// The register refused it as invalid: dead-lettered, not retried; the
+/// incident shows why.
+pub fn dead_letter(conn: &rusqlite::Connection, d: &Due, error: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1",
+        params![d.id, error],
+    )?;
+    conn.execute(
+        "UPDATE incidents SET register_state = 'dead_letter', register_error = ?2 WHERE id = ?1",
+        params![d.incident, error],
+    )?;
+    Ok(())
+}
+
+/// Outbox entries still pending (a gauge for operators).
+pub fn backlog(conn: &rusqlite::Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM outbox WHERE state = 'pending'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
+/// Incidents, newest first, optionally in one state (or register state
+/// `dead_letter`), before the cursor.
+pub fn list(
+    conn: &rusqlite::Connection,
+    state: Option<&str>,
+    before: Option<i64>,
+    limit: usize,
+) -> rusqlite::Result<Vec<Incident>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM incidents WHERE id < ?1
+         AND (?2 IS NULL OR state = ?2 OR (?2 = 'dead_letter' AND register_state = 'dead_letter'))
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = st.query_map(
+        params![
+            before.unwrap_or(i64::MAX),
+            state,
+            limit.clamp(1, 1000) as i64
+        ],
+        from_row,
+    )?;
+    rows.collect()
+}
+
+/// One incident.
+pub fn get(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<Option<Incident>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM incidents WHERE id = ?1"),
+        params![id],
+        from_row,
+    )
+    .optional()
+}
