@@ -22,6 +22,7 @@ use kuzet_api::investigation::investigation_service_server::{
 use kuzet_dataplane::handler::evidence::unix_us;
 use kuzet_dataplane::handler::VerdictId;
 use kuzet_rules::NumberingPlan;
+use kuzet_store::incident::{self, Incident};
 use kuzet_store::query::{self, Filter};
 use kuzet_store::{audit, Record};
 use tokio::sync::watch;
@@ -330,6 +331,39 @@ pub fn to_pb(r: Record) -> pb::Call {
     }
 }
 
+/// The highest report sequence the register has taken (0: none yet).
+fn delivered_seq(c: &rusqlite::Connection, id: i64) -> rusqlite::Result<u64> {
+    c.query_row(
+        "SELECT coalesce(max(seq), 0) FROM outbox WHERE incident = ?1 AND state = 'done'",
+        [id],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
+/// The wire form of an incident.
+pub fn incident_pb(i: Incident, sequence: u64) -> pb::Incident {
+    pb::Incident {
+        id: i.id,
+        kind: i.kind,
+        key: i.key,
+        state: i.state,
+        first_seen_us: i.first_seen_us,
+        last_seen_us: i.last_seen_us,
+        blocked: i.blocked,
+        flagged: i.flagged,
+        other: i.other,
+        victims: i.evidence.victims.into_iter().collect(),
+        rules: i.evidence.rules.into_iter().collect(),
+        trunks: i.evidence.trunks.into_iter().collect(),
+        sources: i.evidence.sources.into_iter().collect(),
+        sample_verdict_ids: i.evidence.samples,
+        sequence,
+        register_state: i.register_state,
+        register_error: i.register_error,
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -473,19 +507,54 @@ impl InvestigationService for Investigation {
         req: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         let r = req.get_ref().clone();
-        let desc = format!("{{\"state\":{:?},\"cursor\":{:?}}}", r.state, r.cursor);
+        let desc = format!(
+            "{{\"state\":{:?},\"cursor\":{:?},\"page_size\":{}}}",
+            r.state, r.cursor, r.page_size
+        );
         let who = self.admit(&req, "ListIncidents", QUERY, &desc).await?;
-        let _ = self.store_dir()?;
+        let state = (!r.state.is_empty()).then(|| r.state.clone());
+        if let Some(s) = &state {
+            if !["open", "reported", "updated", "closed", "dead_letter"].contains(&s.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "state must be open, reported, updated, closed or dead_letter, not {s:?}"
+                )));
+            }
+        }
+        let before = cursor(&r.cursor)?;
+        let dir = self.store_dir()?;
+        let limit = match r.page_size {
+            0 => 100,
+            n => (n as usize).min(1000),
+        };
+        let list = tokio::task::spawn_blocking(move || {
+            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
+            let list = incident::list(&c, state.as_deref(), before, limit).map_err(store_err)?;
+            list.into_iter()
+                .map(|i| {
+                    let seq = delivered_seq(&c, i.id).map_err(store_err)?;
+                    Ok(incident_pb(i, seq))
+                })
+                .collect::<Result<Vec<_>, Status>>()
+        })
+        .await
+        .map_err(store_err)??;
         self.record(
             &who.who,
             who.role,
             "ListIncidents",
             &desc,
-            0,
-            "unimplemented",
+            list.len() as u64,
+            "ok",
         )
         .await;
-        Err(Status::unimplemented("incidents are not built yet"))
+        let next = (list.len() == limit)
+            .then(|| list.last().map(|i| i.id.to_string()))
+            .flatten()
+            .unwrap_or_default();
+        Ok(Response::new(pb::ListIncidentsResponse {
+            incidents: list,
+            next_cursor: next,
+        }))
     }
 
     async fn get_incident(
@@ -493,12 +562,47 @@ impl InvestigationService for Investigation {
         req: Request<pb::GetIncidentRequest>,
     ) -> Result<Response<pb::GetIncidentResponse>, Status> {
         let r = *req.get_ref();
-        let desc = format!("{{\"id\":{}}}", r.id);
+        let desc = format!("{{\"id\":{},\"max_calls\":{}}}", r.id, r.max_calls);
         let who = self.admit(&req, "GetIncident", QUERY, &desc).await?;
-        let _ = self.store_dir()?;
-        self.record(&who.who, who.role, "GetIncident", &desc, 0, "unimplemented")
-            .await;
-        Err(Status::unimplemented("incidents are not built yet"))
+        let dir = self.store_dir()?;
+        let limit = match r.max_calls {
+            0 => 100,
+            n => n as usize,
+        };
+        let id = r.id;
+        let found = tokio::task::spawn_blocking(move || {
+            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
+            let Some(i) = incident::get(&c, id).map_err(store_err)? else {
+                return Ok(None);
+            };
+            let seq = delivered_seq(&c, i.id).map_err(store_err)?;
+            let f = Filter {
+                incident: Some(id),
+                ..Filter::default()
+            };
+            let calls = query::calls(&c, &f, None, limit).map_err(store_err)?;
+            Ok::<_, Status>(Some((incident_pb(i, seq), calls.calls)))
+        })
+        .await
+        .map_err(store_err)??;
+        let Some((inc, calls)) = found else {
+            self.record(&who.who, who.role, "GetIncident", &desc, 0, "not found")
+                .await;
+            return Err(Status::not_found(format!("no incident {id}")));
+        };
+        self.record(
+            &who.who,
+            who.role,
+            "GetIncident",
+            &desc,
+            calls.len() as u64 + 1,
+            "ok",
+        )
+        .await;
+        Ok(Response::new(pb::GetIncidentResponse {
+            incident: Some(inc),
+            calls: calls.into_iter().map(to_pb).collect(),
+        }))
     }
 
     async fn read_audit(

@@ -4,6 +4,8 @@
 //!   constant time.
 //! - [`investigate`]: the investigators' gRPC API on the control address,
 //!   every request checked and audited.
+//! - [`report`]: delivers incidents from the store's outbox to the
+//!   pre-trial register, exactly once in effect.
 //! - [`files`]: reading operator files safely: regular files only, sizes
 //!   and lines capped, non-UTF-8 named by line.
 //! - [`lists`]: loading list files and the rule file into one snapshot, and
@@ -24,3 +26,4 @@ pub mod files;
 pub mod investigate;
 pub mod lists;
 pub mod plane;
+pub mod report;

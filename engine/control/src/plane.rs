@@ -45,15 +45,24 @@ pub fn run(
     mut shutdown: watch::Receiver<bool>,
     handler: Arc<Handler>,
     api: Option<(std::net::TcpListener, crate::investigate::Investigation)>,
+    reporter: Option<(crate::report::Target, std::path::PathBuf)>,
 ) {
     let Some(rt) = small_runtime("control") else {
         return;
     };
     rt.block_on(async move {
         tokio::spawn(reload_loop(timing, reloader, shutdown.clone()));
-        tokio::spawn(stats_loop(timing, metrics, handler));
+        tokio::spawn(stats_loop(timing, metrics.clone(), handler));
         if let Some((listener, svc)) = api {
             tokio::spawn(crate::investigate::serve(listener, svc, shutdown.clone()));
+        }
+        if let Some((target, dir)) = reporter {
+            tokio::spawn(crate::report::run(
+                target,
+                dir,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
         }
         let _ = shutdown.changed().await;
     });
@@ -173,7 +182,13 @@ pub fn record_verdicts(
             if std::time::Instant::now() >= next_retire {
                 // One chunk per turn, so a batch never waits on more.
                 match st.retire_chunk(unix_us()) {
-                    Ok(0) => next_retire = std::time::Instant::now() + Duration::from_secs(1),
+                    Ok(0) => {
+                        // Once a second: delayed incident updates, closing.
+                        if let Err(e) = st.tick(unix_us()) {
+                            tracing::warn!(error = %e, "incident upkeep failed; retrying in a second");
+                        }
+                        next_retire = std::time::Instant::now() + Duration::from_secs(1)
+                    }
                     Ok(n) => metrics.add(Counter::StoreRetired, n as u64),
                     Err(e) => {
                         tracing::warn!(error = %e, "retiring old records failed; retrying in a second");

@@ -65,6 +65,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[control]`: the investigators' API and its tokens.
     pub control: ControlConfig,
+    /// `[incidents]`: grouping intercepted calls and the reporting policy.
+    pub incidents: IncidentsConfig,
+    /// `[register]`: the pre-trial register incidents are reported to.
+    pub register: RegisterConfig,
     /// `[[trunks]]`: source CIDRs to trunk name and kind.
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
@@ -89,6 +93,8 @@ impl Default for Config {
             outcomes: OutcomesConfig::default(),
             store: StoreConfig::default(),
             control: ControlConfig::default(),
+            incidents: IncidentsConfig::default(),
+            register: RegisterConfig::default(),
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
@@ -186,6 +192,107 @@ impl Config {
             });
         }
         Ok(kuzet_control::access::Access::new(tokens))
+    }
+}
+
+/// `[incidents]`: how intercepted calls group into incidents, and which
+/// are reported.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// Group calls into incidents at all.
+    pub enabled: bool,
+    /// Calls of one source further apart than this start a new incident.
+    pub window_secs: u64,
+    /// An incident quiet for this long is closed.
+    pub close_after_secs: u64,
+    /// Report an incident once it has this many blocked calls...
+    pub report_min_blocked: u64,
+    /// ...or as soon as one of these rules fires in it.
+    pub report_rules: Vec<String>,
+    /// A campaign (one rule, one trunk) is an incident from this many
+    /// distinct callers.
+    pub campaign_min_sources: u64,
+    /// At most one update per incident to the register per this long.
+    pub update_interval_secs: u64,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        IncidentsConfig {
+            enabled: true,
+            window_secs: 3600,
+            close_after_secs: 86_400,
+            report_min_blocked: 3,
+            report_rules: Vec::new(),
+            campaign_min_sources: 3,
+            update_interval_secs: 60,
+        }
+    }
+}
+
+/// `[register]`: the pre-trial register's gRPC endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisterConfig {
+    /// `https://host:port`, or `http://` on loopback only. Unset: incidents
+    /// are kept and shown to investigators, not reported.
+    pub endpoint: Option<String>,
+    /// PEM file of the CA that signs the register's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Deadline of each call to the register.
+    pub timeout_ms: u64,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig {
+            endpoint: None,
+            ca_file: None,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// The incident policy the store applies.
+    pub fn incident_policy(&self) -> kuzet_store::incident::Policy {
+        let i = &self.incidents;
+        kuzet_store::incident::Policy {
+            enabled: i.enabled,
+            window_us: (i.window_secs.max(1) * 1_000_000) as i64,
+            close_after_us: (i.close_after_secs.max(1) * 1_000_000) as i64,
+            min_blocked: i.report_min_blocked.max(1),
+            report_rules: i.report_rules.clone(),
+            campaign_min_sources: i.campaign_min_sources.max(1),
+            report: self.register.endpoint.is_some(),
+            update_interval_us: (i.update_interval_secs * 1_000_000) as i64,
+        }
+    }
+
+    /// Checks the register endpoint: https anywhere, http on loopback only.
+    fn check_register(&self) -> Result<(), String> {
+        let Some(ep) = &self.register.endpoint else {
+            return Ok(());
+        };
+        let (scheme, rest) = ep.split_once("://").ok_or_else(|| {
+            format!("register.endpoint {ep:?} must start with https:// or http://")
+        })?;
+        let host = rest.split('/').next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        match scheme {
+            "https" => Ok(()),
+            "http" if loopback => Ok(()),
+            "http" => Err(format!(
+                "register.endpoint {ep:?}: plain http only on loopback; use https:// with register.ca_file"
+            )),
+            _ => Err(format!("register.endpoint {ep:?} must start with https:// or http://")),
+        }
     }
 }
 
@@ -744,6 +851,7 @@ impl Config {
             }
         }
         self.access().map_err(bad)?;
+        self.check_register().map_err(bad)?;
         if self.store.enabled && self.store.queue == 0 {
             return Err(bad("store.queue must be at least 1".into()));
         }

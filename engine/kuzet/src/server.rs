@@ -97,6 +97,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 max_age: Duration::from_secs(u64::from(cfg.store.max_age_days) * 86_400),
                 max_bytes: cfg.store.max_size_mb.saturating_mul(1 << 20),
                 retire_chunk: 2000,
+                incidents: cfg.incident_policy(),
             },
         )?;
         tracing::info!(path = %st.path().display(), "store open");
@@ -220,6 +221,34 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         None
     };
     let control_addr = control.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let reporter = match (&cfg.register.endpoint, cfg.store.enabled) {
+        (Some(endpoint), true) => {
+            let ca_pem = match &cfg.register.ca_file {
+                Some(f) => {
+                    let f = cfg.resolve(f);
+                    Some(
+                        std::fs::read(&f)
+                            .with_context(|| format!("register.ca_file {}", f.display()))?,
+                    )
+                }
+                None => None,
+            };
+            Some((
+                kuzet_control::report::Target {
+                    endpoint: endpoint.clone(),
+                    ca_pem,
+                    timeout: Duration::from_millis(cfg.register.timeout_ms.max(1)),
+                    node: cfg.node_name(),
+                },
+                cfg.data_dir(),
+            ))
+        }
+        (Some(_), false) => {
+            tracing::warn!("[register] is set but the store is off: incidents need the store, so nothing is reported");
+            None
+        }
+        _ => None,
+    };
     let reloader = Reloader::new(Arc::new(sources), plan, lists.clone(), metrics.clone());
     let m = metrics.clone();
     let sd = shutdown_rx.clone();
@@ -237,7 +266,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 // Reload loads run on this runtime's blocking threads,
                 // which inherit the priority.
                 background_priority("control plane");
-                plane::run(timing, reloader, m, sd, h, control)
+                plane::run(timing, reloader, m, sd, h, control, reporter)
             })
             .context("spawning control thread")?,
     );

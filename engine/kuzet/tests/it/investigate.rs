@@ -163,14 +163,13 @@ fn every_rpc_against_every_role_gets_the_expected_status_and_is_audited() {
     });
 
     use Code::*;
-    // Incidents are not built yet: allowed roles get UNIMPLEMENTED, and
-    // the refusals still come first.
+    // GetIncident asks for incident 1: the blocked call's source.
     let expected: [(Option<String>, [Code; 6]); 5] = [
         (None, [Unauthenticated; 6]),
         (Some("kz_not_a_token".into()), [Unauthenticated; 6]),
         (
             Some(token_of("ana")),
-            [Ok, Ok, Ok, Unimplemented, Unimplemented, PermissionDenied],
+            [Ok, Ok, Ok, Ok, Ok, PermissionDenied],
         ),
         (
             Some(token_of("rui")),
@@ -183,10 +182,7 @@ fn every_rpc_against_every_role_gets_the_expected_status_and_is_audited() {
                 PermissionDenied,
             ],
         ),
-        (
-            Some(token_of("root")),
-            [Ok, Ok, Ok, Unimplemented, Unimplemented, Ok],
-        ),
+        (Some(token_of("root")), [Ok; 6]),
     ];
     let audit = rt.block_on(async {
         let mut c = connect(addr).await;
@@ -228,6 +224,8 @@ fn every_rpc_against_every_role_gets_the_expected_status_and_is_audited() {
     assert_eq!(count("rui", "QueryCalls", "denied"), 1);
     assert_eq!(count("-", "QueryCalls", "unauthenticated"), 3);
     assert_eq!(count("root", "ReadAudit", "ok"), 1);
+    assert_eq!(count("ana", "GetIncident", "ok"), 1);
+    assert_eq!(count("ana", "ListIncidents", "ok"), 1);
     let export = audit
         .iter()
         .find(|e| e.who == "root" && e.action == "ExportCalls")

@@ -1,0 +1,292 @@
+//! Delivering incidents to the pre-trial register (`kuzet.register.v1`)
+//! from the store's durable outbox, on the control plane's runtime.
+//!
+//! At least once: an entry stays pending until the register answers, and
+//! survives restarts in the store. Exactly once in effect: every report
+//! carries the incident's idempotency key (`node/incident id`) and its
+//! sequence, and an entry is marked tried before it is first sent, after
+//! which it never changes, so a retry is byte for byte the same report.
+//! Failures back off exponentially with jitter (1 s doubling to 5 min); a
+//! register that refuses a report as invalid dead-letters it, and the
+//! incident shows why. A stalled register holds up only this task: each
+//! call has a deadline, and the call path never waits on any of it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kuzet_api::register as pb;
+use kuzet_api::register::register_service_client::RegisterServiceClient;
+use kuzet_dataplane::metrics::{Counter, Metrics};
+use kuzet_store::incident::{self, Due, Incident};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// Where and how incidents are reported.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `http://127.0.0.1:50061` (loopback only) or `https://host:port`.
+    pub endpoint: String,
+    /// PEM of the CA that signs the register's certificate (https).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Deadline of each call.
+    pub timeout: Duration,
+    /// This node's name, the first half of every idempotency key.
+    pub node: String,
+}
+
+/// The report an outbox entry sends: the incident as it was queued, its
+/// key and sequence, and the digest of its evidence.
+pub fn to_report(node: &str, d: &Due) -> pb::IncidentReport {
+    let i: &Incident = &d.report;
+    let mut r = pb::IncidentReport {
+        idempotency_key: format!("{node}/{}", d.incident),
+        sequence: d.seq as u64,
+        kind: i.kind.clone(),
+        key: i.key.clone(),
+        reporting_node: node.to_string(),
+        first_seen_us: i.first_seen_us,
+        last_seen_us: i.last_seen_us,
+        blocked: i.blocked,
+        flagged: i.flagged,
+        other: i.other,
+        victims: i.evidence.victims.iter().cloned().collect(),
+        rules: i.evidence.rules.iter().cloned().collect(),
+        trunks: i.evidence.trunks.iter().cloned().collect(),
+        sources: i.evidence.sources.iter().cloned().collect(),
+        sample_verdict_ids: i.evidence.samples.clone(),
+        evidence_sha256: String::new(),
+    };
+    r.evidence_sha256 = evidence_digest(&r);
+    r
+}
+
+/// SHA-256 (hex) of the report's protobuf encoding with the key, sequence
+/// and digest fields empty: the evidence alone, in a canonical form (prost
+/// writes fields in number order).
+pub fn evidence_digest(r: &pb::IncidentReport) -> String {
+    let mut canon = r.clone();
+    canon.idempotency_key.clear();
+    canon.sequence = 0;
+    canon.evidence_sha256.clear();
+    crate::access::hex(&Sha256::digest(canon.encode_to_vec()))
+}
+
+/// The register refused the report itself: retrying cannot help.
+fn permanent(c: Code) -> bool {
+    matches!(
+        c,
+        Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::NotFound
+    )
+}
+
+/// The delay before try `attempts + 1`: 1 s doubling, at most 5 min, with
+/// jitter (between half and all of it) so many nodes do not retry in step.
+pub fn backoff(attempts: i64, jitter: u64) -> Duration {
+    let base = 1_000u64 << attempts.clamp(0, 9) as u32;
+    let capped = base.min(300_000);
+    let half = capped / 2;
+    Duration::from_millis(half + jitter % (half + 1))
+}
+
+fn channel(t: &Target) -> Result<Channel, String> {
+    let mut ep = Endpoint::from_shared(t.endpoint.clone())
+        .map_err(|e| format!("register endpoint {:?}: {e}", t.endpoint))?
+        .connect_timeout(t.timeout)
+        .timeout(t.timeout);
+    if t.endpoint.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &t.ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| format!("register TLS: {e}"))?;
+    }
+    Ok(ep.connect_lazy())
+}
+
+/// Delivers the outbox until `shutdown`.
+pub async fn run(
+    target: Target,
+    data_dir: PathBuf,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ch = match channel(&target) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "incidents will not be reported");
+            return;
+        }
+    };
+    let mut client = RegisterServiceClient::new(ch);
+    let conn: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    let mut seed = kuzet_store::now_us() as u64 | 1;
+    let mut last_error_log: Option<std::time::Instant> = None;
+    loop {
+        let due = db(&conn, &data_dir, |c| {
+            incident::due(c, kuzet_store::now_us(), 32).map_err(|e| e.to_string())
+        })
+        .await;
+        let due = match due {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the outbox failed");
+                Vec::new()
+            }
+        };
+        if due.is_empty() {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+            }
+        }
+        for d in due {
+            if *shutdown.borrow() {
+                return;
+            }
+            let id = d.id;
+            if let Err(e) = db(&conn, &data_dir, move |c| {
+                incident::mark_tried(c, id).map_err(|e| e.to_string())
+            })
+            .await
+            {
+                tracing::warn!(error = %e, "outbox: could not mark an entry tried");
+                break;
+            }
+            let report = to_report(&target.node, &d);
+            let sent = if d.kind == "submit" {
+                client
+                    .submit_incident(pb::SubmitIncidentRequest {
+                        report: Some(report),
+                    })
+                    .await
+                    .map(|r| r.into_inner().case_id)
+            } else {
+                client
+                    .update_incident(pb::UpdateIncidentRequest {
+                        report: Some(report),
+                    })
+                    .await
+                    .map(|r| r.into_inner().case_id)
+            };
+            let outcome = match sent {
+                Ok(case) => {
+                    metrics.inc(Counter::RegisterDelivered);
+                    let d = d.clone();
+                    db(&conn, &data_dir, move |c| {
+                        incident::delivered(c, &d, &case).map_err(|e| e.to_string())
+                    })
+                    .await
+                }
+                Err(s) if permanent(s.code()) => {
+                    metrics.inc(Counter::RegisterDeadLetters);
+                    let why = format!("refused by the register: {:?}: {}", s.code(), s.message());
+                    tracing::error!(incident = d.incident, seq = d.seq, %why, "incident dead-lettered");
+                    let d = d.clone();
+                    db(&conn, &data_dir, move |c| {
+                        incident::dead_letter(c, &d, &why).map_err(|e| e.to_string())
+                    })
+                    .await
+                }
+                Err(s) => {
+                    metrics.inc(Counter::RegisterRetries);
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let wait = backoff(d.attempts, seed);
+                    let why = format!("{:?}: {}", s.code(), s.message());
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(incident = d.incident, seq = d.seq, error = %why, retry_in_ms = wait.as_millis() as u64, "register delivery failed; will retry");
+                        last_error_log = Some(std::time::Instant::now());
+                    }
+                    let next = kuzet_store::now_us() + wait.as_micros() as i64;
+                    let d = d.clone();
+                    db(&conn, &data_dir, move |c| {
+                        incident::retry(c, &d, next, &why).map_err(|e| e.to_string())
+                    })
+                    .await
+                }
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "outbox: could not record a delivery outcome");
+            }
+        }
+    }
+}
+
+/// Runs `f` on the outbox connection, on a blocking thread.
+async fn db<T: Send + 'static>(
+    conn: &Arc<Mutex<Option<rusqlite::Connection>>>,
+    dir: &std::path::Path,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let conn = conn.clone();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut g = conn
+            .lock()
+            .map_err(|_| "outbox lock poisoned".to_string())?;
+        if g.is_none() {
+            *g = Some(kuzet_store::open_side_writer(&dir).map_err(|e| e.to_string())?);
+        }
+        f(g.as_ref().ok_or("no outbox connection")?)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_with_jitter() {
+        for (attempts, lo, hi) in [
+            (0, 500, 1000),
+            (1, 1000, 2000),
+            (3, 4000, 8000),
+            (20, 150_000, 300_000),
+        ] {
+            for j in [0u64, 1, 77, u64::MAX] {
+                let d = backoff(attempts, j).as_millis() as u64;
+                assert!((lo..=hi).contains(&d), "{attempts} {j}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_digest_covers_the_evidence_not_the_key_or_sequence() {
+        let d = Due {
+            id: 1,
+            incident: 7,
+            seq: 1,
+            kind: "submit".into(),
+            report: Incident {
+                kind: "source".into(),
+                key: "+77011234567".into(),
+                blocked: 3,
+                ..Incident::default()
+            },
+            attempts: 0,
+        };
+        let a = to_report("kz-1", &d);
+        assert_eq!(a.idempotency_key, "kz-1/7");
+        let mut later = d.clone();
+        later.seq = 2;
+        assert_eq!(to_report("kz-1", &later).evidence_sha256, a.evidence_sha256);
+        later.report.blocked = 4;
+        assert_ne!(to_report("kz-1", &later).evidence_sha256, a.evidence_sha256);
+        assert_eq!(a.evidence_sha256.len(), 64);
+    }
+}
