@@ -14,6 +14,8 @@
 //! - [`export`]: the same traffic as SIPp injection files;
 //! - [`kamailio`]: the lists as Kamailio `db_text` tables;
 //! - [`null`]: the canned-302 responder, the physical reference;
+//! - [`register`]: the stand-in pre-trial register (gRPC, deduping by
+//!   idempotency key, a file of what it accepted);
 //! - [`population`]: small fixed call mixes for the engine's SIPp tests.
 //!
 //! Labels never leave this crate: the SIP it sends carries numbers only.
@@ -26,6 +28,7 @@ pub mod flood;
 pub mod kamailio;
 pub mod null;
 pub mod population;
+pub mod register;
 pub mod report;
 pub mod scenario;
 pub mod traffic;

@@ -135,6 +135,26 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Stand in for the pre-trial investigation register: serve
+    /// kuzet.register.v1 over gRPC, check and dedupe reports by
+    /// idempotency key, and keep what was accepted in a JSON-lines file
+    /// (replayed on start, so a restart keeps every case).
+    Register {
+        /// gRPC address to serve on (port 0: any; the bound address is
+        /// printed).
+        #[arg(long, default_value = "127.0.0.1:50061")]
+        listen: SocketAddr,
+        /// The file of accepted reports.
+        #[arg(long, default_value = "register.jsonl")]
+        file: PathBuf,
+        /// accept, refuse (every report invalid), fail (UNAVAILABLE) or
+        /// stall (hold each call for --stall-ms, then accept).
+        #[arg(long, value_enum, default_value = "accept")]
+        mode: kuzet_sim::register::Mode,
+        /// How long stall mode holds each call.
+        #[arg(long, default_value_t = 60_000)]
+        stall_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -289,6 +309,25 @@ fn real_main() -> anyhow::Result<()> {
             } else {
                 anyhow::bail!("{target}: no 200 to OPTIONS within {timeout_s} s")
             }
+        }
+        Cmd::Register {
+            listen,
+            file,
+            mode,
+            stall_ms,
+        } => {
+            let reg = kuzet_sim::register::Register::open(
+                file.clone(),
+                mode,
+                Duration::from_millis(stall_ms),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(kuzet_sim::register::serve(listen, reg))?;
+            Ok(())
         }
         Cmd::Null { listen, threads } => {
             let n = null::start(listen, threads)?;

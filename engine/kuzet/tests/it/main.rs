@@ -11,6 +11,7 @@ mod hardening;
 mod identity;
 mod investigate;
 mod kamailio;
+mod register;
 mod rfc4475;
 mod rules;
 mod sim;
