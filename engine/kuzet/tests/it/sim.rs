@@ -343,3 +343,100 @@ fn fan_out_spares_business_lines_their_customers_call_back() {
         );
     }
 }
+
+/// Round trip: every call a kuzet-sim run saw blocked or flagged is in the
+/// intercepted-call log with the rules that fired, and a query by one
+/// fraud number, typed another way, returns exactly that number's calls.
+#[test]
+fn a_sim_runs_intercepted_calls_are_all_on_record() {
+    let t = small();
+    let (dir, k) = start_on(
+        &t,
+        "sim-record",
+        Some(include_str!("../../../../deploy/rules/default.toml")),
+        "",
+    );
+    let mut o = Options::new(k.addr, t.calls.len());
+    o.report_outcomes = true;
+    o.pace = Pace::Rate(1500.0);
+    o.t1 = std::time::Duration::from_millis(200);
+    o.timeout = std::time::Duration::from_secs(10);
+    let (results, _) = driver::drive(&t, o).unwrap();
+    let summary = k.stop();
+    assert!(!summary.contains("store_dropped_total"), "{summary}");
+
+    let plan = kuzet_rules::NumberingPlan::kazakhstan();
+    let norm = |s: &str| plan.normalize(s.as_bytes()).map(|n| n.to_string());
+    // What the driver saw: (A, B) of each intercepted call.
+    let mut seen: Vec<(Option<String>, Option<String>, &str)> = Vec::new();
+    for (c, r) in t.calls.iter().zip(&results) {
+        let d = match (r.status, r.flagged) {
+            (603, _) => "block",
+            (_, true) => "flag",
+            _ => continue,
+        };
+        seen.push((norm(&c.a), norm(&c.b), d));
+    }
+    assert!(seen.len() > 50, "only {} intercepted", seen.len());
+
+    let conn = kuzet_store::open_reader(&dir.path().join("kuzet-data")).unwrap();
+    let mut recorded = Vec::new();
+    kuzet_store::query::export(&conn, &kuzet_store::query::Filter::default(), |r| {
+        if !r.sampled && matches!(r.decision.as_str(), "block" | "flag") {
+            recorded.push(r);
+        }
+        true
+    })
+    .unwrap();
+    let mut got: Vec<(Option<String>, Option<String>, &str)> = recorded
+        .iter()
+        .map(|r| {
+            let d = if r.decision == "block" {
+                "block"
+            } else {
+                "flag"
+            };
+            (r.a.clone(), r.b.clone(), d)
+        })
+        .collect();
+    seen.sort();
+    got.sort();
+    assert_eq!(got, seen, "the log holds exactly the intercepted calls");
+    for r in &recorded {
+        assert!(!r.rules.is_empty(), "{r:?}");
+        assert!(!r.explanation.is_empty() && r.code != 0 || r.decision == "flag");
+        assert!(String::from_utf8_lossy(&r.headers).starts_with("INVITE "));
+    }
+
+    // One fraud number, asked for in its national form with spaces.
+    let (a, _, _) = seen
+        .iter()
+        .find(|(a, _, d)| a.as_deref().is_some_and(|a| a.starts_with("+77")) && *d == "block")
+        .unwrap();
+    let a = a.clone().unwrap();
+    let national = format!("8 {}", &a[2..]);
+    let want = recorded
+        .iter()
+        .filter(|r| r.a.as_deref() == Some(&a) || r.b.as_deref() == Some(&a))
+        .count();
+    let plan_number = plan
+        .normalize(national.replace(' ', "").as_bytes())
+        .unwrap()
+        .to_string();
+    assert_eq!(plan_number, a);
+    let by_number = kuzet_store::query::calls(
+        &conn,
+        &kuzet_store::query::Filter {
+            number: Some(plan_number),
+            ..Default::default()
+        },
+        None,
+        1000,
+    )
+    .unwrap();
+    let non_sample: Vec<_> = by_number.calls.iter().filter(|r| !r.sampled).collect();
+    assert_eq!(non_sample.len(), want);
+    assert!(non_sample
+        .iter()
+        .all(|r| r.a.as_deref() == Some(&a) || r.b.as_deref() == Some(&a)));
+}
