@@ -224,18 +224,18 @@ fn groups(r: &Record) -> Vec<(&'static str, String)> {
     g
 }
 
-/// Groups a committed batch's calls (`ids[i]` is `recs[i]`'s row id) into
-/// incidents, in the writer's transaction, and queues reports the policy
-/// calls for. Returns the incidents touched.
+/// Groups a batch's calls into incidents, in the writer's transaction
+/// (before the calls are written), and queues the reports the policy
+/// calls for. Returns each call's source incident, to be written with it.
 pub fn group_batch(
     tx: &Transaction<'_>,
     recs: &[Record],
-    ids: &[i64],
     p: &Policy,
     now_us: i64,
-) -> rusqlite::Result<usize> {
+) -> rusqlite::Result<Vec<Option<i64>>> {
+    let mut linked = vec![None; recs.len()];
     if !p.enabled {
-        return Ok(0);
+        return Ok(linked);
     }
     // One read and one write per group per batch, however many calls.
     let mut by_group: HashMap<(&'static str, String), Vec<usize>> = HashMap::new();
@@ -248,8 +248,6 @@ pub fn group_batch(
         "SELECT {COLUMNS} FROM incidents WHERE kind = ?1 AND key = ?2 AND state != 'closed'
          ORDER BY id DESC LIMIT 1"
     ))?;
-    let mut link = tx.prepare_cached("UPDATE calls SET incident = ?1 WHERE id = ?2")?;
-    let touched = by_group.len();
     for ((kind, key), members) in by_group {
         let first = &recs[members[0]];
         let mut inc = find
@@ -274,48 +272,48 @@ pub fn group_batch(
         }
         let ev = serde_json::to_string(&inc.evidence).unwrap_or_default();
         if inc.id == 0 {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO incidents (kind, key, state, first_seen_us, last_seen_us, blocked,
                  flagged, other, evidence, reportable, dirty, register_state, register_case,
                  register_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, '', '')",
-                params![
-                    inc.kind,
-                    inc.key,
-                    inc.state,
-                    inc.first_seen_us,
-                    inc.last_seen_us,
-                    inc.blocked as i64,
-                    inc.flagged as i64,
-                    inc.other as i64,
-                    ev,
-                    inc.reportable,
-                    inc.register_state
-                ],
-            )?;
+            )?
+            .execute(params![
+                inc.kind,
+                inc.key,
+                inc.state,
+                inc.first_seen_us,
+                inc.last_seen_us,
+                inc.blocked as i64,
+                inc.flagged as i64,
+                inc.other as i64,
+                ev,
+                inc.reportable,
+                inc.register_state
+            ])?;
             inc.id = tx.last_insert_rowid();
         } else {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE incidents SET first_seen_us = ?2, last_seen_us = ?3, blocked = ?4,
                  flagged = ?5, other = ?6, evidence = ?7, reportable = ?8, register_state = ?9
                  WHERE id = ?1",
-                params![
-                    inc.id,
-                    inc.first_seen_us,
-                    inc.last_seen_us,
-                    inc.blocked as i64,
-                    inc.flagged as i64,
-                    inc.other as i64,
-                    ev,
-                    inc.reportable,
-                    inc.register_state
-                ],
-            )?;
+            )?
+            .execute(params![
+                inc.id,
+                inc.first_seen_us,
+                inc.last_seen_us,
+                inc.blocked as i64,
+                inc.flagged as i64,
+                inc.other as i64,
+                ev,
+                inc.reportable,
+                inc.register_state
+            ])?;
         }
         // A call links to its source incident (the one investigators
         // start from); campaigns list sample verdict ids.
         if kind == "source" {
             for &m in &members {
-                link.execute(params![inc.id, ids[m]])?;
+                linked[m] = Some(inc.id);
             }
         }
         if inc.reportable && p.report && inc.register_state != "dead_letter" {
@@ -323,7 +321,7 @@ pub fn group_batch(
             enqueue(tx, &inc, p, now_us)?;
         }
     }
-    Ok(touched)
+    Ok(linked)
 }
 
 /// Puts the incident's current report in the outbox: into the pending
@@ -338,12 +336,13 @@ pub fn enqueue(
 ) -> rusqlite::Result<()> {
     let payload = serde_json::to_string(inc).unwrap_or_default();
     let latest: Option<(i64, i64, i64, String, i64)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT id, seq, attempts, state, created_us FROM outbox WHERE incident = ?1
              ORDER BY seq DESC LIMIT 1",
-            params![inc.id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
+        )?
+        .query_row(params![inc.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
     match latest {
         None => {
@@ -354,10 +353,8 @@ pub fn enqueue(
             )?;
         }
         Some((id, _, 0, state, _)) if state == "pending" => {
-            tx.execute(
-                "UPDATE outbox SET payload = ?2 WHERE id = ?1",
-                params![id, payload],
-            )?;
+            tx.prepare_cached("UPDATE outbox SET payload = ?2 WHERE id = ?1")?
+                .execute(params![id, payload])?;
         }
         Some((_, _, _, state, _)) if state == "dead" => {}
         Some((_, seq, _, _, created)) if now_us - created >= p.update_interval_us => {

@@ -111,7 +111,12 @@ pub const COLUMNS: &str = "id, verdict_id, ts_us, node, call_id, ruri, from_hdr,
 
 impl Record {
     /// Writes the record as `node`'s; returns its row id.
-    pub(crate) fn insert(&self, st: &mut Statement<'_>, node: &str) -> rusqlite::Result<i64> {
+    pub(crate) fn insert(
+        &self,
+        st: &mut Statement<'_>,
+        node: &str,
+        incident: Option<i64>,
+    ) -> rusqlite::Result<i64> {
         let rules = serde_json::to_string(&self.rules).unwrap_or_else(|_| "[]".into());
         let list = self
             .list_hit
@@ -143,7 +148,7 @@ impl Record {
             list,
             self.lists_version,
             self.headers,
-            self.incident,
+            incident,
         ])
     }
 
