@@ -154,6 +154,12 @@ enum Cmd {
         /// How long stall mode holds each call.
         #[arg(long, default_value_t = 60_000)]
         stall_ms: u64,
+        /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -315,7 +321,16 @@ fn real_main() -> anyhow::Result<()> {
             file,
             mode,
             stall_ms,
+            tls_cert,
+            tls_key,
         } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some((
+                    std::fs::read(&c).map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?,
+                    std::fs::read(&k).map_err(|e| anyhow::anyhow!("{}: {e}", k.display()))?,
+                )),
+                _ => None,
+            };
             let reg = kuzet_sim::register::Register::open(
                 file.clone(),
                 mode,
@@ -326,7 +341,7 @@ fn real_main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(kuzet_sim::register::serve(listen, reg))?;
+            rt.block_on(kuzet_sim::register::serve(listen, reg, tls))?;
             Ok(())
         }
         Cmd::Null { listen, threads } => {

@@ -257,14 +257,27 @@ impl RegisterService for Register {
     }
 }
 
-/// Serves the register on `listen` until the process ends; prints
-/// `register listening on ADDR` once bound.
-pub async fn serve(listen: SocketAddr, reg: Register) -> std::io::Result<()> {
+/// Serves the register on `listen` until the process ends, over TLS when
+/// `tls` holds a certificate chain and key (PEM); prints `register
+/// listening on ADDR` once bound.
+pub async fn serve(
+    listen: SocketAddr,
+    reg: Register,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) -> std::io::Result<()> {
     let l = tokio::net::TcpListener::bind(listen).await?;
     println!("register listening on {}", l.local_addr()?);
     let _ = std::io::stdout().flush();
-    tonic::transport::Server::builder()
-        .add_service(RegisterServiceServer::new(reg))
+    let mut b = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        b = b
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .map_err(std::io::Error::other)?;
+    }
+    b.add_service(RegisterServiceServer::new(reg))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
         .await
         .map_err(std::io::Error::other)

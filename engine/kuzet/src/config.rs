@@ -1001,6 +1001,28 @@ mod tests {
         assert!(e.to_string().contains("603, 403 or 607"), "{e}");
         let e = Config::from_toml_str("[server]\nmode = \"proxy\"\n", "k.toml").unwrap_err();
         assert!(e.to_string().contains("next hop"), "{e}");
+        let e = Config::from_toml_str(
+            "[register]\nendpoint = \"http://10.0.0.1:50061\"\n",
+            "k.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("only on loopback"), "{e}");
+        for ok in [
+            "http://127.0.0.1:50061",
+            "http://[::1]:1",
+            "https://register.example:443",
+        ] {
+            Config::from_toml_str(&format!("[register]\nendpoint = {ok:?}\n"), "k.toml").unwrap();
+        }
+        let e = Config::from_toml_str(
+            "[[control.tokens]]\nname = \"a\"\nrole = \"boss\"\nsha256 = \"00\"\n",
+            "k.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("investigator, rule-author or admin"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -378,6 +378,28 @@ fn the_cli_finds_calls_by_number_in_any_form_and_one_call_by_its_verdict_id() {
         Some(&ana),
     );
     assert_eq!(code, Some(2), "{err}");
+    // Three blocked calls of one source: an incident, with its calls.
+    let (code, out, err) = kuzet_cli(&["incidents", "list", "--control", &control], Some(&ana));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("source") && out.contains("+77011234567") && out.contains("blocked 3"),
+        "{out}"
+    );
+    let id = out.split_whitespace().next().unwrap().to_string();
+    let (code, out, err) = kuzet_cli(
+        &["incidents", "show", &id, "--control", &control],
+        Some(&ana),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("victims   +77020000000, +77020000001, +77020000002"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches(",block,").count() + out.matches(" block ").count(),
+        3,
+        "{out}"
+    );
     let (code, out, err) = kuzet_cli(&["audit", "--control", &control], Some(&token_of("root")));
     assert_eq!(code, Some(0), "{err}");
     assert!(

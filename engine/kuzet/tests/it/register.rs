@@ -19,6 +19,16 @@ struct Reg {
 
 impl Reg {
     fn start(addr: SocketAddr, file: &Path, mode: Mode, stall: Duration) -> Reg {
+        Self::start_tls(addr, file, mode, stall, None)
+    }
+
+    fn start_tls(
+        addr: SocketAddr,
+        file: &Path,
+        mode: Mode,
+        stall: Duration,
+        tls: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Reg {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -26,7 +36,7 @@ impl Reg {
             .unwrap();
         let reg = Register::open(file.to_path_buf(), mode, stall).unwrap();
         rt.spawn(async move {
-            kuzet_sim::register::serve(addr, reg).await.unwrap();
+            kuzet_sim::register::serve(addr, reg, tls).await.unwrap();
         });
         // Bound when a connection is accepted.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -264,4 +274,139 @@ fn a_stalled_register_delays_no_call() {
     assert!(!out.contains("failopen"), "{out}");
     assert!(out.contains("verdict_block_total=203"), "{out}");
     assert!(out.contains("store_records_total=203"), "{out}");
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with the openssl
+/// command line; returns (CA PEM path, server cert PEM, server key PEM).
+fn certificates(dir: &TempDir) -> (PathBuf, Vec<u8>, Vec<u8>) {
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl (scripts/install-deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    dir.write(
+        "ext.cnf",
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kuzet test register CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        d.join("ca.pem"),
+        std::fs::read(d.join("server.pem")).unwrap(),
+        std::fs::read(d.join("server.key")).unwrap(),
+    )
+}
+
+/// Over TLS, kuzet trusts the register only through the configured CA:
+/// with it, reports are delivered; with another CA, they wait, retried.
+#[test]
+fn reports_go_over_tls_to_a_register_signed_by_the_configured_ca() {
+    let dir = TempDir::new("register-tls");
+    let (ca, cert, key) = certificates(&dir);
+    let other = TempDir::new("register-tls-other");
+    let (other_ca, _, _) = certificates(&other);
+    let raddr = free_tcp();
+    let file = dir.path().join("register.jsonl");
+    let _reg = Reg::start_tls(
+        raddr,
+        &file,
+        Mode::Accept,
+        Duration::ZERO,
+        Some((cert, key)),
+    );
+    for (tag, ca_file, delivered) in [("good", &ca, true), ("wrong", &other_ca, false)] {
+        let run = TempDir::new(&format!("register-tls-{tag}"));
+        config(&run, raddr);
+        let toml = std::fs::read_to_string(run.path().join("kuzet.toml"))
+            .unwrap()
+            .replace(
+                &format!("endpoint = \"http://{raddr}\""),
+                &format!(
+                    "endpoint = \"https://{raddr}\"\nca_file = {:?}",
+                    ca_file.display().to_string()
+                ),
+            );
+        run.write("kuzet.toml", &toml);
+        let data = run.path().join("data");
+        let mut w = Watched::start(&["-c", "kuzet.toml", "--data", "data"], run.path());
+        block_calls(&w, "+77011110001", 3, tag);
+        if delivered {
+            wait("delivery over TLS", Duration::from_secs(20), || {
+                kuzet_incidents(&data)
+                    .iter()
+                    .any(|i| i.register_state == "delivered")
+            });
+        } else {
+            w.wait_for("register delivery failed", Duration::from_secs(20));
+            wait("the failure recorded", Duration::from_secs(10), || {
+                kuzet_incidents(&data)
+                    .iter()
+                    .any(|i| !i.register_error.is_empty())
+            });
+            let inc = kuzet_incidents(&data);
+            assert_eq!(inc[0].register_state, "pending", "{inc:?}");
+        }
+        let (code, _, log) = w.stop();
+        assert_eq!(code, Some(0), "{log}");
+    }
+    let (latest, _) = register_view(&file);
+    assert_eq!(
+        latest.len(),
+        1,
+        "only the run that trusted the right CA got through"
+    );
 }
