@@ -312,7 +312,7 @@ pub struct StoreConfig {
     /// reviewed (0: none).
     pub record_allowed_every: u32,
     /// Records the queue between the call path and the writer holds
-    /// (about 5 KiB each, reserved as used); when full, a call still goes
+    /// (about 5 KiB each, reserved at start); when full, a call still goes
     /// through and `store_dropped_total` rises.
     pub queue: usize,
     /// Records older than this are retired (0: kept for ever).
