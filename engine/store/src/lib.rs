@@ -158,7 +158,11 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
 /// survives a crash of kuzet; a power cut may lose the last commits, never
 /// corrupt), and a busy timeout for the rare reader checkpoint.
 fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    // 16 KiB pages hold several records each (a record with its header
+    // section is about 1.4 KiB); set before the file has any page.
+    conn.pragma_update(None, "page_size", 16_384)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "mmap_size", 268_435_456)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // The writer's page cache holds the hot index pages (64 MiB), and the
     // WAL is checkpointed every 8192 pages (32 MiB): index pages touched
