@@ -209,6 +209,23 @@ impl Investigation {
         }
     }
 
+    /// Passes `r` through; a refusal of the request itself (a bad filter
+    /// or cursor) is audited with its reason before it is returned.
+    async fn checked<T>(
+        &self,
+        who: &Caller,
+        action: &str,
+        desc: &str,
+        r: Result<T, Status>,
+    ) -> Result<T, Status> {
+        if let Err(e) = &r {
+            let outcome = format!("invalid: {}", e.message());
+            self.record(&who.who, who.role, action, desc, 0, &outcome)
+                .await;
+        }
+        r
+    }
+
     fn store_dir(&self) -> Result<PathBuf, Status> {
         self.data_dir.clone().ok_or_else(|| {
             Status::failed_precondition(
@@ -269,6 +286,22 @@ impl Investigation {
             verdict_id,
         })
     }
+}
+
+/// The filter as the investigator sent it, for the audit log.
+fn filter_json(f: &Option<pb::CallFilter>) -> String {
+    let f = f.clone().unwrap_or_default();
+    serde_json::json!({
+        "number": f.number,
+        "since_us": f.since_us,
+        "until_us": f.until_us,
+        "decision": f.decision,
+        "rule": f.rule,
+        "trunk": f.trunk,
+        "incident": f.incident,
+        "verdict_id": f.verdict_id,
+    })
+    .to_string()
 }
 
 fn cursor(s: &str) -> Result<Option<i64>, Status> {
@@ -364,10 +397,6 @@ pub fn incident_pb(i: Incident, sequence: u64) -> pb::Incident {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
-}
-
 #[tonic::async_trait]
 impl InvestigationService for Investigation {
     async fn query_calls(
@@ -377,13 +406,17 @@ impl InvestigationService for Investigation {
         let r = req.get_ref().clone();
         let desc = format!(
             "{{\"filter\":{},\"cursor\":{:?},\"page_size\":{}}}",
-            json(&self.filter(r.filter.clone()).unwrap_or_default()),
+            filter_json(&r.filter),
             r.cursor,
             r.page_size
         );
         let who = self.admit(&req, "QueryCalls", QUERY, &desc).await?;
-        let filter = self.filter(r.filter)?;
-        let before = cursor(&r.cursor)?;
+        let filter = self
+            .checked(&who, "QueryCalls", &desc, self.filter(r.filter))
+            .await?;
+        let before = self
+            .checked(&who, "QueryCalls", &desc, cursor(&r.cursor))
+            .await?;
         let dir = self.store_dir()?;
         let limit = match r.page_size {
             0 => 100,
@@ -417,12 +450,11 @@ impl InvestigationService for Investigation {
         req: Request<pb::ExportCallsRequest>,
     ) -> Result<Response<CallStream>, Status> {
         let r = req.get_ref().clone();
-        let desc = format!(
-            "{{\"filter\":{}}}",
-            json(&self.filter(r.filter.clone()).unwrap_or_default())
-        );
+        let desc = format!("{{\"filter\":{}}}", filter_json(&r.filter));
         let who = self.admit(&req, "ExportCalls", QUERY, &desc).await?;
-        let filter = self.filter(r.filter)?;
+        let filter = self
+            .checked(&who, "ExportCalls", &desc, self.filter(r.filter))
+            .await?;
         let dir = self.store_dir()?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Call, Status>>(256);
         let audit = Investigation {
@@ -467,11 +499,13 @@ impl InvestigationService for Investigation {
         let r = req.get_ref().clone();
         let desc = format!(
             "{{\"filter\":{},\"bucket_secs\":{}}}",
-            json(&self.filter(r.filter.clone()).unwrap_or_default()),
+            filter_json(&r.filter),
             r.bucket_secs
         );
         let who = self.admit(&req, "CountCalls", COUNT, &desc).await?;
-        let filter = self.filter(r.filter)?;
+        let filter = self
+            .checked(&who, "CountCalls", &desc, self.filter(r.filter))
+            .await?;
         let dir = self.store_dir()?;
         let bucket = i64::from(if r.bucket_secs == 0 {
             3600
@@ -515,12 +549,15 @@ impl InvestigationService for Investigation {
         let state = (!r.state.is_empty()).then(|| r.state.clone());
         if let Some(s) = &state {
             if !["open", "reported", "updated", "closed", "dead_letter"].contains(&s.as_str()) {
-                return Err(Status::invalid_argument(format!(
+                let e = Status::invalid_argument(format!(
                     "state must be open, reported, updated, closed or dead_letter, not {s:?}"
-                )));
+                ));
+                return self.checked(&who, "ListIncidents", &desc, Err(e)).await;
             }
         }
-        let before = cursor(&r.cursor)?;
+        let before = self
+            .checked(&who, "ListIncidents", &desc, cursor(&r.cursor))
+            .await?;
         let dir = self.store_dir()?;
         let limit = match r.page_size {
             0 => 100,
@@ -615,7 +652,9 @@ impl InvestigationService for Investigation {
             r.cursor, r.page_size
         );
         let who = self.admit(&req, "ReadAudit", AUDIT, &desc).await?;
-        let before = cursor(&r.cursor)?;
+        let before = self
+            .checked(&who, "ReadAudit", &desc, cursor(&r.cursor))
+            .await?;
         let dir = self.store_dir()?;
         let limit = match r.page_size {
             0 => 100,

@@ -156,14 +156,21 @@ pub async fn run(
                 return;
             }
             let id = d.id;
-            if let Err(e) = db(&conn, &data_dir, move |c| {
+            // What is sent is what the entry holds once marked tried: the
+            // writer may have folded growth into it since it was read.
+            let frozen = match db(&conn, &data_dir, move |c| {
                 incident::mark_tried(c, id).map_err(|e| e.to_string())
             })
             .await
             {
-                tracing::warn!(error = %e, "outbox: could not mark an entry tried");
-                break;
-            }
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox: could not mark an entry tried");
+                    break;
+                }
+            };
+            let mut d = d;
+            d.report = frozen;
             let report = to_report(&target.node, &d);
             let sent = if d.kind == "submit" {
                 client

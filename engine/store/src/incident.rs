@@ -442,13 +442,30 @@ pub fn due(conn: &rusqlite::Connection, now_us: i64, limit: usize) -> rusqlite::
     rows.collect()
 }
 
-/// Marks an entry tried, before it is sent: from now on it never changes.
-pub fn mark_tried(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1",
-        params![id],
-    )?;
-    Ok(())
+/// Marks an entry tried, before it is sent, and returns the report as it
+/// now stands: from this moment it never changes (the writer coalesces
+/// growth only into entries never tried), so this is what every try
+/// sends. One immediate transaction, so no growth slips in between.
+pub fn mark_tried(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<Incident> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| {
+        conn.prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?
+            .execute(params![id])?;
+        let payload: String = conn
+            .prepare_cached("SELECT payload FROM outbox WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))?;
+        Ok(serde_json::from_str(&payload).unwrap_or_default())
+    })();
+    match r {
+        Ok(i) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(i)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// The register took it.

@@ -436,7 +436,8 @@ fn the_outbox_freezes_what_was_tried_and_updates_follow_in_sequence() {
         (due[0].seq, due[0].kind.as_str(), due[0].report.blocked),
         (1, "submit", 4)
     );
-    incident::mark_tried(s.conn(), due[0].id).unwrap();
+    let frozen = incident::mark_tried(s.conn(), due[0].id).unwrap();
+    assert_eq!(frozen.blocked, 4);
     // Tried: it never changes again; growth waits for the interval.
     s.insert_at(&[mk(4)], t0 + 1_000_000).unwrap();
     let again = incident::due(s.conn(), t0 + 10_000_000, 10).unwrap();
