@@ -31,6 +31,13 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Refusal, Role};
 
+/// Refusals audited per second, at most.
+const REFUSALS_PER_SEC: u32 = 20;
+/// The longest filter text an audit entry keeps.
+const AUDIT_FILTER_MAX: usize = 1024;
+/// An export whose client reads nothing for this long is ended.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the service needs.
 pub struct Investigation {
     /// The data directory; `None` when kuzet runs without a store.
@@ -41,6 +48,8 @@ pub struct Investigation {
     pub access: Arc<Access>,
     /// The audit log's connection, opened on first use.
     audit: Arc<Mutex<Option<rusqlite::Connection>>>,
+    /// Refusals audited this second: (window start, audited, suppressed).
+    refusals: Arc<Mutex<(std::time::Instant, u32, u32)>>,
 }
 
 impl Investigation {
@@ -51,6 +60,7 @@ impl Investigation {
             plan,
             access,
             audit: Arc::default(),
+            refusals: Arc::new(Mutex::new((std::time::Instant::now(), 0, 0))),
         }
     }
 }
@@ -91,7 +101,9 @@ pub async fn serve(
     let r = tonic::transport::Server::builder()
         .add_service(health_svc)
         .add_service(reflection)
-        .add_service(InvestigationServiceServer::new(svc))
+        // Requests are filters: 64 KiB is plenty, and bounds what a
+        // hostile client can make the server decode (and audit).
+        .add_service(InvestigationServiceServer::new(svc).max_decoding_message_size(64 * 1024))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move {
@@ -162,14 +174,45 @@ impl Investigation {
                         )
                     }
                 };
-                self.record(&who, role, action, filter, 0, outcome).await;
+                // Refusals are audited, up to a rate: a flood of bad tokens
+                // must not fill the disk or starve the writer. The answer
+                // is a refusal either way.
+                if self.refusal_budget() {
+                    let _ = self.record(&who, role, action, filter, 0, outcome).await;
+                }
                 Err(status)
             }
         }
     }
 
-    /// Appends to the audit log. A failure to audit is logged loudly; the
-    /// answer has already been decided.
+    /// One more refusal may be audited this second (at most
+    /// [`REFUSALS_PER_SEC`]); the rest are counted in one log line.
+    fn refusal_budget(&self) -> bool {
+        let Ok(mut g) = self.refusals.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if now.duration_since(g.0) >= std::time::Duration::from_secs(1) {
+            if g.2 > 0 {
+                tracing::warn!(
+                    suppressed = g.2,
+                    "refused control API requests beyond the audit rate"
+                );
+            }
+            *g = (now, 0, 0);
+        }
+        if g.1 < REFUSALS_PER_SEC {
+            g.1 += 1;
+            true
+        } else {
+            g.2 += 1;
+            false
+        }
+    }
+
+    /// Appends to the audit log (the filter cut at 1 KiB). An answer that
+    /// cannot be audited is not given: the caller turns the error into
+    /// UNAVAILABLE.
     async fn record(
         &self,
         who: &str,
@@ -178,17 +221,26 @@ impl Investigation {
         filter: &str,
         rows: u64,
         outcome: &str,
-    ) {
+    ) -> Result<(), Status> {
         let Some(dir) = self.data_dir.clone() else {
-            return;
+            return Ok(());
         };
+        let mut filter = filter.to_string();
+        if filter.len() > AUDIT_FILTER_MAX {
+            let mut cut = AUDIT_FILTER_MAX;
+            while !filter.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            filter.truncate(cut);
+            filter.push_str("...(cut)");
+        }
         let e = audit::Entry {
             id: 0,
             ts_us: unix_us(),
             who: who.into(),
             role: role.into(),
             action: action.into(),
-            filter: filter.into(),
+            filter,
             rows,
             outcome: outcome.into(),
         };
@@ -202,11 +254,15 @@ impl Investigation {
             audit::append(c, &e).map(|_| ()).map_err(|e| e.to_string())
         })
         .await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "writing the audit log failed"),
-            Err(e) => tracing::error!(error = %e, "the audit task failed"),
-        }
+        let e = match r {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %e, "writing the audit log failed; the request is refused");
+        Err(Status::unavailable(
+            "the audit log cannot be written, so nothing is answered; try again later",
+        ))
     }
 
     /// Passes `r` through; a refusal of the request itself (a bad filter
@@ -221,7 +277,7 @@ impl Investigation {
         if let Err(e) = &r {
             let outcome = format!("invalid: {}", e.message());
             self.record(&who.who, who.role, action, desc, 0, &outcome)
-                .await;
+                .await?;
         }
         r
     }
@@ -436,7 +492,7 @@ impl InvestigationService for Investigation {
             page.calls.len() as u64,
             "ok",
         )
-        .await;
+        .await?;
         Ok(Response::new(pb::QueryCallsResponse {
             calls: page.calls.into_iter().map(to_pb).collect(),
             next_cursor: page.next.map(|n| n.to_string()).unwrap_or_default(),
@@ -457,22 +513,52 @@ impl InvestigationService for Investigation {
             .await?;
         let dir = self.store_dir()?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Call, Status>>(256);
+        // The export is audited before the first row leaves; if that
+        // cannot be written, nothing is sent.
+        self.record(&who.who, who.role, "ExportCalls", &desc, 0, "started")
+            .await?;
         let audit = Investigation {
             data_dir: self.data_dir.clone(),
             plan: self.plan.clone(),
             access: self.access.clone(),
             audit: self.audit.clone(),
+            refusals: self.refusals.clone(),
         };
         let task = tokio::task::spawn_blocking(move || -> Result<u64, String> {
             let c = kuzet_store::open_reader(&dir).map_err(|e| e.to_string())?;
             let mut sent = 0u64;
+            let mut stalled = false;
             query::export(&c, &filter, |rec| {
-                // A client that went away ends the export.
-                let ok = tx.blocking_send(Ok(to_pb(rec))).is_ok();
-                sent += u64::from(ok);
-                ok
+                // A client that went away, or reads nothing for a minute,
+                // ends the export (and its read snapshot, which holds the
+                // WAL back).
+                let mut item = Ok(to_pb(rec));
+                let since = std::time::Instant::now();
+                loop {
+                    match tx.try_send(item) {
+                        Ok(()) => {
+                            sent += 1;
+                            return true;
+                        }
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => {
+                            if since.elapsed() > EXPORT_STALL {
+                                stalled = true;
+                                return false;
+                            }
+                            item = back;
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                    }
+                }
             })
             .map_err(|e| e.to_string())?;
+            if stalled {
+                return Err(format!(
+                    "the client read nothing for {} s",
+                    EXPORT_STALL.as_secs()
+                ));
+            }
             Ok(sent)
         });
         // The audit entry is written when the export ends, with the rows
@@ -483,7 +569,7 @@ impl InvestigationService for Investigation {
                 Ok(Err(e)) => (0, format!("error: {e}")),
                 Err(e) => (0, format!("error: {e}")),
             };
-            audit
+            let _ = audit
                 .record(&who.who, who.role, "ExportCalls", &desc, rows, &outcome)
                 .await;
         });
@@ -503,6 +589,25 @@ impl InvestigationService for Investigation {
             r.bucket_secs
         );
         let who = self.admit(&req, "CountCalls", COUNT, &desc).await?;
+        // A rule author tunes rules: counts by time, rule and decision,
+        // never who called whom.
+        if who.role == Role::RuleAuthor.as_str() {
+            let f = r.filter.clone().unwrap_or_default();
+            if !f.number.is_empty()
+                || !f.verdict_id.is_empty()
+                || f.incident != 0
+                || !f.trunk.is_empty()
+            {
+                let e = Status::permission_denied(
+                    "a rule author counts by time, rule and decision only",
+                );
+                if self.refusal_budget() {
+                    self.record(&who.who, who.role, "CountCalls", &desc, 0, "denied")
+                        .await?;
+                }
+                return Err(e);
+            }
+        }
         let filter = self
             .checked(&who, "CountCalls", &desc, self.filter(r.filter))
             .await?;
@@ -529,7 +634,7 @@ impl InvestigationService for Investigation {
         };
         let rows = (per_decision.len() + per_rule.len()) as u64;
         self.record(&who.who, who.role, "CountCalls", &desc, rows, "ok")
-            .await;
+            .await?;
         Ok(Response::new(pb::CountCallsResponse {
             per_decision: conv(per_decision),
             per_rule: conv(per_rule),
@@ -583,7 +688,7 @@ impl InvestigationService for Investigation {
             list.len() as u64,
             "ok",
         )
-        .await;
+        .await?;
         let next = (list.len() == limit)
             .then(|| list.last().map(|i| i.id.to_string()))
             .flatten()
@@ -624,7 +729,7 @@ impl InvestigationService for Investigation {
         .map_err(store_err)??;
         let Some((inc, calls)) = found else {
             self.record(&who.who, who.role, "GetIncident", &desc, 0, "not found")
-                .await;
+                .await?;
             return Err(Status::not_found(format!("no incident {id}")));
         };
         self.record(
@@ -635,7 +740,7 @@ impl InvestigationService for Investigation {
             calls.len() as u64 + 1,
             "ok",
         )
-        .await;
+        .await?;
         Ok(Response::new(pb::GetIncidentResponse {
             incident: Some(inc),
             calls: calls.into_iter().map(to_pb).collect(),
@@ -674,7 +779,7 @@ impl InvestigationService for Investigation {
             entries.len() as u64,
             "ok",
         )
-        .await;
+        .await?;
         let next = (entries.len() == limit.clamp(1, 1000))
             .then(|| entries.last().map(|e| e.id.to_string()))
             .flatten()

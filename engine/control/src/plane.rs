@@ -159,6 +159,7 @@ pub fn record_verdicts(
     let mut batch: Vec<Record> = Vec::with_capacity(if store.is_some() { BATCH } else { 0 });
     let mut last_error: Option<std::time::Instant> = None;
     let mut next_retire = std::time::Instant::now();
+    let mut next_tick = std::time::Instant::now();
     loop {
         // Woken by the first event (or once a second, for retention), the
         // thread lets more gather before it drains them: at most one
@@ -179,16 +180,18 @@ pub fn record_verdicts(
         }
         if let Some(st) = store.as_mut() {
             commit(st, &mut batch, &metrics, &mut last_error);
+            if std::time::Instant::now() >= next_tick {
+                // Once a second, whatever retention is doing: delayed
+                // incident updates, closing quiet incidents.
+                if let Err(e) = st.tick(unix_us()) {
+                    tracing::warn!(error = %e, "incident upkeep failed; retrying in a second");
+                }
+                next_tick = std::time::Instant::now() + Duration::from_secs(1);
+            }
             if std::time::Instant::now() >= next_retire {
                 // One chunk per turn, so a batch never waits on more.
                 match st.retire_chunk(unix_us()) {
-                    Ok(0) => {
-                        // Once a second: delayed incident updates, closing.
-                        if let Err(e) = st.tick(unix_us()) {
-                            tracing::warn!(error = %e, "incident upkeep failed; retrying in a second");
-                        }
-                        next_retire = std::time::Instant::now() + Duration::from_secs(1)
-                    }
+                    Ok(0) => next_retire = std::time::Instant::now() + Duration::from_secs(1),
                     Ok(n) => metrics.add(Counter::StoreRetired, n as u64),
                     Err(e) => {
                         tracing::warn!(error = %e, "retiring old records failed; retrying in a second");

@@ -34,16 +34,19 @@ pub struct Target {
     pub ca_pem: Option<Vec<u8>>,
     /// Deadline of each call.
     pub timeout: Duration,
-    /// This node's name, the first half of every idempotency key.
+    /// This node's name, reported as the reporting node.
     pub node: String,
+    /// The store's random id, the first half of every idempotency key: it
+    /// survives a renamed host and differs between stores.
+    pub store_id: String,
 }
 
 /// The report an outbox entry sends: the incident as it was queued, its
 /// key and sequence, and the digest of its evidence.
-pub fn to_report(node: &str, d: &Due) -> pb::IncidentReport {
+pub fn to_report(node: &str, store_id: &str, d: &Due) -> pb::IncidentReport {
     let i: &Incident = &d.report;
     let mut r = pb::IncidentReport {
-        idempotency_key: format!("{node}/{}", d.incident),
+        idempotency_key: format!("{store_id}/{}", d.incident),
         sequence: d.seq as u64,
         kind: i.kind.clone(),
         key: i.key.clone(),
@@ -75,18 +78,12 @@ pub fn evidence_digest(r: &pb::IncidentReport) -> String {
     crate::access::hex(&Sha256::digest(canon.encode_to_vec()))
 }
 
-/// The register refused the report itself: retrying cannot help.
+/// The register refused the report itself: retrying cannot help. Only
+/// the register's own verdict on the report counts; an authentication or
+/// routing answer (a proxy's 401, 403 or 404 during maintenance) is
+/// retried, never dead-lettered.
 fn permanent(c: Code) -> bool {
-    matches!(
-        c,
-        Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::Unimplemented
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::NotFound
-    )
+    matches!(c, Code::InvalidArgument | Code::FailedPrecondition)
 }
 
 /// The delay before try `attempts + 1`: 1 s doubling, at most 5 min, with
@@ -141,8 +138,9 @@ pub async fn run(
         let due = match due {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(error = %e, "reading the outbox failed");
-                Vec::new()
+                tracing::warn!(error = %e, "reading the outbox failed; pausing");
+                pause(&mut shutdown).await;
+                continue;
             }
         };
         if due.is_empty() {
@@ -165,13 +163,14 @@ pub async fn run(
             {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!(error = %e, "outbox: could not mark an entry tried");
+                    tracing::warn!(error = %e, "outbox: could not mark an entry tried; pausing");
+                    pause(&mut shutdown).await;
                     break;
                 }
             };
             let mut d = d;
             d.report = frozen;
-            let report = to_report(&target.node, &d);
+            let report = to_report(&target.node, &target.store_id, &d);
             let sent = if d.kind == "submit" {
                 client
                     .submit_incident(pb::SubmitIncidentRequest {
@@ -226,9 +225,21 @@ pub async fn run(
                 }
             };
             if let Err(e) = outcome {
-                tracing::warn!(error = %e, "outbox: could not record a delivery outcome");
+                // The entry stays as it was; pausing keeps a store that
+                // cannot be written from turning into a resend loop.
+                tracing::warn!(error = %e, "outbox: could not record a delivery outcome; pausing");
+                pause(&mut shutdown).await;
+                break;
             }
         }
+    }
+}
+
+/// A second's pause after a store error (or until shutdown).
+async fn pause(shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = shutdown.changed() => {}
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
     }
 }
 
@@ -287,13 +298,20 @@ mod tests {
             },
             attempts: 0,
         };
-        let a = to_report("kz-1", &d);
-        assert_eq!(a.idempotency_key, "kz-1/7");
+        let a = to_report("kz-1", "5eed", &d);
+        assert_eq!(a.idempotency_key, "5eed/7");
+        assert_eq!(a.reporting_node, "kz-1");
         let mut later = d.clone();
         later.seq = 2;
-        assert_eq!(to_report("kz-1", &later).evidence_sha256, a.evidence_sha256);
+        assert_eq!(
+            to_report("kz-1", "5eed", &later).evidence_sha256,
+            a.evidence_sha256
+        );
         later.report.blocked = 4;
-        assert_ne!(to_report("kz-1", &later).evidence_sha256, a.evidence_sha256);
+        assert_ne!(
+            to_report("kz-1", "5eed", &later).evidence_sha256,
+            a.evidence_sha256
+        );
         assert_eq!(a.evidence_sha256.len(), 64);
     }
 }

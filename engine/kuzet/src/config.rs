@@ -279,6 +279,11 @@ impl Config {
             format!("register.endpoint {ep:?} must start with https:// or http://")
         })?;
         let host = rest.split('/').next().unwrap_or_default();
+        if host.contains('@') {
+            return Err(format!(
+                "register.endpoint {ep:?}: user information (\"user@\") is not allowed"
+            ));
+        }
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let loopback = host == "localhost"
@@ -942,6 +947,7 @@ impl Config {
                 0
             },
             appeal_contact: self.verdict.appeal_contact.clone(),
+            first_verdict_seq: None,
         })
     }
 

@@ -100,10 +100,25 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 incidents: cfg.incident_policy(),
             },
         )?;
-        tracing::info!(path = %st.path().display(), "store open");
+        tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
         Some(st)
     } else {
         None
+    };
+    let store_id = store.as_ref().map(|s| s.store_id().to_string());
+    // Verdict ids continue after the last one this store holds for this
+    // node, even if the clock went back since.
+    let first_verdict_seq = match &store {
+        Some(st) => {
+            let prefix = format!(
+                "{:08x}",
+                kuzet_dataplane::handler::VerdictId::node_of(&cfg.node_name())
+            );
+            st.last_verdict_seq(&prefix)
+                .map_err(|e| anyhow::anyhow!("reading the store's last verdict id: {e}"))?
+                .map(|s| s + 1)
+        }
+        None => None,
     };
     // A full disk under a size limit (RLIMIT_FSIZE) must fail a write, not
     // kill the process.
@@ -155,7 +170,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             plane::record_verdicts(events, m, store)
         })
         .context("spawning the verdict log thread")?;
-    let settings = cfg.dataplane().context("numbering plan")?;
+    let mut settings = cfg.dataplane().context("numbering plan")?;
+    settings.first_verdict_seq = first_verdict_seq;
     let handler =
         Arc::new(Handler::new(settings, lists.clone(), metrics.clone()).with_events(events_tx));
 
@@ -239,6 +255,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                     ca_pem,
                     timeout: Duration::from_millis(cfg.register.timeout_ms.max(1)),
                     node: cfg.node_name(),
+                    store_id: store_id.clone().unwrap_or_default(),
                 },
                 cfg.data_dir(),
             ))

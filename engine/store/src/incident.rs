@@ -144,10 +144,11 @@ impl Incident {
         }
         put(&mut e.sources, source_ip(&r.source));
         if policy_kind_campaign {
+            // Distinct callers are counted while they are listed; past the
+            // list's cap a campaign is long since an incident.
             if let Some(a) = &r.a {
-                if !e.callers.contains(a) {
+                if e.callers.len() < MAX_LISTED && e.callers.insert(a.clone()) {
                     e.callers_seen += 1;
-                    put(&mut e.callers, a);
                 }
             }
         }
@@ -447,20 +448,30 @@ pub fn due(conn: &rusqlite::Connection, now_us: i64, limit: usize) -> rusqlite::
 /// growth only into entries never tried), so this is what every try
 /// sends. One immediate transaction, so no growth slips in between.
 pub fn mark_tried(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<Incident> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let r = (|| {
+    atomically(conn, || {
         conn.prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?
             .execute(params![id])?;
         let payload: String = conn
             .prepare_cached("SELECT payload FROM outbox WHERE id = ?1")?
             .query_row(params![id], |r| r.get(0))?;
         Ok(serde_json::from_str(&payload).unwrap_or_default())
-    })();
-    match r {
-        Ok(i) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(i)
-        }
+    })
+}
+
+/// Runs `f` in one immediate transaction on a side connection.
+fn atomically<T>(
+    conn: &rusqlite::Connection,
+    f: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match f() {
+        Ok(v) => match conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        },
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
@@ -468,19 +479,20 @@ pub fn mark_tried(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<Inci
     }
 }
 
-/// The register took it.
+/// The register took it: the entry is done and the incident shows the
+/// case, together.
 pub fn delivered(conn: &rusqlite::Connection, d: &Due, case: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE outbox SET state = 'done', last_error = '' WHERE id = ?1",
-        params![d.id],
-    )?;
-    conn.execute(
-        "UPDATE incidents SET register_state = 'delivered', register_case = ?2, register_error = '',
-         state = CASE WHEN state = 'closed' THEN state WHEN ?3 = 'submit' THEN 'reported' ELSE 'updated' END
-         WHERE id = ?1",
-        params![d.incident, case, d.kind],
-    )?;
-    Ok(())
+    atomically(conn, || {
+        conn.prepare_cached("UPDATE outbox SET state = 'done', last_error = '' WHERE id = ?1")?
+            .execute(params![d.id])?;
+        conn.prepare_cached(
+            "UPDATE incidents SET register_state = 'delivered', register_case = ?2, register_error = '',
+             state = CASE WHEN state = 'closed' THEN state WHEN ?3 = 'submit' THEN 'reported' ELSE 'updated' END
+             WHERE id = ?1",
+        )?
+        .execute(params![d.incident, case, d.kind])?;
+        Ok(())
+    })
 }
 
 /// Try again at `next_at_us`.
@@ -490,29 +502,31 @@ pub fn retry(
     next_at_us: i64,
     error: &str,
 ) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE outbox SET next_at_us = ?2, last_error = ?3 WHERE id = ?1",
-        params![d.id, next_at_us, error],
-    )?;
-    conn.execute(
-        "UPDATE incidents SET register_error = ?2 WHERE id = ?1",
-        params![d.incident, error],
-    )?;
-    Ok(())
+    atomically(conn, || {
+        conn.prepare_cached("UPDATE outbox SET next_at_us = ?2, last_error = ?3 WHERE id = ?1")?
+            .execute(params![d.id, next_at_us, error])?;
+        conn.prepare_cached("UPDATE incidents SET register_error = ?2 WHERE id = ?1")?
+            .execute(params![d.incident, error])?;
+        Ok(())
+    })
 }
 
-/// The register refused it as invalid: dead-lettered, not retried; the
-/// incident shows why.
+/// The register refused it as invalid: dead-lettered with every later
+/// entry of the incident (an update of a case never opened would only be
+/// refused in turn), not retried; the incident shows why.
 pub fn dead_letter(conn: &rusqlite::Connection, d: &Due, error: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1",
-        params![d.id, error],
-    )?;
-    conn.execute(
-        "UPDATE incidents SET register_state = 'dead_letter', register_error = ?2 WHERE id = ?1",
-        params![d.incident, error],
-    )?;
-    Ok(())
+    atomically(conn, || {
+        conn.prepare_cached(
+            "UPDATE outbox SET state = 'dead', last_error = ?3
+             WHERE incident = ?1 AND seq >= ?2 AND state = 'pending'",
+        )?
+        .execute(params![d.incident, d.seq, error])?;
+        conn.prepare_cached(
+            "UPDATE incidents SET register_state = 'dead_letter', register_error = ?2 WHERE id = ?1",
+        )?
+        .execute(params![d.incident, error])?;
+        Ok(())
+    })
 }
 
 /// Outbox entries still pending (a gauge for operators).

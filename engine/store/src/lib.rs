@@ -103,6 +103,7 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     opts: Options,
+    store_id: String,
     /// Held for the process's life: the directory's lock.
     _lock: std::fs::File,
 }
@@ -144,12 +145,17 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sq)?;
+    // A file that is not kuzet's, or is newer, is refused before anything
+    // (even the journal mode) is changed in it.
+    schema::check_writable(&conn, &path)?;
     tune(&conn).map_err(sq)?;
     schema::migrate(&mut conn, &path)?;
+    let store_id = schema::store_id(&conn).map_err(sq)?;
     Ok(Store {
         conn,
         path,
         opts,
+        store_id,
         _lock: lock,
     })
 }
@@ -270,6 +276,28 @@ impl Store {
         &self.opts.node
     }
 
+    /// The store's own random id, made when the file was created: the
+    /// first half of every incident's idempotency key, so keys survive a
+    /// renamed host and never repeat across stores.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    /// The highest verdict sequence this store holds for `node_prefix`
+    /// (the 8 hex digits of a node), so a restarted node continues after
+    /// it even if the clock went back.
+    pub fn last_verdict_seq(&self, node_prefix: &str) -> rusqlite::Result<Option<u64>> {
+        let hi: Option<String> = self.conn.query_row(
+            "SELECT max(verdict_id) FROM calls WHERE verdict_id >= ?1 AND verdict_id < ?2",
+            params![
+                format!("{node_prefix}0000000000000000"),
+                format!("{node_prefix}g")
+            ],
+            |r| r.get(0),
+        )?;
+        Ok(hi.and_then(|v| u64::from_str_radix(v.get(8..)?, 16).ok()))
+    }
+
     /// Retires one chunk of records that are too old or over the size
     /// limit, oldest first, in one short transaction. Returns how many
     /// went; 0 means nothing is due. The recorder calls it between
@@ -277,30 +305,38 @@ impl Store {
     /// longer than one chunk.
     pub fn retire_chunk(&mut self, now_us: i64) -> rusqlite::Result<usize> {
         let chunk = self.opts.retire_chunk.max(1) as i64;
-        let mut upto: Option<i64> = None;
-        if !self.opts.max_age.is_zero() {
-            let cutoff = now_us - self.opts.max_age.as_micros() as i64;
-            upto = self
+        // The chunk is chosen by age itself (never an id range: a clock
+        // that jumped must not take younger records with it), or, over the
+        // size limit, the oldest rows.
+        let pick = if !self.opts.max_age.is_zero()
+            && self
                 .conn
-                .query_row(
-                    "SELECT max(id) FROM (SELECT id FROM calls WHERE ts_us < ?1 ORDER BY ts_us LIMIT ?2)",
-                    params![cutoff, chunk],
-                    |r| r.get::<_, Option<i64>>(0),
-                )?;
-        }
-        if upto.is_none() && self.opts.max_bytes > 0 && self.used_bytes()? > self.opts.max_bytes {
-            upto = self.conn.query_row(
-                "SELECT max(id) FROM (SELECT id FROM calls ORDER BY id LIMIT ?1)",
-                params![chunk],
-                |r| r.get::<_, Option<i64>>(0),
-            )?;
-        }
-        let Some(upto) = upto else { return Ok(0) };
+                .prepare_cached("SELECT 1 FROM calls WHERE ts_us < ?1 LIMIT 1")?
+                .exists(params![now_us - self.opts.max_age.as_micros() as i64])?
+        {
+            Some((
+                "SELECT id FROM calls WHERE ts_us < ?1 ORDER BY ts_us LIMIT ?2",
+                now_us - self.opts.max_age.as_micros() as i64,
+            ))
+        } else if self.opts.max_bytes > 0 && self.used_bytes()? > self.opts.max_bytes {
+            Some(("SELECT id FROM calls WHERE ?1 = ?1 ORDER BY id LIMIT ?2", 0))
+        } else {
+            None
+        };
+        let Some((select, arg)) = pick else {
+            return Ok(0);
+        };
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM call_rules WHERE call <= ?1", params![upto])?;
-        let n = tx.execute("DELETE FROM calls WHERE id <= ?1", params![upto])?;
+        tx.execute(
+            &format!("DELETE FROM call_rules WHERE call IN ({select})"),
+            params![arg, chunk],
+        )?;
+        let n = tx.execute(
+            &format!("DELETE FROM calls WHERE id IN ({select})"),
+            params![arg, chunk],
+        )?;
         tx.commit()?;
         Ok(n)
     }

@@ -162,8 +162,11 @@ pub struct Count {
     pub calls: u64,
 }
 
+/// Rows a counts answer holds at most, per kind.
+pub const MAX_COUNTS: usize = 10_000;
+
 /// Counts of calls matching `f` per decision and per rule, in buckets of
-/// `bucket_us`, oldest first.
+/// `bucket_us`, oldest first (at most [`MAX_COUNTS`] rows of each).
 pub fn counts(
     conn: &Connection,
     f: &Filter,
@@ -175,13 +178,13 @@ pub fn counts(
     let b = p.len();
     let per_decision = format!(
         "SELECT (ts_us / ?{b}) * ?{b} AS bucket, decision, count(*) FROM calls {clause}
-         GROUP BY bucket, decision ORDER BY bucket, decision"
+         GROUP BY bucket, decision ORDER BY bucket, decision LIMIT {MAX_COUNTS}"
     );
     let per_rule = format!(
         "SELECT (c.ts_us / ?{b}) * ?{b} AS bucket, r.rule, count(*)
          FROM call_rules r JOIN calls c ON c.id = r.call
          WHERE c.id IN (SELECT id FROM calls {clause})
-         GROUP BY bucket, r.rule ORDER BY bucket, r.rule"
+         GROUP BY bucket, r.rule ORDER BY bucket, r.rule LIMIT {MAX_COUNTS}"
     );
     let run = |sql: &str| -> rusqlite::Result<Vec<Count>> {
         let mut st = conn.prepare(sql)?;

@@ -109,6 +109,13 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_due ON outbox (state, next_at_us) WHERE state = 'pending';
     ",
+    // 3: the store's own facts, e.g. its random id (incident keys).
+    "
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.
@@ -121,6 +128,53 @@ fn versions(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
     Ok((app, version, tables))
+}
+
+/// Refuses, before anything is written, a file that is not kuzet's or
+/// was written by a newer kuzet.
+pub fn check_writable(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let (app, version, tables) = versions(conn).map_err(|source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if app != APPLICATION_ID && !(app == 0 && tables == 0) {
+        return Err(StoreError::Foreign(path.into()));
+    }
+    if version > current() {
+        return Err(StoreError::NewerSchema {
+            path: path.into(),
+            found: version,
+            known: current(),
+        });
+    }
+    Ok(())
+}
+
+/// The store's random id, made on first use (16 bytes from the OS, hex).
+pub fn store_id(conn: &Connection) -> rusqlite::Result<String> {
+    if let Some(id) = conn
+        .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .ok()
+    {
+        return Ok(id);
+    }
+    let mut raw = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut raw);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let id = format!("{:016x}", u64::from_le_bytes(raw) ^ nanos.rotate_left(17));
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
+        [&id],
+    )?;
+    conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+        r.get(0)
+    })
 }
 
 /// Brings the schema up to [`current`], or refuses the file.

@@ -512,3 +512,28 @@ fn a_version_1_store_with_calls_is_migrated_to_the_current_schema() {
         .unwrap();
     assert_eq!(v, schema::current());
 }
+
+#[test]
+fn the_store_keeps_its_id_and_knows_each_nodes_last_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), opts()).unwrap();
+    let id = s.store_id().to_string();
+    assert_eq!(id.len(), 16);
+    let mut a = rec(1, "+77011234567", "+77020000001", "block", &[]);
+    a.verdict_id = "1d7ea713000660d935cd989a".into();
+    let mut b = rec(2, "+77011234567", "+77020000001", "block", &[]);
+    b.verdict_id = "1d7ea713000660d935cd98ff".into();
+    let mut other = rec(3, "+77011234567", "+77020000001", "block", &[]);
+    other.verdict_id = "ffffffff0000000000000001".into();
+    s.insert(&[a, b, other]).unwrap();
+    assert_eq!(
+        s.last_verdict_seq("1d7ea713").unwrap(),
+        Some(0x000660d935cd98ff)
+    );
+    assert_eq!(s.last_verdict_seq("00000000").unwrap(), None);
+    drop(s);
+    let s = open(dir.path(), opts()).unwrap();
+    assert_eq!(s.store_id(), id, "the id is kept");
+    let other_dir = tempfile::tempdir().unwrap();
+    assert_ne!(open(other_dir.path(), opts()).unwrap().store_id(), id);
+}

@@ -122,6 +122,9 @@ pub struct Settings {
     /// Where a wrongly blocked caller can appeal, added to the Reason text
     /// of a block beside the verdict id.
     pub appeal_contact: Option<String>,
+    /// Verdict ids continue from at least this sequence (the store's last
+    /// for this node, plus one), whatever the clock says.
+    pub first_verdict_seq: Option<u64>,
 }
 
 impl Default for Settings {
@@ -150,6 +153,7 @@ impl Default for Settings {
             node_name: "kuzet".into(),
             record_allowed_every: 1000,
             appeal_contact: None,
+            first_verdict_seq: None,
         }
     }
 }
@@ -287,7 +291,9 @@ impl Handler {
             }),
             calls_ttl_ms: s.max_call.as_millis() as u64,
             node: VerdictId::node_of(&s.node_name),
-            next_verdict: std::sync::atomic::AtomicU64::new(evidence::unix_us().max(1) as u64),
+            next_verdict: std::sync::atomic::AtomicU64::new(
+                (evidence::unix_us().max(1) as u64).max(s.first_verdict_seq.unwrap_or(0)),
+            ),
             sample_every: u64::from(s.record_allowed_every),
             appeal: s
                 .appeal_contact

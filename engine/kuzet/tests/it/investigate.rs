@@ -211,19 +211,32 @@ fn every_rpc_against_every_role_gets_the_expected_status_and_is_audited() {
         r.metadata_mut()
             .insert("authorization", token_of("root").parse().unwrap());
         assert_eq!(c.query_calls(r).await.unwrap_err().code(), Unauthenticated);
-        c.read_audit(with_token(
-            pb::ReadAuditRequest {
-                page_size: 1000,
-                cursor: String::new(),
-            },
-            Some(&token_of("root")),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
+        // An export's closing entry is written as its stream ends; wait
+        // for both exports' to be there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let entries = c
+                .read_audit(with_token(
+                    pb::ReadAuditRequest {
+                        page_size: 1000,
+                        cursor: String::new(),
+                    },
+                    Some(&token_of("root")),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .entries;
+            let closed = entries
+                .iter()
+                .filter(|e| e.action == "ExportCalls" && e.outcome == "ok")
+                .count();
+            if closed == 2 || std::time::Instant::now() > deadline {
+                break entries;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     });
-    k.stop();
     // Every request above is in the audit log with who, role and outcome;
     // the admin's final ReadAudit is written after it answered.
     let count = |who: &str, action: &str, outcome: &str| {
@@ -252,9 +265,29 @@ fn every_rpc_against_every_role_gets_the_expected_status_and_is_audited() {
     assert_eq!(count("ana", "ListIncidents", "ok"), 1);
     let export = audit
         .iter()
-        .find(|e| e.who == "root" && e.action == "ExportCalls")
+        .find(|e| e.who == "root" && e.action == "ExportCalls" && e.outcome == "ok")
         .unwrap();
     assert_eq!((export.role.as_str(), export.rows), ("admin", 1));
+    // Each export was audited before its first row left.
+    assert_eq!(count("root", "ExportCalls", "started"), 1);
+    // A rule author counts by rule and time, never by number.
+    let (_, denied) = rt.block_on(async {
+        let mut c = connect(addr).await;
+        let r = c
+            .count_calls(with_token(
+                pb::CountCallsRequest {
+                    filter: Some(pb::CallFilter {
+                        number: "+77011234567".into(),
+                        ..Default::default()
+                    }),
+                    bucket_secs: 60,
+                },
+                Some(&token_of("rui")),
+            ))
+            .await;
+        ((), r.unwrap_err().code())
+    });
+    assert_eq!(denied, PermissionDenied);
     let q = audit
         .iter()
         .find(|e| e.who == "ana" && e.action == "QueryCalls" && e.outcome == "ok")
@@ -262,6 +295,7 @@ fn every_rpc_against_every_role_gets_the_expected_status_and_is_audited() {
     assert_eq!(q.role, "investigator");
     assert!(q.filter.contains("\"number\":\"\""), "{}", q.filter);
     assert!(audit.iter().all(|e| e.time_us > 0));
+    k.stop();
 }
 
 fn kuzet_cli(args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {

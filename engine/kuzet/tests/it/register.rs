@@ -184,8 +184,17 @@ fn incidents_reach_a_register_that_was_down_across_a_sigkill_exactly_once() {
     let (latest, opened) = register_view(&file);
     let mine = kuzet_incidents(&data);
     assert_eq!(latest.len(), 3, "{latest:?}");
+    // Keys are the store's own id and the incident's: they survive a
+    // renamed host and never repeat across stores.
+    let store_id: String = kuzet_store::open_reader(&data)
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(store_id.len(), 16);
     for i in &mine {
-        let key = format!("kz-test/{}", i.id);
+        let key = format!("{store_id}/{}", i.id);
         assert_eq!(opened.get(&key), Some(&1), "{key} opened once: {opened:?}");
         let r = &latest[&key];
         assert_eq!(r.case, i.register_case, "{key}");
