@@ -152,12 +152,9 @@ pub fn check_writable(conn: &Connection, path: &Path) -> Result<(), StoreError> 
 
 /// The store's random id, made on first use (16 bytes from the OS, hex).
 pub fn store_id(conn: &Connection) -> rusqlite::Result<String> {
-    if let Some(id) = conn
-        .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .ok()
-    {
+    if let Ok(id) = conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+        r.get::<_, String>(0)
+    }) {
         return Ok(id);
     }
     let mut raw = [0u8; 8];
