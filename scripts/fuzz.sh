@@ -2,7 +2,7 @@
 # Fuzz one of kuzet's targets with AFL++ for as long as asked.
 #
 #   scripts/fuzz.sh TARGET [SECONDS]      (default 600)
-#   scripts/fuzz.sh list                  the targets
+#   scripts/fuzz.sh targets               the targets
 #   scripts/fuzz.sh all SECONDS           each target in turn, SECONDS each
 #
 # Installs what it needs on first use: Debian's afl++ (through
@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 TARGETS="sip handler_redirect handler_proxy tcp list rules config numbers"
 [ $# -ge 1 ] || { sed -n '2,16p' "$0"; exit 2; }
-if [ "$1" = list ]; then echo "$TARGETS" | tr ' ' '\n'; exit 0; fi
+# ("list" is a target, the list loader; "targets" names them all.)
+if [ "$1" = targets ]; then echo "$TARGETS" | tr ' ' '\n'; exit 0; fi
 if [ "$1" = all ]; then
   for t in $TARGETS; do "$0" "$t" "${2:-600}"; done
   exit 0
