@@ -10,17 +10,19 @@
 #      and with `kuzet calls --all --format jsonl > /dev/null` running.
 #
 # Usage: benches/e2e/store.sh [--rate 20000] [--rounds 3] [--big DIR]
+#                             [--every N]   (record 1 allowed call in N; 1: all)
 # Builds release kuzet, kuzet-sim and store_bench if missing. Stops what
 # it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-RATE=20000; ROUNDS=3; BIG=""
+RATE=20000; ROUNDS=3; BIG=""; EVERY=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --big) BIG=$(realpath "$2"); shift 2 ;;
+    --every) EVERY=$2; shift 2 ;;
     *) echo "store.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -44,7 +46,7 @@ HASH=$(printf %s "$TOKEN" | "$KUZET" token hash)
 cat >> "$W/files/kuzet.toml" <<CONF
 
 [store]
-record_allowed_every = 1
+record_allowed_every = $EVERY
 
 [[control.tokens]]
 name = "bench"
@@ -75,7 +77,7 @@ done
 kill -TERM "$PID_on" "$PID_off"; wait "$PID_on" "$PID_off" 2>/dev/null || true
 dropped=$(grep -o 'store_dropped_total=[0-9]*' "$W/on.out" || echo "store_dropped_total=0")
 recorded=$(grep -o 'store_records_total=[0-9]*' "$W/on.out" || echo "store_records_total=0")
-echo "recording every call at $RATE calls/s: median p99 on $(median "${ON[@]}") us, off $(median "${OFF[@]}") us; $recorded, $dropped"
+echo "recording (1 allowed call in $EVERY) at $RATE calls/s: median p99 on $(median "${ON[@]}") us, off $(median "${OFF[@]}") us; $recorded, $dropped"
 
 if [ -n "$BIG" ]; then
   start big 27080 "$BIG" --control 127.0.0.1:27053
