@@ -219,11 +219,23 @@ fn take(
     version_base: i64,
     batch: &mut Vec<Record>,
 ) {
-    if !ev.evidence.sampled {
-        log_one(&ev, metrics);
+    // A sample of allowed calls is recorded, not logged.
+    let logged = !ev.evidence.sampled;
+    if logged {
+        metrics.inc(Counter::VerdictsLogged);
+    }
+    let log = logged && tracing::enabled!(tracing::Level::INFO);
+    if !log && !store {
+        return;
+    }
+    // One explanation serves the log line and the record.
+    let mut why = String::new();
+    let _ = ev.set.explain(&ev.scored, &mut why);
+    if log {
+        log_line(&ev, &why);
     }
     if store {
-        batch.push(to_record(&ev, version_base));
+        batch.push(to_record(&ev, version_base, why));
     }
 }
 
@@ -260,13 +272,11 @@ fn commit(
 }
 
 /// The store's record of a verdict: the event's evidence, with every rule
-/// that fired explained.
-pub fn to_record(ev: &VerdictEvent, version_base: i64) -> Record {
+/// that fired explained (`explanation` is the whole verdict's).
+pub fn to_record(ev: &VerdictEvent, version_base: i64, explanation: String) -> Record {
     let set = &ev.set;
     let s = &ev.scored;
     let num = |n: Option<kuzet_rules::Number>| n.map(|n| n.to_string());
-    let mut explanation = String::new();
-    let _ = set.explain(s, &mut explanation);
     let lists = set.lists();
     let mut list_hit = None;
     let rules = s
@@ -325,15 +335,9 @@ pub fn to_record(ev: &VerdictEvent, version_base: i64) -> Record {
     }
 }
 
-fn log_one(ev: &VerdictEvent, metrics: &Metrics) {
-    metrics.inc(Counter::VerdictsLogged);
-    if !tracing::enabled!(tracing::Level::INFO) {
-        return;
-    }
+fn log_line(ev: &VerdictEvent, why: &str) {
     let show =
         |n: Option<kuzet_rules::Number>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
-    let mut why = String::new();
-    let _ = ev.set.explain(&ev.scored, &mut why);
     tracing::info!(
         decision = ev.scored.decision.as_str(),
         shadow_decision = ev.scored.shadow_decision.as_str(),

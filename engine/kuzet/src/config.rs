@@ -275,28 +275,27 @@ impl Config {
         let Some(ep) = &self.register.endpoint else {
             return Ok(());
         };
-        let (scheme, rest) = ep.split_once("://").ok_or_else(|| {
-            format!("register.endpoint {ep:?} must start with https:// or http://")
-        })?;
-        let host = rest.split('/').next().unwrap_or_default();
-        if host.contains('@') {
+        let bad_scheme = || format!("register.endpoint {ep:?} must start with https:// or http://");
+        let uri: tonic::codegen::http::Uri = ep.parse().map_err(|_| bad_scheme())?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(format!(
                 "register.endpoint {ep:?}: user information (\"user@\") is not allowed"
             ));
         }
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let host = uri.host().unwrap_or_default();
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let loopback = host == "localhost"
             || host
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
+        let scheme = uri.scheme_str().unwrap_or_default();
         match scheme {
             "https" => Ok(()),
             "http" if loopback => Ok(()),
             "http" => Err(format!(
                 "register.endpoint {ep:?}: plain http only on loopback; use https:// with register.ca_file"
             )),
-            _ => Err(format!("register.endpoint {ep:?} must start with https:// or http://")),
+            _ => Err(bad_scheme()),
         }
     }
 }

@@ -266,7 +266,6 @@ pub fn group_batch(
         for &m in &members {
             inc.add(&recs[m], kind == "campaign");
         }
-        let was_reportable = inc.reportable;
         inc.judge(p);
         if inc.reportable && p.report && inc.register_state.is_empty() {
             inc.register_state = "pending".into();
@@ -318,7 +317,6 @@ pub fn group_batch(
             }
         }
         if inc.reportable && p.report && inc.register_state != "dead_letter" {
-            let _ = was_reportable;
             enqueue(tx, &inc, p, now_us)?;
         }
     }

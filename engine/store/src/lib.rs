@@ -182,37 +182,25 @@ fn tune(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Opens a read-only connection for queries.
 pub fn open_reader(dir: &Path) -> Result<Connection, StoreError> {
-    let path = dir.join(DB_FILE);
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Sqlite {
-        path: path.clone(),
-        source,
-    })?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        })?;
-    schema::check_readable(&conn, &path)?;
-    Ok(conn)
+    open_other(dir, OpenFlags::SQLITE_OPEN_READ_ONLY)
 }
 
 /// Opens a read-write connection that is not the writer's, for the audit
-/// log (its writes are small and rare; SQLite serializes them).
+/// log and the outbox (their writes are small and rare; SQLite serializes
+/// them).
 pub fn open_side_writer(dir: &Path) -> Result<Connection, StoreError> {
+    open_other(dir, OpenFlags::SQLITE_OPEN_READ_WRITE)
+}
+
+/// A connection beside the writer's, on an existing store it can read.
+fn open_other(dir: &Path, mode: OpenFlags) -> Result<Connection, StoreError> {
     let path = dir.join(DB_FILE);
     let sq = |source| StoreError::Sqlite {
         path: path.clone(),
         source,
     };
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sq)?;
+    let conn =
+        Connection::open_with_flags(&path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(sq)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
     schema::check_readable(&conn, &path)?;
     Ok(conn)

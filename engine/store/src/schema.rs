@@ -180,17 +180,8 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         path: path.to_path_buf(),
         source,
     };
-    let (app, version, tables) = versions(conn).map_err(sq)?;
-    if app != APPLICATION_ID && !(app == 0 && tables == 0) {
-        return Err(StoreError::Foreign(path.into()));
-    }
-    if version > current() {
-        return Err(StoreError::NewerSchema {
-            path: path.into(),
-            found: version,
-            known: current(),
-        });
-    }
+    check_writable(conn, path)?;
+    let (_, version, _) = versions(conn).map_err(sq)?;
     if version == current() {
         return Ok(());
     }

@@ -60,7 +60,7 @@ impl<const N: usize> fmt::Display for Inline<N> {
 /// A recorded verdict's id: unique across nodes and restarts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VerdictId {
-    /// The node: an FNV-1a hash of its name.
+    /// The node: a hash of its name.
     pub node: u32,
     /// The node's sequence number (starts at the start-up time in µs).
     pub seq: u64,
@@ -72,12 +72,12 @@ impl VerdictId {
 
     /// The node part of ids made by the node called `name`.
     pub fn node_of(name: &str) -> u32 {
-        let mut h: u32 = 0x811c_9dc5;
-        for b in name.bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        h
+        use std::hash::Hasher as _;
+        // The handler's FNV-1a, folded to 32 bits.
+        let mut h = super::Fnv::default();
+        h.write(name.as_bytes());
+        let x = h.finish();
+        (x ^ (x >> 32)) as u32
     }
 
     /// Writes the id's 24 hex digits into `out` without allocating.
