@@ -166,7 +166,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let events = std::thread::Builder::new()
         .name("kuzet-verdicts".into())
         .spawn(move || {
-            background_priority("verdict log");
+            recorder_priority();
             plane::record_verdicts(events, m, store)
         })
         .context("spawning the verdict log thread")?;
@@ -307,6 +307,19 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
 fn background_priority(what: &str) {
     if let Err(e) = kuzet_net::lower_thread_priority(BACKGROUND_NICE) {
         tracing::warn!(thread = what, error = %e, "could not lower the thread's priority");
+    }
+}
+
+/// Puts the verdict log in the idle scheduling class: a SIP worker that
+/// wakes on its core takes the core at once (at nice 10 it could wait out
+/// the rest of the recorder's slice, a millisecond or more in SQLite).
+/// Under a load that leaves no idle time the queue fills and records are
+/// dropped and counted (`store_dropped_total`), never calls. Falls back to
+/// nice 10 where the class is refused.
+fn recorder_priority() {
+    if let Err(e) = kuzet_net::idle_thread_policy() {
+        tracing::debug!(error = %e, "no idle scheduling class; the verdict log runs at nice 10");
+        background_priority("verdict log");
     }
 }
 

@@ -214,6 +214,20 @@ pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Puts the calling thread in the `SCHED_IDLE` policy: it runs only on
+/// time no normal thread wants, and any normal thread that wakes on its
+/// core takes the core at once.
+pub fn idle_thread_policy() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the duration of the call;
+    // pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Ignores `SIGXFSZ`, so a write past a file-size limit (`RLIMIT_FSIZE`)
 /// fails with `EFBIG`, which the store counts and recovers from, instead
 /// of killing the process.

@@ -160,21 +160,26 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
     })
 }
 
-/// WAL (readers never block the writer), `synchronous = NORMAL` (a commit
-/// survives a crash of kuzet; a power cut may lose the last commits, never
-/// corrupt), and a busy timeout for the rare reader checkpoint.
+/// WAL (readers never block the writer), `synchronous = FULL` (each
+/// commit is synced: it survives a crash of kuzet and a power cut; the
+/// recorder commits a few times a second, so the syncs are few and each
+/// writes back a small piece instead of a whole checkpoint at once), and a
+/// busy timeout for the rare reader checkpoint.
 fn tune(conn: &Connection) -> rusqlite::Result<()> {
     // 16 KiB pages hold several records each (a record with its header
     // section is about 1.4 KiB); set before the file has any page.
     conn.pragma_update(None, "page_size", 16_384)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "mmap_size", 268_435_456)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     // The writer's page cache holds the hot index pages (64 MiB), and the
-    // WAL is checkpointed every 8192 pages (32 MiB): index pages touched
-    // by many commits reach the database once per checkpoint.
+    // WAL is checkpointed every 2048 pages (32 MiB): index pages touched
+    // by many commits reach the database once per checkpoint, and no
+    // checkpoint has so much to write back that its fsync holds a core in
+    // the kernel for long (on a kernel without preemption, the worker on
+    // that core waits it out).
     conn.pragma_update(None, "cache_size", -65_536)?;
-    conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 2048)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(())
