@@ -60,7 +60,7 @@ for side in A B; do
   # Builds with a store and a control API get their own of each, so the
   # two sides never share a data directory or port 50051.
   own=""
-  if "$bin" run --help | grep -q -- '--control'; then own="--control 127.0.0.1:0 --data $W/data-$side"; fi
+  if "$bin" run --help | grep -q -- '--control'; then own="--control 127.0.0.1:0 --data $W/data-$side"; if "$bin" run --help | grep -q -- "--admin"; then own="$own --admin 127.0.0.1:0"; fi; fi
   # shellcheck disable=SC2086
   "$bin" run --config "$conf" --listen "127.0.0.1:$port" $own $EXTRA >"$W/$side.log" 2>&1 &
   PID[$side]=$!; PIDS+=("${PID[$side]}")

@@ -97,7 +97,7 @@ start_system() {
   local name=$1 port=$2
   case "$name" in
     kuzet)
-      "$KUZET" run --config "$W/files/kuzet.toml" --listen "127.0.0.1:$port" --control 127.0.0.1:0 \
+      "$KUZET" run --config "$W/files/kuzet.toml" --listen "127.0.0.1:$port" --control 127.0.0.1:0 --admin 127.0.0.1:0 \
         --data "$W/data" --log warn >"$W/$name.log" 2>&1 & ;;
     kamailio)
       "$KAMAILIO" -f "$ROOT/deploy/kamailio/kamailio.cfg" -DD -E -n 2 -m 256 -M 16 \

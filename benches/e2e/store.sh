@@ -67,8 +67,8 @@ p99() { # port tag
   jget "$W/$2.json" 'd["latency_us"]["p99"]'
 }
 
-start on 27060 "$W/data-on" --control 127.0.0.1:27051
-start off 27070 "$W/data-off" --control 127.0.0.1:27052 --no-store
+start on 27060 "$W/data-on" --control 127.0.0.1:27051 --admin 127.0.0.1:0
+start off 27070 "$W/data-off" --control 127.0.0.1:27052 --admin 127.0.0.1:0 --no-store
 ON=(); OFF=()
 for r in $(seq "$ROUNDS"); do
   ON+=("$(p99 27060 on$r)"); OFF+=("$(p99 27070 off$r)")
@@ -80,7 +80,7 @@ recorded=$(grep -o 'store_records_total=[0-9]*' "$W/on.out" || echo "store_recor
 echo "recording (1 allowed call in $EVERY) at $RATE calls/s: median p99 on $(median "${ON[@]}") us, off $(median "${OFF[@]}") us; $recorded, $dropped"
 
 if [ -n "$BIG" ]; then
-  start big 27080 "$BIG" --control 127.0.0.1:27053
+  start big 27080 "$BIG" --control 127.0.0.1:27053 --admin 127.0.0.1:0
   QUIET=(); BUSY=()
   for r in $(seq "$ROUNDS"); do
     QUIET+=("$(p99 27080 quiet$r)")

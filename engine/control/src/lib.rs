@@ -1,5 +1,7 @@
 //! kuzet's control plane: everything that is not the call path.
 //!
+//! - [`admin`]: the admin HTTP address: Prometheus `/metrics`, `/healthz`
+//!   and `/readyz`.
 //! - [`access`]: bearer tokens with roles, kept as hashes and compared in
 //!   constant time.
 //! - [`investigate`]: the investigators' gRPC API on the control address,
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod files;
 pub mod investigate;
 pub mod lists;

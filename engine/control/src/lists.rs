@@ -343,6 +343,7 @@ impl Reloader {
         // The rule file reloads with the lists, into the same snapshot.
         paths.extend(src.rule_file.iter().cloned());
         let seen = fingerprint(&paths);
+        metrics.lists_loaded(&lists.load(), unix_now());
         Reloader {
             src,
             plan: Arc::new(plan),
@@ -383,6 +384,7 @@ impl Reloader {
     ) -> bool {
         match loaded {
             Ok((set, stats)) => {
+                self.metrics.lists_loaded(&set, unix_now());
                 self.lists.store(Arc::new(set));
                 self.metrics.inc(Counter::ListReloads);
                 log_files(&stats);
@@ -408,6 +410,13 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Logs each list file's entry count: a file that shrank by half shows here.

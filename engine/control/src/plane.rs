@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kuzet_dataplane::handler::evidence::unix_us;
 use kuzet_dataplane::handler::VerdictEvent;
-use kuzet_dataplane::metrics::{Counter, Metrics};
+use kuzet_dataplane::metrics::{Counter, Gauge, Metrics};
 use kuzet_dataplane::Handler;
 use kuzet_store::{ListHitRec, Record, RuleHit, Store};
 use tokio::sync::watch;
@@ -34,6 +34,19 @@ pub struct Timing {
     pub handle_sighup: bool,
 }
 
+/// The services the control plane runs besides reloads and stats.
+#[derive(Default)]
+pub struct Services {
+    /// The investigators' gRPC API, on its bound listener.
+    pub api: Option<(std::net::TcpListener, crate::investigate::Investigation)>,
+    /// The register and the data directory whose outbox feeds it.
+    pub reporter: Option<(crate::report::Target, std::path::PathBuf)>,
+    /// `/metrics` and health checks, on their bound listener.
+    pub admin: Option<(std::net::TcpListener, crate::admin::Admin)>,
+    /// The store's directory, for the outbox gauges.
+    pub store_dir: Option<std::path::PathBuf>,
+}
+
 /// Runs the control plane on the current thread until `shutdown` turns
 /// true. Reloading and the periodic work (stats, sweeps) are separate
 /// tasks, so a reload that takes seconds never holds up a sweep; and
@@ -44,17 +57,28 @@ pub fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
     handler: Arc<Handler>,
-    api: Option<(std::net::TcpListener, crate::investigate::Investigation)>,
-    reporter: Option<(crate::report::Target, std::path::PathBuf)>,
+    services: Services,
 ) {
     let Some(rt) = small_runtime("control") else {
         return;
     };
+    let Services {
+        api,
+        reporter,
+        admin,
+        store_dir,
+    } = services;
     rt.block_on(async move {
         tokio::spawn(reload_loop(timing, reloader, shutdown.clone()));
         tokio::spawn(stats_loop(timing, metrics.clone(), handler));
         if let Some((listener, svc)) = api {
             tokio::spawn(crate::investigate::serve(listener, svc, shutdown.clone()));
+        }
+        if let Some((listener, admin)) = admin {
+            tokio::spawn(crate::admin::serve(listener, admin, shutdown.clone()));
+        }
+        if let Some(dir) = store_dir {
+            tokio::spawn(outbox_gauges(dir, metrics.clone()));
         }
         if let Some((target, dir)) = reporter {
             tokio::spawn(crate::report::run(
@@ -126,6 +150,39 @@ async fn reload_loop(timing: Timing, mut reloader: Reloader, mut shutdown: watch
                     _ = &mut task => {}
                 }
             }
+        }
+    }
+}
+
+/// Reads the outbox's backlog and dead letters for `/metrics`, every
+/// few seconds, on a blocking thread (a count over an index: quick, but
+/// SQLite is blocking I/O all the same).
+async fn outbox_gauges(dir: std::path::PathBuf, metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn = None;
+    loop {
+        every.tick().await;
+        let d = dir.clone();
+        let c = conn.take();
+        let res = tokio::task::spawn_blocking(move || {
+            let c = match c {
+                Some(c) => c,
+                None => kuzet_store::open_reader(&d).map_err(|e| e.to_string())?,
+            };
+            let pending = kuzet_store::incident::backlog(&c).map_err(|e| e.to_string())?;
+            let dead = kuzet_store::incident::dead_letters(&c).map_err(|e| e.to_string())?;
+            Ok::<_, String>((c, pending, dead))
+        })
+        .await;
+        match res {
+            Ok(Ok((c, pending, dead))) => {
+                metrics.set(Gauge::OutboxPending, pending as i64);
+                metrics.set(Gauge::OutboxDeadLetters, dead as i64);
+                conn = Some(c);
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "reading the outbox gauges"),
+            Err(_) => {}
         }
     }
 }
@@ -234,6 +291,7 @@ fn take(
     version_base: i64,
     batch: &mut Vec<Record>,
 ) {
+    metrics.shift(Gauge::StoreQueueDepth, -1);
     // A sample of allowed calls is recorded, not logged.
     let logged = !ev.evidence.sampled;
     if logged {
@@ -269,11 +327,13 @@ fn commit(
     match st.insert(batch) {
         Ok(()) => {
             metrics.add(Counter::StoreRecorded, batch.len() as u64);
+            metrics.set(Gauge::StoreWritable, 1);
             if last_error.take().is_some() {
                 tracing::warn!(path = %st.path().display(), "the store is writable again");
             }
         }
         Err(e) => {
+            metrics.set(Gauge::StoreWritable, 0);
             metrics.add(Counter::StoreDropped, batch.len() as u64);
             metrics.inc(Counter::StoreErrors);
             // One line per ten seconds while it lasts, not one per batch.

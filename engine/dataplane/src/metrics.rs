@@ -1,18 +1,24 @@
-//! Counters and the service-time histogram.
+//! Counters, gauges, per-rule hit counts and the service-time histograms.
 //!
 //! Counters are plain relaxed atomics named `*_total`; no label ever holds a
-//! phone number or Call-ID. Service time goes into an HDR histogram: each
-//! worker records into its own and merges it into the shared one now and
-//! then, so the call path never waits on a lock held by the reporter.
+//! phone number or Call-ID (rule ids and list names are the only labels,
+//! both from the operator's own files). Service time and its stages go
+//! into HDR histograms: each worker records into its own and merges them
+//! into the shared ones now and then, so the call path never waits on a
+//! lock held by a scrape. The control plane reads all of it for logs and
+//! for `/metrics`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
+use kuzet_rules::ruleset::Mode as RuleMode;
+use kuzet_rules::snapshot::ListSet;
 
 macro_rules! counters {
-    ($($name:ident => $text:literal,)*) => {
+    ($($name:ident => $text:literal, $help:literal,)*) => {
         /// Every counter kuzet keeps; each variant's name in metrics and
         /// logs is the string beside it below.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,68 +26,184 @@ macro_rules! counters {
         pub enum Counter { $($name,)* }
 
         const NAMES: &[&str] = &[$($text,)*];
+        const HELP: &[&str] = &[$($help,)*];
     };
 }
 
 counters! {
-    Requests => "sip_requests_total",
-    Responses => "sip_responses_total",
-    Invites => "invites_total",
-    InviteRetransmissions => "invite_retransmissions_total",
-    TransactionsUntracked => "transactions_untracked_total",
-    Allowed => "verdict_allow_total",
-    Flagged => "verdict_flag_total",
-    Blocked => "verdict_block_total",
-    Redirected => "verdict_redirect_total",
-    ShadowDiffers => "rules_shadow_differs_total",
-    VerdictLogDropped => "verdict_log_dropped_total",
-    VerdictsLogged => "verdicts_logged_total",
-    StoreDropped => "store_dropped_total",
-    StoreRecorded => "store_records_total",
-    StoreErrors => "store_write_errors_total",
-    StoreRetired => "store_retired_total",
-    RegisterDelivered => "register_delivered_total",
-    RegisterRetries => "register_retries_total",
-    RegisterDeadLetters => "register_dead_letters_total",
-    Outcomes => "outcome_events_total",
-    OutcomesRefused => "outcome_events_refused_total",
-    OutcomesIgnored => "outcome_events_unknown_caller_total",
-    FailOpenOverload => "failopen_overload_total",
-    FailOpenInternal => "failopen_internal_total",
-    Unparseable => "sip_unparseable_total",
-    BadRequests => "sip_bad_request_total",
-    Forwarded => "proxy_forwarded_total",
-    ForgedHeadersRemoved => "proxy_foreign_kuzet_headers_removed_total",
-    ResponsesRouted => "proxy_responses_routed_total",
-    ResponsesDropped => "sip_responses_dropped_total",
-    AcksAbsorbed => "acks_absorbed_total",
-    UnknownSource => "unknown_source_total",
-    SendErrors => "send_errors_total",
-    RepliesTooBig => "replies_too_big_total",
-    TcpConnections => "tcp_connections_total",
-    TcpRefused => "tcp_refused_total",
-    TcpClosedBadInput => "tcp_closed_bad_input_total",
-    TcpRefusedPerSource => "tcp_refused_per_source_total",
-    TcpClosedSlowMessage => "tcp_closed_slow_message_total",
-    TcpClosedNotReading => "tcp_closed_not_reading_total",
-    WorkerPanics => "worker_panics_total",
-    CallsExpired => "proxy_calls_expired_total",
-    ListReloads => "list_reloads_total",
-    ListReloadFailures => "list_reload_failures_total",
-    ListReloadsAbandoned => "list_reloads_abandoned_total",
+    Requests => "sip_requests_total", "SIP requests received",
+    Responses => "sip_responses_total", "SIP responses received",
+    Invites => "invites_total", "INVITEs judged (retransmissions excluded)",
+    InviteRetransmissions => "invite_retransmissions_total", "INVITE retransmissions answered with the verdict already given",
+    TransactionsUntracked => "transactions_untracked_total", "INVITEs whose transaction could not be remembered (table full)",
+    Allowed => "verdict_allow_total", "Calls allowed",
+    Flagged => "verdict_flag_total", "Calls flagged",
+    Blocked => "verdict_block_total", "Calls blocked",
+    Redirected => "verdict_redirect_total", "Calls redirected",
+    ShadowDiffers => "rules_shadow_differs_total", "Calls where shadow rules would have decided otherwise",
+    VerdictLogDropped => "verdict_log_dropped_total", "Verdicts not logged because the verdict queue was full",
+    VerdictsLogged => "verdicts_logged_total", "Verdicts written to the log",
+    StoreDropped => "store_dropped_total", "Intercepted-call records lost: queue full or the store unwritable",
+    StoreRecorded => "store_records_total", "Intercepted-call records committed to the store",
+    StoreErrors => "store_write_errors_total", "Store commits that failed",
+    StoreRetired => "store_retired_total", "Records retired by age or size",
+    RegisterDelivered => "register_delivered_total", "Incident submissions and updates the register acknowledged",
+    RegisterRetries => "register_retries_total", "Register deliveries that failed and will be retried",
+    RegisterDeadLetters => "register_dead_letters_total", "Incidents the register refused as invalid",
+    Outcomes => "outcome_events_total", "Call outcome events accepted",
+    OutcomesRefused => "outcome_events_refused_total", "Call outcome events refused (not authorized)",
+    OutcomesIgnored => "outcome_events_unknown_caller_total", "Call outcome events for callers kuzet has not seen",
+    FailOpenOverload => "failopen_overload_total", "Calls let through unscored because they waited past the budget",
+    FailOpenInternal => "failopen_internal_total", "Calls let through unscored because of an internal fault",
+    Unparseable => "sip_unparseable_total", "Datagrams or messages that are not SIP",
+    BadRequests => "sip_bad_request_total", "SIP requests refused as malformed",
+    Forwarded => "proxy_forwarded_total", "Requests forwarded in proxy mode",
+    ForgedHeadersRemoved => "proxy_foreign_kuzet_headers_removed_total", "X-Kuzet headers from outside removed before forwarding",
+    ResponsesRouted => "proxy_responses_routed_total", "Responses relayed in proxy mode",
+    ResponsesDropped => "sip_responses_dropped_total", "Responses dropped (no route back)",
+    AcksAbsorbed => "acks_absorbed_total", "ACKs for kuzet's own final answers",
+    UnknownSource => "unknown_source_total", "Requests from sources no trunk covers",
+    SendErrors => "send_errors_total", "Datagrams or messages that could not be sent",
+    RepliesTooBig => "replies_too_big_total", "Answers cut to fit a datagram, or answered 513",
+    TcpConnections => "tcp_connections_total", "TCP connections accepted",
+    TcpRefused => "tcp_refused_total", "TCP connections refused at the connection limit",
+    TcpClosedBadInput => "tcp_closed_bad_input_total", "TCP connections closed for bad input",
+    TcpRefusedPerSource => "tcp_refused_per_source_total", "TCP connections refused at the per-source limit",
+    TcpClosedSlowMessage => "tcp_closed_slow_message_total", "TCP connections closed for a message not completed in time",
+    TcpClosedNotReading => "tcp_closed_not_reading_total", "TCP connections closed because the peer did not read",
+    WorkerPanics => "worker_panics_total", "Worker panics caught (each is a bug)",
+    CallsExpired => "proxy_calls_expired_total", "Calls in progress forgotten after the longest call time",
+    ListReloads => "list_reloads_total", "Successful list and rule reloads",
+    ListReloadFailures => "list_reload_failures_total", "List and rule reloads refused (the lists in force stay)",
+    ListReloadsAbandoned => "list_reloads_abandoned_total", "List reloads abandoned past the reload timeout",
 }
 
-/// Shared counters and the merged latency histogram.
+/// Values that go up and down, set by whoever owns them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Gauge {
+    StoreQueueDepth,
+    StoreQueueCapacity,
+    StoreWritable,
+    OutboxPending,
+    OutboxDeadLetters,
+    TcpConnections,
+    ListsGeneration,
+    ListsLoadedUnix,
+    SocketsBound,
+}
+
+const GAUGES: usize = 9;
+
+/// The stages of a request's service time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// From the kernel's arrival stamp to the worker reading it.
+    Queue = 0,
+    /// Parsing, lists, rules and the answer built (per batch).
+    Handle = 1,
+    /// The send system call (per batch).
+    Send = 2,
+}
+
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 3] = [Stage::Queue, Stage::Handle, Stage::Send];
+
+    /// Its label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::Handle => "handle",
+            Stage::Send => "send",
+        }
+    }
+}
+
+/// Service time (kernel arrival to answer sent) and its stages, in µs.
+#[derive(Clone)]
+pub struct Latencies {
+    /// Kernel arrival to answer sent, per request.
+    pub service: Histogram<u64>,
+    /// Per stage, indexed by [`Stage`].
+    pub stages: [Histogram<u64>; 3],
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            service: new_histogram(),
+            stages: [new_histogram(), new_histogram(), new_histogram()],
+        }
+    }
+}
+
+impl Latencies {
+    fn add(&mut self, other: &Latencies) {
+        let _ = self.service.add(&other.service);
+        for (a, b) in self.stages.iter_mut().zip(&other.stages) {
+            let _ = a.add(b);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.service.is_empty() && self.stages.iter().all(|h| h.is_empty())
+    }
+
+    fn reset(&mut self) {
+        self.service.reset();
+        for h in &mut self.stages {
+            h.reset();
+        }
+    }
+
+    /// Records one stage of `count` requests.
+    #[inline]
+    pub fn stage(&mut self, s: Stage, d: Duration, count: u64) {
+        record(&mut self.stages[s as usize], d, count);
+    }
+}
+
+/// One rule's hit counter, kept across reloads for as long as a rule with
+/// that id and mode exists (and after: a counter never goes back).
+#[derive(Debug)]
+pub struct RuleHits {
+    /// The rule's id, from the rule file (or a built-in list rule's).
+    pub id: Box<str>,
+    /// `enforce` or `shadow`.
+    pub mode: &'static str,
+    /// Calls it fired on.
+    pub hits: AtomicU64,
+}
+
+/// The counters of the snapshot in force, by rule index.
+#[derive(Default)]
+struct HitTable {
+    generation: u64,
+    by_rule: Vec<Arc<RuleHits>>,
+}
+
+/// Shared counters, gauges, rule hits and the merged latency histograms.
 pub struct Metrics {
     counters: Vec<AtomicU64>,
-    latency: Mutex<Histogram<u64>>,
+    gauges: [AtomicI64; GAUGES],
+    latency: Mutex<Latencies>,
+    hit_table: ArcSwap<HitTable>,
+    /// Every rule counter ever made, in first-seen order.
+    rule_hits: Mutex<Vec<Arc<RuleHits>>>,
+    /// Entries per list of the snapshot in force.
+    list_entries: Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             counters: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
-            latency: Mutex::new(new_histogram()),
+            gauges: Default::default(),
+            latency: Mutex::new(Latencies::default()),
+            hit_table: ArcSwap::from_pointee(HitTable::default()),
+            rule_hits: Mutex::new(Vec::new()),
+            list_entries: Mutex::new(Vec::new()),
         }
     }
 }
@@ -113,6 +235,113 @@ impl Metrics {
             .map_or(0, |a| a.load(Ordering::Relaxed))
     }
 
+    /// Sets a gauge.
+    #[inline]
+    pub fn set(&self, g: Gauge, v: i64) {
+        self.gauges[g as usize].store(v, Ordering::Relaxed);
+    }
+
+    /// Moves a gauge by `d`.
+    #[inline]
+    pub fn shift(&self, g: Gauge, d: i64) {
+        self.gauges[g as usize].fetch_add(d, Ordering::Relaxed);
+    }
+
+    /// A gauge's value.
+    pub fn gauge(&self, g: Gauge) -> i64 {
+        self.gauges[g as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts the rules that fired on one call judged by `set`. A call
+    /// judged in the instant between a reload's swap and its counters'
+    /// swap goes uncounted; nothing else is lost.
+    #[inline]
+    pub fn rules_fired(&self, set: &ListSet, fired: &[kuzet_rules::ruleset::Fired]) {
+        if fired.is_empty() {
+            return;
+        }
+        let t = self.hit_table.load();
+        if t.generation != set.generation {
+            return;
+        }
+        for f in fired {
+            if let Some(r) = t.by_rule.get(usize::from(f.rule)) {
+                r.hits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes note of a snapshot about to go into force: its rules' hit
+    /// counters (the same counter for the same id and mode as before), its
+    /// lists' sizes, its generation and when it was loaded.
+    pub fn lists_loaded(&self, set: &ListSet, unix_s: i64) {
+        let mut all = self.rule_hits.lock().unwrap_or_else(|e| e.into_inner());
+        let by_rule = set
+            .rules
+            .rules
+            .iter()
+            .map(|r| {
+                let mode = match r.mode {
+                    RuleMode::Enforce => "enforce",
+                    RuleMode::Shadow => "shadow",
+                };
+                if let Some(h) = all.iter().find(|h| *h.id == *r.id && h.mode == mode) {
+                    return h.clone();
+                }
+                let h = Arc::new(RuleHits {
+                    id: r.id.clone(),
+                    mode,
+                    hits: AtomicU64::new(0),
+                });
+                all.push(h.clone());
+                h
+            })
+            .collect();
+        drop(all);
+        self.hit_table.store(Arc::new(HitTable {
+            generation: set.generation,
+            by_rule,
+        }));
+        let sizes = [
+            ("allowlist", &set.allow),
+            ("blocklist", &set.block),
+            ("flaglist", &set.flag),
+            ("premium", &set.premium),
+            ("protected", &set.protected),
+            ("roamers", &set.roamers),
+        ]
+        .map(|(n, l)| (n, (l.exact_count() + l.prefix_count()) as u64));
+        *self.list_entries.lock().unwrap_or_else(|e| e.into_inner()) = sizes.to_vec();
+        self.set(Gauge::ListsGeneration, set.generation as i64);
+        self.set(Gauge::ListsLoadedUnix, unix_s);
+    }
+
+    /// Every rule counter ever made.
+    pub fn rule_hits(&self) -> Vec<Arc<RuleHits>> {
+        self.rule_hits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Entries per list in force.
+    pub fn list_entries(&self) -> Vec<(&'static str, u64)> {
+        self.list_entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every counter with its name and what it counts, for `/metrics`.
+    pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
+        NAMES
+            .iter()
+            .zip(HELP)
+            .zip(&self.counters)
+            .map(|((n, h), a)| (*n, *h, a.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Every counter with its name, for logs and reports.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         NAMES
@@ -122,24 +351,32 @@ impl Metrics {
             .collect()
     }
 
-    /// Folds a worker's local histogram into the shared one and clears it.
-    /// Uses `try_lock`: if the reporter holds the lock, try again later.
-    pub fn merge_latency(&self, local: &mut Histogram<u64>) {
+    /// Folds a worker's local histograms into the shared ones and clears
+    /// them. Uses `try_lock`: if a scrape holds the lock, try again later.
+    pub fn merge_latency(&self, local: &mut Latencies) {
         if local.is_empty() {
             return;
         }
         if let Ok(mut h) = self.latency.try_lock() {
-            let _ = h.add(&*local);
+            h.add(local);
             local.reset();
         }
     }
 
-    /// A copy of the merged histogram.
+    /// A copy of the merged service-time histogram.
     pub fn latency(&self) -> Histogram<u64> {
         self.latency
             .lock()
-            .map(|h| h.clone())
+            .map(|h| h.service.clone())
             .unwrap_or_else(|_| new_histogram())
+    }
+
+    /// A copy of every merged histogram.
+    pub fn latencies(&self) -> Latencies {
+        self.latency
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
     }
 
     /// One line summarizing service time.

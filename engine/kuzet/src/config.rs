@@ -65,6 +65,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[control]`: the investigators' API and its tokens.
     pub control: ControlConfig,
+    /// `[admin]`: `/metrics`, `/healthz` and `/readyz` over HTTP.
+    pub admin: AdminConfig,
     /// `[incidents]`: grouping intercepted calls and the reporting policy.
     pub incidents: IncidentsConfig,
     /// `[register]`: the pre-trial register incidents are reported to.
@@ -93,6 +95,7 @@ impl Default for Config {
             outcomes: OutcomesConfig::default(),
             store: StoreConfig::default(),
             control: ControlConfig::default(),
+            admin: AdminConfig::default(),
             incidents: IncidentsConfig::default(),
             register: RegisterConfig::default(),
             trunks: Vec::new(),
@@ -150,6 +153,27 @@ impl Default for ControlConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[admin]`: the HTTP address for Prometheus and health checks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve it at all.
+    pub enabled: bool,
+    /// Where: loopback by default. It has no authentication: counters and
+    /// rule ids only, never a number; open it to the monitoring network,
+    /// not the world.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9860)),
         }
     }
 }

@@ -103,6 +103,13 @@ struct RunArgs {
     /// Do not serve the control API.
     #[arg(long)]
     no_control: bool,
+    /// Address of /metrics, /healthz and /readyz over HTTP
+    /// [default: [admin] listen, else 127.0.0.1:9860].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Do not serve /metrics and the health checks.
+    #[arg(long)]
+    no_admin: bool,
     /// Do not record verdicts (they are still logged).
     #[arg(long)]
     no_store: bool,
@@ -242,6 +249,12 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
     }
     if args.no_control {
         cfg.control.enabled = false;
+    }
+    if let Some(a) = args.admin {
+        cfg.admin.listen = a;
+    }
+    if args.no_admin {
+        cfg.admin.enabled = false;
     }
     let any_cli_list =
         !(args.blocklist.is_empty() && args.allowlist.is_empty() && args.flaglist.is_empty());

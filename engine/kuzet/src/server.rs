@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use kuzet_control::lists::{self, LoadError, Reloader};
 use kuzet_control::plane::{self, small_runtime, Timing};
-use kuzet_dataplane::metrics::Metrics;
+use kuzet_dataplane::metrics::{Gauge, Metrics};
 use kuzet_dataplane::transport::{tcp, Connections};
 use kuzet_dataplane::{transport, Handler, SharedLists};
 
@@ -33,6 +33,8 @@ pub struct Running {
     pub tcp_addr: Option<SocketAddr>,
     /// The control API's bound address, when it is on.
     pub control_addr: Option<SocketAddr>,
+    /// The admin HTTP address (`/metrics`, health), when it is on.
+    pub admin_addr: Option<SocketAddr>,
     /// Shared counters and histogram.
     pub metrics: Arc<Metrics>,
     /// The list snapshot in force.
@@ -159,6 +161,9 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let mut cfg = cfg;
     cfg.server.listen = udp_addr;
     let metrics = Arc::new(Metrics::default());
+    metrics.set(Gauge::StoreQueueCapacity, cfg.store.queue.max(1) as i64);
+    // The store was opened (and checked writable) above, when it is on.
+    metrics.set(Gauge::StoreWritable, i64::from(cfg.store.enabled));
     // Verdicts are logged and recorded by a thread of their own, never on
     // the call path.
     let (events_tx, events) = std::sync::mpsc::sync_channel(cfg.store.queue.max(1));
@@ -266,6 +271,20 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         }
         _ => None,
     };
+    let admin = if cfg.admin.enabled {
+        let l = kuzet_control::admin::bind(cfg.admin.listen)
+            .with_context(|| format!("binding the admin address {}", cfg.admin.listen))?;
+        Some((l, kuzet_control::admin::Admin::new(metrics.clone(), cfg.store.enabled)))
+    } else {
+        None
+    };
+    let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let services = plane::Services {
+        api: control,
+        reporter,
+        admin,
+        store_dir: cfg.store.enabled.then(|| cfg.data_dir()),
+    };
     let reloader = Reloader::new(Arc::new(sources), plan, lists.clone(), metrics.clone());
     let m = metrics.clone();
     let sd = shutdown_rx.clone();
@@ -283,15 +302,17 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 // Reload loads run on this runtime's blocking threads,
                 // which inherit the priority.
                 background_priority("control plane");
-                plane::run(timing, reloader, m, sd, h, control, reporter)
+                plane::run(timing, reloader, m, sd, h, services)
             })
             .context("spawning control thread")?,
     );
-    tracing::info!(%udp_addr, ?tcp_addr, ?control_addr, workers, ?mode, "kuzet serving");
+    metrics.set(Gauge::SocketsBound, 1);
+    tracing::info!(%udp_addr, ?tcp_addr, ?control_addr, ?admin_addr, workers, ?mode, "kuzet serving");
     Ok(Running {
         udp_addr,
         tcp_addr,
         control_addr,
+        admin_addr,
         metrics,
         lists,
         shutdown,

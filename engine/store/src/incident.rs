@@ -537,6 +537,16 @@ pub fn backlog(conn: &rusqlite::Connection) -> rusqlite::Result<u64> {
     .map(|n| n as u64)
 }
 
+/// Incidents the register refused (register state `dead_letter`).
+pub fn dead_letters(conn: &rusqlite::Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM incidents WHERE register_state = 'dead_letter'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
 /// Incidents, newest first, optionally in one state (or register state
 /// `dead_letter`), before the cursor.
 pub fn list(

@@ -6,6 +6,7 @@
 //! queue; a full queue drops and counts, it never waits.
 
 use super::*;
+use crate::metrics::Gauge;
 
 impl Handler {
     /// Extracts the call facts and scores them; fails open. A
@@ -82,6 +83,7 @@ impl Handler {
                 },
             };
             let scored = set.score(&input, &self.state);
+            self.metrics.rules_fired(set, scored.fired());
             let notable =
                 scored.decision != Decision::Allow || scored.shadow_decision != scored.decision;
             // A sample of allowed calls, picked by the transaction's hash:
@@ -188,6 +190,8 @@ impl Handler {
         if tx.try_send(ev).is_err() {
             self.metrics.inc(Counter::VerdictLogDropped);
             self.metrics.inc(Counter::StoreDropped);
+        } else {
+            self.metrics.shift(Gauge::StoreQueueDepth, 1);
         }
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::{Connections, Outbox};
 use crate::handler::{Handler, Outcome};
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Gauge};
 use kuzet_sip::{parse, ParseError, Transport, MAX_MESSAGE};
 
 /// Bytes asked of the socket per read.
@@ -186,6 +186,7 @@ pub async fn serve(
             continue;
         };
         handler.metrics().inc(Counter::TcpConnections);
+        handler.metrics().shift(Gauge::TcpConnections, 1);
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let h = handler.clone();
         let u = udp_out.clone();
@@ -202,6 +203,7 @@ pub async fn serve(
                 tracing::error!(%peer, "TCP connection task panicked; connection closed");
             }
             c.remove(&id);
+            metrics.shift(Gauge::TcpConnections, -1);
             drop(slot);
             drop(permit);
         });

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::Connections;
 use crate::handler::{Handler, Outcome};
-use crate::metrics::{new_histogram, record, Counter, Metrics};
+use crate::metrics::{record, Counter, Latencies, Metrics, Stage};
 
 /// How often a worker folds its latency histogram into the shared one.
 const MERGE_EVERY: Duration = Duration::from_millis(500);
@@ -143,7 +143,9 @@ pub fn run_worker<S: Service + ?Sized>(
     let fd = socket.as_raw_fd();
     let mut recv = RecvBatch::new(batch);
     let mut send = SendBatch::new(batch);
-    let mut hist = new_histogram();
+    let mut hist = Latencies::default();
+    // Each datagram's kernel arrival, for its service time: reserved once.
+    let mut arrivals: Vec<Instant> = Vec::with_capacity(batch.max(1));
     let mut last_merge = Instant::now();
     let metrics = service.metrics().clone();
     while !*shutdown.borrow() {
@@ -171,6 +173,7 @@ pub fn run_worker<S: Service + ?Sized>(
         let t0 = Instant::now();
         let wall = SystemTime::now();
         send.clear();
+        arrivals.clear();
         for i in 0..n {
             let Some((bytes, src)) = recv.get(i) else {
                 metrics.inc(Counter::Unparseable);
@@ -178,6 +181,9 @@ pub fn run_worker<S: Service + ?Sized>(
             };
             let Some(out) = send.next_buf() else { break };
             let received = arrived(recv.arrival(i), t0, wall);
+            if arrivals.len() < arrivals.capacity() {
+                arrivals.push(received);
+            }
             match service.handle(bytes, src, received, out) {
                 Outcome::Reply => send.commit(src),
                 Outcome::Forward(to) => send.commit(to),
@@ -193,12 +199,19 @@ pub fn run_worker<S: Service + ?Sized>(
                 Outcome::Drop => {}
             }
         }
+        let handled = Instant::now();
         let sent = send_all(&mut send, fd, SEND_WAIT);
         let lost = sent.failed + sent.timed_out;
         if lost > 0 {
             metrics.add(Counter::SendErrors, lost as u64);
         }
-        record(&mut hist, t0.elapsed(), n as u64);
+        let done = Instant::now();
+        for &a in &arrivals {
+            record(&mut hist.service, done.saturating_duration_since(a), 1);
+            hist.stage(Stage::Queue, t0.saturating_duration_since(a), 1);
+        }
+        hist.stage(Stage::Handle, handled - t0, n as u64);
+        hist.stage(Stage::Send, done - handled, n as u64);
     }
     metrics.merge_latency(&mut hist);
     Ok(())

@@ -24,6 +24,7 @@ pub fn test_config() -> Config {
     // the store's own tests give each engine a temporary directory.
     c.store.enabled = false;
     c.control.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
@@ -250,7 +251,7 @@ impl Watched {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut child = std::process::Command::new(program)
             .args(pre)
-            .args(["run", "--control", "127.0.0.1:0"])
+            .args(["run", "--control", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)

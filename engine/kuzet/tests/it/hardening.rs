@@ -25,6 +25,8 @@ fn a_sigterm_during_start_up_still_stops_cleanly_with_counters() {
             "run",
             "--control",
             "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--blocklist",

@@ -6,10 +6,13 @@
 //! driver as real SIP clients.
 
 mod architecture;
+mod chain;
 mod common;
+mod deploy;
 mod hardening;
 mod identity;
 mod investigate;
+mod operations;
 mod kamailio;
 mod register;
 mod rfc4475;

@@ -361,6 +361,8 @@ fn shutdown_drains_every_queued_verdict() {
             "run",
             "--control",
             "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--flaglist",
@@ -674,7 +676,7 @@ fn verdicts_and_shadow_results_reach_the_log() {
         ),
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
-        .args(["run", "--control", "127.0.0.1:0", "--config"])
+        .args(["run", "--control", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

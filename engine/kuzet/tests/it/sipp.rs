@@ -49,7 +49,7 @@ impl Kuzet {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
-            .args(["run", "--control", "127.0.0.1:0"])
+            .args(["run", "--control", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)
@@ -319,7 +319,7 @@ fn cli_rejects_bad_lists_and_configs_with_exit_code_2() {
     );
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
-            .args(["run", "--control", "127.0.0.1:0"])
+            .args(["run", "--control", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .current_dir(dir.path())

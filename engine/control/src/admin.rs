@@ -1,0 +1,320 @@
+//! The admin HTTP address: Prometheus `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Served by axum on the control plane's runtime, never a SIP worker's.
+//! A scrape reads the call path's atomics and copies the merged latency
+//! histograms; it never takes a lock a worker waits on (workers merge with
+//! `try_lock` and try again later). The exposition is written by
+//! `prometheus-client` (OpenMetrics text), from a collector that reads
+//! kuzet's own counters at scrape time, so the call path keeps its plain
+//! relaxed atomics. Labels come from bounded sets only: a rule id from the
+//! operator's rule file, a list name, a stage name; never a number or a
+//! Call-ID. `/readyz` is 200 only when the lists are loaded, the SIP
+//! sockets are bound and the store (when it is on) took its last commit.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hdrhistogram::Histogram;
+use kuzet_dataplane::metrics::{Gauge, Metrics, Stage};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+/// What the admin address reads.
+#[derive(Clone)]
+pub struct Admin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    store_on: bool,
+}
+
+impl Admin {
+    /// Serves `metrics`; `store_on` says whether readiness needs the store.
+    pub fn new(metrics: Arc<Metrics>, store_on: bool) -> Admin {
+        let mut registry = Registry::with_prefix("kuzet");
+        registry.register_collector(Box::new(Exposition {
+            metrics: metrics.clone(),
+            store_on,
+        }));
+        Admin {
+            inner: Arc::new(Inner {
+                registry,
+                metrics,
+                store_on,
+            }),
+        }
+    }
+
+    /// The exposition text, as `/metrics` serves it.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
+    }
+
+    /// Why kuzet is not ready, one reason per line; empty when it is.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        reasons(&self.inner.metrics, self.inner.store_on)
+    }
+}
+
+fn reasons(m: &Metrics, store_on: bool) -> Vec<&'static str> {
+    let mut why = Vec::new();
+    if m.gauge(Gauge::ListsLoadedUnix) <= 0 {
+        why.push("lists not loaded");
+    }
+    if m.gauge(Gauge::SocketsBound) != 1 {
+        why.push("SIP sockets not bound");
+    }
+    if store_on && m.gauge(Gauge::StoreWritable) != 1 {
+        why.push("store not writable");
+    }
+    why
+}
+
+/// Binds the admin address (it fails the start when taken).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    admin: Admin,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin address failed; /metrics and health checks are off");
+            return;
+        }
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(admin);
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "admin address stopped");
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        a.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(a): State<Admin>) -> Response {
+    let why = a.not_ready();
+    if why.is_empty() {
+        return (StatusCode::OK, "ready\n").into_response();
+    }
+    let mut body = String::new();
+    for w in why {
+        let _ = writeln!(body, "not ready: {w}");
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+/// Reads kuzet's counters, gauges and histograms at each scrape.
+struct Exposition {
+    metrics: Arc<Metrics>,
+    store_on: bool,
+}
+
+impl std::fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("kuzet metrics")
+    }
+}
+
+/// Bucket bounds of the latency histograms, in µs: 10 µs to 1 s.
+const BUCKETS_US: [u64; 16] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000,
+];
+
+/// Prometheus buckets (per bucket, not cumulative; the encoder sums them)
+/// with the sum and count, in seconds, from an HDR histogram of µs.
+fn buckets(h: &Histogram<u64>) -> (f64, u64, Vec<(f64, u64)>) {
+    let mut out = Vec::with_capacity(BUCKETS_US.len() + 1);
+    let mut below = 0u64;
+    for &le in &BUCKETS_US {
+        let upto = if h.is_empty() { 0 } else { h.count_between(0, le) };
+        out.push((le as f64 / 1e6, upto.saturating_sub(below)));
+        below = below.max(upto);
+    }
+    let total = h.len();
+    out.push((f64::INFINITY, total.saturating_sub(below)));
+    let sum = if total == 0 {
+        0.0
+    } else {
+        h.mean() * total as f64 / 1e6
+    };
+    (sum, total, out)
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &*self.metrics;
+        for (name, help, v) in m.described() {
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            let e = enc.encode_descriptor(base, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(e)?;
+        }
+        let hits = m.rule_hits();
+        if !hits.is_empty() {
+            let mut e = enc.encode_descriptor(
+                "rule_hits",
+                "Calls each rule fired on, by rule id and mode",
+                None,
+                MetricType::Counter,
+            )?;
+            for h in &hits {
+                let labels = [("rule", &*h.id), ("mode", h.mode)];
+                let fam = e.encode_family(&labels)?;
+                ConstCounter::new(h.hits.load(std::sync::atomic::Ordering::Relaxed))
+                    .encode(fam)?;
+            }
+        }
+        let lat = m.latencies();
+        {
+            let (sum, count, b) = buckets(&lat.service);
+            let mut e = enc.encode_descriptor(
+                "call_service_seconds",
+                "Kernel arrival of a request to its answer sent (UDP)",
+                None,
+                MetricType::Histogram,
+            )?;
+            e.encode_histogram::<NoLabelSet>(sum, count, &b, None)?;
+        }
+        {
+            let mut e = enc.encode_descriptor(
+                "stage_seconds",
+                "Service time by stage: queue (kernel arrival to read), handle (parse, lists, rules, answer), send",
+                None,
+                MetricType::Histogram,
+            )?;
+            for s in Stage::ALL {
+                let (sum, count, b) = buckets(&lat.stages[s as usize]);
+                let labels = [("stage", s.as_str())];
+                let mut fam = e.encode_family(&labels)?;
+                fam.encode_histogram::<NoLabelSet>(sum, count, &b, None)?;
+            }
+        }
+        {
+            let mut e = enc.encode_descriptor(
+                "list_entries",
+                "Entries (numbers and prefixes) per list in force",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (list, n) in m.list_entries() {
+                let labels = [("list", list)];
+                ConstGauge::new(n as i64).encode(e.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, i64); 10] = [
+            (
+                "lists_generation",
+                "Generation of the lists in force (rises at each reload)",
+                m.gauge(Gauge::ListsGeneration),
+            ),
+            (
+                "lists_loaded_timestamp_seconds",
+                "Unix time the lists in force were loaded",
+                m.gauge(Gauge::ListsLoadedUnix),
+            ),
+            (
+                "store_queue_depth",
+                "Records waiting for the recorder",
+                m.gauge(Gauge::StoreQueueDepth).max(0),
+            ),
+            (
+                "store_queue_capacity",
+                "Records the queue holds before it drops",
+                m.gauge(Gauge::StoreQueueCapacity),
+            ),
+            (
+                "store_writable",
+                "1 when the store took its last commit; 0 after a failed one, or with the store off",
+                if self.store_on {
+                    m.gauge(Gauge::StoreWritable)
+                } else {
+                    0
+                },
+            ),
+            (
+                "outbox_pending",
+                "Incidents waiting for delivery to the register",
+                m.gauge(Gauge::OutboxPending),
+            ),
+            (
+                "outbox_dead_letters",
+                "Incidents the register refused",
+                m.gauge(Gauge::OutboxDeadLetters),
+            ),
+            (
+                "tcp_connections_open",
+                "TCP connections open",
+                m.gauge(Gauge::TcpConnections),
+            ),
+            (
+                "sip_sockets_bound",
+                "1 when the SIP sockets are bound",
+                m.gauge(Gauge::SocketsBound),
+            ),
+            (
+                "ready",
+                "1 when /readyz answers 200",
+                i64::from(reasons(m, self.store_on).is_empty()),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let e = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(v).encode(e)?;
+        }
+        let mut e = enc.encode_descriptor(
+            "build_info",
+            "kuzet's version (always 1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [("version", env!("CARGO_PKG_VERSION"))];
+        ConstGauge::new(1i64).encode(e.encode_family(&labels)?)?;
+        Ok(())
+    }
+}
