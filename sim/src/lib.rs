@@ -16,7 +16,8 @@
 //! - [`null`]: the canned-302 responder, the physical reference;
 //! - [`register`]: the stand-in pre-trial register (gRPC, deduping by
 //!   idempotency key, a file of what it accepted);
-//! - [`population`]: small fixed call mixes for the engine's SIPp tests.
+//! - [`population`]: small fixed call mixes for the engine's SIPp tests;
+//! - [`tour`]: a dozen calls that show a newcomer every kind of verdict.
 //!
 //! Labels never leave this crate: the SIP it sends carries numbers only.
 
@@ -28,6 +29,7 @@ pub mod flood;
 pub mod kamailio;
 pub mod null;
 pub mod population;
+pub mod tour;
 pub mod register;
 pub mod report;
 pub mod scenario;

@@ -115,6 +115,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         bucket_ms: u64,
     },
+    /// The first-run tour: a dozen calls to a kuzet on its embedded
+    /// defaults (sample lists, default rules), each printed with kuzet's
+    /// answer and its reason. Then look them up: `kuzet calls --since 5m`.
+    Tour {
+        /// The kuzet to call.
+        #[arg(long, default_value = "127.0.0.1:5060")]
+        target: SocketAddr,
+    },
     /// Send OPTIONS to a SIP server until it answers 200 (exit 0) or the
     /// time runs out (exit 2). Scripts use it to wait for a server to start.
     Ping {
@@ -306,6 +314,18 @@ fn real_main() -> anyhow::Result<()> {
             println!(
                 "sent {}  answered {}  codes {:?}  flood lag at most {:?}",
                 r.sent, r.answered, r.codes, r.max_lag
+            );
+            Ok(())
+        }
+        Cmd::Tour { target } => {
+            let answers = kuzet_sim::tour::run(target, true)?;
+            if answers.iter().all(|a| a.code == 0) {
+                anyhow::bail!("{target}: no answers; is kuzet running there (`kuzet run`)?");
+            }
+            let blocked = answers.iter().filter(|a| a.code >= 400).count();
+            println!(
+                "\n{} calls, {blocked} blocked. Each verdict is on record:\n  kuzet calls --since 5m\n  kuzet calls --verdict-id ID   (the id in a 603's Reason)\nand counted: curl -s 127.0.0.1:9860/metrics | grep verdict_",
+                answers.len()
             );
             Ok(())
         }

@@ -81,6 +81,9 @@ pub struct Sources {
     pub embedded: Vec<(&'static str, &'static str, ListKind)>,
     /// The behaviour rule file, if any.
     pub rule_file: Option<PathBuf>,
+    /// Rules given as text when there is no rule file (the binary's
+    /// compiled-in defaults): name and text.
+    pub embedded_rules: Option<(&'static str, &'static str)>,
     /// Scores and sides for list hits.
     pub policy: ListPolicy,
 }
@@ -195,7 +198,10 @@ pub fn load(
         }
     }
     let rules = match &src.rule_file {
-        None => RuleSet::builtin(&src.policy, plan),
+        None => match src.embedded_rules {
+            Some((name, text)) => RuleSet::from_toml_str(text, name, plan, &src.policy)?,
+            None => RuleSet::builtin(&src.policy, plan),
+        },
         Some(path) => {
             let text = files::read_text(path, MAX_RULE_FILE)?;
             RuleSet::from_toml_str(&text, &path.display().to_string(), plan, &src.policy)?

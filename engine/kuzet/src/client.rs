@@ -10,9 +10,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kuzet_api::investigation as pb;
 use kuzet_api::investigation::investigation_service_client::InvestigationServiceClient;
+use std::path::Path;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+
 use tonic::{Code, Request, Status};
+
+/// Where `kuzet run` on its defaults writes its local token, and where
+/// the CLI looks for it when no token is given.
+const LOCAL_TOKEN_DIR: &str = "kuzet-data";
+const LOCAL_TOKEN_FILE: &str = crate::server::LOCAL_TOKEN_FILE;
 
 /// How the control API is reached.
 #[derive(clap::Args, Debug, Clone)]
@@ -20,7 +27,8 @@ pub struct Conn {
     /// The control address of a running kuzet.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     pub control: SocketAddr,
-    /// Bearer token [default: $KUZET_TOKEN].
+    /// Bearer token [default: $KUZET_TOKEN, else the local token a kuzet
+    /// without configured tokens wrote to ./kuzet-data/local.token].
     #[arg(
         long,
         value_name = "TOKEN",
@@ -173,7 +181,7 @@ impl From<Status> for Failure {
             Code::Unauthenticated => Failure(
                 3,
                 format!(
-                    "the control API refused the token ({}): pass --token or set KUZET_TOKEN",
+                    "the control API refused the token ({}): pass --token or set KUZET_TOKEN (a kuzet with no [[control.tokens]] writes a local one to its data directory's local.token; run the CLI from the directory that holds kuzet-data)",
                     s.message()
                 ),
             ),
@@ -222,8 +230,14 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 async fn connect(c: &Conn) -> Result<Client, Failure> {
+    // Without --token or KUZET_TOKEN: the local token a kuzet on its
+    // defaults wrote into ./kuzet-data (readable by its own user only).
+    let local = match &c.token {
+        Some(_) => None,
+        None => std::fs::read_to_string(Path::new(LOCAL_TOKEN_DIR).join(LOCAL_TOKEN_FILE)).ok(),
+    };
     let bearer =
-        match &c.token {
+        match c.token.as_ref().or(local.as_ref()) {
             Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
                 Failure(2, "the token holds characters a header cannot carry".into())
             })?),

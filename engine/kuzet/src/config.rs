@@ -22,6 +22,10 @@ pub use kuzet_dataplane::handler::{Mode, NumberSource};
 /// The documented example config, compiled in as the defaults.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../../deploy/kuzet.toml");
 
+/// The shipped default rules, used when kuzet runs on its embedded config
+/// and names no rule file.
+pub const EMBEDDED_RULES: &str = include_str!("../../../deploy/rules/default.toml");
+
 /// Sample lists shipped in `deploy/lists/`, compiled in for `kuzet run`.
 pub const EMBEDDED_LISTS: [(&str, &str, ListKind); 3] = [
     (
@@ -80,6 +84,10 @@ pub struct Config {
     /// True when no list source was named anywhere: use the embedded samples.
     #[serde(skip)]
     pub embedded_lists: bool,
+    /// True when kuzet runs on its embedded config and no rule file was
+    /// named: use the shipped default rules (deploy/rules/default.toml).
+    #[serde(skip)]
+    pub embedded_rules: bool,
 }
 
 impl Default for Config {
@@ -101,6 +109,7 @@ impl Default for Config {
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
+            embedded_rules: false,
         }
     }
 }
@@ -997,6 +1006,10 @@ impl Config {
                 Vec::new()
             },
             rule_file: self.rules.file.as_deref().map(|p| self.resolve(p)),
+            embedded_rules: (self.embedded_rules && self.rules.file.is_none()).then_some((
+                "default rules (deploy/rules/default.toml, compiled in)",
+                EMBEDDED_RULES,
+            )),
             policy: ListPolicy {
                 block_score: self.verdict.block_score,
                 flag_score: self.verdict.flag_score,

@@ -113,11 +113,27 @@ struct RunArgs {
     /// Do not record verdicts (they are still logged).
     #[arg(long)]
     no_store: bool,
+    /// Log lines as text (for people) or JSON, one object a line (for log
+    /// shippers: Loki, Elasticsearch, journald's JSON export).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "KUZET_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     /// Log filter, in RUST_LOG syntax (e.g. "info", "warn,kuzet_control=debug")
     /// [default: $RUST_LOG, else "info"]. A filter that does not parse is
     /// an error (exit 2).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -277,6 +293,7 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
         }
     }
     cfg.embedded_lists = args.config.is_none() && cfg.lists.files().is_empty();
+    cfg.embedded_rules = args.config.is_none() && cfg.rules.file.is_none();
     let name = args
         .config
         .as_ref()
@@ -318,13 +335,19 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     // Logs go to stderr; stdout carries only the shutdown summary.
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    if args.log_format == LogFormat::Json {
+        // One JSON object a line: timestamp, level, message and every
+        // field at the top level, for a log shipper.
+        logs.json().flatten_event(true).init();
+    } else {
         // Colour only for a terminal; files and journald get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %args

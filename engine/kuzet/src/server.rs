@@ -228,8 +228,13 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let control = if cfg.control.enabled {
         let l = kuzet_control::investigate::bind(cfg.control.listen)
             .with_context(|| format!("binding the control address {}", cfg.control.listen))?;
-        let access = cfg.access().map_err(|e| anyhow::anyhow!(e))?;
-        if access.is_empty() {
+        let mut access = cfg.access().map_err(|e| anyhow::anyhow!(e))?;
+        if access.is_empty() && cfg.control.listen.ip().is_loopback() && cfg.store.enabled {
+            let path = cfg.data_dir().join(LOCAL_TOKEN_FILE);
+            access = local_access(&path)
+                .with_context(|| format!("writing the local token {}", path.display()))?;
+            tracing::info!(path = %path.display(), "no [[control.tokens]]: a local investigator token is in this file (readable by this user only); `kuzet calls` run beside kuzet-data uses it");
+        } else if access.is_empty() {
             tracing::warn!("no [[control.tokens]]: the control API refuses every query (make a token with `kuzet token new`)");
         }
         let svc = kuzet_control::investigate::Investigation::new(
@@ -274,7 +279,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let admin = if cfg.admin.enabled {
         let l = kuzet_control::admin::bind(cfg.admin.listen)
             .with_context(|| format!("binding the admin address {}", cfg.admin.listen))?;
-        Some((l, kuzet_control::admin::Admin::new(metrics.clone(), cfg.store.enabled)))
+        Some((
+            l,
+            kuzet_control::admin::Admin::new(metrics.clone(), cfg.store.enabled),
+        ))
     } else {
         None
     };
@@ -319,6 +327,36 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         threads,
         events: Some(events),
     })
+}
+
+/// The file in the data directory that holds the local token.
+pub const LOCAL_TOKEN_FILE: &str = "local.token";
+
+/// A fresh random investigator token named `local`, written to `path`
+/// (mode 0600, replaced at each start) so that a kuzet with no configured
+/// tokens, on loopback, can be queried by its own user: the server still
+/// checks the token and audits every query under the name `local`.
+fn local_access(path: &std::path::Path) -> anyhow::Result<kuzet_control::access::Access> {
+    use kuzet_control::access::{hash_token, hex, parse_sha256, Access, Role, Token};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+    let token = format!("kz_{}", hex(&raw));
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    let sha256 = parse_sha256(&hash_token(&token)).context("hashing the local token")?;
+    Ok(Access::new(vec![Token {
+        name: "local".into(),
+        role: Role::Investigator,
+        sha256,
+    }]))
 }
 
 /// Lowers the calling thread to nice 10: on a core it shares with a SIP

@@ -33,7 +33,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .expect("a status code");
     // axum answers small bodies with Content-Length, never chunked here.
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{head}"
     );
     (code, body.to_string())
@@ -69,7 +71,10 @@ impl Prometheus {
         );
         let child = Command::new(prometheus_bin())
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address={web}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,7 +87,9 @@ impl Prometheus {
         let s = TcpStream::connect_timeout(&self.web, Duration::from_millis(500)).ok()?;
         drop(s);
         let (code, body) = http_get(self.web, path_and_query);
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     /// The target's health and last scrape error, once it has been
@@ -97,7 +104,10 @@ impl Prometheus {
                     return (health.into(), t["lastError"].as_str().unwrap_or("").into());
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "Prometheus never scraped kuzet");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Prometheus never scraped kuzet"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -130,18 +140,19 @@ impl Drop for Prometheus {
 
 /// The value of the sample `name` (with its labels exactly as written).
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == series).then(|| v.parse().ok()).flatten()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok()).flatten()
+    })
 }
 
 #[test]
 fn metrics_parse_as_prometheus_exposition_and_count_the_calls_made() {
     let d = TempDir::new("metrics");
-    d.write("block.txt", "+77011112233,fraud desk report\n+88216*,irsf range\n");
+    d.write(
+        "block.txt",
+        "+77011112233,fraud desk report\n+88216*,irsf range\n",
+    );
     d.write("flag.txt", "+7700999*,watch\n");
     let mut cfg = test_config();
     cfg.lists.blocklist = vec![d.path().join("block.txt").into()];
@@ -158,7 +169,11 @@ fn metrics_parse_as_prometheus_exposition_and_count_the_calls_made() {
         ("87015550002", "87015550003", 302),
     ];
     for (i, (a, b, want)) in calls.iter().enumerate() {
-        let r = ask(&c, eng.udp_addr, &invite(a, b, &format!("callid-metrics-{i}"), port));
+        let r = ask(
+            &c,
+            eng.udp_addr,
+            &invite(a, b, &format!("callid-metrics-{i}"), port),
+        );
         assert_eq!(status(&r), *want, "{a} -> {b}: {r}");
     }
     // Workers fold their histograms into the shared ones every few
@@ -203,25 +218,37 @@ fn metrics_parse_as_prometheus_exposition_and_count_the_calls_made() {
     assert_eq!(sample(&text, "kuzet_verdict_flag_total"), Some(1.0));
     assert_eq!(sample(&text, "kuzet_verdict_allow_total"), Some(2.0));
     assert_eq!(
-        sample(&text, r#"kuzet_rule_hits_total{rule="blocklist",mode="enforce"}"#),
+        sample(
+            &text,
+            r#"kuzet_rule_hits_total{rule="blocklist",mode="enforce"}"#
+        ),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, r#"kuzet_rule_hits_total{rule="flaglist",mode="enforce"}"#),
+        sample(
+            &text,
+            r#"kuzet_rule_hits_total{rule="flaglist",mode="enforce"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
         sample(&text, r#"kuzet_list_entries{list="blocklist"}"#),
         Some(2.0)
     );
-    assert_eq!(sample(&text, r#"kuzet_list_entries{list="flaglist"}"#), Some(1.0));
+    assert_eq!(
+        sample(&text, r#"kuzet_list_entries{list="flaglist"}"#),
+        Some(1.0)
+    );
     assert_eq!(
         sample(&text, r#"kuzet_call_service_seconds_bucket{le="+Inf"}"#),
         Some(5.0)
     );
     for stage in ["queue", "handle", "send"] {
-        let n = sample(&text, &format!("kuzet_stage_seconds_count{{stage=\"{stage}\"}}"));
+        let n = sample(
+            &text,
+            &format!("kuzet_stage_seconds_count{{stage=\"{stage}\"}}"),
+        );
         assert_eq!(n, Some(5.0), "stage {stage}:\n{text}");
     }
     assert_eq!(sample(&text, "kuzet_ready"), Some(1.0));
@@ -270,7 +297,11 @@ fn readyz_turns_503_when_the_store_stops_taking_commits() {
     // The write lock held by another connection: the recorder's next
     // commit fails with SQLITE_BUSY after its busy timeout.
     conn.execute_batch("BEGIN IMMEDIATE;").unwrap();
-    let r = ask(&c, eng.udp_addr, &invite("87015550000", "87015550001", "r1", port));
+    let r = ask(
+        &c,
+        eng.udp_addr,
+        &invite("87015550000", "87015550001", "r1", port),
+    );
     assert_eq!(status(&r), 302, "the call goes on: {r}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -279,7 +310,10 @@ fn readyz_turns_503_when_the_store_stops_taking_commits() {
             assert_eq!(body, "not ready: store not writable\n");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never unready: {code} {body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unready: {code} {body}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, text) = http_get(admin, "/metrics");
@@ -289,7 +323,11 @@ fn readyz_turns_503_when_the_store_stops_taking_commits() {
     // The lock goes: the next commit succeeds and the node is ready again.
     conn.execute_batch("ROLLBACK;").unwrap();
     drop(conn);
-    let r = ask(&c, eng.udp_addr, &invite("87015550000", "87015550001", "r2", port));
+    let r = ask(
+        &c,
+        eng.udp_addr,
+        &invite("87015550000", "87015550001", "r2", port),
+    );
     assert_eq!(status(&r), 302);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -297,8 +335,107 @@ fn readyz_turns_503_when_the_store_stops_taking_commits() {
         if code == 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never ready again: {body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready again: {body}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     eng.stop();
+}
+
+/// The README's tour, command for command: `kuzet run` with no config
+/// (sample lists and default rules compiled in), `kuzet-sim tour`, the
+/// blocks with their explanations, `kuzet calls` with no token (the local
+/// token kuzet wrote beside its data), and `/metrics`. Only the ports
+/// differ, so that tests can run side by side.
+#[test]
+fn the_readme_tour_works() {
+    let dir = TempDir::new("tour");
+    let w = Watched::start(&[], dir.path());
+    let serving = w
+        .log
+        .iter()
+        .find(|l| l.contains("kuzet serving"))
+        .expect("the serving line")
+        .clone();
+    let field = |name: &str| -> String {
+        serving
+            .split(&format!("{name}=Some("))
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .unwrap_or_else(|| panic!("{name} in {serving}"))
+            .to_string()
+    };
+    let control = field("control_addr");
+    let admin: SocketAddr = field("admin_addr").parse().unwrap();
+
+    // 2-3: the scenario, and the blocks with their explanations.
+    let answers = kuzet_sim::tour::run(w.addr, false).expect("the tour runs");
+    let blocked: Vec<_> = answers.iter().filter(|a| a.code == 603).collect();
+    assert_eq!(blocked.len(), 3, "{answers:#?}");
+    assert!(blocked[0].why.contains("text=\"blocklist; verdict "), "{:?}", blocked[0]);
+    assert!(
+        blocked[2].why.contains("text=\"sequential; verdict "),
+        "the default rules are loaded: {:?}",
+        blocked[2]
+    );
+    let flagged = answers
+        .iter()
+        .find(|a| a.why.starts_with("flag;"))
+        .expect("a flagged call");
+    assert!(flagged.why.contains("flaglist"), "{flagged:?}");
+
+    // 4: `kuzet calls`, from the directory that holds kuzet-data, with no
+    // token given. The recorder commits within a fraction of a second.
+    let token = std::fs::read_to_string(dir.path().join("kuzet-data/local.token")).unwrap();
+    assert!(token.trim().starts_with("kz_"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let table = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+            .args(["calls", "--since", "5m", "--control", &control])
+            .env_remove("KUZET_TOKEN")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.matches("block").count() >= 3 {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "not on record: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for b in &blocked {
+        let id = b.why.split("verdict ").nth(1).unwrap().trim_end_matches('"');
+        assert!(table.contains(id), "{id} not in:\n{table}");
+    }
+    // Anyone else's directory has no token: refused (exit 3).
+    let other = TempDir::new("tour-other");
+    let out = Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["calls", "--control", &control])
+        .env_remove("KUZET_TOKEN")
+        .current_dir(other.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+
+    // 5: /metrics.
+    let (code, text) = http_get(admin, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(sample(&text, "kuzet_verdict_block_total"), Some(3.0));
+    assert_eq!(
+        sample(&text, r#"kuzet_rule_hits_total{rule="sequential",mode="enforce"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kuzet_rule_hits_total{rule="velocity_1m",mode="shadow"}"#),
+        "traffic-dependent rules ship in shadow"
+    );
+    w.stop();
 }

@@ -34,6 +34,19 @@ fn start_on(t: &Traffic, tag: &str, rules: Option<&str>, lists_extra: &str) -> (
     (dir, k)
 }
 
+/// The shipped default rules with every rule that ships in shadow for
+/// tuning switched to enforce: what the scenarios' detection figures are
+/// measured against (night_premium, a trial, stays in shadow).
+fn all_enforced() -> String {
+    let text = include_str!("../../../../deploy/rules/default.toml");
+    let out = text.replace("mode = \"shadow\"   #", "mode = \"enforce\"   #");
+    assert!(
+        out != text,
+        "default.toml no longer ships rules in shadow for tuning"
+    );
+    out
+}
+
 pub(crate) fn small() -> Traffic {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sim/scenarios/small.toml");
     Traffic::generate(&Scenario::from_file(&p).unwrap()).unwrap()
@@ -153,12 +166,7 @@ fn sipp_replay_of_the_export_gets_the_same_verdicts() {
 #[test]
 fn small_scenario_with_the_example_rules() {
     let t = small();
-    let (_dir, k) = start_on(
-        &t,
-        "sim-rules",
-        Some(include_str!("../../../../deploy/rules/default.toml")),
-        "",
-    );
+    let (_dir, k) = start_on(&t, "sim-rules", Some(&all_enforced()), "");
     // The driver plays the switch and reports outcomes (redirect mode).
     let r = run_with(&t, k.addr, Proto::Udp, true);
     assert_eq!(r.answered, t.calls.len() as u64, "{}", r.table());
@@ -350,12 +358,7 @@ fn fan_out_spares_business_lines_their_customers_call_back() {
 #[test]
 fn a_sim_runs_intercepted_calls_are_all_on_record() {
     let t = small();
-    let (dir, k) = start_on(
-        &t,
-        "sim-record",
-        Some(include_str!("../../../../deploy/rules/default.toml")),
-        "",
-    );
+    let (dir, k) = start_on(&t, "sim-record", Some(&all_enforced()), "");
     let mut o = Options::new(k.addr, t.calls.len());
     o.report_outcomes = true;
     o.pace = Pace::Rate(1500.0);

@@ -433,7 +433,7 @@ fn rules_check_accepts_the_example_and_names_the_bad_line() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("ok, 15 rules from the file (14 enforced, 1 shadow)"),
+        stdout.contains("ok, 15 rules from the file (7 enforced, 8 shadow)"),
         "{stdout}"
     );
     assert!(
