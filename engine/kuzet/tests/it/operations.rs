@@ -439,3 +439,27 @@ fn the_readme_tour_works() {
     );
     w.stop();
 }
+
+/// `--log-format json`: every log line is one JSON object with a time,
+/// a level and a message, and fields at the top level for a log shipper.
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let dir = TempDir::new("json-logs");
+    let w = Watched::start(&["--log-format", "json", "--no-store"], dir.path());
+    assert!(!w.log.is_empty());
+    for line in &w.log {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["timestamp"].is_string(), "{line}");
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["message"].is_string(), "{line}");
+    }
+    let serving = w
+        .log
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["message"] == "kuzet serving")
+        .expect("the serving line");
+    assert!(serving["udp_addr"].is_string(), "{serving}");
+    w.stop();
+}
