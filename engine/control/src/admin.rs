@@ -173,7 +173,11 @@ fn buckets(h: &Histogram<u64>) -> (f64, u64, Vec<(f64, u64)>) {
     let mut out = Vec::with_capacity(BUCKETS_US.len() + 1);
     let mut below = 0u64;
     for &le in &BUCKETS_US {
-        let upto = if h.is_empty() { 0 } else { h.count_between(0, le) };
+        let upto = if h.is_empty() {
+            0
+        } else {
+            h.count_between(0, le)
+        };
         out.push((le as f64 / 1e6, upto.saturating_sub(below)));
         below = below.max(upto);
     }
@@ -206,8 +210,7 @@ impl Collector for Exposition {
             for h in &hits {
                 let labels = [("rule", &*h.id), ("mode", h.mode)];
                 let fam = e.encode_family(&labels)?;
-                ConstCounter::new(h.hits.load(std::sync::atomic::Ordering::Relaxed))
-                    .encode(fam)?;
+                ConstCounter::new(h.hits.load(std::sync::atomic::Ordering::Relaxed)).encode(fam)?;
             }
         }
         let lat = m.latencies();

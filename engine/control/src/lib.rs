@@ -8,6 +8,8 @@
 //!   every request checked and audited.
 //! - [`report`]: delivers incidents from the store's outbox to the
 //!   pre-trial register, exactly once in effect.
+//! - [`hep`]: each decision as a HEPv3 packet to Homer, from the verdict
+//!   thread.
 //! - [`files`]: reading operator files safely: regular files only, sizes
 //!   and lines capped, non-UTF-8 named by line.
 //! - [`lists`]: loading list files and the rule file into one snapshot, and
@@ -26,6 +28,7 @@
 pub mod access;
 pub mod admin;
 pub mod files;
+pub mod hep;
 pub mod investigate;
 pub mod lists;
 pub mod plane;

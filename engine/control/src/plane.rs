@@ -18,6 +18,7 @@ use kuzet_dataplane::Handler;
 use kuzet_store::{ListHitRec, Record, RuleHit, Store};
 use tokio::sync::watch;
 
+use crate::hep::HepSender;
 use crate::lists::{LoadError, Reloader};
 
 /// How often the control plane does its periodic work.
@@ -211,6 +212,7 @@ pub fn record_verdicts(
     events: std::sync::mpsc::Receiver<VerdictEvent>,
     metrics: Arc<Metrics>,
     mut store: Option<Store>,
+    mut hep: Option<HepSender>,
 ) {
     let version_base = unix_us() / 1_000_000;
     let mut batch: Vec<Record> = Vec::with_capacity(if store.is_some() { BATCH } else { 0 });
@@ -228,19 +230,37 @@ pub fn record_verdicts(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
         if let Some(ev) = first {
-            take(ev, &metrics, store.is_some(), version_base, &mut batch);
+            take(
+                ev,
+                &metrics,
+                store.is_some(),
+                version_base,
+                &mut batch,
+                &mut hep,
+            );
             // With a store, records gather for up to COMMIT_EVERY (or a
             // full batch): each commit rewrites the index pages it
             // touches, so a few large commits a second write a fraction of
             // what one per pause would, and the checkpoints that follow
             // (whose fsync holds a core in the kernel) shrink with them.
-            let gather = if store.is_some() { COMMIT_EVERY } else { LOG_PAUSE };
+            let gather = if store.is_some() {
+                COMMIT_EVERY
+            } else {
+                LOG_PAUSE
+            };
             let deadline = std::time::Instant::now() + gather;
             loop {
                 std::thread::sleep(LOG_PAUSE);
                 while batch.len() < BATCH {
                     let Ok(ev) = events.try_recv() else { break };
-                    take(ev, &metrics, store.is_some(), version_base, &mut batch);
+                    take(
+                        ev,
+                        &metrics,
+                        store.is_some(),
+                        version_base,
+                        &mut batch,
+                        &mut hep,
+                    );
                 }
                 if batch.len() >= BATCH || std::time::Instant::now() >= deadline {
                     break;
@@ -290,25 +310,35 @@ fn take(
     store: bool,
     version_base: i64,
     batch: &mut Vec<Record>,
+    hep: &mut Option<HepSender>,
 ) {
     metrics.shift(Gauge::StoreQueueDepth, -1);
-    // A sample of allowed calls is recorded, not logged.
-    let logged = !ev.evidence.sampled;
+    // A sample of allowed calls is recorded, not logged; a plain allow
+    // queued for HEP alone is neither.
+    let logged = ev.record && !ev.evidence.sampled;
     if logged {
         metrics.inc(Counter::VerdictsLogged);
     }
     let log = logged && tracing::enabled!(tracing::Level::INFO);
-    if !log && !store {
+    let store = store && ev.record;
+    if !log && !store && hep.is_none() {
         return;
     }
-    // One explanation serves the log line and the record.
+    // One explanation serves the log line, the record and HEP.
     let mut why = String::new();
     let _ = ev.set.explain(&ev.scored, &mut why);
     if log {
         log_line(&ev, &why);
     }
+    if !store && hep.is_none() {
+        return;
+    }
+    let rec = to_record(&ev, version_base, why);
+    if let Some(h) = hep.as_mut() {
+        h.send(&ev, &rec, metrics);
+    }
     if store {
-        batch.push(to_record(&ev, version_base, why));
+        batch.push(rec);
     }
 }
 

@@ -76,6 +76,8 @@ counters! {
     ListReloads => "list_reloads_total", "Successful list and rule reloads",
     ListReloadFailures => "list_reload_failures_total", "List and rule reloads refused (the lists in force stay)",
     ListReloadsAbandoned => "list_reloads_abandoned_total", "List reloads abandoned past the reload timeout",
+    HepSent => "hep_sent_total", "HEP packets sent to the collector",
+    HepSendErrors => "hep_send_errors_total", "HEP packets that could not be sent (dropped)",
 }
 
 /// Values that go up and down, set by whoever owns them.
@@ -373,10 +375,7 @@ impl Metrics {
 
     /// A copy of every merged histogram.
     pub fn latencies(&self) -> Latencies {
-        self.latency
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default()
+        self.latency.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// One line summarizing service time.

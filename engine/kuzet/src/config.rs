@@ -71,6 +71,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// `[admin]`: `/metrics`, `/healthz` and `/readyz` over HTTP.
     pub admin: AdminConfig,
+    /// `[hep]`: each decision to a Homer collector.
+    pub hep: HepSection,
     /// `[incidents]`: grouping intercepted calls and the reporting policy.
     pub incidents: IncidentsConfig,
     /// `[register]`: the pre-trial register incidents are reported to.
@@ -104,6 +106,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             control: ControlConfig::default(),
             admin: AdminConfig::default(),
+            hep: HepSection::default(),
             incidents: IncidentsConfig::default(),
             register: RegisterConfig::default(),
             trunks: Vec::new(),
@@ -183,6 +186,48 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9860)),
+        }
+    }
+}
+
+/// `[hep]`: verdicts (and optionally the SIP) as HEPv3 to a collector.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HepSection {
+    /// Send at all.
+    pub enabled: bool,
+    /// The collector's UDP address (heplify-server, Homer).
+    pub collector: SocketAddr,
+    /// The capture agent id Homer files kuzet's packets under.
+    pub capture_id: u32,
+    /// The collector's shared key, when it wants one.
+    pub auth_key: Option<String>,
+    /// Also mirror each INVITE and kuzet's answer as SIP packets.
+    pub mirror_sip: bool,
+    /// "all": every judged call; "intercepted": what is recorded (every
+    /// call but a plain allow, and the sampled allows).
+    pub calls: HepCalls,
+}
+
+/// Which calls go to HEP.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HepCalls {
+    /// Every judged INVITE.
+    All,
+    /// Those the store records.
+    Intercepted,
+}
+
+impl Default for HepSection {
+    fn default() -> Self {
+        HepSection {
+            enabled: false,
+            collector: SocketAddr::from(([127, 0, 0, 1], 9060)),
+            capture_id: 2001,
+            auth_key: None,
+            mirror_sip: false,
+            calls: HepCalls::All,
         }
     }
 }
@@ -980,6 +1025,8 @@ impl Config {
             },
             appeal_contact: self.verdict.appeal_contact.clone(),
             first_verdict_seq: None,
+            events_for_every_call: self.hep.enabled && self.hep.calls == HepCalls::All,
+            copy_answers: self.hep.enabled && self.hep.mirror_sip,
         })
     }
 

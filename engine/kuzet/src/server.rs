@@ -168,11 +168,24 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // the call path.
     let (events_tx, events) = std::sync::mpsc::sync_channel(cfg.store.queue.max(1));
     let m = metrics.clone();
+    let hep = if cfg.hep.enabled {
+        let h = kuzet_control::hep::HepSender::new(kuzet_control::hep::HepConfig {
+            collector: cfg.hep.collector,
+            capture_id: cfg.hep.capture_id,
+            auth_key: cfg.hep.auth_key.clone().filter(|k| !k.is_empty()),
+            mirror_sip: cfg.hep.mirror_sip,
+            local: udp_addr,
+        })
+        .with_context(|| format!("a socket towards the HEP collector {}", cfg.hep.collector))?;
+        Some(h)
+    } else {
+        None
+    };
     let events = std::thread::Builder::new()
         .name("kuzet-verdicts".into())
         .spawn(move || {
             recorder_priority();
-            plane::record_verdicts(events, m, store)
+            plane::record_verdicts(events, m, store, hep)
         })
         .context("spawning the verdict log thread")?;
     let mut settings = cfg.dataplane().context("numbering plan")?;

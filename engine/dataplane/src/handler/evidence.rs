@@ -121,6 +121,8 @@ impl FromStr for VerdictId {
 pub const HEAD_MAX: usize = 4096;
 /// How much of a Request-URI, From or P-Asserted-Identity is kept.
 pub const FIELD_MAX: usize = 256;
+/// How much of kuzet's own answer is kept, for mirroring it to HEP.
+pub const ANSWER_MAX: usize = 1500;
 
 /// A recorded call's evidence beyond the verdict itself.
 #[derive(Clone, Copy)]
@@ -146,6 +148,9 @@ pub struct Evidence {
     pub pai_raw: Inline<FIELD_MAX>,
     /// The start line and header section as received, cut at [`HEAD_MAX`].
     pub head: Inline<HEAD_MAX>,
+    /// kuzet's answer as sent, when HEP mirrors SIP (empty otherwise, and
+    /// when proxy mode forwarded the call).
+    pub answer: Inline<ANSWER_MAX>,
 }
 
 /// The current time in µs since the Unix epoch (a vDSO call, no syscall).

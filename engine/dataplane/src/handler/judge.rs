@@ -30,6 +30,7 @@ impl Handler {
                 set,
                 a: None,
                 id,
+                event: None,
             };
         }
         self.metrics.inc(Counter::Invites);
@@ -38,6 +39,7 @@ impl Handler {
             set,
             a: None,
             id: None,
+            event: None,
         };
         if received.elapsed() > self.budget {
             self.metrics.inc(Counter::FailOpenOverload);
@@ -90,15 +92,25 @@ impl Handler {
             // no shared counter, and a retransmission is picked the same.
             let sampled = !notable && self.sample_every > 0 && tx.is_multiple_of(self.sample_every);
             let mut id = None;
-            if notable || sampled {
+            let mut event = None;
+            if notable || sampled || self.every_call {
                 let vid = self.new_verdict_id();
-                id = Some(vid);
+                let record = notable || sampled;
+                if record {
+                    id = Some(vid);
+                }
                 let identities = rules.needs_identities().then_some((from, pai));
-                self.queue_event(
-                    m, &scored, &input, identities, src, conn, trunk, vid, sampled,
+                event = self.build_event(
+                    m, &scored, &input, identities, src, conn, trunk, vid, sampled, record,
                 );
             }
-            Judged { scored, set, a, id }
+            Judged {
+                scored,
+                set,
+                a,
+                id,
+                event,
+            }
         }));
         let v = match result {
             Ok(v) => v,
@@ -127,12 +139,30 @@ impl Handler {
         }
     }
 
-    /// Hands a verdict to the control plane's log and store: a copy into
-    /// the bounded queue's preallocated slot, never a wait; a full queue
-    /// drops it and counts. `identities` are the From and PAI numbers when
-    /// scoring already read them.
+    /// Hands a judged call's event (when it has one) to the control
+    /// plane's log, store and HEP: a copy into the bounded queue's
+    /// preallocated slot, never a wait; a full queue drops it and counts.
+    /// `answer` is what kuzet sent back (empty when it forwarded), kept
+    /// only when HEP mirrors SIP.
+    pub(super) fn send_event(&self, v: &mut Judged<'_>, answer: &[u8]) {
+        let Some(mut ev) = v.event.take() else { return };
+        let Some(tx) = &self.events else { return };
+        if self.copy_answers {
+            ev.evidence.answer = Inline::new(answer);
+        }
+        if tx.try_send(ev).is_err() {
+            self.metrics.inc(Counter::VerdictLogDropped);
+            self.metrics.inc(Counter::StoreDropped);
+        } else {
+            self.metrics.shift(Gauge::StoreQueueDepth, 1);
+        }
+    }
+
+    /// The event for a judged call, for the control plane's log and store
+    /// (and HEP); `identities` are the From and PAI numbers when scoring
+    /// already read them. None when nobody takes events.
     #[allow(clippy::too_many_arguments)]
-    fn queue_event(
+    fn build_event(
         &self,
         m: &Message<'_>,
         scored: &Scored,
@@ -143,11 +173,12 @@ impl Handler {
         trunk: Option<Trunk<'_>>,
         verdict_id: VerdictId,
         sampled: bool,
-    ) {
+        record: bool,
+    ) -> Option<VerdictEvent> {
         if scored.shadow_decision != scored.decision {
             self.metrics.inc(Counter::ShadowDiffers);
         }
-        let Some(tx) = &self.events else { return };
+        self.events.as_ref()?;
         let (from, pai) = identities.unwrap_or_else(|| {
             (
                 self.claim(m, Hdr::From, false).number,
@@ -185,14 +216,11 @@ impl Handler {
                 from_raw: Inline::new(m.header(Hdr::From).unwrap_or_default()),
                 pai_raw: Inline::new(m.header(Hdr::PAssertedIdentity).unwrap_or_default()),
                 head: Inline::new(&bytes[..head_end]),
+                answer: Inline::new(&[]),
             },
+            record,
         };
-        if tx.try_send(ev).is_err() {
-            self.metrics.inc(Counter::VerdictLogDropped);
-            self.metrics.inc(Counter::StoreDropped);
-        } else {
-            self.metrics.shift(Gauge::StoreQueueDepth, 1);
-        }
+        Some(ev)
     }
 }
 
@@ -286,6 +314,8 @@ pub(super) struct Judged<'l> {
     pub(super) set: &'l ListSet,
     pub(super) a: Option<Number>,
     pub(super) id: Option<VerdictId>,
+    /// The event to queue once the answer is written ([`Handler::send_event`]).
+    pub(super) event: Option<VerdictEvent>,
 }
 
 impl Judged<'_> {

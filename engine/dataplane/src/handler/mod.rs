@@ -119,6 +119,11 @@ pub struct Settings {
     pub node_name: String,
     /// Keep one allowed call in this many as a sample (0: none).
     pub record_allowed_every: u32,
+    /// HEP wants every call's verdict: queue an event for plain allows too
+    /// (sent to HEP only, neither logged nor recorded).
+    pub events_for_every_call: bool,
+    /// HEP mirrors SIP: copy kuzet's answer into the event.
+    pub copy_answers: bool,
     /// Where a wrongly blocked caller can appeal, added to the Reason text
     /// of a block beside the verdict id.
     pub appeal_contact: Option<String>,
@@ -152,6 +157,8 @@ impl Default for Settings {
             max_call: Duration::from_secs(u64::from(kuzet_rules::state::MAX_CALL_S)),
             node_name: "kuzet".into(),
             record_allowed_every: 1000,
+            events_for_every_call: false,
+            copy_answers: false,
             appeal_contact: None,
             first_verdict_seq: None,
         }
@@ -205,6 +212,9 @@ pub struct VerdictEvent {
     pub trunk_kind: Option<&'static str>,
     /// The id, time, answer and copied headers.
     pub evidence: Evidence,
+    /// Logged and recorded (anything but a plain allow, or a sampled
+    /// one); false for a plain allow queued for HEP alone.
+    pub record: bool,
 }
 
 /// Everything the call path needs, immutable after start-up.
@@ -244,6 +254,10 @@ pub struct Handler {
     next_verdict: std::sync::atomic::AtomicU64,
     /// One allowed call in this many is recorded (0: none).
     sample_every: u64,
+    /// Queue an event for every judged call (HEP), not only notable ones.
+    every_call: bool,
+    /// Copy kuzet's answer into each event (HEP mirrors SIP).
+    copy_answers: bool,
     /// ` appeal: CONTACT` for the Reason text, or nothing.
     appeal: Vec<u8>,
 }
@@ -295,6 +309,8 @@ impl Handler {
                 (evidence::unix_us().max(1) as u64).max(s.first_verdict_seq.unwrap_or(0)),
             ),
             sample_every: u64::from(s.record_allowed_every),
+            every_call: s.events_for_every_call,
+            copy_answers: s.copy_answers,
             appeal: s
                 .appeal_contact
                 .map(|c| format!("; appeal: {c}").into_bytes())

@@ -41,17 +41,20 @@ impl Handler {
         let mut verdict = None;
         if method == b"INVITE" {
             lists = self.lists.load();
-            let v = self.score(m, c, src, conn, received, &lists);
+            let mut v = self.score(m, c, src, conn, received, &lists);
             if v.decision() == Decision::Block {
                 self.reply_blocked(m, c, &v, out);
+                self.send_event(&mut v, out);
                 return Outcome::Reply;
             }
             verdict = Some(v);
         }
-        if self
-            .forward(m, c, src, conn, verdict.as_ref(), out)
-            .is_err()
-        {
+        let forwarded = self.forward(m, c, src, conn, verdict.as_ref(), out);
+        if let Some(v) = verdict.as_mut() {
+            // Forwarded, not answered: no answer of kuzet's to mirror.
+            self.send_event(v, &[]);
+        }
+        if forwarded.is_err() {
             out.clear();
             self.metrics.inc(Counter::BadRequests);
             if method == b"ACK" {

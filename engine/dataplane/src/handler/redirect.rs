@@ -17,7 +17,7 @@ impl Handler {
         match m.method() {
             b"INVITE" => {
                 let lists = self.lists.load();
-                let v = self.score(m, c, src, conn, received, &lists);
+                let mut v = self.score(m, c, src, conn, received, &lists);
                 match v.decision() {
                     Decision::Block => self.reply_blocked(m, c, &v, out),
                     _ => {
@@ -30,6 +30,7 @@ impl Handler {
                         });
                     }
                 }
+                self.send_event(&mut v, out);
                 Outcome::Reply
             }
             b"ACK" => {
