@@ -123,7 +123,12 @@ pub fn run(target: SocketAddr, print: bool) -> anyhow::Result<Vec<Answer>> {
 
 /// Sends `req` (again after 500 ms, up to four times, as a UAC would) and
 /// returns the final answer's code and verdict text.
-fn ask(sock: &UdpSocket, to: SocketAddr, req: &str, call_id: &str) -> anyhow::Result<(u16, String)> {
+fn ask(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    req: &str,
+    call_id: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut buf = vec![0u8; 65536];
     for _ in 0..4 {
         sock.send_to(req.as_bytes(), to)?;
@@ -144,10 +149,7 @@ fn ask(sock: &UdpSocket, to: SocketAddr, req: &str, call_id: &str) -> anyhow::Re
             if !text.contains(call_id) {
                 continue;
             }
-            let code: u16 = text
-                .get(8..11)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
+            let code: u16 = text.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
             if code < 200 {
                 continue;
             }
@@ -155,7 +157,9 @@ fn ask(sock: &UdpSocket, to: SocketAddr, req: &str, call_id: &str) -> anyhow::Re
                 text.lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        k.trim()
+                            .eq_ignore_ascii_case(name)
+                            .then(|| v.trim().to_string())
                     })
                     .unwrap_or_default()
             };

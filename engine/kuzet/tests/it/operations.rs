@@ -374,7 +374,11 @@ fn the_readme_tour_works() {
     let answers = kuzet_sim::tour::run(w.addr, false).expect("the tour runs");
     let blocked: Vec<_> = answers.iter().filter(|a| a.code == 603).collect();
     assert_eq!(blocked.len(), 3, "{answers:#?}");
-    assert!(blocked[0].why.contains("text=\"blocklist; verdict "), "{:?}", blocked[0]);
+    assert!(
+        blocked[0].why.contains("text=\"blocklist; verdict "),
+        "{:?}",
+        blocked[0]
+    );
     assert!(
         blocked[2].why.contains("text=\"sequential; verdict "),
         "the default rules are loaded: {:?}",
@@ -407,11 +411,19 @@ fn the_readme_tour_works() {
         if text.matches("block").count() >= 3 {
             break text;
         }
-        assert!(std::time::Instant::now() < deadline, "not on record: {text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not on record: {text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     for b in &blocked {
-        let id = b.why.split("verdict ").nth(1).unwrap().trim_end_matches('"');
+        let id = b
+            .why
+            .split("verdict ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
         assert!(table.contains(id), "{id} not in:\n{table}");
     }
     // Anyone else's directory has no token: refused (exit 3).
@@ -429,7 +441,10 @@ fn the_readme_tour_works() {
     assert_eq!(code, 200);
     assert_eq!(sample(&text, "kuzet_verdict_block_total"), Some(3.0));
     assert_eq!(
-        sample(&text, r#"kuzet_rule_hits_total{rule="sequential",mode="enforce"}"#),
+        sample(
+            &text,
+            r#"kuzet_rule_hits_total{rule="sequential",mode="enforce"}"#
+        ),
         Some(1.0),
         "{text}"
     );

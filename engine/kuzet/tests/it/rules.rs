@@ -676,7 +676,14 @@ fn verdicts_and_shadow_results_reach_the_log() {
         ),
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
-        .args(["run", "--control", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
+        .args([
+            "run",
+            "--control",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
