@@ -4,9 +4,12 @@
 # side-by-side benchmark and the test that its config matches kuzet's
 # policy), ss (iproute2, to read a listening socket's backlog), openssl
 # (test certificates for the register over TLS), unshare and prlimit
-# (util-linux: the full-disk test's private tmpfs), and with FUZZ=1 afl++
-# for scripts/fuzz.sh. Safe to run again: it installs only
-# what is missing.
+# (util-linux: the full-disk test's private tmpfs), systemd-analyze and
+# systemd-sysusers (package systemd: the deploy test verifies the unit
+# files), promtool (package prometheus: the alert rules' test), PyYAML
+# (python3-yaml: the deploy test parses the Kubernetes manifests), and
+# with FUZZ=1 afl++ for scripts/fuzz.sh. Safe to run again: it installs
+# only what is missing, and leaves no packaged service running.
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
@@ -14,6 +17,9 @@ command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamai
 command -v ss >/dev/null 2>&1 || [ -x /usr/sbin/ss ] || [ -x /bin/ss ] || need+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+python3 -c 'import yaml' >/dev/null 2>&1 || /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
 # AFL++ for scripts/fuzz.sh (FUZZ=1); the suite's fuzz pass needs nothing.
 if [ "${FUZZ:-0}" = 1 ]; then command -v afl-fuzz >/dev/null 2>&1 || need+=(afl++); fi
 if [ ${#need[@]} -eq 0 ]; then
@@ -24,9 +30,23 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "install-deps: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+# The kamailio and prometheus packages start their services on install
+# (Kamailio on 5060, Prometheus on 9090); the tests start their own
+# processes and need neither. Where no policy-rc.d forbids it already,
+# one is put in place for the install, so no service starts.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\n# install-deps.sh: start no service while installing.\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod 0755 "$policy"
+  trap '$SUDO rm -f "$policy"' EXIT
+fi
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# The Debian package starts a system Kamailio on 5060 where systemd runs;
-# kuzet's tests and benchmarks start their own, so stop that one.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kamailio 2>/dev/null; then
-  $SUDO systemctl stop kamailio || true
+# Where systemd runs, stop such a service if it runs anyway (a policy-rc.d
+# that allows it, or an earlier install).
+if command -v systemctl >/dev/null 2>&1; then
+  for svc in kamailio prometheus; do
+    if systemctl is-active --quiet "$svc" 2>/dev/null; then
+      $SUDO systemctl stop "$svc" || true
+    fi
+  done
 fi
