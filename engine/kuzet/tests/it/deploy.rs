@@ -14,24 +14,16 @@
 //! `scripts/install-deps.sh`; a missing one fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
 
-use crate::common::TempDir;
-
-/// The repository root.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use crate::common::{read_repo, repo, TempDir};
 
 fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    read_repo(rel)
 }
 
 /// The command line kuzet runs with in every deployment: the config in

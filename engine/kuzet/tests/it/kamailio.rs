@@ -17,15 +17,8 @@ use kuzet_sim::driver::Proto;
 use crate::common::{client, status, TempDir};
 use crate::sim::{assert_list_detection, run, small};
 
-fn kamailio() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.push("/usr/sbin".into());
-    dirs.into_iter()
-        .map(|d| d.join("kamailio"))
-        .find(|p| p.is_file())
-        .expect("kamailio not found: run scripts/install-deps.sh (Debian package kamailio)")
+pub(crate) fn kamailio() -> PathBuf {
+    crate::common::tool("kamailio", "kamailio")
 }
 
 struct Kamailio(Child);

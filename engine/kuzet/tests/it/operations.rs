@@ -42,14 +42,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 fn prometheus_bin() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.push("/usr/bin".into());
-    dirs.into_iter()
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file())
-        .expect("prometheus not found: run scripts/install-deps.sh (Debian package prometheus)")
+    tool("prometheus", "prometheus")
 }
 
 /// A Prometheus server on a free loopback port scraping one target every
