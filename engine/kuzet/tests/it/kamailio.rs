@@ -21,7 +21,7 @@ pub(crate) fn kamailio() -> PathBuf {
     crate::common::tool("kamailio", "kamailio")
 }
 
-struct Kamailio(Child);
+pub(crate) struct Kamailio(pub(crate) Child);
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
