@@ -1,7 +1,7 @@
 //! The store's figures, measured on a real SQLite file:
 //!
 //! - `fill DIR N`: writes N synthetic records (1M callers, 900-byte header
-//!   sections) through the writer's own path, in batches of 4096, with
+//!   sections) through the writer's own path, in batches of 16384 (the recorder's), with
 //!   incident grouping on, and prints records/s;
 //! - `query DIR [ROUNDS]`: first pages of queries by number (either side)
 //!   for numbers that are in the store, and prints the median and worst;
@@ -76,11 +76,11 @@ fn fill(dir: &Path, n: u64) {
     let have = s.count().unwrap();
     let t0 = kuzet_store::now_us() - 86_400_000_000;
     let started = Instant::now();
-    let mut batch = Vec::with_capacity(4096);
+    let mut batch = Vec::with_capacity(16384);
     let mut last = Instant::now();
     for i in have..have + n {
         batch.push(record(i, t0));
-        if batch.len() == 4096 {
+        if batch.len() == 16384 {
             s.insert(&batch).unwrap();
             batch.clear();
             if last.elapsed() > Duration::from_secs(10) {
