@@ -78,6 +78,7 @@ counters! {
     ListReloadsAbandoned => "list_reloads_abandoned_total", "List reloads abandoned past the reload timeout",
     HepSent => "hep_sent_total", "HEP packets sent to the collector",
     HepSendErrors => "hep_send_errors_total", "HEP packets that could not be sent (dropped)",
+    HepQueueDropped => "hep_queue_dropped_total", "Plain allows not sent to HEP because the verdict queue was full",
 }
 
 /// Values that go up and down, set by whoever owns them.

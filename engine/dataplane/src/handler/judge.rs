@@ -150,9 +150,15 @@ impl Handler {
         if self.copy_answers {
             ev.evidence.answer = Inline::new(answer);
         }
+        let record = ev.record;
         if tx.try_send(ev).is_err() {
-            self.metrics.inc(Counter::VerdictLogDropped);
-            self.metrics.inc(Counter::StoreDropped);
+            if record {
+                self.metrics.inc(Counter::VerdictLogDropped);
+                self.metrics.inc(Counter::StoreDropped);
+            } else {
+                // A plain allow queued for HEP alone: no record was lost.
+                self.metrics.inc(Counter::HepQueueDropped);
+            }
         } else {
             self.metrics.shift(Gauge::StoreQueueDepth, 1);
         }
