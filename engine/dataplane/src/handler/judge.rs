@@ -13,6 +13,7 @@ impl Handler {
     /// retransmission of an INVITE already judged (same Call-ID, CSeq and
     /// top Via branch, within the transaction window) gets the verdict it
     /// got, without being scored or counted again.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn score<'l>(
         &self,
         m: &Message<'_>,
@@ -21,6 +22,7 @@ impl Handler {
         conn: Option<u64>,
         received: Instant,
         set: &'l ListSet,
+        event: &mut Option<VerdictEvent>,
     ) -> Judged<'l> {
         let tx = transaction_key(m);
         if let Some((scored, id)) = self.retransmission(tx, set) {
@@ -30,7 +32,6 @@ impl Handler {
                 set,
                 a: None,
                 id,
-                event: None,
             };
         }
         self.metrics.inc(Counter::Invites);
@@ -39,7 +40,6 @@ impl Handler {
             set,
             a: None,
             id: None,
-            event: None,
         };
         if received.elapsed() > self.budget {
             self.metrics.inc(Counter::FailOpenOverload);
@@ -92,7 +92,6 @@ impl Handler {
             // no shared counter, and a retransmission is picked the same.
             let sampled = !notable && self.sample_every > 0 && tx.is_multiple_of(self.sample_every);
             let mut id = None;
-            let mut event = None;
             if notable || sampled || self.every_call {
                 let vid = self.new_verdict_id();
                 let record = notable || sampled;
@@ -100,17 +99,11 @@ impl Handler {
                     id = Some(vid);
                 }
                 let identities = rules.needs_identities().then_some((from, pai));
-                event = self.build_event(
+                *event = self.build_event(
                     m, &scored, &input, identities, src, conn, trunk, vid, sampled, record,
                 );
             }
-            Judged {
-                scored,
-                set,
-                a,
-                id,
-                event,
-            }
+            Judged { scored, set, a, id }
         }));
         let v = match result {
             Ok(v) => v,
@@ -144,8 +137,8 @@ impl Handler {
     /// preallocated slot, never a wait; a full queue drops it and counts.
     /// `answer` is what kuzet sent back (empty when it forwarded), kept
     /// only when HEP mirrors SIP.
-    pub(super) fn send_event(&self, v: &mut Judged<'_>, answer: &[u8]) {
-        let Some(mut ev) = v.event.take() else { return };
+    pub(super) fn send_event(&self, event: &mut Option<VerdictEvent>, answer: &[u8]) {
+        let Some(mut ev) = event.take() else { return };
         let Some(tx) = &self.events else { return };
         if self.copy_answers {
             ev.evidence.answer = Inline::new(answer);
@@ -320,8 +313,6 @@ pub(super) struct Judged<'l> {
     pub(super) set: &'l ListSet,
     pub(super) a: Option<Number>,
     pub(super) id: Option<VerdictId>,
-    /// The event to queue once the answer is written ([`Handler::send_event`]).
-    pub(super) event: Option<VerdictEvent>,
 }
 
 impl Judged<'_> {

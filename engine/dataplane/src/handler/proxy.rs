@@ -39,21 +39,20 @@ impl Handler {
         }
         let lists;
         let mut verdict = None;
+        let mut event = None;
         if method == b"INVITE" {
             lists = self.lists.load();
-            let mut v = self.score(m, c, src, conn, received, &lists);
+            let v = self.score(m, c, src, conn, received, &lists, &mut event);
             if v.decision() == Decision::Block {
                 self.reply_blocked(m, c, &v, out);
-                self.send_event(&mut v, out);
+                self.send_event(&mut event, out);
                 return Outcome::Reply;
             }
             verdict = Some(v);
         }
         let forwarded = self.forward(m, c, src, conn, verdict.as_ref(), out);
-        if let Some(v) = verdict.as_mut() {
-            // Forwarded, not answered: no answer of kuzet's to mirror.
-            self.send_event(v, &[]);
-        }
+        // Forwarded, not answered: no answer of kuzet's to mirror.
+        self.send_event(&mut event, &[]);
         if forwarded.is_err() {
             out.clear();
             self.metrics.inc(Counter::BadRequests);

@@ -17,7 +17,10 @@ impl Handler {
         match m.method() {
             b"INVITE" => {
                 let lists = self.lists.load();
-                let mut v = self.score(m, c, src, conn, received, &lists);
+                // The verdict's event, filled in only for a call worth one,
+                // and queued once the answer is written (HEP mirrors it).
+                let mut event = None;
+                let v = self.score(m, c, src, conn, received, &lists, &mut event);
                 match v.decision() {
                     Decision::Block => self.reply_blocked(m, c, &v, out),
                     _ => {
@@ -30,7 +33,7 @@ impl Handler {
                         });
                     }
                 }
-                self.send_event(&mut v, out);
+                self.send_event(&mut event, out);
                 Outcome::Reply
             }
             b"ACK" => {
