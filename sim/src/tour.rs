@@ -169,12 +169,21 @@ fn ask(
                 header("Reason")
             };
             if code >= 300 {
-                // ACK the final answer, as the transaction requires.
-                let ack = req.replacen("INVITE sip:", "ACK sip:", 1).replacen(
+                // ACK the final answer, as the transaction requires, with
+                // the answer's To (and its tag).
+                let mut ack = req.replacen("INVITE sip:", "ACK sip:", 1).replacen(
                     "CSeq: 1 INVITE",
                     "CSeq: 1 ACK",
                     1,
                 );
+                let to_line = |t: &str| {
+                    t.lines()
+                        .find(|l| l.to_ascii_lowercase().starts_with("to:"))
+                        .map(str::to_string)
+                };
+                if let (Some(ours), Some(theirs)) = (to_line(&ack), to_line(&text)) {
+                    ack = ack.replacen(&ours, &theirs, 1);
+                }
                 let _ = sock.send_to(ack.as_bytes(), to);
             }
             return Ok((code, why));

@@ -218,9 +218,11 @@ pub fn record_verdicts(
     let version_base = unix_us() / 1_000_000;
     // The store has a thread of its own (it inherits this one's idle
     // class): while SQLite commits one batch, this thread goes on draining
-    // the queue into the next, so a commit never backs the queue up into
-    // the call path. Between the two, at most WRITER_QUEUE full batches
-    // wait; past that a batch is dropped and counted.
+    // the queue into the next, so a commit seldom backs the queue up into
+    // the call path. At most WRITER_QUEUE batches wait for the writer;
+    // past that this thread keeps gathering, and with a full batch waits,
+    // and the queue in front fills (a call that finds it full is counted
+    // in store_dropped_total, never delayed).
     let (to_writer, writer) = match store {
         Some(st) => {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(WRITER_QUEUE);
@@ -240,66 +242,98 @@ pub fn record_verdicts(
     };
     let recording = to_writer.is_some();
     let mut batch: Vec<Record> = Vec::with_capacity(if recording { BATCH } else { 0 });
-    let mut last_full: Option<std::time::Instant> = None;
     loop {
+        let mut closed = false;
         // Woken by the first event, the thread lets more gather before it
         // drains them: at most one wake-up per pause instead of one per
         // event, so a burst of blocked calls costs the call path's core no
-        // context switches.
-        let first = match events.recv_timeout(Duration::from_secs(1)) {
-            Ok(ev) => ev,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        take(
-            first,
-            &metrics,
-            recording,
-            version_base,
-            &mut batch,
-            &mut hep,
-        );
-        // With a store, records gather for up to COMMIT_EVERY (or a full
-        // batch): each commit rewrites the index pages it touches, so a
-        // few large commits a second write a fraction of what one per
-        // pause would, and the checkpoints that follow (whose fsync holds
-        // a core in the kernel) shrink with them.
-        let gather = if recording { COMMIT_EVERY } else { LOG_PAUSE };
-        let deadline = std::time::Instant::now() + gather;
-        loop {
-            std::thread::sleep(LOG_PAUSE);
-            while batch.len() < BATCH {
-                let Ok(ev) = events.try_recv() else { break };
-                take(ev, &metrics, recording, version_base, &mut batch, &mut hep);
+        // context switches. With nothing new for a second, a batch kept
+        // back while the writer was busy is offered again.
+        match events.recv_timeout(Duration::from_secs(1)) {
+            Ok(first) => {
+                take(
+                    first,
+                    &metrics,
+                    recording,
+                    version_base,
+                    &mut batch,
+                    &mut hep,
+                );
+                // With a store, records gather for up to COMMIT_EVERY (or a
+                // full batch): each commit rewrites the index pages it
+                // touches, so a few large commits a second write a
+                // fraction of what one per pause would, and the
+                // checkpoints that follow (whose fsync holds a core in the
+                // kernel) shrink with them.
+                let gather = if recording { COMMIT_EVERY } else { LOG_PAUSE };
+                let deadline = std::time::Instant::now() + gather;
+                loop {
+                    std::thread::sleep(LOG_PAUSE);
+                    while batch.len() < BATCH {
+                        match events.try_recv() {
+                            Ok(ev) => {
+                                take(ev, &metrics, recording, version_base, &mut batch, &mut hep)
+                            }
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    }
+                    if closed || batch.len() >= BATCH || std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
             }
-            if batch.len() >= BATCH || std::time::Instant::now() >= deadline {
-                break;
-            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => closed = true,
         }
         if let Some(tx) = &to_writer {
-            if batch.is_empty() {
-                continue;
-            }
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            if let Err(std::sync::mpsc::TrySendError::Full(lost)) = tx.try_send(full) {
-                metrics.add(Counter::StoreDropped, lost.len() as u64);
-                if last_full.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::error!(lost = lost.len(), "the store is behind by {WRITER_QUEUE} batches; records are lost and counted in store_dropped_total, calls go on");
-                    last_full = Some(std::time::Instant::now());
+            if !batch.is_empty() {
+                // A full batch, or the last one, waits for the writer
+                // (the queue in front absorbs the wait: a call never
+                // does); a partial one keeps gathering while the writer
+                // is busy.
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                let sent = if closed || full.len() >= BATCH {
+                    tx.send(full).map_err(|e| e.0)
+                } else {
+                    match tx.try_send(full) {
+                        Ok(()) => Ok(()),
+                        Err(std::sync::mpsc::TrySendError::Full(b)) => {
+                            batch = b;
+                            Ok(())
+                        }
+                        Err(std::sync::mpsc::TrySendError::Disconnected(b)) => Err(b),
+                    }
+                };
+                if let Err(lost) = sent {
+                    writer_gone(&metrics, lost.len());
                 }
             }
         }
-    }
-    // The workers are gone: the last batch is handed over and written
-    // (waiting now costs no call), then the writer ends.
-    if let Some(tx) = to_writer {
-        if !batch.is_empty() {
-            let _ = tx.send(batch);
+        if closed {
+            break;
         }
     }
+    drop(to_writer);
     if let Some(h) = writer {
-        let _ = h.join();
+        if h.join().is_err() {
+            tracing::error!("the store's writer thread panicked");
+        }
     }
+}
+
+/// The writer thread is gone (it panicked): its records are lost and
+/// counted, and the node is not ready.
+fn writer_gone(metrics: &Metrics, lost: usize) {
+    metrics.add(Counter::StoreDropped, lost as u64);
+    metrics.set(Gauge::StoreWritable, 0);
+    tracing::error!(
+        lost,
+        "the store's writer thread is gone; records are lost and counted in store_dropped_total"
+    );
 }
 
 /// The store's writer thread: commits each batch it is handed, and once a
@@ -317,7 +351,15 @@ fn write_batches(
     loop {
         match batches.recv_timeout(Duration::from_secs(1)) {
             Ok(mut b) => commit(&mut st, &mut b, &metrics, &mut last_error),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // No batch for a second after a failed commit: ask the
+                // store itself whether it takes commits again.
+                if metrics.gauge(Gauge::StoreWritable) == 0 && st.probe(unix_us()).is_ok() {
+                    metrics.set(Gauge::StoreWritable, 1);
+                    last_error.take();
+                    tracing::warn!(path = %st.path().display(), "the store is writable again");
+                }
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
         if std::time::Instant::now() >= next_tick {

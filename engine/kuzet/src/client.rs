@@ -232,9 +232,13 @@ impl tonic::service::Interceptor for Bearer {
 async fn connect(c: &Conn) -> Result<Client, Failure> {
     // Without --token or KUZET_TOKEN: the local token a kuzet on its
     // defaults wrote into ./kuzet-data (readable by its own user only).
+    // Only towards a loopback address: the control API speaks plain gRPC.
     let local = match &c.token {
         Some(_) => None,
-        None => std::fs::read_to_string(Path::new(LOCAL_TOKEN_DIR).join(LOCAL_TOKEN_FILE)).ok(),
+        None if c.control.ip().is_loopback() => {
+            std::fs::read_to_string(Path::new(LOCAL_TOKEN_DIR).join(LOCAL_TOKEN_FILE)).ok()
+        }
+        None => None,
     };
     let bearer =
         match c.token.as_ref().or(local.as_ref()) {

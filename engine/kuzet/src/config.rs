@@ -922,6 +922,9 @@ impl Config {
                     .into(),
             ));
         }
+        if self.hep.auth_key.as_ref().is_some_and(|k| k.len() > 256) {
+            return Err(bad("hep.auth_key must be at most 256 bytes".into()));
+        }
         if let Some(c) = &self.verdict.appeal_contact {
             if c.len() > 128
                 || c.bytes()

@@ -264,6 +264,21 @@ impl Store {
         tx.commit()
     }
 
+    /// Writes one small row (the time of the probe in `meta`): whether the
+    /// store takes a commit now, asked while no batch is coming (a node
+    /// taken out of service for a failed commit gets no calls to prove
+    /// it recovered).
+    pub fn probe(&mut self, now_us: i64) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_probe_us', ?1)",
+            [now_us.to_string()],
+        )?;
+        tx.commit()
+    }
+
     /// This store's node name.
     pub fn node(&self) -> &str {
         &self.opts.node

@@ -140,6 +140,15 @@ impl Handler {
     pub(super) fn send_event(&self, event: &mut Option<VerdictEvent>, answer: &[u8]) {
         let Some(mut ev) = event.take() else { return };
         let Some(tx) = &self.events else { return };
+        // A plain allow for HEP alone takes at most half the queue, so it
+        // never crowds out a record.
+        if !ev.record
+            && self.metrics.gauge(Gauge::StoreQueueDepth) * 2
+                >= self.metrics.gauge(Gauge::StoreQueueCapacity)
+        {
+            self.metrics.inc(Counter::HepQueueDropped);
+            return;
+        }
         if self.copy_answers {
             ev.evidence.answer = Inline::new(answer);
         }
