@@ -124,6 +124,15 @@ fn uac(dir: &Path, router: SocketAddr, callee: SocketAddr, n: u32, rate: u32) ->
         ])
         .args(["-rsa", &router.to_string(), "-s", "87015550000"])
         .args(["-m", &n.to_string(), "-r", &rate.to_string()])
+        // A proxy may relay a callee's 180 after its 200 (Kamailio's
+        // children send replies outside the transaction's lock, and on
+        // two busy cores a 180 handled by one child can leave after the
+        // 200 handled by another). RFC 3261 UACs ignore such a late
+        // provisional; SIPp would abort the call on it, so it is told
+        // not to abort on unexpected messages. A call that does not
+        // complete still fails: its next expected message never comes
+        // and the call times out.
+        .args(["-default_behaviors", "all,-abortunexp", "-recv_timeout", "10000"])
         .args([
             "-nostdin",
             "-timeout",
