@@ -67,6 +67,43 @@ pub struct StartOptions {
     pub handle_sighup: bool,
 }
 
+/// Binds the SIP sockets: one UDP socket per worker (`SO_REUSEPORT`) and,
+/// when TCP is on, a listener on the same port. With port 0 the kernel
+/// picks the UDP port, and that port may already be taken for TCP by
+/// someone else: then another port is tried, a few times, before giving up.
+fn bind_sip(
+    cfg: &Config,
+    workers: usize,
+) -> anyhow::Result<(Vec<std::net::UdpSocket>, Option<std::net::TcpListener>)> {
+    let chosen_by_kernel = cfg.server.listen.port() == 0;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let first = kuzet_net::bind_udp(cfg.server.listen, cfg.server.socket_buffer_bytes)
+            .with_context(|| format!("binding UDP {}", cfg.server.listen))?;
+        let udp_addr = first.local_addr().context("UDP local address")?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(
+                kuzet_net::bind_udp(udp_addr, cfg.server.socket_buffer_bytes)
+                    .with_context(|| format!("binding UDP {udp_addr} (SO_REUSEPORT)"))?,
+            );
+        }
+        if !cfg.server.tcp {
+            return Ok((sockets, None));
+        }
+        match tcp::listen(udp_addr, cfg.server.tcp_backlog) {
+            Ok(l) => return Ok((sockets, Some(l))),
+            Err(e)
+                if chosen_by_kernel && tries < 16 && e.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                tracing::debug!(port = udp_addr.port(), "TCP port taken; picking another");
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding TCP {udp_addr}")),
+        }
+    }
+}
+
 /// Starts the engine and returns once it is serving.
 pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let plan = cfg.plan().context("numbering plan")?;
@@ -130,16 +167,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let first = kuzet_net::bind_udp(cfg.server.listen, cfg.server.socket_buffer_bytes)
-        .with_context(|| format!("binding UDP {}", cfg.server.listen))?;
-    let udp_addr = first.local_addr().context("UDP local address")?;
-    let mut sockets = vec![first];
-    for _ in 1..workers {
-        sockets.push(
-            kuzet_net::bind_udp(udp_addr, cfg.server.socket_buffer_bytes)
-                .with_context(|| format!("binding UDP {udp_addr} (SO_REUSEPORT)"))?,
-        );
-    }
+    let (sockets, tcp_listener) = bind_sip(&cfg, workers)?;
+    let udp_addr = sockets[0].local_addr().context("UDP local address")?;
     // The fail-open budget counts from when the kernel received a request,
     // so time spent queued in the socket under overload counts too.
     for s in &sockets {
@@ -149,13 +178,6 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         }
     }
     let udp_out = Arc::new(sockets[0].try_clone().context("cloning UDP socket")?);
-    let tcp_listener = if cfg.server.tcp {
-        let l = tcp::listen(udp_addr, cfg.server.tcp_backlog)
-            .with_context(|| format!("binding TCP {udp_addr}"))?;
-        Some(l)
-    } else {
-        None
-    };
     let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
     // kuzet's Via must carry the real port when the config said 0.
     let mut cfg = cfg;
