@@ -2,7 +2,7 @@
 //!
 //! - `fill DIR N`: writes N synthetic records (1M callers, 900-byte header
 //!   sections) through the writer's own path, in batches of 16384 (the recorder's), with
-//!   incident grouping on, and prints records/s;
+//!   incident grouping on and the incidents' upkeep once a second, and prints records/s;
 //! - `query DIR [ROUNDS]`: first pages of queries by number (either side)
 //!   for numbers that are in the store, and prints the median and worst;
 //! - `export DIR`: streams every record, and prints records/s.
@@ -78,11 +78,17 @@ fn fill(dir: &Path, n: u64) {
     let started = Instant::now();
     let mut batch = Vec::with_capacity(16384);
     let mut last = Instant::now();
+    let mut ticked = Instant::now();
     for i in have..have + n {
         batch.push(record(i, t0));
         if batch.len() == 16384 {
             s.insert(&batch).unwrap();
             batch.clear();
+            // The recorder's upkeep between batches, once a second.
+            if ticked.elapsed() >= Duration::from_secs(1) {
+                s.tick(kuzet_store::now_us()).unwrap();
+                ticked = Instant::now();
+            }
             if last.elapsed() > Duration::from_secs(10) {
                 let done = i + 1 - have;
                 eprintln!(

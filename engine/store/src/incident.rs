@@ -245,15 +245,9 @@ pub fn group_batch(
             by_group.entry(k).or_default().push(i);
         }
     }
-    let mut find = tx.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM incidents WHERE kind = ?1 AND key = ?2 AND state != 'closed'
-         ORDER BY id DESC LIMIT 1"
-    ))?;
     for ((kind, key), members) in by_group {
         let first = &recs[members[0]];
-        let mut inc = find
-            .query_row(params![kind, key], from_row)
-            .optional()?
+        let mut inc = open_incident(tx, kind, &key)?
             .filter(|i| first.ts_us - i.last_seen_us <= p.window_us)
             .unwrap_or_else(|| Incident {
                 kind: kind.into(),
@@ -321,6 +315,52 @@ pub fn group_batch(
         }
     }
     Ok(linked)
+}
+
+/// How many of a caller's latest calls are searched for its incident: a
+/// source whose last intercepted call is further back than this (all
+/// since were sampled allows) starts a new incident.
+const SOURCE_LOOKBACK: i64 = 64;
+
+/// The incident of this kind and key that is still open, if any.
+///
+/// A source's is the incident its latest linked call belongs to: every
+/// intercepted call of a source links to that source's current incident,
+/// so the caller's index on the calls finds it, and the incidents need no
+/// index on every A-number. A campaign's comes from its own (small)
+/// index.
+fn open_incident(
+    tx: &Transaction<'_>,
+    kind: &str,
+    key: &str,
+) -> rusqlite::Result<Option<Incident>> {
+    if kind == "source" {
+        let id: Option<i64> = tx
+            // The limit is written into the statement: as a bound
+            // parameter, SQLite would plan the statement again per call.
+            .prepare_cached(&format!(
+                "SELECT incident FROM (SELECT incident FROM calls WHERE a = ?1
+                 ORDER BY id DESC LIMIT {SOURCE_LOOKBACK}) WHERE incident IS NOT NULL LIMIT 1"
+            ))?
+            .query_row(params![key], |r| r.get(0))
+            .optional()?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        tx.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM incidents
+             WHERE id = ?1 AND kind = 'source' AND key = ?2 AND state != 'closed'"
+        ))?
+        .query_row(params![id, key], from_row)
+        .optional()
+    } else {
+        tx.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM incidents WHERE kind = 'campaign' AND key = ?1
+             AND state != 'closed' ORDER BY id DESC LIMIT 1"
+        ))?
+        .query_row(params![key], from_row)
+        .optional()
+    }
 }
 
 /// Puts the incident's current report in the outbox: into the pending

@@ -116,6 +116,16 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     ",
+    // 4: a source incident is found through its caller's latest call
+    // (`calls_a`), so the incidents need no index of their own on every
+    // A-number (a third index written at random per recorded call); only
+    // campaigns keep one. The open incidents are indexed by their last
+    // call, so closing the quiet ones reads only those due.
+    "
+    DROP INDEX incidents_key;
+    CREATE INDEX incidents_campaign ON incidents (key, id) WHERE kind = 'campaign';
+    CREATE INDEX incidents_open ON incidents (last_seen_us) WHERE state != 'closed';
+    ",
 ];
 
 /// The schema version this build writes.
