@@ -248,7 +248,7 @@ impl Investigation {
         let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let mut guard = conn.lock().map_err(|_| "audit lock poisoned".to_string())?;
             if guard.is_none() {
-                *guard = Some(kuzet_store::open_side_writer(&dir).map_err(|e| e.to_string())?);
+                *guard = Some(audit::open(&dir).map_err(|e| e.to_string())?);
             }
             let c = guard.as_ref().ok_or("no audit connection")?;
             audit::append(c, &e).map(|_| ()).map_err(|e| e.to_string())
@@ -766,7 +766,7 @@ impl InvestigationService for Investigation {
             n => n as usize,
         };
         let entries = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
+            let c = audit::open(&dir).map_err(store_err)?;
             audit::read(&c, before, limit).map_err(store_err)
         })
         .await

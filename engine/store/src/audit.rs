@@ -2,9 +2,133 @@
 //! which role, with which filter, when, how many rows it returned, and
 //! whether it was allowed. Rows are only ever appended; no API deletes or
 //! changes them, and retention of the calls log never touches them.
+//!
+//! It lives in a file of its own beside the calls log, [`AUDIT_FILE`], so
+//! that writing an entry never waits for the recorder's commits: SQLite
+//! has one writer per file, and on a loaded node with a large store a
+//! batch of calls can hold the calls log's write lock for seconds, while
+//! an investigator's answer waits for its audit entry. Stores from before
+//! the split kept the log in `kuzet.db`'s `audit` table; the first open
+//! copies those rows over, ids and all, and the old table is left as it
+//! was (nothing deletes audit rows).
 
-use rusqlite::{params, Connection};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use serde::{Deserialize, Serialize};
+
+use crate::{StoreError, DB_FILE};
+
+/// The audit log's file in the data directory.
+pub const AUDIT_FILE: &str = "audit.db";
+
+/// `KZAU`: marks the SQLite file as kuzet's audit log.
+pub const AUDIT_APPLICATION_ID: i64 = 0x4b5a_4155;
+
+/// Opens the data directory's audit log, creating it (and carrying over
+/// the entries an older store kept in its calls log) on first use.
+pub fn open(dir: &Path) -> Result<Connection, StoreError> {
+    let path = dir.join(AUDIT_FILE);
+    let sq = |source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sq)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
+    let app: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(sq)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sq)?;
+    if app != AUDIT_APPLICATION_ID && !(app == 0 && version == 0) {
+        return Err(StoreError::Foreign(path));
+    }
+    if version > 1 {
+        return Err(StoreError::NewerSchema {
+            path,
+            found: version,
+            known: 1,
+        });
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sq)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sq)?;
+    if version == 0 {
+        create(&conn, dir).map_err(sq)?;
+    }
+    Ok(conn)
+}
+
+/// Makes the table and copies an older store's entries, in one
+/// transaction on the audit file alone (two first opens at once: the
+/// second finds it done). The old entries are read through a connection
+/// of their own, so the copy never takes the calls log's write lock.
+fn create(conn: &Connection, dir: &Path) -> rusqlite::Result<()> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != 0 {
+        return tx.commit();
+    }
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS audit (
+            id      INTEGER PRIMARY KEY,
+            ts_us   INTEGER NOT NULL,
+            who     TEXT NOT NULL,
+            role    TEXT NOT NULL,
+            action  TEXT NOT NULL,
+            filter  TEXT NOT NULL,
+            rows    INTEGER NOT NULL,
+            outcome TEXT NOT NULL
+        );",
+    )?;
+    let store = dir.join(DB_FILE);
+    if store.exists() {
+        let old = Connection::open_with_flags(
+            &store,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        old.busy_timeout(Duration::from_secs(5))?;
+        let has: i64 = old.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has > 0 {
+            let mut read = old.prepare(
+                "SELECT id, ts_us, who, role, action, filter, rows, outcome FROM audit ORDER BY id",
+            )?;
+            let mut put = tx.prepare(
+                "INSERT OR IGNORE INTO audit (id, ts_us, who, role, action, filter, rows, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut rows = read.query([])?;
+            while let Some(r) = rows.next()? {
+                put.execute(params![
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, String>(7)?
+                ])?;
+            }
+        }
+    }
+    tx.pragma_update(None, "application_id", AUDIT_APPLICATION_ID)?;
+    tx.pragma_update(None, "user_version", 1)?;
+    tx.commit()
+}
 
 /// One audited request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

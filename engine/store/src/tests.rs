@@ -287,7 +287,7 @@ fn one_data_directory_takes_one_writer() {
 fn the_audit_log_only_grows() {
     let dir = tempfile::tempdir().unwrap();
     let _s = open(dir.path(), opts()).unwrap();
-    let c = open_side_writer(dir.path()).unwrap();
+    let c = audit::open(dir.path()).unwrap();
     for i in 0..3 {
         let e = audit::Entry {
             id: 0,
@@ -536,4 +536,173 @@ fn the_store_keeps_its_id_and_knows_each_nodes_last_verdict() {
     assert_eq!(s.store_id(), id, "the id is kept");
     let other_dir = tempfile::tempdir().unwrap();
     assert_ne!(open(other_dir.path(), opts()).unwrap().store_id(), id);
+}
+
+/// A source's incident is found again from its latest linked call, across
+/// batches and past the sampled allows recorded in between; a closed one
+/// is not joined again; and the lookups read the indexes, not the tables.
+#[test]
+fn a_source_finds_its_open_incident_across_batches_and_never_a_closed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.incidents = incident::Policy {
+        window_us: 600_000_000,
+        close_after_us: 3_600_000_000,
+        ..incident::Policy::default()
+    };
+    let mut s = open(dir.path(), o).unwrap();
+    let src = "+77011112233";
+    let first = rec(0, src, "+77020000001", "block", &["blocklist"]);
+    s.insert_at(std::slice::from_ref(&first), first.ts_us)
+        .unwrap();
+    // Other sources, and this source's sampled allows, between its calls.
+    let mut between: Vec<_> = (1..40)
+        .map(|n| {
+            rec(
+                n,
+                &format!("+770199900{n:02}"),
+                "+77020000002",
+                "block",
+                &["blocklist"],
+            )
+        })
+        .collect();
+    for n in 40..50 {
+        let mut allow = rec(n, src, "+77020000003", "allow", &[]);
+        allow.sampled = true;
+        between.push(allow);
+    }
+    s.insert_at(&between, between[48].ts_us).unwrap();
+    let again = rec(60, src, "+77020000004", "flag", &["wangiri"]);
+    s.insert_at(std::slice::from_ref(&again), again.ts_us)
+        .unwrap();
+    let of_src: Vec<_> = incident::list(s.conn(), None, None, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind == "source" && i.key == src)
+        .collect();
+    assert_eq!(of_src.len(), 1, "{of_src:?}");
+    assert_eq!((of_src[0].blocked, of_src[0].flagged), (1, 1));
+    let r = open_reader(dir.path()).unwrap();
+    assert_eq!(calls_of(&r, of_src[0].id), 2);
+
+    // An hour of quiet closes it; the source's next call, though within
+    // the grouping window of nothing, opens a new incident.
+    let later = again.ts_us + 3_600_000_001;
+    s.tick(later).unwrap();
+    assert_eq!(
+        incident::get(s.conn(), of_src[0].id)
+            .unwrap()
+            .unwrap()
+            .state,
+        "closed"
+    );
+    let mut back = rec(70, src, "+77020000005", "block", &["blocklist"]);
+    back.ts_us = later;
+    s.insert_at(std::slice::from_ref(&back), later).unwrap();
+    let open_now: Vec<_> = incident::list(s.conn(), Some("open"), None, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.key == src)
+        .collect();
+    assert_eq!(open_now.len(), 1);
+    assert_ne!(open_now[0].id, of_src[0].id);
+
+    // The plans: a source through the callers' index, a campaign through
+    // its own, and closing reads only the open incidents.
+    let plan = |sql: &str| -> String {
+        let mut st = s
+            .conn()
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        rows.join("; ")
+    };
+    let source = plan(
+        "SELECT incident FROM (SELECT incident FROM calls WHERE a = '+7' ORDER BY id DESC LIMIT 64)
+         WHERE incident IS NOT NULL LIMIT 1",
+    );
+    assert!(source.contains("USING INDEX calls_a"), "{source}");
+    assert!(!source.contains("TEMP B-TREE"), "{source}");
+    let campaign = plan(
+        "SELECT id FROM incidents WHERE kind = 'campaign' AND key = 'x' AND state != 'closed'
+         ORDER BY id DESC LIMIT 1",
+    );
+    assert!(
+        campaign.contains("USING INDEX incidents_campaign"),
+        "{campaign}"
+    );
+    let closing =
+        plan("UPDATE incidents SET state = 'closed' WHERE state != 'closed' AND last_seen_us < 5");
+    assert!(closing.contains("USING INDEX incidents_open"), "{closing}");
+}
+
+fn entry(who: &str, ts_us: i64) -> audit::Entry {
+    audit::Entry {
+        id: 0,
+        ts_us,
+        who: who.into(),
+        role: "investigator".into(),
+        action: "QueryCalls".into(),
+        filter: "{}".into(),
+        rows: 1,
+        outcome: "ok".into(),
+    }
+}
+
+/// The audit log has a file of its own: an entry is written while the
+/// recorder holds the calls log's write lock, and an older store's
+/// entries (kept in the calls log) are carried over on first open.
+#[test]
+fn the_audit_log_never_waits_for_the_recorder_and_keeps_older_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), opts()).unwrap();
+    // Entries an older kuzet wrote into the calls log's own table.
+    let old = open_side_writer(dir.path()).unwrap();
+    audit::append(&old, &entry("old-1", 1)).unwrap();
+    audit::append(&old, &entry("old-2", 2)).unwrap();
+    drop(old);
+    // The recorder is in the middle of a long commit.
+    s.conn().execute_batch("BEGIN IMMEDIATE").unwrap();
+    let c = audit::open(dir.path()).unwrap();
+    c.busy_timeout(Duration::ZERO).unwrap();
+    audit::append(&c, &entry("ana", 3)).expect("written while the calls log is locked");
+    s.conn().execute_batch("COMMIT").unwrap();
+    let got: Vec<_> = audit::read(&c, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.who))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (3, "ana".to_string()),
+            (2, "old-2".into()),
+            (1, "old-1".into())
+        ]
+    );
+    // Opened again, nothing is copied twice.
+    drop(c);
+    assert_eq!(
+        audit::read(&audit::open(dir.path()).unwrap(), None, 10)
+            .unwrap()
+            .len(),
+        3
+    );
+    // Another application's file in its place is refused.
+    std::fs::remove_file(dir.path().join(audit::AUDIT_FILE)).unwrap();
+    let _ = std::fs::remove_file(dir.path().join("audit.db-wal"));
+    let _ = std::fs::remove_file(dir.path().join("audit.db-shm"));
+    let f = Connection::open(dir.path().join(audit::AUDIT_FILE)).unwrap();
+    f.execute_batch("PRAGMA application_id = 7; CREATE TABLE t (x);")
+        .unwrap();
+    drop(f);
+    assert!(matches!(
+        audit::open(dir.path()),
+        Err(StoreError::Foreign(_))
+    ));
 }
