@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use kuzet_sim::flood::{flood, Bucket, FloodOptions, FloodReport, Phase};
 
+#[path = "it/ports.rs"]
+mod ports;
+use ports::free_port;
+
 /// Calls offered during the overload, as a multiple of measured capacity.
 const OVERLOAD: f64 = 3.5;
 /// The normal load before and after it, as a fraction of capacity.
@@ -73,13 +77,6 @@ fn pin_this_thread(cpu: usize) {
     assert!(ok.success(), "taskset -p -c {cpu} {tid}");
 }
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait_answering(addr: SocketAddr) {
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();

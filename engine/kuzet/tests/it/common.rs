@@ -162,14 +162,7 @@ pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// A free loopback UDP port (bound, read, released), for the kuzet binary.
-pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::ports::free_port;
 
 /// Waits until a kuzet at `addr` answers an OPTIONS ping 200 (it is a
 /// separate process still starting), for at most 20 s. Leaves `c` with a
@@ -218,18 +211,33 @@ pub struct Watched {
     lines: std::sync::mpsc::Receiver<String>,
     /// Every log line seen so far.
     pub log: Vec<String>,
-    /// The SIP address it listens on.
+    /// The SIP address it listens on (known once it is serving).
     pub addr: SocketAddr,
 }
 
 impl Watched {
-    /// Starts `kuzet run --listen <free port> ARGS` in `dir`; returns once
-    /// it logs "kuzet serving", or panics with its log if it exits first.
+    /// Starts `kuzet run --listen 127.0.0.1:0 ARGS` in `dir`; returns once
+    /// it logs "kuzet serving" (with `addr` set to where it listens), or
+    /// panics with its log if it exits first.
     pub fn start(args: &[&str], dir: &Path) -> Watched {
-        let w = Self::spawn(args, dir);
-        let mut w = w;
-        w.wait_for("kuzet serving", Duration::from_secs(30));
+        let mut w = Self::spawn(args, dir);
+        w.wait_serving();
         w
+    }
+
+    /// Waits for "kuzet serving" and takes the SIP address from it: kuzet
+    /// is started on port 0 and the kernel picks a port free for both UDP
+    /// and TCP (a port the test picked could be taken for TCP by another
+    /// test's connection before kuzet binds it).
+    fn wait_serving(&mut self) {
+        let line = self.wait_for("kuzet serving", Duration::from_secs(30));
+        // `udp_addr=127.0.0.1:5060` in text logs, `"udp_addr":"..."` in JSON.
+        self.addr = ["udp_addr=", "\"udp_addr\":\""]
+            .iter()
+            .find_map(|k| line.split(k).nth(1))
+            .and_then(|r| r.split([' ', '"']).next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no udp_addr in {line:?}"));
     }
 
     /// Starts it without waiting for anything.
@@ -242,13 +250,13 @@ impl Watched {
     /// kuzet's).
     pub fn start_with(program: &str, pre: &[&str], args: &[&str], dir: &Path) -> Watched {
         let mut w = Self::spawn_with(program, pre, args, dir);
-        w.wait_for("kuzet serving", Duration::from_secs(30));
+        w.wait_serving();
         w
     }
 
     fn spawn_with(program: &str, pre: &[&str], args: &[&str], dir: &Path) -> Watched {
         use std::io::BufRead;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut child = std::process::Command::new(program)
             .args(pre)
             .args(["run", "--control", "127.0.0.1:0", "--admin", "127.0.0.1:0"])

@@ -15,6 +15,7 @@ mod identity;
 mod investigate;
 mod kamailio;
 mod operations;
+mod ports;
 mod promtool;
 mod register;
 mod rfc4475;

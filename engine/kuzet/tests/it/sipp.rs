@@ -5,14 +5,14 @@
 //! tests rather than skipping them.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kuzet_sim::population::{redirect_mix, sipp_csv, Expect};
 
-use crate::common::{client, status, TempDir};
+use crate::common::{client, free_port, status, TempDir};
 
 const UAC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -28,16 +28,6 @@ pub(crate) fn sipp() -> PathBuf {
     found.expect("sipp not found: run scripts/install-deps.sh (Debian package sip-tester)")
 }
 
-fn free_port() -> u16 {
-    // Free on both UDP and TCP, since kuzet binds both.
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 pub(crate) struct Kuzet {
     child: Child,
