@@ -77,7 +77,6 @@ fn pin_this_thread(cpu: usize) {
     assert!(ok.success(), "taskset -p -c {cpu} {tid}");
 }
 
-
 fn wait_answering(addr: SocketAddr) {
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.set_read_timeout(Some(Duration::from_millis(100)))

@@ -132,7 +132,12 @@ fn uac(dir: &Path, router: SocketAddr, callee: SocketAddr, n: u32, rate: u32) ->
         // not to abort on unexpected messages. A call that does not
         // complete still fails: its next expected message never comes
         // and the call times out.
-        .args(["-default_behaviors", "all,-abortunexp", "-recv_timeout", "10000"])
+        .args([
+            "-default_behaviors",
+            "all,-abortunexp",
+            "-recv_timeout",
+            "10000",
+        ])
         .args([
             "-nostdin",
             "-timeout",

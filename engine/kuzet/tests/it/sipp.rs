@@ -28,7 +28,6 @@ pub(crate) fn sipp() -> PathBuf {
     found.expect("sipp not found: run scripts/install-deps.sh (Debian package sip-tester)")
 }
 
-
 pub(crate) struct Kuzet {
     child: Child,
     pub(crate) addr: SocketAddr,
