@@ -42,22 +42,7 @@ pub fn open(dir: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(sq)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
-    let app: i64 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(sq)?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(sq)?;
-    if app != AUDIT_APPLICATION_ID && !(app == 0 && version == 0) {
-        return Err(StoreError::Foreign(path));
-    }
-    if version > 1 {
-        return Err(StoreError::NewerSchema {
-            path,
-            found: version,
-            known: 1,
-        });
-    }
+    let version = crate::schema::check_file(&conn, &path, AUDIT_APPLICATION_ID, 1)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(sq)?;
     conn.pragma_update(None, "synchronous", "FULL")

@@ -143,21 +143,33 @@ fn versions(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
 /// Refuses, before anything is written, a file that is not kuzet's or
 /// was written by a newer kuzet.
 pub fn check_writable(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    check_file(conn, path, APPLICATION_ID, current()).map(|_| ())
+}
+
+/// Refuses a file that is neither marked `app_id` nor empty, or whose
+/// schema is newer than `known`; returns its schema version. Shared by
+/// the calls log and the audit log, each with its own mark.
+pub(crate) fn check_file(
+    conn: &Connection,
+    path: &Path,
+    app_id: i64,
+    known: i64,
+) -> Result<i64, StoreError> {
     let (app, version, tables) = versions(conn).map_err(|source| StoreError::Sqlite {
         path: path.to_path_buf(),
         source,
     })?;
-    if app != APPLICATION_ID && !(app == 0 && tables == 0) {
+    if app != app_id && !(app == 0 && tables == 0) {
         return Err(StoreError::Foreign(path.into()));
     }
-    if version > current() {
+    if version > known {
         return Err(StoreError::NewerSchema {
             path: path.into(),
             found: version,
-            known: current(),
+            known,
         });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// The store's random id, made on first use (16 bytes from the OS, hex).
