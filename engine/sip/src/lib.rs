@@ -59,6 +59,11 @@ pub enum Hdr {
     ProxyRequire,
     /// `Route`.
     Route,
+    /// `Privacy` (RFC 3323): what the caller asks to keep from others.
+    Privacy,
+    /// `P-Preferred-Identity` (RFC 3325): the identity a caller asks to be
+    /// asserted.
+    PPreferredIdentity,
     /// Any other header name.
     Other,
 }
@@ -96,6 +101,8 @@ impl Hdr {
             (7, b'r') if eq(b"require") => Hdr::Require,
             (13, b'p') if eq(b"proxy-require") => Hdr::ProxyRequire,
             (5, b'r') if eq(b"route") => Hdr::Route,
+            (7, b'p') if eq(b"privacy") => Hdr::Privacy,
+            (20, b'p') if eq(b"p-preferred-identity") => Hdr::PPreferredIdentity,
             _ => Hdr::Other,
         }
     }
@@ -348,6 +355,8 @@ fn kind_of(k: u8) -> Hdr {
         Hdr::Require,
         Hdr::ProxyRequire,
         Hdr::Route,
+        Hdr::Privacy,
+        Hdr::PPreferredIdentity,
         Hdr::Other,
     ];
     ALL.get(k as usize).copied().unwrap_or(Hdr::Other)
