@@ -76,6 +76,24 @@ impl Number {
         self.0
     }
 
+    /// The number whose packed form is `raw`, if it is one [`Number::raw`]
+    /// could have made (read back from the record queue's file).
+    pub fn from_raw(raw: u64) -> Option<Number> {
+        let n = Number(raw);
+        let len = n.len();
+        let known = SHORT_FLAG | (0x1f << LEN_SHIFT) | DIGITS_MASK;
+        if raw & !known != 0 || len == 0 || len > MAX_E164_DIGITS {
+            return None;
+        }
+        if n.value() >= POW10[len] {
+            return None;
+        }
+        if n.is_e164() && (len < MIN_E164_DIGITS || n.value() < POW10[len - 1]) {
+            return None;
+        }
+        Some(n)
+    }
+
     /// Digit count.
     pub fn len(self) -> usize {
         ((self.0 >> LEN_SHIFT) & 0x1f) as usize
