@@ -2,6 +2,9 @@
 //! which role, with which filter, when, how many rows it returned, and
 //! whether it was allowed. Rows are only ever appended; no API deletes or
 //! changes them, and retention of the calls log never touches them.
+//! Refusals are aggregated by the control plane: one row per token,
+//! action and outcome per second, with how many requests it stands for
+//! (`count`), so a flood of refusals is counted whole without a row each.
 //!
 //! It lives in a file of its own beside the calls log, [`AUDIT_FILE`], so
 //! that writing an entry never waits for the recorder's commits: SQLite
@@ -34,15 +37,24 @@ pub fn open(dir: &Path) -> Result<Connection, StoreError> {
         path: path.clone(),
         source,
     };
+    crate::private::check_file(&path).map_err(|reason| StoreError::Directory {
+        path: dir.to_path_buf(),
+        reason,
+    })?;
+    crate::private::precreate(&path).map_err(|e| StoreError::Directory {
+        path: dir.to_path_buf(),
+        reason: format!("cannot create {AUDIT_FILE}: {e}"),
+    })?;
     let conn = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(sq)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
-    let version = crate::schema::check_file(&conn, &path, AUDIT_APPLICATION_ID, 1)?;
+    let version = crate::schema::check_file(&conn, &path, AUDIT_APPLICATION_ID, AUDIT_VERSION)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(sq)?;
     conn.pragma_update(None, "synchronous", "FULL")
@@ -50,7 +62,26 @@ pub fn open(dir: &Path) -> Result<Connection, StoreError> {
     if version == 0 {
         create(&conn, dir).map_err(sq)?;
     }
+    if version < AUDIT_VERSION {
+        upgrade(&conn).map_err(sq)?;
+    }
     Ok(conn)
+}
+
+/// The audit log's schema: 1, the table; 2, each row's `count`.
+const AUDIT_VERSION: i64 = 2;
+
+/// Brings an audit log of version 1 to 2 (a row's count: 1 for every
+/// row written before), in one transaction; a second opener finds it
+/// done.
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 2 {
+        tx.execute_batch("ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;")?;
+        tx.pragma_update(None, "user_version", 2)?;
+    }
+    tx.commit()
 }
 
 /// Makes the table and copies an older store's entries, in one
@@ -79,7 +110,9 @@ fn create(conn: &Connection, dir: &Path) -> rusqlite::Result<()> {
     if store.exists() {
         let old = Connection::open_with_flags(
             &store,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )?;
         old.busy_timeout(Duration::from_secs(5))?;
         let has: i64 = old.query_row(
@@ -134,13 +167,15 @@ pub struct Entry {
     pub rows: u64,
     /// `ok`, `denied`, `unauthenticated` or an error.
     pub outcome: String,
+    /// Requests the entry stands for (refusals are counted per second).
+    pub count: u64,
 }
 
 /// Appends `e` (its `id` is ignored); returns the new entry's id.
 pub fn append(conn: &Connection, e: &Entry) -> rusqlite::Result<i64> {
     conn.prepare_cached(
-        "INSERT INTO audit (ts_us, who, role, action, filter, rows, outcome)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO audit (ts_us, who, role, action, filter, rows, outcome, count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .insert(params![
         e.ts_us,
@@ -149,14 +184,15 @@ pub fn append(conn: &Connection, e: &Entry) -> rusqlite::Result<i64> {
         e.action,
         e.filter,
         e.rows as i64,
-        e.outcome
+        e.outcome,
+        e.count.max(1) as i64
     ])
 }
 
 /// The newest entries, before the cursor `before` (a row id).
 pub fn read(conn: &Connection, before: Option<i64>, limit: usize) -> rusqlite::Result<Vec<Entry>> {
     let mut st = conn.prepare_cached(
-        "SELECT id, ts_us, who, role, action, filter, rows, outcome FROM audit
+        "SELECT id, ts_us, who, role, action, filter, rows, outcome, count FROM audit
          WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
     )?;
     let rows = st.query_map(
@@ -171,6 +207,7 @@ pub fn read(conn: &Connection, before: Option<i64>, limit: usize) -> rusqlite::R
                 filter: r.get(5)?,
                 rows: r.get::<_, i64>(6)? as u64,
                 outcome: r.get(7)?,
+                count: r.get::<_, i64>(8)?.max(1) as u64,
             })
         },
     )?;

@@ -1,7 +1,21 @@
-//! Incidents: intercepted calls grouped per fraud source (one A-number)
-//! and per campaign (one behaviour rule through one trunk or source
-//! address, tying many callers together), within a window; and the outbox
-//! of reports to the pre-trial register.
+//! Incidents: intercepted calls grouped by what the calls accuse, within a
+//! window, and the outbox of reports to the pre-trial register.
+//!
+//! A record accuses only a number the network vouches for. An incident's
+//! key is, by its kind:
+//! - `source`: an attributable A-number (asserted in P-Asserted-Identity
+//!   by a trunk trusted to assert it, or itself listed);
+//! - `trunk` or `address`: the interconnect (or the source address on no
+//!   trunk) that delivered calls whose numbers nobody vouches for: caller-ID
+//!   spoofs, whose presented numbers are kept as *impersonated* (their
+//!   holders are victims), and unattributable suspects, kept as *claimed*;
+//! - `destination`: a listed number that callers dialled; the callers are
+//!   *potential victims*, never sources;
+//! - `campaign`: one behaviour rule through one trunk or address, tying
+//!   three or more callers together.
+//!
+//! [`parties`] lists every number an incident names with its role and the
+//! basis for it; reports carry it.
 //!
 //! Grouping runs in the writer's transaction, with the calls it groups: a
 //! call, its incident and the incident's outbox entry are committed
@@ -18,6 +32,7 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
+use crate::record::role;
 use crate::Record;
 
 /// Which incidents exist and which are reported.
@@ -83,11 +98,35 @@ pub struct Evidence {
     pub callers_seen: u64,
     /// Some of its calls' verdict ids, the first ones.
     pub samples: Vec<String>,
+    /// Numbers presented on spoofed calls (at most [`MAX_LISTED`]): their
+    /// holders were impersonated.
+    #[serde(default)]
+    pub impersonated: BTreeSet<String>,
+    /// Numbers presented by callers nobody vouches for (at most
+    /// [`MAX_LISTED`]): unverified, no accusation.
+    #[serde(default)]
+    pub claimed: BTreeSet<String>,
+    /// Callers who dialled a listed number (at most [`MAX_LISTED`]).
+    #[serde(default)]
+    pub potential_victims: BTreeSet<String>,
+    /// Why a `source` incident's number is attributable: `asserted` or
+    /// `listed` (empty for other kinds).
+    #[serde(default)]
+    pub basis: String,
 }
+
+/// The version of an outbox payload this build writes and reads. A
+/// payload of another version (or none) is never sent: it is
+/// dead-lettered with the reason.
+pub const PAYLOAD_VERSION: u32 = 2;
 
 /// One incident.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incident {
+    /// The outbox payload's format ([`PAYLOAD_VERSION`]); 0 in a payload
+    /// that does not say.
+    #[serde(default)]
+    pub version: u32,
     /// Its id.
     pub id: i64,
     /// `source` or `campaign`.
@@ -133,8 +172,34 @@ impl Incident {
                 set.insert(v.to_string());
             }
         };
-        if let Some(b) = &r.b {
-            put(&mut e.victims, b);
+        let put_num = |set: &mut BTreeSet<String>, v: &Option<String>| {
+            if let Some(v) = v {
+                if set.len() < MAX_LISTED && !v.is_empty() {
+                    set.insert(v.clone());
+                }
+            }
+        };
+        match r.caller_role.as_str() {
+            role::POTENTIAL_VICTIM => put_num(&mut e.potential_victims, &r.a),
+            role::IMPERSONATED => {
+                for n in [&r.a, &r.from_num, &r.pai_num] {
+                    put_num(&mut e.impersonated, n);
+                }
+                put_num(&mut e.victims, &r.b);
+            }
+            role::CLAIMED => {
+                put_num(&mut e.claimed, &r.a);
+                put_num(&mut e.victims, &r.b);
+            }
+            _ => put_num(&mut e.victims, &r.b),
+        }
+        if self.kind == "source" && e.basis.is_empty() {
+            e.basis = if r.a_trust == "network" {
+                "asserted"
+            } else {
+                "listed"
+            }
+            .into();
         }
         for h in r.rules.iter().filter(|h| !h.shadow) {
             put(&mut e.rules, &h.id);
@@ -145,9 +210,17 @@ impl Incident {
         put(&mut e.sources, source_ip(&r.source));
         if policy_kind_campaign {
             // Distinct callers are counted while they are listed; past the
-            // list's cap a campaign is long since an incident.
+            // list's cap a campaign is long since an incident. Only an
+            // attributable caller is named a caller; the others are
+            // claimed or impersonated numbers (above), counted all the
+            // same.
             if let Some(a) = &r.a {
-                if e.callers.len() < MAX_LISTED && e.callers.insert(a.clone()) {
+                let named = match r.caller_role.as_str() {
+                    role::SOURCE | "" => e.callers.len() < MAX_LISTED && e.callers.insert(a.clone()),
+                    role::IMPERSONATED => e.impersonated.contains(a),
+                    _ => e.claimed.contains(a),
+                };
+                if named {
                     e.callers_seen += 1;
                 }
             }
@@ -184,6 +257,7 @@ const COLUMNS: &str = "id, kind, key, state, first_seen_us, last_seen_us, blocke
 pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
     let ev: String = r.get(9)?;
     Ok(Incident {
+        version: PAYLOAD_VERSION,
         id: r.get(0)?,
         kind: r.get(1)?,
         key: r.get(2)?,
@@ -201,20 +275,37 @@ pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
     })
 }
 
-/// The groups a recorded call belongs to: its source, and a campaign per
-/// enforced behaviour rule (list hits name a number, not a campaign).
+/// The groups a recorded call belongs to: its primary incident (what the
+/// call accuses: an attributable number, the trunk or address that
+/// delivered it, or a listed destination), and a campaign per enforced
+/// behaviour rule unless the caller is a potential victim (list hits name
+/// a number, not a campaign). The first group, when there is one, is the
+/// primary: the call links to it.
 fn groups(r: &Record) -> Vec<(&'static str, String)> {
     let mut g = Vec::new();
     if !matches!(r.decision.as_str(), "block" | "flag" | "redirect") || r.sampled {
         return g;
     }
-    if let Some(a) = &r.a {
-        g.push(("source", a.clone()));
+    let (via_kind, via) = match &r.trunk {
+        Some(t) => ("trunk", t.clone()),
+        None => ("address", source_ip(&r.source).to_string()),
+    };
+    match r.caller_role.as_str() {
+        // An empty role: a record from before roles were kept.
+        role::SOURCE | "" => {
+            if let Some(a) = &r.a {
+                g.push(("source", a.clone()));
+            }
+        }
+        role::CLAIMED | role::IMPERSONATED => g.push((via_kind, via.clone())),
+        role::POTENTIAL_VICTIM => {
+            if let Some(b) = &r.b {
+                g.push(("destination", b.clone()));
+            }
+            return g;
+        }
+        _ => {}
     }
-    let via = r
-        .trunk
-        .clone()
-        .unwrap_or_else(|| source_ip(&r.source).to_string());
     for h in &r.rules {
         // A list hit names a number, not a campaign.
         if h.shadow || LIST_RULES.contains(&h.id.as_str()) {
@@ -223,6 +314,11 @@ fn groups(r: &Record) -> Vec<(&'static str, String)> {
         g.push(("campaign", format!("{}@{via}", h.id)));
     }
     g
+}
+
+/// The kinds of incident a call links to (its primary group).
+fn is_primary(kind: &str) -> bool {
+    matches!(kind, "source" | "trunk" | "address" | "destination")
 }
 
 /// Groups a batch's calls into incidents, in the writer's transaction
@@ -257,6 +353,7 @@ pub fn group_batch(
                 last_seen_us: first.ts_us,
                 ..Incident::default()
             });
+        let samples_before = inc.evidence.samples.len();
         for &m in &members {
             inc.add(&recs[m], kind == "campaign");
         }
@@ -303,12 +400,20 @@ pub fn group_batch(
                 inc.register_state
             ])?;
         }
-        // A call links to its source incident (the one investigators
-        // start from); campaigns list sample verdict ids.
-        if kind == "source" {
+        // A call links to its primary incident (the one investigators
+        // start from); campaigns list sample verdict ids. Every sample an
+        // incident names is pinned, so retention keeps it while the
+        // incident is open.
+        if is_primary(kind) {
             for &m in &members {
                 linked[m] = Some(inc.id);
             }
+        }
+        for v in inc.evidence.samples.iter().skip(samples_before) {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO pinned (verdict_id, incident) VALUES (?1, ?2)",
+            )?
+            .execute(params![v, inc.id])?;
         }
         if inc.reportable && p.report && inc.register_state != "dead_letter" {
             enqueue(tx, &inc, p, now_us)?;
@@ -324,43 +429,104 @@ const SOURCE_LOOKBACK: i64 = 64;
 
 /// The incident of this kind and key that is still open, if any.
 ///
-/// A source's is the incident its latest linked call belongs to: every
-/// intercepted call of a source links to that source's current incident,
-/// so the caller's index on the calls finds it, and the incidents need no
-/// index on every A-number. A campaign's comes from its own (small)
-/// index.
+/// A source's is the incident its latest linked call as a source belongs
+/// to: every such call links to its source's current incident, so the
+/// caller's index on the calls finds it, and the incidents need no index
+/// on every A-number; a destination's likewise through the callee's
+/// index. Trunks, addresses and campaigns (few keys) have an index of
+/// their own.
 fn open_incident(
     tx: &Transaction<'_>,
     kind: &str,
     key: &str,
 ) -> rusqlite::Result<Option<Incident>> {
-    if kind == "source" {
+    // The limit is written into the statements: as a bound parameter,
+    // SQLite would plan the statement again per call.
+    let via_calls = match kind {
+        "source" => Some(format!(
+            "SELECT incident FROM (SELECT incident FROM calls WHERE a = ?1
+             AND caller_role IN ('source', '') ORDER BY id DESC LIMIT {SOURCE_LOOKBACK})
+             WHERE incident IS NOT NULL LIMIT 1"
+        )),
+        "destination" => Some(format!(
+            "SELECT incident FROM (SELECT incident FROM calls WHERE b = ?1
+             AND caller_role = 'potential_victim' ORDER BY id DESC LIMIT {SOURCE_LOOKBACK})
+             WHERE incident IS NOT NULL LIMIT 1"
+        )),
+        _ => None,
+    };
+    if let Some(sql) = via_calls {
         let id: Option<i64> = tx
-            // The limit is written into the statement: as a bound
-            // parameter, SQLite would plan the statement again per call.
-            .prepare_cached(&format!(
-                "SELECT incident FROM (SELECT incident FROM calls WHERE a = ?1
-                 ORDER BY id DESC LIMIT {SOURCE_LOOKBACK}) WHERE incident IS NOT NULL LIMIT 1"
-            ))?
+            .prepare_cached(&sql)?
             .query_row(params![key], |r| r.get(0))
             .optional()?;
         let Some(id) = id else {
             return Ok(None);
         };
-        tx.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM incidents
-             WHERE id = ?1 AND kind = 'source' AND key = ?2 AND state != 'closed'"
-        ))?
-        .query_row(params![id, key], from_row)
-        .optional()
-    } else {
-        tx.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM incidents WHERE kind = 'campaign' AND key = ?1
-             AND state != 'closed' ORDER BY id DESC LIMIT 1"
-        ))?
-        .query_row(params![key], from_row)
-        .optional()
+        return tx
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM incidents
+                 WHERE id = ?1 AND kind = ?2 AND key = ?3 AND state != 'closed'"
+            ))?
+            .query_row(params![id, kind, key], from_row)
+            .optional();
     }
+    tx.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM incidents WHERE kind = ?1 AND key = ?2
+         AND kind IN ('campaign', 'trunk', 'address')
+         AND state != 'closed' ORDER BY id DESC LIMIT 1"
+    ))?
+    .query_row(params![kind, key], from_row)
+    .optional()
+}
+
+/// One number an incident names: the number, its role and the basis for
+/// it (see the register protocol's `Party`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Party {
+    /// The number (E.164).
+    pub number: String,
+    /// `source`, `victim`, `potential_victim`, `impersonated`,
+    /// `claimed_caller` or `caller`.
+    pub role: &'static str,
+    /// `asserted`, `listed`, `dialled` or `presented`.
+    pub basis: &'static str,
+}
+
+/// Every number an incident names, with its role: what an investigator
+/// may conclude of each (docs/evidence.md says it in words).
+pub fn parties(i: &Incident) -> Vec<Party> {
+    let e = &i.evidence;
+    let mut out = Vec::new();
+    let mut push = |set: &BTreeSet<String>, role: &'static str, basis: &'static str| {
+        for n in set {
+            out.push(Party {
+                number: n.clone(),
+                role,
+                basis,
+            });
+        }
+    };
+    match i.kind.as_str() {
+        "source" => {
+            let basis = if e.basis == "asserted" {
+                "asserted"
+            } else {
+                "listed"
+            };
+            push(&BTreeSet::from([i.key.clone()]), "source", basis);
+        }
+        "destination" => push(&BTreeSet::from([i.key.clone()]), "source", "listed"),
+        _ => {}
+    }
+    push(&e.victims, "victim", "dialled");
+    push(&e.potential_victims, "potential_victim", "presented");
+    push(&e.impersonated, "impersonated", "presented");
+    push(&e.claimed, "claimed_caller", "presented");
+    if i.kind == "campaign" {
+        push(&e.callers, "caller", "asserted");
+    }
+    out
 }
 
 /// Puts the incident's current report in the outbox: into the pending
@@ -373,7 +539,10 @@ pub fn enqueue(
     p: &Policy,
     now_us: i64,
 ) -> rusqlite::Result<()> {
-    let payload = serde_json::to_string(inc).unwrap_or_default();
+    let mut versioned = inc.clone();
+    versioned.version = PAYLOAD_VERSION;
+    let payload = serde_json::to_string(&versioned)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     let latest: Option<(i64, i64, i64, String, i64)> = tx
         .prepare_cached(
             "SELECT id, seq, attempts, state, created_us FROM outbox WHERE incident = ?1
@@ -452,10 +621,29 @@ pub struct Due {
     pub seq: i64,
     /// `submit` or `update`.
     pub kind: String,
-    /// The incident as it is reported.
-    pub report: Incident,
+    /// The incident as it is reported, or why its payload cannot be read
+    /// (it is then dead-lettered, never sent).
+    pub report: Result<Incident, String>,
     /// Tries so far.
     pub attempts: i64,
+}
+
+/// Reads an outbox payload: the incident, of a version this build knows
+/// (a payload from before versions were written is version 0 and reads
+/// the same), or why not.
+pub fn decode_payload(payload: &str) -> Result<Incident, String> {
+    let i: Incident = serde_json::from_str(payload)
+        .map_err(|e| format!("the outbox payload does not decode: {e}"))?;
+    if i.version != 0 && i.version != PAYLOAD_VERSION {
+        return Err(format!(
+            "the outbox payload is version {}; this kuzet reads version {PAYLOAD_VERSION}",
+            i.version
+        ));
+    }
+    if i.kind.is_empty() || i.key.is_empty() {
+        return Err("the outbox payload names no incident kind or key".into());
+    }
+    Ok(i)
 }
 
 /// Entries due now, oldest first, at most one per incident (the lowest
@@ -474,7 +662,7 @@ pub fn due(conn: &rusqlite::Connection, now_us: i64, limit: usize) -> rusqlite::
             incident: r.get(1)?,
             seq: r.get(2)?,
             kind: r.get(3)?,
-            report: serde_json::from_str(&payload).unwrap_or_default(),
+            report: decode_payload(&payload),
             attempts: r.get(5)?,
         })
     })?;
@@ -482,17 +670,21 @@ pub fn due(conn: &rusqlite::Connection, now_us: i64, limit: usize) -> rusqlite::
 }
 
 /// Marks an entry tried, before it is sent, and returns the report as it
-/// now stands: from this moment it never changes (the writer coalesces
-/// growth only into entries never tried), so this is what every try
-/// sends. One immediate transaction, so no growth slips in between.
-pub fn mark_tried(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<Incident> {
+/// now stands (or why its payload cannot be read): from this moment it
+/// never changes (the writer coalesces growth only into entries never
+/// tried), so this is what every try sends. One immediate transaction, so
+/// no growth slips in between.
+pub fn mark_tried(
+    conn: &rusqlite::Connection,
+    id: i64,
+) -> rusqlite::Result<Result<Incident, String>> {
     atomically(conn, || {
         conn.prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?
             .execute(params![id])?;
         let payload: String = conn
             .prepare_cached("SELECT payload FROM outbox WHERE id = ?1")?
             .query_row(params![id], |r| r.get(0))?;
-        Ok(serde_json::from_str(&payload).unwrap_or_default())
+        Ok(decode_payload(&payload))
     })
 }
 

@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod incident;
+pub mod private;
 pub mod query;
 pub mod record;
 pub mod schema;
@@ -24,7 +25,7 @@ pub mod schema;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 pub use record::{ListHitRec, Record, RuleHit};
 
@@ -116,16 +117,12 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
         path: dir.to_path_buf(),
         reason,
     };
-    if dir.exists() && !dir.is_dir() {
-        return Err(dir_err("exists and is not a directory".into()));
+    private::prepare_dir(dir).map_err(dir_err)?;
+    for f in DATA_FILES {
+        private::check_file(&dir.join(f)).map_err(dir_err)?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| dir_err(format!("cannot create it: {e}")))?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(LOCK_FILE))
-        .map_err(|e| dir_err(format!("cannot write in it: {e}")))?;
+    let lock = private::open_private(&dir.join(LOCK_FILE))
+        .map_err(|e| dir_err(format!("cannot write {LOCK_FILE} in it: {e}")))?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.into())),
@@ -138,11 +135,15 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
         path: path.clone(),
         source,
     };
+    // Made 0600 before SQLite sees it: SQLite gives the WAL and the
+    // shared-memory file the database file's mode.
+    private::precreate(&path).map_err(|e| dir_err(format!("cannot create {DB_FILE}: {e}")))?;
     let mut conn = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(sq)?;
     // A file that is not kuzet's, or is newer, is refused before anything
@@ -159,6 +160,19 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
         _lock: lock,
     })
 }
+
+/// Every file kuzet keeps in the data directory: checked (a regular file
+/// of kuzet's user, not a link) before any is opened.
+pub const DATA_FILES: &[&str] = &[
+    LOCK_FILE,
+    DB_FILE,
+    "kuzet.db-wal",
+    "kuzet.db-shm",
+    audit::AUDIT_FILE,
+    "audit.db-wal",
+    "audit.db-shm",
+    "records.ring",
+];
 
 /// WAL (readers never block the writer), `synchronous = FULL` (each
 /// commit is synced: it survives a crash of kuzet and a power cut; the
@@ -214,8 +228,11 @@ fn open_other(dir: &Path, mode: OpenFlags) -> Result<Connection, StoreError> {
         path: path.clone(),
         source,
     };
-    let conn =
-        Connection::open_with_flags(&path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(sq)?;
+    let conn = Connection::open_with_flags(
+        &path,
+        mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(sq)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
     schema::check_readable(&conn, &path)?;
     Ok(conn)
@@ -261,7 +278,37 @@ impl Store {
                 }
             }
         }
+        if let Some(seq) = recs.iter().map(|r| r.id_seq).max().filter(|s| *s > 0) {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('verdict_seq', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(?1 AS INTEGER))",
+            )?
+            .execute(params![seq as i64])?;
+        }
         tx.commit()
+    }
+
+    /// Commits records a crashed process left in the record queue: those
+    /// the store already holds (committed just before the crash) are
+    /// skipped, so a replay never records a call twice. Returns how many
+    /// were new.
+    pub fn insert_replayed(&mut self, recs: Vec<Record>) -> rusqlite::Result<usize> {
+        let mut fresh = Vec::with_capacity(recs.len());
+        {
+            let mut known = self
+                .conn
+                .prepare_cached("SELECT 1 FROM calls WHERE verdict_id = ?1")?;
+            for r in recs {
+                if !known.exists(params![r.verdict_id])? {
+                    fresh.push(r);
+                }
+            }
+        }
+        let n = fresh.len();
+        for chunk in fresh.chunks(4096) {
+            self.insert(chunk)?;
+        }
+        Ok(n)
     }
 
     /// The incidents' periodic work: delayed updates and closing quiet
@@ -301,10 +348,20 @@ impl Store {
         &self.store_id
     }
 
-    /// The highest verdict sequence this store holds for `node_prefix`
-    /// (the 8 hex digits of a node), so a restarted node continues after
-    /// it even if the clock went back.
+    /// The highest verdict sequence this store has recorded, so a
+    /// restarted node continues after it even if the clock went back.
+    /// `node_prefix` (8 hex digits of the node) reads it from a store
+    /// older than opaque ids, whose ids began with it.
     pub fn last_verdict_seq(&self, node_prefix: &str) -> rusqlite::Result<Option<u64>> {
+        let kept: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'verdict_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(v) = kept.and_then(|v| v.parse::<u64>().ok()) {
+            return Ok(Some(v));
+        }
         let hi: Option<String> = self.conn.query_row(
             "SELECT max(verdict_id) FROM calls WHERE verdict_id >= ?1 AND verdict_id < ?2",
             params![
@@ -316,45 +373,85 @@ impl Store {
         Ok(hi.and_then(|v| u64::from_str_radix(v.get(8..)?, 16).ok()))
     }
 
+    /// The store's secret for public verdict ids (16 bytes), made on
+    /// first use and kept in the store, so ids stay stable and opaque
+    /// across restarts.
+    pub fn verdict_key(&self) -> rusqlite::Result<[u8; 16]> {
+        schema::verdict_key(&self.conn)
+    }
+
     /// Retires one chunk of records that are too old or over the size
-    /// limit, oldest first, in one short transaction. Returns how many
-    /// went; 0 means nothing is due. The recorder calls it between
-    /// batches until it returns 0, so retention never holds a batch up for
-    /// longer than one chunk.
-    pub fn retire_chunk(&mut self, now_us: i64) -> rusqlite::Result<usize> {
+    /// limit, oldest first, in one short transaction, and says how many
+    /// went and whether the store is over its size limit with nothing it
+    /// may retire. The recorder calls it between batches until it retires
+    /// nothing, so retention never holds a batch up for longer than one
+    /// chunk.
+    ///
+    /// What retention keeps: the calls of an incident that is not closed
+    /// (linked to it, or named as one of its samples), whatever their age;
+    /// and, over the size limit, every call whose verdict id was given to
+    /// a caller (blocks and redirects) until it ages out: only allows and
+    /// flags are retired for size.
+    pub fn retire_chunk(&mut self, now_us: i64) -> rusqlite::Result<Retired> {
         let chunk = self.opts.retire_chunk.max(1) as i64;
         // The chunk is chosen by age itself (never an id range: a clock
-        // that jumped must not take younger records with it), or, over the
-        // size limit, the oldest rows.
-        let pick = if !self.opts.max_age.is_zero()
-            && self
-                .conn
-                .prepare_cached("SELECT 1 FROM calls WHERE ts_us < ?1 LIMIT 1")?
-                .exists(params![now_us - self.opts.max_age.as_micros() as i64])?
-        {
-            Some((
-                "SELECT id FROM calls WHERE ts_us < ?1 ORDER BY ts_us LIMIT ?2",
-                now_us - self.opts.max_age.as_micros() as i64,
-            ))
-        } else if self.opts.max_bytes > 0 && self.used_bytes()? > self.opts.max_bytes {
-            Some(("SELECT id FROM calls WHERE ?1 = ?1 ORDER BY id LIMIT ?2", 0))
-        } else {
-            None
-        };
-        let Some((select, arg)) = pick else {
-            return Ok(0);
-        };
+        // that jumped must not take younger records with it).
+        if !self.opts.max_age.is_zero() {
+            let cutoff = now_us - self.opts.max_age.as_micros() as i64;
+            let n = self.retire(
+                &format!("SELECT id FROM calls WHERE ts_us < ?1 AND {KEPT} ORDER BY ts_us LIMIT ?2"),
+                cutoff,
+                chunk,
+            )?;
+            if n > 0 {
+                return Ok(Retired { n, over_size: false });
+            }
+        }
+        if self.opts.max_bytes > 0 && self.used_bytes()? > self.opts.max_bytes {
+            let n = self.retire(
+                &format!(
+                    "SELECT id FROM calls WHERE decision IN ('allow', 'flag') AND ?1 = ?1
+                     AND {KEPT} ORDER BY id LIMIT ?2"
+                ),
+                0,
+                chunk,
+            )?;
+            return Ok(Retired {
+                n,
+                over_size: n == 0,
+            });
+        }
+        Ok(Retired::default())
+    }
+
+    /// Deletes the calls `select` picks (with `?1 = arg`, `?2 = chunk`),
+    /// their rules and pins, in one transaction.
+    fn retire(&mut self, select: &str, arg: i64, chunk: i64) -> rusqlite::Result<usize> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            &format!("DELETE FROM call_rules WHERE call IN ({select})"),
-            params![arg, chunk],
+            "CREATE TEMP TABLE IF NOT EXISTS retiring (id INTEGER PRIMARY KEY)",
+            [],
         )?;
+        tx.execute("DELETE FROM retiring", [])?;
         let n = tx.execute(
-            &format!("DELETE FROM calls WHERE id IN ({select})"),
+            &format!("INSERT INTO retiring (id) {select}"),
             params![arg, chunk],
         )?;
+        if n > 0 {
+            tx.execute(
+                "DELETE FROM call_rules WHERE call IN (SELECT id FROM retiring)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM pinned WHERE verdict_id IN
+                 (SELECT verdict_id FROM calls WHERE id IN (SELECT id FROM retiring))",
+                [],
+            )?;
+            tx.execute("DELETE FROM calls WHERE id IN (SELECT id FROM retiring)", [])?;
+        }
+        tx.execute("DELETE FROM retiring", [])?;
         tx.commit()?;
         Ok(n)
     }
@@ -377,6 +474,24 @@ impl Store {
             .map(|n| n as u64)
     }
 }
+
+/// What one turn of retention did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// Records retired.
+    pub n: usize,
+    /// The store is over its size limit and holds nothing retention may
+    /// retire for size (allows and flags outside open incidents): the
+    /// recorder must stop taking low-value records.
+    pub over_size: bool,
+}
+
+/// The condition under which retention may take a call: it belongs to no
+/// incident that is still open, and no open incident names it.
+const KEPT: &str = "NOT EXISTS (SELECT 1 FROM incidents i
+        WHERE i.id = calls.incident AND i.state != 'closed')
+    AND NOT EXISTS (SELECT 1 FROM pinned p JOIN incidents i ON i.id = p.incident
+        WHERE p.verdict_id = calls.verdict_id AND i.state != 'closed')";
 
 /// µs since the Unix epoch.
 pub fn now_us() -> i64 {

@@ -95,19 +95,48 @@ pub struct Record {
     pub headers: Vec<u8>,
     /// The incident the call belongs to, once grouped.
     pub incident: Option<i64>,
+    /// How far the network vouches for the A-number: `network` (asserted
+    /// in P-Asserted-Identity by a trunk trusted to assert it) or
+    /// `claimed`; empty with no A-number (or from before kuzet kept it).
+    #[serde(default)]
+    pub a_trust: String,
+    /// What the call makes of its caller: `source` (an attributable
+    /// suspect), `claimed` (a suspect nobody vouches for: its trunk or
+    /// address is the incident's source), `impersonated` (a caller-ID
+    /// spoof: the presented numbers are victims), `potential_victim` (it
+    /// dialled a listed number), or empty (nothing suspect).
+    #[serde(default)]
+    pub caller_role: String,
+    /// The verdict's internal sequence on its node (not kept per row: the
+    /// store keeps the highest, so a restarted node goes on after it).
+    #[serde(skip)]
+    pub id_seq: u64,
+}
+
+/// The caller roles a record can carry.
+pub mod role {
+    /// An attributable suspect: asserted by a trusted trunk, or listed.
+    pub const SOURCE: &str = "source";
+    /// A suspect whose number nobody vouches for.
+    pub const CLAIMED: &str = "claimed";
+    /// The presented numbers were spoofed: their holders are victims.
+    pub const IMPERSONATED: &str = "impersonated";
+    /// The caller dialled a listed number: a potential victim.
+    pub const POTENTIAL_VICTIM: &str = "potential_victim";
 }
 
 pub(crate) const INSERT_CALL: &str = "INSERT INTO calls (
     verdict_id, ts_us, node, call_id, ruri, from_hdr, pai_hdr, a, b, from_num, pai_num,
     trunk, trunk_kind, source, transport, decision, shadow_decision, code, score, sampled,
-    explanation, rules, list_hit, lists_version, headers, incident)
+    explanation, rules, list_hit, lists_version, headers, incident, a_trust, caller_role)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)";
+    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
 
 /// The columns [`Record::from_row`] reads, in order.
 pub const COLUMNS: &str = "id, verdict_id, ts_us, node, call_id, ruri, from_hdr, pai_hdr, a, b,
     from_num, pai_num, trunk, trunk_kind, source, transport, decision, shadow_decision, code,
-    score, sampled, explanation, rules, list_hit, lists_version, headers, incident";
+    score, sampled, explanation, rules, list_hit, lists_version, headers, incident, a_trust,
+    caller_role";
 
 impl Record {
     /// Writes the record as `node`'s; returns its row id.
@@ -149,6 +178,8 @@ impl Record {
             self.lists_version,
             self.headers,
             incident,
+            self.a_trust,
+            self.caller_role,
         ])
     }
 
@@ -184,6 +215,9 @@ impl Record {
             lists_version: r.get(24)?,
             headers: r.get(25)?,
             incident: r.get(26)?,
+            a_trust: r.get(27)?,
+            caller_role: r.get(28)?,
+            id_seq: 0,
         })
     }
 }

@@ -126,6 +126,33 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX incidents_campaign ON incidents (key, id) WHERE kind = 'campaign';
     CREATE INDEX incidents_open ON incidents (last_seen_us) WHERE state != 'closed';
     ",
+    // 5: who a record accuses. Each call says how far the network vouches
+    // for its A-number and what it makes of its caller (source, claimed,
+    // impersonated, potential victim); incidents may be keyed by a trunk
+    // or an address (spoofs, unattributable callers) or by a listed
+    // destination, found through their own index like campaigns. Calls an
+    // incident names by verdict id (its samples) are pinned: retention
+    // keeps them, like the calls linked to it, while it is not closed. The
+    // low-value calls (allows and flags) have an index of their own, so
+    // retention by size finds the oldest of them without reading past
+    // evidence it must keep.
+    "
+    ALTER TABLE calls ADD COLUMN a_trust TEXT NOT NULL DEFAULT '';
+    ALTER TABLE calls ADD COLUMN caller_role TEXT NOT NULL DEFAULT '';
+    DROP INDEX incidents_campaign;
+    CREATE INDEX incidents_keyed ON incidents (kind, key, id)
+        WHERE kind IN ('campaign', 'trunk', 'address');
+    CREATE TABLE pinned (
+        verdict_id TEXT NOT NULL,
+        incident   INTEGER NOT NULL,
+        PRIMARY KEY (verdict_id, incident)
+    ) WITHOUT ROWID;
+    CREATE INDEX pinned_incident ON pinned (incident);
+    INSERT OR IGNORE INTO pinned (verdict_id, incident)
+        SELECT j.value, i.id FROM incidents i, json_each(i.evidence, '$.samples') j
+        WHERE i.state != 'closed';
+    CREATE INDEX calls_low ON calls (id) WHERE decision IN ('allow', 'flag');
+    ",
 ];
 
 /// The schema version this build writes.
@@ -194,6 +221,36 @@ pub fn store_id(conn: &Connection) -> rusqlite::Result<String> {
     conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
         r.get(0)
     })
+}
+
+/// The store's secret for public verdict ids: 16 random bytes from the
+/// OS, made on first use and kept in `meta` (the file is 0600).
+pub fn verdict_key(conn: &Connection) -> rusqlite::Result<[u8; 16]> {
+    let parse = |hex: &str| -> Option<[u8; 16]> {
+        let mut k = [0u8; 16];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(k)
+    };
+    if let Ok(v) = conn.query_row("SELECT value FROM meta WHERE key = 'verdict_key'", [], |r| {
+        r.get::<_, String>(0)
+    }) {
+        if let Some(k) = parse(&v) {
+            return Ok(k);
+        }
+    }
+    let mut raw = [0u8; 16];
+    let mut f = std::fs::File::open("/dev/urandom")
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    std::io::Read::read_exact(&mut f, &mut raw)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('verdict_key', ?1)",
+        [&hex],
+    )?;
+    Ok(raw)
 }
 
 /// Brings the schema up to [`current`], or refuses the file.
