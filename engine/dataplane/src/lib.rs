@@ -6,15 +6,20 @@
 //!   SIP over TCP.
 //! - [`trunks`]: source address to trunk name and kind.
 //! - [`metrics`]: `*_total` counters and the service-time histogram.
+//! - [`records`]: the record queue, a ring in a memory-mapped file that
+//!   the workers write verdicts into and the recorder reads; it outlives
+//!   the process.
 //!
 //! This crate links nothing slow: no gRPC, no database, no HTTP client. The
-//! control plane swaps the list snapshot the handler reads, and receives
-//! verdict events through a bounded queue; nothing here ever waits on it.
+//! control plane swaps the list snapshot the handler reads, and reads the
+//! records the handler leaves in the record queue; nothing here ever waits
+//! on it.
 
 #![forbid(unsafe_code)]
 
 pub mod handler;
 pub mod metrics;
+pub mod records;
 pub mod transport;
 pub mod trunks;
 

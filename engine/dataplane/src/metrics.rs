@@ -35,6 +35,7 @@ counters! {
     Responses => "sip_responses_total", "SIP responses received",
     Invites => "invites_total", "INVITEs judged (retransmissions excluded)",
     InviteRetransmissions => "invite_retransmissions_total", "INVITE retransmissions answered with the verdict already given",
+    TransactionReused => "invite_transaction_reused_total", "INVITEs that reused a judged INVITE's Call-ID, CSeq and branch but were not the same request (judged on their own)",
     TransactionsUntracked => "transactions_untracked_total", "INVITEs whose transaction could not be remembered (table full)",
     Allowed => "verdict_allow_total", "Calls allowed",
     Flagged => "verdict_flag_total", "Calls flagged",
@@ -43,7 +44,12 @@ counters! {
     ShadowDiffers => "rules_shadow_differs_total", "Calls where shadow rules would have decided otherwise",
     VerdictLogDropped => "verdict_log_dropped_total", "Verdicts not logged because the verdict queue was full",
     VerdictsLogged => "verdicts_logged_total", "Verdicts written to the log",
-    StoreDropped => "store_dropped_total", "Intercepted-call records lost: queue full or the store unwritable",
+    StoreDropped => "store_dropped_total", "Intercepted-call records lost: the record queue full, or not written to the store",
+    VerdictIdsWithheld => "verdict_ids_withheld_total", "Blocks and redirects answered without a verdict id because the record queue had no room (not recorded)",
+    StoreSamplesSkipped => "store_samples_skipped_total", "Allowed calls not sampled because the store is over its size limit",
+    StoreLowValueRefused => "store_low_value_refused_total", "Flags and shadow verdicts not recorded because the store is over its size limit",
+    RecordsReplayed => "records_replayed_total", "Records an earlier process left in the record queue, committed at start-up",
+    RecordsUnreadable => "records_unreadable_total", "Record queue entries that could not be read (cut off by a crash, or damaged)",
     StoreRecorded => "store_records_total", "Intercepted-call records committed to the store",
     StoreErrors => "store_write_errors_total", "Store commits that failed",
     StoreRetired => "store_retired_total", "Records retired by age or size",
@@ -85,8 +91,6 @@ counters! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Gauge {
-    StoreQueueDepth,
-    StoreQueueCapacity,
     StoreWritable,
     OutboxPending,
     OutboxDeadLetters,
@@ -94,6 +98,11 @@ pub enum Gauge {
     ListsGeneration,
     ListsLoadedUnix,
     SocketsBound,
+    /// 0: the store is within its size limit; 1: over it, sampled allows
+    /// are skipped; 2: still over, low-value records are refused.
+    StorePressure,
+    /// 1 while records are being lost in most of the last seconds.
+    RecordLossSustained,
 }
 
 const GAUGES: usize = 9;

@@ -1,9 +1,13 @@
 //! Trunks: which interconnect a call arrived on, from its source address.
 //!
 //! The operator names each trunk and gives its kind (international,
-//! domestic, mobile, other) and source CIDRs. The most specific CIDR that
-//! covers a source wins. The trunk kind is a scoring fact; in proxy mode a
-//! source no trunk covers can be refused.
+//! domestic, mobile, other), its source CIDRs, and whether the network
+//! behind it is trusted to assert its callers' identity (RFC 3325's trust
+//! domain: P-Asserted-Identity from it is the network vouching for the
+//! caller; from anywhere else it is only a claim). The most specific CIDR
+//! that covers a source wins. The trunk kind is a scoring fact; in proxy
+//! mode a source no trunk covers can be refused. A source on no trunk is
+//! never trusted.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,25 +19,32 @@ use kuzet_rules::TrunkKind;
 #[derive(Clone, Debug, Default)]
 pub struct TrunkMap {
     names: Vec<Arc<str>>,
+    trusted: Vec<bool>,
     entries: Vec<(IpNet, u16, TrunkKind)>,
 }
 
 impl TrunkMap {
-    /// Builds the map from `(name, kind, cidrs)` per trunk.
+    /// Builds the map from `(name, kind, cidrs, trust_pai)` per trunk.
     pub fn new<'a>(
-        trunks: impl IntoIterator<Item = (&'a str, TrunkKind, &'a [IpNet])>,
+        trunks: impl IntoIterator<Item = (&'a str, TrunkKind, &'a [IpNet], bool)>,
     ) -> TrunkMap {
         let mut names = Vec::new();
+        let mut trusted = Vec::new();
         let mut entries = Vec::new();
-        for (i, (name, kind, cidrs)) in trunks.into_iter().enumerate() {
+        for (i, (name, kind, cidrs, trust)) in trunks.into_iter().enumerate() {
             names.push(Arc::from(name));
+            trusted.push(trust);
             for c in cidrs {
                 entries.push((*c, i as u16, kind));
             }
         }
         // Longest prefix first, so the first hit is the most specific.
         entries.sort_by_key(|(c, _, _)| std::cmp::Reverse(c.prefix_len()));
-        TrunkMap { names, entries }
+        TrunkMap {
+            names,
+            trusted,
+            entries,
+        }
     }
 }
 
@@ -44,6 +55,8 @@ pub struct Trunk<'t> {
     pub name: &'t Arc<str>,
     /// What kind of interconnect it is.
     pub kind: TrunkKind,
+    /// Its P-Asserted-Identity is the network vouching for the caller.
+    pub trust_pai: bool,
 }
 
 impl TrunkMap {
@@ -59,6 +72,7 @@ impl TrunkMap {
             .map(|(_, i, k)| Trunk {
                 name: &self.names[*i as usize],
                 kind: *k,
+                trust_pai: self.trusted.get(*i as usize).copied().unwrap_or(false),
             })
     }
 

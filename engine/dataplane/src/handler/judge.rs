@@ -2,36 +2,53 @@
 //! back, and every failure to score ends in *allow* plus a counter
 //! (fail-open). There is one path: the list snapshot's rule set (the
 //! built-in list rules, plus a rule file's when there is one) judges every
-//! INVITE. Verdicts worth a log line go to the control plane over a bounded
-//! queue; a full queue drops and counts, it never waits.
+//! INVITE. A verdict worth recording is written, whole and explained, into
+//! the record queue ([`crate::records`]) before the answer leaves; a full
+//! queue refuses it (counted), it never waits, and then the caller is
+//! given no verdict id. The record says how far the network vouches for
+//! the caller's number and what the call makes of the caller (a source,
+//! an unverified claim, an impersonated number, a potential victim), so
+//! no record accuses a number nobody vouches for.
 
 use super::*;
 use crate::metrics::Gauge;
+use crate::records::{self, Class, Facts, Sizer, Slot};
+use kuzet_rules::ruleset::{Kind, ListName};
+use kuzet_rules::Who;
+
+/// A record reserved in the queue, written but for kuzet's answer, which
+/// [`Handler::send_event`] adds before publishing it.
+pub(super) type Pending<'h> = Option<Slot<'h>>;
 
 impl Handler {
     /// Extracts the call facts and scores them; fails open. A
     /// retransmission of an INVITE already judged (same Call-ID, CSeq and
-    /// top Via branch, within the transaction window) gets the verdict it
-    /// got, without being scored or counted again.
+    /// top Via branch, within the transaction window, and the same request:
+    /// see [`Handler::request_digest`]) gets the verdict it got, without
+    /// being scored or counted again. A request that reuses a judged
+    /// INVITE's transaction but differs from it is judged on its own and
+    /// counted.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn score<'l>(
-        &self,
+    pub(super) fn score<'l, 'h>(
+        &'h self,
         m: &Message<'_>,
         c: &Checked<'_>,
         src: SocketAddr,
         conn: Option<u64>,
         received: Instant,
         set: &'l ListSet,
-        event: &mut Option<VerdictEvent>,
+        event: &mut Pending<'h>,
     ) -> Judged<'l> {
         let tx = transaction_key(m);
-        if let Some((scored, id)) = self.retransmission(tx, set) {
+        let digest = self.request_digest(m);
+        if let Some((scored, id)) = self.retransmission(tx, digest, set) {
             self.metrics.inc(Counter::InviteRetransmissions);
             return Judged {
                 scored,
                 set,
                 a: None,
                 id,
+                public: id.map(|i| self.public_id(i)),
             };
         }
         self.metrics.inc(Counter::Invites);
@@ -40,6 +57,7 @@ impl Handler {
             set,
             a: None,
             id: None,
+            public: None,
         };
         if received.elapsed() > self.budget {
             self.metrics.inc(Counter::FailOpenOverload);
@@ -50,25 +68,27 @@ impl Handler {
             let trunk = self.trunks.lookup(src.ip());
             let b = self.number_of_uri(&c.ruri);
             let rules = &set.rules;
-            let (from, pai, display, a, a_present) = if rules.needs_identities() {
+            let (from, pai, display, a, a_present, a_src) = if rules.needs_identities() {
                 let from = self.claim(m, Hdr::From, true);
                 let pai = self.claim(m, Hdr::PAssertedIdentity, true);
                 let a = self.a_order.iter().find_map(|s| match s {
-                    NumberSource::Pai => pai.number,
-                    NumberSource::From => from.number,
+                    NumberSource::Pai => pai.number.map(|n| (n, *s)),
+                    NumberSource::From => from.number.map(|n| (n, *s)),
                 });
                 (
                     from.number,
                     pai.number,
                     pai.display.or(from.display),
-                    a,
+                    a.map(|x| x.0),
                     from.claimed || pai.claimed,
+                    a.map(|x| x.1),
                 )
             } else {
                 // Only the A-number matters: decode its headers in order
                 // and stop at the first number.
-                let a = self.a_number(m);
-                (a, a, None, a, a.is_some())
+                let a = self.a_number_from(m);
+                let n = a.map(|x| x.0);
+                (n, n, None, n, n.is_some(), a.map(|x| x.1))
             };
             let input = CallInput {
                 a,
@@ -93,26 +113,69 @@ impl Handler {
             let sampled = !notable && self.sample_every > 0 && tx.is_multiple_of(self.sample_every);
             let mut id = None;
             if notable || sampled || self.every_call {
-                let vid = self.new_verdict_id();
                 let record = notable || sampled;
-                if record {
-                    id = Some(vid);
+                let class = match scored.decision {
+                    _ if !record => Class::HepOnly,
+                    Decision::Block | Decision::Redirect => Class::IdGiven,
+                    _ => Class::Low,
+                };
+                // Under the store's size pressure, samples stop first,
+                // then every low-value record (counted).
+                let pressure = self.metrics.gauge(Gauge::StorePressure);
+                if (sampled && pressure >= 1) || (class == Class::Low && pressure >= 2) {
+                    self.metrics.inc(if sampled {
+                        Counter::StoreSamplesSkipped
+                    } else {
+                        Counter::StoreLowValueRefused
+                    });
+                } else if self.records.is_some() {
+                    let vid = self.new_verdict_id();
+                    let a_trust = match (a, a_src) {
+                        (None, _) => records::trust::NONE,
+                        (Some(_), Some(NumberSource::Pai)) if trunk.is_some_and(|t| t.trust_pai) => {
+                            records::trust::NETWORK
+                        }
+                        _ => records::trust::CLAIMED,
+                    };
+                    let identities = rules.needs_identities().then_some((from, pai));
+                    let written = self.write_record(
+                        m, &scored, set, &input, identities, src, conn, trunk, vid, sampled,
+                        record, class, a_trust,
+                    );
+                    match written {
+                        Some(slot) => {
+                            *event = Some(slot);
+                            if record {
+                                id = Some(vid);
+                            }
+                        }
+                        None => self.refused(class),
+                    }
                 }
-                let identities = rules.needs_identities().then_some((from, pai));
-                *event = self.build_event(
-                    m, &scored, &input, identities, src, conn, trunk, vid, sampled, record,
-                );
             }
-            Judged { scored, set, a, id }
+            if scored.shadow_decision != scored.decision {
+                self.metrics.inc(Counter::ShadowDiffers);
+            }
+            Judged {
+                scored,
+                set,
+                a,
+                id,
+                public: None,
+            }
         }));
-        let v = match result {
+        let mut v = match result {
             Ok(v) => v,
             Err(_) => {
                 self.metrics.inc(Counter::FailOpenInternal);
                 allow
             }
         };
-        self.remember(tx, &v.scored, v.id, set);
+        // Only an id the caller is given is written into the answer.
+        if matches!(v.scored.decision, Decision::Block | Decision::Redirect) {
+            v.public = v.id.map(|i| self.public_id(i));
+        }
+        self.remember(tx, digest, &v.scored, v.id, set);
         self.metrics.inc(match v.scored.decision {
             Decision::Allow => Counter::Allowed,
             Decision::Flag => Counter::Flagged,
@@ -120,6 +183,23 @@ impl Handler {
             Decision::Block => Counter::Blocked,
         });
         v
+    }
+
+    /// A record that found no room: counted by what it would have been.
+    fn refused(&self, class: Class) {
+        match class {
+            Class::IdGiven => {
+                // The caller is answered without a verdict id.
+                self.metrics.inc(Counter::StoreDropped);
+                self.metrics.inc(Counter::VerdictIdsWithheld);
+            }
+            Class::Low => {
+                self.metrics.inc(Counter::StoreDropped);
+                self.metrics.inc(Counter::VerdictLogDropped);
+            }
+            // A plain allow for HEP alone: no record was lost.
+            Class::HepOnly => self.metrics.inc(Counter::HepQueueDropped),
+        }
     }
 
     /// The next verdict id: a relaxed counter, unique on this node.
@@ -132,48 +212,31 @@ impl Handler {
         }
     }
 
-    /// Hands a judged call's event (when it has one) to the control
-    /// plane's log, store and HEP: a copy into the bounded queue's
-    /// preallocated slot, never a wait; a full queue drops it and counts.
-    /// `answer` is what kuzet sent back (empty when it forwarded), kept
-    /// only when HEP mirrors SIP.
-    pub(super) fn send_event(&self, event: &mut Option<VerdictEvent>, answer: &[u8]) {
-        let Some(mut ev) = event.take() else { return };
-        let Some(tx) = &self.events else { return };
-        // A plain allow for HEP alone takes at most half the queue, so it
-        // never crowds out a record.
-        if !ev.record
-            && self.metrics.gauge(Gauge::StoreQueueDepth) * 2
-                >= self.metrics.gauge(Gauge::StoreQueueCapacity)
-        {
-            self.metrics.inc(Counter::HepQueueDropped);
-            return;
-        }
-        if self.copy_answers {
-            ev.evidence.answer = Inline::new(answer);
-        }
-        let record = ev.record;
-        if tx.try_send(ev).is_err() {
-            if record {
-                self.metrics.inc(Counter::VerdictLogDropped);
-                self.metrics.inc(Counter::StoreDropped);
-            } else {
-                // A plain allow queued for HEP alone: no record was lost.
-                self.metrics.inc(Counter::HepQueueDropped);
-            }
+    /// Publishes a judged call's record (when it has one) with kuzet's
+    /// answer, so the recorder may take it. `answer` is what kuzet sent
+    /// back (empty when it forwarded), kept only when HEP mirrors SIP.
+    pub(super) fn send_event(&self, event: &mut Pending<'_>, answer: &[u8]) {
+        let Some(mut slot) = event.take() else { return };
+        let answer = if self.copy_answers {
+            &answer[..answer.len().min(evidence::ANSWER_MAX)]
         } else {
-            self.metrics.shift(Gauge::StoreQueueDepth, 1);
-        }
+            &[]
+        };
+        records::put_answer(&mut slot, answer);
+        slot.commit();
     }
 
-    /// The event for a judged call, for the control plane's log and store
-    /// (and HEP); `identities` are the From and PAI numbers when scoring
-    /// already read them. None when nobody takes events.
+    /// Writes a judged call's record into the record queue, all but the
+    /// answer: reserved first (sized exactly), so a full queue costs
+    /// nothing but the sizing. `identities` are the From and PAI numbers
+    /// when scoring already read them. None when the queue has no room
+    /// for this class.
     #[allow(clippy::too_many_arguments)]
-    fn build_event(
-        &self,
+    fn write_record<'h>(
+        &'h self,
         m: &Message<'_>,
         scored: &Scored,
+        set: &ListSet,
         input: &CallInput,
         identities: Option<(Option<Number>, Option<Number>)>,
         src: SocketAddr,
@@ -182,53 +245,241 @@ impl Handler {
         verdict_id: VerdictId,
         sampled: bool,
         record: bool,
-    ) -> Option<VerdictEvent> {
-        if scored.shadow_decision != scored.decision {
-            self.metrics.inc(Counter::ShadowDiffers);
-        }
-        self.events.as_ref()?;
+        class: Class,
+        a_trust: u8,
+    ) -> Option<Slot<'h>> {
+        let ring = self.records.as_ref()?;
         let (from, pai) = identities.unwrap_or_else(|| {
             (
                 self.claim(m, Hdr::From, false).number,
                 self.claim(m, Hdr::PAssertedIdentity, false).number,
             )
         });
-        let bytes = m.bytes();
-        let head_end = match offset_in(bytes, m.body()) {
-            Some(at) if !m.body().is_empty() => at,
-            _ => bytes.len(),
-        };
         let code = match (scored.decision, self.mode) {
             (Decision::Block, _) => self.block_code,
             (_, Mode::Redirect) => 302,
             (_, Mode::Proxy) => 0,
         };
-        let ev = VerdictEvent {
-            set: self.lists.load_full(),
-            scored: *scored,
-            a: input.a,
-            b: input.b,
-            call_id: CallId::new(m.header(Hdr::CallId).unwrap_or_default()),
-            source: src,
-            tcp: conn.is_some(),
-            trunk: trunk.as_ref().map(|t| t.name.clone()),
-            trunk_kind: trunk.map(|t| t.kind.as_str()),
-            evidence: Evidence {
-                verdict_id,
-                unix_us: evidence::unix_us(),
-                code,
-                sampled,
-                from,
-                pai,
-                ruri: Inline::new(m.request_uri()),
-                from_raw: Inline::new(m.header(Hdr::From).unwrap_or_default()),
-                pai_raw: Inline::new(m.header(Hdr::PAssertedIdentity).unwrap_or_default()),
-                head: Inline::new(&bytes[..head_end]),
-                answer: Inline::new(&[]),
-            },
-            record,
+        // Each fired rule's explanation, written once into a stack arena.
+        let lists = set.lists();
+        let mut arena = Arena::new();
+        let mut spans = [(0u16, 0u16); kuzet_rules::ruleset::MAX_FIRED];
+        let fired = scored.fired();
+        for (f, span) in fired.iter().zip(spans.iter_mut()) {
+            let start = arena.len;
+            let _ = set.rules.explain_fired(f, &lists, &mut arena);
+            *span = (start as u16, arena.len as u16);
+        }
+        let mut rules: [(&str, u32, u32, bool, &[u8]); kuzet_rules::ruleset::MAX_FIRED] =
+            [("", 0, 0, false, &[]); kuzet_rules::ruleset::MAX_FIRED];
+        let mut n = 0;
+        let mut list_hit = None;
+        for (f, span) in fired.iter().zip(spans.iter()) {
+            let Some(r) = set.rules.rules.get(usize::from(f.rule)) else {
+                continue;
+            };
+            rules[n] = (
+                &r.id,
+                f.value,
+                f.threshold,
+                f.shadow,
+                &arena.buf[usize::from(span.0)..usize::from(span.1)],
+            );
+            n += 1;
+            if list_hit.is_none() {
+                list_hit = set
+                    .list_hit(f)
+                    .map(|h| (h.list, h.side, h.exact, h.reason));
+            }
+        }
+        let role = if record {
+            caller_role(scored, set, a_trust)
+        } else {
+            records::role::NONE
         };
-        Some(ev)
+        let public = self.public_id(verdict_id).hex();
+        let mut head_parts: [&[u8]; HEAD_PARTS] = [&[]; HEAD_PARTS];
+        let mut marker = [0u8; 96];
+        let parts = head_section(m, &mut head_parts, &mut marker);
+        let mut flags = 0u8;
+        if record {
+            flags |= records::flags::RECORD;
+        }
+        if sampled {
+            flags |= records::flags::SAMPLED;
+        }
+        if conn.is_some() {
+            flags |= records::flags::TCP;
+        }
+        if class == Class::IdGiven {
+            flags |= records::flags::ID_GIVEN;
+        }
+        let facts = Facts {
+            flags,
+            decision: scored.decision,
+            shadow_decision: scored.shadow_decision,
+            code,
+            score: scored.score,
+            ts_us: evidence::unix_us(),
+            node: verdict_id.node,
+            seq: verdict_id.seq,
+            verdict_id: if record { &public } else { &[] },
+            numbers: [input.a, input.b, from, pai],
+            a_trust,
+            caller_role: role,
+            source: src,
+            trunk: trunk.map(|t| (&**t.name, t.kind.as_str())),
+            version: (self.version_base, set.generation),
+            call_id: m.header(Hdr::CallId).unwrap_or_default(),
+            ruri: m.request_uri(),
+            from_hdr: m.header(Hdr::From).unwrap_or_default(),
+            pai_hdr: m.header(Hdr::PAssertedIdentity).unwrap_or_default(),
+            rules: &rules[..n],
+            list_hit,
+            head: &head_parts[..parts],
+        };
+        let mut size = Sizer::default();
+        records::put_facts(&mut size, &facts);
+        let answer_room = 4 + if self.copy_answers {
+            evidence::ANSWER_MAX
+        } else {
+            0
+        };
+        let mut slot = ring.reserve(size.0 + answer_room, class)?;
+        records::put_facts(&mut slot, &facts);
+        Some(slot)
+    }
+}
+
+/// What a recorded call makes of its caller, from the rules that fired:
+/// a caller-ID spoof impersonates the presented numbers; a call blocked
+/// for its callee alone makes the caller a potential victim; otherwise
+/// the caller is the suspect, attributable only when the network vouches
+/// for its number (`a_trust`) or the number itself is listed.
+fn caller_role(scored: &Scored, set: &ListSet, a_trust: u8) -> u8 {
+    if scored.decision == Decision::Allow {
+        return records::role::NONE;
+    }
+    let (mut spoof, mut caller_side, mut callee_side, mut listed) = (false, false, false, false);
+    for f in scored.fired().iter().filter(|f| f.counts()) {
+        let Some(r) = set.rules.rules.get(usize::from(f.rule)) else {
+            continue;
+        };
+        match r.kind {
+            Kind::DomesticOnInternational | Kind::ProtectedCaller => spoof = true,
+            Kind::List {
+                list: ListName::Allowlist,
+                ..
+            } => {}
+            Kind::List { list, .. } => {
+                if f.who == Some(Who::Callee) || list == ListName::Premium {
+                    callee_side = true;
+                } else {
+                    caller_side = true;
+                    listed = true;
+                }
+            }
+            Kind::DestinationVelocity { .. } => callee_side = true,
+            _ => caller_side = true,
+        }
+    }
+    if spoof {
+        records::role::IMPERSONATED
+    } else if caller_side {
+        if a_trust == records::trust::NETWORK || listed {
+            records::role::SOURCE
+        } else {
+            records::role::CLAIMED
+        }
+    } else if callee_side {
+        records::role::POTENTIAL_VICTIM
+    } else {
+        records::role::CLAIMED
+    }
+}
+
+/// Parts a header section is written in, at most: the start line, each
+/// header line and its line break, the note of what was left out, the
+/// blank line.
+const HEAD_PARTS: usize = 4 + 2 * kuzet_sip::MAX_HEADERS;
+
+/// The request's start line and header section as evidence, in order:
+/// every header kuzet knows by name (Via, From, To, Call-ID, CSeq,
+/// Contact, P-Asserted-Identity, P-Preferred-Identity, Privacy, Route,
+/// Max-Forwards and the rest it parses: everything a rule reads) whole,
+/// the others while [`evidence::OTHER_HEADERS_MAX`] bytes last, then a
+/// line saying what was left out. Returns how many parts it filled.
+fn head_section<'a>(
+    m: &'a Message<'_>,
+    parts: &mut [&'a [u8]; HEAD_PARTS],
+    marker: &'a mut [u8; 96],
+) -> usize {
+    let bytes = m.bytes();
+    let mut n = 0;
+    let first_header = m.headers().next().map(|h| h.line.start);
+    let start_end = first_header.unwrap_or_else(|| {
+        memchr::memchr(b'\n', bytes).map_or(bytes.len(), |i| i + 1)
+    });
+    parts[n] = &bytes[..start_end.min(bytes.len())];
+    n += 1;
+    let mut budget = evidence::OTHER_HEADERS_MAX;
+    let (mut left_lines, mut left_bytes) = (0usize, 0usize);
+    for hl in m.headers() {
+        let line = &bytes[hl.line.clone()];
+        if hl.kind == Hdr::Other {
+            if line.len() + 2 > budget {
+                left_lines += 1;
+                left_bytes += line.len() + 2;
+                continue;
+            }
+            budget -= line.len() + 2;
+        }
+        if n + 2 >= HEAD_PARTS - 2 {
+            left_lines += 1;
+            left_bytes += line.len() + 2;
+            continue;
+        }
+        parts[n] = line;
+        parts[n + 1] = b"\r\n";
+        n += 2;
+    }
+    if left_lines > 0 {
+        let mut w = std::io::Cursor::new(&mut marker[..]);
+        let _ = write!(
+            w,
+            "X-Kuzet-Not-Kept: {left_lines} header lines, {left_bytes} bytes\r\n"
+        );
+        let len = w.position() as usize;
+        parts[n] = &marker[..len];
+        n += 1;
+    }
+    parts[n] = b"\r\n";
+    n + 1
+}
+
+/// A stack buffer explanations are written into without allocating; what
+/// does not fit is cut.
+struct Arena {
+    buf: [u8; 4096],
+    len: usize,
+}
+
+impl Arena {
+    fn new() -> Arena {
+        Arena {
+            buf: [0; 4096],
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Write for Arena {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.buf.len() - self.len;
+        let take = s.len().min(room);
+        self.buf[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
     }
 }
 
@@ -248,23 +499,82 @@ fn transaction_key(m: &Message<'_>) -> u64 {
 }
 
 impl Handler {
+    /// What makes a retransmission the same request as the INVITE it
+    /// repeats, beyond the transaction key: the Request-URI, every From,
+    /// To, P-Asserted-Identity and Privacy value as received, and the top
+    /// Via's transport and sent-by. A request that reuses an allowed
+    /// INVITE's Call-ID, CSeq and branch with another callee or caller
+    /// must not ride on its verdict. The hash is keyed with a secret made
+    /// at start-up (SipHash, std's `RandomState`), so nobody outside can
+    /// craft a different request with the same digest.
+    pub(super) fn request_digest(&self, m: &Message<'_>) -> u64 {
+        let mut h = self.digest_key.build_hasher();
+        let mut part = |b: &[u8]| {
+            h.write_usize(b.len());
+            h.write(b);
+        };
+        part(m.request_uri());
+        for hdr in [Hdr::From, Hdr::To, Hdr::PAssertedIdentity, Hdr::Privacy] {
+            let mut n = 0u8;
+            for v in m.all(hdr) {
+                part(v);
+                n = n.wrapping_add(1);
+            }
+            part(&[n]);
+        }
+        let top = split_values(m.header(Hdr::Via).unwrap_or_default())
+            .next()
+            .unwrap_or_default();
+        match parse_via(top) {
+            Ok(v) => {
+                part(v.transport);
+                part(v.host);
+                part(&v.port.unwrap_or(0).to_le_bytes());
+            }
+            Err(_) => part(top),
+        }
+        h.finish()
+    }
+
     /// The verdict an earlier copy of this INVITE got, if it is in the
-    /// window and the snapshot that judged it is still in force.
-    fn retransmission(&self, tx: u64, set: &ListSet) -> Option<(Scored, Option<VerdictId>)> {
+    /// window, the snapshot that judged it is still in force, and it is
+    /// the same request (`digest`). One that reuses the transaction with
+    /// different identities or routing is counted and judged afresh.
+    fn retransmission(
+        &self,
+        tx: u64,
+        digest: u64,
+        set: &ListSet,
+    ) -> Option<(Scored, Option<VerdictId>)> {
         let t = self.txs.get(tx)?;
         let age = self.now_ms().saturating_sub(t.created_ms);
+        if age >= self.tx_window_ms || t.generation != set.generation {
+            return None;
+        }
+        if t.digest != digest {
+            self.metrics.inc(Counter::TransactionReused);
+            return None;
+        }
         let id = (t.verdict_seq != 0).then_some(VerdictId {
             node: self.node,
             seq: t.verdict_seq,
         });
-        (age < self.tx_window_ms && t.generation == set.generation).then_some((t.scored, id))
+        Some((t.scored, id))
     }
 
     /// Keeps a verdict for the transaction's window (a full table only
     /// means a retransmission would be scored again: counted).
-    fn remember(&self, tx: u64, scored: &Scored, id: Option<VerdictId>, set: &ListSet) {
+    fn remember(
+        &self,
+        tx: u64,
+        digest: u64,
+        scored: &Scored,
+        id: Option<VerdictId>,
+        set: &ListSet,
+    ) {
         let rec = TxRec {
             created_ms: self.now_ms(),
+            digest,
             generation: set.generation,
             verdict_seq: id.map_or(0, |i| i.seq),
             scored: *scored,
@@ -275,12 +585,14 @@ impl Handler {
     }
 }
 
-/// A judged INVITE transaction: when, under which snapshot, its verdict
-/// (the first [`Scored::PACKED_FIRED`] rules that fired) and its verdict
-/// id's sequence number (0: not recorded).
+/// A judged INVITE transaction: when, the digest of the request judged,
+/// under which snapshot, its verdict (the first [`Scored::PACKED_FIRED`]
+/// rules that fired) and its verdict id's sequence number (0: not
+/// recorded).
 #[derive(Clone, Copy)]
 pub(super) struct TxRec {
     pub(super) created_ms: u64,
+    digest: u64,
     generation: u64,
     verdict_seq: u64,
     scored: Scored,
@@ -290,6 +602,7 @@ impl Default for TxRec {
     fn default() -> Self {
         TxRec {
             created_ms: 0,
+            digest: 0,
             generation: 0,
             verdict_seq: 0,
             scored: Scored::ALLOW,
@@ -298,30 +611,34 @@ impl Default for TxRec {
 }
 
 impl Packed for TxRec {
-    const WORDS: usize = 3 + Scored::PACKED_WORDS;
+    const WORDS: usize = 4 + Scored::PACKED_WORDS;
     fn unpack(w: &[u64]) -> Self {
         TxRec {
             created_ms: w[0],
-            generation: w[1],
-            verdict_seq: w[2],
-            scored: Scored::unpack(&w[3..]),
+            digest: w[1],
+            generation: w[2],
+            verdict_seq: w[3],
+            scored: Scored::unpack(&w[4..]),
         }
     }
     fn pack(&self, w: &mut [u64]) {
         w[0] = self.created_ms;
-        w[1] = self.generation;
-        w[2] = self.verdict_seq;
-        self.scored.pack(&mut w[3..]);
+        w[1] = self.digest;
+        w[2] = self.generation;
+        w[3] = self.verdict_seq;
+        self.scored.pack(&mut w[4..]);
     }
 }
 
 /// A call's verdict, the snapshot that gave it, the A-number it scored,
-/// and its verdict id when it was recorded.
+/// its verdict id when it was recorded, and the public id a caller is
+/// given (blocks and redirects only).
 pub(super) struct Judged<'l> {
     pub(super) scored: Scored,
     pub(super) set: &'l ListSet,
     pub(super) a: Option<Number>,
     pub(super) id: Option<VerdictId>,
+    pub(super) public: Option<PublicId>,
 }
 
 impl Judged<'_> {

@@ -18,7 +18,7 @@ mod redirect;
 mod reply;
 mod validate;
 
-use std::hash::Hasher;
+use std::hash::{BuildHasher, Hasher};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,7 +42,7 @@ use crate::metrics::{Counter, Metrics};
 use crate::trunks::{Trunk, TrunkMap};
 
 use calls::CallRec;
-pub use evidence::{Evidence, Inline, VerdictId};
+pub use evidence::{IdKey, PublicId, VerdictId};
 use judge::{Judged, TxRec};
 use outcome::is_outcome;
 use reply::*;
@@ -130,6 +130,9 @@ pub struct Settings {
     /// Verdict ids continue from at least this sequence (the store's last
     /// for this node, plus one), whatever the clock says.
     pub first_verdict_seq: Option<u64>,
+    /// The secret public verdict ids are made under (the store's); none:
+    /// a random one.
+    pub verdict_key: Option<IdKey>,
 }
 
 impl Default for Settings {
@@ -161,6 +164,7 @@ impl Default for Settings {
             copy_answers: false,
             appeal_contact: None,
             first_verdict_seq: None,
+            verdict_key: None,
         }
     }
 }
@@ -180,42 +184,6 @@ pub enum Outcome {
 
 /// The list snapshot: swapped whole on reload, loaded once per call.
 pub type SharedLists = Arc<ArcSwap<ListSet>>;
-
-/// Longest Call-ID kept with a verdict event; longer ones are cut.
-pub const CALL_ID_MAX: usize = 128;
-
-/// A Call-ID copied inline (no allocation), cut at [`CALL_ID_MAX`] bytes.
-pub type CallId = Inline<CALL_ID_MAX>;
-
-/// A verdict worth recording (anything but a plain allow, a shadow result
-/// that differs, or a sampled allow), sent to the control plane's log and
-/// store: the call path never writes logs or records itself. It is copied
-/// whole into the bounded queue's preallocated slot.
-pub struct VerdictEvent {
-    /// The snapshot that judged the call (its rules explain `scored`).
-    pub set: Arc<ListSet>,
-    /// The verdict.
-    pub scored: Scored,
-    /// The A-number scored.
-    pub a: Option<Number>,
-    /// The B-number scored.
-    pub b: Option<Number>,
-    /// The call's Call-ID, to match the switch's records.
-    pub call_id: CallId,
-    /// Where the INVITE came from.
-    pub source: SocketAddr,
-    /// It came over TCP.
-    pub tcp: bool,
-    /// The trunk the source belongs to, when one does.
-    pub trunk: Option<Arc<str>>,
-    /// Its kind (`international`, `domestic`, ...).
-    pub trunk_kind: Option<&'static str>,
-    /// The id, time, answer and copied headers.
-    pub evidence: Evidence,
-    /// Logged and recorded (anything but a plain allow, or a sampled
-    /// one); false for a plain allow queued for HEP alone.
-    pub record: bool,
-}
 
 /// Everything the call path needs, immutable after start-up.
 pub struct Handler {
@@ -237,10 +205,16 @@ pub struct Handler {
     state: State,
     /// Verdicts of recent INVITE transactions, for retransmissions.
     txs: Table<TxRec>,
+    /// The secret key of each request's digest (a retransmission must be
+    /// the same request).
+    digest_key: std::collections::hash_map::RandomState,
     tx_window_ms: u64,
     started: Instant,
     utc_offset_s: i64,
-    events: Option<std::sync::mpsc::SyncSender<VerdictEvent>>,
+    /// The record queue (none: nothing is logged or recorded).
+    records: Option<Arc<crate::records::RecordRing>>,
+    /// The lists' version prefix: the process's start, Unix seconds.
+    version_base: i64,
     /// Who may use the outcome API.
     outcome_reporters: Vec<String>,
     outcome_secret: Option<Vec<u8>>,
@@ -252,6 +226,8 @@ pub struct Handler {
     node: u32,
     /// The next verdict id's sequence number.
     next_verdict: std::sync::atomic::AtomicU64,
+    /// The secret under which verdict ids are given out.
+    id_key: IdKey,
     /// One allowed call in this many is recorded (0: none).
     sample_every: u64,
     /// Queue an event for every judged call (HEP), not only notable ones.
@@ -294,10 +270,12 @@ impl Handler {
             outcome_reporters: s.outcome_reporters,
             outcome_secret: s.outcome_secret,
             txs: Table::new(s.max_transactions),
+            digest_key: std::collections::hash_map::RandomState::new(),
             tx_window_ms: s.transaction_window.as_millis() as u64,
             started: Instant::now(),
             utc_offset_s: i64::from(s.utc_offset_minutes) * 60,
-            events: None,
+            records: None,
+            version_base: evidence::unix_us() / 1_000_000,
             // Only proxy mode sees calls end; redirect mode keeps no table.
             calls: Table::new(match s.mode {
                 Mode::Proxy => s.max_tracked_numbers,
@@ -308,6 +286,7 @@ impl Handler {
             next_verdict: std::sync::atomic::AtomicU64::new(
                 (evidence::unix_us().max(1) as u64).max(s.first_verdict_seq.unwrap_or(0)),
             ),
+            id_key: s.verdict_key.unwrap_or_else(IdKey::random),
             sample_every: u64::from(s.record_allowed_every),
             every_call: s.events_for_every_call,
             copy_answers: s.copy_answers,
@@ -318,11 +297,16 @@ impl Handler {
         }
     }
 
-    /// Verdicts worth recording go to `tx` (bounded; full = dropped and
-    /// counted).
-    pub fn with_events(mut self, tx: std::sync::mpsc::SyncSender<VerdictEvent>) -> Handler {
-        self.events = Some(tx);
+    /// Verdicts worth recording go to `ring` (bounded; full = refused and
+    /// counted, never waited for).
+    pub fn with_records(mut self, ring: Arc<crate::records::RecordRing>) -> Handler {
+        self.records = Some(ring);
         self
+    }
+
+    /// The public id a caller was given for `id`.
+    pub fn public_id(&self, id: VerdictId) -> PublicId {
+        self.id_key.public(id)
     }
 
     /// Forgets idle numbers and keeps the trackers under their caps; the

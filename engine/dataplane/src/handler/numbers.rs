@@ -62,12 +62,17 @@ impl Handler {
 
     /// The A-number, from the sources in configured order.
     pub fn a_number(&self, m: &Message<'_>) -> Option<Number> {
+        self.a_number_from(m).map(|(n, _)| n)
+    }
+
+    /// The A-number and the header it came from.
+    pub(super) fn a_number_from(&self, m: &Message<'_>) -> Option<(Number, NumberSource)> {
         self.a_order.iter().find_map(|src| {
             let hdr = match src {
                 NumberSource::Pai => Hdr::PAssertedIdentity,
                 NumberSource::From => Hdr::From,
             };
-            self.header_number(m, hdr).0
+            self.header_number(m, hdr).0.map(|n| (n, *src))
         })
     }
 

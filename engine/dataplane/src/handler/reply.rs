@@ -26,7 +26,7 @@ impl Handler {
             // caller needs to seek redress, the verdict id and where.
             o.extend_from_slice(b"Reason: Q.850;cause=21;text=\"");
             o.extend_from_slice(v.first_rule().as_bytes());
-            if let Some(id) = v.id {
+            if let Some(id) = v.public {
                 o.extend_from_slice(b"; verdict ");
                 id.write_to(o);
             }
@@ -90,8 +90,10 @@ impl std::fmt::Write for ByteWriter<'_> {
     }
 }
 
-/// `X-Kuzet-Verdict: DECISION[;score=N;rules="EXPLANATION"]`: one format for
-/// every verdict, lists and behaviour rules alike.
+/// `X-Kuzet-Verdict: DECISION[;score=N;rules="EXPLANATION"][;verdict=ID]`:
+/// one format for every verdict, lists and behaviour rules alike; a
+/// redirect carries its verdict id, so the desk it reaches can look the
+/// call up.
 pub(super) fn verdict_header(out: &mut Vec<u8>, v: &Judged<'_>) {
     let s = &v.scored;
     out.extend_from_slice(b"X-Kuzet-Verdict: ");
@@ -102,6 +104,10 @@ pub(super) fn verdict_header(out: &mut Vec<u8>, v: &Judged<'_>) {
         out.extend_from_slice(b";rules=\"");
         let _ = v.set.explain(s, &mut ByteWriter(out));
         out.push(b'"');
+    }
+    if let (Decision::Redirect, Some(id)) = (s.decision, v.public) {
+        out.extend_from_slice(b";verdict=");
+        id.write_to(out);
     }
     out.extend_from_slice(b"\r\n");
 }
