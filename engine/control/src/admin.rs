@@ -42,12 +42,18 @@ struct Inner {
 }
 
 impl Admin {
-    /// Serves `metrics`; `store_on` says whether readiness needs the store.
-    pub fn new(metrics: Arc<Metrics>, store_on: bool) -> Admin {
+    /// Serves `metrics` and the record queue's fill; `store_on` says
+    /// whether readiness needs the store.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        store_on: bool,
+        ring: Option<Arc<kuzet_dataplane::records::RecordRing>>,
+    ) -> Admin {
         let mut registry = Registry::with_prefix("kuzet");
         registry.register_collector(Box::new(Exposition {
             metrics: metrics.clone(),
             store_on,
+            ring,
         }));
         Admin {
             inner: Arc::new(Inner {
@@ -83,6 +89,14 @@ fn reasons(m: &Metrics, store_on: bool) -> Vec<&'static str> {
     if store_on && m.gauge(Gauge::StoreWritable) != 1 {
         why.push("store not writable");
     }
+    match m.gauge(Gauge::StorePressure) {
+        1 => why.push("store over its size limit: sampled allows are not recorded"),
+        2 => why.push("store over its size limit: flags and shadow verdicts are not recorded"),
+        _ => {}
+    }
+    if m.gauge(Gauge::RecordLossSustained) == 1 {
+        why.push("records lost in most of the last 10 seconds (store_dropped_total)");
+    }
     why
 }
 
@@ -93,11 +107,18 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(l)
 }
 
-/// Serves until `shutdown` turns true.
+/// How long a client may take to send a request's headers.
+const HEADER_READ: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves until `shutdown` turns true: each connection the gate admits
+/// gets HTTP/1 with a header-read deadline (a client trickling its
+/// headers is cut off) and, through the gate, an idle limit; a connection
+/// over the gate's caps is closed at once.
 pub async fn serve(
     listener: std::net::TcpListener,
     admin: Admin,
-    mut shutdown: watch::Receiver<bool>,
+    gate: Arc<crate::guard::Gate>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -111,15 +132,38 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(admin);
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "admin address stopped");
-    }
+    let mut stop = shutdown.clone();
+    crate::guard::accept_loop(
+        listener,
+        gate,
+        "admin address",
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+        move |io| {
+            // hyper's header deadline covers every request on the
+            // connection, the gate's idle limit the time between them.
+            io.info().mark_request();
+            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            let mut sd = shutdown.clone();
+            tokio::spawn(async move {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ)
+                    .max_buf_size(16 * 1024);
+                let conn = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = async { let _ = sd.wait_for(|s| *s).await; } => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
+                    }
+                }
+            });
+        },
+    )
+    .await;
 }
 
 async fn metrics(State(a): State<Admin>) -> Response {
@@ -153,6 +197,7 @@ async fn readyz(State(a): State<Admin>) -> Response {
 struct Exposition {
     metrics: Arc<Metrics>,
     store_on: bool,
+    ring: Option<Arc<kuzet_dataplane::records::RecordRing>>,
 }
 
 impl std::fmt::Debug for Exposition {
@@ -250,7 +295,10 @@ impl Collector for Exposition {
                 ConstGauge::new(n as i64).encode(e.encode_family(&labels)?)?;
             }
         }
-        let gauges: [(&str, &str, i64); 10] = [
+        let ring = |f: fn(&kuzet_dataplane::records::RecordRing) -> u64| {
+            self.ring.as_deref().map_or(0, f) as i64
+        };
+        let gauges: [(&str, &str, i64); 12] = [
             (
                 "lists_generation",
                 "Generation of the lists in force (rises at each reload)",
@@ -262,14 +310,24 @@ impl Collector for Exposition {
                 m.gauge(Gauge::ListsLoadedUnix),
             ),
             (
-                "store_queue_depth",
-                "Records waiting for the recorder",
-                m.gauge(Gauge::StoreQueueDepth).max(0),
+                "record_queue_used_bytes",
+                "Bytes of the record queue holding records not yet committed to the store",
+                ring(|r| r.used_bytes()),
             ),
             (
-                "store_queue_capacity",
-                "Records the queue holds before it drops",
-                m.gauge(Gauge::StoreQueueCapacity),
+                "record_queue_capacity_bytes",
+                "Bytes the record queue holds in all",
+                ring(|r| r.capacity_bytes()),
+            ),
+            (
+                "record_queue_reserved_bytes",
+                "Bytes of the record queue only blocks and redirects may use",
+                ring(|r| r.reserved_bytes()),
+            ),
+            (
+                "store_pressure",
+                "0 within the store's size limit; 1 over it (samples skipped); 2 still over (low-value records refused)",
+                m.gauge(Gauge::StorePressure),
             ),
             (
                 "store_writable",

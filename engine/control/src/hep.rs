@@ -17,7 +17,7 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
-use kuzet_dataplane::handler::VerdictEvent;
+use kuzet_dataplane::records::{flags, RecordEntry};
 use kuzet_dataplane::metrics::{Counter, Metrics};
 use kuzet_store::Record;
 
@@ -67,16 +67,16 @@ impl HepSender {
     /// Sends one decision: the verdict as a log packet, and the INVITE and
     /// the answer when mirroring. `rec` is the verdict as the store records
     /// it (rules explained, the list hit with its reason).
-    pub fn send(&mut self, ev: &VerdictEvent, rec: &Record, metrics: &Metrics) {
+    pub fn send(&mut self, ev: &RecordEntry, rec: &Record, metrics: &Metrics) {
         let call_id = ev.call_id.as_bytes();
-        let proto_id = if ev.tcp { 6 } else { 17 };
+        let proto_id = if ev.has(flags::TCP) { 6 } else { 17 };
         let json = verdict_json(rec);
-        let ts = ev.evidence.unix_us;
+        let ts = ev.ts_us;
         let local = self.cfg.local;
         let mut packets: [(u8, SocketAddr, SocketAddr, &[u8]); 3] = [
             (PROTO_LOG, ev.source, local, json.as_bytes()),
-            (PROTO_SIP, ev.source, local, ev.evidence.head.as_bytes()),
-            (PROTO_SIP, local, ev.source, ev.evidence.answer.as_bytes()),
+            (PROTO_SIP, ev.source, local, &ev.head),
+            (PROTO_SIP, local, ev.source, &ev.answer),
         ];
         let n = if self.cfg.mirror_sip { 3 } else { 1 };
         for (proto, src, dst, payload) in packets.iter_mut().take(n) {

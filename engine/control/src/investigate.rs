@@ -1,15 +1,24 @@
 //! The investigators' gRPC API (`kuzet.investigation.v1`), served on the
-//! control address from the control plane's own runtime, beside the
-//! standard gRPC health service and server reflection.
+//! control address and on a Unix socket in the data directory, from a
+//! runtime of its own, beside the standard gRPC health service and server
+//! reflection.
 //!
 //! Every request is authenticated and authorized here, on the server
 //! ([`crate::access`]), and every request, allowed or refused, is written
 //! to the audit log with who asked, in which role, with which filter and
-//! how many rows came back. SQLite work runs on the runtime's blocking
-//! threads (at the control plane's lowered priority), each query on a
-//! read-only connection of its own, so a long export never blocks the
-//! writer or another query.
+//! how many rows came back. Refusals are counted, not sampled: one audit
+//! row per token, action and outcome per second, with its count. Over TCP
+//! a request needs a bearer token; on the Unix socket (`control.sock`,
+//! 0600 in the 0700 data directory) a request without one is kuzet's own
+//! user, checked by the socket's peer credentials, and answers as the
+//! investigator `local`: no token is ever written to disk. SQLite work
+//! runs on this runtime's bounded blocking pool, each query on a
+//! read-only connection of its own; exports are capped in number, per
+//! token and in total, and each streams through a small bounded buffer;
+//! pages are cut by size, so records with large header sections never
+//! make an answer a client cannot take.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -20,25 +29,53 @@ use kuzet_api::investigation::investigation_service_server::{
     InvestigationService, InvestigationServiceServer,
 };
 use kuzet_dataplane::handler::evidence::unix_us;
-use kuzet_dataplane::handler::VerdictId;
+use kuzet_dataplane::handler::PublicId;
 use kuzet_rules::NumberingPlan;
 use kuzet_store::incident::{self, Incident};
 use kuzet_store::query::{self, Filter};
 use kuzet_store::{audit, Record};
+use prost::Message as _;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Refusal, Role};
+use crate::guard::{ConnInfo, Gate};
 
-/// Refusals audited per second, at most.
-const REFUSALS_PER_SEC: u32 = 20;
 /// The longest filter text an audit entry keeps.
 const AUDIT_FILTER_MAX: usize = 1024;
 /// An export whose client reads nothing for this long is ended.
 const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Calls an export holds ready for its client, at most (each call a few
+/// KiB, up to the largest SIP message).
+const EXPORT_BUFFER: usize = 16;
+/// An answer's calls stop at about this many encoded bytes (a page's
+/// cursor then continues where it stopped): clients take 4 MiB by default.
+pub const ANSWER_BYTES: usize = 3 << 20;
+
+/// The Unix socket's file name in the data directory.
+pub const SOCKET_FILE: &str = "control.sock";
+
+/// How many exports may run at once.
+#[derive(Clone, Copy, Debug)]
+pub struct ExportLimits {
+    /// In total.
+    pub total: usize,
+    /// Per token (per caller name).
+    pub per_token: usize,
+}
+
+impl Default for ExportLimits {
+    fn default() -> Self {
+        ExportLimits {
+            total: 8,
+            per_token: 2,
+        }
+    }
+}
 
 /// What the service needs.
+#[derive(Clone)]
 pub struct Investigation {
     /// The data directory; `None` when kuzet runs without a store.
     pub data_dir: Option<PathBuf>,
@@ -48,28 +85,123 @@ pub struct Investigation {
     pub access: Arc<Access>,
     /// The audit log's connection, opened on first use.
     audit: Arc<Mutex<Option<rusqlite::Connection>>>,
-    /// Refusals audited this second: (window start, audited, suppressed).
-    refusals: Arc<Mutex<(std::time::Instant, u32, u32)>>,
+    /// Refusals counted for the audit log, written once a second.
+    refusals: Arc<Mutex<Refusals>>,
+    /// Exports running: per caller, and in total.
+    exports: Arc<Mutex<HashMap<String, usize>>>,
+    export_limits: ExportLimits,
+    /// This process's user: who may use the Unix socket without a token.
+    own_uid: Option<u32>,
 }
 
 impl Investigation {
     /// A service over the store in `data_dir`.
     pub fn new(data_dir: Option<PathBuf>, plan: NumberingPlan, access: Arc<Access>) -> Self {
+        use std::os::unix::fs::MetadataExt;
         Investigation {
             data_dir,
             plan,
             access,
             audit: Arc::default(),
-            refusals: Arc::new(Mutex::new((std::time::Instant::now(), 0, 0))),
+            refusals: Arc::default(),
+            exports: Arc::default(),
+            export_limits: ExportLimits::default(),
+            // /proc/self belongs to the process's effective user.
+            own_uid: std::fs::metadata("/proc/self").ok().map(|m| m.uid()),
         }
+    }
+
+    /// Caps concurrent exports.
+    pub fn with_export_limits(mut self, l: ExportLimits) -> Self {
+        self.export_limits = l;
+        self
     }
 }
 
-/// Serves the API, health and reflection on `listener` until `shutdown`.
+/// Refusals of the current second and those not yet written, by who,
+/// role, action and outcome: a flood costs one row per key per second.
+#[derive(Default)]
+struct Refusals {
+    second: i64,
+    now: HashMap<RefusalKey, (u64, String)>,
+    pending: Vec<audit::Entry>,
+}
+
+type RefusalKey = (String, &'static str, &'static str, &'static str);
+
+/// Refusals written while the audit log cannot be written pile up to
+/// this many rows; past it, new rows merge into their key's last row
+/// (the count is kept, the second is not).
+const REFUSALS_PENDING_MAX: usize = 100_000;
+
+impl Refusals {
+    /// Counts one refusal now.
+    fn note(&mut self, key: RefusalKey, filter: &str) {
+        let sec = unix_us().div_euclid(1_000_000);
+        self.roll(sec);
+        let e = self
+            .now
+            .entry(key)
+            .or_insert_with(|| (0, cut(filter)));
+        e.0 += 1;
+    }
+
+    /// Moves the counts of a finished second to the rows to write.
+    fn roll(&mut self, sec: i64) {
+        if sec == self.second {
+            return;
+        }
+        let old = std::mem::take(&mut self.now);
+        for ((who, role, action, outcome), (count, filter)) in old {
+            let row = audit::Entry {
+                id: 0,
+                ts_us: self.second * 1_000_000,
+                who,
+                role: role.into(),
+                action: action.into(),
+                filter,
+                rows: 0,
+                outcome: outcome.into(),
+                count,
+            };
+            if self.pending.len() >= REFUSALS_PENDING_MAX {
+                if let Some(last) = self.pending.iter_mut().rev().find(|p| {
+                    p.who == row.who && p.action == row.action && p.outcome == row.outcome
+                }) {
+                    last.count += row.count;
+                    continue;
+                }
+            }
+            self.pending.push(row);
+        }
+        self.second = sec;
+    }
+}
+
+/// The filter text an audit entry keeps: cut at 1 KiB.
+fn cut(filter: &str) -> String {
+    let mut filter = filter.to_string();
+    if filter.len() > AUDIT_FILTER_MAX {
+        let mut at = AUDIT_FILTER_MAX;
+        while !filter.is_char_boundary(at) {
+            at -= 1;
+        }
+        filter.truncate(at);
+        filter.push_str("...(cut)");
+    }
+    filter
+}
+
+/// Serves the API, health and reflection on the TCP `listener` (under
+/// `gate`) and, when given, on the Unix socket `uds`, until `shutdown`.
+/// Refusals are written to the audit log once a second, and once more at
+/// the end.
 pub async fn serve(
     listener: std::net::TcpListener,
+    uds: Option<tokio::net::UnixListener>,
     svc: Investigation,
-    mut shutdown: watch::Receiver<bool>,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let addr = listener.local_addr().ok();
     let listener = match listener
@@ -98,22 +230,142 @@ pub async fn serve(
         }
     };
     tracing::info!(?addr, "control API serving");
-    let r = tonic::transport::Server::builder()
-        .add_service(health_svc)
-        .add_service(reflection)
-        // Requests are filters: 64 KiB is plenty, and bounds what a
-        // hostile client can make the server decode (and audit).
-        .add_service(InvestigationServiceServer::new(svc).max_decoding_message_size(64 * 1024))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+    let router = || {
+        tonic::transport::Server::builder()
+            // Streams per connection and the header list are bounded, so
+            // one client cannot open thousands of requests on a
+            // connection the gate admitted.
+            .max_concurrent_streams(16)
+            .http2_max_header_list_size(16 * 1024)
+            .add_service(health_svc.clone())
+            .add_service(reflection.clone())
+            // Requests are filters: 64 KiB is plenty, and bounds what a
+            // hostile client can make the server decode (and audit).
+            .add_service(
+                InvestigationServiceServer::new(svc.clone()).max_decoding_message_size(64 * 1024),
+            )
+    };
+    let (conns_tx, conns_rx) = tokio::sync::mpsc::channel::<std::io::Result<crate::guard::Guarded>>(16);
+    let mut stop = shutdown.clone();
+    let accept = tokio::spawn(crate::guard::accept_loop(
+        listener,
+        gate,
+        "control API",
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+        move |c| {
+            // A full hand-over queue means the server is not taking
+            // connections: this one is closed, like one over a cap.
+            let _ = conns_tx.try_send(Ok(c));
+        },
+    ));
+    let tcp = router().serve_with_incoming_shutdown(
+        tokio_stream::wrappers::ReceiverStream::new(conns_rx),
+        {
+            let mut s = shutdown.clone();
             async move {
-                let _ = shutdown.changed().await;
-            },
-        )
-        .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, "control API stopped");
+                let _ = s.wait_for(|s| *s).await;
+            }
+        },
+    );
+    let local = async {
+        match uds {
+            Some(u) => {
+                router()
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(u),
+                        {
+                            let mut s = shutdown.clone();
+                            async move {
+                                let _ = s.wait_for(|s| *s).await;
+                            }
+                        },
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let (a, b) = tokio::join!(tcp, local);
+    for r in [a, b] {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "control API stopped");
+        }
     }
+    accept.abort();
+}
+
+/// Writes the counted refusals to the audit log every second, and the
+/// last ones when the API stops (run it beside [`serve`]).
+pub async fn flush_refusals(svc: Investigation, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = every.tick() => false,
+            _ = shutdown.wait_for(|s| *s) => true,
+        };
+        svc.write_refusals(last).await;
+        if last {
+            return;
+        }
+    }
+}
+
+impl Investigation {
+    /// Writes the refusals of finished seconds (with `all`, the current
+    /// one too); rows that cannot be written are kept for the next try.
+    async fn write_refusals(&self, all: bool) {
+        let rows = {
+            let Ok(mut r) = self.refusals.lock() else {
+                return;
+            };
+            let sec = unix_us().div_euclid(1_000_000);
+            r.roll(if all { sec + 1 } else { sec });
+            std::mem::take(&mut r.pending)
+        };
+        if rows.is_empty() {
+            return;
+        }
+        let Some(dir) = self.data_dir.clone() else {
+            return;
+        };
+        let conn = self.audit.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let written = (|| -> Result<(), String> {
+                let mut guard = conn.lock().map_err(|_| "audit lock poisoned".to_string())?;
+                if guard.is_none() {
+                    *guard = Some(audit::open(&dir).map_err(|e| e.to_string())?);
+                }
+                let c = guard.as_mut().ok_or("no audit connection")?;
+                let tx = c.transaction().map_err(|e| e.to_string())?;
+                for e in &rows {
+                    audit::append(&tx, e).map_err(|e| e.to_string())?;
+                }
+                tx.commit().map_err(|e| e.to_string())
+            })();
+            written.map_err(|e| (e, rows))
+        })
+        .await;
+        if let Ok(Err((e, rows))) = res {
+            tracing::error!(error = %e, rows = rows.len(), "writing refusals to the audit log failed; they are kept and written later");
+            if let Ok(mut r) = self.refusals.lock() {
+                let mut rows = rows;
+                rows.append(&mut r.pending);
+                r.pending = rows;
+            }
+        }
+    }
+}
+
+/// `investigator or admin`.
+fn roles(allowed: &[Role]) -> String {
+    allowed
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// Who asked, once allowed.
@@ -130,83 +382,87 @@ const COUNT: &[Role] = &[Role::Investigator, Role::RuleAuthor, Role::Admin];
 const AUDIT: &[Role] = &[Role::Admin];
 
 impl Investigation {
-    /// Authenticates and authorizes; a refusal is audited and returned as
-    /// UNAUTHENTICATED or PERMISSION_DENIED.
+    /// Authenticates and authorizes; a refusal is counted for the audit
+    /// log and returned as UNAUTHENTICATED or PERMISSION_DENIED. On the
+    /// Unix socket, a request without a token comes from kuzet's own user
+    /// (the socket's peer credentials say so) and is the investigator
+    /// `local`.
     async fn admit<T>(
         &self,
         req: &Request<T>,
-        action: &str,
+        action: &'static str,
         allowed: &[Role],
         filter: &str,
     ) -> Result<Caller, Status> {
+        if let Some(c) = req.extensions().get::<ConnInfo>() {
+            c.mark_request();
+        }
         let bearer = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        if bearer.is_none() {
+            if let Some(uds) = req
+                .extensions()
+                .get::<tonic::transport::server::UdsConnectInfo>()
+            {
+                let uid = uds.peer_cred.map(|c| c.uid());
+                if uid.is_some() && (uid == self.own_uid || uid == Some(0)) {
+                    if allowed.contains(&Role::Investigator) {
+                        return Ok(Caller {
+                            who: "local".into(),
+                            role: Role::Investigator.as_str(),
+                        });
+                    }
+                    self.refuse("local", Role::Investigator.as_str(), action, "denied", filter);
+                    return Err(Status::permission_denied(format!(
+                        "{action} needs the role {}: the local socket answers as an investigator; pass an admin token",
+                        roles(allowed)
+                    )));
+                }
+            }
+        }
         match self.access.check(bearer, allowed) {
             Ok(t) => Ok(Caller {
                 who: t.name.clone(),
                 role: t.role.as_str(),
             }),
-            Err(refusal) => {
-                let (who, role, outcome, status) = match refusal {
-                    Refusal::Unauthenticated => (
-                        "-".to_string(),
-                        "-",
-                        "unauthenticated",
-                        Status::unauthenticated("a valid bearer token is required"),
-                    ),
-                    Refusal::Denied => {
-                        let t = self.access.authenticate(bearer);
-                        (
-                            t.map_or("-".into(), |t| t.name.clone()),
-                            t.map_or("-", |t| t.role.as_str()),
-                            "denied",
-                            Status::permission_denied(format!(
-                                "{action} needs the role {}",
-                                allowed
-                                    .iter()
-                                    .map(|r| r.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(" or ")
-                            )),
-                        )
-                    }
-                };
-                // Refusals are audited, up to a rate: a flood of bad tokens
-                // must not fill the disk or starve the writer. The answer
-                // is a refusal either way.
-                if self.refusal_budget() {
-                    let _ = self.record(&who, role, action, filter, 0, outcome).await;
-                }
-                Err(status)
+            Err(Refusal::Unauthenticated) => {
+                self.refuse("-", "-", action, "unauthenticated", filter);
+                Err(Status::unauthenticated("a valid bearer token is required"))
+            }
+            Err(Refusal::Denied) => {
+                let t = self.access.authenticate(bearer);
+                self.refuse(
+                    t.map_or("-", |t| t.name.as_str()),
+                    t.map_or("-", |t| t.role.as_str()),
+                    action,
+                    "denied",
+                    filter,
+                );
+                Err(Status::permission_denied(format!(
+                    "{action} needs the role {}",
+                    roles(allowed)
+                )))
             }
         }
     }
 
-    /// One more refusal may be audited this second (at most
-    /// [`REFUSALS_PER_SEC`]); the rest are counted in one log line.
-    fn refusal_budget(&self) -> bool {
-        let Ok(mut g) = self.refusals.lock() else {
-            return false;
+    /// Counts a refusal for the audit log: every one is counted, in one
+    /// row per who, action and outcome per second, written within a
+    /// second. Nothing here waits on the disk, so a flood of bad tokens
+    /// neither fills it nor holds anything up.
+    fn refuse(&self, who: &str, role: &str, action: &'static str, outcome: &'static str, filter: &str) {
+        let role: &'static str = match role {
+            "investigator" => "investigator",
+            "rule-author" => "rule-author",
+            "admin" => "admin",
+            _ => "-",
         };
-        let now = std::time::Instant::now();
-        if now.duration_since(g.0) >= std::time::Duration::from_secs(1) {
-            if g.2 > 0 {
-                tracing::warn!(
-                    suppressed = g.2,
-                    "refused control API requests beyond the audit rate"
-                );
-            }
-            *g = (now, 0, 0);
-        }
-        if g.1 < REFUSALS_PER_SEC {
-            g.1 += 1;
-            true
-        } else {
-            g.2 += 1;
-            false
+        match self.refusals.lock() {
+            Ok(mut r) => r.note((who.to_string(), role, action, outcome), filter),
+            Err(_) => tracing::error!(who, action, outcome, "refusal not counted: lock poisoned"),
         }
     }
 
@@ -225,15 +481,7 @@ impl Investigation {
         let Some(dir) = self.data_dir.clone() else {
             return Ok(());
         };
-        let mut filter = filter.to_string();
-        if filter.len() > AUDIT_FILTER_MAX {
-            let mut cut = AUDIT_FILTER_MAX;
-            while !filter.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            filter.truncate(cut);
-            filter.push_str("...(cut)");
-        }
+        let filter = cut(filter);
         let e = audit::Entry {
             id: 0,
             ts_us: unix_us(),
@@ -243,6 +491,7 @@ impl Investigation {
             filter,
             rows,
             outcome: outcome.into(),
+            count: 1,
         };
         let conn = self.audit.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -325,7 +574,7 @@ impl Investigation {
         }
         let verdict_id = match text(f.verdict_id) {
             Some(v) => Some(
-                v.parse::<VerdictId>()
+                v.parse::<PublicId>()
                     .map_err(|e| Status::invalid_argument(format!("{v:?}: {e}")))?
                     .to_string(),
             ),
@@ -417,6 +666,70 @@ pub fn to_pb(r: Record) -> pb::Call {
         lists_version: r.lists_version,
         headers: r.headers,
         incident: r.incident.unwrap_or(0),
+        a_trust: r.a_trust,
+        caller_role: r.caller_role,
+    }
+}
+
+/// The calls of an answer, in wire form, cut once they pass
+/// [`ANSWER_BYTES`] (at least one is kept); the cursor continues after the
+/// last one kept when the page was cut.
+fn within_answer(recs: Vec<Record>, next: Option<i64>) -> (Vec<pb::Call>, Option<i64>) {
+    let total = recs.len();
+    let mut out = Vec::with_capacity(total);
+    let mut bytes = 0usize;
+    let mut last_id = None;
+    for r in recs {
+        let id = r.id;
+        let c = to_pb(r);
+        bytes += c.encoded_len() + 8;
+        if bytes > ANSWER_BYTES && !out.is_empty() {
+            break;
+        }
+        out.push(c);
+        last_id = Some(id);
+    }
+    if out.len() < total {
+        (out, last_id)
+    } else {
+        (out, next)
+    }
+}
+
+impl Investigation {
+    /// A place for one more export by `who`, given back when dropped;
+    /// `None` over a cap.
+    fn export_slot(&self, who: &str) -> Option<ExportSlot> {
+        let mut g = self.exports.lock().ok()?;
+        let total: usize = g.values().sum();
+        let mine = g.get(who).copied().unwrap_or(0);
+        if total >= self.export_limits.total || mine >= self.export_limits.per_token {
+            return None;
+        }
+        *g.entry(who.to_string()).or_insert(0) += 1;
+        Some(ExportSlot {
+            exports: self.exports.clone(),
+            who: who.to_string(),
+        })
+    }
+}
+
+/// One running export's place under the caps.
+struct ExportSlot {
+    exports: Arc<Mutex<HashMap<String, usize>>>,
+    who: String,
+}
+
+impl Drop for ExportSlot {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.exports.lock() {
+            if let Some(n) = g.get_mut(&self.who) {
+                *n -= 1;
+                if *n == 0 {
+                    g.remove(&self.who);
+                }
+            }
+        }
     }
 }
 
@@ -432,6 +745,13 @@ fn delivered_seq(c: &rusqlite::Connection, id: i64) -> rusqlite::Result<u64> {
 
 /// The wire form of an incident.
 pub fn incident_pb(i: Incident, sequence: u64) -> pb::Incident {
+    let parties = incident::parties(&i)
+        .into_iter()
+        .map(|p| pb::Party {
+            number: p.number,
+            role: p.role.into(),
+        })
+        .collect();
     pb::Incident {
         id: i.id,
         kind: i.kind,
@@ -450,6 +770,8 @@ pub fn incident_pb(i: Incident, sequence: u64) -> pb::Incident {
         sequence,
         register_state: i.register_state,
         register_error: i.register_error,
+        register_case: i.register_case,
+        parties,
     }
 }
 
@@ -484,18 +806,19 @@ impl InvestigationService for Investigation {
         })
         .await
         .map_err(store_err)??;
+        let (calls, next) = within_answer(page.calls, page.next);
         self.record(
             &who.who,
             who.role,
             "QueryCalls",
             &desc,
-            page.calls.len() as u64,
+            calls.len() as u64,
             "ok",
         )
         .await?;
         Ok(Response::new(pb::QueryCallsResponse {
-            calls: page.calls.into_iter().map(to_pb).collect(),
-            next_cursor: page.next.map(|n| n.to_string()).unwrap_or_default(),
+            calls,
+            next_cursor: next.map(|n| n.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -512,19 +835,23 @@ impl InvestigationService for Investigation {
             .checked(&who, "ExportCalls", &desc, self.filter(r.filter))
             .await?;
         let dir = self.store_dir()?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Call, Status>>(256);
+        // Capped per caller and in total: each export holds a read
+        // snapshot and a blocking thread until its client has read it all.
+        let Some(slot) = self.export_slot(&who.who) else {
+            self.refuse(&who.who, who.role, "ExportCalls", "exhausted", &desc);
+            return Err(Status::resource_exhausted(format!(
+                "too many exports running (at most {} per token, {} in all): wait for one to end",
+                self.export_limits.per_token, self.export_limits.total
+            )));
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Call, Status>>(EXPORT_BUFFER);
         // The export is audited before the first row leaves; if that
         // cannot be written, nothing is sent.
         self.record(&who.who, who.role, "ExportCalls", &desc, 0, "started")
             .await?;
-        let audit = Investigation {
-            data_dir: self.data_dir.clone(),
-            plan: self.plan.clone(),
-            access: self.access.clone(),
-            audit: self.audit.clone(),
-            refusals: self.refusals.clone(),
-        };
+        let audit = self.clone();
         let task = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+            let _slot = slot;
             let c = kuzet_store::open_reader(&dir).map_err(|e| e.to_string())?;
             let mut sent = 0u64;
             let mut stalled = false;
@@ -547,7 +874,7 @@ impl InvestigationService for Investigation {
                                 return false;
                             }
                             item = back;
-                            std::thread::sleep(std::time::Duration::from_millis(5));
+                            std::thread::sleep(std::time::Duration::from_millis(10));
                         }
                     }
                 }
@@ -601,10 +928,7 @@ impl InvestigationService for Investigation {
                 let e = Status::permission_denied(
                     "a rule author counts by time, rule and decision only",
                 );
-                if self.refusal_budget() {
-                    self.record(&who.who, who.role, "CountCalls", &desc, 0, "denied")
-                        .await?;
-                }
+                self.refuse(&who.who, who.role, "CountCalls", "denied", &desc);
                 return Err(e);
             }
         }
@@ -723,7 +1047,8 @@ impl InvestigationService for Investigation {
                 ..Filter::default()
             };
             let calls = query::calls(&c, &f, None, limit).map_err(store_err)?;
-            Ok::<_, Status>(Some((incident_pb(i, seq), calls.calls)))
+            let (calls, _) = within_answer(calls.calls, None);
+            Ok::<_, Status>(Some((incident_pb(i, seq), calls)))
         })
         .await
         .map_err(store_err)??;
@@ -743,7 +1068,7 @@ impl InvestigationService for Investigation {
         .await?;
         Ok(Response::new(pb::GetIncidentResponse {
             incident: Some(inc),
-            calls: calls.into_iter().map(to_pb).collect(),
+            calls,
         }))
     }
 
@@ -795,6 +1120,7 @@ impl InvestigationService for Investigation {
                     filter: e.filter,
                     rows: e.rows,
                     outcome: e.outcome,
+                    count: e.count,
                 })
                 .collect(),
             next_cursor: next,

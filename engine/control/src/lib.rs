@@ -10,14 +10,20 @@
 //!   pre-trial register, exactly once in effect.
 //! - [`hep`]: each decision as a HEPv3 packet to Homer, from the verdict
 //!   thread.
+//! - [`guard`]: caps and deadlines for the control surfaces'
+//!   connections, so nobody holds them by connecting and waiting.
 //! - [`files`]: reading operator files safely: regular files only, sizes
 //!   and lines capped, non-UTF-8 named by line.
 //! - [`lists`]: loading list files and the rule file into one snapshot, and
 //!   reloading them on change or SIGHUP (the same function at start-up and
 //!   at reload).
+//! - [`safe`]: text safe to show a person: control characters escaped
+//!   visibly, CSV formulas neutralised, the text log's line writer.
 //! - [`plane`]: the control thread and its own runtime: reloads, stats,
-//!   behaviour-state sweeps, and the recorder that logs verdicts and
-//!   commits them to the store.
+//!   behaviour-state sweeps, the loss watch; and the investigators' API
+//!   on a runtime of its own.
+//! - [`recorder`]: reads the record queue, logs verdicts, sends them to
+//!   HEP and commits them to the store; replays the queue after a crash.
 //!
 //! Nothing here runs on a SIP worker. The data plane reads what this crate
 //! publishes (an `ArcSwap` snapshot) and hands it events through bounded
@@ -28,8 +34,11 @@
 pub mod access;
 pub mod admin;
 pub mod files;
+pub mod guard;
 pub mod hep;
 pub mod investigate;
 pub mod lists;
 pub mod plane;
+pub mod recorder;
 pub mod report;
+pub mod safe;

@@ -19,6 +19,26 @@ use kuzet_api::register as pb;
 use kuzet_api::register::register_service_client::RegisterServiceClient;
 use kuzet_dataplane::metrics::{Counter, Metrics};
 use kuzet_store::incident::{self, Due, Incident};
+
+/// The longest case id kuzet keeps from the register.
+pub const CASE_ID_MAX: usize = 256;
+/// The longest error text kuzet keeps from the register.
+pub const ERROR_MAX: usize = 1024;
+/// The largest answer kuzet decodes from the register: a case id and a
+/// few fields.
+const ANSWER_MAX: usize = 16 * 1024;
+
+/// `s` cut to at most `max` bytes (on a character boundary), saying so.
+fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut at = max.saturating_sub(16);
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}...(cut, {} bytes)", &s[..at], s.len())
+}
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -41,10 +61,18 @@ pub struct Target {
     pub store_id: String,
 }
 
-/// The report an outbox entry sends: the incident as it was queued, its
-/// key and sequence, and the digest of its evidence.
-pub fn to_report(node: &str, store_id: &str, d: &Due) -> pb::IncidentReport {
-    let i: &Incident = &d.report;
+/// The report an outbox entry sends: the incident `i` as it was queued,
+/// its key and sequence, every number it names with its role, and the
+/// digest of its evidence.
+pub fn to_report(node: &str, store_id: &str, d: &Due, i: &Incident) -> pb::IncidentReport {
+    let parties = incident::parties(i)
+        .into_iter()
+        .map(|p| pb::Party {
+            number: p.number,
+            role: p.role.into(),
+            basis: p.basis.into(),
+        })
+        .collect();
     let mut r = pb::IncidentReport {
         idempotency_key: format!("{store_id}/{}", d.incident),
         sequence: d.seq as u64,
@@ -62,6 +90,7 @@ pub fn to_report(node: &str, store_id: &str, d: &Due) -> pb::IncidentReport {
         sources: i.evidence.sources.iter().cloned().collect(),
         sample_verdict_ids: i.evidence.samples.clone(),
         evidence_sha256: String::new(),
+        parties,
     };
     r.evidence_sha256 = evidence_digest(&r);
     r
@@ -126,7 +155,9 @@ pub async fn run(
             return;
         }
     };
-    let mut client = RegisterServiceClient::new(ch);
+    // A register's answer is a case id and a few fields: a huge one is
+    // refused by the decoder, not buffered.
+    let mut client = RegisterServiceClient::new(ch).max_decoding_message_size(ANSWER_MAX);
     let conn: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
     let mut seed = kuzet_store::now_us() as u64 | 1;
     let mut last_error_log: Option<std::time::Instant> = None;
@@ -168,9 +199,28 @@ pub async fn run(
                     break;
                 }
             };
-            let mut d = d;
-            d.report = frozen;
-            let report = to_report(&target.node, &target.store_id, &d);
+            // A payload that does not decode is never sent (an empty
+            // report would accuse nobody, or the wrong number): it is
+            // dead-lettered with the reason.
+            let frozen = match frozen {
+                Ok(i) => i,
+                Err(why) => {
+                    metrics.inc(Counter::RegisterDeadLetters);
+                    tracing::error!(incident = d.incident, seq = d.seq, why = ?why, "outbox entry unreadable; dead-lettered");
+                    let d = d.clone();
+                    if let Err(e) = db(&conn, &data_dir, move |c| {
+                        incident::dead_letter(c, &d, &why).map_err(|e| e.to_string())
+                    })
+                    .await
+                    {
+                        tracing::warn!(error = %e, "outbox: could not dead-letter an entry; pausing");
+                        pause(&mut shutdown).await;
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let report = to_report(&target.node, &target.store_id, &d, &frozen);
             let sent = if d.kind == "submit" {
                 client
                     .submit_incident(pb::SubmitIncidentRequest {
@@ -186,6 +236,18 @@ pub async fn run(
                     .await
                     .map(|r| r.into_inner().case_id)
             };
+            // What the register answers is bounded: a case id longer than
+            // CASE_ID_MAX is not a case id (the delivery is retried: the
+            // idempotency key makes that safe), and error texts are cut.
+            let sent = match sent {
+                Ok(case) if case.len() > CASE_ID_MAX || case.chars().any(char::is_control) => {
+                    Err(tonic::Status::internal(format!(
+                        "the register answered with a case id of {} bytes (at most {CASE_ID_MAX}, no control characters)",
+                        case.len()
+                    )))
+                }
+                other => other,
+            };
             let outcome = match sent {
                 Ok(case) => {
                     metrics.inc(Counter::RegisterDelivered);
@@ -197,8 +259,11 @@ pub async fn run(
                 }
                 Err(s) if permanent(s.code()) => {
                     metrics.inc(Counter::RegisterDeadLetters);
-                    let why = format!("refused by the register: {:?}: {}", s.code(), s.message());
-                    tracing::error!(incident = d.incident, seq = d.seq, %why, "incident dead-lettered");
+                    let why = bounded(
+                        &format!("refused by the register: {:?}: {}", s.code(), s.message()),
+                        ERROR_MAX,
+                    );
+                    tracing::error!(incident = d.incident, seq = d.seq, why = ?why, "incident dead-lettered");
                     let d = d.clone();
                     db(&conn, &data_dir, move |c| {
                         incident::dead_letter(c, &d, &why).map_err(|e| e.to_string())
@@ -211,9 +276,9 @@ pub async fn run(
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     let wait = backoff(d.attempts, seed);
-                    let why = format!("{:?}: {}", s.code(), s.message());
+                    let why = bounded(&format!("{:?}: {}", s.code(), s.message()), ERROR_MAX);
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!(incident = d.incident, seq = d.seq, error = %why, retry_in_ms = wait.as_millis() as u64, "register delivery failed; will retry");
+                        tracing::warn!(incident = d.incident, seq = d.seq, error = ?why, retry_in_ms = wait.as_millis() as u64, "register delivery failed; will retry");
                         last_error_log = Some(std::time::Instant::now());
                     }
                     let next = kuzet_store::now_us() + wait.as_micros() as i64;
@@ -285,33 +350,37 @@ mod tests {
 
     #[test]
     fn the_digest_covers_the_evidence_not_the_key_or_sequence() {
+        let inc = Incident {
+            kind: "source".into(),
+            key: "+77011234567".into(),
+            blocked: 3,
+            ..Incident::default()
+        };
         let d = Due {
             id: 1,
             incident: 7,
             seq: 1,
             kind: "submit".into(),
-            report: Incident {
-                kind: "source".into(),
-                key: "+77011234567".into(),
-                blocked: 3,
-                ..Incident::default()
-            },
+            report: Ok(inc.clone()),
             attempts: 0,
         };
-        let a = to_report("kz-1", "5eed", &d);
+        let a = to_report("kz-1", "5eed", &d, &inc);
         assert_eq!(a.idempotency_key, "5eed/7");
         assert_eq!(a.reporting_node, "kz-1");
         let mut later = d.clone();
         later.seq = 2;
         assert_eq!(
-            to_report("kz-1", "5eed", &later).evidence_sha256,
+            to_report("kz-1", "5eed", &later, &inc).evidence_sha256,
             a.evidence_sha256
         );
-        later.report.blocked = 4;
+        let mut grown = inc.clone();
+        grown.blocked = 4;
         assert_ne!(
-            to_report("kz-1", "5eed", &later).evidence_sha256,
+            to_report("kz-1", "5eed", &later, &grown).evidence_sha256,
             a.evidence_sha256
         );
+        assert_eq!(a.parties.len(), 1);
+        assert_eq!((a.parties[0].role.as_str(), a.parties[0].basis.as_str()), ("source", "listed"));
         assert_eq!(a.evidence_sha256.len(), 64);
     }
 }
