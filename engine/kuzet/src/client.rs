@@ -1,10 +1,17 @@
 //! The investigators' command line: `kuzet calls`, `kuzet incidents`,
 //! `kuzet counts`, `kuzet audit`, and `kuzet token` to make tokens. Each
-//! query goes to a running kuzet's control API over gRPC with a bearer
-//! token; the server checks and audits it, never this client.
+//! query goes to a running kuzet's control API over gRPC: with a bearer
+//! token over TCP, or, with none, as kuzet's own user over the Unix socket
+//! in its data directory (the client checks that the socket and the
+//! process behind it belong to the data directory's owner, so nothing
+//! else can pose as kuzet, and no token is ever read from a file). The
+//! server checks and audits every query, never this client. Everything
+//! printed that a caller, a peer or the server wrote is escaped, and CSV
+//! cells never start a formula.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,21 +21,18 @@ use std::path::Path;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+use kuzet_control::safe::{csv_cell, json_line, visible};
 use tonic::{Code, Request, Status};
-
-/// Where `kuzet run` on its defaults writes its local token, and where
-/// the CLI looks for it when no token is given.
-const LOCAL_TOKEN_DIR: &str = "kuzet-data";
-const LOCAL_TOKEN_FILE: &str = crate::server::LOCAL_TOKEN_FILE;
 
 /// How the control API is reached.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
-    /// The control address of a running kuzet.
+    /// The control address of a running kuzet, for requests with a token.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     pub control: SocketAddr,
-    /// Bearer token [default: $KUZET_TOKEN, else the local token a kuzet
-    /// without configured tokens wrote to ./kuzet-data/local.token].
+    /// Bearer token [default: $KUZET_TOKEN]. With none, the CLI asks the
+    /// kuzet whose data directory is --data, as its own user, through the
+    /// Unix socket there.
     #[arg(
         long,
         value_name = "TOKEN",
@@ -36,6 +40,9 @@ pub struct Conn {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// The data directory of the kuzet to ask without a token.
+    #[arg(long, value_name = "DIR", default_value = "kuzet-data")]
+    pub data: PathBuf,
 }
 
 /// Output formats.
@@ -181,10 +188,11 @@ impl From<Status> for Failure {
             Code::Unauthenticated => Failure(
                 3,
                 format!(
-                    "the control API refused the token ({}): pass --token or set KUZET_TOKEN (a kuzet with no [[control.tokens]] writes a local one to its data directory's local.token; run the CLI from the directory that holds kuzet-data)",
+                    "the control API refused the token ({}): pass --token or set KUZET_TOKEN, or run the CLI as kuzet's own user beside its data directory (--data DIR) with no token",
                     s.message()
                 ),
             ),
+            Code::ResourceExhausted => Failure(1, format!("kuzet is busy: {}", s.message())),
             Code::PermissionDenied => Failure(3, format!("permission denied: {}", s.message())),
             Code::InvalidArgument => Failure(2, s.message().to_string()),
             Code::Unavailable => Failure(
@@ -200,7 +208,8 @@ fn finish(r: Result<(), Failure>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, msg)) => {
-            eprintln!("kuzet: {msg}");
+            // A message may quote what a server or a peer said.
+            eprintln!("kuzet: {}", visible(&msg));
             ExitCode::from(code)
         }
     }
@@ -229,24 +238,17 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// The largest answer the CLI takes (pages are cut near 3 MiB by the
+/// server; an incident's calls may run larger).
+const MAX_ANSWER: usize = 64 << 20;
+
 async fn connect(c: &Conn) -> Result<Client, Failure> {
-    // Without --token or KUZET_TOKEN: the local token a kuzet on its
-    // defaults wrote into ./kuzet-data (readable by its own user only).
-    // Only towards a loopback address: the control API speaks plain gRPC.
-    let local = match &c.token {
-        Some(_) => None,
-        None if c.control.ip().is_loopback() => {
-            std::fs::read_to_string(Path::new(LOCAL_TOKEN_DIR).join(LOCAL_TOKEN_FILE)).ok()
-        }
-        None => None,
+    let Some(token) = &c.token else {
+        return connect_local(&c.data).await;
     };
-    let bearer =
-        match c.token.as_ref().or(local.as_ref()) {
-            Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
-                Failure(2, "the token holds characters a header cannot carry".into())
-            })?),
-            None => None,
-        };
+    let bearer: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| Failure(2, "the token holds characters a header cannot carry".into()))?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.control))
         .map_err(|e| Failure(2, e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
@@ -261,10 +263,82 @@ async fn connect(c: &Conn) -> Result<Client, Failure> {
                 ),
             )
         })?;
-    Ok(InvestigationServiceClient::with_interceptor(
-        channel,
-        Bearer(bearer),
-    ))
+    Ok(
+        InvestigationServiceClient::with_interceptor(channel, Bearer(Some(bearer)))
+            .max_decoding_message_size(MAX_ANSWER),
+    )
+}
+
+/// The Unix socket of the kuzet whose data directory is `dir`, checked:
+/// the directory and the socket belong to one user, this one (or this is
+/// root), and nobody else can write the directory. The process that
+/// answers must run as that user too (its peer credentials), so no other
+/// program can pose as kuzet.
+fn local_socket(dir: &Path) -> Result<(PathBuf, u32), Failure> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let path = dir.join(kuzet_control::investigate::SOCKET_FILE);
+    let no_kuzet = |why: String| {
+        Failure(
+            1,
+            format!(
+                "no kuzet to ask at {} ({why}): run the CLI beside the data directory of a running kuzet (--data DIR) as its user, or pass --token for its control address",
+                path.display()
+            ),
+        )
+    };
+    let d = std::fs::symlink_metadata(dir).map_err(|e| no_kuzet(e.to_string()))?;
+    if !d.is_dir() || d.file_type().is_symlink() {
+        return Err(no_kuzet("the data directory is not a directory".into()));
+    }
+    if d.mode() & 0o022 != 0 {
+        return Err(no_kuzet(
+            "others can write the data directory, so its socket could be anyone's".into(),
+        ));
+    }
+    let m = std::fs::symlink_metadata(&path).map_err(|e| no_kuzet(e.to_string()))?;
+    if !m.file_type().is_socket() {
+        return Err(no_kuzet("it is not a socket".into()));
+    }
+    let me = kuzet_store::private::process_uid().unwrap_or(u32::MAX);
+    if m.uid() != d.uid() || (m.uid() != me && me != 0) {
+        return Err(no_kuzet(format!(
+            "it belongs to uid {}, not to you (uid {me})",
+            m.uid()
+        )));
+    }
+    Ok((path, m.uid()))
+}
+
+async fn connect_local(dir: &Path) -> Result<Client, Failure> {
+    let (path, owner) = local_socket(dir)?;
+    let shown = path.display().to_string();
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let path = path.clone();
+        async move {
+            let s = tokio::net::UnixStream::connect(&path).await?;
+            let peer = s.peer_cred()?;
+            if peer.uid() != owner {
+                return Err(std::io::Error::other(format!(
+                    "the process behind {} runs as uid {}, not as the data directory's owner (uid {owner})",
+                    path.display(),
+                    peer.uid()
+                )));
+            }
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://kuzet.local")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| {
+            let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            Failure(1, format!("cannot reach kuzet at {shown}: {why}"))
+        })?;
+    Ok(
+        InvestigationServiceClient::with_interceptor(channel, Bearer(None))
+            .max_decoding_message_size(MAX_ANSWER),
+    )
 }
 
 /// `30m`, `24h`, `7d` ago, or an RFC 3339 time, as µs since the epoch.
@@ -324,24 +398,38 @@ pub fn calls(a: CallsArgs) -> ExitCode {
                 }
                 out.end()?;
             } else {
-                let page = client
-                    .query_calls(pb::QueryCallsRequest {
-                        filter: Some(filter),
-                        page_size: a.limit,
-                        cursor: a.cursor.clone().unwrap_or_default(),
-                    })
-                    .await?
-                    .into_inner();
-                for c in &page.calls {
-                    out.call(c)?;
+                // Pages of at most 1000 calls, cut by the server when their
+                // calls are large: asked for again until --limit is met.
+                let want = a.limit.max(1) as usize;
+                let mut cursor = a.cursor.clone().unwrap_or_default();
+                let mut shown = 0usize;
+                loop {
+                    let page = client
+                        .query_calls(pb::QueryCallsRequest {
+                            filter: Some(filter.clone()),
+                            page_size: (want - shown).min(1000) as u32,
+                            cursor: cursor.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    for c in &page.calls {
+                        out.call(c)?;
+                    }
+                    shown += page.calls.len();
+                    if page.next_cursor.is_empty() {
+                        break;
+                    }
+                    if shown >= want || page.calls.is_empty() {
+                        out.end()?;
+                        eprintln!(
+                            "more: add --cursor {} for the next page, or --all for every call",
+                            page.next_cursor
+                        );
+                        return Ok(());
+                    }
+                    cursor = page.next_cursor;
                 }
                 out.end()?;
-                if !page.next_cursor.is_empty() {
-                    eprintln!(
-                        "more: add --cursor {} for the next page, or --all for every call",
-                        page.next_cursor
-                    );
-                }
             }
             Ok(())
         })
@@ -358,12 +446,34 @@ struct Printer {
 
 const CSV_HEAD: &str = "time,verdict_id,node,decision,code,score,a_number,b_number,from_number,pai_number,trunk,source,transport,rules,explanation,call_id";
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// Shows hostile text safely: control characters as visible escapes.
+fn v(s: &str) -> std::borrow::Cow<'_, str> {
+    visible(s)
+}
+
+/// The request's header section as one line per header field: a folded
+/// continuation line stays on its field's line (its line break shown as
+/// `\r\n`), and every control character is escaped, so no header can
+/// forge a line of the summary above it.
+fn header_fields(head: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(head);
+    let mut fields: Vec<String> = Vec::new();
+    let mut rest: &str = &text;
+    while !rest.is_empty() {
+        let (line, next) = match rest.find("\r\n") {
+            Some(at) => (&rest[..at], &rest[at + 2..]),
+            None => (rest, ""),
+        };
+        match fields.last_mut() {
+            Some(f) if line.starts_with([' ', '\t']) => {
+                f.push_str("\r\n");
+                f.push_str(line);
+            }
+            _ => fields.push(line.to_string()),
+        }
+        rest = next;
     }
+    fields.iter().map(|f| visible(f).into_owned()).collect()
 }
 
 fn io(e: std::io::Error) -> Failure {
@@ -397,7 +507,7 @@ impl Printer {
             .join(",");
         match self.format {
             Format::Jsonl => {
-                writeln!(o, "{}", call_json(c)).map_err(io)?;
+                writeln!(o, "{}", json_line(&call_json(c))).map_err(io)?;
             }
             Format::Csv => {
                 if !self.started {
@@ -422,16 +532,17 @@ impl Printer {
                     c.explanation.clone(),
                     c.call_id.clone(),
                 ];
-                let line = f.iter().map(|s| csv_field(s)).collect::<Vec<_>>().join(",");
+                let line = f.iter().map(|s| csv_cell(s)).collect::<Vec<_>>().join(",");
                 writeln!(o, "{line}").map_err(io)?;
             }
             Format::Table if self.details => {
-                writeln!(o, "verdict   {}", c.verdict_id).map_err(io)?;
-                writeln!(o, "time      {}  (node {})", time_text(c.time_us), c.node).map_err(io)?;
+                writeln!(o, "verdict   {}", v(&c.verdict_id)).map_err(io)?;
+                writeln!(o, "time      {}  (node {})", time_text(c.time_us), v(&c.node))
+                    .map_err(io)?;
                 writeln!(
                     o,
                     "decision  {} (SIP {}), score {}{}",
-                    c.decision,
+                    v(&c.decision),
                     c.sip_code,
                     c.score,
                     if c.sampled {
@@ -443,30 +554,31 @@ impl Printer {
                 .map_err(io)?;
                 writeln!(
                     o,
-                    "caller    {}  (From {}, PAI {})",
-                    dash(&c.a_number),
-                    dash(&c.from_number),
-                    dash(&c.pai_number)
+                    "caller    {}  (From {}, PAI {}){}",
+                    v(dash(&c.a_number)),
+                    v(dash(&c.from_number)),
+                    v(dash(&c.pai_number)),
+                    caller_note(c)
                 )
                 .map_err(io)?;
-                writeln!(o, "callee    {}", dash(&c.b_number)).map_err(io)?;
+                writeln!(o, "callee    {}", v(dash(&c.b_number))).map_err(io)?;
                 writeln!(
                     o,
                     "source    {} over {}, trunk {} ({})",
-                    c.source,
-                    c.transport,
-                    dash(&c.trunk),
-                    dash(&c.trunk_kind)
+                    v(&c.source),
+                    v(&c.transport),
+                    v(dash(&c.trunk)),
+                    v(dash(&c.trunk_kind))
                 )
                 .map_err(io)?;
-                writeln!(o, "call-id   {}", c.call_id).map_err(io)?;
-                writeln!(o, "why       {}", c.explanation).map_err(io)?;
+                writeln!(o, "call-id   {}", v(&c.call_id)).map_err(io)?;
+                writeln!(o, "why       {}", v(&c.explanation)).map_err(io)?;
                 for r in &c.rules {
                     writeln!(
                         o,
                         "  rule    {}: {} (value {}, threshold {}){}",
-                        r.id,
-                        r.why,
+                        v(&r.id),
+                        v(&r.why),
                         r.value,
                         r.threshold,
                         if r.shadow { " [shadow]" } else { "" }
@@ -477,16 +589,16 @@ impl Printer {
                     writeln!(
                         o,
                         "  list    {} {} {} ({})",
-                        l.list,
-                        l.side,
+                        v(&l.list),
+                        v(&l.side),
                         if l.exact { "exact" } else { "range" },
-                        dash(&l.reason)
+                        v(dash(&l.reason))
                     )
                     .map_err(io)?;
                 }
-                writeln!(o, "lists     version {}", c.lists_version).map_err(io)?;
+                writeln!(o, "lists     version {}", v(&c.lists_version)).map_err(io)?;
                 writeln!(o, "request   ---").map_err(io)?;
-                for l in String::from_utf8_lossy(&c.headers).lines() {
+                for l in header_fields(&c.headers) {
                     writeln!(o, "  {l}").map_err(io)?;
                 }
                 writeln!(o).map_err(io)?;
@@ -494,13 +606,13 @@ impl Printer {
             Format::Table => {
                 self.rows.push([
                     time_text(c.time_us).chars().take(19).collect(),
-                    c.verdict_id.clone(),
-                    c.decision.clone(),
+                    v(&c.verdict_id).into_owned(),
+                    v(&c.decision).into_owned(),
                     c.sip_code.to_string(),
-                    dash(&c.a_number).to_string(),
-                    dash(&c.b_number).to_string(),
-                    dash(&c.trunk).to_string(),
-                    rules,
+                    v(dash(&c.a_number)).into_owned(),
+                    v(dash(&c.b_number)).into_owned(),
+                    v(dash(&c.trunk)).into_owned(),
+                    v(&rules).into_owned(),
                 ]);
             }
         }
@@ -552,6 +664,29 @@ impl Printer {
     }
 }
 
+/// What the record says of its caller: how far the network vouches for
+/// the number, and what the call makes of the caller.
+fn caller_note(c: &pb::Call) -> String {
+    let trust = match c.a_trust.as_str() {
+        "network" => "asserted by a trusted trunk",
+        "claimed" => "claimed: no trusted network vouches for it",
+        _ => "",
+    };
+    let role = match c.caller_role.as_str() {
+        "source" => "the suspect",
+        "claimed" => "an unverified suspect: the trunk or address is named, not the number",
+        "impersonated" => "impersonated: the number's holder is a victim of the spoof",
+        "potential_victim" => "a potential victim: it dialled a listed number",
+        _ => "",
+    };
+    match (trust, role) {
+        ("", "") => String::new(),
+        (t, "") => format!("; {t}"),
+        ("", r) => format!("; {r}"),
+        (t, r) => format!("; {t}; {r}"),
+    }
+}
+
 fn dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
@@ -593,6 +728,8 @@ fn call_json(c: &pb::Call) -> serde_json::Value {
         "lists_version": c.lists_version,
         "headers": String::from_utf8_lossy(&c.headers),
         "incident": c.incident,
+        "a_trust": c.a_trust,
+        "caller_role": c.caller_role,
     })
 }
 
@@ -623,10 +760,10 @@ pub fn counts(a: CountsArgs) -> ExitCode {
                 "BUCKET (UTC)", "KIND", "KEY"
             )
             .map_err(io)?;
-            for (kind, v) in [("decision", &r.per_decision), ("rule", &r.per_rule)] {
-                for c in v {
+            for (kind, rows) in [("decision", &r.per_decision), ("rule", &r.per_rule)] {
+                for c in rows {
                     let t: String = time_text(c.bucket_us).chars().take(19).collect();
-                    writeln!(o, "{t:<20}  {kind:<8}  {:<28}  {}", c.key, c.calls).map_err(io)?;
+                    writeln!(o, "{t:<20}  {kind:<8}  {:<28}  {}", v(&c.key), c.calls).map_err(io)?;
                 }
             }
             Ok(())
@@ -654,19 +791,42 @@ pub fn audit(a: AuditArgs) -> ExitCode {
                     Format::Jsonl => writeln!(
                         o,
                         "{}",
-                        serde_json::json!({"time": time_text(e.time_us), "who": e.who, "role": e.role,
-                            "action": e.action, "filter": e.filter, "rows": e.rows, "outcome": e.outcome})
+                        json_line(&serde_json::json!({"time": time_text(e.time_us), "who": e.who, "role": e.role,
+                            "action": e.action, "filter": e.filter, "rows": e.rows, "count": e.count.max(1),
+                            "outcome": e.outcome}))
                     ),
-                    _ => writeln!(
+                    Format::Csv => writeln!(
+                        o,
+                        "{}",
+                        [
+                            time_text(e.time_us),
+                            e.who.clone(),
+                            e.role.clone(),
+                            e.action.clone(),
+                            e.rows.to_string(),
+                            e.count.max(1).to_string(),
+                            e.outcome.clone(),
+                            e.filter.clone(),
+                        ]
+                        .iter()
+                        .map(|c| csv_cell(c))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                    ),
+                    Format::Table => writeln!(
                         o,
                         "{}  {:<12} {:<13} {:<14} rows={:<6} {:<16} {}",
                         time_text(e.time_us).chars().take(19).collect::<String>(),
-                        e.who,
-                        e.role,
-                        e.action,
+                        v(&e.who),
+                        v(&e.role),
+                        v(&e.action),
                         e.rows,
-                        e.outcome,
-                        e.filter
+                        if e.count > 1 {
+                            format!("{} x{}", v(&e.outcome), e.count)
+                        } else {
+                            v(&e.outcome).into_owned()
+                        },
+                        v(&e.filter)
                     ),
                 }
                 .map_err(io)?;
@@ -699,14 +859,14 @@ pub fn incidents(c: IncidentsCommand) -> ExitCode {
                     }
                     for i in &r.incidents {
                         match format {
-                            Format::Jsonl => writeln!(o, "{}", incident_json(i)),
+                            Format::Jsonl => writeln!(o, "{}", json_line(&incident_json(i))),
                             _ => writeln!(
                                 o,
                                 "{:<6} {:<8} {:<12} {:<24} first {} last {} blocked {} flagged {} victims {}",
                                 i.id,
-                                i.kind,
-                                i.state,
-                                i.key,
+                                v(&i.kind),
+                                v(&i.state),
+                                v(&i.key),
                                 time_text(i.first_seen_us).chars().take(19).collect::<String>(),
                                 time_text(i.last_seen_us).chars().take(19).collect::<String>(),
                                 i.blocked,
@@ -728,18 +888,23 @@ pub fn incidents(c: IncidentsCommand) -> ExitCode {
                     };
                     let stdout = std::io::stdout();
                     let mut o = stdout.lock();
+                    let list = |l: &[String]| v(&l.join(", ")).into_owned();
                     if format == Format::Jsonl {
-                        writeln!(o, "{}", incident_json(&i)).map_err(io)?;
+                        writeln!(o, "{}", json_line(&incident_json(&i))).map_err(io)?;
                     } else {
-                        writeln!(o, "incident  {} ({} {})", i.id, i.kind, i.key).map_err(io)?;
-                        writeln!(o, "state     {} (register: {}{})", i.state, dash(&i.register_state),
-                            if i.register_error.is_empty() { String::new() } else { format!(", {}", i.register_error) }).map_err(io)?;
+                        writeln!(o, "incident  {} ({} {})", i.id, v(&i.kind), v(&i.key)).map_err(io)?;
+                        writeln!(o, "state     {} (register: {}{}{})", v(&i.state), v(dash(&i.register_state)),
+                            if i.register_case.is_empty() { String::new() } else { format!(", case {}", v(&i.register_case)) },
+                            if i.register_error.is_empty() { String::new() } else { format!(", {}", v(&i.register_error)) }).map_err(io)?;
                         writeln!(o, "seen      {} .. {}", time_text(i.first_seen_us), time_text(i.last_seen_us)).map_err(io)?;
                         writeln!(o, "calls     blocked {}, flagged {}, other {}", i.blocked, i.flagged, i.other).map_err(io)?;
-                        writeln!(o, "victims   {}", i.victims.join(", ")).map_err(io)?;
-                        writeln!(o, "rules     {}", i.rules.join(", ")).map_err(io)?;
-                        writeln!(o, "trunks    {}", i.trunks.join(", ")).map_err(io)?;
-                        writeln!(o, "sources   {}", i.sources.join(", ")).map_err(io)?;
+                        writeln!(o, "victims   {}", list(&i.victims)).map_err(io)?;
+                        writeln!(o, "rules     {}", list(&i.rules)).map_err(io)?;
+                        writeln!(o, "trunks    {}", list(&i.trunks)).map_err(io)?;
+                        writeln!(o, "sources   {}", list(&i.sources)).map_err(io)?;
+                        for p in &i.parties {
+                            writeln!(o, "  party   {} {}", v(&p.number), v(&p.role)).map_err(io)?;
+                        }
                         writeln!(o).map_err(io)?;
                     }
                     drop(o);
@@ -763,6 +928,8 @@ fn incident_json(i: &pb::Incident) -> serde_json::Value {
         "victims": i.victims, "rules": i.rules, "trunks": i.trunks, "sources": i.sources,
         "sample_verdict_ids": i.sample_verdict_ids, "sequence": i.sequence,
         "register_state": i.register_state, "register_error": i.register_error,
+        "register_case": i.register_case,
+        "parties": i.parties.iter().map(|p| serde_json::json!({"number": p.number, "role": p.role})).collect::<Vec<_>>(),
     })
 }
 

@@ -157,6 +157,14 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
     /// Who may use it.
     pub tokens: Vec<TokenConfig>,
+    /// Connections open at once, at most (more are closed at once).
+    pub max_connections: usize,
+    /// Connections open at once from one address, at most.
+    pub max_connections_per_source: usize,
+    /// Exports (`kuzet calls --all`) running at once, at most.
+    pub max_exports: usize,
+    /// Exports running at once per token, at most.
+    pub max_exports_per_token: usize,
 }
 
 impl Default for ControlConfig {
@@ -165,6 +173,10 @@ impl Default for ControlConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             tokens: Vec::new(),
+            max_connections: 128,
+            max_connections_per_source: 16,
+            max_exports: 8,
+            max_exports_per_token: 2,
         }
     }
 }
@@ -179,6 +191,10 @@ pub struct AdminConfig {
     /// rule ids only, never a number; open it to the monitoring network,
     /// not the world.
     pub listen: SocketAddr,
+    /// Connections open at once, at most (more are closed at once).
+    pub max_connections: usize,
+    /// Connections open at once from one address, at most.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for AdminConfig {
@@ -186,6 +202,8 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9860)),
+            max_connections: 64,
+            max_connections_per_source: 16,
         }
     }
 }
@@ -393,10 +411,17 @@ pub struct StoreConfig {
     /// Record one allowed call in this many, so false positives can be
     /// reviewed (0: none).
     pub record_allowed_every: u32,
-    /// Records the queue between the call path and the writer holds
-    /// (about 5 KiB each, reserved at start); when full, a call still goes
-    /// through and `store_dropped_total` rises.
-    pub queue: usize,
+    /// The record queue between the call path and the store, in MiB: a
+    /// file in the data directory (`records.ring`), mapped into memory, so
+    /// records a caller was told about survive a crash of the process.
+    pub queue_mb: usize,
+    /// The share of the queue (percent) only records whose verdict id is
+    /// given to the caller (blocks, redirects) may use: flags and samples
+    /// are refused first.
+    pub queue_reserved_percent: u8,
+    /// Before `queue_mb`: the queue's size in records. Still read: each
+    /// record counts 8 KiB.
+    pub queue: Option<usize>,
     /// Records older than this are retired (0: kept for ever).
     pub max_age_days: u32,
     /// The calls log is trimmed, oldest first, to stay under this size
@@ -411,9 +436,21 @@ impl Default for StoreConfig {
             dir: None,
             node_name: None,
             record_allowed_every: 1000,
-            queue: 8192,
+            queue_mb: 64,
+            queue_reserved_percent: 25,
+            queue: None,
             max_age_days: 90,
             max_size_mb: 0,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The record queue's size in bytes.
+    pub fn queue_bytes(&self) -> usize {
+        match self.queue {
+            Some(records) => records.saturating_mul(8 << 10).max(1 << 20),
+            None => self.queue_mb << 20,
         }
     }
 }
@@ -785,6 +822,13 @@ pub struct TrunkConfig {
     pub kind: String,
     /// Source networks that belong to it.
     pub cidrs: Vec<IpNet>,
+    /// Its P-Asserted-Identity is trusted: the network behind it vouches
+    /// for its callers (RFC 3325). Set it for the operator's own core and
+    /// for interconnects whose identities an agreement makes trustworthy;
+    /// from anywhere else (and from a source on no trunk) PAI and From are
+    /// claims, and no record names such a number as a fraud source.
+    #[serde(default)]
+    pub trust_pai: bool,
 }
 
 /// A configuration problem, phrased for the operator.
@@ -937,8 +981,20 @@ impl Config {
         }
         self.access().map_err(bad)?;
         self.check_register().map_err(bad)?;
-        if self.store.enabled && self.store.queue == 0 {
-            return Err(bad("store.queue must be at least 1".into()));
+        if self.store.queue == Some(0) || self.store.queue_mb == 0 || self.store.queue_mb > 16_384 {
+            return Err(bad("store.queue_mb must be 1 to 16384 (and store.queue, if set, at least 1)".into()));
+        }
+        if self.store.queue_reserved_percent > 90 {
+            return Err(bad("store.queue_reserved_percent must be 0 to 90".into()));
+        }
+        if self.control.max_connections == 0
+            || self.control.max_connections_per_source == 0
+            || self.admin.max_connections == 0
+            || self.admin.max_connections_per_source == 0
+            || self.control.max_exports == 0
+            || self.control.max_exports_per_token == 0
+        {
+            return Err(bad("control and admin connection and export caps must be at least 1".into()));
         }
         if let Some(n) = &self.store.node_name {
             if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
@@ -995,7 +1051,7 @@ impl Config {
     pub fn trunk_map(&self) -> TrunkMap {
         TrunkMap::new(self.trunks.iter().map(|t| {
             let kind = TrunkKind::from_name(&t.kind).unwrap_or(TrunkKind::Other);
-            (t.name.as_str(), kind, t.cidrs.as_slice())
+            (t.name.as_str(), kind, t.cidrs.as_slice(), t.trust_pai)
         }))
     }
 
@@ -1028,6 +1084,7 @@ impl Config {
             },
             appeal_contact: self.verdict.appeal_contact.clone(),
             first_verdict_seq: None,
+            verdict_key: None,
             events_for_every_call: self.hep.enabled && self.hep.calls == HepCalls::All,
             copy_answers: self.hep.enabled && self.hep.mirror_sip,
         })

@@ -344,8 +344,12 @@ fn run(args: RunArgs) -> ExitCode {
         // field at the top level, for a log shipper.
         logs.json().flatten_event(true).init();
     } else {
-        // Colour only for a terminal; files and journald get plain text.
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Plain text, one event a line: every control character in a line
+        // (a Call-ID's escape sequence, a peer's folded error text) is
+        // escaped, so no value can forge a line or drive the terminal.
+        // That rules out colour codes too.
+        logs.with_ansi(false)
+            .with_writer(|| kuzet_control::safe::SafeLines(std::io::stderr()))
             .init();
     }
     tracing::info!(

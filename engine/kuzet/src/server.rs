@@ -8,7 +8,7 @@
 //! reload of a 10M-number list never delays a call.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use kuzet_control::lists::{self, LoadError, Reloader};
 use kuzet_control::plane::{self, small_runtime, Timing};
 use kuzet_dataplane::metrics::{Gauge, Metrics};
+use kuzet_dataplane::records::RecordRing;
 use kuzet_dataplane::transport::{tcp, Connections};
 use kuzet_dataplane::{transport, Handler, SharedLists};
 
@@ -39,10 +40,14 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The list snapshot in force.
     pub lists: SharedLists,
+    /// The record queue the workers write and the recorder reads.
+    pub records: Arc<RecordRing>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
-    /// The verdict log: joined last, once every sender is gone.
+    /// The recorder: told to finish once the workers have stopped, then
+    /// joined last.
     events: Option<JoinHandle<()>>,
+    recorder_stop: Arc<AtomicBool>,
 }
 
 /// Why the engine could not start: a list problem is the operator's to fix
@@ -106,6 +111,10 @@ fn bind_sip(
 
 /// Starts the engine and returns once it is serving.
 pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
+    // Every file kuzet makes is its user's alone, and the connection caps,
+    // not a low descriptor limit, bound what it holds open.
+    kuzet_net::private_umask();
+    let open_files = kuzet_net::raise_open_files().unwrap_or(1024);
     let plan = cfg.plan().context("numbering plan")?;
     let mode = cfg.server.mode;
     let started = std::time::Instant::now();
@@ -125,11 +134,16 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         "lists loaded"
     );
     let lists: SharedLists = Arc::new(ArcSwap::from_pointee(set));
+    let metrics = Arc::new(Metrics::default());
     // The store is opened before serving: a data directory that cannot be
-    // written is an error now, not a silent loss later.
-    let store = if cfg.store.enabled {
+    // written (or that is not kuzet's alone) is an error now, not a silent
+    // loss later. What an earlier process left in the record queue is
+    // committed before the first call.
+    let queue_bytes = cfg.store.queue_bytes();
+    let reserve = cfg.store.queue_reserved_percent;
+    let (mut store, ring) = if cfg.store.enabled {
         let dir = cfg.data_dir();
-        let st = kuzet_store::open(
+        let mut st = kuzet_store::open(
             &dir,
             kuzet_store::Options {
                 node: cfg.node_name(),
@@ -140,24 +154,33 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             },
         )?;
         tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
-        Some(st)
+        let ring = open_records(&dir, queue_bytes, reserve, &mut st, &metrics)?;
+        (Some(st), ring)
     } else {
-        None
+        let ring = RecordRing::in_memory(queue_bytes, reserve)
+            .map_err(|e| anyhow::anyhow!("the record queue: {e}"))?;
+        (None, Arc::new(ring))
     };
     let store_id = store.as_ref().map(|s| s.store_id().to_string());
-    // Verdict ids continue after the last one this store holds for this
-    // node, even if the clock went back since.
-    let first_verdict_seq = match &store {
+    // Verdict ids continue after the last one this store recorded, even
+    // if the clock went back since; the public ids are made under the
+    // store's own secret.
+    let (first_verdict_seq, verdict_key) = match &store {
         Some(st) => {
             let prefix = format!(
                 "{:08x}",
                 kuzet_dataplane::handler::VerdictId::node_of(&cfg.node_name())
             );
-            st.last_verdict_seq(&prefix)
+            let seq = st
+                .last_verdict_seq(&prefix)
                 .map_err(|e| anyhow::anyhow!("reading the store's last verdict id: {e}"))?
-                .map(|s| s + 1)
+                .map(|s| s + 1);
+            let key = st
+                .verdict_key()
+                .map_err(|e| anyhow::anyhow!("reading the store's verdict key: {e}"))?;
+            (seq, Some(kuzet_dataplane::handler::IdKey(key)))
         }
-        None => None,
+        None => (None, None),
     };
     // A full disk under a size limit (RLIMIT_FSIZE) must fail a write, not
     // kill the process.
@@ -182,14 +205,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // kuzet's Via must carry the real port when the config said 0.
     let mut cfg = cfg;
     cfg.server.listen = udp_addr;
-    let metrics = Arc::new(Metrics::default());
-    metrics.set(Gauge::StoreQueueCapacity, cfg.store.queue.max(1) as i64);
     // The store was opened (and checked writable) above, when it is on.
     metrics.set(Gauge::StoreWritable, i64::from(cfg.store.enabled));
-    // Verdicts are logged and recorded by a thread of their own, never on
-    // the call path.
-    let (events_tx, events) = std::sync::mpsc::sync_channel(cfg.store.queue.max(1));
-    let m = metrics.clone();
     let hep = if cfg.hep.enabled {
         let h = kuzet_control::hep::HepSender::new(kuzet_control::hep::HepConfig {
             collector: cfg.hep.collector,
@@ -203,17 +220,24 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     } else {
         None
     };
+    // Verdicts are logged and recorded by a thread of their own, never on
+    // the call path.
+    let recorder_stop = Arc::new(AtomicBool::new(false));
+    let m = metrics.clone();
+    let (r, stop) = (ring.clone(), recorder_stop.clone());
+    let st = store.take();
     let events = std::thread::Builder::new()
         .name("kuzet-verdicts".into())
         .spawn(move || {
             recorder_priority();
-            plane::record_verdicts(events, m, store, hep)
+            kuzet_control::recorder::record_verdicts(r, m, st, hep, stop)
         })
         .context("spawning the verdict log thread")?;
     let mut settings = cfg.dataplane().context("numbering plan")?;
     settings.first_verdict_seq = first_verdict_seq;
+    settings.verdict_key = verdict_key;
     let handler =
-        Arc::new(Handler::new(settings, lists.clone(), metrics.clone()).with_events(events_tx));
+        Arc::new(Handler::new(settings, lists.clone(), metrics.clone()).with_records(ring.clone()));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let conns: Connections = Arc::default();
@@ -263,25 +287,48 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let control = if cfg.control.enabled {
         let l = kuzet_control::investigate::bind(cfg.control.listen)
             .with_context(|| format!("binding the control address {}", cfg.control.listen))?;
-        let mut access = cfg.access().map_err(|e| anyhow::anyhow!(e))?;
-        if access.is_empty() && cfg.control.listen.ip().is_loopback() && cfg.store.enabled {
-            let path = cfg.data_dir().join(LOCAL_TOKEN_FILE);
-            access = local_access(&path)
-                .with_context(|| format!("writing the local token {}", path.display()))?;
-            tracing::info!(path = %path.display(), "no [[control.tokens]]: a local investigator token is in this file (readable by this user only); `kuzet calls` run beside kuzet-data uses it");
-        } else if access.is_empty() {
-            tracing::warn!("no [[control.tokens]]: the control API refuses every query (make a token with `kuzet token new`)");
+        let access = cfg.access().map_err(|e| anyhow::anyhow!(e))?;
+        // kuzet's own user reaches the API without a token through a Unix
+        // socket in the data directory; no token is written to disk.
+        let uds = if cfg.store.enabled {
+            let dir = cfg.data_dir();
+            // A token file an older kuzet wrote is of no use any more.
+            let _ = std::fs::remove_file(dir.join(OLD_LOCAL_TOKEN_FILE));
+            Some(bind_control_socket(&dir)?)
+        } else {
+            None
+        };
+        if access.is_empty() {
+            tracing::info!("no [[control.tokens]]: only kuzet's own user can query, through the data directory's control.sock (`kuzet calls` run beside kuzet-data uses it)");
         }
         let svc = kuzet_control::investigate::Investigation::new(
             cfg.store.enabled.then(|| cfg.data_dir()),
             plan.clone(),
             Arc::new(access),
-        );
-        Some((l, svc))
+        )
+        .with_export_limits(kuzet_control::investigate::ExportLimits {
+            total: cfg.control.max_exports,
+            per_token: cfg.control.max_exports_per_token,
+        });
+        // The caps stay well inside the descriptor limit, so the control
+        // surfaces can never take the descriptors SIP needs.
+        let cap = |n: usize| n.min((open_files as usize / 8).max(8));
+        let gate = kuzet_control::guard::Gate::new(kuzet_control::guard::Limits {
+            max_connections: cap(cfg.control.max_connections),
+            max_per_source: cap(cfg.control.max_connections_per_source),
+            first_request: Duration::from_secs(5),
+            idle: Duration::from_secs(120),
+        });
+        Some(kuzet_control::plane::Api {
+            listener: l,
+            uds,
+            svc,
+            gate,
+        })
     } else {
         None
     };
-    let control_addr = control.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let control_addr = control.as_ref().and_then(|a| a.listener.local_addr().ok());
     let reporter = match (&cfg.register.endpoint, cfg.store.enabled) {
         (Some(endpoint), true) => {
             let ca_pem = match &cfg.register.ca_file {
@@ -314,16 +361,35 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let admin = if cfg.admin.enabled {
         let l = kuzet_control::admin::bind(cfg.admin.listen)
             .with_context(|| format!("binding the admin address {}", cfg.admin.listen))?;
+        let cap = |n: usize| n.min((open_files as usize / 16).max(4));
+        let gate = kuzet_control::guard::Gate::new(kuzet_control::guard::Limits {
+            max_connections: cap(cfg.admin.max_connections),
+            max_per_source: cap(cfg.admin.max_connections_per_source),
+            first_request: Duration::from_secs(5),
+            idle: Duration::from_secs(30),
+        });
         Some((
             l,
-            kuzet_control::admin::Admin::new(metrics.clone(), cfg.store.enabled),
+            kuzet_control::admin::Admin::new(metrics.clone(), cfg.store.enabled, Some(ring.clone())),
+            gate,
         ))
     } else {
         None
     };
-    let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let admin_addr = admin.as_ref().and_then(|(l, _, _)| l.local_addr().ok());
+    if let Some(api) = control {
+        let sd = shutdown_rx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("kuzet-api".into())
+                .spawn(move || {
+                    background_priority("control API");
+                    plane::serve_api(api, sd)
+                })
+                .context("spawning the control API thread")?,
+        );
+    }
     let services = plane::Services {
-        api: control,
         reporter,
         admin,
         store_dir: cfg.store.enabled.then(|| cfg.data_dir()),
@@ -358,40 +424,76 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         admin_addr,
         metrics,
         lists,
+        records: ring,
         shutdown,
         threads,
         events: Some(events),
+        recorder_stop,
     })
 }
 
-/// The file in the data directory that holds the local token.
-pub const LOCAL_TOKEN_FILE: &str = "local.token";
+/// The file an older kuzet wrote its local token to; removed at start.
+const OLD_LOCAL_TOKEN_FILE: &str = "local.token";
 
-/// A fresh random investigator token named `local`, written to `path`
-/// (mode 0600, replaced at each start) so that a kuzet with no configured
-/// tokens, on loopback, can be queried by its own user: the server still
-/// checks the token and audits every query under the name `local`.
-fn local_access(path: &std::path::Path) -> anyhow::Result<kuzet_control::access::Access> {
-    use kuzet_control::access::{hash_token, hex, parse_sha256, Access, Role, Token};
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut raw = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
-    let token = format!("kz_{}", hex(&raw));
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(f, "{token}")?;
-    f.sync_all()?;
-    let sha256 = parse_sha256(&hash_token(&token)).context("hashing the local token")?;
-    Ok(Access::new(vec![Token {
-        name: "local".into(),
-        role: Role::Investigator,
-        sha256,
-    }]))
+/// The record queue's file in the data directory.
+pub const RECORDS_FILE: &str = "records.ring";
+
+/// Opens the record queue in the data directory, commits whatever an
+/// earlier process left in it (a crash, a SIGKILL) to the store, and
+/// makes it the configured size.
+fn open_records(
+    dir: &std::path::Path,
+    bytes: usize,
+    reserve: u8,
+    st: &mut kuzet_store::Store,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<RecordRing>> {
+    let path = dir.join(RECORDS_FILE);
+    let file = kuzet_store::private::open_private(&path)
+        .with_context(|| format!("opening the record queue {}", path.display()))?;
+    let ring = RecordRing::in_file(&file, bytes, reserve)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let (n, lost) = kuzet_control::recorder::replay(&ring, st, metrics)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if n > 0 || lost > 0 {
+        tracing::warn!(
+            records = n,
+            unreadable_bytes = lost,
+            path = %path.display(),
+            "records the last run left in the record queue (it did not stop cleanly) are committed to the store"
+        );
+    }
+    let ring = if ring.is_size(bytes) {
+        ring
+    } else {
+        drop(ring);
+        RecordRing::fresh(&file, bytes, reserve)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    };
+    Ok(Arc::new(ring))
+}
+
+/// Binds the control API's Unix socket in the data directory, 0600: a
+/// stale one (a socket kuzet's user left) is replaced; anything else there
+/// is refused.
+fn bind_control_socket(dir: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let path = dir.join(kuzet_control::investigate::SOCKET_FILE);
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        let ours = Some(m.uid()) == kuzet_store::private::process_uid();
+        if !(m.file_type().is_socket() && ours) {
+            anyhow::bail!(
+                "{} exists and is not a socket kuzet's user left; remove it",
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let l = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
+    Ok(l)
 }
 
 /// Lowers the calling thread to nice 10: on a core it shares with a SIP
@@ -429,6 +531,8 @@ impl Running {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // The workers are gone: the recorder empties the queue and ends.
+        self.recorder_stop.store(true, Ordering::Release);
         if let Some(t) = self.events.take() {
             let _ = t.join();
         }

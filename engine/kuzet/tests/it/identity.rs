@@ -36,11 +36,13 @@ fn spoof_engine(dir: &TempDir) -> kuzet::server::Running {
             name: "intl".into(),
             kind: "international".into(),
             cidrs: vec!["127.0.0.2/32".parse().unwrap()],
+            trust_pai: false,
         },
         kuzet::config::TrunkConfig {
             name: "mob".into(),
             kind: "mobile".into(),
             cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+            trust_pai: false,
         },
     ];
     start(cfg)
