@@ -2,13 +2,16 @@
 //! `kuzet.register.v1` as a real register would, so kuzet's reporting is
 //! tested against the protocol and not a mock inside kuzet.
 //!
-//! It checks each report (a known kind, a key, victims or sources, and an
-//! evidence digest that matches the evidence), dedupes submissions by
-//! idempotency key, applies updates only in increasing sequence, and
+//! It checks each report (a known kind, a key, victims or sources, every
+//! named number with a known role, a source only on an attributable basis,
+//! and an evidence digest that matches the evidence), dedupes submissions
+//! by idempotency key, applies updates only in increasing sequence, and
 //! appends everything it accepts to a JSON-lines file that it replays on
 //! start, so a restarted register still knows every case. It can be told
-//! to refuse every report as invalid, to fail (UNAVAILABLE), or to stall
-//! before answering.
+//! to refuse every report as invalid, to fail (UNAVAILABLE), to stall
+//! before answering, or to misbehave as a hostile peer would: answer with
+//! a case id megabytes long, or refuse with an error text full of
+//! terminal escape sequences and line breaks.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -36,7 +39,15 @@ pub enum Mode {
     Fail,
     /// Hold every call for the stall time, then answer as `accept`.
     Stall,
+    /// Take every report, but answer with a case id of 3.5 MB.
+    Oversize,
+    /// Refuse every report with an error text made to forge lines and
+    /// drive a terminal (escape sequences, CR/LF, a title change).
+    Hostile,
 }
+
+/// The error text [`Mode::Hostile`] answers with.
+pub const HOSTILE_ERROR: &str = "refused\r\nstate     closed (register: delivered, case ERDR-000001)\x1b]0;pwned\x07\x1b[2J\x1b[31mforged";
 
 /// One line of the register's file: something it accepted.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,6 +70,16 @@ pub struct Entry {
     pub victims: Vec<String>,
     /// The evidence digest.
     pub digest: String,
+    /// Every number the report named: number, role, basis.
+    #[serde(default)]
+    pub parties: Vec<(String, String, String)>,
+    /// The report's kind and key.
+    #[serde(default)]
+    pub kind: String,
+    /// The report's key (the source, trunk, address, destination or
+    /// campaign).
+    #[serde(default)]
+    pub subject: String,
 }
 
 #[derive(Default)]
@@ -146,6 +167,16 @@ impl Register {
                 tokio::time::sleep(self.stall).await;
                 Ok(())
             }
+            Mode::Oversize => Ok(()),
+            Mode::Hostile => Err(Status::invalid_argument(HOSTILE_ERROR)),
+        }
+    }
+
+    /// The case id to answer with (the real one, or a hostile one).
+    fn case_id(&self, case: String) -> String {
+        match self.mode {
+            Mode::Oversize => format!("{case}-{}", "X".repeat(3_500_000)),
+            _ => case,
         }
     }
 
@@ -156,10 +187,33 @@ impl Register {
                 "a report needs a key and a sequence",
             ));
         }
-        if !matches!(r.kind.as_str(), "source" | "campaign") || r.key.is_empty() {
+        if !matches!(
+            r.kind.as_str(),
+            "source" | "campaign" | "trunk" | "address" | "destination"
+        ) || r.key.is_empty()
+        {
             return Err(Status::invalid_argument(
-                "kind must be source or campaign, with a key",
+                "kind must be source, campaign, trunk, address or destination, with a key",
             ));
+        }
+        for p in &r.parties {
+            let known = matches!(
+                p.role.as_str(),
+                "source" | "victim" | "potential_victim" | "impersonated" | "claimed_caller" | "caller"
+            );
+            if !known || p.number.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "party {:?}: unknown role {:?}",
+                    p.number, p.role
+                )));
+            }
+            // A register accuses only on an attributable basis.
+            if p.role == "source" && !matches!(p.basis.as_str(), "asserted" | "listed") {
+                return Err(Status::invalid_argument(format!(
+                    "party {:?} is named a source on the basis {:?}: only an asserted or listed number may be",
+                    p.number, p.basis
+                )));
+            }
         }
         if r.victims.is_empty() && r.sources.is_empty() {
             return Err(Status::invalid_argument(
@@ -192,6 +246,13 @@ impl Register {
             flagged: r.flagged,
             victims: r.victims.clone(),
             digest: r.evidence_sha256.clone(),
+            parties: r
+                .parties
+                .iter()
+                .map(|p| (p.number.clone(), p.role.clone(), p.basis.clone()))
+                .collect(),
+            kind: r.kind.clone(),
+            subject: r.key.clone(),
         }
     }
 }
@@ -210,7 +271,7 @@ impl RegisterService for Register {
             let case = c.case.clone();
             Self::write(&mut g, &Self::entry("submit", &r, &case, true))?;
             return Ok(Response::new(pb::SubmitIncidentResponse {
-                case_id: case,
+                case_id: self.case_id(case),
                 duplicate: true,
             }));
         }
@@ -224,7 +285,7 @@ impl RegisterService for Register {
             },
         );
         Ok(Response::new(pb::SubmitIncidentResponse {
-            case_id: case,
+            case_id: self.case_id(case),
             duplicate: false,
         }))
     }
@@ -242,7 +303,7 @@ impl RegisterService for Register {
         let (case, applied) = (c.case.clone(), c.applied);
         if r.sequence <= applied {
             return Ok(Response::new(pb::UpdateIncidentResponse {
-                case_id: case,
+                case_id: self.case_id(case),
                 applied_sequence: applied,
             }));
         }
@@ -251,7 +312,7 @@ impl RegisterService for Register {
             c.applied = r.sequence;
         }
         Ok(Response::new(pb::UpdateIncidentResponse {
-            case_id: case,
+            case_id: self.case_id(case),
             applied_sequence: r.sequence,
         }))
     }
@@ -277,7 +338,8 @@ pub async fn serve(
             )
             .map_err(std::io::Error::other)?;
     }
-    b.add_service(RegisterServiceServer::new(reg))
+    // A hostile register's huge answers must reach the client to test it.
+    b.add_service(RegisterServiceServer::new(reg).max_encoding_message_size(8 << 20))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
         .await
         .map_err(std::io::Error::other)

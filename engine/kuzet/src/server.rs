@@ -115,6 +115,19 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // not a low descriptor limit, bound what it holds open.
     kuzet_net::private_umask();
     let open_files = kuzet_net::raise_open_files().unwrap_or(1024);
+    // The control surfaces' connection caps stay well inside the
+    // descriptor limit, so they can never take the descriptors SIP needs.
+    let control_cap = |n: usize| n.min((open_files as usize / 8).max(8));
+    let admin_cap = |n: usize| n.min((open_files as usize / 16).max(4));
+    let control_caps = if cfg.control.enabled {
+        control_cap(cfg.control.max_connections)
+    } else {
+        0
+    } + if cfg.admin.enabled {
+        admin_cap(cfg.admin.max_connections)
+    } else {
+        0
+    };
     let plan = cfg.plan().context("numbering plan")?;
     let mode = cfg.server.mode;
     let started = std::time::Instant::now();
@@ -260,8 +273,21 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         let h = handler.clone();
         let c = conns.clone();
         let sd = shutdown_rx.clone();
+        // SIP over TCP never takes the descriptors the store, the lists and
+        // the control surfaces need: its cap stays under the limit.
+        let room = (open_files as usize)
+            .saturating_sub(DESCRIPTORS_KEPT + control_caps)
+            .max(16);
+        let max_tcp = cfg.server.max_tcp_connections.min(room);
+        if max_tcp < cfg.server.max_tcp_connections {
+            tracing::warn!(
+                open_files,
+                max_tcp_connections = max_tcp,
+                "the open-files limit caps SIP over TCP below server.max_tcp_connections; raise the limit (LimitNOFILE) for more"
+            );
+        }
         let settings = tcp::TcpSettings {
-            max_connections: cfg.server.max_tcp_connections,
+            max_connections: max_tcp,
             max_per_source: cfg.server.max_tcp_connections_per_source,
             idle_timeout: Duration::from_secs(cfg.server.tcp_idle_timeout_secs.max(1)),
             message_timeout: Duration::from_millis(cfg.server.tcp_message_timeout_ms.max(1)),
@@ -310,12 +336,9 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             total: cfg.control.max_exports,
             per_token: cfg.control.max_exports_per_token,
         });
-        // The caps stay well inside the descriptor limit, so the control
-        // surfaces can never take the descriptors SIP needs.
-        let cap = |n: usize| n.min((open_files as usize / 8).max(8));
         let gate = kuzet_control::guard::Gate::new(kuzet_control::guard::Limits {
-            max_connections: cap(cfg.control.max_connections),
-            max_per_source: cap(cfg.control.max_connections_per_source),
+            max_connections: control_cap(cfg.control.max_connections),
+            max_per_source: control_cap(cfg.control.max_connections_per_source),
             first_request: Duration::from_secs(5),
             idle: Duration::from_secs(120),
         });
@@ -361,10 +384,9 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let admin = if cfg.admin.enabled {
         let l = kuzet_control::admin::bind(cfg.admin.listen)
             .with_context(|| format!("binding the admin address {}", cfg.admin.listen))?;
-        let cap = |n: usize| n.min((open_files as usize / 16).max(4));
         let gate = kuzet_control::guard::Gate::new(kuzet_control::guard::Limits {
-            max_connections: cap(cfg.admin.max_connections),
-            max_per_source: cap(cfg.admin.max_connections_per_source),
+            max_connections: admin_cap(cfg.admin.max_connections),
+            max_per_source: admin_cap(cfg.admin.max_connections_per_source),
             first_request: Duration::from_secs(5),
             idle: Duration::from_secs(30),
         });
@@ -431,6 +453,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         recorder_stop,
     })
 }
+
+/// Descriptors kept out of every connection cap: the store, the audit
+/// log, the record queue, list files being reloaded, the sockets.
+const DESCRIPTORS_KEPT: usize = 64;
 
 /// The file an older kuzet wrote its local token to; removed at start.
 const OLD_LOCAL_TOKEN_FILE: &str = "local.token";

@@ -179,15 +179,19 @@ impl Incident {
                 }
             }
         };
+        // Whether the caller is one this incident had not named yet.
+        let mut new_caller = false;
         match r.caller_role.as_str() {
             role::POTENTIAL_VICTIM => put_num(&mut e.potential_victims, &r.a),
             role::IMPERSONATED => {
+                new_caller = r.a.as_ref().is_some_and(|a| !e.impersonated.contains(a));
                 for n in [&r.a, &r.from_num, &r.pai_num] {
                     put_num(&mut e.impersonated, n);
                 }
                 put_num(&mut e.victims, &r.b);
             }
             role::CLAIMED => {
+                new_caller = r.a.as_ref().is_some_and(|a| !e.claimed.contains(a));
                 put_num(&mut e.claimed, &r.a);
                 put_num(&mut e.victims, &r.b);
             }
@@ -216,9 +220,10 @@ impl Incident {
             // same.
             if let Some(a) = &r.a {
                 let named = match r.caller_role.as_str() {
-                    role::SOURCE | "" => e.callers.len() < MAX_LISTED && e.callers.insert(a.clone()),
-                    role::IMPERSONATED => e.impersonated.contains(a),
-                    _ => e.claimed.contains(a),
+                    role::SOURCE | "" => {
+                        e.callers.len() < MAX_LISTED && e.callers.insert(a.clone())
+                    }
+                    _ => new_caller,
                 };
                 if named {
                     e.callers_seen += 1;
@@ -632,14 +637,16 @@ pub struct Due {
 /// (a payload from before versions were written is version 0 and reads
 /// the same), or why not.
 pub fn decode_payload(payload: &str) -> Result<Incident, String> {
-    let i: Incident = serde_json::from_str(payload)
-        .map_err(|e| format!("the outbox payload does not decode: {e}"))?;
-    if i.version != 0 && i.version != PAYLOAD_VERSION {
+    let v: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|e| format!("the outbox payload is not JSON: {e}"))?;
+    let version = v.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    if version != 0 && version != u64::from(PAYLOAD_VERSION) {
         return Err(format!(
-            "the outbox payload is version {}; this kuzet reads version {PAYLOAD_VERSION}",
-            i.version
+            "the outbox payload is version {version}; this kuzet reads version {PAYLOAD_VERSION}"
         ));
     }
+    let i: Incident = serde_json::from_value(v)
+        .map_err(|e| format!("the outbox payload does not decode: {e}"))?;
     if i.kind.is_empty() || i.key.is_empty() {
         return Err("the outbox payload names no incident kind or key".into());
     }

@@ -162,6 +162,8 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let per_source = Arc::new(PerSource::default());
     let next_id = AtomicU64::new(1);
+    let mut accept_errors = 0u64;
+    let mut last_warn: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -169,8 +171,15 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // Out of file descriptors, say: wait rather than spin,
+                    // and say so once in a while, not per try.
+                    accept_errors += 1;
+                    if last_warn.is_none_or(|t: std::time::Instant| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, failed = accept_errors, "accepting a SIP TCP connection failed; UDP and open connections go on");
+                        last_warn = Some(std::time::Instant::now());
+                        accept_errors = 0;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },

@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use kuzet::config::{Config, Mode};
@@ -400,3 +400,48 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
             panic!("{name} not found: run scripts/install-deps.sh (Debian package {package})")
         })
 }
+
+/// The stand-in register, served in this process on its own runtime.
+pub struct Reg {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Reg {
+    pub fn start(addr: SocketAddr, file: &Path, mode: kuzet_sim::register::Mode, stall: Duration) -> Reg {
+        Self::start_tls(addr, file, mode, stall, None)
+    }
+
+    pub fn start_tls(
+        addr: SocketAddr,
+        file: &Path,
+        mode: kuzet_sim::register::Mode,
+        stall: Duration,
+        tls: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Reg {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let reg = kuzet_sim::register::Register::open(file.to_path_buf(), mode, stall).unwrap();
+        rt.spawn(async move {
+            kuzet_sim::register::serve(addr, reg, tls).await.unwrap();
+        });
+        // Bound when a connection is accepted.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the register did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Reg { rt: Some(rt) }
+    }
+}
+
+impl Drop for Reg {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+

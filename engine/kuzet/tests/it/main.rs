@@ -6,6 +6,7 @@
 //! driver as real SIP clients.
 
 mod architecture;
+mod attacks;
 mod chain;
 mod common;
 mod deploy;

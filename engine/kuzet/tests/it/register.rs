@@ -8,53 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kuzet_sim::register::{read_entries, Entry, Mode, Register};
+use kuzet_sim::register::{read_entries, Entry, Mode};
 
-use crate::common::{ask, client, invite, status, TempDir, Watched};
-
-/// The stand-in register, served in this process on its own runtime.
-struct Reg {
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Reg {
-    fn start(addr: SocketAddr, file: &Path, mode: Mode, stall: Duration) -> Reg {
-        Self::start_tls(addr, file, mode, stall, None)
-    }
-
-    fn start_tls(
-        addr: SocketAddr,
-        file: &Path,
-        mode: Mode,
-        stall: Duration,
-        tls: Option<(Vec<u8>, Vec<u8>)>,
-    ) -> Reg {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let reg = Register::open(file.to_path_buf(), mode, stall).unwrap();
-        rt.spawn(async move {
-            kuzet_sim::register::serve(addr, reg, tls).await.unwrap();
-        });
-        // Bound when a connection is accepted.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "the register did not come up");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Reg { rt: Some(rt) }
-    }
-}
-
-impl Drop for Reg {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
+use crate::common::{ask, client, invite, status, Reg, TempDir, Watched};
 
 fn free_tcp() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
