@@ -155,8 +155,10 @@ enum Cmd {
         /// The file of accepted reports.
         #[arg(long, default_value = "register.jsonl")]
         file: PathBuf,
-        /// accept, refuse (every report invalid), fail (UNAVAILABLE) or
-        /// stall (hold each call for --stall-ms, then accept).
+        /// accept, refuse (every report invalid), fail (UNAVAILABLE),
+        /// stall (hold each call for --stall-ms, then accept), oversize
+        /// (accept, answering a 3.5 MB case id) or hostile (refuse with an
+        /// error text of terminal escapes and forged lines).
         #[arg(long, value_enum, default_value = "accept")]
         mode: kuzet_sim::register::Mode,
         /// How long stall mode holds each call.
