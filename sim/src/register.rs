@@ -199,7 +199,12 @@ impl Register {
         for p in &r.parties {
             let known = matches!(
                 p.role.as_str(),
-                "source" | "victim" | "potential_victim" | "impersonated" | "claimed_caller" | "caller"
+                "source"
+                    | "victim"
+                    | "potential_victim"
+                    | "impersonated"
+                    | "claimed_caller"
+                    | "caller"
             );
             if !known || p.number.is_empty() {
                 return Err(Status::invalid_argument(format!(

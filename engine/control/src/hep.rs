@@ -17,8 +17,8 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
-use kuzet_dataplane::records::{flags, RecordEntry};
 use kuzet_dataplane::metrics::{Counter, Metrics};
+use kuzet_dataplane::records::{flags, RecordEntry};
 use kuzet_store::Record;
 
 /// Where and how HEP packets go.

@@ -139,10 +139,7 @@ impl Refusals {
     fn note(&mut self, key: RefusalKey, filter: &str) {
         let sec = unix_us().div_euclid(1_000_000);
         self.roll(sec);
-        let e = self
-            .now
-            .entry(key)
-            .or_insert_with(|| (0, cut(filter)));
+        let e = self.now.entry(key).or_insert_with(|| (0, cut(filter)));
         e.0 += 1;
     }
 
@@ -245,7 +242,8 @@ pub async fn serve(
                 InvestigationServiceServer::new(svc.clone()).max_decoding_message_size(64 * 1024),
             )
     };
-    let (conns_tx, conns_rx) = tokio::sync::mpsc::channel::<std::io::Result<crate::guard::Guarded>>(16);
+    let (conns_tx, conns_rx) =
+        tokio::sync::mpsc::channel::<std::io::Result<crate::guard::Guarded>>(16);
     let mut stop = shutdown.clone();
     let accept = tokio::spawn(crate::guard::accept_loop(
         listener,
@@ -415,7 +413,13 @@ impl Investigation {
                             role: Role::Investigator.as_str(),
                         });
                     }
-                    self.refuse("local", Role::Investigator.as_str(), action, "denied", filter);
+                    self.refuse(
+                        "local",
+                        Role::Investigator.as_str(),
+                        action,
+                        "denied",
+                        filter,
+                    );
                     return Err(Status::permission_denied(format!(
                         "{action} needs the role {}: the local socket answers as an investigator; pass an admin token",
                         roles(allowed)
@@ -453,7 +457,14 @@ impl Investigation {
     /// row per who, action and outcome per second, written within a
     /// second. Nothing here waits on the disk, so a flood of bad tokens
     /// neither fills it nor holds anything up.
-    fn refuse(&self, who: &str, role: &str, action: &'static str, outcome: &'static str, filter: &str) {
+    fn refuse(
+        &self,
+        who: &str,
+        role: &str,
+        action: &'static str,
+        outcome: &'static str,
+        filter: &str,
+    ) {
         let role: &'static str = match role {
             "investigator" => "investigator",
             "rule-author" => "rule-author",

@@ -308,7 +308,9 @@ async fn loss_watch(metrics: Arc<Metrics>) {
             if sustained {
                 tracing::warn!("records are being lost in most of the last 10 seconds: the node reports not ready until they stop");
             } else {
-                tracing::warn!("no records lost for a while: the node is ready again as far as records go");
+                tracing::warn!(
+                    "no records lost for a while: the node is ready again as far as records go"
+                );
             }
         }
         if pending.iter().any(|p| *p > 0)

@@ -91,7 +91,7 @@ pub fn record_verdicts(
         while batch.len() < BATCH {
             match ring.read(rd) {
                 Read::Entry(Ok(e), next) => {
-                    take(e, &metrics, recording, &mut batch, &mut hep);
+                    take(*e, &metrics, recording, &mut batch, &mut hep);
                     rd = next;
                     got += 1;
                 }
@@ -111,7 +111,10 @@ pub fn record_verdicts(
                             metrics.inc(Counter::StoreDropped);
                             match len {
                                 Some(len) => {
-                                    tracing::error!(position = rd, "a record queue entry was never finished; skipped");
+                                    tracing::error!(
+                                        position = rd,
+                                        "a record queue entry was never finished; skipped"
+                                    );
                                     rd += len;
                                 }
                                 None => {
@@ -434,7 +437,12 @@ pub fn to_record(e: &RecordEntry) -> Record {
         trunk: e.trunk.as_ref().map(|t| t.0.clone()),
         trunk_kind: e.trunk.as_ref().map(|t| t.1.clone()),
         source: e.source.to_string(),
-        transport: if e.has(records::flags::TCP) { "tcp" } else { "udp" }.into(),
+        transport: if e.has(records::flags::TCP) {
+            "tcp"
+        } else {
+            "udp"
+        }
+        .into(),
         decision: e.decision.as_str().into(),
         shadow_decision: e.shadow_decision.as_str().into(),
         code: e.code,
@@ -495,7 +503,11 @@ fn log_line(e: &RecordEntry) {
 /// skipped. Returns how many were committed, and how many bytes of the
 /// queue could not be read (an entry cut off mid-write). The queue is
 /// then emptied.
-pub fn replay(ring: &RecordRing, st: &mut Store, metrics: &Metrics) -> Result<(usize, u64), String> {
+pub fn replay(
+    ring: &RecordRing,
+    st: &mut Store,
+    metrics: &Metrics,
+) -> Result<(usize, u64), String> {
     let (entries, lost) = ring.replay();
     let recs: Vec<Record> = entries
         .iter()

@@ -380,7 +380,10 @@ mod tests {
             a.evidence_sha256
         );
         assert_eq!(a.parties.len(), 1);
-        assert_eq!((a.parties[0].role.as_str(), a.parties[0].basis.as_str()), ("source", "listed"));
+        assert_eq!(
+            (a.parties[0].role.as_str(), a.parties[0].basis.as_str()),
+            ("source", "listed")
+        );
         assert_eq!(a.evidence_sha256.len(), 64);
     }
 }

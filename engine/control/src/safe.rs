@@ -59,10 +59,7 @@ pub fn visible_bytes(b: &[u8]) -> String {
 /// characters are escaped ([`visible`]), and the cell is quoted when it
 /// holds a comma, a quote or surrounding spaces.
 pub fn csv_cell(s: &str) -> String {
-    let formula = matches!(
-        s.chars().next(),
-        Some('=' | '+' | '-' | '@' | '\t' | '\r')
-    );
+    let formula = matches!(s.chars().next(), Some('=' | '+' | '-' | '@' | '\t' | '\r'));
     let mut cell = String::with_capacity(s.len() + 2);
     if formula {
         cell.push('\'');
@@ -145,7 +142,10 @@ mod tests {
         for (raw, cell) in [
             ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
             ("@SUM(1+1)", "'@SUM(1+1)"),
-            ("+HYPERLINK(\"http://x\")", "\"'+HYPERLINK(\"\"http://x\"\")\""),
+            (
+                "+HYPERLINK(\"http://x\")",
+                "\"'+HYPERLINK(\"\"http://x\"\")\"",
+            ),
             ("-2+3", "'-2+3"),
             ("\tx", "'\\tx"),
             ("\r=1", "'\\r=1"),

@@ -98,7 +98,7 @@ impl RecordRing {
             .metadata()
             .map_err(|e| RingError(format!("reading the record queue: {e}")))?
             .len() as usize;
-        if len >= (HEADER + ALIGN * 64) * 8 && len % 8 == 0 {
+        if len >= (HEADER + ALIGN * 64) * 8 && len.is_multiple_of(8) {
             let mem = SharedWords::map_file(file, len / 8)
                 .map_err(|e| RingError(format!("mapping the record queue: {e}")))?;
             let w = mem.words();
@@ -285,7 +285,7 @@ impl RecordRing {
         let at = (rd % self.cap as u64) as usize;
         if data[at + 2].load(Ordering::Acquire) != rd + 1 {
             return if data[at].load(Ordering::Acquire) == rd + 1 {
-                let len = (data[at + 1].load(Ordering::Relaxed) & 0xffff_ffff) as u64;
+                let len = data[at + 1].load(Ordering::Relaxed) & 0xffff_ffff;
                 Read::Busy {
                     len: (len >= ENTRY_HEAD as u64 && len as usize <= self.cap).then_some(len),
                 }
@@ -308,7 +308,7 @@ impl RecordRing {
                     acc: [0; 8],
                     nacc: 0,
                 };
-                Read::Entry(decode(&mut src), next)
+                Read::Entry(decode(&mut src).map(Box::new), next)
             }
             KIND_PAD | KIND_VOID => Read::Skip(next),
             _ => Read::Corrupt,
@@ -332,7 +332,7 @@ impl RecordRing {
         while rd < head {
             match self.read(rd) {
                 Read::Entry(Ok(e), next) => {
-                    out.push((e, next));
+                    out.push((*e, next));
                     rd = next;
                 }
                 Read::Entry(Err(_), next) => {
@@ -398,7 +398,7 @@ pub enum Read {
     },
     /// A published entry (or why its payload did not decode), and where
     /// the next one starts.
-    Entry(Result<RecordEntry, String>, u64),
+    Entry(Result<Box<RecordEntry>, String>, u64),
     /// Padding or an abandoned entry: go on at this position.
     Skip(u64),
     /// Not a ring entry: the file was damaged.
@@ -904,7 +904,11 @@ fn decode(s: &mut Source<'_>) -> Result<RecordEntry, String> {
     let mut nums = [None; 4];
     for n in &mut nums {
         let raw = s.u64()?;
-        *n = if raw == 0 { None } else { Number::from_raw(raw) };
+        *n = if raw == 0 {
+            None
+        } else {
+            Number::from_raw(raw)
+        };
     }
     let a_trust = s.u8()?;
     let caller_role = s.u8()?;
@@ -1044,7 +1048,12 @@ mod tests {
             ("blocklist", 0, 0, false, b"caller listed (bank fraud desk)"),
             ("velocity_1m", 21, 20, true, b"21 calls > 20 (shadow)"),
         ];
-        assert!(write(&r, &facts(b"00112233445566778899aabb", &head, &rules), Class::IdGiven, b"SIP/2.0 603"));
+        assert!(write(
+            &r,
+            &facts(b"00112233445566778899aabb", &head, &rules),
+            Class::IdGiven,
+            b"SIP/2.0 603"
+        ));
         let Read::Entry(Ok(e), next) = r.read(r.tail()) else {
             panic!("no entry");
         };
@@ -1148,8 +1157,12 @@ mod tests {
                 assert!(write(&r, &fx, Class::IdGiven, b""));
             }
             // Two committed to the store, then the process dies.
-            let Read::Entry(_, n1) = r.read(r.tail()) else { panic!() };
-            let Read::Entry(_, n2) = r.read(n1) else { panic!() };
+            let Read::Entry(_, n1) = r.read(r.tail()) else {
+                panic!()
+            };
+            let Read::Entry(_, n2) = r.read(n1) else {
+                panic!()
+            };
             r.release(n2);
             // A writer that reserved but never finished.
             std::mem::forget(r.reserve(64, Class::IdGiven).unwrap());

@@ -332,7 +332,8 @@ async fn connect_local(dir: &Path) -> Result<Client, Failure> {
         .connect_with_connector(connector)
         .await
         .map_err(|e| {
-            let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            let why =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             Failure(1, format!("cannot reach kuzet at {shown}: {why}"))
         })?;
     Ok(
@@ -537,8 +538,13 @@ impl Printer {
             }
             Format::Table if self.details => {
                 writeln!(o, "verdict   {}", v(&c.verdict_id)).map_err(io)?;
-                writeln!(o, "time      {}  (node {})", time_text(c.time_us), v(&c.node))
-                    .map_err(io)?;
+                writeln!(
+                    o,
+                    "time      {}  (node {})",
+                    time_text(c.time_us),
+                    v(&c.node)
+                )
+                .map_err(io)?;
                 writeln!(
                     o,
                     "decision  {} (SIP {}), score {}{}",
@@ -763,7 +769,8 @@ pub fn counts(a: CountsArgs) -> ExitCode {
             for (kind, rows) in [("decision", &r.per_decision), ("rule", &r.per_rule)] {
                 for c in rows {
                     let t: String = time_text(c.bucket_us).chars().take(19).collect();
-                    writeln!(o, "{t:<20}  {kind:<8}  {:<28}  {}", v(&c.key), c.calls).map_err(io)?;
+                    writeln!(o, "{t:<20}  {kind:<8}  {:<28}  {}", v(&c.key), c.calls)
+                        .map_err(io)?;
                 }
             }
             Ok(())

@@ -982,7 +982,9 @@ impl Config {
         self.access().map_err(bad)?;
         self.check_register().map_err(bad)?;
         if self.store.queue == Some(0) || self.store.queue_mb == 0 || self.store.queue_mb > 16_384 {
-            return Err(bad("store.queue_mb must be 1 to 16384 (and store.queue, if set, at least 1)".into()));
+            return Err(bad(
+                "store.queue_mb must be 1 to 16384 (and store.queue, if set, at least 1)".into(),
+            ));
         }
         if self.store.queue_reserved_percent > 90 {
             return Err(bad("store.queue_reserved_percent must be 0 to 90".into()));
@@ -994,7 +996,9 @@ impl Config {
             || self.control.max_exports == 0
             || self.control.max_exports_per_token == 0
         {
-            return Err(bad("control and admin connection and export caps must be at least 1".into()));
+            return Err(bad(
+                "control and admin connection and export caps must be at least 1".into(),
+            ));
         }
         if let Some(n) = &self.store.node_name {
             if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {

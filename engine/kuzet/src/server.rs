@@ -392,7 +392,11 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         });
         Some((
             l,
-            kuzet_control::admin::Admin::new(metrics.clone(), cfg.store.enabled, Some(ring.clone())),
+            kuzet_control::admin::Admin::new(
+                metrics.clone(),
+                cfg.store.enabled,
+                Some(ring.clone()),
+            ),
             gate,
         ))
     } else {

@@ -555,6 +555,140 @@ fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen
     }
 }
 
+/// Makes every file the process creates from now on private to its user
+/// (`umask 077`), whatever the umask it was started with: the data
+/// directory's store, WAL and audit log are never readable by others.
+pub fn private_umask() {
+    // SAFETY: umask takes a mode and cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so the TCP
+/// connection caps, not the limit, bound what kuzet holds; returns the
+/// soft limit now in force.
+pub fn raise_open_files() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass by pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Memory shared with a file (or, with no file, anonymous), seen as an
+/// array of 64-bit atomics: the record queue lives in one, so what the
+/// call path puts there outlives a crash of the process (the kernel keeps
+/// a shared mapping's pages and writes them to the file). Only atomic
+/// loads and stores touch it: several threads write it at once, each in
+/// its own reserved range.
+pub struct SharedWords {
+    ptr: *mut libc::c_void,
+    words: usize,
+}
+
+// SAFETY: the mapping is only reached through `&[AtomicU64]`, which is
+// Sync; the pointer itself is never handed out mutably.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Maps the first `words` × 8 bytes of `file`, shared and read-write,
+    /// after setting its length to exactly that.
+    pub fn map_file(file: &std::fs::File, words: usize) -> io::Result<SharedWords> {
+        use std::os::fd::AsRawFd;
+        let len = words
+            .checked_mul(8)
+            .ok_or_else(|| io::Error::other("mapping too large"))?;
+        file.set_len(len as u64)?;
+        // SAFETY: a fresh shared mapping of a file we hold open, of the
+        // length we just gave it; no Rust object aliases the memory.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedWords { ptr, words })
+    }
+
+    /// Anonymous zeroed memory of `words` words (no file behind it).
+    pub fn anonymous(words: usize) -> io::Result<SharedWords> {
+        let len = words
+            .checked_mul(8)
+            .ok_or_else(|| io::Error::other("mapping too large"))?;
+        // SAFETY: a fresh private anonymous mapping; nothing aliases it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedWords { ptr, words })
+    }
+
+    /// The memory as atomics.
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: mmap returns page-aligned memory (so 8-byte aligned) of
+        // `words * 8` bytes, valid until munmap in Drop; AtomicU64 has
+        // the size and alignment of u64 and every bit pattern is valid;
+        // all access goes through the atomics.
+        unsafe {
+            std::slice::from_raw_parts(self.ptr as *const std::sync::atomic::AtomicU64, self.words)
+        }
+    }
+
+    /// Asks the kernel to write the mapping's dirty pages to the file now,
+    /// without waiting (what a power cut would otherwise lose).
+    pub fn flush_async(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly our mapping.
+        let r = unsafe { libc::msync(self.ptr, self.words * 8, libc::MS_ASYNC) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in the constructor; the
+        // slices handed out borrow self, so none outlives this.
+        unsafe {
+            libc::munmap(self.ptr, self.words * 8);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,140 +824,6 @@ mod tests {
         for i in 0..3u8 {
             assert_eq!(b.recv(&mut got).unwrap(), 1);
             assert_eq!(got[0], i);
-        }
-    }
-}
-
-/// Makes every file the process creates from now on private to its user
-/// (`umask 077`), whatever the umask it was started with: the data
-/// directory's store, WAL and audit log are never readable by others.
-pub fn private_umask() {
-    // SAFETY: umask takes a mode and cannot fail.
-    unsafe {
-        libc::umask(0o077);
-    }
-}
-
-/// Raises the soft limit on open files to the hard limit, so the TCP
-/// connection caps, not the limit, bound what kuzet holds; returns the
-/// soft limit now in force.
-pub fn raise_open_files() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct we pass by pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we pass by pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
-        }
-    }
-    Ok(lim.rlim_cur)
-}
-
-/// Memory shared with a file (or, with no file, anonymous), seen as an
-/// array of 64-bit atomics: the record queue lives in one, so what the
-/// call path puts there outlives a crash of the process (the kernel keeps
-/// a shared mapping's pages and writes them to the file). Only atomic
-/// loads and stores touch it: several threads write it at once, each in
-/// its own reserved range.
-pub struct SharedWords {
-    ptr: *mut libc::c_void,
-    words: usize,
-}
-
-// SAFETY: the mapping is only reached through `&[AtomicU64]`, which is
-// Sync; the pointer itself is never handed out mutably.
-unsafe impl Send for SharedWords {}
-// SAFETY: as above.
-unsafe impl Sync for SharedWords {}
-
-impl SharedWords {
-    /// Maps the first `words` × 8 bytes of `file`, shared and read-write,
-    /// after setting its length to exactly that.
-    pub fn map_file(file: &std::fs::File, words: usize) -> io::Result<SharedWords> {
-        use std::os::fd::AsRawFd;
-        let len = words
-            .checked_mul(8)
-            .ok_or_else(|| io::Error::other("mapping too large"))?;
-        file.set_len(len as u64)?;
-        // SAFETY: a fresh shared mapping of a file we hold open, of the
-        // length we just gave it; no Rust object aliases the memory.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SharedWords { ptr, words })
-    }
-
-    /// Anonymous zeroed memory of `words` words (no file behind it).
-    pub fn anonymous(words: usize) -> io::Result<SharedWords> {
-        let len = words
-            .checked_mul(8)
-            .ok_or_else(|| io::Error::other("mapping too large"))?;
-        // SAFETY: a fresh private anonymous mapping; nothing aliases it.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SharedWords { ptr, words })
-    }
-
-    /// The memory as atomics.
-    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
-        // SAFETY: mmap returns page-aligned memory (so 8-byte aligned) of
-        // `words * 8` bytes, valid until munmap in Drop; AtomicU64 has
-        // the size and alignment of u64 and every bit pattern is valid;
-        // all access goes through the atomics.
-        unsafe {
-            std::slice::from_raw_parts(self.ptr as *const std::sync::atomic::AtomicU64, self.words)
-        }
-    }
-
-    /// Asks the kernel to write the mapping's dirty pages to the file now,
-    /// without waiting (what a power cut would otherwise lose).
-    pub fn flush_async(&self) -> io::Result<()> {
-        // SAFETY: the range is exactly our mapping.
-        let r = unsafe { libc::msync(self.ptr, self.words * 8, libc::MS_ASYNC) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for SharedWords {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in the constructor; the
-        // slices handed out borrow self, so none outlives this.
-        unsafe {
-            libc::munmap(self.ptr, self.words * 8);
         }
     }
 }

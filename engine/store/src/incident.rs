@@ -639,7 +639,10 @@ pub struct Due {
 pub fn decode_payload(payload: &str) -> Result<Incident, String> {
     let v: serde_json::Value = serde_json::from_str(payload)
         .map_err(|e| format!("the outbox payload is not JSON: {e}"))?;
-    let version = v.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let version = v
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
     if version != 0 && version != u64::from(PAYLOAD_VERSION) {
         return Err(format!(
             "the outbox payload is version {version}; this kuzet reads version {PAYLOAD_VERSION}"

@@ -355,9 +355,11 @@ impl Store {
     pub fn last_verdict_seq(&self, node_prefix: &str) -> rusqlite::Result<Option<u64>> {
         let kept: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'verdict_seq'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'verdict_seq'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         if let Some(v) = kept.and_then(|v| v.parse::<u64>().ok()) {
             return Ok(Some(v));
@@ -399,12 +401,17 @@ impl Store {
         if !self.opts.max_age.is_zero() {
             let cutoff = now_us - self.opts.max_age.as_micros() as i64;
             let n = self.retire(
-                &format!("SELECT id FROM calls WHERE ts_us < ?1 AND {KEPT} ORDER BY ts_us LIMIT ?2"),
+                &format!(
+                    "SELECT id FROM calls WHERE ts_us < ?1 AND {KEPT} ORDER BY ts_us LIMIT ?2"
+                ),
                 cutoff,
                 chunk,
             )?;
             if n > 0 {
-                return Ok(Retired { n, over_size: false });
+                return Ok(Retired {
+                    n,
+                    over_size: false,
+                });
             }
         }
         if self.opts.max_bytes > 0 && self.used_bytes()? > self.opts.max_bytes {
@@ -449,7 +456,10 @@ impl Store {
                  (SELECT verdict_id FROM calls WHERE id IN (SELECT id FROM retiring))",
                 [],
             )?;
-            tx.execute("DELETE FROM calls WHERE id IN (SELECT id FROM retiring)", [])?;
+            tx.execute(
+                "DELETE FROM calls WHERE id IN (SELECT id FROM retiring)",
+                [],
+            )?;
         }
         tx.execute("DELETE FROM retiring", [])?;
         tx.commit()?;

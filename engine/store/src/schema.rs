@@ -233,9 +233,11 @@ pub fn verdict_key(conn: &Connection) -> rusqlite::Result<[u8; 16]> {
         }
         Some(k)
     };
-    if let Ok(v) = conn.query_row("SELECT value FROM meta WHERE key = 'verdict_key'", [], |r| {
-        r.get::<_, String>(0)
-    }) {
+    if let Ok(v) = conn.query_row(
+        "SELECT value FROM meta WHERE key = 'verdict_key'",
+        [],
+        |r| r.get::<_, String>(0),
+    ) {
         if let Some(k) = parse(&v) {
             return Ok(k);
         }

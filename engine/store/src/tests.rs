@@ -438,7 +438,11 @@ fn the_outbox_freezes_what_was_tried_and_updates_follow_in_sequence() {
     assert_eq!(due.len(), 1);
     // Never tried: the pending submission carries the latest count.
     assert_eq!(
-        (due[0].seq, due[0].kind.as_str(), due[0].report.as_ref().unwrap().blocked),
+        (
+            due[0].seq,
+            due[0].kind.as_str(),
+            due[0].report.as_ref().unwrap().blocked
+        ),
         (1, "submit", 4)
     );
     let frozen = incident::mark_tried(s.conn(), due[0].id).unwrap();
@@ -446,7 +450,10 @@ fn the_outbox_freezes_what_was_tried_and_updates_follow_in_sequence() {
     // Tried: it never changes again; growth waits for the interval.
     s.insert_at(&[mk(4)], t0 + 1_000_000).unwrap();
     let again = incident::due(s.conn(), t0 + 10_000_000, 10).unwrap();
-    assert_eq!((again[0].seq, again[0].report.as_ref().unwrap().blocked), (1, 4));
+    assert_eq!(
+        (again[0].seq, again[0].report.as_ref().unwrap().blocked),
+        (1, 4)
+    );
     s.tick(t0 + 61_000_000).unwrap();
     // The update is queued, but never overtakes the submission.
     let pending: i64 = s
@@ -464,7 +471,11 @@ fn the_outbox_freezes_what_was_tried_and_updates_follow_in_sequence() {
     incident::delivered(s.conn(), &d[0], "CASE-1").unwrap();
     let d = incident::due(s.conn(), t0 + 62_000_000, 10).unwrap();
     assert_eq!(
-        (d[0].seq, d[0].kind.as_str(), d[0].report.as_ref().unwrap().blocked),
+        (
+            d[0].seq,
+            d[0].kind.as_str(),
+            d[0].report.as_ref().unwrap().blocked
+        ),
         (2, "update", 5)
     );
     let inc = incident::get(s.conn(), d[0].incident).unwrap().unwrap();
@@ -639,7 +650,10 @@ fn a_source_finds_its_open_incident_across_batches_and_never_a_closed_one() {
          AND kind IN ('campaign', 'trunk', 'address') AND state != 'closed'
          ORDER BY id DESC LIMIT 1",
     );
-    assert!(campaign.contains("USING INDEX incidents_keyed"), "{campaign}");
+    assert!(
+        campaign.contains("USING INDEX incidents_keyed"),
+        "{campaign}"
+    );
     let closing =
         plan("UPDATE incidents SET state = 'closed' WHERE state != 'closed' AND last_seen_us < 5");
     assert!(closing.contains("USING INDEX incidents_open"), "{closing}");
@@ -739,7 +753,13 @@ fn retention_against_a_flood_keeps_open_incidents_and_given_verdict_ids() {
     // The flood: padded blocks from many outsiders, and padded flags.
     let mut flood: Vec<_> = (10..1510)
         .map(|n| {
-            let mut r = rec(n, &format!("+7701{:07}", n), "+77020000002", "block", &["blocklist"]);
+            let mut r = rec(
+                n,
+                &format!("+7701{:07}", n),
+                "+77020000002",
+                "block",
+                &["blocklist"],
+            );
             r.headers = vec![b'x'; 3000];
             r
         })
@@ -760,20 +780,37 @@ fn retention_against_a_flood_keeps_open_incidents_and_given_verdict_ids() {
             break;
         }
     }
-    assert!(last.over_size, "nothing left to retire: the store says it is over its limit");
+    assert!(
+        last.over_size,
+        "nothing left to retire: the store says it is over its limit"
+    );
     let count = |sql: &str| -> i64 { s.conn().query_row(sql, [], |r| r.get(0)).unwrap() };
-    assert_eq!(count("SELECT count(*) FROM calls WHERE decision = 'allow'"), 0);
-    assert_eq!(count("SELECT count(*) FROM calls WHERE decision = 'block'"), 1503);
+    assert_eq!(
+        count("SELECT count(*) FROM calls WHERE decision = 'allow'"),
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM calls WHERE decision = 'block'"),
+        1503
+    );
     // Every verdict id the incident names is still there.
     let inc: i64 = s
         .conn()
-        .query_row("SELECT id FROM incidents WHERE key = '+77011112233'", [], |r| r.get(0))
+        .query_row(
+            "SELECT id FROM incidents WHERE key = '+77011112233'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     let i = incident::get(s.conn(), inc).unwrap().unwrap();
     for v in &i.evidence.samples {
         let n: i64 = s
             .conn()
-            .query_row("SELECT count(*) FROM calls WHERE verdict_id = ?1", [v], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM calls WHERE verdict_id = ?1",
+                [v],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, 1, "{v} kept");
     }

@@ -56,7 +56,12 @@ impl IdKey {
         // /dev/urandom is missing.
         let t = unix_us() as u64;
         let p = &k as *const _ as u64;
-        for (i, b) in t.to_le_bytes().iter().chain(p.to_le_bytes().iter()).enumerate() {
+        for (i, b) in t
+            .to_le_bytes()
+            .iter()
+            .chain(p.to_le_bytes().iter())
+            .enumerate()
+        {
             k[i] ^= b;
         }
         IdKey(k)
@@ -168,7 +173,10 @@ mod tests {
         let same = a.0.iter().zip(&b.0).filter(|(x, y)| x == y).count();
         assert!(same <= 3, "{a} {b}");
         // Another key, another id.
-        assert_ne!(IdKey([8; 16]).public(VerdictId { node: 1, seq: 1 }), key.public(VerdictId { node: 1, seq: 1 }));
+        assert_ne!(
+            IdKey([8; 16]).public(VerdictId { node: 1, seq: 1 }),
+            key.public(VerdictId { node: 1, seq: 1 })
+        );
         assert_ne!(VerdictId::node_of("a"), VerdictId::node_of("b"));
     }
 }

@@ -132,7 +132,9 @@ impl Handler {
                     let vid = self.new_verdict_id();
                     let a_trust = match (a, a_src) {
                         (None, _) => records::trust::NONE,
-                        (Some(_), Some(NumberSource::Pai)) if trunk.is_some_and(|t| t.trust_pai) => {
+                        (Some(_), Some(NumberSource::Pai))
+                            if trunk.is_some_and(|t| t.trust_pai) =>
+                        {
                             records::trust::NETWORK
                         }
                         _ => records::trust::CLAIMED,
@@ -287,9 +289,7 @@ impl Handler {
             );
             n += 1;
             if list_hit.is_none() {
-                list_hit = set
-                    .list_hit(f)
-                    .map(|h| (h.list, h.side, h.exact, h.reason));
+                list_hit = set.list_hit(f).map(|h| (h.list, h.side, h.exact, h.reason));
             }
         }
         let role = if record {
@@ -417,9 +417,8 @@ fn head_section<'a>(
     let bytes = m.bytes();
     let mut n = 0;
     let first_header = m.headers().next().map(|h| h.line.start);
-    let start_end = first_header.unwrap_or_else(|| {
-        memchr::memchr(b'\n', bytes).map_or(bytes.len(), |i| i + 1)
-    });
+    let start_end =
+        first_header.unwrap_or_else(|| memchr::memchr(b'\n', bytes).map_or(bytes.len(), |i| i + 1));
     parts[n] = &bytes[..start_end.min(bytes.len())];
     n += 1;
     let mut budget = evidence::OTHER_HEADERS_MAX;

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use kuzet_dataplane::metrics::Counter;
 use kuzet_sim::register::{read_entries, Mode, HOSTILE_ERROR};
 
-use crate::common::{ask, client, header, invite, start, status, test_config, Reg, TempDir, Watched};
+use crate::common::{
+    ask, client, header, invite, start, status, test_config, Reg, TempDir, Watched,
+};
 
 /// Polls `f` every 20 ms until it gives a value, for at most 30 s.
 fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -94,7 +96,10 @@ fn assert_printable(out: &[u8], what: &str) {
         .chars()
         .filter(|c| (c.is_control() && *c != '\n') || ('\u{80}'..='\u{9f}').contains(c))
         .collect();
-    assert!(bad.is_empty(), "{what} holds control characters {bad:?}:\n{text}");
+    assert!(
+        bad.is_empty(),
+        "{what} holds control characters {bad:?}:\n{text}"
+    );
 }
 
 fn free_tcp() -> SocketAddr {
@@ -136,7 +141,10 @@ fn the_retransmission_trick_is_judged_on_its_own_in_both_modes() {
             assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE sip:+77020000001"));
         } else {
             let r = ask(&c, k.udp_addr, &first);
-            assert_eq!((status(&r), header(&r, "X-Kuzet-Verdict")), (302, Some("allow")));
+            assert_eq!(
+                (status(&r), header(&r, "X-Kuzet-Verdict")),
+                (302, Some("allow"))
+            );
         }
         // The same transaction to a listed callee, and from a listed caller.
         for (n, trick) in [
@@ -196,7 +204,9 @@ fn reporting_engine(
 ) -> kuzet::server::Running {
     let mut cfg = test_config();
     cfg.rules.file = Some(dir.write("rules.toml", rules));
-    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(dir.write("block.txt", block))];
+    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(
+        dir.write("block.txt", block),
+    )];
     cfg.store.enabled = true;
     cfg.store.dir = Some(dir.path().join("data"));
     cfg.incidents.report_min_blocked = 2;
@@ -219,8 +229,12 @@ fn reporting_engine(
     start(cfg)
 }
 
+/// A report as the register took it: kind, key, and every party (number,
+/// role, basis).
+type Reported = (String, String, Vec<(String, String, String)>);
+
 /// What the register was sent, per report kind and key: every party.
-fn reported(file: &Path) -> Vec<(String, String, Vec<(String, String, String)>)> {
+fn reported(file: &Path) -> Vec<Reported> {
     read_entries(file)
         .unwrap()
         .into_iter()
@@ -272,9 +286,19 @@ fn six_identity_tricks_never_make_an_innocent_number_a_source() {
             let r = ask(
                 &c,
                 k.udp_addr,
-                &invite_with(from, &format!("+7702000{i}{n:03}"), &format!("t{i}-{n}"), port, extra),
+                &invite_with(
+                    from,
+                    &format!("+7702000{i}{n:03}"),
+                    &format!("t{i}-{n}"),
+                    port,
+                    extra,
+                ),
             );
-            assert_eq!(status(&r), if n == 0 { 302 } else { 603 }, "{innocent}: {r}");
+            assert_eq!(
+                status(&r),
+                if n == 0 { 302 } else { 603 },
+                "{innocent}: {r}"
+            );
         }
     }
     // The control: a trusted trunk asserts its caller.
@@ -305,15 +329,23 @@ fn six_identity_tricks_never_make_an_innocent_number_a_source() {
             .map(|p| p.0.clone())
             .collect::<std::collections::BTreeSet<_>>()
             .len();
-        (claimed == 6 && r.iter().any(|(k, s, _)| k == "source" && s == "+77018880000")).then_some(r)
+        (claimed == 6
+            && r.iter()
+                .any(|(k, s, _)| k == "source" && s == "+77018880000"))
+        .then_some(r)
     });
     for (innocent, _, _) in tricks {
         assert!(
-            !incidents(&data).iter().any(|i| i.kind == "source" && i.key == innocent),
+            !incidents(&data)
+                .iter()
+                .any(|i| i.kind == "source" && i.key == innocent),
             "{innocent} named a source"
         );
         for (kind, subject, parties) in &reports {
-            assert!(!(kind == "source" && subject == innocent), "{innocent} reported as the source");
+            assert!(
+                !(kind == "source" && subject == innocent),
+                "{innocent} reported as the source"
+            );
             for (n, role, _) in parties {
                 if n == innocent {
                     assert_eq!(role, "claimed_caller", "{innocent} in a {kind} report");
@@ -352,7 +384,12 @@ fn calls_to_a_listed_callee_make_the_caller_a_potential_victim() {
         let r = ask(
             &c,
             k.udp_addr,
-            &invite(&format!("+7701000004{n}"), "+77015550000", &format!("cb-{n}"), port),
+            &invite(
+                &format!("+7701000004{n}"),
+                "+77015550000",
+                &format!("cb-{n}"),
+                port,
+            ),
         );
         assert_eq!(status(&r), 603, "{r}");
         ids.push(verdict_id(&r).unwrap());
@@ -366,7 +403,9 @@ fn calls_to_a_listed_callee_make_the_caller_a_potential_victim() {
     });
     for n in 0..3 {
         let caller = format!("+7701000004{n}");
-        assert!(!incidents(&data).iter().any(|i| i.kind == "source" && i.key == caller));
+        assert!(!incidents(&data)
+            .iter()
+            .any(|i| i.kind == "source" && i.key == caller));
         for (_, _, parties) in &reports {
             for (num, role, _) in parties {
                 if *num == caller {
@@ -410,7 +449,9 @@ fn a_spoofed_cli_campaign_names_the_trunk_and_the_numbers_as_impersonated() {
         let r = reported(&reg_file);
         r.iter()
             .any(|(k, s, p)| {
-                k == "trunk" && s == "intl" && p.iter().filter(|p| p.1 == "impersonated").count() == 5
+                k == "trunk"
+                    && s == "intl"
+                    && p.iter().filter(|p| p.1 == "impersonated").count() == 5
             })
             .then_some(r)
     });
@@ -421,7 +462,9 @@ fn a_spoofed_cli_campaign_names_the_trunk_and_the_numbers_as_impersonated() {
     assert_eq!(trunk.blocked, 5);
     assert_eq!(trunk.evidence.impersonated.len(), 5);
     for cli in &spoofed {
-        assert!(!incidents(&data).iter().any(|i| i.kind == "source" && &i.key == cli));
+        assert!(!incidents(&data)
+            .iter()
+            .any(|i| i.kind == "source" && &i.key == cli));
         for (kind, subject, parties) in &reports {
             assert!(!(kind == "source" && subject == cli));
             for (n, role, _) in parties {
@@ -440,7 +483,9 @@ fn binary(dir: &TempDir, extra: &str) -> Watched {
     dir.write("block.txt", "+77011112233,fraud line\n");
     dir.write(
         "kuzet.toml",
-        &format!("[server]\nstats_interval_secs = 1\n[lists]\nblocklist = [\"block.txt\"]\n{extra}"),
+        &format!(
+            "[server]\nstats_interval_secs = 1\n[lists]\nblocklist = [\"block.txt\"]\n{extra}"
+        ),
     );
     Watched::start(&["-c", "kuzet.toml", "--data", "data"], dir.path())
 }
@@ -459,7 +504,13 @@ fn blocked_burst(w: &Watched, tag: &str, n: usize, pad: usize) -> Vec<String> {
             let r = ask(
                 &c,
                 w.addr,
-                &invite_with("+77011112233", &format!("+7702{i:07}"), &format!("{tag}-{i}"), port, &pad),
+                &invite_with(
+                    "+77011112233",
+                    &format!("+7702{i:07}"),
+                    &format!("{tag}-{i}"),
+                    port,
+                    &pad,
+                ),
             );
             assert_eq!(status(&r), 603, "{r}");
             verdict_id(&r)
@@ -483,7 +534,11 @@ fn a_sigkill_after_a_burst_of_blocked_calls_loses_no_verdict_id() {
     let mut ids = blocked_burst(&w, "held", 300, 0);
     assert_eq!(ids.len(), 300, "every block carries its verdict id");
     let pid = w.pid();
-    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let _ = w.wait_exit();
     lock.execute_batch("ROLLBACK;").unwrap();
     drop(lock);
@@ -494,17 +549,26 @@ fn a_sigkill_after_a_burst_of_blocked_calls_loses_no_verdict_id() {
         .iter()
         .find(|l| l.contains("records the last run left"))
         .expect("the replay is said");
-    assert!(line.contains("WARN") && line.contains("records=300"), "{line}");
+    assert!(
+        line.contains("WARN") && line.contains("records=300"),
+        "{line}"
+    );
     ids.extend(blocked_burst(&w, "fast", 300, 0));
     let pid = w.pid();
-    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let _ = w.wait_exit();
     let w = Watched::start(&["-c", "kuzet.toml", "--data", "data"], dir.path());
     for id in &ids {
         assert_eq!(recorded(&data, id).len(), 1, "verdict {id} lost");
     }
     let c = kuzet_store::open_reader(&data).unwrap();
-    let n: i64 = c.query_row("SELECT count(*) FROM calls", [], |r| r.get(0)).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 600, "and none recorded twice");
     w.stop();
 }
@@ -540,7 +604,12 @@ fn csv_cells(line: &str) -> Vec<String> {
 fn escape_sequences_and_formulas_are_shown_harmless() {
     let dir = TempDir::new("escapes");
     let reg_addr = free_tcp();
-    let _reg = Reg::start(reg_addr, &dir.path().join("reg.jsonl"), Mode::Hostile, Duration::ZERO);
+    let _reg = Reg::start(
+        reg_addr,
+        &dir.path().join("reg.jsonl"),
+        Mode::Hostile,
+        Duration::ZERO,
+    );
     let admin = "kz_escapes_admin";
     let mut w = binary(
         &dir,
@@ -571,7 +640,10 @@ fn escape_sequences_and_formulas_are_shown_harmless() {
             .filter(|l| !l.starts_with("From:"))
             .map(|l| format!("{l}\r\n"))
             .collect::<String>()
-            .replace("Max-Forwards: 70\r\n", &format!("{forged_from}Max-Forwards: 70\r\n"));
+            .replace(
+                "Max-Forwards: 70\r\n",
+                &format!("{forged_from}Max-Forwards: 70\r\n"),
+            );
         c.send_to(msg.as_bytes(), w.addr).unwrap();
         let mut buf = vec![0u8; 65536];
         let (n, _) = c.recv_from(&mut buf).expect("an answer");
@@ -580,7 +652,9 @@ fn escape_sequences_and_formulas_are_shown_harmless() {
         ids.push(verdict_id(&r).unwrap());
     }
     let data = dir.path().join("data");
-    wait("recorded", || (recorded(&data, &ids[4]).len() == 1).then_some(()));
+    wait("recorded", || {
+        (recorded(&data, &ids[4]).len() == 1).then_some(())
+    });
     let d = dir.path();
     // One call in full: every value escaped, one caller line.
     for id in [&ids[0], &ids[4]] {
@@ -588,8 +662,15 @@ fn escape_sequences_and_formulas_are_shown_harmless() {
         assert_eq!(code, Some(0), "{err}");
         assert_printable(&out, "calls --verdict-id");
         let text = String::from_utf8_lossy(&out);
-        assert_eq!(text.lines().filter(|l| l.starts_with("caller")).count(), 1, "{text}");
-        assert!(text.contains("\\x1b"), "the escapes are shown, not hidden: {text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("caller")).count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("\\x1b"),
+            "the escapes are shown, not hidden: {text}"
+        );
     }
     // The table and CSV.
     let (code, out, err) = cli(d, &["calls", "--data", "data"]);
@@ -613,8 +694,16 @@ fn escape_sequences_and_formulas_are_shown_harmless() {
         }
         call_ids.push(cells[15].clone());
     }
-    for want in ["'=cmd|' /C calc'!A0", "'@SUM(1+1)", "'+HYPERLINK(\"http://evil\")", "'-2+3"] {
-        assert!(call_ids.iter().any(|c| c == want), "{want} not in {call_ids:?}");
+    for want in [
+        "'=cmd|' /C calc'!A0",
+        "'@SUM(1+1)",
+        "'+HYPERLINK(\"http://evil\")",
+        "'-2+3",
+    ] {
+        assert!(
+            call_ids.iter().any(|c| c == want),
+            "{want} not in {call_ids:?}"
+        );
     }
     // The register's error text, shown by `incidents show`.
     let inc = wait("the register's refusal", || {
@@ -622,12 +711,22 @@ fn escape_sequences_and_formulas_are_shown_harmless() {
             .into_iter()
             .find(|i| i.register_state == "dead_letter")
     });
-    assert!(inc.register_error.contains('\x1b'), "kept as the register sent it");
-    let (code, out, err) = cli(d, &["incidents", "show", &inc.id.to_string(), "--data", "data"]);
+    assert!(
+        inc.register_error.contains('\x1b'),
+        "kept as the register sent it"
+    );
+    let (code, out, err) = cli(
+        d,
+        &["incidents", "show", &inc.id.to_string(), "--data", "data"],
+    );
     assert_eq!(code, Some(0), "{err}");
     assert_printable(&out, "incidents show");
     let text = String::from_utf8_lossy(&out);
-    assert_eq!(text.lines().filter(|l| l.starts_with("state")).count(), 1, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("state")).count(),
+        1,
+        "{text}"
+    );
     assert!(text.contains("\\x1b]0;pwned\\x07"), "{text}");
     // A filter with escapes, in the audit log.
     let (code, _, _) = cli(d, &["calls", "--data", "data", "--rule", "\x1b[2Jx"]);
@@ -637,7 +736,11 @@ fn escape_sequences_and_formulas_are_shown_harmless() {
         .env("KUZET_TOKEN", admin)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_printable(&out.stdout, "audit");
     // (The filter is kept as JSON, which writes ESC as \u001b.)
     assert!(String::from_utf8_lossy(&out.stdout).contains("[2Jx"));
@@ -645,7 +748,11 @@ fn escape_sequences_and_formulas_are_shown_harmless() {
     w.wait_for("counters:", Duration::from_secs(5));
     let (_, _, log) = w.stop();
     assert_printable(log.as_bytes(), "kuzet's log");
-    assert!(!log.lines().any(|l| l.trim_start().starts_with("INFO forged line")), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.trim_start().starts_with("INFO forged line")),
+        "{log}"
+    );
     assert!(log.contains("\\u{1b}]0;pwned"), "{log}");
     let _ = HOSTILE_ERROR;
 }
@@ -670,16 +777,26 @@ fn calls_limit_1000_works_on_calls_with_4_kib_headers() {
     let w = binary(&dir, "");
     let ids = blocked_burst(&w, "big", 1100, 4000);
     let data = dir.path().join("data");
-    wait("recorded", || (recorded(&data, &ids[1099]).len() == 1).then_some(()));
+    wait("recorded", || {
+        (recorded(&data, &ids[1099]).len() == 1).then_some(())
+    });
     let (code, out, err) = cli(
         dir.path(),
-        &["calls", "--data", "data", "--limit", "1000", "--format", "jsonl"],
+        &[
+            "calls", "--data", "data", "--limit", "1000", "--format", "jsonl",
+        ],
     );
     assert_eq!(code, Some(0), "{err}");
     let text = String::from_utf8_lossy(&out);
     assert_eq!(text.lines().count(), 1000);
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert!(first["headers"].as_str().unwrap().contains(&"p".repeat(4000)), "the header is kept whole");
+    assert!(
+        first["headers"]
+            .as_str()
+            .unwrap()
+            .contains(&"p".repeat(4000)),
+        "the header is kept whole"
+    );
     assert!(err.contains("more: add --cursor"), "{err}");
     w.stop();
 }
@@ -698,21 +815,31 @@ fn a_big_header_before_from_cannot_push_the_identity_out_of_the_record() {
         .map(|i| format!("X-Pad-{i}: {}\r\n", "q".repeat(2000)))
         .collect();
     let msg = invite("+77011112233", "+77020000001", "padded", port);
-    let from_line = msg.lines().find(|l| l.starts_with("From:")).unwrap().to_string();
-    let msg = msg
-        .replacen(&format!("{from_line}\r\n"), "", 1)
-        .replace(
-            "Max-Forwards: 70\r\n",
-            &format!("{pad}{from_line}\r\nP-Asserted-Identity: <sip:+77011112233@x>\r\nMax-Forwards: 70\r\n"),
-        );
+    let from_line = msg
+        .lines()
+        .find(|l| l.starts_with("From:"))
+        .unwrap()
+        .to_string();
+    let msg = msg.replacen(&format!("{from_line}\r\n"), "", 1).replace(
+        "Max-Forwards: 70\r\n",
+        &format!(
+            "{pad}{from_line}\r\nP-Asserted-Identity: <sip:+77011112233@x>\r\nMax-Forwards: 70\r\n"
+        ),
+    );
     let r = ask(&c, w.addr, &msg);
     let id = verdict_id(&r).unwrap();
     let data = dir.path().join("data");
     let rec = wait("recorded", || recorded(&data, &id).pop());
     let head = String::from_utf8_lossy(&rec.headers);
     assert!(head.contains(&from_line), "{head}");
-    assert!(head.contains("P-Asserted-Identity: <sip:+77011112233@x>"), "{head}");
-    assert!(head.contains("Call-ID: padded") && head.contains("Via: SIP/2.0/UDP"), "{head}");
+    assert!(
+        head.contains("P-Asserted-Identity: <sip:+77011112233@x>"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Call-ID: padded") && head.contains("Via: SIP/2.0/UDP"),
+        "{head}"
+    );
     assert!(head.contains("X-Kuzet-Not-Kept: 4 header lines"), "{head}");
     assert_eq!(rec.from_hdr, from_line.trim_start_matches("From: "));
     w.stop();
@@ -748,43 +875,78 @@ fn the_data_directory_its_links_and_its_file_modes_are_kuzets_alone() {
     dir.write("kuzet.toml", "[lists]\nblocklist = [\"block.txt\"]\n");
     let w = Watched::start_with(
         "sh",
-        &["-c", "umask 022; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_kuzet")],
+        &[
+            "-c",
+            "umask 022; exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_kuzet"),
+        ],
         &["-c", "kuzet.toml", "--data", "data"],
         dir.path(),
     );
     let c = client();
     let port = c.local_addr().unwrap().port();
-    let r = ask(&c, w.addr, &invite("+77011112233", "+77020000001", "m", port));
+    let r = ask(
+        &c,
+        w.addr,
+        &invite("+77011112233", "+77020000001", "m", port),
+    );
     let id = verdict_id(&r).unwrap();
     let data = dir.path().join("data");
-    wait("recorded", || (recorded(&data, &id).len() == 1).then_some(()));
+    wait("recorded", || {
+        (recorded(&data, &id).len() == 1).then_some(())
+    });
     // A query writes the audit log.
-    let (code, _, err) = cli(dir.path(), &["calls", "--data", "data", "--verdict-id", &id]);
+    let (code, _, err) = cli(
+        dir.path(),
+        &["calls", "--data", "data", "--verdict-id", &id],
+    );
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(mode_of(&data), 0o700);
     let mut names = Vec::new();
     for e in std::fs::read_dir(&data).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        assert_eq!(mode_of(&e.path()) & 0o077, 0, "{name} is open to others: {:o}", mode_of(&e.path()));
+        assert_eq!(
+            mode_of(&e.path()) & 0o077,
+            0,
+            "{name} is open to others: {:o}",
+            mode_of(&e.path())
+        );
         names.push(name);
     }
-    for f in ["kuzet.db", "kuzet.db-wal", "audit.db", "records.ring", "kuzet.lock", "control.sock"] {
+    for f in [
+        "kuzet.db",
+        "kuzet.db-wal",
+        "audit.db",
+        "records.ring",
+        "kuzet.lock",
+        "control.sock",
+    ] {
         assert!(names.iter().any(|n| n == f), "{f} not in {names:?}");
     }
-    assert!(!names.iter().any(|n| n == "local.token"), "no token on disk: {names:?}");
+    assert!(
+        !names.iter().any(|n| n == "local.token"),
+        "no token on disk: {names:?}"
+    );
     w.stop();
 
     // A directory others can write.
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    refuses(dir.path(), "data", &["data", "group or others", "chmod 700"]);
+    refuses(
+        dir.path(),
+        "data",
+        &["data", "group or others", "chmod 700"],
+    );
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     // A lock file pointing into someone's home.
     let victim = dir.write("victim.txt", "someone's file\n");
     std::fs::remove_file(data.join("kuzet.lock")).unwrap();
     std::os::unix::fs::symlink(&victim, data.join("kuzet.lock")).unwrap();
     refuses(dir.path(), "data", &["kuzet.lock", "symbolic link"]);
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "someone's file\n");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "someone's file\n"
+    );
     std::fs::remove_file(data.join("kuzet.lock")).unwrap();
     // The store itself a link.
     std::fs::rename(data.join("kuzet.db"), dir.path().join("moved.db")).unwrap();
@@ -798,7 +960,14 @@ fn the_data_directory_its_links_and_its_file_modes_are_kuzets_alone() {
 /// Runs `cmd` as the unprivileged user `nobody` (uid 65534).
 fn as_nobody(cmd: &str) -> std::process::Output {
     std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", cmd])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
         .output()
         .expect("setpriv runs")
 }
@@ -818,15 +987,27 @@ fn another_local_user_cannot_own_plant_read_or_erase_the_evidence() {
     let dir = TempDir::new("second-user");
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &shared,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     // The other user gets there first, with a store of their making.
     let planted = shared.join("kuzet-data");
     let out = as_nobody(&format!(
         "mkdir -m 700 '{0}' && printf 'SQLite format 3' > '{0}/kuzet.db'",
         planted.display()
     ));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     refuses(&shared, "kuzet-data", &["kuzet-data", "owned by uid 65534"]);
     // Even one they made open to kuzet (mode 755) is not kuzet's.
     let out = as_nobody(&format!("chmod 755 '{}'", planted.display()));
@@ -841,19 +1022,37 @@ fn another_local_user_cannot_own_plant_read_or_erase_the_evidence() {
     );
     let c = client();
     let port = c.local_addr().unwrap().port();
-    let r = ask(&c, w.addr, &invite("+77011112233", "+77020000001", "u2", port));
+    let r = ask(
+        &c,
+        w.addr,
+        &invite("+77011112233", "+77020000001", "u2", port),
+    );
     let id = verdict_id(&r).unwrap();
     let mine = shared.join("mine");
-    wait("recorded", || (recorded(&mine, &id).len() == 1).then_some(()));
+    wait("recorded", || {
+        (recorded(&mine, &id).len() == 1).then_some(())
+    });
     // kuzet's own user queries (the audit log is made).
     let (code, _, err) = cli(dir.path(), &["calls", "--data", "shared/mine"]);
     assert_eq!(code, Some(0), "{err}");
     for (what, cmd) in [
-        ("read the store", format!("cat '{}/kuzet.db' > /dev/null", mine.display())),
+        (
+            "read the store",
+            format!("cat '{}/kuzet.db' > /dev/null", mine.display()),
+        ),
         ("list the directory", format!("ls '{}'", mine.display())),
-        ("remove the store", format!("rm -f '{}/kuzet.db'", mine.display())),
-        ("remove the audit log", format!("rm -f '{}/audit.db'", mine.display())),
-        ("replace the directory", format!("mv '{0}' '{0}.gone'", mine.display())),
+        (
+            "remove the store",
+            format!("rm -f '{}/kuzet.db'", mine.display()),
+        ),
+        (
+            "remove the audit log",
+            format!("rm -f '{}/audit.db'", mine.display()),
+        ),
+        (
+            "replace the directory",
+            format!("mv '{0}' '{0}.gone'", mine.display()),
+        ),
     ] {
         let out = as_nobody(&cmd);
         assert!(!out.status.success(), "the other user could {what}");
@@ -867,7 +1066,12 @@ fn another_local_user_cannot_own_plant_read_or_erase_the_evidence() {
         .env_remove("KUZET_TOKEN")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(mine.join("kuzet.db").exists() && mine.join("audit.db").exists());
     w.stop();
 }
@@ -903,7 +1107,16 @@ fn retention_against_a_flood_keeps_the_incidents_evidence() {
     // The evidence: three blocked calls of one listed source.
     let evidence: Vec<String> = (0..3)
         .map(|i| {
-            let r = ask(&c, w.addr, &invite("+77011112233", &format!("+7702000000{i}"), &format!("ev-{i}"), port));
+            let r = ask(
+                &c,
+                w.addr,
+                &invite(
+                    "+77011112233",
+                    &format!("+7702000000{i}"),
+                    &format!("ev-{i}"),
+                    port,
+                ),
+            );
             verdict_id(&r).unwrap()
         })
         .collect();
@@ -911,11 +1124,31 @@ fn retention_against_a_flood_keeps_the_incidents_evidence() {
     // listed range, each a caller of its own.
     let pad = format!("X-Pad: {}\r\n", "f".repeat(3000));
     for i in 0..300 {
-        let r = ask(&c, w.addr, &invite_with(&format!("+7707{i:07}"), "+77020000009", &format!("al-{i}"), port, &pad));
+        let r = ask(
+            &c,
+            w.addr,
+            &invite_with(
+                &format!("+7707{i:07}"),
+                "+77020000009",
+                &format!("al-{i}"),
+                port,
+                &pad,
+            ),
+        );
         assert_eq!(status(&r), 302);
     }
     for i in 0..1500 {
-        let r = ask(&c, w.addr, &invite_with(&format!("+7705{i:07}"), "+77020000009", &format!("fl-{i}"), port, &pad));
+        let r = ask(
+            &c,
+            w.addr,
+            &invite_with(
+                &format!("+7705{i:07}"),
+                "+77020000009",
+                &format!("fl-{i}"),
+                port,
+                &pad,
+            ),
+        );
         assert_eq!(status(&r), 603);
     }
     let admin = admin_of(&w);
@@ -928,13 +1161,25 @@ fn retention_against_a_flood_keeps_the_incidents_evidence() {
     let data = dir.path().join("data");
     let c2 = kuzet_store::open_reader(&data).unwrap();
     let count = |sql: &str| -> i64 { c2.query_row(sql, [], |r| r.get(0)).unwrap() };
-    assert_eq!(count("SELECT count(*) FROM calls WHERE decision = 'allow'"), 0, "the samples went");
-    assert_eq!(count("SELECT count(*) FROM calls WHERE decision = 'block'"), 1503, "every block stays");
+    assert_eq!(
+        count("SELECT count(*) FROM calls WHERE decision = 'allow'"),
+        0,
+        "the samples went"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM calls WHERE decision = 'block'"),
+        1503,
+        "every block stays"
+    );
     for id in &evidence {
         assert_eq!(recorded(&data, id).len(), 1, "{id}");
     }
     let inc_id: i64 = c2
-        .query_row("SELECT id FROM incidents WHERE key = '+77011112233'", [], |r| r.get(0))
+        .query_row(
+            "SELECT id FROM incidents WHERE key = '+77011112233'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     let inc = kuzet_store::incident::get(&c2, inc_id).unwrap().unwrap();
     assert_eq!(inc.blocked, 3);
@@ -966,7 +1211,16 @@ fn a_record_queue_flood_keeps_every_verdict_id_it_gave() {
     let mut i = 0u64;
     let started = Instant::now();
     loop {
-        let r = ask(&c, w.addr, &invite("+77011112233", &format!("+7702{i:07}"), &format!("q-{i}"), port));
+        let r = ask(
+            &c,
+            w.addr,
+            &invite(
+                "+77011112233",
+                &format!("+7702{i:07}"),
+                &format!("q-{i}"),
+                port,
+            ),
+        );
         assert_eq!(status(&r), 603);
         match verdict_id(&r) {
             Some(id) => given.push(id),
@@ -974,7 +1228,7 @@ fn a_record_queue_flood_keeps_every_verdict_id_it_gave() {
         }
         i += 1;
         // Keep losing until the node says so on /readyz.
-        if withheld > 0 && i % 200 == 0 {
+        if withheld > 0 && i.is_multiple_of(200) {
             let (code, body) = crate::operations::http_get(admin, "/readyz");
             if code == 503 && body.contains("records lost") {
                 break;
@@ -983,7 +1237,10 @@ fn a_record_queue_flood_keeps_every_verdict_id_it_gave() {
         assert!(started.elapsed() < Duration::from_secs(60), "never unready");
     }
     assert!(withheld > 0 && !given.is_empty());
-    w.wait_for("records not kept since the last report", Duration::from_secs(15));
+    w.wait_for(
+        "records not kept since the last report",
+        Duration::from_secs(15),
+    );
     lock.execute_batch("ROLLBACK;").unwrap();
     drop(lock);
     let n = given.len() as u64;
@@ -1001,7 +1258,11 @@ fn a_record_queue_flood_keeps_every_verdict_id_it_gave() {
         }
         assert!(Instant::now() < deadline, "never committed: {l}");
     };
-    assert_eq!(counter(&line, "verdict_ids_withheld_total"), withheld, "{line}");
+    assert_eq!(
+        counter(&line, "verdict_ids_withheld_total"),
+        withheld,
+        "{line}"
+    );
     for id in &given {
         assert_eq!(recorded(&data, id).len(), 1, "verdict {id} lost");
     }
@@ -1034,11 +1295,15 @@ fn a_refusal_burst_is_counted_whole_in_the_audit_log() {
     ];
     let k = start(cfg);
     let addr = k.control_addr.unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let req = |t: Option<&str>| {
         let mut r = tonic::Request::new(pb::QueryCallsRequest::default());
         if let Some(t) = t {
-            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
         }
         r
     };
@@ -1086,9 +1351,16 @@ fn a_refusal_burst_is_counted_whole_in_the_audit_log() {
 fn a_register_answering_a_huge_case_id_is_not_believed() {
     let dir = TempDir::new("register-oversize");
     let reg_addr = free_tcp();
-    let _reg = Reg::start(reg_addr, &dir.path().join("reg.jsonl"), Mode::Oversize, Duration::ZERO);
+    let _reg = Reg::start(
+        reg_addr,
+        &dir.path().join("reg.jsonl"),
+        Mode::Oversize,
+        Duration::ZERO,
+    );
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(dir.write("block.txt", "+77011112233\n"))];
+    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(
+        dir.write("block.txt", "+77011112233\n"),
+    )];
     cfg.store.enabled = true;
     cfg.store.dir = Some(dir.path().join("data"));
     cfg.incidents.report_min_blocked = 1;
@@ -1096,15 +1368,25 @@ fn a_register_answering_a_huge_case_id_is_not_believed() {
     let k = start(cfg);
     let c = client();
     let port = c.local_addr().unwrap().port();
-    let r = ask(&c, k.udp_addr, &invite("+77011112233", "+77020000001", "big", port));
+    let r = ask(
+        &c,
+        k.udp_addr,
+        &invite("+77011112233", "+77020000001", "big", port),
+    );
     assert_eq!(status(&r), 603);
     let data = dir.path().join("data");
     let inc = wait("a delivery attempt", || {
-        incidents(&data).into_iter().find(|i| !i.register_error.is_empty())
+        incidents(&data)
+            .into_iter()
+            .find(|i| !i.register_error.is_empty())
     });
     assert_eq!(inc.register_case, "", "no case id believed");
     assert_ne!(inc.register_state, "delivered");
-    assert!(inc.register_error.len() <= 1100, "{} bytes of error kept", inc.register_error.len());
+    assert!(
+        inc.register_error.len() <= 1100,
+        "{} bytes of error kept",
+        inc.register_error.len()
+    );
     assert!(k.metrics.get(Counter::RegisterRetries) >= 1);
     k.stop();
 }
@@ -1141,9 +1423,14 @@ fn six_hundred_unread_exports_hold_neither_memory_nor_reloads() {
     let w = binary(&dir, &extra);
     let ids = blocked_burst(&w, "exp", 2000, 2000);
     let data = dir.path().join("data");
-    wait("recorded", || (recorded(&data, ids.last().unwrap()).len() == 1).then_some(()));
+    wait("recorded", || {
+        (recorded(&data, ids.last().unwrap()).len() == 1).then_some(())
+    });
     let control = control_of(&w);
-    let (rss_before, threads_before) = (proc_status(w.pid(), "VmRSS:"), proc_status(w.pid(), "Threads:"));
+    let (rss_before, threads_before) = (
+        proc_status(w.pid(), "VmRSS:"),
+        proc_status(w.pid(), "Threads:"),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1191,19 +1478,44 @@ fn six_hundred_unread_exports_hold_neither_memory_nor_reloads() {
     assert_eq!(held.len() + exhausted, 600);
     assert!(held.len() <= 8, "{} exports running", held.len());
     // While they hang unread: a reload takes effect, a query answers.
-    std::fs::write(dir.path().join("block.txt"), "+77011112233,fraud line\n+77019876543,new\n").unwrap();
+    std::fs::write(
+        dir.path().join("block.txt"),
+        "+77011112233,fraud line\n+77019876543,new\n",
+    )
+    .unwrap();
     let c = client();
     let port = c.local_addr().unwrap().port();
     wait("the reload", || {
-        let r = ask(&c, w.addr, &invite("+77019876543", "+77020000001", &format!("rl-{}", rand_tag()), port));
+        let r = ask(
+            &c,
+            w.addr,
+            &invite(
+                "+77019876543",
+                "+77020000001",
+                &format!("rl-{}", rand_tag()),
+                port,
+            ),
+        );
         (status(&r) == 603).then_some(())
     });
-    let (code, out, err) = cli(dir.path(), &["calls", "--data", "data", "--verdict-id", &ids[0]]);
+    let (code, out, err) = cli(
+        dir.path(),
+        &["calls", "--data", "data", "--verdict-id", &ids[0]],
+    );
     assert_eq!(code, Some(0), "{err}");
     assert!(!out.is_empty());
-    let (rss, threads) = (proc_status(w.pid(), "VmRSS:"), proc_status(w.pid(), "Threads:"));
-    assert!(rss < rss_before + 150 * 1024, "RSS {rss_before} KiB -> {rss} KiB");
-    assert!(threads < threads_before + 40, "threads {threads_before} -> {threads}");
+    let (rss, threads) = (
+        proc_status(w.pid(), "VmRSS:"),
+        proc_status(w.pid(), "Threads:"),
+    );
+    assert!(
+        rss < rss_before + 150 * 1024,
+        "RSS {rss_before} KiB -> {rss} KiB"
+    );
+    assert!(
+        threads < threads_before + 40,
+        "threads {threads_before} -> {threads}"
+    );
     drop(held);
     drop(rt);
     w.stop();
@@ -1239,7 +1551,8 @@ fn admin_slowloris_and_descriptor_exhaustion_leave_sip_answering() {
     // Trickling headers from one address: past its share, closed at once.
     let connect = |from: &str, to: SocketAddr| -> Option<std::net::TcpStream> {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
-        s.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into()).ok()?;
+        s.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into())
+            .ok()?;
         s.connect(&to.into()).ok()?;
         let s: std::net::TcpStream = s.into();
         s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
@@ -1250,7 +1563,10 @@ fn admin_slowloris_and_descriptor_exhaustion_leave_sip_answering() {
         match s.read(&mut b) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
         }
     };
     let mut slow: Vec<std::net::TcpStream> = (0..200)
@@ -1266,17 +1582,24 @@ fn admin_slowloris_and_descriptor_exhaustion_leave_sip_answering() {
             refused_at_once += 1;
         }
     }
-    assert!(refused_at_once >= 180, "{refused_at_once} of 200 closed at once");
+    assert!(
+        refused_at_once >= 180,
+        "{refused_at_once} of 200 closed at once"
+    );
     // From elsewhere, the admin address answers meanwhile.
     let ask_ready = || {
         let mut s = connect("127.0.0.9", admin).expect("connects");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
     };
-    assert!(ask_ready().starts_with("HTTP/1.1 200"), "readyz from another address");
+    assert!(
+        ask_ready().starts_with("HTTP/1.1 200"),
+        "readyz from another address"
+    );
     // The trickling ones are closed at the header deadline.
     let started = Instant::now();
     for s in &mut slow {
@@ -1285,7 +1608,10 @@ fn admin_slowloris_and_descriptor_exhaustion_leave_sip_answering() {
             if closed(s) {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "a trickling connection stayed open");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "a trickling connection stayed open"
+            );
         }
     }
     drop(slow);
@@ -1308,10 +1634,15 @@ fn admin_slowloris_and_descriptor_exhaustion_leave_sip_answering() {
     // SIP over UDP answers...
     let c = client();
     let port = c.local_addr().unwrap().port();
-    let r = ask(&c, w.addr, &invite("+77011112233", "+77020000001", "fd-udp", port));
+    let r = ask(
+        &c,
+        w.addr,
+        &invite("+77011112233", "+77020000001", "fd-udp", port),
+    );
     assert_eq!(status(&r), 603);
     // ...and over TCP, on the peer's connection.
-    let msg = invite("+77011112233", "+77020000002", "fd-tcp", port).replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let msg = invite("+77011112233", "+77020000002", "fd-tcp", port)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
     t.write_all(msg.as_bytes()).unwrap();
     let mut b = vec![0u8; 4096];
     let n = t.read(&mut b).unwrap();
@@ -1321,7 +1652,9 @@ fn admin_slowloris_and_descriptor_exhaustion_leave_sip_answering() {
     assert_eq!(code, Some(0), "{err}");
     // The flood goes: everything is as before.
     drop(hold);
-    wait("ready again", || ask_ready().starts_with("HTTP/1.1 200").then_some(()));
+    wait("ready again", || {
+        ask_ready().starts_with("HTTP/1.1 200").then_some(())
+    });
     let (code, _, log) = w.stop();
     assert_eq!(code, Some(0), "{log}");
 }
@@ -1335,7 +1668,9 @@ fn an_outbox_payload_that_does_not_decode_is_dead_lettered_not_sent_empty() {
     let reg_addr = free_tcp();
     let reg_file = dir.path().join("reg.jsonl");
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(dir.write("block.txt", "+77011112233\n"))];
+    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(
+        dir.write("block.txt", "+77011112233\n"),
+    )];
     cfg.store.enabled = true;
     cfg.store.dir = Some(dir.path().join("data"));
     cfg.incidents.report_min_blocked = 1;
@@ -1344,18 +1679,27 @@ fn an_outbox_payload_that_does_not_decode_is_dead_lettered_not_sent_empty() {
     let k = start(cfg);
     let c = client();
     let port = c.local_addr().unwrap().port();
-    let r = ask(&c, k.udp_addr, &invite("+77011112233", "+77020000001", "ob", port));
+    let r = ask(
+        &c,
+        k.udp_addr,
+        &invite("+77011112233", "+77020000001", "ob", port),
+    );
     assert_eq!(status(&r), 603);
     let data = dir.path().join("data");
     // The register is down: the entry waits, tried.
     wait("a failed delivery", || {
-        incidents(&data).into_iter().find(|i| !i.register_error.is_empty())
+        incidents(&data)
+            .into_iter()
+            .find(|i| !i.register_error.is_empty())
     });
     {
         let w = rusqlite::Connection::open(data.join("kuzet.db")).unwrap();
         w.busy_timeout(Duration::from_secs(5)).unwrap();
-        w.execute("UPDATE outbox SET payload = '{\"version\": 99, \"kind\": \"source\"}'", [])
-            .unwrap();
+        w.execute(
+            "UPDATE outbox SET payload = '{\"version\": 99, \"kind\": \"source\"}'",
+            [],
+        )
+        .unwrap();
     }
     // The register comes up: nothing reaches it; the incident says why.
     let _reg = Reg::start(reg_addr, &reg_file, Mode::Accept, Duration::ZERO);
@@ -1364,7 +1708,14 @@ fn an_outbox_payload_that_does_not_decode_is_dead_lettered_not_sent_empty() {
             .into_iter()
             .find(|i| i.register_state == "dead_letter")
     });
-    assert!(inc.register_error.contains("version 99"), "{}", inc.register_error);
-    assert!(read_entries(&reg_file).unwrap().is_empty(), "nothing was sent");
+    assert!(
+        inc.register_error.contains("version 99"),
+        "{}",
+        inc.register_error
+    );
+    assert!(
+        read_entries(&reg_file).unwrap().is_empty(),
+        "nothing was sent"
+    );
     k.stop();
 }

@@ -407,7 +407,12 @@ pub struct Reg {
 }
 
 impl Reg {
-    pub fn start(addr: SocketAddr, file: &Path, mode: kuzet_sim::register::Mode, stall: Duration) -> Reg {
+    pub fn start(
+        addr: SocketAddr,
+        file: &Path,
+        mode: kuzet_sim::register::Mode,
+        stall: Duration,
+    ) -> Reg {
         Self::start_tls(addr, file, mode, stall, None)
     }
 
@@ -444,4 +449,3 @@ impl Drop for Reg {
         }
     }
 }
-

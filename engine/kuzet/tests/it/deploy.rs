@@ -476,13 +476,19 @@ fn kubernetes_manifests_run_kuzet_as_required() {
     assert!(psc["fsGroup"].is_u64(), "the claim is writable by the user");
     // The claim's root is group-writable under fsGroup: kuzet keeps its
     // data in a directory of its own inside it.
-    let args: Vec<&str> = list(c, "args").iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = list(c, "args")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     let data = args
         .iter()
         .position(|a| *a == "--data")
         .map(|i| args[i + 1])
         .expect("--data");
-    assert!(data.starts_with("/var/lib/kuzet/") && data.len() > "/var/lib/kuzet/".len(), "{data}");
+    assert!(
+        data.starts_with("/var/lib/kuzet/") && data.len() > "/var/lib/kuzet/".len(),
+        "{data}"
+    );
 
     assert_eq!(text(c, "resources.requests.memory"), "512Mi");
     assert_eq!(text(c, "resources.limits.memory"), "1Gi");

@@ -444,7 +444,13 @@ fn the_cli_finds_calls_by_number_in_any_form_and_one_call_by_its_verdict_id() {
     assert!(err.contains("--token"), "{err}");
     let data = dir.path().join("data");
     let (code, out, err) = kuzet_cli(
-        &["calls", "--data", data.to_str().unwrap(), "--verdict-id", &ids[0]],
+        &[
+            "calls",
+            "--data",
+            data.to_str().unwrap(),
+            "--verdict-id",
+            &ids[0],
+        ],
         None,
     );
     assert_eq!(code, Some(0), "{err}");
@@ -489,7 +495,10 @@ fn the_cli_finds_calls_by_number_in_any_form_and_one_call_by_its_verdict_id() {
         let (code, out, err) =
             kuzet_cli(&["audit", "--control", &control], Some(&token_of("root")));
         assert_eq!(code, Some(0), "{err}");
-        if out.lines().any(|l| l.contains("ana") && l.contains("ReadAudit") && l.contains("denied")) {
+        if out
+            .lines()
+            .any(|l| l.contains("ana") && l.contains("ReadAudit") && l.contains("denied"))
+        {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{out}");

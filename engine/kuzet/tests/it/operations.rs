@@ -315,8 +315,15 @@ fn readyz_turns_503_when_the_store_stops_taking_commits() {
     assert_eq!(sample(&text, "kuzet_store_writable"), Some(0.0));
     // Nothing is lost: the record waits in the record queue until the
     // store takes commits again.
-    assert_eq!(sample(&text, "kuzet_store_dropped_total"), Some(0.0), "{text}");
-    assert!(sample(&text, "kuzet_record_queue_used_bytes").unwrap() > 0.0, "{text}");
+    assert_eq!(
+        sample(&text, "kuzet_store_dropped_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "kuzet_record_queue_used_bytes").unwrap() > 0.0,
+        "{text}"
+    );
     // The lock goes. No call comes (a balancer has taken the node out of
     // service): the writer's own probe finds the store writable, and the
     // node is ready again.
@@ -339,7 +346,9 @@ fn readyz_turns_503_when_the_store_stops_taking_commits() {
     loop {
         let n: i64 = rusqlite::Connection::open(&db)
             .unwrap()
-            .query_row("SELECT count(*) FROM calls WHERE call_id = 'r1'", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM calls WHERE call_id = 'r1'", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         if n == 1 {
             break;

@@ -761,6 +761,9 @@ fn verdicts_and_shadow_results_reach_the_log() {
 /// digits, an opaque id).
 fn without_verdict_id(v: &str) -> &str {
     let (head, id) = v.rsplit_once(";verdict=").expect("a verdict id");
-    assert!(id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert!(
+        id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
     head
 }

@@ -281,7 +281,10 @@ fn a_full_disk_loses_no_record_whose_verdict_id_was_given() {
     assert_eq!(withheld, 3040 - given, "{out}");
     assert_eq!(counter_in(&out, "store_dropped_total"), withheld, "{out}");
     assert!(counter_in(&out, "store_write_errors_total") > 0, "{out}");
-    assert!(counter_in(&during, "verdict_ids_withheld_total") > 0, "{during}");
+    assert!(
+        counter_in(&during, "verdict_ids_withheld_total") > 0,
+        "{during}"
+    );
     // The loss was said at WARN, with counts.
     assert!(
         log.contains("WARN") && log.contains("records not kept since the last report"),
