@@ -6,7 +6,10 @@
 //! - verdict: the built-in list rules over a 100k blocklist (bloom + sorted `u64`s) vs
 //!   three `HashMap<String, String>` lookups per side;
 //! - whole redirect answer: kuzet's handler vs a naive redirect server
-//!   built from rsip parsing and a `format!`ed 302.
+//!   built from rsip parsing and a `format!`ed 302;
+//! - the retransmission digest (is a repeated INVITE the same request?):
+//!   kuzet's keyed SipHash over the borrowed fields vs copying them into a
+//!   `String` and hashing that.
 //!
 //! Parsing against rsip and the 10M-number lookup are in `hot_path`.
 
@@ -221,9 +224,46 @@ fn bench_redirect(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_digest(c: &mut Criterion) {
+    use std::hash::{Hash, Hasher};
+    let handler = Handler::new(
+        Config::default().dataplane().unwrap(),
+        Arc::new(ArcSwap::from_pointee(ListSet::default())),
+        Arc::new(Metrics::default()),
+    );
+    let m = parse(INVITE, Transport::Datagram).unwrap();
+    let naive = |m: &kuzet_sip::Message<'_>| -> u64 {
+        let mut s = String::new();
+        s.push_str(&String::from_utf8_lossy(m.request_uri()));
+        for h in [
+            kuzet_sip::Hdr::From,
+            kuzet_sip::Hdr::To,
+            kuzet_sip::Hdr::PAssertedIdentity,
+            kuzet_sip::Hdr::Privacy,
+        ] {
+            for v in m.all(h) {
+                s.push('\n');
+                s.push_str(&String::from_utf8_lossy(v));
+            }
+        }
+        let via = String::from_utf8_lossy(m.header(kuzet_sip::Hdr::Via).unwrap_or_default());
+        s.push_str(via.split(';').next().unwrap_or_default());
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        s.hash(&mut h);
+        h.finish()
+    };
+    assert_eq!(handler.request_digest(&m), handler.request_digest(&m));
+    let mut g = c.benchmark_group("retransmission_digest");
+    g.bench_function("kuzet_keyed_siphash", |b| {
+        b.iter(|| black_box(handler.request_digest(black_box(&m))))
+    });
+    g.bench_function("string_copy_baseline", |b| b.iter(|| black_box(naive(black_box(&m)))));
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(2));
-    targets = bench_normalize, bench_ruri_number, bench_evaluate, bench_redirect
+    targets = bench_normalize, bench_ruri_number, bench_evaluate, bench_redirect, bench_digest
 }
 criterion_main!(benches);

@@ -506,7 +506,7 @@ impl Handler {
     /// must not ride on its verdict. The hash is keyed with a secret made
     /// at start-up (SipHash, std's `RandomState`), so nobody outside can
     /// craft a different request with the same digest.
-    pub(super) fn request_digest(&self, m: &Message<'_>) -> u64 {
+    pub fn request_digest(&self, m: &Message<'_>) -> u64 {
         let mut h = self.digest_key.build_hasher();
         let mut part = |b: &[u8]| {
             h.write_usize(b.len());
