@@ -257,7 +257,9 @@ fn bench_digest(c: &mut Criterion) {
     g.bench_function("kuzet_keyed_siphash", |b| {
         b.iter(|| black_box(handler.request_digest(black_box(&m))))
     });
-    g.bench_function("string_copy_baseline", |b| b.iter(|| black_box(naive(black_box(&m)))));
+    g.bench_function("string_copy_baseline", |b| {
+        b.iter(|| black_box(naive(black_box(&m))))
+    });
     g.finish();
 }
 

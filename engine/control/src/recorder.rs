@@ -66,10 +66,10 @@ pub fn record_verdicts(
     let (to_writer, writer) = match store {
         Some(st) => {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(WRITER_QUEUE);
-            let (m, r) = (metrics.clone(), ring.clone());
+            let (m, r, s) = (metrics.clone(), ring.clone(), stop.clone());
             match std::thread::Builder::new()
                 .name("kuzet-store".into())
-                .spawn(move || write_batches(rx, st, m, r))
+                .spawn(move || write_batches(rx, st, m, r, s))
             {
                 Ok(h) => (Some(tx), Some(h)),
                 Err(e) => {
@@ -171,6 +171,12 @@ pub fn record_verdicts(
                         batch_started = None;
                     }
                     Ok(()) => {}
+                    Err(_) if stopping => {
+                        // The writer gave up on a store that takes nothing,
+                        // at shutdown: the records stay in the queue's file
+                        // for the next start, which commits them first.
+                        break;
+                    }
                     Err((lost, _)) => {
                         writer_gone(&metrics, lost.len());
                         // Nothing can commit them: free the room so calls
@@ -226,6 +232,7 @@ fn write_batches(
     mut st: Store,
     metrics: Arc<Metrics>,
     ring: Arc<RecordRing>,
+    stopping: Arc<AtomicBool>,
 ) {
     let mut last_error: Option<Instant> = None;
     let mut next_retire = Instant::now();
@@ -234,8 +241,14 @@ fn write_batches(
     loop {
         match batches.recv_timeout(Duration::from_secs(1)) {
             Ok((b, end)) => {
-                commit(&mut st, b, &metrics, &mut last_error);
-                ring.release(end);
+                if commit(&mut st, b, &metrics, &mut last_error, &stopping) {
+                    ring.release(end);
+                } else {
+                    // Stopping with a store that takes nothing: the records
+                    // stay in the queue's file for the next start.
+                    tracing::warn!(path = %st.path().display(), "stopping with records the store would not take: they stay in the record queue and are committed at the next start");
+                    break;
+                }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 // No batch for a second after a failed commit: ask the
@@ -374,10 +387,18 @@ fn transient(e: &rusqlite::Error) -> bool {
 /// for a reason that passes (a full disk, a lock): the records stay in the
 /// queue until the store has them. A batch the store refuses for itself
 /// is committed record by record, and only the refused records are lost
-/// (counted, logged).
-fn commit(st: &mut Store, batch: Vec<Record>, metrics: &Metrics, last_error: &mut Option<Instant>) {
+/// (counted, logged). Returns false only when kuzet is stopping and the
+/// store still takes nothing: shutdown never waits on a dead disk, and
+/// the records wait in the queue's file instead.
+fn commit(
+    st: &mut Store,
+    batch: Vec<Record>,
+    metrics: &Metrics,
+    last_error: &mut Option<Instant>,
+    stopping: &AtomicBool,
+) -> bool {
     if batch.is_empty() {
-        return;
+        return true;
     }
     loop {
         match st.insert(&batch) {
@@ -387,9 +408,12 @@ fn commit(st: &mut Store, batch: Vec<Record>, metrics: &Metrics, last_error: &mu
                 if last_error.take().is_some() {
                     tracing::warn!(path = %st.path().display(), "the store is writable again");
                 }
-                return;
+                return true;
             }
             Err(e) if transient(&e) => {
+                if stopping.load(Ordering::Acquire) {
+                    return false;
+                }
                 metrics.set(Gauge::StoreWritable, 0);
                 metrics.inc(Counter::StoreErrors);
                 // One line per ten seconds while it lasts, not one per try.
@@ -411,7 +435,7 @@ fn commit(st: &mut Store, batch: Vec<Record>, metrics: &Metrics, last_error: &mu
                 }
                 metrics.add(Counter::StoreRecorded, batch.len() as u64 - lost);
                 metrics.add(Counter::StoreDropped, lost);
-                return;
+                return true;
             }
         }
     }

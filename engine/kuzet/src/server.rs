@@ -320,7 +320,13 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             let dir = cfg.data_dir();
             // A token file an older kuzet wrote is of no use any more.
             let _ = std::fs::remove_file(dir.join(OLD_LOCAL_TOKEN_FILE));
-            Some(bind_control_socket(&dir)?)
+            match bind_control_socket(&dir)? {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "no control socket: kuzet's own user needs a token too (a path too long for a socket?)");
+                    None
+                }
+            }
         } else {
             None
         };
@@ -505,8 +511,12 @@ fn open_records(
 
 /// Binds the control API's Unix socket in the data directory, 0600: a
 /// stale one (a socket kuzet's user left) is replaced; anything else there
-/// is refused.
-fn bind_control_socket(dir: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+/// is refused (the outer error). A socket that cannot be bound (a path
+/// longer than a socket address holds) is the inner error: kuzet serves
+/// without it.
+fn bind_control_socket(
+    dir: &std::path::Path,
+) -> anyhow::Result<anyhow::Result<std::os::unix::net::UnixListener>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     let path = dir.join(kuzet_control::investigate::SOCKET_FILE);
     if let Ok(m) = std::fs::symlink_metadata(&path) {
@@ -519,11 +529,18 @@ fn bind_control_socket(dir: &std::path::Path) -> anyhow::Result<std::os::unix::n
         }
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
-    let l = std::os::unix::net::UnixListener::bind(&path)
-        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    let l = match std::os::unix::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(Err(anyhow::anyhow!(
+                "binding the control socket {}: {e}",
+                path.display()
+            )))
+        }
+    };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {} private", path.display()))?;
-    Ok(l)
+    Ok(Ok(l))
 }
 
 /// Lowers the calling thread to nice 10: on a core it shares with a SIP

@@ -1719,3 +1719,33 @@ fn an_outbox_payload_that_does_not_decode_is_dead_lettered_not_sent_empty() {
     );
     k.stop();
 }
+
+/// A stop with a store that takes nothing (a dead disk, a lock nobody
+/// lets go) neither hangs nor loses what a caller was told: kuzet exits,
+/// the records stay in the record queue's file, and the next start
+/// commits them.
+#[test]
+fn a_stop_with_a_dead_store_keeps_its_records_for_the_next_start() {
+    let dir = TempDir::new("stop-dead-store");
+    let data = dir.path().join("data");
+    let w = binary(&dir, "");
+    let lock = rusqlite::Connection::open(data.join("kuzet.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let ids = blocked_burst(&w, "dead", 50, 0);
+    let started = Instant::now();
+    let (code, _, log) = w.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the stop waited {:?}",
+        started.elapsed()
+    );
+    assert!(log.contains("they stay in the record queue"), "{log}");
+    lock.execute_batch("ROLLBACK;").unwrap();
+    drop(lock);
+    let w = Watched::start(&["-c", "kuzet.toml", "--data", "data"], dir.path());
+    for id in &ids {
+        assert_eq!(recorded(&data, id).len(), 1, "verdict {id} lost");
+    }
+    w.stop();
+}
