@@ -551,28 +551,26 @@ impl Source<'_> {
         Ok(())
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
-        let mut b = [0u8; 1];
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut b = [0u8; N];
         self.raw(&mut b)?;
-        Ok(b[0])
+        Ok(b)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
     }
 
     fn u16(&mut self) -> Result<u16, String> {
-        let mut b = [0u8; 2];
-        self.raw(&mut b)?;
-        Ok(u16::from_le_bytes(b))
+        Ok(u16::from_le_bytes(self.array()?))
     }
 
     fn u32(&mut self) -> Result<u32, String> {
-        let mut b = [0u8; 4];
-        self.raw(&mut b)?;
-        Ok(u32::from_le_bytes(b))
+        Ok(u32::from_le_bytes(self.array()?))
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        let mut b = [0u8; 8];
-        self.raw(&mut b)?;
-        Ok(u64::from_le_bytes(b))
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, String> {
@@ -913,16 +911,8 @@ fn decode(s: &mut Source<'_>) -> Result<RecordEntry, String> {
     let a_trust = s.u8()?;
     let caller_role = s.u8()?;
     let ip = match s.u8()? {
-        4 => {
-            let mut o = [0u8; 4];
-            s.raw(&mut o)?;
-            IpAddr::from(o)
-        }
-        6 => {
-            let mut o = [0u8; 16];
-            s.raw(&mut o)?;
-            IpAddr::from(o)
-        }
+        4 => IpAddr::from(s.array::<4>()?),
+        6 => IpAddr::from(s.array::<16>()?),
         f => return Err(format!("unknown address family {f}")),
     };
     let port = s.u16()?;

@@ -5,7 +5,7 @@
 //! local user on the same host, and a hostile register.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kuzet_dataplane::metrics::Counter;
@@ -64,6 +64,28 @@ fn recorded(data: &Path, id: &str) -> Vec<kuzet_store::Record> {
     )
     .unwrap()
     .calls
+}
+
+/// Waits until the store in `data` holds the call with verdict `id`.
+fn wait_recorded(data: &Path, id: &str) {
+    wait("the call recorded", || {
+        (recorded(data, id).len() == 1).then_some(())
+    });
+}
+
+/// One blocked call from the listed caller to kuzet at `w`, waited for
+/// until the store in `data` holds it: its verdict id.
+fn one_block(w: &Watched, data: &Path, call_id: &str) -> String {
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let r = ask(
+        &c,
+        w.addr,
+        &invite("+77011112233", "+77020000001", call_id, port),
+    );
+    let id = verdict_id(&r).expect("a verdict id");
+    wait_recorded(data, &id);
+    id
 }
 
 /// Every incident in the store.
@@ -242,6 +264,37 @@ fn reported(file: &Path) -> Vec<Reported> {
         .collect()
 }
 
+/// An engine ([`reporting_engine`]) reporting to a stand-in register of
+/// its own: the engine, the register (kept alive), the register's file.
+fn reporting(dir: &TempDir, rules: &str, block: &str) -> (kuzet::server::Running, Reg, PathBuf) {
+    let reg_addr = free_tcp();
+    let reg_file = dir.path().join("register.jsonl");
+    let reg = Reg::start(reg_addr, &reg_file, Mode::Accept, Duration::ZERO);
+    (reporting_engine(dir, rules, block, reg_addr), reg, reg_file)
+}
+
+/// No incident in the store and no report names `number` its source, and
+/// every report that names it gives it `role`.
+fn never_a_source(data: &Path, reports: &[Reported], number: &str, role: &str) {
+    assert!(
+        !incidents(data)
+            .iter()
+            .any(|i| i.kind == "source" && i.key == number),
+        "{number} named a source"
+    );
+    for (kind, subject, parties) in reports {
+        assert!(
+            !(kind == "source" && subject == number),
+            "{number} reported as the source"
+        );
+        for (n, r, _) in parties {
+            if n == number {
+                assert_eq!(r, role, "{number} in a {kind} report");
+            }
+        }
+    }
+}
+
 const VELOCITY: &str = "[thresholds]\nflag = 40\nblock = 100\n\
     [[rule]]\nid = \"velocity\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 1\nscore = 100\n";
 
@@ -255,10 +308,7 @@ const VELOCITY: &str = "[thresholds]\nflag = 40\nblock = 100\n\
 #[test]
 fn six_identity_tricks_never_make_an_innocent_number_a_source() {
     let dir = TempDir::new("identity-tricks");
-    let reg_addr = free_tcp();
-    let reg_file = dir.path().join("register.jsonl");
-    let _reg = Reg::start(reg_addr, &reg_file, Mode::Accept, Duration::ZERO);
-    let k = reporting_engine(&dir, VELOCITY, "+77019999999\n", reg_addr);
+    let (k, _reg, reg_file) = reporting(&dir, VELOCITY, "+77019999999\n");
     let c = client();
     let port = c.local_addr().unwrap().port();
     let tricks: [(&str, &str, &str); 6] = [
@@ -335,23 +385,7 @@ fn six_identity_tricks_never_make_an_innocent_number_a_source() {
         .then_some(r)
     });
     for (innocent, _, _) in tricks {
-        assert!(
-            !incidents(&data)
-                .iter()
-                .any(|i| i.kind == "source" && i.key == innocent),
-            "{innocent} named a source"
-        );
-        for (kind, subject, parties) in &reports {
-            assert!(
-                !(kind == "source" && subject == innocent),
-                "{innocent} reported as the source"
-            );
-            for (n, role, _) in parties {
-                if n == innocent {
-                    assert_eq!(role, "claimed_caller", "{innocent} in a {kind} report");
-                }
-            }
-        }
+        never_a_source(&data, &reports, innocent, "claimed_caller");
     }
     let address = incidents(&data)
         .into_iter()
@@ -373,10 +407,7 @@ fn six_identity_tricks_never_make_an_innocent_number_a_source() {
 #[test]
 fn calls_to_a_listed_callee_make_the_caller_a_potential_victim() {
     let dir = TempDir::new("listed-callee");
-    let reg_addr = free_tcp();
-    let reg_file = dir.path().join("register.jsonl");
-    let _reg = Reg::start(reg_addr, &reg_file, Mode::Accept, Duration::ZERO);
-    let k = reporting_engine(&dir, VELOCITY, "+77015550000,scam line\n", reg_addr);
+    let (k, _reg, reg_file) = reporting(&dir, VELOCITY, "+77015550000,scam line\n");
     let c = client();
     let port = c.local_addr().unwrap().port();
     let mut ids = Vec::new();
@@ -402,17 +433,12 @@ fn calls_to_a_listed_callee_make_the_caller_a_potential_victim() {
             .then_some(r)
     });
     for n in 0..3 {
-        let caller = format!("+7701000004{n}");
-        assert!(!incidents(&data)
-            .iter()
-            .any(|i| i.kind == "source" && i.key == caller));
-        for (_, _, parties) in &reports {
-            for (num, role, _) in parties {
-                if *num == caller {
-                    assert_eq!(role, "potential_victim");
-                }
-            }
-        }
+        never_a_source(
+            &data,
+            &reports,
+            &format!("+7701000004{n}"),
+            "potential_victim",
+        );
     }
     let (_, _, parties) = reports.iter().find(|(k, _, _)| k == "destination").unwrap();
     assert!(parties.contains(&("+77015550000".into(), "source".into(), "listed".into())));
@@ -427,12 +453,9 @@ fn calls_to_a_listed_callee_make_the_caller_a_potential_victim() {
 #[test]
 fn a_spoofed_cli_campaign_names_the_trunk_and_the_numbers_as_impersonated() {
     let dir = TempDir::new("spoof-campaign");
-    let reg_addr = free_tcp();
-    let reg_file = dir.path().join("register.jsonl");
-    let _reg = Reg::start(reg_addr, &reg_file, Mode::Accept, Duration::ZERO);
     let rules = "[thresholds]\nflag = 40\nblock = 100\n\
         [[rule]]\nid = \"doi\"\nkind = \"domestic_on_international\"\nscore = 100\n";
-    let k = reporting_engine(&dir, rules, "+77019999999\n", reg_addr);
+    let (k, _reg, reg_file) = reporting(&dir, rules, "+77019999999\n");
     let intl = client_on("127.0.0.2");
     let port = intl.local_addr().unwrap().port();
     let spoofed: Vec<String> = (1..=5).map(|n| format!("+7701000010{n}")).collect();
@@ -462,17 +485,7 @@ fn a_spoofed_cli_campaign_names_the_trunk_and_the_numbers_as_impersonated() {
     assert_eq!(trunk.blocked, 5);
     assert_eq!(trunk.evidence.impersonated.len(), 5);
     for cli in &spoofed {
-        assert!(!incidents(&data)
-            .iter()
-            .any(|i| i.kind == "source" && &i.key == cli));
-        for (kind, subject, parties) in &reports {
-            assert!(!(kind == "source" && subject == cli));
-            for (n, role, _) in parties {
-                if n == cli {
-                    assert_eq!(role, "impersonated");
-                }
-            }
-        }
+        never_a_source(&data, &reports, cli, "impersonated");
     }
     k.stop();
 }
@@ -652,9 +665,7 @@ fn escape_sequences_and_formulas_are_shown_harmless() {
         ids.push(verdict_id(&r).unwrap());
     }
     let data = dir.path().join("data");
-    wait("recorded", || {
-        (recorded(&data, &ids[4]).len() == 1).then_some(())
-    });
+    wait_recorded(&data, &ids[4]);
     let d = dir.path();
     // One call in full: every value escaped, one caller line.
     for id in [&ids[0], &ids[4]] {
@@ -777,9 +788,7 @@ fn calls_limit_1000_works_on_calls_with_4_kib_headers() {
     let w = binary(&dir, "");
     let ids = blocked_burst(&w, "big", 1100, 4000);
     let data = dir.path().join("data");
-    wait("recorded", || {
-        (recorded(&data, &ids[1099]).len() == 1).then_some(())
-    });
+    wait_recorded(&data, &ids[1099]);
     let (code, out, err) = cli(
         dir.path(),
         &[
@@ -883,18 +892,8 @@ fn the_data_directory_its_links_and_its_file_modes_are_kuzets_alone() {
         &["-c", "kuzet.toml", "--data", "data"],
         dir.path(),
     );
-    let c = client();
-    let port = c.local_addr().unwrap().port();
-    let r = ask(
-        &c,
-        w.addr,
-        &invite("+77011112233", "+77020000001", "m", port),
-    );
-    let id = verdict_id(&r).unwrap();
     let data = dir.path().join("data");
-    wait("recorded", || {
-        (recorded(&data, &id).len() == 1).then_some(())
-    });
+    let id = one_block(&w, &data, "m");
     // A query writes the audit log.
     let (code, _, err) = cli(
         dir.path(),
@@ -1020,18 +1019,8 @@ fn another_local_user_cannot_own_plant_read_or_erase_the_evidence() {
         &["--data", "shared/mine", "--blocklist", "block.txt"],
         dir.path(),
     );
-    let c = client();
-    let port = c.local_addr().unwrap().port();
-    let r = ask(
-        &c,
-        w.addr,
-        &invite("+77011112233", "+77020000001", "u2", port),
-    );
-    let id = verdict_id(&r).unwrap();
     let mine = shared.join("mine");
-    wait("recorded", || {
-        (recorded(&mine, &id).len() == 1).then_some(())
-    });
+    one_block(&w, &mine, "u2");
     // kuzet's own user queries (the audit log is made).
     let (code, _, err) = cli(dir.path(), &["calls", "--data", "shared/mine"]);
     assert_eq!(code, Some(0), "{err}");
@@ -1343,6 +1332,37 @@ fn a_refusal_burst_is_counted_whole_in_the_audit_log() {
     k.stop();
 }
 
+/// An engine in this process, blocking +77011112233, that reports every
+/// incident (one block makes one) to the register at `reg_addr`.
+fn reporting_each_block(
+    dir: &TempDir,
+    reg_addr: SocketAddr,
+    timeout_ms: u64,
+) -> kuzet::server::Running {
+    let mut cfg = test_config();
+    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(
+        dir.write("block.txt", "+77011112233\n"),
+    )];
+    cfg.store.enabled = true;
+    cfg.store.dir = Some(dir.path().join("data"));
+    cfg.incidents.report_min_blocked = 1;
+    cfg.register.endpoint = Some(format!("http://{reg_addr}"));
+    cfg.register.timeout_ms = timeout_ms;
+    start(cfg)
+}
+
+/// One call from the listed caller to `k`: blocked.
+fn block_once(k: &kuzet::server::Running, call_id: &str) {
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let r = ask(
+        &c,
+        k.udp_addr,
+        &invite("+77011112233", "+77020000001", call_id, port),
+    );
+    assert_eq!(status(&r), 603);
+}
+
 /// A hostile register answers with a case id of 3.5 MB (it was stored as
 /// it was). What a register sends back is now bounded: an answer larger
 /// than 16 KiB is not even decoded, a case id past 256 bytes is not
@@ -1357,23 +1377,8 @@ fn a_register_answering_a_huge_case_id_is_not_believed() {
         Mode::Oversize,
         Duration::ZERO,
     );
-    let mut cfg = test_config();
-    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(
-        dir.write("block.txt", "+77011112233\n"),
-    )];
-    cfg.store.enabled = true;
-    cfg.store.dir = Some(dir.path().join("data"));
-    cfg.incidents.report_min_blocked = 1;
-    cfg.register.endpoint = Some(format!("http://{reg_addr}"));
-    let k = start(cfg);
-    let c = client();
-    let port = c.local_addr().unwrap().port();
-    let r = ask(
-        &c,
-        k.udp_addr,
-        &invite("+77011112233", "+77020000001", "big", port),
-    );
-    assert_eq!(status(&r), 603);
+    let k = reporting_each_block(&dir, reg_addr, 2000);
+    block_once(&k, "big");
     let data = dir.path().join("data");
     let inc = wait("a delivery attempt", || {
         incidents(&data)
@@ -1423,9 +1428,7 @@ fn six_hundred_unread_exports_hold_neither_memory_nor_reloads() {
     let w = binary(&dir, &extra);
     let ids = blocked_burst(&w, "exp", 2000, 2000);
     let data = dir.path().join("data");
-    wait("recorded", || {
-        (recorded(&data, ids.last().unwrap()).len() == 1).then_some(())
-    });
+    wait_recorded(&data, ids.last().unwrap());
     let control = control_of(&w);
     let (rss_before, threads_before) = (
         proc_status(w.pid(), "VmRSS:"),
@@ -1667,24 +1670,8 @@ fn an_outbox_payload_that_does_not_decode_is_dead_lettered_not_sent_empty() {
     let dir = TempDir::new("outbox-version");
     let reg_addr = free_tcp();
     let reg_file = dir.path().join("reg.jsonl");
-    let mut cfg = test_config();
-    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(
-        dir.write("block.txt", "+77011112233\n"),
-    )];
-    cfg.store.enabled = true;
-    cfg.store.dir = Some(dir.path().join("data"));
-    cfg.incidents.report_min_blocked = 1;
-    cfg.register.endpoint = Some(format!("http://{reg_addr}"));
-    cfg.register.timeout_ms = 500;
-    let k = start(cfg);
-    let c = client();
-    let port = c.local_addr().unwrap().port();
-    let r = ask(
-        &c,
-        k.udp_addr,
-        &invite("+77011112233", "+77020000001", "ob", port),
-    );
-    assert_eq!(status(&r), 603);
+    let k = reporting_each_block(&dir, reg_addr, 500);
+    block_once(&k, "ob");
     let data = dir.path().join("data");
     // The register is down: the entry waits, tried.
     wait("a failed delivery", || {
