@@ -65,6 +65,8 @@ const SPEC: &[&str] = &[
     "kuzet_lists_loaded_timestamp_seconds",
     "kuzet_record_queue_used_bytes",
     "kuzet_record_queue_capacity_bytes",
+    "kuzet_record_queue_reserved_bytes",
+    "kuzet_store_pressure",
     "kuzet_verdict_ids_withheld_total",
     "kuzet_store_writable",
     "kuzet_outbox_pending",
