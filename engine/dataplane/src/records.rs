@@ -160,18 +160,11 @@ impl RecordRing {
         }
     }
 
-    /// Marks a fresh (zeroed, or foreign) ring as kuzet's and empty; a
-    /// ring that is already kuzet's, of this size, keeps its positions.
+    /// Marks a fresh ring (its memory all zeros: a file [`allocate`]
+    /// wrote, or anonymous memory) as kuzet's and empty. Its data is not
+    /// touched, so its pages come into memory only as records use them.
     fn init(&self) {
         let h = self.header();
-        if h[H_MAGIC].load(Ordering::Acquire) == MAGIC
-            && h[H_CAP].load(Ordering::Acquire) == self.cap as u64
-        {
-            return;
-        }
-        for w in self.mem.words() {
-            w.store(0, Ordering::Relaxed);
-        }
         h[H_CAP].store(self.cap as u64, Ordering::Relaxed);
         h[H_HEAD].store(0, Ordering::Relaxed);
         h[H_TAIL].store(0, Ordering::Relaxed);
