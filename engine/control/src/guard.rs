@@ -134,6 +134,44 @@ impl ConnInfo {
     }
 }
 
+/// A tower layer that marks each request's connection ([`ConnInfo`], which
+/// tonic puts in the request's extensions) as having had a request, for
+/// every service behind it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MarkRequests;
+
+impl<S> tower::Layer<S> for MarkRequests {
+    type Service = Marked<S>;
+
+    fn layer(&self, inner: S) -> Marked<S> {
+        Marked(inner)
+    }
+}
+
+/// A service whose requests mark their connection.
+#[derive(Clone, Debug)]
+pub struct Marked<S>(S);
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for Marked<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> S::Future {
+        if let Some(c) = req.extensions().get::<ConnInfo>() {
+            c.mark_request();
+        }
+        self.0.call(req)
+    }
+}
+
 /// An admitted TCP connection that closes itself when its client makes
 /// no progress (see the module docs).
 pub struct Guarded {

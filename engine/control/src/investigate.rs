@@ -40,7 +40,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Refusal, Role};
-use crate::guard::{ConnInfo, Gate};
+use crate::guard::{Gate, MarkRequests};
 
 /// The longest filter text an audit entry keeps.
 const AUDIT_FILTER_MAX: usize = 1024;
@@ -97,7 +97,6 @@ pub struct Investigation {
 impl Investigation {
     /// A service over the store in `data_dir`.
     pub fn new(data_dir: Option<PathBuf>, plan: NumberingPlan, access: Arc<Access>) -> Self {
-        use std::os::unix::fs::MetadataExt;
         Investigation {
             data_dir,
             plan,
@@ -106,8 +105,7 @@ impl Investigation {
             refusals: Arc::default(),
             exports: Arc::default(),
             export_limits: ExportLimits::default(),
-            // /proc/self belongs to the process's effective user.
-            own_uid: std::fs::metadata("/proc/self").ok().map(|m| m.uid()),
+            own_uid: kuzet_store::private::process_uid(),
         }
     }
 
@@ -229,6 +227,9 @@ pub async fn serve(
     tracing::info!(?addr, "control API serving");
     let router = || {
         tonic::transport::Server::builder()
+            // Every request on a gated connection (health and reflection
+            // included) marks it: the first-request deadline is met.
+            .layer(MarkRequests)
             // Streams per connection and the header list are bounded, so
             // one client cannot open thousands of requests on a
             // connection the gate admitted.
@@ -392,9 +393,6 @@ impl Investigation {
         allowed: &[Role],
         filter: &str,
     ) -> Result<Caller, Status> {
-        if let Some(c) = req.extensions().get::<ConnInfo>() {
-            c.mark_request();
-        }
         let bearer = req
             .metadata()
             .get("authorization")

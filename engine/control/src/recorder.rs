@@ -36,9 +36,10 @@ const IDLE_PAUSE: Duration = Duration::from_millis(5);
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
 /// An entry reserved but not published for this long was abandoned by a
-/// writer that will not finish it (it cannot happen short of a bug): it
-/// is skipped and counted.
-const STUCK: Duration = Duration::from_secs(2);
+/// writer that will not finish it (a writer that panics publishes its
+/// entry void, so it cannot happen short of a bug): it is skipped and
+/// counted when its length is known.
+const STUCK: Duration = Duration::from_secs(10);
 
 /// A batch for the writer: its records, and the queue position after its
 /// last entry (freed once they are committed).
@@ -107,22 +108,26 @@ pub fn record_verdicts(
                     // microseconds.
                     match stuck {
                         Some((at, since)) if at == rd && since.elapsed() > STUCK => {
-                            metrics.inc(Counter::RecordsUnreadable);
-                            metrics.inc(Counter::StoreDropped);
                             match len {
                                 Some(len) => {
+                                    metrics.inc(Counter::RecordsUnreadable);
+                                    metrics.inc(Counter::StoreDropped);
                                     tracing::error!(
                                         position = rd,
                                         "a record queue entry was never finished; skipped"
                                     );
                                     rd += len;
+                                    stuck = None;
                                 }
                                 None => {
-                                    tracing::error!(position = rd, "the record queue is blocked by an entry never begun; skipping to its end");
-                                    rd = ring.head();
+                                    // Its length is unknown: skipping could
+                                    // drop entries published after it.
+                                    // Wait, and say so every STUCK.
+                                    tracing::error!(position = rd, "the record queue waits on an entry its writer never began; records queue up behind it");
+                                    stuck = Some((rd, Instant::now()));
+                                    break;
                                 }
                             }
-                            stuck = None;
                         }
                         Some((at, _)) if at == rd => break,
                         _ => {
@@ -153,24 +158,26 @@ pub fn record_verdicts(
                 // partial one keeps gathering while the writer is busy.
                 let full = std::mem::take(&mut batch);
                 let last = stopping && drained;
+                // Whether the writer took it (`Ok(true)`), was busy
+                // (`Ok(false)`: the batch keeps gathering), or is gone.
                 let sent = if last || full.len() >= BATCH {
-                    tx.send((full, rd)).map_err(|e| e.0)
+                    tx.send((full, rd)).map(|()| true).map_err(|e| e.0)
                 } else {
                     match tx.try_send((full, rd)) {
-                        Ok(()) => Ok(()),
+                        Ok(()) => Ok(true),
                         Err(std::sync::mpsc::TrySendError::Full((b, _))) => {
                             batch = b;
-                            Ok(())
+                            Ok(false)
                         }
                         Err(std::sync::mpsc::TrySendError::Disconnected(b)) => Err(b),
                     }
                 };
                 match sent {
-                    Ok(()) if batch.is_empty() => {
+                    Ok(true) => {
                         handed = rd;
                         batch_started = None;
                     }
-                    Ok(()) => {}
+                    Ok(false) => {}
                     Err(_) if stopping => {
                         // The writer gave up on a store that takes nothing,
                         // at shutdown: the records stay in the queue's file
@@ -538,9 +545,31 @@ pub fn replay(
         .filter(|(e, _)| e.has(records::flags::RECORD))
         .map(|(e, _)| to_record(e))
         .collect();
-    let n = st
-        .insert_replayed(recs)
-        .map_err(|e| format!("committing the records left in the record queue: {e}"))?;
+    let n = match st.insert_replayed(recs.clone()) {
+        Ok(n) => n,
+        // One record the store refuses must not keep kuzet from starting:
+        // the rest go in one by one, and the refused ones are said.
+        Err(e) if !transient(&e) => {
+            tracing::error!(error = %e, "the store refused the replayed records as a batch; committing them one by one");
+            let mut n = 0;
+            for r in recs {
+                let id = r.verdict_id.clone();
+                match st.insert_replayed(vec![r]) {
+                    Ok(k) => n += k,
+                    Err(e) => {
+                        metrics.inc(Counter::StoreDropped);
+                        tracing::error!(verdict_id = %id, error = %e, "the store refused a replayed record; it is lost");
+                    }
+                }
+            }
+            n
+        }
+        Err(e) => {
+            return Err(format!(
+                "committing the records left in the record queue: {e}"
+            ))
+        }
+    };
     ring.release_all();
     metrics.add(Counter::RecordsReplayed, n as u64);
     if lost > 0 {

@@ -59,7 +59,12 @@ pub fn visible_bytes(b: &[u8]) -> String {
 /// characters are escaped ([`visible`]), and the cell is quoted when it
 /// holds a comma, a quote or surrounding spaces.
 pub fn csv_cell(s: &str) -> String {
-    let formula = matches!(s.chars().next(), Some('=' | '+' | '-' | '@' | '\t' | '\r'));
+    // Some spreadsheets skip leading spaces before they look for a
+    // formula: so does this check.
+    let formula = matches!(
+        s.trim_start_matches(' ').chars().next(),
+        Some('=' | '+' | '-' | '@' | '\t' | '\r')
+    );
     let mut cell = String::with_capacity(s.len() + 2);
     if formula {
         cell.push('\'');
@@ -77,12 +82,16 @@ pub fn csv_cell(s: &str) -> String {
 /// terminal can show as it is.
 pub fn json_line(v: &serde_json::Value) -> String {
     let s = v.to_string();
-    if !s.chars().any(|c| ('\u{7f}'..='\u{9f}').contains(&c)) {
+    // JSON escapes C0, the quote and the backslash itself; what it leaves
+    // raw and a terminal would act on is DEL, C1, the line separators and
+    // the direction overrides.
+    let raw = |c: char| c == '\u{7f}' || (is_hidden(c) && !c.is_ascii());
+    if !s.chars().any(raw) {
         return s;
     }
     let mut out = String::with_capacity(s.len() + 16);
     for c in s.chars() {
-        if ('\u{7f}'..='\u{9f}').contains(&c) {
+        if raw(c) {
             let _ = write!(out, "\\u{:04x}", c as u32);
         } else {
             out.push(c);
@@ -150,6 +159,7 @@ mod tests {
             ("\tx", "'\\tx"),
             ("\r=1", "'\\r=1"),
             ("a,b", "\"a,b\""),
+            ("  =1+1", "'  =1+1"),
             ("plain", "plain"),
             ("+77011234567", "'+77011234567"),
         ] {
@@ -159,8 +169,8 @@ mod tests {
 
     #[test]
     fn json_lines_escape_what_json_leaves_raw() {
-        let v = serde_json::json!({"c": "a\u{9b}b\u{7f}\u{1b}"});
-        assert_eq!(json_line(&v), r#"{"c":"a\u009bb\u007f\u001b"}"#);
+        let v = serde_json::json!({"c": "a\u{9b}b\u{7f}\u{1b}\u{202e}\u{2028}"});
+        assert_eq!(json_line(&v), r#"{"c":"a\u009bb\u007f\u001b\u202e\u2028"}"#);
     }
 
     #[test]

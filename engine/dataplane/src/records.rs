@@ -24,10 +24,16 @@
 //! not exist.
 //!
 //! An entry is `[start stamp][length and kind][done stamp][payload]`,
-//! the stamps being its position + 1: a reader takes an entry only when
-//! its done stamp matches, so a half-written entry (or one from an
-//! earlier lap) is never read. Entries are whole multiples of four words
-//! and never wrap; the end of the ring is skipped with a padding entry.
+//! the stamps being its position + 1 mixed with a secret the ring keeps
+//! in its header: a reader takes an entry only when its done stamp
+//! matches, so a half-written entry (or one from an earlier lap) is never
+//! read, and no payload a caller wrote in an earlier lap can pass for a
+//! stamp. A writer clears the done word and writes the length before it
+//! publishes the start stamp (release), so a reader that sees the start
+//! stamp sees both. Entries are whole multiples of four words and never
+//! wrap; the end of the ring is skipped with a padding entry. A header
+//! that does not add up (a damaged file) is never trusted: the file is
+//! made anew, and the loss is said.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +50,8 @@ const H_MAGIC: usize = 0;
 const H_CAP: usize = 1;
 const H_HEAD: usize = 2;
 const H_TAIL: usize = 3;
+/// The secret mixed into every stamp.
+const H_KEY: usize = 4;
 /// Words of an entry's own header.
 const ENTRY_HEAD: usize = 3;
 /// Entries are multiples of this many words, so the end of the ring
@@ -103,9 +111,25 @@ impl RecordRing {
                 .map_err(|e| RingError(format!("mapping the record queue: {e}")))?;
             let w = mem.words();
             let cap = w[H_CAP].load(Ordering::Acquire) as usize;
-            if w[H_MAGIC].load(Ordering::Acquire) == MAGIC && HEADER + cap == len / 8 {
+            let (head, tail) = (
+                w[H_HEAD].load(Ordering::Acquire),
+                w[H_TAIL].load(Ordering::Acquire),
+            );
+            let magic = w[H_MAGIC].load(Ordering::Acquire);
+            let sound = magic == MAGIC
+                && HEADER + cap == len / 8
+                && cap.is_multiple_of(ALIGN)
+                && tail <= head
+                && head - tail <= cap as u64
+                && head.is_multiple_of(ALIGN as u64)
+                && tail.is_multiple_of(ALIGN as u64);
+            if sound {
                 return Ok(Self::over(mem, cap, reserve_percent));
             }
+            tracing::warn!(
+                bytes = len,
+                "the record queue's file is not one this kuzet can read (another version, or damaged): made anew; records it held, if any, are lost"
+            );
         }
         Self::fresh(file, bytes, reserve_percent)
     }
@@ -165,6 +189,7 @@ impl RecordRing {
     /// touched, so its pages come into memory only as records use them.
     fn init(&self) {
         let h = self.header();
+        h[H_KEY].store(ring_key(), Ordering::Relaxed);
         h[H_CAP].store(self.cap as u64, Ordering::Relaxed);
         h[H_HEAD].store(0, Ordering::Relaxed);
         h[H_TAIL].store(0, Ordering::Relaxed);
@@ -173,6 +198,13 @@ impl RecordRing {
 
     fn header(&self) -> &[AtomicU64] {
         &self.mem.words()[..HEADER]
+    }
+
+    /// The stamp of the entry at `pos`: its position + 1, mixed with the
+    /// ring's secret (never 0 for a live entry of a fresh ring, and never
+    /// something a payload could be made to hold).
+    fn stamp(&self, pos: u64) -> u64 {
+        (pos + 1) ^ self.header()[H_KEY].load(Ordering::Relaxed)
     }
 
     fn data(&self) -> &[AtomicU64] {
@@ -215,6 +247,12 @@ impl RecordRing {
         let mut head = h[H_HEAD].load(Ordering::Acquire);
         loop {
             let tail = h[H_TAIL].load(Ordering::Acquire);
+            if tail > head {
+                // `head` was read before the recorder freed past it: read
+                // it again rather than compute a negative fill.
+                head = h[H_HEAD].load(Ordering::Acquire);
+                continue;
+            }
             let off = (head % self.cap as u64) as usize;
             let pad = if off + need > self.cap {
                 self.cap - off
@@ -233,15 +271,18 @@ impl RecordRing {
             ) {
                 Ok(_) => {
                     if pad > 0 {
-                        let stamp = head + 1;
-                        data[off].store(stamp, Ordering::Relaxed);
+                        let stamp = self.stamp(head);
                         data[off + 1].store(pad as u64 | KIND_PAD << 32, Ordering::Relaxed);
+                        data[off].store(stamp, Ordering::Relaxed);
                         data[off + 2].store(stamp, Ordering::Release);
                     }
                     let pos = head + pad as u64;
                     let at = (pos % self.cap as u64) as usize;
-                    data[at].store(pos + 1, Ordering::Relaxed);
+                    // The done word cleared and the length written before
+                    // the start stamp is published.
+                    data[at + 2].store(0, Ordering::Relaxed);
                     data[at + 1].store(need as u64 | KIND_RECORD << 32, Ordering::Relaxed);
+                    data[at].store(self.stamp(pos), Ordering::Release);
                     return Some(Slot {
                         ring: self,
                         pos,
@@ -274,24 +315,40 @@ impl RecordRing {
         if rd >= head {
             return Read::Empty;
         }
-        let data = self.data();
-        let at = (rd % self.cap as u64) as usize;
-        if data[at + 2].load(Ordering::Acquire) != rd + 1 {
-            return if data[at].load(Ordering::Acquire) == rd + 1 {
-                let len = data[at + 1].load(Ordering::Relaxed) & 0xffff_ffff;
-                Read::Busy {
-                    len: (len >= ENTRY_HEAD as u64 && len as usize <= self.cap).then_some(len),
-                }
-            } else {
-                Read::Busy { len: None }
-            };
-        }
-        let lk = data[at + 1].load(Ordering::Relaxed);
-        let len = (lk & 0xffff_ffff) as usize;
-        let kind = lk >> 32;
-        if len < ENTRY_HEAD || at + len > self.cap {
+        if !rd.is_multiple_of(ALIGN as u64) {
             return Read::Corrupt;
         }
+        let data = self.data();
+        let at = (rd % self.cap as u64) as usize;
+        let (Some(start), Some(lk), Some(done)) =
+            (data.get(at), data.get(at + 1), data.get(at + 2))
+        else {
+            return Read::Corrupt;
+        };
+        let stamp = self.stamp(rd);
+        // A length is read only when it belongs to this entry, and only
+        // used when it fits the ring.
+        let sane = |len: u64| {
+            len >= ENTRY_HEAD as u64
+                && len.is_multiple_of(ALIGN as u64)
+                && at as u64 + len <= self.cap as u64
+        };
+        if done.load(Ordering::Acquire) != stamp {
+            if start.load(Ordering::Acquire) == stamp {
+                let len = lk.load(Ordering::Relaxed) & 0xffff_ffff;
+                return Read::Busy {
+                    len: sane(len).then_some(len),
+                };
+            }
+            return Read::Busy { len: None };
+        }
+        let lk = lk.load(Ordering::Relaxed);
+        let len = lk & 0xffff_ffff;
+        let kind = lk >> 32;
+        if !sane(len) {
+            return Read::Corrupt;
+        }
+        let len = len as usize;
         let next = rd + len as u64;
         match kind {
             KIND_RECORD => {
@@ -357,6 +414,19 @@ impl RecordRing {
     }
 }
 
+/// A secret for a new ring's stamps: random, from the OS (the clock and
+/// an address where it cannot be read).
+fn ring_key() -> u64 {
+    let mut k = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut k);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    u64::from_le_bytes(k) ^ t.rotate_left(29) ^ (&k as *const _ as u64)
+}
+
 /// Writes `len` zero bytes into `file` from the start and syncs it, so
 /// every block of the ring is allocated before it is mapped: a write into
 /// the mapping never needs a new block, and a disk that fills later can
@@ -417,7 +487,7 @@ impl Slot<'_> {
     pub fn commit(mut self) {
         self.flush_acc();
         let data = self.ring.data();
-        data[self.at + 2].store(self.pos + 1, Ordering::Release);
+        data[self.at + 2].store(self.ring.stamp(self.pos), Ordering::Release);
         self.done = true;
     }
 
@@ -441,7 +511,7 @@ impl Drop for Slot<'_> {
         let data = self.ring.data();
         let len = (self.end - self.at) as u64;
         data[self.at + 1].store(len | KIND_VOID << 32, Ordering::Relaxed);
-        data[self.at + 2].store(self.pos + 1, Ordering::Release);
+        data[self.at + 2].store(self.ring.stamp(self.pos), Ordering::Release);
     }
 }
 

@@ -45,6 +45,11 @@ pub const EMBEDDED_LISTS: [(&str, &str, ListKind); 3] = [
     ),
 ];
 
+/// Exports that may run at once, at most (`control.max_exports`).
+pub const MAX_EXPORTS: usize = 16;
+/// The control API's query threads (see `kuzet_control::plane`).
+const API_THREADS: usize = 24;
+
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -311,6 +316,10 @@ pub struct IncidentsConfig {
     pub campaign_min_sources: u64,
     /// At most one update per incident to the register per this long.
     pub update_interval_secs: u64,
+    /// An incident open this long is closed even if its calls go on (they
+    /// open a new one), so retention, which keeps open incidents' calls,
+    /// always ends.
+    pub max_open_secs: u64,
 }
 
 impl Default for IncidentsConfig {
@@ -323,6 +332,7 @@ impl Default for IncidentsConfig {
             report_rules: Vec::new(),
             campaign_min_sources: 3,
             update_interval_secs: 60,
+            max_open_secs: 7 * 86_400,
         }
     }
 }
@@ -363,6 +373,7 @@ impl Config {
             campaign_min_sources: i.campaign_min_sources.max(1),
             report: self.register.endpoint.is_some(),
             update_interval_us: (i.update_interval_secs * 1_000_000) as i64,
+            max_open_us: (i.max_open_secs.max(60) * 1_000_000) as i64,
         }
     }
 
@@ -999,6 +1010,11 @@ impl Config {
             return Err(bad(
                 "control and admin connection and export caps must be at least 1".into(),
             ));
+        }
+        if self.control.max_exports > MAX_EXPORTS {
+            return Err(bad(format!(
+                "control.max_exports must be at most {MAX_EXPORTS}: each export holds one of the control API's {API_THREADS} query threads, and queries need the rest"
+            )));
         }
         if let Some(n) = &self.store.node_name {
             if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {

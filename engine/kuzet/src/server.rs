@@ -346,7 +346,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             max_connections: control_cap(cfg.control.max_connections),
             max_per_source: control_cap(cfg.control.max_connections_per_source),
             first_request: Duration::from_secs(5),
-            idle: Duration::from_secs(120),
+            idle: Duration::from_secs(300),
         });
         Some(kuzet_control::plane::Api {
             listener: l,

@@ -565,6 +565,12 @@ pub fn private_umask() {
     }
 }
 
+/// The process's effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Raises the soft limit on open files to the hard limit, so the TCP
 /// connection caps, not the limit, bound what kuzet holds; returns the
 /// soft limit now in force.

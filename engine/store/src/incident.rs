@@ -56,6 +56,10 @@ pub struct Policy {
     pub report: bool,
     /// At most one update per incident per this long.
     pub update_interval_us: i64,
+    /// An incident open this long (its calls never further apart than the
+    /// window) is closed all the same, so retention, which keeps an open
+    /// incident's calls, always ends; calls that go on open a new one.
+    pub max_open_us: i64,
 }
 
 impl Default for Policy {
@@ -69,6 +73,7 @@ impl Default for Policy {
             campaign_min_sources: 3,
             report: false,
             update_interval_us: 60_000_000,
+            max_open_us: 7 * 86_400_000_000,
         }
     }
 }
@@ -529,7 +534,7 @@ pub fn parties(i: &Incident) -> Vec<Party> {
     push(&e.impersonated, "impersonated", "presented");
     push(&e.claimed, "claimed_caller", "presented");
     if i.kind == "campaign" {
-        push(&e.callers, "caller", "asserted");
+        push(&e.callers, "caller", "attributable");
     }
     out
 }
@@ -593,9 +598,16 @@ pub fn enqueue(
 }
 
 /// Enqueues the dirty incidents whose update interval has passed, and
-/// closes incidents quiet for the policy's close gap. The writer calls it
-/// about once a second.
-pub fn tick(tx: &Transaction<'_>, p: &Policy, now_us: i64) -> rusqlite::Result<()> {
+/// closes incidents quiet for the policy's close gap (and, with
+/// `lifetimes`, those open longer than the policy allows: a scan of the
+/// open incidents, so the writer asks for it once a minute). The writer
+/// calls it about once a second.
+pub fn tick(
+    tx: &Transaction<'_>,
+    p: &Policy,
+    now_us: i64,
+    lifetimes: bool,
+) -> rusqlite::Result<()> {
     if p.report {
         let dirty: Vec<Incident> = {
             let mut st = tx.prepare_cached(&format!(
@@ -612,6 +624,12 @@ pub fn tick(tx: &Transaction<'_>, p: &Policy, now_us: i64) -> rusqlite::Result<(
         "UPDATE incidents SET state = 'closed' WHERE state != 'closed' AND last_seen_us < ?1",
         params![now_us - p.close_after_us],
     )?;
+    if lifetimes {
+        tx.execute(
+            "UPDATE incidents SET state = 'closed' WHERE state != 'closed' AND first_seen_us < ?1",
+            params![now_us - p.max_open_us],
+        )?;
+    }
     Ok(())
 }
 

@@ -105,6 +105,8 @@ pub struct Store {
     path: PathBuf,
     opts: Options,
     store_id: String,
+    /// When incidents' lifetimes were last checked (µs).
+    lifetimes_checked_us: i64,
     /// Held for the process's life: the directory's lock.
     _lock: std::fs::File,
 }
@@ -157,6 +159,7 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
         path,
         opts,
         store_id,
+        lifetimes_checked_us: 0,
         _lock: lock,
     })
 }
@@ -317,8 +320,13 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        incident::tick(&tx, &self.opts.incidents, now_us)?;
-        tx.commit()
+        let lifetimes = now_us - self.lifetimes_checked_us >= 60_000_000;
+        incident::tick(&tx, &self.opts.incidents, now_us, lifetimes)?;
+        tx.commit()?;
+        if lifetimes {
+            self.lifetimes_checked_us = now_us;
+        }
+        Ok(())
     }
 
     /// Writes one small row (the time of the probe in `meta`): whether the

@@ -14,10 +14,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// The user this process runs as (`/proc/self` belongs to the effective
-/// user), if the system says.
+/// The user this process runs as (its effective user id).
 pub fn process_uid() -> Option<u32> {
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+    Some(kuzet_net::effective_uid())
 }
 
 /// Creates the data directory 0700 if it is missing (its parents as

@@ -836,3 +836,39 @@ fn retention_by_age_waits_for_an_incident_to_close() {
     s.tick(closed_at).unwrap();
     assert_eq!(s.retire_chunk(closed_at).unwrap().n, 3);
 }
+
+/// An incident whose calls never stop is closed after its longest life,
+/// so retention, which keeps an open incident's calls, always ends.
+#[test]
+fn an_incident_open_too_long_is_closed_and_its_calls_can_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.max_age = Duration::from_secs(10);
+    o.incidents.max_open_us = 3_600_000_000;
+    let mut s = open(dir.path(), o).unwrap();
+    // A call every 30 minutes for three hours: never an hour apart.
+    let calls: Vec<_> = (0..7)
+        .map(|n| {
+            let mut r = rec(n, "+77011112233", "+77020000001", "block", &["blocklist"]);
+            r.ts_us = 1_700_000_000_000_000 + n * 1_800_000_000;
+            r
+        })
+        .collect();
+    for c in &calls {
+        s.insert_at(std::slice::from_ref(c), c.ts_us).unwrap();
+    }
+    let now = calls[6].ts_us + 1;
+    assert_eq!(s.retire_chunk(now).unwrap().n, 0, "open: every call kept");
+    s.tick(now).unwrap();
+    let state: String = s
+        .conn()
+        .query_row("SELECT state FROM incidents", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(state, "closed");
+    // All but the last, which is younger than the retention age.
+    assert_eq!(
+        s.retire_chunk(now).unwrap().n,
+        6,
+        "closed: retention takes them"
+    );
+}
