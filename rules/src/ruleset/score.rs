@@ -320,9 +320,18 @@ impl RuleSet {
     }
 }
 
-/// The escalation counter of rule `rule` for caller `a`.
-fn escalation_key(a: u64, rule: usize) -> u64 {
-    (a ^ ((rule as u64 + 1) << 50).wrapping_mul(0x9E37_79B9_7F4A_7C15)) & ((1 << 56) - 1)
+/// The escalation counter of rule `rule` for caller `a`: a hash of both,
+/// laid out in the bits the tracker's key keeps (the low 50, the five
+/// from bit 56 and bit 63), so every rule of a caller counts apart. (It
+/// once put the rule in bits 50-55, which the key drops: every escalating
+/// rule of a caller shared one counter.)
+pub(crate) fn escalation_key(a: u64, rule: usize) -> u64 {
+    let mut h = a ^ (rule as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64's finalizer.
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^= h >> 31;
+    (h & ((1 << 50) - 1)) | ((h >> 50) & 0x1f) << 56 | ((h >> 55) & 1) << 63
 }
 
 impl Thresholds {

@@ -500,6 +500,45 @@ fn old_range_keys_point_at_the_numbering_plan() {
     );
 }
 
+/// Regression: all escalating rules of a caller shared one counter (the
+/// rule's bits fell out of the tracker's key), so firings of different
+/// rules added up and a caller was blocked before any one rule reached
+/// its `after`. Two rules, each firing twice with `after = 3`: neither
+/// escalates; a third firing of one does, and only that one.
+#[test]
+fn escalation_counts_each_rule_apart() {
+    let r = rules(
+        "[[rule]]\nid = \"velocity_1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 1\nscore = 10\nescalate = { after = 3, within_s = 600 }\n\
+         [[rule]]\nid = \"fan_out\"\nkind = \"fan_out\"\nwindow_s = 3600\nmax = 1\nscore = 10\nescalate = { after = 3, within_s = 600 }\n",
+    );
+    let w = World::new();
+    let a = "+77011234567";
+    // The first call fires nothing; calls 2 and 3 fire both rules.
+    for t in 0..3u32 {
+        let s = w.score(&r, &call(a, &format!("+7702000001{t}"), 10 + t));
+        assert!(
+            s.fired().iter().all(|f| f.note != Note::Escalated),
+            "call {t}: {}",
+            explain(&r, &w, &s)
+        );
+        assert_ne!(s.decision, Decision::Block, "call {t}");
+    }
+    // The fourth: each rule's third firing escalates it.
+    let s = w.score(&r, &call(a, "+77020000019", 13));
+    assert_eq!(s.fired().iter().filter(|f| f.note == Note::Escalated).count(), 2);
+    assert_eq!(s.decision, Decision::Block);
+    for rule in 0..40 {
+        for a in [1u64, 77_011_234_567, 77_011_234_568] {
+            let k = super::score::escalation_key(a, rule);
+            assert_eq!(k & !(((1 << 50) - 1) | (0x1f << 56) | (1 << 63)), 0);
+        }
+    }
+    assert_ne!(
+        crate::state::state_key(super::score::escalation_key(77_011_234_567, 0)),
+        crate::state::state_key(super::score::escalation_key(77_011_234_567, 1))
+    );
+}
+
 #[test]
 fn a_rule_that_keeps_firing_escalates_to_a_block() {
     let r = rules(
