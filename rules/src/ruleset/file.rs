@@ -35,7 +35,7 @@ struct ThresholdSpec {
     #[serde(default)]
     cap: Option<u32>,
     #[serde(default)]
-    redirect_uri: Option<String>,
+    redirect_uri: Option<toml::Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -167,12 +167,23 @@ impl RuleSet {
         if t.redirect.is_some() && t.redirect_uri.is_none() {
             return Err(file_err(FileProblem::RedirectNeedsUri));
         }
+        if let Some(uri) = &t.redirect_uri {
+            if let Err(why) = check_redirect_uri(uri.get_ref()) {
+                let (line, col) = crate::toml_pos::line_col(text, uri.span().start);
+                return Err(RuleError::Syntax {
+                    file: name.to_string(),
+                    line,
+                    col,
+                    message: why,
+                });
+            }
+        }
         let thresholds = Thresholds {
             flag: t.flag,
             redirect: t.redirect,
             block: t.block,
             cap,
-            redirect_uri: t.redirect_uri.as_deref().map(Into::into),
+            redirect_uri: t.redirect_uri.as_ref().map(|u| u.get_ref().as_str().into()),
         };
         let outcomes = spec
             .outcomes
@@ -455,4 +466,31 @@ fn prefixes(list: &[String], plan: &NumberingPlan) -> Result<Vec<Prefix>, RulePr
                 .ok_or_else(|| RuleProblem::BadPrefix(p.clone()))
         })
         .collect()
+}
+
+/// A redirect target is written into a `Contact: <...>` header as it is:
+/// it must be a SIP, SIPS or tel URI of visible ASCII with nothing that
+/// could end the header or the angle brackets (a CR/LF would inject
+/// headers, and rule files will arrive over the network).
+fn check_redirect_uri(uri: &str) -> Result<(), String> {
+    let scheme_ok = ["sip:", "sips:", "tel:"]
+        .iter()
+        .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s));
+    if !scheme_ok {
+        return Err(format!(
+            "redirect_uri {uri:?} must be a sip:, sips: or tel: URI"
+        ));
+    }
+    if uri.len() > 256 {
+        return Err("redirect_uri must be at most 256 characters".into());
+    }
+    if let Some(c) = uri
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '<' | '>' | '"' | '\\'))
+    {
+        return Err(format!(
+            "redirect_uri {uri:?} holds {c:?}: it is written into a Contact header, so no spaces, control characters, quotes, backslashes or angle brackets"
+        ));
+    }
+    Ok(())
 }

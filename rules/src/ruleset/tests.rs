@@ -874,3 +874,29 @@ fn a_packed_verdict_explains_itself_the_same_way() {
     assert_eq!(back.fired(), s.fired());
     assert_eq!(explain(&r, &w, &back), explain(&r, &w, &s));
 }
+
+/// Regression: `redirect_uri` was not validated, so a CR/LF in it
+/// injected SIP headers into every redirect. It is refused with the file,
+/// line and column.
+#[test]
+fn a_redirect_uri_with_cr_lf_is_refused_with_file_and_line() {
+    let e = file_error(
+        "[thresholds]\nflag = 40\nredirect = 60\nblock = 100\n\
+         redirect_uri = \"sip:desk@antifraud.example\\r\\nX-Injected: 1\"\n",
+    );
+    assert!(e.starts_with("r.toml:5:"), "{e}");
+    assert!(e.contains("Contact header"), "{e}");
+    for bad in ["http://x", "sip:a b@x", "sip:a>@x", "sip:\\\"x"] {
+        let e = file_error(&format!(
+            "[thresholds]\nflag = 40\nredirect = 60\nblock = 100\nredirect_uri = {bad:?}\n"
+        ));
+        assert!(e.contains("redirect_uri"), "{bad}: {e}");
+    }
+    RuleSet::from_toml_str(
+        "[thresholds]\nflag = 40\nredirect = 60\nblock = 100\nredirect_uri = \"sip:desk@antifraud.example;user=phone\"\n",
+        "r.toml",
+        &plan(),
+        &ListPolicy::default(),
+    )
+    .unwrap();
+}
