@@ -90,9 +90,40 @@ pub struct Table<V: Packed> {
 }
 
 /// An entry a worker owns: its slot and the key word to release it to.
+#[derive(Clone, Copy)]
 struct Owned {
     slot: usize,
     word: u64,
+}
+
+/// An entry taken with a compare-and-swap, given back when dropped: a
+/// closure that panics while it runs on the entry (a bug, caught by the
+/// handler) leaves the entry as it was, not owned for ever. A new entry
+/// whose first closure panicked becomes a tombstone.
+struct Taken<'t, V: Packed> {
+    table: &'t Table<V>,
+    o: Owned,
+    new: bool,
+}
+
+impl<V: Packed> Drop for Taken<'_, V> {
+    fn drop(&mut self) {
+        if self.new {
+            self.table.keys[self.o.slot].store(TOMB, Ordering::Release);
+            self.table.len.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.table.release(self.o);
+        }
+    }
+}
+
+impl<V: Packed> Taken<'_, V> {
+    /// Writes `v` and releases the entry.
+    fn finish(self, v: &V) {
+        self.table.write(self.o.slot, v);
+        self.table.release(self.o);
+        std::mem::forget(self);
+    }
 }
 
 impl<V: Packed> Table<V> {
@@ -205,10 +236,14 @@ impl<V: Packed> Table<V> {
         for _ in 0..SPINS {
             match self.find_owned(key)? {
                 Ok(o) => {
+                    let taken = Taken {
+                        table: self,
+                        o,
+                        new: false,
+                    };
                     let mut v = self.read(o.slot);
                     let r = f(&mut v);
-                    self.write(o.slot, &v);
-                    self.release(o);
+                    taken.finish(&v);
                     return Ok(r);
                 }
                 Err(None) => return Err(Miss::Full),
@@ -228,13 +263,17 @@ impl<V: Packed> Table<V> {
                             )
                             .is_ok()
                     {
+                        let taken = Taken {
+                            table: self,
+                            o: Owned {
+                                slot,
+                                word: key | OWNED,
+                            },
+                            new: true,
+                        };
                         let mut v = V::default();
                         let r = f(&mut v);
-                        self.write(slot, &v);
-                        self.release(Owned {
-                            slot,
-                            word: key | OWNED,
-                        });
+                        taken.finish(&v);
                         return Ok(r);
                     }
                     // Someone took the slot first (maybe with this key):
@@ -250,10 +289,14 @@ impl<V: Packed> Table<V> {
     pub fn update<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
         match self.find_owned(key) {
             Ok(Ok(o)) => {
+                let taken = Taken {
+                    table: self,
+                    o,
+                    new: false,
+                };
                 let mut v = self.read(o.slot);
                 let r = f(&mut v);
-                self.write(o.slot, &v);
-                self.release(o);
+                taken.finish(&v);
                 Some(r)
             }
             _ => None,
@@ -265,13 +308,19 @@ impl<V: Packed> Table<V> {
         let Ok(Ok(o)) = self.find_owned(key) else {
             return None;
         };
+        let taken = Taken {
+            table: self,
+            o,
+            new: false,
+        };
         let v = self.read(o.slot);
         if pred(&v) {
+            std::mem::forget(taken);
             self.keys[o.slot].store(TOMB, Ordering::Release);
             self.len.fetch_sub(1, Ordering::Relaxed);
             Some(v)
         } else {
-            self.release(o);
+            drop(taken);
             None
         }
     }
@@ -346,6 +395,32 @@ impl<V: Packed> Table<V> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// Regression: a panic inside a closure run on an entry left the
+    /// entry owned for ever: every later call from that number spun, then
+    /// was scored without state. The entry is given back as it was (a new
+    /// one is dropped), and the next update finds it.
+    #[test]
+    fn a_panic_inside_a_state_update_does_not_poison_the_entry() {
+        let t: Table<Pair> = Table::new(16);
+        t.upsert(7, |v| v.0 = 1).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            t.upsert(7, |v| {
+                v.0 = 99;
+                panic!("a bug in a rule");
+            })
+        }));
+        let new = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            t.upsert(8, |_| panic!("a bug on a new number"))
+        }));
+        assert!(r.is_err() && new.is_err());
+        assert_eq!(t.get(7), Some(Pair(1, 0)), "given back as it was");
+        assert_eq!(t.upsert(7, |v| v.0 += 1), Ok(()));
+        assert_eq!(t.get(7), Some(Pair(2, 0)));
+        assert_eq!(t.get(8), None, "the new entry was dropped");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.upsert(8, |v| v.1 = 5), Ok(()));
+    }
 
     #[derive(Clone, Copy, Default, Debug, PartialEq)]
     struct Pair(u64, u64);
