@@ -690,5 +690,17 @@ pub fn parse_u32(v: &[u8]) -> Option<u32> {
     u32::try_from(n).ok()
 }
 
+/// A decimal number of at most 20 digits that fits `u64`, trimmed.
+pub fn parse_u64(v: &[u8]) -> Option<u64> {
+    let (s, e) = trim(v, 0, v.len());
+    let v = &v[s..e];
+    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 #[cfg(test)]
 mod tests;

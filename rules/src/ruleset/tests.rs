@@ -525,7 +525,13 @@ fn escalation_counts_each_rule_apart() {
     }
     // The fourth: each rule's third firing escalates it.
     let s = w.score(&r, &call(a, "+77020000019", 13));
-    assert_eq!(s.fired().iter().filter(|f| f.note == Note::Escalated).count(), 2);
+    assert_eq!(
+        s.fired()
+            .iter()
+            .filter(|f| f.note == Note::Escalated)
+            .count(),
+        2
+    );
     assert_eq!(s.decision, Decision::Block);
     for rule in 0..40 {
         for a in [1u64, 77_011_234_567, 77_011_234_568] {

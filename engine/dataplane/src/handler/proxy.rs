@@ -198,9 +198,7 @@ impl Handler {
         if !is_ours {
             return drop(&self.metrics);
         }
-        let conn = param(ours.params, b"kzc")
-            .and_then(kuzet_sip::parse_u32)
-            .map(u64::from);
+        let conn = param(ours.params, b"kzc").and_then(kuzet_sip::parse_u64);
         let rest_of_line = values.next();
         let bytes = m.bytes();
         let line_end = memchr::memchr(b'\n', bytes).unwrap_or(0);

@@ -60,3 +60,50 @@ P-Asserted-Identity: \"Bank\" <sip:+77272500000@h>, <tel:+77272500000>\r\nConten
     let m = kuzet_sip::parse(no_user, Transport::Datagram).unwrap();
     assert_eq!((h.a_number(&m), h.b_number(&m)), (None, None));
 }
+
+/// Regression: a TCP connection's id was written into kuzet's Via as a
+/// `u64` and read back as a `u32`, so past 2^32 connections a response
+/// could not find its way back. An id above `u32::MAX` round-trips.
+#[test]
+fn a_tcp_connection_id_round_trips_through_the_via() {
+    let cfg = Settings {
+        mode: Mode::Proxy,
+        next_hop: Some("127.0.0.1:5999".parse().unwrap()),
+        ..Settings::default()
+    };
+    let h = Handler::new(
+        cfg,
+        Arc::new(ArcSwap::from_pointee(ListSet::default())),
+        Arc::new(Metrics::default()),
+    );
+    let id = u64::from(u32::MAX) + 12_345;
+    let req = b"OPTIONS sip:+77015550000@h SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.9:5060;branch=z9hG4bKtcp1\r\n\
+From: <sip:+77011111111@h>;tag=1\r\nTo: <sip:+77015550000@h>\r\nCall-ID: tcp-id\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    let mut out = Vec::new();
+    let src = "10.0.0.9:40000".parse().unwrap();
+    let o = h.handle(req, src, Some(id), Instant::now(), &mut out);
+    assert!(matches!(o, Outcome::Forward(_)), "{o:?}");
+    let fwd = String::from_utf8(out.clone()).unwrap();
+    assert!(fwd.contains(&format!(";kzc={id}")), "{fwd}");
+    // The next hop answers through kuzet's Via.
+    let ours = fwd.lines().find(|l| l.starts_with("Via:")).unwrap();
+    let resp = format!(
+        "SIP/2.0 200 OK\r\n{ours}\r\nVia: SIP/2.0/TCP 10.0.0.9:5060;branch=z9hG4bKtcp1;received=10.0.0.9;rport=40000\r\n\
+From: <sip:+77011111111@h>;tag=1\r\nTo: <sip:+77015550000@h>;tag=2\r\nCall-ID: tcp-id\r\nCSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+    );
+    let o = h.handle(
+        resp.as_bytes(),
+        "127.0.0.1:5999".parse().unwrap(),
+        None,
+        Instant::now(),
+        &mut out,
+    );
+    assert_eq!(o, Outcome::ToConnection(id));
+    assert_eq!(
+        kuzet_sip::parse_u64(b" 18446744073709551615 "),
+        Some(u64::MAX)
+    );
+    assert_eq!(kuzet_sip::parse_u64(b"18446744073709551616"), None);
+}
