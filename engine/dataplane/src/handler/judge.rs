@@ -59,7 +59,7 @@ impl Handler {
             id: None,
             public: None,
         };
-        if received.elapsed() > self.budget {
+        if received.max(self.ready).elapsed() > self.budget {
             self.metrics.inc(Counter::FailOpenOverload);
             self.metrics.inc(Counter::Allowed);
             return allow;

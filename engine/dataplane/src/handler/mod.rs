@@ -210,6 +210,10 @@ pub struct Handler {
     digest_key: std::collections::hash_map::RandomState,
     tx_window_ms: u64,
     started: Instant,
+    /// When the handler was ready to judge: no request's fail-open budget
+    /// counts from before it (calls queued in the kernel while kuzet
+    /// started are judged, not waved through).
+    ready: Instant,
     utc_offset_s: i64,
     /// The record queue (none: nothing is logged or recorded).
     records: Option<Arc<crate::records::RecordRing>>,
@@ -252,7 +256,7 @@ impl Handler {
                 let _ = write!(via_sent_by, "[{ip}]:{}", advertised.port());
             }
         }
-        Handler {
+        let mut h = Handler {
             mode: s.mode,
             plan: s.plan,
             lists,
@@ -294,7 +298,12 @@ impl Handler {
                 .appeal_contact
                 .map(|c| format!("; appeal: {c}").into_bytes())
                 .unwrap_or_default(),
-        }
+            ready: Instant::now(),
+        };
+        // Requests that queued in the socket while the tables above were
+        // set aside are not late: their budget counts from now.
+        h.ready = Instant::now();
+        h
     }
 
     /// Verdicts worth recording go to `ring` (bounded; full = refused and

@@ -12,20 +12,8 @@ use kuzet_dataplane::metrics::Counter;
 use kuzet_sim::register::{read_entries, Mode, HOSTILE_ERROR};
 
 use crate::common::{
-    ask, client, header, invite, start, status, test_config, Reg, TempDir, Watched,
+    ask, client, header, invite, start, status, test_config, wait, Reg, TempDir, Watched,
 };
-
-/// Polls `f` every 20 ms until it gives a value, for at most 30 s.
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A UDP client bound to `ip` (any 127.x address is local on Linux).
 fn client_on(ip: &str) -> UdpSocket {

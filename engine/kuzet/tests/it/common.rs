@@ -71,6 +71,18 @@ pub fn handler_with_rules(mode: Mode, rules_toml: &str) -> Handler {
     )
 }
 
+/// Polls `f` every 20 ms until it gives a value, for at most 30 s.
+pub fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A temporary folder removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -245,6 +257,14 @@ impl Watched {
         Self::spawn_with(env!("CARGO_BIN_EXE_kuzet"), &[], args, dir)
     }
 
+    /// [`Self::start`] on a SIP address the caller chose (to send to it
+    /// before kuzet is up).
+    pub fn start_on(listen: SocketAddr, args: &[&str], dir: &Path) -> Watched {
+        let mut w = Self::spawn_on(env!("CARGO_BIN_EXE_kuzet"), &[], listen, args, dir);
+        w.wait_serving();
+        w
+    }
+
     /// [`Self::start`] through a wrapper: `PROGRAM PRE... run --listen
     /// ADDR ARGS` (the wrapper ends by exec'ing kuzet, so the pid is
     /// kuzet's).
@@ -255,8 +275,17 @@ impl Watched {
     }
 
     fn spawn_with(program: &str, pre: &[&str], args: &[&str], dir: &Path) -> Watched {
+        Self::spawn_on(program, pre, "127.0.0.1:0".parse().unwrap(), args, dir)
+    }
+
+    fn spawn_on(
+        program: &str,
+        pre: &[&str],
+        addr: SocketAddr,
+        args: &[&str],
+        dir: &Path,
+    ) -> Watched {
         use std::io::BufRead;
-        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut child = std::process::Command::new(program)
             .args(pre)
             .args(["run", "--control", "127.0.0.1:0", "--admin", "127.0.0.1:0"])

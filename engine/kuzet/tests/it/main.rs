@@ -21,6 +21,7 @@ mod promtool;
 mod register;
 mod rfc4475;
 mod rules;
+mod seams;
 mod sim;
 mod sipp;
 mod sockets;
