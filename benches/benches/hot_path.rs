@@ -46,10 +46,7 @@ fn big_lists(plan: &NumberingPlan) -> ListSet {
     }
     let block = b.finish();
     eprintln!("built 10M+100k list in {:?}", t.elapsed());
-    ListSet {
-        block,
-        ..ListSet::default()
-    }
+    ListSet::default().with_list(kuzet_rules::ListId::Block, block)
 }
 
 fn bench_parse(c: &mut Criterion) {

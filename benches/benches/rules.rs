@@ -20,6 +20,7 @@ use kuzet_benches::dashmap_tracker::DashTracker;
 use kuzet_benches::{number, rss_bytes};
 use kuzet_rules::ruleset::{CallInput, RuleLists, RuleSet};
 use kuzet_rules::state::{CallTime, State, Tracker};
+use kuzet_rules::ListId;
 use kuzet_rules::{ListBuilder, ListPolicy, ListSet, Number, NumberingPlan, TrunkKind};
 
 const TRACKED: u64 = 1_000_000;
@@ -77,12 +78,10 @@ fn bench_rules(c: &mut Criterion) {
     for i in 0..100_000 {
         block_text += &format!("+{}\n", number(TRACKED + i));
     }
-    let lists = ListSet {
-        block: build(&block_text),
-        protected: build("+77272595555\n102\n112\n"),
-        premium: build("+88216*\n+2392*\n+6760*\n"),
-        ..ListSet::default()
-    };
+    let lists = ListSet::default()
+        .with_list(ListId::Block, build(&block_text))
+        .with_list(ListId::Protected, build("+77272595555\n102\n112\n"))
+        .with_list(ListId::Premium, build("+88216*\n+2392*\n+6760*\n"));
     let rl: RuleLists<'_> = lists.lists();
     let st = State::new(TRACKED as usize + 1000, 86_400);
     let callers = &st.callers;

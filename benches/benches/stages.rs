@@ -103,10 +103,7 @@ fn bench_evaluate(c: &mut Criterion) {
             .unwrap();
         naive_block.insert(format!("+{}", number(i)), "reported".into());
     }
-    let lists = ListSet {
-        block: b.finish(),
-        ..ListSet::default()
-    };
+    let lists = ListSet::default().with_list(kuzet_rules::ListId::Block, b.finish());
     let st = State::new(16, 60);
     let naive_allow: HashMap<String, String> = HashMap::new();
     let naive_flag: HashMap<String, String> = HashMap::new();
@@ -198,10 +195,9 @@ fn bench_redirect(c: &mut Criterion) {
         b.add_line("bench", 1, &format!("+{}", number(i))).unwrap();
         naive.insert(format!("+{}", number(i)), String::new());
     }
-    let lists = Arc::new(ArcSwap::from_pointee(ListSet {
-        block: b.finish(),
-        ..ListSet::default()
-    }));
+    let lists = Arc::new(ArcSwap::from_pointee(
+        ListSet::default().with_list(kuzet_rules::ListId::Block, b.finish()),
+    ));
     let handler = Handler::new(
         Config::default().dataplane().unwrap(),
         lists,

@@ -13,6 +13,7 @@
 
 pub mod facts;
 pub mod list;
+pub mod list_id;
 pub mod number;
 pub mod plan;
 pub mod ruleset;
@@ -22,6 +23,7 @@ pub mod toml_pos;
 
 pub use facts::{Side, Sides, TrunkKind, Who};
 pub use list::{ListBuilder, ListError, ListErrorKind, ListMatch, MatchKind, NumberList};
+pub use list_id::{ByList, ListId};
 pub use number::{Number, NumberingPlan, PlanError, Prefix};
 pub use plan::{Class, Countries, NumberKind, Origin};
 pub use ruleset::{Decision, ListPolicy};

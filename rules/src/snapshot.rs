@@ -1,33 +1,58 @@
 //! The snapshot of lists and rules in force: swapped whole on reload, so a
 //! call never sees lists and rules from two different loads.
+//!
+//! A snapshot is made of layers: one [`NumberList`] per [`ListId`] and the
+//! [`RuleSet`], each behind an `Arc`, so a new snapshot in which one list
+//! changed shares every other layer with the one before. Its [`Version`]
+//! names its content (a digest of every layer and the rules, computed by
+//! the control plane's publisher) and the highest sequence of the inputs
+//! it was made from: two nodes given the same inputs report the same
+//! version.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::list::NumberList;
+use crate::list_id::{ByList, ListId};
 use crate::number::NumberingPlan;
 use crate::ruleset::{CallInput, ListPolicy, RuleLists, RuleSet, Scored};
 use crate::state::State;
 
+/// What a snapshot holds, named by content: the highest sequence of its
+/// inputs (a published version's number, a feed batch's; files have
+/// none, 0) and a 128-bit digest of its layers and rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Version {
+    /// The highest sequence among the inputs.
+    pub seq: u64,
+    /// The content digest (the publisher's; all zeros for a snapshot no
+    /// publisher made, such as the empty one at start).
+    pub digest: [u8; 16],
+}
+
+impl fmt::Display for Version {
+    /// `SEQ.DIGEST`, the digest as 32 lower-case hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.", self.seq)?;
+        for b in self.digest {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The lists in force and the rule set that reads them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ListSet {
-    /// Numbers whose calls are blocked.
-    pub block: NumberList,
-    /// Numbers exempt from the list and behaviour rules.
-    pub allow: NumberList,
-    /// Numbers whose calls are let through but flagged.
-    pub flag: NumberList,
-    /// Protected (do-not-originate) numbers, for the rules.
-    pub protected: NumberList,
-    /// Premium-rate and IRSF destinations, for the rules.
-    pub premium: NumberList,
-    /// The operator's own subscribers roaming abroad now: their domestic
-    /// caller ID on an international trunk is genuine.
-    pub roamers: NumberList,
+    /// One list per kind.
+    pub lists: ByList<Arc<NumberList>>,
     /// The rules: the built-in list rules, and a rule file's when there is one.
-    pub rules: RuleSet,
-    /// Which load this is (each load gets a new one): a verdict kept from
-    /// an older snapshot is not reused.
+    pub rules: Arc<RuleSet>,
+    /// What this snapshot holds, by content.
+    pub version: Version,
+    /// Which swap on this node this is (each one gets a new one): a
+    /// verdict kept from an older snapshot is not reused, and rule hit
+    /// counters follow the rules in force.
     pub generation: u64,
 }
 
@@ -37,30 +62,48 @@ impl Default for ListSet {
         let plan = NumberingPlan::kazakhstan()
             .validated()
             .unwrap_or_else(|_| NumberingPlan::kazakhstan());
-        ListSet {
-            block: NumberList::default(),
-            allow: NumberList::default(),
-            flag: NumberList::default(),
-            protected: NumberList::default(),
-            premium: NumberList::default(),
-            roamers: NumberList::default(),
-            rules: RuleSet::builtin(&ListPolicy::default(), &plan),
-            generation: 0,
-        }
+        ListSet::new(
+            ByList::default(),
+            RuleSet::builtin(&ListPolicy::default(), &plan),
+        )
     }
 }
 
 impl ListSet {
+    /// A snapshot of these lists and rules, at version and generation 0.
+    pub fn new(lists: ByList<NumberList>, rules: RuleSet) -> ListSet {
+        let ByList(l) = lists;
+        ListSet {
+            lists: ByList(l.map(Arc::new)),
+            rules: Arc::new(rules),
+            version: Version::default(),
+            generation: 0,
+        }
+    }
+
+    /// This snapshot with list `l` replaced.
+    #[must_use]
+    pub fn with_list(mut self, l: ListId, list: NumberList) -> ListSet {
+        self.lists[l] = Arc::new(list);
+        self
+    }
+
+    /// This snapshot with its rules replaced.
+    #[must_use]
+    pub fn with_rules(mut self, rules: RuleSet) -> ListSet {
+        self.rules = Arc::new(rules);
+        self
+    }
+
+    /// The list `l`.
+    #[inline]
+    pub fn list(&self, l: ListId) -> &NumberList {
+        &self.lists[l]
+    }
+
     /// The lists as the rules read them.
     pub fn lists(&self) -> RuleLists<'_> {
-        RuleLists {
-            block: Some(&self.block),
-            flag: Some(&self.flag),
-            allow: Some(&self.allow),
-            protected: Some(&self.protected),
-            premium: Some(&self.premium),
-            roamers: Some(&self.roamers),
-        }
+        RuleLists(self.lists.map(|_, l| Some(&**l)))
     }
 
     /// Scores one call under this snapshot's rules.

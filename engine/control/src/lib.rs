@@ -14,9 +14,11 @@
 //!   connections, so nobody holds them by connecting and waiting.
 //! - [`files`]: reading operator files safely: regular files only, sizes
 //!   and lines capped, non-UTF-8 named by line.
-//! - [`lists`]: loading list files and the rule file into one snapshot, and
-//!   reloading them on change or SIGHUP (the same function at start-up and
-//!   at reload).
+//! - [`publish`]: the one writer of the data plane's snapshot: sources of
+//!   lists and rules in, checked, versioned snapshots out; only changed
+//!   layers rebuilt, failed loads retried.
+//! - [`lists`]: the config's list files, compiled-in lists and rule file
+//!   as a source.
 //! - [`safe`]: text safe to show a person: control characters escaped
 //!   visibly, CSV formulas neutralised, the text log's line writer.
 //! - [`plane`]: the control thread and its own runtime: reloads, stats,
@@ -39,6 +41,7 @@ pub mod hep;
 pub mod investigate;
 pub mod lists;
 pub mod plane;
+pub mod publish;
 pub mod recorder;
 pub mod report;
 pub mod safe;

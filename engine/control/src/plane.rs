@@ -18,7 +18,8 @@ use kuzet_dataplane::metrics::{Counter, Gauge, Metrics};
 use kuzet_dataplane::Handler;
 use tokio::sync::watch;
 
-use crate::lists::{LoadError, Reloader};
+use crate::lists::LoadError;
+use crate::publish::Publisher;
 
 /// How often the control plane does its periodic work.
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +126,7 @@ pub struct Services {
 /// shutdown does not wait for a reload in progress.
 pub fn run(
     timing: Timing,
-    reloader: Reloader,
+    publisher: Publisher,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
     handler: Arc<Handler>,
@@ -140,7 +141,7 @@ pub fn run(
         store_dir,
     } = services;
     rt.block_on(async move {
-        tokio::spawn(reload_loop(timing, reloader, shutdown.clone()));
+        tokio::spawn(reload_loop(timing, publisher, shutdown.clone()));
         tokio::spawn(stats_loop(timing, metrics.clone(), handler));
         tokio::spawn(loss_watch(metrics.clone()));
         if let Some((listener, admin, gate)) = admin {
@@ -164,7 +165,16 @@ pub fn run(
     rt.shutdown_background();
 }
 
-async fn reload_loop(timing: Timing, mut reloader: Reloader, mut shutdown: watch::Receiver<bool>) {
+/// Polls the sources every reload interval (and reloads everything on
+/// SIGHUP); when the publisher has dirty layers and no back-off holds
+/// them, builds them on a thread of its own, abandoning the build past the
+/// reload timeout. A failed or abandoned build leaves its layers dirty, so
+/// it is tried again (see [`Publisher::apply`]).
+pub(crate) async fn reload_loop(
+    timing: Timing,
+    mut publisher: Publisher,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut poll = tokio::time::interval(timing.reload_interval.max(Duration::from_millis(50)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     #[cfg(unix)]
@@ -176,20 +186,31 @@ async fn reload_loop(timing: Timing, mut reloader: Reloader, mut shutdown: watch
     loop {
         #[cfg(unix)]
         let hup_fut = signal_or_never(hup.as_mut());
-        let why = tokio::select! {
+        let hupped = tokio::select! {
             _ = shutdown.changed() => return,
-            _ = poll.tick() => "file change",
-            _ = hup_fut => "SIGHUP",
+            _ = poll.tick() => false,
+            _ = hup_fut => true,
         };
-        // A stat per file: cheap, and it never blocks on a FIFO.
-        if why == "file change" && !reloader.changed() {
+        let retrying = !publisher.dirty().is_empty();
+        if hupped {
+            publisher.reload_all();
+        } else {
+            // A stat per file: cheap, and it never blocks on a FIFO.
+            publisher.poll();
+        }
+        if !publisher.due(std::time::Instant::now()) {
             continue;
         }
+        let why = match (hupped, retrying) {
+            (true, _) => "SIGHUP",
+            (false, true) => "retry",
+            (false, false) => "change",
+        };
         // Loading a big list takes seconds: it runs on a thread of its
         // own (at this thread's priority), never on a shared pool, so no
         // amount of other work (queries, exports) can hold a reload back,
         // and this runtime's timers keep running.
-        let job = reloader.job();
+        let job = publisher.job();
         let cancel = job.cancel.clone();
         let started = std::time::Instant::now();
         let (done, mut task) = tokio::sync::oneshot::channel();
@@ -199,7 +220,11 @@ async fn reload_loop(timing: Timing, mut reloader: Reloader, mut shutdown: watch
                 let _ = done.send(job.run());
             })
         {
-            tracing::error!(error = %e, "could not start a reload thread; the lists in force stay");
+            publisher.apply(
+                why,
+                Err(LoadError::Crashed(format!("no reload thread: {e}"))),
+                started,
+            );
             continue;
         }
         let outcome = tokio::select! {
@@ -210,16 +235,20 @@ async fn reload_loop(timing: Timing, mut reloader: Reloader, mut shutdown: watch
             r = tokio::time::timeout(timing.reload_timeout, &mut task) => r,
         };
         match outcome {
-            Ok(Ok(loaded)) => {
-                reloader.apply(why, loaded, started);
+            Ok(Ok(built)) => {
+                publisher.apply(why, built, started);
             }
             Ok(Err(_)) => {
                 // A panic in a loader is a bug; the lists in force stay.
-                tracing::error!("list reload thread failed; the lists in force stay");
+                publisher.apply(
+                    why,
+                    Err(LoadError::Crashed("the reload thread panicked".into())),
+                    started,
+                );
             }
             Err(_) => {
                 cancel.store(true, Ordering::Relaxed);
-                reloader.apply(why, Err(LoadError::Abandoned(started.elapsed())), started);
+                publisher.apply(why, Err(LoadError::Abandoned(started.elapsed())), started);
                 // The abandoned load sees the flag within a few thousand
                 // lines; until it has stopped no other load starts, so two
                 // copies of a big list never sit in memory at once. A read

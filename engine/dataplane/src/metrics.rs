@@ -314,16 +314,12 @@ impl Metrics {
             generation: set.generation,
             by_rule,
         }));
-        let sizes = [
-            ("allowlist", &set.allow),
-            ("blocklist", &set.block),
-            ("flaglist", &set.flag),
-            ("premium", &set.premium),
-            ("protected", &set.protected),
-            ("roamers", &set.roamers),
-        ]
-        .map(|(n, l)| (n, (l.exact_count() + l.prefix_count()) as u64));
-        *self.list_entries.lock().unwrap_or_else(|e| e.into_inner()) = sizes.to_vec();
+        let sizes: Vec<(&'static str, u64)> = set
+            .lists
+            .iter()
+            .map(|(id, l)| (id.name(), (l.exact_count() + l.prefix_count()) as u64))
+            .collect();
+        *self.list_entries.lock().unwrap_or_else(|e| e.into_inner()) = sizes;
         self.set(Gauge::ListsGeneration, set.generation as i64);
         self.set(Gauge::ListsLoadedUnix, unix_s);
     }

@@ -62,8 +62,10 @@ const KIND_RECORD: u64 = 1;
 const KIND_PAD: u64 = 2;
 const KIND_VOID: u64 = 3;
 
-/// The payload format this build writes.
-const FORMAT: u8 = 1;
+/// The payload format this build writes: 2 names the lists' version by
+/// sequence and content digest. Format 1 entries (`<start>.<generation>`)
+/// left by an older kuzet are still read, so an upgrade loses none.
+const FORMAT: u8 = 2;
 
 /// How much of the ring an entry may use: records whose verdict id the
 /// caller is given may fill it; others stop short of the reserve.
@@ -847,8 +849,8 @@ pub struct Facts<'a> {
     pub source: SocketAddr,
     /// The trunk's name and kind.
     pub trunk: Option<(&'a str, &'a str)>,
-    /// The lists' version (`<base>.<generation>`), written in place.
-    pub version: (i64, u64),
+    /// The version of the snapshot that judged it.
+    pub version: kuzet_rules::snapshot::Version,
     /// Call-ID, Request-URI, From, PAI as received.
     pub call_id: &'a [u8],
     /// The Request-URI.
@@ -902,8 +904,8 @@ pub fn put_facts<S: Sink>(s: &mut S, f: &Facts<'_>) {
         }
         None => s.u8(0),
     }
-    s.u64(f.version.0 as u64);
-    s.u64(f.version.1);
+    s.u64(f.version.seq);
+    s.raw(&f.version.digest);
     s.bytes(f.call_id);
     s.bytes(f.ruri);
     s.bytes(f.from_hdr);
@@ -950,8 +952,10 @@ fn decision(v: u8) -> Result<Decision, String> {
 
 fn decode(s: &mut Source<'_>) -> Result<RecordEntry, String> {
     let format = s.u8()?;
-    if format != FORMAT {
-        return Err(format!("record format {format}, this kuzet reads {FORMAT}"));
+    if format != FORMAT && format != 1 {
+        return Err(format!(
+            "record format {format}, this kuzet reads 1 and {FORMAT}"
+        ));
     }
     let flags = s.u8()?;
     let dec = decision(s.u8()?)?;
@@ -983,8 +987,15 @@ fn decode(s: &mut Source<'_>) -> Result<RecordEntry, String> {
         0 => None,
         _ => Some((s.text()?, s.text()?)),
     };
-    let base = s.u64()? as i64;
-    let generation = s.u64()?;
+    let lists_version = if format == 1 {
+        let base = s.u64()? as i64;
+        let generation = s.u64()?;
+        format!("{base}.{generation}")
+    } else {
+        let seq = s.u64()?;
+        let digest = s.array::<16>()?;
+        kuzet_rules::snapshot::Version { seq, digest }.to_string()
+    };
     let call_id = s.text()?;
     let ruri = s.text()?;
     let from_hdr = s.text()?;
@@ -1029,7 +1040,7 @@ fn decode(s: &mut Source<'_>) -> Result<RecordEntry, String> {
         caller_role,
         source: SocketAddr::new(ip, port),
         trunk,
-        lists_version: format!("{base}.{generation}"),
+        lists_version,
         call_id,
         ruri,
         from_hdr,
@@ -1070,7 +1081,10 @@ mod tests {
             caller_role: role::SOURCE,
             source: "[::1]:5060".parse().unwrap(),
             trunk: Some(("intl", "international")),
-            version: (1_764_000_000, 3),
+            version: kuzet_rules::snapshot::Version {
+                seq: 3,
+                digest: [0xab; 16],
+            },
             call_id: b"abc\x1b[2J",
             ruri: b"sip:+77020000001@x",
             from_hdr: b"<sip:+77011234567@x>;tag=1",
@@ -1091,6 +1105,42 @@ mod tests {
         put_answer(&mut slot, answer);
         slot.commit();
         true
+    }
+
+    impl Sink for Vec<u8> {
+        fn raw(&mut self, b: &[u8]) {
+            self.extend_from_slice(b);
+        }
+    }
+
+    /// An entry an older kuzet (format 1, the version as `<start>.<generation>`)
+    /// left in the queue is still read after an upgrade.
+    #[test]
+    fn a_format_1_entry_left_by_an_older_kuzet_is_read() {
+        let head: [&[u8]; 1] = [b"INVITE sip:x SIP/2.0\r\n"];
+        let f = facts(b"00112233445566778899aabb", &head, &[]);
+        let mut v2 = Vec::new();
+        put_facts(&mut v2, &f);
+        put_answer(&mut v2, b"SIP/2.0 603");
+        // The same payload as format 1 wrote it.
+        let mut version = 3u64.to_le_bytes().to_vec();
+        version.extend_from_slice(&[0xab; 16]);
+        let at = v2.windows(24).position(|w| w == version).unwrap();
+        let mut v1 = v2[..at].to_vec();
+        v1[0] = 1;
+        v1.extend_from_slice(&1_764_000_000u64.to_le_bytes());
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        v1.extend_from_slice(&v2[at + 24..]);
+        let r = RecordRing::in_memory(64 * 1024, 25).unwrap();
+        let mut slot = r.reserve(v1.len(), Class::IdGiven).unwrap();
+        slot.raw(&v1);
+        slot.commit();
+        let Read::Entry(Ok(e), _) = r.read(r.tail()) else {
+            panic!("no entry");
+        };
+        assert_eq!(e.lists_version, "1764000000.7");
+        assert_eq!(e.answer, b"SIP/2.0 603");
+        assert_eq!(e.verdict_id, "00112233445566778899aabb");
     }
 
     #[test]
@@ -1117,7 +1167,7 @@ mod tests {
         assert_eq!(e.source, "[::1]:5060".parse().unwrap());
         assert_eq!(e.call_id, "abc\x1b[2J");
         assert_eq!(e.trunk, Some(("intl".into(), "international".into())));
-        assert_eq!(e.lists_version, "1764000000.3");
+        assert_eq!(e.lists_version, format!("3.{}", "ab".repeat(16)));
         assert_eq!(
             e.explanation(),
             "blocklist: caller listed (bank fraud desk); velocity_1m: 21 calls > 20 (shadow)"

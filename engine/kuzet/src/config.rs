@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use kuzet_control::files::{self, FileError, MAX_CONFIG_FILE, MAX_RULE_FILE, MAX_SECRET_FILE};
-use kuzet_control::lists::{ListFile, ListKind, Sources};
+use kuzet_control::lists::{ListFile, Sources};
 use kuzet_dataplane::trunks::TrunkMap;
 use kuzet_dataplane::Settings;
-use kuzet_rules::{Countries, ListPolicy, NumberingPlan, Sides, TrunkKind};
+use kuzet_rules::{ByList, Countries, ListId, ListPolicy, NumberingPlan, Sides, TrunkKind};
 use serde::Deserialize;
 
 pub use kuzet_dataplane::handler::{Mode, NumberSource};
@@ -27,21 +27,21 @@ pub const EMBEDDED_CONFIG: &str = include_str!("../../../deploy/kuzet.toml");
 pub const EMBEDDED_RULES: &str = include_str!("../../../deploy/rules/default.toml");
 
 /// Sample lists shipped in `deploy/lists/`, compiled in for `kuzet run`.
-pub const EMBEDDED_LISTS: [(&str, &str, ListKind); 3] = [
+pub const EMBEDDED_LISTS: [(&str, &str, ListId); 3] = [
     (
         "embedded:deploy/lists/blocklist.txt",
         include_str!("../../../deploy/lists/blocklist.txt"),
-        ListKind::Block,
+        ListId::Block,
     ),
     (
         "embedded:deploy/lists/allowlist.txt",
         include_str!("../../../deploy/lists/allowlist.txt"),
-        ListKind::Allow,
+        ListId::Allow,
     ),
     (
         "embedded:deploy/lists/flaglist.txt",
         include_str!("../../../deploy/lists/flaglist.txt"),
-        ListKind::Flag,
+        ListId::Flag,
     ),
 ];
 
@@ -683,32 +683,56 @@ pub enum MatchSides {
     Both,
 }
 
-/// `[lists]`: list files and how they are matched.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[lists]`: list files and how they are matched. Each list's key is its
+/// name ([`ListId::name`]: `blocklist = ["block.txt"]`), so a list added
+/// to [`ListId`] is configurable with no change here.
+#[derive(Clone, Debug)]
 pub struct ListsConfig {
-    /// Blocklist files.
-    pub blocklist: Vec<ListEntry>,
-    /// Allowlist files.
-    pub allowlist: Vec<ListEntry>,
-    /// Flaglist files.
-    pub flaglist: Vec<ListEntry>,
-    /// Protected (do-not-originate) number files.
-    pub protected: Vec<ListEntry>,
-    /// Premium-rate destination files.
-    pub premium: Vec<ListEntry>,
-    /// The operator's own subscribers roaming abroad now (from its
-    /// HLR/HSS): their domestic caller ID on an international trunk is
-    /// genuine.
-    pub roamers: Vec<ListEntry>,
-    #[serde(rename = "match")]
+    /// The files of each list.
+    pub files: ByList<Vec<ListEntry>>,
     /// Which numbers the lists are checked against.
     pub match_sides: MatchSides,
     /// How often list files are checked for changes.
     pub reload_interval_ms: u64,
     /// A reload still running after this long is abandoned and the lists
-    /// in force stay.
+    /// in force stay (and it is tried again).
     pub reload_timeout_ms: u64,
+}
+
+/// `[lists]`'s keys besides the lists'.
+const LISTS_KEYS: [&str; 3] = ["match", "reload_interval_ms", "reload_timeout_ms"];
+
+impl<'de> Deserialize<'de> for ListsConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        static FIELDS: std::sync::LazyLock<Vec<&'static str>> =
+            std::sync::LazyLock::new(|| ListId::NAMES.iter().chain(&LISTS_KEYS).copied().collect());
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ListsConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the [lists] table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<ListsConfig, A::Error> {
+                let mut c = ListsConfig::default();
+                while let Some(key) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*key {
+                        "match" => c.match_sides = m.next_value()?,
+                        "reload_interval_ms" => c.reload_interval_ms = m.next_value()?,
+                        "reload_timeout_ms" => c.reload_timeout_ms = m.next_value()?,
+                        k => match ListId::from_name(k) {
+                            Some(l) => c.files[l] = m.next_value()?,
+                            None => return Err(serde::de::Error::unknown_field(k, &FIELDS[..])),
+                        },
+                    }
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// One list file in `[lists]`: a path, or `{ path = "...", allow_empty =
@@ -772,12 +796,7 @@ impl<'de> Deserialize<'de> for ListEntry {
 impl Default for ListsConfig {
     fn default() -> Self {
         ListsConfig {
-            blocklist: Vec::new(),
-            allowlist: Vec::new(),
-            flaglist: Vec::new(),
-            protected: Vec::new(),
-            premium: Vec::new(),
-            roamers: Vec::new(),
+            files: ByList::default(),
             match_sides: MatchSides::Both,
             reload_interval_ms: 1000,
             reload_timeout_ms: 120_000,
@@ -786,25 +805,18 @@ impl Default for ListsConfig {
 }
 
 impl ListsConfig {
-    /// Every configured list file with its kind, in order.
+    /// Every configured list file with its list, in [`ListId::ALL`] order.
     pub fn files(&self) -> Vec<ListFile> {
-        [
-            (&self.blocklist, ListKind::Block),
-            (&self.allowlist, ListKind::Allow),
-            (&self.flaglist, ListKind::Flag),
-            (&self.protected, ListKind::Protected),
-            (&self.premium, ListKind::Premium),
-            (&self.roamers, ListKind::Roamers),
-        ]
-        .into_iter()
-        .flat_map(|(entries, kind)| {
-            entries.iter().map(move |e| ListFile {
-                path: e.path.clone(),
-                kind,
-                allow_empty: e.allow_empty,
+        self.files
+            .iter()
+            .flat_map(|(kind, entries)| {
+                entries.iter().map(move |e| ListFile {
+                    path: e.path.clone(),
+                    kind,
+                    allow_empty: e.allow_empty,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// The sides as the scoring core wants them.

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use kuzet::config::{Config, Mode};
 use kuzet::server::{self, StartError, StartOptions};
+use kuzet_rules::ListId;
 
 /// kuzet: anti-fraud call interception on the SIP signalling path.
 ///
@@ -158,7 +159,8 @@ fn main() -> ExitCode {
 }
 
 fn rules_check(file: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode {
-    use kuzet_rules::ruleset::{Kind, ListName, Mode, RuleSet};
+    use kuzet_rules::ruleset::{Kind, Mode, RuleSet};
+
     let checked = (|| -> Result<String, String> {
         let cfg = match config {
             Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
@@ -184,7 +186,7 @@ fn rules_check(file: &std::path::Path, config: Option<&std::path::Path>) -> Exit
             .filter(|r| r.builtin)
             .map(|r| match r.kind {
                 Kind::List {
-                    list: ListName::Allowlist,
+                    list: ListId::Allow,
                     ..
                 } => "allowlist (exempts)".to_string(),
                 _ => format!("{} (score {})", r.id, r.score),
@@ -283,13 +285,13 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
                 .collect::<Vec<_>>()
         };
         if !args.blocklist.is_empty() {
-            cfg.lists.blocklist = abs(&args.blocklist);
+            cfg.lists.files[ListId::Block] = abs(&args.blocklist);
         }
         if !args.allowlist.is_empty() {
-            cfg.lists.allowlist = abs(&args.allowlist);
+            cfg.lists.files[ListId::Allow] = abs(&args.allowlist);
         }
         if !args.flaglist.is_empty() {
-            cfg.lists.flaglist = abs(&args.flaglist);
+            cfg.lists.files[ListId::Flag] = abs(&args.flaglist);
         }
     }
     cfg.embedded_lists = args.config.is_none() && cfg.lists.files().is_empty();

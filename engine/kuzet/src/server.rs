@@ -1,6 +1,6 @@
 //! Start-up, wiring and shutdown.
 //!
-//! [`start`] loads the lists (the same [`lists::load`] a reload uses),
+//! [`start`] loads the lists (the same publisher a reload uses),
 //! binds UDP and TCP on the listen address, and starts the threads: one
 //! per UDP worker, one for TCP, and one control-plane thread that reloads
 //! lists on change or SIGHUP and logs counters and service time. The
@@ -17,8 +17,9 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use kuzet_control::lists::{self, LoadError, Reloader};
+use kuzet_control::lists::{FileSource, LoadError};
 use kuzet_control::plane::{self, small_runtime, Timing};
+use kuzet_control::publish::{self, Publisher};
 use kuzet_dataplane::metrics::{Gauge, Metrics};
 use kuzet_dataplane::records::RecordRing;
 use kuzet_dataplane::transport::{tcp, Connections};
@@ -132,11 +133,24 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let mode = cfg.server.mode;
     let started = std::time::Instant::now();
     let sources = cfg.sources();
+    let metrics = Arc::new(Metrics::default());
+    let lists: SharedLists = Arc::new(ArcSwap::from_pointee(kuzet_rules::ListSet::default()));
+    // The one writer of the snapshot, at start-up as at every reload.
+    let mut publisher = Publisher::new(
+        vec![Arc::new(FileSource::new(sources.clone()))],
+        plan.clone(),
+        sources.policy,
+        lists.clone(),
+        metrics.clone(),
+        // A refused load is tried again after this, then twice as long
+        // each time.
+        Duration::from_millis(cfg.lists.reload_interval_ms).max(Duration::from_secs(1)),
+    );
     // Start-up has no lists to fall back on: it loads to the end (with
     // progress lines for a big list), and a SIGTERM meanwhile is handled
     // as soon as it is serving.
-    let (set, stats) = lists::load(&sources, &plan, &AtomicBool::new(false))?;
-    lists::log_files(&stats);
+    let stats = publisher.publish_now()?;
+    publish::log_files(&stats);
     tracing::info!(
         lines = stats.lines,
         exact = stats.exact,
@@ -144,10 +158,9 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         heap_mb = stats.bytes / (1 << 20),
         elapsed_ms = started.elapsed().as_millis() as u64,
         embedded = cfg.embedded_lists,
+        version = %lists.load().version,
         "lists loaded"
     );
-    let lists: SharedLists = Arc::new(ArcSwap::from_pointee(set));
-    let metrics = Arc::new(Metrics::default());
     // The store is opened before serving: a data directory that cannot be
     // written (or that is not kuzet's alone) is an error now, not a silent
     // loss later. What an earlier process left in the record queue is
@@ -426,7 +439,6 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         admin,
         store_dir: cfg.store.enabled.then(|| cfg.data_dir()),
     };
-    let reloader = Reloader::new(Arc::new(sources), plan, lists.clone(), metrics.clone());
     let m = metrics.clone();
     let sd = shutdown_rx.clone();
     let h = handler.clone();
@@ -443,7 +455,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 // Reload loads run on this runtime's blocking threads,
                 // which inherit the priority.
                 background_priority("control plane");
-                plane::run(timing, reloader, m, sd, h, services)
+                plane::run(timing, publisher, m, sd, h, services)
             })
             .context("spawning control thread")?,
     );

@@ -61,16 +61,6 @@ fn ten_s() -> u32 {
     10_000
 }
 
-/// The lists a rule file may name in a `list` rule.
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum ListSpec {
-    Blocklist,
-    Flaglist,
-    Premium,
-    Allowlist,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
@@ -80,7 +70,7 @@ struct RuleSpec {
     #[serde(default = "enforce")]
     mode: Mode,
     #[serde(default)]
-    list: Option<ListSpec>,
+    list: Option<ListId>,
     #[serde(default)]
     side: Option<String>,
     #[serde(default)]
@@ -135,7 +125,7 @@ struct ScopeSpec {
     weekdays: Vec<String>,
 }
 
-const RESERVED: [ListName; 3] = [ListName::Allowlist, ListName::Blocklist, ListName::Flaglist];
+const RESERVED: [ListId; 3] = [ListId::Allow, ListId::Block, ListId::Flag];
 
 impl RuleSet {
     /// Parses and checks rule file text, and joins its rules to the
@@ -254,18 +244,14 @@ impl RuleSet {
                         None => {
                             return Err(err(RuleProblem::Needs {
                                 kind: r.kind.clone(),
-                                key: "list = \"blocklist\" | \"flaglist\" | \"premium\"",
+                                key: "list = \"blocklist\" | \"flaglist\" | \"premium\" | ...",
                             }))
                         }
-                        Some(ListSpec::Allowlist) => {
-                            return Err(err(RuleProblem::AllowlistNotScored))
-                        }
-                        Some(ListSpec::Blocklist) => ListName::Blocklist,
-                        Some(ListSpec::Flaglist) => ListName::Flaglist,
-                        Some(ListSpec::Premium) => ListName::Premium,
+                        Some(ListId::Allow) => return Err(err(RuleProblem::AllowlistNotScored)),
+                        Some(l) => l,
                     };
                     let sides = match (r.side.as_deref(), list) {
-                        (_, ListName::Premium) => Sides {
+                        (_, ListId::Premium) => Sides {
                             caller: false,
                             callee: true,
                         },
@@ -369,15 +355,15 @@ impl RuleSet {
             });
         }
         // Which built-in list rules the file replaces.
-        let replacing = |name: ListName| {
+        let replacing = |name: ListId| {
             rules
                 .iter()
                 .filter(move |r| matches!(r.kind, Kind::List { list, .. } if list == name))
         };
         let mut overrides = Vec::new();
         for (list, builtin_score) in [
-            (ListName::Blocklist, policy.block_score),
-            (ListName::Flaglist, policy.flag_score),
+            (ListId::Block, policy.block_score),
+            (ListId::Flag, policy.flag_score),
         ] {
             for r in replacing(list) {
                 overrides.push(Override {
@@ -388,8 +374,8 @@ impl RuleSet {
                 });
             }
         }
-        let keep_block = replacing(ListName::Blocklist).next().is_none();
-        let keep_flag = replacing(ListName::Flaglist).next().is_none();
+        let keep_block = replacing(ListId::Block).next().is_none();
+        let keep_flag = replacing(ListId::Flag).next().is_none();
         // A built-in list rule must still do what the config says.
         let decide = |score: u32| thresholds.decide(score.min(thresholds.cap));
         if keep_block && decide(policy.block_score) != Decision::Block {

@@ -28,6 +28,7 @@ use std::fmt;
 
 use crate::facts::{Side, Sides, TrunkKind, Who};
 use crate::list::NumberList;
+use crate::list_id::ByList;
 use crate::number::{Number, NumberingPlan, Prefix};
 use crate::state::{CallTime, OutcomePolicy, State, VELOCITY_SLOTS};
 
@@ -73,30 +74,7 @@ pub enum Mode {
     Shadow,
 }
 
-/// Which list a `list` rule looks in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListName {
-    /// The allowlist: a hit exempts the call from every other rule.
-    Allowlist,
-    /// The blocklist.
-    Blocklist,
-    /// The flaglist.
-    Flaglist,
-    /// Premium-rate / IRSF destinations, callee side.
-    Premium,
-}
-
-impl ListName {
-    /// `allowlist`, `blocklist`, `flaglist` or `premium`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ListName::Allowlist => "allowlist",
-            ListName::Blocklist => "blocklist",
-            ListName::Flaglist => "flaglist",
-            ListName::Premium => "premium",
-        }
-    }
-}
+pub use crate::list_id::ListId;
 
 /// The kind of a rule with its parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,7 +82,7 @@ pub enum Kind {
     /// A number on a list, on the given sides.
     List {
         /// The list looked in.
-        list: ListName,
+        list: ListId,
         /// Which numbers are looked up.
         sides: Sides,
     },
@@ -265,7 +243,7 @@ impl Default for ListPolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Override {
     /// The list whose built-in rule was replaced.
-    pub list: ListName,
+    pub list: ListId,
     /// The score the config gives that list.
     pub builtin_score: u32,
     /// The id of the file's rule that replaced it.
@@ -274,32 +252,22 @@ pub struct Override {
     pub score: u32,
 }
 
-/// The lists rules look in.
+/// The lists rules look in: one per [`ListId`], `None` for a list a
+/// test leaves out.
 #[derive(Default, Clone, Copy)]
-pub struct RuleLists<'a> {
-    /// Blocklist.
-    pub block: Option<&'a NumberList>,
-    /// Flaglist.
-    pub flag: Option<&'a NumberList>,
-    /// Allowlist.
-    pub allow: Option<&'a NumberList>,
-    /// Protected (do-not-originate) numbers.
-    pub protected: Option<&'a NumberList>,
-    /// Premium-rate destinations.
-    pub premium: Option<&'a NumberList>,
-    /// The operator's own subscribers roaming abroad now.
-    pub roamers: Option<&'a NumberList>,
-}
+pub struct RuleLists<'a>(pub ByList<Option<&'a NumberList>>);
 
 impl<'a> RuleLists<'a> {
-    /// The list a list rule reads.
-    pub fn get(&self, list: ListName) -> Option<&'a NumberList> {
-        match list {
-            ListName::Allowlist => self.allow,
-            ListName::Blocklist => self.block,
-            ListName::Flaglist => self.flag,
-            ListName::Premium => self.premium,
-        }
+    /// The list `list`, if there is one.
+    #[inline]
+    pub fn get(&self, list: ListId) -> Option<&'a NumberList> {
+        self.0[list]
+    }
+
+    /// These lists with `list` set to `l`.
+    pub fn with(mut self, list: ListId, l: &'a NumberList) -> Self {
+        self.0[list] = Some(l);
+        self
     }
 }
 
@@ -569,7 +537,7 @@ impl RuleSet {
             matches!(
                 k,
                 Kind::List {
-                    list: ListName::Premium,
+                    list: ListId::Premium,
                     ..
                 } | Kind::DestinationVelocity { .. }
             )
@@ -648,7 +616,7 @@ impl RuleSet {
 /// The built-in list rules, in scoring order: the allowlist, then the
 /// blocklist and flaglist unless a rule file replaces them.
 fn builtin_rules(policy: &ListPolicy, block: bool, flag: bool) -> Vec<Rule> {
-    let rule = |list: ListName, score| Rule {
+    let rule = |list: ListId, score| Rule {
         id: list.as_str().into(),
         kind: Kind::List {
             list,
@@ -660,12 +628,12 @@ fn builtin_rules(policy: &ListPolicy, block: bool, flag: bool) -> Vec<Rule> {
         escalate: None,
         builtin: true,
     };
-    let mut v = vec![rule(ListName::Allowlist, 0)];
+    let mut v = vec![rule(ListId::Allow, 0)];
     if block {
-        v.push(rule(ListName::Blocklist, policy.block_score));
+        v.push(rule(ListId::Block, policy.block_score));
     }
     if flag {
-        v.push(rule(ListName::Flaglist, policy.flag_score));
+        v.push(rule(ListId::Flag, policy.flag_score));
     }
     v
 }

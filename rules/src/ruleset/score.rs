@@ -17,18 +17,18 @@ struct Hit {
 /// rules ask: by list, then caller/callee.
 #[derive(Default)]
 struct Looked {
-    memo: [[Option<Option<Hit>>; 2]; 4],
+    memo: [[Option<Option<Hit>>; 2]; ListId::COUNT],
 }
 
 impl Looked {
     fn get(
         &mut self,
         lists: &RuleLists<'_>,
-        list: ListName,
+        list: ListId,
         side: Side,
         n: Option<Number>,
     ) -> Option<Hit> {
-        let slot = &mut self.memo[list as usize][side as usize];
+        let slot = &mut self.memo[list.index()][side as usize];
         *slot.get_or_insert_with(|| {
             let m = lists.get(list)?.lookup(n?)?;
             Some(Hit {
@@ -45,7 +45,7 @@ impl Looked {
     fn find(
         &mut self,
         lists: &RuleLists<'_>,
-        list: ListName,
+        list: ListId,
         sides: Sides,
         call: &CallInput,
     ) -> Option<(Side, Hit)> {
@@ -91,11 +91,11 @@ impl RuleSet {
         // the caller-ID authenticity rules still judge it.
         for (i, r) in self.rules.iter().enumerate() {
             if let Kind::List {
-                list: ListName::Allowlist,
+                list: ListId::Allow,
                 sides,
             } = r.kind
             {
-                if let Some((side, hit)) = looked.find(lists, ListName::Allowlist, sides, call) {
+                if let Some((side, hit)) = looked.find(lists, ListId::Allow, sides, call) {
                     out.allowlisted = true;
                     out.push(Fired {
                         rule: i as u16,
@@ -156,7 +156,7 @@ impl RuleSet {
                 }
             });
         }
-        let premium = match (lists.premium, b) {
+        let premium = match (lists.get(ListId::Premium), b) {
             (Some(l), Some(bn)) if self.needs_premium && !out.allowlisted => {
                 l.lookup(bn).map(|m| (m, bn))
             }
@@ -177,7 +177,7 @@ impl RuleSet {
             let mut note = Note::None;
             let hit: Option<(u32, u32)> = match &r.kind {
                 Kind::List {
-                    list: ListName::Allowlist,
+                    list: ListId::Allow,
                     ..
                 } => None,
                 Kind::List { list, sides } => {
@@ -199,7 +199,7 @@ impl RuleSet {
                             {
                                 continue;
                             }
-                            if on(lists.roamers, n) {
+                            if on(lists.get(ListId::Roamers), n) {
                                 roamer.get_or_insert(w);
                             } else {
                                 spoofed.get_or_insert(w);
@@ -223,7 +223,7 @@ impl RuleSet {
                 }
                 Kind::ProtectedCaller => call
                     .identities()
-                    .find(|&(_, n)| on(lists.protected, n))
+                    .find(|&(_, n)| on(lists.get(ListId::Protected), n))
                     .map(|(w, _)| {
                         who = Some(w);
                         (1, 1)
@@ -272,7 +272,7 @@ impl RuleSet {
                 Kind::DestinationVelocity { window_s, max } => premium.and_then(|(_, bn)| {
                     // Calls to this destination: keyed by the B-number's
                     // leading digits down to the premium prefix matched.
-                    let key = destination_key(bn, lists.premium);
+                    let key = destination_key(bn, lists.get(ListId::Premium));
                     let v = st
                         .destinations
                         .with(key, now, |s| s.window.add(now, *window_s, 1))?;

@@ -65,14 +65,12 @@ impl World {
         }
     }
     fn lists(&self) -> RuleLists<'_> {
-        RuleLists {
-            block: Some(&self.block),
-            flag: None,
-            allow: Some(&self.allow),
-            protected: Some(&self.protected),
-            premium: Some(&self.premium),
-            roamers: Some(&self.roamers),
-        }
+        RuleLists::default()
+            .with(ListId::Block, &self.block)
+            .with(ListId::Allow, &self.allow)
+            .with(ListId::Protected, &self.protected)
+            .with(ListId::Premium, &self.premium)
+            .with(ListId::Roamers, &self.roamers)
     }
     fn score(&self, r: &RuleSet, c: &CallInput) -> Scored {
         r.score(c, &self.lists(), &self.st)
@@ -705,7 +703,7 @@ fn scopes_limit_trunks_prefixes_hours_and_days() {
 fn with_flag(w: &World) -> (NumberList, RuleLists<'_>) {
     let flag = list("+77009990001,watch\n+7700998*\n");
     let mut l = w.lists();
-    l.flag = None;
+    l.0[ListId::Flag] = None;
     (flag, l)
 }
 
@@ -717,7 +715,7 @@ fn builtin() -> RuleSet {
 fn without_a_rule_file_the_lists_decide_as_the_config_says() {
     let w = World::new();
     let (flag, mut l) = with_flag(&w);
-    l.flag = Some(&flag);
+    l.0[ListId::Flag] = Some(&flag);
     let r = builtin();
     assert!(r.is_builtin());
     let score = |c: &CallInput| r.score(c, &l, &w.st);
@@ -782,7 +780,7 @@ fn a_rule_file_without_list_rules_keeps_the_lists_blocking() {
     // stop list blocking silently.
     let w = World::new();
     let (flag, mut l) = with_flag(&w);
-    l.flag = Some(&flag);
+    l.0[ListId::Flag] = Some(&flag);
     let r = rules(
         "[[rule]]\nid = \"velocity_1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 50\n",
     );
@@ -822,7 +820,7 @@ fn a_rule_file_whose_thresholds_would_undercut_a_list_is_refused() {
     assert_eq!(
         r.overrides,
         [Override {
-            list: ListName::Blocklist,
+            list: ListId::Block,
             builtin_score: 100,
             by: "blocklist".into(),
             score: 150

@@ -13,7 +13,7 @@
 use super::*;
 use crate::metrics::Gauge;
 use crate::records::{self, Class, Facts, Sizer, Slot};
-use kuzet_rules::ruleset::{Kind, ListName};
+use kuzet_rules::ruleset::{Kind, ListId};
 use kuzet_rules::Who;
 
 /// A record reserved in the queue, written but for kuzet's answer, which
@@ -329,7 +329,7 @@ impl Handler {
             caller_role: role,
             source: src,
             trunk: trunk.map(|t| (&**t.name, t.kind.as_str())),
-            version: (self.version_base, set.generation),
+            version: set.version,
             call_id: m.header(Hdr::CallId).unwrap_or_default(),
             ruri: m.request_uri(),
             from_hdr: m.header(Hdr::From).unwrap_or_default(),
@@ -368,11 +368,11 @@ fn caller_role(scored: &Scored, set: &ListSet, a_trust: u8) -> u8 {
         match r.kind {
             Kind::DomesticOnInternational | Kind::ProtectedCaller => spoof = true,
             Kind::List {
-                list: ListName::Allowlist,
+                list: ListId::Allow,
                 ..
             } => {}
             Kind::List { list, .. } => {
-                if f.who == Some(Who::Callee) || list == ListName::Premium {
+                if f.who == Some(Who::Callee) || list == ListId::Premium {
                     callee_side = true;
                 } else {
                     caller_side = true;

@@ -217,8 +217,6 @@ pub struct Handler {
     utc_offset_s: i64,
     /// The record queue (none: nothing is logged or recorded).
     records: Option<Arc<crate::records::RecordRing>>,
-    /// The lists' version prefix: the process's start, Unix seconds.
-    version_base: i64,
     /// Who may use the outcome API.
     outcome_reporters: Vec<String>,
     outcome_secret: Option<Vec<u8>>,
@@ -279,7 +277,6 @@ impl Handler {
             started: Instant::now(),
             utc_offset_s: i64::from(s.utc_offset_minutes) * 60,
             records: None,
-            version_base: evidence::unix_us() / 1_000_000,
             // Only proxy mode sees calls end; redirect mode keeps no table.
             calls: Table::new(match s.mode {
                 Mode::Proxy => s.max_tracked_numbers,

@@ -128,7 +128,7 @@ fn the_retransmission_trick_is_judged_on_its_own_in_both_modes() {
         let dir = TempDir::new("retrans-trick");
         let block = dir.write("block.txt", "+77011112233,fraud line\n");
         let mut cfg = test_config();
-        cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(block)];
+        cfg.lists.files[kuzet_rules::ListId::Block] = vec![kuzet::config::ListEntry::path(block)];
         cfg.store.enabled = true;
         cfg.store.dir = Some(dir.path().join("data"));
         let next_hop = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -214,7 +214,7 @@ fn reporting_engine(
 ) -> kuzet::server::Running {
     let mut cfg = test_config();
     cfg.rules.file = Some(dir.write("rules.toml", rules));
-    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(
+    cfg.lists.files[kuzet_rules::ListId::Block] = vec![kuzet::config::ListEntry::path(
         dir.write("block.txt", block),
     )];
     cfg.store.enabled = true;
@@ -1328,7 +1328,7 @@ fn reporting_each_block(
     timeout_ms: u64,
 ) -> kuzet::server::Running {
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![kuzet::config::ListEntry::path(
+    cfg.lists.files[kuzet_rules::ListId::Block] = vec![kuzet::config::ListEntry::path(
         dir.write("block.txt", "+77011112233\n"),
     )];
     cfg.store.enabled = true;

@@ -60,10 +60,7 @@ pub fn handler_with_rules(mode: Mode, rules_toml: &str) -> Handler {
         &c.sources().policy,
     )
     .unwrap();
-    let set = ListSet {
-        rules,
-        ..ListSet::default()
-    };
+    let set = ListSet::default().with_rules(rules);
     Handler::new(
         c.dataplane().unwrap(),
         Arc::new(ArcSwap::from_pointee(set)),

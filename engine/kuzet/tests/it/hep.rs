@@ -57,7 +57,7 @@ fn each_decision_reaches_the_collector_as_hepv3_with_the_sip_mirrored() {
     let d = TempDir::new("hep");
     d.write("block.txt", "+77011112233,fraud desk report\n");
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![d.path().join("block.txt").into()];
+    cfg.lists.files[kuzet_rules::ListId::Block] = vec![d.path().join("block.txt").into()];
     cfg.hep.enabled = true;
     cfg.hep.collector = collector.local_addr().unwrap();
     cfg.hep.capture_id = 4242;

@@ -24,11 +24,12 @@ fn client_on(ip: &str) -> UdpSocket {
 fn spoof_engine(dir: &TempDir) -> kuzet::server::Running {
     let mut cfg = test_config();
     cfg.rules.file = Some(dir.write("rules.toml", SPOOF_RULES));
-    cfg.lists.roamers = vec![dir.write("roamers.txt", "+77051112233\n").into()];
-    cfg.lists.protected = vec![dir
+    cfg.lists.files[kuzet_rules::ListId::Roamers] =
+        vec![dir.write("roamers.txt", "+77051112233\n").into()];
+    cfg.lists.files[kuzet_rules::ListId::Protected] = vec![dir
         .write("protected.txt", "+77272595555,bank hotline\n")
         .into()];
-    cfg.lists.allowlist = vec![dir
+    cfg.lists.files[kuzet_rules::ListId::Allow] = vec![dir
         .write("allow.txt", "+77272500000,bank call centre\n")
         .into()];
     cfg.trunks = vec![
@@ -170,7 +171,7 @@ fn a_protected_number_in_from_or_a_display_name_is_caught() {
 fn list_files_as_spreadsheets_and_switches_write_them_are_loaded() {
     let dir = TempDir::new("list-forms");
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![dir.write(
+    cfg.lists.files[kuzet_rules::ListId::Block] = vec![dir.write(
         "block.csv",
         "\u{feff}tel:+77011112233;npdi,from a bank\r\nsip:+77011112234@gw;user=phone\r\n8 (701) 111-22-35\r\n",
     ).into()];

@@ -122,7 +122,7 @@ fn every_rpc_against_every_role_gets_the_expected_status_and_is_audited() {
     let dir = TempDir::new("access-matrix");
     let block = dir.write("block.txt", "+77011234567,bank fraud desk\n");
     let mut c = test_config();
-    c.lists.blocklist = vec![ListEntry::path(block)];
+    c.lists.files[kuzet_rules::ListId::Block] = vec![ListEntry::path(block)];
     c.store.enabled = true;
     c.store.dir = Some(dir.path().join("data"));
     c.control.tokens = tokens();

@@ -148,8 +148,8 @@ fn metrics_parse_as_prometheus_exposition_and_count_the_calls_made() {
     );
     d.write("flag.txt", "+7700999*,watch\n");
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![d.path().join("block.txt").into()];
-    cfg.lists.flaglist = vec![d.path().join("flag.txt").into()];
+    cfg.lists.files[kuzet_rules::ListId::Block] = vec![d.path().join("block.txt").into()];
+    cfg.lists.files[kuzet_rules::ListId::Flag] = vec![d.path().join("flag.txt").into()];
     let eng = start(cfg);
     let admin = eng.admin_addr.expect("the admin address is on by default");
     let c = client();

@@ -259,7 +259,7 @@ fn a_running_engine_serves_every_spec_metric() {
     let d = TempDir::new("promtool-spec");
     d.write("block.txt", "+77011112233,fraud desk report\n");
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![d.path().join("block.txt").into()];
+    cfg.lists.files[kuzet_rules::ListId::Block] = vec![d.path().join("block.txt").into()];
     let eng = start(cfg);
     let admin = eng.admin_addr.expect("the admin address is on by default");
     // One blocked call, so the rule-hit family has a series.

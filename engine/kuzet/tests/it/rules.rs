@@ -438,10 +438,11 @@ fn shutdown_drains_every_queued_verdict() {
 fn a_rule_file_keeps_the_lists_in_force() {
     let dir = TempDir::new("rules-lists");
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![dir
+    cfg.lists.files[kuzet_rules::ListId::Block] = vec![dir
         .write("block.txt", "+77011112233,bank fraud desk\n")
         .into()];
-    cfg.lists.flaglist = vec![dir.write("flag.txt", "+77009990001\n").into()];
+    cfg.lists.files[kuzet_rules::ListId::Flag] =
+        vec![dir.write("flag.txt", "+77009990001\n").into()];
     cfg.rules.file = Some(dir.write("rules.toml", RULES));
     let k = start(cfg);
     let c = client();

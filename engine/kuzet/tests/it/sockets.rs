@@ -22,9 +22,9 @@ fn lists_dir() -> TempDir {
 
 fn with_lists(d: &TempDir) -> kuzet::config::Config {
     let mut c = test_config();
-    c.lists.blocklist = vec![d.path().join("block.txt").into()];
-    c.lists.allowlist = vec![d.path().join("allow.txt").into()];
-    c.lists.flaglist = vec![d.path().join("flag.txt").into()];
+    c.lists.files[kuzet_rules::ListId::Block] = vec![d.path().join("block.txt").into()];
+    c.lists.files[kuzet_rules::ListId::Allow] = vec![d.path().join("allow.txt").into()];
+    c.lists.files[kuzet_rules::ListId::Flag] = vec![d.path().join("flag.txt").into()];
     c
 }
 

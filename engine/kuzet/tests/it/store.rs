@@ -23,7 +23,7 @@ fn blocked_calls_are_recorded_with_their_evidence_and_the_603_cites_the_verdict(
     let dir = TempDir::new("store-evidence");
     let block = dir.write("block.txt", "+77011234567,bank fraud desk\n");
     let mut c = test_config();
-    c.lists.blocklist = vec![ListEntry::path(block)];
+    c.lists.files[kuzet_rules::ListId::Block] = vec![ListEntry::path(block)];
     c.store.enabled = true;
     c.store.dir = Some(dir.path().join("data"));
     c.store.node_name = Some("kz-test-1".into());
