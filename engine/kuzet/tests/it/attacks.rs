@@ -32,14 +32,14 @@ fn invite_with(from_user: &str, b: &str, call_id: &str, port: u16, extra: &str) 
 }
 
 /// The verdict id in a 603's Reason, if it carries one.
-fn verdict_id(resp: &str) -> Option<String> {
+pub(crate) fn verdict_id(resp: &str) -> Option<String> {
     let r = header(resp, "Reason")?;
     let at = r.find("; verdict ")? + "; verdict ".len();
     r.get(at..at + 24).map(str::to_string)
 }
 
 /// The calls the store holds with this verdict id.
-fn recorded(data: &Path, id: &str) -> Vec<kuzet_store::Record> {
+pub(crate) fn recorded(data: &Path, id: &str) -> Vec<kuzet_store::Record> {
     let c = kuzet_store::open_reader(data).unwrap();
     kuzet_store::query::calls(
         &c,
@@ -55,7 +55,7 @@ fn recorded(data: &Path, id: &str) -> Vec<kuzet_store::Record> {
 }
 
 /// Waits until the store in `data` holds the call with verdict `id`.
-fn wait_recorded(data: &Path, id: &str) {
+pub(crate) fn wait_recorded(data: &Path, id: &str) {
     wait("the call recorded", || {
         (recorded(data, id).len() == 1).then_some(())
     });
@@ -480,7 +480,7 @@ fn a_spoofed_cli_campaign_names_the_trunk_and_the_numbers_as_impersonated() {
 
 /// The kuzet binary in `dir` with `kuzet.toml` (a blocklist of
 /// +77011112233 and `extra`) and its data in `dir/data`.
-fn binary(dir: &TempDir, extra: &str) -> Watched {
+pub(crate) fn binary(dir: &TempDir, extra: &str) -> Watched {
     dir.write("block.txt", "+77011112233,fraud line\n");
     dir.write(
         "kuzet.toml",

@@ -6,7 +6,7 @@
 //! driver as real SIP clients.
 
 mod architecture;
-mod attacks;
+pub(crate) mod attacks;
 mod chain;
 mod common;
 mod deploy;

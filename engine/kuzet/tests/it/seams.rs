@@ -59,7 +59,17 @@ fn a_blocklisted_caller_at_200_calls_a_second_while_kuzet_starts_gets_603_from_t
             }
         })
     };
-    let w = Watched::start_on(listen, &["--blocklist", "block.txt"], dir.path());
+    // A budget ten times the default, so a loaded machine (the suite runs
+    // in parallel) does not fail calls open for being slow; and tables
+    // three times the default (about 550 MB), so setting them aside takes
+    // long enough that the calls queued meanwhile would be past even that
+    // budget (checked: without the fix, calls from the 12th on get 302).
+    dir.write(
+        "kuzet.toml",
+        "[lists]\nblocklist = [\"block.txt\"]\n[verdict]\nfailopen_budget_us = 500000\n\
+         [rules]\nmax_tracked_numbers = 3000000\n",
+    );
+    let w = Watched::start_on(listen, &["-c", "kuzet.toml"], dir.path());
     wait("200 calls answered", || {
         (answers.lock().unwrap().len() >= 200).then_some(())
     });
@@ -76,4 +86,74 @@ fn a_blocklisted_caller_at_200_calls_a_second_while_kuzet_starts_gets_603_from_t
         "of {sent} calls sent from call {first} on, these were not blocked \
          (call, status): {let_through:?}"
     );
+}
+
+/// The `version=` a log line gives.
+fn version_in(line: &str) -> String {
+    line.split("version=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no version in {line:?}"))
+        .to_string()
+}
+
+/// Regression: the verdict event took the snapshot current when the event
+/// was built, not the one that judged the call, so a reload in between
+/// gave the store (and the register) another snapshot's rules, reasons and
+/// version. Here the store is held while the list's reason changes: the
+/// record, written after the reload, still carries the judging snapshot's
+/// reason and version; a call after the reload carries the new ones.
+#[test]
+fn a_reload_between_a_call_and_its_record_keeps_the_judging_snapshot() {
+    use crate::attacks::{recorded, verdict_id, wait_recorded};
+    use crate::common::{ask, client};
+    let dir = TempDir::new("reload-between");
+    dir.write("block.txt", "+77011112233,first reason\n");
+    dir.write(
+        "kuzet.toml",
+        "[server]\nstats_interval_secs = 1\n[lists]\nblocklist = [\"block.txt\"]\nreload_interval_ms = 50\n",
+    );
+    let mut w = Watched::start(&["-c", "kuzet.toml", "--data", "data"], dir.path());
+    let first = version_in(
+        w.log
+            .iter()
+            .find(|l| l.contains("lists loaded"))
+            .expect("the start-up load's line"),
+    );
+    let data = dir.path().join("data");
+    let lock = rusqlite::Connection::open(data.join("kuzet.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let c = client();
+    let port = c.local_addr().unwrap().port();
+    let addr = w.addr;
+    let call = |id: &str| {
+        let r = ask(&c, addr, &invite("+77011112233", "+77020000001", id, port));
+        assert_eq!(status(&r), 603, "{r}");
+        verdict_id(&r).expect("a verdict id")
+    };
+    let before = call("rb-1");
+    let tmp = dir.path().join("block.tmp");
+    std::fs::write(&tmp, "+77011112233,second reason\n").unwrap();
+    std::fs::rename(&tmp, dir.path().join("block.txt")).unwrap();
+    let second = version_in(&w.wait_for("lists reloaded", Duration::from_secs(20)));
+    assert_ne!(first, second);
+    let after = call("rb-2");
+    lock.execute_batch("COMMIT;").unwrap();
+    drop(lock);
+    wait_recorded(&data, &before);
+    wait_recorded(&data, &after);
+    for (id, version, reason, other) in [
+        (&before, &first, "first reason", "second reason"),
+        (&after, &second, "second reason", "first reason"),
+    ] {
+        let r = &recorded(&data, id)[0];
+        assert_eq!(&r.lists_version, version, "{r:?}");
+        assert_eq!(r.list_hit.as_ref().unwrap().reason, reason, "{r:?}");
+        assert!(
+            r.explanation.contains(reason) && !r.explanation.contains(other),
+            "{}",
+            r.explanation
+        );
+    }
+    w.stop();
 }
