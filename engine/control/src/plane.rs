@@ -360,14 +360,42 @@ async fn loss_watch(metrics: Arc<Metrics>) {
     }
 }
 
+/// Every stats interval: sweeps the behaviour state and logs counters and
+/// service time. The sweep walks every slot of the tables (O(capacity):
+/// about 170 MB at the default cap), so it runs on a blocking thread and
+/// this runtime (reloads, `/metrics`, `/readyz`, the reporter, SIGHUP)
+/// goes on meanwhile; the next sweep waits for the last.
 async fn stats_loop(timing: Timing, metrics: Arc<Metrics>, handler: Arc<Handler>) {
     let mut stats = tokio::time::interval(timing.stats_interval.max(Duration::from_secs(1)));
+    stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     stats.tick().await;
     loop {
         stats.tick().await;
-        let dropped = handler.sweep();
+        let (h, m) = (handler.clone(), metrics.clone());
+        let swept = tokio::task::spawn_blocking(move || {
+            m.inc(Counter::StateSweepsStarted);
+            let started = std::time::Instant::now();
+            let dropped = h.sweep();
+            m.inc(Counter::StateSweeps);
+            (dropped, started.elapsed())
+        })
+        .await;
+        let (dropped, took) = match swept {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "the behaviour state sweep failed");
+                (0, Duration::ZERO)
+            }
+        };
         let (callers, destinations, untracked) = handler.tracked();
-        tracing::info!(callers, destinations, dropped, untracked, "behaviour state");
+        tracing::info!(
+            callers,
+            destinations,
+            dropped,
+            untracked,
+            sweep_ms = took.as_millis() as u64,
+            "behaviour state"
+        );
         tracing::info!("{}", metrics.counters_line());
         tracing::info!("{}", metrics.latency_line());
     }

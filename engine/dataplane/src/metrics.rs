@@ -37,6 +37,8 @@ counters! {
     InviteRetransmissions => "invite_retransmissions_total", "INVITE retransmissions answered with the verdict already given",
     TransactionReused => "invite_transaction_reused_total", "INVITEs that reused a judged INVITE's Call-ID, CSeq and branch but were not the same request (judged on their own)",
     TransactionsUntracked => "transactions_untracked_total", "INVITEs whose transaction could not be remembered (table full)",
+    StateSweepsStarted => "state_sweeps_started_total", "Sweeps of the behaviour state begun (off the control runtime)",
+    StateSweeps => "state_sweeps_total", "Sweeps of the behaviour state finished",
     Allowed => "verdict_allow_total", "Calls allowed",
     Flagged => "verdict_flag_total", "Calls flagged",
     Blocked => "verdict_block_total", "Calls blocked",

@@ -43,6 +43,8 @@ pub struct Running {
     pub lists: SharedLists,
     /// The record queue the workers write and the recorder reads.
     pub records: Arc<RecordRing>,
+    /// The call path's handler (its state and counters, for tests).
+    pub handler: Arc<Handler>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     /// The recorder: told to finish once the workers have stopped, then
@@ -264,6 +266,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     settings.verdict_key = verdict_key;
     let handler =
         Arc::new(Handler::new(settings, lists.clone(), metrics.clone()).with_records(ring.clone()));
+    let handler_ref = handler.clone();
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let conns: Connections = Arc::default();
@@ -469,6 +472,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         metrics,
         lists,
         records: ring,
+        handler: handler_ref,
         shutdown,
         threads,
         events: Some(events),

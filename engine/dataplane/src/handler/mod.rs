@@ -365,6 +365,17 @@ impl Handler {
         self.state.callers.get(a.raw())
     }
 
+    /// The behaviour state (for tools and tests: a test fills it to see a
+    /// sweep of a full table).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The behaviour state's clock now, in its seconds.
+    pub fn state_now(&self) -> u32 {
+        self.call_time(Instant::now()).secs
+    }
+
     /// Numbers tracked now (callers, destinations), and callers scored
     /// without behaviour state because the tracker was full.
     pub fn tracked(&self) -> (usize, usize, u64) {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::{header, invite, status, wait, TempDir, Watched};
 
@@ -156,4 +156,98 @@ fn a_reload_between_a_call_and_its_record_keeps_the_judging_snapshot() {
         );
     }
     w.stop();
+}
+
+/// A counter's value in a `/metrics` scrape.
+fn counter(scrape: &str, name: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in the scrape")) as u64
+}
+
+/// Regression: the behaviour state's sweep ran inline on the control
+/// runtime, O(capacity) (about 170 MB at the default cap), and while it
+/// ran, gRPC, `/metrics`, `/readyz`, the reporter and SIGHUP all waited.
+/// Here the callers' table is filled to its cap and swept every second; a
+/// scrape sees a sweep in progress (it could not, were the sweep on the
+/// runtime), and during that sweep `/readyz` and an investigator's query
+/// are each answered within 100 ms.
+#[test]
+fn control_stays_responsive_during_a_sweep_of_a_full_table() {
+    use crate::common::{start, test_config};
+    use crate::operations::http_get;
+    use kuzet_api::investigation as pb;
+    use kuzet_api::investigation::investigation_service_client::InvestigationServiceClient;
+    const CAP: u64 = 1_500_000;
+    let dir = TempDir::new("sweep-full");
+    let mut c = test_config();
+    c.rules.max_tracked_numbers = CAP as usize;
+    c.server.stats_interval_secs = 1;
+    c.store.enabled = true;
+    c.store.dir = Some(dir.path().join("data"));
+    c.control.tokens = vec![kuzet::config::TokenConfig {
+        name: "ana".into(),
+        role: "investigator".into(),
+        sha256: kuzet_control::access::hash_token("kz_sweep_test_token"),
+    }];
+    let k = start(c);
+    let (admin, control) = (k.admin_addr.unwrap(), k.control_addr.unwrap());
+    let now = k.handler.state_now();
+    let callers = &k.handler.state().callers;
+    for n in 1..=CAP {
+        callers.with(77_010_000_000 + n, now, |_| ());
+    }
+    assert!(callers.len() as u64 >= CAP * 9 / 10, "{}", callers.len());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut query = rt.block_on(async {
+        InvestigationServiceClient::connect(format!("http://{control}"))
+            .await
+            .unwrap()
+    });
+    let sweeping = || {
+        let (_, m) = http_get(admin, "/metrics");
+        let (started, done) = (
+            counter(&m, "kuzet_state_sweeps_started_total"),
+            counter(&m, "kuzet_state_sweeps_total"),
+        );
+        (started > done).then_some(started)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut probes = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no scrape answered during a sweep, or none within 100 ms: {probes:?}"
+        );
+        let Some(sweep) = sweeping() else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        let t = Instant::now();
+        let (code, _) = http_get(admin, "/readyz");
+        let readyz = t.elapsed();
+        assert_eq!(code, 200);
+        let t = Instant::now();
+        let mut req = tonic::Request::new(pb::QueryCallsRequest::default());
+        req.metadata_mut().insert(
+            "authorization",
+            "Bearer kz_sweep_test_token".parse().unwrap(),
+        );
+        rt.block_on(query.query_calls(req))
+            .expect("the query is answered");
+        let answered = t.elapsed();
+        // Still the same sweep: both were answered while it ran.
+        let during = sweeping() == Some(sweep);
+        probes.push((sweep, during, readyz, answered));
+        let limit = Duration::from_millis(100);
+        if during && readyz < limit && answered < limit {
+            break;
+        }
+    }
+    k.stop();
 }
