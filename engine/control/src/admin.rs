@@ -298,7 +298,7 @@ impl Collector for Exposition {
         let ring = |f: fn(&kuzet_dataplane::records::RecordRing) -> u64| {
             self.ring.as_deref().map_or(0, f) as i64
         };
-        let gauges: [(&str, &str, i64); 12] = [
+        let gauges: [(&str, &str, i64); 13] = [
             (
                 "lists_generation",
                 "Generation of the lists in force (rises at each reload)",
@@ -357,6 +357,11 @@ impl Collector for Exposition {
                 "sip_sockets_bound",
                 "1 when the SIP sockets are bound",
                 m.gauge(Gauge::SocketsBound),
+            ),
+            (
+                "proxy_calls_in_progress",
+                "Calls proxy mode follows now, from INVITE to BYE (each stats interval)",
+                m.gauge(Gauge::CallsInProgress),
             ),
             (
                 "ready",

@@ -369,6 +369,7 @@ async fn stats_loop(timing: Timing, metrics: Arc<Metrics>, handler: Arc<Handler>
     let mut stats = tokio::time::interval(timing.stats_interval.max(Duration::from_secs(1)));
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     stats.tick().await;
+    let mut calls_untracked = 0;
     loop {
         stats.tick().await;
         let (h, m) = (handler.clone(), metrics.clone());
@@ -388,6 +389,18 @@ async fn stats_loop(timing: Timing, metrics: Arc<Metrics>, handler: Arc<Handler>
             }
         };
         let (callers, destinations, untracked) = handler.tracked();
+        let calls = handler.calls_in_progress();
+        metrics.set(Gauge::CallsInProgress, calls as i64);
+        let not_followed = metrics.get(Counter::CallsUntracked);
+        if not_followed > calls_untracked {
+            tracing::warn!(
+                calls_not_followed = not_followed - calls_untracked,
+                total = not_followed,
+                calls_in_progress = calls,
+                "the call table is full: new calls are not followed to their end (their outcomes are not learnt); raise [rules] max_tracked_numbers"
+            );
+            calls_untracked = not_followed;
+        }
         tracing::info!(
             callers,
             destinations,

@@ -68,6 +68,9 @@ counters! {
     Forwarded => "proxy_forwarded_total", "Requests forwarded in proxy mode",
     ForgedHeadersRemoved => "proxy_foreign_kuzet_headers_removed_total", "X-Kuzet headers from outside removed before forwarding",
     ResponsesRouted => "proxy_responses_routed_total", "Responses relayed in proxy mode",
+    InDialogForwarded => "proxy_in_dialog_forwarded_total", "Requests inside a dialog (ACK, re-INVITE, BYE) routed in proxy mode, never scored",
+    RoutesRemoved => "proxy_routes_removed_total", "Route headers naming kuzet removed from requests it routed",
+    CallsUntracked => "proxy_calls_untracked_total", "Calls proxy mode could not follow because its call table was full (max_tracked_numbers)",
     ResponsesDropped => "sip_responses_dropped_total", "Responses dropped (no route back)",
     AcksAbsorbed => "acks_absorbed_total", "ACKs for kuzet's own final answers",
     UnknownSource => "unknown_source_total", "Requests from sources no trunk covers",
@@ -105,9 +108,11 @@ pub enum Gauge {
     StorePressure,
     /// 1 while records are being lost in most of the last seconds.
     RecordLossSustained,
+    /// Calls proxy mode follows now (set each stats interval).
+    CallsInProgress,
 }
 
-const GAUGES: usize = 9;
+const GAUGES: usize = 10;
 
 /// The stages of a request's service time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -567,6 +567,10 @@ pub struct ProxyConfig {
     pub reject_unknown_source: bool,
     /// The code unknown sources are refused with.
     pub unknown_source_code: u16,
+    /// Add kuzet's Record-Route to each new call, so the call's later
+    /// requests (re-INVITE, BYE) pass through kuzet (see the handler's
+    /// `Settings::record_route` for what turning it off costs).
+    pub record_route: bool,
 }
 
 impl Default for ProxyConfig {
@@ -576,6 +580,7 @@ impl Default for ProxyConfig {
             advertised_address: None,
             reject_unknown_source: true,
             unknown_source_code: 403,
+            record_route: true,
         }
     }
 }
@@ -1098,6 +1103,7 @@ impl Config {
             block_code: self.verdict.block_code,
             failopen_budget: Duration::from_micros(self.verdict.failopen_budget_us),
             next_hop: self.proxy.next_hop,
+            record_route: self.proxy.record_route,
             reject_unknown_source: self.proxy.reject_unknown_source,
             unknown_source_code: self.proxy.unknown_source_code,
             max_tracked_numbers: self.rules.max_tracked_numbers,

@@ -25,9 +25,9 @@ impl Handler {
             match m.method() {
                 b"INVITE" => {
                     if let Some(a) = a {
-                        // A full table only means this call's outcome is
-                        // not learnt.
-                        let _ = self.calls.upsert(key, |r| {
+                        // A full table means this call is not followed:
+                        // counted, and said at WARN by the control plane.
+                        let followed = self.calls.upsert(key, |r| {
                             if r.a == 0 {
                                 *r = CallRec {
                                     a: a.raw(),
@@ -36,6 +36,9 @@ impl Handler {
                                 };
                             }
                         });
+                        if followed.is_err() {
+                            self.metrics.inc(Counter::CallsUntracked);
+                        }
                     }
                 }
                 b"CANCEL" => {

@@ -90,6 +90,11 @@ pub struct Settings {
     pub failopen_budget: Duration,
     /// Where proxy mode forwards.
     pub next_hop: Option<SocketAddr>,
+    /// Proxy mode: add kuzet's Record-Route to a new call's INVITE, so the
+    /// dialog's later requests (and its BYE) pass through kuzet. Off, they
+    /// usually go around it: answered calls stay in the call table until
+    /// `max_call`, and their callers look busy meanwhile.
+    pub record_route: bool,
     /// Proxy mode: refuse sources no trunk covers (when trunks exist).
     pub reject_unknown_source: bool,
     /// The code they are refused with.
@@ -148,6 +153,7 @@ impl Default for Settings {
             block_code: 603,
             failopen_budget: Duration::from_millis(50),
             next_hop: None,
+            record_route: true,
             reject_unknown_source: true,
             unknown_source_code: 403,
             max_tracked_numbers: 1_000_000,
@@ -195,6 +201,7 @@ pub struct Handler {
     block_code: u16,
     budget: Duration,
     next_hop: Option<SocketAddr>,
+    record_route: bool,
     /// `host:port` of kuzet's own Via.
     via_sent_by: Vec<u8>,
     reject_unknown: bool,
@@ -263,6 +270,7 @@ impl Handler {
             block_code: s.block_code,
             budget: s.failopen_budget,
             next_hop: s.next_hop,
+            record_route: s.record_route,
             via_sent_by,
             reject_unknown: s.reject_unknown_source,
             unknown_code: s.unknown_source_code,

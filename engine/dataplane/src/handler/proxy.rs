@@ -1,7 +1,17 @@
-//! Proxy mode: stateless forwarding. kuzet pushes its own Via (a branch
-//! hashed from the incoming one, so a CANCEL matches its INVITE), marks the
-//! previous Via with received/rport, lowers Max-Forwards, and routes
-//! responses back by popping its Via.
+//! Proxy mode: stateless forwarding that sees whole dialogs. kuzet pushes
+//! its own Via (a branch hashed from the incoming one, so a CANCEL matches
+//! its INVITE), marks the previous Via with received/rport, lowers
+//! Max-Forwards, and routes responses back by popping its Via.
+//!
+//! A new call's INVITE is scored and, unless `record_route` is off, gets
+//! kuzet's `Record-Route: <sip:ADDR;lr>` (RFC 3261 16.6), so both ends
+//! send the dialog's later requests (ACK, re-INVITE, BYE) through kuzet.
+//! A request inside a dialog (its To has a tag) is never scored: kuzet
+//! removes its own entry from the top of the Route set (16.4) and sends
+//! it to the next Route, else to the Request-URI when that names an IP
+//! address (the other end's Contact), else to the next hop: no name is
+//! resolved on the call path. A request in a dialog kuzet did not
+//! record-route goes to the next hop, as every request used to.
 
 use super::*;
 
@@ -40,7 +50,10 @@ impl Handler {
         let lists;
         let mut verdict = None;
         let mut event = None;
-        if method == b"INVITE" {
+        // A request inside a dialog (To has a tag: an ACK, a re-INVITE, a
+        // BYE) belongs to a call already judged: routed, never scored.
+        let in_dialog = param(c.to.params, b"tag").is_some();
+        if method == b"INVITE" && !in_dialog {
             lists = self.lists.load();
             let v = self.score(m, c, src, conn, received, &lists, &mut event);
             if v.decision() == Decision::Block {
@@ -50,6 +63,11 @@ impl Handler {
             }
             verdict = Some(v);
         }
+        let dest = if in_dialog {
+            self.dialog_target(m, c).unwrap_or(next_hop)
+        } else {
+            next_hop
+        };
         let forwarded = self.forward(m, c, src, conn, verdict.as_ref(), out);
         // Forwarded, not answered: no answer of kuzet's to mirror.
         self.send_event(&mut event, &[]);
@@ -63,17 +81,69 @@ impl Handler {
             return Outcome::Reply;
         }
         self.metrics.inc(Counter::Forwarded);
-        // Outcomes matter only to rules that read them. An INVITE reuses
-        // the A-number its scoring decoded.
-        let learning = match (&verdict, method) {
-            (Some(v), _) if v.set.rules.uses_outcomes() => Some(v.a),
-            (_, b"CANCEL" | b"BYE") if self.lists.load().rules.uses_outcomes() => Some(None),
-            _ => None,
-        };
-        if let Some(a) = learning {
-            self.learn(m, a);
+        if in_dialog {
+            self.metrics.inc(Counter::InDialogForwarded);
         }
-        Outcome::Forward(next_hop)
+        // The call table follows every call (a BYE ends it); an INVITE
+        // reuses the A-number its scoring decoded.
+        match (&verdict, method) {
+            (Some(v), _) => self.learn(m, v.a),
+            (_, b"CANCEL" | b"BYE") => self.learn(m, None),
+            _ => {}
+        }
+        Outcome::Forward(dest)
+    }
+
+    /// Where a request inside a dialog goes: after kuzet's own entries at
+    /// the top of its Route set, the next Route; with none left, the
+    /// Request-URI. `None` (the next hop) when the Route set does not
+    /// start with kuzet (a dialog kuzet did not record-route) or the
+    /// target is not an IP address, or is kuzet itself.
+    fn dialog_target(&self, m: &Message<'_>, c: &Checked<'_>) -> Option<SocketAddr> {
+        let mut ours = false;
+        let mut next = None;
+        'routes: for hl in m.headers().filter(|h| h.kind == Hdr::Route) {
+            for v in split_values(hl.value) {
+                let uri = parse_name_addr(v).ok().and_then(|n| parse_uri(n.uri).ok());
+                match uri {
+                    Some(u) if self.is_self(&u) && next.is_none() => ours = true,
+                    other => {
+                        next = Some(other);
+                        break 'routes;
+                    }
+                }
+            }
+        }
+        if !ours {
+            return None;
+        }
+        let target = match next {
+            Some(Some(u)) => uri_address(&u)?,
+            Some(None) => return None,
+            None => uri_address(&c.ruri)?,
+        };
+        (!self.is_self_addr(target)).then_some(target)
+    }
+
+    /// Whether a SIP URI names kuzet (its advertised `host:port`).
+    fn is_self(&self, u: &kuzet_sip::syntax::Uri<'_>) -> bool {
+        let Some(colon) = self.via_sent_by.iter().rposition(|&b| b == b':') else {
+            return false;
+        };
+        u.host.eq_ignore_ascii_case(&self.via_sent_by[..colon])
+            && kuzet_sip::parse_u32(&self.via_sent_by[colon + 1..])
+                == Some(u32::from(u.port.unwrap_or(5060)))
+    }
+
+    fn is_self_addr(&self, a: SocketAddr) -> bool {
+        let mut b = [0u8; 64];
+        let mut w = &mut b[..];
+        let _ = match a.ip() {
+            IpAddr::V4(ip) => write!(w, "{ip}:{}", a.port()),
+            IpAddr::V6(ip) => write!(w, "[{ip}]:{}", a.port()),
+        };
+        let n = 64 - w.len();
+        b[..n] == self.via_sent_by[..]
     }
 
     /// Writes the request as forwarded to the next hop: kuzet's Via on top,
@@ -117,9 +187,40 @@ impl Handler {
             push_u64(out, id);
         }
         out.extend_from_slice(b"\r\n");
+        // A new call: kuzet stays on its dialog's path.
+        let new_call = m.method() == b"INVITE" && param(c.to.params, b"tag").is_none();
+        if new_call && self.record_route {
+            out.extend_from_slice(b"Record-Route: <sip:");
+            out.extend_from_slice(&self.via_sent_by);
+            out.extend_from_slice(b";lr>\r\n");
+        }
         let mut first_via = true;
+        // kuzet's own entries at the top of the Route set are removed
+        // (RFC 3261 16.4); the rest stay as they came.
+        let mut popping_routes = true;
         for hl in m.headers() {
             match hl.kind {
+                Hdr::Route if popping_routes => {
+                    let mut rest = None;
+                    for v in split_values(hl.value) {
+                        let mine = parse_name_addr(v)
+                            .ok()
+                            .and_then(|n| parse_uri(n.uri).ok())
+                            .is_some_and(|u| self.is_self(&u));
+                        if !mine {
+                            rest = offset_in(hl.value, v);
+                            popping_routes = false;
+                            break;
+                        }
+                    }
+                    if let Some(at) = rest {
+                        out.extend_from_slice(b"Route: ");
+                        out.extend_from_slice(&hl.value[at..]);
+                        out.extend_from_slice(b"\r\n");
+                    } else {
+                        self.metrics.inc(Counter::RoutesRemoved);
+                    }
+                }
                 Hdr::Via if first_via => {
                     first_via = false;
                     out.extend_from_slice(b"Via: ");
@@ -228,9 +329,8 @@ impl Handler {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(m.body());
         self.metrics.inc(Counter::ResponsesRouted);
-        if self.lists.load().rules.uses_outcomes() {
-            self.learn(m, None);
-        }
+        // An answer marks its call answered (a final refusal ends it).
+        self.learn(m, None);
         if let Some(id) = conn {
             return Outcome::ToConnection(id);
         }
@@ -272,6 +372,18 @@ pub(super) fn via_destination(v: &kuzet_sip::syntax::Via<'_>) -> Option<SocketAd
         .or(v.port)
         .unwrap_or(5060);
     Some(SocketAddr::new(ip, port))
+}
+
+/// The address a SIP URI names, when its host is an IP address (names
+/// are not resolved on the call path).
+fn uri_address(u: &kuzet_sip::syntax::Uri<'_>) -> Option<SocketAddr> {
+    let host = u
+        .host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(u.host);
+    let ip: IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
+    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
 }
 
 /// A header in kuzet's own namespace (`X-Kuzet-*`, any case).

@@ -107,3 +107,78 @@ Content-Length: 0\r\n\r\n"
     );
     assert_eq!(kuzet_sip::parse_u64(b"18446744073709551616"), None);
 }
+
+/// Proxy mode's dialog model: a new call gets kuzet's Record-Route; a
+/// request inside the dialog (To has a tag), even a re-INVITE from a
+/// listed caller, is routed, never scored: kuzet's own Route entry is
+/// removed and the request goes to the next Route, else to the
+/// Request-URI's address; a dialog kuzet is not in goes to the next hop.
+#[test]
+fn proxy_mode_records_the_route_and_routes_in_dialog_requests_unscored() {
+    let plan = NumberingPlan::kazakhstan();
+    let mut block = kuzet_rules::ListBuilder::new(&plan);
+    block.add_text("b", "+77011112233\n").unwrap();
+    let set = ListSet::default().with_list(kuzet_rules::ListId::Block, block.finish());
+    let cfg = Settings {
+        mode: Mode::Proxy,
+        next_hop: Some("127.0.0.1:5999".parse().unwrap()),
+        via_address: "127.0.0.1:5060".parse().unwrap(),
+        ..Settings::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let h = Handler::new(cfg, Arc::new(ArcSwap::from_pointee(set)), metrics.clone());
+    let src = "10.0.0.9:5062".parse().unwrap();
+    let req = |method: &str, ruri: &str, to_tag: &str, route: &str| {
+        format!(
+            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;branch=z9hG4bK{method}{to_tag}\r\n\
+             {route}From: <sip:+77011112233@h>;tag=a\r\nTo: <sip:+77015550000@h>{to_tag}\r\n\
+             Call-ID: dlg-1\r\nCSeq: 2 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut out = Vec::new();
+    let mut send = |msg: String| {
+        out.clear();
+        let o = h.handle(msg.as_bytes(), src, None, Instant::now(), &mut out);
+        (o, String::from_utf8_lossy(&out).into_owned())
+    };
+    // A new call from the listed caller is blocked; an unlisted one is
+    // forwarded with kuzet's Record-Route.
+    let (o, _) = send(req("INVITE", "sip:+77015550000@h", "", ""));
+    assert_eq!(o, Outcome::Reply);
+    let (o, fwd) =
+        send(req("INVITE", "sip:+77015550000@h", "", "").replace("+77011112233", "+77019990000"));
+    assert_eq!(o, Outcome::Forward("127.0.0.1:5999".parse().unwrap()));
+    assert!(
+        fwd.contains("\r\nRecord-Route: <sip:127.0.0.1:5060;lr>\r\n"),
+        "{fwd}"
+    );
+    let invites = metrics.get(Counter::Invites);
+    // A re-INVITE in the dialog, along kuzet's route: the listed caller's
+    // in-dialog request is not scored; it goes to the callee's Contact.
+    let routed = "Route: <sip:127.0.0.1:5060;lr>\r\n";
+    let (o, fwd) = send(req(
+        "INVITE",
+        "sip:callee@192.0.2.20:5080",
+        ";tag=b",
+        routed,
+    ));
+    assert_eq!(o, Outcome::Forward("192.0.2.20:5080".parse().unwrap()));
+    assert!(
+        !fwd.contains("Route:"),
+        "kuzet's own Route is removed: {fwd}"
+    );
+    assert_eq!(metrics.get(Counter::Invites), invites, "not scored");
+    // The next Route wins over the Request-URI, and stays.
+    let two = "Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.30;lr>\r\n";
+    let (o, fwd) = send(req("BYE", "sip:callee@192.0.2.20:5080", ";tag=b", two));
+    assert_eq!(o, Outcome::Forward("192.0.2.30:5060".parse().unwrap()));
+    assert!(fwd.contains("\r\nRoute: <sip:192.0.2.30;lr>\r\n"), "{fwd}");
+    // A target kuzet cannot reach without DNS, and a dialog kuzet did not
+    // record-route, go to the next hop.
+    let (o, _) = send(req("BYE", "sip:callee@callee.example", ";tag=b", routed));
+    assert_eq!(o, Outcome::Forward("127.0.0.1:5999".parse().unwrap()));
+    let (o, _) = send(req("BYE", "sip:callee@192.0.2.20:5080", ";tag=b", ""));
+    assert_eq!(o, Outcome::Forward("127.0.0.1:5999".parse().unwrap()));
+    assert_eq!(metrics.get(Counter::InDialogForwarded), 4);
+    assert_eq!(metrics.get(Counter::Invites), invites);
+}

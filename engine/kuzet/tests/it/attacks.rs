@@ -1054,7 +1054,7 @@ fn another_local_user_cannot_own_plant_read_or_erase_the_evidence() {
 }
 
 /// The admin address of a Watched kuzet, from its serving line.
-fn admin_of(w: &Watched) -> SocketAddr {
+pub(crate) fn admin_of(w: &Watched) -> SocketAddr {
     w.log
         .iter()
         .find(|l| l.contains("kuzet serving"))

@@ -15,7 +15,7 @@ mod hep;
 mod identity;
 mod investigate;
 mod kamailio;
-mod operations;
+pub(crate) mod operations;
 mod ports;
 mod promtool;
 mod register;

@@ -452,3 +452,95 @@ fn rules_check_accepts_the_example_and_names_the_bad_line() {
         "{err}"
     );
 }
+
+/// A counter or gauge's value in a `/metrics` scrape (0 when absent).
+fn scraped(scrape: &str, name: &str) -> i64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as i64)
+}
+
+/// Regression: proxy mode added no Record-Route, so BYE and re-INVITE
+/// usually went around kuzet and answered calls sat in its call table for
+/// 4 hours; a re-INVITE that did pass was scored as a new call; a full
+/// table stopped learning silently. Now, with SIPp as caller and callee
+/// through kuzet: every call's ACK, re-INVITE and the callee's BYE pass
+/// through kuzet (the BYE reaches the caller, so every call completes),
+/// no in-dialog request is scored, and the calls in progress come back
+/// to zero.
+#[test]
+fn sipp_whole_dialogs_pass_through_kuzet_and_each_bye_ends_its_call() {
+    let dir = TempDir::new("sipp-dialogs");
+    dir.write("block.txt", "+77011112233\n");
+    let n: i64 = 60;
+    let uas_port = free_port();
+    let uas_dir = TempDir::new("sipp-dialog-uas");
+    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/sipp");
+    let mut uas = Command::new(sipp())
+        .args(["-sf", &format!("{scenarios}/dialog_uas.xml")])
+        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
+        .args(["-m", &n.to_string(), "-nostdin", "-trace_counts"])
+        .args(["-timeout", "60s"])
+        .current_dir(uas_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    dir.write(
+        "kuzet.toml",
+        &format!(
+            "[server]\nmode = \"proxy\"\nstats_interval_secs = 1\n[proxy]\nnext_hop = \"127.0.0.1:{uas_port}\"\n\
+             [lists]\nblocklist = [\"block.txt\"]\n"
+        ),
+    );
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let k = crate::common::Watched::start_on(listen, &["-c", "kuzet.toml"], dir.path());
+    let admin = crate::attacks::admin_of(&k);
+    let (ok, counts) = run_sipp(
+        dir.path(),
+        &[
+            k.addr.to_string(),
+            "-sf".into(),
+            format!("{scenarios}/dialog_uac.xml"),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-s".into(),
+            "87015550000".into(),
+            "-m".into(),
+            n.to_string(),
+            "-r".into(),
+            "20".into(),
+        ],
+    );
+    let (uas_ok, _) = uas.wait_with_output_timeout();
+    assert!(
+        ok,
+        "every call completed, the callee's BYE included: {counts:?}"
+    );
+    assert!(uas_ok, "the callee's side completed {n} calls");
+    // Each call's in-progress record ends with its BYE: the gauge, set
+    // every stats interval, comes back to zero.
+    let scrape = crate::common::wait("the calls in progress back to zero", || {
+        let (_, m) = crate::operations::http_get(admin, "/metrics");
+        (scraped(&m, "kuzet_proxy_calls_in_progress") == 0
+            && scraped(&m, "kuzet_state_sweeps_total") >= 2)
+            .then_some(m)
+    });
+    assert_eq!(
+        scraped(&scrape, "kuzet_invites_total"),
+        n,
+        "re-INVITEs are not scored"
+    );
+    // ACK, re-INVITE, its ACK and the callee's BYE, all inside a dialog.
+    assert_eq!(
+        scraped(&scrape, "kuzet_proxy_in_dialog_forwarded_total"),
+        4 * n
+    );
+    assert_eq!(scraped(&scrape, "kuzet_proxy_routes_removed_total"), 4 * n);
+    assert_eq!(scraped(&scrape, "kuzet_proxy_forwarded_total"), 5 * n);
+    assert_eq!(scraped(&scrape, "kuzet_proxy_calls_untracked_total"), 0);
+    assert_eq!(scraped(&scrape, "kuzet_proxy_calls_expired_total"), 0);
+    k.stop();
+}
