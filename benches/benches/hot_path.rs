@@ -4,6 +4,7 @@
 //!   prefixes: kuzet's lists vs a `HashSet<String>` of E.164 strings;
 //! - the whole redirect handler, datagram in, 302 out.
 
+#![forbid(unsafe_code)]
 // criterion_main! writes an undocumented `main`.
 #![allow(missing_docs)]
 

@@ -1,6 +1,7 @@
 //! Loading a 10M-number list file through the engine's own loader (the
 //! same code as start-up and reload), with the resident memory it keeps.
 
+#![forbid(unsafe_code)]
 // criterion_main! writes an undocumented `main`.
 #![allow(missing_docs)]
 

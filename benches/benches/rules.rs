@@ -7,6 +7,7 @@
 //!   sweeps the tracker over and over, for the lock-free table and for the
 //!   `DashMap` tracker it replaced.
 
+#![forbid(unsafe_code)]
 // criterion_main! writes an undocumented `main`.
 #![allow(missing_docs)]
 

@@ -13,6 +13,7 @@
 //!
 //! Parsing against rsip and the 10M-number lookup are in `hot_path`.
 
+#![forbid(unsafe_code)]
 // criterion_main! writes an undocumented `main`.
 #![allow(missing_docs)]
 

@@ -2,6 +2,8 @@
 //! needs no system `protoc`) and generates the gRPC code with tonic. The
 //! encoded descriptor set is kept for server reflection.
 
+#![forbid(unsafe_code)]
+
 use protox::prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -4,6 +4,8 @@
 //! are the same on every run; the time box only decides how many of them
 //! a slow machine gets through. A failure prints the input that failed.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 /// Mutations per target at most, and the time box.

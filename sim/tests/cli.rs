@@ -3,6 +3,8 @@
 //! `run` against the null responder reports every call answered, as a
 //! table on stdout and as JSON.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

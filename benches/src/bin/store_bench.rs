@@ -9,6 +9,8 @@
 //!
 //! `cargo run --release -p kuzet-benches --bin store_bench -- fill /tmp/s 10000000`
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

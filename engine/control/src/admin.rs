@@ -6,16 +6,20 @@
 //! `try_lock` and try again later). The exposition is written by
 //! `prometheus-client` (OpenMetrics text), from a collector that reads
 //! kuzet's own counters at scrape time, so the call path keeps its plain
-//! relaxed atomics. Labels come from bounded sets only: a rule id from the
-//! operator's rule file, a list name, a stage name; never a number or a
-//! Call-ID. `/readyz` is 200 only when the lists are loaded, the SIP
+//! relaxed atomics. The classic text format (0.0.4) is derived from it
+//! for the clients that ask for it, or ask for nothing in particular
+//! ([`exposition`] has the rules and the negotiation). Labels come from
+//! bounded sets only: a rule id from the operator's rule file, a list
+//! name, a stage name; never a number or a Call-ID. `/readyz` is 200 only when the lists are loaded, the SIP
 //! sockets are bound and the store (when it is on) took its last commit.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+pub mod exposition;
+
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -26,7 +30,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
 /// What the admin address reads.
@@ -64,12 +68,20 @@ impl Admin {
         }
     }
 
-    /// The exposition text, as `/metrics` serves it.
+    /// The exposition text in OpenMetrics, as a Prometheus scrape gets it.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
+    }
+
+    /// The exposition text in `format`.
+    pub fn render_as(&self, format: exposition::Format) -> String {
+        match format {
+            exposition::Format::OpenMetrics => self.render(),
+            exposition::Format::Classic => exposition::to_classic(&self.render()),
+        }
     }
 
     /// Why kuzet is not ready, one reason per line; empty when it is.
@@ -166,13 +178,20 @@ pub async fn serve(
     .await;
 }
 
-async fn metrics(State(a): State<Admin>) -> Response {
+/// `/metrics` in the format the request's `Accept` asks for.
+async fn metrics(State(a): State<Admin>, headers: HeaderMap) -> Response {
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    let format = exposition::negotiate(&accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        a.render(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
+        a.render_as(format),
     )
         .into_response()
 }
@@ -262,18 +281,18 @@ impl Collector for Exposition {
         {
             let (sum, count, b) = buckets(&lat.service);
             let mut e = enc.encode_descriptor(
-                "call_service_seconds",
+                "call_service",
                 "Kernel arrival of a request to its answer sent (UDP)",
-                None,
+                Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
             e.encode_histogram::<NoLabelSet>(sum, count, &b, None)?;
         }
         {
             let mut e = enc.encode_descriptor(
-                "stage_seconds",
+                "stage",
                 "Service time by stage: queue (kernel arrival to read), handle (parse, lists, rules, answer), send",
-                None,
+                Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
             for s in Stage::ALL {
@@ -370,7 +389,13 @@ impl Collector for Exposition {
             ),
         ];
         for (name, help, v) in gauges {
-            let e = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            // A name that ends in a base unit carries it as its unit.
+            let (name, unit) = match (name.strip_suffix("_seconds"), name.strip_suffix("_bytes")) {
+                (Some(base), _) => (base, Some(Unit::Seconds)),
+                (_, Some(base)) => (base, Some(Unit::Bytes)),
+                _ => (name, None),
+            };
+            let e = enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
             ConstGauge::new(v).encode(e)?;
         }
         let mut e = enc.encode_descriptor(

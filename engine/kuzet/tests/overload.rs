@@ -8,6 +8,8 @@
 //! A test binary of its own: `cargo test` runs test binaries one after
 //! another, so nothing else competes for the two cores while it runs.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -43,7 +43,8 @@ pub struct RecvBatch {
     control: Vec<[u64; CONTROL_WORDS]>,
 }
 
-// The raw pointers inside point only into the struct's own boxed buffers.
+// SAFETY: the raw pointers inside point only into the struct's own boxed
+// buffers, which move with it; nothing else holds them.
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
@@ -64,6 +65,7 @@ impl RecvBatch {
             .collect();
         let hdrs = (0..n)
             .map(|i| {
+                // SAFETY: as above; every pointer field is set just below.
                 let mut h: libc::mmsghdr = unsafe { zeroed() };
                 h.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
                 h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -273,6 +275,9 @@ pub struct SendBatch {
     sent: usize,
 }
 
+// SAFETY: the raw pointers inside point only into the struct's own
+// buffers and addresses, set right before each send; nothing else holds
+// them.
 unsafe impl Send for SendBatch {}
 
 impl SendBatch {
@@ -280,6 +285,8 @@ impl SendBatch {
     pub fn new(n: usize) -> Self {
         SendBatch {
             bufs: (0..n).map(|_| Vec::with_capacity(1024)).collect(),
+            // SAFETY: sockaddr_storage is a plain C struct for which
+            // all-zero bytes are a valid value.
             addrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
             lens: vec![0; n],
             iovs: (0..n)
@@ -288,6 +295,8 @@ impl SendBatch {
                     iov_len: 0,
                 })
                 .collect(),
+            // SAFETY: likewise for mmsghdr (null pointers, zero lengths);
+            // `send` points each at this batch's buffers before the call.
             hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
             queued: 0,
             sent: 0,

@@ -5,6 +5,8 @@
 //! drive the `kuzet` binary (and Kamailio) with SIPp and kuzet-sim's load
 //! driver as real SIP clients.
 
+#![forbid(unsafe_code)]
+
 mod architecture;
 pub(crate) mod attacks;
 mod chain;

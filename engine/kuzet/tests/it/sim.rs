@@ -15,7 +15,7 @@ use kuzet_sim::scenario::Scenario;
 use kuzet_sim::traffic::Traffic;
 
 use crate::common::TempDir;
-use crate::sipp::{parse_counts, Kuzet};
+use crate::sipp::{parse_counts, swap_after, Kuzet};
 
 /// Writes `t`'s engine files into a new folder, adds `[rules] file =
 /// "rules.toml"` holding `rules` when given (and `lists_extra` lines under
@@ -239,6 +239,10 @@ fn small_scenario_with_the_example_rules() {
 
 /// A rule file swapped mid-run under load: every call is answered, and the
 /// new rule applies from the swap on (never before, never lost after).
+///
+/// Regression (issue 19, defect 9): the file was swapped 1.5 s after the
+/// driver started, whatever it had sent by then. Now it is swapped once
+/// kuzet has judged a quarter of the calls.
 #[test]
 fn rule_reload_mid_run_loses_no_call() {
     let t = small();
@@ -258,32 +262,43 @@ fn rule_reload_mid_run_loses_no_call() {
     o.t1 = std::time::Duration::from_millis(200);
     o.timeout = std::time::Duration::from_secs(10);
     let tr = t.clone();
-    let driver = std::thread::spawn(move || driver::drive(&tr, o).unwrap());
-    std::thread::sleep(std::time::Duration::from_millis(1500));
     let tmp = dir.write("rules.toml.new", &v2);
-    std::fs::rename(&tmp, &rules).unwrap();
+    let swapper = swap_after(k.admin, calls as u64 / 4, move || {
+        std::fs::rename(&tmp, &rules).unwrap();
+    });
+    let driver = std::thread::spawn(move || driver::drive(&tr, o).unwrap());
     let (results, stats) = driver.join().unwrap();
+    let judged_before = swapper.join().expect("the rules were swapped mid-run");
     assert_eq!((stats.answered, stats.timeouts), (calls as u64, 0));
-    let spoof: Vec<u16> = results
+    // (call number, status) of the spoofed calls, in the order sent.
+    let spoof: Vec<(usize, u16)> = results
         .iter()
         .enumerate()
         .filter(|(i, _)| {
             t.sources[t.calls[i % t.calls.len()].source as usize].kind
                 == kuzet_sim::scenario::Kind::CliSpoof
         })
-        .map(|(_, r)| r.status)
+        .map(|(i, r)| (i, r.status))
         .collect();
     let first_block = spoof
         .iter()
-        .position(|&s| s == 603)
-        .expect("the new rule applied");
+        .position(|&(_, s)| s == 603)
+        .expect("the new rule applied before the run ended");
+    // Calls are sent in order: those in the first half of what kuzet had
+    // judged when the file was swapped were answered long before (half
+    // leaves room for any sent before the swap but judged after it).
     assert!(
-        first_block > 10,
-        "applied only after the swap: {first_block}"
+        spoof[first_block].0 as u64 >= judged_before / 2,
+        "applied before the swap: call {} blocked, {judged_before} judged at the swap",
+        spoof[first_block].0
     );
-    assert!(spoof[..first_block].iter().all(|&s| s == 302));
     assert!(
-        spoof[first_block..].iter().all(|&s| s == 603),
+        first_block > 0,
+        "the new rule blocked the very first spoofed call: it applied before the swap"
+    );
+    assert!(spoof[..first_block].iter().all(|&(_, s)| s == 302));
+    assert!(
+        spoof[first_block..].iter().all(|&(_, s)| s == 603),
         "and to every call after it"
     );
     k.stop();

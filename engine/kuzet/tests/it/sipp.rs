@@ -31,14 +31,22 @@ pub(crate) fn sipp() -> PathBuf {
 pub(crate) struct Kuzet {
     child: Child,
     pub(crate) addr: SocketAddr,
+    /// The admin address, where `/metrics` says how far a run has got.
+    pub(crate) admin: SocketAddr,
 }
 
 impl Kuzet {
     pub(crate) fn start(args: &[&str], dir: &Path) -> Kuzet {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kuzet"))
-            .args(["run", "--control", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["run", "--control", "127.0.0.1:0"])
+            .arg("--admin")
+            .arg(admin.to_string())
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)
@@ -47,7 +55,7 @@ impl Kuzet {
             .stderr(Stdio::null())
             .spawn()
             .expect("kuzet starts");
-        let k = Kuzet { child, addr };
+        let k = Kuzet { child, addr, admin };
         crate::common::wait_until_answering(&client(), addr);
         k
     }
@@ -62,6 +70,37 @@ impl Kuzet {
         assert!(out.0, "kuzet exits cleanly on SIGTERM");
         out.1
     }
+}
+
+/// INVITEs the kuzet whose admin address is `admin` has judged so far
+/// (`kuzet_invites_total`, retransmissions excluded).
+pub(crate) fn invites_judged(admin: SocketAddr) -> u64 {
+    let (code, text) = crate::operations::http_get(admin, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("kuzet_invites_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no kuzet_invites_total in /metrics:\n{text}"))
+}
+
+/// Waits (on another thread) until the kuzet at `admin` has judged at
+/// least `n` INVITEs, then runs `swap`; the handle gives back how many
+/// it had judged just before. A swap mid-run is triggered by the run's
+/// progress, never by time.
+pub(crate) fn swap_after(
+    admin: SocketAddr,
+    n: u64,
+    swap: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let judged = crate::common::wait(&format!("{n} INVITEs judged"), || {
+            let j = invites_judged(admin);
+            (j >= n).then_some(j)
+        });
+        swap();
+        judged
+    })
 }
 
 trait WaitTimeout {
@@ -193,6 +232,11 @@ fn sipp_redirect_counts_equal_what_the_lists_imply() {
     );
 }
 
+/// Regression (issue 19, defect 9): the list was swapped 1.2 s after the
+/// start, whatever the run had done by then (on a slow machine, before
+/// its first call or after its last). Now it is swapped once kuzet has
+/// judged a third of the calls, and every call judged before it must have
+/// been let through.
 #[test]
 fn sipp_list_reload_under_load_loses_no_call() {
     let dir = TempDir::new("sipp-reload");
@@ -206,8 +250,7 @@ fn sipp_list_reload_under_load_loses_no_call() {
     dir.write("calls.csv", &csv);
     let k = Kuzet::start(&["--blocklist", "block.txt"], dir.path());
     let d = dir.path().to_path_buf();
-    let swapper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1200));
+    let swapper = swap_after(k.admin, n as u64 / 3, move || {
         std::fs::write(
             d.join("block.new"),
             "+77011112233\n8 705 123 45 67,new campaign\n",
@@ -216,7 +259,7 @@ fn sipp_list_reload_under_load_loses_no_call() {
         std::fs::rename(d.join("block.new"), d.join("block.txt")).unwrap();
     });
     let (ok, counts) = run_redirect_uac(dir.path(), k.addr, n, 1000);
-    swapper.join().unwrap();
+    let judged_before = swapper.join().expect("the list was swapped mid-run");
     let summary = k.stop();
     let pass = counts.get("1_302_Recv").copied().unwrap_or(0);
     let block = counts.get("2_603_Recv").copied().unwrap_or(0);
@@ -227,8 +270,12 @@ fn sipp_list_reload_under_load_loses_no_call() {
         "every INVITE was answered: {counts:?}"
     );
     assert!(
-        pass > 0 && block > 0,
-        "the swap happened mid-run: {counts:?}"
+        pass >= judged_before,
+        "{judged_before} calls were judged before the swap, but only {pass} let through: {counts:?}"
+    );
+    assert!(
+        block > 0,
+        "the new list applied before the run ended: {counts:?}"
     );
     assert!(summary.contains("list_reloads_total=1"), "{summary}");
 }
