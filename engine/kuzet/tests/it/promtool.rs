@@ -616,7 +616,7 @@ fn metrics_negotiates_classic_text_and_openmetrics_over_http() {
     let d = TempDir::new("promtool-negotiate");
     d.write("block.txt", "+77011112233,fraud desk report\n");
     let mut cfg = test_config();
-    cfg.lists.blocklist = vec![d.path().join("block.txt").into()];
+    cfg.lists.files[kuzet_rules::ListId::Block] = vec![d.path().join("block.txt").into()];
     let eng = start(cfg);
     let admin = eng.admin_addr.expect("the admin address is on by default");
     // One blocked call, so the labelled families have series.
