@@ -29,7 +29,7 @@ use std::fmt;
 use crate::facts::{Side, Sides, TrunkKind, Who};
 use crate::list::NumberList;
 use crate::number::{Number, NumberingPlan, Prefix};
-use crate::state::{CallTime, OutcomePolicy, State, VELOCITY_SLOTS};
+use crate::state::{CallTime, OutcomePolicy, State, Windows, VELOCITY_SLOTS};
 
 pub use error::{FileProblem, RuleError, RuleProblem};
 use scope::Leads;
@@ -510,6 +510,8 @@ pub struct RuleSet {
     needs_identities: bool,
     needs_clock: bool,
     needs_reciprocity: bool,
+    /// Each rule's escalation tag (from its id), by rule index.
+    tags: Box<[u64]>,
 }
 
 impl RuleSet {
@@ -597,6 +599,7 @@ impl RuleSet {
             || rules
                 .iter()
                 .any(|r| r.scope.hours != 0 || r.scope.weekdays != 0 || r.escalate.is_some());
+        let tags = rules.iter().map(|r| score::rule_tag(&r.id)).collect();
         RuleSet {
             rules,
             plan: plan.clone(),
@@ -612,6 +615,18 @@ impl RuleSet {
             needs_identities,
             needs_clock,
             needs_reciprocity,
+            tags,
+        }
+    }
+
+    /// The window lengths behaviour state counts over for this set: what
+    /// [`State::export`] labels counts with and [`State::merge`] places
+    /// them by.
+    pub fn windows(&self) -> Windows {
+        Windows {
+            velocity: self.windows,
+            fan_out: self.fan_out_window.unwrap_or(0),
+            outcomes: self.outcomes.window_s,
         }
     }
 
