@@ -16,7 +16,11 @@
 //!
 //! [`RuleSet::score`] reads and updates per-number state in a [`State`]
 //! and returns a [`Scored`] with at most [`MAX_FIRED`] fired rules, each
-//! with its measured value and threshold. It allocates nothing.
+//! with its measured value and threshold. It allocates nothing. A rule
+//! with `escalate` counts its firings per caller and rule id over aligned
+//! windows of `within_s`, like every other count, so the counts merge
+//! across nodes; [`RuleSet::windows`] tells the state which window
+//! lengths the set counts over, for that merge.
 
 mod error;
 mod explain;

@@ -25,6 +25,13 @@
 //!   between changed that word (owned bit set, or sequence bumped on
 //!   release), so the swap fails and the entry stays. A worker is never
 //!   made to wait by a sweep.
+//! - **Exports take only what has news.** [`Table::take_news`] walks like
+//!   a sweep but reads only the words a value keeps its unexported counts
+//!   in ([`Packed::NEWS`]); an entry with news is taken like a worker
+//!   takes one, with a single compare-and-swap from the word just read,
+//!   never retried (an entry a worker holds is left for the next export),
+//!   and given back with a bumped sequence. A worker that meets it retries
+//!   as it would for another worker.
 //! - **Counting** is one atomic counter, changed on insert and removal.
 //!
 //! Known edge: two workers inserting the same new key at the same instant,
