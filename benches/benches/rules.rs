@@ -5,7 +5,13 @@
 //!   are added);
 //! - contention: two threads updating per-number state while a third
 //!   sweeps the tracker over and over, for the lock-free table and for the
-//!   `DashMap` tracker it replaced.
+//!   `DashMap` tracker it replaced;
+//! - sharing counts between nodes: an export pass over 1M tracked numbers
+//!   of which 10k called since the last one, and a merge of another
+//!   node's delta for 10k numbers.
+//!
+//! The clock is Unix time (behaviour windows are aligned on it), from
+//! [`EPOCH`], a moment in 2026-11.
 
 #![forbid(unsafe_code)]
 // criterion_main! writes an undocumented `main`.
@@ -25,6 +31,8 @@ use kuzet_rules::ListId;
 use kuzet_rules::{ListBuilder, ListPolicy, ListSet, Number, NumberingPlan, TrunkKind};
 
 const TRACKED: u64 = 1_000_000;
+/// Unix seconds the benchmarks' calls start at (2026-11-28).
+const EPOCH: u32 = 1_796_000_000;
 
 /// The example file's rules, the built-in list rules and scoped variants:
 /// 30 in all.
@@ -88,7 +96,7 @@ fn bench_rules(c: &mut Criterion) {
     let callers = &st.callers;
     let before = rss_bytes().unwrap_or(0);
     for i in 0..TRACKED {
-        black_box(rules.score(&input(i, 10), &rl, &st));
+        black_box(rules.score(&input(i, EPOCH + 10), &rl, &st));
     }
     let after = rss_bytes().unwrap_or(0);
     eprintln!(
@@ -101,7 +109,9 @@ fn bench_rules(c: &mut Criterion) {
         after.saturating_sub(before) as f64 / callers.len().max(1) as f64
     );
     // Inputs prepared up front, so the loop times scoring only.
-    let inputs: Vec<CallInput> = (0..4096u64).map(|k| input(k * 241 % TRACKED, 20)).collect();
+    let inputs: Vec<CallInput> = (0..4096u64)
+        .map(|k| input(k * 241 % TRACKED, EPOCH + 20))
+        .collect();
     let mut g = c.benchmark_group("score_one_call_1M_tracked");
     let mut k = 0usize;
     g.bench_function("rules_30", |b| {
@@ -115,6 +125,52 @@ fn bench_rules(c: &mut Criterion) {
             k = (k + 1) & 4095;
             black_box(builtin.score(black_box(&inputs[k]), &rl, &st))
         })
+    });
+    g.finish();
+    bench_sharing(c, &rules, &rl, &st);
+}
+
+/// An export pass and a merge on the 1M-number state: 10k numbers called
+/// since the last export (a few hundred ms of a busy node's traffic).
+fn bench_sharing(c: &mut Criterion, rules: &RuleSet, rl: &RuleLists<'_>, st: &State) {
+    const ACTIVE: u64 = 10_000;
+    let w = rules.windows();
+    // What the filling left: every number has news once.
+    let first = Instant::now();
+    let all = st.export(EPOCH + 30, &w);
+    eprintln!(
+        "first export: {} callers in {:.1} ms",
+        all.callers.len(),
+        first.elapsed().as_secs_f64() * 1e3
+    );
+    drop(all);
+    let calls: Vec<CallInput> = (0..ACTIVE)
+        .map(|k| input(k * 97 % TRACKED, EPOCH + 40))
+        .collect();
+    let other = State::new(ACTIVE as usize * 2, 86_400);
+    for c in &calls {
+        black_box(rules.score(c, rl, &other));
+    }
+    let delta = other.export(EPOCH + 40, &w);
+    assert!(delta.callers.len() >= ACTIVE as usize);
+    let mut g = c.benchmark_group("share_counts_1M_tracked");
+    g.bench_function("export_pass_10k_with_news", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                for c in &calls {
+                    black_box(rules.score(c, rl, st));
+                }
+                let t = Instant::now();
+                let d = st.export(EPOCH + 40, &w);
+                spent += t.elapsed();
+                assert!(d.callers.len() >= ACTIVE as usize);
+            }
+            spent
+        })
+    });
+    g.bench_function("merge_10k_callers", |b| {
+        b.iter(|| black_box(st.merge(&delta, &w).unwrap()))
     });
     g.finish();
 }
@@ -155,12 +211,12 @@ fn bench_contention(c: &mut Criterion) {
     let dash = Arc::new(DashTracker::new(N as usize));
     // The state update scoring does: one velocity window and the fan-out.
     let update = |s: &mut kuzet_rules::state::CallerState, i: u64| {
-        s.velocity[0].add(100, 60, 1);
-        s.fan_out(100, 3600, i);
+        s.velocity[0].add(EPOCH + 100, 60, 1);
+        s.fan_out(EPOCH + 100, 3600, i);
     };
     for i in 0..N {
-        table.with(number(i), 100, |s| update(s, i));
-        dash.with(number(i), 100, |s| update(s, i));
+        table.with(number(i), EPOCH + 100, |s| update(s, i));
+        dash.with(number(i), EPOCH + 100, |s| update(s, i));
     }
     let mut g = c.benchmark_group("state_update_2_threads_while_sweeping_1M");
     g.bench_function("lockfree_table", |b| {
@@ -169,11 +225,11 @@ fn bench_contention(c: &mut Criterion) {
                 iters,
                 |i| {
                     let n = number(i % N);
-                    black_box(table.with(n, 100, |s| update(s, i)));
+                    black_box(table.with(n, EPOCH + 100, |s| update(s, i)));
                 },
                 // Nothing is idle: the sweep walks everything and keeps it.
                 || {
-                    black_box(table.sweep(101, 14_400));
+                    black_box(table.sweep(EPOCH + 101, 14_400));
                 },
             )
         })
@@ -184,9 +240,9 @@ fn bench_contention(c: &mut Criterion) {
                 iters,
                 |i| {
                     let n = number(i % N);
-                    black_box(dash.with(n, 100, |s| update(s, i)));
+                    black_box(dash.with(n, EPOCH + 100, |s| update(s, i)));
                 },
-                || dash.sweep(101, 3600),
+                || dash.sweep(EPOCH + 101, 3600),
             )
         })
     });

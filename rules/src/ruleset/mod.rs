@@ -16,7 +16,11 @@
 //!
 //! [`RuleSet::score`] reads and updates per-number state in a [`State`]
 //! and returns a [`Scored`] with at most [`MAX_FIRED`] fired rules, each
-//! with its measured value and threshold. It allocates nothing.
+//! with its measured value and threshold. It allocates nothing. A rule
+//! with `escalate` counts its firings per caller and rule id over aligned
+//! windows of `within_s`, like every other count, so the counts merge
+//! across nodes; [`RuleSet::windows`] tells the state which window
+//! lengths the set counts over, for that merge.
 
 mod error;
 mod explain;
@@ -30,7 +34,7 @@ use crate::facts::{Side, Sides, TrunkKind, Who};
 use crate::list::NumberList;
 use crate::list_id::ByList;
 use crate::number::{Number, NumberingPlan, Prefix};
-use crate::state::{CallTime, OutcomePolicy, State, VELOCITY_SLOTS};
+use crate::state::{CallTime, OutcomePolicy, State, Windows, VELOCITY_SLOTS};
 
 pub use error::{FileProblem, RuleError, RuleProblem};
 use scope::Leads;
@@ -478,6 +482,8 @@ pub struct RuleSet {
     needs_identities: bool,
     needs_clock: bool,
     needs_reciprocity: bool,
+    /// Each rule's escalation tag (from its id), by rule index.
+    tags: Box<[u64]>,
 }
 
 impl RuleSet {
@@ -565,6 +571,7 @@ impl RuleSet {
             || rules
                 .iter()
                 .any(|r| r.scope.hours != 0 || r.scope.weekdays != 0 || r.escalate.is_some());
+        let tags = rules.iter().map(|r| score::rule_tag(&r.id)).collect();
         RuleSet {
             rules,
             plan: plan.clone(),
@@ -580,6 +587,18 @@ impl RuleSet {
             needs_identities,
             needs_clock,
             needs_reciprocity,
+            tags,
+        }
+    }
+
+    /// The window lengths behaviour state counts over for this set: what
+    /// [`State::export`] labels counts with and [`State::merge`] places
+    /// them by.
+    pub fn windows(&self) -> Windows {
+        Windows {
+            velocity: self.windows,
+            fan_out: self.fan_out_window.unwrap_or(0),
+            outcomes: self.outcomes.window_s,
         }
     }
 

@@ -134,12 +134,15 @@ impl RuleSet {
                             run = s.sequential(b.value());
                         }
                     }
+                    // Outcomes of a bucket that is over count as none.
+                    let live = s.outcomes_live(now, self.outcomes.window_s);
+                    let none = (0, 0);
                     (
                         vel,
                         fan,
                         run,
-                        s.rings(),
-                        s.answers(),
+                        if live { s.rings() } else { none },
+                        if live { s.answers() } else { none },
                         s.concurrent_now(now, st.max_call_s),
                         s.called_back_per_mille(),
                     )
@@ -275,7 +278,7 @@ impl RuleSet {
                     let key = destination_key(bn, lists.get(ListId::Premium));
                     let v = st
                         .destinations
-                        .with(key, now, |s| s.window.add(now, *window_s, 1))?;
+                        .with(key, now, |s| s.add(now, *window_s, 1))?;
                     (v > *max).then_some((v, *max))
                 }),
             };
@@ -284,12 +287,15 @@ impl RuleSet {
             };
             let shadow = r.mode == Mode::Shadow;
             let mut points = r.score;
-            // A rule that keeps firing for one caller escalates to a block.
+            // A rule that keeps firing for one caller escalates to a block:
+            // its firings are counted per caller and rule, over aligned
+            // windows of `within_s`, like any other count.
             if let (Some(e), Some(a), false, Note::None) = (r.escalate, a, shadow, note) {
-                let key = escalation_key(a, i);
+                let tag = self.tags.get(i).copied().unwrap_or(i as u64);
+                let key = escalation_key(a, tag);
                 let fired = st
                     .escalations
-                    .with(key, now, |c| c.window.add(now, e.within_s, 1))
+                    .with(key, now, |c| c.add(now, e.within_s, 1))
                     .unwrap_or(0);
                 if fired >= e.after {
                     note = Note::Escalated;
@@ -320,18 +326,28 @@ impl RuleSet {
     }
 }
 
-/// The escalation counter of rule `rule` for caller `a`: a hash of both,
-/// laid out in the bits the tracker's key keeps (the low 50, the five
-/// from bit 56 and bit 63), so every rule of a caller counts apart. (It
-/// once put the rule in bits 50-55, which the key drops: every escalating
-/// rule of a caller shared one counter.)
-pub(crate) fn escalation_key(a: u64, rule: usize) -> u64 {
-    let mut h = a ^ (rule as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// The escalation counter of the rule tagged `tag` (see [`rule_tag`]) for
+/// caller `a`: a hash of both, laid out in the bits the tracker's key
+/// keeps (the low 50, the five from bit 56 and bit 63), so every rule of a
+/// caller counts apart. (It once put the rule in bits 50-55, which the key
+/// drops: every escalating rule of a caller shared one counter.) The tag
+/// comes from the rule's id, not its place in the file, so every node and
+/// every reload that keeps the rule keeps its counter.
+pub(crate) fn escalation_key(a: u64, tag: u64) -> u64 {
+    let mut h = a ^ tag.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     // splitmix64's finalizer.
     h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     h ^= h >> 31;
     (h & ((1 << 50) - 1)) | ((h >> 50) & 0x1f) << 56 | ((h >> 55) & 1) << 63
+}
+
+/// A rule's tag for its escalation counters: FNV-1a of its id, the same
+/// on every node.
+pub(crate) fn rule_tag(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Thresholds {

@@ -532,15 +532,19 @@ fn escalation_counts_each_rule_apart() {
     );
     assert_eq!(s.decision, Decision::Block);
     for rule in 0..40 {
+        let tag = super::score::rule_tag(&format!("rule_{rule}"));
         for a in [1u64, 77_011_234_567, 77_011_234_568] {
-            let k = super::score::escalation_key(a, rule);
+            let k = super::score::escalation_key(a, tag);
             assert_eq!(k & !(((1 << 50) - 1) | (0x1f << 56) | (1 << 63)), 0);
         }
     }
-    assert_ne!(
-        crate::state::state_key(super::score::escalation_key(77_011_234_567, 0)),
-        crate::state::state_key(super::score::escalation_key(77_011_234_567, 1))
-    );
+    let key = |id| {
+        crate::state::state_key(super::score::escalation_key(
+            77_011_234_567,
+            super::score::rule_tag(id),
+        ))
+    };
+    assert_ne!(key("velocity_1m"), key("fan_out"));
 }
 
 #[test]
@@ -903,4 +907,192 @@ fn a_redirect_uri_with_cr_lf_is_refused_with_file_and_line() {
         &ListPolicy::default(),
     )
     .unwrap();
+}
+
+/// A realistic Unix time (2026-11) 200 seconds before an hour begins.
+const BEFORE_HOUR: u32 = 1_796_000_017 - 1_796_000_017 % 3600 + 3600 - 200;
+
+/// What fired, as comparable values: rule id, value, threshold, note.
+fn fired(r: &RuleSet, s: &Scored) -> Vec<(String, u32, u32, Note)> {
+    s.fired()
+        .iter()
+        .map(|f| {
+            (
+                r.rules[usize::from(f.rule)].id.to_string(),
+                f.value,
+                f.threshold,
+                f.note,
+            )
+        })
+        .collect()
+}
+
+/// Each node exports what it counted since its last export and merges
+/// the other's.
+fn exchange(r: &RuleSet, x: &World, y: &World, now: u32) {
+    let w = r.windows();
+    let (dx, dy) = (x.st.export(now, &w), y.st.export(now, &w));
+    x.st.merge(&dy, &w).unwrap();
+    y.st.merge(&dx, &w).unwrap();
+}
+
+/// The calls of the merge tests: three callers, interleaved, with runs of
+/// three calls on one node and then the other, a premium callee now and
+/// then, 1-11 seconds apart from 200 s before an hour (so over minute
+/// boundaries and an hour boundary).
+fn traffic() -> impl Iterator<Item = (usize, CallInput)> {
+    let callers = ["+77011234561", "+77011234562", "+77011234563"];
+    let mut t = BEFORE_HOUR;
+    (0..240usize).map(move |i| {
+        t += [1, 2, 3, 7, 11][i % 5];
+        let b = if i % 7 == 0 {
+            format!("+8821600000{}", i % 4)
+        } else {
+            format!("+770200{:05}", (i * 13) % 45)
+        };
+        ((i / 3) % 2, call(callers[i % 3], &b, t))
+    })
+}
+
+/// Two nodes, each fed half the calls of the same callers, exchange their
+/// deltas after every call: every call is scored exactly as one node fed
+/// all of it scores it (two velocity windows, fan-out, the premium
+/// destination's velocity, escalation), over minute and hour boundaries.
+/// Without the exchange they would not be.
+#[test]
+fn two_nodes_fed_halves_score_like_one_fed_everything() {
+    let r = rules(
+        "[[rule]]\nid = \"v1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 3\nscore = 40\nescalate = { after = 3, within_s = 600 }\n\
+         [[rule]]\nid = \"v1h\"\nkind = \"velocity\"\nwindow_s = 3600\nmax = 60\nscore = 40\n\
+         [[rule]]\nid = \"fan\"\nkind = \"fan_out\"\nwindow_s = 3600\nmax = 12\nscore = 40\nescalate = { after = 5, within_s = 600 }\n\
+         [[rule]]\nid = \"pv\"\nkind = \"destination_velocity\"\nwindow_s = 600\nmax = 4\nscore = 70\n",
+    );
+    let (x, y, all) = (World::new(), World::new(), World::new());
+    let (lone_x, lone_y) = (World::new(), World::new());
+    let (mut kinds, mut differs) = (std::collections::BTreeSet::new(), 0);
+    for (i, (node, c)) in traffic().enumerate() {
+        let (n, lone) = if node == 0 {
+            (&x, &lone_x)
+        } else {
+            (&y, &lone_y)
+        };
+        let want = all.score(&r, &c);
+        let got = n.score(&r, &c);
+        assert_eq!(
+            (fired(&r, &got), got.decision),
+            (fired(&r, &want), want.decision),
+            "call {i} at {}",
+            c.time.secs
+        );
+        if fired(&r, &lone.score(&r, &c)) != fired(&r, &want) {
+            differs += 1;
+        }
+        kinds.extend(
+            fired(&r, &want)
+                .into_iter()
+                .map(|f| (f.0, f.3 == Note::Escalated)),
+        );
+        exchange(&r, &x, &y, c.time.secs);
+    }
+    // Every rule fired, escalation included, and alone the nodes would
+    // have judged many calls otherwise.
+    let ids: std::collections::BTreeSet<_> = kinds.iter().map(|k| k.0.as_str()).collect();
+    assert_eq!(ids, ["fan", "pv", "v1h", "v1m"].into_iter().collect());
+    assert!(kinds.contains(&("v1m".to_string(), true)));
+    assert!(kinds.contains(&("fan".to_string(), true)));
+    assert!(differs > 50, "{differs}");
+}
+
+/// With deltas exchanged only every fifth call, a node sees each
+/// caller's velocity short by at most that caller's calls the other node
+/// took since the last exchange, and never more than one node fed
+/// everything: the push interval's error, on top of the window-edge
+/// error both share.
+#[test]
+fn lagging_exchanges_undercount_by_at_most_the_calls_not_yet_exchanged() {
+    let r = rules(
+        "[[rule]]\nid = \"v1m\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 0\nscore = 1\n\
+         [[rule]]\nid = \"v1h\"\nkind = \"velocity\"\nwindow_s = 3600\nmax = 0\nscore = 1\n",
+    );
+    let (x, y, all) = (World::new(), World::new(), World::new());
+    // Calls per caller each node took since the last exchange.
+    let mut unsent = [[0u32; 3]; 2];
+    let mut short = 0;
+    for (i, (node, c)) in traffic().enumerate() {
+        let caller = i % 3;
+        let n = if node == 0 { &x } else { &y };
+        let (got, want) = (n.score(&r, &c), all.score(&r, &c));
+        let (got, want) = (fired(&r, &got), fired(&r, &want));
+        assert_eq!(got.len(), 2, "max 0: both always fire");
+        for (g, w) in got.iter().zip(&want) {
+            let missing = unsent[1 - node][caller];
+            assert!(
+                g.1 <= w.1 && w.1 - g.1 <= missing,
+                "call {i}, {}: {} of {}, {missing} not yet exchanged",
+                g.0,
+                g.1,
+                w.1
+            );
+            short += w.1 - g.1;
+        }
+        unsent[node][caller] += 1;
+        if i % 5 == 4 {
+            exchange(&r, &x, &y, c.time.secs);
+            unsent = [[0; 3]; 2];
+        }
+    }
+    assert!(short > 0, "the lag showed");
+}
+
+/// Escalation counts each rule's firings per caller in windows aligned
+/// to `within_s`, keyed by the rule's id (a reordered rule file keeps the
+/// counts), and merges them across nodes: two firings on one node and a
+/// third on another escalate.
+#[test]
+fn escalation_counts_per_rule_per_aligned_window_and_across_nodes() {
+    let v = "[[rule]]\nid = \"v\"\nkind = \"velocity\"\nwindow_s = 60\nmax = 0\nscore = 10\nescalate = { after = 3, within_s = 600 }\n";
+    let f = "[[rule]]\nid = \"f\"\nkind = \"fan_out\"\nwindow_s = 3600\nmax = 0\nscore = 10\nescalate = { after = 4, within_s = 600 }\n";
+    let (r, reordered) = (rules(&format!("{v}{f}")), rules(&format!("{f}{v}")));
+    let a = "+77011234567";
+    let ten = BEFORE_HOUR - BEFORE_HOUR % 600 + 600;
+    let notes = |r: &RuleSet, s: &Scored| -> Vec<(String, Note)> {
+        fired(r, s).into_iter().map(|f| (f.0, f.3)).collect()
+    };
+    let none = |id: &str| (id.to_string(), Note::None);
+    let up = |id: &str| (id.to_string(), Note::Escalated);
+    let (x, y, lone) = (World::new(), World::new(), World::new());
+    for t in [1, 2] {
+        let s = x.score(&r, &call(a, "+77020000001", ten + t));
+        assert_eq!(notes(&r, &s), [none("v"), none("f")]);
+        lone.score(&r, &call(a, "+77020000001", ten + t));
+    }
+    exchange(&r, &x, &y, ten + 2);
+    // y's first call is the third firing of each: v escalates, f not yet.
+    let s = y.score(&reordered, &call(a, "+77020000001", ten + 3));
+    assert_eq!(notes(&reordered, &s), [none("f"), up("v")]);
+    assert_eq!(s.decision, Decision::Block);
+    // The same call on a node that never heard of the others: no.
+    let s = World::new().score(&r, &call(a, "+77020000001", ten + 3));
+    assert_eq!(notes(&r, &s), [none("v"), none("f")]);
+    // Counted in aligned windows, per rule.
+    let count = |w: &World, id: &str| {
+        let key = super::score::escalation_key(n(a).unwrap().raw(), super::score::rule_tag(id));
+        w.st.escalations.get(key).unwrap()
+    };
+    for id in ["v", "f"] {
+        let c = count(&y, id);
+        assert_eq!((c.len, c.window.start()), (600, ten), "{id}");
+        assert_eq!(c.window.count(ten + 3, 600), 3, "{id}");
+    }
+    // The reordered file on a node fed alone: f's fourth firing is its
+    // own; the counts followed the ids.
+    let s = lone.score(&reordered, &call(a, "+77020000002", ten + 4));
+    assert_eq!(notes(&reordered, &s), [none("f"), up("v")]);
+    let s = lone.score(&reordered, &call(a, "+77020000003", ten + 5));
+    assert_eq!(notes(&reordered, &s), [up("f"), up("v")]);
+    // Two windows on, each rule starts again from one firing.
+    let s = lone.score(&r, &call(a, "+77020000004", ten + 1200));
+    assert_eq!(notes(&r, &s), [none("v"), none("f")]);
+    assert_eq!(count(&lone, "v").window.start(), ten + 1200);
+    assert_eq!(count(&lone, "v").window.count(ten + 1200, 600), 1);
 }

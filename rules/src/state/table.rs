@@ -25,6 +25,13 @@
 //!   between changed that word (owned bit set, or sequence bumped on
 //!   release), so the swap fails and the entry stays. A worker is never
 //!   made to wait by a sweep.
+//! - **Exports take only what has news.** [`Table::take_news`] walks like
+//!   a sweep but reads only the words a value keeps its unexported counts
+//!   in ([`Packed::NEWS`]); an entry with news is taken like a worker
+//!   takes one, with a single compare-and-swap from the word just read,
+//!   never retried (an entry a worker holds is left for the next export),
+//!   and given back with a bumped sequence. A worker that meets it retries
+//!   as it would for another worker.
 //! - **Counting** is one atomic counter, changed on insert and removal.
 //!
 //! Known edge: two workers inserting the same new key at the same instant,
@@ -54,6 +61,15 @@ pub const MAX_WORDS: usize = 20;
 pub trait Packed: Copy + Default {
     /// How many words one value takes (at most [`MAX_WORDS`]).
     const WORDS: usize;
+    /// The words that say whether the value has news for other nodes
+    /// (counts not yet exported): [`Table::take_news`] reads only these
+    /// to decide whether to take an entry. Empty: never any news.
+    const NEWS: std::ops::Range<usize> = 0..0;
+    /// Whether the words of [`NEWS`](Self::NEWS), in order, hold news.
+    fn news_in(news: &[u64]) -> bool {
+        let _ = news;
+        false
+    }
     /// Rebuilds a value from its words.
     fn unpack(w: &[u64]) -> Self;
     /// Writes the value into its words.
@@ -130,6 +146,7 @@ impl<V: Packed> Table<V> {
     /// A table for at most `cap` entries.
     pub fn new(cap: usize) -> Table<V> {
         assert!(V::WORDS <= MAX_WORDS, "value too wide for the table");
+        assert!(V::NEWS.end <= V::WORDS, "news words outside the value");
         let cap = cap.max(1);
         let slots = cap + cap / 4 + MAX_PROBE;
         Table {
@@ -345,6 +362,58 @@ impl<V: Packed> Table<V> {
         }
     }
 
+    /// Calls `f` with the key and value of every entry whose news words
+    /// say it has news ([`Packed::NEWS`]), and keeps what `f` leaves. An
+    /// entry is taken the way a worker takes one, with one
+    /// compare-and-swap from the key word just read, and given back with
+    /// a bumped sequence; it is tried once: an entry a worker holds, or
+    /// changed since it was read, is left for the next call (its news
+    /// stays). An entry without news costs a read of its news words, no
+    /// compare-and-swap. Off the call path; a worker that meets an entry
+    /// held here retries as it would for another worker. Returns how many
+    /// entries `f` saw.
+    pub fn take_news(&self, mut f: impl FnMut(u64, &mut V)) -> usize {
+        let news = V::NEWS;
+        let n = news.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut buf = [0u64; MAX_WORDS];
+        let mut seen = 0;
+        for slot in 0..self.keys.len() {
+            let w = self.keys[slot].load(Ordering::Acquire);
+            if w == EMPTY || w == TOMB || w & OWNED != 0 {
+                continue;
+            }
+            let base = slot * V::WORDS + news.start;
+            for (i, x) in buf[..n].iter_mut().enumerate() {
+                *x = self.words[base + i].load(Ordering::Relaxed);
+            }
+            if !V::news_in(&buf[..n]) {
+                continue;
+            }
+            if self.keys[slot]
+                .compare_exchange(w, w | OWNED, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let taken = Taken {
+                table: self,
+                o: Owned {
+                    slot,
+                    word: w | OWNED,
+                },
+                new: false,
+            };
+            let mut v = self.read(slot);
+            f(w & KEY_MASK, &mut v);
+            taken.finish(&v);
+            seen += 1;
+        }
+        seen
+    }
+
     /// Removes every entry `keep` refuses, calling `removed` with each
     /// removed value, then turns tombstones at the end of probe runs back
     /// into free slots. Never takes an entry (see the module docs); an
@@ -434,6 +503,50 @@ mod tests {
             w[0] = self.0;
             w[1] = self.1;
         }
+    }
+
+    /// A value whose second word is news.
+    #[derive(Clone, Copy, Default, Debug, PartialEq)]
+    struct Newsy(u64, u64);
+
+    impl Packed for Newsy {
+        const WORDS: usize = 2;
+        const NEWS: std::ops::Range<usize> = 1..2;
+        fn news_in(w: &[u64]) -> bool {
+            w == [1]
+        }
+        fn unpack(w: &[u64]) -> Self {
+            Newsy(w[0], w[1])
+        }
+        fn pack(&self, w: &mut [u64]) {
+            w[0] = self.0;
+            w[1] = self.1;
+        }
+    }
+
+    /// An export takes only entries with news, passes by one a worker
+    /// holds (it never waits), and finds it the next time.
+    #[test]
+    fn take_news_takes_only_news_and_leaves_a_held_entry_for_next_time() {
+        let t: Table<Newsy> = Table::new(16);
+        t.upsert(7, |v| v.1 = 1).unwrap();
+        t.upsert(8, |v| v.0 = 5).unwrap();
+        let mut seen = Vec::new();
+        t.upsert(7, |v| {
+            v.0 = 9;
+            assert_eq!(t.take_news(|k, _| seen.push(k)), 0, "held: passed by");
+        })
+        .unwrap();
+        assert!(seen.is_empty());
+        let n = t.take_news(|k, v| {
+            seen.push(k);
+            v.1 = 0;
+        });
+        assert_eq!((n, seen.as_slice()), (1, [7].as_slice()));
+        assert_eq!(t.get(7), Some(Newsy(9, 0)), "what the export left");
+        assert_eq!(t.take_news(|_, _| panic!("no news left")), 0);
+        // The entry was given back: a worker takes it at once.
+        assert_eq!(t.upsert(7, |v| v.0), Ok(9));
     }
 
     #[test]

@@ -357,6 +357,30 @@ impl Handler {
         self.state.sweep(now)
     }
 
+    /// This node's behaviour counts since the last export, for the other
+    /// nodes of a cluster, labelled with the window lengths of the rules
+    /// in force. Off the call path (the control side calls it); it walks
+    /// the trackers like a sweep and never makes a worker wait.
+    pub fn export_state(&self) -> kuzet_rules::state::Delta {
+        self.export_state_at(Instant::now())
+    }
+
+    /// [`export_state`](Self::export_state) as if the time were `at`.
+    pub fn export_state_at(&self, at: Instant) -> kuzet_rules::state::Delta {
+        let windows = self.lists.load().rules.windows();
+        self.state.export(self.call_time(at).secs, &windows)
+    }
+
+    /// Adds another node's counts to this node's behaviour state. Off the
+    /// call path, like [`export_state`](Self::export_state).
+    pub fn merge_state(
+        &self,
+        delta: &kuzet_rules::state::Delta,
+    ) -> Result<kuzet_rules::state::Merged, kuzet_rules::state::DeltaError> {
+        let windows = self.lists.load().rules.windows();
+        self.state.merge(delta, &windows)
+    }
+
     /// Milliseconds since start-up, the clock of calls and transactions.
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -397,12 +421,24 @@ impl Handler {
         )
     }
 
+    /// The time of something that happened at `at` (a request's kernel
+    /// arrival, or now): Unix seconds, which behaviour state aligns its
+    /// windows on so that nodes can add their counts up, and the local
+    /// hour and weekday for rule scopes. The wall clock is read now and
+    /// moved back (or on) by how far `at` is from now on the monotonic
+    /// clock: two clock reads, no lock, no allocation.
     fn call_time(&self, at: Instant) -> CallTime {
-        let secs = at.saturating_duration_since(self.started).as_secs() as u32 + 1;
-        let wall = std::time::SystemTime::now()
+        let (wall, mono) = (std::time::SystemTime::now(), Instant::now());
+        let unix = wall
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
-            + self.utc_offset_s;
+            .unwrap_or_default();
+        let unix = match at.checked_duration_since(mono) {
+            Some(ahead) => unix.saturating_add(ahead),
+            None => unix.saturating_sub(mono.saturating_duration_since(at)),
+        }
+        .as_secs();
+        let secs = unix.min(u64::from(u32::MAX)) as u32;
+        let wall = unix as i64 + self.utc_offset_s;
         let days = wall.div_euclid(86_400);
         CallTime {
             secs,

@@ -182,3 +182,79 @@ fn proxy_mode_records_the_route_and_routes_in_dialog_requests_unscored() {
     assert_eq!(metrics.get(Counter::InDialogForwarded), 4);
     assert_eq!(metrics.get(Counter::Invites), invites);
 }
+
+/// Behaviour state counts in Unix time, from each request's arrival, with
+/// windows aligned on it; two handlers that exchange their state's
+/// deltas each count the other's calls, and only once.
+#[test]
+fn behaviour_state_counts_in_unix_time_and_merges_between_handlers() {
+    let plan = NumberingPlan::kazakhstan().validated().unwrap();
+    let rules = kuzet_rules::ruleset::RuleSet::from_toml_str(
+        "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"v\"\nkind = \"velocity\"\nwindow_s = 3600\nmax = 2\nscore = 50\n",
+        "t.toml",
+        &plan,
+        &kuzet_rules::ListPolicy::default(),
+    )
+    .unwrap();
+    let handler = || {
+        let set = ListSet::default().with_rules(rules.clone());
+        Handler::new(
+            Settings::default(),
+            Arc::new(ArcSwap::from_pointee(set)),
+            Arc::new(Metrics::default()),
+        )
+    };
+    let (x, y) = (handler(), handler());
+    let invite = |h: &Handler, n: u32, at: Instant| {
+        let req = format!(
+            "INVITE sip:+7701555{n:04}@h SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKm{n}\r\n\
+From: <sip:+77011111111@h>;tag=1\r\nTo: <sip:+7701555{n:04}@h>\r\nCall-ID: merge-{n}\r\nCSeq: 1 INVITE\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        h.handle(
+            req.as_bytes(),
+            "10.0.0.9:5060".parse().unwrap(),
+            None,
+            at,
+            &mut out,
+        );
+    };
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as u32
+    };
+    let a = Number::e164(b"77011111111").unwrap();
+    let t0 = Instant::now();
+    let before = unix();
+    invite(&x, 1, t0);
+    invite(&x, 2, t0);
+    invite(&y, 3, t0);
+    let after = unix();
+    let s = x.caller_state(a).unwrap();
+    assert!(
+        (before..=after).contains(&s.last_seen),
+        "{} not Unix time",
+        s.last_seen
+    );
+    assert_eq!(s.velocity[0].start() % 3600, 0, "aligned on the hour");
+    // An hour on (the arrival says so), the window has moved on the hour.
+    let later = t0 + Duration::from_secs(3600);
+    let d = x.export_state_at(t0);
+    assert_eq!(d.callers.len(), 1);
+    assert_eq!(d.callers[0].velocity[0].cur, 2);
+    let m = y.merge_state(&d).unwrap();
+    assert_eq!(m.applied, 1);
+    x.merge_state(&y.export_state_at(t0)).unwrap();
+    for h in [&x, &y] {
+        let s = h.caller_state(a).unwrap();
+        assert_eq!(s.velocity[0].count(s.last_seen, 3600), 3);
+        assert!(h.export_state_at(t0).is_empty(), "counted once");
+    }
+    invite(&y, 4, later);
+    let s = y.caller_state(a).unwrap();
+    assert!(s.last_seen >= before + 3600);
+    assert_eq!(s.velocity[0].start(), s.last_seen - s.last_seen % 3600);
+}
