@@ -11,16 +11,15 @@
 //! a request needs a bearer token; on the Unix socket (`control.sock`,
 //! 0600 in the 0700 data directory) a request without one is kuzet's own
 //! user, checked by the socket's peer credentials, and answers as the
-//! investigator `local`: no token is ever written to disk. SQLite work
-//! runs on this runtime's bounded blocking pool, each query on a
-//! read-only connection of its own; exports are capped in number, per
+//! investigator `local`: no token is ever written to disk. The store is
+//! reached through its ports ([`Queries`], [`AuditLog`]), which block:
+//! they run on this runtime's bounded blocking pool; exports are capped in number, per
 //! token and in total, and each streams through a small bounded buffer;
 //! pages are cut by size, so records with large header sections never
 //! make an answer a client cannot take.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -33,7 +32,7 @@ use kuzet_dataplane::handler::PublicId;
 use kuzet_rules::NumberingPlan;
 use kuzet_store::incident::{self, Incident};
 use kuzet_store::query::{self, Filter};
-use kuzet_store::{audit, Record};
+use kuzet_store::{audit, AuditLog, Queries, Record};
 use prost::Message as _;
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -77,14 +76,14 @@ impl Default for ExportLimits {
 /// What the service needs.
 #[derive(Clone)]
 pub struct Investigation {
-    /// The data directory; `None` when kuzet runs without a store.
-    pub data_dir: Option<PathBuf>,
+    /// The store's reads; `None` when kuzet runs without a store.
+    queries: Option<Arc<dyn Queries>>,
+    /// The audit log; `None` without a store (nothing is answered then).
+    audit: Option<Arc<dyn AuditLog>>,
     /// Normalizes the numbers investigators type.
     pub plan: NumberingPlan,
     /// The configured tokens.
     pub access: Arc<Access>,
-    /// The audit log's connection, opened on first use.
-    audit: Arc<Mutex<Option<rusqlite::Connection>>>,
     /// Refusals counted for the audit log, written once a second.
     refusals: Arc<Mutex<Refusals>>,
     /// Exports running: per caller, and in total.
@@ -95,13 +94,19 @@ pub struct Investigation {
 }
 
 impl Investigation {
-    /// A service over the store in `data_dir`.
-    pub fn new(data_dir: Option<PathBuf>, plan: NumberingPlan, access: Arc<Access>) -> Self {
+    /// A service over the store's `queries` and `audit` ports (`None`:
+    /// kuzet runs without a store).
+    pub fn new(
+        queries: Option<Arc<dyn Queries>>,
+        audit: Option<Arc<dyn AuditLog>>,
+        plan: NumberingPlan,
+        access: Arc<Access>,
+    ) -> Self {
         Investigation {
-            data_dir,
+            queries,
+            audit,
             plan,
             access,
-            audit: Arc::default(),
             refusals: Arc::default(),
             exports: Arc::default(),
             export_limits: ExportLimits::default(),
@@ -327,24 +332,11 @@ impl Investigation {
         if rows.is_empty() {
             return;
         }
-        let Some(dir) = self.data_dir.clone() else {
+        let Some(log) = self.audit.clone() else {
             return;
         };
-        let conn = self.audit.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let written = (|| -> Result<(), String> {
-                let mut guard = conn.lock().map_err(|_| "audit lock poisoned".to_string())?;
-                if guard.is_none() {
-                    *guard = Some(audit::open(&dir).map_err(|e| e.to_string())?);
-                }
-                let c = guard.as_mut().ok_or("no audit connection")?;
-                let tx = c.transaction().map_err(|e| e.to_string())?;
-                for e in &rows {
-                    audit::append(&tx, e).map_err(|e| e.to_string())?;
-                }
-                tx.commit().map_err(|e| e.to_string())
-            })();
-            written.map_err(|e| (e, rows))
+            log.append(&rows).map_err(|e| (e.to_string(), rows))
         })
         .await;
         if let Ok(Err((e, rows))) = res {
@@ -487,7 +479,7 @@ impl Investigation {
         rows: u64,
         outcome: &str,
     ) -> Result<(), Status> {
-        let Some(dir) = self.data_dir.clone() else {
+        let Some(log) = self.audit.clone() else {
             return Ok(());
         };
         let filter = cut(filter);
@@ -502,14 +494,9 @@ impl Investigation {
             outcome: outcome.into(),
             count: 1,
         };
-        let conn = self.audit.clone();
-        let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut guard = conn.lock().map_err(|_| "audit lock poisoned".to_string())?;
-            if guard.is_none() {
-                *guard = Some(audit::open(&dir).map_err(|e| e.to_string())?);
-            }
-            let c = guard.as_ref().ok_or("no audit connection")?;
-            audit::append(c, &e).map(|_| ()).map_err(|e| e.to_string())
+        let r = tokio::task::spawn_blocking(move || {
+            log.append(std::slice::from_ref(&e))
+                .map_err(|e| e.to_string())
         })
         .await;
         let e = match r {
@@ -540,8 +527,16 @@ impl Investigation {
         r
     }
 
-    fn store_dir(&self) -> Result<PathBuf, Status> {
-        self.data_dir.clone().ok_or_else(|| {
+    fn queries(&self) -> Result<Arc<dyn Queries>, Status> {
+        self.queries.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this kuzet runs without a store (--no-store): nothing is recorded",
+            )
+        })
+    }
+
+    fn audit_log(&self) -> Result<Arc<dyn AuditLog>, Status> {
+        self.audit.clone().ok_or_else(|| {
             Status::failed_precondition(
                 "this kuzet runs without a store (--no-store): nothing is recorded",
             )
@@ -742,23 +737,13 @@ impl Drop for ExportSlot {
     }
 }
 
-/// The highest report sequence the register has taken (0: none yet).
-fn delivered_seq(c: &rusqlite::Connection, id: i64) -> rusqlite::Result<u64> {
-    c.query_row(
-        "SELECT coalesce(max(seq), 0) FROM outbox WHERE incident = ?1 AND state = 'done'",
-        [id],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n as u64)
-}
-
 /// The wire form of an incident.
 pub fn incident_pb(i: Incident, sequence: u64) -> pb::Incident {
     let parties = incident::parties(&i)
         .into_iter()
         .map(|p| pb::Party {
             number: p.number,
-            role: p.role.into(),
+            role: p.role,
         })
         .collect();
     pb::Incident {
@@ -804,17 +789,15 @@ impl InvestigationService for Investigation {
         let before = self
             .checked(&who, "QueryCalls", &desc, cursor(&r.cursor))
             .await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         let limit = match r.page_size {
             0 => 100,
             n => n as usize,
         };
-        let page = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
-            query::calls(&c, &filter, before, limit).map_err(store_err)
-        })
-        .await
-        .map_err(store_err)??;
+        let page =
+            tokio::task::spawn_blocking(move || q.calls(&filter, before, limit).map_err(store_err))
+                .await
+                .map_err(store_err)??;
         let (calls, next) = within_answer(page.calls, page.next);
         self.record(
             &who.who,
@@ -843,7 +826,7 @@ impl InvestigationService for Investigation {
         let filter = self
             .checked(&who, "ExportCalls", &desc, self.filter(r.filter))
             .await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         // Capped per caller and in total: each export holds a read
         // snapshot and a blocking thread until its client has read it all.
         let Some(slot) = self.export_slot(&who.who) else {
@@ -861,10 +844,9 @@ impl InvestigationService for Investigation {
         let audit = self.clone();
         let task = tokio::task::spawn_blocking(move || -> Result<u64, String> {
             let _slot = slot;
-            let c = kuzet_store::open_reader(&dir).map_err(|e| e.to_string())?;
             let mut sent = 0u64;
             let mut stalled = false;
-            query::export(&c, &filter, |rec| {
+            q.export(&filter, &mut |rec| {
                 // A client that went away, or reads nothing for a minute,
                 // ends the export (and its read snapshot, which holds the
                 // WAL back).
@@ -944,18 +926,16 @@ impl InvestigationService for Investigation {
         let filter = self
             .checked(&who, "CountCalls", &desc, self.filter(r.filter))
             .await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         let bucket = i64::from(if r.bucket_secs == 0 {
             3600
         } else {
             r.bucket_secs
         }) * 1_000_000;
-        let (per_decision, per_rule) = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
-            query::counts(&c, &filter, bucket).map_err(store_err)
-        })
-        .await
-        .map_err(store_err)??;
+        let (per_decision, per_rule) =
+            tokio::task::spawn_blocking(move || q.counts(&filter, bucket).map_err(store_err))
+                .await
+                .map_err(store_err)??;
         let conv = |v: Vec<query::Count>| {
             v.into_iter()
                 .map(|c| pb::Count {
@@ -996,20 +976,20 @@ impl InvestigationService for Investigation {
         let before = self
             .checked(&who, "ListIncidents", &desc, cursor(&r.cursor))
             .await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         let limit = match r.page_size {
             0 => 100,
             n => (n as usize).min(1000),
         };
         let list = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
-            let list = incident::list(&c, state.as_deref(), before, limit).map_err(store_err)?;
-            list.into_iter()
-                .map(|i| {
-                    let seq = delivered_seq(&c, i.id).map_err(store_err)?;
-                    Ok(incident_pb(i, seq))
-                })
-                .collect::<Result<Vec<_>, Status>>()
+            let list = q
+                .incidents(state.as_deref(), before, limit)
+                .map_err(store_err)?;
+            Ok::<_, Status>(
+                list.into_iter()
+                    .map(|v| incident_pb(v.incident, v.delivered_seq))
+                    .collect::<Vec<_>>(),
+            )
         })
         .await
         .map_err(store_err)??;
@@ -1039,25 +1019,23 @@ impl InvestigationService for Investigation {
         let r = *req.get_ref();
         let desc = format!("{{\"id\":{},\"max_calls\":{}}}", r.id, r.max_calls);
         let who = self.admit(&req, "GetIncident", QUERY, &desc).await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         let limit = match r.max_calls {
             0 => 100,
             n => n as usize,
         };
         let id = r.id;
         let found = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
-            let Some(i) = incident::get(&c, id).map_err(store_err)? else {
+            let Some(v) = q.incident(id).map_err(store_err)? else {
                 return Ok(None);
             };
-            let seq = delivered_seq(&c, i.id).map_err(store_err)?;
             let f = Filter {
                 incident: Some(id),
                 ..Filter::default()
             };
-            let calls = query::calls(&c, &f, None, limit).map_err(store_err)?;
+            let calls = q.calls(&f, None, limit).map_err(store_err)?;
             let (calls, _) = within_answer(calls.calls, None);
-            Ok::<_, Status>(Some((incident_pb(i, seq), calls)))
+            Ok::<_, Status>(Some((incident_pb(v.incident, v.delivered_seq), calls)))
         })
         .await
         .map_err(store_err)??;
@@ -1094,17 +1072,15 @@ impl InvestigationService for Investigation {
         let before = self
             .checked(&who, "ReadAudit", &desc, cursor(&r.cursor))
             .await?;
-        let dir = self.store_dir()?;
+        let log = self.audit_log()?;
         let limit = match r.page_size {
             0 => 100,
             n => n as usize,
         };
-        let entries = tokio::task::spawn_blocking(move || {
-            let c = audit::open(&dir).map_err(store_err)?;
-            audit::read(&c, before, limit).map_err(store_err)
-        })
-        .await
-        .map_err(store_err)??;
+        let entries =
+            tokio::task::spawn_blocking(move || log.read(before, limit).map_err(store_err))
+                .await
+                .map_err(store_err)??;
         self.record(
             &who.who,
             who.role,

@@ -23,6 +23,7 @@ use kuzet_dataplane::metrics::{Gauge, Metrics};
 use kuzet_dataplane::records::RecordRing;
 use kuzet_dataplane::transport::{tcp, Connections};
 use kuzet_dataplane::{transport, Handler, SharedLists};
+use kuzet_store::RecordWriter;
 
 use crate::config::Config;
 
@@ -154,7 +155,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // committed before the first call.
     let queue_bytes = cfg.store.queue_bytes();
     let reserve = cfg.store.queue_reserved_percent;
-    let (mut store, ring) = if cfg.store.enabled {
+    // The store is SQLite in the data directory: the writer (the recorder
+    // port) is opened here, and the other ports on the same directory are
+    // handed to the control plane. Control sees only the ports.
+    let (mut store, ring, ports) = if cfg.store.enabled {
         let dir = cfg.data_dir();
         let mut st = kuzet_store::open(
             &dir,
@@ -168,11 +172,16 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         )?;
         tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
         let ring = open_records(&dir, queue_bytes, reserve, &mut st, &metrics)?;
-        (Some(st), ring)
+        let ports = kuzet_store::sqlite::ports(&dir);
+        (
+            Some(Box::new(st) as Box<dyn RecordWriter>),
+            ring,
+            Some(ports),
+        )
     } else {
         let ring = RecordRing::in_memory(queue_bytes, reserve)
             .map_err(|e| anyhow::anyhow!("the record queue: {e}"))?;
-        (None, Arc::new(ring))
+        (None, Arc::new(ring), None)
     };
     let store_id = store.as_ref().map(|s| s.store_id().to_string());
     // Verdict ids continue after the last one this store recorded, even
@@ -334,7 +343,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             tracing::info!("no [[control.tokens]]: only kuzet's own user can query, through the data directory's control.sock (`kuzet calls` run beside kuzet-data uses it)");
         }
         let svc = kuzet_control::investigate::Investigation::new(
-            cfg.store.enabled.then(|| cfg.data_dir()),
+            ports.as_ref().map(|p| p.queries.clone()),
+            ports.as_ref().map(|p| p.audit.clone()),
             plan.clone(),
             Arc::new(access),
         )
@@ -358,8 +368,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         None
     };
     let control_addr = control.as_ref().and_then(|a| a.listener.local_addr().ok());
-    let reporter = match (&cfg.register.endpoint, cfg.store.enabled) {
-        (Some(endpoint), true) => {
+    let reporter = match (&cfg.register.endpoint, &ports) {
+        (Some(endpoint), Some(ports)) => {
             let ca_pem = match &cfg.register.ca_file {
                 Some(f) => {
                     let f = cfg.resolve(f);
@@ -378,10 +388,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                     node: cfg.node_name(),
                     store_id: store_id.clone().unwrap_or_default(),
                 },
-                cfg.data_dir(),
+                ports.outbox.clone(),
             ))
         }
-        (Some(_), false) => {
+        (Some(_), None) => {
             tracing::warn!("[register] is set but the store is off: incidents need the store, so nothing is reported");
             None
         }
@@ -424,7 +434,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let services = plane::Services {
         reporter,
         admin,
-        store_dir: cfg.store.enabled.then(|| cfg.data_dir()),
+        outbox: ports.as_ref().map(|p| p.outbox.clone()),
     };
     let reloader = Reloader::new(Arc::new(sources), plan, lists.clone(), metrics.clone());
     let m = metrics.clone();
@@ -481,7 +491,7 @@ fn open_records(
     dir: &std::path::Path,
     bytes: usize,
     reserve: u8,
-    st: &mut kuzet_store::Store,
+    st: &mut dyn RecordWriter,
     metrics: &Metrics,
 ) -> anyhow::Result<Arc<RecordRing>> {
     let path = dir.join(RECORDS_FILE);

@@ -26,3 +26,4 @@ mod sim;
 mod sipp;
 mod sockets;
 mod store;
+mod store_ports;
