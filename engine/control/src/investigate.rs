@@ -39,7 +39,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Refusal, Role};
-use crate::guard::{Gate, MarkRequests};
+use crate::guard::{ConnGuard, MarkRequests};
 
 /// The longest filter text an audit entry keeps.
 const AUDIT_FILTER_MAX: usize = 1024;
@@ -193,14 +193,14 @@ fn cut(filter: &str) -> String {
 }
 
 /// Serves the API, health and reflection on the TCP `listener` (under
-/// `gate`) and, when given, on the Unix socket `uds`, until `shutdown`.
+/// `guard`) and, when given, on the Unix socket `uds`, until `shutdown`.
 /// Refusals are written to the audit log once a second, and once more at
 /// the end.
 pub async fn serve(
     listener: std::net::TcpListener,
     uds: Option<tokio::net::UnixListener>,
     svc: Investigation,
-    gate: Arc<Gate>,
+    guard: Arc<ConnGuard>,
     shutdown: watch::Receiver<bool>,
 ) {
     let addr = listener.local_addr().ok();
@@ -237,7 +237,7 @@ pub async fn serve(
             .layer(MarkRequests)
             // Streams per connection and the header list are bounded, so
             // one client cannot open thousands of requests on a
-            // connection the gate admitted.
+            // connection the guard admitted.
             .max_concurrent_streams(16)
             .http2_max_header_list_size(16 * 1024)
             .add_service(health_svc.clone())
@@ -253,7 +253,7 @@ pub async fn serve(
     let mut stop = shutdown.clone();
     let accept = tokio::spawn(crate::guard::accept_loop(
         listener,
-        gate,
+        guard,
         "control API",
         async move {
             let _ = stop.wait_for(|s| *s).await;

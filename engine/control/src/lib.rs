@@ -11,7 +11,8 @@
 //! - [`hep`]: each decision as a HEPv3 packet to Homer, from the verdict
 //!   thread.
 //! - [`guard`]: caps and deadlines for the control surfaces'
-//!   connections, so nobody holds them by connecting and waiting.
+//!   connections (`ConnGuard`), so nobody holds them by connecting and
+//!   waiting.
 //! - [`files`]: reading operator files safely: regular files only, sizes
 //!   and lines capped, non-UTF-8 named by line.
 //! - [`lists`]: loading list files and the rule file into one snapshot, and

@@ -34,7 +34,7 @@ pub struct Timing {
     pub handle_sighup: bool,
 }
 
-/// The investigators' API: its TCP listener (guarded by the gate), the
+/// The investigators' API: its TCP listener (under the connection guard), the
 /// Unix socket in the data directory when there is one, and the service.
 pub struct Api {
     /// The control address, bound.
@@ -44,7 +44,7 @@ pub struct Api {
     /// The service.
     pub svc: crate::investigate::Investigation,
     /// Caps and deadlines for the TCP connections.
-    pub gate: Arc<crate::guard::Gate>,
+    pub guard: Arc<crate::guard::ConnGuard>,
 }
 
 /// Serves the investigators' API on a runtime of its own (the calling
@@ -86,7 +86,7 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
             api.listener,
             uds,
             api.svc,
-            api.gate,
+            api.guard,
             shutdown.clone(),
         ));
         let mut stop = shutdown;
@@ -109,11 +109,11 @@ pub struct Services {
     /// The register and the outbox that feeds it.
     pub reporter: Option<(crate::report::Target, Arc<dyn kuzet_store::Outbox>)>,
     /// `/metrics` and health checks, on their bound listener, with the
-    /// gate that caps its connections.
+    /// guard that caps its connections.
     pub admin: Option<(
         std::net::TcpListener,
         crate::admin::Admin,
-        Arc<crate::guard::Gate>,
+        Arc<crate::guard::ConnGuard>,
     )>,
     /// The store's outbox, for its gauges.
     pub outbox: Option<Arc<dyn kuzet_store::Outbox>>,
@@ -143,8 +143,13 @@ pub fn run(
         tokio::spawn(reload_loop(timing, reloader, shutdown.clone()));
         tokio::spawn(stats_loop(timing, metrics.clone(), handler));
         tokio::spawn(loss_watch(metrics.clone()));
-        if let Some((listener, admin, gate)) = admin {
-            tokio::spawn(crate::admin::serve(listener, admin, gate, shutdown.clone()));
+        if let Some((listener, admin, guard)) = admin {
+            tokio::spawn(crate::admin::serve(
+                listener,
+                admin,
+                guard,
+                shutdown.clone(),
+            ));
         }
         if let Some(outbox) = outbox {
             tokio::spawn(outbox_gauges(outbox, metrics.clone()));

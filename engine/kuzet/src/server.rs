@@ -352,7 +352,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             total: cfg.control.max_exports,
             per_token: cfg.control.max_exports_per_token,
         });
-        let gate = kuzet_control::guard::Gate::new(kuzet_control::guard::Limits {
+        let guard = kuzet_control::guard::ConnGuard::new(kuzet_control::guard::Limits {
             max_connections: control_cap(cfg.control.max_connections),
             max_per_source: control_cap(cfg.control.max_connections_per_source),
             first_request: Duration::from_secs(5),
@@ -362,7 +362,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             listener: l,
             uds,
             svc,
-            gate,
+            guard,
         })
     } else {
         None
@@ -400,7 +400,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let admin = if cfg.admin.enabled {
         let l = kuzet_control::admin::bind(cfg.admin.listen)
             .with_context(|| format!("binding the admin address {}", cfg.admin.listen))?;
-        let gate = kuzet_control::guard::Gate::new(kuzet_control::guard::Limits {
+        let guard = kuzet_control::guard::ConnGuard::new(kuzet_control::guard::Limits {
             max_connections: admin_cap(cfg.admin.max_connections),
             max_per_source: admin_cap(cfg.admin.max_connections_per_source),
             first_request: Duration::from_secs(5),
@@ -413,7 +413,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 cfg.store.enabled,
                 Some(ring.clone()),
             ),
-            gate,
+            guard,
         ))
     } else {
         None
