@@ -1,8 +1,8 @@
 //! Connection guards for the control surfaces (the control API and the
 //! admin HTTP address): nobody can hold them by connecting and waiting.
 //!
-//! A [`ConnGuard`] (it says who may connect, not what a request may do)
-//! admits a connection only under its caps, in
+//! A [`ConnGuard`] (not the access gate, [`crate::gate`], which decides
+//! what a request may do) admits a connection only under its caps, in
 //! total and per
 //! source address; one over a cap is closed at once and counted. Each
 //! admitted connection is a [`Guarded`] stream that closes itself when

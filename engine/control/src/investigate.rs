@@ -3,17 +3,17 @@
 //! runtime of its own, beside the standard gRPC health service and server
 //! reflection.
 //!
-//! Every request is authenticated and authorized here, on the server
-//! ([`crate::access`]), and every request, allowed or refused, is written
-//! to the audit log with who asked, in which role, with which filter and
-//! how many rows came back. Refusals are counted, not sampled: one audit
-//! row per token, action and outcome per second, with its count. Over TCP
-//! a request needs a bearer token; on the Unix socket (`control.sock`,
-//! 0600 in the 0700 data directory) a request without one is kuzet's own
-//! user, checked by the socket's peer credentials, and answers as the
+//! Every request goes through the access gate ([`crate::gate`]), on the
+//! server: authenticated, authorized for its operation ([`ops`]) and
+//! written to the audit log with who asked, in which role, with which
+//! filter and how many rows came back; refusals are counted by the gate,
+//! one audit row per token, action and outcome per second. Over TCP a
+//! request needs a bearer token; on the Unix socket (`control.sock`, 0600
+//! in the 0700 data directory) a request without one is kuzet's own user,
+//! checked by the socket's peer credentials, and answers as the
 //! investigator `local`: no token is ever written to disk. The store is
-//! reached through its ports ([`Queries`], [`AuditLog`]), which block:
-//! they run on this runtime's bounded blocking pool; exports are capped in number, per
+//! reached through its `Queries` port, which blocks: it runs on this
+//! runtime's bounded blocking pool. Exports are capped in number, per
 //! token and in total, and each streams through a small bounded buffer;
 //! pages are cut by size, so records with large header sections never
 //! make an answer a client cannot take.
@@ -27,22 +27,20 @@ use kuzet_api::investigation as pb;
 use kuzet_api::investigation::investigation_service_server::{
     InvestigationService, InvestigationServiceServer,
 };
-use kuzet_dataplane::handler::evidence::unix_us;
 use kuzet_dataplane::handler::PublicId;
 use kuzet_rules::NumberingPlan;
 use kuzet_store::incident::{self, Incident};
 use kuzet_store::query::{self, Filter};
-use kuzet_store::{audit, AuditLog, Queries, Record};
+use kuzet_store::{Queries, Record};
 use prost::Message as _;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::access::{Access, Refusal, Role};
+use crate::access::Role;
+use crate::gate::{ops, AccessGate, Credentials, Op, Principal};
 use crate::guard::{ConnGuard, MarkRequests};
 
-/// The longest filter text an audit entry keeps.
-const AUDIT_FILTER_MAX: usize = 1024;
 /// An export whose client reads nothing for this long is ended.
 const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Calls an export holds ready for its client, at most (each call a few
@@ -78,40 +76,35 @@ impl Default for ExportLimits {
 pub struct Investigation {
     /// The store's reads; `None` when kuzet runs without a store.
     queries: Option<Arc<dyn Queries>>,
-    /// The audit log; `None` without a store (nothing is answered then).
-    audit: Option<Arc<dyn AuditLog>>,
     /// Normalizes the numbers investigators type.
     pub plan: NumberingPlan,
-    /// The configured tokens.
-    pub access: Arc<Access>,
-    /// Refusals counted for the audit log, written once a second.
-    refusals: Arc<Mutex<Refusals>>,
+    /// Who may ask what; the audit log.
+    gate: Arc<AccessGate>,
     /// Exports running: per caller, and in total.
     exports: Arc<Mutex<HashMap<String, usize>>>,
     export_limits: ExportLimits,
-    /// This process's user: who may use the Unix socket without a token.
-    own_uid: Option<u32>,
 }
 
 impl Investigation {
-    /// A service over the store's `queries` and `audit` ports (`None`:
-    /// kuzet runs without a store).
+    /// A service over the store's `queries` port (`None`: kuzet runs
+    /// without a store), behind `gate`.
     pub fn new(
         queries: Option<Arc<dyn Queries>>,
-        audit: Option<Arc<dyn AuditLog>>,
         plan: NumberingPlan,
-        access: Arc<Access>,
+        gate: Arc<AccessGate>,
     ) -> Self {
         Investigation {
             queries,
-            audit,
             plan,
-            access,
-            refusals: Arc::default(),
+            gate,
             exports: Arc::default(),
             export_limits: ExportLimits::default(),
-            own_uid: kuzet_store::private::process_uid(),
         }
+    }
+
+    /// The gate it asks.
+    pub fn gate(&self) -> &Arc<AccessGate> {
+        &self.gate
     }
 
     /// Caps concurrent exports.
@@ -121,81 +114,10 @@ impl Investigation {
     }
 }
 
-/// Refusals of the current second and those not yet written, by who,
-/// role, action and outcome: a flood costs one row per key per second.
-#[derive(Default)]
-struct Refusals {
-    second: i64,
-    now: HashMap<RefusalKey, (u64, String)>,
-    pending: Vec<audit::Entry>,
-}
-
-type RefusalKey = (String, &'static str, &'static str, &'static str);
-
-/// Refusals written while the audit log cannot be written pile up to
-/// this many rows; past it, new rows merge into their key's last row
-/// (the count is kept, the second is not).
-const REFUSALS_PENDING_MAX: usize = 100_000;
-
-impl Refusals {
-    /// Counts one refusal now.
-    fn note(&mut self, key: RefusalKey, filter: &str) {
-        let sec = unix_us().div_euclid(1_000_000);
-        self.roll(sec);
-        let e = self.now.entry(key).or_insert_with(|| (0, cut(filter)));
-        e.0 += 1;
-    }
-
-    /// Moves the counts of a finished second to the rows to write.
-    fn roll(&mut self, sec: i64) {
-        if sec == self.second {
-            return;
-        }
-        let old = std::mem::take(&mut self.now);
-        for ((who, role, action, outcome), (count, filter)) in old {
-            let row = audit::Entry {
-                id: 0,
-                ts_us: self.second * 1_000_000,
-                who,
-                role: role.into(),
-                action: action.into(),
-                filter,
-                rows: 0,
-                outcome: outcome.into(),
-                count,
-            };
-            if self.pending.len() >= REFUSALS_PENDING_MAX {
-                if let Some(last) = self.pending.iter_mut().rev().find(|p| {
-                    p.who == row.who && p.action == row.action && p.outcome == row.outcome
-                }) {
-                    last.count += row.count;
-                    continue;
-                }
-            }
-            self.pending.push(row);
-        }
-        self.second = sec;
-    }
-}
-
-/// The filter text an audit entry keeps: cut at 1 KiB.
-fn cut(filter: &str) -> String {
-    let mut filter = filter.to_string();
-    if filter.len() > AUDIT_FILTER_MAX {
-        let mut at = AUDIT_FILTER_MAX;
-        while !filter.is_char_boundary(at) {
-            at -= 1;
-        }
-        filter.truncate(at);
-        filter.push_str("...(cut)");
-    }
-    filter
-}
-
 /// Serves the API, health and reflection on the TCP `listener` (under
 /// `guard`) and, when given, on the Unix socket `uds`, until `shutdown`.
-/// Refusals are written to the audit log once a second, and once more at
-/// the end.
+/// Run [`crate::gate::flush_refusals`] beside it for the gate's counted
+/// refusals.
 pub async fn serve(
     listener: std::net::TcpListener,
     uds: Option<tokio::net::UnixListener>,
@@ -300,229 +222,44 @@ pub async fn serve(
     accept.abort();
 }
 
-/// Writes the counted refusals to the audit log every second, and the
-/// last ones when the API stops (run it beside [`serve`]).
-pub async fn flush_refusals(svc: Investigation, mut shutdown: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let last = tokio::select! {
-            _ = every.tick() => false,
-            _ = shutdown.wait_for(|s| *s) => true,
-        };
-        svc.write_refusals(last).await;
-        if last {
-            return;
-        }
-    }
-}
-
-impl Investigation {
-    /// Writes the refusals of finished seconds (with `all`, the current
-    /// one too); rows that cannot be written are kept for the next try.
-    async fn write_refusals(&self, all: bool) {
-        let rows = {
-            let Ok(mut r) = self.refusals.lock() else {
-                return;
-            };
-            let sec = unix_us().div_euclid(1_000_000);
-            r.roll(if all { sec + 1 } else { sec });
-            std::mem::take(&mut r.pending)
-        };
-        if rows.is_empty() {
-            return;
-        }
-        let Some(log) = self.audit.clone() else {
-            return;
-        };
-        let res = tokio::task::spawn_blocking(move || {
-            log.append(&rows).map_err(|e| (e.to_string(), rows))
-        })
-        .await;
-        if let Ok(Err((e, rows))) = res {
-            tracing::error!(error = %e, rows = rows.len(), "writing refusals to the audit log failed; they are kept and written later");
-            if let Ok(mut r) = self.refusals.lock() {
-                let mut rows = rows;
-                rows.append(&mut r.pending);
-                r.pending = rows;
-            }
-        }
-    }
-}
-
-/// `investigator or admin`.
-fn roles(allowed: &[Role]) -> String {
-    allowed
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(" or ")
-}
-
-/// Who asked, once allowed.
-#[derive(Clone)]
-struct Caller {
-    who: String,
-    role: &'static str,
-}
-
 type CallStream = Pin<Box<dyn Stream<Item = Result<pb::Call, Status>> + Send + 'static>>;
 
-const QUERY: &[Role] = &[Role::Investigator, Role::Admin];
-const COUNT: &[Role] = &[Role::Investigator, Role::RuleAuthor, Role::Admin];
-const AUDIT: &[Role] = &[Role::Admin];
-
 impl Investigation {
-    /// Authenticates and authorizes; a refusal is counted for the audit
-    /// log and returned as UNAUTHENTICATED or PERMISSION_DENIED. On the
-    /// Unix socket, a request without a token comes from kuzet's own user
-    /// (the socket's peer credentials say so) and is the investigator
-    /// `local`.
-    async fn admit<T>(
-        &self,
-        req: &Request<T>,
-        action: &'static str,
-        allowed: &[Role],
-        filter: &str,
-    ) -> Result<Caller, Status> {
-        let bearer = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if bearer.is_none() {
-            if let Some(uds) = req
-                .extensions()
-                .get::<tonic::transport::server::UdsConnectInfo>()
-            {
-                let uid = uds.peer_cred.map(|c| c.uid());
-                if uid.is_some() && (uid == self.own_uid || uid == Some(0)) {
-                    if allowed.contains(&Role::Investigator) {
-                        return Ok(Caller {
-                            who: "local".into(),
-                            role: Role::Investigator.as_str(),
-                        });
-                    }
-                    self.refuse(
-                        "local",
-                        Role::Investigator.as_str(),
-                        action,
-                        "denied",
-                        filter,
-                    );
-                    return Err(Status::permission_denied(format!(
-                        "{action} needs the role {}: the local socket answers as an investigator; pass an admin token",
-                        roles(allowed)
-                    )));
-                }
-            }
-        }
-        match self.access.check(bearer, allowed) {
-            Ok(t) => Ok(Caller {
-                who: t.name.clone(),
-                role: t.role.as_str(),
-            }),
-            Err(Refusal::Unauthenticated) => {
-                self.refuse("-", "-", action, "unauthenticated", filter);
-                Err(Status::unauthenticated("a valid bearer token is required"))
-            }
-            Err(Refusal::Denied) => {
-                let t = self.access.authenticate(bearer);
-                self.refuse(
-                    t.map_or("-", |t| t.name.as_str()),
-                    t.map_or("-", |t| t.role.as_str()),
-                    action,
-                    "denied",
-                    filter,
-                );
-                Err(Status::permission_denied(format!(
-                    "{action} needs the role {}",
-                    roles(allowed)
-                )))
-            }
-        }
+    /// Admits the request for `op` (a refusal is counted by the gate).
+    fn admit<T>(&self, req: &Request<T>, op: &Op, filter: &str) -> Result<Principal, Status> {
+        self.gate
+            .admit(&Credentials::grpc(req), op, filter)
+            .map_err(Status::from)
     }
 
-    /// Counts a refusal for the audit log: every one is counted, in one
-    /// row per who, action and outcome per second, written within a
-    /// second. Nothing here waits on the disk, so a flood of bad tokens
-    /// neither fills it nor holds anything up.
-    fn refuse(
-        &self,
-        who: &str,
-        role: &str,
-        action: &'static str,
-        outcome: &'static str,
-        filter: &str,
-    ) {
-        let role: &'static str = match role {
-            "investigator" => "investigator",
-            "rule-author" => "rule-author",
-            "admin" => "admin",
-            _ => "-",
-        };
-        match self.refusals.lock() {
-            Ok(mut r) => r.note((who.to_string(), role, action, outcome), filter),
-            Err(_) => tracing::error!(who, action, outcome, "refusal not counted: lock poisoned"),
-        }
-    }
-
-    /// Appends to the audit log (the filter cut at 1 KiB). An answer that
-    /// cannot be audited is not given: the caller turns the error into
-    /// UNAVAILABLE.
+    /// Audits the answer before it is given; one that cannot be audited
+    /// is refused (UNAVAILABLE).
     async fn record(
         &self,
-        who: &str,
-        role: &str,
-        action: &str,
+        who: &Principal,
+        op: &Op,
         filter: &str,
         rows: u64,
         outcome: &str,
     ) -> Result<(), Status> {
-        let Some(log) = self.audit.clone() else {
-            return Ok(());
-        };
-        let filter = cut(filter);
-        let e = audit::Entry {
-            id: 0,
-            ts_us: unix_us(),
-            who: who.into(),
-            role: role.into(),
-            action: action.into(),
-            filter,
-            rows,
-            outcome: outcome.into(),
-            count: 1,
-        };
-        let r = tokio::task::spawn_blocking(move || {
-            log.append(std::slice::from_ref(&e))
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        let e = match r {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e,
-            Err(e) => e.to_string(),
-        };
-        tracing::error!(error = %e, "writing the audit log failed; the request is refused");
-        Err(Status::unavailable(
-            "the audit log cannot be written, so nothing is answered; try again later",
-        ))
+        self.gate
+            .audit(who, op, filter, rows, outcome)
+            .await
+            .map_err(Status::from)
     }
 
     /// Passes `r` through; a refusal of the request itself (a bad filter
     /// or cursor) is audited with its reason before it is returned.
     async fn checked<T>(
         &self,
-        who: &Caller,
-        action: &str,
+        who: &Principal,
+        op: &Op,
         desc: &str,
         r: Result<T, Status>,
     ) -> Result<T, Status> {
         if let Err(e) = &r {
             let outcome = format!("invalid: {}", e.message());
-            self.record(&who.who, who.role, action, desc, 0, &outcome)
-                .await?;
+            self.record(who, op, desc, 0, &outcome).await?;
         }
         r
     }
@@ -535,8 +272,8 @@ impl Investigation {
         })
     }
 
-    fn audit_log(&self) -> Result<Arc<dyn AuditLog>, Status> {
-        self.audit.clone().ok_or_else(|| {
+    fn audit_log(&self) -> Result<Arc<dyn kuzet_store::AuditLog>, Status> {
+        self.gate.audit_log().ok_or_else(|| {
             Status::failed_precondition(
                 "this kuzet runs without a store (--no-store): nothing is recorded",
             )
@@ -782,12 +519,12 @@ impl InvestigationService for Investigation {
             r.cursor,
             r.page_size
         );
-        let who = self.admit(&req, "QueryCalls", QUERY, &desc).await?;
+        let who = self.admit(&req, &ops::QUERY_CALLS, &desc)?;
         let filter = self
-            .checked(&who, "QueryCalls", &desc, self.filter(r.filter))
+            .checked(&who, &ops::QUERY_CALLS, &desc, self.filter(r.filter))
             .await?;
         let before = self
-            .checked(&who, "QueryCalls", &desc, cursor(&r.cursor))
+            .checked(&who, &ops::QUERY_CALLS, &desc, cursor(&r.cursor))
             .await?;
         let q = self.queries()?;
         let limit = match r.page_size {
@@ -799,15 +536,8 @@ impl InvestigationService for Investigation {
                 .await
                 .map_err(store_err)??;
         let (calls, next) = within_answer(page.calls, page.next);
-        self.record(
-            &who.who,
-            who.role,
-            "QueryCalls",
-            &desc,
-            calls.len() as u64,
-            "ok",
-        )
-        .await?;
+        self.record(&who, &ops::QUERY_CALLS, &desc, calls.len() as u64, "ok")
+            .await?;
         Ok(Response::new(pb::QueryCallsResponse {
             calls,
             next_cursor: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -822,15 +552,16 @@ impl InvestigationService for Investigation {
     ) -> Result<Response<CallStream>, Status> {
         let r = req.get_ref().clone();
         let desc = format!("{{\"filter\":{}}}", filter_json(&r.filter));
-        let who = self.admit(&req, "ExportCalls", QUERY, &desc).await?;
+        let who = self.admit(&req, &ops::EXPORT_CALLS, &desc)?;
         let filter = self
-            .checked(&who, "ExportCalls", &desc, self.filter(r.filter))
+            .checked(&who, &ops::EXPORT_CALLS, &desc, self.filter(r.filter))
             .await?;
         let q = self.queries()?;
         // Capped per caller and in total: each export holds a read
         // snapshot and a blocking thread until its client has read it all.
         let Some(slot) = self.export_slot(&who.who) else {
-            self.refuse(&who.who, who.role, "ExportCalls", "exhausted", &desc);
+            self.gate
+                .refuse(&who, &ops::EXPORT_CALLS, "exhausted", &desc);
             return Err(Status::resource_exhausted(format!(
                 "too many exports running (at most {} per token, {} in all): wait for one to end",
                 self.export_limits.per_token, self.export_limits.total
@@ -839,7 +570,7 @@ impl InvestigationService for Investigation {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Call, Status>>(EXPORT_BUFFER);
         // The export is audited before the first row leaves; if that
         // cannot be written, nothing is sent.
-        self.record(&who.who, who.role, "ExportCalls", &desc, 0, "started")
+        self.record(&who, &ops::EXPORT_CALLS, &desc, 0, "started")
             .await?;
         let audit = self.clone();
         let task = tokio::task::spawn_blocking(move || -> Result<u64, String> {
@@ -888,7 +619,7 @@ impl InvestigationService for Investigation {
                 Err(e) => (0, format!("error: {e}")),
             };
             let _ = audit
-                .record(&who.who, who.role, "ExportCalls", &desc, rows, &outcome)
+                .record(&who, &ops::EXPORT_CALLS, &desc, rows, &outcome)
                 .await;
         });
         Ok(Response::new(Box::pin(
@@ -906,10 +637,10 @@ impl InvestigationService for Investigation {
             filter_json(&r.filter),
             r.bucket_secs
         );
-        let who = self.admit(&req, "CountCalls", COUNT, &desc).await?;
+        let who = self.admit(&req, &ops::COUNT_CALLS, &desc)?;
         // A rule author tunes rules: counts by time, rule and decision,
         // never who called whom.
-        if who.role == Role::RuleAuthor.as_str() {
+        if who.role == Role::RuleAuthor {
             let f = r.filter.clone().unwrap_or_default();
             if !f.number.is_empty()
                 || !f.verdict_id.is_empty()
@@ -919,12 +650,12 @@ impl InvestigationService for Investigation {
                 let e = Status::permission_denied(
                     "a rule author counts by time, rule and decision only",
                 );
-                self.refuse(&who.who, who.role, "CountCalls", "denied", &desc);
+                self.gate.refuse(&who, &ops::COUNT_CALLS, "denied", &desc);
                 return Err(e);
             }
         }
         let filter = self
-            .checked(&who, "CountCalls", &desc, self.filter(r.filter))
+            .checked(&who, &ops::COUNT_CALLS, &desc, self.filter(r.filter))
             .await?;
         let q = self.queries()?;
         let bucket = i64::from(if r.bucket_secs == 0 {
@@ -946,7 +677,7 @@ impl InvestigationService for Investigation {
                 .collect::<Vec<_>>()
         };
         let rows = (per_decision.len() + per_rule.len()) as u64;
-        self.record(&who.who, who.role, "CountCalls", &desc, rows, "ok")
+        self.record(&who, &ops::COUNT_CALLS, &desc, rows, "ok")
             .await?;
         Ok(Response::new(pb::CountCallsResponse {
             per_decision: conv(per_decision),
@@ -963,18 +694,20 @@ impl InvestigationService for Investigation {
             "{{\"state\":{:?},\"cursor\":{:?},\"page_size\":{}}}",
             r.state, r.cursor, r.page_size
         );
-        let who = self.admit(&req, "ListIncidents", QUERY, &desc).await?;
+        let who = self.admit(&req, &ops::LIST_INCIDENTS, &desc)?;
         let state = (!r.state.is_empty()).then(|| r.state.clone());
         if let Some(s) = &state {
             if !["open", "reported", "updated", "closed", "dead_letter"].contains(&s.as_str()) {
                 let e = Status::invalid_argument(format!(
                     "state must be open, reported, updated, closed or dead_letter, not {s:?}"
                 ));
-                return self.checked(&who, "ListIncidents", &desc, Err(e)).await;
+                return self
+                    .checked(&who, &ops::LIST_INCIDENTS, &desc, Err(e))
+                    .await;
             }
         }
         let before = self
-            .checked(&who, "ListIncidents", &desc, cursor(&r.cursor))
+            .checked(&who, &ops::LIST_INCIDENTS, &desc, cursor(&r.cursor))
             .await?;
         let q = self.queries()?;
         let limit = match r.page_size {
@@ -993,15 +726,8 @@ impl InvestigationService for Investigation {
         })
         .await
         .map_err(store_err)??;
-        self.record(
-            &who.who,
-            who.role,
-            "ListIncidents",
-            &desc,
-            list.len() as u64,
-            "ok",
-        )
-        .await?;
+        self.record(&who, &ops::LIST_INCIDENTS, &desc, list.len() as u64, "ok")
+            .await?;
         let next = (list.len() == limit)
             .then(|| list.last().map(|i| i.id.to_string()))
             .flatten()
@@ -1018,7 +744,7 @@ impl InvestigationService for Investigation {
     ) -> Result<Response<pb::GetIncidentResponse>, Status> {
         let r = *req.get_ref();
         let desc = format!("{{\"id\":{},\"max_calls\":{}}}", r.id, r.max_calls);
-        let who = self.admit(&req, "GetIncident", QUERY, &desc).await?;
+        let who = self.admit(&req, &ops::GET_INCIDENT, &desc)?;
         let q = self.queries()?;
         let limit = match r.max_calls {
             0 => 100,
@@ -1040,14 +766,13 @@ impl InvestigationService for Investigation {
         .await
         .map_err(store_err)??;
         let Some((inc, calls)) = found else {
-            self.record(&who.who, who.role, "GetIncident", &desc, 0, "not found")
+            self.record(&who, &ops::GET_INCIDENT, &desc, 0, "not found")
                 .await?;
             return Err(Status::not_found(format!("no incident {id}")));
         };
         self.record(
-            &who.who,
-            who.role,
-            "GetIncident",
+            &who,
+            &ops::GET_INCIDENT,
             &desc,
             calls.len() as u64 + 1,
             "ok",
@@ -1068,9 +793,9 @@ impl InvestigationService for Investigation {
             "{{\"cursor\":{:?},\"page_size\":{}}}",
             r.cursor, r.page_size
         );
-        let who = self.admit(&req, "ReadAudit", AUDIT, &desc).await?;
+        let who = self.admit(&req, &ops::READ_AUDIT, &desc)?;
         let before = self
-            .checked(&who, "ReadAudit", &desc, cursor(&r.cursor))
+            .checked(&who, &ops::READ_AUDIT, &desc, cursor(&r.cursor))
             .await?;
         let log = self.audit_log()?;
         let limit = match r.page_size {
@@ -1081,15 +806,8 @@ impl InvestigationService for Investigation {
             tokio::task::spawn_blocking(move || log.read(before, limit).map_err(store_err))
                 .await
                 .map_err(store_err)??;
-        self.record(
-            &who.who,
-            who.role,
-            "ReadAudit",
-            &desc,
-            entries.len() as u64,
-            "ok",
-        )
-        .await?;
+        self.record(&who, &ops::READ_AUDIT, &desc, entries.len() as u64, "ok")
+            .await?;
         let next = (entries.len() == limit.clamp(1, 1000))
             .then(|| entries.last().map(|e| e.id.to_string()))
             .flatten()

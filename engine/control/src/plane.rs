@@ -78,8 +78,8 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
             },
             None => None,
         };
-        let flusher = tokio::spawn(crate::investigate::flush_refusals(
-            api.svc.clone(),
+        let flusher = tokio::spawn(crate::gate::flush_refusals(
+            api.svc.gate().clone(),
             shutdown.clone(),
         ));
         let server = tokio::spawn(crate::investigate::serve(

@@ -342,11 +342,16 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         if access.is_empty() {
             tracing::info!("no [[control.tokens]]: only kuzet's own user can query, through the data directory's control.sock (`kuzet calls` run beside kuzet-data uses it)");
         }
+        // Every request to the API is admitted and audited by the access
+        // gate, which writes through the store's audit port.
+        let gate = Arc::new(kuzet_control::gate::AccessGate::new(
+            access,
+            ports.as_ref().map(|p| p.audit.clone()),
+        ));
         let svc = kuzet_control::investigate::Investigation::new(
             ports.as_ref().map(|p| p.queries.clone()),
-            ports.as_ref().map(|p| p.audit.clone()),
             plan.clone(),
-            Arc::new(access),
+            gate,
         )
         .with_export_limits(kuzet_control::investigate::ExportLimits {
             total: cfg.control.max_exports,
