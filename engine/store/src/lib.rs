@@ -165,7 +165,8 @@ impl Default for Options {
     }
 }
 
-/// The writer's handle on the store.
+/// The writer's handle on the SQLite store: the recorder port
+/// ([`RecordWriter`]), holding the data directory's lock.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
