@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kuzet_store::query::{calls, export, Filter};
-use kuzet_store::{Record, RuleHit};
+use kuzet_store::{Record, RecordWriter, RuleHit};
 
 const CALLERS: u64 = 1_000_000;
 

@@ -122,14 +122,14 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener
 /// How long a client may take to send a request's headers.
 const HEADER_READ: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serves until `shutdown` turns true: each connection the gate admits
+/// Serves until `shutdown` turns true: each connection the guard admits
 /// gets HTTP/1 with a header-read deadline (a client trickling its
-/// headers is cut off) and, through the gate, an idle limit; a connection
-/// over the gate's caps is closed at once.
+/// headers is cut off) and, through the guard, an idle limit; a connection
+/// over the guard's caps is closed at once.
 pub async fn serve(
     listener: std::net::TcpListener,
     admin: Admin,
-    gate: Arc<crate::guard::Gate>,
+    guard: Arc<crate::guard::ConnGuard>,
     shutdown: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -147,14 +147,14 @@ pub async fn serve(
     let mut stop = shutdown.clone();
     crate::guard::accept_loop(
         listener,
-        gate,
+        guard,
         "admin address",
         async move {
             let _ = stop.wait_for(|s| *s).await;
         },
         move |io| {
             // hyper's header deadline covers every request on the
-            // connection, the gate's idle limit the time between them.
+            // connection, the guard's idle limit the time between them.
             io.info().mark_request();
             let svc = hyper_util::service::TowerToHyperService::new(app.clone());
             let mut sd = shutdown.clone();

@@ -1,7 +1,9 @@
 //! Connection guards for the control surfaces (the control API and the
 //! admin HTTP address): nobody can hold them by connecting and waiting.
 //!
-//! A [`Gate`] admits a connection only under its caps, in total and per
+//! A [`ConnGuard`] (not the access gate, [`crate::gate`], which decides
+//! what a request may do) admits a connection only under its caps, in
+//! total and per
 //! source address; one over a cap is closed at once and counted. Each
 //! admitted connection is a [`Guarded`] stream that closes itself when
 //! its client has not completed a request within `first_request` of
@@ -40,9 +42,9 @@ pub struct Limits {
     pub idle: Duration,
 }
 
-/// What the gate has refused and closed, for `/metrics`.
+/// What the guard has refused and closed, for `/metrics`.
 #[derive(Default, Debug)]
-pub struct GateStats {
+pub struct GuardStats {
     /// Connections refused at a cap.
     pub refused: AtomicU64,
     /// Connections closed: no request in time, or idle.
@@ -52,22 +54,22 @@ pub struct GateStats {
 }
 
 /// Admits connections under the caps.
-pub struct Gate {
+pub struct ConnGuard {
     limits: Limits,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
     /// What it refused and closed.
-    pub stats: Arc<GateStats>,
+    pub stats: Arc<GuardStats>,
 }
 
 /// One admitted connection's place under the caps, given back on drop.
 pub struct Permit {
-    gate: Arc<Gate>,
+    guard: Arc<ConnGuard>,
     ip: IpAddr,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.gate.open.lock() {
+        if let Ok(mut g) = self.guard.open.lock() {
             g.0 = g.0.saturating_sub(1);
             if let Some(n) = g.1.get_mut(&self.ip) {
                 *n -= 1;
@@ -79,10 +81,10 @@ impl Drop for Permit {
     }
 }
 
-impl Gate {
-    /// A gate with these limits.
-    pub fn new(limits: Limits) -> Arc<Gate> {
-        Arc::new(Gate {
+impl ConnGuard {
+    /// A guard with these limits.
+    pub fn new(limits: Limits) -> Arc<ConnGuard> {
+        Arc::new(ConnGuard {
             limits,
             open: Mutex::new((0, HashMap::new())),
             stats: Arc::default(),
@@ -105,7 +107,7 @@ impl Gate {
         g.0 += 1;
         *g.1.entry(ip).or_insert(0) += 1;
         Some(Permit {
-            gate: self.clone(),
+            guard: self.clone(),
             ip,
         })
     }
@@ -181,15 +183,15 @@ pub struct Guarded {
     connected: Instant,
     last: Instant,
     timer: Pin<Box<Sleep>>,
-    stats: Arc<GateStats>,
+    stats: Arc<GuardStats>,
     _permit: Permit,
 }
 
 impl Guarded {
     /// Guards `io` under `permit`.
     pub fn new(io: TcpStream, remote: SocketAddr, permit: Permit) -> Guarded {
-        let limits = permit.gate.limits;
-        let stats = permit.gate.stats.clone();
+        let limits = permit.guard.limits;
+        let stats = permit.guard.stats.clone();
         let now = Instant::now();
         Guarded {
             io,
@@ -308,13 +310,13 @@ impl tonic::transport::server::Connected for Guarded {
     }
 }
 
-/// Accepts connections on `listener` under `gate` and hands each admitted
+/// Accepts connections on `listener` under `guard` and hands each admitted
 /// one to `each`, until `stop` resolves. A connection over a cap is closed
 /// at once; a failed accept (no file descriptors left) waits 100 ms, so
 /// the loop never spins and the process's other work goes on.
 pub async fn accept_loop<F>(
     listener: TcpListener,
-    gate: Arc<Gate>,
+    guard: Arc<ConnGuard>,
     what: &'static str,
     stop: impl Future<Output = ()>,
     mut each: F,
@@ -330,7 +332,7 @@ pub async fn accept_loop<F>(
         };
         match accepted {
             Ok((io, remote)) => {
-                let Some(permit) = gate.admit(remote.ip()) else {
+                let Some(permit) = guard.admit(remote.ip()) else {
                     // Closed at once: the client sees a reset or EOF.
                     drop(io);
                     continue;
@@ -339,7 +341,7 @@ pub async fn accept_loop<F>(
                 each(Guarded::new(io, remote, permit));
             }
             Err(e) => {
-                gate.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                guard.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                 if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(surface = what, error = %e, "accepting a connection failed (out of file descriptors?); refusing for now");
                     last_warn = Some(std::time::Instant::now());
@@ -364,8 +366,8 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_caps_connections_in_total_and_per_source() {
-        let g = Gate::new(limits());
+    fn the_guard_caps_connections_in_total_and_per_source() {
+        let g = ConnGuard::new(limits());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let p1 = g.admit(a).unwrap();
@@ -383,16 +385,16 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let gate = Gate::new(limits());
+        let guard = ConnGuard::new(limits());
         let client = TcpStream::connect(addr).await.unwrap();
         let (io, remote) = l.accept().await.unwrap();
-        let mut g = Guarded::new(io, remote, gate.admit(remote.ip()).unwrap());
+        let mut g = Guarded::new(io, remote, guard.admit(remote.ip()).unwrap());
         let started = Instant::now();
         let mut buf = [0u8; 16];
         let e = g.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(200));
-        assert_eq!(gate.stats.timed_out.load(Ordering::Relaxed), 1);
+        assert_eq!(guard.stats.timed_out.load(Ordering::Relaxed), 1);
         drop(client);
     }
 }

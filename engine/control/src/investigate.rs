@@ -3,24 +3,23 @@
 //! runtime of its own, beside the standard gRPC health service and server
 //! reflection.
 //!
-//! Every request is authenticated and authorized here, on the server
-//! ([`crate::access`]), and every request, allowed or refused, is written
-//! to the audit log with who asked, in which role, with which filter and
-//! how many rows came back. Refusals are counted, not sampled: one audit
-//! row per token, action and outcome per second, with its count. Over TCP
-//! a request needs a bearer token; on the Unix socket (`control.sock`,
-//! 0600 in the 0700 data directory) a request without one is kuzet's own
-//! user, checked by the socket's peer credentials, and answers as the
-//! investigator `local`: no token is ever written to disk. SQLite work
-//! runs on this runtime's bounded blocking pool, each query on a
-//! read-only connection of its own; exports are capped in number, per
+//! Every request goes through the access gate ([`crate::gate`]), on the
+//! server: authenticated, authorized for its operation ([`ops`]) and
+//! written to the audit log with who asked, in which role, with which
+//! filter and how many rows came back; refusals are counted by the gate,
+//! one audit row per token, action and outcome per second. Over TCP a
+//! request needs a bearer token; on the Unix socket (`control.sock`, 0600
+//! in the 0700 data directory) a request without one is kuzet's own user,
+//! checked by the socket's peer credentials, and answers as the
+//! investigator `local`: no token is ever written to disk. The store is
+//! reached through its `Queries` port, which blocks: it runs on this
+//! runtime's bounded blocking pool. Exports are capped in number, per
 //! token and in total, and each streams through a small bounded buffer;
 //! pages are cut by size, so records with large header sections never
 //! make an answer a client cannot take.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -28,22 +27,20 @@ use kuzet_api::investigation as pb;
 use kuzet_api::investigation::investigation_service_server::{
     InvestigationService, InvestigationServiceServer,
 };
-use kuzet_dataplane::handler::evidence::unix_us;
 use kuzet_dataplane::handler::PublicId;
 use kuzet_rules::NumberingPlan;
 use kuzet_store::incident::{self, Incident};
 use kuzet_store::query::{self, Filter};
-use kuzet_store::{audit, Record};
+use kuzet_store::{Queries, Record};
 use prost::Message as _;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::access::{Access, Refusal, Role};
-use crate::guard::{Gate, MarkRequests};
+use crate::access::Role;
+use crate::gate::{ops, AccessGate, Credentials, Op, Principal};
+use crate::guard::{ConnGuard, MarkRequests};
 
-/// The longest filter text an audit entry keeps.
-const AUDIT_FILTER_MAX: usize = 1024;
 /// An export whose client reads nothing for this long is ended.
 const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Calls an export holds ready for its client, at most (each call a few
@@ -77,36 +74,37 @@ impl Default for ExportLimits {
 /// What the service needs.
 #[derive(Clone)]
 pub struct Investigation {
-    /// The data directory; `None` when kuzet runs without a store.
-    pub data_dir: Option<PathBuf>,
+    /// The store's reads; `None` when kuzet runs without a store.
+    queries: Option<Arc<dyn Queries>>,
     /// Normalizes the numbers investigators type.
     pub plan: NumberingPlan,
-    /// The configured tokens.
-    pub access: Arc<Access>,
-    /// The audit log's connection, opened on first use.
-    audit: Arc<Mutex<Option<rusqlite::Connection>>>,
-    /// Refusals counted for the audit log, written once a second.
-    refusals: Arc<Mutex<Refusals>>,
+    /// Who may ask what; the audit log.
+    gate: Arc<AccessGate>,
     /// Exports running: per caller, and in total.
     exports: Arc<Mutex<HashMap<String, usize>>>,
     export_limits: ExportLimits,
-    /// This process's user: who may use the Unix socket without a token.
-    own_uid: Option<u32>,
 }
 
 impl Investigation {
-    /// A service over the store in `data_dir`.
-    pub fn new(data_dir: Option<PathBuf>, plan: NumberingPlan, access: Arc<Access>) -> Self {
+    /// A service over the store's `queries` port (`None`: kuzet runs
+    /// without a store), behind `gate`.
+    pub fn new(
+        queries: Option<Arc<dyn Queries>>,
+        plan: NumberingPlan,
+        gate: Arc<AccessGate>,
+    ) -> Self {
         Investigation {
-            data_dir,
+            queries,
             plan,
-            access,
-            audit: Arc::default(),
-            refusals: Arc::default(),
+            gate,
             exports: Arc::default(),
             export_limits: ExportLimits::default(),
-            own_uid: kuzet_store::private::process_uid(),
         }
+    }
+
+    /// The gate it asks.
+    pub fn gate(&self) -> &Arc<AccessGate> {
+        &self.gate
     }
 
     /// Caps concurrent exports.
@@ -116,86 +114,15 @@ impl Investigation {
     }
 }
 
-/// Refusals of the current second and those not yet written, by who,
-/// role, action and outcome: a flood costs one row per key per second.
-#[derive(Default)]
-struct Refusals {
-    second: i64,
-    now: HashMap<RefusalKey, (u64, String)>,
-    pending: Vec<audit::Entry>,
-}
-
-type RefusalKey = (String, &'static str, &'static str, &'static str);
-
-/// Refusals written while the audit log cannot be written pile up to
-/// this many rows; past it, new rows merge into their key's last row
-/// (the count is kept, the second is not).
-const REFUSALS_PENDING_MAX: usize = 100_000;
-
-impl Refusals {
-    /// Counts one refusal now.
-    fn note(&mut self, key: RefusalKey, filter: &str) {
-        let sec = unix_us().div_euclid(1_000_000);
-        self.roll(sec);
-        let e = self.now.entry(key).or_insert_with(|| (0, cut(filter)));
-        e.0 += 1;
-    }
-
-    /// Moves the counts of a finished second to the rows to write.
-    fn roll(&mut self, sec: i64) {
-        if sec == self.second {
-            return;
-        }
-        let old = std::mem::take(&mut self.now);
-        for ((who, role, action, outcome), (count, filter)) in old {
-            let row = audit::Entry {
-                id: 0,
-                ts_us: self.second * 1_000_000,
-                who,
-                role: role.into(),
-                action: action.into(),
-                filter,
-                rows: 0,
-                outcome: outcome.into(),
-                count,
-            };
-            if self.pending.len() >= REFUSALS_PENDING_MAX {
-                if let Some(last) = self.pending.iter_mut().rev().find(|p| {
-                    p.who == row.who && p.action == row.action && p.outcome == row.outcome
-                }) {
-                    last.count += row.count;
-                    continue;
-                }
-            }
-            self.pending.push(row);
-        }
-        self.second = sec;
-    }
-}
-
-/// The filter text an audit entry keeps: cut at 1 KiB.
-fn cut(filter: &str) -> String {
-    let mut filter = filter.to_string();
-    if filter.len() > AUDIT_FILTER_MAX {
-        let mut at = AUDIT_FILTER_MAX;
-        while !filter.is_char_boundary(at) {
-            at -= 1;
-        }
-        filter.truncate(at);
-        filter.push_str("...(cut)");
-    }
-    filter
-}
-
 /// Serves the API, health and reflection on the TCP `listener` (under
-/// `gate`) and, when given, on the Unix socket `uds`, until `shutdown`.
-/// Refusals are written to the audit log once a second, and once more at
-/// the end.
+/// `guard`) and, when given, on the Unix socket `uds`, until `shutdown`.
+/// Run [`crate::gate::flush_refusals`] beside it for the gate's counted
+/// refusals.
 pub async fn serve(
     listener: std::net::TcpListener,
     uds: Option<tokio::net::UnixListener>,
     svc: Investigation,
-    gate: Arc<Gate>,
+    guard: Arc<ConnGuard>,
     shutdown: watch::Receiver<bool>,
 ) {
     let addr = listener.local_addr().ok();
@@ -232,7 +159,7 @@ pub async fn serve(
             .layer(MarkRequests)
             // Streams per connection and the header list are bounded, so
             // one client cannot open thousands of requests on a
-            // connection the gate admitted.
+            // connection the guard admitted.
             .max_concurrent_streams(16)
             .http2_max_header_list_size(16 * 1024)
             .add_service(health_svc.clone())
@@ -248,7 +175,7 @@ pub async fn serve(
     let mut stop = shutdown.clone();
     let accept = tokio::spawn(crate::guard::accept_loop(
         listener,
-        gate,
+        guard,
         "control API",
         async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -295,253 +222,58 @@ pub async fn serve(
     accept.abort();
 }
 
-/// Writes the counted refusals to the audit log every second, and the
-/// last ones when the API stops (run it beside [`serve`]).
-pub async fn flush_refusals(svc: Investigation, mut shutdown: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let last = tokio::select! {
-            _ = every.tick() => false,
-            _ = shutdown.wait_for(|s| *s) => true,
-        };
-        svc.write_refusals(last).await;
-        if last {
-            return;
-        }
-    }
-}
-
-impl Investigation {
-    /// Writes the refusals of finished seconds (with `all`, the current
-    /// one too); rows that cannot be written are kept for the next try.
-    async fn write_refusals(&self, all: bool) {
-        let rows = {
-            let Ok(mut r) = self.refusals.lock() else {
-                return;
-            };
-            let sec = unix_us().div_euclid(1_000_000);
-            r.roll(if all { sec + 1 } else { sec });
-            std::mem::take(&mut r.pending)
-        };
-        if rows.is_empty() {
-            return;
-        }
-        let Some(dir) = self.data_dir.clone() else {
-            return;
-        };
-        let conn = self.audit.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let written = (|| -> Result<(), String> {
-                let mut guard = conn.lock().map_err(|_| "audit lock poisoned".to_string())?;
-                if guard.is_none() {
-                    *guard = Some(audit::open(&dir).map_err(|e| e.to_string())?);
-                }
-                let c = guard.as_mut().ok_or("no audit connection")?;
-                let tx = c.transaction().map_err(|e| e.to_string())?;
-                for e in &rows {
-                    audit::append(&tx, e).map_err(|e| e.to_string())?;
-                }
-                tx.commit().map_err(|e| e.to_string())
-            })();
-            written.map_err(|e| (e, rows))
-        })
-        .await;
-        if let Ok(Err((e, rows))) = res {
-            tracing::error!(error = %e, rows = rows.len(), "writing refusals to the audit log failed; they are kept and written later");
-            if let Ok(mut r) = self.refusals.lock() {
-                let mut rows = rows;
-                rows.append(&mut r.pending);
-                r.pending = rows;
-            }
-        }
-    }
-}
-
-/// `investigator or admin`.
-fn roles(allowed: &[Role]) -> String {
-    allowed
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(" or ")
-}
-
-/// Who asked, once allowed.
-#[derive(Clone)]
-struct Caller {
-    who: String,
-    role: &'static str,
-}
-
 type CallStream = Pin<Box<dyn Stream<Item = Result<pb::Call, Status>> + Send + 'static>>;
 
-const QUERY: &[Role] = &[Role::Investigator, Role::Admin];
-const COUNT: &[Role] = &[Role::Investigator, Role::RuleAuthor, Role::Admin];
-const AUDIT: &[Role] = &[Role::Admin];
-
 impl Investigation {
-    /// Authenticates and authorizes; a refusal is counted for the audit
-    /// log and returned as UNAUTHENTICATED or PERMISSION_DENIED. On the
-    /// Unix socket, a request without a token comes from kuzet's own user
-    /// (the socket's peer credentials say so) and is the investigator
-    /// `local`.
-    async fn admit<T>(
-        &self,
-        req: &Request<T>,
-        action: &'static str,
-        allowed: &[Role],
-        filter: &str,
-    ) -> Result<Caller, Status> {
-        let bearer = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if bearer.is_none() {
-            if let Some(uds) = req
-                .extensions()
-                .get::<tonic::transport::server::UdsConnectInfo>()
-            {
-                let uid = uds.peer_cred.map(|c| c.uid());
-                if uid.is_some() && (uid == self.own_uid || uid == Some(0)) {
-                    if allowed.contains(&Role::Investigator) {
-                        return Ok(Caller {
-                            who: "local".into(),
-                            role: Role::Investigator.as_str(),
-                        });
-                    }
-                    self.refuse(
-                        "local",
-                        Role::Investigator.as_str(),
-                        action,
-                        "denied",
-                        filter,
-                    );
-                    return Err(Status::permission_denied(format!(
-                        "{action} needs the role {}: the local socket answers as an investigator; pass an admin token",
-                        roles(allowed)
-                    )));
-                }
-            }
-        }
-        match self.access.check(bearer, allowed) {
-            Ok(t) => Ok(Caller {
-                who: t.name.clone(),
-                role: t.role.as_str(),
-            }),
-            Err(Refusal::Unauthenticated) => {
-                self.refuse("-", "-", action, "unauthenticated", filter);
-                Err(Status::unauthenticated("a valid bearer token is required"))
-            }
-            Err(Refusal::Denied) => {
-                let t = self.access.authenticate(bearer);
-                self.refuse(
-                    t.map_or("-", |t| t.name.as_str()),
-                    t.map_or("-", |t| t.role.as_str()),
-                    action,
-                    "denied",
-                    filter,
-                );
-                Err(Status::permission_denied(format!(
-                    "{action} needs the role {}",
-                    roles(allowed)
-                )))
-            }
-        }
+    /// Admits the request for `op` (a refusal is counted by the gate).
+    fn admit<T>(&self, req: &Request<T>, op: &Op, filter: &str) -> Result<Principal, Status> {
+        self.gate
+            .admit(&Credentials::grpc(req), op, filter)
+            .map_err(Status::from)
     }
 
-    /// Counts a refusal for the audit log: every one is counted, in one
-    /// row per who, action and outcome per second, written within a
-    /// second. Nothing here waits on the disk, so a flood of bad tokens
-    /// neither fills it nor holds anything up.
-    fn refuse(
-        &self,
-        who: &str,
-        role: &str,
-        action: &'static str,
-        outcome: &'static str,
-        filter: &str,
-    ) {
-        let role: &'static str = match role {
-            "investigator" => "investigator",
-            "rule-author" => "rule-author",
-            "admin" => "admin",
-            _ => "-",
-        };
-        match self.refusals.lock() {
-            Ok(mut r) => r.note((who.to_string(), role, action, outcome), filter),
-            Err(_) => tracing::error!(who, action, outcome, "refusal not counted: lock poisoned"),
-        }
-    }
-
-    /// Appends to the audit log (the filter cut at 1 KiB). An answer that
-    /// cannot be audited is not given: the caller turns the error into
-    /// UNAVAILABLE.
+    /// Audits the answer before it is given; one that cannot be audited
+    /// is refused (UNAVAILABLE).
     async fn record(
         &self,
-        who: &str,
-        role: &str,
-        action: &str,
+        who: &Principal,
+        op: &Op,
         filter: &str,
         rows: u64,
         outcome: &str,
     ) -> Result<(), Status> {
-        let Some(dir) = self.data_dir.clone() else {
-            return Ok(());
-        };
-        let filter = cut(filter);
-        let e = audit::Entry {
-            id: 0,
-            ts_us: unix_us(),
-            who: who.into(),
-            role: role.into(),
-            action: action.into(),
-            filter,
-            rows,
-            outcome: outcome.into(),
-            count: 1,
-        };
-        let conn = self.audit.clone();
-        let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut guard = conn.lock().map_err(|_| "audit lock poisoned".to_string())?;
-            if guard.is_none() {
-                *guard = Some(audit::open(&dir).map_err(|e| e.to_string())?);
-            }
-            let c = guard.as_ref().ok_or("no audit connection")?;
-            audit::append(c, &e).map(|_| ()).map_err(|e| e.to_string())
-        })
-        .await;
-        let e = match r {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e,
-            Err(e) => e.to_string(),
-        };
-        tracing::error!(error = %e, "writing the audit log failed; the request is refused");
-        Err(Status::unavailable(
-            "the audit log cannot be written, so nothing is answered; try again later",
-        ))
+        self.gate
+            .audit(who, op, filter, rows, outcome)
+            .await
+            .map_err(Status::from)
     }
 
     /// Passes `r` through; a refusal of the request itself (a bad filter
     /// or cursor) is audited with its reason before it is returned.
     async fn checked<T>(
         &self,
-        who: &Caller,
-        action: &str,
+        who: &Principal,
+        op: &Op,
         desc: &str,
         r: Result<T, Status>,
     ) -> Result<T, Status> {
         if let Err(e) = &r {
             let outcome = format!("invalid: {}", e.message());
-            self.record(&who.who, who.role, action, desc, 0, &outcome)
-                .await?;
+            self.record(who, op, desc, 0, &outcome).await?;
         }
         r
     }
 
-    fn store_dir(&self) -> Result<PathBuf, Status> {
-        self.data_dir.clone().ok_or_else(|| {
+    fn queries(&self) -> Result<Arc<dyn Queries>, Status> {
+        self.queries.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this kuzet runs without a store (--no-store): nothing is recorded",
+            )
+        })
+    }
+
+    fn audit_log(&self) -> Result<Arc<dyn kuzet_store::AuditLog>, Status> {
+        self.gate.audit_log().ok_or_else(|| {
             Status::failed_precondition(
                 "this kuzet runs without a store (--no-store): nothing is recorded",
             )
@@ -742,23 +474,13 @@ impl Drop for ExportSlot {
     }
 }
 
-/// The highest report sequence the register has taken (0: none yet).
-fn delivered_seq(c: &rusqlite::Connection, id: i64) -> rusqlite::Result<u64> {
-    c.query_row(
-        "SELECT coalesce(max(seq), 0) FROM outbox WHERE incident = ?1 AND state = 'done'",
-        [id],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n as u64)
-}
-
 /// The wire form of an incident.
 pub fn incident_pb(i: Incident, sequence: u64) -> pb::Incident {
     let parties = incident::parties(&i)
         .into_iter()
         .map(|p| pb::Party {
             number: p.number,
-            role: p.role.into(),
+            role: p.role,
         })
         .collect();
     pb::Incident {
@@ -797,34 +519,25 @@ impl InvestigationService for Investigation {
             r.cursor,
             r.page_size
         );
-        let who = self.admit(&req, "QueryCalls", QUERY, &desc).await?;
+        let who = self.admit(&req, &ops::QUERY_CALLS, &desc)?;
         let filter = self
-            .checked(&who, "QueryCalls", &desc, self.filter(r.filter))
+            .checked(&who, &ops::QUERY_CALLS, &desc, self.filter(r.filter))
             .await?;
         let before = self
-            .checked(&who, "QueryCalls", &desc, cursor(&r.cursor))
+            .checked(&who, &ops::QUERY_CALLS, &desc, cursor(&r.cursor))
             .await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         let limit = match r.page_size {
             0 => 100,
             n => n as usize,
         };
-        let page = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
-            query::calls(&c, &filter, before, limit).map_err(store_err)
-        })
-        .await
-        .map_err(store_err)??;
+        let page =
+            tokio::task::spawn_blocking(move || q.calls(&filter, before, limit).map_err(store_err))
+                .await
+                .map_err(store_err)??;
         let (calls, next) = within_answer(page.calls, page.next);
-        self.record(
-            &who.who,
-            who.role,
-            "QueryCalls",
-            &desc,
-            calls.len() as u64,
-            "ok",
-        )
-        .await?;
+        self.record(&who, &ops::QUERY_CALLS, &desc, calls.len() as u64, "ok")
+            .await?;
         Ok(Response::new(pb::QueryCallsResponse {
             calls,
             next_cursor: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -839,15 +552,16 @@ impl InvestigationService for Investigation {
     ) -> Result<Response<CallStream>, Status> {
         let r = req.get_ref().clone();
         let desc = format!("{{\"filter\":{}}}", filter_json(&r.filter));
-        let who = self.admit(&req, "ExportCalls", QUERY, &desc).await?;
+        let who = self.admit(&req, &ops::EXPORT_CALLS, &desc)?;
         let filter = self
-            .checked(&who, "ExportCalls", &desc, self.filter(r.filter))
+            .checked(&who, &ops::EXPORT_CALLS, &desc, self.filter(r.filter))
             .await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         // Capped per caller and in total: each export holds a read
         // snapshot and a blocking thread until its client has read it all.
         let Some(slot) = self.export_slot(&who.who) else {
-            self.refuse(&who.who, who.role, "ExportCalls", "exhausted", &desc);
+            self.gate
+                .refuse(&who, &ops::EXPORT_CALLS, "exhausted", &desc);
             return Err(Status::resource_exhausted(format!(
                 "too many exports running (at most {} per token, {} in all): wait for one to end",
                 self.export_limits.per_token, self.export_limits.total
@@ -856,15 +570,14 @@ impl InvestigationService for Investigation {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Call, Status>>(EXPORT_BUFFER);
         // The export is audited before the first row leaves; if that
         // cannot be written, nothing is sent.
-        self.record(&who.who, who.role, "ExportCalls", &desc, 0, "started")
+        self.record(&who, &ops::EXPORT_CALLS, &desc, 0, "started")
             .await?;
         let audit = self.clone();
         let task = tokio::task::spawn_blocking(move || -> Result<u64, String> {
             let _slot = slot;
-            let c = kuzet_store::open_reader(&dir).map_err(|e| e.to_string())?;
             let mut sent = 0u64;
             let mut stalled = false;
-            query::export(&c, &filter, |rec| {
+            q.export(&filter, &mut |rec| {
                 // A client that went away, or reads nothing for a minute,
                 // ends the export (and its read snapshot, which holds the
                 // WAL back).
@@ -906,7 +619,7 @@ impl InvestigationService for Investigation {
                 Err(e) => (0, format!("error: {e}")),
             };
             let _ = audit
-                .record(&who.who, who.role, "ExportCalls", &desc, rows, &outcome)
+                .record(&who, &ops::EXPORT_CALLS, &desc, rows, &outcome)
                 .await;
         });
         Ok(Response::new(Box::pin(
@@ -924,10 +637,10 @@ impl InvestigationService for Investigation {
             filter_json(&r.filter),
             r.bucket_secs
         );
-        let who = self.admit(&req, "CountCalls", COUNT, &desc).await?;
+        let who = self.admit(&req, &ops::COUNT_CALLS, &desc)?;
         // A rule author tunes rules: counts by time, rule and decision,
         // never who called whom.
-        if who.role == Role::RuleAuthor.as_str() {
+        if who.role == Role::RuleAuthor {
             let f = r.filter.clone().unwrap_or_default();
             if !f.number.is_empty()
                 || !f.verdict_id.is_empty()
@@ -937,25 +650,23 @@ impl InvestigationService for Investigation {
                 let e = Status::permission_denied(
                     "a rule author counts by time, rule and decision only",
                 );
-                self.refuse(&who.who, who.role, "CountCalls", "denied", &desc);
+                self.gate.refuse(&who, &ops::COUNT_CALLS, "denied", &desc);
                 return Err(e);
             }
         }
         let filter = self
-            .checked(&who, "CountCalls", &desc, self.filter(r.filter))
+            .checked(&who, &ops::COUNT_CALLS, &desc, self.filter(r.filter))
             .await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         let bucket = i64::from(if r.bucket_secs == 0 {
             3600
         } else {
             r.bucket_secs
         }) * 1_000_000;
-        let (per_decision, per_rule) = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
-            query::counts(&c, &filter, bucket).map_err(store_err)
-        })
-        .await
-        .map_err(store_err)??;
+        let (per_decision, per_rule) =
+            tokio::task::spawn_blocking(move || q.counts(&filter, bucket).map_err(store_err))
+                .await
+                .map_err(store_err)??;
         let conv = |v: Vec<query::Count>| {
             v.into_iter()
                 .map(|c| pb::Count {
@@ -966,7 +677,7 @@ impl InvestigationService for Investigation {
                 .collect::<Vec<_>>()
         };
         let rows = (per_decision.len() + per_rule.len()) as u64;
-        self.record(&who.who, who.role, "CountCalls", &desc, rows, "ok")
+        self.record(&who, &ops::COUNT_CALLS, &desc, rows, "ok")
             .await?;
         Ok(Response::new(pb::CountCallsResponse {
             per_decision: conv(per_decision),
@@ -983,45 +694,40 @@ impl InvestigationService for Investigation {
             "{{\"state\":{:?},\"cursor\":{:?},\"page_size\":{}}}",
             r.state, r.cursor, r.page_size
         );
-        let who = self.admit(&req, "ListIncidents", QUERY, &desc).await?;
+        let who = self.admit(&req, &ops::LIST_INCIDENTS, &desc)?;
         let state = (!r.state.is_empty()).then(|| r.state.clone());
         if let Some(s) = &state {
             if !["open", "reported", "updated", "closed", "dead_letter"].contains(&s.as_str()) {
                 let e = Status::invalid_argument(format!(
                     "state must be open, reported, updated, closed or dead_letter, not {s:?}"
                 ));
-                return self.checked(&who, "ListIncidents", &desc, Err(e)).await;
+                return self
+                    .checked(&who, &ops::LIST_INCIDENTS, &desc, Err(e))
+                    .await;
             }
         }
         let before = self
-            .checked(&who, "ListIncidents", &desc, cursor(&r.cursor))
+            .checked(&who, &ops::LIST_INCIDENTS, &desc, cursor(&r.cursor))
             .await?;
-        let dir = self.store_dir()?;
+        let q = self.queries()?;
         let limit = match r.page_size {
             0 => 100,
             n => (n as usize).min(1000),
         };
         let list = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
-            let list = incident::list(&c, state.as_deref(), before, limit).map_err(store_err)?;
-            list.into_iter()
-                .map(|i| {
-                    let seq = delivered_seq(&c, i.id).map_err(store_err)?;
-                    Ok(incident_pb(i, seq))
-                })
-                .collect::<Result<Vec<_>, Status>>()
+            let list = q
+                .incidents(state.as_deref(), before, limit)
+                .map_err(store_err)?;
+            Ok::<_, Status>(
+                list.into_iter()
+                    .map(|v| incident_pb(v.incident, v.delivered_seq))
+                    .collect::<Vec<_>>(),
+            )
         })
         .await
         .map_err(store_err)??;
-        self.record(
-            &who.who,
-            who.role,
-            "ListIncidents",
-            &desc,
-            list.len() as u64,
-            "ok",
-        )
-        .await?;
+        self.record(&who, &ops::LIST_INCIDENTS, &desc, list.len() as u64, "ok")
+            .await?;
         let next = (list.len() == limit)
             .then(|| list.last().map(|i| i.id.to_string()))
             .flatten()
@@ -1038,38 +744,35 @@ impl InvestigationService for Investigation {
     ) -> Result<Response<pb::GetIncidentResponse>, Status> {
         let r = *req.get_ref();
         let desc = format!("{{\"id\":{},\"max_calls\":{}}}", r.id, r.max_calls);
-        let who = self.admit(&req, "GetIncident", QUERY, &desc).await?;
-        let dir = self.store_dir()?;
+        let who = self.admit(&req, &ops::GET_INCIDENT, &desc)?;
+        let q = self.queries()?;
         let limit = match r.max_calls {
             0 => 100,
             n => n as usize,
         };
         let id = r.id;
         let found = tokio::task::spawn_blocking(move || {
-            let c = kuzet_store::open_reader(&dir).map_err(store_err)?;
-            let Some(i) = incident::get(&c, id).map_err(store_err)? else {
+            let Some(v) = q.incident(id).map_err(store_err)? else {
                 return Ok(None);
             };
-            let seq = delivered_seq(&c, i.id).map_err(store_err)?;
             let f = Filter {
                 incident: Some(id),
                 ..Filter::default()
             };
-            let calls = query::calls(&c, &f, None, limit).map_err(store_err)?;
+            let calls = q.calls(&f, None, limit).map_err(store_err)?;
             let (calls, _) = within_answer(calls.calls, None);
-            Ok::<_, Status>(Some((incident_pb(i, seq), calls)))
+            Ok::<_, Status>(Some((incident_pb(v.incident, v.delivered_seq), calls)))
         })
         .await
         .map_err(store_err)??;
         let Some((inc, calls)) = found else {
-            self.record(&who.who, who.role, "GetIncident", &desc, 0, "not found")
+            self.record(&who, &ops::GET_INCIDENT, &desc, 0, "not found")
                 .await?;
             return Err(Status::not_found(format!("no incident {id}")));
         };
         self.record(
-            &who.who,
-            who.role,
-            "GetIncident",
+            &who,
+            &ops::GET_INCIDENT,
             &desc,
             calls.len() as u64 + 1,
             "ok",
@@ -1090,30 +793,21 @@ impl InvestigationService for Investigation {
             "{{\"cursor\":{:?},\"page_size\":{}}}",
             r.cursor, r.page_size
         );
-        let who = self.admit(&req, "ReadAudit", AUDIT, &desc).await?;
+        let who = self.admit(&req, &ops::READ_AUDIT, &desc)?;
         let before = self
-            .checked(&who, "ReadAudit", &desc, cursor(&r.cursor))
+            .checked(&who, &ops::READ_AUDIT, &desc, cursor(&r.cursor))
             .await?;
-        let dir = self.store_dir()?;
+        let log = self.audit_log()?;
         let limit = match r.page_size {
             0 => 100,
             n => n as usize,
         };
-        let entries = tokio::task::spawn_blocking(move || {
-            let c = audit::open(&dir).map_err(store_err)?;
-            audit::read(&c, before, limit).map_err(store_err)
-        })
-        .await
-        .map_err(store_err)??;
-        self.record(
-            &who.who,
-            who.role,
-            "ReadAudit",
-            &desc,
-            entries.len() as u64,
-            "ok",
-        )
-        .await?;
+        let entries =
+            tokio::task::spawn_blocking(move || log.read(before, limit).map_err(store_err))
+                .await
+                .map_err(store_err)??;
+        self.record(&who, &ops::READ_AUDIT, &desc, entries.len() as u64, "ok")
+            .await?;
         let next = (entries.len() == limit.clamp(1, 1000))
             .then(|| entries.last().map(|e| e.id.to_string()))
             .flatten()

@@ -4,14 +4,18 @@
 //!   and `/readyz`.
 //! - [`access`]: bearer tokens with roles, kept as hashes and compared in
 //!   constant time.
+//! - [`gate`]: the access gate every control surface asks, gRPC and HTTP
+//!   alike: who is asking, whether their role may do this operation, and
+//!   the audit entry for every request, allowed or refused.
 //! - [`investigate`]: the investigators' gRPC API on the control address,
-//!   every request checked and audited.
+//!   behind the gate.
 //! - [`report`]: delivers incidents from the store's outbox to the
 //!   pre-trial register, exactly once in effect.
 //! - [`hep`]: each decision as a HEPv3 packet to Homer, from the verdict
 //!   thread.
 //! - [`guard`]: caps and deadlines for the control surfaces'
-//!   connections, so nobody holds them by connecting and waiting.
+//!   connections (`ConnGuard`), so nobody holds them by connecting and
+//!   waiting.
 //! - [`files`]: reading operator files safely: regular files only, sizes
 //!   and lines capped, non-UTF-8 named by line.
 //! - [`publish`]: the one writer of the data plane's snapshot: sources of
@@ -36,6 +40,7 @@
 pub mod access;
 pub mod admin;
 pub mod files;
+pub mod gate;
 pub mod guard;
 pub mod hep;
 pub mod investigate;

@@ -35,7 +35,7 @@ pub struct Timing {
     pub handle_sighup: bool,
 }
 
-/// The investigators' API: its TCP listener (guarded by the gate), the
+/// The investigators' API: its TCP listener (under the connection guard), the
 /// Unix socket in the data directory when there is one, and the service.
 pub struct Api {
     /// The control address, bound.
@@ -45,7 +45,7 @@ pub struct Api {
     /// The service.
     pub svc: crate::investigate::Investigation,
     /// Caps and deadlines for the TCP connections.
-    pub gate: Arc<crate::guard::Gate>,
+    pub guard: Arc<crate::guard::ConnGuard>,
 }
 
 /// Serves the investigators' API on a runtime of its own (the calling
@@ -79,15 +79,15 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
             },
             None => None,
         };
-        let flusher = tokio::spawn(crate::investigate::flush_refusals(
-            api.svc.clone(),
+        let flusher = tokio::spawn(crate::gate::flush_refusals(
+            api.svc.gate().clone(),
             shutdown.clone(),
         ));
         let server = tokio::spawn(crate::investigate::serve(
             api.listener,
             uds,
             api.svc,
-            api.gate,
+            api.guard,
             shutdown.clone(),
         ));
         let mut stop = shutdown;
@@ -107,17 +107,17 @@ const API_BLOCKING_THREADS: usize = 24;
 /// The services the control plane runs besides reloads and stats.
 #[derive(Default)]
 pub struct Services {
-    /// The register and the data directory whose outbox feeds it.
-    pub reporter: Option<(crate::report::Target, std::path::PathBuf)>,
+    /// The register and the outbox that feeds it.
+    pub reporter: Option<(crate::report::Target, Arc<dyn kuzet_store::Outbox>)>,
     /// `/metrics` and health checks, on their bound listener, with the
-    /// gate that caps its connections.
+    /// guard that caps its connections.
     pub admin: Option<(
         std::net::TcpListener,
         crate::admin::Admin,
-        Arc<crate::guard::Gate>,
+        Arc<crate::guard::ConnGuard>,
     )>,
-    /// The store's directory, for the outbox gauges.
-    pub store_dir: Option<std::path::PathBuf>,
+    /// The store's outbox, for its gauges.
+    pub outbox: Option<Arc<dyn kuzet_store::Outbox>>,
 }
 
 /// Runs the control plane on the current thread until `shutdown` turns
@@ -138,22 +138,27 @@ pub fn run(
     let Services {
         reporter,
         admin,
-        store_dir,
+        outbox,
     } = services;
     rt.block_on(async move {
         tokio::spawn(reload_loop(timing, publisher, shutdown.clone()));
         tokio::spawn(stats_loop(timing, metrics.clone(), handler));
         tokio::spawn(loss_watch(metrics.clone()));
-        if let Some((listener, admin, gate)) = admin {
-            tokio::spawn(crate::admin::serve(listener, admin, gate, shutdown.clone()));
+        if let Some((listener, admin, guard)) = admin {
+            tokio::spawn(crate::admin::serve(
+                listener,
+                admin,
+                guard,
+                shutdown.clone(),
+            ));
         }
-        if let Some(dir) = store_dir {
-            tokio::spawn(outbox_gauges(dir, metrics.clone()));
+        if let Some(outbox) = outbox {
+            tokio::spawn(outbox_gauges(outbox, metrics.clone()));
         }
-        if let Some((target, dir)) = reporter {
+        if let Some((target, outbox)) = reporter {
             tokio::spawn(crate::report::run(
                 target,
-                dir,
+                outbox,
                 metrics.clone(),
                 shutdown.clone(),
             ));
@@ -265,30 +270,17 @@ pub(crate) async fn reload_loop(
 
 /// Reads the outbox's backlog and dead letters for `/metrics`, every
 /// few seconds, on a blocking thread (a count over an index: quick, but
-/// SQLite is blocking I/O all the same).
-async fn outbox_gauges(dir: std::path::PathBuf, metrics: Arc<Metrics>) {
+/// the outbox port blocks all the same).
+async fn outbox_gauges(outbox: Arc<dyn kuzet_store::Outbox>, metrics: Arc<Metrics>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut conn = None;
     loop {
         every.tick().await;
-        let d = dir.clone();
-        let c = conn.take();
-        let res = tokio::task::spawn_blocking(move || {
-            let c = match c {
-                Some(c) => c,
-                None => kuzet_store::open_reader(&d).map_err(|e| e.to_string())?,
-            };
-            let pending = kuzet_store::incident::backlog(&c).map_err(|e| e.to_string())?;
-            let dead = kuzet_store::incident::dead_letters(&c).map_err(|e| e.to_string())?;
-            Ok::<_, String>((c, pending, dead))
-        })
-        .await;
-        match res {
-            Ok(Ok((c, pending, dead))) => {
-                metrics.set(Gauge::OutboxPending, pending as i64);
-                metrics.set(Gauge::OutboxDeadLetters, dead as i64);
-                conn = Some(c);
+        let o = outbox.clone();
+        match tokio::task::spawn_blocking(move || o.backlog()).await {
+            Ok(Ok(b)) => {
+                metrics.set(Gauge::OutboxPending, b.pending as i64);
+                metrics.set(Gauge::OutboxDeadLetters, b.dead_letters as i64);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "reading the outbox gauges"),
             Err(_) => {}

@@ -7,6 +7,10 @@
 //! then go on without a verdict id, counted) rather than anything given
 //! out being lost. After a crash, [`replay`] commits what the queue still
 //! held before kuzet serves again.
+//!
+//! The store is the recorder port ([`RecordWriter`]): whatever database is
+//! behind it, the recorder only commits, retries what the port says is
+//! transient, and keeps the upkeep going between batches.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use kuzet_dataplane::handler::evidence::unix_us;
 use kuzet_dataplane::metrics::{Counter, Gauge, Metrics};
 use kuzet_dataplane::records::{self, Read, RecordEntry, RecordRing};
-use kuzet_store::{ListHitRec, Record, RuleHit, Store};
+use kuzet_store::{ListHitRec, Record, RecordWriter, RuleHit};
 
 use crate::hep::HepSender;
 
@@ -56,7 +60,7 @@ type Batch = (Vec<Record>, u64);
 pub fn record_verdicts(
     ring: Arc<RecordRing>,
     metrics: Arc<Metrics>,
-    store: Option<Store>,
+    store: Option<Box<dyn RecordWriter>>,
     mut hep: Option<HepSender>,
     stop: Arc<AtomicBool>,
 ) {
@@ -236,7 +240,7 @@ fn writer_gone(metrics: &Metrics, lost: usize) {
 /// hangs up, after the last batch.
 fn write_batches(
     batches: std::sync::mpsc::Receiver<Batch>,
-    mut st: Store,
+    mut st: Box<dyn RecordWriter>,
     metrics: Arc<Metrics>,
     ring: Arc<RecordRing>,
     stopping: Arc<AtomicBool>,
@@ -248,12 +252,12 @@ fn write_batches(
     loop {
         match batches.recv_timeout(Duration::from_secs(1)) {
             Ok((b, end)) => {
-                if commit(&mut st, b, &metrics, &mut last_error, &stopping) {
+                if commit(st.as_mut(), b, &metrics, &mut last_error, &stopping) {
                     ring.release(end);
                 } else {
                     // Stopping with a store that takes nothing: the records
                     // stay in the queue's file for the next start.
-                    tracing::warn!(path = %st.path().display(), "stopping with records the store would not take: they stay in the record queue and are committed at the next start");
+                    tracing::warn!(path = %st.location(), "stopping with records the store would not take: they stay in the record queue and are committed at the next start");
                     break;
                 }
             }
@@ -263,7 +267,7 @@ fn write_batches(
                 if metrics.gauge(Gauge::StoreWritable) == 0 && st.probe(unix_us()).is_ok() {
                     metrics.set(Gauge::StoreWritable, 1);
                     last_error.take();
-                    tracing::warn!(path = %st.path().display(), "the store is writable again");
+                    tracing::warn!(path = %st.location(), "the store is writable again");
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -285,7 +289,7 @@ fn write_batches(
                     } else {
                         next_retire = Instant::now() + Duration::from_secs(1);
                     }
-                    pressure.update(r.over_size, r.n, &st, &metrics);
+                    pressure.update(r.over_size, r.n, st.as_ref(), &metrics);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "retiring old records failed; retrying in a second");
@@ -310,7 +314,7 @@ struct Pressure {
 impl Pressure {
     /// After a turn of retention: `over` when the store is over its size
     /// limit with nothing retirable; `retired` records went this turn.
-    fn update(&mut self, over: bool, retired: usize, st: &Store, metrics: &Metrics) {
+    fn update(&mut self, over: bool, retired: usize, st: &dyn RecordWriter, metrics: &Metrics) {
         let stage = metrics.gauge(Gauge::StorePressure);
         if over {
             let since = *self.since.get_or_insert_with(Instant::now);
@@ -323,9 +327,9 @@ impl Pressure {
                 metrics.set(Gauge::StorePressure, want);
                 let used = st.used_bytes().unwrap_or(0) >> 20;
                 if want == 1 {
-                    tracing::warn!(used_mb = used, path = %st.path().display(), "the store is over its size limit and everything left is evidence it must keep: sampled allows are no longer recorded");
+                    tracing::warn!(used_mb = used, path = %st.location(), "the store is over its size limit and everything left is evidence it must keep: sampled allows are no longer recorded");
                 } else {
-                    tracing::warn!(used_mb = used, path = %st.path().display(), "the store is still over its size limit: flags and shadow verdicts are no longer recorded (blocks and redirects still are); raise store.max_size_mb or free space");
+                    tracing::warn!(used_mb = used, path = %st.location(), "the store is still over its size limit: flags and shadow verdicts are no longer recorded (blocks and redirects still are); raise store.max_size_mb or free space");
                 }
             }
         } else if retired == 0 {
@@ -333,7 +337,7 @@ impl Pressure {
             self.since = None;
             if stage > 0 {
                 metrics.set(Gauge::StorePressure, 0);
-                tracing::warn!(path = %st.path().display(), "the store is within its size limit again: every record is kept");
+                tracing::warn!(path = %st.location(), "the store is within its size limit again: every record is kept");
             }
         }
     }
@@ -370,26 +374,6 @@ fn take(
     }
 }
 
-/// Whether a failed commit is worth trying again as it is: the disk, the
-/// lock or the file, which come back; not a record the store refuses.
-fn transient(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::*;
-    match e {
-        rusqlite::Error::SqliteFailure(f, _) => matches!(
-            f.code,
-            DiskFull
-                | SystemIoFailure
-                | DatabaseBusy
-                | DatabaseLocked
-                | CannotOpen
-                | ReadOnly
-                | OutOfMemory
-                | FileLockingProtocolFailed
-        ),
-        _ => false,
-    }
-}
-
 /// Commits the batch, trying again each second while the store refuses
 /// for a reason that passes (a full disk, a lock): the records stay in the
 /// queue until the store has them. A batch the store refuses for itself
@@ -398,7 +382,7 @@ fn transient(e: &rusqlite::Error) -> bool {
 /// store still takes nothing: shutdown never waits on a dead disk, and
 /// the records wait in the queue's file instead.
 fn commit(
-    st: &mut Store,
+    st: &mut dyn RecordWriter,
     batch: Vec<Record>,
     metrics: &Metrics,
     last_error: &mut Option<Instant>,
@@ -413,11 +397,11 @@ fn commit(
                 metrics.add(Counter::StoreRecorded, batch.len() as u64);
                 metrics.set(Gauge::StoreWritable, 1);
                 if last_error.take().is_some() {
-                    tracing::warn!(path = %st.path().display(), "the store is writable again");
+                    tracing::warn!(path = %st.location(), "the store is writable again");
                 }
                 return true;
             }
-            Err(e) if transient(&e) => {
+            Err(e) if e.is_transient() => {
                 if stopping.load(Ordering::Acquire) {
                     return false;
                 }
@@ -425,14 +409,14 @@ fn commit(
                 metrics.inc(Counter::StoreErrors);
                 // One line per ten seconds while it lasts, not one per try.
                 if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::error!(path = %st.path().display(), error = %e, waiting = batch.len(), "store write failed; the records wait in the record queue and are tried again every second (calls go on; a full queue gives no verdict ids)");
+                    tracing::error!(path = %st.location(), error = %e, waiting = batch.len(), "store write failed; the records wait in the record queue and are tried again every second (calls go on; a full queue gives no verdict ids)");
                     *last_error = Some(Instant::now());
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => {
                 metrics.inc(Counter::StoreErrors);
-                tracing::error!(path = %st.path().display(), error = %e, records = batch.len(), "the store refused a batch; committing its records one by one");
+                tracing::error!(path = %st.location(), error = %e, records = batch.len(), "the store refused a batch; committing its records one by one");
                 let mut lost = 0u64;
                 for r in &batch {
                     if let Err(e) = st.insert(std::slice::from_ref(r)) {
@@ -536,7 +520,7 @@ fn log_line(e: &RecordEntry) {
 /// then emptied.
 pub fn replay(
     ring: &RecordRing,
-    st: &mut Store,
+    st: &mut dyn RecordWriter,
     metrics: &Metrics,
 ) -> Result<(usize, u64), String> {
     let (entries, lost) = ring.replay();
@@ -549,7 +533,7 @@ pub fn replay(
         Ok(n) => n,
         // One record the store refuses must not keep kuzet from starting:
         // the rest go in one by one, and the refused ones are said.
-        Err(e) if !transient(&e) => {
+        Err(e) if !e.is_transient() => {
             tracing::error!(error = %e, "the store refused the replayed records as a batch; committing them one by one");
             let mut n = 0;
             for r in recs {

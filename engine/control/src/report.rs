@@ -10,15 +10,20 @@
 //! register that refuses a report as invalid dead-letters it, and the
 //! incident shows why. A stalled register holds up only this task: each
 //! call has a deadline, and the call path never waits on any of it.
+//!
+//! The outbox is a port ([`Outbox`]): the reporter claims, acknowledges,
+//! retries and dead-letters through it on the runtime's blocking pool, and
+//! builds each report from the entry's own wire payload
+//! ([`Payload`]), never from the store's rows.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kuzet_api::register as pb;
 use kuzet_api::register::register_service_client::RegisterServiceClient;
 use kuzet_dataplane::metrics::{Counter, Metrics};
-use kuzet_store::incident::{self, Due, Incident};
+use kuzet_store::outbox::{Due, Payload};
+use kuzet_store::{Outbox, StoreError};
 
 /// The longest case id kuzet keeps from the register.
 pub const CASE_ID_MAX: usize = 256;
@@ -61,34 +66,35 @@ pub struct Target {
     pub store_id: String,
 }
 
-/// The report an outbox entry sends: the incident `i` as it was queued,
+/// The report an outbox entry sends: its payload `p` as it was queued,
 /// its key and sequence, every number it names with its role, and the
 /// digest of its evidence.
-pub fn to_report(node: &str, store_id: &str, d: &Due, i: &Incident) -> pb::IncidentReport {
-    let parties = incident::parties(i)
-        .into_iter()
+pub fn to_report(node: &str, store_id: &str, d: &Due, p: &Payload) -> pb::IncidentReport {
+    let parties = p
+        .parties
+        .iter()
         .map(|p| pb::Party {
-            number: p.number,
-            role: p.role.into(),
-            basis: p.basis.into(),
+            number: p.number.clone(),
+            role: p.role.clone(),
+            basis: p.basis.clone(),
         })
         .collect();
     let mut r = pb::IncidentReport {
         idempotency_key: format!("{store_id}/{}", d.incident),
         sequence: d.seq as u64,
-        kind: i.kind.clone(),
-        key: i.key.clone(),
+        kind: p.kind.clone(),
+        key: p.key.clone(),
         reporting_node: node.to_string(),
-        first_seen_us: i.first_seen_us,
-        last_seen_us: i.last_seen_us,
-        blocked: i.blocked,
-        flagged: i.flagged,
-        other: i.other,
-        victims: i.evidence.victims.iter().cloned().collect(),
-        rules: i.evidence.rules.iter().cloned().collect(),
-        trunks: i.evidence.trunks.iter().cloned().collect(),
-        sources: i.evidence.sources.iter().cloned().collect(),
-        sample_verdict_ids: i.evidence.samples.clone(),
+        first_seen_us: p.first_seen_us,
+        last_seen_us: p.last_seen_us,
+        blocked: p.blocked,
+        flagged: p.flagged,
+        other: p.other,
+        victims: p.victims.clone(),
+        rules: p.rules.clone(),
+        trunks: p.trunks.clone(),
+        sources: p.sources.clone(),
+        sample_verdict_ids: p.samples.clone(),
         evidence_sha256: String::new(),
         parties,
     };
@@ -144,7 +150,7 @@ fn channel(t: &Target) -> Result<Channel, String> {
 /// Delivers the outbox until `shutdown`.
 pub async fn run(
     target: Target,
-    data_dir: PathBuf,
+    outbox: Arc<dyn Outbox>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -158,14 +164,10 @@ pub async fn run(
     // A register's answer is a case id and a few fields: a huge one is
     // refused by the decoder, not buffered.
     let mut client = RegisterServiceClient::new(ch).max_decoding_message_size(ANSWER_MAX);
-    let conn: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
     let mut seed = kuzet_store::now_us() as u64 | 1;
     let mut last_error_log: Option<std::time::Instant> = None;
     loop {
-        let due = db(&conn, &data_dir, |c| {
-            incident::due(c, kuzet_store::now_us(), 32).map_err(|e| e.to_string())
-        })
-        .await;
+        let due = port(&outbox, |o| o.due(kuzet_store::now_us(), 32)).await;
         let due = match due {
             Ok(d) => d,
             Err(e) => {
@@ -187,11 +189,7 @@ pub async fn run(
             let id = d.id;
             // What is sent is what the entry holds once marked tried: the
             // writer may have folded growth into it since it was read.
-            let frozen = match db(&conn, &data_dir, move |c| {
-                incident::mark_tried(c, id).map_err(|e| e.to_string())
-            })
-            .await
-            {
+            let frozen = match port(&outbox, move |o| o.claim(id)).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox: could not mark an entry tried; pausing");
@@ -208,11 +206,7 @@ pub async fn run(
                     metrics.inc(Counter::RegisterDeadLetters);
                     tracing::error!(incident = d.incident, seq = d.seq, why = ?why, "outbox entry unreadable; dead-lettered");
                     let d = d.clone();
-                    if let Err(e) = db(&conn, &data_dir, move |c| {
-                        incident::dead_letter(c, &d, &why).map_err(|e| e.to_string())
-                    })
-                    .await
-                    {
+                    if let Err(e) = port(&outbox, move |o| o.dead_letter(&d, &why)).await {
                         tracing::warn!(error = %e, "outbox: could not dead-letter an entry; pausing");
                         pause(&mut shutdown).await;
                         break;
@@ -252,10 +246,7 @@ pub async fn run(
                 Ok(case) => {
                     metrics.inc(Counter::RegisterDelivered);
                     let d = d.clone();
-                    db(&conn, &data_dir, move |c| {
-                        incident::delivered(c, &d, &case).map_err(|e| e.to_string())
-                    })
-                    .await
+                    port(&outbox, move |o| o.delivered(&d, &case)).await
                 }
                 Err(s) if permanent(s.code()) => {
                     metrics.inc(Counter::RegisterDeadLetters);
@@ -265,10 +256,7 @@ pub async fn run(
                     );
                     tracing::error!(incident = d.incident, seq = d.seq, why = ?why, "incident dead-lettered");
                     let d = d.clone();
-                    db(&conn, &data_dir, move |c| {
-                        incident::dead_letter(c, &d, &why).map_err(|e| e.to_string())
-                    })
-                    .await
+                    port(&outbox, move |o| o.dead_letter(&d, &why)).await
                 }
                 Err(s) => {
                     metrics.inc(Counter::RegisterRetries);
@@ -283,10 +271,7 @@ pub async fn run(
                     }
                     let next = kuzet_store::now_us() + wait.as_micros() as i64;
                     let d = d.clone();
-                    db(&conn, &data_dir, move |c| {
-                        incident::retry(c, &d, next, &why).map_err(|e| e.to_string())
-                    })
-                    .await
+                    port(&outbox, move |o| o.retry(&d, next, &why)).await
                 }
             };
             if let Err(e) = outcome {
@@ -308,25 +293,15 @@ async fn pause(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Runs `f` on the outbox connection, on a blocking thread.
-async fn db<T: Send + 'static>(
-    conn: &Arc<Mutex<Option<rusqlite::Connection>>>,
-    dir: &std::path::Path,
-    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
+/// Runs `f` on the outbox port, on a blocking thread (the port blocks).
+async fn port<T: Send + 'static>(
+    outbox: &Arc<dyn Outbox>,
+    f: impl FnOnce(&dyn Outbox) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, String> {
-    let conn = conn.clone();
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut g = conn
-            .lock()
-            .map_err(|_| "outbox lock poisoned".to_string())?;
-        if g.is_none() {
-            *g = Some(kuzet_store::open_side_writer(&dir).map_err(|e| e.to_string())?);
-        }
-        f(g.as_ref().ok_or("no outbox connection")?)
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    let outbox = outbox.clone();
+    tokio::task::spawn_blocking(move || f(outbox.as_ref()).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 #[cfg(test)]
@@ -350,12 +325,12 @@ mod tests {
 
     #[test]
     fn the_digest_covers_the_evidence_not_the_key_or_sequence() {
-        let inc = Incident {
+        let inc = Payload::of(&kuzet_store::incident::Incident {
             kind: "source".into(),
             key: "+77011234567".into(),
             blocked: 3,
-            ..Incident::default()
-        };
+            ..Default::default()
+        });
         let d = Due {
             id: 1,
             incident: 7,

@@ -24,6 +24,7 @@ use kuzet_dataplane::metrics::{Gauge, Metrics};
 use kuzet_dataplane::records::RecordRing;
 use kuzet_dataplane::transport::{tcp, Connections};
 use kuzet_dataplane::{transport, Handler, SharedLists};
+use kuzet_store::RecordWriter;
 
 use crate::config::Config;
 
@@ -169,7 +170,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // committed before the first call.
     let queue_bytes = cfg.store.queue_bytes();
     let reserve = cfg.store.queue_reserved_percent;
-    let (mut store, ring) = if cfg.store.enabled {
+    // The store is SQLite in the data directory: the writer (the recorder
+    // port) is opened here, and the other ports on the same directory are
+    // handed to the control plane. Control sees only the ports.
+    let (mut store, ring, ports) = if cfg.store.enabled {
         let dir = cfg.data_dir();
         let mut st = kuzet_store::open(
             &dir,
@@ -183,11 +187,16 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         )?;
         tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
         let ring = open_records(&dir, queue_bytes, reserve, &mut st, &metrics)?;
-        (Some(st), ring)
+        let ports = kuzet_store::sqlite::ports(&dir);
+        (
+            Some(Box::new(st) as Box<dyn RecordWriter>),
+            ring,
+            Some(ports),
+        )
     } else {
         let ring = RecordRing::in_memory(queue_bytes, reserve)
             .map_err(|e| anyhow::anyhow!("the record queue: {e}"))?;
-        (None, Arc::new(ring))
+        (None, Arc::new(ring), None)
     };
     let store_id = store.as_ref().map(|s| s.store_id().to_string());
     // Verdict ids continue after the last one this store recorded, even
@@ -349,16 +358,22 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         if access.is_empty() {
             tracing::info!("no [[control.tokens]]: only kuzet's own user can query, through the data directory's control.sock (`kuzet calls` run beside kuzet-data uses it)");
         }
+        // Every request to the API is admitted and audited by the access
+        // gate, which writes through the store's audit port.
+        let gate = Arc::new(kuzet_control::gate::AccessGate::new(
+            access,
+            ports.as_ref().map(|p| p.audit.clone()),
+        ));
         let svc = kuzet_control::investigate::Investigation::new(
-            cfg.store.enabled.then(|| cfg.data_dir()),
+            ports.as_ref().map(|p| p.queries.clone()),
             plan.clone(),
-            Arc::new(access),
+            gate,
         )
         .with_export_limits(kuzet_control::investigate::ExportLimits {
             total: cfg.control.max_exports,
             per_token: cfg.control.max_exports_per_token,
         });
-        let gate = kuzet_control::guard::Gate::new(kuzet_control::guard::Limits {
+        let guard = kuzet_control::guard::ConnGuard::new(kuzet_control::guard::Limits {
             max_connections: control_cap(cfg.control.max_connections),
             max_per_source: control_cap(cfg.control.max_connections_per_source),
             first_request: Duration::from_secs(5),
@@ -368,14 +383,14 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             listener: l,
             uds,
             svc,
-            gate,
+            guard,
         })
     } else {
         None
     };
     let control_addr = control.as_ref().and_then(|a| a.listener.local_addr().ok());
-    let reporter = match (&cfg.register.endpoint, cfg.store.enabled) {
-        (Some(endpoint), true) => {
+    let reporter = match (&cfg.register.endpoint, &ports) {
+        (Some(endpoint), Some(ports)) => {
             let ca_pem = match &cfg.register.ca_file {
                 Some(f) => {
                     let f = cfg.resolve(f);
@@ -394,10 +409,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                     node: cfg.node_name(),
                     store_id: store_id.clone().unwrap_or_default(),
                 },
-                cfg.data_dir(),
+                ports.outbox.clone(),
             ))
         }
-        (Some(_), false) => {
+        (Some(_), None) => {
             tracing::warn!("[register] is set but the store is off: incidents need the store, so nothing is reported");
             None
         }
@@ -406,7 +421,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let admin = if cfg.admin.enabled {
         let l = kuzet_control::admin::bind(cfg.admin.listen)
             .with_context(|| format!("binding the admin address {}", cfg.admin.listen))?;
-        let gate = kuzet_control::guard::Gate::new(kuzet_control::guard::Limits {
+        let guard = kuzet_control::guard::ConnGuard::new(kuzet_control::guard::Limits {
             max_connections: admin_cap(cfg.admin.max_connections),
             max_per_source: admin_cap(cfg.admin.max_connections_per_source),
             first_request: Duration::from_secs(5),
@@ -419,7 +434,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 cfg.store.enabled,
                 Some(ring.clone()),
             ),
-            gate,
+            guard,
         ))
     } else {
         None
@@ -440,7 +455,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let services = plane::Services {
         reporter,
         admin,
-        store_dir: cfg.store.enabled.then(|| cfg.data_dir()),
+        outbox: ports.as_ref().map(|p| p.outbox.clone()),
     };
     let m = metrics.clone();
     let sd = shutdown_rx.clone();
@@ -497,7 +512,7 @@ fn open_records(
     dir: &std::path::Path,
     bytes: usize,
     reserve: u8,
-    st: &mut kuzet_store::Store,
+    st: &mut dyn RecordWriter,
     metrics: &Metrics,
 ) -> anyhow::Result<Arc<RecordRing>> {
     let path = dir.join(RECORDS_FILE);

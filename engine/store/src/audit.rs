@@ -33,10 +33,7 @@ pub const AUDIT_APPLICATION_ID: i64 = 0x4b5a_4155;
 /// the entries an older store kept in its calls log) on first use.
 pub fn open(dir: &Path) -> Result<Connection, StoreError> {
     let path = dir.join(AUDIT_FILE);
-    let sq = |source| StoreError::Sqlite {
-        path: path.clone(),
-        source,
-    };
+    let sq = |e| crate::sqlite_error(&path, e);
     crate::private::check_file(&path).map_err(|reason| StoreError::Directory {
         path: dir.to_path_buf(),
         reason,

@@ -20,7 +20,8 @@
 //! Grouping runs in the writer's transaction, with the calls it groups: a
 //! call, its incident and the incident's outbox entry are committed
 //! together or not at all, so a SIGKILL never leaves one without the
-//! others. An outbox entry holds the report as it will be sent, with a
+//! others. An outbox entry holds the report as it will be sent (a
+//! [`Payload`], the outbox's own versioned type), with a
 //! sequence number per incident: once an entry has been tried it never
 //! changes, so a retry carries exactly what the first try did, and the
 //! register's idempotency key plus the sequence make the effect exactly
@@ -32,6 +33,7 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
+use crate::outbox::{self, Due, Party, Payload};
 use crate::record::role;
 use crate::Record;
 
@@ -120,18 +122,9 @@ pub struct Evidence {
     pub basis: String,
 }
 
-/// The version of an outbox payload this build writes and reads. A
-/// payload of another version (or none) is never sent: it is
-/// dead-lettered with the reason.
-pub const PAYLOAD_VERSION: u32 = 2;
-
 /// One incident.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incident {
-    /// The outbox payload's format ([`PAYLOAD_VERSION`]); 0 in a payload
-    /// that does not say.
-    #[serde(default)]
-    pub version: u32,
     /// Its id.
     pub id: i64,
     /// `source` or `campaign`.
@@ -267,7 +260,6 @@ const COLUMNS: &str = "id, kind, key, state, first_seen_us, last_seen_us, blocke
 pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
     let ev: String = r.get(9)?;
     Ok(Incident {
-        version: PAYLOAD_VERSION,
         id: r.get(0)?,
         kind: r.get(1)?,
         key: r.get(2)?,
@@ -490,19 +482,6 @@ fn open_incident(
     .optional()
 }
 
-/// One number an incident names: the number, its role and the basis for
-/// it (see the register protocol's `Party`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Party {
-    /// The number (E.164).
-    pub number: String,
-    /// `source`, `victim`, `potential_victim`, `impersonated`,
-    /// `claimed_caller` or `caller`.
-    pub role: &'static str,
-    /// `asserted`, `listed`, `dialled` or `presented`.
-    pub basis: &'static str,
-}
-
 /// Every number an incident names, with its role: what an investigator
 /// may conclude of each (docs/evidence.md says it in words).
 pub fn parties(i: &Incident) -> Vec<Party> {
@@ -512,8 +491,8 @@ pub fn parties(i: &Incident) -> Vec<Party> {
         for n in set {
             out.push(Party {
                 number: n.clone(),
-                role,
-                basis,
+                role: role.into(),
+                basis: basis.into(),
             });
         }
     };
@@ -549,10 +528,9 @@ pub fn enqueue(
     p: &Policy,
     now_us: i64,
 ) -> rusqlite::Result<()> {
-    let mut versioned = inc.clone();
-    versioned.version = PAYLOAD_VERSION;
-    let payload = serde_json::to_string(&versioned)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    // The outbox holds the report, in its own versioned form, never the
+    // row: what waits there must read the same after an upgrade.
+    let payload = Payload::of(inc).encode();
     let latest: Option<(i64, i64, i64, String, i64)> = tx
         .prepare_cached(
             "SELECT id, seq, attempts, state, created_us FROM outbox WHERE incident = ?1
@@ -633,47 +611,6 @@ pub fn tick(
     Ok(())
 }
 
-/// One outbox entry due for delivery.
-#[derive(Clone, Debug)]
-pub struct Due {
-    /// Its row id.
-    pub id: i64,
-    /// The incident.
-    pub incident: i64,
-    /// Its sequence (1 = the submission).
-    pub seq: i64,
-    /// `submit` or `update`.
-    pub kind: String,
-    /// The incident as it is reported, or why its payload cannot be read
-    /// (it is then dead-lettered, never sent).
-    pub report: Result<Incident, String>,
-    /// Tries so far.
-    pub attempts: i64,
-}
-
-/// Reads an outbox payload: the incident, of a version this build knows
-/// (a payload from before versions were written is version 0 and reads
-/// the same), or why not.
-pub fn decode_payload(payload: &str) -> Result<Incident, String> {
-    let v: serde_json::Value = serde_json::from_str(payload)
-        .map_err(|e| format!("the outbox payload is not JSON: {e}"))?;
-    let version = v
-        .get("version")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
-    if version != 0 && version != u64::from(PAYLOAD_VERSION) {
-        return Err(format!(
-            "the outbox payload is version {version}; this kuzet reads version {PAYLOAD_VERSION}"
-        ));
-    }
-    let i: Incident = serde_json::from_value(v)
-        .map_err(|e| format!("the outbox payload does not decode: {e}"))?;
-    if i.kind.is_empty() || i.key.is_empty() {
-        return Err("the outbox payload names no incident kind or key".into());
-    }
-    Ok(i)
-}
-
 /// Entries due now, oldest first, at most one per incident (the lowest
 /// sequence still pending: an update never overtakes its submission).
 pub fn due(conn: &rusqlite::Connection, now_us: i64, limit: usize) -> rusqlite::Result<Vec<Due>> {
@@ -690,7 +627,7 @@ pub fn due(conn: &rusqlite::Connection, now_us: i64, limit: usize) -> rusqlite::
             incident: r.get(1)?,
             seq: r.get(2)?,
             kind: r.get(3)?,
-            report: decode_payload(&payload),
+            report: outbox::decode(&payload),
             attempts: r.get(5)?,
         })
     })?;
@@ -705,14 +642,14 @@ pub fn due(conn: &rusqlite::Connection, now_us: i64, limit: usize) -> rusqlite::
 pub fn mark_tried(
     conn: &rusqlite::Connection,
     id: i64,
-) -> rusqlite::Result<Result<Incident, String>> {
+) -> rusqlite::Result<Result<Payload, String>> {
     atomically(conn, || {
         conn.prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?
             .execute(params![id])?;
         let payload: String = conn
             .prepare_cached("SELECT payload FROM outbox WHERE id = ?1")?
             .query_row(params![id], |r| r.get(0))?;
-        Ok(decode_payload(&payload))
+        Ok(outbox::decode(&payload))
     })
 }
 
@@ -839,4 +776,14 @@ pub fn get(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<Option<Inci
         from_row,
     )
     .optional()
+}
+
+/// The highest report sequence the register has taken for incident `id`
+/// (0: none yet).
+pub fn delivered_seq(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT coalesce(max(seq), 0) FROM outbox WHERE incident = ?1 AND state = 'done'",
+    )?
+    .query_row([id], |r| r.get::<_, i64>(0))
+    .map(|n| n as u64)
 }

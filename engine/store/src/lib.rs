@@ -1,12 +1,20 @@
-//! kuzet's store: the intercepted-call log (and, on it, the audit log of
-//! investigators' queries) in one embedded SQLite file, `kuzet.db`, in the
-//! data directory.
+//! kuzet's store: the intercepted-call log, incidents, the register outbox
+//! and the audit log of investigators' queries.
 //!
-//! One writer, the control plane's recorder thread, owns a [`Store`]: it
-//! commits records in batches and retires old ones in small chunks between
-//! batches. Readers (the investigators' API) open their own read-only
-//! connections; WAL mode lets them read while the writer writes. The call
-//! path never touches this crate: it hands records to a bounded queue.
+//! The control plane sees the store only through four ports ([`ports`]),
+//! traits with nothing of a database in their signatures: the recorder's
+//! [`RecordWriter`], the investigators' [`Queries`], the reporter's
+//! [`Outbox`] and the gate's [`AuditLog`]. The outbox's payload is a wire
+//! type of its own, versioned ([`outbox::Payload`]). SQLite is the one
+//! implementation today ([`sqlite`]): one embedded file, `kuzet.db`, in the
+//! data directory, and the audit log beside it in `audit.db`.
+//!
+//! One writer, the control plane's recorder thread, owns a [`Store`] (the
+//! SQLite [`RecordWriter`]): it commits records in batches and retires old
+//! ones in small chunks between batches. Readers (the investigators' API)
+//! open their own read-only connections; WAL mode lets them read while the
+//! writer writes. The call path never touches this crate: it hands records
+//! to a bounded queue.
 //!
 //! The schema is versioned ([`schema`]): a store from an older kuzet is
 //! migrated in one transaction, and one from a newer kuzet, or a file that
@@ -17,16 +25,20 @@
 
 pub mod audit;
 pub mod incident;
+pub mod outbox;
+pub mod ports;
 pub mod private;
 pub mod query;
 pub mod record;
 pub mod schema;
+pub mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+pub use ports::{AuditLog, Outbox, Ports, Queries, RecordWriter};
 pub use record::{ListHitRec, Record, RuleHit};
 
 /// The database's file name inside the data directory.
@@ -61,14 +73,68 @@ pub enum StoreError {
     /// The file is an SQLite database, but not kuzet's.
     #[error("{0} is not a kuzet store (its application id is not kuzet's); point --data at another directory")]
     Foreign(PathBuf),
-    /// SQLite refused.
-    #[error("{path}: {source}")]
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-        /// SQLite's error.
-        source: rusqlite::Error,
+    /// The database refused or failed.
+    #[error("{at}: {source}")]
+    Backend {
+        /// Where: the database file (a server's name, for a store on one).
+        at: String,
+        /// Whether the same work can succeed when tried again later: a
+        /// full disk, a lock, a busy or unreachable database; not a row the
+        /// store refuses for itself.
+        transient: bool,
+        /// What the database said.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl StoreError {
+    /// Whether trying the same work again later can succeed (the disk,
+    /// the lock or the connection comes back), as opposed to a refusal of
+    /// the work itself, which would fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Backend {
+                transient: true,
+                ..
+            }
+        )
+    }
+
+    /// An error of the store's own making, not the database's (a lock
+    /// poisoned by a panic): never transient.
+    pub fn internal(at: impl Into<String>, what: impl Into<String>) -> StoreError {
+        StoreError::Backend {
+            at: at.into(),
+            transient: false,
+            source: what.into().into(),
+        }
+    }
+}
+
+/// SQLite's error on the file at `path`, classified: the disk, a lock or
+/// the file come back; anything else is a refusal of the work itself.
+pub(crate) fn sqlite_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    let transient = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            DiskFull
+                | SystemIoFailure
+                | DatabaseBusy
+                | DatabaseLocked
+                | CannotOpen
+                | ReadOnly
+                | OutOfMemory
+                | FileLockingProtocolFailed
+        ),
+        _ => false,
+    };
+    StoreError::Backend {
+        at: path.display().to_string(),
+        transient,
+        source: Box::new(e),
+    }
 }
 
 /// How the store is kept.
@@ -99,7 +165,8 @@ impl Default for Options {
     }
 }
 
-/// The writer's handle on the store.
+/// The writer's handle on the SQLite store: the recorder port
+/// ([`RecordWriter`]), holding the data directory's lock.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -133,10 +200,7 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
         }
     }
     let path = dir.join(DB_FILE);
-    let sq = |source| StoreError::Sqlite {
-        path: path.clone(),
-        source,
-    };
+    let sq = |e| sqlite_error(&path, e);
     // Made 0600 before SQLite sees it: SQLite gives the WAL and the
     // shared-memory file the database file's mode.
     private::precreate(&path).map_err(|e| dir_err(format!("cannot create {DB_FILE}: {e}")))?;
@@ -227,10 +291,7 @@ pub fn open_side_writer(dir: &Path) -> Result<Connection, StoreError> {
 /// A connection beside the writer's, on an existing store it can read.
 fn open_other(dir: &Path, mode: OpenFlags) -> Result<Connection, StoreError> {
     let path = dir.join(DB_FILE);
-    let sq = |source| StoreError::Sqlite {
-        path: path.clone(),
-        source,
-    };
+    let sq = |e| sqlite_error(&path, e);
     let conn = Connection::open_with_flags(
         &path,
         mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW,
@@ -253,15 +314,13 @@ impl Store {
         &self.conn
     }
 
-    /// Commits `recs` in one transaction. On error (a full disk) nothing of
-    /// the batch is kept and the store stays usable: the next batch tries
-    /// again.
-    pub fn insert(&mut self, recs: &[Record]) -> rusqlite::Result<()> {
-        self.insert_at(recs, now_us())
+    /// [`RecordWriter::insert`] with the clock given (tests move it).
+    pub fn insert_at(&mut self, recs: &[Record], now_us: i64) -> Result<(), StoreError> {
+        self.insert_sql(recs, now_us)
+            .map_err(|e| sqlite_error(&self.path, e))
     }
 
-    /// [`insert`](Self::insert) with the clock given (tests move it).
-    pub fn insert_at(&mut self, recs: &[Record], now_us: i64) -> rusqlite::Result<()> {
+    fn insert_sql(&mut self, recs: &[Record], now_us: i64) -> rusqlite::Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -295,7 +354,7 @@ impl Store {
     /// the store already holds (committed just before the crash) are
     /// skipped, so a replay never records a call twice. Returns how many
     /// were new.
-    pub fn insert_replayed(&mut self, recs: Vec<Record>) -> rusqlite::Result<usize> {
+    fn insert_replayed_sql(&mut self, recs: Vec<Record>) -> rusqlite::Result<usize> {
         let mut fresh = Vec::with_capacity(recs.len());
         {
             let mut known = self
@@ -309,14 +368,14 @@ impl Store {
         }
         let n = fresh.len();
         for chunk in fresh.chunks(4096) {
-            self.insert(chunk)?;
+            self.insert_sql(chunk, now_us())?;
         }
         Ok(n)
     }
 
     /// The incidents' periodic work: delayed updates and closing quiet
     /// incidents, in one short transaction.
-    pub fn tick(&mut self, now_us: i64) -> rusqlite::Result<()> {
+    fn tick_sql(&mut self, now_us: i64) -> rusqlite::Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -333,7 +392,7 @@ impl Store {
     /// store takes a commit now, asked while no batch is coming (a node
     /// taken out of service for a failed commit gets no calls to prove
     /// it recovered).
-    pub fn probe(&mut self, now_us: i64) -> rusqlite::Result<()> {
+    fn probe_sql(&mut self, now_us: i64) -> rusqlite::Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -349,18 +408,11 @@ impl Store {
         &self.opts.node
     }
 
-    /// The store's own random id, made when the file was created: the
-    /// first half of every incident's idempotency key, so keys survive a
-    /// renamed host and never repeat across stores.
-    pub fn store_id(&self) -> &str {
-        &self.store_id
-    }
-
     /// The highest verdict sequence this store has recorded, so a
     /// restarted node continues after it even if the clock went back.
     /// `node_prefix` (8 hex digits of the node) reads it from a store
     /// older than opaque ids, whose ids began with it.
-    pub fn last_verdict_seq(&self, node_prefix: &str) -> rusqlite::Result<Option<u64>> {
+    fn last_verdict_seq_sql(&self, node_prefix: &str) -> rusqlite::Result<Option<u64>> {
         let kept: Option<String> = self
             .conn
             .query_row(
@@ -383,13 +435,6 @@ impl Store {
         Ok(hi.and_then(|v| u64::from_str_radix(v.get(8..)?, 16).ok()))
     }
 
-    /// The store's secret for public verdict ids (16 bytes), made on
-    /// first use and kept in the store, so ids stay stable and opaque
-    /// across restarts.
-    pub fn verdict_key(&self) -> rusqlite::Result<[u8; 16]> {
-        schema::verdict_key(&self.conn)
-    }
-
     /// Retires one chunk of records that are too old or over the size
     /// limit, oldest first, in one short transaction, and says how many
     /// went and whether the store is over its size limit with nothing it
@@ -402,7 +447,7 @@ impl Store {
     /// and, over the size limit, every call whose verdict id was given to
     /// a caller (blocks and redirects) until it ages out: only allows and
     /// flags are retired for size.
-    pub fn retire_chunk(&mut self, now_us: i64) -> rusqlite::Result<Retired> {
+    fn retire_chunk_sql(&mut self, now_us: i64) -> rusqlite::Result<Retired> {
         let chunk = self.opts.retire_chunk.max(1) as i64;
         // The chunk is chosen by age itself (never an id range: a clock
         // that jumped must not take younger records with it).
@@ -422,7 +467,7 @@ impl Store {
                 });
             }
         }
-        if self.opts.max_bytes > 0 && self.used_bytes()? > self.opts.max_bytes {
+        if self.opts.max_bytes > 0 && self.used_bytes_sql()? > self.opts.max_bytes {
             let n = self.retire(
                 &format!(
                     "SELECT id FROM calls WHERE decision IN ('allow', 'flag') AND ?1 = ?1
@@ -476,7 +521,7 @@ impl Store {
 
     /// Bytes the database's live pages take (free pages excluded: SQLite
     /// reuses them, so the file stops growing once retention runs).
-    pub fn used_bytes(&self) -> rusqlite::Result<u64> {
+    fn used_bytes_sql(&self) -> rusqlite::Result<u64> {
         let page: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let count: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let free: i64 = self
@@ -486,10 +531,61 @@ impl Store {
     }
 
     /// Records in the calls log.
-    pub fn count(&self) -> rusqlite::Result<u64> {
+    pub fn count(&self) -> Result<u64, StoreError> {
         self.conn
             .query_row("SELECT count(*) FROM calls", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+}
+
+/// The SQLite recorder port: the writer's connection, in the data
+/// directory it holds locked.
+impl RecordWriter for Store {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn insert(&mut self, recs: &[Record]) -> Result<(), StoreError> {
+        self.insert_at(recs, now_us())
+    }
+
+    fn insert_replayed(&mut self, recs: Vec<Record>) -> Result<usize, StoreError> {
+        self.insert_replayed_sql(recs)
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+
+    fn tick(&mut self, now_us: i64) -> Result<(), StoreError> {
+        self.tick_sql(now_us)
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+
+    fn probe(&mut self, now_us: i64) -> Result<(), StoreError> {
+        self.probe_sql(now_us)
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+
+    fn retire_chunk(&mut self, now_us: i64) -> Result<Retired, StoreError> {
+        self.retire_chunk_sql(now_us)
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+
+    fn used_bytes(&self) -> Result<u64, StoreError> {
+        self.used_bytes_sql()
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+
+    fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    fn last_verdict_seq(&self, node_prefix: &str) -> Result<Option<u64>, StoreError> {
+        self.last_verdict_seq_sql(node_prefix)
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+
+    fn verdict_key(&self) -> Result<[u8; 16], StoreError> {
+        schema::verdict_key(&self.conn).map_err(|e| sqlite_error(&self.path, e))
     }
 }
 

@@ -182,10 +182,7 @@ pub(crate) fn check_file(
     app_id: i64,
     known: i64,
 ) -> Result<i64, StoreError> {
-    let (app, version, tables) = versions(conn).map_err(|source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let (app, version, tables) = versions(conn).map_err(|e| crate::sqlite_error(path, e))?;
     if app != app_id && !(app == 0 && tables == 0) {
         return Err(StoreError::Foreign(path.into()));
     }
@@ -257,10 +254,7 @@ pub fn verdict_key(conn: &Connection) -> rusqlite::Result<[u8; 16]> {
 
 /// Brings the schema up to [`current`], or refuses the file.
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let sq = |source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
+    let sq = |e| crate::sqlite_error(path, e);
     check_writable(conn, path)?;
     let (_, version, _) = versions(conn).map_err(sq)?;
     if version == current() {
@@ -280,10 +274,7 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 
 /// A reader's check: the file is kuzet's and of a version it can read.
 pub fn check_readable(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let (app, version, _) = versions(conn).map_err(|source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let (app, version, _) = versions(conn).map_err(|e| crate::sqlite_error(path, e))?;
     if app != APPLICATION_ID {
         return Err(StoreError::Foreign(path.into()));
     }

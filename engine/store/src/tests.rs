@@ -872,3 +872,84 @@ fn an_incident_open_too_long_is_closed_and_its_calls_can_go() {
         "closed: retention takes them"
     );
 }
+
+#[test]
+fn the_sqlite_ports_serve_what_the_writer_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.incidents = report_policy();
+    let mut s = open(dir.path(), o).unwrap();
+    let ports = sqlite::ports(dir.path());
+    let mk = |n: i64| rec(n, "+77011234567", "+77020000001", "block", &["blocklist"]);
+    let t0 = mk(0).ts_us;
+    s.insert_at(&[mk(0), mk(1), mk(2)], t0).unwrap();
+    // Queries: a page, an export, counts, the incident with what the
+    // register has of it.
+    let page = ports.queries.calls(&Filter::default(), None, 2).unwrap();
+    assert_eq!(page.calls.len(), 2);
+    let mut seen = 0;
+    let n = ports
+        .queries
+        .export(&Filter::default(), &mut |_| {
+            seen += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!((n, seen), (3, 3));
+    let (per_decision, _) = ports
+        .queries
+        .counts(&Filter::default(), 3_600_000_000)
+        .unwrap();
+    assert_eq!(per_decision.iter().map(|c| c.calls).sum::<u64>(), 3);
+    let listed = ports.queries.incidents(None, None, 10).unwrap();
+    assert_eq!(listed.len(), 1);
+    let id = listed[0].incident.id;
+    assert_eq!(listed[0].delivered_seq, 0);
+    // The outbox: due, claimed (frozen, in this build's payload version),
+    // delivered; the backlog follows.
+    assert_eq!(ports.outbox.backlog().unwrap().pending, 1);
+    let due = ports.outbox.due(t0 + 10_000_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    let frozen = ports.outbox.claim(due[0].id).unwrap().unwrap();
+    assert_eq!(
+        (frozen.version, frozen.blocked),
+        (outbox::PAYLOAD_VERSION, 3)
+    );
+    ports.outbox.delivered(&due[0], "CASE-9").unwrap();
+    let b = ports.outbox.backlog().unwrap();
+    assert_eq!((b.pending, b.dead_letters), (0, 0));
+    let v = ports.queries.incident(id).unwrap().unwrap();
+    assert_eq!(
+        (v.delivered_seq, v.incident.register_case.as_str()),
+        (1, "CASE-9")
+    );
+    assert!(ports.queries.incident(id + 100).unwrap().is_none());
+    // The audit log: appended together, read newest first.
+    ports
+        .audit
+        .append(&[entry("ana", 1), entry("rui", 2)])
+        .unwrap();
+    let read = ports.audit.read(None, 10).unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.who.as_str()).collect::<Vec<_>>(),
+        ["rui", "ana"]
+    );
+}
+
+#[test]
+fn a_store_error_says_whether_trying_again_can_help() {
+    let busy = sqlite_error(
+        Path::new("/x/kuzet.db"),
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None),
+    );
+    assert!(busy.is_transient());
+    assert!(busy.to_string().starts_with("/x/kuzet.db: "), "{busy}");
+    let refused = sqlite_error(
+        Path::new("/x/kuzet.db"),
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+            None,
+        ),
+    );
+    assert!(!refused.is_transient());
+}

@@ -107,7 +107,6 @@ const ALLOWED: &[Allowed] = &[
             "libc",
             "prometheus-client", // /metrics
             "prost",
-            "rusqlite", // SQL against the store until the store ports land (issue 19)
             "serde",
             "serde_json",
             "sha2",
@@ -126,7 +125,7 @@ const ALLOWED: &[Allowed] = &[
     },
     Allowed {
         krate: "kuzet-store",
-        why: "the store: SQLite, the only crate that should speak SQL",
+        why: "the store: its ports, and SQLite behind them, the only crate that speaks SQL",
         normal: &[
             "kuzet-net", // private_umask, effective_uid
             "libc",

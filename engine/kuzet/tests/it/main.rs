@@ -28,3 +28,4 @@ mod sim;
 mod sipp;
 mod sockets;
 mod store;
+mod store_ports;

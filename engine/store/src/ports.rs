@@ -1,0 +1,195 @@
+//! The store's ports: what the control plane asks of a store, as traits
+//! with nothing of a database in their signatures. A store plugs in by
+//! implementing them; [`crate::sqlite`] is the one implementation today.
+//!
+//! - [`RecordWriter`]: the recorder's, the one writer of the call log: it
+//!   commits batches of records (grouping them into incidents and queueing
+//!   reports in the same unit), keeps retention and incident upkeep going,
+//!   and knows the store's identity (its id, the last verdict sequence,
+//!   the verdict key).
+//! - [`Queries`]: the investigators': calls by filter a page at a time,
+//!   exports, counts, incidents.
+//! - [`Outbox`]: the reporter's: entries due, claimed (frozen) before they
+//!   are sent, delivered, retried or dead-lettered, and the backlog.
+//! - [`AuditLog`]: the access gate's: entries appended, never changed, and
+//!   read back newest first.
+//!
+//! Every method blocks: the control plane calls them from threads of its
+//! own or tokio's blocking pool, never from an async task directly.
+//! SQLite has no other interface, and a PostgreSQL implementation can be
+//! written with the blocking `postgres` client on the same threads;
+//! ARCHITECTURE.md says why the ports are not async.
+//! Errors are the crate's own [`StoreError`], which says whether trying
+//! again can help ([`StoreError::is_transient`]).
+
+use std::sync::Arc;
+
+use crate::audit::Entry;
+use crate::incident::Incident;
+use crate::outbox::{Due, Payload};
+use crate::query::{Count, Filter, Page};
+use crate::{Record, Retired, StoreError};
+
+/// The recorder port: the store's one writer. Owned by the recorder's
+/// writer thread (hence `&mut self` and `Send`, not `Sync`).
+pub trait RecordWriter: Send {
+    /// Where the store is, for log lines: a file, or a server's name.
+    fn location(&self) -> String;
+
+    /// Commits `recs` as one unit: the calls, the incidents they join and
+    /// the outbox entries those call for, all or nothing. On error nothing
+    /// of the batch is kept and the store stays usable; a
+    /// [transient](StoreError::is_transient) error is worth trying again
+    /// as it is, any other means the store refuses something in the batch.
+    fn insert(&mut self, recs: &[Record]) -> Result<(), StoreError>;
+
+    /// Commits records a crashed process left in the record queue,
+    /// skipping those the store already holds (committed just before the
+    /// crash), so a replay never records a call twice. Returns how many
+    /// were new.
+    fn insert_replayed(&mut self, recs: Vec<Record>) -> Result<usize, StoreError>;
+
+    /// The incidents' periodic work, about once a second: delayed report
+    /// updates, closing quiet incidents (and, once a minute, those open too
+    /// long).
+    fn tick(&mut self, now_us: i64) -> Result<(), StoreError>;
+
+    /// Writes one small row: whether the store takes a commit now, asked
+    /// while no batch is coming (a node taken out of service for a failed
+    /// commit gets no calls to prove it recovered).
+    fn probe(&mut self, now_us: i64) -> Result<(), StoreError>;
+
+    /// Retires one chunk of records too old or over the size limit, oldest
+    /// first, in one short unit of work, and says how many went and
+    /// whether the store is over its size limit with nothing it may
+    /// retire. Never the calls of an incident still open, nor (for size) a
+    /// block or redirect whose verdict id a caller was given.
+    fn retire_chunk(&mut self, now_us: i64) -> Result<Retired, StoreError>;
+
+    /// Bytes the store's live data takes, as its size limit counts them.
+    fn used_bytes(&self) -> Result<u64, StoreError>;
+
+    /// The store's own random id, made when it was created: the first half
+    /// of every incident's idempotency key, so keys survive a renamed host
+    /// and never repeat across stores.
+    fn store_id(&self) -> &str;
+
+    /// The highest verdict sequence this store has recorded, so a
+    /// restarted node continues after it even if the clock went back.
+    /// `node_prefix` (8 hex digits of the node) finds it in records from
+    /// before opaque ids, whose ids began with it.
+    fn last_verdict_seq(&self, node_prefix: &str) -> Result<Option<u64>, StoreError>;
+
+    /// The store's secret for public verdict ids (16 bytes), made on
+    /// first use and kept in the store, so ids stay stable and opaque
+    /// across restarts.
+    fn verdict_key(&self) -> Result<[u8; 16], StoreError>;
+}
+
+/// An incident with how far the register has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentView {
+    /// The incident.
+    pub incident: Incident,
+    /// The highest report sequence the register has taken (0: none yet).
+    pub delivered_seq: u64,
+}
+
+/// Counts of calls per time bucket: per decision, and per rule.
+pub type Counts = (Vec<Count>, Vec<Count>);
+
+/// The investigators' port: reads only, each a consistent view of its
+/// own. Shared by every request (`Sync`).
+pub trait Queries: Send + Sync {
+    /// One page of calls matching `f`, newest first, older than the
+    /// cursor `before` (at most [`crate::query::MAX_PAGE`]).
+    fn calls(&self, f: &Filter, before: Option<i64>, limit: usize) -> Result<Page, StoreError>;
+
+    /// Every call matching `f`, newest first, handed to `each` a row at a
+    /// time from one consistent view (an export streams without holding
+    /// the result); `each` returns false to stop. Returns the rows handed
+    /// over.
+    fn export(&self, f: &Filter, each: &mut dyn FnMut(Record) -> bool) -> Result<u64, StoreError>;
+
+    /// Calls matching `f` counted per decision and per rule in buckets of
+    /// `bucket_us`, oldest first (at most [`crate::query::MAX_COUNTS`]
+    /// rows of each).
+    fn counts(&self, f: &Filter, bucket_us: i64) -> Result<Counts, StoreError>;
+
+    /// Incidents, newest first, optionally in one state (or register state
+    /// `dead_letter`), older than the cursor `before` (at most 1000).
+    fn incidents(
+        &self,
+        state: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<IncidentView>, StoreError>;
+
+    /// One incident.
+    fn incident(&self, id: i64) -> Result<Option<IncidentView>, StoreError>;
+}
+
+/// How much the outbox holds, for the gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Entries still to deliver.
+    pub pending: u64,
+    /// Incidents the register refused.
+    pub dead_letters: u64,
+}
+
+/// The reporter's port: the durable outbox of reports to the register.
+///
+/// An entry is claimed before it is first sent and never changes after,
+/// so a retry carries exactly what the first try did; the register's
+/// idempotency key plus the sequence make the effect exactly once. One
+/// reporter drains a store; a store shared by several nodes must make
+/// [`claim`](Outbox::claim) exclusive as well (a lease) before a second
+/// reporter runs on it.
+pub trait Outbox: Send + Sync {
+    /// Entries due at `now_us`, oldest first, at most one per incident
+    /// (the lowest sequence still pending: an update never overtakes its
+    /// submission).
+    fn due(&self, now_us: i64, limit: usize) -> Result<Vec<Due>, StoreError>;
+
+    /// Marks the entry tried and returns its payload as it now stands, or
+    /// why it cannot be read (it must then be dead-lettered, never sent):
+    /// from this moment the entry never changes, in one unit with the mark.
+    fn claim(&self, id: i64) -> Result<Result<Payload, String>, StoreError>;
+
+    /// The register took it, as `case`: the entry is done and the incident
+    /// shows the case, together.
+    fn delivered(&self, d: &Due, case: &str) -> Result<(), StoreError>;
+
+    /// Try again at `next_at_us`; the incident shows the error meanwhile.
+    fn retry(&self, d: &Due, next_at_us: i64, error: &str) -> Result<(), StoreError>;
+
+    /// The register refused it as invalid (or its payload is unreadable):
+    /// dead-lettered with every later entry of the incident, never retried;
+    /// the incident shows why.
+    fn dead_letter(&self, d: &Due, error: &str) -> Result<(), StoreError>;
+
+    /// Entries pending and incidents dead-lettered.
+    fn backlog(&self) -> Result<Backlog, StoreError>;
+}
+
+/// The access gate's port: an append-only log of who asked what.
+pub trait AuditLog: Send + Sync {
+    /// Appends `entries` (their ids are ignored), all or none.
+    fn append(&self, entries: &[Entry]) -> Result<(), StoreError>;
+
+    /// The newest entries, older than the cursor `before` (an entry id),
+    /// at most `limit` (1 to 1000).
+    fn read(&self, before: Option<i64>, limit: usize) -> Result<Vec<Entry>, StoreError>;
+}
+
+/// The ports a running kuzet hands its control plane, on one store.
+#[derive(Clone)]
+pub struct Ports {
+    /// The investigators' reads.
+    pub queries: Arc<dyn Queries>,
+    /// The register outbox.
+    pub outbox: Arc<dyn Outbox>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditLog>,
+}
