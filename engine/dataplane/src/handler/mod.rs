@@ -6,7 +6,9 @@
 //! force and writes the reply or the forwarded message into a buffer the
 //! caller owns and reuses. It does no I/O, never awaits, takes no lock, and
 //! allocates nothing per call: the list snapshot is an `ArcSwap` load and
-//! every header is a borrow from the datagram.
+//! every header is a borrow from the datagram. `tests/alloc.rs` counts it
+//! with a counting global allocator, call by call and on a real UDP
+//! worker, in both modes: after warm-up, exactly zero.
 
 mod calls;
 pub mod evidence;
