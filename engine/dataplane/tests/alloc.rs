@@ -12,14 +12,17 @@
 //! - [`handler_allocates_nothing_per_call`] drives `Handler::handle` on
 //!   the test thread and counts each call on its own: redirect mode
 //!   (allowed, flagged by list and by premium callee, redirected, blocked,
-//!   a retransmission, a caller whose shadow behaviour rules fire) and
-//!   proxy mode (the same INVITEs forwarded or refused, then each allowed
-//!   call's dialog: 180 and 200 routed back by kuzet's Via, ACK and BYE
-//!   routed in the dialog unscored, the 200 to the BYE).
+//!   a retransmission, a caller whose shadow behaviour rules fire, an
+//!   answer cut down to fit a datagram) and proxy mode (the same INVITEs
+//!   forwarded or refused, then each allowed call's dialog: 180 and 200
+//!   routed back by kuzet's Via, ACK and BYE routed in the dialog
+//!   unscored, the 200 to the BYE; a request too big to forward, 513).
+//!   The record queue is drained between calls, as the recorder would.
 //! - [`udp_worker_allocates_nothing_per_call`] runs the real UDP worker
 //!   (`transport::udp::supervise`, `recvmmsg`/`sendmmsg`) on 127.0.0.1
-//!   with a caller (and, in proxy mode, a callee) sending datagrams, and
-//!   counts everything the worker thread does.
+//!   with a caller (and, in proxy mode, a callee) sending datagrams and a
+//!   recorder thread draining the queue, and counts everything the worker
+//!   thread does.
 //!
 //! Each kind is warmed up first (lazy statics, first touches of tables
 //! and thread-locals, buffers growing to their high-water mark); after
