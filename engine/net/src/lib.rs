@@ -2,7 +2,9 @@
 //! `sendmmsg(2)`, with the kernel's receive timestamp of each datagram
 //! (`SO_TIMESTAMPNS`), `ppoll(2)` and the timer slack for loops that wait
 //! on sockets without an async runtime, and the UDP socket set-up every
-//! kuzet process shares (`SO_REUSEPORT`, buffer sizes).
+//! kuzet process shares (`SO_REUSEPORT`, buffer sizes). For tests, it
+//! also holds [`alloc_count`], a counting global allocator (installing
+//! one takes an `unsafe impl`).
 //!
 //! One system call moves up to a batch of datagrams each way, which is how
 //! a UDP server gets below one syscall per call. The standard library and
@@ -16,6 +18,8 @@
 //! send pointers are set right before the call), and every length given is
 //! the length of the buffer it describes.
 #![allow(unsafe_code)]
+
+pub mod alloc_count;
 
 use std::io;
 use std::mem::{size_of, zeroed};
