@@ -137,6 +137,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let started = std::time::Instant::now();
     let sources = cfg.sources();
     let metrics = Arc::new(Metrics::default());
+    // The counters the control plane owns, beside the call path's.
+    kuzet_control::register_counters(&metrics).context("counters")?;
     let lists: SharedLists = Arc::new(ArcSwap::from_pointee(kuzet_rules::ListSet::default()));
     // The one writer of the snapshot, at start-up as at every reload.
     let mut publisher = Publisher::new(
@@ -245,13 +247,16 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // The store was opened (and checked writable) above, when it is on.
     metrics.set(Gauge::StoreWritable, i64::from(cfg.store.enabled));
     let hep = if cfg.hep.enabled {
-        let h = kuzet_control::hep::HepSender::new(kuzet_control::hep::HepConfig {
-            collector: cfg.hep.collector,
-            capture_id: cfg.hep.capture_id,
-            auth_key: cfg.hep.auth_key.clone().filter(|k| !k.is_empty()),
-            mirror_sip: cfg.hep.mirror_sip,
-            local: udp_addr,
-        })
+        let h = kuzet_control::hep::HepSender::new(
+            kuzet_control::hep::HepConfig {
+                collector: cfg.hep.collector,
+                capture_id: cfg.hep.capture_id,
+                auth_key: cfg.hep.auth_key.clone().filter(|k| !k.is_empty()),
+                mirror_sip: cfg.hep.mirror_sip,
+                local: udp_addr,
+            },
+            &metrics,
+        )
         .with_context(|| format!("a socket towards the HEP collector {}", cfg.hep.collector))?;
         Some(h)
     } else {
