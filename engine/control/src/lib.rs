@@ -1,5 +1,7 @@
 //! kuzet's control plane: everything that is not the call path.
 //!
+//! - [`config`]: the config sections control owns (`[lists]`,
+//!   `[control]`, `[admin]`, `[hep]`, `[register]`).
 //! - [`admin`]: the admin HTTP address: Prometheus `/metrics`, `/healthz`
 //!   and `/readyz`.
 //! - [`access`]: bearer tokens with roles, kept as hashes and compared in
@@ -45,6 +47,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod config;
 pub mod files;
 pub mod gate;
 pub mod guard;

@@ -112,7 +112,7 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
 }
 
 /// Threads the control API's queries and exports may use at once.
-const API_BLOCKING_THREADS: usize = 24;
+pub(crate) const API_BLOCKING_THREADS: usize = 24;
 
 /// The services the control plane runs besides reloads and stats.
 #[derive(Default)]
