@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod facts;
 pub mod list;
 pub mod list_id;

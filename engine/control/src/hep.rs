@@ -16,8 +16,10 @@
 //! lines, and no Rust crate for sending it is maintained.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 
-use kuzet_dataplane::metrics::{Counter, Metrics};
+use kuzet_dataplane::counter_set;
+use kuzet_dataplane::metrics::Metrics;
 use kuzet_dataplane::records::{flags, RecordEntry};
 use kuzet_store::Record;
 
@@ -36,11 +38,21 @@ pub struct HepConfig {
     pub local: SocketAddr,
 }
 
+counter_set! {
+    /// HEP's counters. Plain allows the call path could not queue for HEP
+    /// are the call path's (`hep_queue_dropped_total`).
+    pub struct HepCounters {
+        sent => "hep_sent_total", "HEP packets sent to the collector",
+        send_errors => "hep_send_errors_total", "HEP packets that could not be sent (dropped)",
+    }
+}
+
 /// Sends HEP packets to one collector.
 pub struct HepSender {
     cfg: HepConfig,
     sock: UdpSocket,
     buf: Vec<u8>,
+    counters: Arc<HepCounters>,
 }
 
 /// HEP protocol types.
@@ -48,8 +60,9 @@ const PROTO_SIP: u8 = 1;
 const PROTO_LOG: u8 = 100;
 
 impl HepSender {
-    /// A non-blocking UDP socket towards the collector.
-    pub fn new(cfg: HepConfig) -> std::io::Result<HepSender> {
+    /// A non-blocking UDP socket towards the collector, counting into
+    /// `metrics`' [`HepCounters`].
+    pub fn new(cfg: HepConfig, metrics: &Metrics) -> std::io::Result<HepSender> {
         let bind: SocketAddr = if cfg.collector.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
         } else {
@@ -61,13 +74,14 @@ impl HepSender {
             cfg,
             sock,
             buf: Vec::with_capacity(8192),
+            counters: metrics.counter_set(),
         })
     }
 
     /// Sends one decision: the verdict as a log packet, and the INVITE and
     /// the answer when mirroring. `rec` is the verdict as the store records
     /// it (rules explained, the list hit with its reason).
-    pub fn send(&mut self, ev: &RecordEntry, rec: &Record, metrics: &Metrics) {
+    pub fn send(&mut self, ev: &RecordEntry, rec: &Record) {
         let call_id = ev.call_id.as_bytes();
         let proto_id = if ev.has(flags::TCP) { 6 } else { 17 };
         let json = verdict_json(rec);
@@ -95,8 +109,8 @@ impl HepSender {
                 payload,
             );
             match self.sock.send_to(&self.buf, self.cfg.collector) {
-                Ok(_) => metrics.inc(Counter::HepSent),
-                Err(_) => metrics.inc(Counter::HepSendErrors),
+                Ok(_) => self.counters.sent.inc(),
+                Err(_) => self.counters.send_errors.inc(),
             }
         }
     }

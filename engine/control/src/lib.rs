@@ -1,5 +1,7 @@
 //! kuzet's control plane: everything that is not the call path.
 //!
+//! - [`config`]: the config sections control owns (`[lists]`,
+//!   `[control]`, `[admin]`, `[hep]`, `[register]`).
 //! - [`admin`]: the admin HTTP address: Prometheus `/metrics`, `/healthz`
 //!   and `/readyz`.
 //! - [`access`]: bearer tokens with roles, kept as hashes and compared in
@@ -31,6 +33,12 @@
 //! - [`recorder`]: reads the record queue, logs verdicts, sends them to
 //!   HEP and commits them to the store; replays the queue after a crash.
 //!
+//! Each part that counts something the call path does not declares its own
+//! counters beside the code that counts (`ReloadCounters` in [`publish`],
+//! `RecorderCounters`, `RegisterCounters` in [`report`], `HepCounters`,
+//! `SweepCounters` in [`plane`]); [`register_counters`] hands them all to
+//! the shared [`Metrics`] in the order they are reported.
+//!
 //! Nothing here runs on a SIP worker. The data plane reads what this crate
 //! publishes (an `ArcSwap` snapshot) and hands it events through bounded
 //! queues; it never waits on anything here.
@@ -39,6 +47,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod config;
 pub mod files;
 pub mod gate;
 pub mod guard;
@@ -50,3 +59,48 @@ pub mod publish;
 pub mod recorder;
 pub mod report;
 pub mod safe;
+
+use std::sync::Arc;
+
+use kuzet_dataplane::metrics::{DuplicateCounter, Metrics};
+
+/// Registers every counter set of the control plane with `metrics`, once
+/// at start-up and before anything counts, so the counters line, the
+/// shutdown summary and `/metrics` always show every one of them (zero
+/// until it moves), in this order: sweeps, recorder, register, reloads,
+/// HEP. Each part then finds its own set with
+/// [`Metrics::counter_set`].
+pub fn register_counters(metrics: &Metrics) -> Result<(), DuplicateCounter> {
+    metrics.register(Arc::new(plane::SweepCounters::default()))?;
+    metrics.register(Arc::new(recorder::RecorderCounters::default()))?;
+    metrics.register(Arc::new(report::RegisterCounters::default()))?;
+    metrics.register(Arc::new(publish::ReloadCounters::default()))?;
+    metrics.register(Arc::new(hep::HepCounters::default()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_control_counter_set_registers_without_a_clash() {
+        let m = Metrics::default();
+        register_counters(&m).unwrap();
+        for name in [
+            "state_sweeps_total",
+            "records_unreadable_total",
+            "store_records_total",
+            "register_dead_letters_total",
+            "list_reload_failures_total",
+            "hep_send_errors_total",
+        ] {
+            assert_eq!(m.value(name), Some(0), "{name}");
+        }
+        // Owners asking later get the registered sets.
+        m.counter_set::<publish::ReloadCounters>().failures.inc();
+        assert_eq!(m.value("list_reload_failures_total"), Some(1));
+        // Twice is refused: every name is taken.
+        assert!(register_counters(&m).is_err());
+    }
+}

@@ -14,12 +14,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kuzet_dataplane::counter_set;
 use kuzet_dataplane::metrics::{Counter, Gauge, Metrics};
 use kuzet_dataplane::Handler;
 use tokio::sync::watch;
 
 use crate::lists::LoadError;
 use crate::publish::Publisher;
+use crate::recorder::RecorderCounters;
+
+counter_set! {
+    /// The behaviour state sweeps the stats loop runs.
+    pub struct SweepCounters {
+        started => "state_sweeps_started_total", "Sweeps of the behaviour state begun (off the control runtime)",
+        finished => "state_sweeps_total", "Sweeps of the behaviour state finished",
+    }
+}
 
 /// How often the control plane does its periodic work.
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +112,7 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
 }
 
 /// Threads the control API's queries and exports may use at once.
-const API_BLOCKING_THREADS: usize = 24;
+pub(crate) const API_BLOCKING_THREADS: usize = 24;
 
 /// The services the control plane runs besides reloads and stats.
 #[derive(Default)]
@@ -295,25 +305,30 @@ async fn outbox_gauges(outbox: Arc<dyn kuzet_store::Outbox>, metrics: Arc<Metric
 /// until a quiet stretch. The counters and the alert rules say the same
 /// to Prometheus.
 async fn loss_watch(metrics: Arc<Metrics>) {
-    const WATCHED: [Counter; 5] = [
+    const WATCHED: [Counter; 4] = [
         Counter::StoreDropped,
         Counter::VerdictIdsWithheld,
         Counter::StoreLowValueRefused,
         Counter::StoreSamplesSkipped,
-        Counter::RecordsUnreadable,
     ];
+    let recorder = metrics.counter_set::<RecorderCounters>();
+    // The call path's losses, then the recorder's unreadable entries.
+    let read = || {
+        let c = WATCHED.map(|c| metrics.get(c));
+        [c[0], c[1], c[2], c[3], recorder.unreadable.get()]
+    };
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = WATCHED.map(|c| metrics.get(c));
+    let mut last = read();
     let mut pending = [0u64; 5];
     let mut logged_at: Option<std::time::Instant> = None;
     let mut window = [false; 10];
     let mut slot = 0usize;
     loop {
         every.tick().await;
-        let now = WATCHED.map(|c| metrics.get(c));
+        let now = read();
         let mut lost_now = false;
-        for i in 0..WATCHED.len() {
+        for i in 0..now.len() {
             let d = now[i].saturating_sub(last[i]);
             pending[i] += d;
             if i == 0 && d > 0 {
@@ -362,14 +377,15 @@ async fn stats_loop(timing: Timing, metrics: Arc<Metrics>, handler: Arc<Handler>
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     stats.tick().await;
     let mut calls_untracked = 0;
+    let sweeps = metrics.counter_set::<SweepCounters>();
     loop {
         stats.tick().await;
-        let (h, m) = (handler.clone(), metrics.clone());
+        let (h, s) = (handler.clone(), sweeps.clone());
         let swept = tokio::task::spawn_blocking(move || {
-            m.inc(Counter::StateSweepsStarted);
+            s.started.inc();
             let started = std::time::Instant::now();
             let dropped = h.sweep();
-            m.inc(Counter::StateSweeps);
+            s.finished.inc();
             (dropped, started.elapsed())
         })
         .await;

@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use kuzet_dataplane::metrics::{Counter, Metrics};
+use kuzet_dataplane::counter_set;
+use kuzet_dataplane::metrics::Metrics;
 use kuzet_dataplane::SharedLists;
 use kuzet_rules::ruleset::RuleSet;
 use kuzet_rules::snapshot::Version;
@@ -344,6 +345,15 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
 /// the snapshot that gave them.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
+counter_set! {
+    /// The reloads' counters: what became of each load of changed layers.
+    pub struct ReloadCounters {
+        reloads => "list_reloads_total", "Successful list and rule reloads",
+        failures => "list_reload_failures_total", "List and rule reloads refused (the lists in force stay)",
+        abandoned => "list_reloads_abandoned_total", "List reloads abandoned past the reload timeout",
+    }
+}
+
 /// The snapshot's only writer (see the module docs).
 pub struct Publisher {
     sources: Arc<[Arc<dyn Source>]>,
@@ -351,6 +361,7 @@ pub struct Publisher {
     policy: ListPolicy,
     shared: SharedLists,
     metrics: Arc<Metrics>,
+    counters: Arc<ReloadCounters>,
     /// The layers in force, with their digests.
     lists: ByList<Built>,
     rules: (Arc<RuleSet>, [u8; 16]),
@@ -387,6 +398,7 @@ impl Publisher {
             plan: Arc::new(plan),
             policy,
             shared,
+            counters: metrics.counter_set(),
             metrics,
             lists: ByList::from_fn(|_| empty.clone()),
             rules: (rules, [0; 16]),
@@ -472,7 +484,7 @@ impl Publisher {
                 let layers = c.layers;
                 let stats = c.stats.clone();
                 let version = self.swap(c);
-                self.metrics.inc(Counter::ListReloads);
+                self.counters.reloads.inc();
                 log_files(&stats);
                 tracing::info!(
                     trigger = why,
@@ -489,9 +501,9 @@ impl Publisher {
             }
             Err(e) => {
                 if matches!(e, LoadError::Abandoned(_)) {
-                    self.metrics.inc(Counter::ListReloadsAbandoned);
+                    self.counters.abandoned.inc();
                 } else {
-                    self.metrics.inc(Counter::ListReloadFailures);
+                    self.counters.failures.inc();
                 }
                 self.failures = self.failures.saturating_add(1);
                 let wait = self

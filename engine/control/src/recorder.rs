@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kuzet_dataplane::counter_set;
 use kuzet_dataplane::handler::evidence::unix_us;
 use kuzet_dataplane::metrics::{Counter, Gauge, Metrics};
 use kuzet_dataplane::records::{self, Read, RecordEntry, RecordRing};
@@ -49,6 +50,20 @@ const STUCK: Duration = Duration::from_secs(10);
 /// last entry (freed once they are committed).
 type Batch = (Vec<Record>, u64);
 
+counter_set! {
+    /// The recorder's counters: what it logged, committed, replayed and
+    /// retired. What is lost on the way (`store_dropped_total`) is the
+    /// call path's counter, since a full queue loses records there too.
+    pub struct RecorderCounters {
+        logged => "verdicts_logged_total", "Verdicts written to the log",
+        replayed => "records_replayed_total", "Records an earlier process left in the record queue, committed at start-up",
+        unreadable => "records_unreadable_total", "Record queue entries that could not be read (cut off by a crash, or damaged)",
+        recorded => "store_records_total", "Intercepted-call records committed to the store",
+        write_errors => "store_write_errors_total", "Store commits that failed",
+        retired => "store_retired_total", "Records retired by age or size",
+    }
+}
+
 /// Logs and records every verdict the workers queue, on its own thread,
 /// until `stop` is set (the workers have stopped) and the queue is empty:
 /// nothing queued is lost at shutdown. Each log line carries what matches
@@ -65,6 +80,7 @@ pub fn record_verdicts(
     stop: Arc<AtomicBool>,
 ) {
     let recording = store.is_some();
+    let counters = metrics.counter_set::<RecorderCounters>();
     // The store has a thread of its own (it inherits this one's idle
     // class): while SQLite commits one batch, this thread goes on reading
     // the queue into the next.
@@ -96,12 +112,12 @@ pub fn record_verdicts(
         while batch.len() < BATCH {
             match ring.read(rd) {
                 Read::Entry(Ok(e), next) => {
-                    take(*e, &metrics, recording, &mut batch, &mut hep);
+                    take(*e, &counters, recording, &mut batch, &mut hep);
                     rd = next;
                     got += 1;
                 }
                 Read::Entry(Err(why), next) => {
-                    metrics.inc(Counter::RecordsUnreadable);
+                    counters.unreadable.inc();
                     metrics.inc(Counter::StoreDropped);
                     tracing::warn!(why = ?why, "a record queue entry could not be read; skipped");
                     rd = next;
@@ -114,7 +130,7 @@ pub fn record_verdicts(
                         Some((at, since)) if at == rd && since.elapsed() > STUCK => {
                             match len {
                                 Some(len) => {
-                                    metrics.inc(Counter::RecordsUnreadable);
+                                    counters.unreadable.inc();
                                     metrics.inc(Counter::StoreDropped);
                                     tracing::error!(
                                         position = rd,
@@ -142,7 +158,7 @@ pub fn record_verdicts(
                 }
                 Read::Empty => break,
                 Read::Corrupt => {
-                    metrics.inc(Counter::RecordsUnreadable);
+                    counters.unreadable.inc();
                     tracing::error!(position = rd, "the record queue holds something that is not an entry; skipping to its end");
                     rd = ring.head();
                 }
@@ -249,10 +265,18 @@ fn write_batches(
     let mut next_retire = Instant::now();
     let mut next_tick = Instant::now();
     let mut pressure = Pressure::default();
+    let counters = metrics.counter_set::<RecorderCounters>();
     loop {
         match batches.recv_timeout(Duration::from_secs(1)) {
             Ok((b, end)) => {
-                if commit(st.as_mut(), b, &metrics, &mut last_error, &stopping) {
+                if commit(
+                    st.as_mut(),
+                    b,
+                    &metrics,
+                    &counters,
+                    &mut last_error,
+                    &stopping,
+                ) {
                     ring.release(end);
                 } else {
                     // Stopping with a store that takes nothing: the records
@@ -285,7 +309,7 @@ fn write_batches(
             match st.retire_chunk(unix_us()) {
                 Ok(r) => {
                     if r.n > 0 {
-                        metrics.add(Counter::StoreRetired, r.n as u64);
+                        counters.retired.add(r.n as u64);
                     } else {
                         next_retire = Instant::now() + Duration::from_secs(1);
                     }
@@ -347,7 +371,7 @@ impl Pressure {
 /// a store) added to the batch.
 fn take(
     e: RecordEntry,
-    metrics: &Metrics,
+    counters: &RecorderCounters,
     store: bool,
     batch: &mut Vec<Record>,
     hep: &mut Option<HepSender>,
@@ -357,7 +381,7 @@ fn take(
     // queued for HEP alone is neither.
     let logged = record && !e.has(records::flags::SAMPLED);
     if logged {
-        metrics.inc(Counter::VerdictsLogged);
+        counters.logged.inc();
         if tracing::enabled!(tracing::Level::INFO) {
             log_line(&e);
         }
@@ -367,7 +391,7 @@ fn take(
     }
     let rec = to_record(&e);
     if let Some(h) = hep.as_mut() {
-        h.send(&e, &rec, metrics);
+        h.send(&e, &rec);
     }
     if store && record {
         batch.push(rec);
@@ -385,6 +409,7 @@ fn commit(
     st: &mut dyn RecordWriter,
     batch: Vec<Record>,
     metrics: &Metrics,
+    counters: &RecorderCounters,
     last_error: &mut Option<Instant>,
     stopping: &AtomicBool,
 ) -> bool {
@@ -394,7 +419,7 @@ fn commit(
     loop {
         match st.insert(&batch) {
             Ok(()) => {
-                metrics.add(Counter::StoreRecorded, batch.len() as u64);
+                counters.recorded.add(batch.len() as u64);
                 metrics.set(Gauge::StoreWritable, 1);
                 if last_error.take().is_some() {
                     tracing::warn!(path = %st.location(), "the store is writable again");
@@ -406,7 +431,7 @@ fn commit(
                     return false;
                 }
                 metrics.set(Gauge::StoreWritable, 0);
-                metrics.inc(Counter::StoreErrors);
+                counters.write_errors.inc();
                 // One line per ten seconds while it lasts, not one per try.
                 if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::error!(path = %st.location(), error = %e, waiting = batch.len(), "store write failed; the records wait in the record queue and are tried again every second (calls go on; a full queue gives no verdict ids)");
@@ -415,7 +440,7 @@ fn commit(
                 std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => {
-                metrics.inc(Counter::StoreErrors);
+                counters.write_errors.inc();
                 tracing::error!(path = %st.location(), error = %e, records = batch.len(), "the store refused a batch; committing its records one by one");
                 let mut lost = 0u64;
                 for r in &batch {
@@ -424,7 +449,7 @@ fn commit(
                         tracing::error!(verdict_id = %r.verdict_id, error = %e, "the store refused a record; it is lost");
                     }
                 }
-                metrics.add(Counter::StoreRecorded, batch.len() as u64 - lost);
+                counters.recorded.add(batch.len() as u64 - lost);
                 metrics.add(Counter::StoreDropped, lost);
                 return true;
             }
@@ -555,9 +580,10 @@ pub fn replay(
         }
     };
     ring.release_all();
-    metrics.add(Counter::RecordsReplayed, n as u64);
+    let counters = metrics.counter_set::<RecorderCounters>();
+    counters.replayed.add(n as u64);
     if lost > 0 {
-        metrics.inc(Counter::RecordsUnreadable);
+        counters.unreadable.inc();
     }
     Ok((n, lost))
 }

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use kuzet_api::register as pb;
 use kuzet_api::register::register_service_client::RegisterServiceClient;
-use kuzet_dataplane::metrics::{Counter, Metrics};
+use kuzet_dataplane::counter_set;
+use kuzet_dataplane::metrics::Metrics;
 use kuzet_store::outbox::{Due, Payload};
 use kuzet_store::{Outbox, StoreError};
 
@@ -147,6 +148,15 @@ fn channel(t: &Target) -> Result<Channel, String> {
     Ok(ep.connect_lazy())
 }
 
+counter_set! {
+    /// The register reporter's counters.
+    pub struct RegisterCounters {
+        delivered => "register_delivered_total", "Incident submissions and updates the register acknowledged",
+        retries => "register_retries_total", "Register deliveries that failed and will be retried",
+        dead_letters => "register_dead_letters_total", "Incidents the register refused as invalid",
+    }
+}
+
 /// Delivers the outbox until `shutdown`.
 pub async fn run(
     target: Target,
@@ -154,6 +164,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let counters = metrics.counter_set::<RegisterCounters>();
     let ch = match channel(&target) {
         Ok(c) => c,
         Err(e) => {
@@ -203,7 +214,7 @@ pub async fn run(
             let frozen = match frozen {
                 Ok(i) => i,
                 Err(why) => {
-                    metrics.inc(Counter::RegisterDeadLetters);
+                    counters.dead_letters.inc();
                     tracing::error!(incident = d.incident, seq = d.seq, why = ?why, "outbox entry unreadable; dead-lettered");
                     let d = d.clone();
                     if let Err(e) = port(&outbox, move |o| o.dead_letter(&d, &why)).await {
@@ -244,12 +255,12 @@ pub async fn run(
             };
             let outcome = match sent {
                 Ok(case) => {
-                    metrics.inc(Counter::RegisterDelivered);
+                    counters.delivered.inc();
                     let d = d.clone();
                     port(&outbox, move |o| o.delivered(&d, &case)).await
                 }
                 Err(s) if permanent(s.code()) => {
-                    metrics.inc(Counter::RegisterDeadLetters);
+                    counters.dead_letters.inc();
                     let why = bounded(
                         &format!("refused by the register: {:?}: {}", s.code(), s.message()),
                         ERROR_MAX,
@@ -259,7 +270,7 @@ pub async fn run(
                     port(&outbox, move |o| o.dead_letter(&d, &why)).await
                 }
                 Err(s) => {
-                    metrics.inc(Counter::RegisterRetries);
+                    counters.retries.inc();
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;

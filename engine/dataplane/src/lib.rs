@@ -5,10 +5,13 @@
 //! - [`transport`]: the UDP workers (batched syscalls from `kuzet-net`) and
 //!   SIP over TCP.
 //! - [`trunks`]: source address to trunk name and kind.
-//! - [`metrics`]: `*_total` counters and the service-time histogram.
+//! - [`metrics`]: `*_total` counters (the call path's, and the registry
+//!   other crates' counter sets join) and the service-time histogram.
 //! - [`records`]: the record queue, a ring in a memory-mapped file that
 //!   the workers write verdicts into and the recorder reads; it outlives
 //!   the process.
+//! - [`config`]: the config sections the call path owns (`[server]`,
+//!   `[proxy]`, `[verdict]`, `[numbers]`, `[outcomes]`, `[[trunks]]`).
 //!
 //! This crate links nothing slow: no gRPC, no database, no HTTP client. The
 //! control plane swaps the list snapshot the handler reads, and reads the
@@ -17,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod handler;
 pub mod metrics;
 pub mod records;

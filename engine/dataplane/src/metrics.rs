@@ -2,14 +2,20 @@
 //!
 //! Counters are plain relaxed atomics named `*_total`; no label ever holds a
 //! phone number or Call-ID (rule ids and list names are the only labels,
-//! both from the operator's own files). Service time and its stages go
-//! into HDR histograms: each worker records into its own and merges them
-//! into the shared ones now and then, so the call path never waits on a
-//! lock held by a scrape. The control plane reads all of it for logs and
-//! for `/metrics`.
+//! both from the operator's own files). The call path's own counters are
+//! [`Counter`], an indexed array; every other part of kuzet declares its
+//! counters where it counts them, as a [`CounterSet`] made with
+//! [`counter_set!`], and the binary registers each set with [`Metrics`]
+//! once at start-up, so the log line, the shutdown summary and `/metrics`
+//! show them all without this file naming them. Service time and its
+//! stages go into HDR histograms: each worker records into its own and
+//! merges them into the shared ones now and then, so the call path never
+//! waits on a lock held by a scrape. The control plane reads all of it
+//! for logs and for `/metrics`.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,8 +25,10 @@ use kuzet_rules::snapshot::ListSet;
 
 macro_rules! counters {
     ($($name:ident => $text:literal, $help:literal,)*) => {
-        /// Every counter kuzet keeps; each variant's name in metrics and
-        /// logs is the string beside it below.
+        /// The call path's counters (the data plane increments each of
+        /// them); each variant's name in metrics and logs is the string
+        /// beside it below. A counter only another part of kuzet
+        /// increments belongs in that part's [`CounterSet`].
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         #[allow(non_camel_case_types, missing_docs)]
         pub enum Counter { $($name,)* }
@@ -37,27 +45,16 @@ counters! {
     InviteRetransmissions => "invite_retransmissions_total", "INVITE retransmissions answered with the verdict already given",
     TransactionReused => "invite_transaction_reused_total", "INVITEs that reused a judged INVITE's Call-ID, CSeq and branch but were not the same request (judged on their own)",
     TransactionsUntracked => "transactions_untracked_total", "INVITEs whose transaction could not be remembered (table full)",
-    StateSweepsStarted => "state_sweeps_started_total", "Sweeps of the behaviour state begun (off the control runtime)",
-    StateSweeps => "state_sweeps_total", "Sweeps of the behaviour state finished",
     Allowed => "verdict_allow_total", "Calls allowed",
     Flagged => "verdict_flag_total", "Calls flagged",
     Blocked => "verdict_block_total", "Calls blocked",
     Redirected => "verdict_redirect_total", "Calls redirected",
     ShadowDiffers => "rules_shadow_differs_total", "Calls where shadow rules would have decided otherwise",
     VerdictLogDropped => "verdict_log_dropped_total", "Verdicts not logged because the verdict queue was full",
-    VerdictsLogged => "verdicts_logged_total", "Verdicts written to the log",
     StoreDropped => "store_dropped_total", "Intercepted-call records lost: the record queue full, or not written to the store",
     VerdictIdsWithheld => "verdict_ids_withheld_total", "Blocks and redirects answered without a verdict id because the record queue had no room (not recorded)",
     StoreSamplesSkipped => "store_samples_skipped_total", "Allowed calls not sampled because the store is over its size limit",
     StoreLowValueRefused => "store_low_value_refused_total", "Flags and shadow verdicts not recorded because the store is over its size limit",
-    RecordsReplayed => "records_replayed_total", "Records an earlier process left in the record queue, committed at start-up",
-    RecordsUnreadable => "records_unreadable_total", "Record queue entries that could not be read (cut off by a crash, or damaged)",
-    StoreRecorded => "store_records_total", "Intercepted-call records committed to the store",
-    StoreErrors => "store_write_errors_total", "Store commits that failed",
-    StoreRetired => "store_retired_total", "Records retired by age or size",
-    RegisterDelivered => "register_delivered_total", "Incident submissions and updates the register acknowledged",
-    RegisterRetries => "register_retries_total", "Register deliveries that failed and will be retried",
-    RegisterDeadLetters => "register_dead_letters_total", "Incidents the register refused as invalid",
     Outcomes => "outcome_events_total", "Call outcome events accepted",
     OutcomesRefused => "outcome_events_refused_total", "Call outcome events refused (not authorized)",
     OutcomesIgnored => "outcome_events_unknown_caller_total", "Call outcome events for callers kuzet has not seen",
@@ -84,12 +81,99 @@ counters! {
     TcpClosedNotReading => "tcp_closed_not_reading_total", "TCP connections closed because the peer did not read",
     WorkerPanics => "worker_panics_total", "Worker panics caught (each is a bug)",
     CallsExpired => "proxy_calls_expired_total", "Calls in progress forgotten after the longest call time",
-    ListReloads => "list_reloads_total", "Successful list and rule reloads",
-    ListReloadFailures => "list_reload_failures_total", "List and rule reloads refused (the lists in force stay)",
-    ListReloadsAbandoned => "list_reloads_abandoned_total", "List reloads abandoned past the reload timeout",
-    HepSent => "hep_sent_total", "HEP packets sent to the collector",
-    HepSendErrors => "hep_send_errors_total", "HEP packets that could not be sent (dropped)",
     HepQueueDropped => "hep_queue_dropped_total", "Plain allows not sent to HEP because the verdict queue was full",
+}
+
+/// One counter of a [`CounterSet`]: a relaxed atomic, so adding to it is
+/// one instruction from any thread and never a lock.
+#[derive(Debug, Default)]
+pub struct Tally(AtomicU64);
+
+impl Tally {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A group of counters that one crate or feature owns and increments
+/// itself: the reloads, the recorder, the register, HEP. Declared with
+/// [`counter_set!`] where it is counted, and registered with
+/// [`Metrics::register`] (or [`Metrics::counter_set`]), so every report of
+/// the counters includes it while nothing in the data plane names it.
+pub trait CounterSet: Send + Sync + 'static {
+    /// Every counter of the set, in the order declared: its metric name
+    /// (`*_total`), its help text and its value.
+    fn visit(&self, f: &mut dyn FnMut(&'static str, &'static str, u64));
+}
+
+/// Declares a [`CounterSet`]: a struct with one public [`Tally`] per
+/// counter, each with its metric name and help text, and the trait's
+/// `visit` over them in the order written.
+///
+/// ```
+/// kuzet_dataplane::counter_set! {
+///     /// What the widget counts.
+///     pub struct WidgetCounters {
+///         spun => "widget_spins_total", "Widgets spun",
+///         jammed => "widget_jams_total", "Widgets that jammed",
+///     }
+/// }
+/// let c = WidgetCounters::default();
+/// c.spun.inc();
+/// c.jammed.add(2);
+/// assert_eq!((c.spun.get(), c.jammed.get()), (1, 2));
+/// ```
+#[macro_export]
+macro_rules! counter_set {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $ty:ident {
+            $($field:ident => $name:literal, $help:literal,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        $vis struct $ty {
+            $(
+                #[doc = concat!("`", $name, "`: ", $help, ".")]
+                pub $field: $crate::metrics::Tally,
+            )*
+        }
+
+        impl $crate::metrics::CounterSet for $ty {
+            fn visit(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+                $(f($name, $help, self.$field.get());)*
+            }
+        }
+    };
+}
+
+pub use crate::counter_set;
+
+/// A counter set was refused: one of its names is already taken (by the
+/// call path's counters, a set registered before, or twice in the set).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("counter {0} is declared twice; the counter set that repeats it is not registered")]
+pub struct DuplicateCounter(pub &'static str);
+
+/// A registered set, kept twice: to visit, and to hand back by type.
+struct Registered {
+    set: Arc<dyn CounterSet>,
+    any: Arc<dyn Any + Send + Sync>,
 }
 
 /// Values that go up and down, set by whoever owns them.
@@ -212,6 +296,10 @@ pub struct Metrics {
     rule_hits: Mutex<Vec<Arc<RuleHits>>>,
     /// Entries per list of the snapshot in force.
     list_entries: Mutex<Vec<(&'static str, u64)>>,
+    /// The counter sets of the rest of kuzet, in the order registered.
+    /// Read when counters are reported, written at start-up; never
+    /// touched on an increment.
+    sets: RwLock<Vec<Registered>>,
 }
 
 impl Default for Metrics {
@@ -223,6 +311,7 @@ impl Default for Metrics {
             hit_table: ArcSwap::from_pointee(HitTable::default()),
             rule_hits: Mutex::new(Vec::new()),
             list_entries: Mutex::new(Vec::new()),
+            sets: RwLock::new(Vec::new()),
         }
     }
 }
@@ -347,23 +436,104 @@ impl Metrics {
             .clone()
     }
 
+    /// Adds a counter set: its counters are reported after the call
+    /// path's and those of every set registered before it. Refused, and
+    /// said at ERROR, when one of its names is taken already.
+    pub fn register<T: CounterSet>(&self, set: Arc<T>) -> Result<(), DuplicateCounter> {
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        Self::add_set(&mut sets, set)
+    }
+
+    /// The registered set of type `T`; one is made and registered when
+    /// there is none yet. Its owner asks once, when it starts, and keeps
+    /// it: an increment goes straight to the set's atomics. A set whose
+    /// names are taken is handed back all the same, counting but not
+    /// reported (the clash is said at ERROR).
+    pub fn counter_set<T: CounterSet + Default>(&self) -> Arc<T> {
+        if let Some(t) = self.find::<T>() {
+            return t;
+        }
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = sets.iter().find_map(|r| r.any.clone().downcast::<T>().ok()) {
+            return t;
+        }
+        let t = Arc::new(T::default());
+        let _ = Self::add_set(&mut sets, t.clone());
+        t
+    }
+
+    /// The registered set of type `T`, if there is one.
+    pub fn find<T: CounterSet>(&self) -> Option<Arc<T>> {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        sets.iter().find_map(|r| r.any.clone().downcast::<T>().ok())
+    }
+
+    fn add_set<T: CounterSet>(
+        sets: &mut Vec<Registered>,
+        set: Arc<T>,
+    ) -> Result<(), DuplicateCounter> {
+        let mut taken: Vec<&'static str> = NAMES.to_vec();
+        for r in sets.iter() {
+            r.set.visit(&mut |n, _, _| taken.push(n));
+        }
+        let mut clash = None;
+        set.visit(&mut |n, _, _| {
+            if clash.is_none() && taken.contains(&n) {
+                clash = Some(n);
+            }
+            taken.push(n);
+        });
+        if let Some(n) = clash {
+            tracing::error!(
+                counter = n,
+                set = std::any::type_name::<T>(),
+                "a counter name is declared twice; the counter set is not registered and its counters are not reported"
+            );
+            return Err(DuplicateCounter(n));
+        }
+        sets.push(Registered {
+            set: set.clone(),
+            any: set,
+        });
+        Ok(())
+    }
+
+    /// Visits every counter, the call path's first and then each
+    /// registered set's: name, help text, value.
+    pub fn each_counter(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
+        for ((n, h), a) in NAMES.iter().zip(HELP).zip(&self.counters) {
+            f(n, h, a.load(Ordering::Relaxed));
+        }
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        for r in sets.iter() {
+            r.set.visit(&mut f);
+        }
+    }
+
+    /// A counter's value by its metric name (`list_reloads_total`),
+    /// wherever it is declared; `None` for a name nobody declared.
+    pub fn value(&self, name: &str) -> Option<u64> {
+        let mut found = None;
+        self.each_counter(|n, _, v| {
+            if found.is_none() && n == name {
+                found = Some(v);
+            }
+        });
+        found
+    }
+
     /// Every counter with its name and what it counts, for `/metrics`.
     pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
-        NAMES
-            .iter()
-            .zip(HELP)
-            .zip(&self.counters)
-            .map(|((n, h), a)| (*n, *h, a.load(Ordering::Relaxed)))
-            .collect()
+        let mut out = Vec::with_capacity(NAMES.len());
+        self.each_counter(|n, h, v| out.push((n, h, v)));
+        out
     }
 
     /// Every counter with its name, for logs and reports.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        NAMES
-            .iter()
-            .zip(&self.counters)
-            .map(|(n, a)| (*n, a.load(Ordering::Relaxed)))
-            .collect()
+        let mut out = Vec::with_capacity(NAMES.len());
+        self.each_counter(|n, _, v| out.push((n, v)));
+        out
     }
 
     /// Folds a worker's local histograms into the shared ones and clears
@@ -430,4 +600,104 @@ impl Metrics {
 pub fn record(h: &mut Histogram<u64>, d: Duration, count: u64) {
     let us = (d.as_micros() as u64).clamp(1, 60_000_000);
     let _ = h.record_n(us, count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    counter_set! {
+        /// A feature's counters, for the tests.
+        struct Widgets {
+            spun => "widget_spins_total", "Widgets spun",
+            jammed => "widget_jams_total", "Widgets that jammed",
+        }
+    }
+
+    counter_set! {
+        /// Another feature's.
+        struct Gears {
+            turned => "gear_turns_total", "Gears turned",
+        }
+    }
+
+    counter_set! {
+        /// A set that takes a name the call path has.
+        struct Thief {
+            taken => "invites_total", "Not its own",
+        }
+    }
+
+    counter_set! {
+        /// A set that takes a name another set has.
+        struct Copycat {
+            own => "copycat_total", "Its own",
+            copied => "gear_turns_total", "Another set's",
+        }
+    }
+
+    #[test]
+    fn registered_sets_are_reported_after_the_call_path_in_order() {
+        let m = Metrics::default();
+        let w = m.counter_set::<Widgets>();
+        let g = Arc::new(Gears::default());
+        m.register(g.clone()).unwrap();
+        w.spun.add(3);
+        g.turned.inc();
+        m.inc(Counter::Invites);
+        let names: Vec<_> = m.snapshot().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(&names[..NAMES.len()], NAMES);
+        assert_eq!(
+            &names[NAMES.len()..],
+            [
+                "widget_spins_total",
+                "widget_jams_total",
+                "gear_turns_total"
+            ]
+        );
+        let described = m.described();
+        assert_eq!(
+            described.last(),
+            Some(&("gear_turns_total", "Gears turned", 1))
+        );
+        assert_eq!(m.value("widget_spins_total"), Some(3));
+        assert_eq!(m.value("widget_jams_total"), Some(0));
+        assert_eq!(m.value("invites_total"), Some(1));
+        assert_eq!(m.value("nobody_total"), None);
+        let line = m.counters_line();
+        assert!(
+            line.ends_with("invites_total=1 widget_spins_total=3 gear_turns_total=1"),
+            "{line}"
+        );
+        // Asked again, the owner gets the same set.
+        assert!(Arc::ptr_eq(&w, &m.counter_set::<Widgets>()));
+        assert!(Arc::ptr_eq(&g, &m.find::<Gears>().unwrap()));
+    }
+
+    #[test]
+    fn a_name_taken_twice_is_refused() {
+        let m = Metrics::default();
+        m.register(Arc::new(Gears::default())).unwrap();
+        let before = m.snapshot().len();
+        assert_eq!(
+            m.register(Arc::new(Thief::default())),
+            Err(DuplicateCounter("invites_total"))
+        );
+        assert_eq!(
+            m.register(Arc::new(Copycat::default())),
+            Err(DuplicateCounter("gear_turns_total"))
+        );
+        // The same set twice repeats every name.
+        assert_eq!(
+            m.register(Arc::new(Gears::default())),
+            Err(DuplicateCounter("gear_turns_total"))
+        );
+        assert_eq!(m.snapshot().len(), before, "nothing refused is reported");
+        assert_eq!(m.value("copycat_total"), None);
+        // A refused set still counts for its owner, unreported.
+        let t = m.counter_set::<Thief>();
+        t.taken.inc();
+        assert_eq!(m.value("invites_total"), Some(0));
+        assert!(m.find::<Thief>().is_none());
+    }
 }

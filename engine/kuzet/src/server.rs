@@ -137,6 +137,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let started = std::time::Instant::now();
     let sources = cfg.sources();
     let metrics = Arc::new(Metrics::default());
+    // The counters the control plane owns, beside the call path's.
+    kuzet_control::register_counters(&metrics).context("counters")?;
     let lists: SharedLists = Arc::new(ArcSwap::from_pointee(kuzet_rules::ListSet::default()));
     // The one writer of the snapshot, at start-up as at every reload.
     let mut publisher = Publisher::new(
@@ -175,16 +177,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // handed to the control plane. Control sees only the ports.
     let (mut store, ring, ports) = if cfg.store.enabled {
         let dir = cfg.data_dir();
-        let mut st = kuzet_store::open(
-            &dir,
-            kuzet_store::Options {
-                node: cfg.node_name(),
-                max_age: Duration::from_secs(u64::from(cfg.store.max_age_days) * 86_400),
-                max_bytes: cfg.store.max_size_mb.saturating_mul(1 << 20),
-                retire_chunk: 2000,
-                incidents: cfg.incident_policy(),
-            },
-        )?;
+        let mut st = kuzet_store::open(&dir, cfg.store_options())?;
         tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
         let ring = open_records(&dir, queue_bytes, reserve, &mut st, &metrics)?;
         let ports = kuzet_store::sqlite::ports(&dir);
@@ -245,14 +238,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // The store was opened (and checked writable) above, when it is on.
     metrics.set(Gauge::StoreWritable, i64::from(cfg.store.enabled));
     let hep = if cfg.hep.enabled {
-        let h = kuzet_control::hep::HepSender::new(kuzet_control::hep::HepConfig {
-            collector: cfg.hep.collector,
-            capture_id: cfg.hep.capture_id,
-            auth_key: cfg.hep.auth_key.clone().filter(|k| !k.is_empty()),
-            mirror_sip: cfg.hep.mirror_sip,
-            local: udp_addr,
-        })
-        .with_context(|| format!("a socket towards the HEP collector {}", cfg.hep.collector))?;
+        let h = kuzet_control::hep::HepSender::new(cfg.hep.sender_config(udp_addr), &metrics)
+            .with_context(|| format!("a socket towards the HEP collector {}", cfg.hep.collector))?;
         Some(h)
     } else {
         None
@@ -313,10 +300,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         }
         let settings = tcp::TcpSettings {
             max_connections: max_tcp,
-            max_per_source: cfg.server.max_tcp_connections_per_source,
-            idle_timeout: Duration::from_secs(cfg.server.tcp_idle_timeout_secs.max(1)),
-            message_timeout: Duration::from_millis(cfg.server.tcp_message_timeout_ms.max(1)),
-            write_timeout: Duration::from_millis(cfg.server.tcp_write_timeout_ms.max(1)),
+            ..cfg.server.tcp_settings()
         };
         threads.push(
             std::thread::Builder::new()
@@ -369,10 +353,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             plan.clone(),
             gate,
         )
-        .with_export_limits(kuzet_control::investigate::ExportLimits {
-            total: cfg.control.max_exports,
-            per_token: cfg.control.max_exports_per_token,
-        });
+        .with_export_limits(cfg.control.export_limits());
         let guard = kuzet_control::guard::ConnGuard::new(kuzet_control::guard::Limits {
             max_connections: control_cap(cfg.control.max_connections),
             max_per_source: control_cap(cfg.control.max_connections_per_source),

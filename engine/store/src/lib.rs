@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod config;
 pub mod incident;
 pub mod outbox;
 pub mod ports;

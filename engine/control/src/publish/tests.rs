@@ -82,7 +82,7 @@ fn an_abandoned_reload_is_retried() {
     let built = job.run();
     assert!(matches!(built, Err(LoadError::Abandoned(_))));
     assert!(!p.apply("change", built, started));
-    assert_eq!(metrics.get(Counter::ListReloadsAbandoned), 1);
+    assert_eq!(metrics.counter_set::<ReloadCounters>().abandoned.get(), 1);
     assert!(!blocked(&shared, "+77019998877"), "the lists in force stay");
     // Nothing changes on disk from here on.
     p.poll();
@@ -94,7 +94,7 @@ fn an_abandoned_reload_is_retried() {
     assert!(p.apply("retry", p.job().run(), started));
     assert!(blocked(&shared, "+77019998877"), "the retry is in force");
     assert!(p.dirty().is_empty());
-    assert_eq!(metrics.get(Counter::ListReloads), 1);
+    assert_eq!(metrics.counter_set::<ReloadCounters>().reloads.get(), 1);
 }
 
 /// The reload loop itself: a build that hangs past the reload timeout is
@@ -181,8 +181,8 @@ fn the_reload_loop_tries_an_abandoned_load_again() {
         let _ = stop_tx.send(true);
         let _ = looping.await;
     });
-    assert_eq!(metrics.get(Counter::ListReloadsAbandoned), 1);
-    assert_eq!(metrics.get(Counter::ListReloads), 1);
+    assert_eq!(metrics.counter_set::<ReloadCounters>().abandoned.get(), 1);
+    assert_eq!(metrics.counter_set::<ReloadCounters>().reloads.get(), 1);
     assert_eq!(
         src.feeds.load(Ordering::SeqCst),
         3,
@@ -330,6 +330,6 @@ fn bad_candidates_are_refused_and_the_snapshot_stays() {
     replace(&dir.join("block.txt"), "# emptied by a truncated upload\n");
     let e = refused(&mut p, "an emptied list");
     assert!(e.contains("has no entries"), "{e}");
-    assert_eq!(metrics.get(Counter::ListReloadFailures), 3);
+    assert_eq!(metrics.counter_set::<ReloadCounters>().failures.get(), 3);
     assert!(blocked(&shared, "+77011112233"));
 }

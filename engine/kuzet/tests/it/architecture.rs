@@ -157,7 +157,6 @@ const ALLOWED: &[Allowed] = &[
             "clap",
             "humantime",
             "hyper-util",
-            "ipnet",
             "kuzet-api",
             "kuzet-control",
             "kuzet-dataplane",

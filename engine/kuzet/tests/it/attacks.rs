@@ -1380,7 +1380,13 @@ fn a_register_answering_a_huge_case_id_is_not_believed() {
         "{} bytes of error kept",
         inc.register_error.len()
     );
-    assert!(k.metrics.get(Counter::RegisterRetries) >= 1);
+    assert!(
+        k.metrics
+            .counter_set::<kuzet_control::report::RegisterCounters>()
+            .retries
+            .get()
+            >= 1
+    );
     k.stop();
 }
 

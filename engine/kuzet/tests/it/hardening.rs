@@ -263,7 +263,6 @@ fn non_utf8_config_and_rule_files_name_the_line() {
 fn an_emptied_list_is_refused_unless_the_config_allows_it() {
     use crate::common::{ask, client, header, invite, start, status, test_config};
     use kuzet::config::ListEntry;
-    use kuzet_dataplane::metrics::Counter;
     let dir = TempDir::new("emptied");
     let mut cfg = test_config();
     cfg.lists.files[kuzet_rules::ListId::Block] =
@@ -290,35 +289,38 @@ fn an_emptied_list_is_refused_unless_the_config_allows_it() {
     let c = client();
     let port = c.local_addr().unwrap().port();
     let call = |a: &str, id: &str| ask(&c, eng.udp_addr, &invite(a, "+77020000001", id, port));
-    let wait = |counter: Counter, n: u64| {
+    let reloads = eng
+        .metrics
+        .counter_set::<kuzet_control::publish::ReloadCounters>();
+    let wait = |counter: &kuzet_dataplane::metrics::Tally, what: &str, n: u64| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while eng.metrics.get(counter) < n {
-            assert!(std::time::Instant::now() < deadline, "{counter:?} < {n}");
+        while counter.get() < n {
+            assert!(std::time::Instant::now() < deadline, "{what} < {n}");
             std::thread::sleep(Duration::from_millis(10));
         }
     };
     std::fs::write(dir.path().join("block.txt"), "").unwrap();
-    wait(Counter::ListReloadFailures, 1);
+    wait(&reloads.failures, "failures", 1);
     assert_eq!(status(&call("+77011112233", "e1")), 603, "old list stays");
     // Put it back, then empty the list that may be empty.
     // (write and rename, so no reload ever sees it half written)
     let tmp = dir.write("block.tmp", "+77011112233\n");
     std::fs::rename(tmp, dir.path().join("block.txt")).unwrap();
-    wait(Counter::ListReloads, 1);
+    wait(&reloads.reloads, "reloads", 1);
     let r = call("+77011112244", "e2");
     assert!(
         header(&r, "X-Kuzet-Verdict").is_some_and(|v| v.starts_with("flag;")),
         "{r}"
     );
     std::fs::write(dir.path().join("flag.txt"), "").unwrap();
-    wait(Counter::ListReloads, 2);
+    wait(&reloads.reloads, "reloads", 2);
     let r = call("+77011112244", "e3");
     assert!(
         header(&r, "X-Kuzet-Verdict").is_none_or(|v| v.starts_with("allow")),
         "{r}"
     );
     assert_eq!(status(&call("+77011112233", "e4")), 603);
-    assert_eq!(eng.metrics.get(Counter::ListReloadFailures), 1);
+    assert_eq!(reloads.failures.get(), 1);
     eng.stop();
 }
 
@@ -328,7 +330,7 @@ fn an_emptied_list_is_refused_unless_the_config_allows_it() {
 #[test]
 fn a_reload_that_takes_too_long_is_abandoned_and_the_lists_in_force_stay() {
     use crate::common::{start, test_config};
-    use kuzet_dataplane::metrics::Counter;
+    use kuzet_control::publish::ReloadCounters;
     let dir = TempDir::new("slow-reload");
     let mut list = String::with_capacity(300_000 * 14);
     for i in 0..300_000u64 {
@@ -338,16 +340,17 @@ fn a_reload_that_takes_too_long_is_abandoned_and_the_lists_in_force_stay() {
     cfg.lists.files[kuzet_rules::ListId::Block] = vec![dir.write("block.txt", &list).into()];
     cfg.lists.reload_timeout_ms = 1;
     let eng = start(cfg);
+    let reloads = eng.metrics.counter_set::<ReloadCounters>();
     let generation = eng.lists.load().generation;
     list.push_str("+77029999999\n");
     dir.write("block.txt", &list);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while eng.metrics.get(Counter::ListReloadsAbandoned) == 0 {
+    while reloads.abandoned.get() == 0 {
         assert!(std::time::Instant::now() < deadline, "never abandoned");
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(eng.lists.load().generation, generation);
-    assert_eq!(eng.metrics.get(Counter::ListReloads), 0);
+    assert_eq!(reloads.reloads.get(), 0);
     let stopping = std::time::Instant::now();
     eng.stop();
     assert!(stopping.elapsed() < Duration::from_secs(5));

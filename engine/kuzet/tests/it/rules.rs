@@ -100,7 +100,9 @@ fn rule_file_reloads_atomically_and_a_bad_file_keeps_the_old_rules() {
     // A broken file is refused; the rules in force stay.
     let failures = || {
         k.metrics
-            .get(kuzet_dataplane::metrics::Counter::ListReloadFailures)
+            .counter_set::<kuzet_control::publish::ReloadCounters>()
+            .failures
+            .get()
     };
     assert_eq!(failures(), 0);
     let tmp = dir.write("rules.toml.bad", "[thresholds]\nflag = 40\nblock = 100\n[[rule]]\nid = \"x\"\nkind = \"nonsense\"\nscore = 1\n");

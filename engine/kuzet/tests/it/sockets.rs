@@ -336,7 +336,7 @@ fn list_reload_swaps_atomically_and_bad_files_keep_the_old_list() {
     let tmp = d.write("block.tmp", "+77051234567\nthis is not a number\n");
     std::fs::rename(&tmp, d.path().join("block.txt")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while eng.metrics.get(Counter::ListReloadFailures) == 0 {
+    while eng.metrics.value("list_reload_failures_total") == Some(0) {
         assert!(Instant::now() < deadline, "bad file was not noticed");
         std::thread::sleep(Duration::from_millis(20));
     }

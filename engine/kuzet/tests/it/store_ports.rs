@@ -318,7 +318,13 @@ fn control_records_and_reports_exactly_once_through_the_ports_of_a_store_without
             .iter()
             .all(|r| r.rules.iter().any(|h| h.id == "blocklist")));
     }
-    assert_eq!(metrics.get(Counter::StoreRecorded), 3);
+    assert_eq!(
+        metrics
+            .counter_set::<kuzet_control::recorder::RecorderCounters>()
+            .recorded
+            .get(),
+        3
+    );
     assert_eq!(metrics.get(Counter::StoreDropped), 0);
 
     // The reporter, on the port, with the register down at first.
@@ -400,5 +406,5 @@ fn control_records_and_reports_exactly_once_through_the_ports_of_a_store_without
     );
     assert_eq!(g.outbox[0].case, g.outbox[1].case);
     assert!(g.outbox[0].case.starts_with("ERDR-"));
-    assert_eq!(metrics.get(Counter::RegisterDelivered), 2);
+    assert_eq!(metrics.value("register_delivered_total"), Some(2));
 }
