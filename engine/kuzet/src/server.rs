@@ -221,6 +221,25 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         n => n,
     };
     let (sockets, tcp_listener) = bind_sip(&cfg, workers)?;
+    // The control and admin addresses are bound before a call is served:
+    // whoever sees kuzet answer SIP can reach them (their connections wait
+    // in the backlog until the control threads take them).
+    let control_listener = if cfg.control.enabled {
+        Some(
+            kuzet_control::investigate::bind(cfg.control.listen)
+                .with_context(|| format!("binding the control address {}", cfg.control.listen))?,
+        )
+    } else {
+        None
+    };
+    let admin_listener = if cfg.admin.enabled {
+        Some(
+            kuzet_control::admin::bind(cfg.admin.listen)
+                .with_context(|| format!("binding the admin address {}", cfg.admin.listen))?,
+        )
+    } else {
+        None
+    };
     let udp_addr = sockets[0].local_addr().context("UDP local address")?;
     // The fail-open budget counts from when the kernel received a request,
     // so time spent queued in the socket under overload counts too.
@@ -319,9 +338,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 .context("spawning TCP thread")?,
         );
     }
-    let control = if cfg.control.enabled {
-        let l = kuzet_control::investigate::bind(cfg.control.listen)
-            .with_context(|| format!("binding the control address {}", cfg.control.listen))?;
+    let control = if let Some(l) = control_listener {
         let access = cfg.access().map_err(|e| anyhow::anyhow!(e))?;
         // kuzet's own user reaches the API without a token through a Unix
         // socket in the data directory; no token is written to disk.
@@ -399,9 +416,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         }
         _ => None,
     };
-    let admin = if cfg.admin.enabled {
-        let l = kuzet_control::admin::bind(cfg.admin.listen)
-            .with_context(|| format!("binding the admin address {}", cfg.admin.listen))?;
+    let admin = if let Some(l) = admin_listener {
         let guard = kuzet_control::guard::ConnGuard::new(kuzet_control::guard::Limits {
             max_connections: admin_cap(cfg.admin.max_connections),
             max_per_source: admin_cap(cfg.admin.max_connections_per_source),
