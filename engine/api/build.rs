@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/kuzet/investigation/v1/investigation.proto",
         "proto/kuzet/register/v1/register.proto",
+        "proto/kuzet/lists/v1/lists.proto",
+        "proto/kuzet/rules/v1/rules.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -1,8 +1,9 @@
 //! kuzet's gRPC interfaces, generated at build time from `proto/`:
 //! [`investigation`], the investigators' API that kuzet serves on its
-//! control address, and [`register`], the pre-trial register's API that
+//! control address, [`lists`] and [`rules`], the rule authors' publishing
+//! APIs served beside it, and [`register`], the pre-trial register's API that
 //! kuzet calls to report incidents (and that `kuzet-sim register` serves as
-//! a stand-in). Both are versioned packages; a breaking change is a new
+//! a stand-in). All are versioned packages; a breaking change is a new
 //! `v2` package beside the old one.
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,18 @@ pub mod register {
     tonic::include_proto!("kuzet.register.v1");
 }
 
-/// Both packages' encoded descriptors, for server reflection.
+/// `kuzet.lists.v1`: versions of the number lists, published by rule
+/// authors, with diffs, rollback and lookups.
+pub mod lists {
+    tonic::include_proto!("kuzet.lists.v1");
+}
+
+/// `kuzet.rules.v1`: versions of the behaviour rules, staged and put in
+/// force by rule authors and approvers.
+pub mod rules {
+    tonic::include_proto!("kuzet.rules.v1");
+}
+
+/// Every package's encoded descriptors, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/kuzet_descriptor.bin"));
