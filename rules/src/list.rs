@@ -224,6 +224,37 @@ impl NumberList {
         flush(&mut buf, true);
     }
 
+    /// Every exact number (its raw key: [`Number::from_raw`]) with its
+    /// reason, in key order.
+    pub fn exact_entries(&self) -> impl Iterator<Item = (u64, &str)> + '_ {
+        self.exact
+            .iter()
+            .zip(&self.exact_reason)
+            .map(|(k, r)| (*k, self.reason(*r)))
+    }
+
+    /// Every range with its reason, by length, then by value: the order
+    /// two lists are compared in.
+    pub fn prefix_entries(&self) -> Vec<(Prefix, &str)> {
+        let mut v: Vec<(Prefix, &str)> = self
+            .prefixes
+            .iter()
+            .flat_map(|(len, m)| {
+                m.iter().map(move |(value, r)| {
+                    (
+                        Prefix {
+                            value: *value,
+                            len: *len,
+                        },
+                        self.reason(*r),
+                    )
+                })
+            })
+            .collect();
+        v.sort_unstable_by_key(|(p, _)| (p.len, p.value));
+        v
+    }
+
     /// The reason text with this id (empty for an unknown id).
     pub fn reason(&self, id: u32) -> &str {
         self.reasons.get(id as usize).map_or("", |r| r)

@@ -165,6 +165,13 @@ pub struct Prefix {
     pub len: u8,
 }
 
+impl fmt::Display for Prefix {
+    /// `+7701*`: the digits, leading zeros kept, and the wildcard.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "+{:0w$}*", self.value, w = usize::from(self.len))
+    }
+}
+
 /// How numbers are written in one country: enough to turn national and
 /// international dialling formats into E.164.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,8 +15,12 @@ use subtle::ConstantTimeEq;
 pub enum Role {
     /// Queries calls and incidents, exports.
     Investigator,
-    /// Reads rule hit counts (to tune rules).
+    /// Reads rule hit counts (to tune rules), pushes list versions and
+    /// stages rule versions, and puts in force those that block no more.
     RuleAuthor,
+    /// Puts in force list and rule versions that block more (a second
+    /// pair of eyes: see [`crate::publishing`]).
+    Approver,
     /// Everything, and the audit log.
     Admin,
 }
@@ -27,6 +31,7 @@ impl Role {
         match self {
             Role::Investigator => "investigator",
             Role::RuleAuthor => "rule-author",
+            Role::Approver => "approver",
             Role::Admin => "admin",
         }
     }
@@ -36,6 +41,7 @@ impl Role {
         match s {
             "investigator" => Some(Role::Investigator),
             "rule-author" => Some(Role::RuleAuthor),
+            "approver" => Some(Role::Approver),
             "admin" => Some(Role::Admin),
             _ => None,
         }

@@ -47,6 +47,16 @@ pub enum Permission {
     CountCalls,
     /// The audit log.
     ReadAudit,
+    /// Published list and rule versions, their diffs, and lookups of a
+    /// number: what is in force and why.
+    ReadLists,
+    /// Push a list version, stage a rule version.
+    Publish,
+    /// Put a version in force (one that blocks more needs
+    /// [`Permission::Approve`] too, checked by the service).
+    Activate,
+    /// Put in force a version that blocks more.
+    Approve,
 }
 
 impl Permission {
@@ -54,14 +64,32 @@ impl Permission {
     pub fn granted_to(self, role: Role) -> bool {
         match role {
             Role::Admin => true,
-            Role::Investigator => matches!(self, Permission::ReadCalls | Permission::CountCalls),
-            Role::RuleAuthor => matches!(self, Permission::CountCalls),
+            Role::Investigator => matches!(
+                self,
+                Permission::ReadCalls | Permission::CountCalls | Permission::ReadLists
+            ),
+            Role::RuleAuthor => matches!(
+                self,
+                Permission::CountCalls
+                    | Permission::ReadLists
+                    | Permission::Publish
+                    | Permission::Activate
+            ),
+            Role::Approver => matches!(
+                self,
+                Permission::ReadLists | Permission::Activate | Permission::Approve
+            ),
         }
     }
 
     /// `investigator or admin`: the roles that hold it, for a refusal.
-    fn roles(self) -> String {
-        [Role::Investigator, Role::RuleAuthor, Role::Admin]
+    pub fn roles(self) -> String {
+        [
+            Role::Investigator,
+            Role::RuleAuthor,
+            Role::Approver,
+            Role::Admin,
+        ]
             .into_iter()
             .filter(|r| self.granted_to(*r))
             .map(Role::as_str)

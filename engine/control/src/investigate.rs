@@ -24,6 +24,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use kuzet_api::investigation as pb;
+use kuzet_api::lists::list_service_server::ListServiceServer;
+use kuzet_api::rules::rule_service_server::RuleServiceServer;
 use kuzet_api::investigation::investigation_service_server::{
     InvestigationService, InvestigationServiceServer,
 };
@@ -122,6 +124,7 @@ pub async fn serve(
     listener: std::net::TcpListener,
     uds: Option<tokio::net::UnixListener>,
     svc: Investigation,
+    publishing: Option<Arc<crate::publishing::Publishing>>,
     guard: Arc<ConnGuard>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -140,6 +143,14 @@ pub async fn serve(
     health
         .set_serving::<InvestigationServiceServer<Investigation>>()
         .await;
+    if publishing.is_some() {
+        health
+            .set_serving::<ListServiceServer<crate::publishing::lists::Lists>>()
+            .await;
+        health
+            .set_serving::<RuleServiceServer<crate::publishing::rules::Rules>>()
+            .await;
+    }
     let reflection = match tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kuzet_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -169,6 +180,16 @@ pub async fn serve(
             .add_service(
                 InvestigationServiceServer::new(svc.clone()).max_decoding_message_size(64 * 1024),
             )
+            // The rule authors' services, when anything is published. A
+            // push streams chunks of a list: each at most 4 MiB.
+            .add_optional_service(publishing.clone().map(|p| {
+                ListServiceServer::new(crate::publishing::lists::Lists(p))
+                    .max_decoding_message_size(4 << 20)
+            }))
+            .add_optional_service(publishing.clone().map(|p| {
+                RuleServiceServer::new(crate::publishing::rules::Rules(p))
+                    .max_decoding_message_size(2 << 20)
+            }))
     };
     let (conns_tx, conns_rx) =
         tokio::sync::mpsc::channel::<std::io::Result<crate::guard::Guarded>>(16);

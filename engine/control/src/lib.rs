@@ -56,6 +56,7 @@ pub mod investigate;
 pub mod lists;
 pub mod plane;
 pub mod publish;
+pub mod publishing;
 pub mod recorder;
 pub mod report;
 pub mod safe;

@@ -56,6 +56,8 @@ pub struct Api {
     pub svc: crate::investigate::Investigation,
     /// Caps and deadlines for the TCP connections.
     pub guard: Arc<crate::guard::ConnGuard>,
+    /// The rule authors' publishing services, when anything is published.
+    pub publishing: Option<Arc<crate::publishing::Publishing>>,
 }
 
 /// Serves the investigators' API on a runtime of its own (the calling
@@ -97,6 +99,7 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
             api.listener,
             uds,
             api.svc,
+            api.publishing,
             api.guard,
             shutdown.clone(),
         ));
@@ -128,6 +131,9 @@ pub struct Services {
     )>,
     /// The store's outbox, for its gauges.
     pub outbox: Option<Arc<dyn kuzet_store::Outbox>>,
+    /// Wakes the reload loop at once (a published version went into
+    /// force), instead of at its next poll.
+    pub nudge: crate::publishing::Nudge,
 }
 
 /// Runs the control plane on the current thread until `shutdown` turns
@@ -149,9 +155,10 @@ pub fn run(
         reporter,
         admin,
         outbox,
+        nudge,
     } = services;
     rt.block_on(async move {
-        tokio::spawn(reload_loop(timing, publisher, shutdown.clone()));
+        tokio::spawn(reload_loop(timing, publisher, shutdown.clone(), nudge));
         tokio::spawn(stats_loop(timing, metrics.clone(), handler));
         tokio::spawn(loss_watch(metrics.clone()));
         if let Some((listener, admin, guard)) = admin {
@@ -189,6 +196,7 @@ pub(crate) async fn reload_loop(
     timing: Timing,
     mut publisher: Publisher,
     mut shutdown: watch::Receiver<bool>,
+    nudge: crate::publishing::Nudge,
 ) {
     let mut poll = tokio::time::interval(timing.reload_interval.max(Duration::from_millis(50)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,6 +212,7 @@ pub(crate) async fn reload_loop(
         let hupped = tokio::select! {
             _ = shutdown.changed() => return,
             _ = poll.tick() => false,
+            _ = nudge.notified() => false,
             _ = hup_fut => true,
         };
         let retrying = !publisher.dirty().is_empty();

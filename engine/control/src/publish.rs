@@ -82,6 +82,16 @@ impl Layers {
         Layers(self.0 & !o.0)
     }
 
+    /// The set as bits (one per [`ListId`], then the rules).
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// The set with these bits (others dropped).
+    pub const fn from_bits(b: u32) -> Layers {
+        Layers(b & Layers::ALL.0)
+    }
+
     /// True when no layer is in the set.
     pub const fn is_empty(self) -> bool {
         self.0 == 0
@@ -139,6 +149,15 @@ pub trait Source: Send + Sync {
     /// Its rule file, when it feeds [`Layers::RULES`].
     fn rules(&self) -> Result<Option<RulesText>, LoadError> {
         Ok(None)
+    }
+
+    /// List `l` already built, with its digest ([`list_digest`]), when the
+    /// source has it in memory: a published version checked and built as
+    /// it arrived. Used instead of [`Source::feed`] when this source alone
+    /// feeds the list, so putting a 10M-entry version in force costs no
+    /// second parse. Taken once: a later build feeds as usual.
+    fn prebuilt(&self, _l: ListId) -> Option<(Arc<NumberList>, [u8; 16])> {
+        None
     }
 }
 
@@ -280,6 +299,16 @@ impl Job {
         let seq = self.sources.iter().map(|s| s.sequence()).max().unwrap_or(0);
         let mut lists = Vec::new();
         for l in self.layers.lists() {
+            let mut feeders = self.sources.iter().filter(|s| s.layers().has(l));
+            if let (Some(only), None) = (feeders.next(), feeders.next()) {
+                if let Some((list, digest)) = only.prebuilt(l) {
+                    stats.exact += list.exact_count();
+                    stats.prefixes += list.prefix_count();
+                    stats.bytes += list.heap_bytes();
+                    lists.push((l, Built { list, digest }));
+                    continue;
+                }
+            }
             let mut b = ListBuilder::new(&self.plan);
             for s in self.sources.iter().filter(|s| s.layers().has(l)) {
                 let mut feed = Feed {
@@ -560,7 +589,7 @@ fn digest16(h: Sha256) -> [u8; 16] {
 }
 
 /// A list's digest: its name and canonical content.
-fn list_digest(l: ListId, list: &NumberList) -> [u8; 16] {
+pub fn list_digest(l: ListId, list: &NumberList) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(b"kuzet list\0");
     h.update(l.name().as_bytes());

@@ -29,6 +29,7 @@ use std::time::Duration;
 use kuzet_control::config::{AdminConfig, ControlConfig, HepSection, ListsConfig, RegisterConfig};
 use kuzet_control::files::{self, FileError, MAX_CONFIG_FILE, MAX_RULE_FILE, MAX_SECRET_FILE};
 use kuzet_control::lists::{ListFile, Sources};
+use kuzet_control::publishing::PublishingConfig;
 use kuzet_dataplane::config::{
     NumbersConfig, OutcomesConfig, ProxyConfig, ServerConfig, VerdictConfig,
 };
@@ -101,6 +102,9 @@ pub struct Config {
     pub incidents: IncidentsConfig,
     /// `[register]`: the pre-trial register incidents are reported to.
     pub register: RegisterConfig,
+    /// `[publishing]`: which lists (and whether the rules) are published
+    /// to the running kuzet instead of read from files.
+    pub publishing: PublishingConfig,
     /// `[[trunks]]`: source CIDRs to trunk name and kind.
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
@@ -133,6 +137,7 @@ impl Default for Config {
             hep: HepSection::default(),
             incidents: IncidentsConfig::default(),
             register: RegisterConfig::default(),
+            publishing: PublishingConfig::default(),
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
@@ -266,6 +271,19 @@ impl Config {
         self.register.check().map_err(bad)?;
         self.store.check().map_err(bad)?;
         self.numbers.check().map_err(bad)?;
+        self.publishing.check().map_err(bad)?;
+        for l in &self.publishing.lists {
+            if !self.lists.files[*l].is_empty() {
+                return Err(bad(format!(
+                    "{l} is declared published ([publishing] lists) and also names files ([lists] {l}): a list is fed by files or published, never both; take one out"
+                )));
+            }
+        }
+        if self.publishing.rules && self.rules.file.is_some() {
+            return Err(bad(
+                "the rules are declared published ([publishing] rules = true) and [rules] file names a rule file too: they come from one or the other; take one out".into(),
+            ));
+        }
         self.plan().map_err(|e| bad(format!("numbering: {e}")))?;
         for r in &self.outcomes.reporters {
             if !self.trunks.iter().any(|t| &t.name == r) {
@@ -381,15 +399,24 @@ impl Config {
                 })
                 .collect()
         };
+        let published = |l: ListId| self.publishing.lists.contains(&l);
         Sources {
             files,
+            // A published list never gets the compiled-in samples.
             embedded: if self.embedded_lists {
-                EMBEDDED_LISTS.to_vec()
+                EMBEDDED_LISTS
+                    .iter()
+                    .filter(|e| !published(e.2))
+                    .copied()
+                    .collect()
             } else {
                 Vec::new()
             },
             rule_file: self.rules.file.as_deref().map(|p| self.resolve(p)),
-            embedded_rules: (self.embedded_rules && self.rules.file.is_none()).then_some((
+            embedded_rules: (self.embedded_rules
+                && self.rules.file.is_none()
+                && !self.publishing.rules)
+                .then_some((
                 "default rules (deploy/rules/default.toml, compiled in)",
                 EMBEDDED_RULES,
             )),

@@ -140,9 +140,31 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // The counters the control plane owns, beside the call path's.
     kuzet_control::register_counters(&metrics).context("counters")?;
     let lists: SharedLists = Arc::new(ArcSwap::from_pointee(kuzet_rules::ListSet::default()));
+    // Published versions (`kuzet lists push`, `kuzet rules stage`) live
+    // in the data directory; the ones in force come back after a restart.
+    let published = if cfg.publishing.any() {
+        let dir = cfg.data_dir();
+        kuzet_store::private::prepare_dir(&dir)
+            .map_err(|e| anyhow::anyhow!("data directory {}: {e}", dir.display()))?;
+        let p = kuzet_control::publishing::PublishedSource::open(
+            &dir.join("published"),
+            &cfg.publishing.lists,
+            cfg.publishing.rules,
+        )
+        .map_err(|e| anyhow::anyhow!("published versions: {e}"))?;
+        Some(Arc::new(p))
+    } else {
+        None
+    };
+    let mut inputs: Vec<Arc<dyn publish::Source>> =
+        vec![Arc::new(FileSource::new(sources.clone()))];
+    if let Some(p) = &published {
+        inputs.push(p.clone());
+    }
+    let nudge = kuzet_control::publishing::Nudge::default();
     // The one writer of the snapshot, at start-up as at every reload.
     let mut publisher = Publisher::new(
-        vec![Arc::new(FileSource::new(sources.clone()))],
+        inputs,
         plan.clone(),
         sources.policy,
         lists.clone(),
@@ -377,11 +399,23 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             first_request: Duration::from_secs(5),
             idle: Duration::from_secs(300),
         });
+        let publishing = published.as_ref().map(|source| {
+            kuzet_control::publishing::Publishing::new(
+                source.clone(),
+                svc.gate().clone(),
+                lists.clone(),
+                plan.clone(),
+                sources.policy,
+                nudge.clone(),
+                cfg.publishing.clone(),
+            )
+        });
         Some(kuzet_control::plane::Api {
             listener: l,
             uds,
             svc,
             guard,
+            publishing,
         })
     } else {
         None
@@ -452,6 +486,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         reporter,
         admin,
         outbox: ports.as_ref().map(|p| p.outbox.clone()),
+        nudge,
     };
     let m = metrics.clone();
     let sd = shutdown_rx.clone();

@@ -1,0 +1,350 @@
+//! Rule authors publish lists and rules to a running kuzet: the
+//! `kuzet.lists.v1` and `kuzet.rules.v1` services, on the control address
+//! beside the investigators' API.
+//!
+//! A published version is one more [`crate::publish::Source`] of the
+//! snapshot ([`source::PublishedSource`]); its versions live on shelves
+//! in the data directory ([`shelf`]), named by content, and a restart
+//! comes back with the ones in force. A list is either fed by files or
+//! published, as `[publishing] lists` declares; the config refuses a list
+//! that is both.
+//!
+//! Who may do what is the access gate's ([`crate::gate`]), checked on the
+//! server for every call and audited with the version ids: a rule author
+//! pushes and stages, and puts in force what blocks no more; a version
+//! that blocks more ([`diff::list_blocks_more`], [`diff::rules`]) needs an
+//! approver (admin implies it), and with `require_approval` one that is
+//! not its author. Compare-and-set: a push names the newest version it
+//! expects, an activation the one in force, and loses to whoever got
+//! there first.
+//!
+//! An activation is recorded on the shelf first, then offered to the
+//! publisher, which swaps the new layer in alone (a list built while it
+//! was checked is not parsed again); the answer comes once calls are
+//! scored with it.
+
+pub mod diff;
+pub mod lists;
+pub mod rules;
+pub mod shelf;
+pub mod source;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kuzet_dataplane::SharedLists;
+use kuzet_rules::{ListId, ListPolicy, NumberingPlan};
+use serde::Deserialize;
+use tonic::Status;
+
+use crate::gate::{AccessGate, Op, Permission, Principal};
+use shelf::Meta;
+pub use source::{Nudge, PublishedSource};
+
+/// `[publishing]`: which lists and whether the rules are published, and
+/// how versions are approved and kept.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishingConfig {
+    /// Lists fed by published versions (`kuzet lists push`) instead of
+    /// files. A list named here must name no file in `[lists]`.
+    pub lists: Vec<ListId>,
+    /// The rules are published (`kuzet rules stage`) instead of read from
+    /// `[rules] file`, which must then be unset.
+    pub rules: bool,
+    /// A version that blocks more is put in force only by an approver who
+    /// is not its author.
+    pub require_approval: bool,
+    /// Versions kept per list (and for the rules), at least; the one in
+    /// force, the one before it and the newest are always kept.
+    pub keep_versions: usize,
+    /// Versions older than this are pruned (same exceptions).
+    pub keep_days: u32,
+    /// How long an activation waits for the swap before it answers that
+    /// the version is recorded but not yet in force.
+    pub activate_timeout_s: u64,
+}
+
+impl Default for PublishingConfig {
+    fn default() -> Self {
+        PublishingConfig {
+            lists: Vec::new(),
+            rules: false,
+            require_approval: false,
+            keep_versions: 20,
+            keep_days: 90,
+            activate_timeout_s: 120,
+        }
+    }
+}
+
+impl PublishingConfig {
+    /// Checks the values alone.
+    pub fn check(&self) -> Result<(), String> {
+        if self.keep_versions < 2 {
+            return Err("publishing.keep_versions must be at least 2 (the version in force and the one a rollback restores)".into());
+        }
+        if self.activate_timeout_s == 0 {
+            return Err("publishing.activate_timeout_s must be at least 1".into());
+        }
+        let mut seen = Vec::new();
+        for l in &self.lists {
+            if seen.contains(l) {
+                return Err(format!("publishing.lists names {l} twice"));
+            }
+            seen.push(*l);
+        }
+        Ok(())
+    }
+
+    /// Whether anything is published.
+    pub fn any(&self) -> bool {
+        self.rules || !self.lists.is_empty()
+    }
+}
+
+/// The publishing services' operations, as the gate and the audit log
+/// name them.
+pub mod ops {
+    use crate::gate::{Op, Permission};
+
+    /// Push a list version.
+    pub const PUSH_LIST: Op = Op {
+        action: "PushList",
+        needs: Permission::Publish,
+    };
+    /// Put a list version in force.
+    pub const ACTIVATE_LIST: Op = Op {
+        action: "ActivateList",
+        needs: Permission::Activate,
+    };
+    /// Put the list version before the one in force back.
+    pub const ROLLBACK_LIST: Op = Op {
+        action: "RollbackList",
+        needs: Permission::Activate,
+    };
+    /// A list's versions.
+    pub const LIST_VERSIONS: Op = Op {
+        action: "ListVersions",
+        needs: Permission::ReadLists,
+    };
+    /// Two list versions' difference.
+    pub const DIFF_LIST: Op = Op {
+        action: "DiffList",
+        needs: Permission::ReadLists,
+    };
+    /// Where a number stands.
+    pub const LOOKUP: Op = Op {
+        action: "Lookup",
+        needs: Permission::ReadLists,
+    };
+    /// Check a rule file.
+    pub const VALIDATE_RULES: Op = Op {
+        action: "ValidateRules",
+        needs: Permission::Activate,
+    };
+    /// Store a rule version.
+    pub const STAGE_RULES: Op = Op {
+        action: "StageRules",
+        needs: Permission::Publish,
+    };
+    /// Put a rule version in force.
+    pub const ACTIVATE_RULES: Op = Op {
+        action: "ActivateRules",
+        needs: Permission::Activate,
+    };
+    /// Put the rule version before the one in force back.
+    pub const ROLLBACK_RULES: Op = Op {
+        action: "RollbackRules",
+        needs: Permission::Activate,
+    };
+    /// The rule versions.
+    pub const RULE_VERSIONS: Op = Op {
+        action: "RuleVersions",
+        needs: Permission::ReadLists,
+    };
+    /// Two rule versions' difference.
+    pub const DIFF_RULES: Op = Op {
+        action: "DiffRules",
+        needs: Permission::ReadLists,
+    };
+}
+
+/// What the publishing services share.
+pub struct Publishing {
+    pub(crate) source: Arc<PublishedSource>,
+    pub(crate) gate: Arc<AccessGate>,
+    pub(crate) shared: SharedLists,
+    pub(crate) plan: Arc<NumberingPlan>,
+    pub(crate) policy: ListPolicy,
+    pub(crate) nudge: Nudge,
+    pub(crate) cfg: PublishingConfig,
+    /// Held by an activation until its swap: one at a time.
+    pub(crate) activating: tokio::sync::Mutex<()>,
+}
+
+impl Publishing {
+    /// The services over `source` (the publisher's published source),
+    /// writing into nothing themselves: activations go through the
+    /// publisher, which `nudge` wakes.
+    pub fn new(
+        source: Arc<PublishedSource>,
+        gate: Arc<AccessGate>,
+        shared: SharedLists,
+        plan: NumberingPlan,
+        policy: ListPolicy,
+        nudge: Nudge,
+        cfg: PublishingConfig,
+    ) -> Arc<Publishing> {
+        Arc::new(Publishing {
+            source,
+            gate,
+            shared,
+            plan: Arc::new(plan),
+            policy,
+            nudge,
+            cfg,
+            activating: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The gate.
+    pub fn gate(&self) -> &Arc<AccessGate> {
+        &self.gate
+    }
+
+    /// Refuses `p` unless a version that blocks more may be put in force
+    /// by them: an approver (or admin), and with `require_approval` not
+    /// its author. `what` names the version for the message.
+    pub(crate) fn approve(&self, p: &Principal, author: &str, what: &str, why: &str) -> Result<(), Status> {
+        if !Permission::Approve.granted_to(p.role) {
+            return Err(Status::permission_denied(format!(
+                "{what} blocks more than the version in force ({why}): putting it in force needs the role {}",
+                Permission::Approve.roles()
+            )));
+        }
+        if self.cfg.require_approval && p.who == author {
+            return Err(Status::permission_denied(format!(
+                "{what} blocks more than the version in force ({why}), and [publishing] require_approval is on: an approver other than its author ({author}) must put it in force"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until the snapshot in force carries publishing sequence
+    /// `seq` or later, and names it; past the timeout, says the version is
+    /// recorded but not yet in force.
+    pub(crate) async fn in_force(&self, seq: u64, what: &str) -> Result<String, Status> {
+        self.nudge.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.cfg.activate_timeout_s);
+        let mut wait = Duration::from_millis(2);
+        loop {
+            let set = self.shared.load();
+            if set.version.seq >= seq {
+                return Ok(set.version.to_string());
+            }
+            drop(set);
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "{what} is recorded as in force, but the swap has not happened within {} s; kuzet's log says why (a restart puts it in force)",
+                    self.cfg.activate_timeout_s
+                )));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Audits an admitted call's answer (or failure) before it is given.
+    pub(crate) async fn audited<T>(
+        &self,
+        p: &Principal,
+        op: &Op,
+        filter: &str,
+        r: Result<(T, u64), Status>,
+    ) -> Result<T, Status> {
+        let outcome = match &r {
+            Ok(_) => "ok".to_string(),
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        };
+        let rows = r.as_ref().map_or(0, |(_, n)| *n);
+        self.gate.audit(p, op, filter, rows, &outcome).await?;
+        r.map(|(t, _)| t)
+    }
+}
+
+/// Microseconds since the epoch.
+pub(crate) fn now_us() -> i64 {
+    kuzet_dataplane::handler::evidence::unix_us()
+}
+
+/// A version's id as the API writes it (`v7`; empty for none).
+pub(crate) fn vname(id: Option<u64>) -> String {
+    id.map_or_else(String::new, |i| format!("v{i}"))
+}
+
+/// An `expect` field: `None` when empty; `Some(0)` for `v0`.
+pub(crate) fn expect(s: &str) -> Result<Option<u64>, Status> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    shelf::parse_id(s).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!("expect {s:?} is not a version id (v7, or v0 for none)"))
+    })
+}
+
+/// A version id field, which must be set.
+pub(crate) fn version_id(s: &str) -> Result<u64, Status> {
+    shelf::parse_id(s)
+        .filter(|i| *i > 0)
+        .ok_or_else(|| Status::invalid_argument(format!("{s:?} is not a version id (v7)")))
+}
+
+/// Refuses a compare-and-set that lost.
+pub(crate) fn check_expect(
+    expected: Option<u64>,
+    actual: Option<&Meta>,
+    what: &str,
+) -> Result<(), Status> {
+    let Some(e) = expected else {
+        return Ok(());
+    };
+    let now = actual.map_or(0, |m| m.id);
+    if e == now {
+        return Ok(());
+    }
+    Err(Status::aborted(match actual {
+        Some(m) => format!(
+            "{what} is v{now} (by {}, {}), not v{e} as expected: it got there first; look at it and try again",
+            m.author,
+            if m.activated_by.is_empty() { "pushed".to_string() } else { format!("put in force by {}", m.activated_by) }
+        ),
+        None => format!("{what} is none yet, not v{e} as expected"),
+    }))
+}
+
+/// Hex.
+pub(crate) fn hex(b: &[u8]) -> String {
+    crate::access::hex(b)
+}
+
+/// Parses 32 hex digits back into a digest.
+pub(crate) fn unhex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut d = [0u8; 16];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(d)
+}
+
+/// Runs blocking shelf work off the runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("the publishing task failed: {e}")))?
+}

@@ -1,0 +1,374 @@
+//! `kuzet.rules.v1`: validate, stage, activate, roll back, list and diff
+//! published rule versions (see [`super`] for the model).
+
+use std::sync::Arc;
+
+use kuzet_api::rules as pb;
+use kuzet_api::rules::rule_service_server::RuleService;
+use kuzet_rules::ruleset::RuleSet;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::shelf::{Meta, Shelf};
+use super::source::{lock, MAX_RULES};
+use super::{blocking, check_expect, diff, expect, hex, now_us, ops, version_id, vname, Publishing};
+use crate::gate::{Credentials, Principal};
+use crate::publish::Layers;
+
+/// The rule service.
+#[derive(Clone)]
+pub struct Rules(pub Arc<Publishing>);
+
+fn rule_pb(r: &kuzet_rules::ruleset::Rule) -> pb::Rule {
+    pb::Rule {
+        id: r.id.to_string(),
+        kind: diff::kind_name(&r.kind),
+        mode: diff::mode_name(r.mode).into(),
+        score: r.score,
+    }
+}
+
+fn thresholds_pb(s: &RuleSet) -> pb::Thresholds {
+    pb::Thresholds {
+        flag: s.thresholds.flag,
+        redirect: s.thresholds.redirect.unwrap_or(0),
+        block: s.thresholds.block,
+    }
+}
+
+fn change_pb(c: diff::Change) -> pb::Change {
+    pb::Change {
+        what: c.what,
+        change: c.change.into(),
+        before: c.before,
+        after: c.after,
+        blocks_more: c.blocks_more,
+    }
+}
+
+impl Rules {
+    fn shelf(&self) -> Result<&std::sync::Mutex<Shelf>, Status> {
+        self.0.source.rules.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "the rules are read from [rules] file, not published: set [publishing] rules = true (and unset [rules] file) to publish them",
+            )
+        })
+    }
+
+    fn admit<T>(&self, req: &Request<T>, op: &crate::gate::Op, filter: &str) -> Result<Principal, Status> {
+        self.0
+            .gate
+            .admit(&Credentials::grpc(req), op, filter)
+            .map_err(Status::from)
+    }
+
+    fn parse(&self, name: &str, text: &str) -> Result<RuleSet, String> {
+        if text.len() as u64 > MAX_RULES {
+            return Err(format!("{name}: larger than {} KiB", MAX_RULES >> 10));
+        }
+        RuleSet::from_toml_str(text, name, &self.0.plan, &self.0.policy).map_err(|e| e.to_string())
+    }
+
+    /// A version's rule set (`v0`, or none in force: the built-in rules).
+    fn version_rules(&self, s: &Shelf, id: Option<u64>) -> Result<RuleSet, Status> {
+        let Some(id) = id.filter(|i| *i > 0) else {
+            return Ok(RuleSet::builtin(&self.0.policy, &self.0.plan));
+        };
+        let m = s
+            .index
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("the rules have no v{id} (see `kuzet rules versions`)")))?;
+        let text = s.read(&m.digest, MAX_RULES).map_err(Status::internal)?;
+        let text = String::from_utf8(text).map_err(|_| Status::internal(format!("rules {}: not UTF-8", m.name())))?;
+        self.parse(&m.name, &text).map_err(Status::internal)
+    }
+
+    fn version_pb(&self, s: &Shelf, m: &Meta) -> pb::Version {
+        let (rules, thresholds, changes) = match self.version_rules(s, Some(m.id)) {
+            Ok(set) => {
+                let changes = match self.version_rules(s, m.base) {
+                    Ok(base) => diff::rules(&base, &set).into_iter().map(change_pb).collect(),
+                    // The base was pruned: no changes to show.
+                    Err(_) => Vec::new(),
+                };
+                (
+                    set.rules.iter().filter(|r| !r.builtin).map(rule_pb).collect(),
+                    Some(thresholds_pb(&set)),
+                    changes,
+                )
+            }
+            Err(_) => (Vec::new(), None, Vec::new()),
+        };
+        pb::Version {
+            id: m.name(),
+            digest: m.digest.clone(),
+            author: m.author.clone(),
+            created_us: m.created_us,
+            name: m.name.clone(),
+            rules,
+            thresholds,
+            active: s.index.active == Some(m.id),
+            previous: s.index.previous == Some(m.id),
+            note: m.note.clone(),
+            activated_by: m.activated_by.clone(),
+            activated_us: m.activated_us,
+            changes,
+        }
+    }
+
+    /// Puts a rule version in force; `None` is the one before.
+    async fn activate_rules(
+        &self,
+        p: &Principal,
+        target: Option<u64>,
+        expected: Option<u64>,
+    ) -> Result<pb::ActivateResponse, Status> {
+        self.shelf()?;
+        let _turn = self.0.activating.lock().await;
+        let me = self.clone();
+        let who = p.clone();
+        let (version, replaced, seq) = blocking(move || {
+            let pb = &me.0;
+            let mut s = lock(me.shelf()?);
+            let id = match target {
+                Some(i) => i,
+                None => s.index.previous.ok_or_else(|| {
+                    Status::failed_precondition("the rules have no version before the one in force to roll back to")
+                })?,
+            };
+            let meta = s
+                .index
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("the rules have no v{id} (see `kuzet rules versions`)")))?;
+            check_expect(expected, s.index.active_meta(), "the rule version in force")?;
+            if s.index.active == Some(id) {
+                return Ok((me.version_pb(&s, &meta), None, 0));
+            }
+            let set = me.version_rules(&s, Some(id))?;
+            let in_force = pb.shared.load().rules.clone();
+            let changes = diff::rules(&in_force, &set);
+            let more: Vec<String> = changes
+                .iter()
+                .filter(|c| c.blocks_more)
+                .map(|c| format!("{} {}", c.what, c.change))
+                .collect();
+            if !more.is_empty() {
+                pb.approve(&who, &meta.author, &format!("rules {}", meta.name()), &more.join(", "))?;
+            }
+            let seq = pb.source.next_seq();
+            let mut idx = s.index.clone();
+            let replaced = idx.active;
+            idx.previous = replaced;
+            idx.active = Some(id);
+            idx.activated_seq = seq;
+            let now = now_us();
+            if let Some(m) = idx.versions.iter_mut().find(|m| m.id == id) {
+                m.activated_by = who.who.clone();
+                m.activated_us = now;
+            }
+            s.save(idx).map_err(|e| Status::internal(format!("recording rules v{id} in force: {e}")))?;
+            pb.source.changed_now(Layers::RULES, None);
+            tracing::info!(version = %format!("v{id}"), replaced = %vname(replaced), by = %who.who, "rule version put in force");
+            let m = s.index.get(id).cloned().unwrap_or(meta);
+            Ok((me.version_pb(&s, &m), replaced, seq))
+        })
+        .await?;
+        let snapshot = if seq == 0 {
+            self.0.shared.load().version.to_string()
+        } else {
+            self.0.in_force(seq, &format!("rules {}", version.id)).await?
+        };
+        Ok(pb::ActivateResponse {
+            version: Some(version),
+            replaced: vname(replaced),
+            snapshot,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RuleService for Rules {
+    async fn validate(
+        &self,
+        req: Request<pb::RuleText>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let r = req.get_ref().clone();
+        let filter = json!({"name": r.name, "bytes": r.toml.len()}).to_string();
+        let p = self.admit(&req, &ops::VALIDATE_RULES, &filter)?;
+        let name = if r.name.trim().is_empty() { "rules.toml".to_string() } else { r.name.clone() };
+        let out = match self.parse(&name, &r.toml) {
+            Ok(set) => pb::ValidateResponse {
+                ok: true,
+                error: String::new(),
+                rules: set.rules.iter().filter(|r| !r.builtin).map(rule_pb).collect(),
+                thresholds: Some(thresholds_pb(&set)),
+            },
+            Err(e) => pb::ValidateResponse {
+                ok: false,
+                error: e,
+                rules: Vec::new(),
+                thresholds: None,
+            },
+        };
+        let n = out.rules.len() as u64;
+        let out = self.0.audited(&p, &ops::VALIDATE_RULES, &filter, Ok((out, n))).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn stage(
+        &self,
+        req: Request<pb::StageRequest>,
+    ) -> Result<Response<pb::StageResponse>, Status> {
+        let r = req.get_ref().clone();
+        let text = r.text.clone().unwrap_or_default();
+        let mut filter = json!({"name": text.name, "expect": r.expect, "bytes": text.toml.len()}).to_string();
+        let p = self.admit(&req, &ops::STAGE_RULES, &filter)?;
+        let res = async {
+            self.shelf()?;
+            let expected = expect(&r.expect)?;
+            let name = if text.name.trim().is_empty() { "rules.toml".to_string() } else { text.name.clone() };
+            self.parse(&name, &text.toml)
+                .map_err(|e| Status::invalid_argument(format!("{e}; nothing was staged")))?;
+            let me = self.clone();
+            let who = p.clone();
+            let note = r.note.clone();
+            blocking(move || {
+                let pb = &me.0;
+                let mut s = lock(me.shelf()?);
+                check_expect(expected, s.index.newest(), "the newest rule version")?;
+                let d = Sha256::digest(text.toml.as_bytes());
+                let digest = hex(&d[..16]);
+                if let Some(n) = s.index.newest().filter(|n| n.digest == digest) {
+                    let v = me.version_pb(&s, n);
+                    return Ok((pb::StageResponse { version: Some(v), unchanged: true }, 1));
+                }
+                s.keep_text(text.toml.as_bytes(), &digest).map_err(Status::internal)?;
+                let mut idx = s.index.clone();
+                let id = idx.next.max(1);
+                let meta = Meta {
+                    id,
+                    digest,
+                    author: who.who.clone(),
+                    created_us: now_us(),
+                    base: idx.active,
+                    note,
+                    name,
+                    ..Meta::default()
+                };
+                idx.versions.push(meta.clone());
+                idx.next = id + 1;
+                s.save(idx).map_err(|e| Status::internal(format!("recording rules v{id}: {e}")))?;
+                let keep_us = i64::from(pb.cfg.keep_days) * 86_400_000_000;
+                if let Err(e) = s.prune(pb.cfg.keep_versions, keep_us, now_us()) {
+                    tracing::warn!(error = %e, "pruning old rule versions failed");
+                }
+                tracing::info!(version = %meta.name(), by = %who.who, "rule version staged");
+                Ok((pb::StageResponse { version: Some(me.version_pb(&s, &meta)), unchanged: false }, 1))
+            })
+            .await
+        }
+        .await;
+        if let Ok((s, _)) = &res {
+            filter = json!({"name": r.text.as_ref().map(|t| t.name.clone()), "expect": r.expect, "version": s.version.as_ref().map(|v| v.id.clone())}).to_string();
+        }
+        let out = self.0.audited(&p, &ops::STAGE_RULES, &filter, res).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn activate(
+        &self,
+        req: Request<pb::ActivateRequest>,
+    ) -> Result<Response<pb::ActivateResponse>, Status> {
+        let r = req.get_ref().clone();
+        let filter = json!({"version": r.version, "expect": r.expect}).to_string();
+        let p = self.admit(&req, &ops::ACTIVATE_RULES, &filter)?;
+        let res = async {
+            let id = version_id(&r.version)?;
+            let e = expect(&r.expect)?;
+            Ok((self.activate_rules(&p, Some(id), e).await?, 1))
+        }
+        .await;
+        let out = self.0.audited(&p, &ops::ACTIVATE_RULES, &filter, res).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ActivateResponse>, Status> {
+        let r = req.get_ref().clone();
+        let mut filter = json!({"expect": r.expect}).to_string();
+        let p = self.admit(&req, &ops::ROLLBACK_RULES, &filter)?;
+        let res = async {
+            let e = expect(&r.expect)?;
+            Ok((self.activate_rules(&p, None, e).await?, 1))
+        }
+        .await;
+        if let Ok((a, _)) = &res {
+            filter = json!({"expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
+        }
+        let out = self.0.audited(&p, &ops::ROLLBACK_RULES, &filter, res).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn list_versions(
+        &self,
+        req: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        let filter = "{}".to_string();
+        let p = self.admit(&req, &ops::RULE_VERSIONS, &filter)?;
+        let me = self.clone();
+        let res = async {
+            me.shelf()?;
+            let m2 = me.clone();
+            blocking(move || {
+                let s = lock(m2.shelf()?);
+                let v: Vec<pb::Version> = s.index.versions.iter().rev().map(|m| m2.version_pb(&s, m)).collect();
+                let n = v.len() as u64;
+                Ok((pb::ListVersionsResponse { versions: v }, n))
+            })
+            .await
+        }
+        .await;
+        let out = self.0.audited(&p, &ops::RULE_VERSIONS, &filter, res).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn diff(
+        &self,
+        req: Request<pb::DiffRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
+        let r = req.get_ref().clone();
+        let filter = json!({"from": r.from, "to": r.to}).to_string();
+        let p = self.admit(&req, &ops::DIFF_RULES, &filter)?;
+        let me = self.clone();
+        let res = async {
+            me.shelf()?;
+            let from = if r.from.trim().is_empty() {
+                None
+            } else {
+                Some(super::shelf::parse_id(&r.from).ok_or_else(|| {
+                    Status::invalid_argument(format!("{:?} is not a version id", r.from))
+                })?)
+            };
+            let to = super::shelf::parse_id(&r.to)
+                .ok_or_else(|| Status::invalid_argument(format!("{:?} is not a version id", r.to)))?;
+            let m2 = me.clone();
+            blocking(move || {
+                let s = lock(m2.shelf()?);
+                let a = m2.version_rules(&s, from.or(s.index.active))?;
+                let b = m2.version_rules(&s, Some(to))?;
+                let changes: Vec<pb::Change> = diff::rules(&a, &b).into_iter().map(change_pb).collect();
+                let more = changes.iter().any(|c| c.blocks_more);
+                let n = changes.len() as u64;
+                Ok((pb::DiffResponse { changes, blocks_more: more }, n))
+            })
+            .await
+        }
+        .await;
+        let out = self.0.audited(&p, &ops::DIFF_RULES, &filter, res).await?;
+        Ok(Response::new(out))
+    }
+}
