@@ -90,11 +90,11 @@ impl Permission {
             Role::Approver,
             Role::Admin,
         ]
-            .into_iter()
-            .filter(|r| self.granted_to(*r))
-            .map(Role::as_str)
-            .collect::<Vec<_>>()
-            .join(" or ")
+        .into_iter()
+        .filter(|r| self.granted_to(*r))
+        .map(Role::as_str)
+        .collect::<Vec<_>>()
+        .join(" or ")
     }
 }
 

@@ -24,11 +24,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use kuzet_api::investigation as pb;
-use kuzet_api::lists::list_service_server::ListServiceServer;
-use kuzet_api::rules::rule_service_server::RuleServiceServer;
 use kuzet_api::investigation::investigation_service_server::{
     InvestigationService, InvestigationServiceServer,
 };
+use kuzet_api::lists::list_service_server::ListServiceServer;
+use kuzet_api::rules::rule_service_server::RuleServiceServer;
 use kuzet_dataplane::handler::PublicId;
 use kuzet_rules::NumberingPlan;
 use kuzet_store::incident::{self, Incident};

@@ -417,9 +417,9 @@ impl Config {
                 && self.rules.file.is_none()
                 && !self.publishing.rules)
                 .then_some((
-                "default rules (deploy/rules/default.toml, compiled in)",
-                EMBEDDED_RULES,
-            )),
+                    "default rules (deploy/rules/default.toml, compiled in)",
+                    EMBEDDED_RULES,
+                )),
             policy: ListPolicy {
                 block_score: self.verdict.block_score,
                 flag_score: self.verdict.flag_score,

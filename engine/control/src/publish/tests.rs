@@ -172,7 +172,12 @@ fn the_reload_loop_tries_an_abandoned_load_again() {
         .unwrap();
     let watched = shared.clone();
     rt.block_on(async move {
-        let looping = tokio::spawn(crate::plane::reload_loop(timing, p, stop_rx, Default::default()));
+        let looping = tokio::spawn(crate::plane::reload_loop(
+            timing,
+            p,
+            stop_rx,
+            Default::default(),
+        ));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !blocked(&watched, "+77019998877") {
             assert!(Instant::now() < deadline, "the retry never came into force");

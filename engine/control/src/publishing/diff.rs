@@ -176,7 +176,12 @@ pub fn mode_name(m: Mode) -> &'static str {
 }
 
 fn summary(r: &Rule) -> String {
-    format!("{} {} score {}", kind_name(&r.kind), mode_name(r.mode), r.score)
+    format!(
+        "{} {} score {}",
+        kind_name(&r.kind),
+        mode_name(r.mode),
+        r.score
+    )
 }
 
 /// Every change from `from` to `to`. Conservative on what blocks more: a
@@ -308,8 +313,14 @@ mod tests {
     #[test]
     fn a_list_diff_names_added_removed_and_changed_entries_in_order() {
         let plan = NumberingPlan::kazakhstan();
-        let a = list(&plan, "+77010000001\n+77010000002, old\n+7702*\n+77010000009\n");
-        let b = list(&plan, "+77010000002, new\n+77010000003\n+7703*\n+77010000009\n");
+        let a = list(
+            &plan,
+            "+77010000001\n+77010000002, old\n+7702*\n+77010000009\n",
+        );
+        let b = list(
+            &plan,
+            "+77010000002, new\n+77010000003\n+7703*\n+77010000009\n",
+        );
         let mut seen = Vec::new();
         let (added, removed) = lists(&a, &b, |add, e, r| {
             seen.push(format!("{}{e} {r}", if add { '+' } else { '-' }));
@@ -366,7 +377,11 @@ mode = "shadow"
         assert_eq!((c[0].change, c[0].blocks_more), ("mode", true));
         let lower = parse(&base.replace("block = 100", "block = 90"));
         let c = rules(&a, &lower);
-        assert!(c.iter().any(|c| c.what == "thresholds.block" && c.blocks_more), "{c:?}");
+        assert!(
+            c.iter()
+                .any(|c| c.what == "thresholds.block" && c.blocks_more),
+            "{c:?}"
+        );
         // Back to shadow, or a higher threshold: no more blocking.
         let c = rules(&b, &a);
         assert!(c.iter().all(|c| !c.blocks_more), "{c:?}");

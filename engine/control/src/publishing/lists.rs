@@ -17,7 +17,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::shelf::{Meta, Shelf};
 use super::source::lock;
-use super::{blocking, check_expect, diff, expect, hex, now_us, ops, unhex16, version_id, vname, Publishing};
+use super::{
+    blocking, check_expect, diff, expect, hex, now_us, ops, unhex16, version_id, vname, Publishing,
+};
 use crate::gate::{Credentials, Principal};
 use crate::publish::{feed_lines, list_digest, Layers};
 
@@ -63,7 +65,12 @@ impl Lists {
         Ok(l)
     }
 
-    fn admit<T>(&self, req: &Request<T>, op: &crate::gate::Op, filter: &str) -> Result<Principal, Status> {
+    fn admit<T>(
+        &self,
+        req: &Request<T>,
+        op: &crate::gate::Op,
+        filter: &str,
+    ) -> Result<Principal, Status> {
         self.0
             .gate
             .admit(&Credentials::grpc(req), op, filter)
@@ -91,7 +98,8 @@ impl Lists {
         let snapshot = if a.seq == 0 {
             pb.shared.load().version.to_string()
         } else {
-            pb.in_force(a.seq, &format!("{l} {}", a.meta.name())).await?
+            pb.in_force(a.seq, &format!("{l} {}", a.meta.name()))
+                .await?
         };
         let shelf = lock(pb.source.lists[l].as_ref().expect("published"));
         Ok(pb::ActivateResponse {
@@ -122,12 +130,16 @@ fn activate_now(
             ))
         })?,
     };
-    let meta = s
-        .index
-        .get(id)
-        .cloned()
-        .ok_or_else(|| Status::not_found(format!("{l} has no v{id} (see `kuzet lists versions --list {l}`)")))?;
-    check_expect(expected, s.index.active_meta(), &format!("the {l} version in force"))?;
+    let meta = s.index.get(id).cloned().ok_or_else(|| {
+        Status::not_found(format!(
+            "{l} has no v{id} (see `kuzet lists versions --list {l}`)"
+        ))
+    })?;
+    check_expect(
+        expected,
+        s.index.active_meta(),
+        &format!("the {l} version in force"),
+    )?;
     if s.index.active == Some(id) {
         return Ok(Activated {
             meta,
@@ -149,8 +161,9 @@ fn activate_now(
             &format!("+{added} -{removed} entries"),
         )?;
     }
-    let digest = unhex16(&meta.digest)
-        .ok_or_else(|| Status::internal(format!("{l} {}: a bad digest in its index", meta.name())))?;
+    let digest = unhex16(&meta.digest).ok_or_else(|| {
+        Status::internal(format!("{l} {}: a bad digest in its index", meta.name()))
+    })?;
     let seq = pb.source.next_seq();
     let mut idx = s.index.clone();
     let replaced = idx.active;
@@ -164,7 +177,8 @@ fn activate_now(
         m.activated_us = now;
         meta = m.clone();
     }
-    s.save(idx).map_err(|e| Status::internal(format!("recording {l} {} in force: {e}", meta.name())))?;
+    s.save(idx)
+        .map_err(|e| Status::internal(format!("recording {l} {} in force: {e}", meta.name())))?;
     pb.source
         .changed_now(Layers::list(l), Some((l, id, list, digest)));
     tracing::info!(list = %l, version = %meta.name(), replaced = %vname(replaced), by = %p.who, added, removed, "list version put in force");
@@ -192,7 +206,11 @@ fn build_version(pb: &Publishing, s: &Shelf, l: ListId, m: &Meta) -> Result<Numb
 }
 
 /// A version's list, from the snapshot when it is the one in force.
-fn version_list(pb: &Publishing, l: ListId, id: Option<u64>) -> Result<(Arc<NumberList>, String), Status> {
+fn version_list(
+    pb: &Publishing,
+    l: ListId,
+    id: Option<u64>,
+) -> Result<(Arc<NumberList>, String), Status> {
     let shelf = pb.source.lists[l].as_ref().expect("published");
     let s = lock(shelf);
     let id = match id {
@@ -290,7 +308,11 @@ impl Lists {
             let pb = pb.clone();
             blocking(move || {
                 let s = lock(pb.source.lists[l].as_ref().expect("published"));
-                check_expect(expected, s.index.newest(), &format!("the newest {l} version"))?;
+                check_expect(
+                    expected,
+                    s.index.newest(),
+                    &format!("the newest {l} version"),
+                )?;
                 s.incoming().map_err(Status::internal)
             })
             .await?
@@ -353,7 +375,9 @@ impl Lists {
                     Ok(None) => break,
                     Err(e) => {
                         // A push cut short is not a shorter list.
-                        let _ = tx.send(Err(format!("the push was cut short: {}", e.message()))).await;
+                        let _ = tx
+                            .send(Err(format!("the push was cut short: {}", e.message())))
+                            .await;
                         failed = Some(Status::cancelled(format!(
                             "the push was cut short ({}); nothing changed",
                             e.message()
@@ -373,7 +397,8 @@ impl Lists {
             }
             return Err(f);
         }
-        let parsed = parsed.map_err(|e| Status::invalid_argument(format!("{e}; nothing changed")))?;
+        let parsed =
+            parsed.map_err(|e| Status::invalid_argument(format!("{e}; nothing changed")))?;
         if parsed.list.is_empty() && !first.allow_empty {
             let _ = std::fs::remove_file(&parsed.upload);
             return Err(Status::invalid_argument(format!(
@@ -444,7 +469,10 @@ impl Lists {
             needs_approval: String::new(),
         };
         if first.activate {
-            match self.activate(p, l, Target::Id(meta.id), None, Some(list)).await {
+            match self
+                .activate(p, l, Target::Id(meta.id), None, Some(list))
+                .await
+            {
                 Ok(a) => {
                     resp.activated = true;
                     resp.snapshot = a.snapshot;
@@ -480,7 +508,8 @@ impl ListService for Lists {
             None => pb::PushChunk::default(),
         };
         let mut filter =
-            json!({"list": first.list, "expect": first.expect, "activate": first.activate}).to_string();
+            json!({"list": first.list, "expect": first.expect, "activate": first.activate})
+                .to_string();
         let p = self
             .0
             .gate
@@ -506,7 +535,10 @@ impl ListService for Lists {
             Ok((a, 1))
         }
         .await;
-        let out = self.0.audited(&p, &ops::ACTIVATE_LIST, &filter, res).await?;
+        let out = self
+            .0
+            .audited(&p, &ops::ACTIVATE_LIST, &filter, res)
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -527,7 +559,10 @@ impl ListService for Lists {
         if let Ok((a, _)) = &res {
             filter = json!({"list": r.list, "expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
         }
-        let out = self.0.audited(&p, &ops::ROLLBACK_LIST, &filter, res).await?;
+        let out = self
+            .0
+            .audited(&p, &ops::ROLLBACK_LIST, &filter, res)
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -555,16 +590,16 @@ impl ListService for Lists {
             Ok((pb::ListVersionsResponse { versions }, n))
         }
         .await;
-        let out = self.0.audited(&p, &ops::LIST_VERSIONS, &filter, res).await?;
+        let out = self
+            .0
+            .audited(&p, &ops::LIST_VERSIONS, &filter, res)
+            .await?;
         Ok(Response::new(out))
     }
 
     type DiffStream = DiffStream;
 
-    async fn diff(
-        &self,
-        req: Request<pb::DiffRequest>,
-    ) -> Result<Response<DiffStream>, Status> {
+    async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<DiffStream>, Status> {
         let r = req.get_ref().clone();
         let filter = json!({"list": r.list, "from": r.from, "to": r.to}).to_string();
         let p = self.admit(&req, &ops::DIFF_LIST, &filter)?;
@@ -577,8 +612,9 @@ impl ListService for Lists {
                     Status::invalid_argument(format!("{:?} is not a version id", r.from))
                 })?)
             };
-            let to = super::shelf::parse_id(&r.to)
-                .ok_or_else(|| Status::invalid_argument(format!("{:?} is not a version id", r.to)))?;
+            let to = super::shelf::parse_id(&r.to).ok_or_else(|| {
+                Status::invalid_argument(format!("{:?} is not a version id", r.to))
+            })?;
             let pb = self.0.clone();
             let lists = blocking(move || {
                 let a = version_list(&pb, l, from)?;
@@ -729,7 +765,10 @@ pub fn normalize(plan: &kuzet_rules::NumberingPlan, text: &str) -> Option<kuzet_
     };
     let t = t.split(['@', ';']).next().unwrap_or("");
     plan.normalize(t.as_bytes()).or_else(|| {
-        let digits: String = t.chars().filter(|c| c.is_ascii_digit() || *c == '+').collect();
+        let digits: String = t
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == '+')
+            .collect();
         plan.normalize(digits.as_bytes())
     })
 }

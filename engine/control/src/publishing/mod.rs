@@ -216,7 +216,13 @@ impl Publishing {
     /// Refuses `p` unless a version that blocks more may be put in force
     /// by them: an approver (or admin), and with `require_approval` not
     /// its author. `what` names the version for the message.
-    pub(crate) fn approve(&self, p: &Principal, author: &str, what: &str, why: &str) -> Result<(), Status> {
+    pub(crate) fn approve(
+        &self,
+        p: &Principal,
+        author: &str,
+        what: &str,
+        why: &str,
+    ) -> Result<(), Status> {
         if !Permission::Approve.granted_to(p.role) {
             return Err(Status::permission_denied(format!(
                 "{what} blocks more than the version in force ({why}): putting it in force needs the role {}",
@@ -236,7 +242,8 @@ impl Publishing {
     /// recorded but not yet in force.
     pub(crate) async fn in_force(&self, seq: u64, what: &str) -> Result<String, Status> {
         self.nudge.notify_one();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.cfg.activate_timeout_s);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.cfg.activate_timeout_s);
         let mut wait = Duration::from_millis(2);
         loop {
             let set = self.shared.load();
@@ -289,7 +296,9 @@ pub(crate) fn expect(s: &str) -> Result<Option<u64>, Status> {
         return Ok(None);
     }
     shelf::parse_id(s).map(Some).ok_or_else(|| {
-        Status::invalid_argument(format!("expect {s:?} is not a version id (v7, or v0 for none)"))
+        Status::invalid_argument(format!(
+            "expect {s:?} is not a version id (v7, or v0 for none)"
+        ))
     })
 }
 

@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status};
 
 use super::shelf::{Meta, Shelf};
 use super::source::{lock, MAX_RULES};
-use super::{blocking, check_expect, diff, expect, hex, now_us, ops, version_id, vname, Publishing};
+use super::{
+    blocking, check_expect, diff, expect, hex, now_us, ops, version_id, vname, Publishing,
+};
 use crate::gate::{Credentials, Principal};
 use crate::publish::Layers;
 
@@ -56,7 +58,12 @@ impl Rules {
         })
     }
 
-    fn admit<T>(&self, req: &Request<T>, op: &crate::gate::Op, filter: &str) -> Result<Principal, Status> {
+    fn admit<T>(
+        &self,
+        req: &Request<T>,
+        op: &crate::gate::Op,
+        filter: &str,
+    ) -> Result<Principal, Status> {
         self.0
             .gate
             .admit(&Credentials::grpc(req), op, filter)
@@ -75,12 +82,14 @@ impl Rules {
         let Some(id) = id.filter(|i| *i > 0) else {
             return Ok(RuleSet::builtin(&self.0.policy, &self.0.plan));
         };
-        let m = s
-            .index
-            .get(id)
-            .ok_or_else(|| Status::not_found(format!("the rules have no v{id} (see `kuzet rules versions`)")))?;
+        let m = s.index.get(id).ok_or_else(|| {
+            Status::not_found(format!(
+                "the rules have no v{id} (see `kuzet rules versions`)"
+            ))
+        })?;
         let text = s.read(&m.digest, MAX_RULES).map_err(Status::internal)?;
-        let text = String::from_utf8(text).map_err(|_| Status::internal(format!("rules {}: not UTF-8", m.name())))?;
+        let text = String::from_utf8(text)
+            .map_err(|_| Status::internal(format!("rules {}: not UTF-8", m.name())))?;
         self.parse(&m.name, &text).map_err(Status::internal)
     }
 
@@ -88,12 +97,19 @@ impl Rules {
         let (rules, thresholds, changes) = match self.version_rules(s, Some(m.id)) {
             Ok(set) => {
                 let changes = match self.version_rules(s, m.base) {
-                    Ok(base) => diff::rules(&base, &set).into_iter().map(change_pb).collect(),
+                    Ok(base) => diff::rules(&base, &set)
+                        .into_iter()
+                        .map(change_pb)
+                        .collect(),
                     // The base was pruned: no changes to show.
                     Err(_) => Vec::new(),
                 };
                 (
-                    set.rules.iter().filter(|r| !r.builtin).map(rule_pb).collect(),
+                    set.rules
+                        .iter()
+                        .filter(|r| !r.builtin)
+                        .map(rule_pb)
+                        .collect(),
                     Some(thresholds_pb(&set)),
                     changes,
                 )
@@ -178,7 +194,9 @@ impl Rules {
         let snapshot = if seq == 0 {
             self.0.shared.load().version.to_string()
         } else {
-            self.0.in_force(seq, &format!("rules {}", version.id)).await?
+            self.0
+                .in_force(seq, &format!("rules {}", version.id))
+                .await?
         };
         Ok(pb::ActivateResponse {
             version: Some(version),
@@ -197,12 +215,21 @@ impl RuleService for Rules {
         let r = req.get_ref().clone();
         let filter = json!({"name": r.name, "bytes": r.toml.len()}).to_string();
         let p = self.admit(&req, &ops::VALIDATE_RULES, &filter)?;
-        let name = if r.name.trim().is_empty() { "rules.toml".to_string() } else { r.name.clone() };
+        let name = if r.name.trim().is_empty() {
+            "rules.toml".to_string()
+        } else {
+            r.name.clone()
+        };
         let out = match self.parse(&name, &r.toml) {
             Ok(set) => pb::ValidateResponse {
                 ok: true,
                 error: String::new(),
-                rules: set.rules.iter().filter(|r| !r.builtin).map(rule_pb).collect(),
+                rules: set
+                    .rules
+                    .iter()
+                    .filter(|r| !r.builtin)
+                    .map(rule_pb)
+                    .collect(),
                 thresholds: Some(thresholds_pb(&set)),
             },
             Err(e) => pb::ValidateResponse {
@@ -213,7 +240,10 @@ impl RuleService for Rules {
             },
         };
         let n = out.rules.len() as u64;
-        let out = self.0.audited(&p, &ops::VALIDATE_RULES, &filter, Ok((out, n))).await?;
+        let out = self
+            .0
+            .audited(&p, &ops::VALIDATE_RULES, &filter, Ok((out, n)))
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -223,12 +253,17 @@ impl RuleService for Rules {
     ) -> Result<Response<pb::StageResponse>, Status> {
         let r = req.get_ref().clone();
         let text = r.text.clone().unwrap_or_default();
-        let mut filter = json!({"name": text.name, "expect": r.expect, "bytes": text.toml.len()}).to_string();
+        let mut filter =
+            json!({"name": text.name, "expect": r.expect, "bytes": text.toml.len()}).to_string();
         let p = self.admit(&req, &ops::STAGE_RULES, &filter)?;
         let res = async {
             self.shelf()?;
             let expected = expect(&r.expect)?;
-            let name = if text.name.trim().is_empty() { "rules.toml".to_string() } else { text.name.clone() };
+            let name = if text.name.trim().is_empty() {
+                "rules.toml".to_string()
+            } else {
+                text.name.clone()
+            };
             self.parse(&name, &text.toml)
                 .map_err(|e| Status::invalid_argument(format!("{e}; nothing was staged")))?;
             let me = self.clone();
@@ -242,9 +277,16 @@ impl RuleService for Rules {
                 let digest = hex(&d[..16]);
                 if let Some(n) = s.index.newest().filter(|n| n.digest == digest) {
                     let v = me.version_pb(&s, n);
-                    return Ok((pb::StageResponse { version: Some(v), unchanged: true }, 1));
+                    return Ok((
+                        pb::StageResponse {
+                            version: Some(v),
+                            unchanged: true,
+                        },
+                        1,
+                    ));
                 }
-                s.keep_text(text.toml.as_bytes(), &digest).map_err(Status::internal)?;
+                s.keep_text(text.toml.as_bytes(), &digest)
+                    .map_err(Status::internal)?;
                 let mut idx = s.index.clone();
                 let id = idx.next.max(1);
                 let meta = Meta {
@@ -259,13 +301,20 @@ impl RuleService for Rules {
                 };
                 idx.versions.push(meta.clone());
                 idx.next = id + 1;
-                s.save(idx).map_err(|e| Status::internal(format!("recording rules v{id}: {e}")))?;
+                s.save(idx)
+                    .map_err(|e| Status::internal(format!("recording rules v{id}: {e}")))?;
                 let keep_us = i64::from(pb.cfg.keep_days) * 86_400_000_000;
                 if let Err(e) = s.prune(pb.cfg.keep_versions, keep_us, now_us()) {
                     tracing::warn!(error = %e, "pruning old rule versions failed");
                 }
                 tracing::info!(version = %meta.name(), by = %who.who, "rule version staged");
-                Ok((pb::StageResponse { version: Some(me.version_pb(&s, &meta)), unchanged: false }, 1))
+                Ok((
+                    pb::StageResponse {
+                        version: Some(me.version_pb(&s, &meta)),
+                        unchanged: false,
+                    },
+                    1,
+                ))
             })
             .await
         }
@@ -290,7 +339,10 @@ impl RuleService for Rules {
             Ok((self.activate_rules(&p, Some(id), e).await?, 1))
         }
         .await;
-        let out = self.0.audited(&p, &ops::ACTIVATE_RULES, &filter, res).await?;
+        let out = self
+            .0
+            .audited(&p, &ops::ACTIVATE_RULES, &filter, res)
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -309,7 +361,10 @@ impl RuleService for Rules {
         if let Ok((a, _)) = &res {
             filter = json!({"expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
         }
-        let out = self.0.audited(&p, &ops::ROLLBACK_RULES, &filter, res).await?;
+        let out = self
+            .0
+            .audited(&p, &ops::ROLLBACK_RULES, &filter, res)
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -325,14 +380,23 @@ impl RuleService for Rules {
             let m2 = me.clone();
             blocking(move || {
                 let s = lock(m2.shelf()?);
-                let v: Vec<pb::Version> = s.index.versions.iter().rev().map(|m| m2.version_pb(&s, m)).collect();
+                let v: Vec<pb::Version> = s
+                    .index
+                    .versions
+                    .iter()
+                    .rev()
+                    .map(|m| m2.version_pb(&s, m))
+                    .collect();
                 let n = v.len() as u64;
                 Ok((pb::ListVersionsResponse { versions: v }, n))
             })
             .await
         }
         .await;
-        let out = self.0.audited(&p, &ops::RULE_VERSIONS, &filter, res).await?;
+        let out = self
+            .0
+            .audited(&p, &ops::RULE_VERSIONS, &filter, res)
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -353,17 +417,25 @@ impl RuleService for Rules {
                     Status::invalid_argument(format!("{:?} is not a version id", r.from))
                 })?)
             };
-            let to = super::shelf::parse_id(&r.to)
-                .ok_or_else(|| Status::invalid_argument(format!("{:?} is not a version id", r.to)))?;
+            let to = super::shelf::parse_id(&r.to).ok_or_else(|| {
+                Status::invalid_argument(format!("{:?} is not a version id", r.to))
+            })?;
             let m2 = me.clone();
             blocking(move || {
                 let s = lock(m2.shelf()?);
                 let a = m2.version_rules(&s, from.or(s.index.active))?;
                 let b = m2.version_rules(&s, Some(to))?;
-                let changes: Vec<pb::Change> = diff::rules(&a, &b).into_iter().map(change_pb).collect();
+                let changes: Vec<pb::Change> =
+                    diff::rules(&a, &b).into_iter().map(change_pb).collect();
                 let more = changes.iter().any(|c| c.blocks_more);
                 let n = changes.len() as u64;
-                Ok((pb::DiffResponse { changes, blocks_more: more }, n))
+                Ok((
+                    pb::DiffResponse {
+                        changes,
+                        blocks_more: more,
+                    },
+                    n,
+                ))
             })
             .await
         }

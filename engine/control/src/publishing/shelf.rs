@@ -269,7 +269,8 @@ impl Shelf {
     pub fn prune(&mut self, keep: usize, max_age_us: i64, now_us: i64) -> Result<Vec<u64>, String> {
         let mut idx = self.index.clone();
         let newest = idx.newest().map(|m| m.id);
-        let pinned = |id: u64| Some(id) == idx.active || Some(id) == idx.previous || Some(id) == newest;
+        let pinned =
+            |id: u64| Some(id) == idx.active || Some(id) == idx.previous || Some(id) == newest;
         let mut dropped = Vec::new();
         let mut count = idx.versions.len();
         for m in &idx.versions {
@@ -374,7 +375,8 @@ mod tests {
         for (i, d) in ["aa", "bb", "cc", "dd", "ee"].iter().enumerate() {
             s.keep_text(d.as_bytes(), d).unwrap();
             let mut idx = s.index.clone();
-            idx.versions.push(meta(i as u64 + 1, d, 1_000 * (i as i64 + 1)));
+            idx.versions
+                .push(meta(i as u64 + 1, d, 1_000 * (i as i64 + 1)));
             idx.next = i as u64 + 2;
             s.save(idx).unwrap();
         }
@@ -393,7 +395,10 @@ mod tests {
         assert_eq!(ids, vec![1, 2, 5]);
         assert_eq!(again.index.active, Some(1));
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(INDEX)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join(INDEX))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);

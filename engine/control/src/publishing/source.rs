@@ -49,7 +49,11 @@ impl PublishedSource {
     /// Opens the shelves under `dir` (the data directory's `published/`)
     /// for `lists` and, with `rules`, the rules. Everything is dirty at
     /// first: the publisher's first build reads the versions in force.
-    pub fn open(dir: &std::path::Path, lists: &[ListId], rules: bool) -> Result<PublishedSource, String> {
+    pub fn open(
+        dir: &std::path::Path,
+        lists: &[ListId],
+        rules: bool,
+    ) -> Result<PublishedSource, String> {
         let mut layers = Layers::NONE;
         let mut shelves = ByList::from_fn(|_| None);
         let mut seq = 0;
@@ -95,9 +99,17 @@ impl PublishedSource {
 
     /// Marks `layers` changed (after the shelf recorded the version in
     /// force), offering a list already built.
-    pub fn changed_now(&self, layers: Layers, offer: Option<(ListId, u64, Arc<NumberList>, [u8; 16])>) {
+    pub fn changed_now(
+        &self,
+        layers: Layers,
+        offer: Option<(ListId, u64, Arc<NumberList>, [u8; 16])>,
+    ) {
         if let Some((l, version, list, digest)) = offer {
-            *lock(&self.offers[l]) = Some(Offer { version, list, digest });
+            *lock(&self.offers[l]) = Some(Offer {
+                version,
+                list,
+                digest,
+            });
         }
         self.changed.fetch_or(layers.bits(), Ordering::AcqRel);
     }

@@ -20,6 +20,7 @@ mod kamailio;
 pub(crate) mod operations;
 mod ports;
 mod promtool;
+mod publishing;
 mod register;
 mod rfc4475;
 mod rules;
