@@ -503,10 +503,7 @@ impl ListService for Lists {
     ) -> Result<Response<pb::PushResponse>, Status> {
         let creds = Credentials::grpc(&req);
         let mut stream = req.into_inner();
-        let first = match stream.message().await? {
-            Some(c) => c,
-            None => pb::PushChunk::default(),
-        };
+        let first = stream.message().await?.unwrap_or_default();
         let mut filter =
             json!({"list": first.list, "expect": first.expect, "activate": first.activate})
                 .to_string();
