@@ -180,7 +180,7 @@ pub enum TokenCommand {
 }
 
 /// A failure, with the exit code it maps to.
-struct Failure(u8, String);
+pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
@@ -199,12 +199,21 @@ impl From<Status> for Failure {
                 1,
                 format!("the control API is unavailable: {}", s.message()),
             ),
+            // The publishing APIs' refusals: the message says it all.
+            Code::FailedPrecondition | Code::NotFound => Failure(1, s.message().to_string()),
+            Code::Aborted => Failure(
+                1,
+                format!(
+                    "{} (another change came first: look at the versions, then retry with --expect)",
+                    s.message()
+                ),
+            ),
             _ => Failure(1, format!("{:?}: {}", s.code(), s.message())),
         }
     }
 }
 
-fn finish(r: Result<(), Failure>) -> ExitCode {
+pub(crate) fn finish(r: Result<(), Failure>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, msg)) => {
@@ -215,7 +224,7 @@ fn finish(r: Result<(), Failure>) -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -240,11 +249,23 @@ impl tonic::service::Interceptor for Bearer {
 
 /// The largest answer the CLI takes (pages are cut near 3 MiB by the
 /// server; an incident's calls may run larger).
-const MAX_ANSWER: usize = 64 << 20;
+pub(crate) const MAX_ANSWER: usize = 64 << 20;
 
 async fn connect(c: &Conn) -> Result<Client, Failure> {
+    let (channel, bearer) = channel(c).await?;
+    Ok(
+        InvestigationServiceClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_ANSWER),
+    )
+}
+
+/// A connection to the control API for any of its services, with the
+/// interceptor that adds the token: over TCP to --control with a token,
+/// else over the data directory's Unix socket (checked, see
+/// [`local_socket`]) with none.
+pub(crate) async fn channel(c: &Conn) -> Result<(Channel, Bearer), Failure> {
     let Some(token) = &c.token else {
-        return connect_local(&c.data).await;
+        return Ok((local_channel(&c.data).await?, Bearer(None)));
     };
     let bearer: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", token.trim())
         .parse()
@@ -263,10 +284,7 @@ async fn connect(c: &Conn) -> Result<Client, Failure> {
                 ),
             )
         })?;
-    Ok(
-        InvestigationServiceClient::with_interceptor(channel, Bearer(Some(bearer)))
-            .max_decoding_message_size(MAX_ANSWER),
-    )
+    Ok((channel, Bearer(Some(bearer))))
 }
 
 /// The Unix socket of the kuzet whose data directory is `dir`, checked:
@@ -309,7 +327,7 @@ fn local_socket(dir: &Path) -> Result<(PathBuf, u32), Failure> {
     Ok((path, m.uid()))
 }
 
-async fn connect_local(dir: &Path) -> Result<Client, Failure> {
+async fn local_channel(dir: &Path) -> Result<Channel, Failure> {
     let (path, owner) = local_socket(dir)?;
     let shown = path.display().to_string();
     let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
@@ -336,10 +354,7 @@ async fn connect_local(dir: &Path) -> Result<Client, Failure> {
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             Failure(1, format!("cannot reach kuzet at {shown}: {why}"))
         })?;
-    Ok(
-        InvestigationServiceClient::with_interceptor(channel, Bearer(None))
-            .max_decoding_message_size(MAX_ANSWER),
-    )
+    Ok(channel)
 }
 
 /// `30m`, `24h`, `7d` ago, or an RFC 3339 time, as µs since the epoch.
@@ -365,7 +380,7 @@ fn us(t: SystemTime) -> i64 {
 }
 
 /// `2026-11-22T08:15:03.123456Z`.
-fn time_text(us: i64) -> String {
+pub(crate) fn time_text(us: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
     humantime::format_rfc3339_micros(t).to_string()
 }
@@ -477,7 +492,7 @@ fn header_fields(head: &[u8]) -> Vec<String> {
     fields.iter().map(|f| visible(f).into_owned()).collect()
 }
 
-fn io(e: std::io::Error) -> Failure {
+pub(crate) fn io(e: std::io::Error) -> Failure {
     Failure(1, format!("writing output: {e}"))
 }
 
@@ -693,7 +708,7 @@ fn caller_note(c: &pb::Call) -> String {
     }
 }
 
-fn dash(s: &str) -> &str {
+pub(crate) fn dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
     } else {

@@ -7,6 +7,8 @@
 //!   the recorder and the control thread, and stops them.
 //! - [`client`]: the investigators' commands (`kuzet calls`, `incidents`,
 //!   `counts`, `audit`) over the control API, and `kuzet token`.
+//! - [`publish_cli`]: the rule authors' commands (`kuzet lists ...`,
+//!   `kuzet rules validate|stage|activate|...`) over the publishing APIs.
 //!
 //! The call path lives in `kuzet-dataplane`, loading and reloading in
 //! `kuzet-control`, SIP in `kuzet-sip`, syscalls in `kuzet-net`, scoring in
@@ -16,4 +18,5 @@
 
 pub mod client;
 pub mod config;
+pub mod publish_cli;
 pub mod server;

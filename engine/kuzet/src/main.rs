@@ -30,9 +30,16 @@ enum Command {
     /// Run the engine. With no options: redirect mode on 127.0.0.1:5060
     /// with the sample lists from deploy/lists compiled in.
     Run(RunArgs),
-    /// Work with behaviour rule files (see deploy/rules/default.toml).
+    /// Behaviour rule files (see deploy/rules/default.toml): check them
+    /// offline, or validate, stage and put them in force on a running
+    /// kuzet whose rules are published.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Published number lists on a running kuzet: push versions, put them
+    /// in force or roll them back, see versions, diffs and where a number
+    /// stands. E.g. `kuzet lists push blocklist.txt --list blocklist`.
+    #[command(subcommand)]
+    Lists(kuzet::publish_cli::ListsCommand),
     /// Query intercepted calls on a running kuzet (needs an investigator
     /// or admin token). E.g. `kuzet calls --number "8 701 123 45 67"
     /// --since 24h`, or `kuzet calls --verdict-id ID` for one call in full.
@@ -63,6 +70,9 @@ enum RulesCommand {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Published rules on a running kuzet.
+    #[command(flatten)]
+    Publish(kuzet::publish_cli::RulesCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -155,6 +165,8 @@ fn main() -> ExitCode {
         Command::Counts(a) => kuzet::client::counts(a),
         Command::Audit(a) => kuzet::client::audit(a),
         Command::Token(c) => kuzet::client::token(c),
+        Command::Lists(c) => kuzet::publish_cli::lists(c),
+        Command::Rules(RulesCommand::Publish(c)) => kuzet::publish_cli::rules(c, rules_check),
     }
 }
 

@@ -157,6 +157,7 @@ const ALLOWED: &[Allowed] = &[
             "clap",
             "humantime",
             "hyper-util",
+            "indicatif", // `kuzet lists push`'s progress bar on a terminal
             "kuzet-api",
             "kuzet-control",
             "kuzet-dataplane",
