@@ -248,7 +248,7 @@ impl ControlConfig {
         for t in &self.tokens {
             let role = Role::from_name(&t.role).ok_or_else(|| {
                 format!(
-                    "control.tokens {:?}: role must be investigator, rule-author or admin, not {:?}",
+                    "control.tokens {:?}: role must be investigator, rule-author, approver or admin, not {:?}",
                     t.name, t.role
                 )
             })?;

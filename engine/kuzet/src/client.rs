@@ -171,7 +171,7 @@ pub enum TokenCommand {
         /// Who will hold it (named in the audit log).
         #[arg(long)]
         name: String,
-        /// investigator, rule-author or admin.
+        /// investigator, rule-author, approver or admin.
         #[arg(long)]
         role: String,
     },
@@ -962,7 +962,9 @@ pub fn token(c: TokenCommand) -> ExitCode {
             if kuzet_control::access::Role::from_name(&role).is_none() {
                 return Err(Failure(
                     2,
-                    format!("--role must be investigator, rule-author or admin, not {role:?}"),
+                    format!(
+                        "--role must be investigator, rule-author, approver or admin, not {role:?}"
+                    ),
                 ));
             }
             let mut raw = [0u8; 32];

@@ -503,7 +503,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("investigator, rule-author or admin"),
+            e.to_string()
+                .contains("investigator, rule-author, approver or admin"),
             "{e}"
         );
     }

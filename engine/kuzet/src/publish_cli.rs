@@ -172,6 +172,10 @@ pub struct PushArgs {
     /// A note kept with the version (why it was pushed, a ticket).
     #[arg(long, value_name = "TEXT")]
     pub note: Option<String>,
+    /// Accept a file with no entries (otherwise kuzet refuses it: a
+    /// truncated upload must not silently empty a list).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// How the control API is reached.
     #[command(flatten)]
     pub conn: Conn,
@@ -1014,6 +1018,7 @@ fn push(a: PushArgs) -> Result<(), Failure> {
                 activate: a.activate,
                 note: a.note.clone().unwrap_or_default(),
                 data: Vec::new(),
+                allow_empty: a.allow_empty,
             }),
             progress,
             failed: Some(failed),
@@ -1724,6 +1729,7 @@ mod tests {
             activate: true,
             note: "n".into(),
             data: Vec::new(),
+            allow_empty: false,
         };
         let body = PushBody {
             rx,

@@ -939,3 +939,134 @@ sha256 = "{root}"
         assert_eq!(flags, [("v2", true, false), ("v1", false, true)]);
     });
 }
+
+/// Runs the `kuzet` binary with `args` and the admin's token; returns its
+/// exit code, stdout and stderr.
+fn cli(addr: SocketAddr, who: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(args)
+        .args(["--control", &addr.to_string()])
+        .env("KUZET_TOKEN", token_of(who))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_line_pushes_diffs_looks_up_and_stages_what_calls_then_meet() {
+    let dir = TempDir::new("publish-cli");
+    let e = start(config(&dir));
+    let addr = e.control_addr.unwrap();
+    let mut n = 0;
+    let file = dir.write("block.txt", "# v1\n+77015550001, bank report\n+7705*\n");
+    let (code, out, err) = cli(
+        addr,
+        "root",
+        &[
+            "lists",
+            "push",
+            file.to_str().unwrap(),
+            "--list",
+            "blocklist",
+            "--activate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("v1"), "{out}");
+    assert_eq!(call_status(e.udp_addr, "+77015550001", &mut n), 603);
+    assert_eq!(call_status(e.udp_addr, "+77051234567", &mut n), 603);
+    // A bad third line: exit 2, the file and line named, nothing changed.
+    let bad = dir.write("bad.txt", "+77015550002\n+77015550003\nseven\n");
+    let (code, out, err) = cli(
+        addr,
+        "root",
+        &[
+            "lists",
+            "push",
+            bad.to_str().unwrap(),
+            "--list",
+            "blocklist",
+            "--activate",
+        ],
+    );
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains(":3:") && err.contains("seven"), "{err}");
+    let v2 = dir.write("block2.txt", "+77015550001, bank report\n+77015550009\n");
+    let (code, out, err) = cli(
+        addr,
+        "rui",
+        &[
+            "lists",
+            "push",
+            v2.to_str().unwrap(),
+            "--list",
+            "blocklist",
+            "--expect",
+            "v1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = cli(
+        addr,
+        "ana",
+        &["lists", "diff", "--list", "blocklist", "v1", "v2"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("+77015550009") && out.contains("+7705*"),
+        "{out}"
+    );
+    let (code, out, err) = cli(addr, "ana", &["lists", "versions", "--list", "blocklist"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("v1") && out.contains("v2") && out.contains("root"),
+        "{out}"
+    );
+    let (code, out, err) = cli(addr, "ana", &["lists", "lookup", "8 705 123 45 67"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("+7705*") && out.contains("block"), "{out}");
+    // v2 adds a number, so it blocks more: the rule author cannot put it
+    // in force, and the CLI says an approver must.
+    let (code, _, err) = cli(
+        addr,
+        "rui",
+        &["lists", "activate", "--list", "blocklist", "v2"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("approver"), "{err}");
+    assert_eq!(call_status(e.udp_addr, "+77015550009", &mut n), 302);
+    let (code, out, err) = cli(
+        addr,
+        "apo",
+        &["lists", "activate", "--list", "blocklist", "v2"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(call_status(e.udp_addr, "+77015550009", &mut n), 603);
+    let (code, out, err) = cli(addr, "root", &["lists", "rollback", "--list", "blocklist"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(call_status(e.udp_addr, "+77015550009", &mut n), 302);
+    // Rules: validated by the running kuzet, staged, put in force.
+    let rules = dir.write("rules.toml", SHADOW_RULES);
+    let (code, out, err) = cli(addr, "rui", &["rules", "validate", rules.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("velocity_1m"), "{out}");
+    let broken = dir.write("broken.toml", "[[rule]]\nid = 3\n");
+    let (code, _, err) = cli(
+        addr,
+        "rui",
+        &["rules", "validate", broken.to_str().unwrap()],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("broken.toml"), "{err}");
+    let (code, out, err) = cli(addr, "rui", &["rules", "stage", rules.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = cli(addr, "rui", &["rules", "activate", "v1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = cli(addr, "ana", &["rules", "versions"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("v1"), "{out}");
+}
