@@ -182,6 +182,7 @@ const ALLOWED: &[Allowed] = &[
             "rusqlite",  // tests read the store's file back
             "serde_json",
             "socket2",
+            "tokio-stream", // tests stream a push's chunks
             "tonic",
         ],
         build: &[],
