@@ -142,25 +142,25 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let lists: SharedLists = Arc::new(ArcSwap::from_pointee(kuzet_rules::ListSet::default()));
     // Published versions (`kuzet lists push`, `kuzet rules stage`) live
     // in the data directory; the ones in force come back after a restart.
-    let published = if cfg.publishing.any() {
-        let dir = cfg.data_dir();
+    // With nothing published the source is empty (no folder is made),
+    // and the publishing services answer that nothing is published.
+    let dir = cfg.data_dir();
+    if cfg.publishing.any() {
         kuzet_store::private::prepare_dir(&dir)
             .map_err(|e| anyhow::anyhow!("data directory {}: {e}", dir.display()))?;
-        let p = kuzet_control::publishing::PublishedSource::open(
+    }
+    let published = Arc::new(
+        kuzet_control::publishing::PublishedSource::open(
             &dir.join("published"),
             &cfg.publishing.lists,
             cfg.publishing.rules,
         )
-        .map_err(|e| anyhow::anyhow!("published versions: {e}"))?;
-        Some(Arc::new(p))
-    } else {
-        None
-    };
-    let mut inputs: Vec<Arc<dyn publish::Source>> =
-        vec![Arc::new(FileSource::new(sources.clone()))];
-    if let Some(p) = &published {
-        inputs.push(p.clone());
-    }
+        .map_err(|e| anyhow::anyhow!("published versions: {e}"))?,
+    );
+    let inputs: Vec<Arc<dyn publish::Source>> = vec![
+        Arc::new(FileSource::new(sources.clone())),
+        published.clone(),
+    ];
     let nudge = kuzet_control::publishing::Nudge::default();
     // The one writer of the snapshot, at start-up as at every reload.
     let mut publisher = Publisher::new(
@@ -399,17 +399,15 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             first_request: Duration::from_secs(5),
             idle: Duration::from_secs(300),
         });
-        let publishing = published.as_ref().map(|source| {
-            kuzet_control::publishing::Publishing::new(
-                source.clone(),
-                svc.gate().clone(),
-                lists.clone(),
-                plan.clone(),
-                sources.policy,
-                nudge.clone(),
-                cfg.publishing.clone(),
-            )
-        });
+        let publishing = Some(kuzet_control::publishing::Publishing::new(
+            published.clone(),
+            svc.gate().clone(),
+            lists.clone(),
+            plan.clone(),
+            sources.policy,
+            nudge.clone(),
+            cfg.publishing.clone(),
+        ));
         Some(kuzet_control::plane::Api {
             listener: l,
             uds,

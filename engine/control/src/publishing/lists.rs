@@ -59,7 +59,8 @@ impl Lists {
         })?;
         if !self.0.source.publishes(l) {
             return Err(Status::failed_precondition(format!(
-                "{l} is fed by files, not published: declare it in [publishing] lists (and take its files out of [lists]) to publish it"
+                "{l} is fed by files, not published: declare it in kuzet.toml's [publishing] lists (and take its files out of [lists]) to publish it; published here: {}",
+                self.0.published_lists()
             )));
         }
         Ok(l)

@@ -208,6 +208,20 @@ impl Publishing {
         })
     }
 
+    /// The published lists' names, for messages (`none` when none is).
+    pub(crate) fn published_lists(&self) -> String {
+        let v: Vec<&str> = ListId::ALL
+            .into_iter()
+            .filter(|l| self.source.publishes(*l))
+            .map(ListId::name)
+            .collect();
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(", ")
+        }
+    }
+
     /// The gate.
     pub fn gate(&self) -> &Arc<AccessGate> {
         &self.gate

@@ -1070,3 +1070,39 @@ fn the_command_line_pushes_diffs_looks_up_and_stages_what_calls_then_meet() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("v1"), "{out}");
 }
+
+#[test]
+fn a_file_fed_list_refuses_pushes_and_a_config_feeding_one_list_both_ways_is_refused() {
+    let dir = TempDir::new("publish-files");
+    let mut cfg = test_config();
+    cfg.control.tokens = tokens();
+    let e = start(cfg);
+    rt().block_on(async {
+        let ch = channel(e.control_addr.unwrap()).await;
+        let r = push(&ch, Some("root"), "blocklist", "+77015550001\n", "", true)
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), Code::FailedPrecondition, "{r:?}");
+        assert!(
+            r.message().contains("fed by files") && r.message().contains("[publishing] lists"),
+            "{}",
+            r.message()
+        );
+        let r = RuleServiceClient::new(ch.clone())
+            .list_versions(req(rpb::ListVersionsRequest {}, Some("root")))
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), Code::FailedPrecondition, "{r:?}");
+    });
+    let mut both = config(&dir);
+    both.lists.files[ListId::Block] = vec![dir.write("b.txt", "+77015550001\n").into()];
+    let err = both.check("kuzet.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("blocklist") && err.contains("never both"),
+        "{err}"
+    );
+    let mut both = config(&dir);
+    both.rules.file = Some("rules.toml".into());
+    let err = both.check("kuzet.toml").unwrap_err().to_string();
+    assert!(err.contains("[rules] file"), "{err}");
+}
