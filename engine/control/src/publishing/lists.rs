@@ -18,7 +18,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::shelf::{Meta, Shelf};
 use super::source::lock;
 use super::{
-    blocking, check_expect, diff, expect, hex, now_us, ops, unhex16, version_id, vname, Publishing,
+    blocking, check_expect, diff, expect, hex, maybe_id, now_us, ops, unhex16, version_id, vname,
+    Done, Publishing,
 };
 use crate::gate::{Credentials, Principal};
 use crate::publish::{feed_lines, list_digest, Layers};
@@ -64,18 +65,6 @@ impl Lists {
             )));
         }
         Ok(l)
-    }
-
-    fn admit<T>(
-        &self,
-        req: &Request<T>,
-        op: &crate::gate::Op,
-        filter: &str,
-    ) -> Result<Principal, Status> {
-        self.0
-            .gate
-            .admit(&Credentials::grpc(req), op, filter)
-            .map_err(Status::from)
     }
 
     /// Puts a version of `l` in force (see [`super`]); waits for the swap.
@@ -299,8 +288,7 @@ impl Lists {
         p: &Principal,
         first: pb::PushChunk,
         mut stream: Streaming<pb::PushChunk>,
-        filter: &mut String,
-    ) -> Result<(pb::PushResponse, u64), Status> {
+    ) -> Result<Done<pb::PushResponse>, Status> {
         let pb = self.0.clone();
         let l = self.list(&first.list)?;
         let expected = expect(&first.expect)?;
@@ -461,7 +449,7 @@ impl Lists {
             })
             .await?
         };
-        *filter = json!({"list": l.name(), "expect": first.expect, "activate": first.activate, "version": meta.name()}).to_string();
+        let named = json!({"list": l.name(), "expect": first.expect, "activate": first.activate, "version": meta.name()}).to_string();
         let mut resp = pb::PushResponse {
             version: None,
             activated: false,
@@ -490,7 +478,7 @@ impl Lists {
             let m = s.index.get(meta.id).cloned().unwrap_or(meta);
             resp.version = Some(version_pb(l, &s, &m));
         }
-        Ok((resp, lines))
+        Ok(Done::rows(resp, lines).naming(named))
     }
 }
 
@@ -504,17 +492,18 @@ impl ListService for Lists {
     ) -> Result<Response<pb::PushResponse>, Status> {
         let creds = Credentials::grpc(&req);
         let mut stream = req.into_inner();
+        // The first chunk names the list (at most 4 MiB is read before
+        // the gate).
         let first = stream.message().await?.unwrap_or_default();
-        let mut filter =
+        let filter =
             json!({"list": first.list, "expect": first.expect, "activate": first.activate})
                 .to_string();
-        let p = self
+        let out = self
             .0
-            .gate
-            .admit(&creds, &ops::PUSH_LIST, &filter)
-            .map_err(Status::from)?;
-        let r = self.push_inner(&p, first, stream, &mut filter).await;
-        let out = self.0.audited(&p, &ops::PUSH_LIST, &filter, r).await?;
+            .answer(&creds, &ops::PUSH_LIST, filter, |p| async move {
+                self.push_inner(&p, first, stream).await
+            })
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -524,18 +513,20 @@ impl ListService for Lists {
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
         let filter = json!({"list": r.list, "version": r.version, "expect": r.expect}).to_string();
-        let p = self.admit(&req, &ops::ACTIVATE_LIST, &filter)?;
-        let res = async {
-            let l = self.list(&r.list)?;
-            let id = version_id(&r.version)?;
-            let e = expect(&r.expect)?;
-            let a = Lists::activate(self, &p, l, Target::Id(id), e, None).await?;
-            Ok((a, 1))
-        }
-        .await;
         let out = self
             .0
-            .audited(&p, &ops::ACTIVATE_LIST, &filter, res)
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::ACTIVATE_LIST,
+                filter,
+                |p| async move {
+                    let l = self.list(&r.list)?;
+                    let id = version_id(&r.version)?;
+                    let e = expect(&r.expect)?;
+                    let a = Lists::activate(self, &p, l, Target::Id(id), e, None).await?;
+                    Ok(Done::rows(a, 1))
+                },
+            )
             .await?;
         Ok(Response::new(out))
     }
@@ -545,21 +536,16 @@ impl ListService for Lists {
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
-        let mut filter = json!({"list": r.list, "expect": r.expect}).to_string();
-        let p = self.admit(&req, &ops::ROLLBACK_LIST, &filter)?;
-        let res = async {
-            let l = self.list(&r.list)?;
-            let e = expect(&r.expect)?;
-            let a = Lists::activate(self, &p, l, Target::Previous, e, None).await?;
-            Ok((a, 1))
-        }
-        .await;
-        if let Ok((a, _)) = &res {
-            filter = json!({"list": r.list, "expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
-        }
+        let filter = json!({"list": r.list, "expect": r.expect}).to_string();
         let out = self
             .0
-            .audited(&p, &ops::ROLLBACK_LIST, &filter, res)
+            .answer(&Credentials::grpc(&req), &ops::ROLLBACK_LIST, filter, |p| async move {
+                let l = self.list(&r.list)?;
+                let e = expect(&r.expect)?;
+                let a = Lists::activate(self, &p, l, Target::Previous, e, None).await?;
+                let named = json!({"list": r.list, "expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
+                Ok(Done::rows(a, 1).naming(named))
+            })
             .await?;
         Ok(Response::new(out))
     }
@@ -570,27 +556,29 @@ impl ListService for Lists {
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let r = req.get_ref().clone();
         let filter = json!({"list": r.list}).to_string();
-        let p = self.admit(&req, &ops::LIST_VERSIONS, &filter)?;
-        let res = async {
-            let l = self.list(&r.list)?;
-            let pb = self.0.clone();
-            let versions = blocking(move || {
-                let s = lock(pb.source.lists[l].as_ref().expect("published"));
-                Ok(s.index
-                    .versions
-                    .iter()
-                    .rev()
-                    .map(|m| version_pb(l, &s, m))
-                    .collect::<Vec<_>>())
-            })
-            .await?;
-            let n = versions.len() as u64;
-            Ok((pb::ListVersionsResponse { versions }, n))
-        }
-        .await;
         let out = self
             .0
-            .audited(&p, &ops::LIST_VERSIONS, &filter, res)
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::LIST_VERSIONS,
+                filter,
+                |_| async move {
+                    let l = self.list(&r.list)?;
+                    let pb = self.0.clone();
+                    let versions = blocking(move || {
+                        let s = lock(pb.source.lists[l].as_ref().expect("published"));
+                        Ok(s.index
+                            .versions
+                            .iter()
+                            .rev()
+                            .map(|m| version_pb(l, &s, m))
+                            .collect::<Vec<_>>())
+                    })
+                    .await?;
+                    let n = versions.len() as u64;
+                    Ok(Done::rows(pb::ListVersionsResponse { versions }, n))
+                },
+            )
             .await?;
         Ok(Response::new(out))
     }
@@ -600,30 +588,29 @@ impl ListService for Lists {
     async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<DiffStream>, Status> {
         let r = req.get_ref().clone();
         let filter = json!({"list": r.list, "from": r.from, "to": r.to}).to_string();
-        let p = self.admit(&req, &ops::DIFF_LIST, &filter)?;
-        let res = async {
-            let l = self.list(&r.list)?;
-            let from = if r.from.trim().is_empty() {
-                None
-            } else {
-                Some(super::shelf::parse_id(&r.from).ok_or_else(|| {
-                    Status::invalid_argument(format!("{:?} is not a version id", r.from))
-                })?)
-            };
-            let to = super::shelf::parse_id(&r.to).ok_or_else(|| {
-                Status::invalid_argument(format!("{:?} is not a version id", r.to))
-            })?;
-            let pb = self.0.clone();
-            let lists = blocking(move || {
-                let a = version_list(&pb, l, from)?;
-                let b = version_list(&pb, l, Some(to))?;
-                Ok((a.0, b.0))
-            })
+        let (a, b) = self
+            .0
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::DIFF_LIST,
+                filter,
+                |_| async move {
+                    let l = self.list(&r.list)?;
+                    let from = maybe_id(&r.from, "from")?;
+                    let to = maybe_id(&r.to, "to")?.ok_or_else(|| {
+                        Status::invalid_argument("to: name the version to compare with")
+                    })?;
+                    let pb = self.0.clone();
+                    let lists = blocking(move || {
+                        let a = version_list(&pb, l, from)?;
+                        let b = version_list(&pb, l, Some(to))?;
+                        Ok((a.0, b.0))
+                    })
+                    .await?;
+                    Ok(Done::rows(lists, 0))
+                },
+            )
             .await?;
-            Ok((lists, 0))
-        }
-        .await;
-        let (a, b) = self.0.audited(&p, &ops::DIFF_LIST, &filter, res).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::with_capacity(DIFF_CHUNK);
@@ -658,13 +645,19 @@ impl ListService for Lists {
     ) -> Result<Response<pb::LookupResponse>, Status> {
         let r = req.get_ref().clone();
         let filter = json!({"number": r.number}).to_string();
-        let p = self.admit(&req, &ops::LOOKUP, &filter)?;
-        let res = self.lookup_now(&r.number);
-        let res = res.map(|l| {
-            let n = l.hits.len() as u64;
-            (l, n)
-        });
-        let out = self.0.audited(&p, &ops::LOOKUP, &filter, res).await?;
+        let out = self
+            .0
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::LOOKUP,
+                filter,
+                |_| async move {
+                    let l = self.lookup_now(&r.number)?;
+                    let n = l.hits.len() as u64;
+                    Ok(Done::rows(l, n))
+                },
+            )
+            .await?;
         Ok(Response::new(out))
     }
 }

@@ -37,7 +37,7 @@ use kuzet_rules::{ListId, ListPolicy, NumberingPlan};
 use serde::Deserialize;
 use tonic::Status;
 
-use crate::gate::{AccessGate, Op, Permission, Principal};
+use crate::gate::{AccessGate, Credentials, Op, Permission, Principal};
 use shelf::Meta;
 pub use source::{Nudge, PublishedSource};
 
@@ -276,21 +276,55 @@ impl Publishing {
         }
     }
 
-    /// Audits an admitted call's answer (or failure) before it is given.
-    pub(crate) async fn audited<T>(
+    /// Every call's frame: admits `creds` for `op` (a refusal is counted
+    /// by the gate and written to the audit log within a second), runs
+    /// `work` as the admitted principal, and audits its answer or failure
+    /// (with the filter naming the version ids, once known) before it is
+    /// given: an answer that cannot be audited is not given.
+    pub(crate) async fn answer<T, Fut>(
         &self,
-        p: &Principal,
+        creds: &Credentials,
         op: &Op,
-        filter: &str,
-        r: Result<(T, u64), Status>,
-    ) -> Result<T, Status> {
-        let outcome = match &r {
-            Ok(_) => "ok".to_string(),
-            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        filter: String,
+        work: impl FnOnce(Principal) -> Fut,
+    ) -> Result<T, Status>
+    where
+        Fut: std::future::Future<Output = Result<Done<T>, Status>>,
+    {
+        let p = self.gate.admit(creds, op, &filter).map_err(Status::from)?;
+        let r = work(p.clone()).await;
+        let (f, rows, outcome) = match &r {
+            Ok(d) => (d.filter.as_deref().unwrap_or(&filter), d.rows, "ok".into()),
+            Err(s) => (&filter[..], 0, format!("{:?}: {}", s.code(), s.message())),
         };
-        let rows = r.as_ref().map_or(0, |(_, n)| *n);
-        self.gate.audit(p, op, filter, rows, &outcome).await?;
-        r.map(|(t, _)| t)
+        self.gate.audit(&p, op, f, rows, &outcome).await?;
+        r.map(|d| d.value)
+    }
+}
+
+/// What a call answers: its value, the rows it holds (for the audit log),
+/// and the audit filter when the call learnt what to name only as it ran
+/// (the version a push made, the one a rollback restored).
+pub(crate) struct Done<T> {
+    value: T,
+    rows: u64,
+    filter: Option<String>,
+}
+
+impl<T> Done<T> {
+    /// `value`, holding `rows` rows.
+    pub(crate) fn rows(value: T, rows: u64) -> Done<T> {
+        Done {
+            value,
+            rows,
+            filter: None,
+        }
+    }
+
+    /// The same, audited with `filter` instead of the request's.
+    pub(crate) fn naming(mut self, filter: String) -> Done<T> {
+        self.filter = Some(filter);
+        self
     }
 }
 
@@ -304,16 +338,22 @@ pub(crate) fn vname(id: Option<u64>) -> String {
     id.map_or_else(String::new, |i| format!("v{i}"))
 }
 
-/// An `expect` field: `None` when empty; `Some(0)` for `v0`.
-pub(crate) fn expect(s: &str) -> Result<Option<u64>, Status> {
+/// An optional version field (`expect`, a diff's `from`): `None` when
+/// empty; `Some(0)` for `v0`. `what` names the field in the error.
+pub(crate) fn maybe_id(s: &str, what: &str) -> Result<Option<u64>, Status> {
     if s.trim().is_empty() {
         return Ok(None);
     }
     shelf::parse_id(s).map(Some).ok_or_else(|| {
         Status::invalid_argument(format!(
-            "expect {s:?} is not a version id (v7, or v0 for none)"
+            "{what} {s:?} is not a version id (v7, or v0 for none)"
         ))
     })
+}
+
+/// An `expect` field (see [`maybe_id`]).
+pub(crate) fn expect(s: &str) -> Result<Option<u64>, Status> {
+    maybe_id(s, "expect")
 }
 
 /// A version id field, which must be set.

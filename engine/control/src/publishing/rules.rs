@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status};
 use super::shelf::{Meta, Shelf};
 use super::source::{lock, MAX_RULES};
 use super::{
-    blocking, check_expect, diff, expect, hex, now_us, ops, version_id, vname, Publishing,
+    blocking, check_expect, diff, expect, hex, maybe_id, now_us, ops, version_id, vname, Done,
+    Publishing,
 };
 use crate::gate::{Credentials, Principal};
 use crate::publish::Layers;
@@ -58,18 +59,6 @@ impl Rules {
         })
     }
 
-    fn admit<T>(
-        &self,
-        req: &Request<T>,
-        op: &crate::gate::Op,
-        filter: &str,
-    ) -> Result<Principal, Status> {
-        self.0
-            .gate
-            .admit(&Credentials::grpc(req), op, filter)
-            .map_err(Status::from)
-    }
-
     fn parse(&self, name: &str, text: &str) -> Result<RuleSet, String> {
         if text.len() as u64 > MAX_RULES {
             return Err(format!("{name}: larger than {} KiB", MAX_RULES >> 10));
@@ -104,15 +93,7 @@ impl Rules {
                     // The base was pruned: no changes to show.
                     Err(_) => Vec::new(),
                 };
-                (
-                    set.rules
-                        .iter()
-                        .filter(|r| !r.builtin)
-                        .map(rule_pb)
-                        .collect(),
-                    Some(thresholds_pb(&set)),
-                    changes,
-                )
+                (own_rules(&set), Some(thresholds_pb(&set)), changes)
             }
             Err(_) => (Vec::new(), None, Vec::new()),
         };
@@ -214,35 +195,31 @@ impl RuleService for Rules {
     ) -> Result<Response<pb::ValidateResponse>, Status> {
         let r = req.get_ref().clone();
         let filter = json!({"name": r.name, "bytes": r.toml.len()}).to_string();
-        let p = self.admit(&req, &ops::VALIDATE_RULES, &filter)?;
-        let name = if r.name.trim().is_empty() {
-            "rules.toml".to_string()
-        } else {
-            r.name.clone()
-        };
-        let out = match self.parse(&name, &r.toml) {
-            Ok(set) => pb::ValidateResponse {
-                ok: true,
-                error: String::new(),
-                rules: set
-                    .rules
-                    .iter()
-                    .filter(|r| !r.builtin)
-                    .map(rule_pb)
-                    .collect(),
-                thresholds: Some(thresholds_pb(&set)),
-            },
-            Err(e) => pb::ValidateResponse {
-                ok: false,
-                error: e,
-                rules: Vec::new(),
-                thresholds: None,
-            },
-        };
-        let n = out.rules.len() as u64;
         let out = self
             .0
-            .audited(&p, &ops::VALIDATE_RULES, &filter, Ok((out, n)))
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::VALIDATE_RULES,
+                filter,
+                |_| async move {
+                    let out = match self.parse(&file_name(&r.name), &r.toml) {
+                        Ok(set) => pb::ValidateResponse {
+                            ok: true,
+                            error: String::new(),
+                            rules: own_rules(&set),
+                            thresholds: Some(thresholds_pb(&set)),
+                        },
+                        Err(e) => pb::ValidateResponse {
+                            ok: false,
+                            error: e,
+                            rules: Vec::new(),
+                            thresholds: None,
+                        },
+                    };
+                    let n = out.rules.len() as u64;
+                    Ok(Done::rows(out, n))
+                },
+            )
             .await?;
         Ok(Response::new(out))
     }
@@ -253,76 +230,23 @@ impl RuleService for Rules {
     ) -> Result<Response<pb::StageResponse>, Status> {
         let r = req.get_ref().clone();
         let text = r.text.clone().unwrap_or_default();
-        let mut filter =
+        let filter =
             json!({"name": text.name, "expect": r.expect, "bytes": text.toml.len()}).to_string();
-        let p = self.admit(&req, &ops::STAGE_RULES, &filter)?;
-        let res = async {
-            self.shelf()?;
-            let expected = expect(&r.expect)?;
-            let name = if text.name.trim().is_empty() {
-                "rules.toml".to_string()
-            } else {
-                text.name.clone()
-            };
-            self.parse(&name, &text.toml)
-                .map_err(|e| Status::invalid_argument(format!("{e}; nothing was staged")))?;
-            let me = self.clone();
-            let who = p.clone();
-            let note = r.note.clone();
-            blocking(move || {
-                let pb = &me.0;
-                let mut s = lock(me.shelf()?);
-                check_expect(expected, s.index.newest(), "the newest rule version")?;
-                let d = Sha256::digest(text.toml.as_bytes());
-                let digest = hex(&d[..16]);
-                if let Some(n) = s.index.newest().filter(|n| n.digest == digest) {
-                    let v = me.version_pb(&s, n);
-                    return Ok((
-                        pb::StageResponse {
-                            version: Some(v),
-                            unchanged: true,
-                        },
-                        1,
-                    ));
-                }
-                s.keep_text(text.toml.as_bytes(), &digest)
-                    .map_err(Status::internal)?;
-                let mut idx = s.index.clone();
-                let id = idx.next.max(1);
-                let meta = Meta {
-                    id,
-                    digest,
-                    author: who.who.clone(),
-                    created_us: now_us(),
-                    base: idx.active,
-                    note,
-                    name,
-                    ..Meta::default()
-                };
-                idx.versions.push(meta.clone());
-                idx.next = id + 1;
-                s.save(idx)
-                    .map_err(|e| Status::internal(format!("recording rules v{id}: {e}")))?;
-                let keep_us = i64::from(pb.cfg.keep_days) * 86_400_000_000;
-                if let Err(e) = s.prune(pb.cfg.keep_versions, keep_us, now_us()) {
-                    tracing::warn!(error = %e, "pruning old rule versions failed");
-                }
-                tracing::info!(version = %meta.name(), by = %who.who, "rule version staged");
-                Ok((
-                    pb::StageResponse {
-                        version: Some(me.version_pb(&s, &meta)),
-                        unchanged: false,
-                    },
-                    1,
-                ))
+        let out = self
+            .0
+            .answer(&Credentials::grpc(&req), &ops::STAGE_RULES, filter, |p| async move {
+                self.shelf()?;
+                let expected = expect(&r.expect)?;
+                let name = file_name(&text.name);
+                self.parse(&name, &text.toml)
+                    .map_err(|e| Status::invalid_argument(format!("{e}; nothing was staged")))?;
+                let me = self.clone();
+                let note = r.note.clone();
+                let out = blocking(move || me.stage_now(&p, &name, &text.toml, expected, note)).await?;
+                let named = json!({"name": r.text.as_ref().map(|t| t.name.clone()), "expect": r.expect, "version": out.version.as_ref().map(|v| v.id.clone())}).to_string();
+                Ok(Done::rows(out, 1).naming(named))
             })
-            .await
-        }
-        .await;
-        if let Ok((s, _)) = &res {
-            filter = json!({"name": r.text.as_ref().map(|t| t.name.clone()), "expect": r.expect, "version": s.version.as_ref().map(|v| v.id.clone())}).to_string();
-        }
-        let out = self.0.audited(&p, &ops::STAGE_RULES, &filter, res).await?;
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -332,16 +256,18 @@ impl RuleService for Rules {
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
         let filter = json!({"version": r.version, "expect": r.expect}).to_string();
-        let p = self.admit(&req, &ops::ACTIVATE_RULES, &filter)?;
-        let res = async {
-            let id = version_id(&r.version)?;
-            let e = expect(&r.expect)?;
-            Ok((self.activate_rules(&p, Some(id), e).await?, 1))
-        }
-        .await;
         let out = self
             .0
-            .audited(&p, &ops::ACTIVATE_RULES, &filter, res)
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::ACTIVATE_RULES,
+                filter,
+                |p| async move {
+                    let id = version_id(&r.version)?;
+                    let e = expect(&r.expect)?;
+                    Ok(Done::rows(self.activate_rules(&p, Some(id), e).await?, 1))
+                },
+            )
             .await?;
         Ok(Response::new(out))
     }
@@ -351,19 +277,15 @@ impl RuleService for Rules {
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
-        let mut filter = json!({"expect": r.expect}).to_string();
-        let p = self.admit(&req, &ops::ROLLBACK_RULES, &filter)?;
-        let res = async {
-            let e = expect(&r.expect)?;
-            Ok((self.activate_rules(&p, None, e).await?, 1))
-        }
-        .await;
-        if let Ok((a, _)) = &res {
-            filter = json!({"expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
-        }
+        let filter = json!({"expect": r.expect}).to_string();
         let out = self
             .0
-            .audited(&p, &ops::ROLLBACK_RULES, &filter, res)
+            .answer(&Credentials::grpc(&req), &ops::ROLLBACK_RULES, filter, |p| async move {
+                let e = expect(&r.expect)?;
+                let a = self.activate_rules(&p, None, e).await?;
+                let named = json!({"expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
+                Ok(Done::rows(a, 1).naming(named))
+            })
             .await?;
         Ok(Response::new(out))
     }
@@ -372,30 +294,30 @@ impl RuleService for Rules {
         &self,
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        let filter = "{}".to_string();
-        let p = self.admit(&req, &ops::RULE_VERSIONS, &filter)?;
-        let me = self.clone();
-        let res = async {
-            me.shelf()?;
-            let m2 = me.clone();
-            blocking(move || {
-                let s = lock(m2.shelf()?);
-                let v: Vec<pb::Version> = s
-                    .index
-                    .versions
-                    .iter()
-                    .rev()
-                    .map(|m| m2.version_pb(&s, m))
-                    .collect();
-                let n = v.len() as u64;
-                Ok((pb::ListVersionsResponse { versions: v }, n))
-            })
-            .await
-        }
-        .await;
         let out = self
             .0
-            .audited(&p, &ops::RULE_VERSIONS, &filter, res)
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::RULE_VERSIONS,
+                "{}".into(),
+                |_| async move {
+                    self.shelf()?;
+                    let me = self.clone();
+                    blocking(move || {
+                        let s = lock(me.shelf()?);
+                        let v: Vec<pb::Version> = s
+                            .index
+                            .versions
+                            .iter()
+                            .rev()
+                            .map(|m| me.version_pb(&s, m))
+                            .collect();
+                        let n = v.len() as u64;
+                        Ok(Done::rows(pb::ListVersionsResponse { versions: v }, n))
+                    })
+                    .await
+                },
+            )
             .await?;
         Ok(Response::new(out))
     }
@@ -406,41 +328,109 @@ impl RuleService for Rules {
     ) -> Result<Response<pb::DiffResponse>, Status> {
         let r = req.get_ref().clone();
         let filter = json!({"from": r.from, "to": r.to}).to_string();
-        let p = self.admit(&req, &ops::DIFF_RULES, &filter)?;
-        let me = self.clone();
-        let res = async {
-            me.shelf()?;
-            let from = if r.from.trim().is_empty() {
-                None
-            } else {
-                Some(super::shelf::parse_id(&r.from).ok_or_else(|| {
-                    Status::invalid_argument(format!("{:?} is not a version id", r.from))
-                })?)
-            };
-            let to = super::shelf::parse_id(&r.to).ok_or_else(|| {
-                Status::invalid_argument(format!("{:?} is not a version id", r.to))
-            })?;
-            let m2 = me.clone();
-            blocking(move || {
-                let s = lock(m2.shelf()?);
-                let a = m2.version_rules(&s, from.or(s.index.active))?;
-                let b = m2.version_rules(&s, Some(to))?;
-                let changes: Vec<pb::Change> =
-                    diff::rules(&a, &b).into_iter().map(change_pb).collect();
-                let more = changes.iter().any(|c| c.blocks_more);
-                let n = changes.len() as u64;
-                Ok((
-                    pb::DiffResponse {
-                        changes,
-                        blocks_more: more,
-                    },
-                    n,
-                ))
-            })
-            .await
-        }
-        .await;
-        let out = self.0.audited(&p, &ops::DIFF_RULES, &filter, res).await?;
+        let out = self
+            .0
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::DIFF_RULES,
+                filter,
+                |_| async move {
+                    self.shelf()?;
+                    let from = maybe_id(&r.from, "from")?;
+                    let to = maybe_id(&r.to, "to")?.ok_or_else(|| {
+                        Status::invalid_argument("to: name the version to compare with")
+                    })?;
+                    let me = self.clone();
+                    blocking(move || {
+                        let s = lock(me.shelf()?);
+                        let a = me.version_rules(&s, from.or(s.index.active))?;
+                        let b = me.version_rules(&s, Some(to))?;
+                        let changes: Vec<pb::Change> =
+                            diff::rules(&a, &b).into_iter().map(change_pb).collect();
+                        let more = changes.iter().any(|c| c.blocks_more);
+                        let n = changes.len() as u64;
+                        Ok(Done::rows(
+                            pb::DiffResponse {
+                                changes,
+                                blocks_more: more,
+                            },
+                            n,
+                        ))
+                    })
+                    .await
+                },
+            )
+            .await?;
         Ok(Response::new(out))
+    }
+}
+
+/// The name errors give a rule text: the author's, or `rules.toml`.
+fn file_name(name: &str) -> String {
+    if name.trim().is_empty() {
+        "rules.toml".into()
+    } else {
+        name.to_string()
+    }
+}
+
+/// A rule set's own rules (not the built-in list rules every set has).
+fn own_rules(set: &RuleSet) -> Vec<pb::Rule> {
+    set.rules
+        .iter()
+        .filter(|r| !r.builtin)
+        .map(rule_pb)
+        .collect()
+}
+
+impl Rules {
+    /// Stores a checked rule text as a new version (or names the newest
+    /// when it is the same text), under the shelf's lock.
+    fn stage_now(
+        &self,
+        who: &Principal,
+        name: &str,
+        toml: &str,
+        expected: Option<u64>,
+        note: String,
+    ) -> Result<pb::StageResponse, Status> {
+        let pb = &self.0;
+        let mut s = lock(self.shelf()?);
+        check_expect(expected, s.index.newest(), "the newest rule version")?;
+        let d = Sha256::digest(toml.as_bytes());
+        let digest = hex(&d[..16]);
+        if let Some(n) = s.index.newest().filter(|n| n.digest == digest) {
+            return Ok(pb::StageResponse {
+                version: Some(self.version_pb(&s, n)),
+                unchanged: true,
+            });
+        }
+        s.keep_text(toml.as_bytes(), &digest)
+            .map_err(Status::internal)?;
+        let mut idx = s.index.clone();
+        let id = idx.next.max(1);
+        let meta = Meta {
+            id,
+            digest,
+            author: who.who.clone(),
+            created_us: now_us(),
+            base: idx.active,
+            note,
+            name: name.to_string(),
+            ..Meta::default()
+        };
+        idx.versions.push(meta.clone());
+        idx.next = id + 1;
+        s.save(idx)
+            .map_err(|e| Status::internal(format!("recording rules v{id}: {e}")))?;
+        let keep_us = i64::from(pb.cfg.keep_days) * 86_400_000_000;
+        if let Err(e) = s.prune(pb.cfg.keep_versions, keep_us, now_us()) {
+            tracing::warn!(error = %e, "pruning old rule versions failed");
+        }
+        tracing::info!(version = %meta.name(), by = %who.who, "rule version staged");
+        Ok(pb::StageResponse {
+            version: Some(self.version_pb(&s, &meta)),
+            unchanged: false,
+        })
     }
 }
