@@ -28,6 +28,22 @@ pub fn test_config() -> Config {
     c
 }
 
+/// `[[control.tokens]]` for each (name, role), the token of each made
+/// by `token_of`.
+pub fn tokens_for(
+    roles: &[(&str, &str)],
+    token_of: fn(&str) -> String,
+) -> Vec<kuzet::config::TokenConfig> {
+    roles
+        .iter()
+        .map(|(name, role)| kuzet::config::TokenConfig {
+            name: (*name).into(),
+            role: (*role).into(),
+            sha256: kuzet_control::access::hash_token(&token_of(name)),
+        })
+        .collect()
+}
+
 /// Starts an engine from `cfg`.
 pub fn start(cfg: Config) -> Running {
     server::start(cfg, StartOptions::default()).expect("engine starts")

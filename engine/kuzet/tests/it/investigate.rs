@@ -7,7 +7,6 @@ use std::process::Command;
 use kuzet::config::{ListEntry, TokenConfig};
 use kuzet_api::investigation as pb;
 use kuzet_api::investigation::investigation_service_client::InvestigationServiceClient;
-use kuzet_control::access::hash_token;
 use tonic::Code;
 
 use crate::common::{ask, client, header, invite, start, status, test_config, TempDir, Watched};
@@ -23,14 +22,7 @@ fn token_of(name: &str) -> String {
 }
 
 fn tokens() -> Vec<TokenConfig> {
-    ROLES
-        .iter()
-        .map(|(name, role)| TokenConfig {
-            name: (*name).into(),
-            role: (*role).into(),
-            sha256: hash_token(&token_of(name)),
-        })
-        .collect()
+    crate::common::tokens_for(&ROLES, token_of)
 }
 
 fn rt() -> tokio::runtime::Runtime {

@@ -33,14 +33,7 @@ fn token_of(name: &str) -> String {
 }
 
 fn tokens() -> Vec<TokenConfig> {
-    ROLES
-        .iter()
-        .map(|(name, role)| TokenConfig {
-            name: (*name).into(),
-            role: (*role).into(),
-            sha256: hash_token(&token_of(name)),
-        })
-        .collect()
+    crate::common::tokens_for(&ROLES, token_of)
 }
 
 /// A config publishing the blocklist, the allowlist and the rules, with
