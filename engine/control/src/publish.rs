@@ -136,7 +136,11 @@ pub trait Source: Send + Sync {
     fn changed(&self) -> Layers;
 
     /// The sequence of the content it offers now: a published version's
-    /// number, a feed batch's; 0 for inputs that have none (files).
+    /// number, a feed batch's; 0 for inputs that have none (files). A
+    /// source raises it only after [`Source::changed`] reports the layers
+    /// that changed with it: the publisher reads it before asking what
+    /// changed, so a snapshot named with sequence N holds every change up
+    /// to N.
     fn sequence(&self) -> u64 {
         0
     }
@@ -277,6 +281,8 @@ impl Candidate {
 /// One build of the dirty layers, ready to run on a thread of its own.
 pub struct Job {
     layers: Layers,
+    /// The inputs' sequence when the layers were found dirty.
+    seq: u64,
     sources: Arc<[Arc<dyn Source>]>,
     plan: Arc<NumberingPlan>,
     policy: ListPolicy,
@@ -294,9 +300,11 @@ impl Job {
     pub fn run(&self) -> Result<Candidate, LoadError> {
         let started = Instant::now();
         let mut stats = LoadStats::default();
-        // The sequence is read before the content, so a source that moves
-        // on meanwhile is read again with its newer number.
-        let seq = self.sources.iter().map(|s| s.sequence()).max().unwrap_or(0);
+        // The sequence was read before the sources were asked what
+        // changed: every change it counts is in this job's layers (or was
+        // in force already), and a source that moves on meanwhile is read
+        // again with its newer number.
+        let seq = self.seq;
         let mut lists = Vec::new();
         for l in self.layers.lists() {
             let mut feeders = self.sources.iter().filter(|s| s.layers().has(l));
@@ -396,6 +404,9 @@ pub struct Publisher {
     rules: (Arc<RuleSet>, [u8; 16]),
     /// Changed, and no good build of them in force yet.
     dirty: Layers,
+    /// The highest input sequence read before the changes it covers were
+    /// collected (see [`Source::sequence`]).
+    seq_seen: u64,
     /// Loads failed or abandoned in a row.
     failures: u32,
     /// No load before this (a back-off after a failure).
@@ -422,7 +433,11 @@ impl Publisher {
             digest: [0; 16],
         };
         let rules = Arc::new(RuleSet::builtin(&policy, &plan));
+        // Every layer is dirty: the first job covers all that any source
+        // offers now.
+        let seq_seen = sources.iter().map(|s| s.sequence()).max().unwrap_or(0);
         Publisher {
+            seq_seen,
             sources: sources.into(),
             plan: Arc::new(plan),
             policy,
@@ -452,6 +467,9 @@ impl Publisher {
     /// ends any back-off (new content deserves a try at once).
     pub fn poll(&mut self) {
         for s in self.sources.iter() {
+            // The sequence first: the changes it counts are then reported
+            // by `changed` below (or were by an earlier poll).
+            self.seq_seen = self.seq_seen.max(s.sequence());
             let c = s.changed();
             if !c.is_empty() {
                 self.dirty = self.dirty.with(c);
@@ -476,6 +494,7 @@ impl Publisher {
     pub fn job(&self) -> Job {
         Job {
             layers: self.dirty,
+            seq: self.seq_seen,
             sources: self.sources.clone(),
             plan: self.plan.clone(),
             policy: self.policy,

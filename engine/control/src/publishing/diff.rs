@@ -121,9 +121,16 @@ pub fn lists(
 
 /// Whether a number added to list `l` can turn a call kuzet let through
 /// into one it blocks: the blocklist, the protected numbers (a call
-/// claiming one is spoofed) and the premium destinations.
-pub fn adding_blocks(l: ListId) -> bool {
+/// claiming one is spoofed), the premium destinations, and any list an
+/// enforced rule in force reads with a score (scores add up: a flaglist
+/// hit and another rule's can reach the block threshold together).
+pub fn adding_blocks(l: ListId, rules: &RuleSet) -> bool {
     matches!(l, ListId::Block | ListId::Protected | ListId::Premium)
+        || rules.rules.iter().any(|r| {
+            r.mode == Mode::Enforce
+                && r.score > 0
+                && matches!(r.kind, Kind::List { list, .. } if list == l)
+        })
 }
 
 /// Whether a number taken off list `l` can do so: the lists that exempt
@@ -132,9 +139,10 @@ pub fn removing_blocks(l: ListId) -> bool {
     matches!(l, ListId::Allow | ListId::Roamers)
 }
 
-/// Whether moving list `l` by `added` and `removed` entries blocks more.
-pub fn list_blocks_more(l: ListId, added: u64, removed: u64) -> bool {
-    (adding_blocks(l) && added > 0) || (removing_blocks(l) && removed > 0)
+/// Whether moving list `l` by `added` and `removed` entries blocks more,
+/// under the rules in force.
+pub fn list_blocks_more(l: ListId, rules: &RuleSet, added: u64, removed: u64) -> bool {
+    (adding_blocks(l, rules) && added > 0) || (removing_blocks(l) && removed > 0)
 }
 
 /// One change of a rule set.
@@ -287,6 +295,14 @@ pub fn rules(from: &RuleSet, to: &RuleSet) -> Vec<Change> {
         },
     );
     th("flag", Some(a.flag), Some(b.flag), false);
+    // A cap below the block threshold held every call under it: raising
+    // it lets calls reach a block.
+    th(
+        "cap",
+        Some(a.cap),
+        Some(b.cap),
+        b.cap > a.cap && a.cap < b.block,
+    );
     if a.redirect_uri != b.redirect_uri {
         out.push(Change {
             what: "thresholds.redirect_uri".into(),
@@ -341,10 +357,21 @@ mod tests {
         // Stopping early still counts what was walked.
         let (ad, re) = lists(&a, &b, |_, _, _| false);
         assert_eq!((ad, re), (0, 1));
-        assert!(list_blocks_more(ListId::Block, 1, 0));
-        assert!(!list_blocks_more(ListId::Block, 0, 5));
-        assert!(list_blocks_more(ListId::Allow, 0, 1));
-        assert!(!list_blocks_more(ListId::Flag, 9, 9));
+        let rules = RuleSet::builtin(
+            &ListPolicy {
+                block_score: 100,
+                flag_score: 50,
+                sides: Sides::BOTH,
+            },
+            &plan,
+        );
+        assert!(list_blocks_more(ListId::Block, &rules, 1, 0));
+        assert!(!list_blocks_more(ListId::Block, &rules, 0, 5));
+        assert!(list_blocks_more(ListId::Allow, &rules, 0, 1));
+        assert!(!list_blocks_more(ListId::Allow, &rules, 7, 0));
+        // The flaglist scores in force: with another rule it can block.
+        assert!(list_blocks_more(ListId::Flag, &rules, 1, 0));
+        assert!(!list_blocks_more(ListId::Flag, &rules, 0, 9));
     }
 
     #[test]

@@ -19,14 +19,18 @@ use super::shelf::{Meta, Shelf};
 use super::source::lock;
 use super::{
     blocking, check_expect, diff, expect, hex, maybe_id, now_us, ops, unhex16, version_id, vname,
-    Done, Publishing,
+    Filter, Publishing,
 };
 use crate::gate::{Credentials, Principal};
 use crate::publish::{feed_lines, list_digest, Layers};
 
-/// The most a push may send: beyond any list kuzet is sized for (10M
-/// numbers are about 140 MB), and short of filling the disk.
-pub const MAX_PUSH_BYTES: u64 = 4 << 30;
+/// The most a push may send: seven times a 10M-number list (about 140
+/// MB), which bounds what one push can make kuzet hold in memory while it
+/// is checked (about 16 bytes an entry) and write to disk.
+pub const MAX_PUSH_BYTES: u64 = 1 << 30;
+
+/// The longest wait for a push's next chunk.
+const CHUNK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Diff entries per streamed chunk.
 const DIFF_CHUNK: usize = 2_000;
@@ -68,6 +72,9 @@ impl Lists {
     }
 
     /// Puts a version of `l` in force (see [`super`]); waits for the swap.
+    /// `f` names the call in the audit log: a "started" row is written
+    /// before anything is recorded.
+    #[allow(clippy::too_many_arguments)]
     async fn activate(
         &self,
         p: &Principal,
@@ -75,22 +82,76 @@ impl Lists {
         target: Target,
         expected: Option<u64>,
         built: Option<Arc<NumberList>>,
+        f: &Filter,
     ) -> Result<pb::ActivateResponse, Status> {
         let pb = self.0.clone();
         // One activation at a time, to its swap: each judges "blocks
         // more" against what is really in force.
         let _turn = pb.activating.lock().await;
-        let who = p.clone();
+        // What is to go in force, read under the shelf's lock; its list
+        // (when not built already) is built outside it, so lookups and
+        // listings never wait on a 10M-line parse.
+        let (meta, list) = {
+            let pb = pb.clone();
+            blocking(move || {
+                let s = lock(pb.source.lists[l].as_ref().expect("published"));
+                let meta = target_meta(&s, l, target)?;
+                check_expect(
+                    expected,
+                    s.index.active_meta(),
+                    &format!("the {l} version in force"),
+                )?;
+                if s.index.active == Some(meta.id) {
+                    return Ok((meta, None));
+                }
+                let list = match built {
+                    Some(b) => b,
+                    None => {
+                        let file = s.open_content(&meta.digest).map_err(Status::internal)?;
+                        drop(s);
+                        let _turn = pb.heavy_blocking();
+                        Arc::new(build_version(&pb, file, l, &meta)?)
+                    }
+                };
+                Ok((meta, Some(list)))
+            })
+            .await?
+        };
+        f.set(json!({"list": l.name(), "version": meta.name(), "expect": vname(expected)}));
+        let Some(list) = list else {
+            // Already in force: nothing to record.
+            let shelf = lock(pb.source.lists[l].as_ref().expect("published"));
+            return Ok(pb::ActivateResponse {
+                version: Some(version_pb(l, &shelf, &meta)),
+                replaced: String::new(),
+                snapshot: pb.shared.load().version.to_string(),
+            });
+        };
+        let in_force = pb.shared.load().lists[l].clone();
+        let rules = pb.shared.load().rules.clone();
+        let (added, removed) = {
+            let list = list.clone();
+            blocking(move || Ok(diff::lists(&in_force, &list, |_, _, _| true))).await?
+        };
+        if diff::list_blocks_more(l, &rules, added, removed) {
+            pb.approve(
+                p,
+                &meta.author,
+                &format!("{l} {}", meta.name()),
+                &format!("+{added} -{removed} entries"),
+            )?;
+        }
+        pb.starting(p, &ops::ACTIVATE_LIST, f).await?;
         let a = {
             let pb = pb.clone();
-            blocking(move || activate_now(&pb, &who, l, target, expected, built)).await?
-        };
-        let snapshot = if a.seq == 0 {
-            pb.shared.load().version.to_string()
-        } else {
-            pb.in_force(a.seq, &format!("{l} {}", a.meta.name()))
+            let who = p.clone();
+            blocking(move || record_in_force(&pb, &who, l, &meta, expected, list, added, removed))
                 .await?
         };
+        f.set(json!({"list": l.name(), "version": a.meta.name(), "replaced": vname(a.replaced), "expect": vname(expected)}));
+        let snapshot = pb
+            .in_force(a.seq, &format!("{l} {}", a.meta.name()))
+            .await?;
         let shelf = lock(pb.source.lists[l].as_ref().expect("published"));
         Ok(pb::ActivateResponse {
             version: Some(version_pb(l, &shelf, &a.meta)),
@@ -100,18 +161,8 @@ impl Lists {
     }
 }
 
-/// The blocking part of an activation: under the shelf's lock, checks,
-/// records and offers the version.
-fn activate_now(
-    pb: &Publishing,
-    p: &Principal,
-    l: ListId,
-    target: Target,
-    expected: Option<u64>,
-    built: Option<Arc<NumberList>>,
-) -> Result<Activated, Status> {
-    let shelf = pb.source.lists[l].as_ref().expect("checked as published");
-    let mut s = lock(shelf);
+/// The version an activation names.
+fn target_meta(s: &Shelf, l: ListId, target: Target) -> Result<Meta, Status> {
     let id = match target {
         Target::Id(i) => i,
         Target::Previous => s.index.previous.ok_or_else(|| {
@@ -120,36 +171,38 @@ fn activate_now(
             ))
         })?,
     };
-    let meta = s.index.get(id).cloned().ok_or_else(|| {
+    s.index.get(id).cloned().ok_or_else(|| {
         Status::not_found(format!(
             "{l} has no v{id} (see `kuzet lists versions --list {l}`)"
         ))
-    })?;
+    })
+}
+
+/// Records `meta` in force on its shelf (checked again under the lock:
+/// the version in force is still the one expected, the version still
+/// kept) and offers its list to the publisher.
+#[allow(clippy::too_many_arguments)]
+fn record_in_force(
+    pb: &Publishing,
+    p: &Principal,
+    l: ListId,
+    meta: &Meta,
+    expected: Option<u64>,
+    list: Arc<NumberList>,
+    added: u64,
+    removed: u64,
+) -> Result<Activated, Status> {
+    let mut s = lock(pb.source.lists[l].as_ref().expect("published"));
     check_expect(
         expected,
         s.index.active_meta(),
         &format!("the {l} version in force"),
     )?;
-    if s.index.active == Some(id) {
-        return Ok(Activated {
-            meta,
-            replaced: None,
-            seq: 0,
-        });
-    }
-    let list = match built {
-        Some(b) => b,
-        None => Arc::new(build_version(pb, &s, l, &meta)?),
-    };
-    let in_force = pb.shared.load().lists[l].clone();
-    let (added, removed) = diff::lists(&in_force, &list, |_, _, _| true);
-    if diff::list_blocks_more(l, added, removed) {
-        pb.approve(
-            p,
-            &meta.author,
-            &format!("{l} {}", meta.name()),
-            &format!("+{added} -{removed} entries"),
-        )?;
+    if s.index.get(meta.id).is_none() {
+        return Err(Status::not_found(format!(
+            "{l} {} was pruned meanwhile",
+            meta.name()
+        )));
     }
     let digest = unhex16(&meta.digest).ok_or_else(|| {
         Status::internal(format!("{l} {}: a bad digest in its index", meta.name()))
@@ -158,19 +211,18 @@ fn activate_now(
     let mut idx = s.index.clone();
     let replaced = idx.active;
     idx.previous = replaced;
-    idx.active = Some(id);
+    idx.active = Some(meta.id);
     idx.activated_seq = seq;
-    let now = now_us();
-    let mut meta = meta;
-    if let Some(m) = idx.versions.iter_mut().find(|m| m.id == id) {
+    let mut meta = meta.clone();
+    if let Some(m) = idx.versions.iter_mut().find(|m| m.id == meta.id) {
         m.activated_by = p.who.clone();
-        m.activated_us = now;
+        m.activated_us = now_us();
         meta = m.clone();
     }
     s.save(idx)
         .map_err(|e| Status::internal(format!("recording {l} {} in force: {e}", meta.name())))?;
     pb.source
-        .changed_now(Layers::list(l), Some((l, id, list, digest)));
+        .changed_now(seq, Layers::list(l), Some((l, meta.id, list, digest)));
     tracing::info!(list = %l, version = %meta.name(), replaced = %vname(replaced), by = %p.who, added, removed, "list version put in force");
     Ok(Activated {
         meta,
@@ -179,9 +231,13 @@ fn activate_now(
     })
 }
 
-/// Builds a stored version's list from its file.
-fn build_version(pb: &Publishing, s: &Shelf, l: ListId, m: &Meta) -> Result<NumberList, Status> {
-    let f = s.open_content(&m.digest).map_err(Status::internal)?;
+/// Builds a stored version's list from its (opened) file.
+fn build_version(
+    pb: &Publishing,
+    f: std::fs::File,
+    l: ListId,
+    m: &Meta,
+) -> Result<NumberList, Status> {
     let mut b = ListBuilder::new(&pb.plan);
     b.reserve(m.exact as usize);
     feed_lines(
@@ -195,33 +251,27 @@ fn build_version(pb: &Publishing, s: &Shelf, l: ListId, m: &Meta) -> Result<Numb
     Ok(b.finish())
 }
 
-/// A version's list, from the snapshot when it is the one in force.
-fn version_list(
-    pb: &Publishing,
-    l: ListId,
-    id: Option<u64>,
-) -> Result<(Arc<NumberList>, String), Status> {
-    let shelf = pb.source.lists[l].as_ref().expect("published");
-    let s = lock(shelf);
-    let id = match id {
-        Some(i) => i,
-        None => match s.index.active {
-            Some(a) => a,
-            None => return Ok((Arc::new(NumberList::default()), "none".into())),
-        },
+/// A version's list (`None`: the one in force), from the snapshot when it
+/// is the one in force there, else built from its file outside the
+/// shelf's lock.
+fn version_list(pb: &Publishing, l: ListId, id: Option<u64>) -> Result<Arc<NumberList>, Status> {
+    let (m, file) = {
+        let s = lock(pb.source.lists[l].as_ref().expect("published"));
+        let Some(id) = id.or(s.index.active).filter(|i| *i > 0) else {
+            return Ok(Arc::new(NumberList::default()));
+        };
+        let m = s
+            .index
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("{l} has no v{id}")))?;
+        if s.index.active == Some(id) && pb.shared.load().version.seq >= s.index.activated_seq {
+            return Ok(pb.shared.load().lists[l].clone());
+        }
+        let file = s.open_content(&m.digest).map_err(Status::internal)?;
+        (m, file)
     };
-    if id == 0 {
-        return Ok((Arc::new(NumberList::default()), "v0".into()));
-    }
-    let m = s
-        .index
-        .get(id)
-        .cloned()
-        .ok_or_else(|| Status::not_found(format!("{l} has no v{id}")))?;
-    if s.index.active == Some(id) && pb.shared.load().version.seq >= s.index.activated_seq {
-        return Ok((pb.shared.load().lists[l].clone(), m.name()));
-    }
-    Ok((Arc::new(build_version(pb, &s, l, &m)?), m.name()))
+    Ok(Arc::new(build_version(pb, file, l, &m)?))
 }
 
 /// A version as the API shows it.
@@ -246,26 +296,43 @@ fn version_pb(l: ListId, s: &Shelf, m: &Meta) -> pb::Version {
     }
 }
 
+/// What the receiving side hands the parser of a push.
+enum Piece {
+    /// The next bytes.
+    Data(Vec<u8>),
+    /// The client ended the stream: the text is whole.
+    End,
+    /// The push failed (cut short, too large, too slow).
+    Fail(String),
+}
+
 /// A reader over the pushed chunks that writes what it reads to the
-/// upload file as it goes.
+/// upload file as it goes. Only an explicit [`Piece::End`] ends the text:
+/// a sender dropped before it (the call abandoned) is an error, so no
+/// part of a push is ever taken for all of it.
 struct Chunks {
-    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    rx: tokio::sync::mpsc::Receiver<Piece>,
     buf: Vec<u8>,
     at: usize,
+    ended: bool,
     out: std::io::BufWriter<std::fs::File>,
 }
 
 impl Read for Chunks {
     fn read(&mut self, into: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.buf.len() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
-                Some(Ok(b)) => {
+                Some(Piece::Data(b)) => {
                     self.out.write_all(&b)?;
                     self.buf = b;
                     self.at = 0;
                 }
+                Some(Piece::End) => self.ended = true,
+                Some(Piece::Fail(e)) => return Err(std::io::Error::other(e)),
+                None => return Err(std::io::Error::other("the push was abandoned")),
             }
         }
         let n = into.len().min(self.buf.len() - self.at);
@@ -288,10 +355,14 @@ impl Lists {
         p: &Principal,
         first: pb::PushChunk,
         mut stream: Streaming<pb::PushChunk>,
-    ) -> Result<Done<pb::PushResponse>, Status> {
+        f: &Filter,
+    ) -> Result<(pb::PushResponse, u64), Status> {
         let pb = self.0.clone();
         let l = self.list(&first.list)?;
         let expected = expect(&first.expect)?;
+        // A push holds up to a whole list in memory while it is checked:
+        // one push or diff is built at a time.
+        let heavy = self.0.heavy().await?;
         // Fail early on a compare-and-set already lost.
         let (file, upload) = {
             let pb = pb.clone();
@@ -306,7 +377,7 @@ impl Lists {
             })
             .await?
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(16);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(16);
         let name = format!("{l} (pushed)");
         let plan = pb.plan.clone();
         let parser = tokio::task::spawn_blocking(move || {
@@ -314,6 +385,7 @@ impl Lists {
                 rx,
                 buf: Vec::new(),
                 at: 0,
+                ended: false,
                 out: std::io::BufWriter::with_capacity(1 << 20, file),
             };
             let mut b = ListBuilder::new(&plan);
@@ -344,35 +416,46 @@ impl Lists {
         });
         let mut sent = first.data.len() as u64;
         let mut failed = None;
-        if tx.send(Ok(first.data)).await.is_ok() {
+        if tx.send(Piece::Data(first.data)).await.is_ok() {
             loop {
-                match stream.message().await {
-                    Ok(Some(c)) => {
+                let next = tokio::time::timeout(CHUNK_WAIT, stream.message()).await;
+                let (piece, fail) = match next {
+                    Ok(Ok(Some(c))) => {
                         sent += c.data.len() as u64;
                         if sent > MAX_PUSH_BYTES {
-                            failed = Some(Status::invalid_argument(format!(
-                                "the push is larger than {} GiB; nothing changed",
-                                MAX_PUSH_BYTES >> 30
-                            )));
-                            let _ = tx.send(Err("too large".into())).await;
-                            break;
-                        }
-                        if tx.send(Ok(c.data)).await.is_err() {
-                            break;
+                            (
+                                Piece::Fail("too large".into()),
+                                Some(Status::invalid_argument(format!(
+                                    "the push is larger than {} MiB; nothing changed",
+                                    MAX_PUSH_BYTES >> 20
+                                ))),
+                            )
+                        } else {
+                            (Piece::Data(c.data), None)
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        // A push cut short is not a shorter list.
-                        let _ = tx
-                            .send(Err(format!("the push was cut short: {}", e.message())))
-                            .await;
-                        failed = Some(Status::cancelled(format!(
+                    Ok(Ok(None)) => (Piece::End, None),
+                    // A push cut short is not a shorter list.
+                    Ok(Err(e)) => (
+                        Piece::Fail(format!("the push was cut short: {}", e.message())),
+                        Some(Status::cancelled(format!(
                             "the push was cut short ({}); nothing changed",
                             e.message()
-                        )));
-                        break;
-                    }
+                        ))),
+                    ),
+                    Err(_) => (
+                        Piece::Fail("no data".into()),
+                        Some(Status::deadline_exceeded(format!(
+                            "no data for {} s in the middle of the push; nothing changed",
+                            CHUNK_WAIT.as_secs()
+                        ))),
+                    ),
+                };
+                let last = !matches!(piece, Piece::Data(_));
+                // The parser stops at a bad line: what is left is not read.
+                if tx.send(piece).await.is_err() || last {
+                    failed = fail;
+                    break;
                 }
             }
         }
@@ -400,7 +483,18 @@ impl Lists {
         let note = first.note.clone();
         let lines = parsed.lines as u64;
         let upload = parsed.upload;
-        let (meta, unchanged) = {
+        f.set(json!({"list": l.name(), "expect": first.expect, "activate": first.activate, "digest": hex(&digest)}));
+        if let Err(e) = pb.starting(p, &ops::PUSH_LIST, f).await {
+            let _ = std::fs::remove_file(&upload);
+            return Err(e);
+        }
+        // Against the list in force, outside the shelf's lock.
+        let (added, removed) = {
+            let in_force = pb.shared.load().lists[l].clone();
+            let list = list.clone();
+            blocking(move || Ok(diff::lists(&in_force, &list, |_, _, _| true))).await?
+        };
+        let (meta, unchanged, base) = {
             let pb = pb.clone();
             let list = list.clone();
             blocking(move || {
@@ -413,12 +507,10 @@ impl Lists {
                 let hexd = hex(&digest);
                 if let Some(n) = s.index.newest().filter(|n| n.digest == hexd) {
                     let _ = std::fs::remove_file(&upload);
-                    return Ok((n.clone(), true));
+                    return Ok((n.clone(), true, s.index.active));
                 }
                 s.keep(&upload, &hexd).map_err(Status::internal)?;
                 let base = s.index.active;
-                let in_force = pb.shared.load().lists[l].clone();
-                let (added, removed) = diff::lists(&in_force, &list, |_, _, _| true);
                 let mut idx = s.index.clone();
                 let id = idx.next.max(1);
                 let meta = Meta {
@@ -445,11 +537,13 @@ impl Lists {
                     Err(e) => tracing::warn!(list = %l, error = %e, "pruning old list versions failed"),
                 }
                 tracing::info!(list = %l, version = %meta.name(), by = %who.who, exact = meta.exact, ranges = meta.ranges, added, removed, "list version pushed");
-                Ok((meta, false))
+                Ok((meta, false, base))
             })
             .await?
         };
-        let named = json!({"list": l.name(), "expect": first.expect, "activate": first.activate, "version": meta.name()}).to_string();
+        drop(heavy);
+        let named = json!({"list": l.name(), "expect": first.expect, "activate": first.activate, "version": meta.name()});
+        f.set(named.clone());
         let mut resp = pb::PushResponse {
             version: None,
             activated: false,
@@ -459,7 +553,16 @@ impl Lists {
         };
         if first.activate {
             match self
-                .activate(p, l, Target::Id(meta.id), None, Some(list))
+                // Against the version in force when it was stored: another
+                // activation meanwhile wins, and this one says so.
+                .activate(
+                    p,
+                    l,
+                    Target::Id(meta.id),
+                    Some(base.unwrap_or(0)),
+                    Some(list),
+                    f,
+                )
                 .await
             {
                 Ok(a) => {
@@ -478,7 +581,8 @@ impl Lists {
             let m = s.index.get(meta.id).cloned().unwrap_or(meta);
             resp.version = Some(version_pb(l, &s, &m));
         }
-        Ok(Done::rows(resp, lines).naming(named))
+        f.set(named);
+        Ok((resp, lines))
     }
 }
 
@@ -492,16 +596,23 @@ impl ListService for Lists {
     ) -> Result<Response<pb::PushResponse>, Status> {
         let creds = Credentials::grpc(&req);
         let mut stream = req.into_inner();
-        // The first chunk names the list (at most 4 MiB is read before
-        // the gate).
-        let first = stream.message().await?.unwrap_or_default();
-        let filter =
-            json!({"list": first.list, "expect": first.expect, "activate": first.activate})
-                .to_string();
+        // Admitted before a byte of the push is read.
+        let f = &Filter::new(json!({"push": "admitted"}));
         let out = self
             .0
-            .answer(&creds, &ops::PUSH_LIST, filter, |p| async move {
-                self.push_inner(&p, first, stream).await
+            .answer(&creds, &ops::PUSH_LIST, f, |p| async move {
+                let first = match tokio::time::timeout(CHUNK_WAIT, stream.message()).await {
+                    Ok(m) => m?.unwrap_or_default(),
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "no data at the start of the push; nothing changed",
+                        ))
+                    }
+                };
+                f.set(
+                    json!({"list": first.list, "expect": first.expect, "activate": first.activate}),
+                );
+                self.push_inner(&p, first, stream, f).await
             })
             .await?;
         Ok(Response::new(out))
@@ -512,19 +623,19 @@ impl ListService for Lists {
         req: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"list": r.list, "version": r.version, "expect": r.expect}).to_string();
+        let f = &Filter::new(json!({"list": r.list, "version": r.version, "expect": r.expect}));
         let out = self
             .0
             .answer(
                 &Credentials::grpc(&req),
                 &ops::ACTIVATE_LIST,
-                filter,
+                f,
                 |p| async move {
                     let l = self.list(&r.list)?;
                     let id = version_id(&r.version)?;
                     let e = expect(&r.expect)?;
-                    let a = Lists::activate(self, &p, l, Target::Id(id), e, None).await?;
-                    Ok(Done::rows(a, 1))
+                    let a = Lists::activate(self, &p, l, Target::Id(id), e, None, f).await?;
+                    Ok((a, 1))
                 },
             )
             .await?;
@@ -536,16 +647,20 @@ impl ListService for Lists {
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"list": r.list, "expect": r.expect}).to_string();
+        let f = &Filter::new(json!({"list": r.list, "expect": r.expect}));
         let out = self
             .0
-            .answer(&Credentials::grpc(&req), &ops::ROLLBACK_LIST, filter, |p| async move {
-                let l = self.list(&r.list)?;
-                let e = expect(&r.expect)?;
-                let a = Lists::activate(self, &p, l, Target::Previous, e, None).await?;
-                let named = json!({"list": r.list, "expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
-                Ok(Done::rows(a, 1).naming(named))
-            })
+            .answer(
+                &Credentials::grpc(&req),
+                &ops::ROLLBACK_LIST,
+                f,
+                |p| async move {
+                    let l = self.list(&r.list)?;
+                    let e = expect(&r.expect)?;
+                    let a = Lists::activate(self, &p, l, Target::Previous, e, None, f).await?;
+                    Ok((a, 1))
+                },
+            )
             .await?;
         Ok(Response::new(out))
     }
@@ -555,13 +670,13 @@ impl ListService for Lists {
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"list": r.list}).to_string();
+        let f = &Filter::new(json!({"list": r.list}));
         let out = self
             .0
             .answer(
                 &Credentials::grpc(&req),
                 &ops::LIST_VERSIONS,
-                filter,
+                f,
                 |_| async move {
                     let l = self.list(&r.list)?;
                     let pb = self.0.clone();
@@ -576,7 +691,7 @@ impl ListService for Lists {
                     })
                     .await?;
                     let n = versions.len() as u64;
-                    Ok(Done::rows(pb::ListVersionsResponse { versions }, n))
+                    Ok((pb::ListVersionsResponse { versions }, n))
                 },
             )
             .await?;
@@ -587,33 +702,44 @@ impl ListService for Lists {
 
     async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<DiffStream>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"list": r.list, "from": r.from, "to": r.to}).to_string();
+        let f = &Filter::new(json!({"list": r.list, "from": r.from, "to": r.to}));
         let (a, b) = self
             .0
             .answer(
                 &Credentials::grpc(&req),
                 &ops::DIFF_LIST,
-                filter,
+                f,
                 |_| async move {
                     let l = self.list(&r.list)?;
                     let from = maybe_id(&r.from, "from")?;
                     let to = maybe_id(&r.to, "to")?.ok_or_else(|| {
                         Status::invalid_argument("to: name the version to compare with")
                     })?;
+                    // Two lists of up to 10M entries: one diff or push is
+                    // built at a time.
+                    let _turn = self.0.heavy().await?;
                     let pb = self.0.clone();
                     let lists = blocking(move || {
                         let a = version_list(&pb, l, from)?;
                         let b = version_list(&pb, l, Some(to))?;
-                        Ok((a.0, b.0))
+                        Ok((a, b))
                     })
                     .await?;
-                    Ok(Done::rows(lists, 0))
+                    Ok((lists, 0))
                 },
             )
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            // A client that stops reading is given up on, so it cannot
+            // hold a blocking thread for ever.
+            let send = |c: pb::DiffChunk| {
+                rt.block_on(tokio::time::timeout(CHUNK_WAIT, tx.send(Ok(c))))
+                    .is_ok_and(|r| r.is_ok())
+            };
             let mut chunk = Vec::with_capacity(DIFF_CHUNK);
+            let mut open = true;
             let (added, removed) = diff::lists(&a, &b, |add, e, r| {
                 chunk.push(pb::DiffEntry {
                     added: add,
@@ -621,20 +747,21 @@ impl ListService for Lists {
                     reason: r.to_string(),
                 });
                 if chunk.len() == DIFF_CHUNK {
-                    let c = pb::DiffChunk {
+                    open = send(pb::DiffChunk {
                         entries: std::mem::take(&mut chunk),
                         added: 0,
                         removed: 0,
-                    };
-                    return tx.blocking_send(Ok(c)).is_ok();
+                    });
                 }
-                true
+                open
             });
-            let _ = tx.blocking_send(Ok(pb::DiffChunk {
-                entries: chunk,
-                added,
-                removed,
-            }));
+            if open {
+                send(pb::DiffChunk {
+                    entries: chunk,
+                    added,
+                    removed,
+                });
+            }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -644,19 +771,14 @@ impl ListService for Lists {
         req: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"number": r.number}).to_string();
+        let f = &Filter::new(json!({"number": r.number}));
         let out = self
             .0
-            .answer(
-                &Credentials::grpc(&req),
-                &ops::LOOKUP,
-                filter,
-                |_| async move {
-                    let l = self.lookup_now(&r.number)?;
-                    let n = l.hits.len() as u64;
-                    Ok(Done::rows(l, n))
-                },
-            )
+            .answer(&Credentials::grpc(&req), &ops::LOOKUP, f, |_| async move {
+                let l = self.lookup_now(&r.number)?;
+                let n = l.hits.len() as u64;
+                Ok((l, n))
+            })
             .await?;
         Ok(Response::new(out))
     }

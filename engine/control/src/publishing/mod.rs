@@ -84,6 +84,9 @@ impl PublishingConfig {
         if self.keep_versions < 2 {
             return Err("publishing.keep_versions must be at least 2 (the version in force and the one a rollback restores)".into());
         }
+        if self.keep_days == 0 || self.keep_days > 36_500 {
+            return Err("publishing.keep_days must be between 1 and 36500".into());
+        }
         if self.activate_timeout_s == 0 {
             return Err("publishing.activate_timeout_s must be at least 1".into());
         }
@@ -170,6 +173,9 @@ pub mod ops {
     };
 }
 
+/// The longest wait for the turn to build a whole list.
+pub(crate) const TURN_WAIT: Duration = Duration::from_secs(120);
+
 /// What the publishing services share.
 pub struct Publishing {
     pub(crate) source: Arc<PublishedSource>,
@@ -181,6 +187,10 @@ pub struct Publishing {
     pub(crate) cfg: PublishingConfig,
     /// Held by an activation until its swap: one at a time.
     pub(crate) activating: tokio::sync::Mutex<()>,
+    /// Held while a whole list is built in memory (a push checked, a
+    /// diff's or rollback's version read back): one at a time, so no
+    /// number of clients can make kuzet hold more than one extra list.
+    heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl Publishing {
@@ -205,6 +215,7 @@ impl Publishing {
             nudge,
             cfg,
             activating: tokio::sync::Mutex::new(()),
+            heavy: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -220,6 +231,26 @@ impl Publishing {
         } else {
             v.join(", ")
         }
+    }
+
+    /// The turn to build a whole list in memory, waited for (one push,
+    /// diff or rollback build at a time); a refusal past [`TURN_WAIT`].
+    pub(crate) async fn heavy(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        match tokio::time::timeout(TURN_WAIT, self.heavy.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(Status::resource_exhausted(format!(
+                "another push, diff or rollback has been building for over {} s (each holds a whole list in memory, one at a time); try again when it ends",
+                TURN_WAIT.as_secs()
+            ))),
+        }
+    }
+
+    /// The same turn, waited for, from a blocking thread (an activation
+    /// that reads its version back).
+    pub(crate) fn heavy_blocking(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::runtime::Handle::current()
+            .block_on(self.heavy.clone().acquire_owned())
+            .ok()
     }
 
     /// The gate.
@@ -279,52 +310,68 @@ impl Publishing {
     /// Every call's frame: admits `creds` for `op` (a refusal is counted
     /// by the gate and written to the audit log within a second), runs
     /// `work` as the admitted principal, and audits its answer or failure
-    /// (with the filter naming the version ids, once known) before it is
-    /// given: an answer that cannot be audited is not given.
+    /// with `filter` (which the call renames as it learns the version ids)
+    /// before it is given: an answer that cannot be audited is not given.
     pub(crate) async fn answer<T, Fut>(
         &self,
         creds: &Credentials,
         op: &Op,
-        filter: String,
+        filter: &Filter,
         work: impl FnOnce(Principal) -> Fut,
     ) -> Result<T, Status>
     where
-        Fut: std::future::Future<Output = Result<Done<T>, Status>>,
+        Fut: std::future::Future<Output = Result<(T, u64), Status>>,
     {
-        let p = self.gate.admit(creds, op, &filter).map_err(Status::from)?;
+        let p = self
+            .gate
+            .admit(creds, op, &filter.get())
+            .map_err(Status::from)?;
         let r = work(p.clone()).await;
-        let (f, rows, outcome) = match &r {
-            Ok(d) => (d.filter.as_deref().unwrap_or(&filter), d.rows, "ok".into()),
-            Err(s) => (&filter[..], 0, format!("{:?}: {}", s.code(), s.message())),
+        let (rows, outcome) = match &r {
+            Ok((_, n)) => (*n, "ok".to_string()),
+            Err(s) => (0, format!("{:?}: {}", s.code(), s.message())),
         };
-        self.gate.audit(&p, op, f, rows, &outcome).await?;
-        r.map(|d| d.value)
+        self.gate
+            .audit(&p, op, &filter.get(), rows, &outcome)
+            .await?;
+        r.map(|(t, _)| t)
+    }
+
+    /// Writes that `p` is about to change what is stored or in force
+    /// (`op`, named by `filter`), before it does: if the call is then
+    /// abandoned (the client gone while it waits for the swap), the audit
+    /// log still holds it. A change that cannot be audited is not made.
+    pub(crate) async fn starting(
+        &self,
+        p: &Principal,
+        op: &Op,
+        filter: &Filter,
+    ) -> Result<(), Status> {
+        self.gate
+            .audit(p, op, &filter.get(), 0, "started")
+            .await
+            .map_err(Status::from)
     }
 }
 
-/// What a call answers: its value, the rows it holds (for the audit log),
-/// and the audit filter when the call learnt what to name only as it ran
-/// (the version a push made, the one a rollback restored).
-pub(crate) struct Done<T> {
-    value: T,
-    rows: u64,
-    filter: Option<String>,
-}
+/// A call's audit filter: what it asked, then what it did (the version
+/// ids), as the call learns them.
+pub(crate) struct Filter(std::sync::Mutex<String>);
 
-impl<T> Done<T> {
-    /// `value`, holding `rows` rows.
-    pub(crate) fn rows(value: T, rows: u64) -> Done<T> {
-        Done {
-            value,
-            rows,
-            filter: None,
-        }
+impl Filter {
+    /// A filter of `v`.
+    pub(crate) fn new(v: serde_json::Value) -> Filter {
+        Filter(std::sync::Mutex::new(v.to_string()))
     }
 
-    /// The same, audited with `filter` instead of the request's.
-    pub(crate) fn naming(mut self, filter: String) -> Done<T> {
-        self.filter = Some(filter);
-        self
+    /// Renames the call.
+    pub(crate) fn set(&self, v: serde_json::Value) {
+        *source::lock(&self.0) = v.to_string();
+    }
+
+    /// The filter now.
+    pub(crate) fn get(&self) -> String {
+        source::lock(&self.0).clone()
     }
 }
 

@@ -13,10 +13,10 @@ use tonic::{Request, Response, Status};
 use super::shelf::{Meta, Shelf};
 use super::source::{lock, MAX_RULES};
 use super::{
-    blocking, check_expect, diff, expect, hex, maybe_id, now_us, ops, version_id, vname, Done,
+    blocking, check_expect, diff, expect, hex, maybe_id, now_us, ops, version_id, vname, Filter,
     Publishing,
 };
-use crate::gate::{Credentials, Principal};
+use crate::gate::{Credentials, Op, Principal};
 use crate::publish::Layers;
 
 /// The rule service.
@@ -120,39 +120,76 @@ impl Rules {
         p: &Principal,
         target: Option<u64>,
         expected: Option<u64>,
+        op: &Op,
+        f: &Filter,
     ) -> Result<pb::ActivateResponse, Status> {
         self.shelf()?;
         let _turn = self.0.activating.lock().await;
+        // First checked (the compare-and-set, the approval), then a
+        // "started" row in the audit log, then recorded (checked again
+        // under the lock).
         let me = self.clone();
         let who = p.clone();
-        let (version, replaced, seq) = blocking(move || {
+        let checked = blocking(move || {
             let pb = &me.0;
-            let mut s = lock(me.shelf()?);
+            let s = lock(me.shelf()?);
             let id = match target {
                 Some(i) => i,
                 None => s.index.previous.ok_or_else(|| {
-                    Status::failed_precondition("the rules have no version before the one in force to roll back to")
+                    Status::failed_precondition(
+                        "the rules have no version before the one in force to roll back to",
+                    )
                 })?,
             };
-            let meta = s
-                .index
-                .get(id)
-                .cloned()
-                .ok_or_else(|| Status::not_found(format!("the rules have no v{id} (see `kuzet rules versions`)")))?;
+            let meta = s.index.get(id).cloned().ok_or_else(|| {
+                Status::not_found(format!(
+                    "the rules have no v{id} (see `kuzet rules versions`)"
+                ))
+            })?;
             check_expect(expected, s.index.active_meta(), "the rule version in force")?;
             if s.index.active == Some(id) {
-                return Ok((me.version_pb(&s, &meta), None, 0));
+                return Ok(Err(me.version_pb(&s, &meta)));
             }
             let set = me.version_rules(&s, Some(id))?;
             let in_force = pb.shared.load().rules.clone();
-            let changes = diff::rules(&in_force, &set);
-            let more: Vec<String> = changes
+            let more: Vec<String> = diff::rules(&in_force, &set)
                 .iter()
                 .filter(|c| c.blocks_more)
                 .map(|c| format!("{} {}", c.what, c.change))
                 .collect();
             if !more.is_empty() {
-                pb.approve(&who, &meta.author, &format!("rules {}", meta.name()), &more.join(", "))?;
+                pb.approve(
+                    &who,
+                    &meta.author,
+                    &format!("rules {}", meta.name()),
+                    &more.join(", "),
+                )?;
+            }
+            Ok(Ok(meta))
+        })
+        .await?;
+        let meta = match checked {
+            Ok(m) => m,
+            // Already in force: nothing to record.
+            Err(v) => {
+                return Ok(pb::ActivateResponse {
+                    version: Some(v),
+                    replaced: String::new(),
+                    snapshot: self.0.shared.load().version.to_string(),
+                })
+            }
+        };
+        f.set(json!({"version": meta.name(), "expect": vname(expected)}));
+        self.0.starting(p, op, f).await?;
+        let me = self.clone();
+        let who = p.clone();
+        let (version, replaced, seq) = blocking(move || {
+            let pb = &me.0;
+            let mut s = lock(me.shelf()?);
+            check_expect(expected, s.index.active_meta(), "the rule version in force")?;
+            let id = meta.id;
+            if s.index.get(id).is_none() {
+                return Err(Status::not_found(format!("rules v{id} was pruned meanwhile")));
             }
             let seq = pb.source.next_seq();
             let mut idx = s.index.clone();
@@ -165,20 +202,22 @@ impl Rules {
                 m.activated_by = who.who.clone();
                 m.activated_us = now;
             }
-            s.save(idx).map_err(|e| Status::internal(format!("recording rules v{id} in force: {e}")))?;
-            pb.source.changed_now(Layers::RULES, None);
+            s.save(idx).map_err(|e| {
+                Status::internal(format!("recording rules v{id} in force: {e}"))
+            })?;
+            pb.source.changed_now(seq, Layers::RULES, None);
             tracing::info!(version = %format!("v{id}"), replaced = %vname(replaced), by = %who.who, "rule version put in force");
             let m = s.index.get(id).cloned().unwrap_or(meta);
             Ok((me.version_pb(&s, &m), replaced, seq))
         })
         .await?;
-        let snapshot = if seq == 0 {
-            self.0.shared.load().version.to_string()
-        } else {
-            self.0
-                .in_force(seq, &format!("rules {}", version.id))
-                .await?
-        };
+        f.set(
+            json!({"version": version.id, "replaced": vname(replaced), "expect": vname(expected)}),
+        );
+        let snapshot = self
+            .0
+            .in_force(seq, &format!("rules {}", version.id))
+            .await?;
         Ok(pb::ActivateResponse {
             version: Some(version),
             replaced: vname(replaced),
@@ -194,13 +233,13 @@ impl RuleService for Rules {
         req: Request<pb::RuleText>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"name": r.name, "bytes": r.toml.len()}).to_string();
+        let f = &Filter::new(json!({"name": r.name, "bytes": r.toml.len()}));
         let out = self
             .0
             .answer(
                 &Credentials::grpc(&req),
                 &ops::VALIDATE_RULES,
-                filter,
+                f,
                 |_| async move {
                     let out = match self.parse(&file_name(&r.name), &r.toml) {
                         Ok(set) => pb::ValidateResponse {
@@ -217,7 +256,7 @@ impl RuleService for Rules {
                         },
                     };
                     let n = out.rules.len() as u64;
-                    Ok(Done::rows(out, n))
+                    Ok((out, n))
                 },
             )
             .await?;
@@ -230,21 +269,22 @@ impl RuleService for Rules {
     ) -> Result<Response<pb::StageResponse>, Status> {
         let r = req.get_ref().clone();
         let text = r.text.clone().unwrap_or_default();
-        let filter =
-            json!({"name": text.name, "expect": r.expect, "bytes": text.toml.len()}).to_string();
+        let f =
+            &Filter::new(json!({"name": text.name, "expect": r.expect, "bytes": text.toml.len()}));
         let out = self
             .0
-            .answer(&Credentials::grpc(&req), &ops::STAGE_RULES, filter, |p| async move {
+            .answer(&Credentials::grpc(&req), &ops::STAGE_RULES, f, |p| async move {
                 self.shelf()?;
                 let expected = expect(&r.expect)?;
                 let name = file_name(&text.name);
                 self.parse(&name, &text.toml)
                     .map_err(|e| Status::invalid_argument(format!("{e}; nothing was staged")))?;
+                self.0.starting(&p, &ops::STAGE_RULES, f).await?;
                 let me = self.clone();
                 let note = r.note.clone();
                 let out = blocking(move || me.stage_now(&p, &name, &text.toml, expected, note)).await?;
-                let named = json!({"name": r.text.as_ref().map(|t| t.name.clone()), "expect": r.expect, "version": out.version.as_ref().map(|v| v.id.clone())}).to_string();
-                Ok(Done::rows(out, 1).naming(named))
+                f.set(json!({"name": r.text.as_ref().map(|t| t.name.clone()), "expect": r.expect, "version": out.version.as_ref().map(|v| v.id.clone())}));
+                Ok((out, 1))
             })
             .await?;
         Ok(Response::new(out))
@@ -255,17 +295,21 @@ impl RuleService for Rules {
         req: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"version": r.version, "expect": r.expect}).to_string();
+        let f = &Filter::new(json!({"version": r.version, "expect": r.expect}));
         let out = self
             .0
             .answer(
                 &Credentials::grpc(&req),
                 &ops::ACTIVATE_RULES,
-                filter,
+                f,
                 |p| async move {
                     let id = version_id(&r.version)?;
                     let e = expect(&r.expect)?;
-                    Ok(Done::rows(self.activate_rules(&p, Some(id), e).await?, 1))
+                    Ok((
+                        self.activate_rules(&p, Some(id), e, &ops::ACTIVATE_RULES, f)
+                            .await?,
+                        1,
+                    ))
                 },
             )
             .await?;
@@ -277,14 +321,14 @@ impl RuleService for Rules {
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"expect": r.expect}).to_string();
+        let f = &Filter::new(json!({"expect": r.expect}));
         let out = self
             .0
-            .answer(&Credentials::grpc(&req), &ops::ROLLBACK_RULES, filter, |p| async move {
+            .answer(&Credentials::grpc(&req), &ops::ROLLBACK_RULES, f, |p| async move {
                 let e = expect(&r.expect)?;
-                let a = self.activate_rules(&p, None, e).await?;
-                let named = json!({"expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}).to_string();
-                Ok(Done::rows(a, 1).naming(named))
+                let a = self.activate_rules(&p, None, e, &ops::ROLLBACK_RULES, f).await?;
+                f.set(json!({"expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}));
+                Ok((a, 1))
             })
             .await?;
         Ok(Response::new(out))
@@ -299,7 +343,7 @@ impl RuleService for Rules {
             .answer(
                 &Credentials::grpc(&req),
                 &ops::RULE_VERSIONS,
-                "{}".into(),
+                &Filter::new(json!({})),
                 |_| async move {
                     self.shelf()?;
                     let me = self.clone();
@@ -313,7 +357,7 @@ impl RuleService for Rules {
                             .map(|m| me.version_pb(&s, m))
                             .collect();
                         let n = v.len() as u64;
-                        Ok(Done::rows(pb::ListVersionsResponse { versions: v }, n))
+                        Ok((pb::ListVersionsResponse { versions: v }, n))
                     })
                     .await
                 },
@@ -327,13 +371,13 @@ impl RuleService for Rules {
         req: Request<pb::DiffRequest>,
     ) -> Result<Response<pb::DiffResponse>, Status> {
         let r = req.get_ref().clone();
-        let filter = json!({"from": r.from, "to": r.to}).to_string();
+        let f = &Filter::new(json!({"from": r.from, "to": r.to}));
         let out = self
             .0
             .answer(
                 &Credentials::grpc(&req),
                 &ops::DIFF_RULES,
-                filter,
+                f,
                 |_| async move {
                     self.shelf()?;
                     let from = maybe_id(&r.from, "from")?;
@@ -349,7 +393,7 @@ impl RuleService for Rules {
                             diff::rules(&a, &b).into_iter().map(change_pb).collect();
                         let more = changes.iter().any(|c| c.blocks_more);
                         let n = changes.len() as u64;
-                        Ok(Done::rows(
+                        Ok((
                             pb::DiffResponse {
                                 changes,
                                 blocks_more: more,

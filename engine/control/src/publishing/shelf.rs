@@ -258,8 +258,13 @@ impl Shelf {
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
         let to = self.dir.join(INDEX);
         std::fs::rename(&tmp, &to).map_err(|e| format!("{}: {e}", to.display()))?;
-        sync_dir(&self.dir)?;
+        // Renamed: the new index is the one a restart reads, so it is the
+        // one in effect now, even if the folder's sync fails (then a power
+        // cut may bring the old one back, which the log says).
         self.index = new;
+        if let Err(e) = sync_dir(&self.dir) {
+            tracing::warn!(error = %e, "the versions index was replaced but its folder could not be synced: a power cut now may bring the previous index back");
+        }
         Ok(())
     }
 

@@ -41,6 +41,10 @@ pub struct PublishedSource {
     pub(crate) rules: Option<Mutex<Shelf>>,
     offers: ByList<Mutex<Option<Offer>>>,
     changed: AtomicU32,
+    /// The last sequence handed to an activation.
+    allocated: AtomicU64,
+    /// The highest sequence whose change is reported (see
+    /// [`Source::sequence`]).
     seq: AtomicU64,
     layers: Layers,
 }
@@ -76,6 +80,7 @@ impl PublishedSource {
             rules,
             offers: ByList::from_fn(|_| Mutex::new(None)),
             changed: AtomicU32::new(0),
+            allocated: AtomicU64::new(seq),
             seq: AtomicU64::new(seq),
             layers,
         })
@@ -94,13 +99,16 @@ impl PublishedSource {
     /// The next publishing sequence, for an activation about to be
     /// recorded.
     pub fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::AcqRel) + 1
+        self.allocated.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// Marks `layers` changed (after the shelf recorded the version in
-    /// force), offering a list already built.
+    /// force with sequence `seq`), offering a list already built; then
+    /// raises the sequence the publisher reads, so a snapshot named with
+    /// it holds the change.
     pub fn changed_now(
         &self,
+        seq: u64,
         layers: Layers,
         offer: Option<(ListId, u64, Arc<NumberList>, [u8; 16])>,
     ) {
@@ -112,6 +120,7 @@ impl PublishedSource {
             });
         }
         self.changed.fetch_or(layers.bits(), Ordering::AcqRel);
+        self.seq.fetch_max(seq, Ordering::AcqRel);
     }
 }
 
