@@ -313,7 +313,7 @@ pub fn drive(traffic: &Traffic, opts: Options) -> io::Result<(Vec<CallResult>, R
         slots: vec![Slot::default(); n],
         results: vec![CallResult::default(); n],
         timers: BinaryHeap::new(),
-        run: std::process::id() ^ (Instant::now().elapsed().subsec_nanos()),
+        run: run_id(),
         start: Instant::now(),
         done: 0,
         in_flight: 0,
@@ -684,6 +684,18 @@ fn progress_bar(on: bool, total: u64) -> Option<indicatif::ProgressBar> {
         .progress_chars("=> "),
     );
     Some(b)
+}
+
+/// A run's id, in its Call-IDs and branches: another for every run, in
+/// this process and across processes, so a run's calls never pose as
+/// another run's (retransmissions, to a server that remembers them).
+fn run_id() -> u32 {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (std::process::id() ^ nanos).wrapping_add(n.wrapping_mul(0x9E37_79B9))
 }
 
 /// The call index in a Call-ID `<index>-<run>@kuzet-sim`.
