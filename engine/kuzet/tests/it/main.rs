@@ -20,6 +20,7 @@ mod kamailio;
 pub(crate) mod operations;
 mod ports;
 mod promtool;
+mod publish_load;
 mod publishing;
 mod register;
 mod rfc4475;
