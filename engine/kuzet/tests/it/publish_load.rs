@@ -18,7 +18,7 @@ use kuzet_api::lists::list_service_client::ListServiceClient;
 use kuzet_control::access::hash_token;
 use kuzet_rules::ListId;
 
-use crate::common::{ask, client, invite, start, status, test_config, TempDir};
+use crate::common::{ask, client, invite, start, status, test_config, tokens_for, TempDir};
 
 /// The admin's token (admin implies approver: blocking versions go live).
 const TOKEN: &str = "kz_test_publish_load_admin";
@@ -30,11 +30,7 @@ const TEN_MILLION: u64 = 10_000_000;
 const CHUNK: usize = 256 << 10;
 
 fn tokens() -> Vec<TokenConfig> {
-    vec![TokenConfig {
-        name: "root".into(),
-        role: "admin".into(),
-        sha256: hash_token(TOKEN),
-    }]
+    tokens_for(&[("root", "admin")], |_| TOKEN.to_string())
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
