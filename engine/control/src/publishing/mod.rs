@@ -450,6 +450,43 @@ pub(crate) fn unhex16(s: &str) -> Option<[u8; 16]> {
     Some(d)
 }
 
+/// Runs a whole list's work (a push parsed and built, a version read
+/// back, two lists compared) on a thread of its own in the idle
+/// scheduling class: a SIP worker that wakes takes the core at once, so
+/// building 10M entries beside the call path costs calls next to nothing
+/// (at nice 10 a worker could wait out the builder's slice). Falls back
+/// to the caller's priority where the class is refused.
+pub(crate) async fn idle<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    spawn_idle(what, f)?
+        .await
+        .map_err(|_| Status::internal(format!("the {what} thread failed")))?
+}
+
+/// [`idle`], started now: the answer arrives on the receiver.
+pub(crate) fn spawn_idle<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<T>, Status> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name(format!("kuzet-{what}"))
+        .spawn(move || {
+            if let Err(e) = kuzet_net::idle_thread_policy() {
+                tracing::debug!(error = %e, "no idle scheduling class for {what}");
+            }
+            // The work may wait on the runtime (a push's chunks, a
+            // diff's reader, the turn to build).
+            let _rt = rt.enter();
+            let _ = tx.send(f());
+        })
+        .map_err(|e| Status::internal(format!("no thread for {what}: {e}")))?;
+    Ok(rx)
+}
+
 /// Runs blocking shelf work off the runtime.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,

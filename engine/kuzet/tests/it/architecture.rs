@@ -102,6 +102,7 @@ const ALLOWED: &[Allowed] = &[
             "hyper-util",
             "kuzet-api",
             "kuzet-dataplane",
+            "kuzet-net", // the idle scheduling class for building published lists
             "kuzet-rules",
             "kuzet-store",
             "libc",
