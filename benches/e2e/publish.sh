@@ -33,6 +33,8 @@
 # Usage: benches/e2e/publish.sh [--kuzet BIN] [--rate 20000] [--secs 45]
 #                               [--steady 15] [--window 5] [--bucket-ms 1000]
 # Builds release kuzet and kuzet-sim if missing. Stops what it started.
+# PUSH_PREFIX runs the CLI under a wrapper (PUSH_PREFIX="chrt -i 0": the
+# CLI in the idle class, to tell its share of the cost from kuzet's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -89,7 +91,7 @@ SIP=127.0.0.1:27160; CONTROL=127.0.0.1:27161; ADMIN=127.0.0.1:27162
 KPID=$!; PIDS+=("$KPID")
 "$SIM" ping --target "$SIP" --timeout-s 30 > /dev/null || { cat "$W/kuzet.log" >&2; exit 1; }
 push() { # file
-  KUZET_TOKEN=$TOKEN "$KUZET" lists push "$1" --list blocklist --activate --control "$CONTROL"
+  KUZET_TOKEN=$TOKEN ${PUSH_PREFIX:-} "$KUZET" lists push "$1" --list blocklist --activate --control "$CONTROL"
 }
 push "$W/v1.txt" > "$W/push-v1.out" 2>&1 || { cat "$W/push-v1.out" "$W/kuzet.log" >&2; exit 1; }
 
