@@ -504,7 +504,7 @@ mod tests {
         assert!(control
             .check()
             .unwrap_err()
-            .contains("investigator, rule-author or admin"));
+            .contains("investigator, rule-author, approver or admin"));
     }
 
     #[test]
