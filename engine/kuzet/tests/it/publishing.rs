@@ -1062,6 +1062,46 @@ fn the_command_line_pushes_diffs_looks_up_and_stages_what_calls_then_meet() {
     let (code, out, err) = cli(addr, "ana", &["rules", "versions"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("v1"), "{out}");
+    // v2 enforces the shadow rule: the diff says it blocks more, the rule
+    // author cannot put it in force, an approver can, and the author
+    // rolls back to v1 (which blocks less) alone.
+    let enforce = dir.write(
+        "enforce.toml",
+        &SHADOW_RULES.replace("\"shadow\"", "\"enforce\""),
+    );
+    let (code, out, err) = cli(
+        addr,
+        "rui",
+        &[
+            "rules",
+            "stage",
+            enforce.to_str().unwrap(),
+            "--expect",
+            "v1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = cli(addr, "ana", &["rules", "diff", "v1", "v2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("velocity_1m") && out.contains("blocks more"),
+        "{out}"
+    );
+    let (code, _, err) = cli(addr, "rui", &["rules", "activate", "v2"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("approver"), "{err}");
+    let (code, out, err) = cli(addr, "apo", &["rules", "activate", "v2", "--expect", "v1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let codes: Vec<u16> = (0..5)
+        .map(|_| call_status(e.udp_addr, "+77015558888", &mut n))
+        .collect();
+    assert_eq!(codes.last(), Some(&603), "{codes:?}");
+    let (code, out, err) = cli(addr, "rui", &["rules", "rollback"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let codes: Vec<u16> = (0..5)
+        .map(|_| call_status(e.udp_addr, "+77015557777", &mut n))
+        .collect();
+    assert!(codes.iter().all(|c| *c == 302), "{codes:?}");
 }
 
 #[test]
