@@ -264,7 +264,11 @@ struct Built {
 
 /// What a job built: the dirty layers, new.
 pub struct Candidate {
+    /// The layers built: the ones it replaces.
     layers: Layers,
+    /// The layers that failed, if any did (they stay dirty), and the
+    /// first one's error.
+    failed: Option<(Layers, LoadError)>,
     lists: Vec<(ListId, Built)>,
     rules: Option<(Arc<RuleSet>, [u8; 16])>,
     seq: u64,
@@ -305,72 +309,120 @@ impl Job {
         // in force already), and a source that moves on meanwhile is read
         // again with its newer number.
         let seq = self.seq;
+        // Each layer is checked on its own: one that fails stays dirty
+        // (and is tried again) without holding back the others, so a
+        // broken list file never keeps a published version out of force.
+        let mut built = Layers::NONE;
+        let mut failed: Option<(Layers, LoadError)> = None;
         let mut lists = Vec::new();
         for l in self.layers.lists() {
-            let mut feeders = self.sources.iter().filter(|s| s.layers().has(l));
-            if let (Some(only), None) = (feeders.next(), feeders.next()) {
-                if let Some((list, digest)) = only.prebuilt(l) {
-                    stats.exact += list.exact_count();
-                    stats.prefixes += list.prefix_count();
-                    stats.bytes += list.heap_bytes();
-                    lists.push((l, Built { list, digest }));
-                    continue;
+            match self.build_list(l, started, &mut stats) {
+                Ok(b) => {
+                    lists.push((l, b));
+                    built = built.with(Layers::list(l));
                 }
+                Err(e @ LoadError::Abandoned(_)) => return Err(e),
+                Err(e) => fail(&mut failed, Layers::list(l), e),
             }
-            let mut b = ListBuilder::new(&self.plan);
-            for s in self.sources.iter().filter(|s| s.layers().has(l)) {
-                let mut feed = Feed {
-                    builder: &mut b,
-                    cancel: &self.cancel,
-                    started,
-                    stats: &mut stats,
-                };
-                s.feed(l, &mut feed)?;
-                if feed.cancelled() {
-                    return Err(feed.abandoned());
-                }
-            }
-            let list = b.finish();
-            stats.exact += list.exact_count();
-            stats.prefixes += list.prefix_count();
-            stats.bytes += list.heap_bytes();
-            let digest = list_digest(l, &list);
-            lists.push((
-                l,
-                Built {
-                    list: Arc::new(list),
-                    digest,
-                },
-            ));
         }
         let rules = if self.layers.contains(Layers::RULES) {
-            let text = match self
-                .sources
-                .iter()
-                .find(|s| s.layers().contains(Layers::RULES))
-            {
-                Some(s) => s.rules()?,
-                None => None,
-            };
-            let set = match &text {
-                Some(t) => RuleSet::from_toml_str(&t.text, &t.name, &self.plan, &self.policy)?,
-                None => RuleSet::builtin(&self.policy, &self.plan),
-            };
-            let digest = rules_digest(text.as_ref(), &self.policy, &self.plan);
-            Some((Arc::new(set), digest))
+            match self.build_rules() {
+                Ok(r) => {
+                    built = built.with(Layers::RULES);
+                    Some(r)
+                }
+                Err(e) => {
+                    fail(&mut failed, Layers::RULES, e);
+                    None
+                }
+            }
         } else {
             None
         };
         if self.cancel.load(Ordering::Relaxed) {
             return Err(LoadError::Abandoned(started.elapsed()));
         }
+        if built.is_empty() {
+            if let Some((_, e)) = failed {
+                return Err(e);
+            }
+        }
         Ok(Candidate {
-            layers: self.layers,
+            layers: built,
             lists,
             rules,
             seq,
             stats,
+            failed,
         })
+    }
+
+    /// Builds list `l` from its sources (taken whole when its one source
+    /// has it built already).
+    fn build_list(
+        &self,
+        l: ListId,
+        started: Instant,
+        stats: &mut LoadStats,
+    ) -> Result<Built, LoadError> {
+        let mut feeders = self.sources.iter().filter(|s| s.layers().has(l));
+        if let (Some(only), None) = (feeders.next(), feeders.next()) {
+            if let Some((list, digest)) = only.prebuilt(l) {
+                stats.exact += list.exact_count();
+                stats.prefixes += list.prefix_count();
+                stats.bytes += list.heap_bytes();
+                return Ok(Built { list, digest });
+            }
+        }
+        let mut b = ListBuilder::new(&self.plan);
+        for s in self.sources.iter().filter(|s| s.layers().has(l)) {
+            let mut feed = Feed {
+                builder: &mut b,
+                cancel: &self.cancel,
+                started,
+                stats: &mut *stats,
+            };
+            s.feed(l, &mut feed)?;
+            if feed.cancelled() {
+                return Err(feed.abandoned());
+            }
+        }
+        let list = b.finish();
+        stats.exact += list.exact_count();
+        stats.prefixes += list.prefix_count();
+        stats.bytes += list.heap_bytes();
+        let digest = list_digest(l, &list);
+        Ok(Built {
+            list: Arc::new(list),
+            digest,
+        })
+    }
+
+    /// Builds the rules from the source that feeds them (the built-in
+    /// rules when none does).
+    fn build_rules(&self) -> Result<(Arc<RuleSet>, [u8; 16]), LoadError> {
+        let text = match self
+            .sources
+            .iter()
+            .find(|s| s.layers().contains(Layers::RULES))
+        {
+            Some(s) => s.rules()?,
+            None => None,
+        };
+        let set = match &text {
+            Some(t) => RuleSet::from_toml_str(&t.text, &t.name, &self.plan, &self.policy)?,
+            None => RuleSet::builtin(&self.policy, &self.plan),
+        };
+        let digest = rules_digest(text.as_ref(), &self.policy, &self.plan);
+        Ok((Arc::new(set), digest))
+    }
+}
+
+/// Notes a failed layer: every failed layer, and the first error.
+fn fail(failed: &mut Option<(Layers, LoadError)>, layer: Layers, e: LoadError) {
+    match failed {
+        Some((layers, _)) => *layers = layers.with(layer),
+        None => *failed = Some((layer, e)),
     }
 }
 
@@ -505,7 +557,11 @@ impl Publisher {
     /// Builds every dirty layer here and now and swaps the result in, or
     /// returns why not (start-up, which has nothing to fall back on).
     pub fn publish_now(&mut self) -> Result<LoadStats, LoadError> {
-        let c = self.job().run()?;
+        let mut c = self.job().run()?;
+        // Start-up takes every layer or none.
+        if let Some((_, e)) = c.failed.take() {
+            return Err(e);
+        }
         Ok(self.install(c))
     }
 
@@ -519,8 +575,10 @@ impl Publisher {
     }
 
     /// Swaps a built candidate in, or keeps the snapshot in force on error
-    /// and backs off; logs and counts either way. `why` says what started
-    /// the load. Returns whether a new snapshot went into force.
+    /// and backs off; logs and counts either way. A candidate whose some
+    /// layers failed puts the others in force and backs off for the
+    /// failed ones. `why` says what started the load. Returns whether
+    /// every changed layer went into force.
     pub fn apply(
         &mut self,
         why: &str,
@@ -528,7 +586,21 @@ impl Publisher {
         started: Instant,
     ) -> bool {
         match built {
-            Ok(c) => {
+            Ok(mut c) => {
+                let failed = c.failed.take();
+                if let Some((bad, _)) = &failed {
+                    // The sequence may count a failed layer's change: when
+                    // a source with a sequence feeds one, the snapshot
+                    // keeps the sequence in force, so nobody waiting for
+                    // that change takes this for it. (Files carry none.)
+                    let sequenced = self
+                        .sources
+                        .iter()
+                        .any(|s| s.sequence() > 0 && (s.layers().bits() & bad.bits()) != 0);
+                    if sequenced {
+                        c.seq = self.shared.load().version.seq;
+                    }
+                }
                 let layers = c.layers;
                 let stats = c.stats.clone();
                 let version = self.swap(c);
@@ -545,31 +617,43 @@ impl Publisher {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "lists reloaded"
                 );
-                true
+                match failed {
+                    None => true,
+                    Some((_, e)) => {
+                        self.refused(why, e);
+                        false
+                    }
+                }
             }
             Err(e) => {
-                if matches!(e, LoadError::Abandoned(_)) {
-                    self.counters.abandoned.inc();
-                } else {
-                    self.counters.failures.inc();
-                }
-                self.failures = self.failures.saturating_add(1);
-                let wait = self
-                    .base_backoff
-                    .saturating_mul(1 << (self.failures - 1).min(16))
-                    .min(MAX_RETRY_BACKOFF);
-                self.not_before = Some(Instant::now() + wait);
-                tracing::warn!(
-                    trigger = why,
-                    layers = %self.dirty.describe(),
-                    error = %e,
-                    failures = self.failures,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "list reload rejected; the lists in force stay, and the load is tried again"
-                );
+                self.refused(why, e);
                 false
             }
         }
+    }
+
+    /// Counts and logs a refused or abandoned load, and backs off: its
+    /// layers stay dirty and the lists in force stay.
+    fn refused(&mut self, why: &str, e: LoadError) {
+        if matches!(e, LoadError::Abandoned(_)) {
+            self.counters.abandoned.inc();
+        } else {
+            self.counters.failures.inc();
+        }
+        self.failures = self.failures.saturating_add(1);
+        let wait = self
+            .base_backoff
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(MAX_RETRY_BACKOFF);
+        self.not_before = Some(Instant::now() + wait);
+        tracing::warn!(
+            trigger = why,
+            layers = %self.dirty.describe(),
+            error = %e,
+            failures = self.failures,
+            retry_in_ms = wait.as_millis() as u64,
+            "list reload rejected; the lists in force stay, and the load is tried again"
+        );
     }
 
     /// Puts a candidate's layers beside the untouched ones, names the

@@ -303,11 +303,15 @@ fn bad_candidates_are_refused_and_the_snapshot_stays() {
     let refused = |p: &mut Publisher, what: &str| {
         p.poll();
         let built = p.job().run();
-        let e = built
-            .as_ref()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        // Refused whole, or (the other changed layers taken) this layer.
+        let e = match &built {
+            Err(e) => e.to_string(),
+            Ok(c) => c
+                .failed
+                .as_ref()
+                .map(|f| f.1.to_string())
+                .unwrap_or_default(),
+        };
         assert!(
             !p.apply("change", built, Instant::now()),
             "{what} was taken"
@@ -337,4 +341,60 @@ fn bad_candidates_are_refused_and_the_snapshot_stays() {
     assert!(e.contains("has no entries"), "{e}");
     assert_eq!(metrics.counter_set::<ReloadCounters>().failures.get(), 3);
     assert!(blocked(&shared, "+77011112233"));
+}
+
+/// A layer that fails does not hold back the others: a good flaglist goes
+/// into force beside a broken blocklist, which stays as it was, dirty,
+/// and is tried again; the snapshot's sequence does not claim the broken
+/// layer's change.
+#[test]
+fn a_broken_layer_does_not_hold_back_the_others() {
+    let dir = temp("partial");
+    std::fs::write(dir.join("block.txt"), "+77011112233\n").unwrap();
+    std::fs::write(dir.join("flag.txt"), "+77015550000\n").unwrap();
+    let src = Sources {
+        files: vec![
+            file(&dir, "block.txt", ListId::Block),
+            file(&dir, "flag.txt", ListId::Flag),
+        ],
+        ..Sources::default()
+    };
+    let (mut p, shared, metrics) = publisher(src, Duration::from_millis(1));
+    p.publish_now().unwrap();
+    replace(&dir.join("block.txt"), "+77011112233\nnot a number\n");
+    replace(&dir.join("flag.txt"), "+77015550000\n+77015550001\n");
+    p.poll();
+    let both = Layers::list(ListId::Block).with(Layers::list(ListId::Flag));
+    assert_eq!(p.job().layers(), both);
+    assert!(!p.apply("change", p.job().run(), Instant::now()));
+    assert_eq!(
+        shared.load().list(ListId::Flag).exact_count(),
+        2,
+        "the good layer is in force"
+    );
+    assert!(
+        blocked(&shared, "+77011112233"),
+        "the broken one stays as it was"
+    );
+    assert_eq!(p.dirty(), Layers::list(ListId::Block));
+    assert_eq!(metrics.counter_set::<ReloadCounters>().failures.get(), 1);
+    assert_eq!(metrics.counter_set::<ReloadCounters>().reloads.get(), 1);
+    // Start-up takes every layer or none.
+    let (mut fresh, _, _) = publisher(
+        Sources {
+            files: vec![
+                file(&dir, "block.txt", ListId::Block),
+                file(&dir, "flag.txt", ListId::Flag),
+            ],
+            ..Sources::default()
+        },
+        Duration::from_millis(1),
+    );
+    assert!(fresh.publish_now().is_err());
+    // Fixed: tried again, in force.
+    replace(&dir.join("block.txt"), "+77011112233\n+77011112234\n");
+    p.poll();
+    assert!(p.apply("retry", p.job().run(), Instant::now()));
+    assert!(blocked(&shared, "+77011112234"));
+    assert!(p.dirty().is_empty());
 }

@@ -1139,3 +1139,27 @@ fn a_file_fed_list_refuses_pushes_and_a_config_feeding_one_list_both_ways_is_ref
     let err = both.check("kuzet.toml").unwrap_err().to_string();
     assert!(err.contains("[rules] file"), "{err}");
 }
+
+#[test]
+fn a_broken_file_fed_list_does_not_keep_a_published_version_out_of_force() {
+    let dir = TempDir::new("publish-broken-file");
+    let mut cfg = config(&dir);
+    let flag = dir.write("flag.txt", "+77015550100\n");
+    cfg.lists.files[ListId::Flag] = vec![flag.clone().into()];
+    let e = start(cfg);
+    // The operator's flaglist file breaks, and stays broken.
+    let tmp = dir.write("flag.tmp", "+77015550100\nnot a number\n");
+    std::fs::rename(&tmp, &flag).unwrap();
+    crate::common::wait("the broken file refused", || {
+        (e.metrics.value("list_reload_failures_total") >= Some(1)).then_some(())
+    });
+    let mut n = 0;
+    rt().block_on(async {
+        let ch = channel(e.control_addr.unwrap()).await;
+        let v1 = push(&ch, Some("root"), "blocklist", "+77015550001\n", "", true)
+            .await
+            .unwrap();
+        assert!(v1.activated, "{v1:?}");
+    });
+    assert_eq!(call_status(e.udp_addr, "+77015550001", &mut n), 603);
+}
