@@ -22,6 +22,10 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 python3 -c 'import yaml' >/dev/null 2>&1 || /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
 # AFL++ for scripts/fuzz.sh (FUZZ=1); the suite's fuzz pass needs nothing.
 if [ "${FUZZ:-0}" = 1 ]; then command -v afl-fuzz >/dev/null 2>&1 || need+=(afl++); fi
+# Every crate the lockfile names, for every target: the architecture
+# test reads `cargo metadata --offline`, and a build fetches only what the
+# host needs (ed25519's curve crate names a crate for other targets).
+(cd "$(dirname "$0")/.." && cargo fetch --locked -q)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

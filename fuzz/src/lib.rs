@@ -84,6 +84,11 @@ pub const TARGETS: &[Target] = &[
         about: "the number normalizer, with a round trip through E.164",
         run: numbers,
     },
+    Target {
+        name: "nbfeed",
+        about: "the National Bank feed's batch: signature header, verifier and parser",
+        run: nbfeed,
+    },
 ];
 
 /// The target called `name`.
@@ -286,6 +291,38 @@ pub fn config(data: &[u8]) {
     if let Ok(c) = Config::from_toml_str(text, "fuzz.toml") {
         let _ = c.dataplane();
         let _ = c.sources();
+    }
+}
+
+/// The National Bank feed's batch: the first line is taken as a signature
+/// header and the rest as the body, which is verified (never accepted:
+/// no key signed it), then parsed as if it had passed; whatever parses
+/// keeps the protocol's promises.
+pub fn nbfeed(data: &[u8]) {
+    use kuzet_control::nbfeed::batch::{self, Action, Key};
+    let (head, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let keys = [Key {
+        id: "k1".into(),
+        public: ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key(),
+        valid_from: 0,
+        valid_until: None,
+    }];
+    let header = String::from_utf8_lossy(head);
+    assert!(
+        batch::verify(body, &header, &keys, 1).is_err(),
+        "an unsigned body passed"
+    );
+    if let Ok(b) = batch::parse(body) {
+        assert!(b.seq >= 1);
+        for e in &b.entries {
+            assert!(e.target.starts_with('+'));
+            if e.action == Action::Add {
+                assert!(e.expires_at > e.reported_at && e.confidence <= 100);
+            }
+        }
     }
 }
 

@@ -65,6 +65,11 @@ fn fuzz_pass_numbers() {
 }
 
 #[test]
+fn fuzz_pass_nbfeed() {
+    run("nbfeed");
+}
+
+#[test]
 fn every_target_has_a_test_here() {
     let here = include_str!("pass.rs");
     for t in kuzet_fuzz::TARGETS {

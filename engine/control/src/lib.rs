@@ -54,6 +54,7 @@ pub mod guard;
 pub mod hep;
 pub mod investigate;
 pub mod lists;
+pub mod nbfeed;
 pub mod plane;
 pub mod publish;
 pub mod publishing;

@@ -96,9 +96,11 @@ const ALLOWED: &[Allowed] = &[
         why: "the control plane: reload, recorder, admin address, investigators' API, reporter",
         normal: &[
             "arc-swap",
-            "axum", // the admin address's routes
+            "axum",          // the admin address's routes
+            "ed25519-dalek", // the National Bank feed's batch signatures
             "hdrhistogram",
-            "hyper", // the admin address's accept loop (header-read deadline)
+            "humantime", // the feed's RFC 3339 times
+            "hyper",     // the admin address's accept loop (header-read deadline)
             "hyper-util",
             "kuzet-api",
             "kuzet-dataplane",
@@ -240,7 +242,8 @@ const ALLOWED: &[Allowed] = &[
         krate: "kuzet-fuzz",
         why: "fuzz targets over the parsers and loaders",
         normal: &[
-            "afl", // optional: the AFL++ harness (feature `afl`)
+            "ed25519-dalek", // the feed target's key
+            "afl",           // optional: the AFL++ harness (feature `afl`)
             "arc-swap",
             "kuzet",
             "kuzet-control",
