@@ -4,3 +4,4 @@
 //! to the Centre come with the rest of issue 21.
 
 pub mod batch;
+pub mod calendar;
