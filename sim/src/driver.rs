@@ -272,9 +272,10 @@ pub fn drive(traffic: &Traffic, opts: Options) -> io::Result<(Vec<CallResult>, R
     for (name, ip) in &traffic.trunks {
         let conn = match opts.proto {
             Proto::Udp => {
-                let sock = kuzet_net::bind_udp(SocketAddr::new((*ip).into(), 0), 4 << 20).map_err(
-                    |e| io::Error::new(e.kind(), format!("trunk {name}: bind {ip}: {e}")),
-                )?;
+                let sock = kuzet_net::bind_udp_client(SocketAddr::new((*ip).into(), 0), 4 << 20)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("trunk {name}: bind {ip}: {e}"))
+                    })?;
                 Conn::Udp {
                     sock,
                     out: SendBatch::new(BATCH),

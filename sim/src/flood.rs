@@ -135,7 +135,7 @@ pub fn flood(opts: &FloodOptions) -> io::Result<FloodReport> {
         SocketAddr::V4(_) => "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
         SocketAddr::V6(_) => "[::1]:0".parse().unwrap_or_else(|_| unreachable!()),
     };
-    let sock = kuzet_net::bind_udp(local, 16 << 20)?;
+    let sock = kuzet_net::bind_udp_client(local, 16 << 20)?;
     let me = sock.local_addr()?;
     let fd = sock.as_raw_fd();
     // Connected: no route lookup per datagram, and only the target's

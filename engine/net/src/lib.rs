@@ -512,6 +512,21 @@ pub fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSock
     Ok(s.into())
 }
 
+/// A client's UDP socket: like [`bind_udp`] but its port is its own (no
+/// `SO_REUSEPORT`). With `SO_REUSEPORT`, a bind to port 0 may be given a
+/// port another socket of the same user already holds, and the kernel
+/// then shares the answers between the two: a load driver's whole run of
+/// answers could go to another process's socket.
+pub fn bind_udp_client(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as libc::c_int {
         libc::AF_INET => {
@@ -844,5 +859,17 @@ mod tests {
             assert_eq!(b.recv(&mut got).unwrap(), 1);
             assert_eq!(got[0], i);
         }
+    }
+
+    #[test]
+    fn a_client_socket_keeps_its_port_to_itself() {
+        let c = bind_udp_client("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        assert!(!socket2::SockRef::from(&c).reuse_port().unwrap());
+        // So no server socket can join it on its port.
+        let port = c.local_addr().unwrap();
+        assert!(bind_udp(port, 1 << 20).is_err());
+        // The servers' own sockets share theirs, as the workers do.
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        assert!(bind_udp(a.local_addr().unwrap(), 1 << 20).is_ok());
     }
 }
