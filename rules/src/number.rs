@@ -273,6 +273,19 @@ impl NumberingPlan {
         Ok(self)
     }
 
+    /// Normalizes a number as a person typed it into a query: as
+    /// [`NumberingPlan::normalize`], and failing that its digits (and `+`)
+    /// alone, whatever else was typed between them.
+    pub fn normalize_typed(&self, text: &str) -> Option<Number> {
+        self.normalize(text.as_bytes()).or_else(|| {
+            let digits: String = text
+                .chars()
+                .filter(|c| c.is_ascii_digit() || *c == '+')
+                .collect();
+            self.normalize(digits.as_bytes())
+        })
+    }
+
     /// Normalizes a dialled or presented number. Accepts a leading `+`,
     /// visual separators (space, `-`, `.`, `(`, `)`), and ignores anything
     /// from the first `;` on (tel: and user parameters such as `;npdi`).
@@ -440,6 +453,15 @@ mod tests {
         assert_eq!(kz("810 44 20 7946 0000").as_deref(), Some("+442079460000"));
         assert_eq!(kz("0044 20 7946 0000").as_deref(), Some("+442079460000"));
         assert_eq!(kz("+13035551111").as_deref(), Some("+13035551111"));
+    }
+
+    #[test]
+    fn typed_numbers_keep_their_digits_whatever_sits_between() {
+        let plan = NumberingPlan::kazakhstan();
+        let typed = |t: &str| plan.normalize_typed(t).map(|n| n.to_string());
+        assert_eq!(typed("8 701 123 45 67").as_deref(), Some("+77011234567"));
+        assert_eq!(typed("+7/701/123/45/67").as_deref(), Some("+77011234567"));
+        assert_eq!(typed("alice"), None);
     }
 
     #[test]

@@ -92,11 +92,15 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Parses 64 hex digits.
 pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 {
+    unhex(s.trim())
+}
+
+/// `N` bytes from exactly `2N` hex digits (either case), or `None`.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
         *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }

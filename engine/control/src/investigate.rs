@@ -308,15 +308,7 @@ impl Investigation {
         let number = match text(f.number) {
             Some(n) => Some(
                 self.plan
-                    .normalize(n.as_bytes())
-                    .or_else(|| {
-                        // Typed with spaces, dashes or brackets.
-                        let digits: String = n
-                            .chars()
-                            .filter(|c| c.is_ascii_digit() || *c == '+')
-                            .collect();
-                        self.plan.normalize(digits.as_bytes())
-                    })
+                    .normalize_typed(&n)
                     .ok_or_else(|| {
                         Status::invalid_argument(format!(
                             "{n:?} is not a number the numbering plan knows"

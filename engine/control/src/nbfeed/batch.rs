@@ -94,8 +94,8 @@ pub fn verify<'k>(
     let (Some(id), Some(sig)) = (id, sig) else {
         return Err(Rejected::NoSignature("expected key=ID sig=HEX".into()));
     };
-    let sig =
-        unhex64(sig).ok_or_else(|| Rejected::NoSignature("sig is not 128 hex digits".into()))?;
+    let sig = crate::access::unhex::<64>(sig)
+        .ok_or_else(|| Rejected::NoSignature("sig is not 128 hex digits".into()))?;
     let key = keys
         .iter()
         .find(|k| k.id == id)
@@ -107,17 +107,6 @@ pub fn verify<'k>(
         .verify(body, &Signature::from_bytes(&sig))
         .map_err(|_| Rejected::BadSignature)?;
     Ok(&key.id)
-}
-
-fn unhex64(s: &str) -> Option<[u8; 64]> {
-    if s.len() != 128 {
-        return None;
-    }
-    let mut out = [0u8; 64];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// What an entry does.

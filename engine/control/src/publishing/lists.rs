@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::shelf::{Meta, Shelf};
 use super::source::lock;
 use super::{
-    blocking, check_expect, diff, expect, hex, idle, maybe_id, now_us, ops, spawn_idle, unhex16,
+    blocking, check_expect, diff, expect, hex, idle, maybe_id, now_us, ops, spawn_idle, unhex,
     version_id, vname, Filter, Publishing,
 };
 use crate::gate::{Credentials, Principal};
@@ -207,22 +207,12 @@ fn record_in_force(
             meta.name()
         )));
     }
-    let digest = unhex16(&meta.digest).ok_or_else(|| {
+    let digest = unhex(&meta.digest).ok_or_else(|| {
         Status::internal(format!("{l} {}: a bad digest in its index", meta.name()))
     })?;
     let seq = pb.source.next_seq();
-    let mut idx = s.index.clone();
-    let replaced = idx.active;
-    idx.previous = replaced;
-    idx.active = Some(meta.id);
-    idx.activated_seq = seq;
-    let mut meta = meta.clone();
-    if let Some(m) = idx.versions.iter_mut().find(|m| m.id == meta.id) {
-        m.activated_by = p.who.clone();
-        m.activated_us = now_us();
-        meta = m.clone();
-    }
-    s.save(idx)
+    let (meta, replaced) = s
+        .put_in_force(meta.id, &p.who, seq, now_us())
         .map_err(|e| Status::internal(format!("recording {l} {} in force: {e}", meta.name())))?;
     pb.source
         .changed_now(seq, Layers::list(l), Some((l, meta.id, list, digest)));
@@ -522,31 +512,22 @@ impl Lists {
                 }
                 s.keep(&upload, &hexd).map_err(Status::internal)?;
                 let base = s.index.active;
-                let mut idx = s.index.clone();
-                let id = idx.next.max(1);
-                let meta = Meta {
-                    id,
-                    digest: hexd,
-                    author: who.who.clone(),
-                    created_us: now_us(),
-                    exact: list.exact_count() as u64,
-                    ranges: list.prefix_count() as u64,
-                    lines,
-                    added,
-                    removed,
-                    base,
-                    note,
-                    ..Meta::default()
-                };
-                idx.versions.push(meta.clone());
-                idx.next = id + 1;
-                s.save(idx).map_err(|e| Status::internal(format!("recording {l} v{id}: {e}")))?;
-                let keep_us = i64::from(pb.cfg.keep_days) * 86_400_000_000;
-                match s.prune(pb.cfg.keep_versions, keep_us, now_us()) {
-                    Ok(d) if !d.is_empty() => tracing::info!(list = %l, dropped = ?d, "old list versions pruned"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(list = %l, error = %e, "pruning old list versions failed"),
-                }
+                let meta = s
+                    .add(Meta {
+                        digest: hexd,
+                        author: who.who.clone(),
+                        created_us: now_us(),
+                        exact: list.exact_count() as u64,
+                        ranges: list.prefix_count() as u64,
+                        lines,
+                        added,
+                        removed,
+                        base,
+                        note,
+                        ..Meta::default()
+                    })
+                    .map_err(|e| Status::internal(format!("recording a new {l} version: {e}")))?;
+                pb.prune(&mut s, l.name());
                 tracing::info!(list = %l, version = %meta.name(), by = %who.who, exact = meta.exact, ranges = meta.ranges, added, removed, "list version pushed");
                 Ok((meta, false, base))
             })
@@ -887,12 +868,5 @@ pub fn normalize(plan: &kuzet_rules::NumberingPlan, text: &str) -> Option<kuzet_
         Some(i) if t[..i].chars().all(|c| c.is_ascii_alphabetic()) => &t[i + 1..],
         _ => t,
     };
-    let t = t.split(['@', ';']).next().unwrap_or("");
-    plan.normalize(t.as_bytes()).or_else(|| {
-        let digits: String = t
-            .chars()
-            .filter(|c| c.is_ascii_digit() || *c == '+')
-            .collect();
-        plan.normalize(digits.as_bytes())
-    })
+    plan.normalize_typed(t.split(['@', ';']).next().unwrap_or(""))
 }

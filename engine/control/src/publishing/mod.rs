@@ -253,6 +253,17 @@ impl Publishing {
             .ok()
     }
 
+    /// Prunes `shelf` by the configured count and age (see
+    /// [`shelf::Shelf::prune`]); `what` names it in the log.
+    pub(crate) fn prune(&self, shelf: &mut shelf::Shelf, what: &str) {
+        let keep_us = i64::from(self.cfg.keep_days) * 86_400_000_000;
+        match shelf.prune(self.cfg.keep_versions, keep_us, now_us()) {
+            Ok(d) if !d.is_empty() => tracing::info!(what, dropped = ?d, "old versions pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(what, error = %e, "pruning old versions failed"),
+        }
+    }
+
     /// The gate.
     pub fn gate(&self) -> &Arc<AccessGate> {
         &self.gate
@@ -433,22 +444,7 @@ pub(crate) fn check_expect(
     }))
 }
 
-/// Hex.
-pub(crate) fn hex(b: &[u8]) -> String {
-    crate::access::hex(b)
-}
-
-/// Parses 32 hex digits back into a digest.
-pub(crate) fn unhex16(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut d = [0u8; 16];
-    for (i, b) in d.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(d)
-}
+pub(crate) use crate::access::{hex, unhex};
 
 /// Runs a whole list's work (a push parsed and built, a version read
 /// back, two lists compared) on a thread of its own in the idle

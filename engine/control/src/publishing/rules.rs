@@ -192,22 +192,11 @@ impl Rules {
                 return Err(Status::not_found(format!("rules v{id} was pruned meanwhile")));
             }
             let seq = pb.source.next_seq();
-            let mut idx = s.index.clone();
-            let replaced = idx.active;
-            idx.previous = replaced;
-            idx.active = Some(id);
-            idx.activated_seq = seq;
-            let now = now_us();
-            if let Some(m) = idx.versions.iter_mut().find(|m| m.id == id) {
-                m.activated_by = who.who.clone();
-                m.activated_us = now;
-            }
-            s.save(idx).map_err(|e| {
-                Status::internal(format!("recording rules v{id} in force: {e}"))
-            })?;
+            let (m, replaced) = s
+                .put_in_force(id, &who.who, seq, now_us())
+                .map_err(|e| Status::internal(format!("recording rules v{id} in force: {e}")))?;
             pb.source.changed_now(seq, Layers::RULES, None);
             tracing::info!(version = %format!("v{id}"), replaced = %vname(replaced), by = %who.who, "rule version put in force");
-            let m = s.index.get(id).cloned().unwrap_or(meta);
             Ok((me.version_pb(&s, &m), replaced, seq))
         })
         .await?;
@@ -451,26 +440,19 @@ impl Rules {
         }
         s.keep_text(toml.as_bytes(), &digest)
             .map_err(Status::internal)?;
-        let mut idx = s.index.clone();
-        let id = idx.next.max(1);
-        let meta = Meta {
-            id,
-            digest,
-            author: who.who.clone(),
-            created_us: now_us(),
-            base: idx.active,
-            note,
-            name: name.to_string(),
-            ..Meta::default()
-        };
-        idx.versions.push(meta.clone());
-        idx.next = id + 1;
-        s.save(idx)
-            .map_err(|e| Status::internal(format!("recording rules v{id}: {e}")))?;
-        let keep_us = i64::from(pb.cfg.keep_days) * 86_400_000_000;
-        if let Err(e) = s.prune(pb.cfg.keep_versions, keep_us, now_us()) {
-            tracing::warn!(error = %e, "pruning old rule versions failed");
-        }
+        let base = s.index.active;
+        let meta = s
+            .add(Meta {
+                digest,
+                author: who.who.clone(),
+                created_us: now_us(),
+                base,
+                note,
+                name: name.to_string(),
+                ..Meta::default()
+            })
+            .map_err(|e| Status::internal(format!("recording a new rule version: {e}")))?;
+        pb.prune(&mut s, "rules");
         tracing::info!(version = %meta.name(), by = %who.who, "rule version staged");
         Ok(pb::StageResponse {
             version: Some(self.version_pb(&s, &meta)),

@@ -268,6 +268,44 @@ impl Shelf {
         Ok(())
     }
 
+    /// Adds a version whose content is kept already, numbered next, and
+    /// returns it as recorded.
+    pub fn add(&mut self, mut meta: Meta) -> Result<Meta, String> {
+        let mut idx = self.index.clone();
+        meta.id = idx.next.max(1);
+        idx.versions.push(meta.clone());
+        idx.next = meta.id + 1;
+        self.save(idx)?;
+        Ok(meta)
+    }
+
+    /// Records version `id` in force under publishing sequence `seq`, put
+    /// there by `who` at `now_us`; the version in force before becomes the
+    /// previous one. Returns the version as recorded and the one replaced.
+    pub fn put_in_force(
+        &mut self,
+        id: u64,
+        who: &str,
+        seq: u64,
+        now_us: i64,
+    ) -> Result<(Meta, Option<u64>), String> {
+        let mut idx = self.index.clone();
+        let replaced = idx.active;
+        idx.previous = replaced;
+        idx.active = Some(id);
+        idx.activated_seq = seq;
+        let m = idx
+            .versions
+            .iter_mut()
+            .find(|m| m.id == id)
+            .ok_or_else(|| format!("v{id} was pruned meanwhile"))?;
+        m.activated_by = who.to_string();
+        m.activated_us = now_us;
+        let meta = m.clone();
+        self.save(idx)?;
+        Ok((meta, replaced))
+    }
+
     /// Drops versions past `keep` in number or older than `max_age_us`
     /// (never the one in force, the one before it, or the newest), and
     /// content no version names any more. Returns the versions dropped.
