@@ -74,6 +74,17 @@ pub enum StoreError {
     /// The file is an SQLite database, but not kuzet's.
     #[error("{0} is not a kuzet store (its application id is not kuzet's); point --data at another directory")]
     Foreign(PathBuf),
+    /// The work does not follow from what the store holds (a batch whose
+    /// sequence is not the next after the stored cursor): refused whole,
+    /// nothing written. Never transient: the same work is refused again
+    /// until the caller asks for what does follow.
+    #[error("{path}: {reason}")]
+    Conflict {
+        /// The database file.
+        path: PathBuf,
+        /// What the store holds and what it was asked.
+        reason: String,
+    },
     /// The database refused or failed.
     #[error("{at}: {source}")]
     Backend {

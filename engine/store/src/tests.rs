@@ -952,4 +952,13 @@ fn a_store_error_says_whether_trying_again_can_help() {
         ),
     );
     assert!(!refused.is_transient());
+    let conflict = StoreError::Conflict {
+        path: "/x/centre.db".into(),
+        reason: "batch 3 does not follow the cursor 1".into(),
+    };
+    assert!(!conflict.is_transient());
+    assert!(
+        conflict.to_string().starts_with("/x/centre.db: "),
+        "{conflict}"
+    );
 }
