@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod centre;
 pub mod config;
 pub mod incident;
 pub mod outbox;
@@ -250,6 +251,9 @@ pub const DATA_FILES: &[&str] = &[
     audit::AUDIT_FILE,
     "audit.db-wal",
     "audit.db-shm",
+    centre::CENTRE_FILES[0],
+    centre::CENTRE_FILES[1],
+    centre::CENTRE_FILES[2],
     "records.ring",
 ];
 
