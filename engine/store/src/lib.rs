@@ -1,13 +1,17 @@
-//! kuzet's store: the intercepted-call log, incidents, the register outbox
-//! and the audit log of investigators' queries.
+//! kuzet's store: the intercepted-call log, incidents, the register outbox,
+//! the audit log of investigators' queries, and what kuzet keeps of the
+//! National Bank Anti-Fraud Centre (its feed, its alerts' cases, the
+//! reports to it).
 //!
-//! The control plane sees the store only through four ports ([`ports`]),
+//! The control plane sees the store only through five ports ([`ports`]),
 //! traits with nothing of a database in their signatures: the recorder's
 //! [`RecordWriter`], the investigators' [`Queries`], the reporter's
-//! [`Outbox`] and the gate's [`AuditLog`]. The outbox's payload is a wire
-//! type of its own, versioned ([`outbox::Payload`]). SQLite is the one
-//! implementation today ([`sqlite`]): one embedded file, `kuzet.db`, in the
-//! data directory, and the audit log beside it in `audit.db`.
+//! [`Outbox`], the gate's [`AuditLog`] and the Centre's [`Centre`]. The
+//! outbox's payload is a wire type of its own, versioned
+//! ([`outbox::Payload`]). SQLite is the one implementation today
+//! ([`sqlite`]): one embedded file, `kuzet.db`, in the data directory, the
+//! audit log beside it in `audit.db`, and the Centre's data in
+//! `centre.db` ([`centre`]).
 //!
 //! One writer, the control plane's recorder thread, owns a [`Store`] (the
 //! SQLite [`RecordWriter`]): it commits records in batches and retires old
@@ -40,7 +44,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-pub use ports::{AuditLog, Outbox, Ports, Queries, RecordWriter};
+pub use ports::{AuditLog, Centre, Outbox, Ports, Queries, RecordWriter};
 pub use record::{ListHitRec, Record, RuleHit};
 
 /// The database's file name inside the data directory.

@@ -13,6 +13,9 @@
 //!   are sent, delivered, retried or dead-lettered, and the backlog.
 //! - [`AuditLog`]: the access gate's: entries appended, never changed, and
 //!   read back newest first.
+//! - [`Centre`]: the National Bank Anti-Fraud Centre's (docs/nb-feed.md):
+//!   the feed layer and its cursor, the cases opened for the Centre's
+//!   alerts and their decisions, and the outbox of reports to the Centre.
 //!
 //! Every method blocks: the control plane calls them from threads of its
 //! own or tokio's blocking pool, never from an async task directly.
@@ -25,6 +28,10 @@
 use std::sync::Arc;
 
 use crate::audit::Entry;
+use crate::centre::{
+    Case, CaseCounts, CaseDecision, CentreBacklog, FeedChange, FeedRow, NewCase, NewReport,
+    ReportDue, ReportRow,
+};
 use crate::incident::Incident;
 use crate::outbox::{Due, Payload};
 use crate::query::{Count, Filter, Page};
@@ -183,6 +190,113 @@ pub trait AuditLog: Send + Sync {
     fn read(&self, before: Option<i64>, limit: usize) -> Result<Vec<Entry>, StoreError>;
 }
 
+/// The National Bank Anti-Fraud Centre's port (docs/nb-feed.md): what
+/// kuzet keeps of the Centre's two streams (the feed of fraud numbers and
+/// the alerts on the operator's own numbers) and of its reports to the
+/// Centre.
+///
+/// Each stream has a cursor, the last batch applied; a batch is applied
+/// only as the next after it, in one unit of work with moving it, so a
+/// replay or a gap changes nothing ([`StoreError::Conflict`]). A report
+/// is queued in the same unit of work as the fact that causes it, under
+/// an idempotency key it keeps for ever, and never changes after: every
+/// try sends the same bytes. Every write is one unit of work: all of it
+/// or none. Shared by the feed's puller, the reporter, the API and the
+/// gauges (`Sync`).
+pub trait Centre: Send + Sync {
+    /// The last applied sequence of a stream, `"batches"` (the feed) or
+    /// `"alerts"`; 0 before any.
+    fn cursor(&self, stream: &str) -> Result<u64, StoreError>;
+
+    /// Hands `each` every feed entry not expired at `now_s`
+    /// (`expires_at_s > now_s`), one at a time (a table of ten million
+    /// entries streams, it is never collected), and returns the
+    /// `"batches"` cursor read from the same consistent view.
+    fn feed_load(&self, now_s: i64, each: &mut dyn FnMut(FeedRow)) -> Result<u64, StoreError>;
+
+    /// Applies feed batch `seq` in one unit of work: refused with
+    /// [`StoreError::Conflict`], nothing applied, unless the stored
+    /// `"batches"` cursor is `seq - 1`. An `Add` replaces the entry held
+    /// for its target, a `Withdraw` removes it (none held: nothing), in
+    /// the batch's order; then the cursor becomes `seq`. A batch of a
+    /// million changes takes seconds, not minutes.
+    fn feed_apply(&self, seq: u64, changes: &[FeedChange]) -> Result<(), StoreError>;
+
+    /// Removes the entries expired at `now_s` (`expires_at_s <= now_s`);
+    /// returns how many.
+    fn feed_expire(&self, now_s: i64) -> Result<u64, StoreError>;
+
+    /// The entry held for this exact target (a number, or a range as
+    /// written), if any.
+    fn feed_entry(&self, target: &str) -> Result<Option<FeedRow>, StoreError>;
+
+    /// Opens a case per alert of alerts batch `seq`, in one unit of work
+    /// with moving the `"alerts"` cursor to `seq`: refused with
+    /// [`StoreError::Conflict`], nothing opened, unless the cursor is
+    /// `seq - 1`. An alert id already held (from this batch or any
+    /// before) opens nothing. Returns the cases newly opened.
+    fn open_cases(&self, seq: u64, cases: &[NewCase]) -> Result<Vec<Case>, StoreError>;
+
+    /// One case.
+    fn case(&self, id: i64) -> Result<Option<Case>, StoreError>;
+
+    /// Cases, soonest due first: only those in `state` if given (`open`,
+    /// `confirmed`, `not_confirmed`), only those due before
+    /// `due_before_us` if given; at most `limit` (1 to 1000).
+    fn cases(
+        &self,
+        state: Option<&str>,
+        due_before_us: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Case>, StoreError>;
+
+    /// Records the decision on an open case and queues `report` (the
+    /// decision report for the Centre) in the same unit of work; returns
+    /// the case as decided. `Ok(Err(reason))` when there is no such case
+    /// or it is already decided: nothing changes, nothing is queued.
+    fn decide(
+        &self,
+        id: i64,
+        d: &CaseDecision,
+        report: &NewReport,
+    ) -> Result<Result<Case, String>, StoreError>;
+
+    /// Case counts at `now_us`; "due soon" is open, not overdue, and due
+    /// within `near_us`.
+    fn case_counts(&self, now_us: i64, near_us: i64) -> Result<CaseCounts, StoreError>;
+
+    /// Queues `reports` in one unit of work; a key already held, whatever
+    /// its report's state, queues nothing. Returns how many were new.
+    fn queue_reports(&self, reports: &[NewReport]) -> Result<usize, StoreError>;
+
+    /// Reports pending and due at `now_us` (their first try's time, or
+    /// their retry's, reached), oldest first, at most `limit` (1 to
+    /// 1000).
+    fn due_reports(&self, now_us: i64, limit: usize) -> Result<Vec<ReportDue>, StoreError>;
+
+    /// Counts a try of a pending report, called just before it is sent.
+    fn report_tried(&self, id: i64) -> Result<(), StoreError>;
+
+    /// The Centre took the pending report `id` at `at_us`: it is done.
+    fn report_delivered(&self, id: i64, at_us: i64) -> Result<(), StoreError>;
+
+    /// The pending report `id` was not taken: tried again at
+    /// `next_at_us`; `error` (cut at 1024 bytes) is kept meanwhile.
+    fn report_retry(&self, id: i64, next_at_us: i64, error: &str) -> Result<(), StoreError>;
+
+    /// The Centre refused the pending report `id`: dead-lettered, never
+    /// retried, with `error` (cut at 1024 bytes).
+    fn report_dead_letter(&self, id: i64, error: &str) -> Result<(), StoreError>;
+
+    /// Reports pending and dead-lettered, and when the oldest pending one
+    /// was queued.
+    fn report_backlog(&self) -> Result<CentreBacklog, StoreError>;
+
+    /// Reports newest first, only those in `state` if given (`pending`,
+    /// `delivered`, `dead_letter`), at most `limit` (1 to 1000).
+    fn reports(&self, state: Option<&str>, limit: usize) -> Result<Vec<ReportRow>, StoreError>;
+}
+
 /// The ports a running kuzet hands its control plane, on one store.
 #[derive(Clone)]
 pub struct Ports {
@@ -192,4 +306,6 @@ pub struct Ports {
     pub outbox: Arc<dyn Outbox>,
     /// The audit log.
     pub audit: Arc<dyn AuditLog>,
+    /// The National Bank Centre's feed, cases and reports.
+    pub centre: Arc<dyn Centre>,
 }

@@ -1,15 +1,17 @@
 //! The SQLite implementation of the store's ports ([`crate::ports`]), on
-//! one data directory: `kuzet.db` (calls, incidents, outbox) and
-//! `audit.db`.
+//! one data directory: `kuzet.db` (calls, incidents, outbox), `audit.db`
+//! and `centre.db` (the National Bank Centre's port,
+//! [`crate::centre::SqliteCentre`]).
 //!
 //! [`crate::open`] opens the writer, [`crate::Store`], which is the
 //! recorder port and holds the directory's lock; [`ports`] makes the other
-//! three for the same directory. Each query opens a read-only connection
+//! four for the same directory. Each query opens a read-only connection
 //! of its own, so it reads one snapshot while the writer commits (WAL),
 //! and an export's snapshot lasts as long as the export. The outbox keeps
 //! one read-write connection for the reporter's small transactions and a
 //! read-only one for its gauges (dropped after an error and opened again);
-//! the audit log keeps one connection to its own file. Connections are
+//! the audit log keeps one connection to its own file, and the Centre's
+//! port one writer and one reader to its own. Connections are
 //! opened on first use, so a port made before the store exists costs
 //! nothing and a store that comes back is used again.
 
@@ -19,18 +21,21 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 use crate::audit::{self, Entry};
+use crate::centre::SqliteCentre;
 use crate::outbox::{Due, Payload};
 use crate::ports::{AuditLog, Backlog, Counts, IncidentView, Outbox, Ports, Queries};
 use crate::query::{self, Filter, Page};
 use crate::{incident, open_reader, open_side_writer, sqlite_error, Record, StoreError, DB_FILE};
 
-/// The queries, outbox and audit ports on the data directory `dir` (the
-/// writer, [`crate::open`], must have made the store first).
+/// The queries, outbox, audit and Centre ports on the data directory
+/// `dir` (the writer, [`crate::open`], must have made the store first;
+/// `audit.db` and `centre.db` are made on their first use).
 pub fn ports(dir: &Path) -> Ports {
     Ports {
         queries: Arc::new(Reader::new(dir)),
         outbox: Arc::new(SqliteOutbox::new(dir)),
         audit: Arc::new(SqliteAudit::new(dir)),
+        centre: Arc::new(SqliteCentre::new(dir)),
     }
 }
 
@@ -102,13 +107,13 @@ impl Queries for Reader {
 }
 
 /// One lazily opened connection, kept while it works.
-struct Lazy {
+pub(crate) struct Lazy {
     conn: Mutex<Option<Connection>>,
     db: PathBuf,
 }
 
 impl Lazy {
-    fn new(db: PathBuf) -> Lazy {
+    pub(crate) fn new(db: PathBuf) -> Lazy {
         Lazy {
             conn: Mutex::new(None),
             db,
@@ -118,7 +123,7 @@ impl Lazy {
     /// Runs `f` on the connection, opening it with `open` first if need
     /// be; with `drop_on_error`, a failed `f` closes it (the next use opens
     /// a fresh one).
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         open: impl FnOnce() -> Result<Connection, StoreError>,
         drop_on_error: bool,
