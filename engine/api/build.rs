@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/kuzet/register/v1/register.proto",
         "proto/kuzet/lists/v1/lists.proto",
         "proto/kuzet/rules/v1/rules.proto",
+        "proto/kuzet/cases/v1/cases.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -375,16 +375,7 @@ impl<'p> ListBuilder<'p> {
             None => (text, ""),
         };
         let entry = bare_number(entry);
-        if reason.len() > MAX_REASON_LEN {
-            return Err(err(ListErrorKind::ReasonTooLong));
-        }
-        if reason
-            .chars()
-            .any(|c| c == '"' || c == '\\' || c.is_control())
-        {
-            return Err(err(ListErrorKind::BadReason));
-        }
-        let reason_id = self.intern(reason);
+        let reason_id = self.checked_reason(reason).map_err(err)?;
         if let Some(stem) = entry.strip_suffix('*') {
             if stem.contains('*') {
                 return Err(err(ListErrorKind::MisplacedWildcard(excerpt(
@@ -411,6 +402,39 @@ impl<'p> ListBuilder<'p> {
             .ok_or_else(|| err(ListErrorKind::NotANumber(excerpt(entry, EXCERPT_CHARS))))?;
         self.exact.push((n.raw(), reason_id));
         Ok(())
+    }
+
+    /// Adds one number, already normalized, with its reason (checked as a
+    /// list line's would be): the way a source that holds numbers rather
+    /// than text (the National Bank's feed) fills a list without printing
+    /// and parsing each one.
+    pub fn add_number(&mut self, n: Number, reason: &str) -> Result<(), ListErrorKind> {
+        let id = self.checked_reason(reason)?;
+        self.exact.push((n.raw(), id));
+        Ok(())
+    }
+
+    /// Adds one range, already normalized, with its reason.
+    pub fn add_prefix(&mut self, p: Prefix, reason: &str) -> Result<(), ListErrorKind> {
+        if p.len == 0 || usize::from(p.len) > MAX_E164_DIGITS {
+            return Err(ListErrorKind::NotAPrefix(p.to_string()));
+        }
+        let id = self.checked_reason(reason)?;
+        self.prefixes.push((p, id));
+        Ok(())
+    }
+
+    fn checked_reason(&mut self, reason: &str) -> Result<u32, ListErrorKind> {
+        if reason.len() > MAX_REASON_LEN {
+            return Err(ListErrorKind::ReasonTooLong);
+        }
+        if reason
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(ListErrorKind::BadReason);
+        }
+        Ok(self.intern(reason))
     }
 
     /// Adds every line of `text`; stops at the first bad one.

@@ -59,6 +59,9 @@ lists! {
     Premium => "premium", "premium-rate and IRSF destinations";
     /// The operator's own subscribers roaming abroad now.
     Roamers => "roamers", "the operator's own subscribers roaming abroad now (their domestic caller ID on an international trunk is genuine)";
+    /// The National Bank Anti-Fraud Centre's fraud numbers: its signed
+    /// feed (`[nbank]`), and any file an operator still exports it to.
+    NbFeed => "nb_feed", "the National Bank Anti-Fraud Centre's fraud numbers (its signed feed, [nbank]); scored like the blocklist";
 }
 
 impl ListId {

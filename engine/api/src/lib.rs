@@ -1,7 +1,7 @@
 //! kuzet's gRPC interfaces, generated at build time from `proto/`:
 //! [`investigation`], the investigators' API that kuzet serves on its
 //! control address, [`lists`] and [`rules`], the rule authors' publishing
-//! APIs served beside it, and [`register`], the pre-trial register's API that
+//! APIs served beside it, [`cases`], the Centre's alerts as cases, and [`register`], the pre-trial register's API that
 //! kuzet calls to report incidents (and that `kuzet-sim register` serves as
 //! a stand-in). All are versioned packages; a breaking change is a new
 //! `v2` package beside the old one.
@@ -30,6 +30,12 @@ pub mod lists {
 /// force by rule authors and approvers.
 pub mod rules {
     tonic::include_proto!("kuzet.rules.v1");
+}
+
+/// `kuzet.cases.v1`: the National Bank Anti-Fraud Centre's alerts as
+/// cases with deadlines, and the operators' decisions on them.
+pub mod cases {
+    tonic::include_proto!("kuzet.cases.v1");
 }
 
 /// Every package's encoded descriptors, for server reflection.

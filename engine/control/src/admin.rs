@@ -58,6 +58,7 @@ impl Admin {
             metrics: metrics.clone(),
             store_on,
             ring,
+            started: std::time::Instant::now(),
         }));
         Admin {
             inner: Arc::new(Inner {
@@ -200,10 +201,44 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// What is wrong without making the node unready: the node still serves
+/// every call as it should, but someone should look.
+fn warnings(m: &Metrics) -> Vec<String> {
+    let mut w = Vec::new();
+    if m.gauge(Gauge::NbankOn) == 1 && m.gauge(Gauge::NbankStale) == 1 {
+        let last = m.gauge(Gauge::NbankLastOkUnix);
+        w.push(if last > 0 {
+            format!(
+                "the National Bank feed is stale: last good answer {} s ago (the last good layer stays in force)",
+                (kuzet_store::now_us() / 1_000_000 - last).max(0)
+            )
+        } else {
+            "the National Bank feed has not answered since start (the layer kept in the store is in force)".to_string()
+        });
+    }
+    if m.gauge(Gauge::CasesOverdue) > 0 {
+        w.push(format!(
+            "{} of the Centre's cases are past their deadline (kuzet cases list --due)",
+            m.gauge(Gauge::CasesOverdue)
+        ));
+    }
+    if m.gauge(Gauge::CentreDeadLetters) > 0 {
+        w.push(format!(
+            "{} reports the Centre refused (dead letters)",
+            m.gauge(Gauge::CentreDeadLetters)
+        ));
+    }
+    w
+}
+
 async fn readyz(State(a): State<Admin>) -> Response {
     let why = a.not_ready();
     if why.is_empty() {
-        return (StatusCode::OK, "ready\n").into_response();
+        let mut body = String::from("ready\n");
+        for w in warnings(&a.inner.metrics) {
+            let _ = writeln!(body, "warning: {w}");
+        }
+        return (StatusCode::OK, body).into_response();
     }
     let mut body = String::new();
     for w in why {
@@ -217,6 +252,9 @@ struct Exposition {
     metrics: Arc<Metrics>,
     store_on: bool,
     ring: Option<Arc<kuzet_dataplane::records::RecordRing>>,
+    /// When the admin surface was made (the feed's staleness before its
+    /// first good answer counts from it).
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for Exposition {
@@ -317,7 +355,67 @@ impl Collector for Exposition {
         let ring = |f: fn(&kuzet_dataplane::records::RecordRing) -> u64| {
             self.ring.as_deref().map_or(0, f) as i64
         };
-        let gauges: [(&str, &str, i64); 13] = [
+        let now_s = kuzet_store::now_us() / 1_000_000;
+        let nb_on = m.gauge(Gauge::NbankOn) == 1;
+        let oldest = m.gauge(Gauge::CentreOldestPendingUnix);
+        let gauges: [(&str, &str, i64); 23] = [
+            (
+                "nbank_feed_configured",
+                "1 when the National Bank feed is configured ([nbank] url)",
+                i64::from(nb_on),
+            ),
+            (
+                "nbank_feed_staleness_seconds",
+                "Seconds since the National Bank feed last answered well (since start when it never has; 0 when not configured)",
+                if !nb_on {
+                    0
+                } else {
+                    match m.gauge(Gauge::NbankLastOkUnix) {
+                        0 => self.started.elapsed().as_secs() as i64,
+                        t => (now_s - t).max(0),
+                    }
+                },
+            ),
+            (
+                "nbank_feed_stale",
+                "1 while the National Bank feed is staler than [nbank] stale_after_s",
+                m.gauge(Gauge::NbankStale),
+            ),
+            (
+                "nbank_feed_sequence",
+                "The feed batch the nb_feed layer reflects",
+                m.gauge(Gauge::NbankSeq),
+            ),
+            (
+                "nbank_cases_open",
+                "The Centre's cases still open",
+                m.gauge(Gauge::CasesOpen),
+            ),
+            (
+                "nbank_cases_due_soon",
+                "Open cases due within [nbank] case_warn_s",
+                m.gauge(Gauge::CasesDueSoon),
+            ),
+            (
+                "nbank_cases_overdue",
+                "Open cases past their deadline",
+                m.gauge(Gauge::CasesOverdue),
+            ),
+            (
+                "nbank_reports_pending",
+                "Reports waiting for delivery to the Centre",
+                m.gauge(Gauge::CentrePending),
+            ),
+            (
+                "nbank_reports_dead_letters",
+                "Reports the Centre refused",
+                m.gauge(Gauge::CentreDeadLetters),
+            ),
+            (
+                "nbank_reports_oldest_pending_age_seconds",
+                "Age of the oldest report still waiting for the Centre (0: none)",
+                if oldest > 0 { (now_s - oldest).max(0) } else { 0 },
+            ),
             (
                 "lists_generation",
                 "Generation of the lists in force (rises at each reload)",

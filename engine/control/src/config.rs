@@ -430,31 +430,38 @@ impl RegisterConfig {
     /// Checks the endpoint: https anywhere, http on loopback only, no user
     /// information.
     pub fn check(&self) -> Result<(), String> {
-        let Some(ep) = &self.endpoint else {
-            return Ok(());
-        };
-        let bad_scheme = || format!("register.endpoint {ep:?} must start with https:// or http://");
-        let uri: tonic::codegen::http::Uri = ep.parse().map_err(|_| bad_scheme())?;
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(format!(
-                "register.endpoint {ep:?}: user information (\"user@\") is not allowed"
-            ));
+        match &self.endpoint {
+            Some(ep) => check_endpoint("register.endpoint", ep, "register.ca_file"),
+            None => Ok(()),
         }
-        let host = uri.host().unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        let scheme = uri.scheme_str().unwrap_or_default();
-        match scheme {
-            "https" => Ok(()),
-            "http" if loopback => Ok(()),
-            "http" => Err(format!(
-                "register.endpoint {ep:?}: plain http only on loopback; use https:// with register.ca_file"
-            )),
-            _ => Err(bad_scheme()),
-        }
+    }
+}
+
+/// Checks a peer's URL (`what` names its key, `ca_key` the key of its CA
+/// file, for the advice): https anywhere, plain http on loopback only, no
+/// user information.
+pub fn check_endpoint(what: &str, ep: &str, ca_key: &str) -> Result<(), String> {
+    let bad_scheme = || format!("{what} {ep:?} must start with https:// or http://");
+    let uri: tonic::codegen::http::Uri = ep.parse().map_err(|_| bad_scheme())?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "{what} {ep:?}: user information (\"user@\") is not allowed"
+        ));
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let scheme = uri.scheme_str().unwrap_or_default();
+    match scheme {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "{what} {ep:?}: plain http only on loopback; use https:// with {ca_key}"
+        )),
+        _ => Err(bad_scheme()),
     }
 }
 

@@ -57,6 +57,11 @@ pub enum Permission {
     Activate,
     /// Put in force a version that blocks more.
     Approve,
+    /// The National Bank Centre's cases and what kuzet holds on their
+    /// numbers.
+    ReadCases,
+    /// Record the outcome of a case (it goes to the Centre).
+    DecideCases,
 }
 
 impl Permission {
@@ -66,7 +71,11 @@ impl Permission {
             Role::Admin => true,
             Role::Investigator => matches!(
                 self,
-                Permission::ReadCalls | Permission::CountCalls | Permission::ReadLists
+                Permission::ReadCalls
+                    | Permission::CountCalls
+                    | Permission::ReadLists
+                    | Permission::ReadCases
+                    | Permission::DecideCases
             ),
             Role::RuleAuthor => matches!(
                 self,
@@ -141,6 +150,21 @@ pub mod ops {
     pub const READ_AUDIT: Op = Op {
         action: "ReadAudit",
         needs: Permission::ReadAudit,
+    };
+    /// The Centre's cases (`kuzet.cases.v1`).
+    pub const LIST_CASES: Op = Op {
+        action: "ListCases",
+        needs: Permission::ReadCases,
+    };
+    /// One case and what kuzet holds on its number.
+    pub const GET_CASE: Op = Op {
+        action: "GetCase",
+        needs: Permission::ReadCases,
+    };
+    /// A case's outcome recorded and queued for the Centre.
+    pub const DECIDE_CASE: Op = Op {
+        action: "DecideCase",
+        needs: Permission::DecideCases,
     };
 }
 

@@ -125,6 +125,7 @@ pub async fn serve(
     uds: Option<tokio::net::UnixListener>,
     svc: Investigation,
     publishing: Option<Arc<crate::publishing::Publishing>>,
+    cases: Option<Arc<crate::nbfeed::service::CaseService>>,
     guard: Arc<ConnGuard>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -189,6 +190,11 @@ pub async fn serve(
             .add_optional_service(publishing.clone().map(|p| {
                 RuleServiceServer::new(crate::publishing::rules::Rules(p))
                     .max_decoding_message_size(2 << 20)
+            }))
+            // The Centre's cases: requests are an id and a few words.
+            .add_optional_service(cases.clone().map(|c| {
+                kuzet_api::cases::case_service_server::CaseServiceServer::from_arc(c)
+                    .max_decoding_message_size(16 * 1024)
             }))
     };
     let (conns_tx, conns_rx) =

@@ -30,6 +30,9 @@
 //! - [`plane`]: the control thread and its own runtime: reloads, stats,
 //!   behaviour-state sweeps, the loss watch; and the investigators' API
 //!   on a runtime of its own.
+//! - [`nbfeed`]: the National Bank's Anti-Fraud Centre: its signed feed
+//!   as the `nb_feed` layer, its alerts as cases with deadlines, and the
+//!   reports kuzet sends it through a durable outbox.
 //! - [`recorder`]: reads the record queue, logs verdicts, sends them to
 //!   HEP and commits them to the store; replays the queue after a crash.
 //!
@@ -78,6 +81,7 @@ pub fn register_counters(metrics: &Metrics) -> Result<(), DuplicateCounter> {
     metrics.register(Arc::new(report::RegisterCounters::default()))?;
     metrics.register(Arc::new(publish::ReloadCounters::default()))?;
     metrics.register(Arc::new(hep::HepCounters::default()))?;
+    metrics.register(Arc::new(nbfeed::NbankCounters::default()))?;
     Ok(())
 }
 

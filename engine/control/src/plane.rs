@@ -58,6 +58,8 @@ pub struct Api {
     pub guard: Arc<crate::guard::ConnGuard>,
     /// The rule authors' publishing services, when anything is published.
     pub publishing: Option<Arc<crate::publishing::Publishing>>,
+    /// The Centre's cases (`kuzet.cases.v1`).
+    pub cases: Option<Arc<crate::nbfeed::service::CaseService>>,
 }
 
 /// Serves the investigators' API on a runtime of its own (the calling
@@ -100,6 +102,7 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
             uds,
             api.svc,
             api.publishing,
+            api.cases,
             api.guard,
             shutdown.clone(),
         ));
@@ -134,6 +137,8 @@ pub struct Services {
     /// Wakes the reload loop at once (a published version went into
     /// force), instead of at its next poll.
     pub nudge: crate::publishing::Nudge,
+    /// The National Bank's Anti-Fraud Centre, when `[nbank]` is set.
+    pub nbank: Option<crate::nbfeed::Nbank>,
 }
 
 /// Runs the control plane on the current thread until `shutdown` turns
@@ -156,6 +161,7 @@ pub fn run(
         admin,
         outbox,
         nudge,
+        nbank,
     } = services;
     rt.block_on(async move {
         tokio::spawn(reload_loop(timing, publisher, shutdown.clone(), nudge));
@@ -168,6 +174,9 @@ pub fn run(
                 guard,
                 shutdown.clone(),
             ));
+        }
+        if let Some(nb) = nbank {
+            nb.spawn(shutdown.clone());
         }
         if let Some(outbox) = outbox {
             tokio::spawn(outbox_gauges(outbox, metrics.clone()));

@@ -39,7 +39,10 @@ use kuzet_dataplane::metrics::Metrics;
 use kuzet_dataplane::SharedLists;
 use kuzet_rules::ruleset::RuleSet;
 use kuzet_rules::snapshot::Version;
-use kuzet_rules::{ByList, ListBuilder, ListId, ListPolicy, ListSet, NumberList, NumberingPlan};
+use kuzet_rules::{
+    ByList, ListBuilder, ListError, ListErrorKind, ListId, ListPolicy, ListSet, Number, NumberList,
+    NumberingPlan, Prefix,
+};
 
 pub use crate::lists::{LoadError, LoadStats};
 
@@ -200,6 +203,36 @@ impl Feed<'_, '_> {
     pub fn text(&mut self, name: &str, text: &str) -> Result<(), LoadError> {
         self.builder.add_text(name, text)?;
         self.stats.lines += text.lines().count();
+        Ok(())
+    }
+
+    /// Feeds one number, already normalized, with its reason; `name`
+    /// labels an error.
+    pub fn number(&mut self, name: &str, n: Number, reason: &str) -> Result<(), LoadError> {
+        self.entry(name, |b| b.add_number(n, reason))
+    }
+
+    /// Feeds one range, already normalized, with its reason.
+    pub fn prefix(&mut self, name: &str, p: Prefix, reason: &str) -> Result<(), LoadError> {
+        self.entry(name, |b| b.add_prefix(p, reason))
+    }
+
+    fn entry(
+        &mut self,
+        name: &str,
+        add: impl FnOnce(&mut ListBuilder<'_>) -> Result<(), ListErrorKind>,
+    ) -> Result<(), LoadError> {
+        self.stats.lines += 1;
+        add(self.builder).map_err(|kind| {
+            LoadError::List(ListError {
+                file: name.to_string(),
+                line: self.stats.lines,
+                kind,
+            })
+        })?;
+        if self.stats.lines % CANCEL_EVERY == 0 && self.cancelled() {
+            return Err(self.abandoned());
+        }
         Ok(())
     }
 

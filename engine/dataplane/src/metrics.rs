@@ -194,9 +194,29 @@ pub enum Gauge {
     RecordLossSustained,
     /// Calls proxy mode follows now (set each stats interval).
     CallsInProgress,
+    /// 1 when the National Bank feed is configured (`[nbank] url`).
+    NbankOn,
+    /// Unix time of the feed's last good fetch (0: none since start).
+    NbankLastOkUnix,
+    /// 1 while the feed is staler than `[nbank] stale_after_s`.
+    NbankStale,
+    /// The feed batch sequence the layer reflects.
+    NbankSeq,
+    /// The Centre's cases still open.
+    CasesOpen,
+    /// Open cases due within `[nbank] case_warn_s`.
+    CasesDueSoon,
+    /// Open cases past their deadline.
+    CasesOverdue,
+    /// Reports waiting for delivery to the Centre.
+    CentrePending,
+    /// Reports the Centre refused.
+    CentreDeadLetters,
+    /// Unix time the oldest report still waiting was queued (0: none).
+    CentreOldestPendingUnix,
 }
 
-const GAUGES: usize = 10;
+const GAUGES: usize = 20;
 
 /// The stages of a request's service time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,6 +29,7 @@ use std::time::Duration;
 use kuzet_control::config::{AdminConfig, ControlConfig, HepSection, ListsConfig, RegisterConfig};
 use kuzet_control::files::{self, FileError, MAX_CONFIG_FILE, MAX_RULE_FILE, MAX_SECRET_FILE};
 use kuzet_control::lists::{ListFile, Sources};
+use kuzet_control::nbfeed::NbankConfig;
 use kuzet_control::publishing::PublishingConfig;
 use kuzet_dataplane::config::{
     NumbersConfig, OutcomesConfig, ProxyConfig, ServerConfig, VerdictConfig,
@@ -105,6 +106,9 @@ pub struct Config {
     /// `[publishing]`: which lists (and whether the rules) are published
     /// to the running kuzet instead of read from files.
     pub publishing: PublishingConfig,
+    /// `[nbank]`: the National Bank's Anti-Fraud Centre: its feed, its
+    /// alerts as cases, and kuzet's reports to it.
+    pub nbank: NbankConfig,
     /// `[[trunks]]`: source CIDRs to trunk name and kind.
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
@@ -138,6 +142,7 @@ impl Default for Config {
             incidents: IncidentsConfig::default(),
             register: RegisterConfig::default(),
             publishing: PublishingConfig::default(),
+            nbank: NbankConfig::default(),
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
@@ -272,6 +277,12 @@ impl Config {
         self.store.check().map_err(bad)?;
         self.numbers.check().map_err(bad)?;
         self.publishing.check().map_err(bad)?;
+        self.nbank.check().map_err(bad)?;
+        if self.nbank.enabled() && !self.store.enabled {
+            return Err(bad(
+                "[nbank] needs the store ([store] enabled): the feed's layer, the cases and the reports to the Centre are kept there".into(),
+            ));
+        }
         for l in &self.publishing.lists {
             if !self.lists.files[*l].is_empty() {
                 return Err(bad(format!(

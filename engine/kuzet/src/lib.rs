@@ -9,6 +9,8 @@
 //!   `counts`, `audit`) over the control API, and `kuzet token`.
 //! - [`publish_cli`]: the rule authors' commands (`kuzet lists ...`,
 //!   `kuzet rules validate|stage|activate|...`) over the publishing APIs.
+//! - [`cases_cli`]: `kuzet cases list|show|decide`, the National Bank
+//!   Centre's cases over `kuzet.cases.v1`.
 //!
 //! The call path lives in `kuzet-dataplane`, loading and reloading in
 //! `kuzet-control`, SIP in `kuzet-sip`, syscalls in `kuzet-net`, scoring in
@@ -16,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cases_cli;
 pub mod client;
 pub mod config;
 pub mod publish_cli;

@@ -55,6 +55,10 @@ enum Command {
     /// Make control API tokens: `new` prints a token and its config entry.
     #[command(subcommand)]
     Token(kuzet::client::TokenCommand),
+    /// The National Bank Anti-Fraud Centre's cases: `list [--due]`,
+    /// `show ID`, `decide ID --confirmed|--not-confirmed --bss-ref REF`.
+    #[command(subcommand)]
+    Cases(kuzet::cases_cli::CasesCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => kuzet::client::audit(a),
         Command::Token(c) => kuzet::client::token(c),
         Command::Lists(c) => kuzet::publish_cli::lists(c),
+        Command::Cases(c) => kuzet::cases_cli::cases(c),
         Command::Rules(RulesCommand::Publish(c)) => kuzet::publish_cli::rules(c, rules_check),
     }
 }

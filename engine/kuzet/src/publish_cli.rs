@@ -302,7 +302,7 @@ const CHUNK: usize = 256 << 10;
 /// Chunks read ahead of what has been sent.
 const READ_AHEAD: usize = 4;
 
-type Authed = InterceptedService<Channel, Bearer>;
+pub(crate) type Authed = InterceptedService<Channel, Bearer>;
 
 async fn list_client(c: &Conn) -> Result<ListServiceClient<Authed>, Failure> {
     let (channel, bearer) = channel(c).await?;
@@ -317,7 +317,7 @@ async fn rule_client(c: &Conn) -> Result<RuleServiceClient<Authed>, Failure> {
 /// A refusal as the investigators' commands print it, with a hint when no
 /// token was given: the data directory's socket answers as an
 /// investigator, who may look but not publish.
-fn refused(c: &Conn, s: Status) -> Failure {
+pub(crate) fn refused(c: &Conn, s: Status) -> Failure {
     let hint = c.token.is_none() && s.code() == Code::PermissionDenied;
     let mut f = Failure::from(s);
     if hint {
@@ -386,7 +386,7 @@ fn e(s: &str) -> String {
 
 /// Columns aligned on what they hold (cells already escaped), with the
 /// header first; trailing spaces trimmed.
-fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -424,14 +424,14 @@ fn flags(active: bool, previous: bool) -> String {
     }
 }
 
-fn print(text: &str) -> Result<(), Failure> {
+pub(crate) fn print(text: &str) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     let mut o = stdout.lock();
     o.write_all(text.as_bytes()).map_err(io)?;
     o.flush().map_err(io)
 }
 
-fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+pub(crate) fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
     print(&format!("{}\n", json_line(v)))
 }
 

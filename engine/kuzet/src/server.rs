@@ -157,10 +157,42 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         )
         .map_err(|e| anyhow::anyhow!("published versions: {e}"))?,
     );
-    let inputs: Vec<Arc<dyn publish::Source>> = vec![
+    let mut inputs: Vec<Arc<dyn publish::Source>> = vec![
         Arc::new(FileSource::new(sources.clone())),
         published.clone(),
     ];
+    // The National Bank's feed is a layer of its own, back from the store
+    // as it was before the first snapshot: a restart never drops it, and
+    // a feed that is down now still has its last good layer enforced.
+    let nb_feed = if cfg.nbank.enabled() {
+        kuzet_store::private::prepare_dir(&dir)
+            .map_err(|e| anyhow::anyhow!("data directory {}: {e}", dir.display()))?;
+        let centre = kuzet_store::sqlite::ports(&dir).centre;
+        let layer = Arc::new(kuzet_control::nbfeed::layer::FeedLayer::new(Arc::new(
+            plan.clone(),
+        )));
+        let t = std::time::Instant::now();
+        let now_s = layer.now();
+        let (kept, skipped) = layer
+            .restore(|each| centre.feed_load(now_s, each))
+            .map_err(|e| anyhow::anyhow!("the National Bank feed's layer: {e}"))?;
+        tracing::info!(
+            entries = kept,
+            batch = layer.cursor(),
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "National Bank feed layer restored"
+        );
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "National Bank feed entries the numbering plan no longer reads were left out"
+            );
+        }
+        inputs.push(layer.clone());
+        Some((layer, centre))
+    } else {
+        None
+    };
     let nudge = kuzet_control::publishing::Nudge::default();
     // The one writer of the snapshot, at start-up as at every reload.
     let mut publisher = Publisher::new(
@@ -360,6 +392,17 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 .context("spawning TCP thread")?,
         );
     }
+    let nbank = match nb_feed {
+        Some((layer, centre)) => Some(nbank_parts(
+            &cfg,
+            layer,
+            centre,
+            store_id.clone().unwrap_or_default(),
+            nudge.clone(),
+            metrics.clone(),
+        )?),
+        None => None,
+    };
     let control = if let Some(l) = control_listener {
         let access = cfg.access().map_err(|e| anyhow::anyhow!(e))?;
         // kuzet's own user reaches the API without a token through a Unix
@@ -408,12 +451,18 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             nudge.clone(),
             cfg.publishing.clone(),
         ));
+        let cases = Some(Arc::new(kuzet_control::nbfeed::service::CaseService::new(
+            nbank.as_ref().map(|n| n.cases.clone()),
+            ports.as_ref().map(|p| p.queries.clone()),
+            svc.gate().clone(),
+        )));
         Some(kuzet_control::plane::Api {
             listener: l,
             uds,
             svc,
             guard,
             publishing,
+            cases,
         })
     } else {
         None
@@ -485,6 +534,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         admin,
         outbox: ports.as_ref().map(|p| p.outbox.clone()),
         nudge,
+        nbank,
     };
     let m = metrics.clone();
     let sd = shutdown_rx.clone();
@@ -521,6 +571,76 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         threads,
         events: Some(events),
         recorder_stop,
+    })
+}
+
+/// The Centre's puller, case desk and report outbox, from `[nbank]`.
+fn nbank_parts(
+    cfg: &Config,
+    layer: Arc<kuzet_control::nbfeed::layer::FeedLayer>,
+    centre: Arc<dyn kuzet_store::Centre>,
+    store_id: String,
+    nudge: kuzet_control::publishing::Nudge,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<kuzet_control::nbfeed::Nbank> {
+    use kuzet_control::nbfeed::{cases::CaseDesk, pull};
+    let nb = &cfg.nbank;
+    let read = |key: &str, p: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
+        match p {
+            Some(p) => {
+                let p = cfg.resolve(p);
+                Ok(Some(
+                    std::fs::read(&p).with_context(|| format!("nbank.{key} {}", p.display()))?,
+                ))
+            }
+            None => Ok(None),
+        }
+    };
+    let tls = pull::TlsFiles {
+        ca_pem: read("ca_file", &nb.ca_file)?,
+        identity_pem: match (
+            read("client_cert_file", &nb.client_cert_file)?,
+            read("client_key_file", &nb.client_key_file)?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => None,
+        },
+    };
+    let url = nb.url.clone().unwrap_or_default();
+    let http = pull::Http::new(&url, Duration::from_millis(nb.timeout_ms), &tls)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let keys: Arc<[_]> = nb.keys().map_err(|e| anyhow::anyhow!(e))?.into();
+    let holidays = nb.holidays_file.as_ref().map(|p| cfg.resolve(p));
+    let calendar = nb
+        .calendar(holidays.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let cases = Arc::new(CaseDesk {
+        store: centre.clone(),
+        calendar,
+        working_days: nb.case_working_days,
+        utc_offset_s: nb.utc_offset_s,
+        warn: Duration::from_secs(nb.case_warn_s),
+        store_id,
+        metrics: metrics.clone(),
+    });
+    let puller = Arc::new(pull::Puller {
+        http: http.clone(),
+        keys,
+        layer,
+        store: centre.clone(),
+        cases: cases.clone(),
+        nudge,
+        metrics: metrics.clone(),
+        poll: Duration::from_millis(nb.poll_ms),
+        stale_after: Duration::from_secs(nb.stale_after_s),
+    });
+    tracing::info!(url = %url, poll_ms = nb.poll_ms, keys = nb.keys.len(), "the National Bank's Anti-Fraud Centre is connected");
+    Ok(kuzet_control::nbfeed::Nbank {
+        puller,
+        cases,
+        http,
+        store: centre,
+        metrics,
     })
 }
 

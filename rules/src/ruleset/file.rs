@@ -125,7 +125,7 @@ struct ScopeSpec {
     weekdays: Vec<String>,
 }
 
-const RESERVED: [ListId; 3] = [ListId::Allow, ListId::Block, ListId::Flag];
+const RESERVED: [ListId; 4] = [ListId::Allow, ListId::Block, ListId::NbFeed, ListId::Flag];
 
 impl RuleSet {
     /// Parses and checks rule file text, and joins its rules to the
@@ -363,6 +363,7 @@ impl RuleSet {
         let mut overrides = Vec::new();
         for (list, builtin_score) in [
             (ListId::Block, policy.block_score),
+            (ListId::NbFeed, policy.block_score),
             (ListId::Flag, policy.flag_score),
         ] {
             for r in replacing(list) {
@@ -375,14 +376,19 @@ impl RuleSet {
             }
         }
         let keep_block = replacing(ListId::Block).next().is_none();
+        let keep_nb = replacing(ListId::NbFeed).next().is_none();
         let keep_flag = replacing(ListId::Flag).next().is_none();
         // A built-in list rule must still do what the config says.
         let decide = |score: u32| thresholds.decide(score.min(thresholds.cap));
-        if keep_block && decide(policy.block_score) != Decision::Block {
+        if (keep_block || keep_nb) && decide(policy.block_score) != Decision::Block {
             return Err(file_err(FileProblem::ListUndercut {
-                list: "blocklist",
+                list: if keep_block { "blocklist" } else { "nb_feed" },
                 score: policy.block_score,
-                consequence: "a blocklisted number would not be blocked",
+                consequence: if keep_block {
+                    "a blocklisted number would not be blocked"
+                } else {
+                    "a number on the National Bank's feed would not be blocked"
+                },
             }));
         }
         if keep_flag {
@@ -399,7 +405,7 @@ impl RuleSet {
                 }));
             }
         }
-        let mut all = builtin_rules(policy, keep_block, keep_flag);
+        let mut all = builtin_rules(policy, keep_block, keep_nb, keep_flag);
         all.extend(rules);
         if all.len() > usize::from(u16::MAX) {
             return Err(file_err(FileProblem::TooManyRules));

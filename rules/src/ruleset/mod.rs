@@ -499,7 +499,7 @@ impl RuleSet {
             redirect_uri: None,
         };
         RuleSet::assemble(
-            builtin_rules(policy, true, true),
+            builtin_rules(policy, true, true, true),
             plan,
             thresholds,
             OutcomePolicy::default(),
@@ -633,8 +633,9 @@ impl RuleSet {
 }
 
 /// The built-in list rules, in scoring order: the allowlist, then the
-/// blocklist and flaglist unless a rule file replaces them.
-fn builtin_rules(policy: &ListPolicy, block: bool, flag: bool) -> Vec<Rule> {
+/// blocklist, the National Bank's feed (scored as the blocklist) and the
+/// flaglist, each unless a rule file replaces it.
+fn builtin_rules(policy: &ListPolicy, block: bool, nb_feed: bool, flag: bool) -> Vec<Rule> {
     let rule = |list: ListId, score| Rule {
         id: list.as_str().into(),
         kind: Kind::List {
@@ -650,6 +651,9 @@ fn builtin_rules(policy: &ListPolicy, block: bool, flag: bool) -> Vec<Rule> {
     let mut v = vec![rule(ListId::Allow, 0)];
     if block {
         v.push(rule(ListId::Block, policy.block_score));
+    }
+    if nb_feed {
+        v.push(rule(ListId::NbFeed, policy.block_score));
     }
     if flag {
         v.push(rule(ListId::Flag, policy.flag_score));

@@ -813,9 +813,19 @@ fn a_rule_file_whose_thresholds_would_undercut_a_list_is_refused() {
         msg.contains("a flaglisted number would be blocked"),
         "{msg}"
     );
-    // Overriding the list on purpose is accepted, and recorded.
+    // The National Bank's feed scores as the blocklist does, and is
+    // guarded the same way: overriding the blocklist alone leaves it
+    // undercut.
+    let bl = "[[rule]]\nid = \"blocklist\"\nkind = \"list\"\nlist = \"blocklist\"\nscore = 150\n";
+    let msg = e(&format!("[thresholds]\nflag = 40\nblock = 150\n{bl}"));
+    assert!(
+        msg.contains("the nb_feed scores 100")
+            && msg.contains("a number on the National Bank's feed would not be blocked"),
+        "{msg}"
+    );
+    // Overriding the lists on purpose is accepted, and recorded.
     let r = RuleSet::from_toml_str(
-        "[thresholds]\nflag = 40\nblock = 150\n[[rule]]\nid = \"blocklist\"\nkind = \"list\"\nlist = \"blocklist\"\nscore = 150\n",
+        &format!("[thresholds]\nflag = 40\nblock = 150\n{bl}[[rule]]\nid = \"nb\"\nkind = \"list\"\nlist = \"nb_feed\"\nscore = 150\n"),
         "r.toml",
         &plan(),
         &ListPolicy::default(),
@@ -823,12 +833,20 @@ fn a_rule_file_whose_thresholds_would_undercut_a_list_is_refused() {
     .unwrap();
     assert_eq!(
         r.overrides,
-        [Override {
-            list: ListId::Block,
-            builtin_score: 100,
-            by: "blocklist".into(),
-            score: 150
-        }]
+        [
+            Override {
+                list: ListId::Block,
+                builtin_score: 100,
+                by: "blocklist".into(),
+                score: 150
+            },
+            Override {
+                list: ListId::NbFeed,
+                builtin_score: 100,
+                by: "nb".into(),
+                score: 150
+            }
+        ]
     );
     assert_eq!(
         r.rules

@@ -176,14 +176,7 @@ const MAX_LABEL: usize = 64;
 /// Reads a batch whose signature [`verify`] accepted.
 pub fn parse(body: &[u8]) -> Result<Batch, Rejected> {
     let bad = |line: usize, why: String| Rejected::Malformed { line, why };
-    let text = std::str::from_utf8(body).map_err(|e| {
-        let line = body[..e.valid_up_to()]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1;
-        bad(line, "not UTF-8".into())
-    })?;
+    let text = utf8(body)?;
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
     let (_, head) = lines.next().ok_or_else(|| bad(1, "empty".into()))?;
     let h: Header = serde_json::from_str(head).map_err(|e| bad(1, e.to_string()))?;
@@ -310,6 +303,125 @@ fn entry(l: Line) -> Result<Entry, String> {
     }
 }
 
+/// One alert of the Centre on one of the operator's own numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// The Centre's reference for it.
+    pub id: String,
+    /// The number (E.164).
+    pub number: String,
+    /// The Centre's category.
+    pub category: String,
+    /// When the Centre took the information (Unix seconds): the deadline
+    /// counts from it.
+    pub reported_at: i64,
+    /// The Centre's note (may be empty).
+    pub note: String,
+}
+
+/// A verified, well-formed batch of alerts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertBatch {
+    /// Its sequence number (the alerts' own).
+    pub seq: u64,
+    /// When the Centre issued it.
+    pub issued_at: i64,
+    /// Its alerts, in order.
+    pub alerts: Vec<Alert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertHeader {
+    v: u32,
+    seq: u64,
+    issued_at: String,
+    alerts: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertLine {
+    id: String,
+    number: String,
+    category: String,
+    reported_at: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// The longest note of an alert.
+const MAX_NOTE: usize = 512;
+
+/// Reads a batch of alerts whose signature [`verify`] accepted.
+pub fn parse_alerts(body: &[u8]) -> Result<AlertBatch, Rejected> {
+    let bad = |line: usize, why: String| Rejected::Malformed { line, why };
+    let text = utf8(body)?;
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let (_, head) = lines.next().ok_or_else(|| bad(1, "empty".into()))?;
+    let h: AlertHeader = serde_json::from_str(head).map_err(|e| bad(1, e.to_string()))?;
+    if h.v != 1 {
+        return Err(bad(1, format!("version {} (kuzet reads version 1)", h.v)));
+    }
+    if h.seq == 0 {
+        return Err(bad(1, "seq starts at 1".into()));
+    }
+    let issued_at = time(&h.issued_at).map_err(|w| bad(1, format!("issued_at: {w}")))?;
+    let mut alerts = Vec::with_capacity(h.alerts.min(1 << 16));
+    for (n, l) in lines {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let a: AlertLine = serde_json::from_str(l).map_err(|e| bad(n, e.to_string()))?;
+        let one = || -> Result<Alert, String> {
+            let number = target(Some(a.number.clone()), None)?;
+            if a.note.chars().count() > MAX_NOTE || a.note.chars().any(char::is_control) {
+                return Err(format!(
+                    "note: at most {MAX_NOTE} characters, no control characters"
+                ));
+            }
+            Ok(Alert {
+                id: label("id", &a.id, false)?,
+                number,
+                category: label("category", &a.category, true)?,
+                reported_at: time(&a.reported_at)?,
+                note: a.note.clone(),
+            })
+        };
+        alerts.push(one().map_err(|w| bad(n, w))?);
+    }
+    if alerts.len() != h.alerts {
+        return Err(bad(
+            text.lines().count().max(1),
+            format!(
+                "the header promises {} alerts and the batch holds {} (truncated?)",
+                h.alerts,
+                alerts.len()
+            ),
+        ));
+    }
+    Ok(AlertBatch {
+        seq: h.seq,
+        issued_at,
+        alerts,
+    })
+}
+
+/// The body as UTF-8, or the line where it stops being so.
+fn utf8(body: &[u8]) -> Result<&str, Rejected> {
+    std::str::from_utf8(body).map_err(|e| {
+        let line = body[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        Rejected::Malformed {
+            line,
+            why: "not UTF-8".into(),
+        }
+    })
+}
+
 /// Whether batch `seq` may be applied after `cursor` (the last applied).
 pub fn follows(seq: u64, cursor: u64) -> Result<(), Rejected> {
     if seq <= cursor {
@@ -355,6 +467,30 @@ mod tests {
         r#"{"action":"withdraw","range":"+7702555*","case":"AFC-2026-118001"}"#,
         "\n"
     );
+
+    #[test]
+    fn an_alerts_batch_is_read_strictly() {
+        let body = concat!(
+            r#"{"v":1,"seq":3,"issued_at":"2026-12-05T10:00:00Z","alerts":1}"#,
+            "\n",
+            r#"{"id":"AFC-A-1","number":"+77011234567","category":"gsm-gateway","reported_at":"2026-12-04T09:30:00Z","note":"three customers"}"#,
+            "\n"
+        );
+        let a = parse_alerts(body.as_bytes()).unwrap();
+        assert_eq!((a.seq, a.alerts.len()), (3, 1));
+        assert_eq!(a.alerts[0].number, "+77011234567");
+        let forged = body.replace("three customers", "line\\u001b[2Jbreak");
+        let e = parse_alerts(forged.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, Rejected::Malformed { line: 2, why } if why.contains("control")),
+            "{e}"
+        );
+        let short = body.replace(r#""alerts":1"#, r#""alerts":2"#);
+        assert!(parse_alerts(short.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+    }
 
     #[test]
     fn a_signed_batch_is_verified_and_read() {

@@ -97,6 +97,19 @@ impl Calendar {
         }
     }
 
+    /// Weekends only, with `off` and `on` added by date (an operator who
+    /// keeps its whole holiday list in the file).
+    pub fn weekends(
+        off: impl IntoIterator<Item = Day>,
+        on: impl IntoIterator<Item = Day>,
+    ) -> Calendar {
+        Calendar {
+            extra_off: off.into_iter().collect(),
+            extra_on: on.into_iter().collect(),
+            ..Calendar::default()
+        }
+    }
+
     /// The fixed holidays of `year`, as days.
     fn holidays(&self, year: i64) -> Vec<Day> {
         let mut h: Vec<Day> = self

@@ -1,7 +1,388 @@
-//! The National Bank's Anti-Fraud Centre feed (docs/nb-feed.md): what a
-//! batch is, how it is verified and read, and which batch may follow
-//! which ([`batch`]). The puller, the layer it feeds, cases and reports
-//! to the Centre come with the rest of issue 21.
+//! The National Bank's Anti-Fraud Centre, connected both ways
+//! (docs/nb-feed.md): its signed feed of fraud numbers becomes the
+//! `nb_feed` layer of the snapshot, its alerts on the operator's own
+//! numbers become cases with legal deadlines, and kuzet's reports go back
+//! to it through a durable outbox.
+//!
+//! - [`batch`]: what a batch (and an alerts batch) is, verified over its
+//!   raw bytes before it is parsed, read strictly, and placed in sequence.
+//! - [`layer`]: the feed's entries in force, a [`crate::publish::Source`]
+//!   of the `nb_feed` list, expiring on time.
+//! - [`calendar`]: working days, for the cases' deadlines.
+//! - [`pull`]: the HTTP client and the puller task: fetch, verify, apply
+//!   (store first, then the layer), expire, say how stale the feed is.
+//! - [`cases`]: alerts into cases, their deadlines and their gauges.
+//! - [`reports`]: the Centre's outbox, delivered with idempotency keys.
+//! - [`service`]: `kuzet.cases.v1`, the cases listed, shown and decided
+//!   behind the access gate.
+//!
+//! `[nbank]` configures it; without `url` none of it runs. Nothing here is
+//! on the call path: a dead, stale or hostile feed changes nothing that is
+//! enforced except through a batch that passed every check, and a call
+//! never waits on any of it.
 
 pub mod batch;
 pub mod calendar;
+pub mod cases;
+pub mod layer;
+pub mod pull;
+pub mod reports;
+pub mod service;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use kuzet_dataplane::counter_set;
+use kuzet_dataplane::metrics::Metrics;
+use kuzet_store::Centre;
+
+use self::batch::Key;
+use self::calendar::{day_of, Calendar, Day};
+
+/// `[nbank]`: the Centre's base URL, its keys, and the cases' calendar.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NbankConfig {
+    /// The Centre's base URL: `https://host/path`, or `http://` on
+    /// loopback only. Unset: no feed, no cases, no reports.
+    pub url: Option<String>,
+    /// How often the feed and the alerts are asked for news.
+    pub poll_ms: u64,
+    /// Deadline of each request to the Centre.
+    pub timeout_ms: u64,
+    /// A feed with no good answer for this long is stale: logged at WARN,
+    /// shown by `/readyz` as a warning, alerted on. Calls are unaffected.
+    pub stale_after_s: u64,
+    /// PEM of the CA that signs the Centre's certificate (https).
+    pub ca_file: Option<PathBuf>,
+    /// PEM of kuzet's client certificate, for mTLS (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM of the client certificate's private key.
+    pub client_key_file: Option<PathBuf>,
+    /// The Centre's signing keys, each with its validity period.
+    pub keys: Vec<KeyConfig>,
+    /// Working days an operator has to check a number the Centre names.
+    pub case_working_days: u32,
+    /// An open case due within this many seconds counts as due soon.
+    pub case_warn_s: u64,
+    /// The operator's local time, seconds east of UTC (Kazakhstan: +5 h).
+    pub utc_offset_s: i64,
+    /// Kazakhstan's fixed public holidays are days off (and move off a
+    /// weekend); false leaves only weekends and the holiday file.
+    pub national_holidays: bool,
+    /// Extra days off and weekend days worked: lines `YYYY-MM-DD off` or
+    /// `YYYY-MM-DD on`, `#` comments.
+    pub holidays_file: Option<PathBuf>,
+    /// Report the attributable sources of kuzet's incidents to the Centre
+    /// as numbers that made fraud-like calls (the operator's policy).
+    pub report_fraud_numbers: bool,
+    /// A potential victim is reported at most this long after kuzet knows
+    /// both that the source is a fraud source and that the call was
+    /// answered.
+    pub victim_delay_s: u64,
+    /// How far back a newly caught source's answered calls are looked at.
+    pub victim_lookback_s: u64,
+    /// How often hits on the feed's numbers are reported.
+    pub feedback_every_s: u64,
+}
+
+impl Default for NbankConfig {
+    fn default() -> Self {
+        NbankConfig {
+            url: None,
+            poll_ms: 5_000,
+            timeout_ms: 10_000,
+            stale_after_s: 900,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            keys: Vec::new(),
+            case_working_days: 2,
+            case_warn_s: 4 * 3600,
+            utc_offset_s: 5 * 3600,
+            national_holidays: true,
+            holidays_file: None,
+            report_fraud_numbers: false,
+            victim_delay_s: 60,
+            victim_lookback_s: 24 * 3600,
+            feedback_every_s: 300,
+        }
+    }
+}
+
+/// One `[[nbank.keys]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key's id, as signatures name it.
+    pub id: String,
+    /// The ed25519 public key, 64 hex digits.
+    pub public: String,
+    /// RFC 3339: signatures before this are refused.
+    pub valid_from: String,
+    /// RFC 3339, once the key is retired: signatures from then on are
+    /// refused.
+    #[serde(default)]
+    pub valid_until: Option<String>,
+}
+
+/// Unix seconds of an RFC 3339 time.
+pub fn rfc3339(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0))
+}
+
+/// An RFC 3339 UTC time (seconds) of Unix seconds `t`.
+pub fn to_rfc3339(t: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl NbankConfig {
+    /// Whether the Centre is configured.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+
+    /// Checks the section; every error names its key.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        crate::config::check_endpoint("nbank.url", url, "nbank.ca_file")?;
+        if self.keys.is_empty() {
+            return Err(
+                "nbank.url is set but [[nbank.keys]] names no key: every batch would be refused"
+                    .into(),
+            );
+        }
+        self.keys()?;
+        if self.poll_ms == 0 || self.timeout_ms == 0 {
+            return Err("nbank.poll_ms and nbank.timeout_ms must be above 0".into());
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(
+                "nbank.client_cert_file and nbank.client_key_file go together (mTLS)".into(),
+            );
+        }
+        if self.case_working_days == 0 || self.case_working_days > 60 {
+            return Err(format!(
+                "nbank.case_working_days = {}: between 1 and 60",
+                self.case_working_days
+            ));
+        }
+        if self.utc_offset_s.abs() > 14 * 3600 {
+            return Err(format!(
+                "nbank.utc_offset_s = {}: at most 14 hours either way",
+                self.utc_offset_s
+            ));
+        }
+        if self.feedback_every_s == 0 {
+            return Err("nbank.feedback_every_s must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// The configured keys, read.
+    pub fn keys(&self) -> Result<Vec<Key>, String> {
+        let mut out: Vec<Key> = Vec::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            let at = |what: &str| format!("[[nbank.keys]] #{} ({:?}): {what}", i + 1, k.id);
+            if k.id.is_empty()
+                || k.id.len() > 64
+                || !k
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(at("id: letters, digits, '-' and '_', at most 64"));
+            }
+            if out.iter().any(|o| o.id == k.id) {
+                return Err(at("the id is listed twice"));
+            }
+            let bytes = crate::access::unhex::<32>(&k.public)
+                .ok_or_else(|| at("public must be 64 hex digits (an ed25519 public key)"))?;
+            let public = VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| at("public is not a valid ed25519 public key"))?;
+            let valid_from = rfc3339(&k.valid_from).map_err(|e| at(&format!("valid_from {e}")))?;
+            let valid_until = match &k.valid_until {
+                Some(u) => Some(rfc3339(u).map_err(|e| at(&format!("valid_until {e}")))?),
+                None => None,
+            };
+            if valid_until.is_some_and(|u| u <= valid_from) {
+                return Err(at("valid_until must be after valid_from"));
+            }
+            out.push(Key {
+                id: k.id.clone(),
+                public,
+                valid_from,
+                valid_until,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The working-day calendar: weekends, the national holidays when on,
+    /// and the holiday file (a path already resolved).
+    pub fn calendar(&self, holidays: Option<&Path>) -> Result<Calendar, String> {
+        let (off, on) = match holidays {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("nbank.holidays_file {}: {e}", p.display()))?;
+                holiday_lines(&text, &p.display().to_string())?
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(if self.national_holidays {
+            Calendar::kazakhstan(off, on)
+        } else {
+            Calendar::weekends(off, on)
+        })
+    }
+}
+
+/// Reads a holiday file's lines (`YYYY-MM-DD off|on`, `#` comments); an
+/// error names `name:line` and the reason.
+pub fn holiday_lines(text: &str, name: &str) -> Result<(Vec<Day>, Vec<Day>), String> {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why: &str| format!("{name}:{}: {why}: {:?}", i + 1, crate::safe::visible(line));
+        let mut parts = line.split_ascii_whitespace();
+        let (Some(date), Some(kind), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("expected `YYYY-MM-DD off` or `YYYY-MM-DD on`"));
+        };
+        let mut ymd = date.splitn(3, '-').map(|p| p.parse::<u32>().ok());
+        let (Some(Some(y)), Some(Some(m)), Some(Some(d))) = (ymd.next(), ymd.next(), ymd.next())
+        else {
+            return Err(bad("the date is not YYYY-MM-DD"));
+        };
+        let day = day_of(i64::from(y), m, d);
+        if !(1..=12).contains(&m) || calendar::civil(day) != (i64::from(y), m, d) {
+            return Err(bad("no such date"));
+        }
+        match kind {
+            "off" => off.push(day),
+            "on" => on.push(day),
+            _ => return Err(bad("the second word must be off or on")),
+        }
+    }
+    Ok((off, on))
+}
+
+/// The Centre's parts, built at start-up and run by the control plane.
+pub struct Nbank {
+    /// Pulls the feed and the alerts.
+    pub puller: Arc<pull::Puller>,
+    /// Opens and decides cases.
+    pub cases: Arc<cases::CaseDesk>,
+    /// The Centre's client, for the reports.
+    pub http: pull::Http,
+    /// The store's Centre port.
+    pub store: Arc<dyn Centre>,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Nbank {
+    /// Starts its tasks on the current runtime: the puller, the cases'
+    /// gauges and the report outbox, each until `shutdown`.
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) {
+        tokio::spawn(self.puller.run(shutdown.clone()));
+        tokio::spawn(self.cases.gauges(shutdown.clone()));
+        tokio::spawn(reports::run(self.http, self.store, self.metrics, shutdown));
+    }
+}
+
+counter_set! {
+    /// The Centre's counters: the feed, the alerts and the reports.
+    pub struct NbankCounters {
+        batches_applied => "nbank_batches_applied_total", "Feed batches verified and applied",
+        entries_applied => "nbank_entries_applied_total", "Feed entries added or withdrawn by applied batches",
+        entries_expired => "nbank_entries_expired_total", "Feed entries that left the layer at their expires_at",
+        rejected_signature => "nbank_batches_rejected_signature_total", "Batches refused: no, bad or tampered signature",
+        rejected_key => "nbank_batches_rejected_key_total", "Batches refused: signed by an unknown or retired key",
+        rejected_malformed => "nbank_batches_rejected_malformed_total", "Batches refused: signed but malformed, truncated or too large",
+        rejected_replay => "nbank_batches_rejected_replay_total", "Batches ignored: a sequence already applied (replay)",
+        rejected_gap => "nbank_batches_rejected_gap_total", "Batches refused: a gap in the sequence (fetched again from the last good cursor)",
+        fetch_errors => "nbank_fetch_errors_total", "Requests to the Centre that failed (no answer, an error status)",
+        alerts_applied => "nbank_alert_batches_applied_total", "Alert batches verified and applied",
+        cases_opened => "nbank_cases_opened_total", "Cases opened from the Centre's alerts",
+        reports_queued => "nbank_reports_queued_total", "Reports to the Centre queued in the outbox",
+        reports_delivered => "nbank_reports_delivered_total", "Reports the Centre took",
+        reports_retries => "nbank_reports_retries_total", "Report deliveries that failed and will be retried",
+        reports_dead_letters => "nbank_reports_dead_letters_total", "Reports the Centre refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> KeyConfig {
+        KeyConfig {
+            id: id.into(),
+            public: "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a".into(),
+            valid_from: "2026-01-01T00:00:00Z".into(),
+            valid_until: None,
+        }
+    }
+
+    #[test]
+    fn the_section_is_checked_with_its_keys_named() {
+        let mut c = NbankConfig {
+            url: Some("http://192.0.2.1:8470".into()),
+            keys: vec![key("k1")],
+            ..NbankConfig::default()
+        };
+        assert!(c
+            .check()
+            .unwrap_err()
+            .contains("plain http only on loopback"));
+        c.url = Some("http://127.0.0.1:8470".into());
+        c.check().unwrap();
+        c.keys.push(key("k1"));
+        assert!(c.check().unwrap_err().contains("listed twice"));
+        c.keys[1] = KeyConfig {
+            public: "zz".into(),
+            ..key("k2")
+        };
+        assert!(c.check().unwrap_err().contains("64 hex digits"));
+        c.keys[1] = KeyConfig {
+            valid_until: Some("2025-01-01T00:00:00Z".into()),
+            ..key("k2")
+        };
+        assert!(c.check().unwrap_err().contains("after valid_from"));
+        c.keys.truncate(1);
+        c.client_cert_file = Some("c.pem".into());
+        assert!(c.check().unwrap_err().contains("go together"));
+    }
+
+    #[test]
+    fn a_holiday_file_is_read_and_its_errors_name_the_line() {
+        let (off, on) = holiday_lines(
+            "# 2027\n2027-05-27 off  # Kurban Ait\n2027-01-09 on\n",
+            "h.txt",
+        )
+        .unwrap();
+        assert_eq!(
+            (off, on),
+            (vec![day_of(2027, 5, 27)], vec![day_of(2027, 1, 9)])
+        );
+        let e = holiday_lines("2027-02-30 off\n", "h.txt").unwrap_err();
+        assert!(e.starts_with("h.txt:1: no such date"), "{e}");
+        let e = holiday_lines("\n2027-05-27 holiday\n", "h.txt").unwrap_err();
+        assert!(e.starts_with("h.txt:2: the second word"), "{e}");
+        let e = holiday_lines("27/05/2027 off\n", "h.txt").unwrap_err();
+        assert!(e.contains("YYYY-MM-DD"), "{e}");
+    }
+}
