@@ -68,6 +68,7 @@ counters! {
     InDialogForwarded => "proxy_in_dialog_forwarded_total", "Requests inside a dialog (ACK, re-INVITE, BYE) routed in proxy mode, never scored",
     RoutesRemoved => "proxy_routes_removed_total", "Route headers naming kuzet removed from requests it routed",
     CallsUntracked => "proxy_calls_untracked_total", "Calls proxy mode could not follow because its call table was full (max_tracked_numbers)",
+    AnswersDropped => "answered_events_dropped_total", "Answered calls not handed to the National Bank reports because their queue was full",
     ResponsesDropped => "sip_responses_dropped_total", "Responses dropped (no route back)",
     AcksAbsorbed => "acks_absorbed_total", "ACKs for kuzet's own final answers",
     UnknownSource => "unknown_source_total", "Requests from sources no trunk covers",

@@ -333,8 +333,19 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let mut settings = cfg.dataplane().context("numbering plan")?;
     settings.first_verdict_seq = first_verdict_seq;
     settings.verdict_key = verdict_key;
-    let handler =
-        Arc::new(Handler::new(settings, lists.clone(), metrics.clone()).with_records(ring.clone()));
+    let mut handler =
+        Handler::new(settings, lists.clone(), metrics.clone()).with_records(ring.clone());
+    // Answered calls feed the Centre's potential-victim reports: a queue
+    // made up front (no allocation on the call path), dropped and counted
+    // when full.
+    let answers = if cfg.nbank.enabled() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(ANSWERS_QUEUE);
+        handler = handler.with_answers(tx);
+        Some(rx)
+    } else {
+        None
+    };
+    let handler = Arc::new(handler);
     let handler_ref = handler.clone();
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -397,6 +408,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             &cfg,
             layer,
             centre,
+            ports.as_ref().map(|p| p.queries.clone()),
+            answers,
             store_id.clone().unwrap_or_default(),
             nudge.clone(),
             metrics.clone(),
@@ -579,6 +592,8 @@ fn nbank_parts(
     cfg: &Config,
     layer: Arc<kuzet_control::nbfeed::layer::FeedLayer>,
     centre: Arc<dyn kuzet_store::Centre>,
+    queries: Option<Arc<dyn kuzet_store::Queries>>,
+    answers: Option<std::sync::mpsc::Receiver<kuzet_dataplane::handler::Answered>>,
     store_id: String,
     nudge: kuzet_control::publishing::Nudge,
     metrics: Arc<Metrics>,
@@ -620,8 +635,25 @@ fn nbank_parts(
         working_days: nb.case_working_days,
         utc_offset_s: nb.utc_offset_s,
         warn: Duration::from_secs(nb.case_warn_s),
-        store_id,
+        store_id: store_id.clone(),
         metrics: metrics.clone(),
+    });
+    let watch = queries.map(|queries| {
+        Arc::new(kuzet_control::nbfeed::watch::Watch {
+            answers: std::sync::Mutex::new(answers),
+            queries,
+            store: centre.clone(),
+            layer: layer.clone(),
+            plan: Arc::new(
+                cfg.plan()
+                    .unwrap_or_else(|_| kuzet_rules::NumberingPlan::kazakhstan()),
+            ),
+            store_id: store_id.clone(),
+            report_fraud_numbers: nb.report_fraud_numbers,
+            lookback_s: nb.victim_lookback_s as i64,
+            feedback_every_s: nb.feedback_every_s as i64,
+            metrics: metrics.clone(),
+        })
     });
     let puller = Arc::new(pull::Puller {
         http: http.clone(),
@@ -641,8 +673,13 @@ fn nbank_parts(
         http,
         store: centre,
         metrics,
+        watch,
     })
 }
+
+/// Answered calls the Centre's potential-victim reports may fall behind
+/// by before they are dropped (and counted).
+const ANSWERS_QUEUE: usize = 65_536;
 
 /// Descriptors kept out of every connection cap: the store, the audit
 /// log, the record queue, list files being reloaded, the sockets.

@@ -13,6 +13,8 @@
 //!   (store first, then the layer), expire, say how stale the feed is.
 //! - [`cases`]: alerts into cases, their deadlines and their gauges.
 //! - [`reports`]: the Centre's outbox, delivered with idempotency keys.
+//! - [`watch`]: the reports kuzet makes from what it sees: fraud
+//!   numbers, potential victims, feedback on the feed's numbers.
 //! - [`service`]: `kuzet.cases.v1`, the cases listed, shown and decided
 //!   behind the access gate.
 //!
@@ -28,13 +30,14 @@ pub mod layer;
 pub mod pull;
 pub mod reports;
 pub mod service;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::watch as signal;
 
 use kuzet_dataplane::counter_set;
 use kuzet_dataplane::metrics::Metrics;
@@ -291,14 +294,19 @@ pub struct Nbank {
     pub store: Arc<dyn Centre>,
     /// Counters and gauges.
     pub metrics: Arc<Metrics>,
+    /// Fraud numbers, potential victims and feedback (with the store).
+    pub watch: Option<Arc<watch::Watch>>,
 }
 
 impl Nbank {
     /// Starts its tasks on the current runtime: the puller, the cases'
     /// gauges and the report outbox, each until `shutdown`.
-    pub fn spawn(self, shutdown: watch::Receiver<bool>) {
+    pub fn spawn(self, shutdown: signal::Receiver<bool>) {
         tokio::spawn(self.puller.run(shutdown.clone()));
         tokio::spawn(self.cases.gauges(shutdown.clone()));
+        if let Some(w) = self.watch {
+            tokio::spawn(w.run(shutdown.clone()));
+        }
         tokio::spawn(reports::run(self.http, self.store, self.metrics, shutdown));
     }
 }

@@ -10,8 +10,9 @@ impl Handler {
     /// opens a record; a 2xx to it marks the call answered (one more
     /// concurrent call); a CANCEL is a ring of that length; another final
     /// answer is a ring that ran out; a BYE after an answer is a call of
-    /// that length (one concurrent call fewer).
-    pub(super) fn learn(&self, m: &Message<'_>, a: Option<Number>) {
+    /// that length (one concurrent call fewer). A call answered by the
+    /// callee it was let through to (`b`) goes to the answers queue.
+    pub(super) fn learn(&self, m: &Message<'_>, a: Option<Number>, b: Option<Number>) {
         let Some(id) = m.header(Hdr::CallId) else {
             return;
         };
@@ -31,6 +32,7 @@ impl Handler {
                             if r.a == 0 {
                                 *r = CallRec {
                                     a: a.raw(),
+                                    b: b.map_or(0, Number::raw),
                                     invited_ms: now_ms,
                                     answered_ms: 0,
                                 };
@@ -87,12 +89,15 @@ impl Handler {
                 if first {
                     r.answered_ms = now_ms.max(1);
                 }
-                first.then_some(r.a)
+                first.then_some((r.a, r.b))
             });
-            if let Some(Some(a)) = answered {
+            if let Some(Some((a, b))) = answered {
                 self.state
                     .callers
                     .concurrent(a, now, 1, self.state.max_call_s);
+                if b != 0 {
+                    self.answered(a, b, i64::from(now));
+                }
             }
         } else if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms == 0) {
             // Refused or rang out (a CANCELled call was removed already).
@@ -109,27 +114,31 @@ impl Handler {
     }
 }
 
-/// A call proxy mode has seen start: who called, when it was sent on, and
-/// when it was answered (0 = not yet), in ms since start-up.
+/// A call proxy mode has seen start: who called, whom it was let through
+/// to (0: redirected, or not a number), when it was sent on, and when it
+/// was answered (0 = not yet), in ms since start-up.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct CallRec {
     pub(super) a: u64,
+    pub(super) b: u64,
     pub(super) invited_ms: u64,
     pub(super) answered_ms: u64,
 }
 
 impl Packed for CallRec {
-    const WORDS: usize = 3;
+    const WORDS: usize = 4;
     fn unpack(w: &[u64]) -> Self {
         CallRec {
             a: w[0],
             invited_ms: w[1],
             answered_ms: w[2],
+            b: w[3],
         }
     }
     fn pack(&self, w: &mut [u64]) {
         w[0] = self.a;
         w[1] = self.invited_ms;
         w[2] = self.answered_ms;
+        w[3] = self.b;
     }
 }

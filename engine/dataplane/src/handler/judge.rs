@@ -47,6 +47,7 @@ impl Handler {
                 scored,
                 set,
                 a: None,
+                b: None,
                 id,
                 public: id.map(|i| self.public_id(i)),
             };
@@ -56,6 +57,7 @@ impl Handler {
             scored: Scored::ALLOW,
             set,
             a: None,
+            b: None,
             id: None,
             public: None,
         };
@@ -162,6 +164,7 @@ impl Handler {
                 scored,
                 set,
                 a,
+                b,
                 id,
                 public: None,
             }
@@ -636,6 +639,8 @@ pub(super) struct Judged<'l> {
     pub(super) scored: Scored,
     pub(super) set: &'l ListSet,
     pub(super) a: Option<Number>,
+    /// The B-number it scored.
+    pub(super) b: Option<Number>,
     pub(super) id: Option<VerdictId>,
     pub(super) public: Option<PublicId>,
 }

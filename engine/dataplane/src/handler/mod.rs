@@ -50,6 +50,19 @@ use outcome::is_outcome;
 use reply::*;
 pub use validate::Reject;
 
+/// A call answered: who called, who answered, when (Unix seconds). From
+/// proxy mode's own view of the 2xx, or from the outcome API's
+/// `outcome=answered` with a `callee`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// The A-number.
+    pub caller: Number,
+    /// The B-number that answered.
+    pub callee: Number,
+    /// When (Unix seconds).
+    pub at_s: i64,
+}
+
 use validate::*;
 
 /// How kuzet sits on the SIP path.
@@ -226,6 +239,9 @@ pub struct Handler {
     utc_offset_s: i64,
     /// The record queue (none: nothing is logged or recorded).
     records: Option<Arc<crate::records::RecordRing>>,
+    /// Answered calls, for the National Bank Centre's potential-victim
+    /// reports (none: not wanted). Bounded; a full queue drops and counts.
+    answers: Option<std::sync::mpsc::SyncSender<Answered>>,
     /// Who may use the outcome API.
     outcome_reporters: Vec<String>,
     outcome_secret: Option<Vec<u8>>,
@@ -287,6 +303,7 @@ impl Handler {
             started: Instant::now(),
             utc_offset_s: i64::from(s.utc_offset_minutes) * 60,
             records: None,
+            answers: None,
             // Only proxy mode sees calls end; redirect mode keeps no table.
             calls: Table::new(match s.mode {
                 Mode::Proxy => s.max_tracked_numbers,
@@ -318,6 +335,37 @@ impl Handler {
     pub fn with_records(mut self, ring: Arc<crate::records::RecordRing>) -> Handler {
         self.records = Some(ring);
         self
+    }
+
+    /// Answered calls (who answered whom, and when) go to `tx`: the
+    /// National Bank Centre's potential victims are the callees a fraud
+    /// source reached. A full queue drops the event and counts it
+    /// (`answered_events_dropped_total`); a call never waits for it.
+    pub fn with_answers(mut self, tx: std::sync::mpsc::SyncSender<Answered>) -> Handler {
+        self.answers = Some(tx);
+        self
+    }
+
+    /// Hands an answered call to the answers queue, if there is one,
+    /// without waiting (no allocation: the queue's room is made up front).
+    pub(super) fn answered(&self, caller: u64, callee: u64, at_s: i64) {
+        let (Some(tx), Some(caller), Some(callee)) = (
+            &self.answers,
+            Number::from_raw(caller),
+            Number::from_raw(callee),
+        ) else {
+            return;
+        };
+        if tx
+            .try_send(Answered {
+                caller,
+                callee,
+                at_s,
+            })
+            .is_err()
+        {
+            self.metrics.inc(Counter::AnswersDropped);
+        }
     }
 
     /// The public id a caller was given for `id`.

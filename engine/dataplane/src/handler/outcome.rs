@@ -23,6 +23,8 @@ impl Handler {
     /// outcome=cancelled     (or answered, started, ended)
     /// ring_ms=1500          (cancelled: how long it rang)
     /// talk_ms=42000         (answered: how long it lasted)
+    /// callee=+77021234567   (answered, optional: who answered, for the
+    ///                        National Bank Centre's potential victims)
     /// ```
     ///
     /// Lines may also be separated by `;`. Answered 200, or 400 with the
@@ -39,7 +41,7 @@ impl Handler {
             self.reply(m, Some(c), 403, why, out, |_| {});
             return Outcome::Reply;
         }
-        let (mut caller, mut what, mut ring, mut talk) = (None, None, None, None);
+        let (mut caller, mut what, mut ring, mut talk, mut callee) = (None, None, None, None, None);
         for kv in m.body().split(|&b| b == b'\n' || b == b';') {
             let kv = kuzet_sip::syntax::trim_lws(kv);
             let Some(eq) = kv.iter().position(|&b| b == b'=') else {
@@ -51,6 +53,7 @@ impl Handler {
                 b"outcome" => what = Some(v),
                 b"ring_ms" => ring = kuzet_sip::parse_u32(v),
                 b"talk_ms" => talk = kuzet_sip::parse_u32(v),
+                b"callee" => callee = self.plan.normalize(v),
                 _ => {}
             }
         }
@@ -70,12 +73,18 @@ impl Handler {
                 None => Err("cancelled needs ring_ms"),
             },
             (Some(n), Some(b"answered")) => match talk {
-                Some(talk_ms) => seen(self.state.callers.outcome(
-                    n.raw(),
-                    now,
-                    CallOutcome::Answered { talk_ms },
-                    &policy,
-                )),
+                Some(talk_ms) => {
+                    let r = seen(self.state.callers.outcome(
+                        n.raw(),
+                        now,
+                        CallOutcome::Answered { talk_ms },
+                        &policy,
+                    ));
+                    if let (Ok(()), Some(b)) = (r, callee) {
+                        self.answered(n.raw(), b.raw(), i64::from(now));
+                    }
+                    r
+                }
                 None => Err("answered needs talk_ms"),
             },
             (Some(n), Some(b"started")) => {

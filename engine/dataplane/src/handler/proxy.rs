@@ -87,8 +87,13 @@ impl Handler {
         // The call table follows every call (a BYE ends it); an INVITE
         // reuses the A-number its scoring decoded.
         match (&verdict, method) {
-            (Some(v), _) => self.learn(m, v.a),
-            (_, b"CANCEL" | b"BYE") => self.learn(m, None),
+            (Some(v), _) => {
+                // The callee is reached only on a call let through to it
+                // (a redirect goes to the desk instead).
+                let reached = matches!(v.decision(), Decision::Allow | Decision::Flag);
+                self.learn(m, v.a, v.b.filter(|_| reached))
+            }
+            (_, b"CANCEL" | b"BYE") => self.learn(m, None, None),
             _ => {}
         }
         Outcome::Forward(dest)
@@ -330,7 +335,7 @@ impl Handler {
         out.extend_from_slice(m.body());
         self.metrics.inc(Counter::ResponsesRouted);
         // An answer marks its call answered (a final refusal ends it).
-        self.learn(m, None);
+        self.learn(m, None, None);
         if let Some(id) = conn {
             return Outcome::ToConnection(id);
         }
