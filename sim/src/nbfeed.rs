@@ -1065,6 +1065,195 @@ impl AsyncWrite for Conn {
     }
 }
 
+// --- the control API (`kuzet-sim nb-feed`) ---------------------------------
+
+/// Reads JSON lines with `read`, blank lines skipped; an error names its
+/// line (`line N: why`).
+pub fn parse_lines<T>(
+    text: &str,
+    read: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| read(l).map_err(|why| format!("line {}: {why}", i + 1)))
+        .collect()
+}
+
+#[derive(Clone)]
+struct Control {
+    feed: NbFeed,
+    addr: SocketAddr,
+}
+
+/// Serves the control API on `listener` for `feed`, which serves (and
+/// comes back, after a stop) on `feed_addr`: `POST /control/publish`,
+/// `/control/alert`, `/control/tamper-next`, `/control/replay-next`,
+/// `/control/skip-next` (these three take `?stream=alerts`),
+/// `/control/stall?ms=N`, `/control/rotate`, `/control/sign-with?key=ID`,
+/// `/control/fail-reports[?status=N]`, `/control/stop`, `/control/start`;
+/// `GET /control/reports`, `/control/served`, `/control/config`. It
+/// answers anyone who reaches it: bind it to a loopback address.
+pub async fn serve_control(
+    listener: TcpListener,
+    feed: NbFeed,
+    feed_addr: SocketAddr,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/control/publish", post(c_publish))
+        .route("/control/alert", post(c_alert))
+        .route("/control/tamper-next", post(c_tamper))
+        .route("/control/replay-next", post(c_replay))
+        .route("/control/skip-next", post(c_skip))
+        .route("/control/stall", post(c_stall))
+        .route("/control/rotate", post(c_rotate))
+        .route("/control/sign-with", post(c_sign_with))
+        .route("/control/fail-reports", post(c_fail_reports))
+        .route("/control/stop", post(c_stop))
+        .route("/control/start", post(c_start))
+        .route("/control/reports", get(c_reports))
+        .route("/control/served", get(c_served))
+        .route("/control/config", get(c_config))
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(Control {
+            feed,
+            addr: feed_addr,
+        });
+    axum::serve(listener, app).await
+}
+
+fn ok() -> Response {
+    text(StatusCode::OK, "ok\n")
+}
+
+fn bad(why: impl std::fmt::Display) -> Response {
+    text(StatusCode::BAD_REQUEST, format!("{why}\n"))
+}
+
+fn json(v: &impl Serialize) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+    )
+        .into_response()
+}
+
+/// Applies `fault` to the stream `?stream=` names (the feed when none).
+fn on_stream(q: Option<String>, fault: impl FnOnce(Stream)) -> Response {
+    match query_param(q.as_deref(), "stream") {
+        None | Some("feed") => fault(Stream::Feed),
+        Some("alerts") => fault(Stream::Alerts),
+        Some(_) => return bad("stream is feed or alerts"),
+    }
+    ok()
+}
+
+/// The body's JSON lines, each read with `read`.
+fn lines_of<T>(body: &Bytes, read: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+    parse_lines(text, read)
+}
+
+async fn c_publish(State(c): State<Control>, body: Bytes) -> Response {
+    match lines_of(&body, FeedEntry::from_json_line) {
+        Ok(e) => text(StatusCode::OK, format!("{}\n", c.feed.publish(&e))),
+        Err(why) => bad(why),
+    }
+}
+
+async fn c_alert(State(c): State<Control>, body: Bytes) -> Response {
+    match lines_of(&body, Alert::from_json_line) {
+        Ok(a) => text(StatusCode::OK, format!("{}\n", c.feed.alert(&a))),
+        Err(why) => bad(why),
+    }
+}
+
+async fn c_tamper(State(c): State<Control>, RawQuery(q): RawQuery) -> Response {
+    on_stream(q, |s| c.feed.tamper_next_on(s))
+}
+
+async fn c_replay(State(c): State<Control>, RawQuery(q): RawQuery) -> Response {
+    on_stream(q, |s| c.feed.replay_next_on(s))
+}
+
+async fn c_skip(State(c): State<Control>, RawQuery(q): RawQuery) -> Response {
+    on_stream(q, |s| c.feed.skip_next_on(s))
+}
+
+async fn c_stall(State(c): State<Control>, RawQuery(q): RawQuery) -> Response {
+    match query_param(q.as_deref(), "ms").and_then(|v| v.parse::<u64>().ok()) {
+        Some(ms) => {
+            c.feed.stall(Duration::from_millis(ms));
+            ok()
+        }
+        None => bad("ms=N is required (0: no stall)"),
+    }
+}
+
+async fn c_rotate(State(c): State<Control>) -> Response {
+    text(StatusCode::OK, format!("{}\n", c.feed.rotate()))
+}
+
+async fn c_sign_with(State(c): State<Control>, RawQuery(q): RawQuery) -> Response {
+    match query_param(q.as_deref(), "key") {
+        Some(id) if valid_key_id(id) => {
+            c.feed.sign_with(id);
+            ok()
+        }
+        _ => bad("key=ID is required: 1-64 letters, digits, -, _ or ."),
+    }
+}
+
+async fn c_fail_reports(State(c): State<Control>, RawQuery(q): RawQuery) -> Response {
+    match query_param(q.as_deref(), "status") {
+        None => {
+            c.feed.fail_reports(None);
+            ok()
+        }
+        Some(v) => match v.parse::<u16>().ok().filter(|s| (100..=599).contains(s)) {
+            Some(s) => {
+                c.feed.fail_reports(Some(s));
+                ok()
+            }
+            None => bad("status is an HTTP status, 100-599 (leave it out: normal)"),
+        },
+    }
+}
+
+async fn c_stop(State(c): State<Control>) -> Response {
+    c.feed.stop();
+    ok()
+}
+
+async fn c_start(State(c): State<Control>) -> Response {
+    match c.feed.spawn(c.addr).await {
+        Ok(a) => text(StatusCode::OK, format!("listening on {a}\n")),
+        Err(e) => text(StatusCode::CONFLICT, format!("{}: {e}\n", c.addr)),
+    }
+}
+
+async fn c_reports(State(c): State<Control>) -> Response {
+    json(&c.feed.reports())
+}
+
+async fn c_served(State(c): State<Control>) -> Response {
+    let v: Vec<Value> = c
+        .feed
+        .served()
+        .into_iter()
+        .map(|(path, after)| serde_json::json!({"path": path, "after": after}))
+        .collect();
+    json(&v)
+}
+
+async fn c_config(State(c): State<Control>) -> Response {
+    text(
+        StatusCode::OK,
+        c.feed.kuzet_config(&format!("http://{}", c.addr)),
+    )
+}
+
 // --- time and hex ---------------------------------------------------------
 
 fn now() -> i64 {
@@ -1539,6 +1728,105 @@ mod tests {
         assert_eq!(get(addr, "/v1/batches?after=1").await.status, 204);
         assert!(t2.elapsed() >= Duration::from_millis(200));
         assert!(t.elapsed() >= Duration::from_millis(300));
+        f.stop();
+    }
+
+    /// A control API call: status and body.
+    async fn control(ctl: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+        let a = http(ctl, method, path, &[], body.as_bytes()).await.unwrap();
+        (a.status, String::from_utf8(a.body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_control_api_drives_the_feed() {
+        let (f, addr) = started("control").await;
+        let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ctl = cl.local_addr().unwrap();
+        tokio::spawn(serve_control(cl, f.clone(), addr));
+        let add = r#"{"action":"add","number":"+77011234567","category":"bank-impersonation","confidence":90,"reported_at":"2026-12-05T09:58:00Z","expires_at":"2026-12-12T09:58:00Z","case":"AFC-2026-118734"}"#;
+        let entries = format!("{add}\n\n{add}\n");
+        assert_eq!(
+            control(ctl, "POST", "/control/publish", &entries).await,
+            (200, "1\n".into())
+        );
+        let a = get(addr, "/v1/batches?after=0").await;
+        assert_eq!(lines(&a).0["entries"], 2);
+        let (status, why) =
+            control(ctl, "POST", "/control/publish", "{\"action\":\"add\"}\n").await;
+        assert_eq!(status, 400);
+        assert!(why.starts_with("line 1: "), "{why}");
+
+        let alert = r#"{"id":"A-1","number":"+77011234567","category":"gsm-gateway","reported_at":"2026-12-05T09:30:00Z"}"#;
+        assert_eq!(
+            control(ctl, "POST", "/control/alert", alert).await,
+            (200, "1\n".into())
+        );
+        assert_eq!(
+            control(ctl, "POST", "/control/tamper-next?stream=alerts", "")
+                .await
+                .0,
+            200
+        );
+        let a = get(addr, "/v1/alerts?after=0").await;
+        assert_eq!(verify(&a, &f.keys()), Err("bad signature".to_string()));
+        assert_eq!(
+            control(ctl, "POST", "/control/skip-next?stream=both", "")
+                .await
+                .0,
+            400
+        );
+
+        assert_eq!(
+            control(ctl, "POST", "/control/rotate", "").await,
+            (200, "k2\n".into())
+        );
+        assert!(control(ctl, "GET", "/control/config", "")
+            .await
+            .1
+            .contains("id = \"k2\""));
+        assert_eq!(
+            control(ctl, "POST", "/control/sign-with?key=k1", "")
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            control(ctl, "POST", "/control/sign-with?key=k%201", "")
+                .await
+                .0,
+            400
+        );
+        assert_eq!(control(ctl, "POST", "/control/stall?ms=0", "").await.0, 200);
+
+        assert_eq!(
+            control(ctl, "POST", "/control/fail-reports?status=503", "")
+                .await
+                .0,
+            200
+        );
+        assert_eq!(report(addr, Some("s/d/1"), DECISION_REPORT).await, 503);
+        assert_eq!(
+            control(ctl, "POST", "/control/fail-reports", "").await.0,
+            200
+        );
+        assert_eq!(report(addr, Some("s/d/1"), DECISION_REPORT).await, 201);
+        let (status, reports) = control(ctl, "GET", "/control/reports", "").await;
+        assert_eq!(status, 200);
+        let reports: Value = serde_json::from_str(&reports).unwrap();
+        assert_eq!(reports[0]["key"], "s/d/1");
+        assert_eq!(reports[0]["deliveries"], 1);
+        let (_, served) = control(ctl, "GET", "/control/served", "").await;
+        let served: Value = serde_json::from_str(&served).unwrap();
+        assert_eq!(
+            served[0],
+            serde_json::json!({"path": "/v1/batches", "after": 0})
+        );
+
+        assert_eq!(control(ctl, "POST", "/control/stop", "").await.0, 200);
+        assert!(TcpStream::connect(addr).await.is_err());
+        assert_eq!(control(ctl, "POST", "/control/start", "").await.0, 200);
+        assert_eq!(get(addr, "/v1/batches?after=1").await.status, 204);
+        assert_eq!(control(ctl, "POST", "/control/start", "").await.0, 409);
         f.stop();
     }
 
