@@ -16,6 +16,10 @@
 //! - [`null`]: the canned-302 responder, the physical reference;
 //! - [`register`]: the stand-in pre-trial register (gRPC, deduping by
 //!   idempotency key, a file of what it accepted);
+//! - [`nbfeed`]: the stand-in National Bank Anti-Fraud Centre (signed
+//!   feed and alert batches over HTTP, reports deduped by idempotency
+//!   key, and faults on demand: tampering, replays, gaps, stalls, key
+//!   rotation, a dead feed);
 //! - [`population`]: small fixed call mixes for the engine's SIPp tests;
 //! - [`tour`]: a dozen calls that show a newcomer every kind of verdict.
 //!
@@ -27,6 +31,7 @@ pub mod driver;
 pub mod export;
 pub mod flood;
 pub mod kamailio;
+pub mod nbfeed;
 pub mod null;
 pub mod population;
 pub mod register;

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,7 +25,8 @@ use kuzet_sim::{export, flood, null, report};
         callers and fraud campaigns. `gen` writes the list files and engine config the \
         traffic assumes; `run` sends the traffic to a SIP server and reports load figures \
         and detection quality; `null` answers every INVITE with a canned 302, the \
-        reference any server is measured against.\n\n\
+        reference any server is measured against; `register` and `nb-feed` stand in for \
+        the pre-trial register and the National Bank's Anti-Fraud Centre.\n\n\
         Typical use:\n  \
         kuzet-sim gen sim/scenarios/small.toml --out /tmp/sc\n  \
         kuzet run --config /tmp/sc/kuzet.toml --listen 127.0.0.1:5060 &\n  \
@@ -170,6 +172,67 @@ enum Cmd {
         /// The certificate's private key (PEM).
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+    },
+    /// Stand in for the National Bank's Anti-Fraud Centre: signed feed and alerts, reports
+    ///
+    /// Serves docs/nb-feed.md over HTTP on --listen until interrupted, and prints
+    /// on stdout a TOML snippet for kuzet's config: [nbank] url and the Centre's
+    /// keys, derived from --seed (the same seed, the same keys).
+    ///   GET  /v1/batches?after=N   the next feed batch (200, signed) or 204
+    ///   GET  /v1/alerts?after=N    the next alerts batch (its own sequence) or 204
+    ///   POST /v1/reports           one report with an Idempotency-Key: 201 taken,
+    ///                              200 taken before, 409 key reused for another
+    ///                              report, 400 no key, 422 malformed (the reason)
+    ///
+    /// The control API, on --control (loopback only), drives it:
+    ///   POST /control/publish          body: entry JSON lines; answers the batch's seq
+    ///   POST /control/alert            body: alert JSON lines; answers the seq
+    ///   POST /control/tamper-next      the next batch answered has a byte changed
+    ///                                  after signing
+    ///   POST /control/replay-next      the next answer to after=N (N >= 1) is batch N
+    ///                                  again, one already applied
+    ///   POST /control/skip-next        the next answer to after=N for which batch N+2
+    ///                                  exists is N+2 (a gap)
+    ///                                  (these three: ?stream=alerts for the alerts)
+    ///   POST /control/stall?ms=N       every request waits N ms first (0: none)
+    ///   POST /control/rotate           a new key (k2, k3...) signs what is published
+    ///                                  next; answers its id (fetch the config again)
+    ///   POST /control/sign-with?key=ID sign from now with that key: an older one, or
+    ///                                  an id never rotated to (a key kuzet lacks)
+    ///   POST /control/fail-reports?status=N  answer every report N, taking none
+    ///                                  (503: down; 422: refused); no status: normal
+    ///   POST /control/stop             the feed dies: connections refused, open ones
+    ///                                  closed
+    ///   POST /control/start            it comes back on the same address
+    ///   GET  /control/reports          the reports taken, with deliveries (JSON)
+    ///   GET  /control/served           the GETs seen: path and after (JSON)
+    ///   GET  /control/config           the kuzet config snippet, current keys
+    ///
+    /// Example:
+    ///   kuzet-sim nb-feed --seed demo --entries entries.jsonl > nbank.toml &
+    ///   curl -s -XPOST --data-binary @more.jsonl 127.0.0.1:8471/control/publish
+    ///   curl -s -XPOST 127.0.0.1:8471/control/tamper-next
+    #[command(verbatim_doc_comment)]
+    NbFeed {
+        /// HTTP address to serve the feed on (port 0: any; the bound address
+        /// is in the config snippet).
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: SocketAddr,
+        /// Loopback address of the control API.
+        #[arg(long, default_value = "127.0.0.1:8471")]
+        control: SocketAddr,
+        /// Seed of the signing keys: k1 is ed25519 of SHA-256("kuzet-sim
+        /// nb-feed SEED k1"), valid from 2020-01-01; k2... likewise.
+        #[arg(long, default_value = "demo")]
+        seed: String,
+        /// Publish these entries as batch 1: JSON lines in the feed's entry
+        /// format (docs/nb-feed.md).
+        #[arg(long, value_name = "FILE")]
+        entries: Option<PathBuf>,
+        /// Append one JSON line per report answered: time, key, status, and
+        /// the report when it was taken.
+        #[arg(long, value_name = "FILE")]
+        reports_log: Option<PathBuf>,
     },
 }
 
@@ -366,6 +429,13 @@ fn real_main() -> anyhow::Result<()> {
             rt.block_on(kuzet_sim::register::serve(listen, reg, tls))?;
             Ok(())
         }
+        Cmd::NbFeed {
+            listen,
+            control,
+            seed,
+            entries,
+            reports_log,
+        } => nb_feed(listen, control, &seed, entries, reports_log),
         Cmd::Null { listen, threads } => {
             let n = null::start(listen, threads)?;
             eprintln!(
@@ -379,6 +449,68 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `nb-feed`: the stand-in Centre and its control API, until a signal.
+fn nb_feed(
+    listen: SocketAddr,
+    control: SocketAddr,
+    seed: &str,
+    entries: Option<PathBuf>,
+    reports_log: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use kuzet_sim::nbfeed::{self, FeedEntry, NbFeed};
+    anyhow::ensure!(
+        control.ip().is_loopback(),
+        "--control {control}: the control API listens on a loopback address only"
+    );
+    let first = match &entries {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let e = nbfeed::parse_lines(&text, FeedEntry::from_json_line)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            Some(e)
+        }
+        None => None,
+    };
+    let feed = NbFeed::new(seed);
+    if let Some(p) = &reports_log {
+        feed.log_reports(p)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    }
+    let published = first.map(|e| (feed.publish(&e), e.len()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (addr, ctl) = rt.block_on(async {
+        let addr = feed
+            .spawn(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("--listen {listen}: {e}"))?;
+        let l = tokio::net::TcpListener::bind(control)
+            .await
+            .map_err(|e| anyhow::anyhow!("--control {control}: {e}"))?;
+        let ctl = l.local_addr()?;
+        tokio::spawn(nbfeed::serve_control(l, feed.clone(), addr));
+        anyhow::Ok((addr, ctl))
+    })?;
+    // stdout stays TOML: the snippet, then comments.
+    print!("{}", feed.kuzet_config(&format!("http://{addr}")));
+    println!("\n# nb-feed listening on {addr}; control API on http://{ctl}/control/");
+    if let (Some((seq, n)), Some(p)) = (published, &entries) {
+        println!("# published batch {seq} ({n} entries) from {}", p.display());
+    }
+    let _ = std::io::stdout().flush();
+    wait_for_signal();
+    feed.stop();
+    eprintln!(
+        "{} reports taken; {} pulls served",
+        feed.reports().len(),
+        feed.served().len()
+    );
+    Ok(())
 }
 
 /// `RATE:SECONDS` as a flood phase.

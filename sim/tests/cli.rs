@@ -138,3 +138,97 @@ fn run_against_null_answers_every_call() {
     null.stop();
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// One HTTP/1.1 request on its own connection: status and body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn nb_feed_prints_its_config_serves_its_entries_and_obeys_its_control_api() {
+    use std::io::BufRead;
+    let d = scratch("nbfeed");
+    let entries = d.join("entries.jsonl");
+    std::fs::write(
+        &entries,
+        "{\"action\":\"withdraw\",\"range\":\"+7702555*\",\"case\":\"AFC-2026-118001\"}\n",
+    )
+    .unwrap();
+    let mut child = sim()
+        .args([
+            "nb-feed",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--seed",
+            "cli",
+            "--entries",
+        ])
+        .arg(&entries)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut snippet = String::new();
+    while !snippet.contains("# published batch 1") {
+        assert_ne!(out.read_line(&mut snippet).unwrap(), 0, "{snippet}");
+    }
+    // stdout is TOML kuzet reads: the address and the keys.
+    let cfg: toml::Value = toml::from_str(&snippet).unwrap();
+    let url = cfg["nbank"]["url"].as_str().unwrap();
+    let feed = url.strip_prefix("http://").unwrap().to_string();
+    assert_eq!(cfg["nbank"]["keys"][0]["id"].as_str(), Some("k1"));
+    let control = snippet
+        .split("control API on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+
+    let (status, body) = http(&feed, "GET", "/v1/batches?after=0", "");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"entries\":1") && body.contains("+7702555*"),
+        "{body}"
+    );
+    assert_eq!(
+        http(&control, "POST", "/control/publish", "").1,
+        "2\n",
+        "an empty batch"
+    );
+    assert_eq!(http(&control, "POST", "/control/rotate", "").1, "k2\n");
+    assert_eq!(http(&control, "POST", "/control/stop", "").0, 200);
+    assert!(std::net::TcpStream::connect(&feed).is_err());
+    assert_eq!(http(&control, "POST", "/control/start", "").0, 200);
+    assert_eq!(http(&feed, "GET", "/v1/batches?after=2", "").0, 204);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Entries kuzet would refuse to read are refused before anything starts.
+    std::fs::write(&entries, "{\"action\":\"add\",\"number\":\"+7701\"}\n").unwrap();
+    let out = sim()
+        .args(["nb-feed", "--listen", "127.0.0.1:0", "--entries"])
+        .arg(&entries)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("entries.jsonl: line 1: "), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

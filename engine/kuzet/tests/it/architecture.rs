@@ -196,8 +196,11 @@ const ALLOWED: &[Allowed] = &[
         why: "traffic, load driver and mock peers: never the engine",
         normal: &[
             "anyhow",
+            "axum", // the stand-in Centre's HTTP (nb-feed)
             "clap",
+            "ed25519-dalek", // the stand-in Centre signs its batches
             "hdrhistogram",
+            "humantime", // the stand-in Centre's RFC 3339 times
             "indicatif",
             "kuzet-api", // the stand-in register serves kuzet.register.v1
             "kuzet-net",
