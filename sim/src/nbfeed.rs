@@ -380,6 +380,8 @@ struct Inner {
     feed: Log,
     alerts: Log,
     stall: Duration,
+    /// How long a report's answer waits after the report was taken.
+    answer_delay: Duration,
     fail_reports: Option<u16>,
     reports: Vec<Taken>,
     served: Vec<(String, u64)>,
@@ -457,6 +459,7 @@ impl NbFeed {
                 feed: Log::default(),
                 alerts: Log::default(),
                 stall: Duration::ZERO,
+                answer_delay: Duration::ZERO,
                 fail_reports: None,
                 reports: Vec::new(),
                 served: Vec::new(),
@@ -632,6 +635,13 @@ impl NbFeed {
         self.lock().stall = d;
     }
 
+    /// A report's answer waits `d` after the report was taken (zero:
+    /// none): the Centre has it, the operator does not know yet. A kuzet
+    /// killed meanwhile must send it again, and the Centre takes it once.
+    pub fn delay_answers(&self, d: Duration) {
+        self.lock().answer_delay = d;
+    }
+
     /// A new key (`k2`, `k3`...) valid from now becomes the signer of
     /// what is published next; returns its id. Older keys stay listed.
     pub fn rotate(&self) -> String {
@@ -792,20 +802,26 @@ async fn take_report(State(a): State<App>, headers: HeaderMap, body: Bytes) -> R
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .unwrap_or("");
-    let mut g = a.feed.lock();
-    if !a.alive.load(Ordering::SeqCst) {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "stopped\n");
-    }
-    let (status, why, taken) = decide(&mut g, key, &body);
-    g.posts.push((key.into(), status.as_u16()));
-    if let Some(f) = g.log.as_mut() {
-        let line = serde_json::json!({
-            "at": rfc3339(now()),
-            "key": key,
-            "status": status.as_u16(),
-            "report": taken,
-        });
-        let _ = writeln!(f, "{line}");
+    let (status, why, delay) = {
+        let mut g = a.feed.lock();
+        if !a.alive.load(Ordering::SeqCst) {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "stopped\n");
+        }
+        let (status, why, taken) = decide(&mut g, key, &body);
+        g.posts.push((key.into(), status.as_u16()));
+        if let Some(f) = g.log.as_mut() {
+            let line = serde_json::json!({
+                "at": rfc3339(now()),
+                "key": key,
+                "status": status.as_u16(),
+                "report": taken,
+            });
+            let _ = writeln!(f, "{line}");
+        }
+        (status, why, g.answer_delay)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     text(status, format!("{why}\n"))
 }

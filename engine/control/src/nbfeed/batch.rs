@@ -375,10 +375,11 @@ pub fn parse_alerts(body: &[u8]) -> Result<AlertBatch, Rejected> {
         let a: AlertLine = serde_json::from_str(l).map_err(|e| bad(n, e.to_string()))?;
         let one = || -> Result<Alert, String> {
             let number = target(Some(a.number.clone()), None)?;
-            if a.note.chars().count() > MAX_NOTE || a.note.chars().any(char::is_control) {
-                return Err(format!(
-                    "note: at most {MAX_NOTE} characters, no control characters"
-                ));
+            // A note is the Centre's free text: kept as sent (a refused
+            // batch would hold back every alert after it) and escaped
+            // wherever it is shown.
+            if a.note.chars().count() > MAX_NOTE {
+                return Err(format!("note: at most {MAX_NOTE} characters"));
             }
             Ok(Alert {
                 id: label("id", &a.id, false)?,
@@ -479,12 +480,18 @@ mod tests {
         let a = parse_alerts(body.as_bytes()).unwrap();
         assert_eq!((a.seq, a.alerts.len()), (3, 1));
         assert_eq!(a.alerts[0].number, "+77011234567");
+        // A note is kept as sent, terminal escapes and all (shown escaped).
         let forged = body.replace("three customers", "line\\u001b[2Jbreak");
-        let e = parse_alerts(forged.as_bytes()).unwrap_err();
+        let a = parse_alerts(forged.as_bytes()).unwrap();
+        assert_eq!(a.alerts[0].note, "line\u{1b}[2Jbreak");
+        let long = body.replace("three customers", &"x".repeat(MAX_NOTE + 1));
+        let e = parse_alerts(long.as_bytes()).unwrap_err();
         assert!(
-            matches!(&e, Rejected::Malformed { line: 2, why } if why.contains("control")),
+            matches!(&e, Rejected::Malformed { line: 2, why } if why.contains("at most")),
             "{e}"
         );
+        let bad_number = body.replace("+77011234567", "+7701x");
+        assert!(parse_alerts(bad_number.as_bytes()).is_err());
         let short = body.replace(r#""alerts":1"#, r#""alerts":2"#);
         assert!(parse_alerts(short.as_bytes())
             .unwrap_err()

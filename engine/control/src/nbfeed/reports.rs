@@ -8,7 +8,7 @@
 //! Centre answers `201` (taken) or `200` (already taken under this key):
 //! a SIGKILL between the Centre taking it and kuzet marking it delivered
 //! means one more try, which the Centre answers `200`, so the effect is
-//! exactly once. `400`, `409` and `422` are the Centre refusing the report
+//! exactly once. `400`, `409`, `413` and `422` are the Centre refusing the report
 //! itself: it is dead-lettered (logged, counted, alerted on), never
 //! retried. Anything else, or no answer, is tried again after a back-off
 //! that doubles from 1 s to 5 min, with jitter.
@@ -41,7 +41,7 @@ pub enum Answer {
 pub fn answer(s: u16) -> Answer {
     match s {
         200 | 201 => Answer::Taken,
-        400 | 409 | 422 => Answer::Refused,
+        400 | 409 | 413 | 422 => Answer::Refused,
         _ => Answer::Again,
     }
 }
@@ -137,7 +137,7 @@ mod tests {
     fn only_the_centres_verdict_on_a_report_dead_letters_it() {
         assert_eq!(answer(201), Answer::Taken);
         assert_eq!(answer(200), Answer::Taken);
-        for s in [400, 409, 422] {
+        for s in [400, 409, 413, 422] {
             assert_eq!(answer(s), Answer::Refused, "{s}");
         }
         // A proxy's or a server's trouble is tried again.

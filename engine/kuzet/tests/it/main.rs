@@ -17,6 +17,7 @@ mod hep;
 mod identity;
 mod investigate;
 mod kamailio;
+mod nbank;
 mod nbfeed_stand_in;
 pub(crate) mod operations;
 mod ports;
