@@ -7,8 +7,9 @@
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::Deserialize;
 
-/// The largest batch body read.
-pub const MAX_BATCH: usize = 64 << 20;
+/// The largest batch body read: a first batch of a million entries
+/// (about 190 bytes each) fits.
+pub const MAX_BATCH: usize = 256 << 20;
 
 /// One configured signing key of the Centre.
 #[derive(Clone, Debug)]

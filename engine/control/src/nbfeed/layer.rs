@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use kuzet_rules::{ListId, Number, NumberingPlan, Prefix};
-use kuzet_store::centre::FeedRow;
+use kuzet_store::centre::{FeedChange, FeedRow};
 
-use super::batch::{Action, Batch, Entry};
+use super::batch::{Action, Entry};
 use crate::publish::{Feed, Layers, LoadError, Source};
 
 /// The name errors and logs give the layer's input.
@@ -198,39 +198,59 @@ impl FeedLayer {
         Ok((kept, unreadable))
     }
 
-    /// Applies a batch that [`super::batch::follows`] the cursor. Entries
-    /// the plan cannot read were refused before (see [`FeedLayer::check`]).
-    pub fn apply(&self, b: &Batch) -> Applied {
+    /// Applies batch `seq` (one that [`super::batch::follows`] the cursor),
+    /// as the changes the store kept. Targets the plan cannot read were
+    /// refused before (see [`FeedLayer::check`]).
+    pub fn apply(&self, seq: u64, changes: &[FeedChange]) -> Applied {
         let now = self.now();
         let mut out = Applied::default();
         {
             let mut live = self.write();
-            for e in &b.entries {
-                let Some(k) = self.key(&e.target) else {
+            for c in changes {
+                let Some(k) = self.key(c.target()) else {
                     continue;
                 };
-                match e.action {
-                    Action::Add if e.expires_at <= now => {
+                match c {
+                    FeedChange::Add(r) if r.expires_at_s <= now => {
                         // Gone already: an add cannot revive it, but it
                         // replaces what was there.
                         live.entries.remove(&k);
                         out.stale += 1;
                     }
-                    Action::Add => {
-                        live.add(k, e.expires_at, &e.category, e.confidence);
+                    FeedChange::Add(r) => {
+                        live.add(k, r.expires_at_s, &r.category, r.confidence);
                         out.added += 1;
                     }
-                    Action::Withdraw => {
+                    FeedChange::Withdraw(_) => {
                         if live.entries.remove(&k).is_some() {
                             out.withdrawn += 1;
                         }
                     }
                 }
             }
-            live.cursor = b.seq;
+            live.cursor = seq;
         }
-        self.mark(b.seq);
+        self.mark(seq);
         out
+    }
+
+    /// The changes a verified batch makes, taken out of it (no copy of a
+    /// million strings).
+    pub fn changes(entries: Vec<Entry>) -> Vec<FeedChange> {
+        entries
+            .into_iter()
+            .map(|e| match e.action {
+                Action::Add => FeedChange::Add(FeedRow {
+                    target: e.target,
+                    category: e.category,
+                    confidence: e.confidence,
+                    reported_at_s: e.reported_at,
+                    expires_at_s: e.expires_at,
+                    case_ref: e.case,
+                }),
+                Action::Withdraw => FeedChange::Withdraw(e.target),
+            })
+            .collect()
     }
 
     /// The first entry of a verified batch whose number or range this
@@ -397,17 +417,13 @@ mod tests {
     fn entries_enter_leave_on_withdrawal_and_expire_on_the_layers_clock() {
         let t = Arc::new(AtomicI64::new(1_000));
         let l = layer(&t);
-        let b = Batch {
-            seq: 1,
-            issued_at: 1_000,
-            entries: vec![
-                entry(Action::Add, "+77011234567", 1_060),
-                entry(Action::Add, "+7702555*", 2_000),
-                entry(Action::Add, "+77013330000", 900),
-            ],
-        };
+        let b = FeedLayer::changes(vec![
+            entry(Action::Add, "+77011234567", 1_060),
+            entry(Action::Add, "+7702555*", 2_000),
+            entry(Action::Add, "+77013330000", 900),
+        ]);
         assert_eq!(
-            l.apply(&b),
+            l.apply(1, &b),
             Applied {
                 added: 2,
                 withdrawn: 0,
@@ -437,12 +453,8 @@ mod tests {
         assert_eq!(l.changed(), Layers::list(ListId::NbFeed));
         assert_eq!((l.len(), l.next_expiry()), (1, Some(2_000)));
         // A withdrawal removes the range; the version names batch 2.
-        let w = Batch {
-            seq: 2,
-            issued_at: 1_100,
-            entries: vec![entry(Action::Withdraw, "+7702555*", 0)],
-        };
-        assert_eq!(l.apply(&w).withdrawn, 1);
+        let w = FeedLayer::changes(vec![entry(Action::Withdraw, "+7702555*", 0)]);
+        assert_eq!(l.apply(2, &w).withdrawn, 1);
         assert_eq!((l.len(), l.sequence()), (0, 2));
     }
 

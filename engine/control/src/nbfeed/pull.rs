@@ -26,11 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kuzet_dataplane::metrics::{Gauge, Metrics};
-use kuzet_store::centre::{FeedChange, FeedRow};
 use kuzet_store::Centre;
 use tokio::sync::watch;
 
-use super::batch::{self, Action, Key, Rejected, MAX_BATCH};
+use super::batch::{self, Key, Rejected, MAX_BATCH};
 use super::cases::CaseDesk;
 use super::layer::FeedLayer;
 use super::NbankCounters;
@@ -132,7 +131,7 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
         while let Some(chunk) = resp
             .chunk()
             .await
@@ -265,7 +264,7 @@ impl Puller {
                     break;
                 };
                 let me = self.clone();
-                let checked = tokio::task::spawn_blocking(move || me.take_batch(&body, &signature))
+                let checked = tokio::task::spawn_blocking(move || me.take_batch(body, &signature))
                     .await
                     .unwrap_or_else(|e| Checked::NotKept(format!("the check crashed: {e}")));
                 match checked {
@@ -358,44 +357,30 @@ impl Puller {
 
     /// Checks one fetched batch and, when it passes, keeps it (store,
     /// then layer). Runs on a blocking thread.
-    fn take_batch(&self, body: &[u8], signature: &str) -> Checked {
+    fn take_batch(&self, body: Vec<u8>, signature: &str) -> Checked {
         let now = self.layer.now();
-        if let Err(r) = batch::verify(body, signature, &self.keys, now) {
+        if let Err(r) = batch::verify(&body, signature, &self.keys, now) {
             return Checked::Refused(r);
         }
-        let b = match batch::parse(body) {
+        let b = match batch::parse(&body) {
             Ok(b) => b,
             Err(r) => return Checked::Refused(r),
         };
+        // The bytes are done with: a first batch's 190 MB are not held
+        // while the store and the layer take it.
+        drop(body);
         if let Err(r) = batch::follows(b.seq, self.layer.cursor()) {
             return Checked::Refused(r);
         }
         if let Err((line, why)) = self.layer.check(&b.entries) {
             return Checked::Refused(Rejected::Malformed { line, why });
         }
-        let changes: Vec<FeedChange> = b
-            .entries
-            .iter()
-            .map(|e| match e.action {
-                Action::Add => FeedChange::Add(FeedRow {
-                    target: e.target.clone(),
-                    category: e.category.clone(),
-                    confidence: e.confidence,
-                    reported_at_s: e.reported_at,
-                    expires_at_s: e.expires_at,
-                    case_ref: e.case.clone(),
-                }),
-                Action::Withdraw => FeedChange::Withdraw(e.target.clone()),
-            })
-            .collect();
-        if let Err(e) = self.store.feed_apply(b.seq, &changes) {
+        let (seq, entries) = (b.seq, b.entries.len());
+        let changes = FeedLayer::changes(b.entries);
+        if let Err(e) = self.store.feed_apply(seq, &changes) {
             return Checked::NotKept(e.to_string());
         }
-        drop(changes);
-        self.layer.apply(&b);
-        Checked::Applied {
-            seq: b.seq,
-            entries: b.entries.len(),
-        }
+        self.layer.apply(seq, &changes);
+        Checked::Applied { seq, entries }
     }
 }

@@ -231,8 +231,10 @@ const ALLOWED: &[Allowed] = &[
             "kuzet-dataplane",
             "kuzet-net",
             "kuzet-rules",
+            "kuzet-sim", // nbfeed_bench: the stand-in Centre serves the feed
             "kuzet-sip",
             "kuzet-store",
+            "tokio", // nbfeed_bench: the stand-in Centre's runtime
         ],
         dev: &[
             "arc-swap",
