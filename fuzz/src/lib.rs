@@ -4,7 +4,8 @@
 //! Each [`Target`] takes arbitrary bytes and drives one of the parts that
 //! meet hostile input: the SIP indexer and header decoders, the whole
 //! request handler in redirect and proxy mode, TCP framing, the list,
-//! rule and config loaders, and the number normalizer. A target panics
+//! rule and config loaders, the number normalizer, and the National
+//! Bank Centre's feed, alerts and reports. A target panics
 //! when it finds a bug: a panic inside kuzet, or a broken property (a
 //! reply too big for a datagram, a message that frames differently in
 //! pieces than whole, a number that does not survive a round trip).
@@ -88,6 +89,16 @@ pub const TARGETS: &[Target] = &[
         name: "nbfeed",
         about: "the National Bank feed's batch: signature header, verifier and parser",
         run: nbfeed,
+    },
+    Target {
+        name: "nbalerts",
+        about: "the Centre's alerts batch and case deadlines; the holiday file",
+        run: nbalerts,
+    },
+    Target {
+        name: "nbreport",
+        about: "the Centre's reading of kuzet's reports, and reports built as kuzet builds them",
+        run: nbreport,
     },
 ];
 
@@ -322,6 +333,281 @@ pub fn nbfeed(data: &[u8]) {
             if e.action == Action::Add {
                 assert!(e.expires_at > e.reported_at && e.confidence <= 100);
             }
+        }
+    }
+}
+
+/// The Centre's alerts batch, parsed as if its signature had passed:
+/// whatever parses keeps the protocol's promises, and each alert's case
+/// gets a deadline after it that kuzet can write (as it does when it logs
+/// the case). When the bytes are UTF-8 they are also read as a holiday
+/// file: an error names the file, and the days read make a calendar whose
+/// deadlines still come after what they count from.
+pub fn nbalerts(data: &[u8]) {
+    use kuzet_control::nbfeed::{batch, calendar::Calendar, holiday_lines, to_rfc3339};
+    // What CaseDesk uses with the shipped config: two working days, UTC+5.
+    let (days, offset) = (2, 5 * 3600);
+    if let Ok(b) = batch::parse_alerts(data) {
+        assert!(b.seq >= 1);
+        let text = std::str::from_utf8(data).unwrap_or_else(|_| unreachable!());
+        let lines = text.lines().skip(1).filter(|l| !l.trim().is_empty());
+        assert_eq!(b.alerts.len(), lines.count(), "an alert per line");
+        let cal = Calendar::kazakhstan([], []);
+        for a in &b.alerts {
+            let digits = a.number.strip_prefix('+').unwrap_or_else(|| {
+                panic!("number {:?} without +", a.number);
+            });
+            assert!(!digits.is_empty() && digits.len() <= 15);
+            assert!(digits.bytes().all(|c| c.is_ascii_digit()));
+            assert!(a.note.chars().count() <= 512, "a note over 512");
+            assert!(!a.id.is_empty() && !a.category.is_empty());
+            let due = cal.deadline(a.reported_at, offset, days);
+            assert!(due > a.reported_at, "due {due} before {}", a.reported_at);
+            let _ = to_rfc3339(due);
+        }
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match holiday_lines(text, "fuzz") {
+        Ok((off, on)) => {
+            let at = 1_796_450_400; // 2026-12-04T09:20:00Z
+            let due = Calendar::kazakhstan(off.clone(), on.clone()).deadline(at, offset, days);
+            assert!(due > at);
+            let due = Calendar::weekends(off, on).deadline(at, offset, days);
+            assert!(due > at);
+        }
+        Err(e) => assert!(e.starts_with("fuzz:"), "an error naming no file: {e}"),
+    }
+}
+
+/// Fields cut out of a fuzz input: its lines, read as UTF-8 (lossily),
+/// then empty ones once they run out.
+struct Fields<'a> {
+    parts: Vec<&'a [u8]>,
+    next: usize,
+}
+
+/// The last second RFC 3339 (four-digit years) can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339: i64 = 253_402_300_799;
+
+impl<'a> Fields<'a> {
+    fn new(data: &'a [u8]) -> Fields<'a> {
+        Fields {
+            parts: data.split(|b| *b == b'\n').collect(),
+            next: 0,
+        }
+    }
+
+    fn left(&self) -> bool {
+        self.next < self.parts.len()
+    }
+
+    fn text(&mut self) -> String {
+        let p = self.parts.get(self.next).copied().unwrap_or_default();
+        self.next += 1;
+        String::from_utf8_lossy(p).into_owned()
+    }
+
+    /// An integer: the field's own, or one made from its bytes.
+    fn int(&mut self) -> i64 {
+        let t = self.text();
+        t.trim().parse().unwrap_or_else(|_| {
+            t.bytes()
+                .fold(0i64, |a, b| a.wrapping_mul(31).wrapping_add(i64::from(b)))
+        })
+    }
+
+    /// A time in Unix seconds, up to the last one RFC 3339 can write.
+    fn time(&mut self) -> i64 {
+        self.int().min(LAST_RFC3339)
+    }
+}
+
+/// The Centre's stand-in (`kuzet_sim::nbfeed::check_report`) over
+/// arbitrary bytes: it never panics, and what it takes is a known kind of
+/// `"v":1`. Then the same bytes, cut into lines, make a report the way
+/// kuzet makes one, and the Centre must take it: a decision on an alert
+/// kuzet's parser took, with a note and BSS reference `decide` allows; a
+/// fraud number or potential victim whose numbers kuzet normalized (when
+/// they are E.164: a short code is not a number the protocol carries); a
+/// feedback report whose hits are entries kuzet's feed parser took. The
+/// report with a number's `+` dropped must be refused, so the check is
+/// not one that takes anything.
+///
+/// The first line names the kind (`decision`, `fraud_number`,
+/// `potential_victim`, `feedback`; otherwise its bytes pick one) and,
+/// second, `confirmed`/`not_confirmed` or `asserted`/`listed`. The lines
+/// after it, by kind: alert id, number, category, reported_at (RFC 3339),
+/// decided_at, BSS reference, note; number, store id, incident id,
+/// first_seen, last_seen, blocked, flagged, rules (comma-separated);
+/// callee, source, at, store id, incident id, category; from, to, then
+/// (entry, case, calls) per hit. Times are Unix seconds. The JSON is
+/// built as `cases.rs` (`decide`) and `watch.rs` build it, kept in step
+/// with them by hand (the integration tests send the real ones to the
+/// stand-in over HTTP).
+pub fn nbreport(data: &[u8]) {
+    use kuzet_sim::nbfeed::check_report;
+    if let Ok((kind, v)) = check_report(data) {
+        assert!(matches!(
+            kind.as_str(),
+            "decision" | "fraud_number" | "potential_victim" | "feedback"
+        ));
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["kind"].as_str(), Some(kind.as_str()));
+    }
+    let Some((body, number)) = kuzet_report(&mut Fields::new(data)) else {
+        return;
+    };
+    let sent = body.to_string();
+    match check_report(sent.as_bytes()) {
+        Ok((kind, _)) => assert_eq!(Some(kind.as_str()), body["kind"].as_str()),
+        Err(e) => panic!("the Centre refused a report kuzet would send ({e}): {sent}"),
+    }
+    if let Some(field) = number {
+        let mut bad = body.clone();
+        let n = bad[field]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('+')
+            .to_string();
+        bad[field] = n.clone().into();
+        assert!(
+            check_report(bad.to_string().as_bytes()).is_err(),
+            "the Centre took {field} {n:?}"
+        );
+    }
+}
+
+/// A report as kuzet builds it from `f`, and the name of a field holding
+/// a number; None when kuzet would send no report from these fields.
+fn kuzet_report(f: &mut Fields) -> Option<(serde_json::Value, Option<&'static str>)> {
+    use kuzet_control::nbfeed::{batch, to_rfc3339};
+    use serde_json::json;
+    let what = f.text();
+    let mut words = what.split(' ');
+    let kind = match words.next().unwrap_or_default() {
+        "decision" => 0,
+        "fraud_number" => 1,
+        "potential_victim" => 2,
+        "feedback" => 3,
+        other => other.bytes().map(usize::from).sum::<usize>() % 4,
+    };
+    let second = words.next().unwrap_or_default();
+    let flag = match second {
+        "confirmed" | "asserted" => true,
+        "not_confirmed" | "listed" => false,
+        other => other.len() % 2 == 0,
+    };
+    // A number as the data plane and the incidents write it.
+    let normalized = |s: &str| plan().normalize(s.as_bytes()).filter(|n| n.is_e164());
+    match kind {
+        0 => {
+            let (id, number, category, reported_at) = (f.text(), f.text(), f.text(), f.text());
+            let alerts = format!(
+                "{}\n{}\n",
+                json!({"v": 1, "seq": 1, "issued_at": "2026-12-05T10:00:00Z", "alerts": 1}),
+                json!({"id": id, "number": number, "category": category, "reported_at": reported_at}),
+            );
+            let alert = batch::parse_alerts(alerts.as_bytes()).ok()?.alerts.pop()?;
+            let (decided_at, bss_ref, note) = (f.time(), f.text(), f.text());
+            // What `decide` lets an operator record.
+            let fit = |t: &str| t.len() <= 1024 && !t.chars().any(char::is_control);
+            if !fit(&bss_ref) || !fit(&note) || bss_ref.trim().is_empty() {
+                return None;
+            }
+            let outcome = if flag { "confirmed" } else { "not_confirmed" };
+            let body = json!({
+                "v": 1,
+                "kind": "decision",
+                "alert": alert.id,
+                "number": alert.number,
+                "outcome": outcome,
+                "decided_at": to_rfc3339(decided_at),
+                "bss_ref": bss_ref,
+                "note": note,
+            });
+            Some((body, Some("number")))
+        }
+        1 => {
+            let number = normalized(&f.text())?.to_string();
+            let incident = format!("{}/{}", f.text(), f.int());
+            let (first_seen, last_seen) = (f.time(), f.time());
+            let (blocked, flagged) = (f.int() as u64, f.int() as u64);
+            let rules: Vec<String> = f.text().split(',').map(str::to_string).collect();
+            let basis = if flag { "asserted" } else { "listed" };
+            let body = json!({
+                "v": 1,
+                "kind": "fraud_number",
+                "number": number,
+                "basis": basis,
+                "incident": incident,
+                "first_seen": to_rfc3339(first_seen),
+                "last_seen": to_rfc3339(last_seen),
+                "blocked": blocked,
+                "flagged": flagged,
+                "rules": rules,
+            });
+            Some((body, Some("number")))
+        }
+        2 => {
+            let callee = normalized(&f.text())?;
+            let source = normalized(&f.text())?;
+            let at = f.time();
+            let incident = format!("{}/{}", f.text(), f.int());
+            let category = Some(f.text())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "fraud".into());
+            let body = json!({
+                "v": 1,
+                "kind": "potential_victim",
+                "number": callee.to_string(),
+                "source": source.to_string(),
+                "at": to_rfc3339(at),
+                "incident": incident,
+                "category": category,
+            });
+            Some((body, Some("source")))
+        }
+        _ => {
+            let (from, to) = (f.time(), f.time());
+            let mut hits = Vec::new();
+            while f.left() && hits.len() < 64 {
+                let (target, case, calls) = (f.text(), f.text(), f.int() as u64);
+                let which = if target.ends_with('*') {
+                    "range"
+                } else {
+                    "number"
+                };
+                let feed = format!(
+                    "{}\n{}\n",
+                    json!({"v": 1, "seq": 1, "issued_at": "2026-12-05T10:00:00Z", "entries": 1}),
+                    json!({
+                        "action": "add",
+                        which: target,
+                        "category": "bank-impersonation",
+                        "confidence": 90,
+                        "reported_at": "2026-12-05T09:58:00Z",
+                        "expires_at": "2026-12-12T09:58:00Z",
+                        "case": case,
+                    }),
+                );
+                let Ok(mut b) = batch::parse(feed.as_bytes()) else {
+                    continue;
+                };
+                let Some(e) = b.entries.pop() else {
+                    continue;
+                };
+                hits.push(json!({"number": e.target, "case": e.case, "calls": calls}));
+            }
+            let body = json!({
+                "v": 1,
+                "kind": "feedback",
+                "from": to_rfc3339(from),
+                "to": to_rfc3339(to),
+                "hits": hits,
+            });
+            Some((body, None))
         }
     }
 }

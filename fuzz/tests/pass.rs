@@ -70,6 +70,16 @@ fn fuzz_pass_nbfeed() {
 }
 
 #[test]
+fn fuzz_pass_nbalerts() {
+    run("nbalerts");
+}
+
+#[test]
+fn fuzz_pass_nbreport() {
+    run("nbreport");
+}
+
+#[test]
 fn every_target_has_a_test_here() {
     let here = include_str!("pass.rs");
     for t in kuzet_fuzz::TARGETS {

@@ -141,9 +141,16 @@ pub fn rfc3339(s: &str) -> Result<i64, String> {
         .unwrap_or(0))
 }
 
-/// An RFC 3339 UTC time (seconds) of Unix seconds `t`.
+/// The last second four digits of year can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339: i64 = 253_402_300_799;
+
+/// An RFC 3339 UTC time (seconds) of Unix seconds `t`, held between
+/// 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z: a case due after year
+/// 9999 (an alert the Centre dated in that year's last days) is written
+/// as the last second RFC 3339 has, not a panic in the puller.
 pub fn to_rfc3339(t: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+    let s = t.clamp(0, LAST_RFC3339) as u64;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -373,6 +380,21 @@ mod tests {
         c.keys.truncate(1);
         c.client_cert_file = Some("c.pem".into());
         assert!(c.check().unwrap_err().contains("go together"));
+    }
+
+    #[test]
+    fn a_case_due_after_year_9999_is_written_as_its_last_second_not_a_panic() {
+        // Found by the nbalerts fuzz target: an alert dated 9999-12-30
+        // parses, and its case falls due in year 10000.
+        let at = rfc3339("9999-12-30T09:30:00Z").unwrap();
+        let due = calendar::Calendar::kazakhstan([], []).deadline(at, 5 * 3600, 2);
+        assert!(due > LAST_RFC3339);
+        for t in [due, LAST_RFC3339 + 1, i64::MAX] {
+            assert_eq!(to_rfc3339(t), "9999-12-31T23:59:59Z");
+        }
+        assert_eq!(to_rfc3339(LAST_RFC3339), "9999-12-31T23:59:59Z");
+        assert_eq!(to_rfc3339(-1), "1970-01-01T00:00:00Z");
+        assert_eq!(to_rfc3339(1_796_642_400), "2026-12-07T11:20:00Z");
     }
 
     #[test]
