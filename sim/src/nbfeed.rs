@@ -24,7 +24,8 @@
 //! (`asserted` or `listed`), incident, first_seen, last_seen, blocked,
 //! flagged, rules (strings); `potential_victim`: number, source, at,
 //! incident, category; `feedback`: from, to, hits (objects of number, a
-//! number or a `+digits*` range, case and calls). Fields beyond these are
+//! number or a `+digits*` range, calls, and case when kuzet still holds
+//! the entry). Fields beyond these are
 //! let through.
 
 use std::io::Write;
@@ -947,8 +948,7 @@ fn check_field(v: Option<&Value>, f: Field) -> Result<(), &'static str> {
                     .and_then(Value::as_str)
                     .is_some_and(|n| is_e164(n) || is_range(n))
                     && h.get("case")
-                        .and_then(Value::as_str)
-                        .is_some_and(|c| !c.is_empty())
+                        .is_none_or(|c| c.as_str().is_some_and(|c| !c.is_empty()))
                     && h.get("calls").and_then(Value::as_u64).is_some()
             })
         }),
@@ -964,7 +964,7 @@ fn check_field(v: Option<&Value>, f: Field) -> Result<(), &'static str> {
         Field::OneOf(_) => "one of the values the doc lists",
         Field::Count => "a non-negative integer",
         Field::Texts => "an array of strings",
-        Field::Hits => "an array of {number, case, calls}",
+        Field::Hits => "an array of {number, calls, case (when known)}",
     })
 }
 

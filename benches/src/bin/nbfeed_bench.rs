@@ -179,7 +179,8 @@ fn main() {
     let centre = rt
         .block_on(feed.spawn("127.0.0.1:0".parse().unwrap()))
         .unwrap();
-    let dir: PathBuf = std::env::temp_dir().join(format!("kuzet-nbfeed-bench-{}", std::process::id()));
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("kuzet-nbfeed-bench-{}", std::process::id()));
     let far = now_s() + 30 * 86_400;
     match what {
         "latency" => {
@@ -236,7 +237,10 @@ fn main() {
                 feed.publish(&entries(from, n, far));
                 from += n;
                 k.until_blocked(&number(from - 1), Duration::from_secs(900));
-                eprintln!("layer: {from} entries in force after {:.0} s", t.elapsed().as_secs_f64());
+                eprintln!(
+                    "layer: {from} entries in force after {:.0} s",
+                    t.elapsed().as_secs_f64()
+                );
             }
             let rss = k.proc_kib("VmRSS:");
             k.reset_peak();

@@ -381,7 +381,10 @@ fn us(t: SystemTime) -> i64 {
 
 /// `2026-11-22T08:15:03.123456Z`.
 pub(crate) fn time_text(us: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
+    // humantime writes four-digit years only: a time past 9999 (a case
+    // the Centre dated absurdly) is shown as the last microsecond of it.
+    const LAST_US: i64 = 253_402_300_799_999_999;
+    let t = UNIX_EPOCH + Duration::from_micros(us.clamp(0, LAST_US) as u64);
     humantime::format_rfc3339_micros(t).to_string()
 }
 

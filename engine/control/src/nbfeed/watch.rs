@@ -56,6 +56,9 @@ const DRAIN_MAX: usize = 200_000;
 const PAGE: usize = 500;
 /// Calls counted per feedback period, at most.
 const FEEDBACK_CALLS_MAX: usize = 100_000;
+/// Hits per feedback report, at most (a report stays well under the
+/// Centre's 1 MiB).
+const FEEDBACK_HITS_MAX: usize = 2_000;
 
 /// A fraud source: its incident and why.
 #[derive(Clone, Debug)]
@@ -167,6 +170,11 @@ impl Watch {
             let mut found = Found::default();
             // Answered calls.
             for a in rx.try_iter().take(DRAIN_MAX) {
+                // Reports name E.164 numbers only: a short code is no
+                // subscriber a bank could hold transfers for.
+                if !a.caller.is_e164() || !a.callee.is_e164() {
+                    continue;
+                }
                 let (caller, callee) = (a.caller.raw(), a.callee.raw());
                 match sources.get(&caller) {
                     Some(s) if a.at_s >= s.since_s - self.lookback_s => {
@@ -200,10 +208,8 @@ impl Watch {
                 let (from, to) = (next_feedback - every, next_feedback);
                 next_feedback += every;
                 let me = self.clone();
-                if let Ok(Some(r)) =
-                    tokio::task::spawn_blocking(move || me.feedback(from, to)).await
-                {
-                    found.reports.push(r);
+                if let Ok(r) = tokio::task::spawn_blocking(move || me.feedback(from, to)).await {
+                    found.reports.extend(r);
                 }
             }
             if !found.reports.is_empty() {
@@ -238,7 +244,11 @@ impl Watch {
         if inc.kind != "source" || !matches!(basis, "asserted" | "listed") {
             return;
         }
-        let Some(n) = self.plan.normalize(inc.key.as_bytes()) else {
+        let Some(n) = self
+            .plan
+            .normalize(inc.key.as_bytes())
+            .filter(|n| n.is_e164())
+        else {
             return;
         };
         let category = inc
@@ -284,8 +294,9 @@ impl Watch {
         }
     }
 
-    /// The feedback report of period `[from, to)`, if the feed was hit.
-    fn feedback(&self, from: i64, to: i64) -> Option<NewReport> {
+    /// The feedback reports of period `[from, to)` (none when the feed was
+    /// not hit; more than one past [`FEEDBACK_HITS_MAX`] entries hit).
+    fn feedback(&self, from: i64, to: i64) -> Vec<NewReport> {
         let f = Filter {
             rule: Some(kuzet_rules::ListId::NbFeed.name().into()),
             since_us: Some(from * 1_000_000),
@@ -300,7 +311,7 @@ impl Watch {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "counting the feed's hits failed; this period's feedback is skipped");
-                    return None;
+                    return Vec::new();
                 }
             };
             for call in &page.calls {
@@ -324,34 +335,42 @@ impl Watch {
             }
         }
         if per_entry.is_empty() {
-            return None;
+            return Vec::new();
         }
         let hits: Vec<serde_json::Value> = per_entry
             .into_iter()
             .map(|(target, calls)| {
-                let case = self
-                    .store
-                    .feed_entry(&target)
-                    .ok()
-                    .flatten()
-                    .map(|e| e.case_ref)
-                    .unwrap_or_default();
-                json!({"number": target, "case": case, "calls": calls})
+                let case = self.store.feed_entry(&target).ok().flatten();
+                match case {
+                    Some(e) => json!({"number": target, "case": e.case_ref, "calls": calls}),
+                    // The entry left the layer before the period was
+                    // counted: its case is no longer held.
+                    None => json!({"number": target, "calls": calls}),
+                }
             })
             .collect();
-        let body = json!({
-            "v": 1,
-            "kind": "feedback",
-            "from": to_rfc3339(from),
-            "to": to_rfc3339(to),
-            "hits": hits,
-        });
-        Some(NewReport {
-            key: format!("{}/feedback/{from}", self.store_id),
-            kind: "feedback".into(),
-            body: body.to_string(),
-            not_before_us: 0,
-        })
+        hits.chunks(FEEDBACK_HITS_MAX)
+            .enumerate()
+            .map(|(part, hits)| {
+                let body = json!({
+                    "v": 1,
+                    "kind": "feedback",
+                    "from": to_rfc3339(from),
+                    "to": to_rfc3339(to),
+                    "hits": hits,
+                });
+                NewReport {
+                    key: if part == 0 {
+                        format!("{}/feedback/{from}", self.store_id)
+                    } else {
+                        format!("{}/feedback/{from}/{part}", self.store_id)
+                    },
+                    kind: "feedback".into(),
+                    body: body.to_string(),
+                    not_before_us: 0,
+                }
+            })
+            .collect()
     }
 }
 
