@@ -328,7 +328,7 @@ counter_set! {
         reports_queued => "nbank_reports_queued_total", "Reports to the Centre queued in the outbox",
         reports_delivered => "nbank_reports_delivered_total", "Reports the Centre took",
         reports_retries => "nbank_reports_retries_total", "Report deliveries that failed and will be retried",
-        reports_dead_letters => "nbank_reports_dead_letters_total", "Reports the Centre refused",
+        reports_dead_lettered => "nbank_reports_dead_lettered_total", "Reports the Centre refused (dead-lettered, never retried)",
     }
 }
 
