@@ -264,6 +264,10 @@ fn grafana_dashboard_is_importable_and_uses_only_spec_metrics() {
         "kuzet_store_dropped_total",
         "kuzet_outbox_pending",
         "kuzet_ready",
+        "kuzet_nbank_feed_staleness_seconds",
+        "kuzet_nbank_batches_rejected_signature_total",
+        "kuzet_nbank_cases_overdue",
+        "kuzet_nbank_reports_oldest_pending_age_seconds",
     ] {
         assert!(used.contains(key), "no panel shows {key}");
     }
