@@ -180,7 +180,7 @@ impl NbankConfig {
                 self.case_working_days
             ));
         }
-        if self.utc_offset_s.abs() > 14 * 3600 {
+        if self.utc_offset_s.unsigned_abs() > 14 * 3600 {
             return Err(format!(
                 "nbank.utc_offset_s = {}: at most 14 hours either way",
                 self.utc_offset_s
@@ -373,6 +373,10 @@ mod tests {
         c.keys.truncate(1);
         c.client_cert_file = Some("c.pem".into());
         assert!(c.check().unwrap_err().contains("go together"));
+        c.client_cert_file = None;
+        // The most negative offset has no absolute value in an i64.
+        c.utc_offset_s = i64::MIN;
+        assert!(c.check().unwrap_err().contains("at most 14 hours"));
     }
 
     #[test]
