@@ -476,6 +476,7 @@ mod tests {
                 format!("{:?}", c.hep),
                 format!("{:?}", c.incidents),
                 format!("{:?}", c.register),
+                format!("{:?}", c.nbank),
                 format!("{:?}", c.trunks),
             ]
         };

@@ -187,7 +187,7 @@ impl NbankConfig {
                 self.case_working_days
             ));
         }
-        if self.utc_offset_s.abs() > 14 * 3600 {
+        if self.utc_offset_s.unsigned_abs() > 14 * 3600 {
             return Err(format!(
                 "nbank.utc_offset_s = {}: at most 14 hours either way",
                 self.utc_offset_s
@@ -335,7 +335,7 @@ counter_set! {
         reports_queued => "nbank_reports_queued_total", "Reports to the Centre queued in the outbox",
         reports_delivered => "nbank_reports_delivered_total", "Reports the Centre took",
         reports_retries => "nbank_reports_retries_total", "Report deliveries that failed and will be retried",
-        reports_dead_letters => "nbank_reports_dead_letters_total", "Reports the Centre refused",
+        reports_dead_lettered => "nbank_reports_dead_lettered_total", "Reports the Centre refused (dead-lettered, never retried)",
     }
 }
 
@@ -380,6 +380,10 @@ mod tests {
         c.keys.truncate(1);
         c.client_cert_file = Some("c.pem".into());
         assert!(c.check().unwrap_err().contains("go together"));
+        c.client_cert_file = None;
+        // The most negative offset has no absolute value in an i64.
+        c.utc_offset_s = i64::MIN;
+        assert!(c.check().unwrap_err().contains("at most 14 hours"));
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub async fn run(
                     let _ = tokio::task::spawn_blocking(move || st.report_delivered(id, now)).await;
                 }
                 Answer::Refused => {
-                    c.reports_dead_letters.inc();
+                    c.reports_dead_lettered.inc();
                     tracing::warn!(key = %d.key, kind = %d.kind, error = %error, "the Centre refused a report; it is dead-lettered (`kuzet cases reports --dead`)");
                     let _ = tokio::task::spawn_blocking(move || st.report_dead_letter(id, &error))
                         .await;

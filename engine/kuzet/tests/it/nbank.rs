@@ -567,6 +567,6 @@ fn the_callees_a_fraud_source_reached_are_reported_once_each_and_an_impersonated
             r.body
         );
     }
-    assert_eq!(counter(&e, "nbank_reports_dead_letters_total"), 0);
+    assert_eq!(counter(&e, "nbank_reports_dead_lettered_total"), 0);
     e.stop();
 }

@@ -66,6 +66,22 @@ const SPEC: &[&str] = &[
     "kuzet_tcp_refused_total",
     "kuzet_tcp_connections_total",
     "kuzet_rule_hits_total",
+    "kuzet_answered_events_dropped_total",
+    "kuzet_nbank_batches_applied_total",
+    "kuzet_nbank_entries_applied_total",
+    "kuzet_nbank_entries_expired_total",
+    "kuzet_nbank_batches_rejected_signature_total",
+    "kuzet_nbank_batches_rejected_key_total",
+    "kuzet_nbank_batches_rejected_malformed_total",
+    "kuzet_nbank_batches_rejected_replay_total",
+    "kuzet_nbank_batches_rejected_gap_total",
+    "kuzet_nbank_fetch_errors_total",
+    "kuzet_nbank_alert_batches_applied_total",
+    "kuzet_nbank_cases_opened_total",
+    "kuzet_nbank_reports_queued_total",
+    "kuzet_nbank_reports_delivered_total",
+    "kuzet_nbank_reports_retries_total",
+    "kuzet_nbank_reports_dead_lettered_total",
     // Histograms.
     "kuzet_call_service_seconds",
     "kuzet_stage_seconds",
@@ -85,6 +101,17 @@ const SPEC: &[&str] = &[
     "kuzet_ready",
     "kuzet_sip_sockets_bound",
     "kuzet_build_info",
+    // The National Bank's Centre: served with or without [nbank] (0 without).
+    "kuzet_nbank_feed_configured",
+    "kuzet_nbank_feed_staleness_seconds",
+    "kuzet_nbank_feed_stale",
+    "kuzet_nbank_feed_sequence",
+    "kuzet_nbank_cases_open",
+    "kuzet_nbank_cases_due_soon",
+    "kuzet_nbank_cases_overdue",
+    "kuzet_nbank_reports_pending",
+    "kuzet_nbank_reports_dead_letters",
+    "kuzet_nbank_reports_oldest_pending_age_seconds",
 ];
 
 /// The histograms of [`SPEC`], whose series carry a suffix.
@@ -237,6 +264,10 @@ fn grafana_dashboard_is_importable_and_uses_only_spec_metrics() {
         "kuzet_store_dropped_total",
         "kuzet_outbox_pending",
         "kuzet_ready",
+        "kuzet_nbank_feed_staleness_seconds",
+        "kuzet_nbank_batches_rejected_signature_total",
+        "kuzet_nbank_cases_overdue",
+        "kuzet_nbank_reports_oldest_pending_age_seconds",
     ] {
         assert!(used.contains(key), "no panel shows {key}");
     }
