@@ -222,6 +222,9 @@ fn warnings(m: &Metrics) -> Vec<String> {
             m.gauge(Gauge::CasesOverdue)
         ));
     }
+    if m.gauge(Gauge::CentreLate) == 1 {
+        w.push("reports to the Centre are waiting longer than [nbank] victim_delay_s (kuzet cases reports --state pending)".to_string());
+    }
     if m.gauge(Gauge::CentreDeadLetters) > 0 {
         w.push(format!(
             "{} reports the Centre refused (dead letters)",
@@ -358,7 +361,7 @@ impl Collector for Exposition {
         let now_s = kuzet_store::now_us() / 1_000_000;
         let nb_on = m.gauge(Gauge::NbankOn) == 1;
         let oldest = m.gauge(Gauge::CentreOldestPendingUnix);
-        let gauges: [(&str, &str, i64); 23] = [
+        let gauges: [(&str, &str, i64); 24] = [
             (
                 "nbank_feed_configured",
                 "1 when the National Bank feed is configured ([nbank] url)",
@@ -410,6 +413,11 @@ impl Collector for Exposition {
                 "nbank_reports_dead_letters",
                 "Reports the Centre refused",
                 m.gauge(Gauge::CentreDeadLetters),
+            ),
+            (
+                "nbank_reports_late",
+                "1 while a report to the Centre has waited longer than [nbank] victim_delay_s",
+                m.gauge(Gauge::CentreLate),
             ),
             (
                 "nbank_reports_oldest_pending_age_seconds",

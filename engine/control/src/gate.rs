@@ -161,6 +161,11 @@ pub mod ops {
         action: "GetCase",
         needs: Permission::ReadCases,
     };
+    /// kuzet's reports to the Centre, as the outbox holds them.
+    pub const LIST_REPORTS: Op = Op {
+        action: "ListCentreReports",
+        needs: Permission::ReadCases,
+    };
     /// A case's outcome recorded and queued for the Centre.
     pub const DECIDE_CASE: Op = Op {
         action: "DecideCase",

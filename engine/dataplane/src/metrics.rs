@@ -215,9 +215,11 @@ pub enum Gauge {
     CentreDeadLetters,
     /// Unix time the oldest report still waiting was queued (0: none).
     CentreOldestPendingUnix,
+    /// 1 while a report has waited longer than `[nbank] victim_delay_s`.
+    CentreLate,
 }
 
-const GAUGES: usize = 20;
+const GAUGES: usize = 21;
 
 /// The stages of a request's service time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -58,6 +58,24 @@ pub enum CasesCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// kuzet's reports to the Centre as its outbox holds them, newest
+    /// first: decisions, fraud numbers, potential victims and feedback,
+    /// pending, delivered, or refused by the Centre (`dead_letter`, with
+    /// its reason; never retried).
+    Reports {
+        /// Only reports in this state.
+        #[arg(long, value_parser = ["pending", "delivered", "dead_letter"])]
+        state: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        format: Output,
+        /// How to reach kuzet.
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Record the outcome of a case; it goes to the Centre.
     ///
     /// `--confirmed`: the fraud is confirmed and the number was suspended.
@@ -293,6 +311,60 @@ pub fn cases(c: CasesCommand) -> ExitCode {
                                 ));
                             }
                             print(&out)?;
+                        }
+                    }
+                }
+                CasesCommand::Reports {
+                    state,
+                    limit,
+                    format,
+                    conn,
+                } => {
+                    let r = client(&conn)
+                        .await?
+                        .list_reports(pb::ListReportsRequest {
+                            state: state.unwrap_or_default(),
+                            limit,
+                        })
+                        .await
+                        .map_err(|s| refused(&conn, s))?
+                        .into_inner();
+                    match format {
+                        Output::Jsonl => {
+                            for x in &r.reports {
+                                print_json(&json!({
+                                    "id": x.id,
+                                    "key": x.key,
+                                    "kind": x.kind,
+                                    "state": x.state,
+                                    "attempts": x.attempts,
+                                    "queued_at": time_text(x.queued_at_us),
+                                    "delivered_at": if x.delivered_at_us > 0 { time_text(x.delivered_at_us) } else { String::new() },
+                                    "last_error": x.last_error,
+                                }))?;
+                            }
+                        }
+                        Output::Table if r.reports.is_empty() => eprintln!("no reports"),
+                        Output::Table => {
+                            let rows: Vec<Vec<String>> = r
+                                .reports
+                                .iter()
+                                .map(|x| {
+                                    vec![
+                                        x.id.to_string(),
+                                        time_text(x.queued_at_us),
+                                        visible(&x.kind).into_owned(),
+                                        visible(&x.state).into_owned(),
+                                        x.attempts.to_string(),
+                                        visible(&x.key).into_owned(),
+                                        visible(dash(&x.last_error)).into_owned(),
+                                    ]
+                                })
+                                .collect();
+                            print(&table(
+                                &["ID", "QUEUED (UTC)", "KIND", "STATE", "TRIES", "KEY", "LAST ERROR"],
+                                &rows,
+                            ))?;
                         }
                     }
                 }

@@ -637,6 +637,8 @@ fn nbank_parts(
         warn: Duration::from_secs(nb.case_warn_s),
         store_id: store_id.clone(),
         metrics: metrics.clone(),
+        late_after: Duration::from_secs(nb.victim_delay_s),
+        last_refusal_log: std::sync::atomic::AtomicI64::new(0),
     });
     let watch = queries.map(|queries| {
         Arc::new(kuzet_control::nbfeed::watch::Watch {

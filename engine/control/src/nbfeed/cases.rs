@@ -10,6 +10,7 @@
 //! alert id whatever the Centre resends. kuzet keeps no personal data of
 //! the subscriber: the BSS reference stands in for it.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,11 @@ pub struct CaseDesk {
     pub store_id: String,
     /// Counters and gauges.
     pub metrics: Arc<Metrics>,
+    /// A report to the Centre still waiting after this is late: logged
+    /// at WARN and shown by `/readyz` (`[nbank] victim_delay_s`).
+    pub late_after: Duration,
+    /// When a refused alerts batch was last logged (Unix seconds).
+    pub last_refusal_log: AtomicI64,
 }
 
 impl CaseDesk {
@@ -88,7 +94,13 @@ impl CaseDesk {
                     }
                 }
                 Ok(Err(r)) => {
-                    tracing::warn!(cursor, reason = %r, "the Centre's alerts batch refused; no case opened from it");
+                    super::pull::count_refusal(&c, &r);
+                    let now = kuzet_store::now_us() / 1_000_000;
+                    let last = self.last_refusal_log.load(Ordering::Relaxed);
+                    if now - last >= 60 {
+                        self.last_refusal_log.store(now, Ordering::Relaxed);
+                        tracing::warn!(cursor, reason = %r, "the Centre's alerts batch refused; no case opened from it (asked again from the same cursor)");
+                    }
                     return;
                 }
                 Err(e) => {
@@ -200,6 +212,7 @@ impl CaseDesk {
     /// `shutdown`.
     pub async fn gauges(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut last_warn: Option<std::time::Instant> = None;
+        let mut last_late: Option<std::time::Instant> = None;
         loop {
             let st = self.store.clone();
             let warn_us = self.warn.as_micros() as i64;
@@ -226,6 +239,15 @@ impl CaseDesk {
                     );
                 }
                 if let Ok(b) = backlog {
+                    let now_us = kuzet_store::now_us();
+                    let late = b
+                        .oldest_pending_us
+                        .is_some_and(|t| now_us - t > self.late_after.as_micros() as i64);
+                    m.set(Gauge::CentreLate, i64::from(late));
+                    if late && last_late.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        last_late = Some(std::time::Instant::now());
+                        tracing::warn!(pending = b.pending, oldest_s = b.oldest_pending_us.map_or(0, |t| (now_us - t) / 1_000_000), late_after_s = self.late_after.as_secs(), "reports to the Centre are waiting longer than [nbank] victim_delay_s: potential victims are not reaching the banks in time");
+                    }
                     m.set(Gauge::CentrePending, b.pending as i64);
                     m.set(Gauge::CentreDeadLetters, b.dead_letters as i64);
                     m.set(

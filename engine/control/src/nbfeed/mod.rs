@@ -85,7 +85,8 @@ pub struct NbankConfig {
     pub report_fraud_numbers: bool,
     /// A potential victim is reported at most this long after kuzet knows
     /// both that the source is a fraud source and that the call was
-    /// answered.
+    /// answered: kuzet queues it within a second and sends it at once; a
+    /// report still waiting after this is late (WARN, `/readyz`, gauge).
     pub victim_delay_s: u64,
     /// How far back a newly caught source's answered calls are looked at.
     pub victim_lookback_s: u64,

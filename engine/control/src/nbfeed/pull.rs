@@ -11,7 +11,7 @@
 //! (with the cursor, in one transaction) and then applied to the layer,
 //! and the publisher is woken to swap it in. A refused batch changes
 //! nothing; it is counted by reason and logged at WARN (at most once a
-//! minute per reason, with how many were refused meanwhile), and the
+//! minute, with how many were refused meanwhile), and the
 //! next round asks again from the same cursor: a gap is fetched again
 //! from the last good batch. The alerts are pulled the same way into
 //! cases ([`super::cases`]).
@@ -164,6 +164,17 @@ impl Http {
     }
 }
 
+/// Counts a refused batch (of the feed or of the alerts) by its reason.
+pub fn count_refusal(c: &NbankCounters, r: &Rejected) {
+    match r {
+        Rejected::Replay { .. } => c.rejected_replay.inc(),
+        Rejected::Gap { .. } => c.rejected_gap.inc(),
+        Rejected::NoSignature(_) | Rejected::BadSignature => c.rejected_signature.inc(),
+        Rejected::UnknownKey(_) | Rejected::KeyNotValid(_) => c.rejected_key.inc(),
+        Rejected::Malformed { .. } | Rejected::TooLarge => c.rejected_malformed.inc(),
+    }
+}
+
 /// An error with its causes, one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -282,19 +293,7 @@ impl Puller {
                         );
                     }
                     Checked::Refused(r) => {
-                        match &r {
-                            Rejected::Replay { .. } => c.rejected_replay.inc(),
-                            Rejected::Gap { .. } => c.rejected_gap.inc(),
-                            Rejected::NoSignature(_) | Rejected::BadSignature => {
-                                c.rejected_signature.inc()
-                            }
-                            Rejected::UnknownKey(_) | Rejected::KeyNotValid(_) => {
-                                c.rejected_key.inc()
-                            }
-                            Rejected::Malformed { .. } | Rejected::TooLarge => {
-                                c.rejected_malformed.inc()
-                            }
-                        }
+                        count_refusal(&c, &r);
                         if let Some(held) = quiet_refused.pass() {
                             tracing::warn!(cursor, reason = %r, held_back = held, "National Bank feed batch refused; the layer in force stays");
                         }

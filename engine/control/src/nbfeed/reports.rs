@@ -100,7 +100,7 @@ pub async fn run(
                 }
                 Answer::Refused => {
                     c.reports_dead_lettered.inc();
-                    tracing::warn!(key = %d.key, kind = %d.kind, error = %error, "the Centre refused a report; it is dead-lettered (`kuzet cases reports --dead`)");
+                    tracing::warn!(key = %d.key, kind = %d.kind, error = %error, "the Centre refused a report; it is dead-lettered (`kuzet cases reports --state dead_letter`)");
                     let _ = tokio::task::spawn_blocking(move || st.report_dead_letter(id, &error))
                         .await;
                 }

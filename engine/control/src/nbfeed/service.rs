@@ -228,6 +228,52 @@ impl pb::case_service_server::CaseService for CaseService {
         .map(Response::new)
     }
 
+    async fn list_reports(
+        &self,
+        req: Request<pb::ListReportsRequest>,
+    ) -> Result<Response<pb::ListReportsResponse>, Status> {
+        let creds = Credentials::grpc(&req);
+        let r = req.into_inner();
+        let filter = Filter::new(serde_json::json!({"state": r.state, "limit": r.limit}));
+        self.answer(&creds, &ops::LIST_REPORTS, &filter, |_| async {
+            let desk = self.desk()?;
+            let state = match r.state.as_str() {
+                "" => None,
+                s @ ("pending" | "delivered" | "dead_letter") => Some(s.to_string()),
+                s => {
+                    return Err(Status::invalid_argument(format!(
+                        "state {:?}: pending, delivered or dead_letter",
+                        crate::safe::visible(s)
+                    )))
+                }
+            };
+            let limit = match r.limit {
+                0 => 100,
+                n => (n as usize).min(1000),
+            };
+            let st = desk.store.clone();
+            let rows =
+                blocking(move || st.reports(state.as_deref(), limit).map_err(store_err)).await?;
+            let n = rows.len() as u64;
+            let reports = rows
+                .into_iter()
+                .map(|r| pb::ReportLine {
+                    id: r.id,
+                    key: r.key,
+                    kind: r.kind,
+                    state: r.state,
+                    attempts: r.attempts,
+                    queued_at_us: r.queued_at_us,
+                    delivered_at_us: r.delivered_at_us.unwrap_or(0),
+                    last_error: r.last_error,
+                })
+                .collect();
+            Ok((pb::ListReportsResponse { reports }, n))
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn decide_case(
         &self,
         req: Request<pb::DecideCaseRequest>,

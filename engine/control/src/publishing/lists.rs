@@ -793,6 +793,8 @@ impl Lists {
             };
             let (source, version) = match &pb.source.lists[l] {
                 Some(s) => ("published", vname(lock(s).index.active)),
+                // The Centre's feed (a file may add to it).
+                None if l == ListId::NbFeed => ("nbfeed", String::new()),
                 None => ("files", String::new()),
             };
             let (kind, entry) = match m.kind {

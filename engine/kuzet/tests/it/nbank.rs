@@ -438,6 +438,41 @@ fn an_alert_opens_a_case_due_after_the_weekend_and_holidays_and_its_decision_rea
     // A second decision is refused.
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("decided"), "{err}");
+    // The outbox shows it delivered, after two tries.
+    let (code, out, err) = cases_cli(dir.path(), &["reports", "--format", "jsonl"]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!((r["kind"].as_str(), r["state"].as_str()), (Some("decision"), Some("delivered")), "{r}");
+    assert_eq!(r["attempts"], 2, "{r}");
+
+    // A decision the Centre refuses is dead-lettered with its reason, and
+    // never sent again.
+    feed.fail_reports(Some(422));
+    feed.alert(&[Alert {
+        id: "AFC-A-2026-0043".into(),
+        number: "+77011234568".into(),
+        category: "gsm-gateway".into(),
+        reported_at: at("2026-12-31T10:00:00Z"),
+        note: String::new(),
+    }]);
+    let second = wait("the second alert opens a case", || {
+        let (_, out, _) = cases_cli(dir.path(), &["list", "--state", "open", "--format", "jsonl"]);
+        out.lines()
+            .find(|l| l.contains("AFC-A-2026-0043"))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
+    });
+    let (code, _, err) = cases_cli(
+        dir.path(),
+        &["decide", &second, "--not-confirmed", "--bss-ref", "BSS-2"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let dead = wait("the refused decision is dead-lettered", || {
+        let (_, out, _) = cases_cli(dir.path(), &["reports", "--state", "dead_letter"]);
+        out.contains("AFC-A-2026-0043").then_some(out)
+    });
+    assert!(dead.contains("422"), "{dead}");
+    let tries = || feed.posts().iter().filter(|(k, _)| k.ends_with("AFC-A-2026-0043")).count();
+    assert_eq!(tries(), 1, "a refused report is not retried");
     k.signal("TERM");
     let _ = k.wait_exit();
 }

@@ -111,6 +111,7 @@ const SPEC: &[&str] = &[
     "kuzet_nbank_cases_overdue",
     "kuzet_nbank_reports_pending",
     "kuzet_nbank_reports_dead_letters",
+    "kuzet_nbank_reports_late",
     "kuzet_nbank_reports_oldest_pending_age_seconds",
 ];
 
