@@ -230,7 +230,7 @@ impl Feed<'_, '_> {
                 kind,
             })
         })?;
-        if self.stats.lines % CANCEL_EVERY == 0 && self.cancelled() {
+        if self.stats.lines.is_multiple_of(CANCEL_EVERY) && self.cancelled() {
             return Err(self.abandoned());
         }
         Ok(())

@@ -406,10 +406,12 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     let nbank = match nb_feed {
         Some((layer, centre)) => Some(nbank_parts(
             &cfg,
-            layer,
-            centre,
-            ports.as_ref().map(|p| p.queries.clone()),
-            answers,
+            NbInputs {
+                layer,
+                centre,
+                queries: ports.as_ref().map(|p| p.queries.clone()),
+                answers,
+            },
             store_id.clone().unwrap_or_default(),
             nudge.clone(),
             metrics.clone(),
@@ -587,18 +589,33 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     })
 }
 
+/// What the Centre's parts are made from, besides the config.
+struct NbInputs {
+    /// The feed's layer, restored from the store.
+    layer: Arc<kuzet_control::nbfeed::layer::FeedLayer>,
+    /// The store's Centre port.
+    centre: Arc<dyn kuzet_store::Centre>,
+    /// The investigators' reads (incidents and calls), with the store on.
+    queries: Option<Arc<dyn kuzet_store::Queries>>,
+    /// Answered calls from the data plane.
+    answers: Option<std::sync::mpsc::Receiver<kuzet_dataplane::handler::Answered>>,
+}
+
 /// The Centre's puller, case desk and report outbox, from `[nbank]`.
 fn nbank_parts(
     cfg: &Config,
-    layer: Arc<kuzet_control::nbfeed::layer::FeedLayer>,
-    centre: Arc<dyn kuzet_store::Centre>,
-    queries: Option<Arc<dyn kuzet_store::Queries>>,
-    answers: Option<std::sync::mpsc::Receiver<kuzet_dataplane::handler::Answered>>,
+    inputs: NbInputs,
     store_id: String,
     nudge: kuzet_control::publishing::Nudge,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<kuzet_control::nbfeed::Nbank> {
     use kuzet_control::nbfeed::{cases::CaseDesk, pull};
+    let NbInputs {
+        layer,
+        centre,
+        queries,
+        answers,
+    } = inputs;
     let nb = &cfg.nbank;
     let read = |key: &str, p: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
         match p {

@@ -310,13 +310,54 @@ impl Nbank {
     /// Starts its tasks on the current runtime: the puller, the cases'
     /// gauges and the report outbox, each until `shutdown`.
     pub fn spawn(self, shutdown: signal::Receiver<bool>) {
-        tokio::spawn(self.puller.run(shutdown.clone()));
-        tokio::spawn(self.cases.gauges(shutdown.clone()));
+        let p = self.puller.clone();
+        supervise("the feed's puller", shutdown.clone(), move |sd| {
+            p.clone().run(sd)
+        });
+        let p = self.puller.clone();
+        supervise("the feed's expiry", shutdown.clone(), move |sd| {
+            p.clone().expiry(sd)
+        });
+        let c = self.cases.clone();
+        supervise("the cases' gauges", shutdown.clone(), move |sd| {
+            c.clone().gauges(sd)
+        });
         if let Some(w) = self.watch {
-            tokio::spawn(w.run(shutdown.clone()));
+            supervise("the Centre's reports watch", shutdown.clone(), move |sd| {
+                w.clone().run(sd)
+            });
         }
-        tokio::spawn(reports::run(self.http, self.store, self.metrics, shutdown));
+        let (http, store, metrics) = (self.http, self.store, self.metrics);
+        supervise("the Centre's report outbox", shutdown, move |sd| {
+            reports::run(http.clone(), store.clone(), metrics.clone(), sd)
+        });
     }
+}
+
+/// Runs the task `make` makes until `shutdown`; a task that panics (a
+/// bug) is logged at ERROR and started again a second later, so one bad
+/// batch or report never stops the feed, its expiry or the outbox for the
+/// rest of the process's life.
+fn supervise<F, Fut>(name: &'static str, shutdown: signal::Receiver<bool>, make: F)
+where
+    F: Fn(signal::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let r = tokio::spawn(make(shutdown.clone())).await;
+            if *shutdown.borrow() {
+                return;
+            }
+            match r {
+                Err(e) if e.is_panic() => {
+                    tracing::error!(task = name, "panicked (a bug); started again in a second");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                _ => return,
+            }
+        }
+    });
 }
 
 counter_set! {

@@ -16,8 +16,10 @@
 //! from the last good batch. The alerts are pulled the same way into
 //! cases ([`super::cases`]).
 //!
-//! Between rounds it sleeps until the next poll or the layer's next
-//! expiry, whichever is sooner, so entries leave on time with no reload.
+//! Between rounds it sleeps until the next poll. Expiry is a task of its
+//! own ([`Puller::expiry`]), woken at the start of every second, so
+//! entries leave on time with no reload even while a request to a stalled
+//! Centre waits out its deadline.
 //! The feed's staleness (time since its last good answer) is a gauge, a
 //! WARN line once a minute past `stale_after_s`, and a `/readyz` warning;
 //! nothing of it ever reaches a call.
@@ -312,7 +314,30 @@ impl Puller {
             }
             // The alerts.
             self.cases.pull(&self.http, &self.keys).await;
-            // Entries whose time has come.
+            // How stale.
+            let since = last_ok.map_or(started.elapsed(), |t| t.elapsed());
+            let stale = since > self.stale_after;
+            self.metrics.set(Gauge::NbankStale, i64::from(stale));
+            if stale {
+                if let Some(_held) = quiet_stale.pass() {
+                    tracing::warn!(stale_s = since.as_secs(), last_good_batch = self.layer.cursor(), "the National Bank feed is stale; the last good layer stays in force and its entries still expire");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Takes entries out of the layer when their time comes, until
+    /// `shutdown`: a task of its own, so a feed that stalls a request
+    /// never holds an expiry back. It sleeps to the next expiry (at most a
+    /// second, so an entry added meanwhile is seen), and wakes the
+    /// publisher when something left.
+    pub async fn expiry(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let c = self.metrics.counter_set::<NbankCounters>();
+        loop {
             if self
                 .layer
                 .next_expiry()
@@ -332,23 +357,12 @@ impl Puller {
                     );
                 }
             }
-            // How stale.
-            let since = last_ok.map_or(started.elapsed(), |t| t.elapsed());
-            let stale = since > self.stale_after;
-            self.metrics.set(Gauge::NbankStale, i64::from(stale));
-            if stale {
-                if let Some(_held) = quiet_stale.pass() {
-                    tracing::warn!(stale_s = since.as_secs(), last_good_batch = self.layer.cursor(), "the National Bank feed is stale; the last good layer stays in force and its entries still expire");
-                }
-            }
-            // Sleep to the next poll, or to the next expiry if sooner.
-            let mut wait = self.poll;
-            if let Some(t) = self.layer.next_expiry() {
-                let left = (t - self.layer.now()).max(0) as u64;
-                wait = wait.min(Duration::from_secs(left));
-            }
+            // Whole seconds: entries expire on the second. Wake at the
+            // start of the next one, or of the one the next entry leaves.
+            let now_ms = kuzet_store::now_us() / 1_000;
+            let next_second = Duration::from_millis((1_000 - now_ms.rem_euclid(1_000)) as u64);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(next_second) => {}
                 _ = shutdown.changed() => return,
             }
         }

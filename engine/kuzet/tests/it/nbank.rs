@@ -442,7 +442,11 @@ fn an_alert_opens_a_case_due_after_the_weekend_and_holidays_and_its_decision_rea
     let (code, out, err) = cases_cli(dir.path(), &["reports", "--format", "jsonl"]);
     assert_eq!(code, 0, "{err}");
     let r: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    assert_eq!((r["kind"].as_str(), r["state"].as_str()), (Some("decision"), Some("delivered")), "{r}");
+    assert_eq!(
+        (r["kind"].as_str(), r["state"].as_str()),
+        (Some("decision"), Some("delivered")),
+        "{r}"
+    );
     assert_eq!(r["attempts"], 2, "{r}");
 
     // A decision the Centre refuses is dead-lettered with its reason, and
@@ -456,7 +460,10 @@ fn an_alert_opens_a_case_due_after_the_weekend_and_holidays_and_its_decision_rea
         note: String::new(),
     }]);
     let second = wait("the second alert opens a case", || {
-        let (_, out, _) = cases_cli(dir.path(), &["list", "--state", "open", "--format", "jsonl"]);
+        let (_, out, _) = cases_cli(
+            dir.path(),
+            &["list", "--state", "open", "--format", "jsonl"],
+        );
         out.lines()
             .find(|l| l.contains("AFC-A-2026-0043"))
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
@@ -471,7 +478,12 @@ fn an_alert_opens_a_case_due_after_the_weekend_and_holidays_and_its_decision_rea
         out.contains("AFC-A-2026-0043").then_some(out)
     });
     assert!(dead.contains("422"), "{dead}");
-    let tries = || feed.posts().iter().filter(|(k, _)| k.ends_with("AFC-A-2026-0043")).count();
+    let tries = || {
+        feed.posts()
+            .iter()
+            .filter(|(k, _)| k.ends_with("AFC-A-2026-0043"))
+            .count()
+    };
     assert_eq!(tries(), 1, "a refused report is not retried");
     k.signal("TERM");
     let _ = k.wait_exit();

@@ -474,7 +474,7 @@ fn rules_check_accepts_the_example_and_names_the_bad_line() {
     );
     assert!(
         stdout.contains(
-            "built-in list rules: allowlist (exempts), blocklist (score 100), flaglist (score 50)"
+            "built-in list rules: allowlist (exempts), blocklist (score 100), nb_feed (score 100), flaglist (score 50)"
         ),
         "{stdout}"
     );
