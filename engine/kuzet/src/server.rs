@@ -466,6 +466,9 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             nudge.clone(),
             cfg.publishing.clone(),
         ));
+        if let (Some(p), Some(n)) = (&publishing, &nbank) {
+            p.set_feed(n.puller.layer.clone());
+        }
         let cases = Some(Arc::new(kuzet_control::nbfeed::service::CaseService::new(
             nbank.as_ref().map(|n| n.cases.clone()),
             ports.as_ref().map(|p| p.queries.clone()),

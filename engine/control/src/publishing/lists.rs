@@ -793,8 +793,14 @@ impl Lists {
             };
             let (source, version) = match &pb.source.lists[l] {
                 Some(s) => ("published", vname(lock(s).index.active)),
-                // The Centre's feed (a file may add to it).
-                None if l == ListId::NbFeed => ("nbfeed", String::new()),
+                // The Centre's feed (a file may add to it): the batch the
+                // layer reflects.
+                None if l == ListId::NbFeed => (
+                    "nbfeed",
+                    pb.feed
+                        .get()
+                        .map_or(String::new(), |f| format!("batch {}", f.cursor())),
+                ),
                 None => ("files", String::new()),
             };
             let (kind, entry) = match m.kind {

@@ -191,9 +191,17 @@ pub struct Publishing {
     /// diff's or rollback's version read back): one at a time, so no
     /// number of clients can make kuzet hold more than one extra list.
     heavy: Arc<tokio::sync::Semaphore>,
+    /// The National Bank feed's layer, when `[nbank]` is set: a lookup
+    /// names the batch it reflects.
+    pub(crate) feed: std::sync::OnceLock<Arc<crate::nbfeed::layer::FeedLayer>>,
 }
 
 impl Publishing {
+    /// Lookups name the feed's batch for the `nb_feed` list.
+    pub fn set_feed(&self, layer: Arc<crate::nbfeed::layer::FeedLayer>) {
+        let _ = self.feed.set(layer);
+    }
+
     /// The services over `source` (the publisher's published source),
     /// writing into nothing themselves: activations go through the
     /// publisher, which `nudge` wakes.
@@ -216,6 +224,7 @@ impl Publishing {
             cfg,
             activating: tokio::sync::Mutex::new(()),
             heavy: Arc::new(tokio::sync::Semaphore::new(1)),
+            feed: std::sync::OnceLock::new(),
         })
     }
 

@@ -118,6 +118,23 @@ fn the_feed_blocks_what_a_good_batch_adds_and_refuses_tampered_replayed_and_gapp
         (call(e.udp_addr, FRAUD, &mut n) == 603).then_some(())
     });
     assert_eq!(e.lists.load().version.seq, 1, "the version names batch 1");
+    // Where the number stands: on nb_feed, from the feed's batch 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["lists", "lookup", FRAUD, "--data"])
+        .arg(dir.path().join("data"))
+        .env_remove("KUZET_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("nb_feed") && text.contains("nbfeed") && text.contains("batch 1"),
+        "{text}"
+    );
 
     // Tampered: refused, counted, and nothing of it is in force; kuzet
     // asks again from the same cursor and takes the good copy.
