@@ -482,7 +482,8 @@ pub fn nbreport(data: &[u8]) {
 /// A report as kuzet builds it from `f`, and the name of a field holding
 /// a number; None when kuzet would send no report from these fields.
 fn kuzet_report(f: &mut Fields) -> Option<(serde_json::Value, Option<&'static str>)> {
-    use kuzet_control::nbfeed::{batch, to_rfc3339};
+    use kuzet_control::nbfeed::batch;
+    use kuzet_control::nbfeed::reports::body;
     use serde_json::json;
     let what = f.text();
     let mut words = what.split(' ');
@@ -516,17 +517,7 @@ fn kuzet_report(f: &mut Fields) -> Option<(serde_json::Value, Option<&'static st
             if !fit(&bss_ref) || !fit(&note) || bss_ref.trim().is_empty() {
                 return None;
             }
-            let outcome = if flag { "confirmed" } else { "not_confirmed" };
-            let body = json!({
-                "v": 1,
-                "kind": "decision",
-                "alert": alert.id,
-                "number": alert.number,
-                "outcome": outcome,
-                "decided_at": to_rfc3339(decided_at),
-                "bss_ref": bss_ref,
-                "note": note,
-            });
+            let body = body::decision(&alert.id, &alert.number, flag, decided_at, &bss_ref, &note);
             Some((body, Some("number")))
         }
         1 => {
@@ -536,17 +527,14 @@ fn kuzet_report(f: &mut Fields) -> Option<(serde_json::Value, Option<&'static st
             let (blocked, flagged) = (f.int() as u64, f.int() as u64);
             let rules: Vec<String> = f.text().split(',').map(str::to_string).collect();
             let basis = if flag { "asserted" } else { "listed" };
-            let body = json!({
-                "v": 1,
-                "kind": "fraud_number",
-                "number": number,
-                "basis": basis,
-                "incident": incident,
-                "first_seen": to_rfc3339(first_seen),
-                "last_seen": to_rfc3339(last_seen),
-                "blocked": blocked,
-                "flagged": flagged,
-                "rules": rules,
+            let body = body::fraud_number(&body::FraudNumber {
+                number: &number,
+                basis,
+                incident: &incident,
+                seen_s: (first_seen, last_seen),
+                blocked,
+                flagged,
+                rules: &rules,
             });
             Some((body, Some("number")))
         }
@@ -558,15 +546,13 @@ fn kuzet_report(f: &mut Fields) -> Option<(serde_json::Value, Option<&'static st
             let category = Some(f.text())
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| "fraud".into());
-            let body = json!({
-                "v": 1,
-                "kind": "potential_victim",
-                "number": callee.to_string(),
-                "source": source.to_string(),
-                "at": to_rfc3339(at),
-                "incident": incident,
-                "category": category,
-            });
+            let body = body::potential_victim(
+                &callee.to_string(),
+                &source.to_string(),
+                at,
+                &incident,
+                &category,
+            );
             Some((body, Some("source")))
         }
         _ => {
@@ -598,15 +584,9 @@ fn kuzet_report(f: &mut Fields) -> Option<(serde_json::Value, Option<&'static st
                 let Some(e) = b.entries.pop() else {
                     continue;
                 };
-                hits.push(json!({"number": e.target, "case": e.case, "calls": calls}));
+                hits.push(body::hit(&e.target, Some(&e.case), calls));
             }
-            let body = json!({
-                "v": 1,
-                "kind": "feedback",
-                "from": to_rfc3339(from),
-                "to": to_rfc3339(to),
-                "hits": hits,
-            });
+            let body = body::feedback(from, to, &hits);
             Some((body, None))
         }
     }

@@ -170,21 +170,14 @@ impl CaseDesk {
             return Ok(Err(format!("no case {id}")));
         };
         let at_us = kuzet_store::now_us();
-        let outcome = if confirmed {
-            "confirmed"
-        } else {
-            "not_confirmed"
-        };
-        let body = serde_json::json!({
-            "v": 1,
-            "kind": "decision",
-            "alert": case.alert_id,
-            "number": case.number,
-            "outcome": outcome,
-            "decided_at": to_rfc3339(at_us / 1_000_000),
-            "bss_ref": bss_ref,
-            "note": note,
-        });
+        let body = super::reports::body::decision(
+            &case.alert_id,
+            &case.number,
+            confirmed,
+            at_us / 1_000_000,
+            bss_ref,
+            note,
+        );
         let report = NewReport {
             key: format!("{}/decision/{}", self.store_id, case.alert_id),
             kind: "decision".into(),

@@ -26,6 +26,109 @@ use super::NbankCounters;
 /// Reports taken per round.
 const PER_ROUND: usize = 32;
 
+/// The reports' bodies, as docs/nb-feed.md "Reports" writes them: one
+/// place that writes each kind, for the code that queues them and for
+/// the fuzz target that checks the Centre can read them.
+pub mod body {
+    use serde_json::{json, Value};
+
+    use crate::nbfeed::to_rfc3339;
+
+    /// `decision`: the outcome of the case on `alert`'s `number`.
+    pub fn decision(
+        alert: &str,
+        number: &str,
+        confirmed: bool,
+        decided_at_s: i64,
+        bss_ref: &str,
+        note: &str,
+    ) -> Value {
+        json!({
+            "v": 1,
+            "kind": "decision",
+            "alert": alert,
+            "number": number,
+            "outcome": if confirmed { "confirmed" } else { "not_confirmed" },
+            "decided_at": to_rfc3339(decided_at_s),
+            "bss_ref": bss_ref,
+            "note": note,
+        })
+    }
+
+    /// What a `fraud_number` report says of its incident.
+    pub struct FraudNumber<'a> {
+        /// The number (E.164).
+        pub number: &'a str,
+        /// `asserted` or `listed`.
+        pub basis: &'a str,
+        /// `STORE/ID`.
+        pub incident: &'a str,
+        /// First and last call, Unix seconds.
+        pub seen_s: (i64, i64),
+        /// Blocked and flagged calls.
+        pub blocked: u64,
+        /// Flagged calls.
+        pub flagged: u64,
+        /// The rules that fired.
+        pub rules: &'a [String],
+    }
+
+    /// `fraud_number`: a number that made fraud-like calls.
+    pub fn fraud_number(f: &FraudNumber<'_>) -> Value {
+        json!({
+            "v": 1,
+            "kind": "fraud_number",
+            "number": f.number,
+            "basis": f.basis,
+            "incident": f.incident,
+            "first_seen": to_rfc3339(f.seen_s.0),
+            "last_seen": to_rfc3339(f.seen_s.1),
+            "blocked": f.blocked,
+            "flagged": f.flagged,
+            "rules": f.rules,
+        })
+    }
+
+    /// `potential_victim`: `callee` answered `source` at `at_s`.
+    pub fn potential_victim(
+        callee: &str,
+        source: &str,
+        at_s: i64,
+        incident: &str,
+        category: &str,
+    ) -> Value {
+        json!({
+            "v": 1,
+            "kind": "potential_victim",
+            "number": callee,
+            "source": source,
+            "at": to_rfc3339(at_s),
+            "incident": incident,
+            "category": category,
+        })
+    }
+
+    /// One feedback hit: the entry (a number or a range), its case when
+    /// kuzet still holds it, the calls.
+    pub fn hit(target: &str, case: Option<&str>, calls: u64) -> Value {
+        match case {
+            Some(c) => json!({"number": target, "case": c, "calls": calls}),
+            None => json!({"number": target, "calls": calls}),
+        }
+    }
+
+    /// `feedback`: hits on the feed's entries over `[from, to)`.
+    pub fn feedback(from_s: i64, to_s: i64, hits: &[Value]) -> Value {
+        json!({
+            "v": 1,
+            "kind": "feedback",
+            "from": to_rfc3339(from_s),
+            "to": to_rfc3339(to_s),
+            "hits": hits,
+        })
+    }
+}
+
 /// What an answer means for the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {

@@ -47,8 +47,8 @@ impl CaseService {
         })
     }
 
-    /// Admits, runs `work`, audits its answer (see
-    /// [`crate::publishing::Publishing::answer`]).
+    /// Admits, runs `work`, audits its answer (the publishing services'
+    /// frame, [`crate::publishing::answer`]).
     async fn answer<T, Fut>(
         &self,
         creds: &Credentials,
@@ -59,19 +59,7 @@ impl CaseService {
     where
         Fut: std::future::Future<Output = Result<(T, u64), Status>>,
     {
-        let p = self
-            .gate
-            .admit(creds, op, &filter.get())
-            .map_err(Status::from)?;
-        let r = work(p.clone()).await;
-        let (rows, outcome) = match &r {
-            Ok((_, n)) => (*n, "ok".to_string()),
-            Err(s) => (0, format!("{:?}: {}", s.code(), s.message())),
-        };
-        self.gate
-            .audit(&p, op, &filter.get(), rows, &outcome)
-            .await?;
-        r.map(|(t, _)| t)
+        crate::publishing::answer(&self.gate, creds, op, filter, work).await
     }
 }
 

@@ -38,11 +38,11 @@ use kuzet_store::centre::NewReport;
 use kuzet_store::incident::Incident;
 use kuzet_store::query::Filter;
 use kuzet_store::{Centre, Queries};
-use serde_json::json;
 use tokio::sync::watch;
 
 use super::layer::FeedLayer;
-use super::{to_rfc3339, NbankCounters};
+use super::reports::body;
+use super::NbankCounters;
 
 /// Answered calls kept per caller.
 const PER_CALLER: usize = 256;
@@ -260,17 +260,15 @@ impl Watch {
             .unwrap_or_else(|| "fraud".into());
         let incident = format!("{}/{}", self.store_id, inc.id);
         if self.report_fraud_numbers {
-            let body = json!({
-                "v": 1,
-                "kind": "fraud_number",
-                "number": inc.key,
-                "basis": basis,
-                "incident": incident,
-                "first_seen": to_rfc3339(inc.first_seen_us / 1_000_000),
-                "last_seen": to_rfc3339(inc.last_seen_us / 1_000_000),
-                "blocked": inc.blocked,
-                "flagged": inc.flagged,
-                "rules": inc.evidence.rules,
+            let rules: Vec<String> = inc.evidence.rules.iter().cloned().collect();
+            let body = body::fraud_number(&body::FraudNumber {
+                number: &inc.key,
+                basis,
+                incident: &incident,
+                seen_s: (inc.first_seen_us / 1_000_000, inc.last_seen_us / 1_000_000),
+                blocked: inc.blocked,
+                flagged: inc.flagged,
+                rules: &rules,
             });
             found.reports.push(NewReport {
                 key: format!("{}/fraud_number/{}", self.store_id, inc.id),
@@ -340,25 +338,16 @@ impl Watch {
         let hits: Vec<serde_json::Value> = per_entry
             .into_iter()
             .map(|(target, calls)| {
+                // An entry that left the layer before the period was
+                // counted: its case is no longer held.
                 let case = self.store.feed_entry(&target).ok().flatten();
-                match case {
-                    Some(e) => json!({"number": target, "case": e.case_ref, "calls": calls}),
-                    // The entry left the layer before the period was
-                    // counted: its case is no longer held.
-                    None => json!({"number": target, "calls": calls}),
-                }
+                body::hit(&target, case.as_ref().map(|e| e.case_ref.as_str()), calls)
             })
             .collect();
         hits.chunks(FEEDBACK_HITS_MAX)
             .enumerate()
             .map(|(part, hits)| {
-                let body = json!({
-                    "v": 1,
-                    "kind": "feedback",
-                    "from": to_rfc3339(from),
-                    "to": to_rfc3339(to),
-                    "hits": hits,
-                });
+                let body = body::feedback(from, to, hits);
                 NewReport {
                     key: if part == 0 {
                         format!("{}/feedback/{from}", self.store_id)
@@ -377,15 +366,13 @@ impl Watch {
 impl Found {
     fn victim(&mut self, store_id: &str, source: Number, callee: Number, at_s: i64, s: &Source) {
         let incident = format!("{store_id}/{}", s.incident);
-        let body = json!({
-            "v": 1,
-            "kind": "potential_victim",
-            "number": callee.to_string(),
-            "source": source.to_string(),
-            "at": to_rfc3339(at_s),
-            "incident": incident,
-            "category": s.category,
-        });
+        let body = body::potential_victim(
+            &callee.to_string(),
+            &source.to_string(),
+            at_s,
+            &incident,
+            &s.category,
+        );
         self.reports.push(NewReport {
             key: format!("{incident}/victim/{callee}"),
             kind: "potential_victim".into(),

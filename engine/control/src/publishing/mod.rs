@@ -342,19 +342,7 @@ impl Publishing {
     where
         Fut: std::future::Future<Output = Result<(T, u64), Status>>,
     {
-        let p = self
-            .gate
-            .admit(creds, op, &filter.get())
-            .map_err(Status::from)?;
-        let r = work(p.clone()).await;
-        let (rows, outcome) = match &r {
-            Ok((_, n)) => (*n, "ok".to_string()),
-            Err(s) => (0, format!("{:?}: {}", s.code(), s.message())),
-        };
-        self.gate
-            .audit(&p, op, &filter.get(), rows, &outcome)
-            .await?;
-        r.map(|(t, _)| t)
+        answer(&self.gate, creds, op, filter, work).await
     }
 
     /// Writes that `p` is about to change what is stored or in force
@@ -372,6 +360,29 @@ impl Publishing {
             .await
             .map_err(Status::from)
     }
+}
+
+/// A gRPC call's frame behind `gate` (see [`Publishing::answer`]): admit,
+/// work as the principal, audit the answer or the failure before it is
+/// given.
+pub(crate) async fn answer<T, Fut>(
+    gate: &AccessGate,
+    creds: &Credentials,
+    op: &Op,
+    filter: &Filter,
+    work: impl FnOnce(Principal) -> Fut,
+) -> Result<T, Status>
+where
+    Fut: std::future::Future<Output = Result<(T, u64), Status>>,
+{
+    let p = gate.admit(creds, op, &filter.get()).map_err(Status::from)?;
+    let r = work(p.clone()).await;
+    let (rows, outcome) = match &r {
+        Ok((_, n)) => (*n, "ok".to_string()),
+        Err(s) => (0, format!("{:?}: {}", s.code(), s.message())),
+    };
+    gate.audit(&p, op, &filter.get(), rows, &outcome).await?;
+    r.map(|(t, _)| t)
 }
 
 /// A call's audit filter: what it asked, then what it did (the version
