@@ -177,7 +177,11 @@ enum Cmd {
     ///
     /// Serves docs/nb-feed.md over HTTP on --listen until interrupted, and prints
     /// on stdout a TOML snippet for kuzet's config: [nbank] url and the Centre's
-    /// keys, derived from --seed (the same seed, the same keys).
+    /// keys, derived from --seed (the same seed, the same keys). With --tls-cert
+    /// and --tls-key it serves HTTPS (the url is https://; kuzet's ca_file is the
+    /// CA that signed the certificate, whose names must include the address
+    /// kuzet dials); with --client-ca too, only to clients whose certificate that
+    /// CA signed (mTLS: kuzet's client_cert_file and client_key_file).
     ///   GET  /v1/batches?after=N   the next feed batch (200, signed) or 204
     ///   GET  /v1/alerts?after=N    the next alerts batch (its own sequence) or 204
     ///   POST /v1/reports           one report with an Idempotency-Key: 201 taken,
@@ -212,6 +216,8 @@ enum Cmd {
     ///   kuzet-sim nb-feed --seed demo --entries entries.jsonl > nbank.toml &
     ///   curl -s -XPOST --data-binary @more.jsonl 127.0.0.1:8471/control/publish
     ///   curl -s -XPOST 127.0.0.1:8471/control/tamper-next
+    ///   kuzet-sim nb-feed --tls-cert centre.pem --tls-key centre.key \
+    ///       --client-ca operators-ca.pem > nbank.toml &
     #[command(verbatim_doc_comment)]
     NbFeed {
         /// HTTP address to serve the feed on (port 0: any; the bound address
@@ -233,6 +239,17 @@ enum Cmd {
         /// the report when it was taken.
         #[arg(long, value_name = "FILE")]
         reports_log: Option<PathBuf>,
+        /// Serve HTTPS with this certificate chain (PEM, the Centre's own
+        /// certificate first).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require a client certificate signed by this CA (PEM): mTLS, a
+        /// client without one fails the handshake. Needs --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
     },
 }
 
@@ -435,7 +452,20 @@ fn real_main() -> anyhow::Result<()> {
             seed,
             entries,
             reports_log,
-        } => nb_feed(listen, control, &seed, entries, reports_log),
+            tls_cert,
+            tls_key,
+            client_ca,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(NbTls {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                _ => None,
+            };
+            nb_feed(listen, control, &seed, entries, reports_log, tls)
+        }
         Cmd::Null { listen, threads } => {
             let n = null::start(listen, threads)?;
             eprintln!(
@@ -451,6 +481,31 @@ fn real_main() -> anyhow::Result<()> {
     }
 }
 
+/// `nb-feed --tls-cert --tls-key [--client-ca]`: the files to serve
+/// HTTPS with.
+struct NbTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+impl NbTls {
+    /// The files read, each error naming its flag and file.
+    fn read(&self) -> anyhow::Result<kuzet_sim::nbfeed::TlsServer> {
+        let read = |flag: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))
+        };
+        Ok(kuzet_sim::nbfeed::TlsServer {
+            cert_pem: read("--tls-cert", &self.cert)?,
+            key_pem: read("--tls-key", &self.key)?,
+            client_ca_pem: match &self.client_ca {
+                Some(p) => Some(read("--client-ca", p)?),
+                None => None,
+            },
+        })
+    }
+}
+
 /// `nb-feed`: the stand-in Centre and its control API, until a signal.
 fn nb_feed(
     listen: SocketAddr,
@@ -458,6 +513,7 @@ fn nb_feed(
     seed: &str,
     entries: Option<PathBuf>,
     reports_log: Option<PathBuf>,
+    tls: Option<NbTls>,
 ) -> anyhow::Result<()> {
     use kuzet_sim::nbfeed::{self, FeedEntry, NbFeed};
     anyhow::ensure!(
@@ -474,6 +530,8 @@ fn nb_feed(
         }
         None => None,
     };
+    let tls = tls.as_ref().map(NbTls::read).transpose()?;
+    let mtls = tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some());
     let feed = NbFeed::new(seed);
     if let Some(p) = &reports_log {
         feed.log_reports(p)
@@ -485,19 +543,37 @@ fn nb_feed(
         .enable_all()
         .build()?;
     let (addr, ctl) = rt.block_on(async {
-        let addr = feed
-            .spawn(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("--listen {listen}: {e}"))?;
+        let addr = match &tls {
+            None => feed.spawn(listen).await,
+            Some(t) => feed.spawn_tls(listen, t.clone()).await,
+        }
+        .map_err(|e| match e.kind() {
+            // What the PEM files make no TLS config of.
+            std::io::ErrorKind::InvalidInput if tls.is_some() => {
+                anyhow::anyhow!("--tls-cert/--tls-key/--client-ca: {e}")
+            }
+            _ => anyhow::anyhow!("--listen {listen}: {e}"),
+        })?;
         let l = tokio::net::TcpListener::bind(control)
             .await
             .map_err(|e| anyhow::anyhow!("--control {control}: {e}"))?;
         let ctl = l.local_addr()?;
-        tokio::spawn(nbfeed::serve_control(l, feed.clone(), addr));
+        tokio::spawn(nbfeed::serve_control(l, feed.clone(), addr, tls.clone()));
         anyhow::Ok((addr, ctl))
     })?;
     // stdout stays TOML: the snippet, then comments.
-    print!("{}", feed.kuzet_config(&format!("http://{addr}")));
+    print!(
+        "{}",
+        feed.kuzet_config(&nbfeed::base_url(addr, tls.is_some()))
+    );
+    if tls.is_some() {
+        println!("# over https, [nbank] needs ca_file too: the CA that signed --tls-cert");
+    }
+    if mtls {
+        println!(
+            "# and client_cert_file and client_key_file: a certificate --client-ca signed, its key"
+        );
+    }
     println!("\n# nb-feed listening on {addr}; control API on http://{ctl}/control/");
     if let (Some((seq, n)), Some(p)) = (published, &entries) {
         println!("# published batch {seq} ({n} entries) from {}", p.display());

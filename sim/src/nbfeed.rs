@@ -12,7 +12,10 @@
 //! batch after signing, replay an applied batch, skip ahead, stall, rotate
 //! keys or sign with a retired one, refuse or fail reports, or die
 //! altogether ([`NbFeed::stop`]: the listener and every open connection
-//! are shut before it returns). Reports are checked (`"v":1`, a known
+//! are shut before it returns). It serves plain HTTP ([`NbFeed::spawn`])
+//! or HTTPS with rustls ([`NbFeed::spawn_tls`]), optionally requiring a
+//! client certificate signed by a given CA (mTLS), as the real Centre
+//! does. Reports are checked (`"v":1`, a known
 //! `kind`, the fields the doc lists for it, each of the right type) and
 //! deduped by idempotency key: a new key is 201, the same key with the
 //! same bytes 200, the same key with other bytes 409.
@@ -48,6 +51,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 /// The header that carries a batch's signature.
 pub const SIGNATURE_HEADER: &str = "kuzet-signature";
@@ -367,11 +373,79 @@ struct Taken {
     bytes: Vec<u8>,
 }
 
-/// One listener [`NbFeed::spawn`] started.
+/// One listener [`NbFeed::spawn`] or [`NbFeed::spawn_tls`] started.
 struct Serving {
     listener: Arc<TcpListener>,
-    task: tokio::task::AbortHandle,
+    /// The server and, over TLS, the handshakes' accept loop.
+    tasks: Vec<tokio::task::AbortHandle>,
     alive: Arc<AtomicBool>,
+}
+
+/// How long a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`NbFeed::spawn_tls`] serves HTTPS with: the Centre's certificate
+/// and, for mTLS, the CA its clients' certificates must be signed by.
+#[derive(Clone, Debug)]
+pub struct TlsServer {
+    /// The Centre's certificate chain (PEM), its own certificate first.
+    pub cert_pem: Vec<u8>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+    /// PEM of the CA (one or more) that signs the clients' certificates.
+    /// `Some`: every client must present a certificate it signed, or the
+    /// handshake fails (mTLS); `None`: no client certificate is asked
+    /// for.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl TlsServer {
+    /// rustls' server config: the ring provider, TLS 1.2 and 1.3,
+    /// HTTP/1.1 by ALPN, client certificates verified against
+    /// [`client_ca_pem`](TlsServer::client_ca_pem) when it is given.
+    fn config(&self) -> std::io::Result<Arc<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        fn bad(what: &str, why: impl std::fmt::Display) -> std::io::Error {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {why}"))
+        }
+        let certs = |what: &str, pem: &[u8]| {
+            let c: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(what, e))?;
+            if c.is_empty() {
+                return Err(bad(what, "no CERTIFICATE in the PEM"));
+            }
+            Ok(c)
+        };
+        let chain = certs("the certificate", &self.cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| bad("the key", e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("TLS versions", e))?;
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs("the client CA", pem)? {
+                    roots.add(c).map_err(|e| bad("the client CA", e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| bad("the client CA", e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| bad("the certificate and key", e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 struct Inner {
@@ -390,6 +464,7 @@ struct Inner {
     log: Option<std::fs::File>,
     serving: Vec<Serving>,
     conns: Vec<Weak<TcpStream>>,
+    failed_handshakes: u64,
 }
 
 impl Inner {
@@ -468,6 +543,7 @@ impl NbFeed {
                 log: None,
                 serving: Vec::new(),
                 conns: Vec::new(),
+                failed_handshakes: 0,
             })),
         }
     }
@@ -476,11 +552,30 @@ impl NbFeed {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Binds `addr` (port 0: any) and serves there in a tokio task until
-    /// [`stop`](NbFeed::stop); returns the bound address. Called again
-    /// after a stop (on the same address, say), the feed comes back with
-    /// everything it held.
+    /// Binds `addr` (port 0: any) and serves plain HTTP there in a tokio
+    /// task until [`stop`](NbFeed::stop); returns the bound address.
+    /// Called again after a stop (on the same address, say), the feed
+    /// comes back with everything it held.
     pub async fn spawn(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        self.serve_on(addr, None).await
+    }
+
+    /// As [`spawn`](NbFeed::spawn), over HTTPS: TLS with `tls`'s
+    /// certificate and, when it names a client CA, only for clients whose
+    /// certificate that CA signed (a client without one, or with another,
+    /// fails the handshake and is counted in
+    /// [`failed_handshakes`](NbFeed::failed_handshakes)). Fails at once
+    /// when the PEM does not make a TLS config.
+    pub async fn spawn_tls(&self, addr: SocketAddr, tls: TlsServer) -> std::io::Result<SocketAddr> {
+        let acceptor = TlsAcceptor::from(tls.config()?);
+        self.serve_on(addr, Some(acceptor)).await
+    }
+
+    async fn serve_on(
+        &self,
+        addr: SocketAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> std::io::Result<SocketAddr> {
         let listener = Arc::new(TcpListener::bind(addr).await?);
         let bound = listener.local_addr()?;
         let alive = Arc::new(AtomicBool::new(true));
@@ -498,15 +593,35 @@ impl NbFeed {
             feed: self.clone(),
             alive: alive.clone(),
         };
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(accept, app).await;
-        });
+        let tasks = match tls {
+            None => vec![tokio::spawn(async move {
+                let _ = axum::serve(accept, app).await;
+            })
+            .abort_handle()],
+            Some(acceptor) => {
+                let (tx, rx) = mpsc::channel(64);
+                let handshakes = tokio::spawn(handshakes(accept, acceptor, tx));
+                let tls = AcceptTls { rx, local: bound };
+                let server = tokio::spawn(async move {
+                    let _ = axum::serve(tls, app).await;
+                });
+                vec![handshakes.abort_handle(), server.abort_handle()]
+            }
+        };
         self.lock().serving.push(Serving {
             listener,
-            task: task.abort_handle(),
+            tasks,
             alive,
         });
         Ok(bound)
+    }
+
+    /// TLS handshakes that failed (no client certificate where one is
+    /// required, one the client CA did not sign, a client that does not
+    /// trust the Centre's certificate, not TLS at all, too slow), over
+    /// every [`spawn_tls`](NbFeed::spawn_tls).
+    pub fn failed_handshakes(&self) -> u64 {
+        self.lock().failed_handshakes
     }
 
     /// The feed dies: every listener is shut (a connect is refused) and
@@ -517,7 +632,9 @@ impl NbFeed {
         for s in g.serving.drain(..) {
             s.alive.store(false, Ordering::SeqCst);
             let _ = socket2::SockRef::from(&*s.listener).shutdown(std::net::Shutdown::Both);
-            s.task.abort();
+            for t in s.tasks {
+                t.abort();
+            }
         }
         for c in g.conns.drain(..) {
             if let Some(c) = c.upgrade() {
@@ -1028,8 +1145,59 @@ impl axum::serve::Listener for Accept {
     }
 }
 
+/// Takes every connection `accept` admits through the TLS handshake,
+/// each in a task of its own (a slow client holds up no other), and hands
+/// those that complete it to [`AcceptTls`]. A failed handshake is counted
+/// and its connection dropped. A stop aborts this loop and shuts the TCP
+/// streams under handshakes still running.
+async fn handshakes(
+    mut accept: Accept,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<Conn>, SocketAddr)>,
+) {
+    use axum::serve::Listener;
+    loop {
+        let (conn, peer) = accept.accept().await;
+        let (acceptor, tx, feed) = (acceptor.clone(), tx.clone(), accept.feed.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                Ok(Ok(s)) => {
+                    let _ = tx.send((s, peer)).await;
+                }
+                _ => feed.lock().failed_handshakes += 1,
+            }
+        });
+    }
+}
+
+/// The TLS feed's listener for axum: the connections [`handshakes`] has
+/// taken through the handshake.
+struct AcceptTls {
+    rx: mpsc::Receiver<(TlsStream<Conn>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for AcceptTls {
+    type Io = TlsStream<Conn>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsStream<Conn>, SocketAddr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The handshakes' loop is gone: the feed stopped, and this
+            // task is aborted next.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
 /// An accepted connection, shared with the registry [`NbFeed::stop`]
-/// shuts (a `TcpStream` reads and writes through `&self`).
+/// shuts (a `TcpStream` reads and writes through `&self`); over TLS, the
+/// stream under the TLS session, so a stop shuts that too.
 struct Conn(Arc<TcpStream>);
 
 impl AsyncRead for Conn {
@@ -1100,6 +1268,7 @@ pub fn parse_lines<T>(
 struct Control {
     feed: NbFeed,
     addr: SocketAddr,
+    tls: Option<TlsServer>,
 }
 
 /// Serves the control API on `listener` for `feed`, which serves (and
@@ -1108,12 +1277,15 @@ struct Control {
 /// `/control/skip-next` (these three take `?stream=alerts`),
 /// `/control/stall?ms=N`, `/control/rotate`, `/control/sign-with?key=ID`,
 /// `/control/fail-reports[?status=N]`, `/control/stop`, `/control/start`;
-/// `GET /control/reports`, `/control/served`, `/control/config`. It
+/// `GET /control/reports`, `/control/served`, `/control/config`. With
+/// `tls`, a start serves HTTPS with it, as
+/// [`NbFeed::spawn_tls`] does, and the config names an `https://` URL. It
 /// answers anyone who reaches it: bind it to a loopback address.
 pub async fn serve_control(
     listener: TcpListener,
     feed: NbFeed,
     feed_addr: SocketAddr,
+    tls: Option<TlsServer>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/control/publish", post(c_publish))
@@ -1134,6 +1306,7 @@ pub async fn serve_control(
         .with_state(Control {
             feed,
             addr: feed_addr,
+            tls,
         });
     axum::serve(listener, app).await
 }
@@ -1243,7 +1416,11 @@ async fn c_stop(State(c): State<Control>) -> Response {
 }
 
 async fn c_start(State(c): State<Control>) -> Response {
-    match c.feed.spawn(c.addr).await {
+    let started = match c.tls {
+        None => c.feed.spawn(c.addr).await,
+        Some(tls) => c.feed.spawn_tls(c.addr, tls).await,
+    };
+    match started {
         Ok(a) => text(StatusCode::OK, format!("listening on {a}\n")),
         Err(e) => text(StatusCode::CONFLICT, format!("{}: {e}\n", c.addr)),
     }
@@ -1266,8 +1443,14 @@ async fn c_served(State(c): State<Control>) -> Response {
 async fn c_config(State(c): State<Control>) -> Response {
     text(
         StatusCode::OK,
-        c.feed.kuzet_config(&format!("http://{}", c.addr)),
+        c.feed.kuzet_config(&base_url(c.addr, c.tls.is_some())),
     )
+}
+
+/// The feed's base URL on `addr`: `https://` over TLS, `http://`
+/// otherwise.
+pub fn base_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "https" } else { "http" })
 }
 
 // --- time and hex ---------------------------------------------------------
@@ -1326,7 +1509,19 @@ mod tests {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<Answer> {
-        let mut s = TcpStream::connect(addr).await?;
+        let s = TcpStream::connect(addr).await?;
+        exchange(s, addr, method, path, headers, body).await
+    }
+
+    /// One request on `s`, which the answer closes (`Connection: close`).
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        mut s: S,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Answer> {
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
@@ -1440,6 +1635,290 @@ mod tests {
     }
 
     const EXPIRES: i64 = 1_796_464_680; // 2026-12-05T09:58:00Z
+
+    /// A CA, a certificate for 127.0.0.1 (`server`) and a client
+    /// certificate (`client`) it signed, made with the openssl command line
+    /// in a folder of their own (removed on drop).
+    struct Pki {
+        dir: std::path::PathBuf,
+    }
+
+    impl Pki {
+        fn new(tag: &str) -> Pki {
+            let dir = std::env::temp_dir().join(format!(
+                "kuzet-sim-{tag}-{}-{}",
+                std::process::id(),
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let pki = Pki { dir };
+            pki.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=kuzet-sim {tag} CA"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ]);
+            pki.issue(
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+            );
+            pki.issue("client", "extendedKeyUsage=clientAuth");
+            pki
+        }
+
+        fn openssl(&self, args: &[&str]) {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&self.dir)
+                .output()
+                .expect("openssl (scripts/install-deps.sh installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        /// `NAME.pem` and `NAME.key`, signed by the CA with extensions
+        /// `ext`.
+        fn issue(&self, name: &str, ext: &str) {
+            let cnf = format!("{name}.cnf");
+            std::fs::write(
+                self.dir.join(&cnf),
+                format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{ext}\n"),
+            )
+            .unwrap();
+            let (key, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            self.openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            self.openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &cnf,
+            ]);
+        }
+
+        fn read(&self, name: &str) -> Vec<u8> {
+            std::fs::read(self.dir.join(name)).unwrap()
+        }
+
+        /// The Centre's side: the server certificate, client certificates
+        /// required from this CA.
+        fn server(&self) -> TlsServer {
+            TlsServer {
+                cert_pem: self.read("server.pem"),
+                key_pem: self.read("server.key"),
+                client_ca_pem: Some(self.read("ca.pem")),
+            }
+        }
+
+        /// A client trusting this CA, presenting the client certificate
+        /// of `cert_of` (this PKI or another) or none.
+        fn client(&self, cert_of: Option<&Pki>) -> Arc<rustls::ClientConfig> {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&self.read("ca.pem")) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+            Arc::new(match cert_of {
+                Some(p) => {
+                    let chain = CertificateDer::pem_slice_iter(&p.read("client.pem"))
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap();
+                    let key = PrivateKeyDer::from_pem_slice(&p.read("client.key")).unwrap();
+                    b.with_client_auth_cert(chain, key).unwrap()
+                }
+                None => b.with_no_client_auth(),
+            })
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A TLS session to the feed at `addr` (a 127.0.0.1 name) as `client`.
+    async fn tls_connect(
+        addr: SocketAddr,
+        client: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+    }
+
+    /// `GET path` over HTTPS as `client`.
+    async fn https_get(
+        addr: SocketAddr,
+        path: &str,
+        client: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Answer> {
+        let s = tls_connect(addr, client).await?;
+        exchange(s, addr, "GET", path, &[], b"").await
+    }
+
+    #[tokio::test]
+    async fn over_tls_the_feed_answers_a_client_with_its_certificate_and_no_one_else() {
+        let pki = Pki::new("tls");
+        let f = NbFeed::new("tls");
+        let addr = f
+            .spawn_tls("127.0.0.1:0".parse().unwrap(), pki.server())
+            .await
+            .unwrap();
+        f.publish(&[FeedEntry::add("+77011234567", "x", EXPIRES)]);
+        let a = https_get(addr, "/v1/batches?after=0", pki.client(Some(&pki)))
+            .await
+            .unwrap();
+        assert_eq!(seq(&a), 1);
+        assert_eq!(verify(&a, &f.keys()), Ok("k1".to_string()));
+        assert_eq!(f.failed_handshakes(), 0);
+
+        // No client certificate, one another CA signed, plain HTTP: each
+        // refused at the handshake, none reaches the feed.
+        let other = Pki::new("tls-other");
+        for (what, client) in [
+            ("no certificate", pki.client(None)),
+            ("another CA's certificate", pki.client(Some(&other))),
+        ] {
+            let r = https_get(addr, "/v1/batches?after=0", client).await;
+            assert!(r.is_err(), "{what}: answered {:?}", r.map(|a| a.status));
+        }
+        assert!(http(addr, "GET", "/v1/batches?after=0", &[], b"")
+            .await
+            .is_err());
+        let t = std::time::Instant::now();
+        while f.failed_handshakes() < 3 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{}",
+                f.failed_handshakes()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(f.failed_handshakes(), 3);
+        assert_eq!(f.served().len(), 1, "{:?}", f.served());
+
+        // A stop closes a TLS connection kept open, and the feed comes
+        // back over TLS on the same address.
+        let mut kept = tls_connect(addr, pki.client(Some(&pki))).await.unwrap();
+        let req = format!("GET /v1/batches?after=0 HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        kept.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        f.stop();
+        let _ = kept.write_all(req.as_bytes()).await;
+        let mut rest = Vec::new();
+        let closed = kept.read_to_end(&mut rest).await;
+        assert!(
+            closed.is_err() || rest.is_empty(),
+            "an answer after the stop: {}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert_eq!(f.spawn_tls(addr, pki.server()).await.unwrap(), addr);
+        let a = https_get(addr, "/v1/batches?after=0", pki.client(Some(&pki)))
+            .await
+            .unwrap();
+        assert_eq!(seq(&a), 1);
+        f.stop();
+    }
+
+    #[test]
+    fn a_tls_config_that_does_not_make_sense_is_refused_at_once() {
+        let pki = Pki::new("tls-bad");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let f = NbFeed::new("tls-bad");
+        for (what, tls, why) in [
+            (
+                "a key for another certificate",
+                TlsServer {
+                    key_pem: pki.read("client.key"),
+                    ..pki.server()
+                },
+                "the certificate and key: ",
+            ),
+            (
+                "no client CA",
+                TlsServer {
+                    client_ca_pem: Some(b"not a PEM".to_vec()),
+                    ..pki.server()
+                },
+                "the client CA: no CERTIFICATE",
+            ),
+            (
+                "no certificate",
+                TlsServer {
+                    cert_pem: pki.read("server.key"),
+                    ..pki.server()
+                },
+                "the certificate: no CERTIFICATE",
+            ),
+        ] {
+            let e = rt.block_on(f.spawn_tls(lo, tls)).unwrap_err();
+            assert!(e.to_string().starts_with(why), "{what}: {e}");
+        }
+    }
 
     #[tokio::test]
     async fn a_published_batch_is_signed_over_its_bytes_and_reads_as_the_doc_shows() {
@@ -1758,7 +2237,7 @@ mod tests {
         let (f, addr) = started("control").await;
         let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ctl = cl.local_addr().unwrap();
-        tokio::spawn(serve_control(cl, f.clone(), addr));
+        tokio::spawn(serve_control(cl, f.clone(), addr, None));
         let add = r#"{"action":"add","number":"+77011234567","category":"bank-impersonation","confidence":90,"reported_at":"2026-12-05T09:58:00Z","expires_at":"2026-12-12T09:58:00Z","case":"AFC-2026-118734"}"#;
         let entries = format!("{add}\n\n{add}\n");
         assert_eq!(

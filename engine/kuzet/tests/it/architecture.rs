@@ -208,12 +208,14 @@ const ALLOWED: &[Allowed] = &[
             "kuzet-sip",
             "memchr",
             "prost",
+            "rustls", // the stand-in Centre over HTTPS and mTLS (ring provider)
             "serde",
             "serde_json",
             "sha2",
             "socket2",
             "thiserror",
             "tokio",
+            "tokio-rustls", // the stand-in Centre's TLS handshakes on tokio
             "tokio-stream",
             "toml",
             "tonic",

@@ -5,14 +5,16 @@
 //! feed goes stale without touching a call; an alert opens a case with its
 //! deadline and its decision reaches the Centre once across a SIGKILL; and
 //! the people a fraud source reached are reported once each, never an
-//! impersonated number.
+//! impersonated number. Over HTTPS with mTLS the feed is taken only by a
+//! kuzet that has its client certificate and trusts the Centre's CA.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kuzet::config::{Config, TrunkConfig};
 use kuzet_control::nbfeed::{KeyConfig, NbankConfig};
-use kuzet_sim::nbfeed::{Alert, FeedEntry, NbFeed};
+use kuzet_sim::nbfeed::{Alert, FeedEntry, NbFeed, TlsServer};
 
 use crate::common::*;
 use crate::operations::http_get;
@@ -295,6 +297,81 @@ fn a_dead_feed_keeps_its_last_layer_enforced_while_it_goes_stale() {
     );
     assert!(counter(&e, "nbank_fetch_errors_total") >= 1);
     e.stop();
+}
+
+#[test]
+fn the_feed_over_https_with_mtls_is_taken_and_a_kuzet_without_its_certificate_is_refused() {
+    let rt = rt();
+    let certs = TempDir::new("nbank-tls-pki");
+    // One CA signs the Centre's certificate and kuzet's client
+    // certificate; another, which signed neither, stands for a wrong
+    // ca_file.
+    let pki = Pki::new(&certs, "centre");
+    let (server, kuzet) = (pki.server("centre"), pki.client("kuzet"));
+    let other = Pki::new(&certs, "other");
+    let feed = NbFeed::new("tls");
+    let addr = rt
+        .block_on(feed.spawn_tls(
+            "127.0.0.1:0".parse().unwrap(),
+            TlsServer {
+                cert_pem: server.cert_pem(),
+                key_pem: server.key_pem(),
+                client_ca_pem: Some(std::fs::read(pki.ca()).unwrap()),
+            },
+        ))
+        .unwrap();
+    let tls_config = |dir: &TempDir, ca: PathBuf, identity: Option<&Issued>| {
+        let mut c = config(dir, &feed, addr);
+        c.nbank.url = Some(format!("https://{addr}"));
+        c.nbank.ca_file = Some(ca);
+        c.nbank.client_cert_file = identity.map(|i| i.cert.clone());
+        c.nbank.client_key_file = identity.map(|i| i.key.clone());
+        c.check("kuzet.toml").unwrap();
+        c
+    };
+    let far = now_s() + 86_400;
+    feed.publish(&[FeedEntry::add(FRAUD, "bank-impersonation", far)]);
+
+    // With the Centre's CA and its client certificate: taken.
+    let dir = TempDir::new("nbank-tls");
+    let e = start(tls_config(&dir, pki.ca(), Some(&kuzet)));
+    let mut n = 0;
+    wait("the batch over mTLS blocks", || {
+        (call(e.udp_addr, FRAUD, &mut n) == 603).then_some(())
+    });
+    assert_eq!(e.lists.load().version.seq, 1);
+    assert_eq!(counter(&e, "nbank_fetch_errors_total"), 0);
+    assert_eq!(feed.failed_handshakes(), 0);
+    e.stop();
+
+    // Without the client certificate, the Centre refuses the handshake;
+    // trusting another CA, kuzet refuses the Centre's certificate. Either
+    // way no request reaches the Centre and nothing is applied.
+    let served = feed.served().len();
+    for (tag, ca, identity) in [
+        ("no-cert", pki.ca(), None),
+        ("other-ca", other.ca(), Some(&kuzet)),
+    ] {
+        let refused = feed.failed_handshakes();
+        let dir = TempDir::new(&format!("nbank-tls-{tag}"));
+        let e = start(tls_config(&dir, ca, identity));
+        wait(&format!("{tag}: fetches fail"), || {
+            (counter(&e, "nbank_fetch_errors_total") >= 3).then_some(())
+        });
+        assert_eq!(call(e.udp_addr, FRAUD, &mut n), 302, "{tag}");
+        assert_eq!(e.lists.load().version.seq, 0, "{tag}");
+        assert_eq!(counter(&e, "nbank_batches_applied_total"), 0, "{tag}");
+        assert!(feed.failed_handshakes() > refused, "{tag}");
+        assert_eq!(feed.served().len(), served, "{tag}: {:?}", feed.served());
+        e.stop();
+    }
+
+    // Plain http to anything but loopback is refused by the config.
+    let mut c = config(&dir, &feed, addr);
+    c.nbank.url = Some("http://192.0.2.1:8470".into());
+    let why = c.check("kuzet.toml").unwrap_err().to_string();
+    assert!(why.contains("plain http only on loopback"), "{why}");
+    feed.stop();
 }
 
 /// `kuzet cases ...` beside the data directory, as kuzet's own user.

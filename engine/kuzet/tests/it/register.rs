@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kuzet_sim::register::{read_entries, Entry, Mode};
 
-use crate::common::{ask, client, invite, status, Reg, TempDir, Watched};
+use crate::common::{ask, client, invite, status, Pki, Reg, TempDir, Watched};
 
 fn free_tcp() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -241,89 +241,14 @@ fn a_stalled_register_delays_no_call() {
     assert!(out.contains("store_records_total=203"), "{out}");
 }
 
-/// Makes a CA and a server certificate for 127.0.0.1 with the openssl
-/// command line; returns (CA PEM path, server cert PEM, server key PEM).
-fn certificates(dir: &TempDir) -> (PathBuf, Vec<u8>, Vec<u8>) {
-    let d = dir.path();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(d)
-            .output()
-            .expect("openssl (scripts/install-deps.sh installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    dir.write(
-        "ext.cnf",
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    );
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=kuzet test register CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (
-        d.join("ca.pem"),
-        std::fs::read(d.join("server.pem")).unwrap(),
-        std::fs::read(d.join("server.key")).unwrap(),
-    )
-}
-
 /// Over TLS, kuzet trusts the register only through the configured CA:
 /// with it, reports are delivered; with another CA, they wait, retried.
 #[test]
 fn reports_go_over_tls_to_a_register_signed_by_the_configured_ca() {
     let dir = TempDir::new("register-tls");
-    let (ca, cert, key) = certificates(&dir);
-    let other = TempDir::new("register-tls-other");
-    let (other_ca, _, _) = certificates(&other);
+    let pki = Pki::new(&dir, "register");
+    let server = pki.server("register");
+    let (ca, other_ca) = (pki.ca(), Pki::new(&dir, "other").ca());
     let raddr = free_tcp();
     let file = dir.path().join("register.jsonl");
     let _reg = Reg::start_tls(
@@ -331,7 +256,7 @@ fn reports_go_over_tls_to_a_register_signed_by_the_configured_ca() {
         &file,
         Mode::Accept,
         Duration::ZERO,
-        Some((cert, key)),
+        Some((server.cert_pem(), server.key_pem())),
     );
     for (tag, ca_file, delivered) in [("good", &ca, true), ("wrong", &other_ca, false)] {
         let run = TempDir::new(&format!("register-tls-{tag}"));
