@@ -459,6 +459,40 @@ fn an_alert_opens_a_case_due_after_the_weekend_and_holidays_and_its_decision_rea
     let (code, out, err) = cases_cli(dir.path(), &["show", &id]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("due") && !out.contains('\u{1b}'), "{out}");
+    // The case is linked to what kuzet holds on its number: the Centre's
+    // feed lists it too, a call from it is blocked, and the case shows
+    // that call, the rule that fired and the incident it joined.
+    feed.publish(&[FeedEntry::add(
+        "+77011234567",
+        "gsm-gateway",
+        now_s() + 86_400,
+    )]);
+    let sock = client();
+    let mut n = 0;
+    wait("the feed blocks the case's number", || {
+        n += 1;
+        let port = sock.local_addr().unwrap().port();
+        let s = status(&ask(
+            &sock,
+            k.addr,
+            &invite("+77011234567", "+77029990000", &format!("case-{n}"), port),
+        ));
+        (s == 603).then_some(())
+    });
+    let shown = wait("the case shows the call, its rule and its incident", || {
+        let (_, out, _) = cases_cli(dir.path(), &["show", &id, "--format", "jsonl"]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+        (v["calls"].as_array().is_some_and(|c| !c.is_empty())
+            && v["incidents"].as_array().is_some_and(|i| !i.is_empty()))
+        .then_some(v)
+    });
+    assert_eq!(shown["calls"][0]["decision"], "block", "{shown}");
+    assert_eq!(shown["calls"][0]["caller"], "+77011234567", "{shown}");
+    assert!(
+        shown["rules_fired"]["nb_feed"].as_u64() >= Some(1),
+        "{shown}"
+    );
+    assert_eq!(shown["incidents"][0]["key"], "+77011234567", "{shown}");
     // The same alert again opens no second case.
     feed.alert(&[Alert {
         id: "AFC-A-2026-0042".into(),
