@@ -20,6 +20,8 @@
 //!   feed and alert batches over HTTP, reports deduped by idempotency
 //!   key, and faults on demand: tampering, replays, gaps, stalls, key
 //!   rotation, a dead feed);
+//! - [`pki`]: a CA and the certificates it signs, made with openssl, for
+//!   the stand-ins' TLS and mTLS in tests and tours;
 //! - [`population`]: small fixed call mixes for the engine's SIPp tests;
 //! - [`tour`]: a dozen calls that show a newcomer every kind of verdict.
 //!
@@ -33,6 +35,7 @@ pub mod flood;
 pub mod kamailio;
 pub mod nbfeed;
 pub mod null;
+pub mod pki;
 pub mod population;
 pub mod register;
 pub mod report;

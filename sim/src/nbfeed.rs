@@ -1637,10 +1637,13 @@ mod tests {
     const EXPIRES: i64 = 1_796_464_680; // 2026-12-05T09:58:00Z
 
     /// A CA, a certificate for 127.0.0.1 (`server`) and a client
-    /// certificate (`client`) it signed, made with the openssl command line
-    /// in a folder of their own (removed on drop).
+    /// certificate (`client`) it signed ([`crate::pki`]), in a folder of
+    /// their own (removed on drop).
     struct Pki {
         dir: std::path::PathBuf,
+        ca: crate::pki::Pki,
+        server: crate::pki::Issued,
+        client: crate::pki::Issued,
     }
 
     impl Pki {
@@ -1654,98 +1657,25 @@ mod tests {
                     .as_nanos()
             ));
             std::fs::create_dir_all(&dir).unwrap();
-            let pki = Pki { dir };
-            pki.openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN=kuzet-sim {tag} CA"),
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign",
-            ]);
-            pki.issue(
-                "server",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
-            );
-            pki.issue("client", "extendedKeyUsage=clientAuth");
-            pki
-        }
-
-        fn openssl(&self, args: &[&str]) {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(&self.dir)
-                .output()
-                .expect("openssl (scripts/install-deps.sh installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-
-        /// `NAME.pem` and `NAME.key`, signed by the CA with extensions
-        /// `ext`.
-        fn issue(&self, name: &str, ext: &str) {
-            let cnf = format!("{name}.cnf");
-            std::fs::write(
-                self.dir.join(&cnf),
-                format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{ext}\n"),
-            )
-            .unwrap();
-            let (key, csr, pem) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.pem"),
-            );
-            self.openssl(&[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ]);
-            self.openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &cnf,
-            ]);
+            let ca = crate::pki::Pki::new(&dir, tag);
+            let (server, client) = (ca.server("server"), ca.client("client"));
+            Pki {
+                dir,
+                ca,
+                server,
+                client,
+            }
         }
 
         fn read(&self, name: &str) -> Vec<u8> {
-            std::fs::read(self.dir.join(name)).unwrap()
+            match name {
+                "ca.pem" => std::fs::read(self.ca.ca()).unwrap(),
+                "server.pem" => self.server.cert_pem(),
+                "server.key" => self.server.key_pem(),
+                "client.pem" => self.client.cert_pem(),
+                "client.key" => self.client.key_pem(),
+                other => std::fs::read(self.dir.join(other)).unwrap(),
+            }
         }
 
         /// The Centre's side: the server certificate, client certificates

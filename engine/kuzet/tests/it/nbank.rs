@@ -306,9 +306,9 @@ fn the_feed_over_https_with_mtls_is_taken_and_a_kuzet_without_its_certificate_is
     // One CA signs the Centre's certificate and kuzet's client
     // certificate; another, which signed neither, stands for a wrong
     // ca_file.
-    let pki = Pki::new(&certs, "centre");
+    let pki = Pki::new(certs.path(), "centre");
     let (server, kuzet) = (pki.server("centre"), pki.client("kuzet"));
-    let other = Pki::new(&certs, "other");
+    let other = Pki::new(certs.path(), "other");
     let feed = NbFeed::new("tls");
     let addr = rt
         .block_on(feed.spawn_tls(

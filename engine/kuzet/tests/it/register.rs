@@ -246,9 +246,9 @@ fn a_stalled_register_delays_no_call() {
 #[test]
 fn reports_go_over_tls_to_a_register_signed_by_the_configured_ca() {
     let dir = TempDir::new("register-tls");
-    let pki = Pki::new(&dir, "register");
+    let pki = Pki::new(dir.path(), "register");
     let server = pki.server("register");
-    let (ca, other_ca) = (pki.ca(), Pki::new(&dir, "other").ca());
+    let (ca, other_ca) = (pki.ca(), Pki::new(dir.path(), "other").ca());
     let raddr = free_tcp();
     let file = dir.path().join("register.jsonl");
     let _reg = Reg::start_tls(
