@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TARGETS="sip handler_redirect handler_proxy tcp list rules config numbers nbfeed nbalerts nbreport"
+TARGETS="sip handler_redirect handler_proxy tcp list rules config numbers nbfeed nbalerts nbreport delta"
 [ $# -ge 1 ] || { sed -n '2,16p' "$0"; exit 2; }
 # ("list" is a target, the list loader; "targets" names them all.)
 if [ "$1" = targets ]; then echo "$TARGETS" | tr ' ' '\n'; exit 0; fi

@@ -3,7 +3,8 @@
 # SIPp (Debian package sip-tester) and Kamailio (package kamailio, for the
 # side-by-side benchmark and the test that its config matches kuzet's
 # policy), ss (iproute2, to read a listening socket's backlog), openssl
-# (test certificates for the register over TLS), unshare and prlimit
+# (test certificates for the register and the Centre over TLS),
+# redis-server (the cluster tests start their own on free ports), unshare and prlimit
 # (util-linux: the full-disk test's private tmpfs), systemd-analyze and
 # systemd-sysusers (package systemd: the deploy test verifies the unit
 # files), promtool (package prometheus: the alert rules' test), PyYAML
@@ -16,6 +17,7 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
 command -v ss >/dev/null 2>&1 || [ -x /usr/sbin/ss ] || [ -x /bin/ss ] || need+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)

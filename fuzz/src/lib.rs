@@ -100,7 +100,30 @@ pub const TARGETS: &[Target] = &[
         about: "the Centre's reading of kuzet's reports, and reports built as kuzet builds them",
         run: nbreport,
     },
+    Target {
+        name: "delta",
+        about: "another node's behaviour delta, as Redis hands it over",
+        run: delta,
+    },
 ];
+
+/// Another node's behaviour delta: bytes that decode are a delta that
+/// encodes back to the same bytes, and merging it into a state never
+/// panics.
+pub fn delta(data: &[u8]) {
+    use kuzet_rules::state::{Delta, State, Windows};
+    let Ok(d) = Delta::decode(data) else {
+        return;
+    };
+    assert_eq!(d.encode(), data, "a decoded delta encodes to other bytes");
+    let st = State::new(1024, 3600);
+    let w = Windows {
+        velocity: [60, 0, 3600],
+        fan_out: 3600,
+        outcomes: 3600,
+    };
+    let _ = st.merge(&d, &w);
+}
 
 /// The target called `name`.
 pub fn target(name: &str) -> Option<Target> {

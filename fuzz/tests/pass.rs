@@ -80,6 +80,11 @@ fn fuzz_pass_nbreport() {
 }
 
 #[test]
+fn fuzz_pass_delta() {
+    run("delta");
+}
+
+#[test]
 fn every_target_has_a_test_here() {
     let here = include_str!("pass.rs");
     for t in kuzet_fuzz::TARGETS {

@@ -216,6 +216,12 @@ fn warnings(m: &Metrics) -> Vec<String> {
             "the National Bank feed has not answered since start (the layer kept in the store is in force)".to_string()
         });
     }
+    if m.gauge(Gauge::ClusterOn) == 1 && m.gauge(Gauge::ClusterRedisUp) != 1 {
+        w.push(
+            "Redis is unreachable: this node counts on its own state (calls are not affected)"
+                .to_string(),
+        );
+    }
     if m.gauge(Gauge::CasesOverdue) > 0 {
         w.push(format!(
             "{} of the Centre's cases are past their deadline (kuzet cases list --due)",
@@ -361,7 +367,22 @@ impl Collector for Exposition {
         let now_s = kuzet_store::now_us() / 1_000_000;
         let nb_on = m.gauge(Gauge::NbankOn) == 1;
         let oldest = m.gauge(Gauge::CentreOldestPendingUnix);
-        let gauges: [(&str, &str, i64); 24] = [
+        let gauges: [(&str, &str, i64); 27] = [
+            (
+                "cluster_configured",
+                "1 when the node shares its behaviour counts through Redis ([cluster] redis_url)",
+                m.gauge(Gauge::ClusterOn),
+            ),
+            (
+                "cluster_redis_up",
+                "1 when the last exchange with Redis went through (0 also when not configured)",
+                m.gauge(Gauge::ClusterRedisUp),
+            ),
+            (
+                "cluster_replication_lag_seconds_milli",
+                "Age in milliseconds of the newest other node's delta when it was merged",
+                m.gauge(Gauge::ClusterLagMs),
+            ),
             (
                 "nbank_feed_configured",
                 "1 when the National Bank feed is configured ([nbank] url)",

@@ -30,6 +30,8 @@
 //! - [`plane`]: the control thread and its own runtime: reloads, stats,
 //!   behaviour-state sweeps, the loss watch; and the investigators' API
 //!   on a runtime of its own.
+//! - [`cluster`]: behaviour counts shared with the other nodes through
+//!   Redis, as per-node deltas, off the call path.
 //! - [`nbfeed`]: the National Bank's Anti-Fraud Centre: its signed feed
 //!   as the `nb_feed` layer, its alerts as cases with deadlines, and the
 //!   reports kuzet sends it through a durable outbox.
@@ -50,6 +52,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod files;
 pub mod gate;
@@ -82,6 +85,7 @@ pub fn register_counters(metrics: &Metrics) -> Result<(), DuplicateCounter> {
     metrics.register(Arc::new(publish::ReloadCounters::default()))?;
     metrics.register(Arc::new(hep::HepCounters::default()))?;
     metrics.register(Arc::new(nbfeed::NbankCounters::default()))?;
+    metrics.register(Arc::new(cluster::ClusterCounters::default()))?;
     Ok(())
 }
 

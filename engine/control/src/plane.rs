@@ -139,6 +139,9 @@ pub struct Services {
     pub nudge: crate::publishing::Nudge,
     /// The National Bank's Anti-Fraud Centre, when `[nbank]` is set.
     pub nbank: Option<crate::nbfeed::Nbank>,
+    /// Shared counts through Redis, when `[cluster] redis_url` is set:
+    /// the section and this node's name.
+    pub cluster: Option<(crate::cluster::ClusterConfig, String)>,
 }
 
 /// Runs the control plane on the current thread until `shutdown` turns
@@ -162,10 +165,11 @@ pub fn run(
         outbox,
         nudge,
         nbank,
+        cluster,
     } = services;
     rt.block_on(async move {
         tokio::spawn(reload_loop(timing, publisher, shutdown.clone(), nudge));
-        tokio::spawn(stats_loop(timing, metrics.clone(), handler));
+        tokio::spawn(stats_loop(timing, metrics.clone(), handler.clone()));
         tokio::spawn(loss_watch(metrics.clone()));
         if let Some((listener, admin, guard)) = admin {
             tokio::spawn(crate::admin::serve(
@@ -177,6 +181,15 @@ pub fn run(
         }
         if let Some(nb) = nbank {
             nb.spawn(shutdown.clone());
+        }
+        if let Some((cfg, node)) = cluster {
+            tokio::spawn(crate::cluster::run(
+                cfg,
+                node,
+                handler.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
         }
         if let Some(outbox) = outbox {
             tokio::spawn(outbox_gauges(outbox, metrics.clone()));

@@ -217,9 +217,15 @@ pub enum Gauge {
     CentreOldestPendingUnix,
     /// 1 while a report has waited longer than `[nbank] victim_delay_s`.
     CentreLate,
+    /// 1 when the node shares its counts (`[cluster] redis_url`).
+    ClusterOn,
+    /// 1 when the last exchange with Redis went through.
+    ClusterRedisUp,
+    /// Age of the newest other node's delta merged, at its merge (ms).
+    ClusterLagMs,
 }
 
-const GAUGES: usize = 21;
+const GAUGES: usize = 24;
 
 /// The stages of a request's service time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,6 +26,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kuzet_control::cluster::ClusterConfig;
 use kuzet_control::config::{AdminConfig, ControlConfig, HepSection, ListsConfig, RegisterConfig};
 use kuzet_control::files::{self, FileError, MAX_CONFIG_FILE, MAX_RULE_FILE, MAX_SECRET_FILE};
 use kuzet_control::lists::{ListFile, Sources};
@@ -109,6 +110,8 @@ pub struct Config {
     /// `[nbank]`: the National Bank's Anti-Fraud Centre: its feed, its
     /// alerts as cases, and kuzet's reports to it.
     pub nbank: NbankConfig,
+    /// `[cluster]`: the nodes' shared Redis, for behaviour counts.
+    pub cluster: ClusterConfig,
     /// `[[trunks]]`: source CIDRs to trunk name and kind.
     pub trunks: Vec<TrunkConfig>,
     /// Where relative list paths are resolved from: the config file's
@@ -143,6 +146,7 @@ impl Default for Config {
             register: RegisterConfig::default(),
             publishing: PublishingConfig::default(),
             nbank: NbankConfig::default(),
+            cluster: ClusterConfig::default(),
             trunks: Vec::new(),
             base_dir: PathBuf::from("."),
             embedded_lists: false,
@@ -278,6 +282,7 @@ impl Config {
         self.numbers.check().map_err(bad)?;
         self.publishing.check().map_err(bad)?;
         self.nbank.check().map_err(bad)?;
+        self.cluster.check().map_err(bad)?;
         if self.nbank.enabled() && !self.store.enabled {
             return Err(bad(
                 "[nbank] needs the store ([store] enabled): the feed's layer, the cases and the reports to the Centre are kept there".into(),
@@ -477,6 +482,7 @@ mod tests {
                 format!("{:?}", c.incidents),
                 format!("{:?}", c.register),
                 format!("{:?}", c.nbank),
+                format!("{:?}", c.cluster),
                 format!("{:?}", c.trunks),
             ]
         };

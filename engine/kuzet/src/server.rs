@@ -553,6 +553,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         outbox: ports.as_ref().map(|p| p.outbox.clone()),
         nudge,
         nbank,
+        cluster: cfg
+            .cluster
+            .enabled()
+            .then(|| (cfg.cluster.clone(), cfg.node_name())),
     };
     let m = metrics.clone();
     let sd = shutdown_rx.clone();

@@ -165,6 +165,9 @@ pub enum DeltaError {
     /// Written by a build with another format.
     #[error("behaviour delta version {0}; this node reads version {DELTA_VERSION}")]
     Version(u16),
+    /// Bytes that are not a delta ([`Delta::decode`]).
+    #[error("not a behaviour delta: {0}")]
+    Malformed(&'static str),
 }
 
 /// What a merge did.

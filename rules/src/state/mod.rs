@@ -52,6 +52,7 @@
 
 pub mod delta;
 pub mod table;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

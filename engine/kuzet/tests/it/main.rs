@@ -10,6 +10,7 @@
 mod architecture;
 pub(crate) mod attacks;
 mod chain;
+mod cluster;
 mod common;
 mod deploy;
 mod hardening;
@@ -20,7 +21,7 @@ mod kamailio;
 mod nbank;
 mod nbfeed_stand_in;
 pub(crate) mod operations;
-mod ports;
+pub(crate) mod ports;
 mod promtool;
 mod publish_load;
 mod publishing;
