@@ -367,7 +367,7 @@ impl Collector for Exposition {
         let now_s = kuzet_store::now_us() / 1_000_000;
         let nb_on = m.gauge(Gauge::NbankOn) == 1;
         let oldest = m.gauge(Gauge::CentreOldestPendingUnix);
-        let gauges: [(&str, &str, i64); 27] = [
+        let gauges: [(&str, &str, i64); 26] = [
             (
                 "cluster_configured",
                 "1 when the node shares its behaviour counts through Redis ([cluster] redis_url)",
@@ -378,11 +378,7 @@ impl Collector for Exposition {
                 "1 when the last exchange with Redis went through (0 also when not configured)",
                 m.gauge(Gauge::ClusterRedisUp),
             ),
-            (
-                "cluster_replication_lag_seconds_milli",
-                "Age in milliseconds of the newest other node's delta when it was merged",
-                m.gauge(Gauge::ClusterLagMs),
-            ),
+
             (
                 "nbank_feed_configured",
                 "1 when the National Bank feed is configured ([nbank] url)",
@@ -524,6 +520,15 @@ impl Collector for Exposition {
             };
             let e = enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
             ConstGauge::new(v).encode(e)?;
+        }
+        {
+            let e = enc.encode_descriptor(
+                "cluster_replication_lag",
+                "Age of the newest other node's behaviour delta when this node merged it (0 when not clustered)",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(m.gauge(Gauge::ClusterLagMs) as f64 / 1e3).encode(e)?;
         }
         let mut e = enc.encode_descriptor(
             "build_info",

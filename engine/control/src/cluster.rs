@@ -20,10 +20,12 @@
 //! them when Redis is back, says so at WARN once a minute, and shows it as
 //! a `/readyz` warning (the node stays ready).
 //!
-//! What is approximate (ARCHITECTURE.md, "Shared counts"): a node sees
-//! the others' calls up to one push interval (plus Redis's round trip)
-//! late, so a campaign spread over N nodes at R calls/s per node can pass
-//! a threshold by about N × R × interval calls before every node knows.
+//! What is approximate: a node sees the others' calls up to two push
+//! intervals (plus Redis's round trips) late: a count made just after a
+//! node's push goes out with its next one, and another node reads it on
+//! its next round after that. So a campaign spread over N nodes at R
+//! calls/s per node can pass a threshold by about N × R × 2 × interval
+//! calls before every node knows (ARCHITECTURE.md, `cluster.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
