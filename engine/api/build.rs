@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/kuzet/lists/v1/lists.proto",
         "proto/kuzet/rules/v1/rules.proto",
         "proto/kuzet/cases/v1/cases.proto",
+        "proto/kuzet/cluster/v1/cluster.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -38,6 +38,12 @@ pub mod cases {
     tonic::include_proto!("kuzet.cases.v1");
 }
 
+/// `kuzet.cluster.v1`: the nodes sharing their counts, with their
+/// versions, lag and health.
+pub mod cluster {
+    tonic::include_proto!("kuzet.cluster.v1");
+}
+
 /// Every package's encoded descriptors, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/kuzet_descriptor.bin"));

@@ -91,6 +91,11 @@ impl Admin {
     }
 }
 
+/// Whether `/readyz` answers 200 now, on a node whose store is on or off.
+pub fn is_ready(m: &Metrics, store_on: bool) -> bool {
+    reasons(m, store_on).is_empty()
+}
+
 fn reasons(m: &Metrics, store_on: bool) -> Vec<&'static str> {
     let mut why = Vec::new();
     if m.gauge(Gauge::ListsLoadedUnix) <= 0 {

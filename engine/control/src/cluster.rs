@@ -117,10 +117,20 @@ counter_set! {
     }
 }
 
-/// Shares `handler`'s counts through Redis as `node` until `shutdown`.
+/// This node in the cluster: its name, and whether its store is on (for
+/// the health it reports).
+#[derive(Clone, Debug)]
+pub struct Me {
+    /// The node's name.
+    pub node: String,
+    /// Whether the store is on (readiness needs it writable then).
+    pub store_on: bool,
+}
+
+/// Shares `handler`'s counts through Redis as `me` until `shutdown`.
 pub async fn run(
     cfg: ClusterConfig,
-    node: String,
+    me: Me,
     handler: Arc<Handler>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -172,7 +182,7 @@ pub async fn run(
                 trade(
                     k,
                     &stream,
-                    &node,
+                    &me,
                     &mut unsent,
                     &mut last_id,
                     max_age_ms,
@@ -208,7 +218,7 @@ pub async fn run(
 async fn trade(
     k: &mut redis::aio::MultiplexedConnection,
     stream: &str,
-    node: &str,
+    me: &Me,
     unsent: &mut VecDeque<(i64, Vec<u8>)>,
     last_id: &mut String,
     max_age_ms: i64,
@@ -217,8 +227,26 @@ async fn trade(
     c: &ClusterCounters,
     metrics: &Metrics,
 ) -> bool {
+    // This node's report of itself (expiring with max_age), with what it
+    // sends: `kuzet nodes` reads them.
+    let node = me.node.as_str();
+    let mut p = redis::pipe();
+    let key = node_key(stream, node);
+    p.cmd("HSET")
+        .arg(&key)
+        .arg("version")
+        .arg(handler.version().to_string())
+        .arg("lag_ms")
+        .arg(metrics.gauge(Gauge::ClusterLagMs))
+        .arg("seen_us")
+        .arg(now_ms() * 1_000)
+        .arg("redis_up")
+        .arg(1)
+        .arg("ready")
+        .arg(i64::from(crate::admin::is_ready(metrics, me.store_on)))
+        .ignore();
+    p.cmd("PEXPIRE").arg(&key).arg(max_age_ms).ignore();
     if !unsent.is_empty() {
-        let mut p = redis::pipe();
         let min_id = format!("{}-0", now_ms() - max_age_ms);
         for (_, d) in unsent.iter() {
             p.cmd("XADD")
@@ -233,13 +261,13 @@ async fn trade(
                 .arg(d.as_slice())
                 .ignore();
         }
-        match tokio::time::timeout(deadline, p.query_async::<()>(k)).await {
-            Ok(Ok(())) => {
-                c.pushed.add(unsent.len() as u64);
-                unsent.clear();
-            }
-            _ => return false,
+    }
+    match tokio::time::timeout(deadline, p.query_async::<()>(k)).await {
+        Ok(Ok(())) => {
+            c.pushed.add(unsent.len() as u64);
+            unsent.clear();
         }
+        _ => return false,
     }
     // The others' entries since the last read.
     let mut read = redis::cmd("XREAD");
@@ -308,4 +336,118 @@ async fn trade(
 
 fn now_ms() -> i64 {
     kuzet_store::now_us() / 1_000
+}
+
+/// The key of `node`'s report of itself.
+fn node_key(stream: &str, node: &str) -> String {
+    format!("{stream}:node:{node}")
+}
+
+/// `kuzet.cluster.v1`: the nodes as they last reported themselves in
+/// Redis, behind the access gate.
+pub struct NodeService {
+    cfg: ClusterConfig,
+    gate: Arc<crate::gate::AccessGate>,
+}
+
+impl NodeService {
+    /// The service over `[cluster]` (unset: every call says this node
+    /// counts alone).
+    pub fn new(cfg: ClusterConfig, gate: Arc<crate::gate::AccessGate>) -> NodeService {
+        NodeService { cfg, gate }
+    }
+
+    /// The nodes' reports, by name.
+    async fn nodes(&self) -> Result<Vec<kuzet_api::cluster::Node>, tonic::Status> {
+        let Some(url) = &self.cfg.redis_url else {
+            return Err(tonic::Status::failed_precondition(
+                "this node counts alone: [cluster] redis_url is not set",
+            ));
+        };
+        let unavailable = |e: String| tonic::Status::unavailable(format!("Redis: {e}"));
+        let deadline = Duration::from_millis(self.cfg.timeout_ms);
+        let client = redis::Client::open(url.as_str()).map_err(|e| unavailable(e.to_string()))?;
+        let mut k = tokio::time::timeout(deadline, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| unavailable("no answer".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let prefix = node_key(&self.cfg.stream(), "");
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = tokio::time::timeout(
+                deadline,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut k),
+            )
+            .await
+            .map_err(|_| unavailable("no answer".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() > 10_000 {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::new();
+        for key in keys {
+            let h: std::collections::HashMap<String, String> = tokio::time::timeout(
+                deadline,
+                redis::cmd("HGETALL").arg(&key).query_async(&mut k),
+            )
+            .await
+            .map_err(|_| unavailable("no answer".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+            if h.is_empty() {
+                continue;
+            }
+            let num = |f: &str| h.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            out.push(kuzet_api::cluster::Node {
+                name: key[prefix.len()..].to_string(),
+                version: h.get("version").cloned().unwrap_or_default(),
+                lag_ms: num("lag_ms"),
+                seen_us: num("seen_us"),
+                redis_up: num("redis_up") == 1,
+                ready: num("ready") == 1,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl kuzet_api::cluster::node_service_server::NodeService for NodeService {
+    async fn list_nodes(
+        &self,
+        req: tonic::Request<kuzet_api::cluster::ListNodesRequest>,
+    ) -> Result<tonic::Response<kuzet_api::cluster::ListNodesResponse>, tonic::Status> {
+        let creds = crate::gate::Credentials::grpc(&req);
+        let filter = crate::publishing::Filter::new(serde_json::json!({}));
+        crate::publishing::answer(
+            &self.gate,
+            &creds,
+            &crate::gate::ops::LIST_NODES,
+            &filter,
+            |_| async {
+                let nodes = self.nodes().await?;
+                let n = nodes.len() as u64;
+                Ok((
+                    kuzet_api::cluster::ListNodesResponse {
+                        nodes,
+                        now_us: kuzet_store::now_us(),
+                    },
+                    n,
+                ))
+            },
+        )
+        .await
+        .map(tonic::Response::new)
+    }
 }

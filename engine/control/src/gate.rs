@@ -62,11 +62,16 @@ pub enum Permission {
     ReadCases,
     /// Record the outcome of a case (it goes to the Centre).
     DecideCases,
+    /// The cluster's nodes, their versions, lag and health.
+    ReadNodes,
 }
 
 impl Permission {
     /// Whether `role` holds this permission.
     pub fn granted_to(self, role: Role) -> bool {
+        if self == Permission::ReadNodes {
+            return true;
+        }
         match role {
             Role::Admin => true,
             Role::Investigator => matches!(
@@ -160,6 +165,11 @@ pub mod ops {
     pub const GET_CASE: Op = Op {
         action: "GetCase",
         needs: Permission::ReadCases,
+    };
+    /// The cluster's nodes (`kuzet.cluster.v1`).
+    pub const LIST_NODES: Op = Op {
+        action: "ListNodes",
+        needs: Permission::ReadNodes,
     };
     /// kuzet's reports to the Centre, as the outbox holds them.
     pub const LIST_REPORTS: Op = Op {

@@ -116,6 +116,17 @@ impl Investigation {
     }
 }
 
+/// The services served beside the investigators' API, each when on.
+#[derive(Default)]
+pub struct Beside {
+    /// The rule authors' publishing services.
+    pub publishing: Option<Arc<crate::publishing::Publishing>>,
+    /// The Centre's cases (`kuzet.cases.v1`).
+    pub cases: Option<Arc<crate::nbfeed::service::CaseService>>,
+    /// The cluster's nodes (`kuzet.cluster.v1`).
+    pub nodes: Option<Arc<crate::cluster::NodeService>>,
+}
+
 /// Serves the API, health and reflection on the TCP `listener` (under
 /// `guard`) and, when given, on the Unix socket `uds`, until `shutdown`.
 /// Run [`crate::gate::flush_refusals`] beside it for the gate's counted
@@ -124,11 +135,15 @@ pub async fn serve(
     listener: std::net::TcpListener,
     uds: Option<tokio::net::UnixListener>,
     svc: Investigation,
-    publishing: Option<Arc<crate::publishing::Publishing>>,
-    cases: Option<Arc<crate::nbfeed::service::CaseService>>,
+    beside: Beside,
     guard: Arc<ConnGuard>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Beside {
+        publishing,
+        cases,
+        nodes,
+    } = beside;
     let addr = listener.local_addr().ok();
     let listener = match listener
         .set_nonblocking(true)
@@ -195,6 +210,10 @@ pub async fn serve(
             .add_optional_service(cases.clone().map(|c| {
                 kuzet_api::cases::case_service_server::CaseServiceServer::from_arc(c)
                     .max_decoding_message_size(16 * 1024)
+            }))
+            .add_optional_service(nodes.clone().map(|n| {
+                kuzet_api::cluster::node_service_server::NodeServiceServer::from_arc(n)
+                    .max_decoding_message_size(1024)
             }))
     };
     let (conns_tx, conns_rx) =

@@ -60,6 +60,8 @@ pub struct Api {
     pub publishing: Option<Arc<crate::publishing::Publishing>>,
     /// The Centre's cases (`kuzet.cases.v1`).
     pub cases: Option<Arc<crate::nbfeed::service::CaseService>>,
+    /// The cluster's nodes (`kuzet.cluster.v1`).
+    pub nodes: Option<Arc<crate::cluster::NodeService>>,
 }
 
 /// Serves the investigators' API on a runtime of its own (the calling
@@ -101,8 +103,11 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
             api.listener,
             uds,
             api.svc,
-            api.publishing,
-            api.cases,
+            crate::investigate::Beside {
+                publishing: api.publishing,
+                cases: api.cases,
+                nodes: api.nodes,
+            },
             api.guard,
             shutdown.clone(),
         ));
@@ -140,8 +145,8 @@ pub struct Services {
     /// The National Bank's Anti-Fraud Centre, when `[nbank]` is set.
     pub nbank: Option<crate::nbfeed::Nbank>,
     /// Shared counts through Redis, when `[cluster] redis_url` is set:
-    /// the section and this node's name.
-    pub cluster: Option<(crate::cluster::ClusterConfig, String)>,
+    /// the section and this node.
+    pub cluster: Option<(crate::cluster::ClusterConfig, crate::cluster::Me)>,
 }
 
 /// Runs the control plane on the current thread until `shutdown` turns
@@ -182,10 +187,10 @@ pub fn run(
         if let Some(nb) = nbank {
             nb.spawn(shutdown.clone());
         }
-        if let Some((cfg, node)) = cluster {
+        if let Some((cfg, me)) = cluster {
             tokio::spawn(crate::cluster::run(
                 cfg,
-                node,
+                me,
                 handler.clone(),
                 metrics.clone(),
                 shutdown.clone(),

@@ -9,6 +9,8 @@
 //!   `counts`, `audit`) over the control API, and `kuzet token`.
 //! - [`publish_cli`]: the rule authors' commands (`kuzet lists ...`,
 //!   `kuzet rules validate|stage|activate|...`) over the publishing APIs.
+//! - [`nodes_cli`]: `kuzet nodes`, the cluster's nodes over
+//!   `kuzet.cluster.v1`.
 //! - [`cases_cli`]: `kuzet cases list|show|decide`, the National Bank
 //!   Centre's cases over `kuzet.cases.v1`.
 //!
@@ -21,5 +23,6 @@
 pub mod cases_cli;
 pub mod client;
 pub mod config;
+pub mod nodes_cli;
 pub mod publish_cli;
 pub mod server;

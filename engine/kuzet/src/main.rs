@@ -59,6 +59,10 @@ enum Command {
     /// `show ID`, `decide ID --confirmed|--not-confirmed --bss-ref REF`.
     #[command(subcommand)]
     Cases(kuzet::cases_cli::CasesCommand),
+    /// The nodes sharing their behaviour counts through Redis
+    /// ([cluster]): each one's lists-and-rules version, how far behind the
+    /// others' counts it is, and its health.
+    Nodes(kuzet::nodes_cli::NodesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
         Command::Token(c) => kuzet::client::token(c),
         Command::Lists(c) => kuzet::publish_cli::lists(c),
         Command::Cases(c) => kuzet::cases_cli::cases(c),
+        Command::Nodes(a) => kuzet::nodes_cli::nodes(a),
         Command::Rules(RulesCommand::Publish(c)) => kuzet::publish_cli::rules(c, rules_check),
     }
 }

@@ -474,6 +474,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             ports.as_ref().map(|p| p.queries.clone()),
             svc.gate().clone(),
         )));
+        let nodes = Some(Arc::new(kuzet_control::cluster::NodeService::new(
+            cfg.cluster.clone(),
+            svc.gate().clone(),
+        )));
         Some(kuzet_control::plane::Api {
             listener: l,
             uds,
@@ -481,6 +485,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             guard,
             publishing,
             cases,
+            nodes,
         })
     } else {
         None
@@ -553,10 +558,15 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         outbox: ports.as_ref().map(|p| p.outbox.clone()),
         nudge,
         nbank,
-        cluster: cfg
-            .cluster
-            .enabled()
-            .then(|| (cfg.cluster.clone(), cfg.node_name())),
+        cluster: cfg.cluster.enabled().then(|| {
+            (
+                cfg.cluster.clone(),
+                kuzet_control::cluster::Me {
+                    node: cfg.node_name(),
+                    store_on: cfg.store.enabled,
+                },
+            )
+        }),
     };
     let m = metrics.clone();
     let sd = shutdown_rx.clone();

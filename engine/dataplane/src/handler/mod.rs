@@ -368,6 +368,11 @@ impl Handler {
         }
     }
 
+    /// The version of the lists and rules this node scores with now.
+    pub fn version(&self) -> kuzet_rules::snapshot::Version {
+        self.lists.load().version
+    }
+
     /// The public id a caller was given for `id`.
     pub fn public_id(&self, id: VerdictId) -> PublicId {
         self.id_key.public(id)

@@ -86,9 +86,14 @@ const RULES: &str = "[thresholds]\nflag = 40\nblock = 100\n\
     [[rule]]\nid = \"velocity_burst\"\nkind = \"velocity\"\nwindow_s = 120\nmax = 200\nscore = 100\n\
     [rule.scope]\ncaller_prefixes = [\"+7701666\"]\n";
 
+fn token_of(name: &str) -> String {
+    format!("kz_cluster_token_of_{name}")
+}
+
 /// A node: its own rules file and name, sharing counts through `redis`.
 fn node(dir: &TempDir, name: &str, redis: Option<&Redis>) -> Config {
     let mut c = test_config();
+    c.control.tokens = tokens_for(&[("ops", "rule-author")], token_of);
     c.rules.file = Some(dir.write("rules.toml", RULES));
     c.store.node_name = Some(name.into());
     if let Some(r) = redis {
@@ -146,6 +151,32 @@ fn a_campaign_round_robin_over_three_nodes_is_blocked_at_the_count_one_node_bloc
             .all(|n| n.metrics.value("cluster_deltas_pushed_total").is_some())
             .then_some(())
     });
+    // `kuzet nodes`, asked of any node, lists the three with the version
+    // each runs (the same lists and rules: the same version).
+    let listed = wait("every node reports itself", || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+            .args(["nodes", "--format", "jsonl", "--control"])
+            .arg(nodes[1].control_addr.unwrap().to_string())
+            .env("KUZET_TOKEN", token_of("ops"))
+            .output()
+            .unwrap();
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (rows.len() == 3).then_some(rows)
+    });
+    let names: Vec<&str> = listed.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+    let version = nodes[0].lists.load().version.to_string();
+    for r in &listed {
+        assert_eq!(r["version"], version.as_str(), "{r}");
+        assert_eq!(
+            (r["redis_up"].as_bool(), r["ready"].as_bool()),
+            (Some(true), Some(true)),
+            "{r}"
+        );
+    }
     let spread = calls_until_blocked(&addrs, "+77015550002", gap);
     eprintln!("blocked at call {spread} over three nodes, {single} on one");
     assert!(
