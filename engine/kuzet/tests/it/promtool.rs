@@ -113,6 +113,16 @@ const SPEC: &[&str] = &[
     "kuzet_nbank_reports_dead_letters",
     "kuzet_nbank_reports_late",
     "kuzet_nbank_reports_oldest_pending_age_seconds",
+    // Shared counts: served with or without [cluster] (0 without).
+    "kuzet_cluster_configured",
+    "kuzet_cluster_redis_up",
+    "kuzet_cluster_replication_lag_seconds",
+    "kuzet_cluster_deltas_pushed_total",
+    "kuzet_cluster_deltas_merged_total",
+    "kuzet_cluster_deltas_stale_total",
+    "kuzet_cluster_deltas_refused_total",
+    "kuzet_cluster_deltas_dropped_total",
+    "kuzet_cluster_redis_errors_total",
 ];
 
 /// The histograms of [`SPEC`], whose series carry a suffix.
@@ -269,6 +279,9 @@ fn grafana_dashboard_is_importable_and_uses_only_spec_metrics() {
         "kuzet_nbank_batches_rejected_signature_total",
         "kuzet_nbank_cases_overdue",
         "kuzet_nbank_reports_oldest_pending_age_seconds",
+        "kuzet_cluster_redis_up",
+        "kuzet_cluster_replication_lag_seconds",
+        "kuzet_cluster_deltas_dropped_total",
     ] {
         assert!(used.contains(key), "no panel shows {key}");
     }
