@@ -672,7 +672,7 @@ fn nbank_parts(
         store_id: store_id.clone(),
         metrics: metrics.clone(),
         late_after: Duration::from_secs(nb.victim_delay_s),
-        last_refusal_log: std::sync::atomic::AtomicI64::new(0),
+        refusals: Default::default(),
     });
     let watch = queries.map(|queries| {
         Arc::new(kuzet_control::nbfeed::watch::Watch {

@@ -38,20 +38,8 @@ pub fn open(dir: &Path) -> Result<Connection, StoreError> {
         path: dir.to_path_buf(),
         reason,
     })?;
-    crate::private::precreate(&path).map_err(|e| StoreError::Directory {
-        path: dir.to_path_buf(),
-        reason: format!("cannot create {AUDIT_FILE}: {e}"),
-    })?;
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(sq)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
-    let version = crate::schema::check_file(&conn, &path, AUDIT_APPLICATION_ID, AUDIT_VERSION)?;
+    let (conn, version) =
+        crate::schema::open_own(dir, AUDIT_FILE, AUDIT_APPLICATION_ID, AUDIT_VERSION)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(sq)?;
     conn.pragma_update(None, "synchronous", "FULL")

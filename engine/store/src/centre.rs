@@ -22,9 +22,8 @@
 //! same bytes under the same idempotency key.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::ports::Centre;
 use crate::sqlite::Lazy;
@@ -111,19 +110,8 @@ pub fn open(dir: &Path) -> Result<Connection, StoreError> {
     for f in CENTRE_FILES {
         private::check_file(&dir.join(f)).map_err(dir_err)?;
     }
-    // Made 0600 before SQLite sees it: SQLite gives the WAL and the
-    // shared-memory file the database file's mode.
-    private::precreate(&path).map_err(|e| dir_err(format!("cannot create {CENTRE_FILE}: {e}")))?;
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(sq)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
-    let version = schema::check_file(&conn, &path, CENTRE_APPLICATION_ID, CENTRE_VERSION)?;
+    let (conn, version) =
+        schema::open_own(dir, CENTRE_FILE, CENTRE_APPLICATION_ID, CENTRE_VERSION)?;
     tune(&conn).map_err(sq)?;
     if version < CENTRE_VERSION {
         migrate(&conn).map_err(sq)?;

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
 use crate::StoreError;
 
@@ -194,6 +194,39 @@ pub(crate) fn check_file(
         });
     }
     Ok(version)
+}
+
+/// Opens a file of the store's own beside the calls log (`file` in
+/// `dir`: the audit log, the Centre's file), read-write: made 0600 before
+/// SQLite sees it (SQLite gives the WAL and the shared-memory file the
+/// database file's mode), never through a link, with a busy timeout, and
+/// checked by [`check_file`] before anything in it is written. The caller
+/// checks the file (and its companions) with [`crate::private::check_file`]
+/// first. Returns the connection and the file's schema version.
+pub(crate) fn open_own(
+    dir: &Path,
+    file: &str,
+    app_id: i64,
+    known: i64,
+) -> Result<(Connection, i64), StoreError> {
+    let path = dir.join(file);
+    let sq = |e| crate::sqlite_error(&path, e);
+    crate::private::precreate(&path).map_err(|e| StoreError::Directory {
+        path: dir.to_path_buf(),
+        reason: format!("cannot create {file}: {e}"),
+    })?;
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(sq)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sq)?;
+    let version = check_file(&conn, &path, app_id, known)?;
+    Ok((conn, version))
 }
 
 /// The store's random id, made on first use (16 bytes from the OS, hex).

@@ -10,7 +10,6 @@
 //! alert id whatever the Centre resends. kuzet keeps no personal data of
 //! the subscriber: the BSS reference stands in for it.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,8 +45,8 @@ pub struct CaseDesk {
     /// A report to the Centre still waiting after this is late: logged
     /// at WARN and shown by `/readyz` (`[nbank] victim_delay_s`).
     pub late_after: Duration,
-    /// When a refused alerts batch was last logged (Unix seconds).
-    pub last_refusal_log: AtomicI64,
+    /// Refused alerts batches, logged at most once a minute.
+    pub refusals: std::sync::Mutex<super::pull::Quiet>,
 }
 
 impl CaseDesk {
@@ -95,11 +94,13 @@ impl CaseDesk {
                 }
                 Ok(Err(r)) => {
                     super::pull::count_refusal(&c, &r);
-                    let now = kuzet_store::now_us() / 1_000_000;
-                    let last = self.last_refusal_log.load(Ordering::Relaxed);
-                    if now - last >= 60 {
-                        self.last_refusal_log.store(now, Ordering::Relaxed);
-                        tracing::warn!(cursor, reason = %r, "the Centre's alerts batch refused; no case opened from it (asked again from the same cursor)");
+                    let pass = self
+                        .refusals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pass();
+                    if let Some(held) = pass {
+                        tracing::warn!(cursor, reason = %r, held_back = held, "the Centre's alerts batch refused; no case opened from it (asked again from the same cursor)");
                     }
                     return;
                 }

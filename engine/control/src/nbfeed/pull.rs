@@ -191,15 +191,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// A WARN line at most once a minute per kind, saying how many were held
 /// back meanwhile.
-#[derive(Default)]
-struct Quiet {
+#[derive(Debug, Default)]
+pub struct Quiet {
     last: Option<Instant>,
     held: u64,
 }
 
 impl Quiet {
     /// Whether to log now, and how many were held back since the last.
-    fn pass(&mut self) -> Option<u64> {
+    pub fn pass(&mut self) -> Option<u64> {
         let now = Instant::now();
         if self
             .last

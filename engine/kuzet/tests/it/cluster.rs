@@ -148,7 +148,11 @@ fn a_campaign_round_robin_over_three_nodes_is_blocked_at_the_count_one_node_bloc
     wait("every node reaches Redis", || {
         nodes
             .iter()
-            .all(|n| n.metrics.gauge(kuzet_dataplane::metrics::Gauge::ClusterRedisUp) == 1)
+            .all(|n| {
+                n.metrics
+                    .gauge(kuzet_dataplane::metrics::Gauge::ClusterRedisUp)
+                    == 1
+            })
             .then_some(())
     });
     // `kuzet nodes`, asked of any node, lists the three with the version
