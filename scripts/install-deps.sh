@@ -4,7 +4,8 @@
 # side-by-side benchmark and the test that its config matches kuzet's
 # policy), ss (iproute2, to read a listening socket's backlog), openssl
 # (test certificates for the register and the Centre over TLS),
-# redis-server (the cluster tests start their own on free ports), unshare and prlimit
+# redis-server and postgresql (the cluster and PostgreSQL store tests start
+# their own on free ports), unshare and prlimit
 # (util-linux: the full-disk test's private tmpfs), systemd-analyze and
 # systemd-sysusers (package systemd: the deploy test verifies the unit
 # files), promtool (package prometheus: the alert rules' test), PyYAML
@@ -18,6 +19,10 @@ command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamai
 command -v ss >/dev/null 2>&1 || [ -x /usr/sbin/ss ] || [ -x /bin/ss ] || need+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+# PostgreSQL's server binaries (Debian keeps them in /usr/lib/postgresql/N/bin):
+# the PostgreSQL store's tests start their own server with initdb on a free port.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
@@ -37,7 +42,7 @@ echo "install-deps: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # The kamailio and prometheus packages start their services on install
-# (Kamailio on 5060, Prometheus on 9090); the tests start their own
+# (Kamailio on 5060, Prometheus on 9090, PostgreSQL on 5432); the tests start their own
 # processes and need neither. Where no policy-rc.d forbids it already,
 # one is put in place for the install, so no service starts.
 policy=/usr/sbin/policy-rc.d

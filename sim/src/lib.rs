@@ -22,6 +22,8 @@
 //!   rotation, a dead feed);
 //! - [`pki`]: a CA and the certificates it signs, made with openssl, for
 //!   the stand-ins' TLS and mTLS in tests and tours;
+//! - [`servers`]: real `redis-server` and PostgreSQL processes of one's
+//!   own on free loopback ports, for tests and the cluster tour;
 //! - [`population`]: small fixed call mixes for the engine's SIPp tests;
 //! - [`tour`]: a dozen calls that show a newcomer every kind of verdict.
 //!
@@ -40,5 +42,6 @@ pub mod population;
 pub mod register;
 pub mod report;
 pub mod scenario;
+pub mod servers;
 pub mod tour;
 pub mod traffic;

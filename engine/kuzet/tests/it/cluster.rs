@@ -4,79 +4,13 @@
 //! Redis dying under load delays no call.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kuzet::config::Config;
 
 use crate::common::*;
-use crate::ports::free_port;
 
-/// A `redis-server` of the test's own on a free loopback port, stopped
-/// when dropped.
-struct Redis {
-    child: Option<Reaped>,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let mut r = Redis { child: None, port };
-        r.restart();
-        r
-    }
-
-    /// Starts it (again) on its port, with nothing kept on disk.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(Reaped)
-            .expect("redis-server (scripts/install-deps.sh installs it)");
-        self.child = Some(child);
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "redis-server did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Sends it a signal (`STOP`, `CONT`).
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let ok = Command::new("kill")
-                .args([&format!("-{sig}"), &c.0.id().to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "kill -{sig}");
-        }
-    }
-
-    /// Kills it (SIGKILL) and waits for it to be gone.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.0.kill();
-            let _ = c.0.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use kuzet_sim::servers::RedisServer as Redis;
 
 /// Campaigns from +7701555... are blocked past 10 calls a minute, from
 /// +7701666... past 200.
@@ -139,7 +73,7 @@ fn a_campaign_round_robin_over_three_nodes_is_blocked_at_the_count_one_node_bloc
         "one node blocked at call {single}"
     );
     // Three nodes sharing counts, the campaign spread over them.
-    let redis = Redis::start();
+    let redis = Redis::start().expect("redis-server (scripts/install-deps.sh installs it)");
     let nodes: Vec<_> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| start(node(&dir, n, Some(&redis))))
@@ -234,7 +168,7 @@ fn a_campaign_round_robin_over_three_nodes_is_blocked_at_the_count_one_node_bloc
 #[test]
 fn redis_stalled_or_killed_under_load_delays_no_call_and_counts_converge_when_it_returns() {
     let dir = TempDir::new("cluster-kill");
-    let mut redis = Redis::start();
+    let mut redis = Redis::start().expect("redis-server (scripts/install-deps.sh installs it)");
     let nodes: Vec<_> = ["k1", "k2", "k3"]
         .iter()
         .map(|n| start(node(&dir, n, Some(&redis))))
@@ -246,8 +180,8 @@ fn redis_stalled_or_killed_under_load_delays_no_call_and_counts_converge_when_it
     let mut worst = Duration::ZERO;
     for i in 0..400 {
         match i {
-            50 => redis.signal("STOP"),
-            150 => redis.signal("CONT"),
+            50 => redis.pause(),
+            150 => redis.resume(),
             250 => redis.kill(),
             _ => {}
         }
@@ -287,7 +221,7 @@ fn redis_stalled_or_killed_under_load_delays_no_call_and_counts_converge_when_it
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("warning: Redis is unreachable"), "{body}");
     // Back: a new campaign over the three is blocked as on one node.
-    redis.restart();
+    redis.restart().expect("redis-server restarts");
     let spread = calls_until_blocked(&addrs, "+77015550003", Duration::from_millis(350));
     assert!(
         spread.abs_diff(11) <= 2,
