@@ -32,6 +32,7 @@ pub mod centre;
 pub mod config;
 pub mod incident;
 pub mod outbox;
+pub mod pg;
 pub mod ports;
 pub mod private;
 pub mod query;
@@ -89,6 +90,21 @@ pub enum StoreError {
         path: PathBuf,
         /// What the store holds and what it was asked.
         reason: String,
+    },
+    /// A write of a singleton's leader was refused because another node
+    /// has since led it with a newer lease (a higher fencing token): this
+    /// node lost its lease while paused or cut off, and must stop acting.
+    /// Never transient.
+    #[error("{at}: the lease {name} moved on (this node's fencing token {token}, the store has seen {seen}); the write is refused")]
+    Fenced {
+        /// The server.
+        at: String,
+        /// The lease.
+        name: String,
+        /// The token this node wrote with.
+        token: u64,
+        /// The highest token the store has seen for the lease.
+        seen: u64,
     },
     /// The database refused or failed.
     #[error("{at}: {source}")]

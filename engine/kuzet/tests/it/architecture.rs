@@ -130,17 +130,21 @@ const ALLOWED: &[Allowed] = &[
     },
     Allowed {
         krate: "kuzet-store",
-        why: "the store: its ports, and SQLite behind them, the only crate that speaks SQL",
+        why: "the store: its ports, and SQLite or PostgreSQL behind them, the only crate that speaks SQL",
         normal: &[
             "kuzet-net", // private_umask, effective_uid
             "libc",
+            "postgres", // the shared store of a cluster (blocking, as the ports are)
             "rusqlite",
             "serde",
             "serde_json",
             "thiserror",
             "tracing",
         ],
-        dev: &["tempfile"],
+        dev: &[
+            "kuzet-sim", // real PostgreSQL servers of the tests' own (sim::servers)
+            "tempfile",
+        ],
         build: &[],
     },
     Allowed {
