@@ -89,6 +89,10 @@ pub struct Options {
     /// through, report how it ended (from the call's scripted behaviour)
     /// to kuzet's outcome API (`PUBLISH`, `Event: kuzet-outcome`).
     pub report_outcomes: bool,
+    /// The host of each call's Request-URI and To: the far end a proxy in
+    /// front of kuzet (Kamailio's router) sends a call on to. Unset: the
+    /// target itself.
+    pub callee_host: Option<SocketAddr>,
 }
 
 impl Options {
@@ -103,6 +107,7 @@ impl Options {
             timeout: Duration::from_millis(32_000),
             progress: false,
             report_outcomes: false,
+            callee_host: None,
         }
     }
 }
@@ -459,6 +464,7 @@ impl Driver<'_> {
             run: self.run,
             local: self.locals[trunk],
             target: self.opts.target,
+            uri_host: self.opts.callee_host.unwrap_or(self.opts.target),
             proto: self.opts.proto,
         };
         self.conns[trunk].queue(leg.target, |b| leg.write(b, msg))
@@ -740,6 +746,8 @@ struct Leg<'a> {
     run: u32,
     local: SocketAddr,
     target: SocketAddr,
+    /// The Request-URI's and To's host.
+    uri_host: SocketAddr,
     proto: Proto,
 }
 
@@ -760,7 +768,7 @@ impl Leg<'_> {
         out.extend_from_slice(b" sip:");
         out.extend_from_slice(b);
         out.push(b'@');
-        push_addr(out, self.target);
+        push_addr(out, self.uri_host);
         out.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/");
         out.extend_from_slice(self.proto.via());
         out.push(b' ');
@@ -793,7 +801,7 @@ impl Leg<'_> {
                 out.extend_from_slice(b"<sip:");
                 out.extend_from_slice(b);
                 out.push(b'@');
-                push_addr(out, self.target);
+                push_addr(out, self.uri_host);
                 out.push(b'>');
             }
         }
@@ -870,6 +878,7 @@ mod tests {
             run: 0,
             local: "127.0.0.1:5000".parse().unwrap(),
             target: "127.0.0.1:5060".parse().unwrap(),
+            uri_host: "127.0.0.1:5060".parse().unwrap(),
             proto: Proto::Udp,
         };
         let mut out = Vec::new();
@@ -898,6 +907,7 @@ mod tests {
             run: 99,
             local: l,
             target: t,
+            uri_host: t,
             proto: Proto::Udp,
         };
         let mut out = Vec::new();

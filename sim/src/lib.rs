@@ -5,6 +5,8 @@
 //!   fraud campaigns), checked with `file:line` errors;
 //! - [`traffic`]: deterministic labelled calls from a scenario, and the
 //!   list files and engine config that traffic assumes;
+//! - [`cluster`]: the cluster of `deploy/cluster/` on one host (Redis,
+//!   PostgreSQL, kuzet nodes, Kamailio's dispatcher in front);
 //! - [`driver`]: the load driver (real SIP over UDP or TCP, open loop or
 //!   saturating, RFC 3261 retransmissions, HDR latency);
 //! - [`flood`]: open-loop phases of fixed rate without transaction state,
@@ -31,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod driver;
 pub mod export;
 pub mod flood;

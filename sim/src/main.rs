@@ -94,6 +94,11 @@ enum Cmd {
         /// to kuzet's outcome API, so outcome rules (Wangiri, short calls) see them.
         #[arg(long)]
         report_outcomes: bool,
+        /// The host of each call's Request-URI: the far end a proxy in front
+        /// of kuzet sends calls on to (`kuzet-sim cluster` prints it)
+        /// [default: --target].
+        #[arg(long, value_name = "ADDR")]
+        callee_host: Option<SocketAddr>,
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
@@ -124,6 +129,38 @@ enum Cmd {
         /// The kuzet to call.
         #[arg(long, default_value = "127.0.0.1:5060")]
         target: SocketAddr,
+    },
+    /// Run the cluster of deploy/cluster/ on this host until interrupted:
+    /// a redis-server and a PostgreSQL of its own (Debian's packages),
+    /// kuzet nodes sharing them, and Kamailio in front with
+    /// deploy/kamailio/router.cfg spreading calls over the nodes. Drive it
+    /// with `kuzet-sim run SCENARIO --target ROUTER`; kill a node and the
+    /// router's OPTIONS probes take it out.
+    #[command(verbatim_doc_comment)]
+    Cluster {
+        /// Folder for the nodes' data, logs and configs (created).
+        #[arg(long, default_value = "kuzet-cluster")]
+        dir: PathBuf,
+        /// How many kuzet nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Where the router takes SIP (UDP).
+        #[arg(long, default_value = "127.0.0.1:5060")]
+        sip: SocketAddr,
+        /// The kuzet binary [default: the one beside kuzet-sim, else on the PATH].
+        #[arg(long)]
+        kuzet: Option<PathBuf>,
+        /// The nodes' config [default: deploy/cluster/kuzet.toml, compiled in];
+        /// its store and Redis URLs are replaced by this cluster's.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A SQLite store per node instead of one PostgreSQL for all.
+        #[arg(long)]
+        store_per_node: bool,
+        /// Give the nodes this scenario's lists and trunks (`kuzet-sim gen`),
+        /// so `kuzet-sim run` of the same scenario is judged against them.
+        #[arg(long, value_name = "FILE")]
+        scenario: Option<PathBuf>,
     },
     /// Send OPTIONS to a SIP server until it answers 200 (exit 0) or the
     /// time runs out (exit 2). Scripts use it to wait for a server to start.
@@ -303,6 +340,7 @@ fn real_main() -> anyhow::Result<()> {
             files,
             export_sipp,
             report_outcomes,
+            callee_host,
             quiet,
         } => {
             let t = load(&scenario)?;
@@ -328,6 +366,7 @@ fn real_main() -> anyhow::Result<()> {
             o.timeout = Duration::from_millis(timeout_ms.unwrap_or(64 * t1_ms.max(1)));
             o.progress = !quiet;
             o.report_outcomes = report_outcomes;
+            o.callee_host = callee_host;
             let (results, stats) = driver::drive(&t, o)?;
             let rep = report::build(&t, &results, &stats);
             print!("{}", rep.table());
@@ -411,8 +450,53 @@ fn real_main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Cluster {
+            dir,
+            nodes,
+            sip,
+            kuzet,
+            config,
+            store_per_node,
+            scenario,
+        } => {
+            let mut opts = kuzet_sim::cluster::Options::new(&dir);
+            opts.nodes = nodes;
+            opts.router = sip;
+            opts.shared_store = !store_per_node;
+            if let Some(k) = kuzet {
+                opts.kuzet = k;
+            }
+            if let Some(c) = config {
+                opts.config = std::fs::read_to_string(&c)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
+            }
+            if let Some(sc) = &scenario {
+                let t = load(sc)?;
+                let engine = dir.join("engine");
+                t.write_engine_files(&engine)?;
+                opts.config = t.kuzet_toml();
+                opts.config_dir = Some(engine);
+            }
+            eprintln!(
+                "starting {nodes} nodes, Redis, the store and the router in {} ...",
+                dir.display()
+            );
+            let cluster = kuzet_sim::cluster::Cluster::up(&opts).map_err(|e| anyhow::anyhow!(e))?;
+            print!("{}", cluster.summary());
+            println!(
+                "\ndrive it:      kuzet-sim run sim/scenarios/small.toml --target {} --callee-host {}\nask any node:  kuzet calls --since 5m --data {}\nthe nodes:     kuzet nodes --data {}\nCtrl-C stops everything.",
+                cluster.router,
+                cluster.far_end,
+                cluster.nodes[0].data.display(),
+                cluster.nodes[0].data.display()
+            );
+            let _ = std::io::stdout().flush();
+            wait_for_signal();
+            drop(cluster);
+            Ok(())
+        }
         Cmd::Ping { target, timeout_s } => {
-            if ping(target, Duration::from_secs(timeout_s))? {
+            if kuzet_sim::servers::sip_ping(target, Duration::from_secs(timeout_s))? {
                 Ok(())
             } else {
                 anyhow::bail!("{target}: no 200 to OPTIONS within {timeout_s} s")
@@ -608,40 +692,6 @@ fn parse_phase(p: &str) -> anyhow::Result<flood::Phase> {
         rate,
         duration: Duration::from_secs_f64(secs),
     })
-}
-
-/// OPTIONS every 100 ms until a 200 comes back or `limit` passes.
-fn ping(target: SocketAddr, limit: Duration) -> anyhow::Result<bool> {
-    let sock = std::net::UdpSocket::bind(if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    })?;
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let local = sock.local_addr()?;
-    let req = format!(
-        "OPTIONS sip:{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK-ping\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:ping@kuzet-sim>;tag=p\r\nTo: <sip:{target}>\r\n\
-         Call-ID: ping-{}@kuzet-sim\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-        std::process::id()
-    );
-    let start = std::time::Instant::now();
-    let mut buf = [0u8; 4096];
-    while start.elapsed() < limit {
-        sock.send_to(req.as_bytes(), target)?;
-        match sock.recv(&mut buf) {
-            Ok(n) if buf[..n].starts_with(b"SIP/2.0 200") => return Ok(true),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            // Nothing listens yet (ICMP port unreachable): wait a little.
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-    Ok(false)
 }
 
 /// Blocks until SIGINT or SIGTERM.

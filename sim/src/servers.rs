@@ -70,6 +70,40 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// OPTIONS every 100 ms until a 200 comes back or `limit` passes.
+pub fn sip_ping(target: std::net::SocketAddr, limit: Duration) -> std::io::Result<bool> {
+    let sock = std::net::UdpSocket::bind(if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let local = sock.local_addr()?;
+    let req = format!(
+        "OPTIONS sip:{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK-ping\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:ping@kuzet-sim>;tag=p\r\nTo: <sip:{target}>\r\n\
+         Call-ID: ping-{}@kuzet-sim\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        std::process::id()
+    );
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        sock.send_to(req.as_bytes(), target)?;
+        match sock.recv(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"SIP/2.0 200") => return Ok(true),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // Nothing listens yet (ICMP port unreachable): wait a little.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    Ok(false)
+}
+
 /// A private scratch folder (0700 unless handed on), removed on drop.
 struct Scratch(PathBuf);
 

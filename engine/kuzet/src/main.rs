@@ -132,6 +132,12 @@ struct RunArgs {
     /// Do not record verdicts (they are still logged).
     #[arg(long)]
     no_store: bool,
+    /// This node's name in records, verdict ids and the cluster's node
+    /// list [default: [store] node_name, else the host name]. Nodes that
+    /// share Redis or a store need names of their own (several on one
+    /// host, say).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     /// Log lines as text (for people) or JSON, one object a line (for log
     /// shippers: Loki, Elasticsearch, journald's JSON export).
     #[arg(
@@ -283,6 +289,18 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
     }
     if args.no_store {
         cfg.store.enabled = false;
+    }
+    if let Some(n) = &args.node {
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            return Err(format!(
+                "--node {n:?}: 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        cfg.store.node_name = Some(n.clone());
     }
     if let Some(a) = args.control {
         cfg.control.listen = a;
