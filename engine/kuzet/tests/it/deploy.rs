@@ -764,3 +764,113 @@ fn containerfile_builds_in_two_stages_and_runs_like_the_manifests() {
         assert!(!ignored.contains(kept), "{kept} is needed to build");
     }
 }
+
+/// `systemd-analyze verify` on `text` written as `name` (with ExecStart's
+/// kuzet pointed at this build's binary): passes and says nothing of it.
+fn verify_unit(name: &str, text: &str) {
+    let dir = TempDir::new("unit");
+    let bin = env!("CARGO_BIN_EXE_kuzet");
+    let text = text.replace("ExecStart=/usr/bin/kuzet ", &format!("ExecStart={bin} "));
+    let path = dir.write(name, &text);
+    let out = tool(
+        Command::new("systemd-analyze").arg("verify").arg(&path),
+        "systemd-analyze",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let about_us: Vec<&str> = stderr.lines().filter(|l| l.contains(name)).collect();
+    assert!(
+        out.status.success() && about_us.is_empty(),
+        "systemd-analyze verify {name}: {}\n{stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn cluster_units_verify_and_a_node_keeps_the_single_units_hardening() {
+    let single = unit_section(&read("deploy/systemd/kuzet.service"), "Service");
+    let template_text = read("deploy/cluster/kuzet@.service");
+    let template = unit_section(&template_text, "Service");
+    let but_where = |v: &[(String, String)]| -> Vec<(String, String)> {
+        v.iter()
+            .filter(|(k, _)| k != "ExecStart" && k != "StateDirectory")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        but_where(&template),
+        but_where(&single),
+        "kuzet@.service's [Service] is kuzet.service's but for ExecStart and StateDirectory"
+    );
+    // Instance 2 is kuzet-2, with addresses and data of its own.
+    let exec = unit_value(&template, "ExecStart");
+    assert_eq!(
+        exec[0].replace("%i", "2"),
+        "/usr/bin/kuzet run --config /etc/kuzet/cluster.toml --node kuzet-2 \
+         --listen 127.0.0.1:5072 --control 127.0.0.1:50052 --admin 127.0.0.1:9862 \
+         --data /var/lib/kuzet/2"
+    );
+    assert_eq!(unit_value(&template, "StateDirectory"), ["kuzet/%i"]);
+    // The dispatcher list names the template's three nodes.
+    let list: Vec<String> = read("deploy/cluster/kuzet.list")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let want: Vec<String> = (1..=3)
+        .map(|i| format!("1 sip:127.0.0.1:507{i} 0 0"))
+        .collect();
+    assert_eq!(list, want);
+    verify_unit("kuzet@1.service", &template_text);
+    // The router runs Debian's Kamailio with kuzet's router.cfg and list.
+    let router_text = read("deploy/cluster/kuzet-router.service");
+    let router = unit_section(&router_text, "Service");
+    let exec = unit_value(&router, "ExecStart");
+    assert!(
+        exec[0].starts_with("/usr/sbin/kamailio -DD -E -f /etc/kuzet/router.cfg ")
+            && exec[0].ends_with("KZ_DSLIST=\"/etc/kuzet/kuzet.list\""),
+        "{exec:?}"
+    );
+    verify_unit("kuzet-router.service", &router_text);
+}
+
+#[test]
+fn cluster_compose_runs_three_named_nodes_behind_the_router() {
+    let docs = yaml_docs(&repo().join("deploy/cluster/compose.yaml"));
+    let c = &docs[0];
+    let services = at(c, "services").as_object().expect("services is a map");
+    for want in [
+        "redis", "postgres", "router", "kuzet-1", "kuzet-2", "kuzet-3",
+    ] {
+        assert!(services.contains_key(want), "compose has no {want}");
+    }
+    let dispatcher = text(c, "configs.dispatcher.content");
+    for i in 1..=3 {
+        let name = format!("kuzet-{i}");
+        let cmd: Vec<&str> = list(c, &format!("services.{name}.command"))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let node = cmd.iter().position(|a| *a == "--node").expect("--node");
+        assert_eq!(cmd[node + 1], name, "{name}'s --node");
+        assert_eq!(cmd[..3], ["run", "--config", "/etc/kuzet/cluster.toml"]);
+        assert!(
+            dispatcher.contains(&format!("1 sip:{name}:5060 0 0")),
+            "the dispatcher list names {name}"
+        );
+        assert_eq!(
+            text(c, &format!("services.{name}.build.dockerfile")),
+            "deploy/Containerfile"
+        );
+    }
+    // The router carries kuzet's router.cfg and listens where callers call.
+    assert_eq!(text(c, "configs.router.file"), "../kamailio/router.cfg");
+    assert_eq!(list(c, "services.router.ports")[0], "5060:5060/udp");
+    // Debian's packages, nothing else, for the servers.
+    let build = text(c, "services.redis.build.dockerfile_inline");
+    assert!(
+        build.starts_with("FROM debian:") && build.contains("redis-server postgresql kamailio")
+    );
+    // The nodes' config names the shared servers by their service names.
+    let cluster = text(c, "configs.cluster.content");
+    assert!(cluster.contains("redis://redis:6379/") && cluster.contains("@postgres:5432/"));
+}
