@@ -20,6 +20,27 @@ pub const ROUTER_CFG: &str = include_str!("../../deploy/kamailio/router.cfg");
 /// The nodes' config, as shipped (`deploy/cluster/kuzet.toml`).
 pub const NODE_CONFIG: &str = include_str!("../../deploy/cluster/kuzet.toml");
 
+/// The files the shipped config names beside itself: the sample lists
+/// and the default rules.
+pub const BESIDE_CONFIG: &[(&str, &str)] = &[
+    (
+        "blocklist.txt",
+        include_str!("../../deploy/lists/blocklist.txt"),
+    ),
+    (
+        "allowlist.txt",
+        include_str!("../../deploy/lists/allowlist.txt"),
+    ),
+    (
+        "flaglist.txt",
+        include_str!("../../deploy/lists/flaglist.txt"),
+    ),
+    (
+        "rules.toml",
+        include_str!("../../deploy/rules/default.toml"),
+    ),
+];
+
 /// How long a node or the router may take to answer OPTIONS.
 const UP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -175,11 +196,16 @@ impl Cluster {
         };
         let store_url = pg.as_ref().map(|p| p.url("kuzet"));
         let text = node_config(&opts.config, store_url.as_deref(), &redis.url())?;
-        let config = opts
-            .config_dir
-            .as_deref()
-            .unwrap_or(&opts.dir)
-            .join("kuzet-cluster.toml");
+        let config = match &opts.config_dir {
+            Some(d) => d.join("kuzet-cluster.toml"),
+            None => {
+                for (name, text) in BESIDE_CONFIG {
+                    let p = opts.dir.join(name);
+                    std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+                }
+                opts.dir.join("kuzet.toml")
+            }
+        };
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
         let far = crate::null::start(loopback(0), 1).map_err(|e| format!("the far end: {e}"))?;
         let mut cluster = Cluster {

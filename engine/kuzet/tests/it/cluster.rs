@@ -1,9 +1,11 @@
 //! Several nodes sharing their behaviour counts through a real
 //! `redis-server` (issue 22's first part): a campaign spread round-robin
 //! over three nodes is blocked at the count one node blocks it at, and
-//! Redis dying under load delays no call.
+//! Redis dying under load delays no call. Behind Kamailio's dispatcher
+//! (`kuzet-sim cluster`, deploy/cluster/), calls spread over the nodes and
+//! a dead node is routed around.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use kuzet::config::Config;
@@ -229,5 +231,134 @@ fn redis_stalled_or_killed_under_load_delays_no_call_and_counts_converge_when_it
     );
     for n in nodes {
         n.stop();
+    }
+}
+
+/// The final answer to an INVITE from `a` to `b` sent through the
+/// router, its Request-URI at the far end (where a let-through call goes).
+fn through(c: &kuzet_sim::cluster::Cluster, sock: &UdpSocket, a: &str, b: &str, id: &str) -> u16 {
+    let port = sock.local_addr().unwrap().port();
+    let msg = invite(a, b, id, port).replacen(
+        &format!("INVITE sip:{b}@127.0.0.1 "),
+        &format!("INVITE sip:{b}@{} ", c.far_end),
+        1,
+    );
+    sock.send_to(msg.as_bytes(), c.router).unwrap();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .expect("a final answer through the router");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if header(&text, "Call-ID") == Some(id) && status(&text) >= 200 {
+            return status(&text);
+        }
+    }
+}
+
+fn invites(admin: SocketAddr) -> f64 {
+    let (_, text) = crate::operations::http_get(admin, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("kuzet_invites_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn three_nodes_behind_kamailio_share_the_calls_and_a_dead_node_is_routed_around() {
+    let dir = TempDir::new("cl-router");
+    let mut opts = kuzet_sim::cluster::Options::new(dir.path());
+    opts.kuzet = env!("CARGO_BIN_EXE_kuzet").into();
+    opts.kamailio = crate::kamailio::kamailio();
+    opts.shared_store = false;
+    let mut c = kuzet_sim::cluster::Cluster::up(&opts).expect("the cluster comes up");
+    let sock = client();
+    // A subscriber's calls go on to the far end (its 302), spread over
+    // every node by the dispatcher.
+    for i in 0..30 {
+        let code = through(
+            &c,
+            &sock,
+            "+77012345678",
+            "+77021112233",
+            &format!("spread-{i}"),
+        );
+        assert_eq!(code, 302, "call {i}");
+    }
+    for n in &c.nodes {
+        assert!(
+            invites(n.admin) >= 5.0,
+            "{} took a share of the calls",
+            n.name
+        );
+    }
+    // A listed number is blocked whichever node judges it.
+    for i in 0..6 {
+        let code = through(
+            &c,
+            &sock,
+            "+77000000001",
+            "+77021112233",
+            &format!("listed-{i}"),
+        );
+        assert_eq!(code, 603, "listed call {i}");
+    }
+    // Node 2 dies. Until the router's probes mark it down, a call sent
+    // to it goes on unscored after the router's timer (fail-open): every
+    // call is answered. Then every call is judged by the two left.
+    c.kill_node(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut in_a_row = 0;
+    let mut i = 0;
+    while in_a_row < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the router never routed around the dead node"
+        );
+        let code = through(
+            &c,
+            &sock,
+            "+77000000001",
+            "+77021112233",
+            &format!("failover-{i}"),
+        );
+        assert!(code == 603 || code == 302, "answered either way: {code}");
+        in_a_row = if code == 603 { in_a_row + 1 } else { 0 };
+        i += 1;
+    }
+    let (one, three) = (invites(c.nodes[0].admin), invites(c.nodes[2].admin));
+    for i in 0..20 {
+        let code = through(
+            &c,
+            &sock,
+            "+77000000001",
+            "+77021112233",
+            &format!("after-{i}"),
+        );
+        assert_eq!(code, 603, "after failover, call {i}");
+    }
+    assert_eq!(
+        invites(c.nodes[0].admin) + invites(c.nodes[2].admin) - one - three,
+        20.0,
+        "the two live nodes judged every call"
+    );
+    // It comes back, and the probes bring it back into the rotation.
+    c.start_node(1).expect("node 2 restarts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    while invites(c.nodes[1].admin) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the router never used node 2 again"
+        );
+        let code = through(
+            &c,
+            &sock,
+            "+77012345678",
+            "+77021112233",
+            &format!("back-{i}"),
+        );
+        assert_eq!(code, 302);
+        i += 1;
     }
 }
