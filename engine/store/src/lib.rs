@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-pub use ports::{AuditLog, Centre, Outbox, Ports, Queries, RecordWriter};
+pub use ports::{AuditLog, Centre, Outbox, Ports, Queries, RecordWriter, SharedShelves};
 pub use record::{ListHitRec, Record, RuleHit};
 
 /// The database's file name inside the data directory.

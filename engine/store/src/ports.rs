@@ -16,6 +16,9 @@
 //! - [`Centre`]: the National Bank Anti-Fraud Centre's (docs/nb-feed.md):
 //!   the feed layer and its cursor, the cases opened for the Centre's
 //!   alerts and their decisions, and the outbox of reports to the Centre.
+//! - [`SharedShelves`]: the published versions of a cluster's lists and
+//!   rules, stored once for every node (PostgreSQL only:
+//!   [`crate::pg::shelves`]).
 //!
 //! Every method blocks: the control plane calls them from threads of its
 //! own or tokio's blocking pool, never from an async task directly.
@@ -295,6 +298,72 @@ pub trait Centre: Send + Sync {
     /// Reports newest first, only those in `state` if given (`pending`,
     /// `delivered`, `dead_letter`), at most `limit` (1 to 1000).
     fn reports(&self, state: Option<&str>, limit: usize) -> Result<Vec<ReportRow>, StoreError>;
+}
+
+/// Published versions shared by the nodes of a cluster: each published
+/// list's and the rules' shelf (`lists/blocklist`, `rules`) as one index
+/// document and the contents it names, so a version published on any
+/// node is stored once and every node fetches it from here.
+///
+/// A content is named by its digest within its shelf and never changes:
+/// putting it again stores nothing (it only marks it wanted now, so it is
+/// not taken away as unused before the index that names it is written).
+/// It moves in pieces both ways, so a content of a hundred megabytes is
+/// never held whole in memory. An index is a document with a sequence
+/// that rises by one at each change; it changes only by compare-and-set
+/// against the sequence the writer read, and only while every content it
+/// names is stored. Contents no index names are dropped once an hour has
+/// passed since they were last put. Every method blocks (see the module
+/// docs).
+pub trait SharedShelves: Send + Sync {
+    /// Where the shared store is, for messages (a server's name, no
+    /// password).
+    fn location(&self) -> String;
+
+    /// Stores the content `digest` of `shelf`, read from `from` to its
+    /// end, unless it is stored already (then `from` is not read). Returns
+    /// whether it was stored now. All or nothing: a content is never
+    /// stored in part.
+    fn put_content(
+        &self,
+        shelf: &str,
+        digest: &str,
+        from: &mut dyn std::io::Read,
+    ) -> Result<bool, StoreError>;
+
+    /// Writes the content `digest` of `shelf` into `into`, piece by piece;
+    /// returns its length, or `None` when the store does not hold it.
+    fn content(
+        &self,
+        shelf: &str,
+        digest: &str,
+        into: &mut dyn std::io::Write,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// `shelf`'s index and its sequence (`None`: none was ever written).
+    fn index(&self, shelf: &str) -> Result<Option<(u64, String)>, StoreError>;
+
+    /// Every shelf's index sequence, by shelf name: what a node compares
+    /// with the ones it holds to know whether it is behind.
+    fn sequences(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Replaces `shelf`'s index with `doc` if its sequence is still
+    /// `expect` (0: there is no index yet); the new sequence is then
+    /// `expect + 1`. `named` is every content `doc` names: each must be
+    /// stored, else the change is refused ([`StoreError::Conflict`]).
+    /// Returns false, changing nothing, when another writer got there
+    /// first.
+    fn cas_index(
+        &self,
+        shelf: &str,
+        expect: u64,
+        doc: &str,
+        named: &[String],
+    ) -> Result<bool, StoreError>;
+
+    /// The next publishing sequence, shared by every node and shelf: above
+    /// every one handed out before and above `at_least`.
+    fn next_sequence(&self, at_least: u64) -> Result<u64, StoreError>;
 }
 
 /// The ports a running kuzet hands its control plane, on one store.

@@ -8,12 +8,14 @@
 //! first use and made again after an error ([`PgConn`]), the errors
 //! classified as transient or not ([`pg_error`]), the schema's migrations
 //! per component, applied once across racing nodes ([`migrate`]), and the
-//! fencing tokens of the leases ([`Fence`], [`fence_check`]). The client
+//! fencing tokens of the leases ([`Fence`], [`fence_check`]); and the
+//! published versions every node shares ([`shelves`]). The client
 //! is the blocking `postgres` crate, as the ports are blocking: the
 //! control plane calls them from threads of its own or tokio's blocking
 //! pool, never from an async task.
 
 pub mod fence;
+pub mod shelves;
 
 use std::sync::Mutex;
 
