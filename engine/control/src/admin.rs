@@ -227,6 +227,16 @@ fn warnings(m: &Metrics) -> Vec<String> {
                 .to_string(),
         );
     }
+    if m.gauge(Gauge::VersionsShared) == 1 {
+        let behind = m.gauge(Gauge::VersionsBehindS);
+        if behind > crate::publishing::shared::BEHIND_WARN_S {
+            w.push(if m.gauge(Gauge::VersionsStoreUp) == 1 {
+                format!("this node has been behind the shared published versions for {behind} s: a version in force elsewhere is not in force here (kuzet_versions_fetch_failures_total, the log)")
+            } else {
+                format!("the shared store of published versions has been unreachable for {behind} s: this node keeps the versions it has, and no version can be published")
+            });
+        }
+    }
     if m.gauge(Gauge::CasesOverdue) > 0 {
         w.push(format!(
             "{} of the Centre's cases are past their deadline (kuzet cases list --due)",
@@ -372,7 +382,22 @@ impl Collector for Exposition {
         let now_s = kuzet_store::now_us() / 1_000_000;
         let nb_on = m.gauge(Gauge::NbankOn) == 1;
         let oldest = m.gauge(Gauge::CentreOldestPendingUnix);
-        let gauges: [(&str, &str, i64); 26] = [
+        let gauges: [(&str, &str, i64); 29] = [
+            (
+                "versions_shared",
+                "1 when published versions are shared by the cluster's nodes ([publishing] shared_url and [cluster] redis_url)",
+                m.gauge(Gauge::VersionsShared),
+            ),
+            (
+                "versions_store_up",
+                "1 when this node's last look at the shared published versions went through (0 also when not shared)",
+                m.gauge(Gauge::VersionsStoreUp),
+            ),
+            (
+                "versions_behind_seconds",
+                "How long this node has been behind the shared published versions (0: it holds every change, or they are not shared)",
+                m.gauge(Gauge::VersionsBehindS),
+            ),
             (
                 "cluster_configured",
                 "1 when the node shares its behaviour counts through Redis ([cluster] redis_url)",
@@ -534,6 +559,19 @@ impl Collector for Exposition {
                 MetricType::Gauge,
             )?;
             ConstGauge::new(m.gauge(Gauge::ClusterLagMs) as f64 / 1e3).encode(e)?;
+        }
+        let lag = m.versions_lag();
+        if !lag.is_empty() {
+            let mut e = enc.encode_descriptor(
+                "versions_lag",
+                "Changes of each shared published shelf (list or rules) this node does not hold yet",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (shelf, n) in &lag {
+                let labels = [("shelf", shelf.as_str())];
+                ConstGauge::new(*n as i64).encode(e.encode_family(&labels)?)?;
+            }
         }
         let mut e = enc.encode_descriptor(
             "build_info",

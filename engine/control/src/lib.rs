@@ -86,6 +86,7 @@ pub fn register_counters(metrics: &Metrics) -> Result<(), DuplicateCounter> {
     metrics.register(Arc::new(hep::HepCounters::default()))?;
     metrics.register(Arc::new(nbfeed::NbankCounters::default()))?;
     metrics.register(Arc::new(cluster::ClusterCounters::default()))?;
+    metrics.register(Arc::new(publishing::shared::VersionCounters::default()))?;
     Ok(())
 }
 

@@ -147,6 +147,8 @@ pub struct Services {
     /// Shared counts through Redis, when `[cluster] redis_url` is set:
     /// the section and this node.
     pub cluster: Option<(crate::cluster::ClusterConfig, crate::cluster::Me)>,
+    /// Published versions shared by the cluster's nodes: their follower.
+    pub versions: Option<Arc<crate::publishing::shared::SharedVersions>>,
 }
 
 /// Runs the control plane on the current thread until `shutdown` turns
@@ -171,8 +173,9 @@ pub fn run(
         nudge,
         nbank,
         cluster,
+        versions,
     } = services;
-    rt.block_on(async move {
+    let follower = rt.block_on(async move {
         tokio::spawn(reload_loop(timing, publisher, shutdown.clone(), nudge));
         tokio::spawn(stats_loop(timing, metrics.clone(), handler.clone()));
         tokio::spawn(loss_watch(metrics.clone()));
@@ -196,6 +199,13 @@ pub fn run(
                 shutdown.clone(),
             ));
         }
+        let follower = versions.and_then(|v| match v.start(shutdown.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "no thread for the shared versions' follower: this node does not follow them");
+                None
+            }
+        });
         if let Some(outbox) = outbox {
             tokio::spawn(outbox_gauges(outbox, metrics.clone()));
         }
@@ -208,10 +218,16 @@ pub fn run(
             ));
         }
         let _ = shutdown.changed().await;
+        follower
     });
     // A reload still running on the blocking pool is abandoned, not waited
     // for: it swaps nothing once nobody holds the snapshot.
     rt.shutdown_background();
+    // The follower ends its step (it checks the shutdown between
+    // contents), so no shelf is written once kuzet has stopped.
+    if let Some(t) = follower {
+        let _ = t.join();
+    }
 }
 
 /// Polls the sources every reload interval (and reloads everything on

@@ -223,9 +223,16 @@ pub enum Gauge {
     ClusterRedisUp,
     /// Age of the newest other node's delta merged, at its merge (ms).
     ClusterLagMs,
+    /// 1 when published versions are shared by the cluster's nodes.
+    VersionsShared,
+    /// 1 when the last look at the shared versions went through.
+    VersionsStoreUp,
+    /// Seconds this node has been behind the shared versions (0: it holds
+    /// every change, or they are not shared).
+    VersionsBehindS,
 }
 
-const GAUGES: usize = 24;
+const GAUGES: usize = 27;
 
 /// The stages of a request's service time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,6 +332,8 @@ pub struct Metrics {
     rule_hits: Mutex<Vec<Arc<RuleHits>>>,
     /// Entries per list of the snapshot in force.
     list_entries: Mutex<Vec<(&'static str, u64)>>,
+    /// Changes of each shared shelf this node does not hold yet.
+    versions_lag: Mutex<Vec<(String, u64)>>,
     /// The counter sets of the rest of kuzet, in the order registered.
     /// Read when counters are reported, written at start-up; never
     /// touched on an increment.
@@ -340,6 +349,7 @@ impl Default for Metrics {
             hit_table: ArcSwap::from_pointee(HitTable::default()),
             rule_hits: Mutex::new(Vec::new()),
             list_entries: Mutex::new(Vec::new()),
+            versions_lag: Mutex::new(Vec::new()),
             sets: RwLock::new(Vec::new()),
         }
     }
@@ -460,6 +470,20 @@ impl Metrics {
     /// Entries per list in force.
     pub fn list_entries(&self) -> Vec<(&'static str, u64)> {
         self.list_entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets, per shared shelf (`lists/blocklist`, `rules`), how many
+    /// changes of the shared index this node does not hold yet.
+    pub fn set_versions_lag(&self, lag: Vec<(String, u64)>) {
+        *self.versions_lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+    }
+
+    /// See [`Metrics::set_versions_lag`].
+    pub fn versions_lag(&self) -> Vec<(String, u64)> {
+        self.versions_lag
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

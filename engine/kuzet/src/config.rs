@@ -295,6 +295,11 @@ impl Config {
                 )));
             }
         }
+        if self.shared_versions_url().is_some() && !self.cluster.enabled() {
+            return Err(bad(
+                "publishing.shared_url shares published versions between the nodes of a cluster, and the nodes announce them on Redis: set [cluster] redis_url too".into(),
+            ));
+        }
         if self.publishing.rules && self.rules.file.is_some() {
             return Err(bad(
                 "the rules are declared published ([publishing] rules = true) and [rules] file names a rule file too: they come from one or the other; take one out".into(),
@@ -339,6 +344,14 @@ impl Config {
             Some(d) => self.resolve(d),
             None => PathBuf::from("kuzet-data"),
         }
+    }
+
+    /// The PostgreSQL database holding the published versions a cluster's
+    /// nodes share, if any: `[publishing] shared_url` for now. The one
+    /// place to switch to the store's own database once the store can be
+    /// shared (`[store] backend = "postgres"`, `store.url`).
+    pub fn shared_versions_url(&self) -> Option<&str> {
+        self.publishing.shared_url.as_deref()
     }
 
     /// This node's name: configured, or the host name.

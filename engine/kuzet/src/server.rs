@@ -194,6 +194,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         None
     };
     let nudge = kuzet_control::publishing::Nudge::default();
+    // A cluster's published versions are stored once in the shared store
+    // and announced on Redis; each node follows them (and the shelves in
+    // the data directory are its copy, read first at a restart).
+    let versions = shared_versions(&cfg, &published, &plan, &nudge, &metrics);
     // The one writer of the snapshot, at start-up as at every reload.
     let mut publisher = Publisher::new(
         inputs,
@@ -469,6 +473,9 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         if let (Some(p), Some(n)) = (&publishing, &nbank) {
             p.set_feed(n.puller.layer.clone());
         }
+        if let (Some(p), Some(v)) = (&publishing, &versions) {
+            p.set_shared(v.clone());
+        }
         let cases = Some(Arc::new(kuzet_control::nbfeed::service::CaseService::new(
             nbank.as_ref().map(|n| n.cases.clone()),
             ports.as_ref().map(|p| p.queries.clone()),
@@ -567,6 +574,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 },
             )
         }),
+        versions,
     };
     let m = metrics.clone();
     let sd = shutdown_rx.clone();
@@ -604,6 +612,40 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         events: Some(events),
         recorder_stop,
     })
+}
+
+/// The cluster's shared published versions, when `[publishing]` shares
+/// them (see [`Config::shared_versions_url`]) and something is published.
+fn shared_versions(
+    cfg: &Config,
+    published: &Arc<kuzet_control::publishing::PublishedSource>,
+    plan: &kuzet_rules::NumberingPlan,
+    nudge: &kuzet_control::publishing::Nudge,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<kuzet_control::publishing::shared::SharedVersions>> {
+    use kuzet_control::publishing::shared::{self, Follow, SharedVersions};
+    let url = cfg.shared_versions_url()?;
+    if !cfg.publishing.any() {
+        return None;
+    }
+    let store = Arc::new(kuzet_store::pg::shelves::PgShelves::new(
+        url,
+        Default::default(),
+    ));
+    tracing::info!(store = %kuzet_store::pg::redacted(url), "published versions are shared by the cluster's nodes");
+    Some(SharedVersions::new(
+        store,
+        published.clone(),
+        plan.clone(),
+        nudge.clone(),
+        metrics.clone(),
+        Follow {
+            redis_url: cfg.cluster.redis_url.clone(),
+            channel: shared::channel(&cfg.cluster.key_prefix),
+            timeout: Duration::from_millis(cfg.cluster.timeout_ms),
+            poll: Duration::from_millis(cfg.publishing.shared_poll_ms),
+        },
+    ))
 }
 
 /// What the Centre's parts are made from, besides the config.

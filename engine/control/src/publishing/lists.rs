@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::shelf::{Meta, Shelf};
-use super::source::lock;
+use super::source::{lock, Which};
 use super::{
     blocking, check_expect, diff, expect, hex, idle, maybe_id, now_us, ops, spawn_idle, unhex,
     version_id, vname, Filter, Publishing,
@@ -94,6 +94,7 @@ impl Lists {
         let (meta, list) = {
             let pb = pb.clone();
             idle("activate", move || {
+                pb.catch_up(Which::List(l))?;
                 let s = lock(pb.source.lists[l].as_ref().expect("published"));
                 let meta = target_meta(&s, l, target)?;
                 check_expect(
@@ -210,10 +211,22 @@ fn record_in_force(
     let digest = unhex(&meta.digest).ok_or_else(|| {
         Status::internal(format!("{l} {}: a bad digest in its index", meta.name()))
     })?;
-    let seq = pb.source.next_seq();
-    let (meta, replaced) = s
-        .put_in_force(meta.id, &p.who, seq, now_us())
-        .map_err(|e| Status::internal(format!("recording {l} {} in force: {e}", meta.name())))?;
+    let seq = pb.next_seq()?;
+    let (meta, replaced) = pb.commit(Which::List(l), &mut s, |idx| {
+        check_expect(
+            expected,
+            idx.active_meta(),
+            &format!("the {l} version in force"),
+        )?;
+        if idx.get(meta.id).is_none_or(|m| m.digest != meta.digest) {
+            return Err(Status::not_found(format!(
+                "{l} {} was pruned meanwhile",
+                meta.name()
+            )));
+        }
+        idx.put_in_force(meta.id, &p.who, seq, now_us())
+            .map_err(|e| Status::internal(format!("recording {l} {} in force: {e}", meta.name())))
+    })?;
     pb.source
         .changed_now(seq, Layers::list(l), Some((l, meta.id, list, digest)));
     tracing::info!(list = %l, version = %meta.name(), replaced = %vname(replaced), by = %p.who, added, removed, "list version put in force");
@@ -241,7 +254,15 @@ fn build_version(
         Instant::now(),
     )
     .map_err(|e| Status::internal(e.to_string()))?;
-    Ok(b.finish())
+    let list = b.finish();
+    if Some(list_digest(l, &list)) != unhex(&m.digest) {
+        return Err(Status::internal(format!(
+            "{l} {}: its content does not match its digest {}",
+            m.name(),
+            m.digest
+        )));
+    }
+    Ok(list)
 }
 
 /// A version's list (`None`: the one in force), from the snapshot when it
@@ -361,6 +382,7 @@ impl Lists {
         let (file, upload) = {
             let pb = pb.clone();
             blocking(move || {
+                pb.catch_up(Which::List(l))?;
                 let s = lock(pb.source.lists[l].as_ref().expect("published"));
                 check_expect(
                     expected,
@@ -500,7 +522,8 @@ impl Lists {
             let list = list.clone();
             blocking(move || {
                 let shelf = pb.source.lists[l].as_ref().expect("published");
-                let mut s = lock(shelf);
+                let w = Which::List(l);
+                let s = lock(shelf);
                 if let Err(e) = check_expect(expected, s.index.newest(), &format!("the newest {l} version")) {
                     let _ = std::fs::remove_file(&upload);
                     return Err(e);
@@ -511,25 +534,46 @@ impl Lists {
                     return Ok((n.clone(), true, s.index.active));
                 }
                 s.keep(&upload, &hexd).map_err(Status::internal)?;
-                let base = s.index.active;
-                let meta = s
-                    .add(Meta {
-                        digest: hexd,
-                        author: who.who.clone(),
-                        created_us: now_us(),
-                        exact: list.exact_count() as u64,
-                        ranges: list.prefix_count() as u64,
-                        lines,
-                        added,
-                        removed,
-                        base,
-                        note,
-                        ..Meta::default()
+                // Into the shared store (when versions are shared) outside
+                // the shelf's lock: a content no index names yet is left
+                // alone by everyone.
+                let file = s.open_content(&hexd).map_err(Status::internal)?;
+                drop(s);
+                let uploaded = pb.upload(w, file, &hexd);
+                let mut s = lock(shelf);
+                let made = uploaded.and_then(|()| {
+                    pb.commit(w, &mut s, |idx| {
+                        check_expect(expected, idx.newest(), &format!("the newest {l} version"))?;
+                        if let Some(n) = idx.newest().filter(|n| n.digest == hexd) {
+                            return Ok((n.clone(), true, idx.active));
+                        }
+                        let base = idx.active;
+                        let meta = idx.add(Meta {
+                            digest: hexd.clone(),
+                            author: who.who.clone(),
+                            created_us: now_us(),
+                            exact: list.exact_count() as u64,
+                            ranges: list.prefix_count() as u64,
+                            lines,
+                            added,
+                            removed,
+                            base,
+                            note: note.clone(),
+                            ..Meta::default()
+                        });
+                        pb.prune(idx, l.name());
+                        Ok((meta, false, base))
                     })
-                    .map_err(|e| Status::internal(format!("recording a new {l} version: {e}")))?;
-                pb.prune(&mut s, l.name());
-                tracing::info!(list = %l, version = %meta.name(), by = %who.who, exact = meta.exact, ranges = meta.ranges, added, removed, "list version pushed");
-                Ok((meta, false, base))
+                });
+                // A push that did not make a version leaves no content.
+                if !s.index.digests().contains(&hexd) {
+                    let _ = std::fs::remove_file(s.content_path(&hexd));
+                }
+                let (meta, unchanged, base) = made?;
+                if !unchanged {
+                    tracing::info!(list = %l, version = %meta.name(), by = %who.who, exact = meta.exact, ranges = meta.ranges, added, removed, "list version pushed");
+                }
+                Ok((meta, unchanged, base))
             })
             .await?
         };

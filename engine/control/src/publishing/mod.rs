@@ -22,10 +22,15 @@
 //! publisher, which swaps the new layer in alone (a list built while it
 //! was checked is not parsed again); the answer comes once calls are
 //! scored with it.
+//!
+//! In a cluster ([`shared`]), every change is made on the shared index
+//! first and this node's shelf is its copy: a version published on any
+//! node is stored once and put in force on every node.
 
 pub mod diff;
 pub mod lists;
 pub mod rules;
+pub mod shared;
 pub mod shelf;
 pub mod source;
 
@@ -38,8 +43,8 @@ use serde::Deserialize;
 use tonic::Status;
 
 use crate::gate::{AccessGate, Credentials, Op, Permission, Principal};
-use shelf::Meta;
-pub use source::{Nudge, PublishedSource};
+use shelf::{Index, Meta, Shelf};
+pub use source::{Nudge, PublishedSource, Which};
 
 /// `[publishing]`: which lists and whether the rules are published, and
 /// how versions are approved and kept.
@@ -63,6 +68,13 @@ pub struct PublishingConfig {
     /// How long an activation waits for the swap before it answers that
     /// the version is recorded but not yet in force.
     pub activate_timeout_s: u64,
+    /// The PostgreSQL database (`postgres://user@host:port/db`) that holds
+    /// the published versions of a cluster's nodes, with `[cluster]
+    /// redis_url` set. Unset: versions are this node's own.
+    pub shared_url: Option<String>,
+    /// How often a node looks at the shared versions without an
+    /// announcement (a node that missed one, or Redis down).
+    pub shared_poll_ms: u64,
 }
 
 impl Default for PublishingConfig {
@@ -74,6 +86,8 @@ impl Default for PublishingConfig {
             keep_versions: 20,
             keep_days: 90,
             activate_timeout_s: 120,
+            shared_url: None,
+            shared_poll_ms: 2_000,
         }
     }
 }
@@ -89,6 +103,13 @@ impl PublishingConfig {
         }
         if self.activate_timeout_s == 0 {
             return Err("publishing.activate_timeout_s must be at least 1".into());
+        }
+        if let Some(u) = &self.shared_url {
+            kuzet_store::pg::shelves::check_url(u)
+                .map_err(|e| format!("publishing.shared_url: {e}"))?;
+        }
+        if !(100..=600_000).contains(&self.shared_poll_ms) {
+            return Err("publishing.shared_poll_ms must be between 100 and 600000".into());
         }
         let mut seen = Vec::new();
         for l in &self.lists {
@@ -194,12 +215,68 @@ pub struct Publishing {
     /// The National Bank feed's layer, when `[nbank]` is set: a lookup
     /// names the batch it reflects.
     pub(crate) feed: std::sync::OnceLock<Arc<crate::nbfeed::layer::FeedLayer>>,
+    /// The cluster's shared versions, when they are shared.
+    pub(crate) versions: std::sync::OnceLock<Arc<shared::SharedVersions>>,
 }
 
 impl Publishing {
     /// Lookups name the feed's batch for the `nb_feed` list.
     pub fn set_feed(&self, layer: Arc<crate::nbfeed::layer::FeedLayer>) {
         let _ = self.feed.set(layer);
+    }
+
+    /// Changes go through the cluster's shared versions.
+    pub fn set_shared(&self, versions: Arc<shared::SharedVersions>) {
+        let _ = self.versions.set(versions);
+    }
+
+    /// Brings shelf `w` up to the cluster's versions before a change
+    /// reads it (nothing when versions are not shared). Blocks.
+    pub(crate) fn catch_up(&self, w: Which) -> Result<(), Status> {
+        match self.versions.get() {
+            Some(v) => v.catch_up(w),
+            None => Ok(()),
+        }
+    }
+
+    /// The publishing sequence of an activation: this node's next, or the
+    /// cluster's when versions are shared. Blocks.
+    pub(crate) fn next_seq(&self) -> Result<u64, Status> {
+        match self.versions.get() {
+            Some(v) => v.next_seq(),
+            None => Ok(self.source.next_seq()),
+        }
+    }
+
+    /// Stores a new content of shelf `w` in the shared store ahead of the
+    /// change that names it, outside the shelf's lock (nothing when
+    /// versions are not shared). Blocks.
+    pub(crate) fn upload(&self, w: Which, file: std::fs::File, digest: &str) -> Result<(), Status> {
+        match self.versions.get() {
+            Some(v) => v.upload_file(w, file, digest),
+            None => Ok(()),
+        }
+    }
+
+    /// Changes shelf `w`'s index (`s`, locked by the caller) by `edit`,
+    /// which checks what it needs against the index it is handed and
+    /// changes it: here alone, or, when versions are shared, on the
+    /// shared index first ([`shared::SharedVersions::commit`]). Contents
+    /// the new index no longer names are removed. Blocks.
+    pub(crate) fn commit<T>(
+        &self,
+        w: Which,
+        s: &mut Shelf,
+        mut edit: impl FnMut(&mut Index) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        if let Some(v) = self.versions.get() {
+            return v.commit(w, s, edit);
+        }
+        let mut idx = s.index.clone();
+        let out = edit(&mut idx)?;
+        s.replace(idx)
+            .map_err(|e| Status::internal(format!("recording a change of {}: {e}", w.name())))?;
+        Ok(out)
     }
 
     /// The services over `source` (the publisher's published source),
@@ -225,6 +302,7 @@ impl Publishing {
             activating: tokio::sync::Mutex::new(()),
             heavy: Arc::new(tokio::sync::Semaphore::new(1)),
             feed: std::sync::OnceLock::new(),
+            versions: std::sync::OnceLock::new(),
         })
     }
 
@@ -262,14 +340,13 @@ impl Publishing {
             .ok()
     }
 
-    /// Prunes `shelf` by the configured count and age (see
-    /// [`shelf::Shelf::prune`]); `what` names it in the log.
-    pub(crate) fn prune(&self, shelf: &mut shelf::Shelf, what: &str) {
+    /// Prunes `idx` by the configured count and age (see
+    /// [`shelf::Index::prune`]); `what` names it in the log.
+    pub(crate) fn prune(&self, idx: &mut Index, what: &str) {
         let keep_us = i64::from(self.cfg.keep_days) * 86_400_000_000;
-        match shelf.prune(self.cfg.keep_versions, keep_us, now_us()) {
-            Ok(d) if !d.is_empty() => tracing::info!(what, dropped = ?d, "old versions pruned"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(what, error = %e, "pruning old versions failed"),
+        let d = idx.prune(self.cfg.keep_versions, keep_us, now_us());
+        if !d.is_empty() {
+            tracing::info!(what, dropped = ?d, "old versions pruned");
         }
     }
 

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::shelf::{Meta, Shelf};
-use super::source::{lock, MAX_RULES};
+use super::source::{lock, Which, MAX_RULES};
 use super::{
     blocking, check_expect, diff, expect, hex, maybe_id, now_us, ops, version_id, vname, Filter,
     Publishing,
@@ -132,6 +132,7 @@ impl Rules {
         let who = p.clone();
         let checked = blocking(move || {
             let pb = &me.0;
+            pb.catch_up(Which::Rules)?;
             let s = lock(me.shelf()?);
             let id = match target {
                 Some(i) => i,
@@ -191,10 +192,15 @@ impl Rules {
             if s.index.get(id).is_none() {
                 return Err(Status::not_found(format!("rules v{id} was pruned meanwhile")));
             }
-            let seq = pb.source.next_seq();
-            let (m, replaced) = s
-                .put_in_force(id, &who.who, seq, now_us())
-                .map_err(|e| Status::internal(format!("recording rules v{id} in force: {e}")))?;
+            let seq = pb.next_seq()?;
+            let (m, replaced) = pb.commit(Which::Rules, &mut s, |idx| {
+                check_expect(expected, idx.active_meta(), "the rule version in force")?;
+                if idx.get(id).is_none_or(|m| m.digest != meta.digest) {
+                    return Err(Status::not_found(format!("rules v{id} was pruned meanwhile")));
+                }
+                idx.put_in_force(id, &who.who, seq, now_us())
+                    .map_err(|e| Status::internal(format!("recording rules v{id} in force: {e}")))
+            })?;
             pb.source.changed_now(seq, Layers::RULES, None);
             tracing::info!(version = %format!("v{id}"), replaced = %vname(replaced), by = %who.who, "rule version put in force");
             Ok((me.version_pb(&s, &m), replaced, seq))
@@ -428,6 +434,7 @@ impl Rules {
         note: String,
     ) -> Result<pb::StageResponse, Status> {
         let pb = &self.0;
+        pb.catch_up(Which::Rules)?;
         let mut s = lock(self.shelf()?);
         check_expect(expected, s.index.newest(), "the newest rule version")?;
         let d = Sha256::digest(toml.as_bytes());
@@ -440,23 +447,35 @@ impl Rules {
         }
         s.keep_text(toml.as_bytes(), &digest)
             .map_err(Status::internal)?;
-        let base = s.index.active;
-        let meta = s
-            .add(Meta {
-                digest,
+        let made = pb.commit(Which::Rules, &mut s, |idx| {
+            check_expect(expected, idx.newest(), "the newest rule version")?;
+            if let Some(n) = idx.newest().filter(|n| n.digest == digest) {
+                return Ok((n.clone(), true));
+            }
+            let base = idx.active;
+            let meta = idx.add(Meta {
+                digest: digest.clone(),
                 author: who.who.clone(),
                 created_us: now_us(),
                 base,
-                note,
+                note: note.clone(),
                 name: name.to_string(),
                 ..Meta::default()
-            })
-            .map_err(|e| Status::internal(format!("recording a new rule version: {e}")))?;
-        pb.prune(&mut s, "rules");
-        tracing::info!(version = %meta.name(), by = %who.who, "rule version staged");
+            });
+            pb.prune(idx, "rules");
+            Ok((meta, false))
+        });
+        // A staging that did not make a version leaves no content.
+        if !s.index.digests().contains(&digest) {
+            let _ = std::fs::remove_file(s.content_path(&digest));
+        }
+        let (meta, unchanged) = made?;
+        if !unchanged {
+            tracing::info!(version = %meta.name(), by = %who.who, "rule version staged");
+        }
         Ok(pb::StageResponse {
             version: Some(self.version_pb(&s, &meta)),
-            unchanged: false,
+            unchanged,
         })
     }
 }

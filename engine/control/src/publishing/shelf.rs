@@ -71,7 +71,7 @@ impl Meta {
 }
 
 /// What `versions.json` holds.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct Index {
     /// The next version's number.
@@ -85,6 +85,10 @@ pub struct Index {
     pub activated_seq: u64,
     /// Every version kept, oldest first.
     pub versions: Vec<Meta>,
+    /// When versions are shared by a cluster's nodes, the sequence of the
+    /// shared index this one is a copy of (0: not shared, or not yet);
+    /// this node's alone, never written to the shared index.
+    pub shared_seq: u64,
 }
 
 impl Index {
@@ -101,6 +105,72 @@ impl Index {
     /// The version in force.
     pub fn active_meta(&self) -> Option<&Meta> {
         self.active.and_then(|a| self.get(a))
+    }
+
+    /// Every content digest the versions name, once each, oldest first.
+    pub fn digests(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.versions.len());
+        for m in &self.versions {
+            if !out.contains(&m.digest) {
+                out.push(m.digest.clone());
+            }
+        }
+        out
+    }
+
+    /// Adds a version numbered next, and returns it as recorded.
+    pub fn add(&mut self, mut meta: Meta) -> Meta {
+        meta.id = self.next.max(1);
+        self.versions.push(meta.clone());
+        self.next = meta.id + 1;
+        meta
+    }
+
+    /// Records version `id` in force under publishing sequence `seq`, put
+    /// there by `who` at `now_us`; the version in force before becomes the
+    /// previous one. Returns the version as recorded and the one replaced.
+    pub fn put_in_force(
+        &mut self,
+        id: u64,
+        who: &str,
+        seq: u64,
+        now_us: i64,
+    ) -> Result<(Meta, Option<u64>), String> {
+        let m = self
+            .versions
+            .iter_mut()
+            .find(|m| m.id == id)
+            .ok_or_else(|| format!("v{id} was pruned meanwhile"))?;
+        m.activated_by = who.to_string();
+        m.activated_us = now_us;
+        let meta = m.clone();
+        let replaced = self.active;
+        self.previous = replaced;
+        self.active = Some(id);
+        self.activated_seq = seq;
+        Ok((meta, replaced))
+    }
+
+    /// Drops versions past `keep` in number or older than `max_age_us`
+    /// (never the one in force, the one before it, or the newest).
+    /// Returns the versions dropped.
+    pub fn prune(&mut self, keep: usize, max_age_us: i64, now_us: i64) -> Vec<u64> {
+        let newest = self.newest().map(|m| m.id);
+        let pinned =
+            |id: u64| Some(id) == self.active || Some(id) == self.previous || Some(id) == newest;
+        let mut dropped = Vec::new();
+        let mut count = self.versions.len();
+        for m in &self.versions {
+            if pinned(m.id) {
+                continue;
+            }
+            if count > keep.max(1) || now_us.saturating_sub(m.created_us) > max_age_us {
+                dropped.push(m.id);
+                count -= 1;
+            }
+        }
+        self.versions.retain(|m| !dropped.contains(&m.id));
+        dropped
     }
 }
 
@@ -270,18 +340,14 @@ impl Shelf {
 
     /// Adds a version whose content is kept already, numbered next, and
     /// returns it as recorded.
-    pub fn add(&mut self, mut meta: Meta) -> Result<Meta, String> {
+    pub fn add(&mut self, meta: Meta) -> Result<Meta, String> {
         let mut idx = self.index.clone();
-        meta.id = idx.next.max(1);
-        idx.versions.push(meta.clone());
-        idx.next = meta.id + 1;
+        let meta = idx.add(meta);
         self.save(idx)?;
         Ok(meta)
     }
 
-    /// Records version `id` in force under publishing sequence `seq`, put
-    /// there by `who` at `now_us`; the version in force before becomes the
-    /// previous one. Returns the version as recorded and the one replaced.
+    /// Records version `id` in force (see [`Index::put_in_force`]).
     pub fn put_in_force(
         &mut self,
         id: u64,
@@ -290,58 +356,40 @@ impl Shelf {
         now_us: i64,
     ) -> Result<(Meta, Option<u64>), String> {
         let mut idx = self.index.clone();
-        let replaced = idx.active;
-        idx.previous = replaced;
-        idx.active = Some(id);
-        idx.activated_seq = seq;
-        let m = idx
-            .versions
-            .iter_mut()
-            .find(|m| m.id == id)
-            .ok_or_else(|| format!("v{id} was pruned meanwhile"))?;
-        m.activated_by = who.to_string();
-        m.activated_us = now_us;
-        let meta = m.clone();
+        let out = idx.put_in_force(id, who, seq, now_us)?;
         self.save(idx)?;
-        Ok((meta, replaced))
+        Ok(out)
     }
 
-    /// Drops versions past `keep` in number or older than `max_age_us`
-    /// (never the one in force, the one before it, or the newest), and
-    /// content no version names any more. Returns the versions dropped.
+    /// Drops old versions (see [`Index::prune`]) and the content no
+    /// version names any more. Returns the versions dropped.
     pub fn prune(&mut self, keep: usize, max_age_us: i64, now_us: i64) -> Result<Vec<u64>, String> {
         let mut idx = self.index.clone();
-        let newest = idx.newest().map(|m| m.id);
-        let pinned =
-            |id: u64| Some(id) == idx.active || Some(id) == idx.previous || Some(id) == newest;
-        let mut dropped = Vec::new();
-        let mut count = idx.versions.len();
-        for m in &idx.versions {
-            if pinned(m.id) {
-                continue;
-            }
-            if count > keep.max(1) || now_us.saturating_sub(m.created_us) > max_age_us {
-                dropped.push(m.id);
-                count -= 1;
-            }
-        }
+        let dropped = idx.prune(keep, max_age_us, now_us);
         if dropped.is_empty() {
             return Ok(dropped);
         }
-        let gone: Vec<String> = idx
-            .versions
-            .iter()
-            .filter(|m| dropped.contains(&m.id))
-            .map(|m| m.digest.clone())
-            .collect();
-        idx.versions.retain(|m| !dropped.contains(&m.id));
-        self.save(idx)?;
-        for d in gone {
-            if !self.index.versions.iter().any(|m| m.digest == d) {
+        self.replace(idx)?;
+        Ok(dropped)
+    }
+
+    /// Replaces the index with `new` (see [`Shelf::save`]), then removes
+    /// the content files the old index named and the new one does not.
+    pub fn replace(&mut self, new: Index) -> Result<(), String> {
+        let before = self.index.digests();
+        self.save(new)?;
+        let now = self.index.digests();
+        for d in before {
+            if !now.contains(&d) {
                 let _ = std::fs::remove_file(self.content_path(&d));
             }
         }
-        Ok(dropped)
+        Ok(())
+    }
+
+    /// Whether the content with this digest is kept.
+    pub fn holds(&self, digest: &str) -> bool {
+        std::fs::symlink_metadata(self.content_path(digest)).is_ok_and(|m| m.is_file())
     }
 }
 

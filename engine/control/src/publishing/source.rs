@@ -26,6 +26,34 @@ pub const MAX_RULES: u64 = crate::files::MAX_RULE_FILE;
 /// waiting for its next poll).
 pub type Nudge = Arc<tokio::sync::Notify>;
 
+/// One published shelf: a list's, or the rules'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// A published list's.
+    List(ListId),
+    /// The rules'.
+    Rules,
+}
+
+impl Which {
+    /// Its name, as the shared store and the metrics name it: its folder
+    /// under `published/` (`lists/blocklist`, `rules`).
+    pub fn name(self) -> String {
+        match self {
+            Which::List(l) => format!("lists/{}", l.name()),
+            Which::Rules => "rules".into(),
+        }
+    }
+
+    /// The snapshot layers it feeds.
+    pub fn layers(self) -> Layers {
+        match self {
+            Which::List(l) => Layers::list(l),
+            Which::Rules => Layers::RULES,
+        }
+    }
+}
+
 /// A version built as it was checked, waiting for the publisher.
 struct Offer {
     version: u64,
@@ -100,6 +128,38 @@ impl PublishedSource {
     /// recorded.
     pub fn next_seq(&self) -> u64 {
         self.allocated.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The highest publishing sequence handed out or seen here.
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(Ordering::Acquire)
+    }
+
+    /// Notes a publishing sequence handed out elsewhere (the cluster's):
+    /// this node's next one comes after it.
+    pub fn saw_seq(&self, seq: u64) {
+        self.allocated.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// Every published shelf: the lists', then the rules'.
+    pub fn shelves(&self) -> Vec<Which> {
+        let mut v: Vec<Which> = ListId::ALL
+            .into_iter()
+            .filter(|l| self.publishes(*l))
+            .map(Which::List)
+            .collect();
+        if self.rules.is_some() {
+            v.push(Which::Rules);
+        }
+        v
+    }
+
+    /// The shelf `w`, when it is published.
+    pub fn shelf(&self, w: Which) -> Option<&Mutex<Shelf>> {
+        match w {
+            Which::List(l) => self.lists[l].as_ref(),
+            Which::Rules => self.rules.as_ref(),
+        }
     }
 
     /// Marks `layers` changed (after the shelf recorded the version in

@@ -61,6 +61,18 @@ CREATE TABLE kuzet_publishing_seq (
     seq bigint NOT NULL
 )"];
 
+/// Checks a PostgreSQL URL (`postgres://user@host:port/database`) as
+/// the shared shelves would use it; the error does not repeat it (it may
+/// hold a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("must be a postgres:// URL".into());
+    }
+    url.parse::<postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| format!("not a PostgreSQL URL: {e}"))
+}
+
 /// The length of a content's pieces.
 pub const PIECE: usize = 1 << 20;
 
