@@ -376,7 +376,8 @@ impl SharedVersions {
         self.follow_shelf(w, held, &AtomicBool::new(false))
             .map_err(|e| {
                 Status::unavailable(format!(
-                    "{}: this node could not catch up with the shared versions ({e}); nothing changed",
+                    "the shared store of published versions ({}): this node could not bring {} up to it ({e}); a version is stored there once before it is in force on any node, so nothing changed; try again when it is back",
+                    self.store.location(),
                     w.name()
                 ))
             })

@@ -34,3 +34,4 @@ mod sipp;
 mod sockets;
 mod store;
 mod store_ports;
+mod versions;

@@ -124,6 +124,28 @@ impl PgShelves {
     }
 }
 
+impl Drop for PgShelves {
+    /// The blocking client closes its connection on a runtime of its own,
+    /// which cannot run on a thread that is running async tasks (where the
+    /// last holder of the shelves may drop them): it is dropped on a
+    /// thread of its own.
+    fn drop(&mut self) {
+        let conn = std::mem::replace(&mut self.conn, PgConn::new(""));
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(conn)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kuzet-pg-close".into())
+            .spawn(move || drop(theirs.lock().map(|mut c| c.take())));
+        if let Err(e) = spawned {
+            // Left open, for the server to notice, rather than closed here.
+            if let Ok(mut c) = slot.lock() {
+                std::mem::forget(c.take());
+            }
+            tracing::warn!(error = %e, "no thread to close the shared shelves' connection; it is left open for the server to notice");
+        }
+    }
+}
+
 /// A count as the database keeps it.
 fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
