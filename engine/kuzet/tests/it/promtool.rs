@@ -123,6 +123,13 @@ const SPEC: &[&str] = &[
     "kuzet_cluster_deltas_refused_total",
     "kuzet_cluster_deltas_dropped_total",
     "kuzet_cluster_redis_errors_total",
+    // Shared published versions: served with or without them (0 without).
+    "kuzet_versions_shared",
+    "kuzet_versions_store_up",
+    "kuzet_versions_behind_seconds",
+    "kuzet_versions_fetched_total",
+    "kuzet_versions_fetch_failures_total",
+    "kuzet_versions_cas_lost_total",
 ];
 
 /// The histograms of [`SPEC`], whose series carry a suffix.
