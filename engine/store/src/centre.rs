@@ -354,7 +354,7 @@ pub struct CentreBacklog {
 }
 
 /// `error` cut to at most [`MAX_ERROR`] bytes, on a character boundary.
-fn bounded(error: &str) -> &str {
+pub(crate) fn bounded(error: &str) -> &str {
     if error.len() <= MAX_ERROR {
         return error;
     }
@@ -381,9 +381,14 @@ fn cursor_key(stream: &str) -> String {
 /// Whether batch `seq` of `stream` is the next after the stored cursor;
 /// why not, if not.
 fn follows(c: &Connection, stream: &str, seq: u64) -> rusqlite::Result<Result<(), String>> {
-    let cur = cursor_of(c, stream)?;
-    let next = cur + 1;
-    Ok(if seq == next && i64::try_from(seq).is_ok() {
+    Ok(follows_cursor(stream, cursor_of(c, stream)?, seq))
+}
+
+/// Whether batch `seq` of `stream` is the next after the cursor `cur`;
+/// why not, if not (every backend's words).
+pub(crate) fn follows_cursor(stream: &str, cur: u64, seq: u64) -> Result<(), String> {
+    let next = cur.saturating_add(1);
+    if seq == next && i64::try_from(seq).is_ok() {
         Ok(())
     } else if seq <= cur {
         Err(format!(
@@ -393,7 +398,7 @@ fn follows(c: &Connection, stream: &str, seq: u64) -> rusqlite::Result<Result<()
         Err(format!(
             "the {stream} cursor is at {cur}: {seq} does not follow it, {next} must come first; nothing done"
         ))
-    })
+    }
 }
 
 fn set_cursor(c: &Connection, stream: &str, seq: u64) -> rusqlite::Result<()> {

@@ -207,11 +207,13 @@ pub(crate) fn a_batch_of_many_changes_applies_in_one_go(
 }
 
 pub(crate) fn alerts_open_one_case_per_id_and_move_their_cursor(c: &dyn Centre) {
+    // The Centre's note is kept as sent, control characters and all.
+    let noted = NewCase {
+        centre_note: "line\0\u{1b}[2Jbreak".into(),
+        ..alert("A-2", 100)
+    };
     let opened = c
-        .open_cases(
-            1,
-            &[alert("A-1", 300), alert("A-2", 100), alert("A-1", 999)],
-        )
+        .open_cases(1, &[alert("A-1", 300), noted, alert("A-1", 999)])
         .unwrap();
     assert_eq!(
         opened
@@ -222,6 +224,9 @@ pub(crate) fn alerts_open_one_case_per_id_and_move_their_cursor(c: &dyn Centre) 
     );
     assert_eq!(opened[0].due_at_us, 300, "the first of an id is kept");
     assert_eq!(c.case(opened[0].id).unwrap().as_ref(), Some(&opened[0]));
+    let kept = c.case(opened[1].id).unwrap().unwrap();
+    assert_eq!(kept, opened[1]);
+    assert_eq!(kept.centre_note, "line\0\u{1b}[2Jbreak");
     let opened2 = c
         .open_cases(2, &[alert("A-2", 100), alert("A-3", 200)])
         .unwrap();
