@@ -181,8 +181,8 @@ pub struct FeedLog {
 }
 
 impl Default for FeedLog {
-    /// 256 batches, a million changes, 100 000 changes a batch: a day of
-    /// the Centre's usual small batches, in tens of megabytes at most.
+    /// 256 batches and a million changes in all (some 150 MB of rows
+    /// and index at most), a batch of up to 100 000 changes logged.
     fn default() -> FeedLog {
         FeedLog {
             batches: 256,
