@@ -218,6 +218,51 @@ pub struct PgCentre {
     migrated: AtomicBool,
 }
 
+/// PostgreSQL's error, classified by [`pg_error`], with its reason: a
+/// `postgres::Error` shows only its kind ("db error"), and the server's
+/// words ("ERROR: invalid byte sequence ...") or the socket's are its
+/// sources, which are added to the text, on one line.
+fn pg_fail(at: &str, e: postgres::Error) -> StoreError {
+    let mut reason = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        reason.push_str(": ");
+        reason.push_str(&c.to_string().replace('\n', "; "));
+        cause = c.source();
+    }
+    match pg_error(at, e) {
+        StoreError::Backend {
+            at,
+            transient,
+            source,
+        } => StoreError::Backend {
+            at,
+            transient,
+            source: Box::new(Reason { reason, source }),
+        },
+        other => other,
+    }
+}
+
+/// An error's full text in front of the error itself.
+#[derive(Debug)]
+struct Reason {
+    reason: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for Reason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 /// A value read from a row: one that does not read as its type is a
 /// fault of the data, not of the connection (never transient).
 fn get<'a, T: FromSql<'a>>(at: &str, r: &'a Row, i: usize) -> Result<T, StoreError> {
@@ -299,7 +344,7 @@ fn log_change(at: &str, r: &Row, from: usize) -> Result<FeedChange, StoreError> 
 /// The stream's cursor, its row locked until the transaction ends (made
 /// first if a stream has none).
 fn lock_cursor(tx: &mut Transaction<'_>, at: &str, stream: &str) -> Result<u64, StoreError> {
-    let e = |err| pg_error(at, err);
+    let e = |err| pg_fail(at, err);
     let lock = "SELECT seq FROM centre_cursors WHERE stream = $1 FOR UPDATE";
     let row = match tx.query_opt(lock, &[&stream]).map_err(e)? {
         Some(r) => r,
@@ -323,7 +368,7 @@ fn read_cursor(c: &mut impl GenericClient, at: &str, stream: &str) -> Result<u64
             "SELECT seq FROM centre_cursors WHERE stream = $1",
             &[&stream],
         )
-        .map_err(|e| pg_error(at, e))?;
+        .map_err(|e| pg_fail(at, e))?;
     match row {
         Some(r) => Ok(unsigned(get(at, &r, 0)?)),
         None => Ok(0),
@@ -340,7 +385,7 @@ fn set_cursor(
         "UPDATE centre_cursors SET seq = $2 WHERE stream = $1",
         &[&stream, &seq],
     )
-    .map_err(|e| pg_error(at, e))?;
+    .map_err(|e| pg_fail(at, e))?;
     Ok(())
 }
 
@@ -381,7 +426,7 @@ fn copy_batch(
     at: &str,
     changes: &[&FeedChange],
 ) -> Result<(), StoreError> {
-    let e = |err| pg_error(at, err);
+    let e = |err| pg_fail(at, err);
     tx.batch_execute(
         "CREATE TEMPORARY TABLE centre_feed_in (
             ord           integer NOT NULL,
@@ -476,7 +521,7 @@ impl PgCentre {
     }
 
     fn e(&self) -> impl Fn(postgres::Error) -> StoreError + '_ {
-        |err| pg_error(self.at(), err)
+        |err| pg_fail(self.at(), err)
     }
 
     /// A refusal of the work itself, as the store's error.
@@ -1047,7 +1092,7 @@ fn queue(
              ON CONFLICT (key) DO NOTHING",
             &[&r.key, &r.kind, &r.body, &now_us, &r.not_before_us],
         )
-        .map_err(|e| pg_error(at, e))?;
+        .map_err(|e| pg_fail(at, e))?;
     Ok(n == 1)
 }
 
@@ -1538,6 +1583,29 @@ mod tests {
         let kept = follower.feed_changes_since(6).unwrap().unwrap();
         assert_eq!(kept.iter().map(|b| b.seq).collect::<Vec<_>>(), [7, 8, 9]);
         assert_eq!(one(&url, "SELECT count(*) FROM centre_feed_log"), 9);
+    }
+
+    #[test]
+    fn a_batch_the_server_refuses_names_it_and_why_and_changes_nothing() {
+        let (_pg, _url, c) = fresh();
+        c.feed_apply(1, &[add("+77010000001", "x", 100)]).unwrap();
+        // A text column holds no NUL: the server refuses the batch whole.
+        let bad = add("+77010000002", "nul\0here", 100);
+        let e = c
+            .feed_apply(2, &[add("+77010000003", "x", 100), bad])
+            .unwrap_err();
+        assert!(!e.is_transient(), "{e}");
+        let text = e.to_string();
+        assert!(text.starts_with(c.at()), "{text}");
+        assert!(
+            text.contains("invalid byte sequence") && text.contains("0x00"),
+            "{text}"
+        );
+        assert_eq!(c.cursor(BATCHES).unwrap(), 1);
+        assert!(c.feed_entry("+77010000003").unwrap().is_none());
+        // The connection is still good, and so is the next batch.
+        c.feed_apply(2, &[add("+77010000003", "x", 100)]).unwrap();
+        assert_eq!(live(&c, 0).0.len(), 2);
     }
 
     #[test]
