@@ -13,6 +13,7 @@
 //! control plane calls them from threads of its own or tokio's blocking
 //! pool, never from an async task.
 
+pub mod centre;
 pub mod fence;
 
 use std::sync::Mutex;
