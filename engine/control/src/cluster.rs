@@ -54,6 +54,12 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// Deadline of each Redis request.
     pub timeout_ms: u64,
+    /// How long a singleton's lease lasts without renewal (the National
+    /// Bank feed's puller, its case clock and report outbox, the register
+    /// outbox), with a store every node shares: its holder renews it
+    /// every third of this, and another node takes over within about
+    /// this plus a third of it after the holder dies.
+    pub lease_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -64,6 +70,7 @@ impl Default for ClusterConfig {
             max_age_ms: 10_000,
             key_prefix: "kuzet".into(),
             timeout_ms: 1_000,
+            lease_ms: 5_000,
         }
     }
 }
@@ -87,6 +94,13 @@ impl ClusterConfig {
         }
         if self.timeout_ms == 0 {
             return Err("cluster.timeout_ms must be above 0".into());
+        }
+        if self.lease_ms > 600_000 || self.lease_ms < self.timeout_ms.saturating_mul(3) {
+            return Err(format!(
+                "cluster.lease_ms = {}: between 3 x cluster.timeout_ms ({}) and 600000 (a renewal that waits out its deadline must leave time for another before the lease lapses)",
+                self.lease_ms,
+                self.timeout_ms.saturating_mul(3)
+            ));
         }
         if self.key_prefix.is_empty()
             || !self
