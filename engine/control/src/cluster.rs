@@ -430,7 +430,26 @@ impl NodeService {
                 seen_us: num("seen_us"),
                 redis_up: num("redis_up") == 1,
                 ready: num("ready") == 1,
+                leases: Vec::new(),
             });
+        }
+        // Who holds each singleton's lease (none without a shared store).
+        for s in crate::lease::Singleton::ALL {
+            let key = crate::lease::lease_key(&self.cfg.key_prefix, s.name());
+            let held: Option<String> =
+                tokio::time::timeout(deadline, redis::cmd("GET").arg(&key).query_async(&mut k))
+                    .await
+                    .map_err(|_| unavailable("no answer".into()))?
+                    .map_err(|e| unavailable(e.to_string()))?;
+            let Some((holder, token)) = held.as_deref().and_then(crate::lease::parse_holder) else {
+                continue;
+            };
+            if let Some(n) = out.iter_mut().find(|n| n.name == holder) {
+                n.leases.push(kuzet_api::cluster::Lease {
+                    name: s.name().to_string(),
+                    token,
+                });
+            }
         }
         Ok(out)
     }
