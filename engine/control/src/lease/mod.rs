@@ -278,11 +278,16 @@ impl Lease {
 
     /// The store refused a write of this singleton as fenced: another
     /// node leads with a higher token. Counted, said at WARN, and the lead
-    /// ends.
+    /// ends, unless the refused token is not the one held now (a write of
+    /// an earlier lead that ended late).
     pub fn fenced(&self, e: &StoreError) {
         self.shared.counters.fenced.inc();
         let mut h = self.held();
-        if h.token == 0 {
+        let refused = match e {
+            StoreError::Fenced { token, .. } => *token,
+            _ => h.token,
+        };
+        if h.token == 0 || refused != h.token {
             return;
         }
         tracing::warn!(lease = self.name(), error = %e, "the store refused a write of this node's: another node leads now; it stops until it wins the lease again");

@@ -743,6 +743,42 @@ fn a_lead_whose_time_ran_out_ends_at_the_first_check_with_no_keeper_running() {
     assert_eq!(leases.fence(S).token(), None);
 }
 
+#[test]
+fn a_refusal_of_an_earlier_leads_token_leaves_the_current_lead_alone() {
+    let metrics = Metrics::default();
+    let settings = Settings {
+        redis_url: "redis://127.0.0.1:1/".into(),
+        prefix: "test".into(),
+        node: "a".into(),
+        lease: LEASE,
+        timeout: TIMEOUT,
+    };
+    let shared = SharedStore {
+        fences: Fences::new(),
+        claim: no_claim(),
+    };
+    let lease = Leases::new(settings, shared, &metrics).unwrap().get(S);
+    lease.won(9, Instant::now() + LEASE);
+    assert!(lease.lead(9));
+    let refused = |token| StoreError::Fenced {
+        at: "pg".into(),
+        name: S.name().into(),
+        token,
+        seen: 12,
+    };
+    // A write of the lead before (token 8) that ended late: counted, and
+    // the lead with 9 goes on.
+    lease.fenced(&refused(8));
+    assert_eq!(lease.check().unwrap(), 9);
+    assert_eq!(metrics.value("lease_fenced_total"), Some(1));
+    // Token 9 refused: the lead ends.
+    lease.fenced(&refused(9));
+    assert!(lease.check().is_err());
+    assert_eq!(lease.fence().token(), None);
+    assert_eq!(metrics.value("lease_fenced_total"), Some(2));
+    assert_eq!(metrics.value("lease_lost_total"), Some(1));
+}
+
 /// A node of the feed test: the leases' node with its Centre parts.
 struct FeedNode {
     node: Node,
