@@ -484,3 +484,31 @@ impl kuzet_api::cluster::node_service_server::NodeService for NodeService {
         .map(tonic::Response::new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_leaves_room_for_a_renewal_that_waits_out_its_deadline() {
+        let mut c = ClusterConfig {
+            redis_url: Some("redis://127.0.0.1:6379/".into()),
+            ..ClusterConfig::default()
+        };
+        c.check().unwrap();
+        c.lease_ms = 2_999;
+        let e = c.check().unwrap_err();
+        assert!(
+            e.starts_with("cluster.lease_ms = 2999: between 3 x cluster.timeout_ms (3000)"),
+            "{e}"
+        );
+        c.lease_ms = 3_000;
+        c.check().unwrap();
+        c.lease_ms = 600_001;
+        assert!(c.check().unwrap_err().starts_with("cluster.lease_ms"));
+        // A deadline too long for any lease is refused, not overflowed.
+        c.timeout_ms = u64::MAX;
+        c.lease_ms = 5_000;
+        assert!(c.check().unwrap_err().starts_with("cluster.lease_ms"));
+    }
+}
