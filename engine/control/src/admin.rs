@@ -535,6 +535,34 @@ impl Collector for Exposition {
             )?;
             ConstGauge::new(m.gauge(Gauge::ClusterLagMs) as f64 / 1e3).encode(e)?;
         }
+        if let Some(leases) = m.find::<crate::lease::LeaseCounters>() {
+            let states = leases.states();
+            type Value = fn(&crate::lease::LeaseState) -> i64;
+            let families: [(&str, &str, Value); 3] = [
+                (
+                    "lease_configured",
+                    "1 when this node competes for the singleton's lease ([cluster] on, a shared store, the singleton configured)",
+                    |s| i64::from(s.configured),
+                ),
+                (
+                    "lease_held",
+                    "1 while this node leads the singleton (holds its lease, its fencing token claimed in the store)",
+                    |s| i64::from(s.held),
+                ),
+                (
+                    "lease_token",
+                    "The fencing token this node leads the singleton with (0 when it does not)",
+                    |s| s.token as i64,
+                ),
+            ];
+            for (name, help, value) in families {
+                let mut e = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for s in &states {
+                    let labels = [("lease", s.name)];
+                    ConstGauge::new(value(s)).encode(e.encode_family(&labels)?)?;
+                }
+            }
+        }
         let mut e = enc.encode_descriptor(
             "build_info",
             "kuzet's version (always 1)",

@@ -552,6 +552,23 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 .context("spawning the control API thread")?,
         );
     }
+    // One leader per singleton (the Centre's puller, case clock and
+    // report outbox, the register outbox): only with [cluster] on and a
+    // store every node shares. The wiring point of the shared store
+    // (`[store] backend = "postgres"`): it makes
+    // `kuzet_control::lease::Fences::new()` before it opens, checks each
+    // singleton's writes against its fence (`kuzet_store::pg::fence_check`),
+    // and hands the fences here with its `fence_claim` as
+    // `Some(SharedStore { fences, claim })`. A store of the node's own
+    // gives `None`: every singleton runs here, as on a node alone.
+    let shared_store: Option<kuzet_control::lease::SharedStore> = None;
+    let leases = kuzet_control::lease::Leases::for_cluster(
+        &cfg.cluster,
+        &cfg.node_name(),
+        shared_store,
+        &metrics,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let services = plane::Services {
         reporter,
         admin,
@@ -567,6 +584,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 },
             )
         }),
+        leases,
     };
     let m = metrics.clone();
     let sd = shutdown_rx.clone();

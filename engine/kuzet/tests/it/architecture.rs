@@ -125,7 +125,10 @@ const ALLOWED: &[Allowed] = &[
             "tower",
             "tracing",
         ],
-        dev: &[],
+        dev: &[
+            "kuzet-sim", // real redis-server and PostgreSQL, and the stand-in Centre, for the leases' tests
+            "tempfile",  // a Centre store shared by two nodes in the leases' tests
+        ],
         build: &[],
     },
     Allowed {

@@ -117,6 +117,41 @@ fn a_campaign_round_robin_over_three_nodes_is_blocked_at_the_count_one_node_bloc
             "{r}"
         );
     }
+    // A singleton's lease (as a node with a shared store holds it) is
+    // listed with its holder and token.
+    let set = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string()])
+        .args(["SET", "kuzet:lease:nbank-feed", "n2 42", "PX", "60000"])
+        .output()
+        .expect("redis-cli (scripts/install-deps.sh installs redis-server with it)");
+    assert!(set.status.success(), "{set:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["nodes", "--format", "jsonl", "--control"])
+        .arg(nodes[0].control_addr.unwrap().to_string())
+        .env("KUZET_TOKEN", token_of("ops"))
+        .output()
+        .unwrap();
+    let leases: Vec<(String, serde_json::Value)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or("").to_string(),
+                r["leases"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        leases,
+        [
+            ("n1".into(), serde_json::json!([])),
+            (
+                "n2".into(),
+                serde_json::json!([{"name": "nbank-feed", "token": 42}])
+            ),
+            ("n3".into(), serde_json::json!([])),
+        ]
+    );
     let spread = calls_until_blocked(&addrs, "+77015550002", gap);
     eprintln!("blocked at call {spread} over three nodes, {single} on one");
     assert!(
