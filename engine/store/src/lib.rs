@@ -651,4 +651,6 @@ pub fn now_us() -> i64 {
 }
 
 #[cfg(test)]
+mod suite;
+#[cfg(test)]
 mod tests;
