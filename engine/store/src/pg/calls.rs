@@ -50,6 +50,9 @@ pub struct PgStore {
     lifetimes_checked_us: i64,
     /// When partitions ahead of need were last checked (µs).
     partitions_checked_us: i64,
+    /// The data directory's lock, when the node holds one
+    /// ([`PgStore::holding`]): kept for as long as the writer lives.
+    _lock: Option<std::fs::File>,
 }
 
 /// The columns [`super::queries::record_from_row`] reads, in order.
@@ -102,12 +105,21 @@ pub fn open(url: &str, opts: Options, how: Partitioning) -> Result<PgStore, Stor
         known: Known::new(),
         lifetimes_checked_us: 0,
         partitions_checked_us: 0,
+        _lock: None,
     };
     s.ahead(crate::now_us())?;
     Ok(s)
 }
 
 impl PgStore {
+    /// The writer holding `lock` (the data directory's, from
+    /// [`crate::lock_dir`]: the record queue in it is this node's alone)
+    /// for as long as it lives.
+    pub fn holding(mut self, lock: std::fs::File) -> PgStore {
+        self._lock = Some(lock);
+        self
+    }
+
     /// The connection (tests read through it).
     pub fn conn(&self) -> &PgConn {
         &self.conn

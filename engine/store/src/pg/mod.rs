@@ -222,6 +222,36 @@ impl PgConn {
     }
 }
 
+/// The blocking client runs a runtime of its own, which may not be
+/// entered from a thread that drives an async runtime: a port dropped
+/// there (an `Arc` whose last holder was an async task, at shutdown)
+/// closes its connection on a thread of its own.
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        let client = match self.client.get_mut() {
+            Ok(c) => c.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(c) = client {
+            let (tx, rx) = std::sync::mpsc::channel::<postgres::Client>();
+            let closing = std::thread::Builder::new()
+                .name("kuzet-pg-close".into())
+                .spawn(move || drop(rx.recv()));
+            match closing {
+                Ok(_) => {
+                    let _ = tx.send(c);
+                }
+                Err(e) => {
+                    // Dropped here it could abort the process: left open
+                    // instead, until the process ends.
+                    tracing::warn!(server = %self.at, error = %e, "could not close a PostgreSQL connection on a thread of its own; it is left to close when kuzet exits");
+                    std::mem::forget(c);
+                }
+            }
+        }
+    }
+}
+
 /// Creates the migrations' own table, if missing: which version of each
 /// component's schema the database holds.
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS kuzet_schema (

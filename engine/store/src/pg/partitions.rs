@@ -29,7 +29,9 @@
 //! deleted a chunk at a time, with the same exemption.
 //!
 //! **By size** (`max_bytes`), the oldest partition that is not exempt and
-//! not the newest in use is dropped, whatever it holds: on PostgreSQL the
+//! lies wholly before the newest partition holding calls (never that one,
+//! nor those made ahead of need) is dropped, whatever it holds: on
+//! PostgreSQL the
 //! space of deleted rows is reused but never given back, so only a drop
 //! frees it. Unlike SQLite's retention by size, this takes the blocks and
 //! redirects of the dropped day too (their verdict ids were given to
@@ -55,7 +57,8 @@ const PARTITION_LOCK: i64 = 7_466_104_102;
 const DAY_US: i64 = 86_400_000_000;
 
 /// How the call log is partitioned (`[store] partition`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Partitioning {
     /// One partition per UTC day.
     #[default]
@@ -274,7 +277,7 @@ pub fn drop_oldest(
     let n = rows_of(&mut tx, &name)?;
     match tx.batch_execute(&format!("DROP TABLE {name}")) {
         Ok(()) => {}
-        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
             return Ok(None)
         }
         Err(e) => return Err(e),
