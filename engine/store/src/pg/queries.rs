@@ -9,10 +9,12 @@
 //! READ` read-only transaction on a connection of its own and is fetched
 //! through a portal a thousand rows at a time, so an export of millions
 //! of rows streams and is never collected, and the other queries go on
-//! meanwhile. Ids come from one sequence shared by the nodes, so a row
+//! meanwhile (they share a few connections, taken in turn). Ids come from one sequence shared by the nodes, so a row
 //! committed by another node after a page was read may carry an id below
 //! that page's cursor and be seen only by a later query: the cursor pages
 //! what was committed when each page was read.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use postgres::types::ToSql;
 use postgres::{IsolationLevel, Row};
@@ -27,9 +29,14 @@ use super::{incidents, pg_error, PgConn};
 /// Rows an export fetches from its portal at a time.
 const EXPORT_FETCH: i32 = 1000;
 
+/// Connections the reads share, taken in turn (each made on first use):
+/// one slow answer holds up only the requests behind it on its own.
+const READERS: usize = 4;
+
 /// The investigators' reads of the shared store.
 pub struct PgQueries {
-    conn: PgConn,
+    conns: Vec<PgConn>,
+    next: AtomicUsize,
 }
 
 impl PgQueries {
@@ -37,8 +44,15 @@ impl PgQueries {
     /// which made its schema).
     pub fn new(url: &str) -> PgQueries {
         PgQueries {
-            conn: PgConn::new(url),
+            conns: (0..READERS).map(|_| PgConn::new(url)).collect(),
+            next: AtomicUsize::new(0),
         }
+    }
+
+    /// The next connection in turn.
+    fn conn(&self) -> &PgConn {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        &self.conns[i]
     }
 }
 
@@ -143,7 +157,7 @@ impl Queries for PgQueries {
             "SELECT {COLUMNS} FROM calls {clause} ORDER BY id DESC LIMIT ${}",
             p.len()
         );
-        let mut calls = self.conn.with(|c| {
+        let mut calls = self.conn().with(|c| {
             c.query(&sql, &refs(&p))?
                 .iter()
                 .map(record_from_row)
@@ -159,13 +173,14 @@ impl Queries for PgQueries {
     }
 
     fn export(&self, f: &Filter, each: &mut dyn FnMut(Record) -> bool) -> Result<u64, StoreError> {
-        let at = self.conn.at();
+        let conn = self.conn();
+        let at = conn.at();
         let e = |err| pg_error(at, err);
         let (clause, p) = clause(f, None);
         let sql = format!("SELECT {COLUMNS} FROM calls {clause} ORDER BY id DESC");
         // A connection of its own: an export may last minutes, and the
         // port's other reads must not wait for it.
-        let mut client = self.conn.connect()?;
+        let mut client = conn.connect()?;
         let mut tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -216,7 +231,7 @@ impl Queries for PgQueries {
                 })
                 .collect()
         };
-        self.conn.with(|c| {
+        self.conn().with(|c| {
             // Both from one view.
             let mut tx = c
                 .build_transaction()
@@ -236,7 +251,7 @@ impl Queries for PgQueries {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<IncidentView>, StoreError> {
-        self.conn
+        self.conn()
             .with(|c| incidents::list(c, state, before, limit))
             .map(|v| {
                 v.into_iter()
@@ -249,7 +264,7 @@ impl Queries for PgQueries {
     }
 
     fn incident(&self, id: i64) -> Result<Option<IncidentView>, StoreError> {
-        self.conn.with(|c| incidents::get(c, id)).map(|v| {
+        self.conn().with(|c| incidents::get(c, id)).map(|v| {
             v.map(|(incident, delivered_seq)| IncidentView {
                 incident,
                 delivered_seq,
