@@ -226,20 +226,36 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // committed before the first call.
     let queue_bytes = cfg.store.queue_bytes();
     let reserve = cfg.store.queue_reserved_percent;
-    // The store is SQLite in the data directory: the writer (the recorder
-    // port) is opened here, and the other ports on the same directory are
-    // handed to the control plane. Control sees only the ports.
+    // The writer (the recorder port) is opened here, and the other ports
+    // on the same store are handed to the control plane; control sees
+    // only the ports. SQLite: one file in the data directory. PostgreSQL:
+    // one database every node shares; the data directory still holds the
+    // record queue (the spool while the server is away) and its lock.
     let (mut store, ring, ports) = if cfg.store.enabled {
         let dir = cfg.data_dir();
-        let mut st = kuzet_store::open(&dir, cfg.store_options())?;
-        tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
-        let ring = open_records(&dir, queue_bytes, reserve, &mut st, &metrics)?;
-        let ports = kuzet_store::sqlite::ports(&dir);
-        (
-            Some(Box::new(st) as Box<dyn RecordWriter>),
-            ring,
-            Some(ports),
-        )
+        let (mut st, ports): (Box<dyn RecordWriter>, _) = match (cfg.store.backend, &cfg.store.url)
+        {
+            (kuzet_store::config::Backend::Postgres, Some(url)) => {
+                let lock = kuzet_store::lock_dir(&dir)?;
+                let st = kuzet_store::pg::open(&url.0, cfg.store_options(), cfg.store.partition)?
+                    .holding(lock);
+                tracing::info!(server = %st.location(), store_id = st.store_id(), partition = ?cfg.store.partition, "store open (PostgreSQL)");
+                // The Centre's port stays SQLite in the data directory for
+                // now: the seam where a PostgreSQL Centre goes. The outbox
+                // is unfenced (one reporter per store until its lease is
+                // kept in Redis; the fence goes in here).
+                let centre = kuzet_store::sqlite::ports(&dir).centre;
+                let ports = kuzet_store::pg::ports(&url.0, None, centre);
+                (Box::new(st), ports)
+            }
+            _ => {
+                let st = kuzet_store::open(&dir, cfg.store_options())?;
+                tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
+                (Box::new(st), kuzet_store::sqlite::ports(&dir))
+            }
+        };
+        let ring = open_records(&dir, queue_bytes, reserve, st.as_mut(), &metrics)?;
+        (Some(st), ring, Some(ports))
     } else {
         let ring = RecordRing::in_memory(queue_bytes, reserve)
             .map_err(|e| anyhow::anyhow!("the record queue: {e}"))?;

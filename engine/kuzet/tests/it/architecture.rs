@@ -138,6 +138,7 @@ const ALLOWED: &[Allowed] = &[
             "kuzet-net", // private_umask, effective_uid
             "libc",
             "postgres", // the shared store of a cluster (blocking, as the ports are)
+            "tokio-postgres", // the engine under `postgres`: its SQLSTATE codes (pg::partitions)
             "rusqlite",
             "serde",
             "serde_json",

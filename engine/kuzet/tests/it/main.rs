@@ -33,4 +33,5 @@ mod sim;
 mod sipp;
 mod sockets;
 mod store;
+mod store_pg;
 mod store_ports;
