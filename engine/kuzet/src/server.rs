@@ -161,13 +161,24 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         Arc::new(FileSource::new(sources.clone())),
         published.clone(),
     ];
+    // A store every node shares (PostgreSQL) with the nodes clustered:
+    // each singleton (the Centre's puller and report outbox, the register
+    // outbox) is led by one node at a time, and the store checks every
+    // write of theirs against the lease's fence.
+    let pg_url = match (cfg.store.enabled, cfg.store.backend, &cfg.store.url) {
+        (true, kuzet_store::config::Backend::Postgres, Some(url)) => Some(url.0.clone()),
+        _ => None,
+    };
+    let fences =
+        (pg_url.is_some() && cfg.cluster.enabled()).then(kuzet_control::lease::Fences::new);
+    let centre_port = centre_port(pg_url.as_deref(), fences.as_ref(), &dir);
     // The National Bank's feed is a layer of its own, back from the store
     // as it was before the first snapshot: a restart never drops it, and
     // a feed that is down now still has its last good layer enforced.
     let nb_feed = if cfg.nbank.enabled() {
         kuzet_store::private::prepare_dir(&dir)
             .map_err(|e| anyhow::anyhow!("data directory {}: {e}", dir.display()))?;
-        let centre = kuzet_store::sqlite::ports(&dir).centre;
+        let centre = centre_port.clone();
         let layer = Arc::new(kuzet_control::nbfeed::layer::FeedLayer::new(Arc::new(
             plan.clone(),
         )));
@@ -240,12 +251,12 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 let st = kuzet_store::pg::open(&url.0, cfg.store_options(), cfg.store.partition)?
                     .holding(lock);
                 tracing::info!(server = %st.location(), store_id = st.store_id(), partition = ?cfg.store.partition, "store open (PostgreSQL)");
-                // The Centre's port stays SQLite in the data directory for
-                // now: the seam where a PostgreSQL Centre goes. The outbox
-                // is unfenced (one reporter per store until its lease is
-                // kept in Redis; the fence goes in here).
-                let centre = kuzet_store::sqlite::ports(&dir).centre;
-                let ports = kuzet_store::pg::ports(&url.0, None, centre);
+                // The register outbox is fenced by its lease when the
+                // nodes are clustered (one reporter drives it at a time).
+                let outbox_fence = fences
+                    .as_ref()
+                    .map(|f| f.get(kuzet_control::lease::Singleton::RegisterOutbox));
+                let ports = kuzet_store::pg::ports(&url.0, outbox_fence, centre_port.clone());
                 (Box::new(st), ports)
             }
             _ => {
@@ -570,14 +581,18 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     }
     // One leader per singleton (the Centre's puller, case clock and
     // report outbox, the register outbox): only with [cluster] on and a
-    // store every node shares. The wiring point of the shared store
-    // (`[store] backend = "postgres"`): it makes
-    // `kuzet_control::lease::Fences::new()` before it opens, checks each
-    // singleton's writes against its fence (`kuzet_store::pg::fence_check`),
-    // and hands the fences here with its `fence_claim` as
-    // `Some(SharedStore { fences, claim })`. A store of the node's own
-    // gives `None`: every singleton runs here, as on a node alone.
-    let shared_store: Option<kuzet_control::lease::SharedStore> = None;
+    // store every node shares, whose fences were made above; a store of
+    // the node's own gives `None`: every singleton runs here, as on a
+    // node alone.
+    let shared_store = match (fences, &pg_url) {
+        (Some(fences), Some(url)) => {
+            let conn = Arc::new(kuzet_store::pg::PgConn::new(url));
+            let claim: kuzet_control::lease::Claim =
+                Arc::new(move |f| kuzet_store::pg::fence_claim(&conn, f));
+            Some(kuzet_control::lease::SharedStore { fences, claim })
+        }
+        _ => None,
+    };
     let leases = kuzet_control::lease::Leases::for_cluster(
         &cfg.cluster,
         &cfg.node_name(),
@@ -638,6 +653,32 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         events: Some(events),
         recorder_stop,
     })
+}
+
+/// The store's Centre port: the shared PostgreSQL's when the store is
+/// there (its feed puller's and report sender's writes fenced when the
+/// nodes are clustered; the alerts come with the feed's puller, so they
+/// share its lease), else `centre.db` in the data directory.
+fn centre_port(
+    pg_url: Option<&str>,
+    fences: Option<&kuzet_control::lease::Fences>,
+    dir: &std::path::Path,
+) -> Arc<dyn kuzet_store::Centre> {
+    use kuzet_control::lease::Singleton;
+    match pg_url {
+        Some(url) => {
+            let get = |s| fences.map(|f| f.get(s));
+            Arc::new(kuzet_store::pg::centre::PgCentre::new(
+                url,
+                kuzet_store::pg::centre::CentreFences {
+                    feed: get(Singleton::NbankFeed),
+                    cases: get(Singleton::NbankFeed),
+                    reports: get(Singleton::NbankReports),
+                },
+            ))
+        }
+        None => kuzet_store::sqlite::ports(dir).centre,
+    }
 }
 
 /// What the Centre's parts are made from, besides the config.
