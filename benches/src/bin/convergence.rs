@@ -9,7 +9,8 @@
 //! first 603 is how long a count takes to reach another node (A's push
 //! interval, Redis, B's read). B's own probes add to the count too, but
 //! at one every 2 ms they alone would need `MAX` / 500 s, far past any
-//! figure here. Prints the median, p90 and worst for B and C.
+//! figure here. Each round starts at a random moment of the push cycle.
+//! Prints the median, p90 and worst for B and C.
 //!
 //! `cargo build --release -p kuzet && cargo run --release -p kuzet-benches
 //! --bin convergence -- [ROUNDS] [PUSH_MS]` (from the repository's root;
@@ -64,7 +65,13 @@ fn main() {
         .collect();
     let mut to_b = Vec::new();
     let mut to_c = Vec::new();
+    let mut jitter = 0x9e37_79b9u64;
     for r in 0..rounds {
+        // A random moment of the push cycle.
+        jitter ^= jitter << 13;
+        jitter ^= jitter >> 7;
+        jitter ^= jitter << 17;
+        std::thread::sleep(Duration::from_millis(jitter % push_ms.max(1)));
         let caller = format!("+7701777{:04}", r);
         for i in 0..MAX {
             let s = nodes[0].status(&caller);
