@@ -2,8 +2,9 @@
 //! `redis-server` (issue 22's first part): a campaign spread round-robin
 //! over three nodes is blocked at the count one node blocks it at, and
 //! Redis dying under load delays no call. Behind Kamailio's dispatcher
-//! (`kuzet-sim cluster`, deploy/cluster/), calls spread over the nodes and
-//! a dead node is routed around.
+//! (`kuzet-sim cluster`, deploy/cluster/, one PostgreSQL store for all),
+//! calls spread over the nodes, any node's investigators see every node's
+//! calls, and a dead node is routed around.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -305,7 +306,6 @@ fn three_nodes_behind_kamailio_share_the_calls_and_a_dead_node_is_routed_around(
     let mut opts = kuzet_sim::cluster::Options::new(dir.path());
     opts.kuzet = env!("CARGO_BIN_EXE_kuzet").into();
     opts.kamailio = crate::kamailio::kamailio();
-    opts.shared_store = false;
     let mut c = kuzet_sim::cluster::Cluster::up(&opts).expect("the cluster comes up");
     let sock = client();
     // A subscriber's calls go on to the far end (its 302), spread over
@@ -337,6 +337,44 @@ fn three_nodes_behind_kamailio_share_the_calls_and_a_dead_node_is_routed_around(
             &format!("listed-{i}"),
         );
         assert_eq!(code, 603, "listed call {i}");
+    }
+    // One store for all: node 1's investigators see every node's blocks.
+    let blocked_on = |nodes: usize| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+            .args([
+                "calls",
+                "--since",
+                "10m",
+                "--decision",
+                "block",
+                "--format",
+                "jsonl",
+                "--data",
+            ])
+            .arg(&c.nodes[0].data)
+            .output()
+            .expect("kuzet calls");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let by: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["node"].as_str().map(String::from))
+            .collect();
+        (text.lines().count(), by.len() >= nodes)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked_on(2) != (6, true) {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never saw the six blocks from several nodes: {:?}",
+            blocked_on(2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     // Node 2 dies. Until the router's probes mark it down, a call sent
     // to it goes on unscored after the router's timer (fail-open): every
