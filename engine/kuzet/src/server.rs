@@ -337,6 +337,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     cfg.server.listen = udp_addr;
     // The store was opened (and checked writable) above, when it is on.
     metrics.set(Gauge::StoreWritable, i64::from(cfg.store.enabled));
+    metrics.set(
+        Gauge::StoreShared,
+        i64::from(cfg.store.enabled && cfg.store.backend == kuzet_store::config::Backend::Postgres),
+    );
     let hep = if cfg.hep.enabled {
         let h = kuzet_control::hep::HepSender::new(cfg.hep.sender_config(udp_addr), &metrics)
             .with_context(|| format!("a socket towards the HEP collector {}", cfg.hep.collector))?;
