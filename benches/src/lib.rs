@@ -171,3 +171,149 @@ pub mod dashmap_tracker {
         }
     }
 }
+
+pub mod process {
+    //! A release `kuzet` binary as a process of its own, judging real UDP
+    //! INVITEs: what the end-to-end benchmarks (`nbfeed_bench`,
+    //! `convergence`) measure against. Killed when dropped.
+
+    use std::net::{SocketAddr, UdpSocket};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A kuzet process and where it answers.
+    pub struct KuzetProc {
+        child: Child,
+        /// Its SIP address.
+        pub sip: SocketAddr,
+        sock: UdpSocket,
+        n: u64,
+    }
+
+    impl Drop for KuzetProc {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A free loopback UDP port.
+    pub fn free_port() -> u16 {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = s.local_addr().unwrap().port();
+        drop(s);
+        p
+    }
+
+    impl KuzetProc {
+        /// Starts `$KUZET_BIN` (default `target/release/kuzet`) in a fresh
+        /// `dir` with the config `toml(port)` (its SIP port given), and
+        /// returns once it answers an INVITE.
+        pub fn start(dir: &Path, toml: impl FnOnce(u16) -> String) -> KuzetProc {
+            KuzetProc::start_with(dir, toml, &[])
+        }
+
+        /// As [`start`](Self::start), with more `kuzet run` arguments.
+        pub fn start_with(
+            dir: &Path,
+            toml: impl FnOnce(u16) -> String,
+            args: &[&str],
+        ) -> KuzetProc {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).unwrap();
+            let port = free_port();
+            std::fs::write(dir.join("kuzet.toml"), toml(port)).unwrap();
+            let bin = std::env::var("KUZET_BIN").unwrap_or_else(|_| "target/release/kuzet".into());
+            let bin = std::fs::canonicalize(&bin).unwrap_or_else(|e| {
+                panic!("{bin}: {e} (build it: cargo build --release -p kuzet, or set KUZET_BIN)")
+            });
+            let child = Command::new(bin)
+                .args(["run", "--config", "kuzet.toml"])
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut k = KuzetProc {
+                child,
+                sip: format!("127.0.0.1:{port}").parse().unwrap(),
+                sock,
+                n: 0,
+            };
+            let t = Instant::now();
+            while k.status("+77019999999").is_none() {
+                assert!(t.elapsed() < Duration::from_secs(60), "kuzet did not start");
+            }
+            k
+        }
+
+        /// The status kuzet answers an INVITE from `a` (None: no answer).
+        pub fn status(&mut self, a: &str) -> Option<u16> {
+            self.n += 1;
+            let port = self.sock.local_addr().unwrap().port();
+            let id = self.n;
+            let msg = format!(
+                "INVITE sip:+77019990000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKnb{id};rport\r\n\
+                 From: <sip:{a}@127.0.0.1>;tag=t{id}\r\nTo: <sip:+77019990000@127.0.0.1>\r\nCall-ID: nb-{id}\r\n\
+                 CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContact: <sip:{a}@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
+            );
+            self.sock.send_to(msg.as_bytes(), self.sip).ok()?;
+            let mut buf = [0u8; 4096];
+            loop {
+                let (n, _) = self.sock.recv_from(&mut buf).ok()?;
+                let text = std::str::from_utf8(&buf[..n]).ok()?;
+                if !text.contains(&format!("branch=z9hG4bKnb{id};")) {
+                    continue;
+                }
+                let code = text.get(8..11)?.parse().ok()?;
+                if code >= 200 {
+                    return Some(code);
+                }
+            }
+        }
+
+        /// Waits until a call from `a` is blocked, asking every `every`;
+        /// returns when.
+        pub fn until_blocked_every(
+            &mut self,
+            a: &str,
+            limit: Duration,
+            every: Duration,
+        ) -> Instant {
+            let t = Instant::now();
+            loop {
+                if self.status(a) == Some(603) {
+                    return Instant::now();
+                }
+                assert!(t.elapsed() < limit, "{a} was never blocked");
+                std::thread::sleep(every);
+            }
+        }
+
+        /// Waits until a call from `a` is blocked (asking every 5 ms);
+        /// returns when.
+        pub fn until_blocked(&mut self, a: &str, limit: Duration) -> Instant {
+            self.until_blocked_every(a, limit, Duration::from_millis(5))
+        }
+
+        /// A field of /proc/PID/status, in KiB.
+        pub fn proc_kib(&self, field: &str) -> u64 {
+            let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        }
+
+        /// Resets the peak RSS (VmHWM) to the RSS now.
+        pub fn reset_peak(&self) {
+            let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+        }
+    }
+}

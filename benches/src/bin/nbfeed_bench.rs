@@ -19,9 +19,8 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kuzet_sim::nbfeed::{FeedEntry, NbFeed};
@@ -32,121 +31,27 @@ fn now_s() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// A kuzet process and where it answers.
-struct Kuzet {
-    child: Child,
-    sip: SocketAddr,
-    sock: UdpSocket,
-    n: u64,
+/// A kuzet process judging calls, pulling from the stand-in Centre.
+type Kuzet = kuzet_benches::process::KuzetProc;
+
+/// kuzet's config for pulling the stand-in Centre at `centre` every
+/// `poll_ms`, trusting its keys.
+fn config(port: u16, feed: &NbFeed, centre: SocketAddr, poll_ms: u64) -> String {
+    let mut toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nudp_workers = 1\n[control]\nenabled = false\n[admin]\nenabled = false\n\
+         [lists]\nreload_interval_ms = 1000\n[nbank]\nurl = \"http://{centre}\"\npoll_ms = {poll_ms}\ntimeout_ms = 60000\n"
+    );
+    for k in feed.keys() {
+        toml.push_str(&format!(
+            "[[nbank.keys]]\nid = \"{}\"\npublic = \"{}\"\nvalid_from = \"{}\"\n",
+            k.id, k.public_hex, k.valid_from_rfc3339
+        ));
+    }
+    toml
 }
 
-impl Drop for Kuzet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let p = s.local_addr().unwrap().port();
-    drop(s);
-    p
-}
-
-impl Kuzet {
-    fn start(dir: &Path, feed: &NbFeed, centre: SocketAddr, poll_ms: u64) -> Kuzet {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
-        let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nudp_workers = 1\n[control]\nenabled = false\n[admin]\nenabled = false\n\
-             [lists]\nreload_interval_ms = 1000\n[nbank]\nurl = \"http://{centre}\"\npoll_ms = {poll_ms}\ntimeout_ms = 60000\n"
-        );
-        for k in feed.keys() {
-            toml.push_str(&format!(
-                "[[nbank.keys]]\nid = \"{}\"\npublic = \"{}\"\nvalid_from = \"{}\"\n",
-                k.id, k.public_hex, k.valid_from_rfc3339
-            ));
-        }
-        std::fs::write(dir.join("kuzet.toml"), toml).unwrap();
-        let bin = std::env::var("KUZET_BIN").unwrap_or_else(|_| "target/release/kuzet".into());
-        let bin = std::fs::canonicalize(&bin).unwrap_or_else(|e| {
-            panic!("{bin}: {e} (build it: cargo build --release -p kuzet, or set KUZET_BIN)")
-        });
-        let child = Command::new(bin)
-            .args(["run", "--config", "kuzet.toml"])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut k = Kuzet {
-            child,
-            sip: format!("127.0.0.1:{port}").parse().unwrap(),
-            sock,
-            n: 0,
-        };
-        let t = Instant::now();
-        while k.status("+77019999999").is_none() {
-            assert!(t.elapsed() < Duration::from_secs(60), "kuzet did not start");
-        }
-        k
-    }
-
-    /// The status kuzet answers an INVITE from `a` (None: no answer).
-    fn status(&mut self, a: &str) -> Option<u16> {
-        self.n += 1;
-        let port = self.sock.local_addr().unwrap().port();
-        let id = self.n;
-        let msg = format!(
-            "INVITE sip:+77019990000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKnb{id};rport\r\n\
-             From: <sip:{a}@127.0.0.1>;tag=t{id}\r\nTo: <sip:+77019990000@127.0.0.1>\r\nCall-ID: nb-{id}\r\n\
-             CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContact: <sip:{a}@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
-        );
-        self.sock.send_to(msg.as_bytes(), self.sip).ok()?;
-        let mut buf = [0u8; 4096];
-        loop {
-            let (n, _) = self.sock.recv_from(&mut buf).ok()?;
-            let text = std::str::from_utf8(&buf[..n]).ok()?;
-            if !text.contains(&format!("branch=z9hG4bKnb{id};")) {
-                continue;
-            }
-            let code = text.get(8..11)?.parse().ok()?;
-            if code >= 200 {
-                return Some(code);
-            }
-        }
-    }
-
-    /// Waits until a call from `a` is blocked; returns when.
-    fn until_blocked(&mut self, a: &str, limit: Duration) -> Instant {
-        let t = Instant::now();
-        loop {
-            if self.status(a) == Some(603) {
-                return Instant::now();
-            }
-            assert!(t.elapsed() < limit, "{a} was never blocked");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn proc_kib(&self, field: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Resets the peak RSS (VmHWM) to the RSS now.
-    fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
-    }
+fn start(dir: &Path, feed: &NbFeed, centre: SocketAddr, poll_ms: u64) -> Kuzet {
+    Kuzet::start(dir, |port| config(port, feed, centre, poll_ms))
 }
 
 fn entries(from: u64, n: u64, expires: i64) -> Vec<FeedEntry> {
@@ -185,7 +90,7 @@ fn main() {
     match what {
         "latency" => {
             let rounds = arg(1, 20);
-            let mut k = Kuzet::start(&dir, &feed, centre, 1_000);
+            let mut k = start(&dir, &feed, centre, 1_000);
             let mut ms = Vec::new();
             let mut jitter = 0x9e37_79b9u64;
             for i in 0..rounds {
@@ -205,7 +110,7 @@ fn main() {
         }
         "first" => {
             let n = arg(1, 1_000_000);
-            let mut k = Kuzet::start(&dir, &feed, centre, 1_000);
+            let mut k = start(&dir, &feed, centre, 1_000);
             let before = k.proc_kib("VmRSS:");
             let batch = entries(0, n, far);
             let t = Instant::now();
@@ -229,7 +134,7 @@ fn main() {
             let layer = arg(1, 10_000_000);
             let delta = arg(2, 10_000);
             let per = 1_000_000u64.min(layer);
-            let mut k = Kuzet::start(&dir, &feed, centre, 1_000);
+            let mut k = start(&dir, &feed, centre, 1_000);
             let t = Instant::now();
             let mut from = 0;
             while from < layer {

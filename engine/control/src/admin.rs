@@ -104,7 +104,12 @@ fn reasons(m: &Metrics, store_on: bool) -> Vec<&'static str> {
     if m.gauge(Gauge::SocketsBound) != 1 {
         why.push("SIP sockets not bound");
     }
-    if store_on && m.gauge(Gauge::StoreWritable) != 1 {
+    // A store of the node's own that fails takes the node out, so calls
+    // go where evidence is kept; a shared store fails for every node at
+    // once, and taking them all out would help nothing: a warning, while
+    // the record queue holds what the store does not take (a queue that
+    // loses records makes the node unready below).
+    if store_on && m.gauge(Gauge::StoreWritable) != 1 && m.gauge(Gauge::StoreShared) != 1 {
         why.push("store not writable");
     }
     match m.gauge(Gauge::StorePressure) {
@@ -210,6 +215,9 @@ async fn healthz() -> &'static str {
 /// every call as it should, but someone should look.
 fn warnings(m: &Metrics) -> Vec<String> {
     let mut w = Vec::new();
+    if m.gauge(Gauge::StoreShared) == 1 && m.gauge(Gauge::StoreWritable) != 1 {
+        w.push("the shared store is not taking commits: records wait in the record queue and are committed when it returns (kuzet_record_queue_used_bytes)".to_string());
+    }
     if m.gauge(Gauge::NbankOn) == 1 && m.gauge(Gauge::NbankStale) == 1 {
         let last = m.gauge(Gauge::NbankLastOkUnix);
         w.push(if last > 0 {
@@ -573,6 +581,34 @@ impl Collector for Exposition {
                 ConstGauge::new(*n as i64).encode(e.encode_family(&labels)?)?;
             }
         }
+        if let Some(leases) = m.find::<crate::lease::LeaseCounters>() {
+            let states = leases.states();
+            type Value = fn(&crate::lease::LeaseState) -> i64;
+            let families: [(&str, &str, Value); 3] = [
+                (
+                    "lease_configured",
+                    "1 when this node competes for the singleton's lease ([cluster] on, a shared store, the singleton configured)",
+                    |s| i64::from(s.configured),
+                ),
+                (
+                    "lease_held",
+                    "1 while this node leads the singleton (holds its lease, its fencing token claimed in the store)",
+                    |s| i64::from(s.held),
+                ),
+                (
+                    "lease_token",
+                    "The fencing token this node leads the singleton with (0 when it does not)",
+                    |s| s.token as i64,
+                ),
+            ];
+            for (name, help, value) in families {
+                let mut e = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for s in &states {
+                    let labels = [("lease", s.name)];
+                    ConstGauge::new(value(s)).encode(e.encode_family(&labels)?)?;
+                }
+            }
+        }
         let mut e = enc.encode_descriptor(
             "build_info",
             "kuzet's version (always 1)",
@@ -582,5 +618,48 @@ impl Collector for Exposition {
         let labels = [("version", env!("CARGO_PKG_VERSION"))];
         ConstGauge::new(1i64).encode(e.encode_family(&labels)?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node with lists loaded and sockets bound, its store failing.
+    fn failing_store(shared: bool) -> Metrics {
+        let m = Metrics::default();
+        m.set(Gauge::ListsLoadedUnix, 1);
+        m.set(Gauge::SocketsBound, 1);
+        m.set(Gauge::StoreWritable, 0);
+        m.set(Gauge::StoreShared, i64::from(shared));
+        m
+    }
+
+    #[test]
+    fn a_failing_store_of_the_nodes_own_makes_it_unready_a_shared_one_warns() {
+        let own = failing_store(false);
+        assert_eq!(reasons(&own, true), ["store not writable"]);
+        assert!(warnings(&own).is_empty());
+        let shared = failing_store(true);
+        assert!(
+            reasons(&shared, true).is_empty(),
+            "every node would be out at once"
+        );
+        let w = warnings(&shared);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("the shared store is not taking commits"),
+            "{w:?}"
+        );
+        // Once records are being lost, the node is unready either way.
+        shared.set(Gauge::RecordLossSustained, 1);
+        assert_eq!(
+            reasons(&shared, true),
+            ["records lost in most of the last 10 seconds (store_dropped_total)"]
+        );
+        // Writable again: neither.
+        shared.set(Gauge::RecordLossSustained, 0);
+        shared.set(Gauge::StoreWritable, 1);
+        assert!(reasons(&shared, true).is_empty() && warnings(&shared).is_empty());
     }
 }

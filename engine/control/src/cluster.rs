@@ -54,6 +54,12 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// Deadline of each Redis request.
     pub timeout_ms: u64,
+    /// How long a singleton's lease lasts without renewal (the National
+    /// Bank feed's puller, its case clock and report outbox, the register
+    /// outbox), with a store every node shares: its holder renews it
+    /// every third of this, and another node takes over within about
+    /// this plus a third of it after the holder dies.
+    pub lease_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -64,6 +70,7 @@ impl Default for ClusterConfig {
             max_age_ms: 10_000,
             key_prefix: "kuzet".into(),
             timeout_ms: 1_000,
+            lease_ms: 5_000,
         }
     }
 }
@@ -87,6 +94,13 @@ impl ClusterConfig {
         }
         if self.timeout_ms == 0 {
             return Err("cluster.timeout_ms must be above 0".into());
+        }
+        if self.lease_ms > 600_000 || self.lease_ms < self.timeout_ms.saturating_mul(3) {
+            return Err(format!(
+                "cluster.lease_ms = {}: between 3 x cluster.timeout_ms ({}) and 600000 (a renewal that waits out its deadline must leave time for another before the lease lapses)",
+                self.lease_ms,
+                self.timeout_ms.saturating_mul(3)
+            ));
         }
         if self.key_prefix.is_empty()
             || !self
@@ -416,7 +430,26 @@ impl NodeService {
                 seen_us: num("seen_us"),
                 redis_up: num("redis_up") == 1,
                 ready: num("ready") == 1,
+                leases: Vec::new(),
             });
+        }
+        // Who holds each singleton's lease (none without a shared store).
+        for s in crate::lease::Singleton::ALL {
+            let key = crate::lease::lease_key(&self.cfg.key_prefix, s.name());
+            let held: Option<String> =
+                tokio::time::timeout(deadline, redis::cmd("GET").arg(&key).query_async(&mut k))
+                    .await
+                    .map_err(|_| unavailable("no answer".into()))?
+                    .map_err(|e| unavailable(e.to_string()))?;
+            let Some((holder, token)) = held.as_deref().and_then(crate::lease::parse_holder) else {
+                continue;
+            };
+            if let Some(n) = out.iter_mut().find(|n| n.name == holder) {
+                n.leases.push(kuzet_api::cluster::Lease {
+                    name: s.name().to_string(),
+                    token,
+                });
+            }
         }
         Ok(out)
     }
@@ -449,5 +482,33 @@ impl kuzet_api::cluster::node_service_server::NodeService for NodeService {
         )
         .await
         .map(tonic::Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_leaves_room_for_a_renewal_that_waits_out_its_deadline() {
+        let mut c = ClusterConfig {
+            redis_url: Some("redis://127.0.0.1:6379/".into()),
+            ..ClusterConfig::default()
+        };
+        c.check().unwrap();
+        c.lease_ms = 2_999;
+        let e = c.check().unwrap_err();
+        assert!(
+            e.starts_with("cluster.lease_ms = 2999: between 3 x cluster.timeout_ms (3000)"),
+            "{e}"
+        );
+        c.lease_ms = 3_000;
+        c.check().unwrap();
+        c.lease_ms = 600_001;
+        assert!(c.check().unwrap_err().starts_with("cluster.lease_ms"));
+        // A deadline too long for any lease is refused, not overflowed.
+        c.timeout_ms = u64::MAX;
+        c.lease_ms = 5_000;
+        assert!(c.check().unwrap_err().starts_with("cluster.lease_ms"));
     }
 }

@@ -32,6 +32,9 @@
 //!   on a runtime of its own.
 //! - [`cluster`]: behaviour counts shared with the other nodes through
 //!   Redis, as per-node deltas, off the call path.
+//! - [`lease`]: one leader per singleton (the Centre's puller, case clock
+//!   and report outbox, the register outbox) when the store is shared: a
+//!   lease in Redis with a fencing token the store checks.
 //! - [`nbfeed`]: the National Bank's Anti-Fraud Centre: its signed feed
 //!   as the `nb_feed` layer, its alerts as cases with deadlines, and the
 //!   reports kuzet sends it through a durable outbox.
@@ -59,6 +62,7 @@ pub mod gate;
 pub mod guard;
 pub mod hep;
 pub mod investigate;
+pub mod lease;
 pub mod lists;
 pub mod nbfeed;
 pub mod plane;
@@ -86,6 +90,7 @@ pub fn register_counters(metrics: &Metrics) -> Result<(), DuplicateCounter> {
     metrics.register(Arc::new(hep::HepCounters::default()))?;
     metrics.register(Arc::new(nbfeed::NbankCounters::default()))?;
     metrics.register(Arc::new(cluster::ClusterCounters::default()))?;
+    metrics.register(Arc::new(lease::LeaseCounters::default()))?;
     metrics.register(Arc::new(publishing::shared::VersionCounters::default()))?;
     Ok(())
 }
@@ -105,6 +110,7 @@ mod tests {
             "register_dead_letters_total",
             "list_reload_failures_total",
             "hep_send_errors_total",
+            "lease_fenced_total",
         ] {
             assert_eq!(m.value(name), Some(0), "{name}");
         }

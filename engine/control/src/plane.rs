@@ -147,6 +147,11 @@ pub struct Services {
     /// Shared counts through Redis, when `[cluster] redis_url` is set:
     /// the section and this node.
     pub cluster: Option<(crate::cluster::ClusterConfig, crate::cluster::Me)>,
+    /// The singletons' leases, when `[cluster]` is on and the store is
+    /// shared by every node ([`crate::lease::Leases::for_cluster`]): the
+    /// register reporter and the Centre's singletons run only while this
+    /// node leads them. None: they run here as on a node alone.
+    pub leases: Option<Arc<crate::lease::Leases>>,
     /// Published versions shared by the cluster's nodes: their follower.
     pub versions: Option<Arc<crate::publishing::shared::SharedVersions>>,
 }
@@ -173,6 +178,7 @@ pub fn run(
         nudge,
         nbank,
         cluster,
+        leases,
         versions,
     } = services;
     let follower = rt.block_on(async move {
@@ -188,7 +194,7 @@ pub fn run(
             ));
         }
         if let Some(nb) = nbank {
-            nb.spawn(shutdown.clone());
+            nb.spawn(shutdown.clone(), leases.clone());
         }
         if let Some((cfg, me)) = cluster {
             tokio::spawn(crate::cluster::run(
@@ -210,12 +216,27 @@ pub fn run(
             tokio::spawn(outbox_gauges(outbox, metrics.clone()));
         }
         if let Some((target, outbox)) = reporter {
-            tokio::spawn(crate::report::run(
-                target,
-                outbox,
-                metrics.clone(),
-                shutdown.clone(),
-            ));
+            match leases.map(|l| l.get(crate::lease::Singleton::RegisterOutbox)) {
+                None => {
+                    tokio::spawn(crate::report::run(
+                        target,
+                        outbox,
+                        metrics.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Some(lease) => {
+                    let outbox = crate::lease::fenced::outbox(outbox, lease.clone());
+                    let m = metrics.clone();
+                    crate::lease::singleton::spawn(
+                        "the register reporter",
+                        Some(lease),
+                        shutdown.clone(),
+                        move |sd| crate::report::run(target.clone(), outbox.clone(), m.clone(), sd),
+                        || {},
+                    );
+                }
+            }
         }
         let _ = shutdown.changed().await;
         follower

@@ -182,6 +182,10 @@ struct Registered {
 #[allow(missing_docs)]
 pub enum Gauge {
     StoreWritable,
+    /// 1 when the store is one every node shares (PostgreSQL): its
+    /// failure is every node's, so it makes no node unready while the
+    /// record queue holds what it does not take.
+    StoreShared,
     OutboxPending,
     OutboxDeadLetters,
     TcpConnections,

@@ -244,9 +244,24 @@ impl Config {
         Ok(())
     }
 
-    /// Parses and checks TOML text; `name` labels errors.
+    /// Parses and checks TOML text; `name` labels errors. With a
+    /// PostgreSQL store, the environment variable `KUZET_STORE_URL`, when
+    /// set, gives its URL (over `store.url`), so a password need not sit
+    /// in the file.
     pub fn from_toml_str(text: &str, name: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| {
+        let mut c = Self::parse_toml(text, name)?;
+        if c.store.backend == kuzet_store::config::Backend::Postgres {
+            if let Ok(url) = std::env::var(kuzet_store::config::STORE_URL_ENV) {
+                c.store.url = Some(kuzet_store::config::StoreUrl(url));
+            }
+        }
+        c.check(name)?;
+        Ok(c)
+    }
+
+    /// Parses TOML text, unchecked; `name` labels errors.
+    fn parse_toml(text: &str, name: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             let (line, col) = kuzet_rules::toml_pos::error_at(text, &e);
             ConfigError::Toml {
                 path: name.to_string(),
@@ -254,9 +269,7 @@ impl Config {
                 col,
                 message: e.message().to_string(),
             }
-        })?;
-        c.check(name)?;
-        Ok(c)
+        })
     }
 
     /// Checks what serde cannot: each section's own value ranges (its
@@ -295,7 +308,7 @@ impl Config {
                 )));
             }
         }
-        if self.shared_versions_url().is_some() && !self.cluster.enabled() {
+        if self.publishing.shared_url.is_some() && !self.cluster.enabled() {
             return Err(bad(
                 "publishing.shared_url shares published versions between the nodes of a cluster, and the nodes announce them on Redis: set [cluster] redis_url too".into(),
             ));
@@ -347,11 +360,22 @@ impl Config {
     }
 
     /// The PostgreSQL database holding the published versions a cluster's
-    /// nodes share, if any: `[publishing] shared_url` for now. The one
-    /// place to switch to the store's own database once the store can be
-    /// shared (`[store] backend = "postgres"`, `store.url`).
+    /// nodes share, if any: `[publishing] shared_url` when set, else the
+    /// store's own database when the store is shared (`[store] backend =
+    /// "postgres"`) and the node is clustered (`[cluster] redis_url`).
+    /// The one place that decides where shared versions live.
     pub fn shared_versions_url(&self) -> Option<&str> {
-        self.publishing.shared_url.as_deref()
+        if let Some(u) = &self.publishing.shared_url {
+            return Some(u);
+        }
+        match (&self.store.url, self.store.backend) {
+            (Some(u), kuzet_store::config::Backend::Postgres)
+                if self.store.enabled && self.cluster.enabled() =>
+            {
+                Some(&u.0)
+            }
+            _ => None,
+        }
     }
 
     /// This node's name: configured, or the host name.
@@ -538,6 +562,38 @@ mod tests {
                 .contains("investigator, rule-author, approver or admin"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_store_backend_and_its_url_are_checked() {
+        let e = Config::from_toml_str("[store]\nbackend = \"mysql\"\n", "k.toml").unwrap_err();
+        assert!(
+            e.to_string().starts_with("k.toml:2:")
+                && e.to_string().contains("`sqlite` or `postgres`"),
+            "{e}"
+        );
+        let c = Config::from_toml_str(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://kuzet:pw@db:5432/kz\"\npartition = \"monthly\"\n",
+            "k.toml",
+        )
+        .unwrap();
+        assert_eq!(c.store.partition, kuzet_store::pg::Partitioning::Monthly);
+        assert!(!format!("{:?}", c.store).contains(":pw@"));
+        let e = Config::from_toml_str("[store]\npartition = \"weekly\"\n", "k.toml").unwrap_err();
+        assert!(e.to_string().contains("`daily` or `monthly`"), "{e}");
+        let e =
+            Config::from_toml_str("[store]\nurl = \"postgres://db/kz\"\n", "k.toml").unwrap_err();
+        assert!(e.to_string().contains("backend = \"postgres\""), "{e}");
+        // Without a URL (and none in the environment): named, with both
+        // ways to give one.
+        if std::env::var_os(kuzet_store::config::STORE_URL_ENV).is_none() {
+            let e =
+                Config::from_toml_str("[store]\nbackend = \"postgres\"\n", "k.toml").unwrap_err();
+            assert!(
+                e.to_string().contains("store.url") && e.to_string().contains("KUZET_STORE_URL"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `kuzet nodes`: the nodes sharing their behaviour counts through Redis,
 //! as each last reported itself there (`kuzet.cluster.v1`): the version
 //! of lists and rules it runs, how far behind the others' counts it is,
-//! when it last reported, and its health. Any node answers for all.
+//! when it last reported, its health, and the singletons' leases it holds
+//! (with a store every node shares). Any node answers for all.
 
 use std::process::ExitCode;
 
@@ -46,6 +47,10 @@ pub fn nodes(a: NodesArgs) -> ExitCode {
                             "seen": time_text(n.seen_us),
                             "redis_up": n.redis_up,
                             "ready": n.ready,
+                            "leases": n.leases.iter().map(|l| json!({
+                                "name": l.name,
+                                "token": l.token,
+                            })).collect::<Vec<_>>(),
                         }))?;
                     }
                 }
@@ -62,11 +67,14 @@ pub fn nodes(a: NodesArgs) -> ExitCode {
                                 format!("{:.1} s ago", (r.now_us - n.seen_us).max(0) as f64 / 1e6),
                                 if n.ready { "ready" } else { "NOT READY" }.into(),
                                 if n.redis_up { "up" } else { "DOWN" }.into(),
+                                leads(&n.leases),
                             ]
                         })
                         .collect();
                     print(&table(
-                        &["NODE", "VERSION", "LAG", "REPORTED", "HEALTH", "REDIS"],
+                        &[
+                            "NODE", "VERSION", "LAG", "REPORTED", "HEALTH", "REDIS", "LEADS",
+                        ],
                         &rows,
                     ))?;
                 }
@@ -74,4 +82,16 @@ pub fn nodes(a: NodesArgs) -> ExitCode {
             Ok(())
         })
     })())
+}
+
+/// The leases a node holds, `name#token` each, or `-`.
+fn leads(leases: &[pb::Lease]) -> String {
+    if leases.is_empty() {
+        return "-".into();
+    }
+    leases
+        .iter()
+        .map(|l| format!("{}#{}", visible(&l.name), l.token))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -161,13 +161,24 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         Arc::new(FileSource::new(sources.clone())),
         published.clone(),
     ];
+    // A store every node shares (PostgreSQL) with the nodes clustered:
+    // each singleton (the Centre's puller and report outbox, the register
+    // outbox) is led by one node at a time, and the store checks every
+    // write of theirs against the lease's fence.
+    let pg_url = match (cfg.store.enabled, cfg.store.backend, &cfg.store.url) {
+        (true, kuzet_store::config::Backend::Postgres, Some(url)) => Some(url.0.clone()),
+        _ => None,
+    };
+    let fences =
+        (pg_url.is_some() && cfg.cluster.enabled()).then(kuzet_control::lease::Fences::new);
+    let centre_port = centre_port(pg_url.as_deref(), fences.as_ref(), &dir);
     // The National Bank's feed is a layer of its own, back from the store
     // as it was before the first snapshot: a restart never drops it, and
     // a feed that is down now still has its last good layer enforced.
     let nb_feed = if cfg.nbank.enabled() {
         kuzet_store::private::prepare_dir(&dir)
             .map_err(|e| anyhow::anyhow!("data directory {}: {e}", dir.display()))?;
-        let centre = kuzet_store::sqlite::ports(&dir).centre;
+        let centre = centre_port.clone();
         let layer = Arc::new(kuzet_control::nbfeed::layer::FeedLayer::new(Arc::new(
             plan.clone(),
         )));
@@ -230,20 +241,36 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     // committed before the first call.
     let queue_bytes = cfg.store.queue_bytes();
     let reserve = cfg.store.queue_reserved_percent;
-    // The store is SQLite in the data directory: the writer (the recorder
-    // port) is opened here, and the other ports on the same directory are
-    // handed to the control plane. Control sees only the ports.
+    // The writer (the recorder port) is opened here, and the other ports
+    // on the same store are handed to the control plane; control sees
+    // only the ports. SQLite: one file in the data directory. PostgreSQL:
+    // one database every node shares; the data directory still holds the
+    // record queue (the spool while the server is away) and its lock.
     let (mut store, ring, ports) = if cfg.store.enabled {
         let dir = cfg.data_dir();
-        let mut st = kuzet_store::open(&dir, cfg.store_options())?;
-        tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
-        let ring = open_records(&dir, queue_bytes, reserve, &mut st, &metrics)?;
-        let ports = kuzet_store::sqlite::ports(&dir);
-        (
-            Some(Box::new(st) as Box<dyn RecordWriter>),
-            ring,
-            Some(ports),
-        )
+        let (mut st, ports): (Box<dyn RecordWriter>, _) = match (cfg.store.backend, &cfg.store.url)
+        {
+            (kuzet_store::config::Backend::Postgres, Some(url)) => {
+                let lock = kuzet_store::lock_dir(&dir)?;
+                let st = kuzet_store::pg::open(&url.0, cfg.store_options(), cfg.store.partition)?
+                    .holding(lock);
+                tracing::info!(server = %st.location(), store_id = st.store_id(), partition = ?cfg.store.partition, "store open (PostgreSQL)");
+                // The register outbox is fenced by its lease when the
+                // nodes are clustered (one reporter drives it at a time).
+                let outbox_fence = fences
+                    .as_ref()
+                    .map(|f| f.get(kuzet_control::lease::Singleton::RegisterOutbox));
+                let ports = kuzet_store::pg::ports(&url.0, outbox_fence, centre_port.clone());
+                (Box::new(st), ports)
+            }
+            _ => {
+                let st = kuzet_store::open(&dir, cfg.store_options())?;
+                tracing::info!(path = %st.path().display(), store_id = st.store_id(), "store open");
+                (Box::new(st), kuzet_store::sqlite::ports(&dir))
+            }
+        };
+        let ring = open_records(&dir, queue_bytes, reserve, st.as_mut(), &metrics)?;
+        (Some(st), ring, Some(ports))
     } else {
         let ring = RecordRing::in_memory(queue_bytes, reserve)
             .map_err(|e| anyhow::anyhow!("the record queue: {e}"))?;
@@ -314,6 +341,10 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     cfg.server.listen = udp_addr;
     // The store was opened (and checked writable) above, when it is on.
     metrics.set(Gauge::StoreWritable, i64::from(cfg.store.enabled));
+    metrics.set(
+        Gauge::StoreShared,
+        i64::from(cfg.store.enabled && cfg.store.backend == kuzet_store::config::Backend::Postgres),
+    );
     let hep = if cfg.hep.enabled {
         let h = kuzet_control::hep::HepSender::new(cfg.hep.sender_config(udp_addr), &metrics)
             .with_context(|| format!("a socket towards the HEP collector {}", cfg.hep.collector))?;
@@ -559,6 +590,27 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 .context("spawning the control API thread")?,
         );
     }
+    // One leader per singleton (the Centre's puller, case clock and
+    // report outbox, the register outbox): only with [cluster] on and a
+    // store every node shares, whose fences were made above; a store of
+    // the node's own gives `None`: every singleton runs here, as on a
+    // node alone.
+    let shared_store = match (fences, &pg_url) {
+        (Some(fences), Some(url)) => {
+            let conn = Arc::new(kuzet_store::pg::PgConn::new(url));
+            let claim: kuzet_control::lease::Claim =
+                Arc::new(move |f| kuzet_store::pg::fence_claim(&conn, f));
+            Some(kuzet_control::lease::SharedStore { fences, claim })
+        }
+        _ => None,
+    };
+    let leases = kuzet_control::lease::Leases::for_cluster(
+        &cfg.cluster,
+        &cfg.node_name(),
+        shared_store,
+        &metrics,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let services = plane::Services {
         reporter,
         admin,
@@ -574,6 +626,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 },
             )
         }),
+        leases,
         versions,
     };
     let m = metrics.clone();
@@ -646,6 +699,32 @@ fn shared_versions(
             poll: Duration::from_millis(cfg.publishing.shared_poll_ms),
         },
     ))
+}
+
+/// The store's Centre port: the shared PostgreSQL's when the store is
+/// there (its feed puller's and report sender's writes fenced when the
+/// nodes are clustered; the alerts come with the feed's puller, so they
+/// share its lease), else `centre.db` in the data directory.
+fn centre_port(
+    pg_url: Option<&str>,
+    fences: Option<&kuzet_control::lease::Fences>,
+    dir: &std::path::Path,
+) -> Arc<dyn kuzet_store::Centre> {
+    use kuzet_control::lease::Singleton;
+    match pg_url {
+        Some(url) => {
+            let get = |s| fences.map(|f| f.get(s));
+            Arc::new(kuzet_store::pg::centre::PgCentre::new(
+                url,
+                kuzet_store::pg::centre::CentreFences {
+                    feed: get(Singleton::NbankFeed),
+                    cases: get(Singleton::NbankFeed),
+                    reports: get(Singleton::NbankReports),
+                },
+            ))
+        }
+        None => kuzet_store::sqlite::ports(dir).centre,
+    }
 }
 
 /// What the Centre's parts are made from, besides the config.

@@ -1,6 +1,6 @@
 //! The sections of `kuzet.toml` the store owns: `[store]` (the
-//! intercepted-call log in the data directory and the record queue in
-//! front of it) and `[incidents]` (how calls group into incidents and which
+//! intercepted-call log, in the data directory or on a shared PostgreSQL
+//! server, and the record queue in front of it) and `[incidents]` (how calls group into incidents and which
 //! are reported), with their checks and what they turn into: the store's
 //! [`Options`] and the incident [`Policy`].
 //!
@@ -14,7 +14,36 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::incident::Policy;
+use crate::pg::Partitioning;
 use crate::Options;
+
+/// The environment variable that gives the PostgreSQL store's URL, so a
+/// password need not sit in the config file; when set, it wins over
+/// `store.url`. The binary reads it (it alone reads the environment).
+pub const STORE_URL_ENV: &str = "KUZET_STORE_URL";
+
+/// Which database holds the store (`[store] backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One SQLite file per node, in its data directory.
+    #[default]
+    Sqlite,
+    /// One PostgreSQL database shared by every node (`store.url`).
+    Postgres,
+}
+
+/// A PostgreSQL URL: shown (in `Debug`, in messages) without its
+/// password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(pub String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::pg::redacted(&self.0))
+    }
+}
 
 /// `[store]`: the intercepted-call log in the data directory.
 #[derive(Clone, Debug, Deserialize)]
@@ -47,6 +76,15 @@ pub struct StoreConfig {
     /// The calls log is trimmed, oldest first, to stay under this size
     /// (0: no limit).
     pub max_size_mb: u64,
+    /// `sqlite` (one file per node in its data directory) or `postgres`
+    /// (one database every node shares, at `url`).
+    pub backend: Backend,
+    /// The PostgreSQL store's URL (`postgres://user@host:port/db`), for
+    /// `backend = "postgres"`; [`STORE_URL_ENV`] overrides it.
+    pub url: Option<StoreUrl>,
+    /// On PostgreSQL, the calls log's partitions: `daily` or `monthly`
+    /// (retention drops a whole partition at a time).
+    pub partition: Partitioning,
 }
 
 impl Default for StoreConfig {
@@ -61,6 +99,9 @@ impl Default for StoreConfig {
             queue: None,
             max_age_days: 90,
             max_size_mb: 0,
+            backend: Backend::Sqlite,
+            url: None,
+            partition: Partitioning::Daily,
         }
     }
 }
@@ -86,9 +127,37 @@ impl StoreConfig {
             .unwrap_or_else(|| "kuzet".into())
     }
 
-    /// Checks what serde cannot: the queue's size and share, and the node
-    /// name's form.
+    /// Checks what serde cannot: the queue's size and share, the node
+    /// name's form, and that a PostgreSQL store has a URL it can read
+    /// (and a SQLite one none).
     pub fn check(&self) -> Result<(), String> {
+        match (self.backend, &self.url) {
+            (Backend::Postgres, None) => {
+                return Err(format!(
+                    "store.backend = \"postgres\" needs the server's URL: set store.url (postgres://user@host:port/database) or the environment variable {STORE_URL_ENV}"
+                ))
+            }
+            (Backend::Postgres, Some(u)) => {
+                if let Err(e) = u.0.parse::<postgres::Config>() {
+                    return Err(format!(
+                        "store.url ({}): not a PostgreSQL URL: {e}",
+                        crate::pg::redacted(&u.0)
+                    ));
+                }
+                if !u.0.starts_with("postgres://") && !u.0.starts_with("postgresql://") {
+                    return Err(format!(
+                        "store.url ({}) must be a postgres:// URL",
+                        crate::pg::redacted(&u.0)
+                    ));
+                }
+            }
+            (Backend::Sqlite, Some(_)) => {
+                return Err(
+                    "store.url is set but store.backend is \"sqlite\": set backend = \"postgres\" to use the server, or remove the URL".into(),
+                )
+            }
+            (Backend::Sqlite, None) => {}
+        }
         if self.queue == Some(0) || self.queue_mb == 0 || self.queue_mb > 16_384 {
             return Err(
                 "store.queue_mb must be 1 to 16384 (and store.queue, if set, at least 1)".into(),
@@ -195,6 +264,31 @@ mod tests {
             "store.queue_reserved_percent must be 0 to 90"
         );
         assert!(bad(|s| s.node_name = Some("a b".into())).starts_with("store.node_name"));
+        let pg = |url: Option<&str>| StoreConfig {
+            backend: Backend::Postgres,
+            url: url.map(|u| StoreUrl(u.into())),
+            ..StoreConfig::default()
+        };
+        assert!(pg(None).check().unwrap_err().contains(STORE_URL_ENV));
+        assert_eq!(pg(Some("postgres://kuzet@db:5432/calls")).check(), Ok(()));
+        let e = pg(Some("host=db password=s3cret")).check().unwrap_err();
+        assert!(
+            e.contains("postgres:// URL") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let e = pg(Some("postgres://kuzet:s3cret@db:notaport/calls"))
+            .check()
+            .unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = StoreConfig {
+            url: Some(StoreUrl("postgres://db/calls".into())),
+            ..StoreConfig::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.contains("backend = \"postgres\""), "{e}");
+        let shown = format!("{:?}", pg(Some("postgres://kuzet:s3cret@db:5432/calls")));
+        assert!(!shown.contains("s3cret"), "{shown}");
         let s = StoreConfig {
             queue: Some(4),
             ..StoreConfig::default()

@@ -156,7 +156,7 @@ pub struct Incident {
 }
 
 impl Incident {
-    fn add(&mut self, r: &Record, policy_kind_campaign: bool) {
+    pub(crate) fn add(&mut self, r: &Record, policy_kind_campaign: bool) {
         self.first_seen_us = self.first_seen_us.min(r.ts_us);
         self.last_seen_us = self.last_seen_us.max(r.ts_us);
         match r.decision.as_str() {
@@ -233,7 +233,7 @@ impl Incident {
         }
     }
 
-    fn judge(&mut self, p: &Policy) {
+    pub(crate) fn judge(&mut self, p: &Policy) {
         let distinct_ok =
             self.kind != "campaign" || self.evidence.callers_seen >= p.campaign_min_sources;
         let by_rule = self
@@ -283,7 +283,7 @@ pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
 /// behaviour rule unless the caller is a potential victim (list hits name
 /// a number, not a campaign). The first group, when there is one, is the
 /// primary: the call links to it.
-fn groups(r: &Record) -> Vec<(&'static str, String)> {
+pub(crate) fn groups(r: &Record) -> Vec<(&'static str, String)> {
     let mut g = Vec::new();
     if !matches!(r.decision.as_str(), "block" | "flag" | "redirect") || r.sampled {
         return g;
@@ -319,7 +319,7 @@ fn groups(r: &Record) -> Vec<(&'static str, String)> {
 }
 
 /// The kinds of incident a call links to (its primary group).
-fn is_primary(kind: &str) -> bool {
+pub(crate) fn is_primary(kind: &str) -> bool {
     matches!(kind, "source" | "trunk" | "address" | "destination")
 }
 

@@ -8,22 +8,27 @@
 //! [`RecordWriter`], the investigators' [`Queries`], the reporter's
 //! [`Outbox`], the gate's [`AuditLog`] and the Centre's [`Centre`]. The
 //! outbox's payload is a wire type of its own, versioned
-//! ([`outbox::Payload`]). SQLite is the one implementation today
-//! ([`sqlite`]): one embedded file, `kuzet.db`, in the data directory, the
+//! ([`outbox::Payload`]). Two implementations: SQLite ([`sqlite`], the
+//! default): one embedded file, `kuzet.db`, in the data directory, the
 //! audit log beside it in `audit.db`, and the Centre's data in
-//! `centre.db` ([`centre`]).
+//! `centre.db` ([`centre`]); and PostgreSQL ([`pg`], `[store] backend =
+//! "postgres"`): one database every node of a cluster shares, for the
+//! calls (partitioned by time), incidents, the outbox and the audit log
+//! (the Centre's port stays SQLite in the data directory for now).
 //!
-//! One writer, the control plane's recorder thread, owns a [`Store`] (the
-//! SQLite [`RecordWriter`]): it commits records in batches and retires old
-//! ones in small chunks between batches. Readers (the investigators' API)
+//! One writer per node, the control plane's recorder thread, owns the
+//! [`RecordWriter`] (a [`Store`] on SQLite, the only writer of its file;
+//! a [`pg::PgStore`] on PostgreSQL, one of the nodes' writers): it
+//! commits records in batches and retires old ones in small chunks
+//! between batches. Readers (the investigators' API)
 //! open their own read-only connections; WAL mode lets them read while the
 //! writer writes. The call path never touches this crate: it hands records
 //! to a bounded queue.
 //!
-//! The schema is versioned ([`schema`]): a store from an older kuzet is
-//! migrated in one transaction, and one from a newer kuzet, or a file that
-//! is not a kuzet store at all, is refused with the reason, never
-//! rewritten.
+//! The schema is versioned ([`schema`]; on PostgreSQL per component,
+//! [`pg::schema`]): a store from an older kuzet is migrated in one
+//! transaction, and one from a newer kuzet, or a file that is not a kuzet
+//! store at all, is refused with the reason, never rewritten.
 
 #![forbid(unsafe_code)]
 
@@ -219,19 +224,7 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
         path: dir.to_path_buf(),
         reason,
     };
-    private::prepare_dir(dir).map_err(dir_err)?;
-    for f in DATA_FILES {
-        private::check_file(&dir.join(f)).map_err(dir_err)?;
-    }
-    let lock = private::open_private(&dir.join(LOCK_FILE))
-        .map_err(|e| dir_err(format!("cannot write {LOCK_FILE} in it: {e}")))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.into())),
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(dir_err(format!("cannot lock {LOCK_FILE}: {e}")))
-        }
-    }
+    let lock = lock_dir(dir)?;
     let path = dir.join(DB_FILE);
     let sq = |e| sqlite_error(&path, e);
     // Made 0600 before SQLite sees it: SQLite gives the WAL and the
@@ -259,6 +252,30 @@ pub fn open(dir: &Path, opts: Options) -> Result<Store, StoreError> {
         lifetimes_checked_us: 0,
         _lock: lock,
     })
+}
+
+/// Prepares the data directory (kuzet's alone: [`private`]), checks its
+/// files, and takes its lock, held for as long as the file returned is
+/// open: one kuzet per data directory, whatever store it writes to (with
+/// a PostgreSQL store the directory still holds the record queue).
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let dir_err = |reason: String| StoreError::Directory {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    private::prepare_dir(dir).map_err(dir_err)?;
+    for f in DATA_FILES {
+        private::check_file(&dir.join(f)).map_err(dir_err)?;
+    }
+    let lock = private::open_private(&dir.join(LOCK_FILE))
+        .map_err(|e| dir_err(format!("cannot write {LOCK_FILE} in it: {e}")))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.into())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(dir_err(format!("cannot lock {LOCK_FILE}: {e}")))
+        }
+    }
 }
 
 /// Every file kuzet keeps in the data directory: checked (a regular file
@@ -650,5 +667,7 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+#[cfg(test)]
+mod suite;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,8 @@
 //! The store's ports: what the control plane asks of a store, as traits
 //! with nothing of a database in their signatures. A store plugs in by
-//! implementing them; [`crate::sqlite`] is the one implementation today.
+//! implementing them: [`crate::sqlite`] (one file per node) and
+//! [`crate::pg`] (one PostgreSQL database the nodes share; its Centre
+//! port is still SQLite's).
 //!
 //! - [`RecordWriter`]: the recorder's, the one writer of the call log: it
 //!   commits batches of records (grouping them into incidents and queueing
@@ -22,9 +24,9 @@
 //!
 //! Every method blocks: the control plane calls them from threads of its
 //! own or tokio's blocking pool, never from an async task directly.
-//! SQLite has no other interface, and a PostgreSQL implementation can be
-//! written with the blocking `postgres` client on the same threads;
-//! ARCHITECTURE.md says why the ports are not async.
+//! SQLite has no other interface, and the PostgreSQL implementation uses
+//! the blocking `postgres` client on the same threads; ARCHITECTURE.md
+//! says why the ports are not async.
 //! Errors are the crate's own [`StoreError`], which says whether trying
 //! again can help ([`StoreError::is_transient`]).
 
@@ -155,7 +157,8 @@ pub struct Backlog {
 /// idempotency key plus the sequence make the effect exactly once. One
 /// reporter drains a store; a store shared by several nodes must make
 /// [`claim`](Outbox::claim) exclusive as well (a lease) before a second
-/// reporter runs on it.
+/// reporter runs on it: the PostgreSQL outbox checks the lease's fencing
+/// token in each of its writes ([`crate::pg::PgOutbox`]).
 pub trait Outbox: Send + Sync {
     /// Entries due at `now_us`, oldest first, at most one per incident
     /// (the lowest sequence still pending: an update never overtakes its

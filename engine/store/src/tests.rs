@@ -962,3 +962,38 @@ fn a_store_error_says_whether_trying_again_can_help() {
         "{conflict}"
     );
 }
+
+/// The SQLite store as the port suite opens it: a data directory per
+/// store name, kept for the whole run.
+struct SqliteHarness {
+    store: Store,
+    ports: Ports,
+}
+
+impl suite::Harness for SqliteHarness {
+    fn writer(&mut self) -> &mut dyn RecordWriter {
+        &mut self.store
+    }
+
+    fn insert_at(&mut self, recs: &[Record], now_us: i64) {
+        self.store.insert_at(recs, now_us).unwrap();
+    }
+
+    fn ports(&self) -> &Ports {
+        &self.ports
+    }
+}
+
+#[test]
+fn the_port_suite_holds_on_sqlite() {
+    let root = tempfile::tempdir().unwrap();
+    let mut open = |name: &str, o: Options| -> Box<dyn suite::Harness> {
+        let dir = root.path().join(name);
+        let store = open(&dir, o).unwrap();
+        Box::new(SqliteHarness {
+            store,
+            ports: sqlite::ports(&dir),
+        })
+    };
+    suite::all(&mut open);
+}

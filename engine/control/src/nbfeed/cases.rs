@@ -50,6 +50,22 @@ pub struct CaseDesk {
 }
 
 impl CaseDesk {
+    /// The same desk on `store` (a port fenced by a lease, for a
+    /// singleton's use).
+    pub fn with_store(&self, store: Arc<dyn Centre>) -> CaseDesk {
+        CaseDesk {
+            store,
+            calendar: self.calendar.clone(),
+            working_days: self.working_days,
+            utc_offset_s: self.utc_offset_s,
+            warn: self.warn,
+            store_id: self.store_id.clone(),
+            metrics: self.metrics.clone(),
+            late_after: self.late_after,
+            refusals: Default::default(),
+        }
+    }
+
     /// The deadline (µs) of an alert the Centre took at `reported_at` (s).
     pub fn due_us(&self, reported_at: i64) -> i64 {
         self.calendar

@@ -198,6 +198,51 @@ impl FeedLayer {
         Ok((kept, unreadable))
     }
 
+    /// Replaces every entry with the rows `load` hands it (the store's
+    /// rows in force, streamed, and the batch they reflect): built aside
+    /// and swapped in whole, so a lookup or a snapshot build never sees
+    /// the layer half loaded. A load that reflects an older batch than the
+    /// layer already does changes nothing: the layer never moves back (a
+    /// follower's reload that finishes after the node began to lead and
+    /// applied a newer batch itself). Returns (entries kept, rows the plan
+    /// cannot read) when it swapped, `None` when it kept the layer as it
+    /// was. Both copies are in memory while it swaps.
+    pub fn reload<E>(
+        &self,
+        load: impl FnOnce(&mut dyn FnMut(FeedRow)) -> Result<u64, E>,
+    ) -> Result<Option<(usize, usize)>, E> {
+        let now = self.now();
+        let mut fresh = Live {
+            next_expiry: u32::MAX,
+            ..Live::default()
+        };
+        let (mut kept, mut unreadable) = (0, 0);
+        let cursor = load(&mut |r: FeedRow| {
+            if r.expires_at_s <= now {
+                return;
+            }
+            match self.key(&r.target) {
+                Some(k) => {
+                    fresh.add(k, r.expires_at_s, &r.category, r.confidence);
+                    kept += 1;
+                }
+                None => unreadable += 1,
+            }
+        })?;
+        fresh.cursor = cursor;
+        let old = {
+            let mut live = self.write();
+            if cursor < live.cursor {
+                return Ok(None);
+            }
+            std::mem::replace(&mut *live, fresh)
+        };
+        // The old map is freed outside the lock.
+        drop(old);
+        self.mark(cursor);
+        Ok(Some((kept, unreadable)))
+    }
+
     /// Applies batch `seq` (one that [`super::batch::follows`] the cursor),
     /// as the changes the store kept. Targets the plan cannot read were
     /// refused before (see [`FeedLayer::check`]).
@@ -456,6 +501,60 @@ mod tests {
         let w = FeedLayer::changes(vec![entry(Action::Withdraw, "+7702555*", 0)]);
         assert_eq!(l.apply(2, &w).withdrawn, 1);
         assert_eq!((l.len(), l.sequence()), (0, 2));
+    }
+
+    #[test]
+    fn a_reload_replaces_the_layer_whole_and_never_moves_it_back() {
+        let t = Arc::new(AtomicI64::new(1_000));
+        let l = layer(&t);
+        l.apply(
+            3,
+            &FeedLayer::changes(vec![entry(Action::Add, "+77011234567", 5_000)]),
+        );
+        let _ = l.changed();
+        let row = |target: &str, expires_at_s: i64| FeedRow {
+            target: target.into(),
+            category: "sim-swap".into(),
+            confidence: 50,
+            reported_at_s: 1,
+            expires_at_s,
+            case_ref: String::new(),
+        };
+        // The store is at batch 5: its rows replace the layer's (an expired
+        // one and one the plan cannot read left out).
+        let got = l
+            .reload(|each| {
+                each(row("+77029998877", 5_000));
+                each(row("+7702555*", 900));
+                each(row("+7", 5_000));
+                Ok::<u64, ()>(5)
+            })
+            .unwrap();
+        assert_eq!(got, Some((1, 1)));
+        assert_eq!((l.len(), l.cursor(), l.sequence()), (1, 5, 5));
+        assert_eq!(l.changed(), Layers::list(ListId::NbFeed));
+        let n = |s: &str| NumberingPlan::kazakhstan().normalize(s.as_bytes()).unwrap();
+        assert!(
+            l.covering(n("+77011234567")).is_none(),
+            "replaced, not added to"
+        );
+        assert_eq!(
+            l.covering(n("+77029998877")),
+            Some(("+77029998877".into(), "sim-swap".into()))
+        );
+        // An older view (batch 4) never replaces batch 5.
+        let got = l
+            .reload(|each| {
+                each(row("+77011234567", 5_000));
+                Ok::<u64, ()>(4)
+            })
+            .unwrap();
+        assert_eq!(got, None);
+        assert_eq!((l.len(), l.cursor()), (1, 5));
+        assert_eq!(l.changed(), Layers::NONE);
+        // A load that fails changes nothing.
+        assert_eq!(l.reload(|_| Err::<u64, &str>("down")), Err("down"));
+        assert_eq!(l.cursor(), 5);
     }
 
     #[test]

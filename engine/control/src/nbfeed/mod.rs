@@ -17,7 +17,13 @@
 //!   numbers, potential victims, feedback on the feed's numbers.
 //! - [`service`]: `kuzet.cases.v1`, the cases listed, shown and decided
 //!   behind the access gate.
+//! - [`follow`]: with a store every node shares, the feed on the nodes
+//!   that do not lead it: their layers kept in step with the store.
 //!
+//! With a store every node shares and `[cluster]` on, the puller, the
+//! case clock and the report outbox each run on one node at a time, the
+//! holder of its lease ([`crate::lease`]); the other nodes follow the
+//! feed from the store. Otherwise every task runs on its node.
 //! `[nbank]` configures it; without `url` none of it runs. Nothing here is
 //! on the call path: a dead, stale or hostile feed changes nothing that is
 //! enforced except through a batch that passed every check, and a call
@@ -26,6 +32,7 @@
 pub mod batch;
 pub mod calendar;
 pub mod cases;
+pub mod follow;
 pub mod layer;
 pub mod pull;
 pub mod reports;
@@ -40,11 +47,12 @@ use serde::Deserialize;
 use tokio::sync::watch as signal;
 
 use kuzet_dataplane::counter_set;
-use kuzet_dataplane::metrics::Metrics;
+use kuzet_dataplane::metrics::{Gauge, Metrics};
 use kuzet_store::Centre;
 
 use self::batch::Key;
 use self::calendar::{day_of, Calendar, Day};
+use crate::lease::{fenced, singleton, Lease, Leases, Singleton};
 
 /// `[nbank]`: the Centre's base URL, its keys, and the cases' calendar.
 #[derive(Clone, Debug, Deserialize)]
@@ -307,57 +315,108 @@ pub struct Nbank {
 }
 
 impl Nbank {
-    /// Starts its tasks on the current runtime: the puller, the cases'
-    /// gauges and the report outbox, each until `shutdown`.
-    pub fn spawn(self, shutdown: signal::Receiver<bool>) {
-        let p = self.puller.clone();
-        supervise("the feed's puller", shutdown.clone(), move |sd| {
-            p.clone().run(sd)
-        });
+    /// Starts its tasks on the current runtime: the puller, the feed's
+    /// expiry, the cases' clock and gauges, the reports watch and the
+    /// report outbox, each until `shutdown`. With `leases` (a store every
+    /// node shares), the puller, the case clock and the report outbox run
+    /// only while this node leads their leases, each writing through a
+    /// port fenced by its lease, and the feed's layer follows the store
+    /// while another node leads the feed; the expiry and the watch run on
+    /// every node.
+    pub fn spawn(self, shutdown: signal::Receiver<bool>, leases: Option<Arc<Leases>>) {
+        let lease = |s: Singleton| leases.as_ref().map(|l| l.get(s));
+        let fenced = |l: &Option<Arc<Lease>>| match l {
+            Some(l) => fenced::centre(self.store.clone(), l.clone()),
+            None => self.store.clone(),
+        };
+        // The feed: pulled by its leader (which first brings its layer to
+        // what the store holds), followed from the store elsewhere.
+        let feed = lease(Singleton::NbankFeed);
+        let p = match &feed {
+            Some(_) => Arc::new(self.puller.with_store(fenced(&feed))),
+            None => self.puller.clone(),
+        };
+        let leased = feed.is_some();
+        let m = self.metrics.clone();
+        singleton::spawn(
+            "the feed's puller",
+            feed.clone(),
+            shutdown.clone(),
+            move |sd| {
+                let p = p.clone();
+                async move {
+                    if leased {
+                        if let Err(e) = follow::catch_up(&p).await {
+                            tracing::warn!(error = %e, "bringing the feed's layer to the store's batch failed; the puller asks the Centre from the layer's");
+                        }
+                    }
+                    p.run(sd).await
+                }
+            },
+            // Staleness is the leader's to judge.
+            move || m.set(Gauge::NbankStale, 0),
+        );
+        if let Some(l) = feed {
+            let p = self.puller.clone();
+            singleton::spawn_follower("the feed's follower", l, shutdown.clone(), move |sd| {
+                follow::run(p.clone(), sd)
+            });
+        }
         let p = self.puller.clone();
         supervise("the feed's expiry", shutdown.clone(), move |sd| {
             p.clone().expiry(sd)
         });
-        let c = self.cases.clone();
-        supervise("the cases' gauges", shutdown.clone(), move |sd| {
-            c.clone().gauges(sd)
-        });
+        let clock = lease(Singleton::NbankCases);
+        let c = match &clock {
+            Some(_) => Arc::new(self.cases.with_store(fenced(&clock))),
+            None => self.cases.clone(),
+        };
+        let m = self.metrics.clone();
+        singleton::spawn(
+            "the cases' gauges",
+            clock,
+            shutdown.clone(),
+            move |sd| c.clone().gauges(sd),
+            // The cases' and the outbox's gauges are the leader's to show.
+            move || {
+                for g in [
+                    Gauge::CasesOpen,
+                    Gauge::CasesDueSoon,
+                    Gauge::CasesOverdue,
+                    Gauge::CentrePending,
+                    Gauge::CentreDeadLetters,
+                    Gauge::CentreOldestPendingUnix,
+                    Gauge::CentreLate,
+                ] {
+                    m.set(g, 0);
+                }
+            },
+        );
         if let Some(w) = self.watch {
             supervise("the Centre's reports watch", shutdown.clone(), move |sd| {
                 w.clone().run(sd)
             });
         }
-        let (http, store, metrics) = (self.http, self.store, self.metrics);
-        supervise("the Centre's report outbox", shutdown, move |sd| {
-            reports::run(http.clone(), store.clone(), metrics.clone(), sd)
-        });
+        let outbox = lease(Singleton::NbankReports);
+        let (http, store, metrics) = (self.http, fenced(&outbox), self.metrics);
+        singleton::spawn(
+            "the Centre's report outbox",
+            outbox,
+            shutdown,
+            move |sd| reports::run(http.clone(), store.clone(), metrics.clone(), sd),
+            || {},
+        );
     }
 }
 
-/// Runs the task `make` makes until `shutdown`; a task that panics (a
-/// bug) is logged at ERROR and started again a second later, so one bad
-/// batch or report never stops the feed, its expiry or the outbox for the
-/// rest of the process's life.
+/// Runs the task `make` makes until `shutdown`, started again a second
+/// after a panic ([`singleton::supervise`]).
 fn supervise<F, Fut>(name: &'static str, shutdown: signal::Receiver<bool>, make: F)
 where
     F: Fn(signal::Receiver<bool>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
-        loop {
-            let r = tokio::spawn(make(shutdown.clone())).await;
-            if *shutdown.borrow() {
-                return;
-            }
-            match r {
-                Err(e) if e.is_panic() => {
-                    tracing::error!(task = name, "panicked (a bug); started again in a second");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-                _ => return,
-            }
-        }
-    });
+    singleton::supervise(name, shutdown, make)
 }
 
 counter_set! {

@@ -243,9 +243,29 @@ enum Checked {
     Refused(Rejected),
     /// The store could not keep it: not applied, asked again next round.
     NotKept(String),
+    /// The store holds a later batch than the layer (another node kept
+    /// it, with a store every node shares): the layer is brought to the
+    /// store's batch and the feed asked again from there.
+    Behind(String),
 }
 
 impl Puller {
+    /// The same puller writing through `store` (and its case desk too):
+    /// the feed's leader's, through a port fenced by its lease.
+    pub fn with_store(&self, store: Arc<dyn Centre>) -> Puller {
+        Puller {
+            http: self.http.clone(),
+            keys: self.keys.clone(),
+            layer: self.layer.clone(),
+            store: store.clone(),
+            cases: Arc::new(self.cases.with_store(store)),
+            nudge: self.nudge.clone(),
+            metrics: self.metrics.clone(),
+            poll: self.poll,
+            stale_after: self.stale_after,
+        }
+    }
+
     /// Runs until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let c = self.metrics.counter_set::<NbankCounters>();
@@ -304,6 +324,13 @@ impl Puller {
                     Checked::NotKept(e) => {
                         tracing::warn!(error = %e, "a National Bank feed batch could not be kept; asking again next round");
                         break;
+                    }
+                    Checked::Behind(e) => {
+                        tracing::info!(reason = %e, "the store holds later National Bank feed batches than this node's layer; catching up");
+                        if let Err(e) = super::follow::catch_up(&self).await {
+                            tracing::warn!(error = %e, "catching up with the store's feed failed; asking again next round");
+                            break;
+                        }
                     }
                 }
             }
@@ -390,8 +417,12 @@ impl Puller {
         }
         let (seq, entries) = (b.seq, b.entries.len());
         let changes = FeedLayer::changes(b.entries);
-        if let Err(e) = self.store.feed_apply(seq, &changes) {
-            return Checked::NotKept(e.to_string());
+        match self.store.feed_apply(seq, &changes) {
+            Ok(()) => {}
+            Err(e @ kuzet_store::StoreError::Conflict { .. }) => {
+                return Checked::Behind(e.to_string())
+            }
+            Err(e) => return Checked::NotKept(e.to_string()),
         }
         self.layer.apply(seq, &changes);
         Checked::Applied { seq, entries }

@@ -70,7 +70,8 @@ pub struct PublishingConfig {
     pub activate_timeout_s: u64,
     /// The PostgreSQL database (`postgres://user@host:port/db`) that holds
     /// the published versions of a cluster's nodes, with `[cluster]
-    /// redis_url` set. Unset: versions are this node's own.
+    /// redis_url` set. Unset: the store's database when the store is
+    /// shared, else versions are this node's own.
     pub shared_url: Option<String>,
     /// How often a node looks at the shared versions without an
     /// announcement (a node that missed one, or Redis down).

@@ -125,7 +125,10 @@ const ALLOWED: &[Allowed] = &[
             "tower",
             "tracing",
         ],
-        dev: &[],
+        dev: &[
+            "kuzet-sim", // real redis-server and PostgreSQL, and the stand-in Centre, for the leases' tests
+            "tempfile",  // a Centre store shared by two nodes in the leases' tests
+        ],
         build: &[],
     },
     Allowed {
@@ -135,6 +138,7 @@ const ALLOWED: &[Allowed] = &[
             "kuzet-net", // private_umask, effective_uid
             "libc",
             "postgres", // the shared store of a cluster (blocking, as the ports are)
+            "tokio-postgres", // the engine under `postgres`: its SQLSTATE codes (pg::partitions)
             "rusqlite",
             "serde",
             "serde_json",

@@ -2,8 +2,9 @@
 //! `redis-server` (issue 22's first part): a campaign spread round-robin
 //! over three nodes is blocked at the count one node blocks it at, and
 //! Redis dying under load delays no call. Behind Kamailio's dispatcher
-//! (`kuzet-sim cluster`, deploy/cluster/), calls spread over the nodes and
-//! a dead node is routed around.
+//! (`kuzet-sim cluster`, deploy/cluster/, one PostgreSQL store for all),
+//! calls spread over the nodes, any node's investigators see every node's
+//! calls, and a dead node is routed around.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -117,6 +118,41 @@ fn a_campaign_round_robin_over_three_nodes_is_blocked_at_the_count_one_node_bloc
             "{r}"
         );
     }
+    // A singleton's lease (as a node with a shared store holds it) is
+    // listed with its holder and token.
+    let set = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string()])
+        .args(["SET", "kuzet:lease:nbank-feed", "n2 42", "PX", "60000"])
+        .output()
+        .expect("redis-cli (scripts/install-deps.sh installs redis-server with it)");
+    assert!(set.status.success(), "{set:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["nodes", "--format", "jsonl", "--control"])
+        .arg(nodes[0].control_addr.unwrap().to_string())
+        .env("KUZET_TOKEN", token_of("ops"))
+        .output()
+        .unwrap();
+    let leases: Vec<(String, serde_json::Value)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or("").to_string(),
+                r["leases"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        leases,
+        [
+            ("n1".into(), serde_json::json!([])),
+            (
+                "n2".into(),
+                serde_json::json!([{"name": "nbank-feed", "token": 42}])
+            ),
+            ("n3".into(), serde_json::json!([])),
+        ]
+    );
     let spread = calls_until_blocked(&addrs, "+77015550002", gap);
     eprintln!("blocked at call {spread} over three nodes, {single} on one");
     assert!(
@@ -270,7 +306,6 @@ fn three_nodes_behind_kamailio_share_the_calls_and_a_dead_node_is_routed_around(
     let mut opts = kuzet_sim::cluster::Options::new(dir.path());
     opts.kuzet = env!("CARGO_BIN_EXE_kuzet").into();
     opts.kamailio = crate::kamailio::kamailio();
-    opts.shared_store = false;
     let mut c = kuzet_sim::cluster::Cluster::up(&opts).expect("the cluster comes up");
     let sock = client();
     // A subscriber's calls go on to the far end (its 302), spread over
@@ -302,6 +337,44 @@ fn three_nodes_behind_kamailio_share_the_calls_and_a_dead_node_is_routed_around(
             &format!("listed-{i}"),
         );
         assert_eq!(code, 603, "listed call {i}");
+    }
+    // One store for all: node 1's investigators see every node's blocks.
+    let blocked_on = |nodes: usize| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+            .args([
+                "calls",
+                "--since",
+                "10m",
+                "--decision",
+                "block",
+                "--format",
+                "jsonl",
+                "--data",
+            ])
+            .arg(&c.nodes[0].data)
+            .output()
+            .expect("kuzet calls");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let by: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["node"].as_str().map(String::from))
+            .collect();
+        (text.lines().count(), by.len() >= nodes)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked_on(2) != (6, true) {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never saw the six blocks from several nodes: {:?}",
+            blocked_on(2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     // Node 2 dies. Until the router's probes mark it down, a call sent
     // to it goes on unscored after the router's timer (fail-open): every

@@ -870,7 +870,15 @@ fn cluster_compose_runs_three_named_nodes_behind_the_router() {
     assert!(
         build.starts_with("FROM debian:") && build.contains("redis-server postgresql kamailio")
     );
-    // The nodes' config names the shared servers by their service names.
+    // The nodes' config is deploy/cluster/kuzet.toml, naming the shared
+    // servers by their service names.
     let cluster = text(c, "configs.cluster.content");
+    let shipped = read("deploy/cluster/kuzet.toml")
+        .replace(
+            "postgres://kuzet@127.0.0.1:5432/kuzet",
+            "postgres://kuzet@postgres:5432/postgres",
+        )
+        .replace("redis://127.0.0.1:6379/", "redis://redis:6379/");
+    assert_eq!(cluster.trim_end(), shipped.trim_end());
     assert!(cluster.contains("redis://redis:6379/") && cluster.contains("@postgres:5432/"));
 }

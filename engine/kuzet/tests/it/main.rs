@@ -33,5 +33,6 @@ mod sim;
 mod sipp;
 mod sockets;
 mod store;
+mod store_pg;
 mod store_ports;
 mod versions;

@@ -123,6 +123,13 @@ const SPEC: &[&str] = &[
     "kuzet_cluster_deltas_refused_total",
     "kuzet_cluster_deltas_dropped_total",
     "kuzet_cluster_redis_errors_total",
+    // Singleton leases: served with or without [cluster] (0 without), by lease.
+    "kuzet_lease_configured",
+    "kuzet_lease_held",
+    "kuzet_lease_token",
+    "kuzet_lease_acquired_total",
+    "kuzet_lease_lost_total",
+    "kuzet_lease_fenced_total",
     // Shared published versions: served with or without them (0 without).
     "kuzet_versions_shared",
     "kuzet_versions_store_up",
@@ -289,6 +296,8 @@ fn grafana_dashboard_is_importable_and_uses_only_spec_metrics() {
         "kuzet_cluster_redis_up",
         "kuzet_cluster_replication_lag_seconds",
         "kuzet_cluster_deltas_dropped_total",
+        "kuzet_lease_held",
+        "kuzet_lease_fenced_total",
     ] {
         assert!(used.contains(key), "no panel shows {key}");
     }

@@ -13,15 +13,92 @@
 //! is the blocking `postgres` crate, as the ports are blocking: the
 //! control plane calls them from threads of its own or tokio's blocking
 //! pool, never from an async task.
+//!
+//! The ports, each in a file of its own: the recorder's [`PgStore`]
+//! ([`calls`], opened by [`open`]), the investigators' [`PgQueries`]
+//! ([`queries`]), the reporter's [`PgOutbox`] ([`outbox`], fenced when
+//! a lease drives it), the gate's [`PgAudit`] ([`audit`]); grouping and
+//! the outbox's rules in [`incidents`], the call log's partitions in
+//! [`partitions`], the schema in [`schema`]. [`ports`] makes the ports
+//! a running kuzet hands its control plane; the Centre's port is handed
+//! in by the caller (it is not on PostgreSQL yet).
+//!
+//! The store's identity is shared: its id and the verdict key are one row
+//! each in `kuzet_meta`, written by whichever node comes first and read
+//! by every other ([`meta_value`]); each node keeps its own last verdict
+//! sequence, by its name.
 
+pub mod audit;
+pub mod calls;
+pub mod centre;
 pub mod fence;
+pub mod incidents;
+pub mod outbox;
+pub mod partitions;
+pub mod queries;
+pub mod schema;
 pub mod shelves;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+pub use audit::PgAudit;
+pub use calls::{open, PgStore};
 pub use fence::{fence_check, fence_claim, Fence};
+pub use outbox::PgOutbox;
+pub use partitions::Partitioning;
+pub use queries::PgQueries;
 
+use crate::ports::{Centre, Ports};
 use crate::StoreError;
+
+/// The queries, outbox and audit ports on the shared store at `url` (the
+/// writer, [`open`], must have made its schema first), with `centre` for
+/// the Centre's port (kept apart: the seam where a PostgreSQL Centre
+/// goes). `outbox_fence` is the lease the outbox's writes must hold when
+/// several nodes may drive it (`None`: one node, unfenced). Connections
+/// are made on first use.
+pub fn ports(url: &str, outbox_fence: Option<Arc<Fence>>, centre: Arc<dyn Centre>) -> Ports {
+    Ports {
+        queries: Arc::new(PgQueries::new(url)),
+        outbox: Arc::new(PgOutbox::new(url, outbox_fence)),
+        audit: Arc::new(PgAudit::new(url)),
+        centre,
+    }
+}
+
+/// The value of `key` in `kuzet_meta`, made with `make` and written if
+/// the store has none yet: insert-if-absent, then read back, so nodes
+/// racing here all get the value of whichever wrote first.
+pub fn meta_value(
+    conn: &PgConn,
+    key: &str,
+    make: impl FnOnce() -> Result<String, StoreError>,
+) -> Result<String, StoreError> {
+    if let Some(v) = conn.with(|c| {
+        c.query_opt("SELECT value FROM kuzet_meta WHERE key = $1", &[&key])
+            .map(|r| r.map(|r| r.get::<_, String>(0)))
+    })? {
+        return Ok(v);
+    }
+    let fresh = make()?;
+    conn.with(|c| {
+        c.execute(
+            "INSERT INTO kuzet_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &fresh],
+        )?;
+        c.query_one("SELECT value FROM kuzet_meta WHERE key = $1", &[&key])
+            .map(|r| r.get::<_, String>(0))
+    })
+}
+
+/// `n` random bytes from the OS, as hex.
+pub fn random_hex(n: usize) -> Result<String, String> {
+    let mut raw = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -148,6 +225,36 @@ impl PgConn {
     }
 }
 
+/// The blocking client runs a runtime of its own, which may not be
+/// entered from a thread that drives an async runtime: a port dropped
+/// there (an `Arc` whose last holder was an async task, at shutdown)
+/// closes its connection on a thread of its own.
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        let client = match self.client.get_mut() {
+            Ok(c) => c.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(c) = client {
+            let (tx, rx) = std::sync::mpsc::channel::<postgres::Client>();
+            let closing = std::thread::Builder::new()
+                .name("kuzet-pg-close".into())
+                .spawn(move || drop(rx.recv()));
+            match closing {
+                Ok(_) => {
+                    let _ = tx.send(c);
+                }
+                Err(e) => {
+                    // Dropped here it could abort the process: left open
+                    // instead, until the process ends.
+                    tracing::warn!(server = %self.at, error = %e, "could not close a PostgreSQL connection on a thread of its own; it is left to close when kuzet exits");
+                    std::mem::forget(c);
+                }
+            }
+        }
+    }
+}
+
 /// Creates the migrations' own table, if missing: which version of each
 /// component's schema the database holds.
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS kuzet_schema (
@@ -201,7 +308,10 @@ pub fn migrate(conn: &PgConn, component: &str, steps: &[&str]) -> Result<(), Sto
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod conn_tests {
     use super::*;
     use kuzet_sim::servers::PgServer;
 
