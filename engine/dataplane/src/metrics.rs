@@ -236,7 +236,7 @@ pub enum Gauge {
     VersionsBehindS,
 }
 
-const GAUGES: usize = 27;
+const GAUGES: usize = 28;
 
 /// The stages of a request's service time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
