@@ -597,6 +597,33 @@ mod tests {
     }
 
     #[test]
+    fn shared_versions_live_in_the_shared_store_of_a_cluster_or_where_shared_url_says() {
+        let store = "[store]\nbackend = \"postgres\"\nurl = \"postgres://kuzet@db:5432/kz\"\n";
+        let cluster = "[cluster]\nredis_url = \"redis://127.0.0.1:6379/\"\n";
+        // A node alone, or a clustered node on its own SQLite store: its
+        // versions are its own.
+        let c = Config::from_toml_str(store, "k.toml").unwrap();
+        assert_eq!(c.shared_versions_url(), None);
+        let c = Config::from_toml_str(cluster, "k.toml").unwrap();
+        assert_eq!(c.shared_versions_url(), None);
+        // Clustered on a shared store: the store's database.
+        let c = Config::from_toml_str(&format!("{store}{cluster}"), "k.toml").unwrap();
+        assert!(c.shared_versions_url().is_some());
+        // Named: that one, which needs Redis to announce the versions.
+        let named = "[publishing]\nshared_url = \"postgres://kuzet@versions:5432/v\"\n";
+        let c = Config::from_toml_str(&format!("{named}{cluster}"), "k.toml").unwrap();
+        assert_eq!(
+            c.shared_versions_url(),
+            Some("postgres://kuzet@versions:5432/v")
+        );
+        let e = Config::from_toml_str(named, "k.toml").unwrap_err();
+        assert!(e.to_string().contains("[cluster] redis_url"), "{e}");
+        let e = Config::from_toml_str("[publishing]\nshared_url = \"mysql://db/v\"\n", "k.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("publishing.shared_url"), "{e}");
+    }
+
+    #[test]
     fn trunks_match_most_specific_cidr() {
         let c = Config::from_toml_str(
             "[[trunks]]\nname='intl'\nkind='international'\ncidrs=['10.0.0.0/8']\n\
