@@ -22,7 +22,10 @@
 //! names the same snapshot with the same version (`SEQ.DIGEST`), and
 //! `kuzet nodes` shows them equal once they have caught up.
 //!
-//! The follower, on a thread of its own in the idle scheduling class,
+//! The follower, on a thread of its own at nice 10 (the reload loop's
+//! priority, which builds lists from files too: in the idle class a node
+//! on a busy machine could go on judging with other versions than the
+//! cluster's for as long as the machine stays busy),
 //! wakes on an announcement or every `shared_poll_ms`, compares every
 //! shelf's shared sequence with its copy's, and for a shelf it is behind
 //! on fetches the index and every content it lacks (outside the shelf's
@@ -630,8 +633,8 @@ impl SharedVersions {
         std::thread::Builder::new()
             .name("kuzet-versions".into())
             .spawn(move || {
-                if let Err(e) = kuzet_net::idle_thread_policy() {
-                    tracing::debug!(error = %e, "no idle scheduling class for the versions' follower");
+                if let Err(e) = kuzet_net::lower_thread_priority(10) {
+                    tracing::warn!(error = %e, "could not lower the versions' follower's priority");
                 }
                 loop {
                     if stop.load(std::sync::atomic::Ordering::Acquire) {
