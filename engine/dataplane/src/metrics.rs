@@ -226,10 +226,14 @@ pub enum Gauge {
     /// 1 when the last exchange with Redis went through.
     ClusterRedisUp,
     /// Age of the newest other node's delta merged, at its merge (ms).
+    /// The last variant: `GAUGES` counts up to it.
     ClusterLagMs,
 }
 
-const GAUGES: usize = 24;
+/// How many gauges there are: one past the last variant, so a gauge added
+/// before it grows the array with it (one added after it must take its
+/// place here).
+const GAUGES: usize = Gauge::ClusterLagMs as usize + 1;
 
 /// The stages of a request's service time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
