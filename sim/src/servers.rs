@@ -58,6 +58,42 @@ fn signal(pid: u32, sig: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A server process of one's own: paused, resumed and killed by signal.
+#[derive(Default)]
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, "STOP");
+        }
+    }
+
+    fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, "CONT");
+        }
+    }
+
+    /// Sends `sig` and waits until the process is gone (`KILL`: at once).
+    fn end(&mut self, sig: &str) -> bool {
+        let Some(mut c) = self.0.take() else {
+            return false;
+        };
+        if sig == "KILL" {
+            let _ = c.kill();
+        } else {
+            signal(c.id(), sig);
+        }
+        let _ = c.wait();
+        true
+    }
+}
+
 /// Whether this process runs as root (its effective uid, from /proc).
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -131,7 +167,7 @@ impl Drop for Scratch {
 /// A `redis-server` of one's own on a free loopback port, keeping
 /// nothing on disk; stopped when dropped.
 pub struct RedisServer {
-    child: Option<Child>,
+    child: Proc,
     port: u16,
     args: Vec<String>,
 }
@@ -146,7 +182,7 @@ impl RedisServer {
     /// yes`, say).
     pub fn start_with(extra: &[&str]) -> Result<RedisServer, String> {
         let mut r = RedisServer {
-            child: None,
+            child: Proc::default(),
             port: free_port(),
             args: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -166,7 +202,7 @@ impl RedisServer {
             .spawn()
             .map_err(|e| format!("redis-server (scripts/install-deps.sh installs it): {e}"))?;
         let up = wait_listening(&mut child, self.port, "redis-server");
-        self.child = Some(child);
+        self.child = Proc(Some(child));
         up
     }
 
@@ -182,24 +218,17 @@ impl RedisServer {
 
     /// Pauses it (`SIGSTOP`): it keeps its connections and answers none.
     pub fn pause(&self) {
-        if let Some(c) = &self.child {
-            signal(c.id(), "STOP");
-        }
+        self.child.pause();
     }
 
     /// Lets a paused one go on (`SIGCONT`).
     pub fn resume(&self) {
-        if let Some(c) = &self.child {
-            signal(c.id(), "CONT");
-        }
+        self.child.resume();
     }
 
     /// Kills it (`SIGKILL`) and waits until it is gone.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.end("KILL");
     }
 }
 
@@ -263,7 +292,7 @@ fn pg_user() -> Option<(u32, u32)> {
 /// the user `kuzet` on loopback only, fsync off (a test's data need not
 /// survive the machine). Stopped and removed when dropped.
 pub struct PgServer {
-    child: Option<Child>,
+    child: Proc,
     port: u16,
     data: PathBuf,
     user: Option<(u32, u32)>,
@@ -305,7 +334,7 @@ impl PgServer {
             ));
         }
         let mut pg = PgServer {
-            child: None,
+            child: Proc::default(),
             port: free_port(),
             data,
             user,
@@ -334,7 +363,7 @@ impl PgServer {
         }
         let mut child = cmd.spawn().map_err(|e| format!("postgres: {e}"))?;
         let up = wait_listening(&mut child, self.port, "postgres");
-        self.child = Some(child);
+        self.child = Proc(Some(child));
         up?;
         // Taking connections is not yet accepting queries (recovery after
         // a kill): wait until a query answers.
@@ -394,34 +423,24 @@ impl PgServer {
     /// Stops it the fast way (`SIGINT`: connections cut, a clean
     /// shutdown) and waits until it is gone.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), "INT");
-            let _ = c.wait();
-        }
+        self.child.end("INT");
     }
 
     /// Pauses the postmaster (`SIGSTOP`): new connections hang.
     pub fn pause(&self) {
-        if let Some(c) = &self.child {
-            signal(c.id(), "STOP");
-        }
+        self.child.pause();
     }
 
     /// Lets a paused one go on (`SIGCONT`).
     pub fn resume(&self) {
-        if let Some(c) = &self.child {
-            signal(c.id(), "CONT");
-        }
+        self.child.resume();
     }
 
     /// Kills the postmaster (`SIGKILL`), waits until it is gone, and then
-    /// stops what it left behind (its backends end once it has gone).
+    /// until what it left behind has gone too (its backends end once it
+    /// has), so a restart may proceed.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            // Orphaned backends notice the postmaster's death and exit;
-            // the lock file's pid is gone, so a restart may proceed.
+        if self.child.end("KILL") {
             let t = Instant::now();
             while TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && t.elapsed() < Duration::from_secs(5)

@@ -233,10 +233,14 @@ pub enum Gauge {
     VersionsStoreUp,
     /// Seconds this node has been behind the shared versions (0: it holds
     /// every change, or they are not shared).
+    /// The last variant: `GAUGES` counts up to it.
     VersionsBehindS,
 }
 
-const GAUGES: usize = 28;
+/// How many gauges there are: one past the last variant, so a gauge added
+/// before it grows the array with it (one added after it must take its
+/// place here).
+const GAUGES: usize = Gauge::VersionsBehindS as usize + 1;
 
 /// The stages of a request's service time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,37 +3,7 @@
 use super::*;
 use crate::query::{calls, counts, export, Filter};
 
-fn rec(n: i64, a: &str, b: &str, decision: &str, rules: &[&str]) -> Record {
-    Record {
-        verdict_id: format!("{:024x}", n),
-        ts_us: 1_700_000_000_000_000 + n * 1_000_000,
-        call_id: format!("call-{n}"),
-        ruri: format!("sip:{b}@example.net"),
-        from_hdr: format!("<sip:{a}@example.net>;tag=x"),
-        a: Some(a.into()),
-        b: Some(b.into()),
-        source: "192.0.2.1:5060".into(),
-        transport: "udp".into(),
-        decision: decision.into(),
-        shadow_decision: decision.into(),
-        code: 603,
-        score: 100,
-        explanation: rules.join("; "),
-        rules: rules
-            .iter()
-            .map(|r| RuleHit {
-                id: (*r).into(),
-                value: 21,
-                threshold: 20,
-                shadow: false,
-                why: "21 calls > 20".into(),
-            })
-            .collect(),
-        lists_version: "1".into(),
-        headers: b"INVITE sip:x SIP/2.0\r\n\r\n".to_vec(),
-        ..Record::default()
-    }
-}
+use crate::suite::rec;
 
 fn opts() -> Options {
     Options {
