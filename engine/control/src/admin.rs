@@ -375,7 +375,7 @@ impl Collector for Exposition {
         let gauges: [(&str, &str, i64); 26] = [
             (
                 "cluster_configured",
-                "1 when the node shares its behaviour counts through Redis ([cluster] redis_url)",
+                "1 when the node shares its behaviour counts through Redis ([cluster] redis_url or redis_cluster_urls)",
                 m.gauge(Gauge::ClusterOn),
             ),
             (
