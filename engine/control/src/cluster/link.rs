@@ -23,12 +23,15 @@
 //! 0.32's doing: it never left a dead master) cannot stall the counts
 //! for good.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue};
+
+use super::ClusterCounters;
 
 /// Consecutive failed requests after which a link to a Redis Cluster
 /// drops its client's connections and starts again from the seed nodes.
@@ -104,12 +107,15 @@ impl Client {
         Ok(Client { inner, deadline })
     }
 
-    /// A link through this client, not yet connected.
-    pub fn link(&self) -> Link {
+    /// A link through this client, not yet connected; with `counters`,
+    /// it counts each time it starts a Redis Cluster's client again
+    /// (`rebuilt`).
+    pub fn link(&self, counters: Option<Arc<ClusterCounters>>) -> Link {
         Link {
             client: self.clone(),
             conn: None,
             failures: 0,
+            counters,
         }
     }
 
@@ -162,6 +168,7 @@ pub struct Link {
     conn: Option<Conn>,
     /// Requests failed in a row.
     failures: u32,
+    counters: Option<Arc<ClusterCounters>>,
 }
 
 impl Link {
@@ -217,6 +224,9 @@ impl Link {
             return;
         }
         if cluster {
+            if let Some(c) = &self.counters {
+                c.rebuilt.inc();
+            }
             tracing::info!(
                 failures = self.failures,
                 "the Redis Cluster client failed every request of late: starting again from the seed nodes"
@@ -293,14 +303,14 @@ mod tests {
             Endpoint::Single(one.url()),
             Endpoint::Cluster(cluster.seeds()),
         ] {
-            let mut link = Client::open(&e, d).unwrap().link();
+            let mut link = Client::open(&e, d).unwrap().link(None);
             rt.block_on(exercise(&mut link));
             assert!(link.connected());
         }
         // Two keys of different slots in one script: the cluster refuses.
         let mut link = Client::open(&Endpoint::Cluster(cluster.seeds()), d)
             .unwrap()
-            .link();
+            .link(None);
         let mut eval = redis::cmd("EVAL");
         eval.arg("return redis.call('GET', KEYS[2])")
             .arg(2)
@@ -321,7 +331,7 @@ mod tests {
         let mut one = RedisServer::start().unwrap();
         let mut link = Client::open(&Endpoint::Single(one.url()), d)
             .unwrap()
-            .link();
+            .link(None);
         assert_eq!(rt.block_on(link.query::<String>(&ping)).unwrap(), "PONG");
         assert!(link.connected());
         one.kill();
@@ -333,15 +343,17 @@ mod tests {
         // failures in a row (a nil read as a string fails), dropped at the
         // next, and made again from the seeds by the request after.
         let cluster = RedisCluster::start().unwrap();
+        let counters = Arc::new(ClusterCounters::default());
         let mut link = Client::open(&Endpoint::Cluster(cluster.seeds()), d)
             .unwrap()
-            .link();
+            .link(Some(counters.clone()));
         let mut get = redis::cmd("GET");
         get.arg("{t}:none");
         for i in 1..=REBUILD_AFTER {
             assert!(rt.block_on(link.query::<String>(&get)).is_err());
             assert_eq!(link.connected(), i < REBUILD_AFTER, "after {i} failures");
         }
+        assert_eq!(counters.rebuilt.get(), 1);
         let v: Option<String> = rt.block_on(link.query(&get)).unwrap();
         assert_eq!(v, None);
         assert!(link.connected());
@@ -352,5 +364,6 @@ mod tests {
         rt.block_on(link.query::<Option<String>>(&get)).unwrap();
         assert!(rt.block_on(link.query::<String>(&get)).is_err());
         assert!(link.connected());
+        assert_eq!(counters.rebuilt.get(), 1);
     }
 }

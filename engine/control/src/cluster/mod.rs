@@ -190,6 +190,7 @@ counter_set! {
         refused => "cluster_deltas_refused_total", "Deltas that did not decode (another version, damaged)",
         dropped => "cluster_deltas_dropped_total", "This node's deltas never sent: Redis was away longer than cluster.max_age_ms",
         errors => "cluster_redis_errors_total", "Redis requests that failed or passed their deadline",
+        rebuilt => "cluster_redis_cluster_rebuilds_total", "Times the Redis Cluster client failed every request of 5 in a row and was made again from the seed nodes",
     }
 }
 
@@ -217,7 +218,7 @@ pub async fn run(
     };
     let deadline = Duration::from_millis(cfg.timeout_ms);
     let mut link = match link::Client::open(&endpoint, deadline) {
-        Ok(c) => c.link(),
+        Ok(client) => client.link(Some(c.clone())),
         Err(e) => {
             tracing::error!(error = %e, "cluster.redis_url or redis_cluster_urls; counting alone");
             return;
@@ -452,7 +453,7 @@ impl NodeService {
         let deadline = Duration::from_millis(self.cfg.timeout_ms);
         let mut k = link::Client::open(&endpoint, deadline)
             .map_err(unavailable)?
-            .link();
+            .link(None);
         // The members, at most 10,000 (by when they last reported).
         let mut names: Vec<String> = k
             .query(

@@ -120,7 +120,10 @@ pub(super) async fn run(lease: Arc<Lease>, mut shutdown: watch::Receiver<bool>) 
     // of the lease at most.
     let retry = renew_every / 4;
     let mut redis = Conn {
-        link: lease.shared.client.link(),
+        link: lease
+            .shared
+            .client
+            .link(Some(lease.shared.redis_errors.clone())),
         errors: lease.shared.redis_errors.clone(),
     };
     // The token and value this node holds in Redis, as far as it knows.

@@ -370,8 +370,18 @@ fn on_a_redis_cluster_counts_are_shared_and_go_on_after_the_failover_of_the_mast
     let promoted = rc
         .wait_failover("{kuzet}:counts", master, Duration::from_secs(30))
         .unwrap();
+    // Whether the nodes' cluster clients found the new master by
+    // themselves or were made again from the seeds (link.rs).
+    let rebuilt: Vec<u64> = nodes
+        .iter()
+        .map(|n| {
+            n.metrics
+                .value("cluster_redis_cluster_rebuilds_total")
+                .unwrap_or(0)
+        })
+        .collect();
     eprintln!(
-        "master {master} killed; port {promoted} serves kuzet's slot; every node traded again after {back:?}; {i} calls meanwhile, the slowest answered in {worst:?}"
+        "master {master} killed; port {promoted} serves kuzet's slot; every node traded again after {back:?}; {i} calls meanwhile, the slowest answered in {worst:?}; clients made again from the seeds: {rebuilt:?}"
     );
     assert!(
         worst < Duration::from_millis(500),
