@@ -4,7 +4,9 @@
 //! kept in a private temporary folder, and stopped and removed when
 //! dropped. Each can be stopped, killed, paused (`SIGSTOP`) and started
 //! again on the same port with the same data, which is what the failure
-//! tests do to them.
+//! tests do to them. [`RedisCluster`] makes six `redis-server`s a Redis
+//! Cluster (three masters, a replica each) and kills a master for the
+//! failover tests.
 //!
 //! PostgreSQL refuses to run as root: under root, `initdb` and `postgres`
 //! run as the `postgres` user (or `nobody`), and the data folder is
