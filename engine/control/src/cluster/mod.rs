@@ -66,7 +66,8 @@ pub struct ClusterConfig {
     /// A contribution older than this is ignored, and unsent deltas older
     /// than this are dropped.
     pub max_age_ms: u64,
-    /// The Redis key prefix (several kuzet clusters may share a Redis).
+    /// The Redis key prefix (several kuzet clusters may share a Redis);
+    /// every key is under the hash tag `{key_prefix}` ([`Self::tag`]).
     pub key_prefix: String,
     /// Deadline of each Redis request.
     pub timeout_ms: u64,
