@@ -25,7 +25,8 @@
 //! - [`pki`]: a CA and the certificates it signs, made with openssl, for
 //!   the stand-ins' TLS and mTLS in tests and tours;
 //! - [`servers`]: real `redis-server` and PostgreSQL processes of one's
-//!   own on free loopback ports, for tests and the cluster tour;
+//!   own on free loopback ports (and a Redis Cluster of six
+//!   `redis-server`s), for tests and the cluster tour;
 //! - [`population`]: small fixed call mixes for the engine's SIPp tests;
 //! - [`tour`]: a dozen calls that show a newcomer every kind of verdict.
 //!

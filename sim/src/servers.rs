@@ -4,7 +4,9 @@
 //! kept in a private temporary folder, and stopped and removed when
 //! dropped. Each can be stopped, killed, paused (`SIGSTOP`) and started
 //! again on the same port with the same data, which is what the failure
-//! tests do to them.
+//! tests do to them. [`RedisCluster`] makes six `redis-server`s a Redis
+//! Cluster (three masters, a replica each) and kills a master for the
+//! failover tests.
 //!
 //! PostgreSQL refuses to run as root: under root, `initdb` and `postgres`
 //! run as the `postgres` user (or `nobody`), and the data folder is
@@ -238,6 +240,272 @@ impl Drop for RedisServer {
     }
 }
 
+/// How long a cluster node may go unanswered before the others count it
+/// failed and its replica takes over (`cluster-node-timeout`): short, so
+/// a test's failover takes a few seconds, not Redis's default 15.
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1_000;
+
+/// A Redis Cluster of one's own on loopback: three masters and a replica
+/// of each, six `redis-server --cluster-enabled yes` processes on free
+/// ports (each with its cluster bus on a free port of its own, so no port
+/// needs to be below 55535), joined by `redis-cli --cluster create`, with
+/// a node timeout of [`CLUSTER_NODE_TIMEOUT_MS`]. Each node keeps its
+/// `nodes.conf` and its log in a folder of a scratch folder removed on
+/// drop. Asked through `redis-cli`: which master serves a key's slot,
+/// and whether a replica has taken over a killed master.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    dead: Vec<u16>,
+    scratch: Scratch,
+}
+
+impl RedisCluster {
+    /// Starts six nodes, makes them a cluster of three masters with a
+    /// replica each, and waits until every node says the cluster is ok
+    /// and every replica is in step with its master.
+    pub fn start() -> Result<RedisCluster, String> {
+        let scratch = Scratch::new("redis-cluster")?;
+        let mut nodes = Vec::new();
+        for i in 0..6 {
+            let dir = scratch.0.join(format!("node{i}"));
+            std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let dir = dir.display().to_string();
+            let bus = free_port().to_string();
+            let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+            nodes.push(RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                &timeout,
+                "--dir",
+                &dir,
+                "--logfile",
+                "redis.log",
+            ])?);
+        }
+        let c = RedisCluster {
+            nodes,
+            dead: Vec::new(),
+            scratch,
+        };
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for p in c.ports() {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("redis-cli (it comes with redis-server): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        c.wait_ok(START_TIMEOUT)?;
+        Ok(c)
+    }
+
+    /// Every node's port, in the order they were started (dead ones
+    /// included).
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port()).collect()
+    }
+
+    /// The nodes' URLs, `redis://127.0.0.1:PORT/`: a client's seed nodes.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// The ports of the nodes not killed.
+    pub fn live_ports(&self) -> Vec<u16> {
+        self.ports()
+            .into_iter()
+            .filter(|p| !self.dead.contains(p))
+            .collect()
+    }
+
+    /// Runs one command with `redis-cli` on the node at `port` (no
+    /// redirections followed); its output, trimmed (an error reply other
+    /// than `ERR`, such as `MOVED`, is output too).
+    pub fn cli(&self, port: u16, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || text.starts_with("ERR") || text.starts_with("Could not") {
+            return Err(format!(
+                "redis-cli -p {port} {args:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(text)
+    }
+
+    /// A command on the first live node that answers it.
+    fn ask(&self, args: &[&str]) -> Result<String, String> {
+        let mut last = "no live node".to_string();
+        for p in self.live_ports() {
+            match self.cli(p, args) {
+                Ok(t) => return Ok(t),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`: a `{tag}` in it decides).
+    pub fn slot_of(&self, key: &str) -> Result<u16, String> {
+        let t = self.ask(&["CLUSTER", "KEYSLOT", key])?;
+        t.parse()
+            .map_err(|_| format!("CLUSTER KEYSLOT {key}: {t:?}"))
+    }
+
+    /// The port of the master serving `slot`, as the node at `asked`
+    /// sees it (`CLUSTER NODES`); none when no master it counts alive
+    /// serves it.
+    fn master_seen_by(&self, asked: u16, slot: u16) -> Result<Option<u16>, String> {
+        let text = self.cli(asked, &["CLUSTER", "NODES"])?;
+        Ok(text.lines().find_map(|l| master_line_serves(l, slot)))
+    }
+
+    /// The port of the master serving `key`'s slot, as a live node sees
+    /// it.
+    pub fn master_of(&self, key: &str) -> Result<u16, String> {
+        let slot = self.slot_of(key)?;
+        self.live_ports()
+            .into_iter()
+            .find_map(|p| self.master_seen_by(p, slot).ok().flatten())
+            .ok_or_else(|| format!("no master serves slot {slot}"))
+    }
+
+    /// Kills the node at `port` (`SIGKILL`) and waits until it is gone.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port() == port) {
+            n.kill();
+            if !self.dead.contains(&port) {
+                self.dead.push(port);
+            }
+        }
+    }
+
+    /// Waits until a live replica serves `key`'s slot in place of the
+    /// killed master at `dead`, as every live node sees it, and every
+    /// live node says the cluster is ok; the new master's port.
+    pub fn wait_failover(&self, key: &str, dead: u16, within: Duration) -> Result<u16, String> {
+        let slot = self.slot_of(key)?;
+        let t = Instant::now();
+        loop {
+            let seen: Vec<Option<u16>> = self
+                .live_ports()
+                .into_iter()
+                .map(|p| self.master_seen_by(p, slot).ok().flatten())
+                .collect();
+            if let Some(Some(m)) = seen.first() {
+                let agreed = seen.iter().all(|s| *s == Some(*m));
+                if *m != dead && agreed && self.all_ok().is_ok() {
+                    return Ok(*m);
+                }
+            }
+            if t.elapsed() > within {
+                return Err(format!(
+                    "slot {slot} not taken over from port {dead} within {within:?}: masters seen {seen:?}; {}",
+                    self.all_ok().err().unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every live node says `cluster_state:ok`, and every live replica
+    /// is in step with its master; else what is not.
+    fn all_ok(&self) -> Result<(), String> {
+        for p in self.live_ports() {
+            let info = self.cli(p, &["CLUSTER", "INFO"])?;
+            if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                return Err(format!("node {p}: cluster state not ok"));
+            }
+            let repl = self.cli(p, &["INFO", "replication"])?;
+            let replica = repl.lines().any(|l| l.trim() == "role:slave");
+            if replica && !repl.lines().any(|l| l.trim() == "master_link_status:up") {
+                return Err(format!("replica {p}: not in step with its master"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every live node says the cluster is ok, knows every
+    /// node, and every live replica is in step with its master.
+    pub fn wait_ok(&self, within: Duration) -> Result<(), String> {
+        let t = Instant::now();
+        let all = self.nodes.len().to_string();
+        loop {
+            let known = self.live_ports().into_iter().all(|p| {
+                self.cli(p, &["CLUSTER", "INFO"]).is_ok_and(|i| {
+                    i.lines()
+                        .any(|l| l.trim().strip_prefix("cluster_known_nodes:") == Some(&all))
+                })
+            });
+            let ok = self.all_ok();
+            if known && ok.is_ok() {
+                return Ok(());
+            }
+            if t.elapsed() > within {
+                return Err(format!(
+                    "the Redis Cluster was not ok within {within:?}: {}",
+                    ok.err()
+                        .unwrap_or_else(|| "a node does not know every node".into())
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of the log of the node at `port` (for a test's
+    /// failure message).
+    pub fn log_tail(&self, port: u16, lines: usize) -> String {
+        let Some(i) = self.nodes.iter().position(|n| n.port() == port) else {
+            return String::new();
+        };
+        let path = self.scratch.0.join(format!("node{i}")).join("redis.log");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// The port of the master on `line` of `CLUSTER NODES` if it serves
+/// `slot` and is not counted failed.
+fn master_line_serves(line: &str, slot: u16) -> Option<u16> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 9 {
+        return None;
+    }
+    let flags: Vec<&str> = f[2].split(',').collect();
+    if !flags.contains(&"master") || flags.iter().any(|x| *x == "fail" || *x == "fail?") {
+        return None;
+    }
+    let serves = f[8..].iter().any(|r| match r.split_once('-') {
+        _ if r.starts_with('[') => false,
+        Some((a, b)) => {
+            a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b)
+        }
+        None => r.parse::<u16>() == Ok(slot),
+    });
+    let addr = f[1].split('@').next()?;
+    serves
+        .then(|| addr.rsplit_once(':')?.1.parse().ok())
+        .flatten()
+}
+
 /// Where the PostgreSQL server binaries are: on the `PATH`, or the
 /// newest `/usr/lib/postgresql/N/bin` (Debian keeps them off the `PATH`).
 fn pg_bin(name: &str) -> Result<PathBuf, String> {
@@ -469,6 +737,55 @@ mod tests {
         assert!(TcpStream::connect(("127.0.0.1", r.port())).is_err());
         r.restart().unwrap();
         assert!(TcpStream::connect(("127.0.0.1", r.port())).is_ok());
+    }
+
+    #[test]
+    fn a_redis_cluster_comes_up_and_a_replica_takes_over_a_killed_master() {
+        let mut c = RedisCluster::start().unwrap();
+        assert_eq!(c.seeds().len(), 6);
+        // A hash tag decides the slot: the braced part only.
+        let slot = c.slot_of("{kuzet}:counts").unwrap();
+        assert_eq!(c.slot_of("{kuzet}:lease:nbank-feed").unwrap(), slot);
+        let master = c.master_of("{kuzet}:counts").unwrap();
+        assert_eq!(
+            c.cli(master, &["SET", "{kuzet}:x", "1"]).unwrap(),
+            "OK",
+            "the master serving the slot takes the write"
+        );
+        let killed = Instant::now();
+        c.kill(master);
+        assert!(!c.live_ports().contains(&master));
+        let next = c
+            .wait_failover("{kuzet}:counts", master, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(c.live_ports()[0], 30)));
+        eprintln!(
+            "port {master} killed; port {next} serves the slot after {:?}",
+            killed.elapsed()
+        );
+        assert_ne!(next, master);
+        assert_eq!(c.master_of("{kuzet}:counts").unwrap(), next);
+        assert_eq!(c.cli(next, &["SET", "{kuzet}:x", "2"]).unwrap(), "OK");
+        // Another node redirects to it.
+        let other = c.live_ports().into_iter().find(|p| *p != next).unwrap();
+        assert_eq!(
+            c.cli(other, &["GET", "{kuzet}:x"]).unwrap(),
+            format!("MOVED {slot} 127.0.0.1:{next}")
+        );
+    }
+
+    #[test]
+    fn cluster_nodes_lines_name_the_master_serving_a_slot() {
+        let l = "07c3 127.0.0.1:30004@31004 master - 0 1426238316232 3 connected 0-5460 12000 [5461->-e7d1]";
+        assert_eq!(master_line_serves(l, 0), Some(30004));
+        assert_eq!(master_line_serves(l, 5460), Some(30004));
+        assert_eq!(master_line_serves(l, 12000), Some(30004));
+        assert_eq!(master_line_serves(l, 5461), None);
+        let myself = "67ed 127.0.0.1:30002@31002 myself,master - 0 0 2 connected 5461-10922";
+        assert_eq!(master_line_serves(myself, 6000), Some(30002));
+        let failed = "67ed 127.0.0.1:30002@31002 master,fail - 0 0 2 connected 5461-10922";
+        assert_eq!(master_line_serves(failed, 6000), None);
+        let replica = "292f 127.0.0.1:30005@31005 slave 67ed 0 0 2 connected";
+        assert_eq!(master_line_serves(replica, 6000), None);
     }
 
     #[test]

@@ -408,7 +408,7 @@ impl Collector for Exposition {
             ),
             (
                 "cluster_configured",
-                "1 when the node shares its behaviour counts through Redis ([cluster] redis_url)",
+                "1 when the node shares its behaviour counts through Redis ([cluster] redis_url or redis_cluster_urls)",
                 m.gauge(Gauge::ClusterOn),
             ),
             (

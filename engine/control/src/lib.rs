@@ -31,7 +31,8 @@
 //!   behaviour-state sweeps, the loss watch; and the investigators' API
 //!   on a runtime of its own.
 //! - [`cluster`]: behaviour counts shared with the other nodes through
-//!   Redis, as per-node deltas, off the call path.
+//!   Redis (one instance or a Redis Cluster, every key under one hash
+//!   tag), as per-node deltas, off the call path.
 //! - [`lease`]: one leader per singleton (the Centre's puller, case clock
 //!   and report outbox, the register outbox) when the store is shared: a
 //!   lease in Redis with a fencing token the store checks.

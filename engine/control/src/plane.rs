@@ -144,7 +144,8 @@ pub struct Services {
     pub nudge: crate::publishing::Nudge,
     /// The National Bank's Anti-Fraud Centre, when `[nbank]` is set.
     pub nbank: Option<crate::nbfeed::Nbank>,
-    /// Shared counts through Redis, when `[cluster] redis_url` is set:
+    /// Shared counts through Redis, when `[cluster] redis_url` or
+    /// `redis_cluster_urls` is set:
     /// the section and this node.
     pub cluster: Option<(crate::cluster::ClusterConfig, crate::cluster::Me)>,
     /// The singletons' leases, when `[cluster]` is on and the store is

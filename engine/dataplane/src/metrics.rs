@@ -221,7 +221,8 @@ pub enum Gauge {
     CentreOldestPendingUnix,
     /// 1 while a report has waited longer than `[nbank] victim_delay_s`.
     CentreLate,
-    /// 1 when the node shares its counts (`[cluster] redis_url`).
+    /// 1 when the node shares its counts (`[cluster] redis_url` or
+    /// `redis_cluster_urls`).
     ClusterOn,
     /// 1 when the last exchange with Redis went through.
     ClusterRedisUp,

@@ -565,6 +565,41 @@ mod tests {
     }
 
     #[test]
+    fn cluster_names_one_redis_or_a_redis_clusters_seed_nodes() {
+        let c = Config::from_toml_str(
+            "[cluster]\nredis_cluster_urls = [\"redis://10.0.0.1:6379/\", \"redis://10.0.0.2:6379/\"]\n",
+            "k.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster.endpoint(),
+            Some(kuzet_control::cluster::link::Endpoint::Cluster(vec![
+                "redis://10.0.0.1:6379/".into(),
+                "redis://10.0.0.2:6379/".into()
+            ]))
+        );
+        let e = Config::from_toml_str(
+            "[cluster]\nredis_url = \"redis://10.0.0.9:6379/\"\nredis_cluster_urls = [\"redis://10.0.0.1:6379/\"]\n",
+            "k.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cluster.redis_url and cluster.redis_cluster_urls are both set"),
+            "{e}"
+        );
+        let e = Config::from_toml_str(
+            "[cluster]\nredis_cluster_urls = [\"redis://10.0.0.1:6379/3\"]\n",
+            "k.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("database 0 only"), "{e}");
+        let e = Config::from_toml_str("[cluster]\nredis_cluster_urls = \"redis://h/\"\n", "k.toml")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("k.toml:2:"), "{e}");
+    }
+
+    #[test]
     fn the_store_backend_and_its_url_are_checked() {
         let e = Config::from_toml_str("[store]\nbackend = \"mysql\"\n", "k.toml").unwrap_err();
         assert!(

@@ -28,6 +28,7 @@ use kuzet_store::StoreError;
 use tokio::sync::watch;
 
 use super::{lease_key, parse_holder, token_key, Lease};
+use crate::cluster::link::Link;
 use crate::cluster::ClusterCounters;
 
 /// Wins the lease if nobody holds it. KEYS: the lease, its token
@@ -82,12 +83,10 @@ end
 return 0
 ";
 
-/// A connection to Redis made on first use and dropped after any error,
-/// every request (connecting included) within the deadline.
+/// The keeper's link to Redis ([`crate::cluster::link`]: made on first
+/// use, every request within the deadline), its failures counted.
 struct Conn {
-    client: redis::Client,
-    deadline: Duration,
-    conn: Option<redis::aio::MultiplexedConnection>,
+    link: Link,
     errors: Arc<ClusterCounters>,
 }
 
@@ -101,28 +100,8 @@ impl Conn {
     ) -> Result<T, String> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
-        let client = &self.client;
-        let slot = &mut self.conn;
-        let run = async {
-            if slot.is_none() {
-                *slot = Some(
-                    client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            match slot.as_mut() {
-                Some(c) => cmd.query_async::<T>(c).await.map_err(|e| e.to_string()),
-                None => Err("no connection".to_string()),
-            }
-        };
-        let out = match tokio::time::timeout(self.deadline, run).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.deadline)),
-        };
+        let out = self.link.query(&cmd).await;
         if out.is_err() {
-            self.conn = None;
             self.errors.errors.inc();
         }
         out
@@ -141,9 +120,10 @@ pub(super) async fn run(lease: Arc<Lease>, mut shutdown: watch::Receiver<bool>) 
     // of the lease at most.
     let retry = renew_every / 4;
     let mut redis = Conn {
-        client: lease.shared.client.clone(),
-        deadline: s.timeout,
-        conn: None,
+        link: lease
+            .shared
+            .client
+            .link(Some(lease.shared.redis_errors.clone())),
         errors: lease.shared.redis_errors.clone(),
     };
     // The token and value this node holds in Redis, as far as it knows.

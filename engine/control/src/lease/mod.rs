@@ -13,9 +13,10 @@
 //!   refuses as fenced ends its lead.
 //!
 //! **The safety argument.** A lease is a key `{prefix}:lease:{name}`
-//! holding `"{node} {token}"` that Redis deletes `lease_ms` after it was
-//! last set or renewed. The token comes from `INCR
-//! {prefix}:lease:{name}:token` (never below Redis's clock in
+//! (the braces are Redis Cluster's hash tag: every key of a kuzet
+//! cluster in one slot) holding `"{node} {token}"` that Redis deletes
+//! `lease_ms` after it was last set or renewed. The token comes from
+//! `INCR {prefix}:lease:{name}:token` (never below Redis's clock in
 //! milliseconds) in the same script that sets the key, so each holder's
 //! token is higher than every earlier holder's. A holder
 //! reads the monotonic clock *before* it sends each request that sets or
@@ -41,7 +42,10 @@
 //! handed out before; should a token still come out at or below one the
 //! store has seen (a clock set back), the claim is refused with the
 //! store's highest, and the keeper raises Redis's counter past it and
-//! tries again.
+//! tries again. A Redis Cluster's failover is such a loss at worst: the
+//! replica that takes over may lack the master's last writes (a lease
+//! won or renewed, a token counted), as Redis replicates asynchronously;
+//! the lease key's expiry, an absolute time, goes over as it is.
 //!
 //! Without `[cluster]`, or with a store of the node's own, there are no
 //! leases ([`Leases::for_cluster`] gives none) and every singleton runs
@@ -63,6 +67,7 @@ use kuzet_store::pg::Fence;
 use kuzet_store::StoreError;
 use tokio::sync::{watch, Notify};
 
+use crate::cluster::link::{Client, Endpoint};
 use crate::cluster::ClusterConfig;
 
 /// The work done once for the whole cluster, one lease each.
@@ -103,14 +108,15 @@ impl Singleton {
     }
 }
 
-/// The Redis key of `name`'s lease under `prefix`.
+/// The Redis key of `name`'s lease under `prefix`: `{prefix}:lease:{name}`.
 pub fn lease_key(prefix: &str, name: &str) -> String {
-    format!("{prefix}:lease:{name}")
+    format!("{}:lease:{name}", crate::cluster::tag(prefix))
 }
 
-/// The Redis key of `name`'s token counter under `prefix`.
+/// The Redis key of `name`'s token counter under `prefix`:
+/// `{prefix}:lease:{name}:token`.
 pub fn token_key(prefix: &str, name: &str) -> String {
-    format!("{prefix}:lease:{name}:token")
+    format!("{}:lease:{name}:token", crate::cluster::tag(prefix))
 }
 
 /// A lease's holder and token as its key in Redis holds them.
@@ -122,8 +128,8 @@ pub fn parse_holder(value: &str) -> Option<(&str, u64)> {
 /// How the leases are kept.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// `redis://…`, the cluster's Redis.
-    pub redis_url: String,
+    /// The cluster's Redis: one instance or a Redis Cluster.
+    pub redis: Endpoint,
     /// The key prefix (`[cluster] key_prefix`).
     pub prefix: String,
     /// This node's name, written into the leases it holds.
@@ -135,16 +141,16 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// From `[cluster]`, for node `node` (the section checked, so its
-    /// URL set).
-    pub fn of(cfg: &ClusterConfig, node: &str) -> Settings {
-        Settings {
-            redis_url: cfg.redis_url.clone().unwrap_or_default(),
+    /// From `[cluster]`, for node `node`; none when the section names
+    /// no Redis.
+    pub fn of(cfg: &ClusterConfig, node: &str) -> Option<Settings> {
+        Some(Settings {
+            redis: cfg.endpoint()?,
             prefix: cfg.key_prefix.clone(),
             node: node.to_string(),
             lease: Duration::from_millis(cfg.lease_ms),
             timeout: Duration::from_millis(cfg.timeout_ms),
-        }
+        })
     }
 
     /// How often a holder renews, and a follower tries to win: a third
@@ -202,7 +208,7 @@ pub struct Lease {
 /// What the leases of a node share.
 struct Shared {
     settings: Settings,
-    client: redis::Client,
+    client: Client,
     claim: Claim,
     counters: Arc<LeaseCounters>,
     redis_errors: Arc<crate::cluster::ClusterCounters>,
@@ -564,10 +570,8 @@ impl Leases {
         shared: Option<SharedStore>,
         metrics: &Metrics,
     ) -> Result<Option<Arc<Leases>>, String> {
-        match shared {
-            Some(shared) if cfg.enabled() => {
-                Leases::new(Settings::of(cfg, node), shared, metrics).map(Some)
-            }
+        match (shared, Settings::of(cfg, node)) {
+            (Some(shared), Some(settings)) => Leases::new(settings, shared, metrics).map(Some),
             _ => Ok(None),
         }
     }
@@ -578,8 +582,14 @@ impl Leases {
         shared: SharedStore,
         metrics: &Metrics,
     ) -> Result<Arc<Leases>, String> {
-        let client = redis::Client::open(settings.redis_url.as_str())
-            .map_err(|e| format!("cluster.redis_url: {e}"))?;
+        let client = Client::open(&settings.redis, settings.timeout).map_err(|e| {
+            let key = if settings.redis.is_cluster() {
+                "cluster.redis_cluster_urls"
+            } else {
+                "cluster.redis_url"
+            };
+            format!("{key}: {e}")
+        })?;
         let SharedStore { fences, claim } = shared;
         let common = Arc::new(Shared {
             settings,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kuzet_dataplane::metrics::Metrics;
-use kuzet_sim::servers::{PgServer, RedisServer};
+use kuzet_sim::servers::{PgServer, RedisCluster, RedisServer};
 use kuzet_store::outbox::{Due, Payload};
 use kuzet_store::pg::{fence_claim, Fence, PgConn};
 use kuzet_store::ports::Backlog;
@@ -80,6 +80,10 @@ struct Node {
 
 impl Node {
     fn start(redis: &RedisServer, name: &str, claim: Claim) -> Node {
+        Node::on(Endpoint::Single(redis.url()), name, claim)
+    }
+
+    fn on(redis: Endpoint, name: &str, claim: Claim) -> Node {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -88,7 +92,7 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         crate::register_counters(&metrics).unwrap();
         let settings = Settings {
-            redis_url: redis.url(),
+            redis,
             prefix: "test".into(),
             node: name.into(),
             lease: LEASE,
@@ -201,7 +205,10 @@ fn exactly_one_of_three_keepers_holds_a_lease() {
         assert_eq!(leaders(&nodes, S), [first]);
         std::thread::sleep(Duration::from_millis(10));
     }
-    let held: String = redis_cmd(&redis.url(), redis::cmd("GET").arg("test:lease:nbank-feed"));
+    let held: String = redis_cmd(
+        &redis.url(),
+        redis::cmd("GET").arg("{test}:lease:nbank-feed"),
+    );
     assert_eq!(
         parse_holder(&held),
         Some((["a", "b", "c"][first], token)),
@@ -683,7 +690,7 @@ fn a_lead_whose_time_ran_out_ends_at_the_first_check_with_no_keeper_running() {
     // never got to run again (a paused process) would have left it.
     let metrics = Metrics::default();
     let settings = Settings {
-        redis_url: "redis://127.0.0.1:1/".into(),
+        redis: Endpoint::Single("redis://127.0.0.1:1/".into()),
         prefix: "test".into(),
         node: "a".into(),
         lease: LEASE,
@@ -747,7 +754,7 @@ fn a_lead_whose_time_ran_out_ends_at_the_first_check_with_no_keeper_running() {
 fn a_refusal_of_an_earlier_leads_token_leaves_the_current_lead_alone() {
     let metrics = Metrics::default();
     let settings = Settings {
-        redis_url: "redis://127.0.0.1:1/".into(),
+        redis: Endpoint::Single("redis://127.0.0.1:1/".into()),
         prefix: "test".into(),
         node: "a".into(),
         lease: LEASE,
@@ -944,4 +951,108 @@ fn killing_the_feed_leader_hands_the_feed_to_another_node_and_no_batch_is_applie
         "a follower pulled"
     );
     feed.stop();
+}
+
+/// Three nodes keeping `S` on a Redis Cluster.
+fn on_cluster(cluster: &RedisCluster) -> Vec<Node> {
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::on(Endpoint::Cluster(cluster.seeds()), n, no_claim()))
+        .collect();
+    for n in &nodes {
+        n.keep(S);
+    }
+    nodes
+}
+
+#[test]
+fn on_a_redis_cluster_one_node_holds_a_lease_and_a_dead_holders_passes_on_within_the_bound() {
+    let cluster =
+        RedisCluster::start().expect("redis-server (scripts/install-deps.sh installs it)");
+    let mut nodes = on_cluster(&cluster);
+    let (first, token) = one_leader(&nodes, S, LEASE * 3);
+    let t = Instant::now();
+    while t.elapsed() < LEASE * 2 {
+        assert_eq!(fenced(&nodes, S), [first], "fences at {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The lease and its counter are on the master of the `{test}` slot.
+    let key = "{test}:lease:nbank-feed";
+    let master = cluster.master_of(key).unwrap();
+    assert_eq!(
+        cluster.master_of("{test}:lease:nbank-feed:token").unwrap(),
+        master
+    );
+    let held = cluster.cli(master, &["GET", key]).unwrap();
+    assert_eq!(parse_holder(&held), Some((["a", "b", "c"][first], token)));
+    // The holder dies: another node leads within the lease and a renew
+    // period, with a higher token.
+    let bound = LEASE + LEASE / 3 + SLACK;
+    nodes[first].die();
+    let died = Instant::now();
+    let (next, next_token) = one_leader(&nodes, S, bound * 2);
+    let took = died.elapsed();
+    eprintln!("node {first} died, node {next} leads after {took:?}");
+    assert!(took <= bound, "taken over after {took:?}, past {bound:?}");
+    assert!(next_token > token);
+}
+
+#[test]
+fn a_failover_of_the_master_of_the_leases_slot_never_leaves_two_leaders_and_one_leads_again() {
+    let mut cluster =
+        RedisCluster::start().expect("redis-server (scripts/install-deps.sh installs it)");
+    let nodes = on_cluster(&cluster);
+    let (_, token) = one_leader(&nodes, S, LEASE * 3);
+    let key = "{test}:lease:nbank-feed";
+    let master = cluster.master_of(key).unwrap();
+    cluster.kill(master);
+    let killed = Instant::now();
+    // Until a node leads with a new token: never two at once. The holder
+    // cannot renew, so its lead ends by its own clock; the key it held
+    // expires on the replica at the same time, and a node wins it there
+    // once the replica has taken over.
+    let mut leaderless: Option<Instant> = None;
+    let mut gap = Duration::ZERO;
+    let (next, next_token) = loop {
+        let f = fenced(&nodes, S);
+        assert!(
+            f.len() <= 1,
+            "two fences after {:?}: {f:?}",
+            killed.elapsed()
+        );
+        match leaders(&nodes, S)[..] {
+            [i] => {
+                if let Some(t) = leaderless.take() {
+                    gap += t.elapsed();
+                }
+                let t = nodes[i].lease(S).check().unwrap_or(0);
+                if t > token {
+                    break (i, t);
+                }
+            }
+            _ => {
+                leaderless.get_or_insert_with(Instant::now);
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no node leads again after the failover: {}",
+            cluster.log_tail(cluster.live_ports()[0], 20)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let promoted = cluster
+        .wait_failover(key, master, Duration::from_secs(30))
+        .unwrap();
+    eprintln!(
+        "master {master} killed, port {promoted} took the slot; node {next} leads with a new token after {:?}, no leader for {gap:?} of it",
+        killed.elapsed()
+    );
+    // And it keeps its lead.
+    let t = Instant::now();
+    while t.elapsed() < LEASE * 2 {
+        assert_eq!(leaders(&nodes, S), [next]);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(nodes[next].lease(S).check().unwrap(), next_token);
 }

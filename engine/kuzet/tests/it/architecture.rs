@@ -108,7 +108,7 @@ const ALLOWED: &[Allowed] = &[
             "kuzet-rules",
             "kuzet-store",
             "libc",
-            "redis",   // behaviour counts shared between nodes (a stream of per-node deltas)
+            "redis", // shared counts (a stream of per-node deltas) and the leases, on one Redis or a Redis Cluster
             "reqwest", // the National Bank Centre's HTTPS client (feed, alerts, reports)
             "prometheus-client", // /metrics
             "prost",

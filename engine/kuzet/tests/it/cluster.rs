@@ -1,7 +1,9 @@
 //! Several nodes sharing their behaviour counts through a real
 //! `redis-server` (issue 22's first part): a campaign spread round-robin
 //! over three nodes is blocked at the count one node blocks it at, and
-//! Redis dying under load delays no call. Behind Kamailio's dispatcher
+//! Redis dying under load delays no call. The same through a Redis
+//! Cluster of three masters and three replicas, across the failover of
+//! the master that holds kuzet's slot. Behind Kamailio's dispatcher
 //! (`kuzet-sim cluster`, deploy/cluster/, one PostgreSQL store for all),
 //! calls spread over the nodes, any node's investigators see every node's
 //! calls, and a dead node is routed around.
@@ -13,7 +15,7 @@ use kuzet::config::Config;
 
 use crate::common::*;
 
-use kuzet_sim::servers::RedisServer as Redis;
+use kuzet_sim::servers::{RedisCluster, RedisServer as Redis};
 
 /// Campaigns from +7701555... are blocked past 10 calls a minute, from
 /// +7701666... past 200.
@@ -37,6 +39,28 @@ fn node(dir: &TempDir, name: &str, redis: Option<&Redis>) -> Config {
         c.cluster.redis_url = Some(r.url());
     }
     c
+}
+
+/// A node sharing counts through the Redis Cluster `seeds`.
+fn cluster_node(dir: &TempDir, name: &str, seeds: Vec<String>) -> Config {
+    let mut c = node(dir, name, None);
+    c.cluster.redis_cluster_urls = seeds;
+    c
+}
+
+/// `kuzet nodes --format jsonl`, asked of the node at `control`: a row
+/// a node.
+fn kuzet_nodes(control: SocketAddr) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
+        .args(["nodes", "--format", "jsonl", "--control"])
+        .arg(control.to_string())
+        .env("KUZET_TOKEN", token_of("ops"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// The status an INVITE from `a` gets at `to`.
@@ -95,16 +119,7 @@ fn a_campaign_round_robin_over_three_nodes_is_blocked_at_the_count_one_node_bloc
     // `kuzet nodes`, asked of any node, lists the three with the version
     // each runs (the same lists and rules: the same version).
     let listed = wait("every node reports itself", || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kuzet"))
-            .args(["nodes", "--format", "jsonl", "--control"])
-            .arg(nodes[1].control_addr.unwrap().to_string())
-            .env("KUZET_TOKEN", token_of("ops"))
-            .output()
-            .unwrap();
-        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
+        let rows = kuzet_nodes(nodes[1].control_addr.unwrap());
         (rows.len() == 3).then_some(rows)
     });
     let names: Vec<&str> = listed.iter().map(|r| r["name"].as_str().unwrap()).collect();
@@ -122,7 +137,7 @@ fn a_campaign_round_robin_over_three_nodes_is_blocked_at_the_count_one_node_bloc
     // listed with its holder and token.
     let set = std::process::Command::new("redis-cli")
         .args(["-p", &redis.port().to_string()])
-        .args(["SET", "kuzet:lease:nbank-feed", "n2 42", "PX", "60000"])
+        .args(["SET", "{kuzet}:lease:nbank-feed", "n2 42", "PX", "60000"])
         .output()
         .expect("redis-cli (scripts/install-deps.sh installs redis-server with it)");
     assert!(set.status.success(), "{set:?}");
@@ -265,6 +280,131 @@ fn redis_stalled_or_killed_under_load_delays_no_call_and_counts_converge_when_it
         spread.abs_diff(11) <= 2,
         "blocked at call {spread} after Redis returned"
     );
+    for n in nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn on_a_redis_cluster_counts_are_shared_and_go_on_after_the_failover_of_the_master_holding_kuzets_slot(
+) {
+    use kuzet_dataplane::metrics::Gauge;
+    let dir = TempDir::new("cluster-rc");
+    let gap = Duration::from_millis(350);
+    let mut rc = RedisCluster::start().expect("redis-server (scripts/install-deps.sh installs it)");
+    let nodes: Vec<_> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|n| start(cluster_node(&dir, n, rc.seeds())))
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.udp_addr).collect();
+    let up = || {
+        nodes
+            .iter()
+            .all(|n| n.metrics.gauge(Gauge::ClusterRedisUp) == 1)
+    };
+    let errors = || -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|n| n.metrics.value("cluster_redis_errors_total").unwrap_or(0))
+            .collect()
+    };
+    wait("every node reaches the Redis Cluster", || {
+        up().then_some(())
+    });
+    // `kuzet nodes` lists the three from the members' set.
+    let listed = wait("every node reports itself", || {
+        let rows = kuzet_nodes(nodes[0].control_addr.unwrap());
+        (rows.len() == 3).then_some(rows)
+    });
+    let names: Vec<&str> = listed.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["c1", "c2", "c3"]);
+    // A campaign over the three is blocked as on one node.
+    let before = calls_until_blocked(&addrs, "+77015550011", gap);
+    assert!(
+        before.abs_diff(11) <= 2,
+        "blocked at call {before} through the Redis Cluster"
+    );
+    // The master serving kuzet's slot (every key is under `{kuzet}`)
+    // dies. Under load from many callers, none near a threshold, every
+    // call is answered at once, until every node has failed a round and
+    // then traded again.
+    let master = rc.master_of("{kuzet}:counts").unwrap();
+    let errors_before = errors();
+    rc.kill(master);
+    let killed = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut i = 0usize;
+    let mut down_seen = false;
+    let back = loop {
+        let failed_once = errors()
+            .iter()
+            .zip(&errors_before)
+            .all(|(now, was)| now > was);
+        down_seen |= nodes
+            .iter()
+            .any(|n| n.metrics.gauge(Gauge::ClusterRedisUp) == 0);
+        if failed_once && down_seen && up() {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the nodes never traded again after the failover: redis_up {:?}, errors {:?}\n{}",
+            nodes
+                .iter()
+                .map(|n| n.metrics.gauge(Gauge::ClusterRedisUp))
+                .collect::<Vec<_>>(),
+            errors(),
+            rc.log_tail(rc.live_ports()[0], 20)
+        );
+        let t = Instant::now();
+        let s = call(
+            addrs[i % 3],
+            &format!("+7701610{:04}", i % 50),
+            &format!("failover-{i}"),
+        );
+        worst = worst.max(t.elapsed());
+        assert!(s == 302 || s == 603, "call {i}: {s}");
+        i += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let promoted = rc
+        .wait_failover("{kuzet}:counts", master, Duration::from_secs(30))
+        .unwrap();
+    // Whether the nodes' cluster clients found the new master by
+    // themselves or were made again from the seeds (link.rs).
+    let rebuilt: Vec<u64> = nodes
+        .iter()
+        .map(|n| {
+            n.metrics
+                .value("cluster_redis_cluster_rebuilds_total")
+                .unwrap_or(0)
+        })
+        .collect();
+    eprintln!(
+        "master {master} killed; port {promoted} serves kuzet's slot; every node traded again after {back:?}; {i} calls meanwhile, the slowest answered in {worst:?}; clients made again from the seeds: {rebuilt:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "a call waited {worst:?}"
+    );
+    // Counts converge again: a new campaign over the three is blocked as
+    // on one node, `/readyz` has no Redis warning left, and `kuzet nodes`
+    // lists the three from the new master.
+    let after = calls_until_blocked(&addrs, "+77015550012", gap);
+    assert!(
+        after.abs_diff(11) <= 2,
+        "blocked at call {after} after the failover"
+    );
+    for n in &nodes {
+        let (code, body) = crate::operations::http_get(n.admin_addr.unwrap(), "/readyz");
+        assert_eq!(code, 200, "{body}");
+        assert!(!body.contains("Redis is unreachable"), "{body}");
+    }
+    let rows = wait("every node reports itself after the failover", || {
+        let rows = kuzet_nodes(nodes[2].control_addr.unwrap());
+        (rows.len() == 3 && rows.iter().all(|r| r["redis_up"] == true)).then_some(rows)
+    });
+    assert_eq!(rows.len(), 3);
     for n in nodes {
         n.stop();
     }

@@ -123,6 +123,7 @@ const SPEC: &[&str] = &[
     "kuzet_cluster_deltas_refused_total",
     "kuzet_cluster_deltas_dropped_total",
     "kuzet_cluster_redis_errors_total",
+    "kuzet_cluster_redis_cluster_rebuilds_total",
     // Singleton leases: served with or without [cluster] (0 without), by lease.
     "kuzet_lease_configured",
     "kuzet_lease_held",

@@ -25,7 +25,20 @@
 //! node's push goes out with its next one, and another node reads it on
 //! its next round after that. So a campaign spread over N nodes at R
 //! calls/s per node can pass a threshold by about N × R × 2 × interval
-//! calls before every node knows (ARCHITECTURE.md, `cluster.rs`).
+//! calls before every node knows (ARCHITECTURE.md, `cluster/`).
+//!
+//! The Redis is one instance (`redis_url`) or a Redis Cluster named by
+//! seed nodes (`redis_cluster_urls`), reached through [`link`]. Every key
+//! carries the hash tag `{key_prefix}`, so on a cluster they all live on
+//! the master of one slot. When that master fails, its replica takes over
+//! (Redis's own failover, a few seconds): meanwhile the nodes count
+//! alone exactly as with a single Redis down, and they trade again once
+//! the client has found the new master. What the old master had not yet
+//! passed to its replica (Redis replicates asynchronously) is lost: at
+//! most the last push interval's deltas of each node, which the other
+//! nodes then never count.
+
+pub mod link;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,15 +55,19 @@ use tokio::sync::watch;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://host:port/db` (or `rediss://` for TLS). Unset: this node
-    /// counts alone.
+    /// One Redis instance, `redis://host:port/db`. Unset, and
+    /// `redis_cluster_urls` empty: this node counts alone.
     pub redis_url: Option<String>,
+    /// A Redis Cluster instead: seed nodes, `redis://host:port/` each
+    /// (any of its nodes; the client learns the others from them).
+    pub redis_cluster_urls: Vec<String>,
     /// How often deltas are pushed and read.
     pub push_interval_ms: u64,
     /// A contribution older than this is ignored, and unsent deltas older
     /// than this are dropped.
     pub max_age_ms: u64,
-    /// The Redis key prefix (several kuzet clusters may share a Redis).
+    /// The Redis key prefix (several kuzet clusters may share a Redis);
+    /// every key is under the hash tag `{key_prefix}` ([`Self::tag`]).
     pub key_prefix: String,
     /// Deadline of each Redis request.
     pub timeout_ms: u64,
@@ -66,6 +83,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             redis_url: None,
+            redis_cluster_urls: Vec::new(),
             push_interval_ms: 200,
             max_age_ms: 10_000,
             key_prefix: "kuzet".into(),
@@ -78,13 +96,41 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// Whether the node shares its counts.
     pub fn enabled(&self) -> bool {
-        self.redis_url.is_some()
+        self.endpoint().is_some()
+    }
+
+    /// Where the cluster's Redis is, if the node shares its counts.
+    pub fn endpoint(&self) -> Option<link::Endpoint> {
+        match (&self.redis_url, self.redis_cluster_urls.is_empty()) {
+            (Some(u), _) => Some(link::Endpoint::Single(u.clone())),
+            (None, false) => Some(link::Endpoint::Cluster(self.redis_cluster_urls.clone())),
+            (None, true) => None,
+        }
     }
 
     /// Checks the section; errors name the key.
     pub fn check(&self) -> Result<(), String> {
+        if self.redis_url.is_some() && !self.redis_cluster_urls.is_empty() {
+            return Err("cluster.redis_url and cluster.redis_cluster_urls are both set: set redis_url for one Redis, or redis_cluster_urls for a Redis Cluster's seed nodes, not both".into());
+        }
         if let Some(u) = &self.redis_url {
             redis::Client::open(u.as_str()).map_err(|e| format!("cluster.redis_url {u:?}: {e}"))?;
+        }
+        for (i, u) in self.redis_cluster_urls.iter().enumerate() {
+            let at = format!("cluster.redis_cluster_urls[{i}] {u:?}");
+            let c = redis::Client::open(u.as_str()).map_err(|e| format!("{at}: {e}"))?;
+            if c.get_connection_info().redis_settings().db() != 0 {
+                return Err(format!(
+                    "{at}: a Redis Cluster has database 0 only (leave the path empty or /0)"
+                ));
+            }
+            if self.redis_cluster_urls[..i].contains(u) {
+                return Err(format!("{at}: listed twice"));
+            }
+        }
+        if let Some(e @ link::Endpoint::Cluster(_)) = self.endpoint() {
+            link::Client::open(&e, Duration::from_millis(self.timeout_ms.max(1)))
+                .map_err(|e| format!("cluster.redis_cluster_urls: {e}"))?;
         }
         if self.push_interval_ms == 0 || self.push_interval_ms > 60_000 {
             return Err("cluster.push_interval_ms: between 1 and 60000".into());
@@ -113,10 +159,27 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// The stream every node appends to.
-    pub fn stream(&self) -> String {
-        format!("{}:counts", self.key_prefix)
+    /// The hash tag every key of this kuzet cluster starts with,
+    /// `{key_prefix}`: on a Redis Cluster, all of them in one slot.
+    pub fn tag(&self) -> String {
+        tag(&self.key_prefix)
     }
+
+    /// The stream every node appends to, `{prefix}:counts`.
+    pub fn stream(&self) -> String {
+        format!("{}:counts", self.tag())
+    }
+
+    /// The set of the nodes that reported themselves, `{prefix}:nodes`,
+    /// scored by when each last did (ms since the epoch).
+    pub fn members(&self) -> String {
+        format!("{}:nodes", self.tag())
+    }
+}
+
+/// The hash tag of the keys under `prefix`: `{prefix}`.
+pub fn tag(prefix: &str) -> String {
+    format!("{{{prefix}}}")
 }
 
 counter_set! {
@@ -128,6 +191,7 @@ counter_set! {
         refused => "cluster_deltas_refused_total", "Deltas that did not decode (another version, damaged)",
         dropped => "cluster_deltas_dropped_total", "This node's deltas never sent: Redis was away longer than cluster.max_age_ms",
         errors => "cluster_redis_errors_total", "Redis requests that failed or passed their deadline",
+        rebuilt => "cluster_redis_cluster_rebuilds_total", "Times the Redis Cluster client failed every request of 5 in a row and was made again from the seed nodes",
     }
 }
 
@@ -150,20 +214,22 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let c = metrics.counter_set::<ClusterCounters>();
-    let Some(url) = cfg.redis_url.clone() else {
+    let Some(endpoint) = cfg.endpoint() else {
         return;
     };
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(c) => c,
+    let deadline = Duration::from_millis(cfg.timeout_ms);
+    let mut link = match link::Client::open(&endpoint, deadline) {
+        Ok(client) => client.link(Some(c.clone())),
         Err(e) => {
-            tracing::error!(error = %e, "cluster.redis_url; counting alone");
+            tracing::error!(error = %e, "cluster.redis_url or redis_cluster_urls; counting alone");
             return;
         }
     };
-    let stream = cfg.stream();
-    let deadline = Duration::from_millis(cfg.timeout_ms);
+    let keys = Keys {
+        stream: cfg.stream(),
+        members: cfg.members(),
+    };
     let max_age_ms = cfg.max_age_ms as i64;
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     // Read from max_age ago: a node that starts takes the others' recent
     // counts.
     let mut last_id = format!("{}-0", now_ms() - max_age_ms);
@@ -185,32 +251,19 @@ pub async fn run(
             unsent.pop_front();
             c.dropped.inc();
         }
-        if conn.is_none() {
-            match tokio::time::timeout(deadline, client.get_multiplexed_async_connection()).await {
-                Ok(Ok(k)) => conn = Some(k),
-                _ => c.errors.inc(),
-            }
-        }
-        let ok = match conn.as_mut() {
-            Some(k) => {
-                trade(
-                    k,
-                    &stream,
-                    &me,
-                    &mut unsent,
-                    &mut last_id,
-                    max_age_ms,
-                    deadline,
-                    &handler,
-                    &c,
-                    &metrics,
-                )
-                .await
-            }
-            None => false,
-        };
+        let ok = trade(
+            &mut link,
+            &keys,
+            &me,
+            &mut unsent,
+            &mut last_id,
+            max_age_ms,
+            &handler,
+            &c,
+            &metrics,
+        )
+        .await;
         if !ok {
-            conn = None;
             c.errors.inc();
             if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 last_warn = Some(Instant::now());
@@ -225,25 +278,37 @@ pub async fn run(
     }
 }
 
-/// One round with Redis: the unsent deltas appended (pipelined, the
-/// stream trimmed to `max_age_ms`), then the others' new entries read
-/// and merged. False when Redis failed or passed the deadline.
+/// The keys the counts and the node reports use.
+struct Keys {
+    /// `{prefix}:counts`.
+    stream: String,
+    /// `{prefix}:nodes`.
+    members: String,
+}
+
+/// One round with Redis: this node's report of itself and the unsent
+/// deltas appended (one pipeline, the stream trimmed to `max_age_ms`),
+/// then the others' new entries read and merged. False when Redis failed
+/// or passed the deadline.
 #[allow(clippy::too_many_arguments)]
 async fn trade(
-    k: &mut redis::aio::MultiplexedConnection,
-    stream: &str,
+    k: &mut link::Link,
+    keys: &Keys,
     me: &Me,
     unsent: &mut VecDeque<(i64, Vec<u8>)>,
     last_id: &mut String,
     max_age_ms: i64,
-    deadline: Duration,
     handler: &Arc<Handler>,
     c: &ClusterCounters,
     metrics: &Metrics,
 ) -> bool {
     // This node's report of itself (expiring with max_age), with what it
-    // sends: `kuzet nodes` reads them.
+    // sends, and its name in the members' set scored by the time (the
+    // set trimmed to max_age, and gone with it when every node is):
+    // `kuzet nodes` reads them.
     let node = me.node.as_str();
+    let stream = keys.stream.as_str();
+    let now = now_ms();
     let mut p = redis::pipe();
     let key = node_key(stream, node);
     p.cmd("HSET")
@@ -253,15 +318,22 @@ async fn trade(
         .arg("lag_ms")
         .arg(metrics.gauge(Gauge::ClusterLagMs))
         .arg("seen_us")
-        .arg(now_ms() * 1_000)
+        .arg(now * 1_000)
         .arg("redis_up")
         .arg(1)
         .arg("ready")
         .arg(i64::from(crate::admin::is_ready(metrics, me.store_on)))
         .ignore();
     p.cmd("PEXPIRE").arg(&key).arg(max_age_ms).ignore();
+    p.cmd("ZADD").arg(&keys.members).arg(now).arg(node).ignore();
+    p.cmd("ZREMRANGEBYSCORE")
+        .arg(&keys.members)
+        .arg("-inf")
+        .arg(now - max_age_ms)
+        .ignore();
+    p.cmd("PEXPIRE").arg(&keys.members).arg(max_age_ms).ignore();
     if !unsent.is_empty() {
-        let min_id = format!("{}-0", now_ms() - max_age_ms);
+        let min_id = format!("{}-0", now - max_age_ms);
         for (_, d) in unsent.iter() {
             p.cmd("XADD")
                 .arg(stream)
@@ -276,12 +348,12 @@ async fn trade(
                 .ignore();
         }
     }
-    match tokio::time::timeout(deadline, p.query_async::<()>(k)).await {
-        Ok(Ok(())) => {
+    match k.pipe::<()>(&p).await {
+        Ok(()) => {
             c.pushed.add(unsent.len() as u64);
             unsent.clear();
         }
-        _ => return false,
+        Err(_) => return false,
     }
     // The others' entries since the last read.
     let mut read = redis::cmd("XREAD");
@@ -290,14 +362,12 @@ async fn trade(
         .arg("STREAMS")
         .arg(stream)
         .arg(last_id.as_str());
-    let reply = match tokio::time::timeout(
-        deadline,
-        read.query_async::<Option<redis::streams::StreamReadReply>>(k),
-    )
-    .await
+    let reply = match k
+        .query::<Option<redis::streams::StreamReadReply>>(&read)
+        .await
     {
-        Ok(Ok(r)) => r,
-        _ => return false,
+        Ok(r) => r,
+        Err(_) => return false,
     };
     let now = now_ms();
     let mut deltas = Vec::new();
@@ -371,60 +441,70 @@ impl NodeService {
         NodeService { cfg, gate }
     }
 
-    /// The nodes' reports, by name.
+    /// The nodes' reports, by name: the members' set read, then every
+    /// member's report and every lease's holder in one pipeline (one
+    /// slot: on a Redis Cluster, two requests to one master).
     async fn nodes(&self) -> Result<Vec<kuzet_api::cluster::Node>, tonic::Status> {
-        let Some(url) = &self.cfg.redis_url else {
+        let Some(endpoint) = self.cfg.endpoint() else {
             return Err(tonic::Status::failed_precondition(
-                "this node counts alone: [cluster] redis_url is not set",
+                "this node counts alone: [cluster] redis_url or redis_cluster_urls is not set",
             ));
         };
         let unavailable = |e: String| tonic::Status::unavailable(format!("Redis: {e}"));
         let deadline = Duration::from_millis(self.cfg.timeout_ms);
-        let client = redis::Client::open(url.as_str()).map_err(|e| unavailable(e.to_string()))?;
-        let mut k = tokio::time::timeout(deadline, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| unavailable("no answer".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
-        let prefix = node_key(&self.cfg.stream(), "");
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = tokio::time::timeout(
-                deadline,
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut k),
+        let mut k = link::Client::open(&endpoint, deadline)
+            .map_err(unavailable)?
+            .link(None);
+        // The members, at most 10,000 (by when they last reported).
+        let mut names: Vec<String> = k
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.cfg.members())
+                    .arg(0)
+                    .arg(9_999),
             )
             .await
-            .map_err(|_| unavailable("no answer".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 || keys.len() > 10_000 {
-                break;
-            }
+            .map_err(unavailable)?;
+        names.sort();
+        names.dedup();
+        let stream = self.cfg.stream();
+        let mut p = redis::pipe();
+        for name in &names {
+            p.cmd("HGETALL").arg(node_key(&stream, name));
         }
-        keys.sort();
-        keys.dedup();
-        let mut out = Vec::new();
-        for key in keys {
-            let h: std::collections::HashMap<String, String> = tokio::time::timeout(
-                deadline,
-                redis::cmd("HGETALL").arg(&key).query_async(&mut k),
-            )
+        for s in crate::lease::Singleton::ALL {
+            p.cmd("GET")
+                .arg(crate::lease::lease_key(&self.cfg.key_prefix, s.name()));
+        }
+        // The reports, then the leases' holders.
+        let mut replies = k
+            .pipe::<Vec<redis::Value>>(&p)
             .await
-            .map_err(|_| unavailable("no answer".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(unavailable)?
+            .into_iter();
+        let bad = |e: redis::ParsingError| unavailable(e.to_string());
+        let mut reports = Vec::new();
+        for _ in &names {
+            let v = replies.next().unwrap_or(redis::Value::Nil);
+            reports.push(
+                redis::from_redis_value::<std::collections::HashMap<String, String>>(v)
+                    .map_err(bad)?,
+            );
+        }
+        let mut held = Vec::new();
+        for v in replies {
+            held.push(redis::from_redis_value::<Option<String>>(v).map_err(bad)?);
+        }
+        let mut out = Vec::new();
+        for (name, h) in names.into_iter().zip(reports) {
+            // A member whose report expired (it stopped reporting) is
+            // left out.
             if h.is_empty() {
                 continue;
             }
             let num = |f: &str| h.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
             out.push(kuzet_api::cluster::Node {
-                name: key[prefix.len()..].to_string(),
+                name,
                 version: h.get("version").cloned().unwrap_or_default(),
                 lag_ms: num("lag_ms"),
                 seen_us: num("seen_us"),
@@ -434,13 +514,7 @@ impl NodeService {
             });
         }
         // Who holds each singleton's lease (none without a shared store).
-        for s in crate::lease::Singleton::ALL {
-            let key = crate::lease::lease_key(&self.cfg.key_prefix, s.name());
-            let held: Option<String> =
-                tokio::time::timeout(deadline, redis::cmd("GET").arg(&key).query_async(&mut k))
-                    .await
-                    .map_err(|_| unavailable("no answer".into()))?
-                    .map_err(|e| unavailable(e.to_string()))?;
+        for (s, held) in crate::lease::Singleton::ALL.iter().zip(held) {
             let Some((holder, token)) = held.as_deref().and_then(crate::lease::parse_holder) else {
                 continue;
             };
@@ -488,6 +562,79 @@ impl kuzet_api::cluster::node_service_server::NodeService for NodeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_redis_or_a_redis_cluster_is_named_never_both_and_each_url_is_checked() {
+        let seeds = || {
+            vec![
+                "redis://127.0.0.1:7000/".to_string(),
+                "redis://127.0.0.1:7001".to_string(),
+            ]
+        };
+        let mut c = ClusterConfig::default();
+        assert_eq!(c.endpoint(), None);
+        assert!(!c.enabled());
+        c.redis_cluster_urls = seeds();
+        c.check().unwrap();
+        assert_eq!(c.endpoint(), Some(link::Endpoint::Cluster(seeds())));
+        c.redis_url = Some("redis://127.0.0.1:6379/".into());
+        let e = c.check().unwrap_err();
+        assert!(
+            e.starts_with("cluster.redis_url and cluster.redis_cluster_urls are both set"),
+            "{e}"
+        );
+        c.redis_cluster_urls.clear();
+        c.check().unwrap();
+        assert_eq!(
+            c.endpoint(),
+            Some(link::Endpoint::Single("redis://127.0.0.1:6379/".into()))
+        );
+        let bad = |urls: &[&str]| {
+            let c = ClusterConfig {
+                redis_cluster_urls: urls.iter().map(|u| u.to_string()).collect(),
+                ..ClusterConfig::default()
+            };
+            c.check().unwrap_err()
+        };
+        let e = bad(&["redis://127.0.0.1:7000/", "http://127.0.0.1:7001/"]);
+        assert!(
+            e.starts_with("cluster.redis_cluster_urls[1] \"http://127.0.0.1:7001/\": "),
+            "{e}"
+        );
+        let e = bad(&["redis://127.0.0.1:7000/2"]);
+        assert!(e.contains("[0]") && e.contains("database 0 only"), "{e}");
+        let e = bad(&["redis://127.0.0.1:7000/", "redis://127.0.0.1:7000/"]);
+        assert!(e.contains("[1]") && e.ends_with("listed twice"), "{e}");
+        // Seeds whose credentials differ: the client refuses them.
+        let e = bad(&["redis://:a@127.0.0.1:7000/", "redis://:b@127.0.0.1:7001/"]);
+        assert!(e.starts_with("cluster.redis_cluster_urls: "), "{e}");
+    }
+
+    #[test]
+    fn every_key_carries_the_prefix_as_its_hash_tag() {
+        let c = ClusterConfig {
+            key_prefix: "kz-a".into(),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(c.tag(), "{kz-a}");
+        assert_eq!(c.stream(), "{kz-a}:counts");
+        assert_eq!(c.members(), "{kz-a}:nodes");
+        assert_eq!(node_key(&c.stream(), "n1"), "{kz-a}:counts:node:n1");
+        assert_eq!(
+            crate::lease::lease_key(&c.key_prefix, "nbank-feed"),
+            "{kz-a}:lease:nbank-feed"
+        );
+        assert_eq!(
+            crate::lease::token_key(&c.key_prefix, "nbank-feed"),
+            "{kz-a}:lease:nbank-feed:token"
+        );
+        // No brace can come in through the prefix.
+        let c = ClusterConfig {
+            key_prefix: "a}b".into(),
+            ..ClusterConfig::default()
+        };
+        assert!(c.check().unwrap_err().starts_with("cluster.key_prefix"));
+    }
 
     #[test]
     fn the_lease_leaves_room_for_a_renewal_that_waits_out_its_deadline() {
