@@ -244,11 +244,12 @@ fn steady_blocks(to: SocketAddr, per_s: u32, done: &AtomicUsize, stop: &AtomicBo
 }
 
 /// PostgreSQL is stopped under a steady stream of blocked calls and
-/// started again: no call waits on it (every one answered, none taking
-/// kuzet more than 100 ms), /readyz says the store is away
-/// and then that it is back, and once the record queue has drained the
-/// store holds each blocked call exactly once, by the verdict id its 603
-/// carried.
+/// started again, then killed (SIGKILL) and started again: no call
+/// waits on it (every one answered, none taking kuzet more than 100 ms),
+/// /readyz says the store is away and then that it is back, and once the
+/// record queue has drained the store holds each blocked call exactly
+/// once, by the verdict id its 603 carried, counted once in its source's
+/// incident.
 #[test]
 fn postgres_stopped_mid_load_and_restarted_every_record_arrives_and_none_twice() {
     const RATE: u32 = 300;
@@ -291,6 +292,25 @@ fn postgres_stopped_mid_load_and_restarted_every_record_arrives_and_none_twice()
         "a second of calls with the server back",
         Duration::from_secs(20),
         || calls(at_restart + RATE as usize).then_some(()),
+    );
+    // Then killed outright (no clean shutdown: a commit in flight may
+    // have reached the server with its answer lost), and started again.
+    pg.kill();
+    let at_kill = done.load(Ordering::Acquire);
+    until(
+        "a second of calls with the server killed",
+        Duration::from_secs(20),
+        || calls(at_kill + RATE as usize).then_some(()),
+    );
+    pg.restart().expect("PostgreSQL recovers and restarts");
+    let at_recovery = done.load(Ordering::Acquire);
+    until("/readyz to clear again", Duration::from_secs(20), || {
+        (http_get(admin, "/readyz").0 == 200).then_some(())
+    });
+    until(
+        "a second of calls with the server recovered",
+        Duration::from_secs(20),
+        || calls(at_recovery + RATE as usize).then_some(()),
     );
     stop.store(true, Ordering::Release);
     let got = caller.join().unwrap();
@@ -354,6 +374,25 @@ fn postgres_stopped_mid_load_and_restarted_every_record_arrives_and_none_twice()
         .map(String::from)
         .collect();
     assert!(held == given, "the store holds exactly the ids given");
+    // Each counted once in its source's incident, whatever was retried.
+    let counted = until(
+        "every blocked call counted in an incident",
+        Duration::from_secs(10),
+        || {
+            let n: usize = pg
+                .psql("outage", "SELECT coalesce(sum(blocked), 0) FROM incidents")
+                .ok()?
+                .parse()
+                .ok()?;
+            (n >= want).then_some(n)
+        },
+    );
+    assert_eq!(counted, want, "each blocked call counted once");
+    assert_eq!(
+        sql(&pg, "outage", "SELECT count(*) FROM incidents"),
+        "20",
+        "one incident per listed caller"
+    );
     let m = &node.metrics;
     assert_eq!(m.value("store_dropped_total"), Some(0));
     assert_eq!(m.value("verdict_ids_withheld_total"), Some(0));
