@@ -868,9 +868,11 @@ fn killing_the_feed_leader_hands_the_feed_over_within_the_lease_and_applies_no_b
 /// up. Woken, the old leader writes nothing: its lead is over by its
 /// own clock before its next store call, and a write it had begun before
 /// the pause (it is paused right after its failed try, while it records
-/// the retry) carries its old token, which the store refuses. The
-/// outbox, the store's fence and the register are as the new leader
-/// left them.
+/// the retry) carries its old token, which the store refuses, or, paused
+/// inside that write's transaction with the fence's row locked, was ended
+/// by the server (`FENCED_IDLE_LIMIT`; before, that lock held up the new
+/// leader's claim for as long as the pause lasted). The outbox, the
+/// store's fence and the register are as the new leader left them.
 #[test]
 fn a_register_outbox_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     let pg = pg_server();
