@@ -11,6 +11,7 @@ mod architecture;
 pub(crate) mod attacks;
 mod chain;
 mod cluster;
+mod cluster_store;
 mod common;
 mod deploy;
 mod hardening;

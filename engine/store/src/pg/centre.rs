@@ -648,17 +648,17 @@ impl PgCentre {
     }
 
     /// Applies a batch that follows the cursor (checked by the caller, the
-    /// cursor's row locked) and keeps it in the change log.
+    /// cursor's row locked), as each target's last change
+    /// (`last_per_target`), and keeps it in the change log.
     fn apply_batch(
         &self,
         tx: &mut Transaction<'_>,
         seq: i64,
-        changes: &[FeedChange],
+        last: &[&FeedChange],
     ) -> Result<(), StoreError> {
         let at = self.at();
         let e = self.e();
-        let last = last_per_target(changes);
-        copy_batch(tx, at, &last)?;
+        copy_batch(tx, at, last)?;
         // The planner sees how many changes came (a few: each probed by
         // the feed's key; a million: joined whole).
         tx.batch_execute("ANALYZE centre_feed_in").map_err(&e)?;
@@ -765,12 +765,16 @@ impl Centre for PgCentre {
     }
 
     fn feed_apply(&self, seq: u64, changes: &[FeedChange]) -> Result<(), StoreError> {
+        // Sorted before the transaction begins: a fenced write may not
+        // keep it waiting on the client (FENCED_IDLE_LIMIT), and a
+        // million changes take a while to sort.
+        let last = last_per_target(changes);
         self.write(self.fences.feed.as_deref(), |tx| {
             let cur = lock_cursor(tx, self.at(), BATCHES)?;
             follows_cursor(BATCHES, cur, seq).map_err(|why| self.conflict(why))?;
             // follows_cursor takes only a sequence that fits an i64.
             let seq = i64::try_from(seq).map_err(|_| self.conflict(format!("batch {seq}")))?;
-            self.apply_batch(tx, seq, changes)?;
+            self.apply_batch(tx, seq, &last)?;
             set_cursor(tx, self.at(), BATCHES, seq)
         })
     }

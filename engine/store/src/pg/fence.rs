@@ -12,6 +12,7 @@
 //! pause can write nothing, whatever it still believes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::StoreError;
 
@@ -65,11 +66,25 @@ impl Fence {
     }
 }
 
+/// How long a fenced write's transaction may sit idle, waiting on its
+/// client, before the server ends it with its session. A singleton's
+/// write holds the fence's row locked from its check to its commit, and a
+/// new leader's claim waits for that lock: a writer paused or cut off in
+/// between (SIGSTOP, a stalled VM, a partition the server does not see)
+/// would hold up every claim, and so leave the singleton with no leader,
+/// for as long as it was away. A fenced write sends its statements back
+/// to back (its work on the client is done before the transaction
+/// begins), so a second idle is a stalled writer: its transaction rolls
+/// back whole, and the writer, if it wakes, gets an error it may try
+/// again (refused then by the new leader's token).
+pub const FENCED_IDLE_LIMIT: Duration = Duration::from_secs(1);
+
 /// Checks `fence` inside the transaction `tx`, before a singleton's
 /// write: refused if this node does not hold the lease, or if the store
 /// has seen a higher token for it; otherwise the token is recorded as the
 /// highest seen, and its row stays locked until `tx` ends, so two
-/// leaders' writes never interleave.
+/// leaders' writes never interleave. From here on the transaction may
+/// wait on its client for [`FENCED_IDLE_LIMIT`] at most.
 pub fn fence_check(
     tx: &mut impl postgres::GenericClient,
     at: &str,
@@ -84,6 +99,12 @@ pub fn fence_check(
         });
     };
     let mine = i64::try_from(token).unwrap_or(i64::MAX);
+    // Before the lock is taken, so no stalled writer holds it longer.
+    tx.batch_execute(&format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        FENCED_IDLE_LIMIT.as_millis()
+    ))
+    .map_err(|e| pg_error(at, e))?;
     let row = tx
         .query_opt(
             "INSERT INTO kuzet_fences (name, token) VALUES ($1, $2)
@@ -162,5 +183,47 @@ mod tests {
         let other = Fence::new("outbox");
         other.hold(1);
         fence_claim(&conn, &other).unwrap();
+    }
+
+    /// Regression: a leader paused inside a fenced write, after its check
+    /// had locked the fence's row, held the lock for as long as it was
+    /// paused, and the next leader's claim waited on it: the register
+    /// outbox had no leader (`cluster_store`'s paused leader, when the pause
+    /// caught the reporter recording a retry). The server now ends
+    /// such a transaction after FENCED_IDLE_LIMIT.
+    #[test]
+    fn a_writer_stalled_inside_a_fenced_write_holds_up_a_claim_only_briefly() {
+        let pg = PgServer::start().unwrap();
+        let url = pg.create_db("stalled").unwrap();
+        let conn = PgConn::new(&url);
+        super::super::migrate(&conn, "fences", MIGRATIONS).unwrap();
+        let old = Fence::new("feed");
+        old.hold(4);
+        let mut stalled = conn.connect().unwrap();
+        let mut tx = stalled.transaction().unwrap();
+        fence_check(&mut tx, "a stalled writer", &old).unwrap();
+        // Its client goes quiet here, the fence's row locked.
+        let (done, claimed) = std::sync::mpsc::channel();
+        let claimer = PgConn::new(&url);
+        let t = std::time::Instant::now();
+        std::thread::spawn(move || {
+            let new = Fence::new("feed");
+            new.hold(5);
+            let _ = done.send(fence_claim(&claimer, &new));
+        });
+        let r = claimed
+            .recv_timeout(FENCED_IDLE_LIMIT + Duration::from_secs(5))
+            .expect("the new leader's claim waited on the stalled writer");
+        assert!(r.is_ok(), "{r:?}");
+        assert!(t.elapsed() >= FENCED_IDLE_LIMIT / 2, "{:?}", t.elapsed());
+        // The stalled writer's transaction is gone: nothing of it lands,
+        // and what it is told is worth trying again.
+        let err = tx.commit().unwrap_err();
+        assert!(pg_error("a stalled writer", err).is_transient());
+        let seen = conn
+            .with(|c| c.query_one("SELECT token FROM kuzet_fences WHERE name = 'feed'", &[]))
+            .unwrap()
+            .get::<_, i64>(0);
+        assert_eq!(seen, 5);
     }
 }

@@ -6,14 +6,15 @@
 //! **One incident per group, cluster-wide.** Every node's writer groups
 //! its own batches into the one shared store. Before reading a group's
 //! incident, the writer's transaction takes a transaction-scoped advisory
-//! lock on a 64-bit hash of the group (`kind` and `key`), all the batch's
-//! groups in ascending order of their hashes (so two writers never wait
-//! on each other in a cycle); it then reads the group's newest incident
-//! with its row locked. A second node grouping the same source waits for
-//! the first to commit, then reads (a statement of its own, so a fresh
-//! view) the incident the first made or grew, and joins it: one incident,
-//! and its submission queued once. Two groups whose hashes collide only
-//! wait on each other.
+//! lock on the group's slot (a 64-bit hash of `kind` and `key`, modulo
+//! [`GROUP_LOCK_SLOTS`]), every slot the batch's groups fall in, in
+//! ascending order and in one statement (so two writers never wait on
+//! each other in a cycle); it then reads the group's newest incident with
+//! its row locked. A second node grouping the same source waits for the
+//! first to commit, then reads (a statement of its own, so a fresh view)
+//! the incident the first made or grew, and joins it: one incident, and
+//! its submission queued once. Two groups in one slot only wait on each
+//! other.
 //!
 //! **Row locks in one order.** Whatever touches an incident and its outbox
 //! entries locks the incident's row first (the writer's read, the
@@ -69,6 +70,27 @@ pub fn group_lock(kind: &str, key: &str) -> i64 {
     h as i64
 }
 
+/// How many advisory locks a writer's transaction takes for its groups
+/// at most: a group locks its slot, [`group_lock`] modulo this. Every lock
+/// held stays in the server's lock table until the transaction ends, and
+/// that table is bounded (`max_locks_per_transaction` ×
+/// `max_connections`, 6,400 by default): a batch of 16,384 calls from
+/// distinct sources took a lock each and was refused ("out of shared
+/// memory", a transient error, so the recorder tried it again for ever
+/// while the record queue filled). 1,024 a writer leave room for six
+/// nodes' writers at once in the default table.
+pub const GROUP_LOCK_SLOTS: i64 = 1024;
+
+/// The first key of the groups' two-key advisory locks: a space apart from
+/// the one-key locks of the migrations and the partitions.
+const GROUP_LOCK_CLASS: i32 = 0x4b5a;
+
+/// The lock slot of a group whose lock hash is `lock`.
+pub fn group_slot(lock: i64) -> i32 {
+    // Below GROUP_LOCK_SLOTS, so it fits.
+    lock.rem_euclid(GROUP_LOCK_SLOTS) as i32
+}
+
 /// Groups the calls `recs` (those the batch actually adds: never one the
 /// store held already) into incidents, in the writer's transaction, and
 /// queues the reports the policy calls for. Returns each call's primary
@@ -89,17 +111,21 @@ pub fn group_batch(
             by_group.entry(k).or_default().push(i);
         }
     }
-    // Locked in one order on every node: ascending hashes.
     let mut order: Vec<_> = by_group
         .into_iter()
         .map(|(k, members)| (group_lock(k.0, &k.1), k, members))
         .collect();
     order.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    let mut locks: Vec<i64> = order.iter().map(|o| o.0).collect();
-    locks.dedup();
-    for l in &locks {
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[l])?;
-    }
+    // Locked in one order on every node, ascending slots, in one round
+    // trip (a volatile function in the select list is evaluated in the
+    // ORDER BY's order).
+    let mut slots: Vec<i32> = order.iter().map(|o| group_slot(o.0)).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, s) FROM unnest($2::int4[]) AS u(s) ORDER BY s",
+        &[&GROUP_LOCK_CLASS, &slots],
+    )?;
     for (_, (kind, key), members) in order {
         let first = recs[members[0]];
         let newest = tx

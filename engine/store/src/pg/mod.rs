@@ -142,6 +142,7 @@ pub fn pg_error(at: &str, e: postgres::Error) -> StoreError {
                 || c == "40P01" // deadlock
                 || c == "55P03" // lock not available
                 || c == "25006" // read-only transaction (a standby)
+                || c == "25P03" // idle in a transaction too long: the server ended it
         }
         // No SQLSTATE: the connection is closed, or the socket failed.
         None => true,

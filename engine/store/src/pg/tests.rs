@@ -105,6 +105,51 @@ fn a_batch_tried_again_is_recorded_once() {
     assert_eq!(psql(&pg, "retry", "SELECT count(*) FROM outbox"), "1");
 }
 
+/// Regression: a batch of calls from many distinct sources took an
+/// advisory lock per source and was refused by a server whose lock table
+/// could not hold them ("out of shared memory": `store_bench compare`,
+/// 16,384 sources a batch against a default-configured PostgreSQL), and
+/// the recorder tried it again for ever. A batch now locks at most
+/// GROUP_LOCK_SLOTS slots: 12,000 sources go in on a server whose lock
+/// table (10 a connection) refused them a lock each.
+#[test]
+fn a_batch_of_more_sources_than_the_servers_lock_table_holds_goes_in() {
+    let mut pg = server();
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET max_locks_per_transaction = 10",
+    )
+    .unwrap();
+    pg.restart().unwrap();
+    assert_eq!(
+        psql(&pg, "postgres", "SHOW max_locks_per_transaction"),
+        "10"
+    );
+    let url = pg.create_db("many_sources").unwrap();
+    let mut s = open(&url, opts(), Partitioning::Daily).unwrap();
+    let batch: Vec<Record> = (0..12_000)
+        .map(|i| {
+            rec(
+                i,
+                &format!("+7701{:07}", i),
+                "+77020000001",
+                "block",
+                &["blocklist"],
+            )
+        })
+        .collect();
+    s.insert_at(&batch, batch[11_999].ts_us).unwrap();
+    assert_eq!(s.count().unwrap(), 12_000);
+    assert_eq!(
+        psql(
+            &pg,
+            "many_sources",
+            "SELECT count(*) FROM incidents WHERE kind = 'source'"
+        ),
+        "12000"
+    );
+}
+
 /// The server stopped in the middle of a large batch: the insert fails
 /// as transient (or had committed just before), a batch while it is down
 /// fails as transient, and once it is back the same batches go in, each
