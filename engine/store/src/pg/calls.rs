@@ -144,6 +144,11 @@ impl PgStore {
             .conn
             .with_store(|c| partitions::ensure(c, &at, how, [now_us, now_us + 86_400_000_000]))?;
         self.partitions_checked_us = now_us;
+        // Statistics for the partitions being filled, so a search by
+        // number is planned on its index (a failure only costs a plan).
+        if let Err(e) = self.conn.with(partitions::analyze_changed) {
+            tracing::warn!(server = %at, error = %e, "calls partitions could not be analyzed");
+        }
         Ok(())
     }
 

@@ -240,6 +240,35 @@ pub fn ensure(
     Ok(k)
 }
 
+/// Analyzes each calls partition that changed by more than a tenth (and
+/// at least 1,000 rows) since it was last analyzed, or never was: a new
+/// day's partition the server has no statistics for gets a bad plan for
+/// a search by number (the primary key walked backwards through every
+/// row: 0.5-1.6 s over a million calls, 0.04 ms once analyzed), and
+/// autovacuum may be minutes away on a busy server. Returns the
+/// partitions analyzed. Called by the writer with its minute's upkeep.
+pub fn analyze_changed(client: &mut postgres::Client) -> Result<Vec<String>, postgres::Error> {
+    let names: Vec<String> = client
+        .query(
+            "SELECT s.relname FROM pg_stat_user_tables s
+             JOIN pg_inherits i ON i.inhrelid = s.relid
+             WHERE i.inhparent = 'calls'::regclass
+               AND s.n_mod_since_analyze > GREATEST(1000, s.n_live_tup / 10)
+             ORDER BY s.relname",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for n in &names {
+        // The name comes from the catalogue, and is quoted as an
+        // identifier all the same.
+        client.batch_execute(&format!("ANALYZE \"{}\"", n.replace('"', "\"\"")))?;
+        tracing::debug!(partition = %n, "calls partition analyzed");
+    }
+    Ok(names)
+}
+
 /// Rows a partition holds, as the statistics have it (exactly, when it
 /// was never analyzed): said in the retired count, never worth a scan of
 /// a day's calls.
