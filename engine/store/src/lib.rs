@@ -35,6 +35,7 @@
 pub mod audit;
 pub mod centre;
 pub mod config;
+pub mod days;
 pub mod incident;
 pub mod outbox;
 pub mod pg;

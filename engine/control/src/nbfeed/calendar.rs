@@ -15,28 +15,12 @@ pub type Day = i64;
 
 /// The civil date of `d`: (year, month 1-12, day 1-31).
 pub fn civil(d: Day) -> (i64, u32, u32) {
-    // Shift to a 400-year era starting on 0000-03-01.
-    let z = d + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    kuzet_store::days::civil_from_days(d)
 }
 
 /// The day of a civil date (month 1-12, day 1-31).
 pub fn day_of(year: i64, month: u32, day: u32) -> Day {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    kuzet_store::days::days_from_civil(year, month, day)
 }
 
 /// 0 Monday .. 6 Sunday.

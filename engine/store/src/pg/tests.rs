@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use kuzet_sim::servers::PgServer;
 
-use super::partitions::days_from_civil;
 use super::*;
 use crate::centre::SqliteCentre;
+use crate::days::days_from_civil;
 use crate::ports::{Outbox, Queries};
 use crate::query::Filter;
 use crate::suite::{self, opts, rec, report_policy};
