@@ -126,18 +126,28 @@ pub fn group_batch(
         "SELECT pg_advisory_xact_lock($1, s) FROM unnest($2::int4[]) AS u(s) ORDER BY s",
         &[&GROUP_LOCK_CLASS, &slots],
     )?;
-    for (_, (kind, key), members) in order {
+    // Every group's newest incident, locked, in one statement: the
+    // lateral reads run (and lock) in the groups' order, as the slots.
+    let kinds: Vec<&str> = order.iter().map(|o| o.1 .0).collect();
+    let keys: Vec<String> = order.iter().map(|o| o.1 .1.clone()).collect();
+    let mut newest: Vec<Option<Incident>> = (0..order.len()).map(|_| None).collect();
+    for r in tx.query(
+        &format!(
+            "SELECT i.*, g.ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS g(kind, key, ord)
+             CROSS JOIN LATERAL (SELECT {COLUMNS} FROM incidents
+                 WHERE kind = g.kind AND key = g.key ORDER BY id DESC LIMIT 1 FOR UPDATE) i
+             ORDER BY g.ord"
+        ),
+        &[&kinds, &keys],
+    )? {
+        let ord: i64 = r.try_get(14)?;
+        if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| newest.get_mut(i)) {
+            *slot = Some(from_row(&r)?);
+        }
+    }
+    for (idx, (_, (kind, key), members)) in order.into_iter().enumerate() {
         let first = recs[members[0]];
-        let newest = tx
-            .query_opt(
-                &format!(
-                    "SELECT {COLUMNS} FROM incidents WHERE kind = $1 AND key = $2
-                     ORDER BY id DESC LIMIT 1 FOR UPDATE"
-                ),
-                &[&kind, &key],
-            )?
-            .map(|r| from_row(&r))
-            .transpose()?;
+        let newest = newest.get_mut(idx).and_then(Option::take);
         let mut inc = newest
             .filter(|i| i.state != "closed" && first.ts_us - i.last_seen_us <= p.window_us)
             .unwrap_or_else(|| Incident {
