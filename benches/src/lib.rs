@@ -198,13 +198,7 @@ pub mod process {
         }
     }
 
-    /// A free loopback UDP port.
-    pub fn free_port() -> u16 {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = s.local_addr().unwrap().port();
-        drop(s);
-        p
-    }
+    pub use kuzet_sim::servers::free_port;
 
     impl KuzetProc {
         /// Starts `$KUZET_BIN` (default `target/release/kuzet`) in a fresh

@@ -231,6 +231,27 @@ pub struct NewCase {
     pub due_at_us: i64,
 }
 
+impl NewCase {
+    /// The case as it stands once opened under `id`: open, undecided.
+    pub fn opened(&self, id: i64) -> Case {
+        Case {
+            id,
+            alert_id: self.alert_id.clone(),
+            number: self.number.clone(),
+            category: self.category.clone(),
+            centre_note: self.centre_note.clone(),
+            reported_at_us: self.reported_at_us,
+            opened_at_us: self.opened_at_us,
+            due_at_us: self.due_at_us,
+            state: OPEN.into(),
+            decided_at_us: None,
+            decided_by: String::new(),
+            note: String::new(),
+            bss_ref: String::new(),
+        }
+    }
+}
+
 /// A case as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Case {
@@ -554,21 +575,7 @@ fn open_batch(
                 n.due_at_us
             ])?;
             if added == 1 {
-                opened.push(Case {
-                    id: tx.last_insert_rowid(),
-                    alert_id: n.alert_id.clone(),
-                    number: n.number.clone(),
-                    category: n.category.clone(),
-                    centre_note: n.centre_note.clone(),
-                    reported_at_us: n.reported_at_us,
-                    opened_at_us: n.opened_at_us,
-                    due_at_us: n.due_at_us,
-                    state: OPEN.into(),
-                    decided_at_us: None,
-                    decided_by: String::new(),
-                    note: String::new(),
-                    bss_ref: String::new(),
-                });
+                opened.push(n.opened(tx.last_insert_rowid()));
             }
         }
     }

@@ -3,17 +3,7 @@
 use super::*;
 use crate::query::{calls, counts, export, Filter};
 
-use crate::suite::rec;
-
-fn opts() -> Options {
-    Options {
-        node: "test-node".into(),
-        max_age: Duration::ZERO,
-        max_bytes: 0,
-        retire_chunk: 10,
-        incidents: incident::Policy::default(),
-    }
-}
+use crate::suite::{entry, opts, rec, report_policy};
 
 #[test]
 fn records_come_back_whole_and_queries_filter_and_page() {
@@ -280,16 +270,6 @@ fn the_audit_log_only_grows() {
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].ts_us, 2);
     assert_eq!(audit::read(&c, Some(got[0].id), 10).unwrap().len(), 2);
-}
-
-fn report_policy() -> incident::Policy {
-    incident::Policy {
-        report: true,
-        min_blocked: 3,
-        window_us: 600_000_000,
-        update_interval_us: 60_000_000,
-        ..incident::Policy::default()
-    }
 }
 
 #[test]
@@ -627,20 +607,6 @@ fn a_source_finds_its_open_incident_across_batches_and_never_a_closed_one() {
     let closing =
         plan("UPDATE incidents SET state = 'closed' WHERE state != 'closed' AND last_seen_us < 5");
     assert!(closing.contains("USING INDEX incidents_open"), "{closing}");
-}
-
-fn entry(who: &str, ts_us: i64) -> audit::Entry {
-    audit::Entry {
-        id: 0,
-        ts_us,
-        who: who.into(),
-        role: "investigator".into(),
-        action: "QueryCalls".into(),
-        filter: "{}".into(),
-        rows: 1,
-        outcome: "ok".into(),
-        count: 1,
-    }
 }
 
 /// The audit log has a file of its own: an entry is written while the

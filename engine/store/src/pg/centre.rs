@@ -834,21 +834,7 @@ impl Centre for PgCentre {
                     )
                     .map_err(self.e())?;
                 if let Some(r) = row {
-                    opened.push(Case {
-                        id: get(at, &r, 0)?,
-                        alert_id: n.alert_id.clone(),
-                        number: n.number.clone(),
-                        category: n.category.clone(),
-                        centre_note: n.centre_note.clone(),
-                        reported_at_us: n.reported_at_us,
-                        opened_at_us: n.opened_at_us,
-                        due_at_us: n.due_at_us,
-                        state: OPEN.into(),
-                        decided_at_us: None,
-                        decided_by: String::new(),
-                        note: String::new(),
-                        bss_ref: String::new(),
-                    });
+                    opened.push(n.opened(get(at, &r, 0)?));
                 }
             }
             set_cursor(tx, at, ALERTS, seq)?;
