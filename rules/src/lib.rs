@@ -29,3 +29,4 @@ pub use number::{Number, NumberingPlan, PlanError, Prefix};
 pub use plan::{Class, Countries, NumberKind, Origin};
 pub use ruleset::{Decision, ListPolicy};
 pub use snapshot::ListSet;
+pub use state::CallTime;

@@ -224,6 +224,50 @@ impl NumberList {
         flush(&mut buf, true);
     }
 
+    /// The list whose canonical form ([`NumberList::write_canonical`]) is
+    /// `bytes`: how a list kept beside the call journal is built again.
+    /// The same entries and reasons come back, so its canonical form (and
+    /// digest) is the same.
+    pub fn from_canonical(bytes: &[u8], plan: &NumberingPlan) -> Result<NumberList, String> {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            let s = bytes
+                .get(at..at + n)
+                .ok_or_else(|| format!("cut short at byte {at}"))?;
+            at += n;
+            Ok(s)
+        };
+        let mut b = ListBuilder::new(plan);
+        let word = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
+        if take(5)? != b"exact" {
+            return Err("not a canonical list".into());
+        }
+        let n = word(take(8)?);
+        for _ in 0..n {
+            let k = word(take(8)?);
+            let len = u32::from_le_bytes(take(4)?.try_into().unwrap_or([0; 4])) as usize;
+            let reason = std::str::from_utf8(take(len)?).map_err(|_| "a reason is not UTF-8")?;
+            let num = Number::from_raw(k).ok_or_else(|| format!("{k} is not a number's key"))?;
+            b.add_number(num, reason).map_err(|e| e.to_string())?;
+        }
+        loop {
+            let Ok(tag) = take(6) else { break };
+            if tag != b"prefix" {
+                return Err("not a canonical list".into());
+            }
+            let len = take(1)?[0];
+            let n = word(take(8)?);
+            for _ in 0..n {
+                let value = word(take(8)?);
+                let rl = u32::from_le_bytes(take(4)?.try_into().unwrap_or([0; 4])) as usize;
+                let reason = std::str::from_utf8(take(rl)?).map_err(|_| "a reason is not UTF-8")?;
+                b.add_prefix(Prefix { value, len }, reason)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(b.finish())
+    }
+
     /// Every exact number (its raw key: [`Number::from_raw`]) with its
     /// reason, in key order.
     pub fn exact_entries(&self) -> impl Iterator<Item = (u64, &str)> + '_ {

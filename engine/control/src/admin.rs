@@ -33,6 +33,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
+/// Seconds of failed journal writing before `/readyz` warns.
+const JOURNAL_WARN_S: i64 = 30;
+
 /// What the admin address reads.
 #[derive(Clone)]
 pub struct Admin {
@@ -245,6 +248,12 @@ fn warnings(m: &Metrics) -> Vec<String> {
             });
         }
     }
+    if m.gauge(Gauge::JournalFailingS) > JOURNAL_WARN_S {
+        w.push(format!(
+            "the call journal has not been written for {} s: its rows are lost (journal_write_failed_total; calls are not affected)",
+            m.gauge(Gauge::JournalFailingS)
+        ));
+    }
     if m.gauge(Gauge::CasesOverdue) > 0 {
         w.push(format!(
             "{} of the Centre's cases are past their deadline (kuzet cases list --due)",
@@ -390,7 +399,22 @@ impl Collector for Exposition {
         let now_s = kuzet_store::now_us() / 1_000_000;
         let nb_on = m.gauge(Gauge::NbankOn) == 1;
         let oldest = m.gauge(Gauge::CentreOldestPendingUnix);
-        let gauges: [(&str, &str, i64); 29] = [
+        let gauges: [(&str, &str, i64); 32] = [
+            (
+                "journal_on",
+                "1 when the call journal is written ([journal] enabled, with a data directory)",
+                m.gauge(Gauge::JournalOn),
+            ),
+            (
+                "journal_bytes",
+                "Bytes of the call journal's closed files",
+                m.gauge(Gauge::JournalBytes),
+            ),
+            (
+                "journal_failing_seconds",
+                "How long writing the call journal has been failing (0: it is not)",
+                m.gauge(Gauge::JournalFailingS),
+            ),
             (
                 "versions_shared",
                 "1 when published versions are shared by the cluster's nodes ([publishing] shared_url and [cluster] redis_url)",

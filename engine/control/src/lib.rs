@@ -93,6 +93,7 @@ pub fn register_counters(metrics: &Metrics) -> Result<(), DuplicateCounter> {
     metrics.register(Arc::new(cluster::ClusterCounters::default()))?;
     metrics.register(Arc::new(lease::LeaseCounters::default()))?;
     metrics.register(Arc::new(publishing::shared::VersionCounters::default()))?;
+    metrics.register(Arc::new(kuzet_journal::write::JournalCounters::default()))?;
     Ok(())
 }
 

@@ -10,6 +10,8 @@
 //! - [`records`]: the record queue, a ring in a memory-mapped file that
 //!   the workers write verdicts into and the recorder reads; it outlives
 //!   the process.
+//! - [`journal`]: the call journal's queue, every scored call's facts and
+//!   every outcome, handed off the call path like the records.
 //! - [`config`]: the config sections the call path owns (`[server]`,
 //!   `[proxy]`, `[verdict]`, `[numbers]`, `[outcomes]`, `[[trunks]]`).
 //!
@@ -22,6 +24,7 @@
 
 pub mod config;
 pub mod handler;
+pub mod journal;
 pub mod metrics;
 pub mod records;
 pub mod transport;

@@ -69,6 +69,7 @@ counters! {
     RoutesRemoved => "proxy_routes_removed_total", "Route headers naming kuzet removed from requests it routed",
     CallsUntracked => "proxy_calls_untracked_total", "Calls proxy mode could not follow because its call table was full (max_tracked_numbers)",
     AnswersDropped => "answered_events_dropped_total", "Answered calls not handed to the National Bank reports because their queue was full",
+    JournalDropped => "journal_dropped_total", "Calls and outcomes not handed to the call journal because its queue was full",
     ResponsesDropped => "sip_responses_dropped_total", "Responses dropped (no route back)",
     AcksAbsorbed => "acks_absorbed_total", "ACKs for kuzet's own final answers",
     UnknownSource => "unknown_source_total", "Requests from sources no trunk covers",
@@ -232,6 +233,12 @@ pub enum Gauge {
     VersionsShared,
     /// 1 when the last look at the shared versions went through.
     VersionsStoreUp,
+    /// 1 when the call journal is written.
+    JournalOn,
+    /// Bytes of the call journal's closed files.
+    JournalBytes,
+    /// Seconds the call journal's writing has been failing (0: it is not).
+    JournalFailingS,
     /// Seconds this node has been behind the shared versions (0: it holds
     /// every change, or they are not shared).
     /// The last variant: `GAUGES` counts up to it.

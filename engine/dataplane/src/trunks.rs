@@ -57,6 +57,8 @@ pub struct Trunk<'t> {
     pub kind: TrunkKind,
     /// Its P-Asserted-Identity is the network vouching for the caller.
     pub trust_pai: bool,
+    /// Its place in the config's `[[trunks]]` (see [`TrunkMap::names`]).
+    pub index: u16,
 }
 
 impl TrunkMap {
@@ -73,7 +75,13 @@ impl TrunkMap {
                 name: &self.names[*i as usize],
                 kind: *k,
                 trust_pai: self.trusted.get(*i as usize).copied().unwrap_or(false),
+                index: *i,
             })
+    }
+
+    /// Every trunk's name, in the config's order ([`Trunk::index`]).
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
     }
 
     /// True when no trunk is configured.

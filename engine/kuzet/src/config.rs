@@ -100,6 +100,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[hep]`: each decision to a Homer collector.
     pub hep: HepSection,
+    /// `[journal]`: every call's facts, for analytics and backtests.
+    pub journal: kuzet_journal::JournalConfig,
     /// `[incidents]`: grouping intercepted calls and the reporting policy.
     pub incidents: IncidentsConfig,
     /// `[register]`: the pre-trial register incidents are reported to.
@@ -142,6 +144,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             admin: AdminConfig::default(),
             hep: HepSection::default(),
+            journal: kuzet_journal::JournalConfig::default(),
             incidents: IncidentsConfig::default(),
             register: RegisterConfig::default(),
             publishing: PublishingConfig::default(),
@@ -288,6 +291,7 @@ impl Config {
         }
         self.server.check().map_err(bad)?;
         self.hep.check().map_err(bad)?;
+        self.journal.check().map_err(bad)?;
         self.control.check().map_err(bad)?;
         self.admin.check().map_err(bad)?;
         self.register.check().map_err(bad)?;
@@ -349,6 +353,18 @@ impl Config {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    /// The call journal's folder: `[journal] dir`, else `journal` in the
+    /// data directory. None when there is no journal (off, or no store).
+    pub fn journal_dir(&self) -> Option<PathBuf> {
+        if !self.journal.enabled || !self.store.enabled {
+            return None;
+        }
+        Some(match &self.journal.dir {
+            Some(d) => self.resolve(d),
+            None => self.data_dir().join("journal"),
+        })
     }
 
     /// The data directory the store uses.
@@ -516,6 +532,7 @@ mod tests {
                 format!("{:?}", c.control),
                 format!("{:?}", c.admin),
                 format!("{:?}", c.hep),
+                format!("{:?}", c.journal),
                 format!("{:?}", c.incidents),
                 format!("{:?}", c.register),
                 format!("{:?}", c.nbank),

@@ -52,6 +52,10 @@ pub struct Running {
     /// joined last.
     events: Option<JoinHandle<()>>,
     recorder_stop: Arc<AtomicBool>,
+    /// The journal's writer: told to finish once the workers have
+    /// stopped.
+    journal: Option<JoinHandle<()>>,
+    journal_stop: Arc<AtomicBool>,
 }
 
 /// Why the engine could not start: a list problem is the operator's to fix
@@ -380,6 +384,28 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
     } else {
         None
     };
+    // Every call's facts go to the journal's writer through a queue made
+    // up front, like the answers: full means dropped and counted.
+    let journal_stop = Arc::new(AtomicBool::new(false));
+    let journal = match cfg.journal_dir() {
+        Some(root) => {
+            let (tx, rx) = kuzet_dataplane::journal::queue(cfg.journal.queue);
+            handler = handler.with_journal(tx);
+            let setup = kuzet_journal::write::WriterSetup {
+                root,
+                node: cfg.node_name(),
+                trunks: cfg.trunk_map().names().to_vec(),
+                cfg: cfg.journal.clone(),
+                lists: lists.clone(),
+                metrics: metrics.clone(),
+            };
+            Some(
+                kuzet_journal::write::spawn(setup, rx, journal_stop.clone())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+        }
+        None => None,
+    };
     let handler = Arc::new(handler);
     let handler_ref = handler.clone();
 
@@ -664,6 +690,8 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         threads,
         events: Some(events),
         recorder_stop,
+        journal,
+        journal_stop,
     })
 }
 
@@ -952,7 +980,12 @@ impl Running {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        // The workers are gone: the recorder empties the queue and ends.
+        // The workers are gone: the journal and the recorder empty their
+        // queues and end.
+        self.journal_stop.store(true, Ordering::Release);
+        if let Some(t) = self.journal.take() {
+            let _ = t.join();
+        }
         self.recorder_stop.store(true, Ordering::Release);
         if let Some(t) = self.events.take() {
             let _ = t.join();

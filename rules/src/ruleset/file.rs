@@ -410,14 +410,9 @@ impl RuleSet {
         if all.len() > usize::from(u16::MAX) {
             return Err(file_err(FileProblem::TooManyRules));
         }
-        Ok(RuleSet::assemble(
-            all,
-            plan,
-            thresholds,
-            outcomes,
-            overrides,
-            name.into(),
-        ))
+        let mut set = RuleSet::assemble(all, plan, thresholds, outcomes, overrides, name.into());
+        set.text = Some(text.into());
+        Ok(set)
     }
 }
 

@@ -471,6 +471,9 @@ pub struct RuleSet {
     pub overrides: Vec<Override>,
     /// The rule file's name, or `built-in`.
     pub source: Box<str>,
+    /// The rule file's text (none: the built-in rules), so the set can be
+    /// kept beside the calls it judged and built again.
+    pub text: Option<std::sync::Arc<str>>,
     /// What the state update needs, worked out once at load: the velocity
     /// windows by slot, the fan-out window, whether any rule needs the
     /// dialling run, the caller's state at all, or the premium lookup.
@@ -579,6 +582,7 @@ impl RuleSet {
             outcomes,
             overrides,
             source,
+            text: None,
             windows,
             fan_out_window,
             needs_run,

@@ -351,7 +351,8 @@ pub(crate) fn rule_tag(id: &str) -> u64 {
 }
 
 impl Thresholds {
-    pub(super) fn decide(&self, score: u32) -> Decision {
+    /// The decision a score meets.
+    pub fn decide(&self, score: u32) -> Decision {
         if score >= self.block {
             Decision::Block
         } else if self.redirect.is_some_and(|r| score >= r) {

@@ -4,6 +4,7 @@
 //! short-call and concurrency rules.
 
 use super::*;
+use crate::journal::OutcomeWhat;
 
 impl Handler {
     /// Proxy mode: learns call outcomes from what it forwards. An INVITE
@@ -47,11 +48,19 @@ impl Handler {
                     if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms == 0) {
                         let ring_ms =
                             now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
-                        self.state.callers.outcome(
+                        let known = self.state.callers.outcome(
                             r.a,
                             now,
                             CallOutcome::Cancelled { ring_ms },
                             &policy,
+                        );
+                        self.journal_outcome(
+                            r.a,
+                            r.b,
+                            now,
+                            OutcomeWhat::Cancelled(ring_ms),
+                            true,
+                            known,
                         );
                     }
                 }
@@ -60,15 +69,25 @@ impl Handler {
                         let talk_ms = now_ms
                             .saturating_sub(r.answered_ms)
                             .min(u64::from(u32::MAX)) as u32;
-                        self.state.callers.outcome(
+                        let known = self.state.callers.outcome(
                             r.a,
                             now,
                             CallOutcome::Answered { talk_ms },
                             &policy,
                         );
-                        self.state
-                            .callers
-                            .concurrent(r.a, now, -1, self.state.max_call_s);
+                        self.journal_outcome(
+                            r.a,
+                            r.b,
+                            now,
+                            OutcomeWhat::Answered(talk_ms),
+                            true,
+                            known,
+                        );
+                        let known =
+                            self.state
+                                .callers
+                                .concurrent(r.a, now, -1, self.state.max_call_s);
+                        self.journal_outcome(r.a, r.b, now, OutcomeWhat::Ended, true, known);
                     }
                 }
                 _ => {}
@@ -92,9 +111,11 @@ impl Handler {
                 first.then_some((r.a, r.b))
             });
             if let Some(Some((a, b))) = answered {
-                self.state
+                let known = self
+                    .state
                     .callers
                     .concurrent(a, now, 1, self.state.max_call_s);
+                self.journal_outcome(a, b, now, OutcomeWhat::Started, true, known);
                 if b != 0 {
                     self.answered(a, b, i64::from(now));
                 }
@@ -102,14 +123,12 @@ impl Handler {
         } else if let Some(r) = self.calls.remove_if(key, |r| r.answered_ms == 0) {
             // Refused or rang out (a CANCELled call was removed already).
             let ring_ms = now_ms.saturating_sub(r.invited_ms).min(u64::from(u32::MAX)) as u32;
-            self.state.callers.outcome(
-                r.a,
-                now,
-                CallOutcome::Cancelled {
-                    ring_ms: ring_ms.max(policy.short_ring_ms),
-                },
-                &policy,
-            );
+            let ring_ms = ring_ms.max(policy.short_ring_ms);
+            let known =
+                self.state
+                    .callers
+                    .outcome(r.a, now, CallOutcome::Cancelled { ring_ms }, &policy);
+            self.journal_outcome(r.a, r.b, now, OutcomeWhat::Cancelled(ring_ms), true, known);
         }
     }
 }

@@ -70,7 +70,8 @@ impl Handler {
             let trunk = self.trunks.lookup(src.ip());
             let b = self.number_of_uri(&c.ruri);
             let rules = &set.rules;
-            let (from, pai, display, a, a_present, a_src) = if rules.needs_identities() {
+            let journal = self.journal.is_some();
+            let (from, pai, display, a, a_present, a_src) = if rules.needs_identities() || journal {
                 let from = self.claim(m, Hdr::From, true);
                 let pai = self.claim(m, Hdr::PAssertedIdentity, true);
                 let a = self.a_order.iter().find_map(|s| match s {
@@ -92,7 +93,7 @@ impl Handler {
                 let n = a.map(|x| x.0);
                 (n, n, None, n, n.is_some(), a.map(|x| x.1))
             };
-            let input = CallInput {
+            let mut input = CallInput {
                 a,
                 from,
                 pai,
@@ -100,13 +101,46 @@ impl Handler {
                 a_present,
                 b,
                 trunk: trunk.map(|t| t.kind),
-                time: if rules.needs_clock() {
-                    self.call_time(received)
-                } else {
-                    CallTime::default()
-                },
+                time: CallTime::default(),
             };
+            let mut ts_us = 0;
+            if rules.needs_clock() || journal {
+                (input.time, ts_us) = self.clock(received);
+            }
             let scored = set.score(&input, &self.state);
+            let a_trust = match (a, a_src) {
+                (None, _) => records::trust::NONE,
+                (Some(_), Some(NumberSource::Pai)) if trunk.is_some_and(|t| t.trust_pai) => {
+                    records::trust::NETWORK
+                }
+                _ => records::trust::CLAIMED,
+            };
+            if journal {
+                let (n_fired, fired) = crate::journal::CallFact::fired_of(&scored);
+                self.journal(crate::journal::Entry::Call(crate::journal::CallFact {
+                    ts_us,
+                    time: input.time,
+                    trunk: trunk.map_or(0, |t| t.index.saturating_add(1)),
+                    trunk_kind: input.trunk,
+                    source: src.ip(),
+                    a,
+                    from,
+                    pai,
+                    display,
+                    a_present,
+                    b,
+                    a_trust,
+                    digest,
+                    decision: scored.decision,
+                    shadow_decision: scored.shadow_decision,
+                    score: scored.score,
+                    allowlisted: scored.allowlisted,
+                    n_fired,
+                    fired,
+                    version: set.version,
+                    generation: set.generation,
+                }));
+            }
             self.metrics.rules_fired(set, scored.fired());
             let notable =
                 scored.decision != Decision::Allow || scored.shadow_decision != scored.decision;
@@ -132,16 +166,7 @@ impl Handler {
                     });
                 } else if self.records.is_some() {
                     let vid = self.new_verdict_id();
-                    let a_trust = match (a, a_src) {
-                        (None, _) => records::trust::NONE,
-                        (Some(_), Some(NumberSource::Pai))
-                            if trunk.is_some_and(|t| t.trust_pai) =>
-                        {
-                            records::trust::NETWORK
-                        }
-                        _ => records::trust::CLAIMED,
-                    };
-                    let identities = rules.needs_identities().then_some((from, pai));
+                    let identities = (rules.needs_identities() || journal).then_some((from, pai));
                     let written = self.write_record(
                         m, &scored, set, &input, identities, src, conn, trunk, vid, sampled,
                         record, class, a_trust,

@@ -242,6 +242,9 @@ pub struct Handler {
     /// Answered calls, for the National Bank Centre's potential-victim
     /// reports (none: not wanted). Bounded; a full queue drops and counts.
     answers: Option<std::sync::mpsc::SyncSender<Answered>>,
+    /// The call journal's queue (none: no journal). Bounded; a full
+    /// queue drops and counts.
+    journal: Option<crate::journal::JournalTx>,
     /// Who may use the outcome API.
     outcome_reporters: Vec<String>,
     outcome_secret: Option<Vec<u8>>,
@@ -304,6 +307,7 @@ impl Handler {
             utc_offset_s: i64::from(s.utc_offset_minutes) * 60,
             records: None,
             answers: None,
+            journal: None,
             // Only proxy mode sees calls end; redirect mode keeps no table.
             calls: Table::new(match s.mode {
                 Mode::Proxy => s.max_tracked_numbers,
@@ -344,6 +348,50 @@ impl Handler {
     pub fn with_answers(mut self, tx: std::sync::mpsc::SyncSender<Answered>) -> Handler {
         self.answers = Some(tx);
         self
+    }
+
+    /// Every scored call's facts and every outcome go to `tx`, the call
+    /// journal's queue. With a journal, every call's identities and clock
+    /// are read whatever the rules in force need, so a backtest of rules
+    /// that need more has them. A full queue drops and counts
+    /// (`journal_dropped_total`); a call never waits for it.
+    pub fn with_journal(mut self, tx: crate::journal::JournalTx) -> Handler {
+        self.journal = Some(tx);
+        self
+    }
+
+    /// Queues a journal entry without waiting; a full queue counts.
+    pub(super) fn journal(&self, e: crate::journal::Entry) {
+        if let Some(tx) = &self.journal {
+            if tx.send(e) == Err(crate::journal::Refused::Full) {
+                self.metrics.inc(Counter::JournalDropped);
+            }
+        }
+    }
+
+    /// Journals an outcome applied to `caller`'s state.
+    pub(super) fn journal_outcome(
+        &self,
+        caller: u64,
+        callee: u64,
+        secs: u32,
+        what: crate::journal::OutcomeWhat,
+        proxy: bool,
+        known: bool,
+    ) {
+        if self.journal.is_some() {
+            self.journal(crate::journal::Entry::Outcome(
+                crate::journal::OutcomeFact {
+                    ts_us: evidence::unix_us(),
+                    secs,
+                    caller,
+                    callee,
+                    what,
+                    proxy,
+                    known,
+                },
+            ));
+        }
     }
 
     /// Hands an answered call to the answers queue, if there is one,
@@ -483,6 +531,11 @@ impl Handler {
     /// moved back (or on) by how far `at` is from now on the monotonic
     /// clock: two clock reads, no lock, no allocation.
     fn call_time(&self, at: Instant) -> CallTime {
+        self.clock(at).0
+    }
+
+    /// The clock scoring reads at `at`, and `at` in µs since the epoch.
+    fn clock(&self, at: Instant) -> (CallTime, i64) {
         let (wall, mono) = (std::time::SystemTime::now(), Instant::now());
         let unix = wall
             .duration_since(std::time::UNIX_EPOCH)
@@ -490,17 +543,21 @@ impl Handler {
         let unix = match at.checked_duration_since(mono) {
             Some(ahead) => unix.saturating_add(ahead),
             None => unix.saturating_sub(mono.saturating_duration_since(at)),
-        }
-        .as_secs();
+        };
+        let us = unix.as_micros().min(i64::MAX as u128) as i64;
+        let unix = unix.as_secs();
         let secs = unix.min(u64::from(u32::MAX)) as u32;
         let wall = unix as i64 + self.utc_offset_s;
         let days = wall.div_euclid(86_400);
-        CallTime {
-            secs,
-            hour: (wall.rem_euclid(86_400) / 3600) as u8,
-            // 1970-01-01 was a Thursday; 0 = Monday.
-            weekday: (days + 3).rem_euclid(7) as u8,
-        }
+        (
+            CallTime {
+                secs,
+                hour: (wall.rem_euclid(86_400) / 3600) as u8,
+                // 1970-01-01 was a Thursday; 0 = Monday.
+                weekday: (days + 3).rem_euclid(7) as u8,
+            },
+            us,
+        )
     }
 
     /// The shared counters.

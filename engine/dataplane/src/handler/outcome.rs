@@ -11,6 +11,8 @@
 
 use subtle::ConstantTimeEq;
 
+use crate::journal::OutcomeWhat;
+
 use super::*;
 
 impl Handler {
@@ -61,25 +63,40 @@ impl Handler {
         let policy = self.lists.load().rules.outcomes;
         let max_call = self.state.max_call_s;
         let seen = |known: bool| if known { Ok(()) } else { Err(NOT_SEEN) };
+        let callee_raw = callee.map_or(0, Number::raw);
+        // Each outcome applied is journalled, known or not, so a replay
+        // offers state exactly what it was offered.
+        let journal = |n: Number, what, known: bool| {
+            self.journal_outcome(n.raw(), callee_raw, now, what, false, known);
+            seen(known)
+        };
         let result = match (caller, what) {
             (None, _) => Err("caller missing or not a number"),
             (Some(n), Some(b"cancelled")) => match ring {
-                Some(ring_ms) => seen(self.state.callers.outcome(
-                    n.raw(),
-                    now,
-                    CallOutcome::Cancelled { ring_ms },
-                    &policy,
-                )),
+                Some(ring_ms) => journal(
+                    n,
+                    OutcomeWhat::Cancelled(ring_ms),
+                    self.state.callers.outcome(
+                        n.raw(),
+                        now,
+                        CallOutcome::Cancelled { ring_ms },
+                        &policy,
+                    ),
+                ),
                 None => Err("cancelled needs ring_ms"),
             },
             (Some(n), Some(b"answered")) => match talk {
                 Some(talk_ms) => {
-                    let r = seen(self.state.callers.outcome(
-                        n.raw(),
-                        now,
-                        CallOutcome::Answered { talk_ms },
-                        &policy,
-                    ));
+                    let r = journal(
+                        n,
+                        OutcomeWhat::Answered(talk_ms),
+                        self.state.callers.outcome(
+                            n.raw(),
+                            now,
+                            CallOutcome::Answered { talk_ms },
+                            &policy,
+                        ),
+                    );
                     if let (Ok(()), Some(b)) = (r, callee) {
                         self.answered(n.raw(), b.raw(), i64::from(now));
                     }
@@ -87,12 +104,16 @@ impl Handler {
                 }
                 None => Err("answered needs talk_ms"),
             },
-            (Some(n), Some(b"started")) => {
-                seen(self.state.callers.concurrent(n.raw(), now, 1, max_call))
-            }
-            (Some(n), Some(b"ended")) => {
-                seen(self.state.callers.concurrent(n.raw(), now, -1, max_call))
-            }
+            (Some(n), Some(b"started")) => journal(
+                n,
+                OutcomeWhat::Started,
+                self.state.callers.concurrent(n.raw(), now, 1, max_call),
+            ),
+            (Some(n), Some(b"ended")) => journal(
+                n,
+                OutcomeWhat::Ended,
+                self.state.callers.concurrent(n.raw(), now, -1, max_call),
+            ),
             _ => Err("outcome must be cancelled, answered, started or ended"),
         };
         match result {

@@ -1,0 +1,64 @@
+//! `[journal]`: where the call journal lives, how long and how much of it
+//! is kept, and how quickly its files become readable.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[journal]`: every call's scoring facts and every outcome, in hourly
+/// Parquet files that DuckDB, Spark or pandas read as they are.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Keep the journal (it needs a data directory: without `[store]`
+    /// there is none).
+    pub enabled: bool,
+    /// Its folder. Unset: `journal` in the data directory; a relative
+    /// path is resolved against the config file's folder.
+    pub dir: Option<PathBuf>,
+    /// Hours of calls kept. 192 (eight days) lets a promotion find the
+    /// seven days of evidence `[publishing] backtest_min_hours` looks in.
+    pub keep_hours: u32,
+    /// The cap on the journal's files, MiB; past it the oldest hour goes
+    /// first, and when nothing older is left new entries are dropped and
+    /// counted.
+    pub max_mb: u64,
+    /// A file is closed, and readable, after this many seconds (a crash
+    /// loses at most the file still open).
+    pub roll_s: u32,
+    /// Entries the queue between the call path and the writer holds; a
+    /// full queue drops and counts (`journal_dropped_total`).
+    pub queue: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            enabled: true,
+            dir: None,
+            keep_hours: 192,
+            max_mb: 20_480,
+            roll_s: 60,
+            queue: 65_536,
+        }
+    }
+}
+
+impl JournalConfig {
+    /// Checks what serde cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.keep_hours == 0 {
+            return Err("[journal] keep_hours must be at least 1".into());
+        }
+        if self.max_mb == 0 {
+            return Err("[journal] max_mb must be at least 1".into());
+        }
+        if !(1..=3600).contains(&self.roll_s) {
+            return Err("[journal] roll_s must be between 1 and 3600".into());
+        }
+        if !(1024..=16 << 20).contains(&self.queue) {
+            return Err("[journal] queue must be between 1024 and 16777216 entries".into());
+        }
+        Ok(())
+    }
+}
