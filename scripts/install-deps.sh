@@ -9,8 +9,10 @@
 # (util-linux: the full-disk test's private tmpfs), systemd-analyze and
 # systemd-sysusers (package systemd: the deploy test verifies the unit
 # files), promtool (package prometheus: the alert rules' test), PyYAML
-# (python3-yaml: the deploy test parses the Kubernetes manifests), and
-# with FUZZ=1 afl++ for scripts/fuzz.sh. Safe to run again: it installs
+# (python3-yaml: the deploy test parses the Kubernetes manifests),
+# DuckDB (from PyPI, pinned, into the virtual environment .tools/venv that
+# this script makes with python3-venv: the journal test reads kuzet's
+# Parquet files with it), and with FUZZ=1 afl++ for scripts/fuzz.sh. Safe to run again: it installs
 # only what is missing, and leaves no packaged service running.
 set -euo pipefail
 need=()
@@ -27,13 +29,26 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 python3 -c 'import yaml' >/dev/null 2>&1 || /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # AFL++ for scripts/fuzz.sh (FUZZ=1); the suite's fuzz pass needs nothing.
 if [ "${FUZZ:-0}" = 1 ]; then command -v afl-fuzz >/dev/null 2>&1 || need+=(afl++); fi
 # Every crate the lockfile names, for every target: the architecture
 # test reads `cargo metadata --offline`, and a build fetches only what the
 # host needs (ed25519's curve crate names a crate for other targets).
 (cd "$(dirname "$0")/.." && cargo fetch --locked -q)
+root="$(cd "$(dirname "$0")/.." && pwd)"
+# DuckDB for the journal test, once the packages are there.
+venv() {
+  local v="$root/.tools/venv"
+  if ! "$v/bin/python" -c 'import duckdb' >/dev/null 2>&1; then
+    echo "install-deps: DuckDB into $v" >&2
+    python3 -m venv "$v"
+    "$v/bin/pip" install -q --disable-pip-version-check "duckdb==$DUCKDB_VERSION"
+  fi
+}
+DUCKDB_VERSION=2.0.1
 if [ ${#need[@]} -eq 0 ]; then
+  venv
   exit 0
 fi
 SUDO=""
@@ -61,3 +76,4 @@ if command -v systemctl >/dev/null 2>&1; then
     fi
   done
 fi
+venv

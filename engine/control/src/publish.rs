@@ -498,7 +498,12 @@ pub struct Publisher {
     not_before: Option<Instant>,
     /// How long the first back-off lasts.
     base_backoff: Duration,
+    /// Told of every snapshot put in force.
+    observer: Option<Observer>,
 }
+
+/// What [`Publisher::observe`] keeps.
+type Observer = Arc<dyn Fn(&Arc<ListSet>) + Send + Sync>;
 
 impl Publisher {
     /// A publisher of `sources` into `shared`, with every layer dirty:
@@ -535,6 +540,7 @@ impl Publisher {
             failures: 0,
             not_before: None,
             base_backoff: base_backoff.max(Duration::from_millis(10)),
+            observer: None,
         }
     }
 
@@ -712,8 +718,18 @@ impl Publisher {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
         };
         self.metrics.lists_loaded(&set, unix_now());
-        self.shared.store(Arc::new(set));
+        let set = Arc::new(set);
+        if let Some(o) = &self.observer {
+            o(&set);
+        }
+        self.shared.store(set);
         version
+    }
+
+    /// `f` is told of every snapshot as it is put in force (the call
+    /// journal keeps each version its calls are judged under).
+    pub fn observe(&mut self, f: impl Fn(&Arc<ListSet>) + Send + Sync + 'static) {
+        self.observer = Some(Arc::new(f));
     }
 }
 

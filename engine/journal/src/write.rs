@@ -333,6 +333,31 @@ struct Closed {
     path: PathBuf,
 }
 
+/// Every snapshot put in force, handed over by the publisher as it swaps
+/// one in (bounded: the oldest of more than 256 waiting is let go), so a
+/// version the writer would meet too late on the shared snapshot is kept
+/// all the same.
+#[derive(Debug, Default)]
+pub struct VersionFeed {
+    q: std::sync::Mutex<std::collections::VecDeque<Arc<ListSet>>>,
+}
+
+impl VersionFeed {
+    /// A snapshot was put in force.
+    pub fn offer(&self, s: &Arc<ListSet>) {
+        let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(s.clone());
+        if q.len() > 256 {
+            q.pop_front();
+        }
+    }
+
+    fn take(&self) -> Vec<Arc<ListSet>> {
+        let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
+        q.drain(..).collect()
+    }
+}
+
 /// What the writer needs besides its queue.
 pub struct WriterSetup {
     /// The journal's folder (checked and made by [`prepare`]).
@@ -345,6 +370,8 @@ pub struct WriterSetup {
     pub cfg: JournalConfig,
     /// The snapshot in force, for rule names and the version archive.
     pub lists: SharedLists,
+    /// Every snapshot as it is put in force.
+    pub versions: Arc<VersionFeed>,
     /// The shared counters and gauges.
     pub metrics: Arc<Metrics>,
 }
@@ -592,6 +619,10 @@ impl Writer {
         if self.sets.iter().any(|s| s.generation == c.generation) {
             return;
         }
+        self.drain_versions();
+        if self.sets.iter().any(|s| s.generation == c.generation) {
+            return;
+        }
         let now = self.s.lists.load_full();
         if now.generation == c.generation {
             self.keep_set(now);
@@ -618,6 +649,9 @@ impl Writer {
     /// Takes in the snapshot in force, so a version is archived even
     /// before a call names it.
     fn drain_versions(&mut self) {
+        for set in self.s.versions.take() {
+            self.keep_set(set);
+        }
         let now = self.s.lists.load_full();
         if now.version.seq > 0 || now.version.digest != [0; 16] {
             self.keep_set(now);

@@ -26,3 +26,4 @@ pub mod config;
 pub mod nodes_cli;
 pub mod publish_cli;
 pub mod server;
+pub mod trends_cli;

@@ -63,6 +63,11 @@ enum Command {
     /// ([cluster]): each one's lists-and-rules version, how far behind the
     /// others' counts it is, and its health.
     Nodes(kuzet::nodes_cli::NodesArgs),
+    /// Early warnings from the call journal: surging foreign ranges and
+    /// trunks, slow SIM boxes under every threshold, groups of callers
+    /// with one timing; each with its figures and a suggested list line
+    /// or rule to backtest.
+    Trends(kuzet::trends_cli::TrendsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
         Command::Lists(c) => kuzet::publish_cli::lists(c),
         Command::Cases(c) => kuzet::cases_cli::cases(c),
         Command::Nodes(a) => kuzet::nodes_cli::nodes(a),
+        Command::Trends(a) => kuzet::trends_cli::trends(a),
         Command::Rules(RulesCommand::Publish(c)) => kuzet::publish_cli::rules(c, rules_check),
     }
 }

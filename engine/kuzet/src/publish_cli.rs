@@ -225,6 +225,46 @@ pub enum RulesCommand {
         /// Refuse unless this version is in force now (v0: none is).
         #[arg(long, value_name = "VERSION")]
         expect: Option<String>,
+        /// Put in force a version that enforces more with no backtest
+        /// attached: takes an admin's token, and is audited.
+        #[arg(long)]
+        without_backtest: bool,
+        /// How the control API is reached.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Replay the call journal through a candidate and report what changes.
+    ///
+    /// `kuzet rules backtest FILE|VERSION [--lists blocklist=v3 ...] --since 24h`:
+    /// the journal's last SINCE is replayed in call order through the
+    /// candidate rules (a rule file, or a staged version) and list
+    /// versions, with behaviour state rebuilt from the window's start.
+    /// The report: the verdicts that would change, by decision and by
+    /// rule, with example calls; how many calls and callers would be
+    /// blocked, flagged or redirected; the allowlisted, high-volume and
+    /// called-back sources touched; what enforcing each shadow rule would
+    /// do. `in-force` replays the versions that were in force (every call
+    /// must come out as it did). A backtest of a staged version (or of a
+    /// file equal to one) is attached to it: the evidence `activate` asks
+    /// for when the version enforces more. Needs a rule-author or admin
+    /// token.
+    Backtest {
+        /// A rule file, a staged version (v7), or `in-force`.
+        #[arg(value_name = "FILE|VERSION")]
+        candidate: String,
+        /// Published list versions to replay instead of each call's own
+        /// (LIST=VERSION, as blocklist=v3); repeat for several.
+        #[arg(long, value_name = "LIST=VERSION", num_args = 1..)]
+        lists: Vec<String>,
+        /// How far back to replay (24h, 7d).
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Example calls per change.
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        examples: u32,
+        /// Output format: text, or json (the whole report).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
         /// How the control API is reached.
         #[command(flatten)]
         conn: Conn,
@@ -309,7 +349,7 @@ async fn list_client(c: &Conn) -> Result<ListServiceClient<Authed>, Failure> {
     Ok(ListServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(MAX_ANSWER))
 }
 
-async fn rule_client(c: &Conn) -> Result<RuleServiceClient<Authed>, Failure> {
+pub(crate) async fn rule_client(c: &Conn) -> Result<RuleServiceClient<Authed>, Failure> {
     let (channel, bearer) = channel(c).await?;
     Ok(RuleServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(MAX_ANSWER))
 }
@@ -1156,6 +1196,9 @@ fn rule_version_text(v: &rpb::Version) -> String {
     if !v.note.is_empty() {
         let _ = writeln!(out, "  note: {}", visible(&v.note));
     }
+    for b in &v.backtests {
+        let _ = writeln!(out, "  backtested: {}", backtest_line(b));
+    }
     out
 }
 
@@ -1273,17 +1316,93 @@ pub fn rules(c: RulesCommand, offline: impl FnOnce(&Path, Option<&Path>) -> Exit
                         .into_inner();
                     print(&stage_text(&r))?;
                 }
-                RulesCommand::Activate { id, expect, conn } => {
+                RulesCommand::Activate {
+                    id,
+                    expect,
+                    without_backtest,
+                    conn,
+                } => {
                     let r = rule_client(&conn)
                         .await?
                         .activate(rpb::ActivateRequest {
                             version: version_id(&id),
                             expect: expect.as_deref().map(version_id).unwrap_or_default(),
+                            without_backtest,
                         })
                         .await
                         .map_err(|s| refused(&conn, s))?
                         .into_inner();
                     print_rules_activated(&r)?;
+                }
+                RulesCommand::Backtest {
+                    candidate,
+                    lists,
+                    since,
+                    examples,
+                    format,
+                    conn,
+                } => {
+                    let rules = if candidate == "in-force" {
+                        None
+                    } else if std::path::Path::new(&candidate).exists() {
+                        let text = read_rule_text(std::path::Path::new(&candidate))?;
+                        Some(rpb::backtest_request::Rules::Text(text))
+                    } else {
+                        Some(rpb::backtest_request::Rules::Version(version_id(
+                            &candidate,
+                        )))
+                    };
+                    let mut stream = rule_client(&conn)
+                        .await?
+                        .backtest(rpb::BacktestRequest {
+                            rules,
+                            lists,
+                            since_s: since.as_secs() as i64,
+                            examples,
+                        })
+                        .await
+                        .map_err(|s| refused(&conn, s))?
+                        .into_inner();
+                    let bar = crate::publish_cli::progress_bar();
+                    let last = loop {
+                        match stream.message().await.map_err(|s| refused(&conn, s))? {
+                            Some(m) if m.report_json.is_empty() => {
+                                if let Some(b) = &bar {
+                                    b.set_length(m.bytes_total);
+                                    b.set_position(m.bytes_done);
+                                }
+                            }
+                            Some(m) => break m,
+                            None => {
+                                return Err(Failure(
+                                    1,
+                                    "kuzet ended the backtest with no report".into(),
+                                ))
+                            }
+                        }
+                    };
+                    if let Some(b) = bar {
+                        b.finish_and_clear();
+                    }
+                    let report: kuzet_journal::replay::Report =
+                        serde_json::from_str(&last.report_json).map_err(|e| {
+                            Failure(1, format!("kuzet's report did not parse: {e}"))
+                        })?;
+                    match format {
+                        ReportFormat::Json => print(&format!("{}\n", last.report_json))?,
+                        ReportFormat::Text => {
+                            let mut out = String::new();
+                            let _ = report.write_text(&mut out);
+                            if !last.attached_to.is_empty() {
+                                let _ = writeln!(
+                                    out,
+                                    "\nAttached to rules {} as the evidence for its activation.",
+                                    e(&last.attached_to)
+                                );
+                            }
+                            print(&out)?;
+                        }
+                    }
                 }
                 RulesCommand::Rollback { expect, conn } => {
                     let r = rule_client(&conn)
@@ -1363,11 +1482,50 @@ fn print_rules_activated(r: &rpb::ActivateResponse) -> Result<(), Failure> {
         return Err(Failure(1, "kuzet answered with no version".into()));
     };
     let name = format!("rules {}", e(&v.id));
+    let evidence = match &r.backtest {
+        Some(b) => format!("  on the evidence of {}\n", backtest_line(b)),
+        None => String::new(),
+    };
     print(&format!(
-        "{}{}",
+        "{}{}{}",
         activated_text(&name, &r.replaced, &r.snapshot),
-        rule_version_text(v)
+        rule_version_text(v),
+        evidence
     ))
+}
+
+/// A backtest attached to a version, in one line.
+fn backtest_line(b: &rpb::Backtest) -> String {
+    format!(
+        "a backtest by {} at {} ({:.1} h of calls): {}",
+        e(&b.by),
+        seconds(b.at_us),
+        b.hours,
+        visible(&b.summary)
+    )
+}
+
+/// A progress bar on a terminal (none when stderr is not one).
+pub(crate) fn progress_bar() -> Option<ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = ProgressBar::new(0);
+    if let Ok(s) = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})") {
+        b.set_style(s.progress_chars("=> "));
+    }
+    b.set_message("replaying");
+    Some(b)
+}
+
+/// How a report is printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// Plain text for a terminal.
+    Text,
+    /// The whole report as JSON.
+    Json,
 }
 
 #[cfg(test)]

@@ -224,6 +224,13 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         // each time.
         Duration::from_millis(cfg.lists.reload_interval_ms).max(Duration::from_secs(1)),
     );
+    // Each snapshot put in force is handed to the call journal, which
+    // keeps every version its calls were judged under.
+    let journal_versions = Arc::new(kuzet_journal::write::VersionFeed::default());
+    if cfg.journal_dir().is_some() {
+        let feed = journal_versions.clone();
+        publisher.observe(move |set| feed.offer(set));
+    }
     // Start-up has no lists to fall back on: it loads to the end (with
     // progress lines for a big list), and a SIGTERM meanwhile is handled
     // as soon as it is serving.
@@ -397,6 +404,7 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
                 trunks: cfg.trunk_map().names().to_vec(),
                 cfg: cfg.journal.clone(),
                 lists: lists.clone(),
+                versions: journal_versions.clone(),
                 metrics: metrics.clone(),
             };
             Some(
@@ -532,6 +540,19 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
         }
         if let (Some(p), Some(v)) = (&publishing, &versions) {
             p.set_shared(v.clone());
+        }
+        // Backtests and trends read this node's journal, replaying with
+        // state sized as the call path's.
+        if let (Some(p), Some(root)) = (&publishing, cfg.journal_dir()) {
+            p.set_journal(kuzet_control::publishing::backtest::JournalAccess {
+                root,
+                opts: kuzet_journal::replay::Options {
+                    max_numbers: cfg.rules.max_tracked_numbers,
+                    idle_ttl_s: cfg.rules.idle_ttl_secs,
+                    max_call_s: cfg.rules.max_call_secs.max(1),
+                    ..kuzet_journal::replay::Options::default()
+                },
+            });
         }
         let cases = Some(Arc::new(kuzet_control::nbfeed::service::CaseService::new(
             nbank.as_ref().map(|n| n.cases.clone()),

@@ -268,7 +268,11 @@ fn build_version(
 /// A version's list (`None`: the one in force), from the snapshot when it
 /// is the one in force there, else built from its file outside the
 /// shelf's lock.
-fn version_list(pb: &Publishing, l: ListId, id: Option<u64>) -> Result<Arc<NumberList>, Status> {
+pub(crate) fn version_list(
+    pb: &Publishing,
+    l: ListId,
+    id: Option<u64>,
+) -> Result<Arc<NumberList>, Status> {
     let (m, file) = {
         let s = lock(pb.source.lists[l].as_ref().expect("published"));
         let Some(id) = id.or(s.index.active).filter(|i| *i > 0) else {

@@ -27,6 +27,7 @@
 //! first and this node's shelf is its copy: a version published on any
 //! node is stored once and put in force on every node.
 
+pub mod backtest;
 pub mod diff;
 pub mod lists;
 pub mod rules;
@@ -76,6 +77,12 @@ pub struct PublishingConfig {
     /// How often a node looks at the shared versions without an
     /// announcement (a node that missed one, or Redis down).
     pub shared_poll_ms: u64,
+    /// A rule version that enforces more than the one in force (a rule
+    /// from shadow to enforce, a threshold lowered) is put in force only
+    /// with a backtest (`kuzet rules backtest`) over at least this many
+    /// hours of the last seven days' calls, or by an admin with
+    /// `--without-backtest` (audited). 0 asks for no backtest.
+    pub backtest_min_hours: f64,
 }
 
 impl Default for PublishingConfig {
@@ -89,6 +96,7 @@ impl Default for PublishingConfig {
             activate_timeout_s: 120,
             shared_url: None,
             shared_poll_ms: 2_000,
+            backtest_min_hours: 24.0,
         }
     }
 }
@@ -111,6 +119,9 @@ impl PublishingConfig {
         }
         if !(100..=600_000).contains(&self.shared_poll_ms) {
             return Err("publishing.shared_poll_ms must be between 100 and 600000".into());
+        }
+        if !(0.0..=168.0).contains(&self.backtest_min_hours) {
+            return Err("publishing.backtest_min_hours must be between 0 and 168 (a backtest is looked for in the last seven days)".into());
         }
         let mut seen = Vec::new();
         for l in &self.lists {
@@ -193,6 +204,16 @@ pub mod ops {
         action: "DiffRules",
         needs: Permission::ReadLists,
     };
+    /// Replay the call journal through candidate rules and lists.
+    pub const BACKTEST_RULES: Op = Op {
+        action: "BacktestRules",
+        needs: Permission::Publish,
+    };
+    /// Early warnings read from the call journal.
+    pub const TRENDS: Op = Op {
+        action: "Trends",
+        needs: Permission::CountCalls,
+    };
 }
 
 /// The longest wait for the turn to build a whole list.
@@ -218,6 +239,8 @@ pub struct Publishing {
     pub(crate) feed: std::sync::OnceLock<Arc<crate::nbfeed::layer::FeedLayer>>,
     /// The cluster's shared versions, when they are shared.
     pub(crate) versions: std::sync::OnceLock<Arc<shared::SharedVersions>>,
+    /// The call journal backtests and trends read, when it is kept.
+    pub(crate) journal: std::sync::OnceLock<backtest::JournalAccess>,
 }
 
 impl Publishing {
@@ -304,6 +327,7 @@ impl Publishing {
             heavy: Arc::new(tokio::sync::Semaphore::new(1)),
             feed: std::sync::OnceLock::new(),
             versions: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
         })
     }
 

@@ -67,7 +67,7 @@ impl Rules {
     }
 
     /// A version's rule set (`v0`, or none in force: the built-in rules).
-    fn version_rules(&self, s: &Shelf, id: Option<u64>) -> Result<RuleSet, Status> {
+    pub(crate) fn version_rules(&self, s: &Shelf, id: Option<u64>) -> Result<RuleSet, Status> {
         let Some(id) = id.filter(|i| *i > 0) else {
             return Ok(RuleSet::builtin(&self.0.policy, &self.0.plan));
         };
@@ -111,6 +111,7 @@ impl Rules {
             activated_by: m.activated_by.clone(),
             activated_us: m.activated_us,
             changes,
+            backtests: m.backtests.iter().map(|b| b.to_pb()).collect(),
         }
     }
 
@@ -120,6 +121,7 @@ impl Rules {
         p: &Principal,
         target: Option<u64>,
         expected: Option<u64>,
+        without_backtest: bool,
         op: &Op,
         f: &Filter,
     ) -> Result<pb::ActivateResponse, Status> {
@@ -158,6 +160,7 @@ impl Rules {
                 .filter(|c| c.blocks_more)
                 .map(|c| format!("{} {}", c.what, c.change))
                 .collect();
+            let mut evidence = None;
             if !more.is_empty() {
                 pb.approve(
                     &who,
@@ -165,11 +168,42 @@ impl Rules {
                     &format!("rules {}", meta.name()),
                     &more.join(", "),
                 )?;
+                // A promotion (not a rollback: that puts back what was in
+                // force) needs a backtest, or an admin who goes without.
+                if target.is_some() && pb.cfg.backtest_min_hours > 0.0 {
+                    let min = pb.cfg.backtest_min_hours;
+                    match super::backtest::evidence(&meta, min, now_us()) {
+                        Some(b) => evidence = Some(b.clone()),
+                        None if without_backtest => {
+                            if who.role != crate::access::Role::Admin {
+                                return Err(Status::permission_denied(format!(
+                                    "rules {} enforces more than the version in force ({}): putting it in force without a backtest takes an admin",
+                                    meta.name(),
+                                    more.join(", ")
+                                )));
+                            }
+                        }
+                        None => {
+                            let had = meta
+                                .backtests
+                                .first()
+                                .map(|b| format!(" (its newest backtest replayed {:.1} h)", b.hours()))
+                                .unwrap_or_default();
+                            return Err(Status::failed_precondition(format!(
+                                "rules {} enforces more than the version in force ({}): its promotion needs a backtest over at least {min} h of the last 7 days' calls{had}; run `kuzet rules backtest {} --since {}h` and activate again, or an admin may go without (--without-backtest, audited)",
+                                meta.name(),
+                                more.join(", "),
+                                meta.name(),
+                                min.ceil().max(1.0)
+                            )));
+                        }
+                    }
+                }
             }
-            Ok(Ok(meta))
+            Ok(Ok((meta, evidence)))
         })
         .await?;
-        let meta = match checked {
+        let (meta, evidence) = match checked {
             Ok(m) => m,
             // Already in force: nothing to record.
             Err(v) => {
@@ -177,10 +211,15 @@ impl Rules {
                     version: Some(v),
                     replaced: String::new(),
                     snapshot: self.0.shared.load().version.to_string(),
+                    backtest: None,
                 })
             }
         };
-        f.set(json!({"version": meta.name(), "expect": vname(expected)}));
+        let went_without = without_backtest && evidence.is_none();
+        let shown = evidence.as_ref().map(
+            |b| json!({"by": b.by, "at_us": b.at_us, "hours": b.hours(), "summary": b.summary}),
+        );
+        f.set(json!({"version": meta.name(), "expect": vname(expected), "backtest": shown, "without_backtest": went_without}));
         self.0.starting(p, op, f).await?;
         let me = self.clone();
         let who = p.clone();
@@ -207,8 +246,11 @@ impl Rules {
         })
         .await?;
         f.set(
-            json!({"version": version.id, "replaced": vname(replaced), "expect": vname(expected)}),
+            json!({"version": version.id, "replaced": vname(replaced), "expect": vname(expected), "backtest": shown, "without_backtest": went_without}),
         );
+        if went_without {
+            tracing::warn!(version = %version.id, by = %p.who, "a rule version that enforces more was put in force without a backtest");
+        }
         let snapshot = self
             .0
             .in_force(seq, &format!("rules {}", version.id))
@@ -217,6 +259,7 @@ impl Rules {
             version: Some(version),
             replaced: vname(replaced),
             snapshot,
+            backtest: evidence.map(|b| b.to_pb()),
         })
     }
 }
@@ -290,7 +333,9 @@ impl RuleService for Rules {
         req: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = req.get_ref().clone();
-        let f = &Filter::new(json!({"version": r.version, "expect": r.expect}));
+        let f = &Filter::new(
+            json!({"version": r.version, "expect": r.expect, "without_backtest": r.without_backtest}),
+        );
         let out = self
             .0
             .answer(
@@ -301,8 +346,15 @@ impl RuleService for Rules {
                     let id = version_id(&r.version)?;
                     let e = expect(&r.expect)?;
                     Ok((
-                        self.activate_rules(&p, Some(id), e, &ops::ACTIVATE_RULES, f)
-                            .await?,
+                        self.activate_rules(
+                            &p,
+                            Some(id),
+                            e,
+                            r.without_backtest,
+                            &ops::ACTIVATE_RULES,
+                            f,
+                        )
+                        .await?,
                         1,
                     ))
                 },
@@ -321,7 +373,7 @@ impl RuleService for Rules {
             .0
             .answer(&Credentials::grpc(&req), &ops::ROLLBACK_RULES, f, |p| async move {
                 let e = expect(&r.expect)?;
-                let a = self.activate_rules(&p, None, e, &ops::ROLLBACK_RULES, f).await?;
+                let a = self.activate_rules(&p, None, e, false, &ops::ROLLBACK_RULES, f).await?;
                 f.set(json!({"expect": r.expect, "version": a.version.as_ref().map(|v| v.id.clone()), "replaced": a.replaced}));
                 Ok((a, 1))
             })
@@ -357,6 +409,55 @@ impl RuleService for Rules {
                     .await
                 },
             )
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    type BacktestStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::BacktestProgress, Status>>;
+
+    async fn backtest(
+        &self,
+        req: Request<pb::BacktestRequest>,
+    ) -> Result<Response<Self::BacktestStream>, Status> {
+        let r = req.get_ref().clone();
+        let creds = Credentials::grpc(&req);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let me = self.0.clone();
+        tokio::spawn(async move {
+            let what = match &r.rules {
+                Some(pb::backtest_request::Rules::Version(v)) => v.clone(),
+                Some(pb::backtest_request::Rules::Text(t)) => t.name.clone(),
+                None => "in force".into(),
+            };
+            let f = Filter::new(json!({"rules": what, "lists": r.lists, "since_s": r.since_s}));
+            let progress = tx.clone();
+            let out = me
+                .answer(&creds, &ops::BACKTEST_RULES, &f, |p| {
+                    let me = me.clone();
+                    let f = &f;
+                    async move { me.run_backtest(&p, r, progress, f).await }
+                })
+                .await;
+            let _ = tx.send(out).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn trends(
+        &self,
+        req: Request<pb::TrendsRequest>,
+    ) -> Result<Response<pb::TrendsResponse>, Status> {
+        let r = req.get_ref().clone();
+        let f = &Filter::new(json!({"since_s": r.since_s, "recent_s": r.recent_s}));
+        let me = self.0.clone();
+        let out = self
+            .0
+            .answer(&Credentials::grpc(&req), &ops::TRENDS, f, |_| async move {
+                me.run_trends(r).await
+            })
             .await?;
         Ok(Response::new(out))
     }

@@ -61,6 +61,9 @@ pub struct Meta {
     pub activated_by: String,
     /// See `activated_by`.
     pub activated_us: i64,
+    /// Rules: backtests of this version, newest first (the evidence a
+    /// promotion needs).
+    pub backtests: Vec<super::backtest::Mark>,
 }
 
 impl Meta {

@@ -18,6 +18,7 @@ mod hardening;
 mod hep;
 mod identity;
 mod investigate;
+mod journal;
 mod kamailio;
 mod nbank;
 mod nbfeed_stand_in;

@@ -28,34 +28,36 @@ const ROLES: [(&str, &str); 6] = [
     ("root", "admin"),
 ];
 
-fn token_of(name: &str) -> String {
+pub(crate) fn token_of(name: &str) -> String {
     format!("kz_publish_token_of_{name}")
 }
 
-fn tokens() -> Vec<TokenConfig> {
+pub(crate) fn tokens() -> Vec<TokenConfig> {
     crate::common::tokens_for(&ROLES, token_of)
 }
 
 /// A config publishing the blocklist, the allowlist and the rules, with
 /// a store in `dir` and every role's token.
-fn config(dir: &TempDir) -> Config {
+pub(crate) fn config(dir: &TempDir) -> Config {
     let mut c = test_config();
     c.store.enabled = true;
     c.store.dir = Some(dir.path().join("data"));
     c.control.tokens = tokens();
     c.publishing.lists = vec![ListId::Block, ListId::Allow];
     c.publishing.rules = true;
+    // These tests are about approval; promotion's evidence is journal.rs's.
+    c.publishing.backtest_min_hours = 0.0;
     c
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
 }
 
-fn req<T>(msg: T, who: Option<&str>) -> tonic::Request<T> {
+pub(crate) fn req<T>(msg: T, who: Option<&str>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     if let Some(w) = who {
         r.metadata_mut().insert(
@@ -66,7 +68,7 @@ fn req<T>(msg: T, who: Option<&str>) -> tonic::Request<T> {
     r
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
+pub(crate) async fn channel(addr: SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -253,6 +255,7 @@ async fn every_rpc(ch: &Channel, who: Option<&str>) -> Vec<(&'static str, Code)>
         code(
             r.activate(req(
                 rpb::ActivateRequest {
+                    without_backtest: false,
                     version: "v1".into(),
                     expect: "v99".into(),
                 },
@@ -603,6 +606,7 @@ fn with_require_approval_an_author_cannot_put_its_own_blocking_version_in_force(
         let shadow = stage(SHADOW_RULES.into(), "rui").await;
         r.activate(req(
             rpb::ActivateRequest {
+                without_backtest: false,
                 version: shadow.id.clone(),
                 expect: String::new(),
             },
@@ -622,6 +626,7 @@ fn with_require_approval_an_author_cannot_put_its_own_blocking_version_in_force(
         let own = r
             .activate(req(
                 rpb::ActivateRequest {
+                    without_backtest: false,
                     version: enforce.id.clone(),
                     expect: shadow.id.clone(),
                 },
@@ -632,6 +637,7 @@ fn with_require_approval_an_author_cannot_put_its_own_blocking_version_in_force(
         assert_eq!(own.code(), Code::PermissionDenied);
         r.activate(req(
             rpb::ActivateRequest {
+                without_backtest: false,
                 version: enforce.id.clone(),
                 expect: shadow.id.clone(),
             },
@@ -880,6 +886,7 @@ sha256 = "{root}"
         let a = r
             .activate(req(
                 rpb::ActivateRequest {
+                    without_backtest: false,
                     version: staged.version.unwrap().id,
                     expect: String::new(),
                 },

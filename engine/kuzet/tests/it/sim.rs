@@ -56,7 +56,7 @@ pub(crate) fn run(t: &Traffic, to: SocketAddr, proto: Proto) -> Report {
     run_with(t, to, proto, false)
 }
 
-fn run_with(t: &Traffic, to: SocketAddr, proto: Proto, report_outcomes: bool) -> Report {
+pub(crate) fn run_with(t: &Traffic, to: SocketAddr, proto: Proto, report_outcomes: bool) -> Report {
     let mut o = Options::new(to, t.calls.len());
     o.report_outcomes = report_outcomes;
     o.proto = proto;

@@ -174,7 +174,7 @@ fn a_store_from_a_newer_kuzet_is_refused_and_left_as_it_was() {
 
 /// Waits for a counters line (logged every second) whose counters pass
 /// `ok`, and returns it.
-fn wait_counters(w: &mut Watched, ok: impl Fn(&dyn Fn(&str) -> u64) -> bool) -> String {
+pub(crate) fn wait_counters(w: &mut Watched, ok: impl Fn(&dyn Fn(&str) -> u64) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -187,7 +187,7 @@ fn wait_counters(w: &mut Watched, ok: impl Fn(&dyn Fn(&str) -> u64) -> bool) -> 
 }
 
 /// A counter's value in a counters line (0 when absent: zeros are left out).
-fn counter_in(line: &str, name: &str) -> u64 {
+pub(crate) fn counter_in(line: &str, name: &str) -> u64 {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
         .and_then(|v| v.parse().ok())
@@ -196,7 +196,7 @@ fn counter_in(line: &str, name: &str) -> u64 {
 
 /// Fills the file system holding `path` with a file there, to the last
 /// byte.
-fn fill(path: &std::path::Path) {
+pub(crate) fn fill(path: &std::path::Path) {
     use std::io::Write;
     let mut f = std::fs::File::create(path).unwrap();
     let block = vec![0u8; 4096];

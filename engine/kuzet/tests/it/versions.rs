@@ -44,6 +44,7 @@ fn node(dir: &TempDir, name: &str, pg: &str, redis: &RedisServer) -> Config {
     c.control.tokens = tokens_for(&[("root", "admin")], |_| TOKEN.to_string());
     c.publishing.lists = vec![ListId::Block];
     c.publishing.rules = true;
+    c.publishing.backtest_min_hours = 0.0;
     c.publishing.shared_url = Some(pg.into());
     c.publishing.shared_poll_ms = POLL_MS;
     c.cluster.redis_url = Some(redis.url());
@@ -282,6 +283,7 @@ fn stage_and_activate_rules(control: SocketAddr) -> String {
             .into_inner();
         let id = staged.version.unwrap().id;
         c.activate(authed(rpb::ActivateRequest {
+            without_backtest: false,
             version: id,
             expect: String::new(),
         }))
