@@ -104,6 +104,7 @@ const ALLOWED: &[Allowed] = &[
             "hyper-util",
             "kuzet-api",
             "kuzet-dataplane",
+            "kuzet-journal", // backtests and trends read the call journal
             "kuzet-net", // the idle scheduling class for building published lists
             "kuzet-rules",
             "kuzet-store",
@@ -152,6 +153,28 @@ const ALLOWED: &[Allowed] = &[
         build: &[],
     },
     Allowed {
+        krate: "kuzet-journal",
+        why: "the call journal: Parquet files, the versions kept beside them, the backtest and trends",
+        normal: &[
+            "arrow-array",  // the journal's columns, built and read
+            "arrow-schema", // its two schemas
+            "humantime",    // report times
+            "kuzet-dataplane", // the journal queue's entries
+            "kuzet-net",    // the writer thread's nice value
+            "kuzet-rules",  // replay: snapshots, rule sets, state
+            "kuzet-store",  // the private data directory's checks
+            "libc",         // O_NOFOLLOW
+            "parquet",      // the file format DuckDB, Spark and pandas read
+            "serde",
+            "serde_json",
+            "sha2",         // layers kept by content digest
+            "thiserror",
+            "tracing",
+        ],
+        dev: &[],
+        build: &[],
+    },
+    Allowed {
         krate: "kuzet-api",
         why: "the .proto files and their generated code",
         normal: &["prost", "tonic", "tonic-prost"],
@@ -174,6 +197,7 @@ const ALLOWED: &[Allowed] = &[
             "kuzet-api",
             "kuzet-control",
             "kuzet-dataplane",
+            "kuzet-journal", // the journal's writer, and the reports the CLI prints
             "kuzet-net",
             "kuzet-rules",
             "kuzet-sip",
@@ -343,8 +367,13 @@ const WALLS: &[Wall] = &[
     },
     Wall {
         krate: "kuzet-dataplane",
-        why: "no RPC, database or HTTP crate can reach a SIP worker",
-        forbidden: &[RPC, DATABASE, HTTP, &["kuzet-control", "kuzet"]],
+        why: "no RPC, database, HTTP or Parquet crate can reach a SIP worker",
+        forbidden: &[
+            RPC,
+            DATABASE,
+            HTTP,
+            &["kuzet-control", "kuzet", "kuzet-journal", "parquet"],
+        ],
     },
     Wall {
         krate: "kuzet-sim",
