@@ -250,8 +250,7 @@ impl NumberList {
             let num = Number::from_raw(k).ok_or_else(|| format!("{k} is not a number's key"))?;
             b.add_number(num, reason).map_err(|e| e.to_string())?;
         }
-        loop {
-            let Ok(tag) = take(6) else { break };
+        while let Ok(tag) = take(6) {
             if tag != b"prefix" {
                 return Err("not a canonical list".into());
             }

@@ -6,7 +6,7 @@
 //! and lists with behaviour state rebuilt from its start; and the early
 //! warnings read from it.
 //!
-//! - [`config`]: `[journal]`.
+//! - [`config`]: the `[journal]` section.
 //! - [`write`]: the writer thread, draining the data plane's journal queue
 //!   into files (`calls/day=…/hour=…/…parquet`, `outcomes/…`), rolling,
 //!   pruning by age and size, every loss counted.

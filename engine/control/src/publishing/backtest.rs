@@ -225,7 +225,7 @@ impl Publishing {
             lists,
         };
         let _turn = self.heavy().await?;
-        let (plan, policy) = ((*self.plan).clone(), self.policy.clone());
+        let (plan, policy) = ((*self.plan).clone(), self.policy);
         let progress_tx = tx.clone();
         let report = super::idle("backtest", move || {
             let mut loader = kuzet_journal::archive::Loader::new(&j.root, plan, policy);

@@ -450,7 +450,7 @@ impl RuleService for Rules {
         &self,
         req: Request<pb::TrendsRequest>,
     ) -> Result<Response<pb::TrendsResponse>, Status> {
-        let r = req.get_ref().clone();
+        let r = *req.get_ref();
         let f = &Filter::new(json!({"since_s": r.since_s, "recent_s": r.recent_s}));
         let me = self.0.clone();
         let out = self
