@@ -16,6 +16,7 @@
 //! - [`read`]: the files of a window, read back in journal order.
 //! - [`replay`]: the backtest.
 //! - [`trends`]: surges, slow SIM boxes and groups.
+//! - [`text`]: the escaping every printed report goes through.
 //!
 //! Nothing here runs on the call path; the only link to it is the bounded
 //! queue of `kuzet_dataplane::journal`.
@@ -28,6 +29,7 @@ pub mod read;
 pub mod replay;
 pub mod row;
 pub mod schema;
+pub mod text;
 pub mod trends;
 
 pub mod write;

@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kuzet_rules::ruleset::{CallInput, Decision, Mode, RuleSet};
+use kuzet_rules::ruleset::{CallInput, Decision, RuleSet};
 use kuzet_rules::state::{Outcome as CallOutcome, State};
 use kuzet_rules::{ListId, ListSet, NumberList};
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive::{with_lists, Loader};
 use crate::read::{CallRef, ReadError, Reader, RowRef};
 use crate::row::OutcomeKind;
+use crate::text::Safe;
 
 /// What is replayed in place of what was in force.
 #[derive(Clone, Default)]
@@ -731,25 +732,6 @@ impl Acc {
     }
 }
 
-/// The rules of `set` a rule author would want named: mode by rule id.
-pub fn modes(rules: &RuleSet) -> HashMap<&str, Mode> {
-    rules.rules.iter().map(|r| (&*r.id, r.mode)).collect()
-}
-
-/// Escapes control characters and anything not printable, for text that
-/// came from outside (numbers, trunks, sources, rule ids).
-pub fn safe(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() || c == '\u{7f}' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 impl Report {
     /// The report as plain text.
     pub fn write_text(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
@@ -759,7 +741,7 @@ impl Report {
             )
             .to_string()
         };
-        writeln!(out, "Backtest of {}", safe(&self.candidate))?;
+        writeln!(out, "Backtest of {}", Safe(&self.candidate))?;
         if self.calls == 0 {
             writeln!(
                 out,
@@ -824,7 +806,7 @@ impl Report {
                 writeln!(
                     out,
                     "  {}: {} -> {}; changed {} calls, {} callers",
-                    safe(&r.rule),
+                    Safe(&r.rule),
                     r.fired_before,
                     r.fired_after,
                     r.changed_by.calls,
@@ -841,7 +823,7 @@ impl Report {
                 writeln!(
                     out,
                     "  {}: fired on {} calls; enforcing it would change {} calls from {} callers ({})",
-                    safe(&s.rule),
+                    Safe(&s.rule),
                     s.fired,
                     s.would_change.calls,
                     s.would_change.callers,
@@ -866,7 +848,7 @@ impl Report {
                 writeln!(
                     out,
                     "  {}: {} of {} calls stricter",
-                    safe(&s.number),
+                    Safe(&s.number),
                     s.stricter,
                     s.calls
                 )?;
@@ -877,7 +859,7 @@ impl Report {
             writeln!(
                 out,
                 "  {}: {} calls{}",
-                safe(&v.version),
+                Safe(&v.version),
                 v.calls,
                 if v.kept {
                     ""
@@ -899,12 +881,12 @@ fn write_example(
         out,
         "    {} {} -> {} via {}: {} -> {} [{}] -> [{}]",
         when(e.ts_us),
-        safe(&e.caller),
-        safe(&e.callee),
-        safe(if e.trunk.is_empty() { "-" } else { &e.trunk }),
+        Safe(&e.caller),
+        Safe(&e.callee),
+        Safe(if e.trunk.is_empty() { "-" } else { &e.trunk }),
         e.before,
         e.after,
-        safe(&e.rules_before.join(", ")),
-        safe(&e.rules_after.join(", "))
+        Safe(&e.rules_before.join(", ")),
+        Safe(&e.rules_after.join(", "))
     )
 }

@@ -39,6 +39,7 @@ use kuzet_rules::{Number, NumberingPlan, Origin, TrunkKind};
 use serde::{Deserialize, Serialize};
 
 use crate::row::{CallRow, OutcomeKind, OutcomeRow, Row};
+use crate::text::Safe;
 
 #[cfg(test)]
 mod tests;
@@ -330,24 +331,6 @@ fn write_suggestion(out: &mut impl Write, label: &str, text: &str) -> fmt::Resul
         writeln!(out, "      {}", Safe(line))?;
     }
     Ok(())
-}
-
-/// Text as it may be shown: printable ASCII as it is, a backslash and
-/// everything else (control characters, escape sequences, invisible or
-/// bidirectional Unicode) as `char::escape_default` writes it.
-struct Safe<'a>(&'a str);
-
-impl fmt::Display for Safe<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            if c == ' ' || (c.is_ascii_graphic() && c != '\\') {
-                f.write_char(c)?;
-            } else {
-                write!(f, "{}", c.escape_default())?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A ratio as a percentage, `-` when there is none.

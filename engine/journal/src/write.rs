@@ -65,25 +65,11 @@ const BATCH_ROWS: usize = 8192;
 /// `day=YYYY-MM-DD/hour=HH`).
 pub fn hour_of(ts_us: i64) -> (i64, String) {
     let hour = ts_us.div_euclid(3_600_000_000);
-    let days = hour.div_euclid(24);
-    let (y, m, d) = civil(days);
+    let (y, m, d) = kuzet_store::days::civil_from_days(hour.div_euclid(24));
     (
         hour * 3_600_000_000,
         format!("day={y:04}-{m:02}-{d:02}/hour={:02}", hour.rem_euclid(24)),
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The hour start (µs) a `day=…/hour=…` folder pair names.
@@ -91,7 +77,7 @@ pub fn parse_hour(day: &str, hour: &str) -> Option<i64> {
     let day = day.strip_prefix("day=")?;
     let hour: i64 = hour.strip_prefix("hour=")?.parse().ok()?;
     let mut it = day.split('-');
-    let (y, m, d): (i64, i64, i64) = (
+    let (y, m, d): (i64, u32, u32) = (
         it.next()?.parse().ok()?,
         it.next()?.parse().ok()?,
         it.next()?.parse().ok()?,
@@ -99,14 +85,7 @@ pub fn parse_hour(day: &str, hour: &str) -> Option<i64> {
     if it.next().is_some() || !(0..24).contains(&hour) || !(1..=12).contains(&m) {
         return None;
     }
-    // Days from civil (the inverse of `civil`).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = kuzet_store::days::days_from_civil(y, m, d);
     Some((days * 24 + hour) * 3_600_000_000)
 }
 
@@ -397,6 +376,8 @@ pub struct Writer {
     sets: Vec<Arc<ListSet>>,
     /// Versions named by rows of the files open now.
     versions_open: HashSet<String>,
+    /// The last version a row named, and its text.
+    version_text: (kuzet_rules::snapshot::Version, String),
     failing_since: Option<Instant>,
     retry_at: Option<Instant>,
     capped: bool,
@@ -459,6 +440,7 @@ impl Writer {
             bytes: 0,
             sets: Vec::new(),
             versions_open: HashSet::new(),
+            version_text: Default::default(),
             failing_since: None,
             retry_at: None,
             capped: false,
@@ -786,15 +768,18 @@ impl Writer {
             .iter()
             .find(|s| s.generation == c.generation)
             .cloned();
-        let version = c.version.to_string();
-        if !self.versions_open.contains(&version) {
-            self.versions_open.insert(version.clone());
+        // The version's text is made once per version, not per row.
+        if self.version_text.0 != c.version || self.version_text.1.is_empty() {
+            self.version_text = (c.version, c.version.to_string());
         }
+        if !self.versions_open.contains(&self.version_text.1) {
+            self.versions_open.insert(self.version_text.1.clone());
+        }
+        let version = &self.version_text.1;
         let trunk = usize::from(c.trunk)
             .checked_sub(1)
-            .and_then(|i| self.s.trunks.get(i))
-            .cloned();
-        let node = self.s.node.clone();
+            .and_then(|i| self.s.trunks.get(i));
+        let node = &self.s.node;
         let text = &mut self.text;
         let Rows::Calls(cols) = &mut self.calls.rows else {
             return;
@@ -804,8 +789,8 @@ impl Writer {
         cols.secs.append_value(c.time.secs);
         cols.hour.append_value(c.time.hour);
         cols.weekday.append_value(c.time.weekday);
-        cols.node.append_value(&node);
-        cols.trunk.append_option(trunk.as_deref());
+        cols.node.append_value(node);
+        cols.trunk.append_option(trunk.map(|t| &**t));
         cols.trunk_kind
             .append_option(c.trunk_kind.map(|k| k.as_str()));
         text.clear();
@@ -852,11 +837,11 @@ impl Writer {
             }
             list.append(true);
         }
-        cols.version.append_value(&version);
+        cols.version.append_value(version);
     }
 
     fn push_outcome(&mut self, seq: u64, o: &OutcomeFact) {
-        let node = self.s.node.clone();
+        let node = &self.s.node;
         let text = &mut self.text;
         let Rows::Outcomes(cols) = &mut self.outcomes.rows else {
             return;
@@ -864,7 +849,7 @@ impl Writer {
         cols.seq.append_value(seq);
         cols.ts.append_value(o.ts_us);
         cols.secs.append_value(o.secs);
-        cols.node.append_value(&node);
+        cols.node.append_value(node);
         text.clear();
         match Number::from_raw(o.caller) {
             Some(n) => {
@@ -905,7 +890,7 @@ impl Writer {
     /// dropped until there is room.
     fn prune(&mut self) {
         self.last_prune = Instant::now();
-        let now_us = unix_us();
+        let now_us = kuzet_store::now_us();
         let oldest = now_us - i64::from(self.s.cfg.keep_hours) * 3_600_000_000;
         let cap = self.s.cfg.max_mb.saturating_mul(1 << 20);
         let open_bytes: u64 = [&self.calls, &self.outcomes]
@@ -947,13 +932,6 @@ impl Writer {
         self.archive
             .prune(Duration::from_secs(u64::from(self.s.cfg.keep_hours) * 3600));
     }
-}
-
-/// Now, µs since the epoch.
-pub fn unix_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Every file of `kind` under `root` with its hour start and length, by
