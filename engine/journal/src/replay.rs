@@ -25,7 +25,9 @@
 //! fixed 16 MiB bitmap of (caller, callee) pairs, which can mistake an
 //! unrelated pair for a callback (about 1% at 10 million pairs).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -284,7 +286,7 @@ fn rank(d: Decision) -> u8 {
 
 /// Distinct callers, counted exactly up to a cap.
 struct Distinct {
-    set: HashSet<u64>,
+    set: FxHashSet<u64>,
     cap: usize,
     over: u64,
 }
@@ -292,7 +294,7 @@ struct Distinct {
 impl Distinct {
     fn new(cap: usize) -> Distinct {
         Distinct {
-            set: HashSet::new(),
+            set: FxHashSet::default(),
             cap,
             over: 0,
         }
@@ -349,7 +351,7 @@ struct CallerStat {
 struct Acc {
     report: Report,
     callers: Distinct,
-    per_caller: HashMap<u64, CallerStat>,
+    per_caller: FxHashMap<u64, CallerStat>,
     by_decision: [Distinct; 4],
     transitions: BTreeMap<(u8, u8), (Transition, Distinct)>,
     rules: BTreeMap<String, (RuleChange, Distinct)>,
@@ -392,7 +394,7 @@ pub fn backtest(
             ..Report::default()
         },
         callers: Distinct::new(opts.max_callers),
-        per_caller: HashMap::new(),
+        per_caller: FxHashMap::default(),
         by_decision: std::array::from_fn(|_| Distinct::new(opts.max_callers)),
         transitions: BTreeMap::new(),
         rules: BTreeMap::new(),
@@ -462,16 +464,18 @@ pub fn backtest(
                     });
                     last = Some((v.to_string(), set));
                 }
-                let set = last.as_ref().and_then(|(_, s)| s.clone());
-                let use_ = acc
-                    .versions
-                    .entry(v.to_string())
-                    .or_insert_with(|| VersionUse {
+                let set = last.as_ref().and_then(|(_, s)| s.as_ref());
+                if !acc.versions.contains_key(v) {
+                    let fresh = VersionUse {
                         version: v.to_string(),
                         calls: 0,
                         kept: set.is_some(),
-                    });
-                use_.calls += 1;
+                    };
+                    acc.versions.insert(v.to_string(), fresh);
+                }
+                if let Some(u) = acc.versions.get_mut(v) {
+                    u.calls += 1;
+                }
                 let Some(set) = set else {
                     acc.report.skipped += 1;
                     return;
@@ -496,7 +500,7 @@ pub fn backtest(
                     time,
                 };
                 let scored = set.score(&input, &state);
-                acc.call(&c, &set, &scored);
+                acc.call(&c, set, &scored);
             }
         })?;
         rows += 1;
@@ -509,6 +513,23 @@ pub fn backtest(
     }
     progress(total, total);
     Ok(acc.finish(opts, started))
+}
+
+/// The entry of rule `id`, made on first sight (a name is allocated once
+/// per rule, not per call).
+fn rule_entry<'m>(
+    rules: &'m mut BTreeMap<String, (RuleChange, Distinct)>,
+    id: &str,
+    cap: usize,
+) -> Option<&'m mut (RuleChange, Distinct)> {
+    if !rules.contains_key(id) {
+        let fresh = RuleChange {
+            rule: id.to_string(),
+            ..RuleChange::default()
+        };
+        rules.insert(id.to_string(), (fresh, Distinct::new(cap)));
+    }
+    rules.get_mut(id)
 }
 
 impl Acc {
@@ -559,15 +580,17 @@ impl Acc {
                         .saturating_add(set.rules.rules[usize::from(f.rule)].score)
                         .min(set.rules.thresholds.cap),
                 );
-                let e = self.shadow.entry(id.to_string()).or_insert_with(|| {
-                    (
-                        ShadowEffect {
-                            rule: id.to_string(),
-                            ..ShadowEffect::default()
-                        },
-                        Distinct::new(self.cap),
-                    )
-                });
+                if !self.shadow.contains_key(id) {
+                    let fresh = ShadowEffect {
+                        rule: id.to_string(),
+                        ..ShadowEffect::default()
+                    };
+                    self.shadow
+                        .insert(id.to_string(), (fresh, Distinct::new(self.cap)));
+                }
+                let Some(e) = self.shadow.get_mut(id) else {
+                    continue;
+                };
                 e.0.fired += 1;
                 if rank(decided) > rank(after) {
                     e.0.would_change.calls += 1;
@@ -581,27 +604,15 @@ impl Acc {
                 }
                 continue;
             }
-            let e = self.rules.entry(id.to_string()).or_insert_with(|| {
-                (
-                    RuleChange {
-                        rule: id.to_string(),
-                        ..RuleChange::default()
-                    },
-                    Distinct::new(self.cap),
-                )
-            });
+            let Some(e) = rule_entry(&mut self.rules, id, self.cap) else {
+                continue;
+            };
             e.0.fired_after += 1;
         }
         for id in c.fired(false) {
-            let e = self.rules.entry(id.to_string()).or_insert_with(|| {
-                (
-                    RuleChange {
-                        rule: id.to_string(),
-                        ..RuleChange::default()
-                    },
-                    Distinct::new(self.cap),
-                )
-            });
+            let Some(e) = rule_entry(&mut self.rules, id, self.cap) else {
+                continue;
+            };
             e.0.fired_before += 1;
         }
         if before == after {

@@ -14,7 +14,8 @@
 //!
 //! The window is `[since_us, until_us)`; its last
 //! [`TrendOptions::recent_s`] are the recent period and the days before
-//! it the baseline, compared per day. Rows are read in journal order
+//! it that the journal holds (from the window's first row) the baseline,
+//! compared per day. Rows are read in journal order
 //! (time order within a node): a caller's hourly counts, gaps and
 //! callbacks assume its calls arrive roughly in time order, and a row
 //! that does not only makes it look busier, never slower.
@@ -33,6 +34,8 @@
 //! feed no figure but callbacks.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::fmt::{self, Write};
 
 use kuzet_rules::{Number, NumberingPlan, Origin, TrunkKind};
@@ -777,13 +780,13 @@ struct Tracker<'a> {
     min_ts: i64,
     max_ts: i64,
     calls: u64,
-    callers: HashMap<u64, Caller>,
+    callers: FxHashMap<u64, Caller>,
     untracked: Hll,
     sources: HashMap<String, u32>,
     source_names: Vec<String>,
     trunks: HashMap<String, u16>,
     trunk_info: Vec<(String, Option<TrunkKind>, Series)>,
-    ranges: HashMap<u64, Series>,
+    ranges: FxHashMap<u64, Series>,
     untracked_key_calls: u64,
 }
 
@@ -810,13 +813,13 @@ impl<'a> Tracker<'a> {
             min_ts: i64::MAX,
             max_ts: i64::MIN,
             calls: 0,
-            callers: HashMap::new(),
+            callers: FxHashMap::default(),
             untracked: Hll::default(),
             sources: HashMap::new(),
             source_names: Vec::new(),
             trunks: HashMap::new(),
             trunk_info: Vec::new(),
-            ranges: HashMap::new(),
+            ranges: FxHashMap::default(),
             untracked_key_calls: 0,
         }
     }
@@ -993,7 +996,16 @@ impl<'a> Tracker<'a> {
         // The first hour bucket of the recent period, and where it starts.
         let first_recent = self.grid.hour(until - self.recent_us);
         let recent_since = first_recent * HOUR_US + self.grid.phase_us;
-        let baseline_days = (recent_since - since) as f64 / DAY_US as f64;
+        // The baseline is the days the journal holds before the recent
+        // period: a journal younger than the window (a node kept one for
+        // three days, asked about seven) has fewer, and dividing by the
+        // window's would make every steady range look like a surge.
+        let held_since = if self.min_ts == i64::MAX {
+            since
+        } else {
+            since.max(self.min_ts)
+        };
+        let baseline_days = (recent_since - held_since) as f64 / DAY_US as f64;
         let recent_days = (until - recent_since) as f64 / DAY_US as f64;
         let period = Period {
             first_recent,

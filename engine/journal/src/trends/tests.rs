@@ -387,6 +387,28 @@ fn steady_ranges_and_trunks_are_not_surges() {
     }
 }
 
+/// Asked about four weeks of a journal that holds one: the baseline is
+/// the days it holds, so steady traffic is still steady and the surge is
+/// still the surge, with the same daily figures.
+#[test]
+fn a_journal_younger_than_the_window_has_a_baseline_of_the_days_it_holds() {
+    let (rows, _) = week();
+    let month = TrendOptions {
+        since_us: (D0 - 21 * 86_400) * S,
+        ..opts()
+    };
+    let r = trends(rows.clone().into_iter(), &plan(), &month);
+    let (week, _) = report();
+    let keys = |r: &TrendReport| -> Vec<(String, String, f64)> {
+        r.surges
+            .iter()
+            .map(|s| (s.scope.clone(), s.key.clone(), s.baseline_callees_per_day))
+            .collect()
+    };
+    assert_eq!(keys(&r), keys(&week));
+    assert!(r.surges.iter().any(|s| s.key == "+22507"), "{:?}", r.surges);
+}
+
 #[test]
 fn a_slow_sim_box_is_reported_and_nobody_else() {
     let (r, cast) = report();

@@ -165,6 +165,7 @@ const ALLOWED: &[Allowed] = &[
             "kuzet-store",  // the private data directory's checks
             "libc",         // O_NOFOLLOW
             "parquet",      // the file format DuckDB, Spark and pandas read
+            "rustc-hash",   // replay and trends: sets of numbers hashed in one multiply
             "serde",
             "serde_json",
             "sha2",         // layers kept by content digest
@@ -260,10 +261,12 @@ const ALLOWED: &[Allowed] = &[
         krate: "kuzet-benches",
         why: "criterion benchmarks, each beside a naive baseline",
         normal: &[
-            "dashmap", // the tracker the state table replaced, kept as the baseline
+            "arc-swap", // journal_bench: the writer reads the snapshot in force
+            "dashmap",  // the tracker the state table replaced, kept as the baseline
             "kuzet",
             "kuzet-control",
             "kuzet-dataplane",
+            "kuzet-journal", // journal_bench: the writer and the backtest
             "kuzet-net",
             "kuzet-rules",
             "kuzet-sim", // nbfeed_bench: the stand-in Centre serves the feed
@@ -272,7 +275,6 @@ const ALLOWED: &[Allowed] = &[
             "tokio", // nbfeed_bench: the stand-in Centre's runtime
         ],
         dev: &[
-            "arc-swap",
             "criterion",
             "rsip", // the parse baseline
             "sha2", // `publish`: the publisher's layer digest, timed on its own
