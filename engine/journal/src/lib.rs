@@ -16,6 +16,8 @@
 //! - [`read`]: the files of a window, read back in journal order.
 //! - [`replay`]: the backtest.
 //! - [`trends`]: surges, slow SIM boxes and groups.
+//! - [`synth`]: calls scored as the call path scores them, into journal
+//!   entries, for benches and tests that need days of journal at once.
 //! - [`text`]: the escaping every printed report goes through.
 //!
 //! Nothing here runs on the call path; the only link to it is the bounded
@@ -29,6 +31,7 @@ pub mod read;
 pub mod replay;
 pub mod row;
 pub mod schema;
+pub mod synth;
 pub mod text;
 pub mod trends;
 
