@@ -254,6 +254,9 @@ fn warnings(m: &Metrics) -> Vec<String> {
             m.gauge(Gauge::JournalFailingS)
         ));
     }
+    if m.gauge(Gauge::JournalDropping) == 1 {
+        w.push("the call journal is dropping entries: its queue is full, the node has no idle CPU left for its writer (journal_dropped_total; calls are not affected)".to_string());
+    }
     if m.gauge(Gauge::CasesOverdue) > 0 {
         w.push(format!(
             "{} of the Centre's cases are past their deadline (kuzet cases list --due)",
@@ -592,6 +595,40 @@ impl Collector for Exposition {
             )?;
             ConstGauge::new(m.gauge(Gauge::ClusterLagMs) as f64 / 1e3).encode(e)?;
         }
+        {
+            let mut e = enc.encode_descriptor(
+                "trend_findings",
+                "Findings of the last read of the journal's trends ([journal] trends_every_s), by kind: surging ranges and trunks, slow SIM boxes, groups of callers with one cadence",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (kind, g) in [
+                ("surge", Gauge::TrendSurges),
+                ("slow_simbox", Gauge::TrendSlowSimboxes),
+                ("group", Gauge::TrendGroups),
+            ] {
+                let labels = [("kind", kind)];
+                ConstGauge::new(m.gauge(g)).encode(e.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let e = enc.encode_descriptor(
+                "trend_last_read_timestamp_seconds",
+                "When the last read of the journal's trends ended, Unix time (0: none yet)",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(m.gauge(Gauge::TrendLastRunUnix)).encode(e)?;
+        }
+        {
+            let e = enc.encode_descriptor(
+                "trend_last_read_duration",
+                "How long the last read of the journal's trends took",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(m.gauge(Gauge::TrendLastRunMs) as f64 / 1e3).encode(e)?;
+        }
         let lag = m.versions_lag();
         if !lag.is_empty() {
             let mut e = enc.encode_descriptor(
@@ -657,6 +694,21 @@ mod tests {
         m.set(Gauge::StoreWritable, 0);
         m.set(Gauge::StoreShared, i64::from(shared));
         m
+    }
+
+    #[test]
+    fn a_journal_dropping_entries_warns_and_keeps_the_node_ready() {
+        let m = failing_store(true);
+        m.set(Gauge::StoreWritable, 1);
+        assert!(warnings(&m).is_empty());
+        m.set(Gauge::JournalDropping, 1);
+        assert!(reasons(&m, true).is_empty());
+        let w = warnings(&m);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("the call journal is dropping entries"),
+            "{w:?}"
+        );
     }
 
     #[test]

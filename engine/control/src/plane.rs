@@ -62,6 +62,9 @@ pub struct Api {
     pub cases: Option<Arc<crate::nbfeed::service::CaseService>>,
     /// The cluster's nodes (`kuzet.cluster.v1`).
     pub nodes: Option<Arc<crate::cluster::NodeService>>,
+    /// The journal's trends read on a timer, their counts served as
+    /// gauges (with a journal and `[journal] trends_every_s`).
+    pub trend_watch: Option<(Arc<Metrics>, crate::publishing::backtest::TrendWatch)>,
 }
 
 /// Serves the investigators' API on a runtime of its own (the calling
@@ -99,6 +102,9 @@ pub fn serve_api(api: Api, shutdown: watch::Receiver<bool>) {
             api.svc.gate().clone(),
             shutdown.clone(),
         ));
+        if let (Some(p), Some((m, w))) = (&api.publishing, api.trend_watch) {
+            p.spawn_trend_watch(m, w);
+        }
         let server = tokio::spawn(crate::investigate::serve(
             api.listener,
             uds,
@@ -391,6 +397,7 @@ async fn loss_watch(metrics: Arc<Metrics>) {
         let c = WATCHED.map(|c| metrics.get(c));
         [c[0], c[1], c[2], c[3], recorder.unreadable.get()]
     };
+    let mut journal = JournalLoss::new(metrics.get(Counter::JournalDropped));
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = read();
@@ -400,6 +407,7 @@ async fn loss_watch(metrics: Arc<Metrics>) {
     let mut slot = 0usize;
     loop {
         every.tick().await;
+        journal.watch(&metrics);
         let now = read();
         let mut lost_now = false;
         for i in 0..now.len() {
@@ -437,6 +445,54 @@ async fn loss_watch(metrics: Arc<Metrics>) {
             );
             pending = [0; 5];
             logged_at = Some(std::time::Instant::now());
+        }
+    }
+}
+
+/// The call journal's queue overflowing (`journal_dropped_total`): said
+/// at WARN with its count at most every ten seconds, and, while entries
+/// were dropped in 5 of the last 10 seconds, a `/readyz` warning (calls
+/// are not affected, so the node stays ready).
+struct JournalLoss {
+    last: u64,
+    pending: u64,
+    logged_at: Option<std::time::Instant>,
+    window: [bool; 10],
+    slot: usize,
+}
+
+impl JournalLoss {
+    fn new(now: u64) -> JournalLoss {
+        JournalLoss {
+            last: now,
+            pending: 0,
+            logged_at: None,
+            window: [false; 10],
+            slot: 0,
+        }
+    }
+
+    fn watch(&mut self, metrics: &Metrics) {
+        let now = metrics.get(Counter::JournalDropped);
+        let d = now.saturating_sub(self.last);
+        self.last = now;
+        self.pending += d;
+        self.window[self.slot] = d > 0;
+        self.slot = (self.slot + 1) % self.window.len();
+        let sustained = self.window.iter().filter(|l| **l).count() >= 5;
+        metrics.set(Gauge::JournalDropping, i64::from(sustained));
+        if self.pending > 0
+            && self
+                .logged_at
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                dropped = self.pending,
+                dropped_total = now,
+                "call journal entries dropped since the last report: its queue was full (journal_dropped_total); the writer runs only on idle CPU, and calls are not affected"
+            );
+            self.pending = 0;
+            self.logged_at = Some(std::time::Instant::now());
         }
     }
 }
@@ -520,5 +576,43 @@ pub fn small_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
             tracing::error!(error = %e, "{what} runtime failed to start");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Journal entries dropped in most of ten seconds raise the flag
+    /// `/readyz` warns on; a quiet stretch lowers it, and a dropped entry
+    /// now and then never raises it.
+    #[test]
+    fn journal_drops_that_persist_raise_the_readyz_flag_and_quiet_lowers_it() {
+        let m = Metrics::default();
+        let mut w = JournalLoss::new(0);
+        let second = |w: &mut JournalLoss, dropped: u64| {
+            for _ in 0..dropped {
+                m.inc(Counter::JournalDropped);
+            }
+            w.watch(&m);
+            m.gauge(Gauge::JournalDropping)
+        };
+        // One second in three: never most of ten.
+        for s in 0..30 {
+            assert_eq!(second(&mut w, u64::from(s % 3 == 0)), 0, "second {s}");
+        }
+        // Every second: the flag is up once 5 of the last 10 dropped.
+        let raised: Vec<i64> = (0..6).map(|_| second(&mut w, 100)).collect();
+        assert_eq!(raised.last(), Some(&1), "{raised:?}");
+        assert!(
+            raised.iter().filter(|f| **f == 1).count() >= 2,
+            "{raised:?}"
+        );
+        // The first drop was said at once; the rest wait, counted, for the
+        // next line ten seconds on.
+        assert_eq!(w.pending, 9 + 600);
+        // Quiet: down again within ten seconds.
+        let lowered: Vec<i64> = (0..10).map(|_| second(&mut w, 0)).collect();
+        assert_eq!(lowered.last(), Some(&0), "{lowered:?}");
     }
 }

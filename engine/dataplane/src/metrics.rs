@@ -239,6 +239,19 @@ pub enum Gauge {
     JournalBytes,
     /// Seconds the call journal's writing has been failing (0: it is not).
     JournalFailingS,
+    /// 1 while the call journal's queue dropped entries in most of the
+    /// last 10 seconds.
+    JournalDropping,
+    /// Surging ranges and trunks the last trends read found.
+    TrendSurges,
+    /// Slow SIM boxes it found.
+    TrendSlowSimboxes,
+    /// Groups of callers with one cadence it found.
+    TrendGroups,
+    /// When the last trends read ended, Unix seconds (0: none yet).
+    TrendLastRunUnix,
+    /// How long it took, ms.
+    TrendLastRunMs,
     /// Seconds this node has been behind the shared versions (0: it holds
     /// every change, or they are not shared).
     /// The last variant: `GAUGES` counts up to it.
@@ -360,7 +373,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             counters: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
-            gauges: Default::default(),
+            gauges: std::array::from_fn(|_| AtomicI64::new(0)),
             latency: Mutex::new(Latencies::default()),
             hit_table: ArcSwap::from_pointee(HitTable::default()),
             rule_hits: Mutex::new(Vec::new()),

@@ -29,6 +29,15 @@ pub struct JournalConfig {
     /// Entries the queue between the call path and the writer holds; a
     /// full queue drops and counts (`journal_dropped_total`).
     pub queue: usize,
+    /// The early warnings (`kuzet trends`) are read this often, seconds,
+    /// and their counts served as `kuzet_trend_findings{kind}`; 0: never
+    /// (the command still answers).
+    pub trends_every_s: u32,
+    /// Hours of journal each of those reads covers.
+    pub trends_since_h: u32,
+    /// The last hours of it that are the recent period, compared with the
+    /// days before.
+    pub trends_recent_h: u32,
 }
 
 impl Default for JournalConfig {
@@ -40,6 +49,9 @@ impl Default for JournalConfig {
             max_mb: 20_480,
             roll_s: 60,
             queue: 65_536,
+            trends_every_s: 21_600,
+            trends_since_h: 168,
+            trends_recent_h: 24,
         }
     }
 }
@@ -59,6 +71,31 @@ impl JournalConfig {
         if !(1024..=16 << 20).contains(&self.queue) {
             return Err("[journal] queue must be between 1024 and 16777216 entries".into());
         }
+        if self.trends_recent_h == 0 || self.trends_recent_h >= self.trends_since_h {
+            return Err(format!(
+                "[journal] trends_recent_h ({}) must be at least 1 and less than trends_since_h ({})",
+                self.trends_recent_h, self.trends_since_h
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass_and_a_recent_period_past_the_window_does_not() {
+        assert_eq!(JournalConfig::default().check(), Ok(()));
+        let c: JournalConfig =
+            serde_json::from_str(r#"{"trends_since_h": 24, "trends_recent_h": 24}"#).unwrap();
+        let e = c.check().unwrap_err();
+        assert!(
+            e.contains("trends_recent_h (24)") && e.contains("trends_since_h (24)"),
+            "{e}"
+        );
+        let off: JournalConfig = serde_json::from_str(r#"{"trends_every_s": 0}"#).unwrap();
+        assert_eq!((off.trends_every_s, off.check()), (0, Ok(())));
     }
 }

@@ -571,6 +571,18 @@ pub fn start(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
             publishing,
             cases,
             nodes,
+            trend_watch: (cfg.journal_dir().is_some() && cfg.journal.trends_every_s > 0).then(
+                || {
+                    (
+                        metrics.clone(),
+                        kuzet_control::publishing::backtest::TrendWatch {
+                            every: Duration::from_secs(u64::from(cfg.journal.trends_every_s)),
+                            since_s: i64::from(cfg.journal.trends_since_h) * 3600,
+                            recent_s: i64::from(cfg.journal.trends_recent_h) * 3600,
+                        },
+                    )
+                },
+            ),
         })
     } else {
         None

@@ -343,3 +343,90 @@ pub fn trends(
         None => Ok(report),
     }
 }
+
+/// How often, and over what, the trend watch reads the journal.
+#[derive(Clone, Copy, Debug)]
+pub struct TrendWatch {
+    /// Between reads.
+    pub every: std::time::Duration,
+    /// The window each read covers, s.
+    pub since_s: i64,
+    /// Its recent period, s.
+    pub recent_s: i64,
+}
+
+impl Publishing {
+    /// Reads the journal's trends every `w.every` (the first read a
+    /// minute after start, or sooner when `every` is shorter), on an idle
+    /// thread in the heavy turn, and serves their counts as
+    /// `kuzet_trend_findings{kind}` with the read's time and length. A
+    /// read that fails is logged at WARN and leaves the last counts and
+    /// time as they were (the time then grows old: the alert on it says
+    /// so). Ends with the runtime.
+    pub fn spawn_trend_watch(
+        self: &Arc<Self>,
+        metrics: Arc<kuzet_dataplane::metrics::Metrics>,
+        w: TrendWatch,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let first = w.every.min(std::time::Duration::from_secs(60));
+            tokio::time::sleep(first).await;
+            loop {
+                me.read_trends_once(&metrics, w).await;
+                tokio::time::sleep(w.every).await;
+            }
+        });
+    }
+
+    async fn read_trends_once(&self, metrics: &kuzet_dataplane::metrics::Metrics, w: TrendWatch) {
+        use kuzet_dataplane::metrics::Gauge;
+        let Some(j) = self.journal.get().cloned() else {
+            return;
+        };
+        let Ok(_turn) = self.heavy().await else {
+            // Another heavy job ran the whole wait: the next tick reads.
+            return;
+        };
+        let plan = (*self.plan).clone();
+        let started = std::time::Instant::now();
+        let report = super::idle("trends", move || {
+            Ok(trends(&j.root, &plan, w.since_s, w.recent_s))
+        })
+        .await;
+        match report {
+            Ok(Ok(r)) => {
+                // counts() is in this order: surges, slow SIM boxes, groups.
+                let gauges = [
+                    Gauge::TrendSurges,
+                    Gauge::TrendSlowSimboxes,
+                    Gauge::TrendGroups,
+                ];
+                for (g, (_, n)) in gauges.into_iter().zip(r.counts()) {
+                    metrics.set(g, n as i64);
+                }
+                metrics.set(Gauge::TrendLastRunUnix, now_us() / 1_000_000);
+                metrics.set(
+                    Gauge::TrendLastRunMs,
+                    started.elapsed().as_millis().min(i64::MAX as u128) as i64,
+                );
+                let [s, b, g] = r.counts().map(|x| x.1);
+                if s + b + g > 0 {
+                    tracing::info!(
+                        surges = s,
+                        slow_simboxes = b,
+                        groups = g,
+                        calls = r.calls,
+                        "the journal's trends show findings: `kuzet trends` lists them with a rule or list entry to backtest"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the journal's trends failed; kuzet_trend_findings keeps the last read's counts")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "reading the journal's trends failed; kuzet_trend_findings keeps the last read's counts")
+            }
+        }
+    }
+}

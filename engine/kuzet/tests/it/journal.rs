@@ -540,3 +540,209 @@ fn a_full_journal_disk_loses_rows_loudly_and_calls_go_on() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("WARN"), "{log}");
 }
+
+/// Three days of an operator's traffic for the early warnings:
+/// subscribers, steady callers from abroad, an allowlisted call centre and
+/// a clinic's reminder line (called back) throughout; a foreign range
+/// (+225 07) that began calling on the last day; and a robocalling SIM
+/// box of four SIMs, each placing about nine calls an hour, most of them
+/// unanswered or short: under every hourly threshold, yet reaching
+/// hundreds of subscribers, none of whom call back.
+const DAYS: &str = r#"
+seed = 23
+duration_s = 259200
+
+[subscribers]
+first = 7010000000
+count = 200000
+
+[[legit]]
+name = "people"
+kind = "subscribers"
+cps = 0.03
+
+[[legit]]
+name = "abroad"
+kind = "inbound_international"
+cps = 0.02
+callers = 2000
+
+[[legit]]
+name = "bank_call_centre"
+kind = "high_volume"
+cps = 0.01
+callers = 2
+allowlisted = true
+
+[[legit]]
+name = "clinic"
+kind = "business"
+cps = 0.01
+callers = 2
+callback_ratio = 0.3
+
+[[legit]]
+name = "new_range"
+kind = "inbound_international"
+numbers = ["+2250701"]
+cps = 0.01
+callers = 500
+start_s = 172800
+
+[[campaign]]
+name = "slow_simbox"
+kind = "simbox"
+cps = 0.01
+callers = 4
+answer_ratio = 0.2
+mean_duration_s = 6
+"#;
+
+/// The days' calls scored under the shipped rules and written through
+/// the journal's writer into `root`, ending now, as a node running them
+/// would have; returns the callers of each source by name.
+fn write_days(
+    root: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    use kuzet_dataplane::journal::OutcomeWhat;
+    use kuzet_journal::synth::{self, Scorer};
+    use kuzet_rules::ListId;
+    use kuzet_sim::traffic::Behaviour;
+    let sc = kuzet_sim::scenario::Scenario::from_toml_str(DAYS, "days.toml").unwrap();
+    let t = Traffic::generate(&sc).unwrap();
+    let plan = Config::default().plan().unwrap();
+    let f = &t.files;
+    let set = synth::snapshot(
+        &[
+            (ListId::Block, &[&f.blocklist, &f.nbfeed]),
+            (ListId::Allow, &[&f.allowlist]),
+        ],
+        include_str!("../../../../deploy/rules/default.toml"),
+        &plan,
+    )
+    .unwrap();
+    let set = std::sync::Arc::new(set);
+    let mut w = kuzet_journal::write::Writer::new(kuzet_journal::write::WriterSetup {
+        root: root.to_path_buf(),
+        node: "days".into(),
+        trunks: t.trunks.iter().map(|(n, _)| n.as_str().into()).collect(),
+        cfg: kuzet_journal::JournalConfig::default(),
+        lists: std::sync::Arc::new(arc_swap::ArcSwap::new(set.clone())),
+        versions: Default::default(),
+        metrics: Default::default(),
+    })
+    .unwrap();
+    let mut scorer = Scorer::new(set, plan.clone(), 50_000);
+    let start = kuzet_store::now_us() - t.duration_us as i64 - 1_000_000;
+    let mut out = Vec::new();
+    let mut callers: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for c in &t.calls {
+        let info = &t.sources[usize::from(c.source)];
+        if let Some(n) = plan.normalize(c.a.as_bytes()) {
+            callers
+                .entry(info.name.clone())
+                .or_default()
+                .insert(n.to_string());
+        }
+        let (name, _) = &t.trunks[usize::from(c.trunk)];
+        out.clear();
+        scorer.score(
+            &synth::Call {
+                ts_us: start + c.at_us as i64,
+                trunk: u16::from(c.trunk) + 1,
+                trunk_kind: kuzet_rules::TrunkKind::from_name(name),
+                source: std::net::IpAddr::V4(t.trunks[usize::from(c.trunk)].1),
+                a: &c.a,
+                from: c.from.as_deref(),
+                display: c.display.as_deref(),
+                b: &c.b,
+                outcome: Some(match c.behaviour {
+                    Behaviour::Answer { talk_ms, .. } => OutcomeWhat::Answered(talk_ms),
+                    Behaviour::Cancel { after_ms } => OutcomeWhat::Cancelled(after_ms),
+                    Behaviour::NoAnswer => OutcomeWhat::Cancelled(30_000),
+                }),
+            },
+            &mut out,
+        );
+        for e in &out {
+            w.take(*e);
+        }
+    }
+    w.close_all();
+    callers
+}
+
+/// The early warnings from days of scenario traffic in the journal: the
+/// node reads them on its timer and serves their counts as gauges, and
+/// `Trends` reports the surging range and every SIM of the slow SIM box,
+/// each with an entry to backtest; no legitimate caller is a finding.
+#[test]
+fn trends_find_a_surging_range_and_a_slow_simbox_in_days_of_traffic() {
+    use kuzet_dataplane::metrics::Gauge;
+    let dir = TempDir::new("journal-trends");
+    let root = dir.path().join("journal");
+    let callers = write_days(&root);
+    let mut c = publishing_config(&dir);
+    c.journal.dir = Some(root.clone());
+    c.journal.trends_every_s = 1;
+    let e = start(c);
+    wait("the node's first read of the trends", || {
+        (e.metrics.gauge(Gauge::TrendLastRunUnix) > 0).then_some(())
+    });
+    let (surges, slow) = (
+        e.metrics.gauge(Gauge::TrendSurges),
+        e.metrics.gauge(Gauge::TrendSlowSimboxes),
+    );
+    let control = e.control_addr.unwrap();
+    let report = rt().block_on(async {
+        let mut r = RuleServiceClient::new(channel(control).await);
+        r.trends(req(rpb::TrendsRequest::default(), Some("rui")))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let tr: kuzet_journal::trends::TrendReport = serde_json::from_str(&report.report_json).unwrap();
+    assert!(tr.calls > 20_000, "{}", tr.calls);
+    // The range that began calling yesterday, and only it.
+    assert_eq!(
+        (surges, slow),
+        (tr.surges.len() as i64, tr.slow_simboxes.len() as i64)
+    );
+    let keys: Vec<&str> = tr.surges.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["+22507"], "{:#?}", tr.surges);
+    let s = &tr.surges[0];
+    assert_eq!(s.baseline_callees_per_day, 0.0);
+    assert!(s.recent_callees > 500, "{s:?}");
+    assert!(s.suggestion.contains("+22507"), "{s:?}");
+    // Every SIM of the slow SIM box, under every hourly threshold.
+    let sims = &callers["slow_simbox"];
+    let found: std::collections::BTreeSet<String> =
+        tr.slow_simboxes.iter().map(|b| b.number.clone()).collect();
+    assert_eq!(&found, sims, "{:#?}", tr.slow_simboxes);
+    for b in &tr.slow_simboxes {
+        assert!(
+            b.max_per_hour <= 30 && b.callees >= 300 && b.callbacks == 0,
+            "{b:?}"
+        );
+        assert!(b.suggestion.contains(&b.number), "{b:?}");
+    }
+    // No legitimate caller in any finding: not the clinic, called back;
+    // not the call centre, allowlisted; not subscribers or callers abroad.
+    let mut named: Vec<&String> = tr.slow_simboxes.iter().map(|b| &b.number).collect();
+    named.extend(tr.groups.iter().flat_map(|g| &g.numbers));
+    for source in [
+        "people",
+        "abroad",
+        "bank_call_centre",
+        "clinic",
+        "new_range",
+    ] {
+        let legit = &callers[source];
+        assert!(
+            named.iter().all(|n| !legit.contains(*n)),
+            "{source} named in {named:?}"
+        );
+    }
+    e.stop();
+}

@@ -82,6 +82,10 @@ const SPEC: &[&str] = &[
     "kuzet_nbank_reports_delivered_total",
     "kuzet_nbank_reports_retries_total",
     "kuzet_nbank_reports_dead_lettered_total",
+    // The call journal: served with or without [journal] (0 without).
+    "kuzet_journal_dropped_total",
+    "kuzet_journal_write_failed_total",
+    "kuzet_journal_capped_total",
     // Histograms.
     "kuzet_call_service_seconds",
     "kuzet_stage_seconds",
@@ -113,6 +117,12 @@ const SPEC: &[&str] = &[
     "kuzet_nbank_reports_dead_letters",
     "kuzet_nbank_reports_late",
     "kuzet_nbank_reports_oldest_pending_age_seconds",
+    "kuzet_journal_on",
+    "kuzet_journal_failing_seconds",
+    // The journal's early warnings (0 until the first read).
+    "kuzet_trend_findings",
+    "kuzet_trend_last_read_timestamp_seconds",
+    "kuzet_trend_last_read_duration_seconds",
     // Shared counts: served with or without [cluster] (0 without).
     "kuzet_cluster_configured",
     "kuzet_cluster_redis_up",
