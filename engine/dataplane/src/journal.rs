@@ -13,9 +13,9 @@
 use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
-use kuzet_rules::ruleset::{Decision, Scored};
+use kuzet_rules::ruleset::{CallInput, Decision, Scored};
 use kuzet_rules::snapshot::Version;
-use kuzet_rules::{CallTime, Number, TrunkKind};
+use kuzet_rules::{CallTime, ListSet, Number, TrunkKind};
 
 /// Fired rules a journal entry keeps (a verdict holds at most 16).
 pub const MAX_FIRED: usize = 16;
@@ -77,7 +77,52 @@ pub struct CallFact {
     pub generation: u64,
 }
 
+/// Where and how a call arrived, beside what scoring read.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    /// Arrival, µs since the epoch.
+    pub ts_us: i64,
+    /// The trunk's index in the config + 1 (0: on no trunk).
+    pub trunk: u16,
+    /// The source address.
+    pub source: IpAddr,
+    /// The caller's trust (`records::trust`).
+    pub a_trust: u8,
+    /// The request's digest.
+    pub digest: u64,
+}
+
 impl CallFact {
+    /// The facts of a call that arrived as `at`, scored from `input` into
+    /// `s` under `set`.
+    #[inline]
+    pub fn of(at: Arrival, input: &CallInput, s: &Scored, set: &ListSet) -> CallFact {
+        let (n_fired, fired) = CallFact::fired_of(s);
+        CallFact {
+            ts_us: at.ts_us,
+            time: input.time,
+            trunk: at.trunk,
+            trunk_kind: input.trunk,
+            source: at.source,
+            a: input.a,
+            from: input.from,
+            pai: input.pai,
+            display: input.display,
+            a_present: input.a_present,
+            b: input.b,
+            a_trust: at.a_trust,
+            digest: at.digest,
+            decision: s.decision,
+            shadow_decision: s.shadow_decision,
+            score: s.score,
+            allowlisted: s.allowlisted,
+            n_fired,
+            fired,
+            version: set.version,
+            generation: set.generation,
+        }
+    }
+
     /// The fired rules of `s`, as the journal keeps them.
     pub fn fired_of(s: &Scored) -> (u8, [FiredRule; MAX_FIRED]) {
         let mut out = [FiredRule::default(); MAX_FIRED];

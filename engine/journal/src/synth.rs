@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use kuzet_dataplane::journal::{CallFact, Entry, OutcomeFact, OutcomeWhat};
+use kuzet_dataplane::journal::{Arrival, CallFact, Entry, OutcomeFact, OutcomeWhat};
 use kuzet_dataplane::records::trust;
 use kuzet_rules::ruleset::{CallInput, Decision, ListPolicy, RuleSet};
 use kuzet_rules::snapshot::Version;
@@ -101,38 +101,22 @@ impl Scorer {
             time,
         };
         let scored = self.set.score(&input, &self.state);
-        let (n_fired, fired) = CallFact::fired_of(&scored);
         self.digest = self
             .digest
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1);
-        out.push(Entry::Call(CallFact {
+        let at = Arrival {
             ts_us: c.ts_us,
-            time,
             trunk: c.trunk,
-            trunk_kind: input.trunk,
             source: c.source,
-            a: input.a,
-            from,
-            pai,
-            display,
-            a_present: true,
-            b: input.b,
             a_trust: match (input.a, input.trunk) {
                 (None, _) => trust::NONE,
                 (Some(_), Some(TrunkKind::Mobile)) => trust::NETWORK,
                 _ => trust::CLAIMED,
             },
             digest: self.digest,
-            decision: scored.decision,
-            shadow_decision: scored.shadow_decision,
-            score: scored.score,
-            allowlisted: scored.allowlisted,
-            n_fired,
-            fired,
-            version: self.set.version,
-            generation: self.set.generation,
-        }));
+        };
+        out.push(Entry::Call(CallFact::of(at, &input, &scored, &self.set)));
         let (Some(a), Some(what)) = (input.a, c.outcome) else {
             return scored.decision;
         };

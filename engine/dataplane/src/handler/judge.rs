@@ -116,30 +116,16 @@ impl Handler {
                 _ => records::trust::CLAIMED,
             };
             if journal {
-                let (n_fired, fired) = crate::journal::CallFact::fired_of(&scored);
-                self.journal(crate::journal::Entry::Call(crate::journal::CallFact {
+                let at = crate::journal::Arrival {
                     ts_us,
-                    time: input.time,
                     trunk: trunk.map_or(0, |t| t.index.saturating_add(1)),
-                    trunk_kind: input.trunk,
                     source: src.ip(),
-                    a,
-                    from,
-                    pai,
-                    display,
-                    a_present,
-                    b,
                     a_trust,
                     digest,
-                    decision: scored.decision,
-                    shadow_decision: scored.shadow_decision,
-                    score: scored.score,
-                    allowlisted: scored.allowlisted,
-                    n_fired,
-                    fired,
-                    version: set.version,
-                    generation: set.generation,
-                }));
+                };
+                self.journal(crate::journal::Entry::Call(crate::journal::CallFact::of(
+                    at, &input, &scored, set,
+                )));
             }
             self.metrics.rules_fired(set, scored.fired());
             let notable =
