@@ -630,11 +630,17 @@ mod tests {
     fn concurrent_updates_are_never_lost_while_sweeps_run() {
         let t: Arc<Table<Pair>> = Arc::new(Table::new(10_000));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The workers begin once the sweeper has swept: on a loaded
+        // machine it could otherwise first run after they are done.
+        let sweeping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let per_thread = 200_000u64;
         let workers: Vec<_> = (0..2)
             .map(|w| {
-                let t = t.clone();
+                let (t, sweeping) = (t.clone(), sweeping.clone());
                 std::thread::spawn(move || {
+                    while !sweeping.load(Ordering::Acquire) {
+                        std::thread::yield_now();
+                    }
                     let mut contended = 0u64;
                     for i in 0..per_thread {
                         let hot = 1 + (i % 4);
@@ -653,12 +659,13 @@ mod tests {
             })
             .collect();
         let sweeper = {
-            let (t, stop) = (t.clone(), stop.clone());
+            let (t, stop, sweeping) = (t.clone(), stop.clone(), sweeping.clone());
             std::thread::spawn(move || {
                 let mut sweeps = 0;
                 while !stop.load(Ordering::Relaxed) {
                     t.retain(|v| v.1 == 0, |_| ());
                     sweeps += 1;
+                    sweeping.store(true, Ordering::Release);
                 }
                 sweeps
             })
