@@ -199,7 +199,11 @@ fn control_stays_responsive_during_a_sweep_of_a_full_table() {
     for n in 1..=CAP {
         callers.with(77_010_000_000 + n, now, |_| ());
     }
-    assert!(callers.len() as u64 >= CAP * 9 / 10, "{}", callers.len());
+    // A sweep that finds the table past 90% trims it towards 80%, and the
+    // node sweeps every second while it fills: what is left here depends
+    // on when the last one ran (88% on one CI run). The sweep walks every
+    // slot whatever the fill, so half full is full enough for this test.
+    assert!(callers.len() as u64 >= CAP / 2, "{}", callers.len());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
