@@ -87,18 +87,9 @@ fn bench_handoff(c: &mut Criterion) {
     let st = State::new(1 << 16, 3600);
     let inputs: Vec<CallInput> = calls
         .iter()
-        .map(|e| match e {
-            Entry::Call(f) => CallInput {
-                a: f.a,
-                from: f.from,
-                pai: f.pai,
-                display: f.display,
-                a_present: f.a_present,
-                b: f.b,
-                trunk: f.trunk_kind,
-                time: f.time,
-            },
-            Entry::Outcome(_) => unreachable!(),
+        .filter_map(|e| match e {
+            Entry::Call(f) => Some(f.input),
+            Entry::Outcome(_) => None,
         })
         .collect();
     let mut g = c.benchmark_group("journal_handoff");

@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use kuzet_rules::ruleset::{CallInput, Decision, Scored};
 use kuzet_rules::snapshot::Version;
-use kuzet_rules::{CallTime, ListSet, Number, TrunkKind};
+use kuzet_rules::ListSet;
 
 /// Fired rules a journal entry keeps (a verdict holds at most 16).
 pub const MAX_FIRED: usize = 16;
@@ -33,32 +33,11 @@ pub struct FiredRule {
 /// The scoring facts of one call, and what kuzet made of them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CallFact {
-    /// Arrival (the kernel's stamp), µs since the epoch.
-    pub ts_us: i64,
-    /// The clock scoring read.
-    pub time: CallTime,
-    /// The trunk's index in the config + 1 (0: on no trunk).
-    pub trunk: u16,
-    /// The trunk's kind.
-    pub trunk_kind: Option<TrunkKind>,
-    /// The source address.
-    pub source: IpAddr,
-    /// The A-number scoring used.
-    pub a: Option<Number>,
-    /// The number in From.
-    pub from: Option<Number>,
-    /// The number in P-Asserted-Identity.
-    pub pai: Option<Number>,
-    /// A display name's digits, when a number.
-    pub display: Option<Number>,
-    /// An A-number was present in the headers.
-    pub a_present: bool,
-    /// The B-number.
-    pub b: Option<Number>,
-    /// The caller's trust (`records::trust`: none, claimed, network).
-    pub a_trust: u8,
-    /// The request's digest.
-    pub digest: u64,
+    /// Where and how it arrived.
+    pub at: Arrival,
+    /// What scoring read: the caller, callee and every presented identity,
+    /// the trunk's kind and the clock.
+    pub input: CallInput,
     /// The decision.
     pub decision: Decision,
     /// What shadow rules would have made of it.
@@ -78,15 +57,15 @@ pub struct CallFact {
 }
 
 /// Where and how a call arrived, beside what scoring read.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Arrival {
-    /// Arrival, µs since the epoch.
+    /// Arrival (the kernel's stamp), µs since the epoch.
     pub ts_us: i64,
     /// The trunk's index in the config + 1 (0: on no trunk).
     pub trunk: u16,
     /// The source address.
     pub source: IpAddr,
-    /// The caller's trust (`records::trust`).
+    /// The caller's trust (`records::trust`: none, claimed, network).
     pub a_trust: u8,
     /// The request's digest.
     pub digest: u64,
@@ -99,19 +78,8 @@ impl CallFact {
     pub fn of(at: Arrival, input: &CallInput, s: &Scored, set: &ListSet) -> CallFact {
         let (n_fired, fired) = CallFact::fired_of(s);
         CallFact {
-            ts_us: at.ts_us,
-            time: input.time,
-            trunk: at.trunk,
-            trunk_kind: input.trunk,
-            source: at.source,
-            a: input.a,
-            from: input.from,
-            pai: input.pai,
-            display: input.display,
-            a_present: input.a_present,
-            b: input.b,
-            a_trust: at.a_trust,
-            digest: at.digest,
+            at,
+            input: *input,
             decision: s.decision,
             shadow_decision: s.shadow_decision,
             score: s.score,

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive::{with_lists, Loader};
 use crate::read::{CallRef, ReadError, Reader, RowRef};
 use crate::row::OutcomeKind;
-use crate::text::Safe;
+use crate::text::{Safe, Utc};
 
 /// What is replayed in place of what was in force.
 #[derive(Clone, Default)]
@@ -746,19 +746,13 @@ impl Acc {
 impl Report {
     /// The report as plain text.
     pub fn write_text(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        let when = |us: i64| {
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64),
-            )
-            .to_string()
-        };
         writeln!(out, "Backtest of {}", Safe(&self.candidate))?;
         if self.calls == 0 {
             writeln!(
                 out,
                 "  no calls in the journal between {} and {}",
-                when(self.since_us),
-                when(self.until_us.min(4_102_444_800_000_000))
+                Utc(self.since_us),
+                Utc(self.until_us)
             )?;
             return Ok(());
         }
@@ -767,8 +761,8 @@ impl Report {
             "  {} calls from {} callers, {} to {} ({:.1} h), {} outcomes",
             self.calls,
             self.callers,
-            when(self.first_call_us),
-            when(self.last_call_us),
+            Utc(self.first_call_us),
+            Utc(self.last_call_us),
             self.hours,
             self.outcomes
         )?;
@@ -805,7 +799,7 @@ impl Report {
                 t.from, t.to, t.count.calls, t.count.callers
             )?;
             for e in &t.examples {
-                write_example(out, e, &when)?;
+                write_example(out, e)?;
             }
         }
         if !self.rules.is_empty() {
@@ -824,7 +818,7 @@ impl Report {
                     r.changed_by.callers
                 )?;
                 for e in &r.examples {
-                    write_example(out, e, &when)?;
+                    write_example(out, e)?;
                 }
             }
         }
@@ -841,7 +835,7 @@ impl Report {
                     d(&s.to)
                 )?;
                 for e in &s.examples {
-                    write_example(out, e, &when)?;
+                    write_example(out, e)?;
                 }
             }
         }
@@ -883,15 +877,11 @@ impl Report {
     }
 }
 
-fn write_example(
-    out: &mut impl std::fmt::Write,
-    e: &Example,
-    when: &dyn Fn(i64) -> String,
-) -> std::fmt::Result {
+fn write_example(out: &mut impl std::fmt::Write, e: &Example) -> std::fmt::Result {
     writeln!(
         out,
         "    {} {} -> {} via {}: {} -> {} [{}] -> [{}]",
-        when(e.ts_us),
+        Utc(e.ts_us),
         Safe(&e.caller),
         Safe(&e.callee),
         Safe(if e.trunk.is_empty() { "-" } else { &e.trunk }),

@@ -134,4 +134,12 @@ impl Row {
             Row::Outcome(o) => o.seq,
         }
     }
+
+    /// When, µs since the epoch.
+    pub fn ts_us(&self) -> i64 {
+        match self {
+            Row::Call(c) => c.ts_us,
+            Row::Outcome(o) => o.ts_us,
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Text as kuzet prints it for a person: whatever came from the network
 //! or a file (numbers, source addresses, trunk names, rule ids) escaped,
 //! so no report can carry a terminal escape, a line break or a
-//! bidirectional override into someone's terminal.
+//! bidirectional override into someone's terminal; and times as they are
+//! printed.
 
 use std::fmt::{self, Write};
 
@@ -20,5 +21,18 @@ impl fmt::Display for Safe<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// µs since the epoch as `2025-01-31T23:59:59Z`, clamped to 1970 .. 2100
+/// (an open window's end is `i64::MAX`).
+pub struct Utc(pub i64);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const Y2100_US: i64 = 4_102_444_800_000_000;
+        let us = self.0.clamp(0, Y2100_US) as u64;
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
+        write!(f, "{}", humantime::format_rfc3339_seconds(t))
     }
 }

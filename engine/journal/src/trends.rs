@@ -42,7 +42,7 @@ use kuzet_rules::{Number, NumberingPlan, Origin, TrunkKind};
 use serde::{Deserialize, Serialize};
 
 use crate::row::{CallRow, OutcomeKind, OutcomeRow, Row};
-use crate::text::Safe;
+use crate::text::{Safe, Utc};
 
 #[cfg(test)]
 mod tests;
@@ -345,33 +345,6 @@ impl fmt::Display for Pct {
             Some(r) => write!(f, "{:.0}%", r * 100.0),
             None => f.write_str("-"),
         }
-    }
-}
-
-/// µs since the epoch as `2025-01-31T23:59:59Z`.
-struct Utc(i64);
-
-impl fmt::Display for Utc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.div_euclid(1_000_000);
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        )
     }
 }
 

@@ -16,7 +16,7 @@
 //! warns. Hours older than `keep_hours` are pruned, and past `max_mb` the
 //! oldest files go first.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -378,7 +378,7 @@ pub struct Writer {
     /// Snapshots by generation, for fired rules' names (the last few).
     sets: Vec<Arc<ListSet>>,
     /// Versions named by rows of the files open now.
-    versions_open: HashSet<String>,
+    versions_open: Vec<kuzet_rules::snapshot::Version>,
     /// The last version a row named, and its text.
     version_text: (kuzet_rules::snapshot::Version, String),
     failing_since: Option<Instant>,
@@ -442,7 +442,7 @@ impl Writer {
             closed: BTreeMap::new(),
             bytes: 0,
             sets: Vec::new(),
-            versions_open: HashSet::new(),
+            versions_open: Vec::new(),
             version_text: Default::default(),
             failing_since: None,
             retry_at: None,
@@ -520,7 +520,7 @@ impl Writer {
     /// without a queue).
     pub fn take(&mut self, e: Entry) {
         let now_us = match &e {
-            Entry::Call(c) => c.ts_us,
+            Entry::Call(c) => c.at.ts_us,
             Entry::Outcome(o) => o.ts_us,
         };
         self.seq = (self.seq + 1).max(now_us.max(0) as u64);
@@ -538,7 +538,7 @@ impl Writer {
         match e {
             Entry::Call(c) => {
                 self.note_version(&c);
-                if let Err(err) = self.ensure_open(Kind::Calls, c.ts_us) {
+                if let Err(err) = self.ensure_open(Kind::Calls, c.at.ts_us) {
                     self.failed(Kind::Calls, 1, &err);
                     return;
                 }
@@ -744,9 +744,8 @@ impl Writer {
                 self.counters.files.inc();
                 self.recovered();
                 if kind == Kind::Calls {
-                    let names: Vec<String> = self.versions_open.drain().collect();
-                    for v in names {
-                        self.archive.touch(&v);
+                    for v in std::mem::take(&mut self.versions_open) {
+                        self.archive.touch(&v.to_string());
                     }
                 }
             }
@@ -785,20 +784,16 @@ impl Writer {
     }
 
     fn push_call(&mut self, seq: u64, c: &CallFact) {
-        let set = self
-            .sets
-            .iter()
-            .find(|s| s.generation == c.generation)
-            .cloned();
+        let set = self.sets.iter().find(|s| s.generation == c.generation);
         // The version's text is made once per version, not per row.
         if self.version_text.0 != c.version || self.version_text.1.is_empty() {
             self.version_text = (c.version, c.version.to_string());
         }
-        if !self.versions_open.contains(&self.version_text.1) {
-            self.versions_open.insert(self.version_text.1.clone());
+        if !self.versions_open.contains(&c.version) {
+            self.versions_open.push(c.version);
         }
         let version = &self.version_text.1;
-        let trunk = usize::from(c.trunk)
+        let trunk = usize::from(c.at.trunk)
             .checked_sub(1)
             .and_then(|i| self.s.trunks.get(i));
         let node = &self.s.node;
@@ -807,37 +802,38 @@ impl Writer {
             return;
         };
         cols.seq.append_value(seq);
-        cols.ts.append_value(c.ts_us);
-        cols.secs.append_value(c.time.secs);
-        cols.hour.append_value(c.time.hour);
-        cols.weekday.append_value(c.time.weekday);
+        cols.ts.append_value(c.at.ts_us);
+        cols.secs.append_value(c.input.time.secs);
+        cols.hour.append_value(c.input.time.hour);
+        cols.weekday.append_value(c.input.time.weekday);
         cols.node.append_value(node);
         cols.trunk.append_option(trunk.map(|t| &**t));
         cols.trunk_kind
-            .append_option(c.trunk_kind.map(|k| k.as_str()));
+            .append_option(c.input.trunk.map(|k| k.as_str()));
         text.clear();
-        let _ = write!(text, "{}", c.source);
+        let _ = write!(text, "{}", c.at.source);
         cols.source.append_value(&*text);
-        for (i, n) in [c.a, c.from, c.pai, c.display, c.b].into_iter().enumerate() {
-            let (t, k) = &mut cols.numbers[i];
+        let i = &c.input;
+        for (k, n) in [i.a, i.from, i.pai, i.display, i.b].into_iter().enumerate() {
+            let (t, key) = &mut cols.numbers[k];
             match n {
                 Some(n) => {
                     text.clear();
                     let _ = write!(text, "{n}");
                     t.append_value(&*text);
-                    k.append_value(n.raw());
+                    key.append_value(n.raw());
                 }
                 None => {
                     t.append_null();
-                    k.append_null();
+                    key.append_null();
                 }
             }
-            if i == 3 {
-                cols.a_present.append_value(c.a_present);
+            if k == 3 {
+                cols.a_present.append_value(i.a_present);
             }
         }
-        cols.caller_trust.append_value(trust_name(c.a_trust));
-        cols.digest.append_value(c.digest);
+        cols.caller_trust.append_value(trust_name(c.at.a_trust));
+        cols.digest.append_value(c.at.digest);
         cols.decision.append_value(c.decision.as_str());
         cols.shadow_decision
             .append_value(c.shadow_decision.as_str());

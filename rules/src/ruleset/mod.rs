@@ -276,7 +276,7 @@ impl<'a> RuleLists<'a> {
 }
 
 /// What the scorer knows of one call.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CallInput {
     /// The A-number scoring uses (PAI or From, as configured).
     pub a: Option<Number>,

@@ -37,14 +37,7 @@ fn nth(base: &str, width: usize, k: u64) -> Number {
 struct Week {
     rows: Vec<Row>,
     rng: u64,
-    subscribers: Vec<Number>,
-    russians: Vec<Number>,
-    bank: Vec<Number>,
-    courier: Number,
-    surgers: Vec<Number>,
-    simbox: Number,
-    simbox_callees: Vec<Number>,
-    group: Vec<Number>,
+    cast: Cast,
 }
 
 impl Week {
@@ -139,27 +132,14 @@ impl Week {
     /// Journal order: by time, seq numbered.
     fn into_rows(self) -> (Vec<Row>, Cast) {
         let mut rows = self.rows;
-        rows.sort_by_key(|r| match r {
-            Row::Call(c) => c.ts_us,
-            Row::Outcome(o) => o.ts_us,
-        });
+        rows.sort_by_key(Row::ts_us);
         for (i, r) in rows.iter_mut().enumerate() {
             match r {
                 Row::Call(c) => c.seq = i as u64,
                 Row::Outcome(o) => o.seq = i as u64,
             }
         }
-        let cast = Cast {
-            subscribers: self.subscribers,
-            russians: self.russians,
-            bank: self.bank,
-            courier: self.courier,
-            surgers: self.surgers,
-            simbox: self.simbox,
-            simbox_callees: self.simbox_callees,
-            group: self.group,
-        };
-        (rows, cast)
+        (rows, self.cast)
     }
 }
 
@@ -192,16 +172,18 @@ fn week() -> (Vec<Row>, Cast) {
     let mut w = Week {
         rows: Vec::new(),
         rng: 0x1234_5678_9abc_def1,
-        subscribers: (0..300).map(|k| nth("7701", 7, k)).collect(),
-        russians: (0..10).map(|k| nth("7916", 7, 1_000_000 + k)).collect(),
-        bank: (0..4).map(|k| nth("7717", 7, 2_000_000 + k)).collect(),
-        courier: num("+77273000001"),
-        surgers: (0..12).map(|k| nth("22507", 8, k * 7919)).collect(),
-        simbox: num("+77475550001"),
-        simbox_callees: (0..150).map(|k| nth("7705", 7, 7_770_000 + k)).collect(),
-        group: (0..4).map(|k| nth("7700", 7, 8_000_000 + k)).collect(),
+        cast: Cast {
+            subscribers: (0..300).map(|k| nth("7701", 7, k)).collect(),
+            russians: (0..10).map(|k| nth("7916", 7, 1_000_000 + k)).collect(),
+            bank: (0..4).map(|k| nth("7717", 7, 2_000_000 + k)).collect(),
+            courier: num("+77273000001"),
+            surgers: (0..12).map(|k| nth("22507", 8, k * 7919)).collect(),
+            simbox: num("+77475550001"),
+            simbox_callees: (0..150).map(|k| nth("7705", 7, 7_770_000 + k)).collect(),
+            group: (0..4).map(|k| nth("7700", 7, 8_000_000 + k)).collect(),
+        },
     };
-    let subs = w.subscribers.clone();
+    let subs = w.cast.subscribers.clone();
     // Subscribers: a few calls a day to their own circle, at any time
     // between 08:00 and 22:00, mostly answered and long.
     let circles: Vec<Vec<Number>> = (0..subs.len())
@@ -221,7 +203,7 @@ fn week() -> (Vec<Row>, Cast) {
             }
         }
         // A steady Russian range: each caller three subscribers a day.
-        for a in w.russians.clone() {
+        for a in w.cast.russians.clone() {
             for _ in 0..3 {
                 let b = subs[w.rand(300) as usize];
                 let t = at(day, 9 * 3600 + w.rand(10 * 3600) as i64);
@@ -231,7 +213,7 @@ fn week() -> (Vec<Row>, Cast) {
         }
         // The bank's four allowlisted lines: a reminder every 90 s from
         // 09:00 to 18:00, all from one source, to ever new numbers.
-        for (l, a) in w.bank.clone().into_iter().enumerate() {
+        for (l, a) in w.cast.bank.clone().into_iter().enumerate() {
             for k in 0..360 {
                 let t = at(day, 9 * 3600 + k * 90 + l as i64 * 7) + w.rand(4 * S as u64) as i64;
                 let b = nth("7705", 7, (day * 4 * 360 + l as i64 * 360 + k) as u64);
@@ -240,7 +222,7 @@ fn week() -> (Vec<Row>, Cast) {
         }
         // The group: four lines on one PBX source, a call every 90 s
         // (give or take 2 s) for an hour a day, to ever new numbers.
-        for (l, a) in w.group.clone().into_iter().enumerate() {
+        for (l, a) in w.cast.group.clone().into_iter().enumerate() {
             for k in 0..40 {
                 let t = at(day, 13 * 3600 + l as i64 * 11 + k * 90) + w.rand(4 * S as u64) as i64;
                 let b = nth("7706", 7, (day * 160 + l as i64 * 40 + k) as u64);
@@ -251,7 +233,7 @@ fn week() -> (Vec<Row>, Cast) {
     }
     // The courier: 150 customers over the week, about 3 an hour in
     // working hours, short answered calls; four in ten call back later.
-    let courier = w.courier;
+    let courier = w.cast.courier;
     for k in 0..150i64 {
         let (day, slot) = (k / 22, k % 22);
         let t = at(day, 10 * 3600 + slot * 20 * 60) + w.rand(300 * S as u64) as i64;
@@ -265,7 +247,7 @@ fn week() -> (Vec<Row>, Cast) {
     // The surge: twelve callers in +22507 on the last day only, each
     // reaching seven subscribers nobody else calls; most rings cancelled,
     // the rest answered for a few seconds.
-    for (i, a) in w.surgers.clone().into_iter().enumerate() {
+    for (i, a) in w.cast.surgers.clone().into_iter().enumerate() {
         for j in 0..7u64 {
             let t = at(DAYS - 1, 3600 + w.rand(20 * 3600) as i64);
             let b = nth("7701", 7, 9_000_000 + i as u64 * 7 + j);
@@ -276,8 +258,8 @@ fn week() -> (Vec<Row>, Cast) {
     // The slow SIM box: five calls an hour (every 12 minutes, give or
     // take 30 s) from 10:00 to 16:00 on five days, 150 subscribers, none
     // of whom calls back; mostly cancelled or a few seconds long.
-    let simbox = w.simbox;
-    let callees = w.simbox_callees.clone();
+    let simbox = w.cast.simbox;
+    let callees = w.cast.simbox_callees.clone();
     for (k, &b) in callees.iter().enumerate() {
         let k = k as i64;
         let (day, slot) = (1 + k / 30, k % 30);
@@ -509,8 +491,8 @@ fn legitimate_callers_appear_in_no_finding() {
 #[test]
 fn the_window_can_come_from_the_rows() {
     let (rows, cast) = week();
-    let first = rows.iter().map(row_ts).min().unwrap();
-    let last = rows.iter().map(row_ts).max().unwrap();
+    let first = rows.iter().map(Row::ts_us).min().unwrap();
+    let last = rows.iter().map(Row::ts_us).max().unwrap();
     let derived = TrendOptions {
         since_us: 0,
         until_us: 0,
@@ -521,13 +503,6 @@ fn the_window_can_come_from_the_rows() {
     assert!(r.surges.iter().any(|s| s.key == "+22507"));
     assert_eq!(r.slow_simboxes[0].number, cast.simbox.to_string());
     assert_eq!(r.groups.len(), 1);
-}
-
-fn row_ts(r: &Row) -> i64 {
-    match r {
-        Row::Call(c) => c.ts_us,
-        Row::Outcome(o) => o.ts_us,
-    }
 }
 
 #[test]
@@ -615,14 +590,16 @@ fn week_empty() -> Week {
     Week {
         rows: Vec::new(),
         rng: 1,
-        subscribers: Vec::new(),
-        russians: Vec::new(),
-        bank: Vec::new(),
-        courier: num("+77273000001"),
-        surgers: Vec::new(),
-        simbox: num("+77475550001"),
-        simbox_callees: Vec::new(),
-        group: Vec::new(),
+        cast: Cast {
+            subscribers: Vec::new(),
+            russians: Vec::new(),
+            bank: Vec::new(),
+            courier: num("+77273000001"),
+            surgers: Vec::new(),
+            simbox: num("+77475550001"),
+            simbox_callees: Vec::new(),
+            group: Vec::new(),
+        },
     }
 }
 
